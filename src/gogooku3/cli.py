@@ -1,0 +1,129 @@
+"""The `gogooku3` command line. Each command is thin: compose the config, call the library, report.
+
+Trailing `key=value` words are Hydra overrides, e.g. `gogooku3 data synth data.n_stocks=100 seed=7`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from gogooku3.config import load_config
+from gogooku3.errors import Gogooku3Error
+from gogooku3.logs import setup_logging
+
+log = logging.getLogger("gogooku3")
+OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="gogooku3: point-in-time JP equity datasets, ATFT-GAT-FAN training and honest backtests.")
+data_app = typer.Typer(no_args_is_help=True, help="Raw data sources and the ML dataset builder.")
+app.add_typer(data_app, name="data")
+
+
+def _cfg(ctx: typer.Context):
+    cfg = load_config(ctx.args)
+    setup_logging(cfg.get("log_level", "INFO"))
+    return cfg
+
+
+@data_app.command("synth", context_settings=OVERRIDES)
+def data_synth(ctx: typer.Context) -> None:
+    """Write the synthetic TSE market (all raw tables + the oracle file)."""
+    from gogooku3.sources.synthetic import synthesize
+
+    synthesize(_cfg(ctx))
+
+
+@data_app.command("fetch", context_settings=OVERRIDES)
+def data_fetch(ctx: typer.Context) -> None:
+    """Fetch raw tables from the J-Quants API V2 (needs JQUANTS_API_KEY or data.api_key)."""
+    from gogooku3.sources.jquants import fetch
+
+    fetch(_cfg(ctx))
+
+
+@data_app.command("import", context_settings=OVERRIDES)
+def data_import(ctx: typer.Context,
+                path: Path = typer.Argument(..., help="CSV or parquet file in long format (Date, Code, prices).")) -> None:
+    """Import a user's own price file as raw tables (column mapping in the `data=files` config)."""
+    from gogooku3.sources.files import import_files
+
+    import_files(_cfg(ctx), path)
+
+
+@data_app.command("build", context_settings=OVERRIDES)
+def data_build(ctx: typer.Context) -> None:
+    """Build the ML dataset (features, targets, manifest, coverage report) from the raw tables."""
+    from gogooku3.features.builder import build_dataset
+
+    build_dataset(_cfg(ctx))
+
+
+@app.command("safe", context_settings=OVERRIDES)
+def safe(ctx: typer.Context) -> None:
+    """SafeTrainingPipeline: validate, quality features, split, normalize, LightGBM baseline, graph, report."""
+    from gogooku3.pipelines.safe import SafeTrainingPipeline
+
+    SafeTrainingPipeline(_cfg(ctx)).run()
+
+
+@app.command("train", context_settings=OVERRIDES)
+def train(ctx: typer.Context) -> None:
+    """Train ATFT-GAT-FAN (Lightning) and write runs/<timestamp>/ with predictions, metrics and a bundle."""
+    from gogooku3.pipelines.atft import CompleteATFTTrainingPipeline
+
+    CompleteATFTTrainingPipeline(_cfg(ctx)).run()
+
+
+@app.command("backtest", context_settings=OVERRIDES)
+def backtest(ctx: typer.Context,
+             predictions: Path = typer.Option(..., "--predictions", help="Parquet with Date, Code, pred_{h}d, target_{h}d.")) -> None:
+    """Cost-aware long/short backtest of a predictions file."""
+    from gogooku3.portfolio import run_backtest
+
+    run_backtest(_cfg(ctx), predictions)
+
+
+@app.command("report", context_settings=OVERRIDES)
+def report(ctx: typer.Context,
+           run: Path = typer.Option(Path("runs/last"), "--run", help="Training run directory.")) -> None:
+    """JSON + self-contained HTML report of a training run."""
+    from gogooku3.report import build_report
+
+    build_report(_cfg(ctx), run)
+
+
+@app.command("predict", context_settings=OVERRIDES)
+def predict(ctx: typer.Context,
+            run: Path = typer.Option(Path("runs/last"), "--run", help="Training run directory with the model bundle."),
+            date: Optional[str] = typer.Option(None, "--date", help="YYYY-MM-DD; default: the dataset's latest date.")) -> None:
+    """Ranked next-day scores per stock with long/short lists."""
+    from gogooku3.predict import predict as run_predict
+
+    run_predict(_cfg(ctx), run, date)
+
+
+@app.command("run", context_settings=OVERRIDES)
+def run(ctx: typer.Context) -> None:
+    """The full pipeline: synth (or existing raw data) -> build -> safe -> train -> backtest -> report."""
+    from gogooku3.pipelines.full import FullTrainingPipeline
+
+    FullTrainingPipeline(_cfg(ctx)).run()
+
+
+def main() -> None:
+    try:
+        app()
+    except Gogooku3Error as e:
+        logging.getLogger("gogooku3").debug("error", exc_info=True)
+        sys.stderr.write(f"error: {e}\n")
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

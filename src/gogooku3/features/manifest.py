@@ -1,0 +1,117 @@
+"""The feature manifest: the allow-list of feature columns every stage after the builder uses.
+
+Saved beside the dataset as `<dataset stem>.manifest.json`. Labels (`target_*`) can never be listed as features.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from gogooku3.errors import DataError, LeakageError
+from gogooku3.io import fingerprint, read_json, write_json
+
+TARGET_RE = re.compile(r"^(target|feat_ret|label|y)_")
+META_COLUMNS = ("Code", "Date", "Section", "S33", "S17")
+
+
+def target_name(h: int) -> str:
+    return f"target_{h}d"
+
+
+def is_label_like(name: str) -> bool:
+    return bool(TARGET_RE.match(name))
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    name: str
+    group: str
+    dtype: str
+
+
+@dataclass
+class FeatureManifest:
+    features: list[FeatureSpec]
+    targets: list[str]
+    meta_columns: list[str] = field(default_factory=lambda: list(META_COLUMNS))
+    horizons: list[int] = field(default_factory=list)
+    entry_lag: int = 1
+    skipped_groups: dict[str, str] = field(default_factory=dict)  # group -> why it was not built
+
+    def __post_init__(self) -> None:
+        leaked = [f.name for f in self.features if is_label_like(f.name) or f.name in self.targets]
+        if leaked:
+            raise LeakageError(f"label-like columns cannot be features: {', '.join(leaked)}")
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    @property
+    def groups(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for f in self.features:
+            out.setdefault(f.group, []).append(f.name)
+        return out
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint([(f.name, f.group, f.dtype) for f in self.features], self.targets, self.entry_lag)
+
+    @classmethod
+    def from_frame(cls, df: pl.DataFrame | pl.LazyFrame, groups: dict[str, str], horizons: list[int],
+                   entry_lag: int, skipped_groups: dict[str, str] | None = None) -> FeatureManifest:
+        """Manifest of `df`'s columns named in `groups` (column -> group), in the frame's column order."""
+        schema = df.collect_schema() if isinstance(df, pl.LazyFrame) else df.schema
+        feats = [FeatureSpec(c, groups[c], str(dt)) for c, dt in schema.items() if c in groups]
+        return cls(feats, [target_name(h) for h in horizons if target_name(h) in schema],
+                   [c for c in META_COLUMNS if c in schema], list(horizons), entry_lag, dict(skipped_groups or {}))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["fingerprint"] = self.fingerprint
+        d["n_features"] = len(self.features)
+        return d
+
+    def save(self, path: str | Path) -> Path:
+        return write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeatureManifest:
+        d = read_json(path)
+        try:
+            m = cls([FeatureSpec(**f) for f in d["features"]], list(d["targets"]), list(d["meta_columns"]),
+                    list(d.get("horizons", [])), int(d.get("entry_lag", 1)), dict(d.get("skipped_groups", {})))
+        except (KeyError, TypeError) as e:
+            raise DataError(f"{path}: not a feature manifest ({e})") from e
+        if d.get("fingerprint") and d["fingerprint"] != m.fingerprint:
+            raise DataError(f"{path}: manifest fingerprint does not match its contents (edited by hand?)")
+        return m
+
+    @classmethod
+    def for_dataset(cls, dataset_path: str | Path) -> FeatureManifest:
+        p = manifest_path(dataset_path)
+        if not p.exists():
+            raise DataError(f"{dataset_path}: no feature manifest beside it ({p.name}); rebuild with `gogooku3 data build`")
+        return cls.load(p)
+
+    def check_frame(self, df: pl.DataFrame | pl.LazyFrame, source: str | Path = "dataset") -> None:
+        """Fail if `df` lacks any manifest feature."""
+        schema = df.collect_schema() if isinstance(df, pl.LazyFrame) else df.schema
+        missing = [n for n in self.names if n not in schema]
+        if missing:
+            raise DataError(f"{source}: {len(missing)} manifest feature(s) missing, e.g. {', '.join(missing[:5])}")
+
+
+def manifest_path(dataset_path: str | Path) -> Path:
+    p = Path(dataset_path)
+    return p.with_name(p.name.removesuffix(".parquet") + ".manifest.json")
+
+
+def metadata_path(dataset_path: str | Path) -> Path:
+    p = Path(dataset_path)
+    return p.with_name(p.name.removesuffix(".parquet") + ".metadata.json")
