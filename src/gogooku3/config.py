@@ -31,14 +31,27 @@ def load_config(overrides: Sequence[str] = (), config_name: str = "config") -> D
     return cfg
 
 
-def to_yaml(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg, resolve=True)
+SECRET_KEYS = ("data.api_key",)
 
 
 def to_dict(cfg: DictConfig | Any) -> Any:
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return cfg
+    """Resolved plain-dict copy of the config with secrets (the J-Quants API key) blanked."""
+    if not isinstance(cfg, DictConfig):
+        return cfg
+    out = OmegaConf.to_container(cfg, resolve=True)
+    for key in SECRET_KEYS:
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(leaf):
+            node[leaf] = "***"
+    return out
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """YAML of the resolved config, secrets blanked: the form every run directory stores."""
+    return OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg)))
 
 
 def require(cfg: DictConfig, key: str) -> Any:

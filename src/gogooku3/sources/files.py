@@ -1,0 +1,349 @@
+"""The files source: a user's own long-format price file (CSV or parquet) turned into raw tables.
+
+`import_files(cfg, path)` maps the file's columns (`data.columns`) to `daily_quotes`, derives the
+`trading_calendar` from an exchange calendar (`data.calendar`, XTKS by default) or from the file's own dates,
+and writes `listed_info` when a sector/market/name column is mapped. Unmapped numeric columns pass through as
+`x_<name>` user features. Everything is validated in memory first; on any problem one DataError names the file,
+the column and example rows, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+import polars as pl
+from omegaconf import DictConfig, OmegaConf
+
+from gogooku3.calendar import TradingCalendar
+from gogooku3.errors import ConfigError, DataError
+from gogooku3.sources.schema import TABLES, conform, table_path, write_table
+
+log = logging.getLogger(__name__)
+
+ROW = "__row"  # 1-based data row number (header excluded), kept for error messages
+# config field -> raw-table column
+PRICE_FIELDS = {"open": "O", "high": "H", "low": "L", "close": "C", "volume": "Vo", "turnover": "Va",
+                "adj_factor": "AdjFactor", "adj_open": "AdjO", "adj_high": "AdjH", "adj_low": "AdjL",
+                "adj_close": "AdjC", "adj_volume": "AdjVo"}
+LISTED_FIELDS = {"sector": "S33", "sector17": "S17", "market": "Mkt", "name": "CoName"}
+KNOWN_FIELDS = ("date", "code", *PRICE_FIELDS, *LISTED_FIELDS)
+POSITIVE = ("O", "H", "L", "C", "AdjO", "AdjH", "AdjL", "AdjC", "AdjFactor")
+NON_NEGATIVE = ("Vo", "Va", "AdjVo")
+CSV_SUFFIXES = (".csv", ".tsv", ".txt")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+@dataclass(frozen=True)
+class ImportSettings:
+    columns: dict[str, str]  # field -> file column (fields mapped to null are left out)
+    fmt: str
+    separator: str
+    null_values: tuple[str, ...]
+    date_format: str | None
+    calendar: str
+    extra_columns: str | tuple[str, ...]
+
+    @classmethod
+    def from_cfg(cls, data: DictConfig) -> ImportSettings:
+        mapping = OmegaConf.to_container(data.get("columns") or {}, resolve=True)
+        unknown = sorted(set(mapping) - set(KNOWN_FIELDS))
+        if unknown:
+            raise ConfigError(f"data.columns: unknown field(s) {', '.join(unknown)} (known: {', '.join(KNOWN_FIELDS)})")
+        columns = {k: str(v) for k, v in mapping.items() if v is not None and str(v) != ""}
+        for req in ("date", "code"):
+            if req not in columns:
+                raise ConfigError(f"data.columns.{req} must name a column of the file")
+        if "close" not in columns and "adj_close" not in columns:
+            raise ConfigError("data.columns: map at least one of close / adj_close")
+        extra = data.get("extra_columns", "all")
+        if isinstance(extra, str):
+            if extra not in ("all", "none"):
+                raise ConfigError(f"data.extra_columns='{extra}' must be all, none or a list of column names")
+        else:
+            extra = tuple(str(c) for c in (extra or ()))
+        fmt = str(data.get("format", "auto")).lower()
+        if fmt not in ("auto", "csv", "parquet"):
+            raise ConfigError(f"data.format='{fmt}' must be auto, csv or parquet")
+        return cls(columns=columns, fmt=fmt, separator=str(data.get("separator", ",")),
+                   null_values=tuple(str(v) for v in (data.get("null_values") or ())),
+                   date_format=data.get("date_format") or None, calendar=str(data.get("calendar", "XTKS")),
+                   extra_columns=extra)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------------------------
+def _format_of(path: Path, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    suffix = path.suffix.lower()
+    if suffix in CSV_SUFFIXES:
+        return "csv"
+    if suffix in PARQUET_SUFFIXES:
+        return "parquet"
+    raise ConfigError(f"{path}: cannot tell the format from the suffix '{suffix}'; set data.format=csv|parquet")
+
+
+def read_user_file(path: Path, s: ImportSettings) -> pl.DataFrame:
+    """Read the whole file; the date and code columns of a CSV are read as text (codes keep leading zeros)."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty")
+    fmt = _format_of(path, s.fmt)
+    try:
+        if fmt == "csv":
+            header = pl.read_csv(path, separator=s.separator, n_rows=0).columns
+            text_cols = {s.columns[f]: pl.Utf8 for f in ("date", "code") if s.columns[f] in header}
+            df = pl.read_csv(path, separator=s.separator, schema_overrides=text_cols, null_values=list(s.null_values),
+                             infer_schema_length=10_000, try_parse_dates=False)
+        else:
+            df = pl.read_parquet(path)
+    except Exception as e:  # polars/pyarrow raise many types for malformed input
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise DataError(f"{path}: cannot read {fmt.upper()} ({type(e).__name__}: {first[:200]})") from e
+    if df.height == 0:
+        raise DataError(f"{path}: no data rows")
+    return df.with_row_index(ROW, offset=1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Validation helpers
+# ---------------------------------------------------------------------------------------------------------------
+def _bad(df: pl.DataFrame, mask: pl.Series | pl.Expr, path: Path, column: str, problem: str,
+         show: dict[str, str], hint: str = "") -> DataError:
+    """One-line error: file, column, problem, count, and up to three example rows as the file labels them."""
+    bad = df.filter(mask)
+    n = bad.height
+    examples = []
+    for r in bad.head(3).iter_rows(named=True):
+        fields = ", ".join(f"{label}={r[col]}" for col, label in show.items() if col in r)
+        examples.append(f"row {r[ROW]} ({fields})")
+    more = f" (+{n - 3} more)" if n > 3 else ""
+    return DataError(f"{path}: column '{column}' {problem} in {n} row(s): {'; '.join(examples)}{more}"
+                     + (f". {hint}" if hint else ""))
+
+
+def _parse_dates(df: pl.DataFrame, col: str, path: Path, fmt: str | None) -> pl.Series:
+    src = df[col]
+    if src.dtype == pl.Date:
+        return src
+    if isinstance(src.dtype, pl.Datetime):
+        return src.dt.date()
+    text = src.cast(pl.Utf8).str.strip_chars()
+    if fmt:
+        out = text.str.to_date(fmt, strict=False)
+    else:
+        iso = text.str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False)
+        out = iso.fill_null(text.str.to_date("%Y%m%d", strict=False))
+    bad = out.is_null() & src.is_not_null()
+    if bad.any():
+        hint = f"format '{fmt}'" if fmt else "YYYY-MM-DD or YYYYMMDD (set data.date_format)"
+        raise _bad(df, bad, path, col, f"has dates not in {hint}", {col: col})
+    if src.is_null().any():
+        raise _bad(df, src.is_null(), path, col, "is empty", {col: col})
+    return out
+
+
+def _to_float(df: pl.DataFrame, col: str, path: Path) -> pl.Series:
+    src = df[col]
+    if src.dtype == pl.Boolean:
+        return src.cast(pl.Float64)
+    if src.dtype.is_numeric():
+        out = src.cast(pl.Float64)
+    else:
+        text = src.cast(pl.Utf8).str.strip_chars().str.replace_all(",", "")
+        out = text.cast(pl.Float64, strict=False)
+        bad = out.is_null() & text.is_not_null() & (text != "")
+        if bad.any():
+            raise _bad(df, bad, path, col, "has non-numeric values", {col: col})
+    return out.fill_nan(None)
+
+
+def _feature_name(column: str) -> str:
+    return "x_" + (re.sub(r"[^0-9A-Za-z]+", "_", column).strip("_").lower() or "col")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building the tables
+# ---------------------------------------------------------------------------------------------------------------
+def _extra_columns(raw: pl.DataFrame, s: ImportSettings, path: Path, used: set[str]) -> dict[str, str]:
+    """Unmapped numeric columns -> x_<name>."""
+    if s.extra_columns == "none":
+        return {}
+    if s.extra_columns == "all":
+        candidates = [c for c in raw.columns if c not in used and c != ROW]
+        picked = []
+        for c in candidates:
+            if re.match(r"(?i)^(x_)?target", c):
+                log.warning("%s: column '%s' looks like a label; not imported as a feature", path, c)
+            elif raw[c].dtype.is_numeric() or raw[c].dtype == pl.Boolean:
+                picked.append(c)
+            else:
+                log.info("%s: skipping non-numeric column '%s' (%s)", path, c, raw[c].dtype)
+    else:
+        missing = [c for c in s.extra_columns if c not in raw.columns]
+        if missing:
+            raise DataError(f"{path}: data.extra_columns names missing column(s) {', '.join(missing)}; "
+                            f"file has {', '.join(c for c in raw.columns if c != ROW)}")
+        picked = [c for c in s.extra_columns if c not in used]
+    names: dict[str, str] = {}
+    for c in picked:
+        name = _feature_name(c)
+        if name in names.values():
+            raise DataError(f"{path}: columns map to the same feature name '{name}'; rename one of them")
+        names[c] = name
+    return names
+
+
+def build_tables(raw: pl.DataFrame, path: Path, s: ImportSettings) -> dict[str, pl.DataFrame]:
+    """Validate the user's frame and return the raw tables (conformed, in memory)."""
+    cols = s.columns
+    for req in ("date", "code"):
+        if cols[req] not in raw.columns:
+            raise DataError(f"{path}: missing required column '{cols[req]}' (data.columns.{req}); "
+                            f"file has {', '.join(c for c in raw.columns if c != ROW)}")
+    present = {f: c for f, c in cols.items() if c in raw.columns}
+    if "close" not in present and "adj_close" not in present:
+        wanted = " or ".join(f"'{cols[f]}' (data.columns.{f})" for f in ("close", "adj_close") if f in cols)
+        raise DataError(f"{path}: missing required column {wanted}; "
+                        f"file has {', '.join(c for c in raw.columns if c != ROW)}")
+    absent = [f"{f} ({c})" for f, c in cols.items() if c not in raw.columns]
+    if absent:
+        log.info("%s: not in the file, so absent: %s", path, ", ".join(absent))
+
+    date_col, code_col = cols["date"], cols["code"]
+    code = raw[code_col].cast(pl.Utf8).str.strip_chars()
+    if (code.is_null() | (code == "")).any():
+        raise _bad(raw, code.is_null() | (code == ""), path, code_col, "is empty", {date_col: date_col})
+    out = pl.DataFrame({ROW: raw[ROW], "Date": _parse_dates(raw, date_col, path, s.date_format), "Code": code})
+    show = {"Code": code_col, "Date": date_col}
+
+    prices = {PRICE_FIELDS[f]: _to_float(raw, c, path).alias(PRICE_FIELDS[f])
+              for f, c in present.items() if f in PRICE_FIELDS}
+    # With only one of close / adj_close, both C and AdjC are that column (open/high/low/volume on its basis).
+    if "C" in prices and "AdjC" not in prices:
+        prices["AdjC"] = prices["C"].alias("AdjC")
+    elif "AdjC" in prices and "C" not in prices:
+        prices["C"] = prices["AdjC"].alias("C")
+    out = out.with_columns(list(prices.values()))
+    src_of = {PRICE_FIELDS[f]: c for f, c in present.items() if f in PRICE_FIELDS}
+    src_of.setdefault("AdjC", src_of.get("C", ""))
+    src_of.setdefault("C", src_of.get("AdjC", ""))
+
+    # Rows without a close carry no price: dropped (with a warning), not imported as nulls.
+    no_close = out["AdjC"].is_null()
+    if no_close.any():
+        log.warning("%s: dropping %d row(s) with an empty close (column '%s'), e.g. rows %s", path,
+                    int(no_close.sum()), src_of["AdjC"], out.filter(no_close)[ROW].head(5).to_list())
+    for cols_, test, problem in ((POSITIVE, lambda c: c <= 0, "has non-positive prices"),
+                                 (NON_NEGATIVE, lambda c: c < 0, "has negative values")):
+        for col in (c for c in cols_ if c in out.columns):
+            bad = test(out[col])
+            if bad.any():
+                raise _bad(out, bad, path, src_of[col], problem, {**show, col: src_of[col]})
+
+    # Adjusted columns not given are derived from the raw ones with the close's adjustment ratio AdjC / C.
+    ratio = pl.col("AdjC") / pl.col("C")
+    derived = []
+    for raw_col, adj_col in (("O", "AdjO"), ("H", "AdjH"), ("L", "AdjL")):
+        if raw_col in out.columns and adj_col not in out.columns:
+            derived.append((pl.col(raw_col) * ratio).alias(adj_col))
+    if "Vo" in out.columns and "AdjVo" not in out.columns:
+        derived.append((pl.col("Vo") / ratio).alias("AdjVo"))
+    out = out.with_columns(derived)
+
+    dup = out.select("Code", "Date").is_duplicated()
+    if dup.any():
+        raise _bad(out, dup, path, f"{code_col}, {date_col}", "has duplicate (Code, Date) keys", show)
+
+    dates = out["Date"]
+    if s.calendar == "dates":
+        calendar = TradingCalendar.from_dates(dates)
+        cal_name = "the file's own dates"
+    else:
+        calendar = TradingCalendar.from_exchange(s.calendar, dates.min(), dates.max())
+        cal_name = f"{s.calendar} trading sessions"
+        off = ~calendar.is_session(dates)
+        if off.any():
+            bad = out.filter(off).with_columns(pl.col("Date").dt.strftime("%Y-%m-%d (%a)").alias("Date"))
+            raise _bad(bad, pl.lit(True), path, date_col, f"has rows on days that are not {cal_name}", show,
+                       hint="Set data.calendar to the file's exchange, or to 'dates'")
+
+    extras = _extra_columns(raw, s, path, used=set(present.values()))
+    if extras:
+        out = out.with_columns(_to_float(raw, c, path).cast(pl.Float64).alias(n) for c, n in extras.items())
+        log.info("%s: %d user feature column(s): %s", path, len(extras), ", ".join(extras.values()))
+
+    listed_cols = {LISTED_FIELDS[f]: c for f, c in present.items() if f in LISTED_FIELDS}
+    out = out.with_columns(raw[c].cast(pl.Utf8).str.strip_chars().alias(k) for k, c in listed_cols.items())
+    out = out.filter(~no_close).sort("Code", "Date")
+
+    quote_cols = ["Date", "Code", *[c for c in TABLES["daily_quotes"].columns if c in out.columns and
+                                    c not in ("Date", "Code")], *extras.values()]
+    tables = {"daily_quotes": out.select(quote_cols)}
+    first, last = dates.min(), dates.max()
+    days = pl.date_range(first, last, "1d", eager=True).alias("Date")
+    tables["trading_calendar"] = pl.DataFrame({"Date": days}).with_columns(
+        pl.when(pl.col("Date").is_in(calendar.sessions.implode())).then(pl.lit("1")).otherwise(pl.lit("0"))
+        .alias("HolDiv"))
+    if listed_cols:
+        keys = list(listed_cols)
+        changed = pl.any_horizontal([pl.col(k).ne_missing(pl.col(k).shift(1).over("Code")) for k in keys])
+        first_row = pl.int_range(pl.len()).over("Code") == 0
+        tables["listed_info"] = out.filter(first_row | changed).select("Date", "Code", *keys)
+    # conform in memory: a schema problem surfaces before anything is written
+    return {name: conform(df, name, path) for name, df in tables.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------------------------
+def replace_raw_tables(frames: dict[str, pl.DataFrame], raw_dir: str | Path, source: str) -> dict[str, Path]:
+    """Validate every table, write them atomically, then remove raw tables this source did not provide.
+
+    Used by every source that replaces the raw directory (files, jquants): tables left over from another source
+    (e.g. synthetic statements) would otherwise be mixed with the new data.
+    """
+    raw_dir = Path(raw_dir)
+    checked = {name: conform(df, name, f"{source}:{name}") for name, df in frames.items()}
+    written = {name: write_table(df, raw_dir, name) for name, df in checked.items()}
+    for name in TABLES:
+        stale = table_path(raw_dir, name)
+        if name not in written and stale.exists():
+            log.info("removing stale raw table %s (not provided by source %s)", stale, source)
+            stale.unlink()
+    for name, p in written.items():
+        log.info("wrote %s (%d rows)", p, checked[name].height)
+    return written
+
+
+def source_config(cfg: DictConfig, source: str) -> DictConfig:
+    """`cfg` itself when `data.source` is `source`, else a copy whose `data` group is that source's defaults.
+
+    Lets `gogooku3 data import PATH` / `data fetch` work without spelling out `data=files` / `data=jquants`.
+    """
+    if cfg.get("data") is not None and cfg.data.get("source") == source:
+        return cfg
+    from gogooku3.config import load_config
+
+    log.info("data.source is not '%s': using the data=%s defaults (add data=%s to override its keys)",
+             source, source, source)
+    out = cfg.copy()
+    out.data = load_config([f"data={source}"]).data
+    return out
+
+
+def import_files(cfg: DictConfig, path: str | Path) -> dict[str, Path]:
+    """Import a user's price file as raw tables in `paths.raw_dir`; returns {table: path}."""
+    cfg = source_config(cfg, "files")
+    s = ImportSettings.from_cfg(cfg.data)
+    path = Path(path).expanduser()
+    raw = read_user_file(path, s)
+    tables = build_tables(raw, path, s)
+    dq = tables["daily_quotes"]
+    log.info("%s: %d rows, %d codes, %s..%s, calendar %s", path, dq.height, dq["Code"].n_unique(),
+             dq["Date"].min(), dq["Date"].max(), s.calendar)
+    return replace_raw_tables(tables, Path(str(cfg.paths.raw_dir)).expanduser(), source="files")
