@@ -1,0 +1,130 @@
+"""Next-day inference: ranked scores per stock from a trained run's model bundle.
+
+`gogooku3 predict --run RUN [--date D]` loads RUN/bundle (its feature manifest must match the dataset's, by
+fingerprint), builds every stock's window ending at D (default: the dataset's latest date), and writes
+``output/predictions/pred_<D>.parquet`` and ``.csv``: Code, CoName (from the raw listed_info when present),
+``score_{h}d`` and ``rank_{h}d`` (1 = highest score) per horizon, and ``side`` = long / short / "" by the
+portfolio's rule (top/bottom ``portfolio.long_fraction``/``short_fraction`` of ``pred_{predict.horizon}d`` among the
+names passing the portfolio's price/liquidity filter; ``filtered`` for names that fail it). The scores are for
+positions entered at the close of D + ``labels.entry_lag``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from gogooku3.errors import ConfigError, DataError
+from gogooku3.features.manifest import FeatureManifest
+from gogooku3.io import write_parquet, write_text
+from gogooku3.portfolio import BacktestConfig, side_expr, universe_filter
+
+log = logging.getLogger(__name__)
+
+
+def _parse_date(date: str | dt.date | None) -> dt.date | None:
+    if date is None or isinstance(date, dt.date):
+        return date
+    try:
+        return dt.date.fromisoformat(str(date))
+    except ValueError as e:
+        raise ConfigError(f"--date {date!r}: not a YYYY-MM-DD date") from e
+
+
+def resolve_date(dates: list[dt.date], date: dt.date | None, window: int, source: Any) -> dt.date:
+    """The prediction date: `date` (or the latest) if it is a dataset date with `window` sessions up to it."""
+    if not dates:
+        raise DataError(f"{source}: the dataset has no dates")
+    d = dates[-1] if date is None else date
+    if d not in set(dates):
+        raise DataError(f"{source}: {d} is not a date of the dataset (it covers {dates[0]} .. {dates[-1]})")
+    k = dates.index(d)
+    if k + 1 < window:
+        raise DataError(f"{source}: {d} has only {k + 1} session(s) of history; the model needs a {window}-day "
+                        f"window (first usable date {dates[window - 1] if len(dates) >= window else 'none'})")
+    return d
+
+
+def company_names(raw_dir: str | Path, date: dt.date) -> pl.DataFrame | None:
+    """Code, CoName from the newest listed_info snapshot on or before `date` (None when the table is absent)."""
+    from gogooku3.sources.schema import scan_table
+
+    lf = scan_table(raw_dir, "listed_info")
+    if lf is None or "CoName" not in lf.collect_schema():
+        return None
+    return (lf.select(pl.col("Date").cast(pl.Date), pl.col("Code").cast(pl.String), pl.col("CoName").cast(pl.String))
+            .filter(pl.col("Date") <= date).sort("Date").group_by("Code").agg(pl.col("CoName").last()).collect())
+
+
+def rank_table(preds: pl.DataFrame, horizons: list[int], horizon: int, c: BacktestConfig,
+               names: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Scores, ranks and the long/short flag for one date's predictions (Date, Code, pred_{h}d, + filter columns)."""
+    key = f"pred_{horizon}d"
+    if key not in preds.columns:
+        raise ConfigError(f"predict.horizon={horizon}: the bundle predicts only {', '.join(f'{h}d' for h in horizons)}")
+    ok = universe_filter(preds.columns, c).fill_null(False)
+    df = preds.sort("Date", "Code").with_columns(_ok=ok)
+    sides = (df.filter(pl.col("_ok") & pl.col(key).is_not_null())
+             .with_columns(_side=side_expr(key, c.long_fraction, c.short_fraction)).select("Code", "_side"))
+    df = df.join(sides, on="Code", how="left").with_columns(
+        side=pl.when(~pl.col("_ok")).then(pl.lit("filtered")).when(pl.col("_side") == 1).then(pl.lit("long"))
+        .when(pl.col("_side") == -1).then(pl.lit("short")).otherwise(pl.lit("")))
+    if names is not None:
+        df = df.join(names, on="Code", how="left")
+    else:
+        df = df.with_columns(CoName=pl.lit(None, dtype=pl.String))
+    out = df.select("Date", "Code", "CoName",
+                    *[pl.col(f"pred_{h}d").cast(pl.Float64).alias(f"score_{h}d") for h in horizons],
+                    *[pl.col(f"pred_{h}d").rank("ordinal", descending=True).cast(pl.UInt32).alias(f"rank_{h}d")
+                      for h in horizons],
+                    "side")
+    return out.sort(f"rank_{horizon}d")
+
+
+def predict(cfg: Any, run_dir: str | Path, date: str | dt.date | None = None) -> Path:
+    """`gogooku3 predict`: write output/predictions/pred_<date>.parquet and .csv; return the parquet path."""
+    from gogooku3.bundle import load_bundle, predict_for_dates
+
+    dataset = Path(cfg.paths.dataset)
+    if not dataset.exists():
+        raise DataError(f"{dataset}: dataset not found; build it with `gogooku3 data build`")
+    want = _parse_date(date)
+    bundle = load_bundle(run_dir, dataset)  # DataError when the manifest fingerprint differs
+    FeatureManifest.for_dataset(dataset).check_frame(pl.scan_parquet(dataset), dataset)
+    window = int(bundle.meta["window"])
+    dates = (pl.scan_parquet(dataset).select(pl.col("Date").cast(pl.Date).unique().sort()).collect()
+             .get_column("Date").to_list())
+    d = resolve_date(dates, want, window, dataset)
+
+    pc = cfg.get("predict", {})
+    horizon = int(pc.get("horizon", bundle.horizons[0]))
+    c = BacktestConfig.from_any(cfg)
+    preds = predict_for_dates(bundle, dataset, [d])
+    extra = [col for col in ("Close", "dollar_volume", "volume_ma_20")
+             if col in pl.scan_parquet(dataset).collect_schema()]
+    if extra:
+        cols = (pl.scan_parquet(dataset).filter(pl.col("Date").cast(pl.Date) == d)
+                .select(pl.col("Code").cast(pl.String), *extra).collect())
+        preds = preds.join(cols, on="Code", how="left")
+    table = rank_table(preds, bundle.horizons, horizon, c, company_names(cfg.paths.raw_dir, d))
+
+    out_dir = Path(cfg.paths.output_dir) / str(pc.get("output_subdir", "predictions"))
+    pq, csv = out_dir / f"pred_{d.isoformat()}.parquet", out_dir / f"pred_{d.isoformat()}.csv"
+    write_parquet(table, pq)
+    write_text(csv, table.write_csv())
+    n_show = int(pc.get("log_top", 10))
+    lag = int(cfg.labels.entry_lag) if "labels" in cfg else 1
+    def show(t: pl.DataFrame) -> str:
+        return ", ".join(f"{r['Code']} {r['CoName'] or ''}".strip() + f" ({r[f'score_{horizon}d']:+.4f})"
+                         for r in t.iter_rows(named=True))
+
+    log.info("predict %s (%d stocks, %dd horizon, entry at the close %d session(s) later)", d, table.height,
+             horizon, lag)
+    log.info("top %d: %s", n_show, show(table.head(n_show)))
+    log.info("bottom %d: %s", n_show, show(table.tail(n_show).reverse()))
+    log.info("long %d / short %d names -> %s", (table["side"] == "long").sum(), (table["side"] == "short").sum(), pq)
+    return pq

@@ -1,0 +1,353 @@
+"""Run report: every figure of a training run as JSON plus one self-contained HTML page.
+
+Reads the run directory contract (``metrics.json``, ``predictions_test.parquet``,
+``baseline_predictions_test.parquet``, ``logs/metrics.csv``, ``variable_importance.json``, ``config.yaml``,
+``bundle/``) and the newest ``output/experiments/safe_*.json``. Only ``predictions_test.parquet`` is required; a
+missing optional input is listed under ``missing`` and its section says so. Every metric comes from
+`gogooku3.metrics` and every portfolio figure from `gogooku3.portfolio` (one definition each).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from gogooku3 import metrics
+from gogooku3 import report_html as H
+from gogooku3.errors import DataError
+from gogooku3.io import peak_rss_mb, read_json, timestamp, to_json, write_text
+from gogooku3.portfolio import BacktestConfig, BacktestResult, attach_dataset_columns, backtest
+
+log = logging.getLogger(__name__)
+
+PRED_RE = re.compile(r"^pred_(\d+)d$")
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: NaN/inf -> None, dates -> ISO strings, tuples -> lists."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "isoformat"):
+        return obj.isoformat()
+    return obj
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+    elif isinstance(d, (int, float)) and not isinstance(d, bool):
+        out[prefix[:-1]] = d
+    return out
+
+
+def _horizons(df: pl.DataFrame) -> list[int]:
+    return sorted(int(m.group(1)) for c in df.columns
+                  if (m := PRED_RE.match(c)) and f"target_{m.group(1)}d" in df.columns)
+
+
+def _read_parquet(path: Path, required: bool) -> pl.DataFrame | None:
+    if not path.exists():
+        if required:
+            raise DataError(f"{path}: not found (is this a training run directory?)")
+        return None
+    try:
+        df = pl.read_parquet(path)
+    except Exception as e:  # noqa: BLE001 - polars raises several types for corrupt files
+        raise DataError(f"{path}: cannot read parquet ({type(e).__name__})") from e
+    if not _horizons(df) or "Date" not in df.columns or "Code" not in df.columns:
+        raise DataError(f"{path}: needs Date, Code and pred_{{h}}d/target_{{h}}d columns "
+                        f"(has {', '.join(df.columns[:10])})")
+    return df
+
+
+def _read_json_opt(path: Path) -> Any:
+    return read_json(path) if path.exists() else None
+
+
+def training_curves(path: Path) -> pl.DataFrame | None:
+    """Per epoch: the mean of each logged numeric column of a Lightning CSVLogger metrics.csv."""
+    if not path.exists():
+        return None
+    try:
+        df = pl.read_csv(path, infer_schema_length=None, null_values=["", "nan", "NaN"])
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"{path}: cannot read training log ({type(e).__name__})") from e
+    if "epoch" not in df.columns or df.height == 0:
+        return None
+    num = [c for c, t in df.schema.items() if t.is_numeric() and c not in ("epoch", "step")]
+    return (df.filter(pl.col("epoch").is_not_null()).group_by("epoch").agg(pl.col(num).cast(pl.Float64).mean())
+            .sort("epoch"))
+
+
+def _direct_importance(obj: Any) -> dict[str, float] | None:
+    """{feature: weight}, a list of {feature|name, gain|importance|weight} records, or a mapping whose values are
+    all such (per horizon / per fold: averaged)."""
+    if isinstance(obj, dict) and obj and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                             for v in obj.values()):
+        return {str(k): float(v) for k, v in obj.items()}
+    if isinstance(obj, list) and obj and all(isinstance(r, dict) for r in obj):
+        key = next((k for k in ("gain", "importance", "weight", "value") if k in obj[0]), None)
+        name = next((k for k in ("feature", "name") if k in obj[0]), None)
+        if key and name:
+            return {str(r[name]): float(r[key]) for r in obj}
+    if isinstance(obj, dict) and obj:
+        subs = [_direct_importance(v) for v in obj.values()]
+        if all(subs):
+            keys = set().union(*subs)
+            return {k: sum(s.get(k, 0.0) for s in subs) / len(subs) for k in keys}
+    return None
+
+
+def importance_from(obj: Any, direct: bool = True) -> dict[str, float] | None:
+    """Feature importance out of a JSON document: the document itself (when `direct`), else the first value,
+    breadth-first, under a key containing 'importance' that reads as one (see `_direct_importance`)."""
+    if direct and (found := _direct_importance(obj)):
+        return found
+    queue = [obj]
+    while queue:
+        cur = queue.pop(0)
+        items = cur.items() if isinstance(cur, dict) else enumerate(cur) if isinstance(cur, list) else ()
+        for k, v in items:
+            if "importance" in str(k).lower() and (found := _direct_importance(v)):
+                return found
+            if isinstance(v, (dict, list)):
+                queue.append(v)
+    return None
+
+
+def _latest_safe(cfg: Any) -> Path | None:
+    d = Path(cfg.paths.output_dir) / "experiments"
+    files = sorted(d.glob("safe_*.json"), key=lambda p: p.stat().st_mtime) if d.exists() else []
+    return files[-1] if files else None
+
+
+def param_count(run_dir: Path, run_metrics: dict | None) -> tuple[int | None, str | None]:
+    """Parameter count: metrics.json's own figure if any, else the tensor sizes in bundle/model.safetensors."""
+    for k, v in _flatten(run_metrics or {}).items():
+        if re.search(r"(^|\.)(n_params|num_params|param_count|params)$", k):
+            return int(v), f"metrics.json:{k}"
+    st = run_dir / "bundle" / "model.safetensors"
+    if st.exists():
+        from safetensors import safe_open
+
+        total = 0
+        with safe_open(str(st), framework="numpy") as f:
+            for key in f.keys():
+                total += math.prod(f.get_slice(key).get_shape())
+        return total, "bundle/model.safetensors"
+    return None, None
+
+
+def _backtest_opt(df: pl.DataFrame | None, cfg: Any, c: BacktestConfig) -> BacktestResult | None:
+    if df is None or f"pred_{c.horizon}d" not in df.columns:
+        return None
+    needs = c.min_price > 0 or c.min_adv > 0 or c.method == "mean_variance"
+    dataset = Path(cfg.paths.dataset)
+    if needs and dataset.exists():
+        df = attach_dataset_columns(df, dataset, ("Close", "dollar_volume", "volume_ma_20", c.vol_column),
+                                    check_keys=False)
+    return backtest(df, cfg=c)
+
+
+def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
+    """`gogooku3 report --run RUN`: write RUN/report.json and RUN/report.html; return their paths."""
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError(f"{run_dir}: run directory not found")
+    run = run_dir.resolve()
+    rc = cfg.get("report", {})
+    window, top, dpi = int(rc.get("rolling_window", 20)), int(rc.get("top_features", 25)), int(rc.get("dpi", 90))
+    target_sharpe, target_params = float(rc.get("target_sharpe", 0.849)), int(rc.get("target_params", 5_611_803))
+    tol = float(rc.get("param_tolerance", 0.10))
+
+    model = _read_parquet(run / "predictions_test.parquet", required=True)
+    base = _read_parquet(run / "baseline_predictions_test.parquet", required=False)
+    run_metrics = _read_json_opt(run / "metrics.json")
+    var_imp = _read_json_opt(run / "variable_importance.json")
+    curves = training_curves(run / "logs" / "metrics.csv")
+    run_cfg_text = (run / "config.yaml").read_text(encoding="utf-8") if (run / "config.yaml").exists() else None
+    safe_path = _latest_safe(cfg)
+    safe = read_json(safe_path) if safe_path else None
+    missing = [n for n, v in (("baseline_predictions_test.parquet", base), ("metrics.json", run_metrics),
+                              ("variable_importance.json", var_imp), ("logs/metrics.csv", curves),
+                              ("config.yaml", run_cfg_text), ("output/experiments/safe_*.json", safe)) if v is None]
+
+    # ---- prediction metrics --------------------------------------------------------------------------
+    horizons = _horizons(model)
+    frames = {"model": model, "baseline": base}
+    frames = {k: v for k, v in frames.items() if v is not None}
+    evals = {k: metrics.evaluate(v, [h for h in horizons if h in _horizons(v)]) for k, v in frames.items()}
+    daily = {k: {h: metrics.daily_ic(v, f"pred_{h}d", f"target_{h}d") for h in horizons if h in _horizons(v)}
+             for k, v in frames.items()}
+    paired = {str(h): metrics.paired_comparison(daily["model"][h], daily["baseline"][h])
+              for h in horizons if base is not None and h in daily["baseline"]}
+    h0 = horizons[0]
+    per_year = {k: metrics.per_period(d[h0], "year") for k, d in daily.items()}
+    q = int(cfg.portfolio.get("quantiles", 5)) if "portfolio" in cfg else 5
+    quants = {k: metrics.quantile_returns(v, f"pred_{h0}d", f"target_{h0}d", q) for k, v in frames.items()}
+
+    # ---- backtests -----------------------------------------------------------------------------------
+    bc = BacktestConfig.from_any(cfg)
+    bts: dict[str, BacktestResult] = {}
+    for k, v in frames.items():
+        try:
+            if (res := _backtest_opt(v, cfg, bc)) is not None:
+                bts[k] = res
+        except DataError as e:  # e.g. too few names per day: report the rest and say why
+            log.warning("report: %s backtest skipped: %s", k, e)
+            missing.append(f"{k} backtest ({e})")
+    bt_year = {k: (v.daily.group_by(year=pl.col("Date").dt.year())
+                   .agg(net=(1 + pl.col("net")).product() - 1, sharpe=pl.col("net").mean() / pl.col("net").std()
+                        * math.sqrt(bc.periods_per_year / bc.horizon), periods=pl.len()).sort("year"))
+               for k, v in bts.items()}
+
+    # ---- importance, size, resources -----------------------------------------------------------------
+    importances = {"LightGBM gain": importance_from(safe, direct=False) if safe else None,
+                   "model variable selection": importance_from(var_imp) if var_imp else None}
+    n_params, n_params_src = param_count(run, run_metrics)
+    flat = _flatten(run_metrics or {})
+    durations = {k: v for k, v in flat.items()
+                 if re.search(r"(seconds|duration|elapsed)", k) and "per_sec" not in k}
+    memory = {k: v for k, v in flat.items() if re.search(r"(rss|memory|_mb$|_gb$)", k)}
+    safe_flat = _flatten(safe or {})
+    data_stats = {k: v for k, v in safe_flat.items()
+                  if re.search(r"(rows|stocks|codes|dates|days|features|null|dropped)", k) and "importance" not in k}
+    model_sharpe = bts["model"].summary["sharpe"] if "model" in bts else None
+
+    report = {
+        "run_dir": str(run), "created": timestamp(), "horizons": horizons, "missing": missing,
+        "config": {"run": run_cfg_text, "portfolio": asdict(bc), "report": dict(rc)},
+        "data": {"model_predictions": {"rows": model.height, "days": model["Date"].n_unique(),
+                                       "stocks": model["Code"].n_unique(), "start": model["Date"].min(),
+                                       "end": model["Date"].max()},
+                 "safe_report": str(safe_path) if safe_path else None, "safe_stats": data_stats},
+        "evaluation": evals, "paired_model_vs_baseline": paired,
+        "per_year": {k: v.to_dicts() for k, v in per_year.items()},
+        "quantile_returns": {k: v.to_dicts() for k, v in quants.items()},
+        "backtest": {k: {"summary": v.summary, "per_year": bt_year[k].to_dicts()} for k, v in bts.items()},
+        "checks": {
+            "param_count": n_params, "param_count_source": n_params_src, "param_target": target_params,
+            "param_ratio": n_params / target_params if n_params else None,
+            "param_within_tolerance": abs(n_params / target_params - 1) <= tol if n_params else None,
+            "sharpe": model_sharpe, "sharpe_target": target_sharpe,
+            "sharpe_tstat": bts["model"].summary["sharpe_tstat"] if "model" in bts else None,
+            "sharpe_periods": bts["model"].summary["n_periods"] if "model" in bts else None,
+            "sharpe_meets_target": (model_sharpe >= target_sharpe) if model_sharpe is not None
+            and math.isfinite(model_sharpe) else None,
+            "sharpe_definition": f"mean(net)/std(net)*sqrt({bc.periods_per_year}/{bc.horizon}), "
+                                 f"{bc.cost_bps:g} bps per unit turnover; the original's 0.849 has no known definition",
+        },
+        "feature_importance": {k: v for k, v in importances.items() if v},
+        "training": {"run_metrics": run_metrics,
+                     "curves": curves.to_dicts() if curves is not None else None},
+        "durations": durations, "peak_memory": memory,
+        "report_seconds": None, "report_peak_rss_mb": None,
+    }
+
+    html = _html(report, daily, h0, bts, evals, quants, per_year, bt_year, importances, curves, paired,
+                 window, top, dpi)
+    report["report_seconds"] = time.perf_counter() - t0
+    report["report_peak_rss_mb"] = peak_rss_mb()
+    json_path, html_path = run / "report.json", run / "report.html"
+    write_text(json_path, to_json(_clean(report)) + "\n")
+    write_text(html_path, html)
+    log.info("report: model RankIC@%dd %.4f, Sharpe %s -> %s", h0, evals["model"][str(h0)]["rank_ic_mean"],
+             H.fmt(model_sharpe, 3), html_path)
+    return {"json": json_path, "html": html_path}
+
+
+def _html(rep: dict, daily: dict, h0: int, bts: dict, evals: dict, quants: dict, per_year: dict, bt_year: dict,
+          importances: dict, curves: pl.DataFrame | None, paired: dict, window: int, top: int, dpi: int) -> str:
+    chk = rep["checks"]
+    m_eval = evals["model"][str(h0)]
+    sh = chk["sharpe"]
+    summary = H.kpis([
+        (f"model RankIC {h0}d (mean daily)", H.fmt(m_eval["rank_ic_mean"]), None),
+        (f"model RankIC t-stat {h0}d", H.fmt(m_eval["rank_ic_tstat"], 2), None),
+        ("baseline RankIC " + f"{h0}d", H.fmt(evals.get("baseline", {}).get(str(h0), {}).get("rank_ic_mean")), None),
+        ("model − baseline t-stat", H.fmt(paired.get(str(h0), {}).get("t_stat"), 2), None),
+        (f"net Sharpe (model; t {H.fmt(chk['sharpe_tstat'], 2)} over {chk['sharpe_periods']} periods)", H.fmt(sh, 3),
+         "ok" if chk["sharpe_meets_target"] else "bad"),
+        (f"Sharpe target {chk['sharpe_target']}", "met" if chk["sharpe_meets_target"] else "not met",
+         "ok" if chk["sharpe_meets_target"] else "bad"),
+        ("parameters", H.fmt(chk["param_count"]), "ok" if chk["param_within_tolerance"] else "bad"),
+        (f"vs {chk['param_target']:,} target", H.fmt(chk["param_ratio"], 3), None),
+    ])
+    missing = (f'<p class="note">Missing inputs: {", ".join(rep["missing"])}</p>' if rep["missing"] else "")
+    note = f'<p class="note">Sharpe: {H.fmt(chk["sharpe_definition"])}</p>'
+    secs = [H.section("summary", "Summary", summary + note + missing)]
+
+    d = rep["data"]["model_predictions"]
+    stats_rows = [(k, v) for k, v in rep["data"]["safe_stats"].items()][:40]
+    secs.append(H.section("data", "Data", H.table(["test predictions", "value"], [
+        ("rows", d["rows"]), ("days", d["days"]), ("stocks", d["stocks"]), ("start", d["start"]), ("end", d["end"])])
+        + (H.table(["SafeTrainingPipeline figure", "value"], stats_rows) if stats_rows else
+           '<p class="note">No SafeTrainingPipeline report found.</p>')))
+
+    rows = []
+    for name, e in evals.items():
+        for h, s in e.items():
+            rows.append((f"{name} {h}d", s["ic_mean"], s["icir"], s["rank_ic_mean"], s["rank_icir"], s["rank_ic_tstat"],
+                         s["rank_ic_pos_share"], s["hit_rate"], s["top_bottom_spread"], s["n_days"]))
+    prow = [(f"{h}d", p["mean_a"], p["mean_b"], p["mean_diff"], p["t_stat"], p["p_value"], p["n_days"])
+            for h, p in paired.items()]
+    secs.append(H.section("horizons", "IC and RankIC by horizon (model vs baseline)",
+                          H.chart_by_horizon(evals, dpi)
+                          + H.table(["", "IC", "ICIR", "RankIC", "RankICIR", "RankIC t", "RankIC>0", "hit rate",
+                                     "top−bottom", "days"], rows)
+                          + "<h3>Paired test of daily RankIC (model − baseline, common days)</h3>"
+                          + (H.table(["horizon", "model", "baseline", "difference", "t-stat", "p-value", "days"], prow)
+                             if prow else '<p class="note">No baseline predictions in this run.</p>')))
+
+    bt_rows = [(k, v.summary["sharpe"], v.summary["ann_return"], v.summary["ann_vol"], v.summary["sortino"],
+                v.summary["max_drawdown"], v.summary["calmar"], v.summary["win_rate"], v.summary["avg_turnover"],
+                v.summary["sharpe_gross"], v.summary["top_quantile_ann_return"], v.summary["universe_ann_return"])
+               for k, v in bts.items()]
+    secs.append(H.section("backtest", "Backtest: cumulative net return and drawdown",
+                          H.chart_equity({k: v.daily for k, v in bts.items()}, dpi)
+                          + H.table(["", "Sharpe", "ann. return", "ann. vol", "Sortino", "max DD", "Calmar", "win rate",
+                                     "turnover", "Sharpe gross", "top-quantile LO", "universe EW"], bt_rows,
+                                    pct_cols=(2, 3, 5, 7, 10, 11))))
+    secs.append(H.section("rank-ic", "Daily RankIC",
+                          H.chart_rank_ic({k: v[h0] for k, v in daily.items() if h0 in v}, window, h0, dpi)))
+    secs.append(H.section("quantiles", "Quantile returns", H.chart_quantiles(quants, dpi)))
+
+    years = sorted({r["period"] for t in per_year.values() for r in t.to_dicts()})
+    yr_rows = []
+    for y in years:
+        row: list[Any] = [y]
+        for name in ("model", "baseline"):
+            t = per_year.get(name)
+            r = t.filter(pl.col("period") == y).to_dicts() if t is not None else []
+            row += [r[0]["rank_ic_mean"], r[0]["rank_ic_tstat"]] if r else [None, None]
+            b = bt_year.get(name)
+            rb = b.filter(pl.col("year") == int(y)).to_dicts() if b is not None else []
+            row += [rb[0]["net"], rb[0]["sharpe"]] if rb else [None, None]
+        yr_rows.append(row)
+    secs.append(H.section("per-year", "Per year", H.table(
+        ["year", "model RankIC", "model t", "model net", "model Sharpe",
+         "baseline RankIC", "baseline t", "baseline net", "baseline Sharpe"], yr_rows, pct_cols=(3, 7))))
+    secs.append(H.section("importance", "Feature importance", H.chart_importance(importances, top, dpi)))
+    secs.append(H.section("training", "Training curves", H.chart_training(curves, dpi)))
+    cfg_text = rep["config"]["run"]
+    secs.append(H.section("config", "Configuration",
+                          f"<pre>{H.fmt(cfg_text)}</pre>" if cfg_text
+                          else '<p class="note">No config.yaml in the run.</p>'))
+    res = [(k, v) for k, v in {**rep["durations"], **rep["peak_memory"]}.items()]
+    secs.append(H.section("resources", "Durations and memory", H.table(["figure", "value"], res) if res else
+                          '<p class="note">metrics.json holds no durations or memory figures.</p>'))
+    return H.page("gogooku3 run report", f"{rep['run_dir']} · created {rep['created']}", secs)

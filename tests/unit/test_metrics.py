@@ -1,0 +1,163 @@
+"""Metrics against scipy/numpy hand computations, ties, missing values and edge cases."""
+
+from __future__ import annotations
+
+import math
+from datetime import date, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+from scipy import stats
+
+from gogooku3 import metrics
+from gogooku3.errors import SchemaError
+
+
+def _panel(n_days: int = 40, n_stocks: int = 30, seed: int = 0, noise: float = 1.0) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    dates = [date(2021, 12, 1) + timedelta(days=i) for i in range(n_days)]
+    y = rng.normal(size=(n_days, n_stocks))
+    p = y + noise * rng.normal(size=(n_days, n_stocks))
+    return pl.DataFrame({
+        "Date": pl.Series([d for d in dates for _ in range(n_stocks)], dtype=pl.Date),
+        "Code": [f"{1000 + j}0" for _ in range(n_days) for j in range(n_stocks)],
+        "pred_1d": p.ravel(), "target_1d": y.ravel(),
+    })
+
+
+def test_daily_ic_matches_scipy_with_ties_and_missing():
+    d1, d2 = date(2024, 1, 4), date(2024, 1, 5)
+    p1 = [0.1, 0.1, 0.3, None, 0.5, 0.2, float("nan"), 0.7]
+    y1 = [1.0, 2.0, 2.0, 5.0, 3.0, None, 1.0, 4.0]
+    p2 = [3.0, 1.0, 2.0, 2.0, 5.0, 6.0]
+    y2 = [0.3, 0.1, 0.1, 0.2, 0.6, 0.5]
+    df = pl.DataFrame({"Date": [d1] * 8 + [d2] * 6, "pred": p1 + p2, "y": y1 + y2},
+                      schema={"Date": pl.Date, "pred": pl.Float32, "y": pl.Float64})
+    out = metrics.daily_ic(df, "pred", "y")
+    assert out["Date"].to_list() == [d1, d2]
+    # day 1 pairwise drop: rows 3 (null pred), 5 (null y), 6 (NaN pred) go -> 5 pairs
+    keep = [0, 1, 2, 4, 7]
+    a = np.array([p1[i] for i in keep], dtype=np.float32).astype(np.float64)
+    b = np.array([y1[i] for i in keep])
+    assert out["n"].to_list() == [5, 6]
+    assert out["ic"][0] == pytest.approx(stats.pearsonr(a, b)[0], abs=1e-12)
+    assert out["rank_ic"][0] == pytest.approx(stats.spearmanr(a, b)[0], abs=1e-12)
+    assert out["ic"][1] == pytest.approx(stats.pearsonr(p2, y2)[0], abs=1e-12)
+    assert out["rank_ic"][1] == pytest.approx(stats.spearmanr(p2, y2)[0], abs=1e-12)
+
+
+def test_days_too_small_or_constant_are_excluded():
+    d = [date(2024, 1, i) for i in (4, 5, 9)]
+    df = pl.DataFrame({
+        "Date": [d[0]] * 4 + [d[1]] * 6 + [d[2]] * 6,
+        "p": [1.0, 2, 3, 4] + [1.0] * 6 + [1.0, 2, 3, 4, 5, 6],
+        "y": [1.0, 2, 3, 4] + [1.0, 2, 3, 4, 5, 6] + [0.5] * 6,
+    })
+    assert metrics.daily_ic(df, "p", "y").height == 0  # 4 < 5 stocks; constant pred; constant target
+    assert metrics.daily_ic(df, "p", "y", min_stocks=4)["Date"].to_list() == [d[0]]
+    s = metrics.summarize_ic(metrics.daily_ic(df, "p", "y"))
+    assert s["n_days"] == 0 and math.isnan(s["rank_ic_mean"])
+
+
+def test_perfect_reversed_and_random_predictors():
+    df = _panel(noise=1.0)
+    perfect = df.with_columns(pred_1d=pl.col("target_1d") * 3 + 1)
+    reversed_ = df.with_columns(pred_1d=-pl.col("target_1d"))
+    rng = np.random.default_rng(1)
+    big = _panel(n_days=200, n_stocks=50, seed=3).with_columns(pred_1d=pl.Series(rng.normal(size=200 * 50)))
+    assert metrics.summarize_ic(metrics.daily_ic(perfect, "pred_1d", "target_1d"))["rank_ic_mean"] == pytest.approx(1.0)
+    assert metrics.summarize_ic(metrics.daily_ic(reversed_, "pred_1d", "target_1d"))["rank_ic_mean"] == pytest.approx(-1.0)
+    s = metrics.summarize_ic(metrics.daily_ic(big, "pred_1d", "target_1d"))
+    assert abs(s["rank_ic_mean"]) < 0.03 and abs(s["rank_ic_tstat"]) < 4
+    assert metrics.hit_rate(perfect, "pred_1d", "target_1d") == pytest.approx(1.0)
+    assert metrics.hit_rate(reversed_, "pred_1d", "target_1d") == pytest.approx(0.0)
+    assert abs(metrics.hit_rate(big, "pred_1d", "target_1d") - 0.5) < 0.02
+
+
+def test_summary_formulas_by_hand():
+    df = _panel(n_days=25, seed=5)
+    daily = metrics.daily_ic(df, "pred_1d", "target_1d")
+    s = metrics.summarize_ic(daily)
+    x = daily["rank_ic"].to_numpy()
+    assert s["n_days"] == 25
+    assert s["rank_ic_mean"] == pytest.approx(x.mean())
+    assert s["rank_ic_std"] == pytest.approx(x.std(ddof=1))
+    assert s["rank_icir"] == pytest.approx(x.mean() / x.std(ddof=1))
+    assert s["rank_ic_tstat"] == pytest.approx(x.mean() / x.std(ddof=1) * math.sqrt(25))
+    assert s["rank_ic_pos_share"] == pytest.approx((x > 0).mean())
+    ic = daily["ic"].to_numpy()
+    assert s["icir"] == pytest.approx(ic.mean() / ic.std(ddof=1))
+
+
+def test_hit_rate_by_hand():
+    d = date(2024, 2, 1)
+    # medians: p -> 3, y -> 0.3 ; the median row (p=3) is left out
+    df = pl.DataFrame({"Date": [d] * 5, "p": [1.0, 2, 3, 4, 5], "y": [0.1, 0.5, 0.3, 0.4, 0.2]})
+    # signs vs medians: p -,-,0,+,+ ; y -,+,0,+,- -> agree on rows 0 and 3 of 4 valid pairs
+    assert metrics.hit_rate(df, "p", "y") == pytest.approx(0.5)
+
+
+def test_quantile_returns_and_spread_by_hand():
+    d1, d2 = date(2024, 3, 1), date(2024, 3, 4)
+    p = list(range(10))
+    y1 = [float(v) for v in range(10)]
+    y2 = [float(-v) for v in range(10)]
+    df = pl.DataFrame({"Date": [d1] * 10 + [d2] * 10, "p": p + p, "y": y1 + y2},
+                      schema={"Date": pl.Date, "p": pl.Float64, "y": pl.Float64})
+    q = metrics.quantile_returns(df, "p", "y", q=5)
+    # quintile k holds predictions 2(k-1), 2k-1: day 1 mean 2k-1.5, day 2 the negative -> mean over days 0
+    assert q["quantile"].to_list() == [1, 2, 3, 4, 5]
+    assert q["mean_return"].to_list() == pytest.approx([0.0] * 5)
+    dq = metrics.daily_quantile_returns(df, "p", "y", q=5)
+    assert dq.filter(pl.col("Date") == d1)["ret"].to_list() == pytest.approx([0.5, 2.5, 4.5, 6.5, 8.5])
+    sp = metrics.daily_spread(df, "p", "y", q=5)
+    assert sp["spread"].to_list() == pytest.approx([8.0, -8.0])
+    assert metrics.top_bottom_spread(df.filter(pl.col("Date") == d1), "p", "y") == pytest.approx(8.0)
+
+
+def test_quantile_ties_share_a_bucket():
+    d = date(2024, 3, 1)
+    df = pl.DataFrame({"Date": [d] * 10, "p": [0.0] * 5 + list(map(float, range(1, 6))), "y": list(map(float, range(10)))})
+    dq = metrics.daily_quantile_returns(df, "p", "y", q=5)
+    # five tied predictions have average rank 3 -> bucket 2, ranks 6..10 -> buckets 3,4,4,5,5
+    assert dq["quantile"].to_list() == [2, 3, 4, 5]
+    assert dq["n"].to_list() == [5, 1, 2, 2]
+
+
+def test_evaluate_per_period_and_errors():
+    df = _panel(n_days=62, seed=2)  # spans Dec 2021 to Jan 2022
+    df = df.with_columns(pred_5d=pl.col("pred_1d"), target_5d=pl.col("target_1d") * 2)
+    ev = metrics.evaluate(df, [1, 5])
+    assert set(ev) == {"1", "5"}
+    daily = metrics.daily_ic(df, "pred_1d", "target_1d")
+    assert ev["1"]["rank_ic_mean"] == pytest.approx(metrics.summarize_ic(daily)["rank_ic_mean"])
+    assert ev["5"]["rank_ic_mean"] == pytest.approx(ev["1"]["rank_ic_mean"])  # rank-invariant to scaling
+    assert {"hit_rate", "top_bottom_spread", "n_days", "icir"} <= set(ev["1"])
+    assert ev["1"]["top_bottom_spread"] > 0
+    years = metrics.per_period(daily, "year")
+    assert years["period"].to_list() == ["2021", "2022"]
+    assert years["n_days"].sum() == 62
+    jan = daily.filter(pl.col("Date").dt.year() == 2022)["rank_ic"]
+    assert years["rank_ic_mean"][1] == pytest.approx(jan.mean())
+    assert metrics.per_period(daily, "month").height == 2
+    with pytest.raises(SchemaError, match="target_20d"):
+        metrics.evaluate(df, [20])
+    with pytest.raises(Exception, match="period"):
+        metrics.per_period(daily, "week")
+
+
+def test_paired_comparison_by_hand():
+    good = _panel(n_days=50, seed=7, noise=0.5)
+    bad = good.with_columns(pred_1d=pl.col("pred_1d") + pl.Series(np.random.default_rng(9).normal(size=good.height) * 3))
+    da = metrics.daily_ic(good, "pred_1d", "target_1d")
+    db = metrics.daily_ic(bad, "pred_1d", "target_1d").slice(5)  # only the common days count
+    res = metrics.paired_comparison(da, db)
+    j = da.join(db, on="Date", suffix="_b")
+    d = (j["rank_ic"] - j["rank_ic_b"]).to_numpy()
+    assert res["n_days"] == 45
+    assert res["mean_diff"] == pytest.approx(d.mean())
+    assert res["t_stat"] == pytest.approx(d.mean() / d.std(ddof=1) * math.sqrt(45))
+    ref = stats.ttest_rel(j["rank_ic"].to_numpy(), j["rank_ic_b"].to_numpy())
+    assert res["t_stat"] == pytest.approx(ref.statistic) and res["p_value"] == pytest.approx(ref.pvalue)
+    assert res["mean_diff"] > 0 and res["mean_a"] > res["mean_b"]
