@@ -1,0 +1,310 @@
+"""The point-in-time ML dataset builder: raw tables → features, ids and labels (one row per Code, Date).
+
+`build_features` is pure (tables in, frame out): every group is a set of Polars expressions applied lazily to the
+(Code, Date)-sorted daily frame and collected once. `build_dataset` reads and validates the raw tables, builds, and
+writes the dataset, its `latest` copy, the metadata and the feature manifest atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from omegaconf import DictConfig, OmegaConf
+
+from gogooku3.calendar import TradingCalendar
+from gogooku3.errors import DataError, SchemaError, rows_hint
+from gogooku3.features import cross as cross_mod
+from gogooku3.features import flows as flows_mod
+from gogooku3.features import margin as margin_mod
+from gogooku3.features import price, sector, statements, technical
+from gogooku3.features.common import Block, c
+from gogooku3.features.flags import flags as flag_block
+from gogooku3.features.manifest import META_COLUMNS, FeatureManifest, manifest_path, metadata_path, target_name
+from gogooku3.features.market import market_frame
+from gogooku3.features.targets import add_targets
+from gogooku3.features.user import user, user_columns
+from gogooku3.io import atomic_path, peak_rss_mb, write_json, write_parquet
+from gogooku3.sources.schema import TABLES, conform, scan_table, table_path
+
+log = logging.getLogger(__name__)
+
+Tables = dict[str, "pl.DataFrame | pl.LazyFrame"]
+
+
+@dataclass
+class BuiltFrame:
+    df: pl.DataFrame
+    groups: dict[str, str]  # feature column -> group
+    skipped: dict[str, str] = field(default_factory=dict)  # group -> why it (or part of it) was not built
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    latest_path: Path
+    rows: int
+    n_features: int
+    group_counts: dict[str, int]
+    skipped: dict[str, str]
+    seconds: float
+    peak_rss_mb: float
+    metadata: dict[str, Any]
+
+
+def _plain(cfg: Any) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+def _lazy(t: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
+    return t.lazy() if isinstance(t, pl.DataFrame) else t
+
+
+def _eager(t: pl.DataFrame | pl.LazyFrame | None) -> pl.DataFrame | None:
+    return t.collect() if isinstance(t, pl.LazyFrame) else t
+
+
+def base_frame(dq: pl.LazyFrame) -> tuple[pl.LazyFrame, list[str]]:
+    """Daily quotes → Code, Date, adjusted Open..Volume, raw helpers, user columns; sorted by (Code, Date).
+
+    Adjusted O/H/L/Vo missing but raw ones present (user files) are derived with the day's factor AdjC/C.
+    """
+    have = dq.collect_schema()
+    cols = set(have.names())
+    k = c("AdjC") / c("C") if "C" in cols else None
+    sel = [c("Code").cast(pl.Utf8), c("Date").cast(pl.Date), c("AdjC").cast(pl.Float64).alias("Close")]
+    for adj, raw, out in (("AdjO", "O", "Open"), ("AdjH", "H", "High"), ("AdjL", "L", "Low")):
+        if adj in cols:
+            sel.append(c(adj).cast(pl.Float64).alias(out))
+        elif raw in cols and k is not None:
+            sel.append((c(raw) * k).alias(out))
+    if "AdjVo" in cols:
+        sel.append(c("AdjVo").cast(pl.Float64).alias("Volume"))
+    elif "Vo" in cols and k is not None:
+        sel.append((c("Vo") / k).alias("Volume"))
+    for raw, out in (("Va", "TurnoverValue"), ("C", "_RawC"), ("Vo", "_RawVo"), ("AdjFactor", "_AF")):
+        if raw in cols:
+            sel.append(c(raw).cast(pl.Float64).alias(out))
+    users = user_columns(have)
+    sel += [c(u) for u in users]
+    return dq.select(sel).sort("Code", "Date"), users
+
+
+def build_features(tables: Tables, calendar: TradingCalendar, features_cfg: Any, labels_cfg: Any) -> BuiltFrame:
+    """Build every enabled feature group, the ids and the labels from raw tables (pure; nothing is written)."""
+    f, lab = _plain(features_cfg), _plain(labels_cfg)
+    on = {g: bool(v) for g, v in (f.get("groups") or {}).items()}
+    horizons, entry_lag = [int(h) for h in lab["horizons"]], int(lab["entry_lag"])
+    if "daily_quotes" not in tables or tables["daily_quotes"] is None:
+        raise DataError("raw tables: daily_quotes is required")
+    lf, users = base_frame(_lazy(tables["daily_quotes"]))
+    lf = add_targets(lf, calendar, horizons, entry_lag)
+    lf = lf.with_columns(list(price.core_columns().values()))
+    fallback = f["flows"]["fallback_section"]
+    lf = sector.attach_listed(lf, _lazy(tables["listed_info"]) if tables.get("listed_info") is not None else None,
+                              {str(k): v for k, v in f["sections"].items()}, fallback)
+    avail = set(lf.collect_schema().names())
+    groups: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+
+    def note(g: str, why: str) -> None:
+        skipped[g] = f"{skipped[g]}; {why}" if g in skipped else why
+
+    def run(b: Block, frame: pl.LazyFrame, keep: bool = True) -> pl.LazyFrame:
+        nonlocal avail
+        frame = b.apply(frame)
+        avail = set(frame.collect_schema().names())
+        if b.skipped:
+            note(b.group, b.skipped)
+        if keep:
+            groups.update({n: b.group for n in b.features})
+        return frame
+
+    def disabled(g: str) -> bool:
+        if on.get(g, True):
+            return False
+        note(g, "disabled in features.groups")
+        return True
+
+    def lacks(g: str, needs: tuple[str, ...]) -> bool:
+        gone = [n for n in needs if n not in avail]
+        if gone:
+            note(g, f"needs {', '.join(gone)} (from a skipped or disabled group)")
+        return bool(gone)
+
+    w = f["windows"]
+    # price blocks other groups read are computed even when their own group is switched off (then not output)
+    lf = run(price.ohlcv(avail), lf, keep=not disabled("ohlcv"))
+    lf = run(price.returns(avail, w), lf, keep=not disabled("returns"))
+    lf = run(price.volatility(avail, w), lf, keep=not disabled("volatility"))
+    lf = run(price.moving_averages(avail, w), lf, keep=not disabled("moving_averages"))
+    lf = run(price.price_position(avail), lf, keep=not disabled("price_position"))
+    vol_on = not disabled("volume")
+    lf = run(price.volume(avail, w), lf, keep=vol_on)
+    lf = run(technical.technicals(avail, f["technicals"]), lf, keep=not disabled("technicals"))
+
+    if not disabled("market"):
+        if tables.get("topix") is None:
+            note("market", "no topix table")
+        else:
+            mkt, b = market_frame(_lazy(tables["topix"]), f["market"])
+            lf = run(b, lf.join(mkt, on="Date", how="left", maintain_order="left"))
+    if not disabled("cross") and not lacks("cross", cross_mod.NEEDS):
+        lf = run(cross_mod.cross(f["cross"]), lf)
+
+    stmt_on = not disabled("statements")
+    if stmt_on or vol_on:
+        lf, b = statements.attach(lf, _eager(tables.get("statements")), calendar, f["statements"], stmt_on)
+        lf = run(b, lf, keep=stmt_on)
+        if vol_on:
+            if "_shout" in avail:
+                lf = run(statements.shares_block(avail), lf)
+            else:
+                note("volume", "shares_outstanding, turnover_rate, market_cap need the statements table (ShOut)")
+    if not disabled("flows"):
+        lf, b = flows_mod.attach(lf, _eager(tables.get("investor_types")), calendar, f["flows"])
+        lf = run(b, lf)
+    if not disabled("margin"):
+        lf, b = margin_mod.attach(lf, _eager(tables.get("margin_interest")), calendar, f["margin"], avail)
+        lf = run(b, lf)
+    if not disabled("sector") and not lacks("sector", sector.NEEDS):
+        lf = run(sector.sector_relative(int(f["sector"]["min_count"])), lf)
+    if not disabled("flags"):
+        lf = run(flag_block(f["flags"], avail, fallback), lf)
+    if not disabled("user") and users:
+        lf = run(user(users), lf)
+
+    feats = list(groups)
+    targets = [target_name(h) for h in horizons]
+    meta = [m for m in META_COLUMNS if m in avail]
+
+    out = lf.select(*meta, *feats, *targets).collect()  # features are typed by Block.apply
+    return BuiltFrame(out, groups, skipped)
+
+
+# ---------------------------------------------------------------------------------------------- reading + validation
+def read_raw_tables(raw_dir: str | Path) -> dict[str, pl.DataFrame]:
+    """Read and validate every raw table present (projection: the schema's columns, plus x_* of daily_quotes)."""
+    out: dict[str, pl.DataFrame] = {}
+    for name, spec in TABLES.items():
+        lf = scan_table(raw_dir, name)
+        if lf is None:
+            continue
+        path = table_path(raw_dir, name)
+        names = lf.collect_schema().names()
+        keep = [n for n in names if n in spec.columns or (name == "daily_quotes" and n.startswith("x_"))]
+        try:
+            df = lf.select(keep).collect()
+        except Exception as e:  # corrupt row groups surface only on read
+            raise DataError(f"{path}: cannot read parquet ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+        out[name] = conform(df, name, path)
+    if "daily_quotes" not in out:
+        raise DataError(f"{table_path(raw_dir, 'daily_quotes')}: file not found "
+                        "(run `gogooku3 data synth|fetch|import`)")
+    return out
+
+
+def make_calendar(tables: dict[str, pl.DataFrame], exchange: str) -> TradingCalendar:
+    if "trading_calendar" in tables:
+        return TradingCalendar.from_table(tables["trading_calendar"])
+    d = tables["daily_quotes"]["Date"]
+    return TradingCalendar.from_exchange(exchange, d.min(), d.max())
+
+
+def validate_tables(tables: dict[str, pl.DataFrame], cal: TradingCalendar, raw_dir: str | Path) -> None:
+    """Cross-table checks beyond the per-table schema: quotes only on sessions, statements only for known codes."""
+    dq = tables["daily_quotes"]
+    off = ~cal.is_session(dq["Date"])
+    if off.any():
+        ex = dq.filter(off).select("Code", "Date").head(3).rows()
+        raise DataError(f"{table_path(raw_dir, 'daily_quotes')}: {int(off.sum())} row(s) on non-trading days at rows "
+                        f"{rows_hint(off.arg_true().to_list())}, e.g. {ex}")
+    if "statements" in tables:
+        st = tables["statements"]
+        unknown = ~st["Code"].is_in(dq["Code"].unique().implode())
+        if unknown.any():
+            ex = st.filter(unknown)["Code"].unique(maintain_order=True).head(3).to_list()
+            raise SchemaError(f"{table_path(raw_dir, 'statements')}: column 'Code' has codes absent from daily_quotes "
+                              f"at rows {rows_hint(unknown.arg_true().to_list())}, e.g. {ex}")
+
+
+# ---------------------------------------------------------------------------------------------- dataset + report
+def coverage(built: BuiltFrame) -> dict[str, dict[str, float]]:
+    """Per group: feature count and mean null share."""
+    df = built.df
+    nulls = df.select(pl.col(list(built.groups)).null_count()).row(0, named=True) if built.groups else {}
+    out: dict[str, dict[str, float]] = {}
+    for n, g in built.groups.items():
+        e = out.setdefault(g, {"features": 0, "null_share": 0.0})
+        e["features"] += 1
+        e["null_share"] += nulls[n] / max(df.height, 1)
+    for e in out.values():
+        e["null_share"] = round(e["null_share"] / e["features"], 4)
+    return out
+
+
+def _coverage_table(meta: dict) -> str:
+    from io import StringIO
+
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"ML dataset coverage: {meta['rows']:,} rows, {meta['stocks']:,} stocks, {meta['dates']:,} dates "
+                    f"({meta['start']}..{meta['end']}), {meta['n_features']} features")
+    for col in ("group", "features", "null share", "note"):
+        t.add_column(col)
+    for g, e in meta["groups"].items():
+        t.add_row(g, str(e["features"]), f"{e['null_share']:.1%}", meta["skipped"].get(g, ""))
+    for g, why in meta["skipped"].items():
+        if g not in meta["groups"]:
+            t.add_row(g, "0", "-", why)
+    buf = StringIO()
+    Console(file=buf, width=140, force_terminal=False).print(t)
+    return buf.getvalue()
+
+
+def build_dataset(cfg: DictConfig) -> BuildResult:
+    """Read raw tables from `cfg.paths.raw_dir`, build, write dataset + latest copy + metadata + manifest."""
+    t0 = time.perf_counter()
+    raw_dir = Path(cfg.paths.raw_dir)
+    tables = read_raw_tables(raw_dir)
+    cal = make_calendar(tables, str(cfg.features.get("calendar_exchange", "XTKS")))
+    validate_tables(tables, cal, raw_dir)
+    log.info("building features from %s (%d quote rows)", raw_dir, tables["daily_quotes"].height)
+    built = build_features(tables, cal, cfg.features, cfg.labels)
+    df = built.df
+    if df.height == 0:
+        raise DataError(f"{raw_dir}: the build produced no rows")
+    start, end = df["Date"].min(), df["Date"].max()
+    out_dir = Path(cfg.paths.output_dir)
+    path = out_dir / f"ml_dataset_{start:%Y%m%d}_{end:%Y%m%d}.parquet"
+    latest = Path(cfg.paths.dataset)
+    horizons, entry_lag = [int(h) for h in cfg.labels.horizons], int(cfg.labels.entry_lag)
+    manifest = FeatureManifest.from_frame(df, built.groups, horizons, entry_lag, built.skipped)
+    cov = coverage(built)
+    seconds = time.perf_counter() - t0
+    meta = {
+        "rows": df.height, "stocks": df["Code"].n_unique(), "dates": df["Date"].n_unique(),
+        "start": start.isoformat(), "end": end.isoformat(), "n_features": len(manifest.names),
+        "groups": cov, "skipped": built.skipped, "horizons": horizons, "entry_lag": entry_lag,
+        "targets": manifest.targets, "manifest_fingerprint": manifest.fingerprint,
+        "build_seconds": round(seconds, 2), "peak_rss_mb": round(peak_rss_mb(), 1), "raw_dir": str(raw_dir),
+        "generator": "gogooku3.features.builder",
+    }
+    write_parquet(df, path)
+    if latest.resolve() != path.resolve():
+        with atomic_path(latest) as tmp:
+            shutil.copyfile(path, tmp)
+    for p in dict.fromkeys([path, latest]):
+        write_json(metadata_path(p), {**meta, "path": str(p)})
+        manifest.save(manifest_path(p))
+    log.info("%s", _coverage_table(meta))
+    log.info("wrote %s (%d rows x %d features) in %.1fs, peak RSS %.0f MiB", path, df.height, meta["n_features"],
+             seconds, meta["peak_rss_mb"])
+    return BuildResult(path, latest, df.height, meta["n_features"], {g: e["features"] for g, e in cov.items()},
+                       built.skipped, seconds, meta["peak_rss_mb"], meta)

@@ -1,0 +1,63 @@
+"""The 26 TOPIX market features (spec §1.4, `MarketFeaturesGenerator`): computed on the index series alone, then
+joined to every stock on Date (the same value for every stock that day).
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from gogooku3.features.common import SQRT252, Block, c, div, flag, zscore_rolling
+
+Z_COLS = ("mkt_ret_1d", "mkt_vol_20d", "mkt_bb_bw", "mkt_dd_from_peak")
+REGIME_FLAGS = ("mkt_big_move_flag", "mkt_bull_200", "mkt_trend_up", "mkt_high_vol", "mkt_squeeze")
+
+
+def _ema(e: pl.Expr, span: int) -> pl.Expr:
+    return e.ewm_mean(span=span, adjust=False, ignore_nulls=True)
+
+
+def market_frame(topix: pl.LazyFrame, m: dict) -> tuple[pl.LazyFrame, Block]:
+    """Date + mkt_* columns from the TOPIX table (Date, C and optionally O/H/L). Returns (frame, block of names)."""
+    cols = set(topix.collect_schema().names())
+    b = Block("market")
+    lf = topix.select([x for x in ("Date", "O", "H", "L", "C") if x in cols]).sort("Date")
+    C = c("C")
+    st1 = {f"mkt_ret_{h}d": (C / C.shift(h) - 1.0) for h in (1, 5, 10, 20)}
+    st1 |= {f"mkt_ema_{s}": _ema(C, s) for s in (5, 20, 60, 200)}
+    mid, sd = C.rolling_mean(20, min_samples=20), C.rolling_std(20, min_samples=20, ddof=0)
+    st1["mkt_bb_pct_b"] = div(C - (mid - 2 * sd), 4 * sd).clip(0.0, 1.0)
+    st1["mkt_bb_bw"] = div(4 * sd, mid)
+    st1["mkt_dd_from_peak"] = (C - C.cum_max()) / C.cum_max()
+    has_hl = {"H", "L"} <= cols
+    if has_hl:
+        tr = pl.max_horizontal(c("H") - c("L"), (c("H") - C.shift(1)).abs(), (c("L") - C.shift(1)).abs())
+        st1["mkt_atr_14"] = pl.when(C.shift(1).is_null()).then(None).otherwise(tr).rolling_mean(14, min_samples=14)
+    st2 = {
+        "mkt_dev_20": (C - c("mkt_ema_20")) / c("mkt_ema_20"),
+        "mkt_gap_5_20": (c("mkt_ema_5") - c("mkt_ema_20")) / c("mkt_ema_20"),
+        "mkt_ema20_slope_3": c("mkt_ema_20") / c("mkt_ema_20").shift(3) - 1.0,
+        "mkt_vol_20d": c("mkt_ret_1d").rolling_std(20, min_samples=20) * SQRT252,
+        "mkt_big_move_flag": flag(c("mkt_ret_1d").abs() >= 2.0 * c("mkt_ret_1d").rolling_std(
+            m["big_move_window"], min_samples=m["big_move_window"])),
+        "mkt_bull_200": flag(C > c("mkt_ema_200")),
+    }
+    if has_hl:
+        st2["mkt_natr_14"] = c("mkt_atr_14") / C
+    zw = m["z_window"]
+    st3 = {f"{x}_z": zscore_rolling(c(x), zw, partition=None) for x in Z_COLS}
+    st3["mkt_trend_up"] = flag(c("mkt_gap_5_20") > 0)
+    st4 = {"mkt_high_vol": flag(c("mkt_vol_20d_z") > 1.0), "mkt_squeeze": flag(c("mkt_bb_bw_z") < -1.0)}
+    for st in (st1, st2, st3, st4):
+        lf = lf.with_columns([e.alias(n) for n, e in st.items()])
+        b.stages[0].update({n: c(n) for n in st})
+    b.flags.update(REGIME_FLAGS)
+    if not has_hl:
+        b.skip("mkt_atr_14, mkt_natr_14 need TOPIX H/L")
+    order = ["mkt_ret_1d", "mkt_ret_5d", "mkt_ret_10d", "mkt_ret_20d", "mkt_ema_5", "mkt_ema_20", "mkt_ema_60",
+             "mkt_ema_200", "mkt_dev_20", "mkt_gap_5_20", "mkt_ema20_slope_3", "mkt_vol_20d", "mkt_atr_14",
+             "mkt_natr_14", "mkt_bb_pct_b", "mkt_bb_bw", "mkt_dd_from_peak", "mkt_big_move_flag",
+             *(f"{x}_z" for x in Z_COLS), "mkt_bull_200", "mkt_trend_up", "mkt_high_vol", "mkt_squeeze"]
+    names = [n for n in order if n in b.stages[0]]
+    b.stages = [{n: c(n) for n in names}]  # the columns arrive by join; the block only names them
+    return lf.select(["Date", *names]), b
+

@@ -1,0 +1,100 @@
+"""Price and volume groups (spec §1.4): OHLCV, returns, volatility, moving averages, price position, volume.
+
+The base frame carries the split-adjusted series as Open/High/Low/Close/Volume (from AdjO/AdjH/AdjL/AdjC/AdjVo), so a
+split day shows no fake return. Raw close/volume (`_RawC`, `_RawVo`) are only used for market cap and turnover rate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+
+from gogooku3.features.common import SQRT252, Block, c, div, ema, lag, missing, per_code, roll_mean, roll_std
+
+OHLCV = ("Open", "High", "Low", "Close", "Volume", "TurnoverValue")
+
+
+def ohlcv(avail: set[str]) -> Block:
+    b = Block("ohlcv")
+    for name in OHLCV:
+        if name in avail:
+            b.add(name, c(name))
+    gone = missing(avail, *OHLCV)
+    if gone:
+        b.skip(f"daily_quotes lacks the inputs of {', '.join(gone)}")
+    return b
+
+
+def returns(avail: set[str], w: dict) -> Block:
+    b = Block("returns")
+    for h in w["returns"]:
+        b.add(f"returns_{h}d", c("Close") / lag("Close", h) - 1.0)
+    for h in w["log_returns"]:
+        b.add(f"log_returns_{h}d", (c("Close") / lag("Close", h)).log())
+    return b
+
+
+def volatility(avail: set[str], w: dict) -> Block:
+    """std(r1, w)·√252, and Parkinson's range volatility sqrt(252·mean_w(ln(H/L)² / (4 ln 2)))."""
+    b = Block("volatility")
+    for win in w["volatility"]:
+        b.add(f"volatility_{win}d", roll_std(c("_r1"), win) * SQRT252)
+    if missing(avail, "High", "Low"):
+        b.skip("realized_volatility needs AdjH/AdjL")
+    else:
+        pk = (c("High") / c("Low")).log().pow(2) / (4.0 * math.log(2.0))
+        b.add("realized_volatility", (252.0 * roll_mean(pk, w["parkinson"])).sqrt())
+    return b
+
+
+def moving_averages(avail: set[str], w: dict) -> Block:
+    b = Block("moving_averages")
+    for win in w["sma"]:
+        b.add(f"sma_{win}", roll_mean(c("Close"), win))
+    for span in w["ema"]:
+        # min_samples 1 as in the spec; maturity is carried by the is_ema*_valid flags
+        b.add(f"ema_{span}", ema(c("Close"), span))
+    return b
+
+
+def price_position(avail: set[str]) -> Block:
+    b = Block("price_position")
+    for win in (5, 20, 60):
+        b.add(f"price_to_sma{win}", div(c("Close"), roll_mean(c("Close"), win)))
+    e5, e20, e60 = (ema(c("Close"), s) for s in (5, 20, 60))
+    b.add("ma_gap_5_20", div(e5 - e20, e20))
+    b.add("ma_gap_20_60", div(e20 - e60, e60))
+    if missing(avail, "High", "Low"):
+        b.skip("high_low_ratio, close_to_high, close_to_low need AdjH/AdjL")
+    else:
+        rng = c("High") - c("Low")
+        b.add("high_low_ratio", div(c("High"), c("Low")))
+        b.add("close_to_high", div(c("High") - c("Close"), rng))
+        b.add("close_to_low", div(c("Close") - c("Low"), rng))
+    return b
+
+
+def volume(avail: set[str], w: dict) -> Block:
+    """Volume averages and ratios, dollar volume. Shares-based columns are added by `statements.shares_block`."""
+    b = Block("volume")
+    if "Volume" not in avail:
+        b.skip("daily_quotes lacks AdjVo")
+        return b
+    for win in w["volume_ma"]:
+        b.add(f"volume_ma_{win}", roll_mean(c("Volume"), win))
+    b.next_stage()
+    for win in w["volume_ma"]:
+        b.add(f"volume_ratio_{win}", div(c("Volume"), c(f"volume_ma_{win}")))
+    # adjusted close × adjusted volume = raw close × raw volume: invariant to splits
+    b.add("dollar_volume", c("Close") * c("Volume"))
+    return b
+
+
+def core_columns() -> dict[str, pl.Expr]:
+    """Helper columns every later block may read: the 1-day adjusted return, previous close, row counter."""
+    return {
+        "_r1": (c("Close") / lag("Close", 1) - 1.0).alias("_r1"),
+        "_prevC": lag("Close", 1).alias("_prevC"),
+        "_row": per_code(pl.int_range(pl.len(), dtype=pl.Int32)).alias("_row"),  # 0-based, for maturity flags
+    }

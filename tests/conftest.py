@@ -1,0 +1,130 @@
+"""Shared fixtures: hand-made tiny raw tables, the synthetic market (30 stocks × 300 days) and its built dataset."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import polars as pl
+import pytest
+
+from gogooku3.calendar import TradingCalendar
+from gogooku3.config import load_config
+
+
+def make_mini_tables(n_stocks: int = 6, n_days: int = 160, seed: int = 0, start: str = "2023-06-01") -> dict:
+    """Every raw table for a few random-walk stocks on real XTKS sessions; stock index 1 has a 1:2 split on its
+    81st row (AdjFactor 0.5; raw prices halve, adjusted ones are continuous)."""
+    cal = TradingCalendar.from_exchange("XTKS", start, "2026-12-31")
+    sess = cal.sessions[:n_days]
+    rng = np.random.default_rng(seed)
+    rows = []
+    codes = [f"{1300 + 10*i}0" for i in range(n_stocks)]
+    for i, code in enumerate(codes):
+        r = rng.normal(0.0005, 0.02, n_days)
+        adj = 100 * (1 + i) * np.exp(np.cumsum(r))
+        hi = adj * (1 + np.abs(rng.normal(0, 0.01, n_days)))
+        lo = adj * (1 - np.abs(rng.normal(0, 0.01, n_days)))
+        op = np.clip(adj * (1 + rng.normal(0, 0.005, n_days)), lo, hi)
+        vo = rng.lognormal(10, 0.5, n_days)
+        af = np.ones(n_days)
+        k = np.ones(n_days)  # raw = adj / k(t); k(t) = prod_{s>t} AF(s)
+        if i == 1 and n_days > 80:
+            af[80] = 0.5
+            k[:80] = 0.5
+        raw = adj / k
+        df = pl.DataFrame({"Date": sess, "Code": code, "O": op / k, "H": hi / k, "L": lo / k, "C": raw,
+                           "Vo": vo * k, "Va": raw * vo * k, "AdjFactor": af, "AdjO": op, "AdjH": hi, "AdjL": lo,
+                           "AdjC": adj, "AdjVo": vo})
+        rows.append(df)
+    dq = pl.concat(rows)
+    listed = pl.DataFrame({"Date": [sess[0]] * n_stocks, "Code": codes, "CoName": codes,
+                           "S17": ["1"] * n_stocks, "S33": ["0050" if i < 3 else "3050" for i in range(n_stocks)],
+                           "Mkt": [("0111", "0112", "0113")[i % 3] for i in range(n_stocks)],
+                           "ScaleCat": ["x"] * n_stocks})
+    tc = np.cumsum(rng.normal(0, 0.01, n_days))
+    C = 2000 * np.exp(tc)
+    topix = pl.DataFrame({"Date": sess, "O": C, "H": C * 1.005, "L": C * 0.995, "C": C})
+    # statements: each stock quarterly
+    st = []
+    for i, code in enumerate(codes):
+        for q, di in enumerate(range(5, n_days, 40)):
+            st.append({"DiscDate": sess[di], "DiscTime": ["13:00:00", "15:30:00", None, "15:00:00"][q % 4],
+                       "Code": code, "CurPerType": ["1Q", "2Q", "3Q", "FY"][q % 4],
+                       "CurFYSt": dt.date(2023, 4, 1) if q < 4 else dt.date(2024, 4, 1),
+                       "Sales": 1000.0 + 10 * q + i, "OP": 100.0 + q, "NP": 60.0 + q, "EPS": 10.0,
+                       "Eq": 5000.0, "TA": 10000.0, "FOP": 400.0 + q, "FNP": 240.0, "FEPS": 40.0, "FDivAnn": 10.0,
+                       "ShOut": 1e6 * (i + 1), "ChgAcEst": "false", "RetroRst": "true" if q == 2 else "false"})
+    statements = pl.DataFrame(st)
+    weeks = sess.filter(pl.Series([d.weekday() == 3 for d in sess.to_list()]))
+    inv = []
+    for sec in ("TSEPrime", "TSEStandard", "TSEGrowth"):
+        for pub in weeks.to_list():
+            row = {"PubDate": pub, "StDate": pub - dt.timedelta(days=10), "EnDate": pub - dt.timedelta(days=6),
+                   "Section": sec}
+            for inv_ in ("Frgn", "Ind", "Prop", "Brk", "TrstBnk", "InvTr", "Tot"):
+                s_, b_ = rng.uniform(100, 200), rng.uniform(100, 200)
+                row.update({f"{inv_}Sell": s_, f"{inv_}Buy": b_, f"{inv_}Tot": s_ + b_, f"{inv_}Bal": b_ - s_})
+            inv.append(row)
+    investor = pl.DataFrame(inv)
+    mg = []
+    for code in codes:
+        for pub in weeks.to_list():
+            mg.append({"PubDate": pub, "Date": pub - dt.timedelta(days=6), "Code": code,
+                       "ShrtVol": rng.uniform(1e3, 2e3), "LongVol": rng.uniform(3e3, 5e3), "IssType": "2"})
+    margin = pl.DataFrame(mg)
+    all_days = pl.date_range(sess[0], sess[-1] + dt.timedelta(days=60), eager=True)
+    full_sess = cal.sessions
+    holdiv = ["1" if d else "0" for d in all_days.is_in(full_sess.implode()).to_list()]
+    calendar = pl.DataFrame({"Date": all_days, "HolDiv": pl.Series(holdiv, dtype=pl.Utf8)})
+    return {"daily_quotes": dq, "listed_info": listed, "topix": topix, "statements": statements,
+            "investor_types": investor, "margin_interest": margin, "trading_calendar": calendar}
+
+
+@pytest.fixture(scope="session")
+def cfg():
+    return load_config([])
+
+
+@pytest.fixture(scope="session")
+def mini_tables() -> dict:
+    return make_mini_tables()
+
+
+@pytest.fixture(scope="session")
+def mini_calendar(mini_tables) -> TradingCalendar:
+    return TradingCalendar.from_table(mini_tables["trading_calendar"])
+
+
+@pytest.fixture(scope="session")
+def mini_built(mini_tables, mini_calendar, cfg):
+    from gogooku3.features.builder import build_features
+
+    return build_features(mini_tables, mini_calendar, cfg.features, cfg.labels)
+
+
+@pytest.fixture(scope="session")
+def synth_tables() -> dict:
+    """The synthetic market, 30 stocks × 300 sessions (oracle removed: raw tables only)."""
+    from gogooku3.sources.synthetic import SynthParams, simulate_market
+
+    tables = simulate_market(SynthParams(n_stocks=30, n_days=300, seed=7))
+    return {k: v for k, v in tables.items() if k != "oracle"}
+
+
+@pytest.fixture(scope="session")
+def synth_calendar(synth_tables) -> TradingCalendar:
+    return TradingCalendar.from_table(synth_tables["trading_calendar"])
+
+
+@pytest.fixture(scope="session")
+def synth_built(synth_tables, synth_calendar, cfg):
+    from gogooku3.features.builder import build_features
+
+    return build_features(synth_tables, synth_calendar, cfg.features, cfg.labels)
+
+
+@pytest.fixture(scope="session")
+def mini_factory():
+    """make_mini_tables itself, for tests that build variants of the hand-made market."""
+    return make_mini_tables
