@@ -1,0 +1,203 @@
+"""Correlation graphs between stocks from a trailing window of returns (torch-vectorised, CPU or GPU).
+
+`FinancialGraphBuilder.edges(returns[T, N])` -> symmetric edges with |ρ| ≥ threshold and at most k per node,
+chosen greedily by |ρ| (each round, every node with spare degree proposes its best remaining candidates;
+mutually proposed pairs are accepted). Missing returns (NaN or mask=False) are handled pairwise-complete:
+each pair's correlation uses only the days both stocks have, and pairs with fewer than `min_obs` such
+days get ρ = 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from gogooku3.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+class FinancialGraphBuilder:
+    def __init__(self, window: int = 60, method: str = "ewm", halflife: float = 20.0, shrinkage: float = 0.1,
+                 threshold: float = 0.3, k: int = 10, min_obs: int = 20, max_rounds: int = 32) -> None:
+        if method not in ("ewm", "pearson"):
+            raise ConfigError(f"graph.method must be 'ewm' or 'pearson', got '{method}'")
+        if not 0.0 <= shrinkage < 1.0:
+            raise ConfigError(f"graph.shrinkage must be in [0, 1), got {shrinkage}")
+        if int(k) < 1 or int(window) < 2 or float(halflife) <= 0:
+            raise ConfigError(f"graph needs k >= 1, window >= 2, halflife > 0 (got {k}, {window}, {halflife})")
+        self.window = int(window)
+        self.method = method
+        self.halflife = float(halflife)
+        self.shrinkage = float(shrinkage)
+        self.threshold = float(threshold)
+        self.k = int(k)
+        self.min_obs = int(min_obs)
+        self.max_rounds = int(max_rounds)
+
+    # ---- correlation --------------------------------------------------------------------------------
+    def _weights(self, t: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        if self.method == "pearson":
+            return torch.ones(t, device=device, dtype=dtype)
+        age = torch.arange(t - 1, -1, -1, device=device, dtype=dtype)  # 0 for the most recent day
+        return torch.exp(-math.log(2.0) / self.halflife * age)
+
+    def correlation(self, returns: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[N, N] shrunk correlation over the last `window` rows of returns [T, N]; diagonal 1."""
+        if returns.dim() != 2:
+            raise DataError(f"graph: returns must be [T, N], got shape {tuple(returns.shape)}")
+        x = returns[-self.window:]
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        x = x.to(dtype)
+        valid = torch.isfinite(x)
+        if mask is not None:
+            valid = valid & mask[-self.window:].to(device=x.device, dtype=torch.bool)
+        w = self._weights(x.shape[0], x.device, dtype)[:, None]
+        if bool(valid.all()):
+            corr = self._complete_corr(x, w)
+        else:
+            corr = self._pairwise_corr(x, valid, w)
+        corr = 0.5 * (corr + corr.T) * (1.0 - self.shrinkage)
+        corr.fill_diagonal_(1.0)
+        return corr
+
+    def _complete_corr(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """No missing values: one weighted covariance matmul."""
+        if x.shape[0] < self.min_obs:
+            return torch.zeros((x.shape[1], x.shape[1]), dtype=x.dtype, device=x.device)
+        w = w / w.sum()
+        xc = x - (w * x).sum(0)
+        cov = (w * xc).T @ xc
+        sd = torch.sqrt(torch.diagonal(cov).clamp_min(0))
+        denom = sd[:, None] * sd[None, :]
+        corr = torch.where(denom > 1e-20, cov / denom.clamp_min(1e-30), torch.zeros_like(cov))
+        return corr.clamp(-1.0, 1.0)
+
+    def _pairwise_corr(self, x: torch.Tensor, valid: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Pairwise-complete weighted correlation: each pair uses only the days both stocks have."""
+        dtype = x.dtype
+        m = valid.to(dtype)
+        x = torch.where(valid, x, torch.zeros((), dtype=dtype, device=x.device))
+        # Centre each stock on its own weighted mean first (numerical stability); pairwise means follow below.
+        wm = w * m
+        own_mean = (wm * x).sum(0) / wm.sum(0).clamp_min(1e-12)
+        xc = (x - own_mean) * m
+        wx = w * xc
+        s = wm.T @ m                      # Σ w m_i m_j
+        sx = wx.T @ m                     # Σ w m_i m_j x_i
+        sxx = (wx * xc).T @ m             # Σ w m_i m_j x_i²
+        sxy = wx.T @ xc                   # Σ w m_i m_j x_i x_j
+        s_safe = s.clamp_min(1e-12)
+        mean_i = sx / s_safe
+        mean_j = mean_i.T
+        cov = sxy / s_safe - mean_i * mean_j
+        var_i = (sxx / s_safe - mean_i * mean_i).clamp_min(0)
+        var_j = var_i.T
+        denom = torch.sqrt(var_i * var_j)
+        corr = torch.where(denom > 1e-20, cov / denom.clamp_min(1e-30), torch.zeros_like(cov))
+        n_obs = m.T @ m
+        return torch.where(n_obs >= self.min_obs, corr, torch.zeros_like(corr)).clamp(-1.0, 1.0)
+
+    # ---- edges --------------------------------------------------------------------------------------
+    def select(self, corr: torch.Tensor) -> torch.Tensor:
+        """edge_index [2, E] (both directions): |ρ| ≥ threshold, ≤ k per node, greedy by |ρ|, no self loops.
+
+        Candidates are each node's top `4k` partners by |ρ|; then, round by round, every node with spare
+        degree proposes its best live candidates and mutually proposed pairs are accepted (the best live pair
+        is always mutual, so every round makes progress).
+        """
+        n = corr.shape[0]
+        dev = corr.device
+        if n < 2:
+            return torch.zeros((2, 0), dtype=torch.long, device=dev)
+        score = corr.abs().to(torch.float32)
+        score.fill_diagonal_(-1.0)
+        m = min(4 * self.k, n - 1)
+        vals, nbr = torch.topk(score, m, dim=1)            # [N, M], sorted by |ρ| descending
+        alive = vals >= self.threshold
+        rows = torch.arange(n, device=dev)[:, None].expand(n, m)
+        accepted = torch.zeros((n, m), dtype=torch.bool, device=dev)
+        cap = torch.full((n,), self.k, dtype=torch.long, device=dev)
+        for _ in range(self.max_rounds):
+            open_ = cap > 0
+            live = alive & open_[:, None] & open_[nbr]
+            if not bool(live.any()):
+                break
+            prop = live & (live.cumsum(1) <= cap[:, None])
+            keys = (rows[prop] * n + nbr[prop])
+            acc = prop.clone()
+            acc[prop] = torch.isin(nbr[prop] * n + rows[prop], keys)
+            if not bool(acc.any()):  # only possible with exact ties in |ρ|
+                break
+            accepted |= acc
+            alive &= ~acc
+            cap = cap - acc.sum(1)
+        return torch.stack([rows[accepted], nbr[accepted]])
+
+    def edges(self, returns: torch.Tensor, mask: torch.Tensor | None = None,
+              corr: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(edge_index [2, E] long, edge_weight [E] = ρ) with both directions of every undirected edge."""
+        c = self.correlation(returns, mask) if corr is None else corr
+        edge_index = self.select(c)
+        return edge_index, c[edge_index[0], edge_index[1]]
+
+
+def graph_stats(edge_index: torch.Tensor, edge_weight: torch.Tensor, n_nodes: int) -> dict[str, Any]:
+    """Nodes, undirected edges, average degree 2E/N, mean |ρ| over edges, isolated nodes, max degree."""
+    directed = int(edge_index.shape[1])
+    e = directed // 2
+    deg = torch.bincount(edge_index[0].cpu(), minlength=n_nodes) if directed else torch.zeros(n_nodes, dtype=torch.long)
+    return {
+        "n_nodes": int(n_nodes),
+        "n_edges": e,
+        "avg_degree": (2.0 * e / n_nodes) if n_nodes else 0.0,
+        "max_degree": int(deg.max()) if n_nodes else 0,
+        "isolated_nodes": int((deg == 0).sum()),
+        "mean_abs_rho": float(edge_weight.abs().mean()) if directed else None,
+        "positive_edge_share": float((edge_weight > 0).float().mean()) if directed else None,
+    }
+
+
+def return_matrix(df: pl.DataFrame, codes: Sequence[str], end_date: Any, window: int,
+                  value_col: str = "returns_1d") -> tuple[np.ndarray, list]:
+    """[T, N] returns (NaN where missing) of `codes` over the last `window` dates ≤ end_date."""
+    dates = df.filter(pl.col("Date") <= end_date)["Date"].unique().sort().tail(window)
+    sub = (df.filter(pl.col("Date").is_in(dates.implode()) & pl.col("Code").is_in(list(codes)))
+           .select("Date", "Code", pl.col(value_col).cast(pl.Float64)))
+    wide = sub.pivot(on="Code", index="Date", values=value_col).sort("Date")
+    wide = pl.DataFrame({"Date": dates}).join(wide, on="Date", how="left")
+    cols = [pl.col(c) if c in wide.columns else pl.lit(None, dtype=pl.Float64).alias(c) for c in codes]
+    mat = wide.select(cols).to_numpy().astype(np.float64)
+    return np.where(np.isfinite(mat), mat, np.nan), dates.to_list()
+
+
+def graph_snapshot(df: pl.DataFrame, builder: FinancialGraphBuilder, n_nodes: int = 50, date: Any = None,
+                   value_col: str = "returns_1d", rank_cols: Sequence[str] = ("market_cap", "dollar_volume"),
+                   sectors: str | None = "S33") -> dict[str, Any]:
+    """The report's graph: top-`n_nodes` stocks by market cap (fallback dollar volume) as of `date` (default:
+    the last date), a `builder.window`-day correlation graph and its statistics."""
+    if value_col not in df.columns:
+        raise DataError(f"graph: column '{value_col}' not in the dataset")
+    date = date or df["Date"].max()
+    day = df.filter(pl.col("Date") == date)
+    rank_col = next((c for c in rank_cols if c in day.columns and day[c].drop_nulls().len() > 0), None)
+    if rank_col is None:
+        raise DataError(f"graph: none of {', '.join(rank_cols)} has values on {date} to pick the top stocks")
+    top = day.filter(pl.col(rank_col).is_not_null()).sort(rank_col, descending=True).head(n_nodes)
+    codes = top["Code"].to_list()
+    mat, dates = return_matrix(df, codes, date, builder.window, value_col)
+    ei, ew = builder.edges(torch.from_numpy(mat))
+    stats = graph_stats(ei, ew, len(codes))
+    if sectors and sectors in top.columns and ei.shape[1]:
+        sec = np.array(top[sectors].to_list(), dtype=object)
+        a, b = ei[0].numpy(), ei[1].numpy()
+        stats["same_sector_edge_share"] = float(np.mean(sec[a] == sec[b]))
+    stats.update({"as_of": str(date), "ranked_by": rank_col, "window_days": len(dates), "method": builder.method,
+                  "threshold": builder.threshold, "k": builder.k, "shrinkage": builder.shrinkage})
+    return stats

@@ -1,0 +1,139 @@
+"""Load the ML dataset lazily (projection + date filter pushed down) and validate it before training.
+
+Checks: required columns, enough manifest features, rows > 0, unique (Code, Date), Close > 0, per-feature
+null share in the training span (too-null features are dropped and listed, or rejected), target sanity
+(constant target -> error; |target| > 100 % flagged with codes and dates).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from gogooku3.errors import ConfigError, DataError, SchemaError, rows_hint
+from gogooku3.features.manifest import META_COLUMNS, FeatureManifest, target_name
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ValidationResult:
+    features: list[str]                          # features kept (manifest order)
+    dropped: dict[str, float] = field(default_factory=dict)  # feature -> null share in the training span
+    flagged_targets: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.stats, "n_features_kept": len(self.features), "dropped_features": self.dropped,
+                "flagged_targets": self.flagged_targets}
+
+
+def scan_dataset(path: str | Path, manifest: FeatureManifest, horizons: Sequence[int],
+                 start: dt.date | None = None, end: dt.date | None = None,
+                 extra: Sequence[str] = ()) -> pl.LazyFrame:
+    """Lazy scan with only meta + manifest features + targets (+ extra) and an optional date window."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: dataset not found; build it with `gogooku3 data build`")
+    lf = pl.scan_parquet(path)
+    schema = lf.collect_schema()
+    missing = [c for c in ("Code", "Date") if c not in schema]
+    if missing:
+        raise SchemaError(f"{path}: required column(s) missing: {', '.join(missing)}")
+    targets = [target_name(h) for h in horizons]
+    no_target = [t for t in targets if t not in schema]
+    if no_target:
+        raise SchemaError(f"{path}: target column(s) missing: {', '.join(no_target)}")
+    want = [c for c in META_COLUMNS if c in schema]
+    want += [f for f in manifest.names if f in schema and f not in want]
+    want += [c for c in [*extra, *targets] if c in schema and c not in want]
+    lf = lf.select(want)
+    if start is not None:
+        lf = lf.filter(pl.col("Date") >= start)
+    if end is not None:
+        lf = lf.filter(pl.col("Date") <= end)
+    return lf
+
+
+def validate_dataset(df: pl.DataFrame, manifest: FeatureManifest, horizons: Sequence[int],
+                     train_dates: Sequence[dt.date] | None = None, *, min_features: int = 50,
+                     max_null_share: float = 0.9, null_action: str = "drop", max_abs_target: float = 1.0,
+                     max_listed: int = 20, source: str = "dataset") -> ValidationResult:
+    """Run every check; raise DataError/SchemaError with one clear line on unusable input."""
+    if null_action not in ("drop", "error"):
+        raise ConfigError(f"safe.validation.null_action must be 'drop' or 'error', got '{null_action}'")
+    if df.height == 0:
+        raise DataError(f"{source}: no rows")
+    targets = [target_name(h) for h in horizons]
+    missing = [c for c in ["Code", "Date", *targets] if c not in df.columns]
+    if missing:
+        raise SchemaError(f"{source}: required column(s) missing: {', '.join(missing)}")
+    present = [f for f in manifest.names if f in df.columns]
+    absent = [f for f in manifest.names if f not in df.columns]
+    if absent:
+        raise SchemaError(f"{source}: {len(absent)} manifest feature(s) missing, e.g. {', '.join(absent[:5])}")
+    if len(present) < min_features:
+        raise DataError(f"{source}: only {len(present)} features in the manifest, need at least {min_features}")
+
+    dup = df.group_by("Code", "Date").len().filter(pl.col("len") > 1)
+    if dup.height:
+        rows = [f"{c}@{d}" for c, d in dup.select("Code", "Date").head(5).iter_rows()]
+        raise DataError(f"{source}: {dup.height} duplicate (Code, Date) key(s): {rows_hint(rows)}")
+    if "Close" in df.columns:
+        bad = df.filter(pl.col("Close") <= 0)
+        if bad.height:
+            rows = [f"{c}@{d}" for c, d in bad.select("Code", "Date").head(5).iter_rows()]
+            raise DataError(f"{source}: column Close has {bad.height} non-positive value(s): {rows_hint(rows)}")
+
+    span = df
+    if train_dates is not None:
+        span = df.filter(pl.col("Date").is_in(pl.Series(list(train_dates), dtype=pl.Date).implode()))
+        if span.height == 0:
+            raise DataError(f"{source}: no rows in the training span")
+    nulls = span.select([(pl.col(f).is_null() | pl.col(f).cast(pl.Float64).is_nan()).mean().alias(f)
+                         for f in present]).row(0, named=True)
+    too_null = {f: round(float(s), 4) for f, s in nulls.items() if s is not None and s > max_null_share}
+    if too_null and null_action == "error":
+        worst = sorted(too_null.items(), key=lambda kv: -kv[1])
+        raise DataError(f"{source}: {len(too_null)} feature(s) above safe.validation.max_null_share={max_null_share} "
+                        f"in the training span: {rows_hint([f'{f} ({s:.0%})' for f, s in worst])}")
+    kept = [f for f in present if f not in too_null]
+    if too_null:
+        log.warning("dropping %d feature(s) with null share > %.2f: %s", len(too_null), max_null_share,
+                    rows_hint(too_null))
+    if len(kept) < min_features:
+        raise DataError(f"{source}: only {len(kept)} features left after dropping {len(too_null)} too-null ones, "
+                        f"need at least {min_features}")
+
+    flagged: dict[str, Any] = {}
+    tstats = df.select([pl.col(t).cast(pl.Float64).fill_nan(None).std().alias(t) for t in targets]
+                       + [pl.col(t).is_not_null().sum().alias(f"{t}__n") for t in targets]).row(0, named=True)
+    for t in targets:
+        if tstats[f"{t}__n"] == 0:
+            raise DataError(f"{source}: target {t} is entirely null")
+        if tstats[t] is None or tstats[t] == 0:
+            raise DataError(f"{source}: target {t} is constant (std 0); labels were not built correctly")
+        big = df.filter(pl.col(t).abs() > max_abs_target).select("Code", "Date", t)
+        if big.height:
+            flagged[t] = {"n": big.height, "threshold": max_abs_target,
+                          "rows": [{"Code": c, "Date": str(d), "value": float(v)}
+                                   for c, d, v in big.sort(pl.col(t).abs(), descending=True).head(max_listed).iter_rows()]}
+            log.warning("%s: %d |value| > %.0f%% (e.g. %s)", t, big.height, max_abs_target * 100,
+                        rows_hint([f"{r['Code']}@{r['Date']}" for r in flagged[t]["rows"]], 3))
+
+    dates = df["Date"]
+    stats = {
+        "n_rows": df.height, "n_columns": df.width, "n_features_manifest": len(present),
+        "n_dates": dates.n_unique(), "n_stocks": df["Code"].n_unique(),
+        "date_range": [str(dates.min()), str(dates.max())],
+        "null_share_training_span": {"max": max(nulls.values(), default=0.0),
+                                     "mean": sum(nulls.values()) / max(len(nulls), 1)},
+        "max_null_share": max_null_share,
+    }
+    return ValidationResult(kept, too_null, flagged, stats)

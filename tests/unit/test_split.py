@@ -1,0 +1,126 @@
+"""Splitter: no overlap, embargo in trading days, exact purge, forward-moving folds, clear errors."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from gogooku3.calendar import TradingCalendar
+from gogooku3.errors import ConfigError, DataError, LeakageError
+from gogooku3.split import (
+    Fold, PurgedKFoldSplitter, WalkForwardSplitter, check_folds, inner_validation, make_splitter, resolve_embargo,
+)
+
+
+@pytest.fixture(scope="module")
+def sessions() -> list[dt.date]:
+    # Real XTKS sessions: holidays make trading-day and calendar-day counts differ.
+    return TradingCalendar.from_exchange("XTKS", "2021-01-01", "2023-12-31").sessions.to_list()
+
+
+def _pos(sessions):
+    return {d: i for i, d in enumerate(sessions)}
+
+
+@pytest.mark.parametrize("mode", ["expanding", "sliding"])
+def test_walk_forward_no_overlap_embargo_and_forward(sessions, mode):
+    sp = WalkForwardSplitter(n_splits=4, horizons=[1, 5, 10, 20], entry_lag=1, embargo_days=25, mode=mode,
+                             min_train_days=200, test_days=60)
+    folds = sp.split(sessions)
+    pos = _pos(sessions)
+    assert len(folds) == 4
+    assert folds[-1].test_dates[-1] == sessions[-1]
+    for a, b in zip(folds, folds[1:]):
+        assert b.test_dates[0] > a.test_dates[-1]          # test spans move forward
+        assert b.train_dates[-1] > a.train_dates[-1]
+    for f in folds:
+        assert not set(f.train_dates) & set(f.test_dates)
+        assert len(f.test_dates) == 60
+        gap = pos[f.test_dates[0]] - pos[f.train_dates[-1]] - 1
+        assert gap == 25                                     # embargo counted in sessions, not calendar days
+        assert max(f.train_dates) < min(f.test_dates)
+        assert f.purged == 21 and f.embargoed == 4
+        if mode == "sliding":
+            assert len(f.train_dates) == 200
+    if mode == "expanding":
+        assert all(f.train_dates[0] == sessions[0] for f in folds)
+
+
+def test_purge_removes_exactly_the_crossing_dates(sessions):
+    # embargo == h_max + lag: everything excluded is excluded because its label window reaches the test span.
+    sp = WalkForwardSplitter(n_splits=2, horizons=[1, 5], entry_lag=2, embargo_days=7, min_train_days=100, test_days=50)
+    folds = sp.split(sessions)
+    pos = _pos(sessions)
+    for f in folds:
+        lo = pos[f.test_dates[0]]
+        crossing = [d for d in sessions[:lo] if pos[d] + 2 + 5 >= lo]
+        assert len(crossing) == 7 == f.purged
+        assert not set(crossing) & set(f.train_dates)
+        assert set(sessions[:lo]) - set(crossing) == set(f.train_dates)
+        assert f.embargoed == 0
+
+
+def test_purged_kfold_gaps_both_sides(sessions):
+    sp = PurgedKFoldSplitter(n_splits=5, horizons=[1, 5, 10, 20], entry_lag=1, embargo_days=None)
+    folds = sp.split(sessions)
+    pos = _pos(sessions)
+    tests = [d for f in folds for d in f.test_dates]
+    assert sorted(tests) == sessions                         # the test blocks tile the dates
+    for f in folds:
+        lo, hi = pos[f.test_dates[0]], pos[f.test_dates[-1]]
+        tp = np.array([pos[d] for d in f.train_dates])
+        assert ((tp < lo - 21) | (tp > hi + 21)).all()
+        # exact: every non-test date outside the embargo zone trains
+        expected = [d for d in sessions if pos[d] < lo - 21 or pos[d] > hi + 21]
+        assert f.train_dates == expected
+        inner = 0 < f.index < 4
+        assert f.purged == (42 if inner else 21)
+    report = check_folds(folds, sessions)
+    assert report["overlaps_detected"] == 0 and report["min_gap_trading_days"] == 21
+
+
+def test_embargo_default_and_config_error():
+    assert resolve_embargo(None, [1, 5, 10, 20], 1) == 21
+    assert resolve_embargo(None, [1, 5], 1) == 20
+    with pytest.raises(ConfigError, match="embargo_days=20"):
+        resolve_embargo(20, [1, 5, 10, 20], 1)
+
+
+def test_too_few_dates_is_data_error(sessions):
+    sp = WalkForwardSplitter(n_splits=5, horizons=[1], entry_lag=1, min_train_days=252, test_days=60)
+    with pytest.raises(DataError, match="too few dates"):
+        sp.split(sessions[:300])
+    with pytest.raises(DataError, match="too few dates"):
+        PurgedKFoldSplitter(n_splits=5, horizons=[20], entry_lag=1).split(sessions[:80])
+
+
+def test_make_splitter_from_config(sessions):
+    cfg = OmegaConf.create({"method": "walk_forward", "mode": "expanding", "n_splits": 3, "min_train_days": 252,
+                            "test_days": None, "embargo_days": None})
+    folds = make_splitter(cfg, [1, 5, 10, 20], 1).split(sessions)
+    n = len(sessions)
+    assert len(folds[0].test_dates) == (n - 252 - 21) // 3
+    assert len(folds[0].train_dates) >= 252
+    assert isinstance(make_splitter({"method": "purged_kfold", "n_splits": 3}, [1], 1), PurgedKFoldSplitter)
+    with pytest.raises(ConfigError):
+        make_splitter({"method": "random"}, [1], 1)
+
+
+def test_check_folds_catches_overlap_and_short_gap(sessions):
+    f = Fold(0, sessions[:100], sessions[99:120], embargo_days=0)
+    with pytest.raises(LeakageError, match="both train and test"):
+        check_folds([f])
+    g = Fold(0, sessions[:100], sessions[105:120], embargo_days=21)
+    with pytest.raises(LeakageError, match="embargo"):
+        check_folds([g], sessions)
+
+
+def test_inner_validation_gap():
+    dates = [dt.date(2022, 1, 1) + dt.timedelta(days=i) for i in range(100)]
+    fit, val = inner_validation(dates, 20, 6)
+    assert val == dates[80:] and fit == dates[:74]
+    with pytest.raises(DataError):
+        inner_validation(dates[:20], 20, 6)
