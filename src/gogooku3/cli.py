@@ -34,68 +34,76 @@ def _cfg(ctx: typer.Context):
 @data_app.command("synth", context_settings=OVERRIDES)
 def data_synth(ctx: typer.Context) -> None:
     """Write the synthetic TSE market (all raw tables + the oracle file)."""
+    cfg = _cfg(ctx)
     from gogooku3.sources.synthetic import synthesize
 
-    synthesize(_cfg(ctx))
+    synthesize(cfg)
 
 
 @data_app.command("fetch", context_settings=OVERRIDES)
 def data_fetch(ctx: typer.Context) -> None:
     """Fetch raw tables from the J-Quants API V2 (needs JQUANTS_API_KEY or data.api_key)."""
+    cfg = _cfg(ctx)
     from gogooku3.sources.jquants import fetch
 
-    fetch(_cfg(ctx))
+    fetch(cfg)
 
 
 @data_app.command("import", context_settings=OVERRIDES)
 def data_import(ctx: typer.Context,
                 path: Path = typer.Argument(..., help="CSV or parquet file in long format (Date, Code, prices).")) -> None:
     """Import a user's own price file as raw tables (column mapping in the `data=files` config)."""
+    cfg = _cfg(ctx)
     from gogooku3.sources.files import import_files
 
-    import_files(_cfg(ctx), path)
+    import_files(cfg, path)
 
 
 @data_app.command("build", context_settings=OVERRIDES)
 def data_build(ctx: typer.Context) -> None:
     """Build the ML dataset (features, targets, manifest, coverage report) from the raw tables."""
+    cfg = _cfg(ctx)
     from gogooku3.features.builder import build_dataset
 
-    build_dataset(_cfg(ctx))
+    build_dataset(cfg)
 
 
 @app.command("safe", context_settings=OVERRIDES)
 def safe(ctx: typer.Context) -> None:
     """SafeTrainingPipeline: validate, quality features, split, normalize, LightGBM baseline, graph, report."""
+    cfg = _cfg(ctx)
     from gogooku3.pipelines.safe import SafeTrainingPipeline
 
-    SafeTrainingPipeline(_cfg(ctx)).run()
+    SafeTrainingPipeline(cfg).run()
 
 
 @app.command("train", context_settings=OVERRIDES)
 def train(ctx: typer.Context) -> None:
     """Train ATFT-GAT-FAN (Lightning) and write runs/<timestamp>/ with predictions, metrics and a bundle."""
+    cfg = _cfg(ctx)
     from gogooku3.pipelines.atft import CompleteATFTTrainingPipeline
 
-    CompleteATFTTrainingPipeline(_cfg(ctx)).run()
+    CompleteATFTTrainingPipeline(cfg).run()
 
 
 @app.command("backtest", context_settings=OVERRIDES)
 def backtest(ctx: typer.Context,
              predictions: Path = typer.Option(..., "--predictions", help="Parquet with Date, Code, pred_{h}d, target_{h}d.")) -> None:
     """Cost-aware long/short backtest of a predictions file."""
+    cfg = _cfg(ctx)
     from gogooku3.portfolio import run_backtest
 
-    run_backtest(_cfg(ctx), predictions)
+    run_backtest(cfg, predictions)
 
 
 @app.command("report", context_settings=OVERRIDES)
 def report(ctx: typer.Context,
            run: Path = typer.Option(Path("runs/last"), "--run", help="Training run directory.")) -> None:
     """JSON + self-contained HTML report of a training run."""
+    cfg = _cfg(ctx)
     from gogooku3.report import build_report
 
-    build_report(_cfg(ctx), run)
+    build_report(cfg, run)
 
 
 @app.command("predict", context_settings=OVERRIDES)
@@ -103,17 +111,19 @@ def predict(ctx: typer.Context,
             run: Path = typer.Option(Path("runs/last"), "--run", help="Training run directory with the model bundle."),
             date: Optional[str] = typer.Option(None, "--date", help="YYYY-MM-DD; default: the dataset's latest date.")) -> None:
     """Ranked next-day scores per stock with long/short lists."""
+    cfg = _cfg(ctx)
     from gogooku3.predict import predict as run_predict
 
-    run_predict(_cfg(ctx), run, date)
+    run_predict(cfg, run, date)
 
 
 @app.command("run", context_settings=OVERRIDES)
 def run(ctx: typer.Context) -> None:
     """The full pipeline: synth (or existing raw data) -> build -> safe -> train -> backtest -> report."""
+    cfg = _cfg(ctx)
     from gogooku3.pipelines.full import FullTrainingPipeline
 
-    FullTrainingPipeline(_cfg(ctx)).run()
+    FullTrainingPipeline(cfg).run()
 
 
 def main() -> None:

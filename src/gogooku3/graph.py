@@ -12,13 +12,15 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import polars as pl
 import torch
 
 from gogooku3.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # polars only for the report helpers; the model path needs torch alone (GPU images)
+    import polars as pl
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +169,8 @@ def graph_stats(edge_index: torch.Tensor, edge_weight: torch.Tensor, n_nodes: in
 def return_matrix(df: pl.DataFrame, codes: Sequence[str], end_date: Any, window: int,
                   value_col: str = "returns_1d") -> tuple[np.ndarray, list]:
     """[T, N] returns (NaN where missing) of `codes` over the last `window` dates ≤ end_date."""
+    import polars as pl
+
     dates = df.filter(pl.col("Date") <= end_date)["Date"].unique().sort().tail(window)
     sub = (df.filter(pl.col("Date").is_in(dates.implode()) & pl.col("Code").is_in(list(codes)))
            .select("Date", "Code", pl.col(value_col).cast(pl.Float64)))
@@ -182,6 +186,8 @@ def graph_snapshot(df: pl.DataFrame, builder: FinancialGraphBuilder, n_nodes: in
                    sectors: str | None = "S33") -> dict[str, Any]:
     """The report's graph: top-`n_nodes` stocks by market cap (fallback dollar volume) as of `date` (default:
     the last date), a `builder.window`-day correlation graph and its statistics."""
+    import polars as pl
+
     if value_col not in df.columns:
         raise DataError(f"graph: column '{value_col}' not in the dataset")
     date = date or df["Date"].max()

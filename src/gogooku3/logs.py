@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 from rich.logging import RichHandler
 
+# Third-party loggers that are chatty at INFO (Lightning sets its own level when imported, so filter by name).
+QUIET = ("lightning", "pytorch_lightning", "optuna", "matplotlib", "httpx", "httpcore", "torch_geometric")
+
+
+class _QuietThirdParty(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith(QUIET)
+
 
 def setup_logging(level: str | int = "INFO") -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(message)s",
-        datefmt="[%X]",
-        handlers=[RichHandler(rich_tracebacks=False, show_path=False, markup=False)],
-        force=True,
-    )
-    for noisy in ("lightning", "lightning.pytorch", "pytorch_lightning", "optuna", "matplotlib", "httpx"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    handler = RichHandler(rich_tracebacks=False, show_path=False, markup=False)
+    handler.addFilter(_QuietThirdParty())
+    logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]", handlers=[handler], force=True)
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        lg = logging.getLogger(name)
+        lg.handlers.clear()
+        lg.propagate = True
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", message=r".*litlogger.*")
