@@ -1,0 +1,128 @@
+"""ATFT-GAT-FAN: one trading day's stocks in, per-horizon return predictions out.
+
+    x [N, L, F] (cross-sectionally normalised features), sector [N], segment [N], raw returns [N, L]
+      │ 1. input norm (FAN | RevIN | none) ─────────────── summary of the removed component ──┐
+      │ 2. variable selection (softmax weights once per window: GRN(window summary, static ctx))│
+      │ 3. temporal fusion (LSTM from static state, enrichment, causal attention) -> last step  │
+      ▼                                                                                         ▼
+      h = temporal + norm summary
+      │ 4. GAT over the day's correlation graph, fused as h + g ⊙ gat(h)          (model.gat)
+      ▼ 5. heads per horizon: point + monotone quantiles
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+from torch import nn
+
+from gogooku3.model.fan import make_input_norm
+from gogooku3.model.gat import GraphBranch, day_graph
+from gogooku3.model.heads import MultiHorizonHeads
+from gogooku3.model.tft import StaticEncoder, TemporalFusion, VariableSelection
+
+
+@dataclass
+class ATFTConfig:
+    n_features: int
+    window: int = 60
+    horizons: tuple[int, ...] = (1, 5, 10, 20)
+    hidden: int = 64
+    n_heads: int = 4
+    lstm_layers: int = 1
+    dropout: float = 0.1
+    norm: str = "fan"                  # fan | revin | none
+    fan_topk: int = 3
+    gat: bool = True
+    gat_heads: tuple[int, int] = (4, 2)
+    gat_dropout: float = 0.1
+    quantiles: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
+    head_hidden: int = 32
+    n_sectors: int = 64
+    n_segments: int = 16
+    graph: dict = field(default_factory=lambda: dict(window=60, method="ewm", halflife=20, shrinkage=0.1,
+                                                     threshold=0.3, k=10, min_obs=20))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ATFTConfig:
+        names = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in names}
+        for k in ("horizons", "gat_heads", "quantiles"):
+            if k in d:
+                d[k] = tuple(d[k])
+        if "graph" in d:
+            d["graph"] = dict(d["graph"])
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("horizons", "gat_heads", "quantiles"):
+            d[k] = list(d[k])
+        return d
+
+
+class ATFTGATFAN(nn.Module):
+    def __init__(self, cfg: ATFTConfig):
+        super().__init__()
+        self.cfg = cfg
+        H = cfg.hidden
+        self.input_norm = make_input_norm(cfg.norm, cfg.n_features, cfg.window, H, cfg.fan_topk)
+        self.static = StaticEncoder(cfg.n_sectors, cfg.n_segments, H, cfg.dropout)
+        self.vsn = VariableSelection(cfg.n_features, H, cfg.dropout)
+        self.temporal = TemporalFusion(H, cfg.n_heads, cfg.lstm_layers, cfg.dropout)
+        self.graph = GraphBranch(H, tuple(cfg.gat_heads), cfg.gat_dropout) if cfg.gat else None
+        self.heads = MultiHorizonHeads(H, cfg.head_hidden, len(cfg.horizons), len(cfg.quantiles), cfg.dropout)
+        self._graph_builder = None
+
+    @property
+    def graph_builder(self):
+        if self._graph_builder is None:
+            from gogooku3.graph import FinancialGraphBuilder
+
+            self._graph_builder = FinancialGraphBuilder(**self.cfg.graph)
+        return self._graph_builder
+
+    def forward(self, x: torch.Tensor, sector: torch.Tensor, segment: torch.Tensor,
+                returns: torch.Tensor | None = None, returns_valid: torch.Tensor | None = None,
+                edges: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """x [N, L, F]; sector, segment [N] long; returns [N, L] raw 1-day returns (needed when model.gat).
+
+        Returns point [N, nH], quantiles [N, nH, Q] (when configured) and feature_weights [F] (mean VSN weight).
+        """
+        c_s, c_e, c_h, c_c = self.static(sector, segment)
+        x, norm_summary = self.input_norm(x)
+        sel, weights = self.vsn(x, c_s)
+        h = self.temporal(sel, c_e, c_h, c_c) + norm_summary
+        if self.graph is not None:
+            if edges is None:
+                if returns is None:
+                    raise ValueError("model.gat=true needs the raw return window (returns=[N, L])")
+                edges = day_graph(self.graph_builder, returns, returns_valid, sector, segment)
+            h = self.graph(h, *edges)
+        point, quantiles = self.heads(h)
+        out = {"point": point, "feature_weights": weights.mean(dim=(0, 1))}
+        if quantiles is not None:
+            out["quantiles"] = quantiles
+        return out
+
+    def get_num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def estimate_flops_per_sample(self) -> float:
+        """Training FLOPs per (stock, day) sample: 3 × forward, forward ≈ 2 × params applied per use.
+
+        Weights applied at every window step (feature embedding, post-selection GRN, LSTM, gated skip, static
+        enrichment, attention keys/values) count L times; the rest (static encoder, selector on the window
+        summary, last-step blocks, GAT, heads) once; attention adds 2·L·H for the last query.
+        """
+        L, H, F = self.cfg.window, self.cfg.hidden, self.cfg.n_features
+        t = self.temporal
+
+        def n(*mods: nn.Module) -> int:
+            return sum(p.numel() for m in mods for p in m.parameters())
+
+        per_step = F * H + n(self.vsn.post, t.lstm, t.post_lstm, t.enrich, t.attn.k, t.attn.v) - n(t.enrich.ctx)
+        once = self.get_num_params() - per_step
+        fwd = 2.0 * (per_step * L + once) + 4.0 * L * H
+        return 3.0 * fwd

@@ -1,0 +1,73 @@
+"""The multi-horizon loss on one day's cross-section.
+
+Per horizon h: targets z-scored over the day's stocks that have a label (missing labels are masked out, never
+zero-filled), then Huber(ŷ, z) + λ_q · pinball(quantiles, z) + λ_ic · (1 − Pearson(ŷ, z)); horizons combined
+with normalised weights. Horizons with fewer than `min_stocks` labels that day are skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def zscore(y: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Cross-sectional z-score of y over mask (entries outside mask are 0 and must stay masked)."""
+    n = mask.sum().clamp(min=1)
+    y0 = torch.where(mask, y, torch.zeros_like(y))
+    mean = y0.sum() / n
+    var = (torch.where(mask, y - mean, torch.zeros_like(y)) ** 2).sum() / n
+    return torch.where(mask, (y - mean) / (var.sqrt() + eps), torch.zeros_like(y))
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    a = a - a.mean()
+    b = b - b.mean()
+    return (a * b).sum() / (a.norm() * b.norm() + eps)
+
+
+def pinball(q: torch.Tensor, y: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """q [n, Q], y [n], levels [Q] -> mean pinball loss."""
+    diff = y[:, None] - q
+    return torch.maximum(levels * diff, (levels - 1) * diff).mean()
+
+
+class MultiHorizonLoss(torch.nn.Module):
+    def __init__(self, horizons: Sequence[int], weights: Sequence[float] | None = None,
+                 quantiles: Sequence[float] = (), huber_delta: float = 1.0, lambda_q: float = 0.5,
+                 lambda_ic: float = 0.5, min_stocks: int = 5):
+        super().__init__()
+        w = torch.tensor(list(weights) if weights is not None else [1.0] * len(horizons), dtype=torch.float32)
+        if len(w) != len(horizons):
+            raise ValueError(f"{len(w)} horizon weights for {len(horizons)} horizons")
+        self.register_buffer("weights", w / w.sum())
+        self.register_buffer("levels", torch.tensor(list(quantiles), dtype=torch.float32))
+        self.horizons = list(horizons)
+        self.huber_delta, self.lambda_q, self.lambda_ic, self.min_stocks = huber_delta, lambda_q, lambda_ic, min_stocks
+
+    def forward(self, out: dict[str, torch.Tensor], y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """out['point'] [N, nH] (+ 'quantiles' [N, nH, Q]); y [N, nH] raw targets, NaN = missing."""
+        point = out["point"].float()
+        quant = out.get("quantiles")
+        total = point.new_zeros(())
+        parts: dict[str, torch.Tensor] = {}
+        wsum = point.new_zeros(())
+        for j, h in enumerate(self.horizons):
+            mask = torch.isfinite(y[:, j])
+            if int(mask.sum()) < self.min_stocks:
+                continue
+            z = zscore(y[:, j].float(), mask)[mask]
+            p = point[mask, j]
+            loss = F.huber_loss(p, z, delta=self.huber_delta)
+            if self.lambda_ic > 0:
+                loss = loss + self.lambda_ic * (1.0 - pearson(p, z))
+            if quant is not None and self.lambda_q > 0 and self.levels.numel():
+                loss = loss + self.lambda_q * pinball(quant[mask, j].float(), z, self.levels)
+            parts[f"loss_{h}d"] = loss.detach()
+            total = total + self.weights[j] * loss
+            wsum = wsum + self.weights[j]
+        if wsum.item() == 0:
+            return point.sum() * 0.0, parts  # no labelled horizon today: zero loss that keeps the graph
+        return total / wsum, parts

@@ -1,0 +1,132 @@
+"""`gogooku3 train` end to end on a tiny planted dataset: run dir, resume, bundle round trip, DDP on 2 CPUs."""
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from gogooku3.bundle import load_bundle, predict_for_dates
+from gogooku3.config import load_config
+from gogooku3.errors import DataError
+from gogooku3.features.manifest import FeatureManifest, manifest_path
+from gogooku3.io import write_parquet
+from gogooku3.pipelines.atft import CompleteATFTTrainingPipeline
+
+torch.set_num_threads(1)
+FEATS = ["returns_1d", "f_signal", "f_noise1", "f_noise2", "f_noise3"]
+OVERRIDES = ["labels.horizons=[1,5]", "model.window=10", "model.hidden=16", "model.head_hidden=8",
+             "model.graph.window=10", "model.graph.min_obs=5", "train.max_epochs=2", "train.limit_train_batches=8",
+             "train.warmup_steps=2", "split.min_train_days=60", "split.n_splits=2", "split.val_days=12",
+             "trainer.progress_bar=false"]
+
+
+def write_dataset(root: Path, n_stocks=30, n_days=150, seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    dates = [dt.date(2023, 1, 2) + dt.timedelta(days=k) for k in range(n_days)]
+    codes = [f"{1300 + i}0" for i in range(n_stocks)]
+    sig = rng.normal(size=(n_days, n_stocks))
+    ret = 0.01 * rng.normal(size=(n_days, n_stocks))
+    y1 = 0.01 * sig + 0.01 * rng.normal(size=(n_days, n_stocks))       # planted: target_1d follows f_signal
+    y5 = 0.02 * sig + 0.03 * rng.normal(size=(n_days, n_stocks))
+    y1[-2:] = np.nan
+    y5[-6:] = np.nan
+    d_idx, s_idx = np.meshgrid(np.arange(n_days), np.arange(n_stocks), indexing="ij")
+    d_idx, s_idx = d_idx.ravel(), s_idx.ravel()
+    df = pl.DataFrame({
+        "Code": [codes[i] for i in s_idx], "Date": [dates[d] for d in d_idx],
+        "Section": [["TSEPrime", "TSEStandard", "TSEGrowth"][i % 3] for i in s_idx],
+        "S33": [str(50 + i % 5) for i in s_idx], "S17": [str(i % 4) for i in s_idx],
+        "returns_1d": ret.ravel(), "f_signal": sig.ravel(),
+        **{f"f_noise{k}": rng.normal(size=n_days * n_stocks) for k in (1, 2, 3)},
+        "target_1d": y1.ravel(), "target_5d": y5.ravel(),
+    }).with_columns(pl.col(FEATS + ["target_1d", "target_5d"]).cast(pl.Float32)).sort("Code", "Date")
+    ds = root / "output" / "ml_dataset_latest.parquet"
+    write_parquet(df, ds)
+    FeatureManifest.from_frame(df, {f: "price" for f in FEATS}, [1, 5], 1).save(manifest_path(ds))
+    return ds
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    write_dataset(root)
+    import os
+
+    old = os.getcwd()
+    os.chdir(root)
+    try:
+        res = CompleteATFTTrainingPipeline(load_config(OVERRIDES)).run()
+        yield root, res
+    finally:
+        os.chdir(old)
+
+
+def test_train_writes_run_dir_and_resumes(trained, monkeypatch):
+    root, res = trained
+    run = Path(res["run_dir"])
+    assert (root / "runs" / "last").resolve() == run.resolve()
+    for f in ["config.yaml", "predictions_val.parquet", "predictions_test.parquet",
+              "baseline_predictions_test.parquet", "metrics.json", "logs/metrics.csv", "variable_importance.json",
+              "bundle/model.safetensors", "bundle/bundle.json", "checkpoints/last.ckpt"]:
+        assert (run / f).exists(), f
+    assert len(list((run / "checkpoints").glob("epoch*.ckpt"))) >= 1
+    pt = pl.read_parquet(run / "predictions_test.parquet")
+    assert pt.columns == ["Date", "Code", "pred_1d", "pred_5d", "target_1d", "target_5d"]
+    assert pt["pred_1d"].std() > 0.05                              # not collapsed
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["test"]["1"]["rank_ic_mean"] > 0.1                    # the planted signal is found out of sample
+    assert m["model"]["n_params"] > 0 and m["samples_per_sec"] > 0 and m["epochs"] == [2]
+    assert "baseline_test" in m and "model_vs_baseline_1d" in m
+    vi = json.loads((run / "variable_importance.json").read_text())
+    assert set(vi) == set(FEATS)
+    assert list((root / "output" / "results").glob("complete_training_result_*.json"))
+    log_csv = pl.read_csv(run / "logs" / "metrics.csv")
+    assert {"epoch", "train_loss", "val_loss", "val_rank_ic_1d"} <= set(log_csv.columns)
+
+    # resume from runs/last/checkpoints/last.ckpt continues at the saved epoch
+    monkeypatch.chdir(root)
+    res2 = CompleteATFTTrainingPipeline(load_config(OVERRIDES + ["train.resume=true", "train.max_epochs=3"])).run()
+    m2 = json.loads((Path(res2["run_dir"]) / "metrics.json").read_text())
+    assert m2["epochs"] == [3]
+    epochs = pl.read_csv(Path(res2["run_dir"]) / "logs" / "metrics.csv")["epoch"].drop_nulls().unique().to_list()
+    assert epochs == [2]                                           # only the new epoch ran
+
+
+def test_bundle_round_trip(trained, tmp_path):
+    root, res = trained
+    run = Path(res["run_dir"])
+    ds = root / "output" / "ml_dataset_latest.parquet"
+    b = load_bundle(run, dataset=ds)
+    pt = pl.read_parquet(run / "predictions_test.parquet")
+    day = pt["Date"].max()
+    p = predict_for_dates(b, ds, [day])
+    ref = pt.filter(pl.col("Date") == day).select("Code", "pred_1d")
+    joined = p.join(ref, on="Code", suffix="_run")
+    assert joined.height == ref.height
+    assert np.allclose(joined["pred_1d"], joined["pred_1d_run"], atol=1e-4)
+    # a dataset whose manifest differs is refused with a clear error
+    other = tmp_path / "other.parquet"
+    df = pl.read_parquet(ds)
+    write_parquet(df, other)
+    FeatureManifest.from_frame(df, {f: "price" for f in FEATS[:-1]}, [1, 5], 1).save(manifest_path(other))
+    with pytest.raises(DataError, match="fingerprint"):
+        load_bundle(run, dataset=other)
+
+
+@pytest.mark.slow  # ~45 s on the shared 2-core machine (two processes start Lightning); still in the suite
+def test_ddp_two_cpu_processes(tmp_path):
+    write_dataset(tmp_path, n_stocks=20, n_days=130)
+    cmd = [sys.executable, "-m", "gogooku3.cli", "train", "trainer=ddp", *OVERRIDES, "train.max_epochs=1",
+           "train.limit_train_batches=4", "train.baseline=false"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [p for p in (tmp_path / "runs").iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "last"]
+    assert len(runs) == 1                                          # only rank 0 created a run directory
+    m = json.loads((runs[0] / "metrics.json").read_text())
+    assert m["epochs"] == [1] and (runs[0] / "predictions_test.parquet").exists()

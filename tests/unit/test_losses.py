@@ -1,0 +1,67 @@
+"""MultiHorizonLoss: masking (never zero-filled), per-day z-scoring, positivity, IC term, horizon weights."""
+
+import math
+
+import torch
+
+from gogooku3.model.losses import MultiHorizonLoss, pearson, pinball, zscore
+
+
+def _out(p):
+    return {"point": p}
+
+
+def test_missing_labels_are_masked_not_zero_filled():
+    torch.manual_seed(0)
+    p = torch.randn(20, 1)
+    y = torch.randn(20, 1)
+    y_nan = y.clone()
+    y_nan[:5] = float("nan")
+    fn = MultiHorizonLoss([1], lambda_ic=0.5)
+    masked, _ = fn(_out(p), y_nan)
+    subset, _ = fn(_out(p[5:]), y[5:])
+    zero_filled, _ = fn(_out(p), torch.nan_to_num(y_nan))
+    assert torch.allclose(masked, subset)
+    assert not torch.allclose(masked, zero_filled)
+    # predictions of masked stocks get no gradient
+    p2 = p.clone().requires_grad_(True)
+    fn(_out(p2), y_nan)[0].backward()
+    assert (p2.grad[:5] == 0).all() and (p2.grad[5:] != 0).any()
+
+
+def test_loss_positive_and_scale_free_in_targets():
+    torch.manual_seed(1)
+    p, y = torch.randn(30, 2), torch.randn(30, 2)
+    fn = MultiHorizonLoss([1, 5])
+    a, _ = fn(_out(p), y)
+    b, _ = fn(_out(p), y * 0.01 + 3.0)  # per-day z-score: affine change of the labels does not matter
+    assert a > 0 and torch.allclose(a, b, atol=1e-5)
+
+
+def test_perfect_prediction_minimises_ic_term():
+    y = torch.linspace(-1, 1, 25)[:, None]
+    z = zscore(y[:, 0], torch.ones(25, dtype=torch.bool))[:, None]
+    fn = MultiHorizonLoss([1], huber_delta=1.0, lambda_ic=1.0, lambda_q=0.0)
+    perfect, _ = fn(_out(z), y)
+    constant, _ = fn(_out(torch.zeros(25, 1)), y)
+    assert perfect.item() < 1e-6
+    assert constant.item() > 0.5  # a collapsed (constant) prediction is penalised
+    assert math.isclose(pearson(z[:, 0], y[:, 0]).item(), 1.0, rel_tol=1e-5)
+
+
+def test_pinball_and_horizon_weights():
+    y = torch.zeros(4)
+    q = torch.tensor([[-1.0, 0.0, 1.0]] * 4)
+    lv = torch.tensor([0.1, 0.5, 0.9])
+    assert math.isclose(pinball(q, y, lv).item(), (0.1 * 1 + 0 + 0.1 * 1) / 3, rel_tol=1e-6)
+    torch.manual_seed(2)
+    p, y2 = torch.randn(30, 2), torch.randn(30, 2)
+    only_first, parts = MultiHorizonLoss([1, 5], weights=[1.0, 0.0])(_out(p), y2)
+    assert torch.allclose(only_first, parts["loss_1d"])
+
+
+def test_day_without_labels_gives_zero_loss_with_graph():
+    p = torch.randn(8, 1, requires_grad=True)
+    loss, parts = MultiHorizonLoss([1])(_out(p), torch.full((8, 1), float("nan")))
+    assert loss.item() == 0.0 and parts == {}
+    loss.backward()
