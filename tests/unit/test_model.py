@@ -121,3 +121,50 @@ def test_overfit_planted_day():
     assert losses[-1] < 0.3 * losses[0]
     assert rank_ic(p[:, 0], y[:, 0]) > 0.9
     assert p[:, 0].std() > 0.3  # no collapse: z-scored targets have std 1
+
+
+def test_fan_top_mask_matches_topk():
+    fan = FAN(n_features=3, window=40, hidden=4, topk=3)
+    power = torch.rand(50, 3, 21, generator=torch.Generator().manual_seed(5))
+    ref = torch.zeros_like(power, dtype=torch.bool).scatter_(-1, power.topk(3, dim=-1).indices, True)
+    assert torch.equal(fan._top_mask(power), ref)
+
+
+def test_variable_selection_is_one_softmax_per_window():
+    x, sec, seg, r = _inputs(6)
+    m = _model()
+    c_s = m.static(sec, seg)[0]
+    sel, w = m.vsn(x, c_s)
+    assert w.shape == (N, 1, F) and torch.allclose(w.sum(-1), torch.ones(N, 1), atol=1e-5)
+    # the selected input is Σ_f w_f (x_f W_f + b_f) before the post-selection GRN, at every step
+    direct = torch.einsum("nlf,nf,fh->nlh", x, w[:, 0], m.vsn.weight) + (w[:, 0] @ m.vsn.bias)[:, None]
+    assert torch.allclose(m.vsn.post(direct), sel, atol=1e-5)
+
+
+def test_cpu_dropout_scales_and_masks():
+    from gogooku3.model.tft import Dropout
+
+    d = Dropout(0.25).train()
+    torch.manual_seed(0)
+    y = d(torch.ones(20000))
+    assert abs((y == 0).float().mean().item() - 0.25) < 0.02
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.75))
+    assert torch.equal(d.eval()(torch.ones(5)), torch.ones(5))
+
+
+def test_benchmark_runs_without_polars_or_hydra():
+    """benchmarks/bench_model.py must run where only torch (+ torch_geometric, numpy) is installed."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = ("import sys, runpy; [sys.modules.__setitem__(m, None) for m in ('polars', 'hydra', 'omegaconf')]; "
+            "sys.argv = ['bench', '--stocks', '12', '--window', '24', '--features', '6', '--steps', '1', "
+            "'--warmup', '1', '--threads', '1', '--no-gat']; "
+            f"runpy.run_path({str(root / 'benchmarks' / 'bench_model.py')!r}, run_name='__main__')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["samples_per_sec"] > 0 and res["features"] == 6 and res["gat"] is False

@@ -14,12 +14,22 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout whose CPU mask comes from one uniform draw (ATen's CPU bernoulli_ path is ~1.7x slower);
+    on GPU the fused native kernel is used."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or self.p >= 1.0 or x.device.type != "cpu":
+            return super().forward(x)
+        return x * (torch.rand_like(x) >= self.p) * (1.0 / (1.0 - self.p))
+
+
 class GLU(nn.Module):
     """Gated linear unit: σ(W4 x) ⊙ (W5 x), as one Linear producing both halves."""
 
     def __init__(self, d_in: int, d_out: int, dropout: float = 0.0):
         super().__init__()
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.fc = nn.Linear(d_in, 2 * d_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,7 +99,8 @@ class VariableSelection(nn.Module):
 
     def forward(self, x: torch.Tensor, c_s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [N, L, F], c_s [N, H] -> (selected [N, L, H], weights [N, 1, F] shared by all L steps)."""
-        std, mean = torch.std_mean(x, dim=1, correction=0)
+        mean = x.mean(dim=1)
+        std = (x.square().mean(dim=1) - mean.square()).clamp_min(0.0).sqrt()  # ATen's std_mean here is ~30x slower
         summary = torch.cat([x[:, -1], mean, std], dim=-1)  # [N, 3F]
         w = torch.softmax(self.selector(summary, c_s), dim=-1)  # [N, F]
         sel = torch.matmul(x * w[:, None, :], self.weight) + (w @ self.bias)[:, None, :]
