@@ -105,10 +105,11 @@ def mini_built(mini_tables, mini_calendar, cfg):
 
 @pytest.fixture(scope="session")
 def synth_tables() -> dict:
-    """The synthetic market, 30 stocks × 300 sessions (oracle removed: raw tables only)."""
+    """The synthetic market, 30 stocks × 300 sessions (oracle removed: raw tables only); about 9 stocks split inside
+    the span, so the point-in-time test has splits after (and before) its cut dates."""
     from gogooku3.sources.synthetic import SynthParams, simulate_market
 
-    tables = simulate_market(SynthParams(n_stocks=30, n_days=300, seed=7))
+    tables = simulate_market(SynthParams(n_stocks=30, n_days=300, seed=7, split_share=0.3))
     return {k: v for k, v in tables.items() if k != "oracle"}
 
 

@@ -1,8 +1,12 @@
 """Point in time: a feature value for (Code, t) must not change when everything published after t is removed.
 
-For several cut dates t the raw tables are truncated at t (quotes/topix/listed_info Date ≤ t, statements DiscDate ≤ t,
-investor_types and margin PubDate ≤ t; the calendar is kept whole) and rebuilt. Every feature of every row with
-Date ≤ t must equal the full build exactly, null positions included. Targets look ahead by design and are excluded.
+For several cut dates c the raw tables are cut as a vendor would have published them at c: quotes/topix/listed_info
+Date ≤ c, statements DiscDate ≤ c, investor_types and margin PubDate ≤ c (the calendar is kept whole), and the
+adjusted quote columns re-derived from the raw ones with only the splits known at c:
+Adj{O,H,L,C}(t) = raw(t)·Π_{t<s≤c} AdjFactor(s), AdjVo(t) = Vo(t) / Π_{t<s≤c} AdjFactor(s).
+Simply filtering the full (already adjusted) table would hide a leak through future splits. Every feature of every row
+with Date ≤ c must equal the full build (null positions exactly, values to float32 rounding of the rescaling).
+Targets look ahead by design and are excluded.
 """
 
 from __future__ import annotations
@@ -13,15 +17,37 @@ import numpy as np
 import polars as pl
 import pytest
 
+from gogooku3.features import builder
 from gogooku3.features.builder import build_features
 
 CUT_FRACTIONS = (0.2, 0.45, 0.7, 0.9)
+RTOL, ATOL = 1e-5, 1e-9  # float32 features; rescaling by Π AdjFactor may change the last bits
+LEVELS = ("Open", "High", "Low", "Close", "Volume", "sma_20", "ema_200", "volume_ma_20", "macd", "macd_signal",
+          "atr_14")
 
 
-def truncate(tables: dict, t: dt.date) -> dict:
-    keep = {"daily_quotes": "Date", "topix": "Date", "listed_info": "Date", "statements": "DiscDate",
-            "investor_types": "PubDate", "margin_interest": "PubDate"}
-    return {k: (v.filter(pl.col(keep[k]) <= t) if k in keep else v) for k, v in tables.items()}
+def as_published(dq: pl.DataFrame, t: dt.date) -> pl.DataFrame:
+    """daily_quotes up to t with the adjusted columns as published at t (splits after t not applied yet)."""
+    dq = dq.filter(pl.col("Date") <= t).sort("Code", "Date")
+    after = (pl.col("AdjFactor").reverse().cum_prod().reverse().shift(-1).fill_null(1.0)).over("Code")
+    dq = dq.with_columns(after.alias("_p"))
+    return dq.with_columns(
+        *[(pl.col(x) * pl.col("_p")).alias(f"Adj{x}") for x in ("O", "H", "L", "C")],
+        (pl.col("Vo") / pl.col("_p")).alias("AdjVo"),
+    ).drop("_p")
+
+
+def stale_cut(dq: pl.DataFrame, t: dt.date) -> pl.DataFrame:
+    """The old, blind truncation: the full table's adjusted columns (all future splits applied) cut at t."""
+    return dq.filter(pl.col("Date") <= t)
+
+
+def truncate(tables: dict, t: dt.date, quotes=as_published) -> dict:
+    keep = {"topix": "Date", "listed_info": "Date", "statements": "DiscDate", "investor_types": "PubDate",
+            "margin_interest": "PubDate"}
+    out = {k: (v.filter(pl.col(keep[k]) <= t) if k in keep else v) for k, v in tables.items()}
+    out["daily_quotes"] = quotes(tables["daily_quotes"], t)
+    return out
 
 
 def mismatches(full: pl.DataFrame, cut: pl.DataFrame, features: list[str], t: dt.date) -> list[str]:
@@ -34,10 +60,14 @@ def mismatches(full: pl.DataFrame, cut: pl.DataFrame, features: list[str], t: dt
         if not (x.is_null() == y.is_null()).all():
             bad.append(f"{n} (nulls)")
             continue
-        xv, yv = x.drop_nulls().to_numpy(), y.drop_nulls().to_numpy()
-        if not np.array_equal(xv, yv, equal_nan=True):
+        xv, yv = x.drop_nulls().to_numpy().astype(np.float64), y.drop_nulls().to_numpy().astype(np.float64)
+        if not np.allclose(xv, yv, rtol=RTOL, atol=ATOL, equal_nan=True):
             bad.append(n)
     return bad
+
+
+def split_days(tables: dict) -> list[dt.date]:
+    return tables["daily_quotes"].filter(pl.col("AdjFactor") != 1.0)["Date"].sort().to_list()
 
 
 def cut_dates(tables: dict, cal) -> list[dt.date]:
@@ -50,6 +80,10 @@ def cut_dates(tables: dict, cal) -> list[dt.date]:
     for d in (after_close.filter(after_close > dates[len(dates) // 3]).min(), pub.filter(pub > dates[100]).min()):
         if d is not None and cal.is_session(pl.Series([d])).all():
             cuts.append(d)
+    # the session before a split's ex-date: the split is the very next thing the vendor will publish
+    splits = split_days(tables)
+    if splits:
+        cuts.append(dates.filter(dates < splits[len(splits) // 2]).max())
     return sorted(set(cuts))
 
 
@@ -58,12 +92,16 @@ def synth_cuts(synth_tables, synth_calendar):
     return cut_dates(synth_tables, synth_calendar)
 
 
-def test_cut_dates_are_meaningful(synth_cuts, synth_built):
-    assert len(synth_cuts) >= 5
+def test_cut_dates_are_meaningful(synth_cuts, synth_built, synth_tables):
+    assert len(synth_cuts) >= 6
     assert len(synth_built.groups) >= 139
+    splits = split_days(synth_tables)
+    # most cuts have splits both before them (inside the kept span) and after them (the future a leak would read)
+    both = [t for t in synth_cuts if min(splits) <= t < max(splits)]
+    assert len(splits) >= 5 and len(both) >= 4, (splits, synth_cuts)
 
 
-@pytest.mark.parametrize("i", range(6))
+@pytest.mark.parametrize("i", range(7))
 def test_truncated_build_equals_full_build(i, synth_cuts, synth_tables, synth_calendar, synth_built, cfg):
     if i >= len(synth_cuts):
         pytest.skip("fewer cut dates")
@@ -78,11 +116,25 @@ def test_truncated_build_equals_full_build(i, synth_cuts, synth_tables, synth_ca
 
 
 def test_mini_market_truncation(mini_tables, mini_calendar, mini_built, cfg):
-    """The hand-made market (split, statements at 13:00/15:30/no time/15:00) at two cuts."""
+    """The hand-made market (a 1:2 split on row 80 of stock 1, statements at 13:00/15:30/no time/15:00): cuts
+    before the split (its adjusted history is re-derived unsplit) and after it."""
     dates = mini_tables["daily_quotes"]["Date"].unique().sort()
-    for t in (dates[85], dates[126]):
+    for t in (dates[60], dates[79], dates[85], dates[126]):
         cut = build_features(truncate(mini_tables, t), mini_calendar, cfg.features, cfg.labels)
         assert not mismatches(mini_built.df, cut.df, list(mini_built.groups), t)
+
+
+def test_levels_are_in_the_days_basis(mini_built, mini_tables):
+    """Close is the day's traded price and Volume the day's traded shares (here the raw C, Vo), before the split too."""
+    code = mini_tables["daily_quotes"]["Code"].unique(maintain_order=True)[1]
+    s = mini_built.df.filter(pl.col("Code") == code)
+    raw = mini_tables["daily_quotes"].filter(pl.col("Code") == code)
+    assert np.allclose(s["Close"].to_numpy(), raw["C"].to_numpy(), rtol=1e-6)
+    assert np.allclose(s["Volume"].to_numpy(), raw["Vo"].to_numpy(), rtol=1e-6)
+    assert s["Close"][79] / raw["AdjC"][79] == pytest.approx(2.0, rel=1e-6)  # before the 1:2 split: raw = 2 × adj
+    C = raw["AdjC"].to_numpy()
+    assert s["sma_20"][70] == pytest.approx(2.0 * C[51:71].mean(), rel=1e-6)
+    assert s["sma_20"][90] == pytest.approx(C[71:91].mean(), rel=1e-6)  # a window across the split: adjusted
 
 
 def test_checker_catches_a_leak(synth_tables, synth_calendar, synth_built, cfg):
@@ -97,3 +149,19 @@ def test_checker_catches_a_leak(synth_tables, synth_calendar, synth_built, cfg):
     assert not mismatches(synth_built.df, cut.df, ["sma_5", "returns_120d"], t)
     assert mismatches(leaky(synth_built), leaky(cut), ["sma_5", "returns_120d", "returns_1d"], t) == [
         "sma_5 (nulls)", "returns_120d (nulls)"]
+
+
+def test_checker_catches_adjusted_levels(synth_tables, synth_calendar, synth_cuts, cfg, monkeypatch):
+    """Control: levels left in the adjusted basis (the old behaviour) read future splits. The re-derived truncation
+    catches it at a cut with a later split; the old truncation of the already adjusted table could not."""
+    splits = split_days(synth_tables)
+    t = next(x for x in synth_cuts if x < max(splits))
+    monkeypatch.setattr(builder, "day_basis", lambda levels: [pl.col(n).cast(pl.Float32) for n in levels])
+    full = build_features(synth_tables, synth_calendar, cfg.features, cfg.labels)
+    honest = build_features(truncate(synth_tables, t), synth_calendar, cfg.features, cfg.labels)
+    blind = build_features(truncate(synth_tables, t, stale_cut), synth_calendar, cfg.features, cfg.labels)
+    assert set(mismatches(full.df, honest.df, list(LEVELS), t)) == set(LEVELS)
+    assert not mismatches(full.df, blind.df, list(LEVELS), t)
+    # scale-free features are unaffected by where the levels are scaled
+    assert not mismatches(full.df, honest.df, ["returns_20d", "price_to_sma20", "rsi_14", "volume_ratio_20",
+                                               "dollar_volume", "bb_width", "market_cap"], t)

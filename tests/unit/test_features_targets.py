@@ -61,3 +61,17 @@ def test_no_label_in_the_manifest(mini_built, cfg):
     assert not [n for n in m.names if n.startswith("target_")]
     assert m.targets == [f"target_{h}d" for h in cfg.labels.horizons]
     assert all(mini_built.df.schema[n] == pl.Float32 for n in m.targets)
+
+
+def test_labels_at_the_calendar_end_never_come_from_the_next_stock(mini_factory, cfg):
+    """The calendar ends on the data's last session: the last rows of every stock have no label (the next stock's
+    first rows sit right after them in the sorted frame and must not be read)."""
+    t = mini_factory(n_stocks=3, n_days=60)
+    cal = TradingCalendar.from_dates(t["daily_quotes"]["Date"])
+    b = build_features(t, cal, cfg.features, cfg.labels)
+    lag = int(cfg.labels.entry_lag)
+    for h in cfg.labels.horizons:
+        tail = b.df.group_by("Code").agg(pl.col(f"target_{h}d").tail(lag + h).null_count().alias("n"))
+        assert (tail["n"] == lag + h).all(), h
+        body = b.df.group_by("Code").agg(pl.col(f"target_{h}d").head(60 - lag - h).null_count().alias("n"))
+        assert (body["n"] == 0).all(), h

@@ -2,6 +2,11 @@
 
 Every per-stock window goes through `per_code(...)`, i.e. `.over("Code")`: rolling windows, shifts and EWMs never
 cross from one stock into the next (the bug of the original builder).
+
+Price and volume *levels* are computed on the split-adjusted series (continuous across splits) and only put into
+the day's own share basis at the very end (`day_basis`): adjusted(t) = raw(t)·Π_{s>t} AdjFactor(s) depends on splits
+after t, so an adjusted level would tell a model about a future split. Multiplying by k(t) = C(t)/AdjC(t) (volumes:
+Vo(t)/AdjVo(t)) is exact for windows too, because k is constant over a window ending at t for every split after t.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ import polars as pl
 
 EPS = 1e-12  # spec §1.3: epsilon in every division
 SQRT252 = math.sqrt(252.0)
+PRICE, VOLUME = "price", "volume"  # kinds of level features
+SCALE = {PRICE: "_kp", VOLUME: "_kv"}  # helper columns of the base frame: day-t basis / adjusted basis
+BASE_SERIES = ("Open", "High", "Low", "Close", "Volume")  # the adjusted series of the base frame
 
 
 def per_code(e: pl.Expr) -> pl.Expr:
@@ -76,12 +84,17 @@ class Block:
     group: str
     stages: list[dict[str, pl.Expr]] = field(default_factory=lambda: [{}])
     flags: set[str] = field(default_factory=set)  # Int8 columns; the other features are Float32
+    levels: dict[str, str] = field(default_factory=dict)  # price/volume level features -> PRICE | VOLUME
     skipped: str | None = None  # why the group, or part of it, was not built
 
-    def add(self, name: str, e: pl.Expr, *, is_flag: bool = False) -> None:
+    def add(self, name: str, e: pl.Expr, *, is_flag: bool = False, level: str | None = None) -> None:
+        """`level`: PRICE or VOLUME for a level feature; it stays adjusted Float64 (later stages may read it) until
+        the builder puts it into the day's basis with `day_basis`."""
         self.stages[-1][name] = e.alias(name)
         if is_flag:
             self.flags.add(name)
+        if level is not None:
+            self.levels[name] = level
 
     def next_stage(self) -> None:
         if self.stages[-1]:
@@ -96,18 +109,57 @@ class Block:
 
     def apply(self, lf: pl.LazyFrame) -> pl.LazyFrame:
         """Add the stages; features get their dataset dtype at once (Float32, or Int8 for flags) to save memory."""
-        for st in self.stages:
+        for i, st in enumerate(self.stages):
             if st:
-                lf = lf.with_columns([self._typed(n, e) for n, e in st.items()])
+                later = {r for s in self.stages[i + 1:] for e in s.values() for r in e.meta.root_names()}
+                lf = lf.with_columns([self._typed(n, e, n in later) for n, e in st.items()])
         return lf
 
-    def _typed(self, name: str, e: pl.Expr) -> pl.Expr:
+    def _typed(self, name: str, e: pl.Expr, read_later: bool = False) -> pl.Expr:
         if name.startswith("_"):
             return e
         if name in self.flags:
             return e.cast(pl.Int8).alias(name)
-        x = e.cast(pl.Float64)
-        return pl.when(x.is_finite()).then(x).cast(pl.Float32).alias(name)  # ±inf never reaches the dataset
+        if name in self.levels:
+            # unscaled until day_basis; Float64 where other features still read it (the base series every block
+            # reads, MACD whose histogram is a difference of levels), else Float32 to save memory
+            keep64 = read_later or name in BASE_SERIES
+            return e.cast(pl.Float64 if keep64 else pl.Float32).alias(name)
+        return finite32(e).alias(name)
+
+
+def finite32(e: pl.Expr) -> pl.Expr:
+    """Float32 with ±inf and NaN as null: they never reach the dataset."""
+    x = e.cast(pl.Float64)
+    return pl.when(x.is_finite()).then(x).cast(pl.Float32)
+
+
+def narrow(df: pl.DataFrame, cols) -> pl.DataFrame:
+    """Float64 feature columns of a table about to be joined, as the dataset's Float32 (non-finite → null) at once:
+    the joined columns then occupy half the memory while the rest of the frame is built."""
+    return df.with_columns(finite32(c(n)).alias(n) for n in cols if df.schema[n] == pl.Float64)
+
+
+def day_basis(levels: dict[str, str]) -> list[pl.Expr]:
+    """Level features in the day's own share basis (Float32): price levels × k(t), volume levels × Vo(t)/AdjVo(t)."""
+    return [finite32(c(n) * c(SCALE[kind])).alias(n) for n, kind in levels.items()]
+
+
+def lookup(lf: pl.LazyFrame, right: pl.DataFrame, key: pl.Expr, right_key: str, cols: list[str]) -> pl.LazyFrame:
+    """A left join 1:1 on a key that is unique in `right`, done as a binary search + gather (no hash join, and the
+    left frame, however wide, is not copied): adds `cols` of the matching `right` row, null where none matches.
+
+    `key` is an expression on `lf`; `right_key` a column of `right` of the same dtype.
+    """
+    right = right.sort(right_key)
+    n = right.height
+    if n == 0:
+        return lf.with_columns(pl.lit(None, right.schema[x]).alias(x) for x in cols)
+    rk = pl.lit(right[right_key])
+    lf = lf.with_columns(rk.search_sorted(key).clip(upper_bound=n - 1).alias("_lk_at"))
+    at = c("_lk_at")
+    hit = rk.gather(at) == key
+    return lf.with_columns(pl.when(hit).then(pl.lit(right[x]).gather(at)).alias(x) for x in cols).drop("_lk_at")
 
 
 def missing(available, *cols: str) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import polars as pl
 
 from gogooku3.calendar import TradingCalendar
-from gogooku3.features.common import EPS, Block, c, div, flag, missing
+from gogooku3.features.common import EPS, Block, c, div, flag, lookup, missing, narrow
 
 BAL6 = ("Frgn", "Ind", "TrstBnk", "InvTr", "Prop", "Brk")
 NEEDS = ("FrgnBal", "FrgnTot", "IndBal", "IndTot", "TotTot", *(f"{i}Bal" for i in BAL6))
@@ -45,7 +45,7 @@ def weekly_features(inv: pl.DataFrame, cal: TradingCalendar, f: dict) -> pl.Data
         .alias("flow_smart_mom4"),
         (c("flow_smart_idx").abs() >= f["shock_z"]).alias("_shock"),
     )
-    return df.select("Section", "_eff", *FEATURES[:10], "_shock")
+    return narrow(df.select("Section", "_eff", *FEATURES[:10], "_shock"), FEATURES[:10])
 
 
 def attach(lf: pl.LazyFrame, inv: pl.DataFrame | None, cal: TradingCalendar, f: dict) -> tuple[pl.LazyFrame, Block]:
@@ -63,7 +63,15 @@ def attach(lf: pl.LazyFrame, inv: pl.DataFrame | None, cal: TradingCalendar, f: 
     daily = days.join_asof(wk.sort("Section", "_eff"), left_on="Date", right_on="_eff", by="Section",
                            strategy="backward", check_sortedness=False).filter(c("_eff").is_not_null())
     daily = daily.rename({"_eff": "_flow_eff", "_shock": "_flow_shock"})
-    lf = lf.join(daily.lazy(), on=["Section", "Date"], how="left", maintain_order="left")
+    # one integer key per (Section, Date): the section's number · 10⁶ + the date's day number
+    secs = {s: i for i, s in enumerate(wk["Section"].unique().sort().to_list())}
+
+    def key(sec: pl.Expr) -> pl.Expr:
+        return sec.replace_strict(secs, default=None, return_dtype=pl.Int64) * 1_000_000 + c("Date").cast(pl.Int64)
+
+    daily = daily.with_columns(key(c("Section")).alias("_flow_key"))
+    lf = lookup(lf, daily, key(c("Section")), "_flow_key", [x for x in daily.columns if x not in
+                                                            ("Section", "Date", "_flow_key")])
     days_since = (c("Date") - c("_flow_eff")).dt.total_days()
     for n in FEATURES[:10]:
         b.add(n, c(n))

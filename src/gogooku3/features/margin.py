@@ -9,7 +9,7 @@ from __future__ import annotations
 import polars as pl
 
 from gogooku3.calendar import TradingCalendar
-from gogooku3.features.common import EPS, Block, c, div, flag, missing, roll_mean
+from gogooku3.features.common import EPS, Block, c, div, flag, missing, narrow, roll_mean
 
 WEEKLY = ("margin_long_tot", "margin_short_tot", "margin_total_gross", "margin_credit_ratio", "margin_imbalance",
           "margin_d_long_wow", "margin_d_short_wow", "margin_d_net_wow", "margin_d_ratio_wow",
@@ -42,7 +42,7 @@ def weekly_table(mi: pl.DataFrame, cal: TradingCalendar, m: dict) -> pl.DataFram
         _z("margin_total_gross", w).alias("margin_gross_z52"), _z("margin_credit_ratio", w).alias("margin_ratio_z52"),
         (c("IssType").cast(pl.Utf8) if "IssType" in df.columns else pl.lit(None, pl.Utf8)).alias("_iss"),
     )
-    return df.select("Code", c("_eff").alias("_mg_eff"), *WEEKLY, "_iss").sort("Code", "_mg_eff")
+    return narrow(df.select("Code", c("_eff").alias("_mg_eff"), *WEEKLY, "_iss"), WEEKLY).sort("Code", "_mg_eff")
 
 
 def attach(lf: pl.LazyFrame, mi: pl.DataFrame | None, cal: TradingCalendar, m: dict,
@@ -57,7 +57,8 @@ def attach(lf: pl.LazyFrame, mi: pl.DataFrame | None, cal: TradingCalendar, m: d
         return lf, b
     lf = lf.join_asof(weekly_table(mi, cal, m).lazy(), left_on="Date", right_on="_mg_eff", by="Code",
                       strategy="backward", check_sortedness=False)
-    b.add("_adv", roll_mean(c("Volume"), m["adv_window"]))
+    # in the day's share basis, like the (raw, unadjusted) margin balances it scales
+    b.add("_adv", roll_mean(c("Volume"), m["adv_window"]) * c("_kv"))
     b.next_stage()
     for n in WEEKLY:
         b.add(n, c(n))

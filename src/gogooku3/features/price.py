@@ -1,7 +1,13 @@
 """Price and volume groups (spec §1.4): OHLCV, returns, volatility, moving averages, price position, volume.
 
 The base frame carries the split-adjusted series as Open/High/Low/Close/Volume (from AdjO/AdjH/AdjL/AdjC/AdjVo), so a
-split day shows no fake return. Raw close/volume (`_RawC`, `_RawVo`) are only used for market cap and turnover rate.
+split day shows no fake return; returns, ratios and volatilities are scale-free and use them as they are.
+
+Level features (Open/High/Low/Close, sma_*, ema_*; Volume, volume_ma_*) are output in the day's own share basis:
+the adjusted value × C(t)/AdjC(t) (volumes × Vo(t)/AdjVo(t)), see `common.day_basis`. An adjusted level on day t
+is rescaled by every split after t, so its cross-sectional rank would reveal a future split. The dataset's `Close`
+is therefore the day-t price as traded on day t, which is what a price filter (backtest `min_price`) needs. Without
+raw C/Vo in daily_quotes (user files with only AdjC) the levels stay adjusted, as point in time as the file itself.
 """
 
 from __future__ import annotations
@@ -10,16 +16,18 @@ import math
 
 import polars as pl
 
-from gogooku3.features.common import SQRT252, Block, c, div, ema, lag, missing, per_code, roll_mean, roll_std
+from gogooku3.features.common import (PRICE, SQRT252, VOLUME, Block, c, div, ema, lag, missing, per_code, roll_mean,
+                                      roll_std)
 
 OHLCV = ("Open", "High", "Low", "Close", "Volume", "TurnoverValue")
 
 
 def ohlcv(avail: set[str]) -> Block:
     b = Block("ohlcv")
+    kinds = {"Open": PRICE, "High": PRICE, "Low": PRICE, "Close": PRICE, "Volume": VOLUME}
     for name in OHLCV:
         if name in avail:
-            b.add(name, c(name))
+            b.add(name, c(name), level=kinds.get(name))  # TurnoverValue (raw Va, yen) is split-invariant
     gone = missing(avail, *OHLCV)
     if gone:
         b.skip(f"daily_quotes lacks the inputs of {', '.join(gone)}")
@@ -51,10 +59,10 @@ def volatility(avail: set[str], w: dict) -> Block:
 def moving_averages(avail: set[str], w: dict) -> Block:
     b = Block("moving_averages")
     for win in w["sma"]:
-        b.add(f"sma_{win}", roll_mean(c("Close"), win))
+        b.add(f"sma_{win}", roll_mean(c("Close"), win), level=PRICE)
     for span in w["ema"]:
         # min_samples 1 as in the spec; maturity is carried by the is_ema*_valid flags
-        b.add(f"ema_{span}", ema(c("Close"), span))
+        b.add(f"ema_{span}", ema(c("Close"), span), level=PRICE)
     return b
 
 
@@ -82,7 +90,7 @@ def volume(avail: set[str], w: dict) -> Block:
         b.skip("daily_quotes lacks AdjVo")
         return b
     for win in w["volume_ma"]:
-        b.add(f"volume_ma_{win}", roll_mean(c("Volume"), win))
+        b.add(f"volume_ma_{win}", roll_mean(c("Volume"), win), level=VOLUME)
     b.next_stage()
     for win in w["volume_ma"]:
         b.add(f"volume_ratio_{win}", div(c("Volume"), c(f"volume_ma_{win}")))

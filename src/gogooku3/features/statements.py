@@ -14,7 +14,7 @@ import datetime as dt
 import polars as pl
 
 from gogooku3.calendar import TradingCalendar
-from gogooku3.features.common import EPS, Block, c, div, flag, per_code
+from gogooku3.features.common import EPS, Block, c, div, flag, narrow, per_code
 
 NUMS = ("Sales", "OP", "NP", "EPS", "Eq", "TA", "FOP", "FNP", "FEPS", "FDivAnn", "ShOut")
 TRUE_WORDS = ["true", "1", "yes", "y", "t"]
@@ -98,9 +98,9 @@ def statement_table(st: pl.DataFrame, cal: TradingCalendar, s: dict) -> pl.DataF
         flag(truthy("ChgAcEst")).alias("_chg"), flag(truthy("RetroRst")).alias("_nc"),
     )
     # the latest disclosure wins when several become effective on the same session
-    return (out.unique(["Code", "_eff"], keep="last", maintain_order=True)
-            .select("Code", c("_eff").alias("_st_eff"), *RATIOS, "_chg", "_nc", c("ShOut").alias("_shout"))
-            .sort("Code", "_st_eff"))
+    out = (out.unique(["Code", "_eff"], keep="last", maintain_order=True)
+           .select("Code", c("_eff").alias("_st_eff"), *RATIOS, "_chg", "_nc", c("ShOut").alias("_shout")))
+    return narrow(out, RATIOS).sort("Code", "_st_eff")
 
 
 def attach(lf: pl.LazyFrame, st: pl.DataFrame | None, cal: TradingCalendar, s: dict,
@@ -137,8 +137,9 @@ def shares_block(avail: set[str]) -> Block:
     b.next_stage()
     b.add("shares_outstanding", c("_shout") * c("_cf_at_stmt") / c("_cf"))
     b.next_stage()
-    px = c("_RawC") if "_RawC" in avail else c("Close")
-    vo = next((c(x) for x in ("_RawVo", "Volume") if x in avail), None)
+    # raw price/volume, i.e. the day's basis (without raw C the adjusted close: `_kp` is then 1)
+    px = c("_RawC") if "_RawC" in avail else c("Close") * c("_kp")
+    vo = c("_RawVo") if "_RawVo" in avail else (c("Volume") * c("_kv") if "Volume" in avail else None)
     if vo is None:
         b.skip("turnover_rate needs Vo/AdjVo")
     else:

@@ -2,6 +2,9 @@
 
 t+k means k trading sessions after t on the calendar (not k rows of the stock): when the stock has no row on session
 t+lag or t+lag+h (suspension, delisting, or past the data's end) the label is null. Labels are never filled.
+
+The look-up is a binary search on one sorted integer key per row (stock number, session number), so no hash join
+is needed and a label can only ever come from the same stock's own row.
 """
 
 from __future__ import annotations
@@ -12,19 +15,29 @@ from gogooku3.calendar import TradingCalendar
 from gogooku3.features.manifest import target_name
 
 
-def session_index(cal: TradingCalendar) -> pl.LazyFrame:
-    return pl.DataFrame({"Date": cal.sessions, "_sidx": pl.int_range(len(cal), dtype=pl.Int64, eager=True)}).lazy()
+def row_key(cal: TradingCalendar, reach: int) -> pl.Expr:
+    """Strictly increasing Int64 per (Code, Date)-sorted row: 2·(stock·M + session) on sessions, odd off-session
+    (those rows never get or give a label). M leaves room for look-ups up to `reach` sessions past the calendar."""
+    sessions = cal.sessions
+    n = len(sessions)
+    pos = pl.lit(sessions).search_sorted(pl.col("Date")).cast(pl.Int64)
+    on_session = pl.lit(sessions).gather(pos.clip(0, max(n - 1, 0))) == pl.col("Date")
+    stock = (pl.col("Code") != pl.col("Code").shift(1)).fill_null(True).cum_sum().cast(pl.Int64)
+    return 2 * (stock * (n + 1 + reach) + pos) - pl.when(on_session).then(0).otherwise(1)
 
 
 def add_targets(lf: pl.LazyFrame, cal: TradingCalendar, horizons: list[int], entry_lag: int) -> pl.LazyFrame:
     """Append Float32 `target_{h}d` columns to a frame with Code, Date, Close (adjusted) sorted by (Code, Date)."""
-    idx = session_index(cal)
-    px = lf.select("Code", "Date", "Close").join(idx, on="Date", how="inner")
-    lf = lf.join(idx, on="Date", how="left", maintain_order="left")
-    for k in sorted({entry_lag, *(entry_lag + h for h in horizons)}):
-        ahead = px.select("Code", (pl.col("_sidx") - k).alias("_sidx"), pl.col("Close").alias(f"_px{k}"))
-        lf = lf.join(ahead, on=["Code", "_sidx"], how="left", maintain_order="left")
+    ks = sorted({entry_lag, *(entry_lag + h for h in horizons)})
+    lf = lf.with_columns(row_key(cal, max(ks)).alias("_tkey"))
+    key = pl.col("_tkey")
+    # the row of session t+k of the same stock, if any: binary search (a stage of its own, so it runs once per k)
+    lf = lf.with_columns(key.search_sorted(key + 2 * k).clip(upper_bound=pl.len() - 1).alias(f"_at{k}") for k in ks)
+
+    def ahead(k: int) -> pl.Expr:
+        at = pl.col(f"_at{k}")
+        return pl.when((key.gather(at) == key + 2 * k) & (key % 2 == 0)).then(pl.col("Close").gather(at))
+
     return lf.with_columns(
-        (pl.col(f"_px{entry_lag + h}") / pl.col(f"_px{entry_lag}") - 1.0).cast(pl.Float32).alias(target_name(h))
-        for h in horizons
-    ).drop("_sidx", *(f"_px{k}" for k in sorted({entry_lag, *(entry_lag + h for h in horizons)})))
+        (ahead(entry_lag + h) / ahead(entry_lag) - 1.0).cast(pl.Float32).alias(target_name(h)) for h in horizons
+    ).drop("_tkey", *(f"_at{k}" for k in ks))

@@ -1,14 +1,15 @@
 """Technical indicators (spec §1.4): RSI (Wilder), MACD, ATR, ADX, stochastic %K, Bollinger bands.
 
 ATR and ADX use Wilder smoothing (alpha = 1/n), the textbook definition (the original's fallback used EWM span n).
-No missing value is filled with a neutral number (the original filled RSI with 50).
+No missing value is filled with a neutral number (the original filled RSI with 50). RSI, %K, ADX and the Bollinger
+width/position are scale-free; MACD (line, signal, histogram) and ATR are price levels, output in the day's basis.
 """
 
 from __future__ import annotations
 
 import polars as pl
 
-from gogooku3.features.common import EPS, Block, c, div, ema, missing, per_code, roll_mean, roll_std, wilder
+from gogooku3.features.common import EPS, PRICE, Block, c, div, ema, missing, per_code, roll_mean, roll_std, wilder
 
 
 def _rsi(n: int) -> pl.Expr:
@@ -22,7 +23,7 @@ def technicals(avail: set[str], t: dict) -> Block:
     fast, slow, sig = t["macd"]
     for n in t["rsi"]:
         b.add(f"rsi_{n}", _rsi(n))
-    b.add("macd", ema(c("Close"), fast, fast) - ema(c("Close"), slow, slow))
+    b.add("macd", ema(c("Close"), fast, fast) - ema(c("Close"), slow, slow), level=PRICE)
     bw, k = t["bb_window"], t["bb_k"]
     mid, sd = roll_mean(c("Close"), bw), roll_std(c("Close"), bw, ddof=0)
     b.add("bb_width", div(2.0 * k * sd, mid))
@@ -42,16 +43,17 @@ def technicals(avail: set[str], t: dict) -> Block:
         b.add("_mdm", pl.when(first).then(None).when((down_move > up_move) & (down_move > 0)).then(down_move)
               .otherwise(0.0))
     b.next_stage()
-    b.add("macd_signal", per_code(c("macd").ewm_mean(span=sig, adjust=False, min_samples=sig, ignore_nulls=True)))
+    b.add("macd_signal", per_code(c("macd").ewm_mean(span=sig, adjust=False, min_samples=sig, ignore_nulls=True)),
+          level=PRICE)
     if not hl:
         n = t["atr"]
-        b.add(f"atr_{n}", wilder(c("_tr"), n))
+        b.add(f"atr_{n}", wilder(c("_tr"), n), level=PRICE)
         na = t["adx"]
         atr_a = wilder(c("_tr"), na)
         b.add("_pdi", 100.0 * div(wilder(c("_pdm"), na), atr_a))
         b.add("_mdi", 100.0 * div(wilder(c("_mdm"), na), atr_a))
     b.next_stage()
-    b.add("macd_histogram", c("macd") - c("macd_signal"))
+    b.add("macd_histogram", c("macd") - c("macd_signal"), level=PRICE)
     if not hl:
         b.add("_dx", 100.0 * div((c("_pdi") - c("_mdi")).abs(), c("_pdi") + c("_mdi")))
         b.next_stage()
