@@ -86,6 +86,15 @@ def train(ctx: typer.Context) -> None:
     CompleteATFTTrainingPipeline(cfg).run()
 
 
+@app.command("tune", context_settings=OVERRIDES)
+def tune(ctx: typer.Context) -> None:
+    """Optuna search (TPE + median pruning) over ATFT-GAT-FAN hyper-parameters; writes output/optuna/<study>_best.yaml."""
+    cfg = _cfg(ctx)
+    from gogooku3.tune import tune as run_tune
+
+    run_tune(cfg)
+
+
 @app.command("backtest", context_settings=OVERRIDES)
 def backtest(ctx: typer.Context,
              predictions: Path = typer.Option(..., "--predictions", help="Parquet with Date, Code, pred_{h}d, target_{h}d.")) -> None:

@@ -91,7 +91,8 @@ class CompleteATFTTrainingPipeline:
                   n_segments=max(int(mc["n_segments"]), len(self.panel.segment_vocab) + 1))
         return mc
 
-    def train_fold(self, plan: dict, ckpt_dir: Path, resume: str | None) -> dict[str, Any]:
+    def train_fold(self, plan: dict, ckpt_dir: Path, resume: str | None,
+                   extra_callbacks: list | None = None) -> dict[str, Any]:
         tc = self.cfg.train
         torch.manual_seed(int(tc.seed))
         dm = PanelDataModule(self.panel, plan["fit"], plan["val"], plan["test"], int(self.cfg.model.window),
@@ -101,7 +102,7 @@ class CompleteATFTTrainingPipeline:
                             {k: tc[k] for k in ("lr", "weight_decay", "warmup_steps", "min_lr_ratio")})
         if tc.compile:
             module.model = torch.compile(module.model)
-        trainer, cbs = build_trainer(self.cfg, self.run_dir, module, ckpt_dir)
+        trainer, cbs = build_trainer(self.cfg, self.run_dir, module, ckpt_dir, extra_callbacks)
         if trainer.accelerator.__class__.__name__.lower().startswith("cuda") and trainer.world_size == 1:
             self._maybe_gpu_resident(dm)
         t0 = time.perf_counter()

@@ -1,0 +1,340 @@
+"""Optuna hyper-parameter search over ATFT-GAT-FAN (`gogooku3 tune`).
+
+TPE sampler + median pruning fed by a Lightning callback; the objective is the mean validation RankIC of the first
+horizon over the shared splitter's last `hpo.folds` folds. Each trial trains on a fold's fit span and is scored on
+its inner validation slice only (test days are never loaded into a trial). The dataset is loaded, converted to a
+PanelStore and split once per worker; trials only change `model.*` / `train.*` keys. Several workers (on one or many
+machines) share a study through `hpo.storage` (SQLite by default, any RDB URL).
+
+Writes `<paths.output_dir>/optuna/<study>_best.yaml` (the best parameters as a Hydra `@package _global_` config whose
+leaves are also ready-made overrides, see `best_overrides`) and `<study>_trials.json` (every trial of the study).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from gogooku3 import metrics
+from gogooku3.config import path, to_dict
+from gogooku3.errors import ConfigError, TrainingError
+from gogooku3.features.manifest import target_name
+from gogooku3.io import timestamp, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+TYPES = ("float", "int", "categorical")
+# Keys fixed for a whole study: the panel, split and labels are built once per worker from them.
+FIXED = ("train.normalizer", "train.returns_col", "train.cv", "train.resume", "train.force_convert", "train.seed",
+         "train.baseline", "model.name", "model.expected_params")
+
+
+class PruningCallback(Callback):
+    """Reports `monitor` to an Optuna trial after every validation epoch and raises `optuna.TrialPruned` when the
+    pruner says so. Like `optuna_integration.PyTorchLightningPruningCallback` (which supports `lightning.pytorch`
+    2.6), but the step is `step_offset + epoch`, so the folds of one trial report distinct steps (Optuna ignores a
+    step reported twice)."""
+
+    def __init__(self, trial: optuna.trial.BaseTrial, monitor: str, step_offset: int = 0):
+        super().__init__()
+        self.trial, self.monitor, self.step_offset = trial, monitor, step_offset
+        self.reported: list[tuple[int, float]] = []
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            log.warning("pruning: metric %s was not logged; nothing reported", self.monitor)
+            return
+        step, value = self.step_offset + int(trainer.current_epoch), float(value)
+        self.trial.report(value, step)
+        self.reported.append((step, value))
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step} ({self.monitor}={value:.4f})")
+
+
+# ---- search space -------------------------------------------------------------------------------------------
+def check_space(cfg: DictConfig) -> dict[str, dict[str, Any]]:
+    """`hpo.space` as plain dicts, each entry validated against the config (the key exists and may be tuned)."""
+    space = OmegaConf.to_container(cfg.hpo.space, resolve=True) if cfg.hpo.get("space") else {}
+    out = {}
+    for name, spec in space.items():
+        if spec is None:
+            continue
+        where = f"hpo.space.{name}"
+        if not isinstance(spec, dict) or "param" not in spec or spec.get("type") not in TYPES:
+            raise ConfigError(f"{where}: needs `param` (a dotted config key) and `type` in {'|'.join(TYPES)}")
+        key = str(spec["param"])
+        if not key.startswith(("model.", "train.")) or key.startswith(FIXED):
+            raise ConfigError(f"{where}: '{key}' cannot be tuned (only model.* and train.* keys outside "
+                              f"{', '.join(FIXED)})")
+        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+            raise ConfigError(f"{where}: config key '{key}' does not exist")
+        if spec["type"] == "categorical":
+            if not spec.get("choices"):
+                raise ConfigError(f"{where}: categorical needs a non-empty `choices` list")
+        elif "low" not in spec or "high" not in spec or not float(spec["low"]) <= float(spec["high"]):
+            raise ConfigError(f"{where}: needs numeric `low` <= `high`")
+        elif spec.get("log") and float(spec["low"]) <= 0:
+            raise ConfigError(f"{where}: log scale needs low > 0")
+        out[name] = spec
+    if not out:
+        raise ConfigError("hpo.space: no hyper-parameter to search")
+    return out
+
+
+def suggest(trial: optuna.trial.BaseTrial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Sample every entry of the space: {config key: value}."""
+    params: dict[str, Any] = {}
+    for name, s in space.items():
+        if s["type"] == "float":
+            kw = {"step": float(s["step"])} if s.get("step") else {"log": bool(s.get("log", False))}
+            v = trial.suggest_float(name, float(s["low"]), float(s["high"]), **kw)
+        elif s["type"] == "int":
+            v = trial.suggest_int(name, int(s["low"]), int(s["high"]), step=int(s.get("step") or 1),
+                                  log=bool(s.get("log", False)))
+        else:
+            v = trial.suggest_categorical(name, list(s["choices"]))
+        params[str(s["param"])] = v
+    return params
+
+
+def trial_config(cfg: DictConfig, params: dict[str, Any]) -> DictConfig:
+    """A copy of `cfg` with the trial budget of `hpo` and the sampled parameters applied."""
+    hc, tcfg = cfg.hpo, copy.deepcopy(cfg)
+    epochs = int(hc.max_epochs)
+    budget = {"train.max_epochs": epochs, "train.min_epochs": min(int(cfg.train.get("min_epochs", 1)), epochs),
+              "train.patience": int(hc.patience), "train.save_top_k": 1, "train.resume": False}
+    if hc.get("limit_train_batches") is not None:
+        budget["train.limit_train_batches"] = hc.limit_train_batches
+    for key, v in {**budget, **params}.items():
+        OmegaConf.update(tcfg, key, v, merge=False)
+    return tcfg
+
+
+# ---- the best-parameters file -------------------------------------------------------------------------------
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_fmt(x) for x in v) + "]"
+    return str(v)
+
+
+def to_overrides(params: dict[str, Any]) -> list[str]:
+    """{dotted key: value} -> Hydra override strings `key=value` (sorted)."""
+    return [f"{k}={_fmt(v)}" for k, v in sorted(params.items())]
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def best_overrides(best_file: str | Path) -> list[str]:
+    """The overrides stored in a `<study>_best.yaml`, ready for `load_config(base + best_overrides(f))`."""
+    p = Path(best_file)
+    if not p.exists():
+        raise ConfigError(f"{p}: best-parameters file not found; run `gogooku3 tune` first")
+    node = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
+    return to_overrides(_flatten(node))
+
+
+def best_yaml(params: dict[str, Any], header: list[str]) -> str:
+    nested = OmegaConf.create({})
+    for k, v in sorted(params.items()):
+        OmegaConf.update(nested, k, v, force_add=True)
+    return "# @package _global_\n" + "".join(f"# {h}\n" for h in header) + OmegaConf.to_yaml(nested)
+
+
+# ---- storage / study ----------------------------------------------------------------------------------------
+def storage_url(cfg: DictConfig) -> str:
+    if cfg.hpo.get("storage"):
+        return str(cfg.hpo.storage)
+    db = (path(cfg, "paths.output_dir") / "optuna" / f"{cfg.hpo.study_name}.db").resolve()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db}"
+
+
+def mask_url(url: str) -> str:
+    """The storage URL with any password blanked (it goes into logs and the summary)."""
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+def _storage(url: str) -> optuna.storages.BaseStorage:
+    try:
+        if url.startswith("sqlite"):  # several local workers: wait on the file lock instead of failing at once
+            return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+        return optuna.storages.RDBStorage(url)
+    except Exception as e:  # bad URL, missing driver, unreachable server
+        raise ConfigError(f"hpo.storage: cannot open {mask_url(url)} ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+
+
+def _check_single_process(cfg: DictConfig) -> None:
+    tr = cfg.trainer
+    devices = tr.get("devices", 1)
+    multi = ("ddp" in str(tr.get("strategy", "auto")).lower() or int(tr.get("num_nodes", 1)) > 1
+             or str(devices) == "-1" or (str(devices).isdigit() and int(devices) > 1)
+             or isinstance(devices, (list, ListConfig)) and len(devices) > 1)
+    if multi:
+        raise ConfigError("gogooku3 tune runs each trial in one process (trainer=cpu or trainer=gpu with devices=1); "
+                          "scale out by starting several `gogooku3 tune` workers that share hpo.storage")
+
+
+# ---- the search ---------------------------------------------------------------------------------------------
+class Tuner:
+    """Loads, converts and splits once, then runs Optuna trials through `CompleteATFTTrainingPipeline.train_fold`."""
+
+    def __init__(self, cfg: DictConfig):
+        from gogooku3.pipelines.atft import CompleteATFTTrainingPipeline
+
+        _check_single_process(cfg)
+        self.cfg = cfg
+        self.hc = cfg.hpo
+        self.space = check_space(cfg)
+        if int(self.hc.folds) < 1 or int(self.hc.max_epochs) < 1:
+            raise ConfigError("hpo.folds and hpo.max_epochs must be >= 1")
+        self.out_dir = path(cfg, "paths.output_dir") / "optuna"
+        self.study_name = str(self.hc.study_name)
+        base = copy.deepcopy(cfg)
+        OmegaConf.update(base, "train.cv.folds", int(self.hc.folds), merge=False)
+        self.pipe = CompleteATFTTrainingPipeline(base)
+        self.horizons = self.pipe.horizons
+        self.monitor = f"val_rank_ic_{self.horizons[0]}d"
+        self.target = target_name(self.horizons[0])
+        self.step_base = int(self.hc.max_epochs)
+
+    def prepare(self) -> None:
+        self.pipe.load()
+        self.pipe.convert()
+        self.pipe.prepare()
+        # A trial sees fit + validation days only: the test block of each fold is dropped here.
+        self.plans = [{"fold": p["fold"], "fit": p["fit"], "val": p["val"], "test": []} for p in self.pipe.plans]
+        for p in self.plans:
+            if not p["val"]:
+                raise ConfigError(f"fold {p['fold'].index}: empty validation slice; raise split.val_days")
+            test = set(p["fold"].test_dates)
+            if test & (set(p["fit"]) | set(p["val"])):
+                raise TrainingError(f"fold {p['fold'].index}: fit/validation days overlap the test block")
+
+    def objective(self, trial: optuna.trial.Trial) -> float:
+        params = suggest(trial, self.space)
+        tcfg = trial_config(self.cfg, params)
+        trial_dir = self.out_dir / self.study_name / f"trial_{trial.number:04d}"
+        self.pipe.cfg = tcfg
+        log.info("tune: trial %d %s", trial.number, " ".join(to_overrides(params)))
+        scores = []
+        try:
+            for k, plan in enumerate(self.plans):
+                cb = PruningCallback(trial, self.monitor, step_offset=k * self.step_base)
+                self.pipe.run_dir = trial_dir / f"fold{plan['fold'].index}"  # Lightning logs + checkpoints
+                res = self.pipe.train_fold(plan, self.pipe.run_dir / "checkpoints", None, extra_callbacks=[cb])
+                pv = self.pipe.predict(res["module"], res["dm"], res["dm"].val_days)
+                s = metrics.summarize_ic(metrics.daily_ic(pv, f"pred_{self.horizons[0]}d", self.target))
+                score = float(s["rank_ic_mean"])
+                if not math.isfinite(score):
+                    raise TrainingError(f"trial {trial.number}, fold {plan['fold'].index}: no validation day "
+                                        f"could be scored ({self.target}); raise split.val_days")
+                trial.set_user_attr(f"fold{plan['fold'].index}",
+                                    {"val_rank_ic": score, "val_days_scored": int(s["n_days"]),
+                                     "epochs": int(res["trainer"].current_epoch),
+                                     "best_logged": res["best_score"]})
+                scores.append(score)
+        finally:
+            if not self.hc.keep_trial_dirs:
+                shutil.rmtree(trial_dir, ignore_errors=True)
+                with contextlib.suppress(OSError):  # the study folder goes once no trial of any worker uses it
+                    trial_dir.parent.rmdir()
+        return float(np.mean(scores))
+
+    def study(self) -> optuna.Study:
+        hc = self.hc
+        sampler = optuna.samplers.TPESampler(seed=None if hc.seed is None else int(hc.seed),
+                                             n_startup_trials=int(hc.n_startup_trials))
+        pruner = (optuna.pruners.MedianPruner(n_startup_trials=int(hc.pruner.n_startup_trials),
+                                              n_warmup_steps=int(hc.pruner.n_warmup_steps))
+                  if hc.pruner.enabled else optuna.pruners.NopPruner())
+        self.url = storage_url(self.cfg)
+        return optuna.create_study(study_name=self.study_name, storage=_storage(self.url), sampler=sampler,
+                                   pruner=pruner, direction="maximize", load_if_exists=True)
+
+    def run(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        self.prepare()
+        study = self.study()
+        hc = self.hc
+        callbacks = []
+        if hc.get("max_total_trials"):
+            callbacks.append(optuna.study.MaxTrialsCallback(
+                int(hc.max_total_trials), states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)))
+        log.info("tune: study %s on %s, %d trial(s), %d fold(s), objective mean %s over validation slices",
+                 self.study_name, mask_url(self.url), int(hc.n_trials), len(self.plans), self.monitor)
+        study.optimize(self.objective, n_trials=int(hc.n_trials),
+                       timeout=None if hc.timeout_s is None else float(hc.timeout_s),
+                       catch=(TrainingError,), callbacks=callbacks, gc_after_trial=True)
+        return self.write(study, time.perf_counter() - t0)
+
+    def write(self, study: optuna.Study, seconds: float) -> dict[str, Any]:
+        trials = study.get_trials(deepcopy=False)
+        states = {s.name: sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
+        complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+        best = max(complete, key=lambda t: t.value) if complete else None
+        params = {} if best is None else {self.space[n]["param"]: v for n, v in best.params.items() if n in self.space}
+        summary = {
+            "study_name": self.study_name, "storage": mask_url(self.url), "direction": "maximize",
+            "objective": f"mean over folds of the validation daily RankIC of pred_{self.horizons[0]}d "
+                         f"(test days never used)",
+            "folds": [{"fold": p["fold"].index, "fit_range": [str(p["fit"][0]), str(p["fit"][-1])],
+                       "val_range": [str(p["val"][0]), str(p["val"][-1])],
+                       "test_range_not_used": [str(p["fold"].test_dates[0]), str(p["fold"].test_dates[-1])]}
+                      for p in self.plans],
+            "space": self.space, "budget": {"max_epochs": int(self.hc.max_epochs), "patience": int(self.hc.patience),
+                                            "limit_train_batches": self.hc.get("limit_train_batches")},
+            "n_trials": len(trials), "states": states, "seconds_this_worker": round(seconds, 2),
+            "best": None if best is None else {"number": best.number, "value": best.value, "params": params,
+                                               "overrides": to_overrides(params)},
+            "trials": [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+                        "intermediate_values": {str(k): v for k, v in sorted(t.intermediate_values.items())},
+                        "user_attrs": t.user_attrs,
+                        "start": t.datetime_start, "complete": t.datetime_complete,
+                        "seconds": (t.duration.total_seconds() if t.duration is not None else None)}
+                       for t in trials],
+            "config": {"model": to_dict(self.cfg.model), "train": to_dict(self.cfg.train), "hpo": to_dict(self.hc)},
+            "written_at": timestamp(),
+        }
+        summary_file = write_json(self.out_dir / f"{self.study_name}_trials.json", summary)
+        if best is None:
+            raise TrainingError(f"study {self.study_name}: no completed trial ({states}); see {summary_file}")
+        header = [f"Optuna study {self.study_name}: best trial {best.number}, mean validation "
+                  f"{self.monitor} = {best.value:.5f} ({len(complete)} completed of {len(trials)}), {timestamp()}",
+                  "As overrides: gogooku3 train " + " ".join(to_overrides(params)),
+                  "Or copy this file to conf/experiment/<name>.yaml (package _global_)."]
+        best_file = write_text(self.out_dir / f"{self.study_name}_best.yaml", best_yaml(params, header))
+        log.info("tune: best trial %d, %s %.4f -> %s", best.number, self.monitor, best.value, best_file)
+        return {"study_name": self.study_name, "storage": mask_url(self.url), "best_value": best.value,
+                "best_trial": best.number, "best_params": params, "best_overrides": to_overrides(params),
+                "best_file": str(best_file), "summary_file": str(summary_file), "states": states}
+
+
+def tune(cfg: DictConfig) -> dict[str, Any]:
+    """Run (or join) the Optuna study described by `cfg.hpo`; returns the best parameters and file paths."""
+    return Tuner(cfg).run()

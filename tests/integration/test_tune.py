@@ -1,0 +1,219 @@
+"""`gogooku3 tune`: a 2-trial Optuna study on a tiny planted dataset, the best-params file as overrides, the pruning
+callback against a MedianPruner, and the search-space / process checks."""
+
+import datetime as dt
+import json
+import os
+import sqlite3
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import optuna
+import polars as pl
+import pytest
+import torch
+
+from gogooku3.config import load_config
+from gogooku3.errors import ConfigError
+from gogooku3.features.manifest import FeatureManifest, manifest_path
+from gogooku3.io import write_parquet
+from gogooku3.tune import (PruningCallback, Tuner, best_overrides, check_space, suggest, to_overrides,
+                           trial_config)
+
+torch.set_num_threads(1)
+FEATS = ["returns_1d", "f_signal", "f_noise1", "f_noise2"]
+OVERRIDES = ["labels.horizons=[1,5]", "model.window=10", "model.hidden=16", "model.head_hidden=8",
+             "model.graph.window=10", "model.graph.min_obs=5", "split.min_train_days=60", "split.n_splits=2",
+             "split.val_days=12", "trainer.progress_bar=false", "train.warmup_steps=2", "train.baseline=false",
+             "hpo.study_name=tiny", "hpo.n_trials=2", "hpo.max_epochs=1", "hpo.limit_train_batches=4",
+             "hpo.n_startup_trials=1", "hpo.space.hidden.choices=[8,16]", "hpo.pruner.n_startup_trials=1"]
+
+
+def write_dataset(root: Path, n_stocks=30, n_days=140, seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    dates = [dt.date(2023, 1, 2) + dt.timedelta(days=k) for k in range(n_days)]
+    codes = [f"{1300 + i}0" for i in range(n_stocks)]
+    sig = rng.normal(size=(n_days, n_stocks))
+    y1 = 0.01 * sig + 0.01 * rng.normal(size=(n_days, n_stocks))  # planted: target_1d follows f_signal
+    y5 = 0.02 * sig + 0.03 * rng.normal(size=(n_days, n_stocks))
+    y1[-2:], y5[-6:] = np.nan, np.nan
+    d_idx, s_idx = (a.ravel() for a in np.meshgrid(np.arange(n_days), np.arange(n_stocks), indexing="ij"))
+    df = pl.DataFrame({
+        "Code": [codes[i] for i in s_idx], "Date": [dates[d] for d in d_idx],
+        "Section": [["TSEPrime", "TSEStandard", "TSEGrowth"][i % 3] for i in s_idx],
+        "S33": [str(50 + i % 5) for i in s_idx], "S17": [str(i % 4) for i in s_idx],
+        "returns_1d": 0.01 * rng.normal(size=n_days * n_stocks), "f_signal": sig.ravel(),
+        **{f"f_noise{k}": rng.normal(size=n_days * n_stocks) for k in (1, 2)},
+        "target_1d": y1.ravel(), "target_5d": y5.ravel(),
+    }).with_columns(pl.col(FEATS + ["target_1d", "target_5d"]).cast(pl.Float32)).sort("Code", "Date")
+    ds = root / "output" / "ml_dataset_latest.parquet"
+    write_parquet(df, ds)
+    FeatureManifest.from_frame(df, {f: "price" for f in FEATS}, [1, 5], 1).save(manifest_path(ds))
+    return ds
+
+
+@pytest.fixture(scope="module")
+def studied(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tune")
+    write_dataset(root)
+    old = os.getcwd()
+    os.chdir(root)
+    try:
+        tuner = Tuner(load_config(OVERRIDES))
+        seen: list[dict] = []
+        predict = tuner.pipe.predict
+
+        def spy(module, dm, days):  # records which days each trial trains, validates and predicts on
+            seen.append({"fit": dm.fit_days, "val": dm.val_days, "test": dm.test_days, "predicted": days})
+            return predict(module, dm, days)
+
+        tuner.pipe.predict = spy
+        res = tuner.run()
+        yield root, tuner, res, seen
+    finally:
+        os.chdir(old)
+
+
+def test_study_writes_storage_best_file_and_summary(studied):
+    root, tuner, res, _ = studied
+    db = root / "output" / "optuna" / "tiny.db"
+    assert db.exists() and res["storage"] == f"sqlite:///{db.resolve()}"
+    with sqlite3.connect(db) as con:
+        assert con.execute("select count(*) from trials").fetchone()[0] == 2
+    summary = json.loads((root / "output" / "optuna" / "tiny_trials.json").read_text())
+    # trial 1 either completes or is pruned by the MedianPruner (n_startup_trials=1) after its first epoch
+    assert summary["n_trials"] == 2 and summary["states"]["COMPLETE"] >= 1
+    assert summary["states"]["COMPLETE"] + summary["states"]["PRUNED"] == 2
+    assert summary["best"]["number"] == res["best_trial"]
+    done = [t for t in summary["trials"] if t["state"] == "COMPLETE"]
+    assert summary["best"]["value"] == max(t["value"] for t in done)
+    for t in summary["trials"]:
+        # the pruning callback was called by the Lightning trainer: one intermediate value per epoch
+        assert list(t["intermediate_values"]) == ["0"]
+        assert -1.0 <= t["intermediate_values"]["0"] <= 1.0
+    for t in done:
+        assert -1.0 <= t["value"] <= 1.0
+        assert t["user_attrs"]["fold1"]["val_days_scored"] > 0
+    assert set(res["best_params"]) == {"train.lr", "model.hidden", "model.dropout", "train.loss.lambda_q",
+                                       "train.loss.lambda_ic", "train.loss.huber_delta", "model.graph.k",
+                                       "model.graph.threshold"}
+    assert not (root / "output" / "optuna" / "tiny").exists()  # trial folders are removed (keep_trial_dirs=false)
+    assert not (root / "runs").exists()  # trials write no training run directory
+
+
+def test_best_file_loads_as_overrides(studied):
+    root, _, res, _ = studied
+    best = root / "output" / "optuna" / "tiny_best.yaml"
+    text = best.read_text()
+    assert text.startswith("# @package _global_\n")
+    ovr = best_overrides(best)
+    assert ovr == res["best_overrides"] == to_overrides(res["best_params"])
+    cfg = load_config(OVERRIDES + ovr)
+    for key, value in res["best_params"].items():
+        got = cfg
+        for part in key.split("."):
+            got = got[part]
+        assert got == pytest.approx(value), key
+    assert cfg.model.hidden in (8, 16)
+
+
+def test_trials_never_touch_test_days(studied):
+    _, tuner, _, seen = studied
+    summary = json.loads((studied[0] / "output" / "optuna" / "tiny_trials.json").read_text())
+    assert len(seen) == summary["states"]["COMPLETE"]  # one fold (hpo.folds=1) per completed trial
+    assert [p["test"] for p in tuner.plans] == [[]]  # the plans handed to train_fold carry no test days
+    fold = tuner.pipe.plans[-1]["fold"]
+    panel = tuner.pipe.panel
+    test = set(panel.day_index(fold.test_dates).tolist())
+    assert test
+    for s in seen:
+        assert len(s["test"]) == 0
+        assert not test & set(s["fit"].tolist()) and not test & set(s["val"].tolist())
+        assert not test & set(s["predicted"].tolist())
+        assert max(s["fit"]) < min(s["val"]) < min(test)
+
+
+def test_second_worker_joins_the_study(studied):
+    root = studied[0]
+    old = os.getcwd()
+    os.chdir(root)
+    try:
+        res = Tuner(load_config(OVERRIDES + ["hpo.n_trials=1", "hpo.seed=1", "hpo.pruner.enabled=false",
+                                             "hpo.keep_trial_dirs=true"])).run()
+    finally:
+        os.chdir(old)
+    summary = json.loads((root / "output" / "optuna" / "tiny_trials.json").read_text())
+    assert summary["n_trials"] == 3 and [t["number"] for t in summary["trials"]] == [0, 1, 2]
+    assert summary["trials"][2]["state"] == "COMPLETE"
+    kept = root / "output" / "optuna" / "tiny" / "trial_0002" / "fold1"
+    assert (kept / "logs" / "metrics.csv").exists() and list((kept / "checkpoints").glob("*.ckpt"))
+    assert res["best_value"] == max(t["value"] for t in summary["trials"] if t["state"] == "COMPLETE")
+
+
+def test_cli_has_tune_command():
+    from typer.testing import CliRunner
+
+    from gogooku3.cli import app
+
+    out = CliRunner().invoke(app, ["tune", "--help"])
+    assert out.exit_code == 0 and "Optuna" in out.output
+
+
+def _fake_trainer(epoch: int, value: float | None):
+    metrics_ = {} if value is None else {"val_rank_ic_1d": torch.tensor(value)}
+    return SimpleNamespace(sanity_checking=False, current_epoch=epoch, callback_metrics=metrics_)
+
+
+def test_pruning_callback_prunes_worse_trial_under_median_pruner():
+    study = optuna.create_study(direction="maximize",
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
+    good = study.ask()
+    cb = PruningCallback(good, "val_rank_ic_1d")
+    for epoch in range(3):
+        cb.on_validation_end(_fake_trainer(epoch, 0.2), None)
+    study.tell(good, 0.2)
+    bad = study.ask()
+    cb = PruningCallback(bad, "val_rank_ic_1d")
+    with pytest.raises(optuna.TrialPruned):
+        cb.on_validation_end(_fake_trainer(0, -0.1), None)
+    assert cb.reported == [(0, pytest.approx(-0.1))]
+    better = study.ask()
+    PruningCallback(better, "val_rank_ic_1d").on_validation_end(_fake_trainer(0, 0.3), None)  # not pruned
+
+
+def test_pruning_callback_offsets_fold_steps_and_skips_sanity_check():
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
+    trial = study.ask()
+    PruningCallback(trial, "val_rank_ic_1d", step_offset=0).on_validation_end(_fake_trainer(0, 0.1), None)
+    second = PruningCallback(trial, "val_rank_ic_1d", step_offset=4)
+    second.on_validation_end(_fake_trainer(0, 0.2), None)
+    second.on_validation_end(SimpleNamespace(sanity_checking=True, current_epoch=1,
+                                             callback_metrics={"val_rank_ic_1d": torch.tensor(0.9)}), None)
+    second.on_validation_end(_fake_trainer(1, None), None)  # metric missing: nothing reported
+    study.tell(trial, 0.15)
+    assert study.trials[0].intermediate_values == {0: pytest.approx(0.1), 4: pytest.approx(0.2)}
+
+
+def test_space_checks_and_trial_config():
+    cfg = load_config(OVERRIDES)
+    space = check_space(cfg)
+    params = suggest(optuna.trial.FixedTrial({"lr": 1e-3, "hidden": 8, "dropout": 0.2, "lambda_q": 0.1,
+                                              "lambda_ic": 0.9, "huber_delta": 0.5, "graph_k": 7,
+                                              "graph_threshold": 0.25}), space)
+    tcfg = trial_config(cfg, params)
+    assert (tcfg.train.lr, tcfg.model.hidden, tcfg.model.graph.k, tcfg.train.loss.lambda_ic) == (1e-3, 8, 7, 0.9)
+    assert (tcfg.train.max_epochs, tcfg.train.limit_train_batches, tcfg.train.save_top_k) == (1, 4, 1)
+    assert (cfg.model.hidden, cfg.train.max_epochs) == (16, load_config([]).train.max_epochs)  # input untouched
+    for bad in (["+hpo.space.x={param:train.nope,type:float,low:0,high:1}"],
+                ["+hpo.space.x={param:train.normalizer.method,type:categorical,choices:[robust_z]}"],
+                ["+hpo.space.x={param:labels.entry_lag,type:int,low:1,high:2}"],
+                ["hpo.space.lr.low=0.1", "hpo.space.lr.high=0.01"],
+                ["hpo.space.dropout.type=normal"]):
+        with pytest.raises(ConfigError):
+            check_space(load_config(OVERRIDES + bad))
+
+
+def test_multi_process_trainer_is_refused():
+    with pytest.raises(ConfigError, match="one process"):
+        Tuner(load_config(OVERRIDES + ["trainer=ddp"]))
