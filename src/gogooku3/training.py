@@ -30,6 +30,16 @@ def rank_ic(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (rp * ry).sum() / (rp.norm() * ry.norm() + 1e-12)
 
 
+def horizon_weights(spec: Any, horizons: list[int]) -> list[float] | None:
+    """Loss weight per horizon from a list (one per horizon) or a {horizon: weight} map (missing -> 1.0)."""
+    if spec is None:
+        return None
+    if hasattr(spec, "items"):
+        m = {int(k): float(v) for k, v in spec.items()}
+        return [m.get(int(h), 1.0) for h in horizons]
+    return [float(w) for w in spec]
+
+
 class ATFTModule(L.LightningModule):
     """Wraps the model, the multi-horizon loss and AdamW with linear warmup + cosine decay."""
 
@@ -39,7 +49,8 @@ class ATFTModule(L.LightningModule):
         self.model = ATFTGATFAN(ATFTConfig.from_dict(model_cfg))
         mc = self.model.cfg
         self.horizons = list(mc.horizons)
-        self.loss_fn = MultiHorizonLoss(mc.horizons, loss_cfg.get("horizon_weights"), mc.quantiles,
+        self.loss_fn = MultiHorizonLoss(mc.horizons, horizon_weights(loss_cfg.get("horizon_weights"), self.horizons),
+                                        mc.quantiles,
                                         loss_cfg.get("huber_delta", 1.0), loss_cfg.get("lambda_q", 0.5),
                                         loss_cfg.get("lambda_ic", 0.5), loss_cfg.get("min_stocks", 5))
         self.optim_cfg = dict(optim_cfg)
@@ -210,6 +221,15 @@ class Throughput(Callback):
             pl_module.log("mfu", mfu, sync_dist=False, rank_zero_only=True)
 
 
+def ema_weights(checkpoint_path: str | Path) -> dict[str, torch.Tensor] | None:
+    """The EMA shadow weights stored with a checkpoint by the EMA callback (None when it has none)."""
+    state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    for cb_state in state.get("callbacks", {}).values():
+        if isinstance(cb_state, dict) and cb_state.get("shadow") is not None:
+            return {k: v.cpu() for k, v in cb_state["shadow"].items()}
+    return None
+
+
 def monitor_key(horizons: list[int]) -> str:
     return f"val_rank_ic_{horizons[0]}d"
 
@@ -218,6 +238,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, module: ATFTModule, ckpt_dir: 
                   extra_callbacks: list[Callback] | None = None) -> tuple[L.Trainer, dict[str, Callback]]:
     """The Trainer from `cfg.trainer` (accelerator/devices/strategy/precision) and `cfg.train`."""
     tc, tr = cfg.train, cfg.trainer
+    if tr.get("num_threads"):
+        # OpenMP threads spin-wait on a busy 2-core machine: 2 threads ran a day batch 3-10x slower than 1.
+        torch.set_num_threads(int(tr.num_threads))
     horizons = module.horizons
     monitor = monitor_key(horizons)
     ckpt = ModelCheckpoint(dirpath=str(ckpt_dir or run_dir / "checkpoints"), monitor=monitor, mode="max",

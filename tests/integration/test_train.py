@@ -130,3 +130,23 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert len(runs) == 1                                          # only rank 0 created a run directory
     m = json.loads((runs[0] / "metrics.json").read_text())
     assert m["epochs"] == [1] and (runs[0] / "predictions_test.parquet").exists()
+
+
+def test_ema_keeps_the_best_epochs_averaged_weights(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from gogooku3.training import ema_weights
+
+    write_dataset(tmp_path, seed=1)
+    monkeypatch.chdir(tmp_path)
+    res = CompleteATFTTrainingPipeline(load_config(
+        OVERRIDES + ["train.ema_decay=0.9", "train.baseline=false", "train.max_epochs=3", "train.patience=5"])).run()
+    m = json.loads((Path(res["run_dir"]) / "metrics.json").read_text())
+    best = m["folds"][0]["best_checkpoint"]
+    shadow = ema_weights(best)
+    assert shadow is not None
+    raw = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+    saved = load_file(str(Path(res["run_dir"]) / "bundle" / "model.safetensors"))
+    key = next(k for k, v in saved.items() if v.dtype.is_floating_point and v.ndim == 2)
+    assert torch.allclose(saved[key], shadow["model." + key])          # the bundle holds the EMA weights
+    assert not torch.allclose(raw["model." + key], shadow["model." + key])  # which differ from the raw ones

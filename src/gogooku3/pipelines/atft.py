@@ -22,7 +22,7 @@ from gogooku3.features.manifest import FeatureManifest, target_name
 from gogooku3.io import file_fingerprint, new_run_dir, peak_rss_mb, timestamp, write_json, write_parquet, write_text
 from gogooku3.panel import PanelDataModule, PanelStore
 from gogooku3.split import check_folds, inner_validation, make_splitter
-from gogooku3.training import ATFTModule, build_trainer
+from gogooku3.training import ATFTModule, build_trainer, ema_weights
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +112,10 @@ class CompleteATFTTrainingPipeline:
             return {}
         ck = cbs["checkpoint"]
         best = ck.best_model_path
-        if best and "ema" not in cbs:
-            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        if best:  # the best epoch's weights; with EMA, its averaged weights (what was validated)
+            state = ema_weights(best) if "ema" in cbs else None
+            if state is None:
+                state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
             module.load_state_dict(state)
         module = module.cpu().eval()
         return {"module": module, "dm": dm, "trainer": trainer, "callbacks": cbs, "seconds": secs,
