@@ -52,7 +52,8 @@ class ATFTModule(L.LightningModule):
         self.loss_fn = MultiHorizonLoss(mc.horizons, horizon_weights(loss_cfg.get("horizon_weights"), self.horizons),
                                         mc.quantiles,
                                         loss_cfg.get("huber_delta", 1.0), loss_cfg.get("lambda_q", 0.5),
-                                        loss_cfg.get("lambda_ic", 0.5), loss_cfg.get("min_stocks", 5))
+                                        loss_cfg.get("lambda_ic", 0.5), loss_cfg.get("min_stocks", 5),
+                                        loss_cfg.get("target_transform", "zscore"))
         self.optim_cfg = dict(optim_cfg)
         self._val: list[dict[str, torch.Tensor]] = []
         self._weights_sum: torch.Tensor | None = None
@@ -100,6 +101,8 @@ class ATFTModule(L.LightningModule):
         return None if self._weights_sum is None else self._weights_sum / max(self._weights_n, 1)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int = 0) -> dict[str, torch.Tensor]:
+        dev = next(self.parameters()).device  # a GPU-resident panel yields device tensors for a CPU model
+        batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
         out = self(batch)
         return {"day": batch["day"].cpu(), "idx": batch["idx"].cpu(), "point": out["point"].float().cpu()}
 

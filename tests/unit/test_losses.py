@@ -74,3 +74,18 @@ def test_horizon_weights_from_map_or_list():
     assert horizon_weights({"1": 3}, [1, 20]) == [3.0, 1.0]                       # missing horizons weigh 1
     assert horizon_weights([2, 1], [1, 5]) == [2.0, 1.0]
     assert horizon_weights(None, [1, 5]) is None
+
+
+def test_rank_gauss_targets_are_robust_and_masked():
+    from gogooku3.model.losses import rank_gauss
+
+    y = torch.tensor([0.01, -0.02, 5.0, float("nan"), 0.0])  # one fat-tail outlier, one missing label
+    mask = torch.isfinite(y)
+    z = rank_gauss(torch.nan_to_num(y), mask)
+    assert z[3] == 0.0
+    assert torch.argsort(z[mask]).tolist() == torch.argsort(y[mask]).tolist()  # order preserved
+    assert abs(float(z[mask].sum())) < 1e-5  # symmetric normal quantiles
+    assert float(z[2]) < 1.5  # the 5.0 outlier is just the top rank, not 250 sigma
+    loss_fn = MultiHorizonLoss([1], target_transform="rank_gauss", min_stocks=3)
+    loss, _ = loss_fn({"point": torch.randn(5, 1)}, y[:, None])
+    assert torch.isfinite(loss) and loss > 0

@@ -1,7 +1,8 @@
 """The multi-horizon loss on one day's cross-section.
 
-Per horizon h: targets z-scored over the day's stocks that have a label (missing labels are masked out, never
-zero-filled), then Huber(ŷ, z) + λ_q · pinball(quantiles, z) + λ_ic · (1 − Pearson(ŷ, z)); horizons combined
+Per horizon h: targets standardised over the day's stocks that have a label (missing labels are masked out, never
+zero-filled) — z-score, or rank-gauss (the day's ranks mapped to normal quantiles, robust to fat tails and to
+high-volatility names dominating the day) — then Huber(ŷ, z) + λ_q · pinball(quantiles, z) + λ_ic · (1 − Pearson(ŷ, z)); horizons combined
 with normalised weights. Horizons with fewer than `min_stocks` labels that day are skipped.
 """
 
@@ -22,6 +23,19 @@ def zscore(y: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tens
     return torch.where(mask, (y - mean) / (var.sqrt() + eps), torch.zeros_like(y))
 
 
+def rank_gauss(y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Cross-sectional ranks of y over mask mapped to standard-normal quantiles (0 outside mask)."""
+    n = mask.sum().clamp(min=1)
+    order = torch.argsort(torch.where(mask, y, torch.full_like(y, float("inf"))))
+    ranks = torch.empty_like(order)
+    ranks[order] = torch.arange(y.numel(), device=y.device)
+    u = (ranks.to(y.dtype) + 0.5) / n
+    return torch.where(mask, torch.special.ndtri(u.clamp(max=1 - 1e-6)), torch.zeros_like(y))
+
+
+TARGET_TRANSFORMS = {"zscore": zscore, "rank_gauss": rank_gauss}
+
+
 def pearson(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     a = a - a.mean()
     b = b - b.mean()
@@ -37,8 +51,11 @@ def pinball(q: torch.Tensor, y: torch.Tensor, levels: torch.Tensor) -> torch.Ten
 class MultiHorizonLoss(torch.nn.Module):
     def __init__(self, horizons: Sequence[int], weights: Sequence[float] | None = None,
                  quantiles: Sequence[float] = (), huber_delta: float = 1.0, lambda_q: float = 0.5,
-                 lambda_ic: float = 0.5, min_stocks: int = 5):
+                 lambda_ic: float = 0.5, min_stocks: int = 5, target_transform: str = "zscore"):
         super().__init__()
+        if target_transform not in TARGET_TRANSFORMS:
+            raise ValueError(f"target_transform must be one of {', '.join(TARGET_TRANSFORMS)}, got {target_transform!r}")
+        self.standardise = TARGET_TRANSFORMS[target_transform]
         w = torch.tensor(list(weights) if weights is not None else [1.0] * len(horizons), dtype=torch.float32)
         if len(w) != len(horizons):
             raise ValueError(f"{len(w)} horizon weights for {len(horizons)} horizons")
@@ -58,7 +75,7 @@ class MultiHorizonLoss(torch.nn.Module):
             mask = torch.isfinite(y[:, j])
             if int(mask.sum()) < self.min_stocks:
                 continue
-            z = zscore(y[:, j].float(), mask)[mask]
+            z = self.standardise(y[:, j].float(), mask)[mask]
             p = point[mask, j]
             loss = F.huber_loss(p, z, delta=self.huber_delta)
             if self.lambda_ic > 0:

@@ -117,7 +117,7 @@ class CompleteATFTTrainingPipeline:
             if state is None:
                 state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
             module.load_state_dict(state)
-        module = module.cpu().eval()
+        module = module.to(trainer.strategy.root_device).eval()  # predict where it trained (GPU: fast)
         return {"module": module, "dm": dm, "trainer": trainer, "callbacks": cbs, "seconds": secs,
                 "best_checkpoint": best, "best_score": None if ck.best_model_score is None else float(ck.best_model_score)}
 
