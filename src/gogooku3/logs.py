@@ -26,3 +26,12 @@ def setup_logging(level: str | int = "INFO") -> None:
         lg.propagate = True
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message=r".*litlogger.*")
+
+
+def defer_lightning_logging() -> None:
+    """Remove the console handler `import lightning` installs, so its records go to the application's handlers."""
+    lg = logging.getLogger("lightning")
+    for h in list(lg.handlers):
+        if type(h) is logging.StreamHandler:
+            lg.removeHandler(h)
+    lg.propagate = True

@@ -16,9 +16,11 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 
+from gogooku3.logs import defer_lightning_logging
 from gogooku3.model.atft_gat_fan import ATFTConfig, ATFTGATFAN
 from gogooku3.model.losses import MultiHorizonLoss
 
+defer_lightning_logging()
 log = logging.getLogger(__name__)
 
 
