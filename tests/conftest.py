@@ -10,6 +10,8 @@ import pytest
 
 from gogooku3.calendar import TradingCalendar
 from gogooku3.config import load_config
+from gogooku3.features.manifest import FeatureManifest, manifest_path
+from gogooku3.io import write_parquet
 
 
 def make_mini_tables(n_stocks: int = 6, n_days: int = 160, seed: int = 0, start: str = "2023-06-01") -> dict:
@@ -129,3 +131,39 @@ def synth_built(synth_tables, synth_calendar, cfg):
 def mini_factory():
     """make_mini_tables itself, for tests that build variants of the hand-made market."""
     return make_mini_tables
+
+
+def planted_features(n_noise: int) -> list[str]:
+    return ["returns_1d", "f_signal", *[f"f_noise{k}" for k in range(1, n_noise + 1)]]
+
+
+def write_planted_dataset(root, n_stocks: int = 30, n_days: int = 150, n_noise: int = 3, seed: int = 0):
+    """A tiny ML dataset (+ manifest) under root/output where target_1d follows `f_signal` (horizons 1 and 5)."""
+    feats = planted_features(n_noise)
+    rng = np.random.default_rng(seed)
+    dates = [dt.date(2023, 1, 2) + dt.timedelta(days=k) for k in range(n_days)]
+    codes = [f"{1300 + i}0" for i in range(n_stocks)]
+    sig = rng.normal(size=(n_days, n_stocks))
+    ret = 0.01 * rng.normal(size=(n_days, n_stocks))
+    y1 = 0.01 * sig + 0.01 * rng.normal(size=(n_days, n_stocks))
+    y5 = 0.02 * sig + 0.03 * rng.normal(size=(n_days, n_stocks))
+    y1[-2:], y5[-6:] = np.nan, np.nan
+    d_idx, s_idx = (a.ravel() for a in np.meshgrid(np.arange(n_days), np.arange(n_stocks), indexing="ij"))
+    df = pl.DataFrame({
+        "Code": [codes[i] for i in s_idx], "Date": [dates[d] for d in d_idx],
+        "Section": [["TSEPrime", "TSEStandard", "TSEGrowth"][i % 3] for i in s_idx],
+        "S33": [str(50 + i % 5) for i in s_idx], "S17": [str(i % 4) for i in s_idx],
+        "returns_1d": ret.ravel(), "f_signal": sig.ravel(),
+        **{f"f_noise{k}": rng.normal(size=n_days * n_stocks) for k in range(1, n_noise + 1)},
+        "target_1d": y1.ravel(), "target_5d": y5.ravel(),
+    }).with_columns(pl.col(feats + ["target_1d", "target_5d"]).cast(pl.Float32)).sort("Code", "Date")
+    ds = root / "output" / "ml_dataset_latest.parquet"
+    write_parquet(df, ds)
+    FeatureManifest.from_frame(df, {f: "price" for f in feats}, [1, 5], 1).save(manifest_path(ds))
+    return ds
+
+
+@pytest.fixture(scope="session")
+def planted_dataset():
+    """write_planted_dataset itself (tests call it with their own root and sizes)."""
+    return write_planted_dataset

@@ -1,6 +1,5 @@
 """`gogooku3 train` end to end on a tiny planted dataset: run dir, resume, bundle round trip, DDP on 2 CPUs."""
 
-import datetime as dt
 import json
 import subprocess
 import sys
@@ -19,43 +18,17 @@ from gogooku3.io import write_parquet
 from gogooku3.pipelines.atft import CompleteATFTTrainingPipeline
 
 torch.set_num_threads(1)
-FEATS = ["returns_1d", "f_signal", "f_noise1", "f_noise2", "f_noise3"]
+FEATS = ["returns_1d", "f_signal", "f_noise1", "f_noise2", "f_noise3"]  # conftest.write_planted_dataset
 OVERRIDES = ["labels.horizons=[1,5]", "model.window=10", "model.hidden=16", "model.head_hidden=8",
              "model.graph.window=10", "model.graph.min_obs=5", "train.max_epochs=2", "train.limit_train_batches=8",
              "train.warmup_steps=2", "split.min_train_days=60", "split.n_splits=2", "split.val_days=12",
              "trainer.progress_bar=false"]
 
 
-def write_dataset(root: Path, n_stocks=30, n_days=150, seed=0) -> Path:
-    rng = np.random.default_rng(seed)
-    dates = [dt.date(2023, 1, 2) + dt.timedelta(days=k) for k in range(n_days)]
-    codes = [f"{1300 + i}0" for i in range(n_stocks)]
-    sig = rng.normal(size=(n_days, n_stocks))
-    ret = 0.01 * rng.normal(size=(n_days, n_stocks))
-    y1 = 0.01 * sig + 0.01 * rng.normal(size=(n_days, n_stocks))       # planted: target_1d follows f_signal
-    y5 = 0.02 * sig + 0.03 * rng.normal(size=(n_days, n_stocks))
-    y1[-2:] = np.nan
-    y5[-6:] = np.nan
-    d_idx, s_idx = np.meshgrid(np.arange(n_days), np.arange(n_stocks), indexing="ij")
-    d_idx, s_idx = d_idx.ravel(), s_idx.ravel()
-    df = pl.DataFrame({
-        "Code": [codes[i] for i in s_idx], "Date": [dates[d] for d in d_idx],
-        "Section": [["TSEPrime", "TSEStandard", "TSEGrowth"][i % 3] for i in s_idx],
-        "S33": [str(50 + i % 5) for i in s_idx], "S17": [str(i % 4) for i in s_idx],
-        "returns_1d": ret.ravel(), "f_signal": sig.ravel(),
-        **{f"f_noise{k}": rng.normal(size=n_days * n_stocks) for k in (1, 2, 3)},
-        "target_1d": y1.ravel(), "target_5d": y5.ravel(),
-    }).with_columns(pl.col(FEATS + ["target_1d", "target_5d"]).cast(pl.Float32)).sort("Code", "Date")
-    ds = root / "output" / "ml_dataset_latest.parquet"
-    write_parquet(df, ds)
-    FeatureManifest.from_frame(df, {f: "price" for f in FEATS}, [1, 5], 1).save(manifest_path(ds))
-    return ds
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, planted_dataset):
     root = tmp_path_factory.mktemp("train")
-    write_dataset(root)
+    planted_dataset(root)
     import os
 
     old = os.getcwd()
@@ -120,8 +93,8 @@ def test_bundle_round_trip(trained, tmp_path):
 
 
 @pytest.mark.slow  # ~45 s on the shared 2-core machine (two processes start Lightning); still in the suite
-def test_ddp_two_cpu_processes(tmp_path):
-    write_dataset(tmp_path, n_stocks=20, n_days=130)
+def test_ddp_two_cpu_processes(tmp_path, planted_dataset):
+    planted_dataset(tmp_path, n_stocks=20, n_days=130)
     cmd = [sys.executable, "-m", "gogooku3.cli", "train", "trainer=ddp", *OVERRIDES, "train.max_epochs=1",
            "train.limit_train_batches=4", "train.baseline=false"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240)
@@ -132,12 +105,12 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert m["epochs"] == [1] and (runs[0] / "predictions_test.parquet").exists()
 
 
-def test_ema_keeps_the_best_epochs_averaged_weights(tmp_path, monkeypatch):
+def test_ema_keeps_the_best_epochs_averaged_weights(tmp_path, monkeypatch, planted_dataset):
     from safetensors.torch import load_file
 
     from gogooku3.training import ema_weights
 
-    write_dataset(tmp_path, seed=1)
+    planted_dataset(tmp_path, seed=1)
     monkeypatch.chdir(tmp_path)
     res = CompleteATFTTrainingPipeline(load_config(
         OVERRIDES + ["train.ema_decay=0.9", "train.baseline=false", "train.max_epochs=3", "train.patience=5"])).run()

@@ -1,28 +1,22 @@
 """`gogooku3 tune`: a 2-trial Optuna study on a tiny planted dataset, the best-params file as overrides, the pruning
 callback against a MedianPruner, and the search-space / process checks."""
 
-import datetime as dt
 import json
 import os
 import sqlite3
-from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import optuna
-import polars as pl
 import pytest
 import torch
 
 from gogooku3.config import load_config
 from gogooku3.errors import ConfigError
-from gogooku3.features.manifest import FeatureManifest, manifest_path
-from gogooku3.io import write_parquet
 from gogooku3.tune import (PruningCallback, Tuner, best_overrides, check_space, suggest, to_overrides,
                            trial_config)
 
 torch.set_num_threads(1)
-FEATS = ["returns_1d", "f_signal", "f_noise1", "f_noise2"]
+FEATS = ["returns_1d", "f_signal", "f_noise1", "f_noise2"]  # conftest.write_planted_dataset(n_noise=2)
 OVERRIDES = ["labels.horizons=[1,5]", "model.window=10", "model.hidden=16", "model.head_hidden=8",
              "model.graph.window=10", "model.graph.min_obs=5", "split.min_train_days=60", "split.n_splits=2",
              "split.val_days=12", "trainer.progress_bar=false", "train.warmup_steps=2", "train.baseline=false",
@@ -30,33 +24,10 @@ OVERRIDES = ["labels.horizons=[1,5]", "model.window=10", "model.hidden=16", "mod
              "hpo.n_startup_trials=1", "hpo.space.hidden.choices=[8,16]", "hpo.pruner.n_startup_trials=1"]
 
 
-def write_dataset(root: Path, n_stocks=30, n_days=140, seed=0) -> Path:
-    rng = np.random.default_rng(seed)
-    dates = [dt.date(2023, 1, 2) + dt.timedelta(days=k) for k in range(n_days)]
-    codes = [f"{1300 + i}0" for i in range(n_stocks)]
-    sig = rng.normal(size=(n_days, n_stocks))
-    y1 = 0.01 * sig + 0.01 * rng.normal(size=(n_days, n_stocks))  # planted: target_1d follows f_signal
-    y5 = 0.02 * sig + 0.03 * rng.normal(size=(n_days, n_stocks))
-    y1[-2:], y5[-6:] = np.nan, np.nan
-    d_idx, s_idx = (a.ravel() for a in np.meshgrid(np.arange(n_days), np.arange(n_stocks), indexing="ij"))
-    df = pl.DataFrame({
-        "Code": [codes[i] for i in s_idx], "Date": [dates[d] for d in d_idx],
-        "Section": [["TSEPrime", "TSEStandard", "TSEGrowth"][i % 3] for i in s_idx],
-        "S33": [str(50 + i % 5) for i in s_idx], "S17": [str(i % 4) for i in s_idx],
-        "returns_1d": 0.01 * rng.normal(size=n_days * n_stocks), "f_signal": sig.ravel(),
-        **{f"f_noise{k}": rng.normal(size=n_days * n_stocks) for k in (1, 2)},
-        "target_1d": y1.ravel(), "target_5d": y5.ravel(),
-    }).with_columns(pl.col(FEATS + ["target_1d", "target_5d"]).cast(pl.Float32)).sort("Code", "Date")
-    ds = root / "output" / "ml_dataset_latest.parquet"
-    write_parquet(df, ds)
-    FeatureManifest.from_frame(df, {f: "price" for f in FEATS}, [1, 5], 1).save(manifest_path(ds))
-    return ds
-
-
 @pytest.fixture(scope="module")
-def studied(tmp_path_factory):
+def studied(tmp_path_factory, planted_dataset):
     root = tmp_path_factory.mktemp("tune")
-    write_dataset(root)
+    planted_dataset(root, n_days=140, n_noise=2)
     old = os.getcwd()
     os.chdir(root)
     try:

@@ -39,7 +39,6 @@ def investor_types(u: Universe, quotes: pl.DataFrame, log_price: np.ndarray, obs
     out = []
     for seg, (_, name, _) in enumerate(SEGMENTS):
         member = (u.segment == seg)[None, :] & observed
-        cap = np.where(member, caps, 0.0)
         idx_f, idx_l = wk["first"].to_numpy(), wk["last"].to_numpy()
         prev = np.maximum(idx_f - 1, 0)
         cap_end = (caps[idx_l] * member[idx_l]).sum(axis=1)
