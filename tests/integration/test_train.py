@@ -56,6 +56,10 @@ def test_train_writes_run_dir_and_resumes(trained, monkeypatch):
     assert m["test"]["1"]["rank_ic_mean"] > 0.1                    # the planted signal is found out of sample
     assert m["model"]["n_params"] > 0 and m["samples_per_sec"] > 0 and m["epochs"] == [2]
     assert "baseline_test" in m and "model_vs_baseline_1d" in m
+    w = m["folds"][0]["weights"]                                   # 2 epochs -> 2 checkpoints to average
+    assert w["kind"] in ("best_epoch", "top2_average")
+    kept_avg = w["val_rank_ic_top_k_average"] > w["val_rank_ic_best_epoch"]
+    assert (w["kind"] == "top2_average") == kept_avg                # the average is kept only if it validates better
     vi = json.loads((run / "variable_importance.json").read_text())
     assert set(vi) == set(FEATS)
     assert list((root / "output" / "results").glob("complete_training_result_*.json"))

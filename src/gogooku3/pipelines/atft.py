@@ -27,6 +27,12 @@ from gogooku3.training import ATFTModule, build_trainer, ema_weights
 log = logging.getLogger(__name__)
 
 
+def _checkpoint_weights(path: str, ema: bool) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights: with EMA, the averaged (validated) weights stored by the EMA callback."""
+    state = ema_weights(path) if ema else None
+    return state if state is not None else torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
 class CompleteATFTTrainingPipeline:
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
@@ -113,13 +119,38 @@ class CompleteATFTTrainingPipeline:
         ck = cbs["checkpoint"]
         best = ck.best_model_path
         if best:  # the best epoch's weights; with EMA, its averaged weights (what was validated)
-            state = ema_weights(best) if "ema" in cbs else None
-            if state is None:
-                state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-            module.load_state_dict(state)
+            module.load_state_dict(_checkpoint_weights(best, "ema" in cbs))
         module = module.to(trainer.strategy.root_device).eval()  # predict where it trained (GPU: fast)
-        return {"module": module, "dm": dm, "trainer": trainer, "callbacks": cbs, "seconds": secs,
+        weights = {"kind": "best_epoch"}
+        k = int(tc.get("average_top_k") or 1)
+        if best and k > 1 and len(ck.best_k_models) > 1:
+            weights = self._average_top_k(module, dm, ck, k, "ema" in cbs)
+        return {"module": module, "dm": dm, "trainer": trainer, "callbacks": cbs, "seconds": secs, "weights": weights,
                 "best_checkpoint": best, "best_score": None if ck.best_model_score is None else float(ck.best_model_score)}
+
+    def _val_rank_ic(self, module: ATFTModule, dm: PanelDataModule) -> float:
+        h = self.horizons[0]
+        daily = metrics.daily_ic(self.predict(module, dm, dm.val_days), f"pred_{h}d", target_name(h))
+        return float(daily["rank_ic"].mean()) if daily.height else float("nan")
+
+    def _average_top_k(self, module: ATFTModule, dm: PanelDataModule, ck, k: int, ema: bool) -> dict[str, Any]:
+        """Average the weights of the top-k checkpoints; keep the average only if it validates better than the
+        best epoch alone (chosen on the validation span, never the test span)."""
+        best_state = {n: t.detach().cpu().clone() for n, t in module.state_dict().items()}
+        best_ic = self._val_rank_ic(module, dm)
+        top = sorted(ck.best_k_models.items(), key=lambda kv: float(kv[1]), reverse=True)[:k]
+        states = [_checkpoint_weights(p, ema) for p, _ in top]
+        avg = {n: (torch.stack([s[n].float() for s in states]).mean(0).to(t.dtype) if t.is_floating_point() else t)
+               for n, t in best_state.items()}
+        module.load_state_dict(avg)
+        avg_ic = self._val_rank_ic(module, dm)
+        keep = avg_ic > best_ic
+        if not keep:
+            module.load_state_dict(best_state)
+        log.info("atft: top-%d weight average val RankIC %.4f vs best epoch %.4f -> %s", len(top), avg_ic, best_ic,
+                 "average" if keep else "best epoch")
+        return {"kind": f"top{len(top)}_average" if keep else "best_epoch", "val_rank_ic_best_epoch": best_ic,
+                "val_rank_ic_top_k_average": avg_ic, "checkpoints": [str(p) for p, _ in top]}
 
     def _maybe_gpu_resident(self, dm: PanelDataModule) -> None:
         need = sum(np.asarray(getattr(self.panel, n)).nbytes for n in ("features", "mask", "targets", "returns"))
@@ -202,6 +233,7 @@ class CompleteATFTTrainingPipeline:
                             "val_range": [str(plan["val"][0]), str(plan["val"][-1])],
                             "model_test": metrics.evaluate(pt, self.horizons),
                             "epochs": res["trainer"].current_epoch, "best_val_rank_ic_1d": res["best_score"],
+                            "weights": res.get("weights"),
                             "best_checkpoint": res["best_checkpoint"], "train_seconds": round(res["seconds"], 2),
                             "throughput": res["callbacks"]["throughput"].history,
                             "collapse_events": res["callbacks"]["collapse_guard"].events}
