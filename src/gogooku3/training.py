@@ -24,10 +24,21 @@ defer_lightning_logging()
 log = logging.getLogger(__name__)
 
 
+def _average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """0-based ranks with ties sharing their average rank (as `gogooku3.metrics` ranks)."""
+    xs, order = x.sort()
+    _, inverse, counts = torch.unique_consecutive(xs, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0)
+    avg = (ends - counts + ends - 1).float() / 2
+    ranks = torch.empty_like(avg[inverse])
+    ranks[order] = avg[inverse]
+    return ranks
+
+
 def rank_ic(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Spearman correlation of one day's cross-section (ties broken by order; fine for continuous values)."""
-    rp = pred.argsort().argsort().float()
-    ry = y.argsort().argsort().float()
+    """One day's RankIC on device, for the validation loop: the definition of `gogooku3.metrics.daily_ic`
+    (Pearson correlation of average ranks), tested against it."""
+    rp, ry = _average_ranks(pred.float()), _average_ranks(y.float())
     rp, ry = rp - rp.mean(), ry - ry.mean()
     return (rp * ry).sum() / (rp.norm() * ry.norm() + 1e-12)
 

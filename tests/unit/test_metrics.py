@@ -161,3 +161,18 @@ def test_paired_comparison_by_hand():
     ref = stats.ttest_rel(j["rank_ic"].to_numpy(), j["rank_ic_b"].to_numpy())
     assert res["t_stat"] == pytest.approx(ref.statistic) and res["p_value"] == pytest.approx(ref.pvalue)
     assert res["mean_diff"] > 0 and res["mean_a"] > res["mean_b"]
+
+
+def test_training_rank_ic_matches_the_metrics_module():
+    """The validation loop's on-device RankIC is the same definition as metrics.daily_ic, ties included."""
+    import torch
+
+    from gogooku3.training import rank_ic
+
+    rng = np.random.default_rng(3)
+    p = np.round(rng.normal(size=40), 1)          # rounding makes ties
+    y = np.round(rng.normal(size=40), 1)
+    df = pl.DataFrame({"Date": [date(2024, 1, 4)] * 40, "pred": p, "y": y})
+    expected = metrics.daily_ic(df, "pred", "y")["rank_ic"][0]
+    got = float(rank_ic(torch.tensor(p), torch.tensor(y)))
+    assert abs(got - expected) < 1e-6
