@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gogooku3.calendar import TradingCalendar
 from gogooku3.errors import ConfigError, DataError
-from gogooku3.sources.schema import TABLES, conform, table_path, write_table
+from gogooku3.sources.schema import TABLES, conform, replace_raw_tables
 
 log = logging.getLogger(__name__)
 
@@ -301,25 +301,6 @@ def build_tables(raw: pl.DataFrame, path: Path, s: ImportSettings) -> dict[str, 
 # ---------------------------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------------------------
-def replace_raw_tables(frames: dict[str, pl.DataFrame], raw_dir: str | Path, source: str) -> dict[str, Path]:
-    """Validate every table, write them atomically, then remove raw tables this source did not provide.
-
-    Used by every source that replaces the raw directory (files, jquants): tables left over from another source
-    (e.g. synthetic statements) would otherwise be mixed with the new data.
-    """
-    raw_dir = Path(raw_dir)
-    checked = {name: conform(df, name, f"{source}:{name}") for name, df in frames.items()}
-    written = {name: write_table(df, raw_dir, name) for name, df in checked.items()}
-    for name in TABLES:
-        stale = table_path(raw_dir, name)
-        if name not in written and stale.exists():
-            log.info("removing stale raw table %s (not provided by source %s)", stale, source)
-            stale.unlink()
-    for name, p in written.items():
-        log.info("wrote %s (%d rows)", p, checked[name].height)
-    return written
-
-
 def source_config(cfg: DictConfig, source: str) -> DictConfig:
     """`cfg` itself when `data.source` is `source`, else a copy whose `data` group is that source's defaults.
 

@@ -20,6 +20,8 @@ margin_interest    PubDate, Date, Code, ShrtVol, LongVol, ShrtNegVol, LongNegVol
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +29,8 @@ import polars as pl
 
 from gogooku3.errors import DataError, SchemaError, rows_hint
 from gogooku3.io import write_parquet
+
+log = logging.getLogger(__name__)
 
 INVESTORS = ("Frgn", "Ind", "Prop", "Brk", "TrstBnk", "InvTr", "Tot")
 FLOW_KINDS = ("Sell", "Buy", "Tot", "Bal")
@@ -151,7 +155,10 @@ def conform(df: pl.DataFrame, name: str, source: str | Path = "<memory>") -> pl.
 
 def write_table(df: pl.DataFrame, raw_dir: str | Path, name: str) -> Path:
     """Validate and atomically write one raw table; returns its path."""
-    df = conform(df, name)
+    return _write_conformed(conform(df, name), raw_dir, name)
+
+
+def _write_conformed(df: pl.DataFrame, raw_dir: str | Path, name: str) -> Path:
     sort = [c for c in (TABLES[name].key or ("Date",)) if c in df.columns]
     return write_parquet(df.sort(sort) if sort else df, table_path(raw_dir, name))
 
@@ -180,3 +187,27 @@ def read_table(raw_dir: str | Path, name: str) -> pl.DataFrame | None:
     except Exception as e:
         raise DataError(f"{p}: cannot read parquet ({type(e).__name__}: {str(e).splitlines()[0]})") from e
     return conform(df, name, p)
+
+
+def replace_raw_tables(frames: dict[str, pl.DataFrame], raw_dir: str | Path, source: str,
+                       on_table: Callable[[str], None] | None = None) -> dict[str, Path]:
+    """Validate every table, write them atomically, then remove raw tables this source did not provide.
+
+    Used by every source (synthetic, files, jquants): tables left over from another source
+    (e.g. synthetic statements) would otherwise be mixed with the new data.
+    """
+    raw_dir = Path(raw_dir)
+    checked = {name: conform(df, name, f"{source}:{name}") for name, df in frames.items()}
+    written: dict[str, Path] = {}
+    for name, df in checked.items():
+        written[name] = _write_conformed(df, raw_dir, name)  # validated above, before any write
+        if on_table is not None:
+            on_table(name)
+    for name in TABLES:
+        stale = table_path(raw_dir, name)
+        if name not in written and stale.exists():
+            log.info("removing stale raw table %s (not provided by source %s)", stale, source)
+            stale.unlink()
+    for name, p in written.items():
+        log.info("wrote %s (%d rows)", p, checked[name].height)
+    return written

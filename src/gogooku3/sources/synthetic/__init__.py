@@ -136,18 +136,11 @@ def synthesize(cfg: Any) -> dict[str, Path]:
         tables = simulate_market(p, horizons, entry_lag, on_step=lambda i: bar.update(task, completed=i + 1))
         names = [n for n in tables if n != "oracle"]
         wtask = bar.add_task("writing tables", total=len(names) + 1)
-        paths: dict[str, Path] = {}
-        for name in names:
-            paths[name] = schema.write_table(tables[name], raw_dir, name)
-            bar.advance(wtask)
+        # replaces the raw directory: a previous source's tables that this one does not write are removed
+        paths = schema.replace_raw_tables({n: tables[n] for n in names}, raw_dir, "synthetic",
+                                          on_table=lambda _: bar.advance(wtask))
         paths["oracle"] = write_parquet(tables["oracle"].sort("Code", "Date"), oracle_dir / ORACLE_FILE)
         bar.advance(wtask)
-    # a previous run's tables that this one does not write would otherwise mix in (e.g. a user's extra table)
-    for name in schema.TABLES:
-        stale = schema.table_path(raw_dir, name)
-        if name not in paths and stale.exists():
-            stale.unlink()
-            log.info("removed stale %s", stale)
     quotes = tables["daily_quotes"]
     ic = oracle_rank_ic(tables, 1, entry_lag)
     log.info("synthetic market: %d stocks x %d days, %d quote rows, %d statements -> %s (oracle in %s); "
