@@ -1,7 +1,7 @@
 """The model bundle: weights (safetensors) + everything needed to predict on new data, checked by fingerprint.
 
-`bundle/model.safetensors` and `bundle/bundle.json` (model config, feature manifest, normaliser settings,
-dataset fingerprint, horizons, window, sector/segment vocabularies).
+`bundle/model.safetensors` and `bundle/bundle.json` (model config, number of ensemble members, feature manifest,
+normaliser settings, dataset fingerprint, horizons, window, sector/segment vocabularies).
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ from gogooku3.errors import DataError
 from gogooku3.features.manifest import FeatureManifest
 from gogooku3.io import atomic_path, read_json, write_json
 from gogooku3.model.atft_gat_fan import ATFTConfig, ATFTGATFAN
+from gogooku3.model.ensemble import ATFTEnsemble
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Bundle:
-    model: ATFTGATFAN
+    model: ATFTGATFAN | ATFTEnsemble
     meta: dict[str, Any]
 
     @property
@@ -40,7 +41,7 @@ class Bundle:
         return [f["name"] for f in self.meta["manifest"]["features"]]
 
 
-def save_bundle(run_dir: str | Path, model: ATFTGATFAN, manifest: FeatureManifest | dict, normalizer: dict,
+def save_bundle(run_dir: str | Path, model: ATFTGATFAN | ATFTEnsemble, manifest: FeatureManifest | dict, normalizer: dict,
                 dataset_fingerprint: str, sector_vocab: Sequence[str], segment_vocab: Sequence[str],
                 extra: dict | None = None, min_window_frac: float = 1.0, returns_col: str = "returns_1d") -> Path:
     out = Path(run_dir) / "bundle"
@@ -50,7 +51,9 @@ def save_bundle(run_dir: str | Path, model: ATFTGATFAN, manifest: FeatureManifes
         save_file(state, str(tmp))
     man = manifest.to_dict() if isinstance(manifest, FeatureManifest) else dict(manifest)
     write_json(out / "bundle.json", {
-        "model_config": model.cfg.to_dict(), "manifest": man, "manifest_fingerprint": man["fingerprint"],
+        "model_config": model.cfg.to_dict(),
+        "members": len(model.members) if isinstance(model, ATFTEnsemble) else 1,
+        "manifest": man, "manifest_fingerprint": man["fingerprint"],
         "normalizer": normalizer, "dataset_fingerprint": dataset_fingerprint, "horizons": list(model.cfg.horizons),
         "window": model.cfg.window, "sector_vocab": list(sector_vocab), "segment_vocab": list(segment_vocab),
         "min_window_frac": min_window_frac, "returns_col": returns_col, "n_params": model.get_num_params(),
@@ -66,7 +69,9 @@ def load_bundle(run_dir: str | Path, dataset: str | Path | None = None) -> Bundl
     meta = read_json(root / "bundle.json")
     if dataset is not None:
         check_manifest(meta, FeatureManifest.for_dataset(dataset), dataset)
-    model = ATFTGATFAN(ATFTConfig.from_dict(meta["model_config"]))
+    cfg = ATFTConfig.from_dict(meta["model_config"])
+    members = int(meta.get("members", 1))
+    model = ATFTEnsemble.from_config(cfg, members) if members > 1 else ATFTGATFAN(cfg)
     if (root / "model.safetensors").exists():
         state = load_file(str(root / "model.safetensors"))
     else:
@@ -102,7 +107,10 @@ def predict_for_dates(bundle: Bundle, df_or_path: pl.DataFrame | pl.LazyFrame | 
     if not pos:
         raise DataError(f"predict_for_dates: none of {len(want)} date(s) is in the dataset "
                         f"(it covers {all_dates[0] if all_dates else '-'} .. {all_dates[-1] if all_dates else '-'})")
-    lo = all_dates[max(0, min(pos) - L + 1)]
+    from gogooku3.normalize import CrossSectionalNormalizer
+
+    history = CrossSectionalNormalizer.from_dict(bundle.meta["normalizer"]).history_days  # day-level time z-scores
+    lo = all_dates[max(0, min(pos) - L + 1 - history)]
     hi = all_dates[max(pos)]
     feats = bundle.features
     meta_cols = [c for c in ("Code", "Date", "Section", "S33") if c in lf.collect_schema()]

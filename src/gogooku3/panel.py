@@ -78,6 +78,10 @@ class PanelStore:
         # i.e. where every value equals the median and z = 0), so fitting on the whole frame is leak-free.
         if not hasattr(norm, "features_"):
             norm.fit(base, features)
+            if norm.day_level_:
+                log.info("panel: %d day-level feature(s) (one value per day, e.g. %s) %s", len(norm.day_level_),
+                         ", ".join(norm.day_level_[:3]), "as trailing time z-scores" if norm.day_level == "time_z"
+                         else "normalise to 0 across stocks, so the model does not see them (day_level=zero)")
         base = norm.transform(base)
         codes = base.get_column("Code").unique().sort()
         dates = base.get_column("Date").unique().sort()

@@ -92,6 +92,17 @@ def training_curves(path: Path) -> pl.DataFrame | None:
             .sort("epoch"))
 
 
+def run_curves(run: Path) -> pl.DataFrame | None:
+    """The run's training curves; for a seed ensemble (logs/member*/), each epoch's mean over the members."""
+    single = run / "logs" / "metrics.csv"
+    if single.exists():
+        return training_curves(single)
+    parts = [c for p in sorted((run / "logs").glob("member*/metrics.csv")) if (c := training_curves(p)) is not None]
+    if not parts:
+        return None
+    return pl.concat(parts, how="diagonal_relaxed").group_by("epoch").agg(pl.all().mean()).sort("epoch")
+
+
 def _direct_importance(obj: Any) -> dict[str, float] | None:
     """{feature: weight}, a list of {feature|name, gain|importance|weight} records, or a mapping whose values are
     all such (per horizon / per fold: averaged)."""
@@ -135,8 +146,12 @@ def _latest_safe(cfg: Any) -> Path | None:
 
 
 def param_count(run_dir: Path, run_metrics: dict | None) -> tuple[int | None, str | None]:
-    """Parameter count: metrics.json's own figure if any, else the tensor sizes in bundle/model.safetensors."""
-    for k, v in _flatten(run_metrics or {}).items():
+    """Parameter count of one model (an ensemble's member): metrics.json's own figure if any, else the tensor
+    sizes in bundle/model.safetensors (divided by bundle.json's member count)."""
+    flat = _flatten(run_metrics or {})
+    if flat.get("model.n_params_per_member") is not None:
+        return int(flat["model.n_params_per_member"]), "metrics.json:model.n_params_per_member"
+    for k, v in flat.items():
         if re.search(r"(^|\.)(n_params|num_params|param_count|params)$", k):
             return int(v), f"metrics.json:{k}"
     st = run_dir / "bundle" / "model.safetensors"
@@ -147,7 +162,8 @@ def param_count(run_dir: Path, run_metrics: dict | None) -> tuple[int | None, st
         with safe_open(str(st), framework="numpy") as f:
             for key in f.keys():
                 total += math.prod(f.get_slice(key).get_shape())
-        return total, "bundle/model.safetensors"
+        meta = _read_json_opt(run_dir / "bundle" / "bundle.json") or {}
+        return total // int(meta.get("members", 1)), "bundle/model.safetensors"
     return None, None
 
 
@@ -178,7 +194,7 @@ def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
     base = _read_parquet(run / "baseline_predictions_test.parquet", required=False)
     run_metrics = _read_json_opt(run / "metrics.json")
     var_imp = _read_json_opt(run / "variable_importance.json")
-    curves = training_curves(run / "logs" / "metrics.csv")
+    curves = run_curves(run)
     run_cfg_text = (run / "config.yaml").read_text(encoding="utf-8") if (run / "config.yaml").exists() else None
     safe_path = _latest_safe(cfg)
     safe = read_json(safe_path) if safe_path else None

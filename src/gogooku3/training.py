@@ -251,8 +251,9 @@ def monitor_key(horizons: list[int]) -> str:
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, module: ATFTModule, ckpt_dir: Path | None = None,
-                  extra_callbacks: list[Callback] | None = None) -> tuple[L.Trainer, dict[str, Callback]]:
-    """The Trainer from `cfg.trainer` (accelerator/devices/strategy/precision) and `cfg.train`."""
+                  extra_callbacks: list[Callback] | None = None, tag: str = "") -> tuple[L.Trainer, dict[str, Callback]]:
+    """The Trainer from `cfg.trainer` (accelerator/devices/strategy/precision) and `cfg.train`; `tag` names the
+    loggers' sub-folder (one per ensemble member)."""
     tc, tr = cfg.train, cfg.trainer
     if tr.get("num_threads"):
         # OpenMP threads spin-wait on a busy 2-core machine: 2 threads ran a day batch 3-10x slower than 1.
@@ -271,11 +272,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path, module: ATFTModule, ckpt_dir: 
         cbs["ema"] = EMA(float(tc.ema_decay))
     if tc.get("swa"):
         cbs["swa"] = StochasticWeightAveraging(swa_lrs=float(tc.lr) * 0.5, swa_epoch_start=0.67)
-    loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="logs", version="")]
+    loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="logs", version=tag)]
     try:
         from lightning.pytorch.loggers import TensorBoardLogger
 
-        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=tag))
     except (ImportError, ModuleNotFoundError):
         log.info("tensorboard not installed; CSV logging only")
     if tc.get("mlflow"):
@@ -289,7 +290,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, module: ATFTModule, ckpt_dir: 
         accelerator=tr.accelerator, devices=tr.devices, strategy=tr.get("strategy", "auto"),
         num_nodes=int(tr.get("num_nodes", 1)), precision=tr.precision,
         max_epochs=int(tc.max_epochs), min_epochs=int(tc.get("min_epochs", 1)),
-        gradient_clip_val=float(tc.grad_clip), limit_train_batches=tc.get("limit_train_batches") or 1.0,
+        gradient_clip_val=float(tc.grad_clip), accumulate_grad_batches=int(tc.get("accumulate_grad_batches") or 1),
+        limit_train_batches=tc.get("limit_train_batches") or 1.0,
         limit_val_batches=tc.get("limit_val_batches") or 1.0, num_sanity_val_steps=0,
         callbacks=[*cbs.values(), *(extra_callbacks or [])], logger=loggers, log_every_n_steps=10,
         enable_progress_bar=bool(tr.get("progress_bar", True)), enable_model_summary=False,

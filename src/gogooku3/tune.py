@@ -117,7 +117,8 @@ def trial_config(cfg: DictConfig, params: dict[str, Any]) -> DictConfig:
     hc, tcfg = cfg.hpo, copy.deepcopy(cfg)
     epochs = int(hc.max_epochs)
     budget = {"train.max_epochs": epochs, "train.min_epochs": min(int(cfg.train.get("min_epochs", 1)), epochs),
-              "train.patience": int(hc.patience), "train.save_top_k": 1, "train.resume": False}
+              "train.patience": int(hc.patience), "train.save_top_k": 1, "train.resume": False,
+              "train.ensemble": 1}  # a trial scores one model; the ensemble of the final run averages such models
     if hc.get("limit_train_batches") is not None:
         budget["train.limit_train_batches"] = hc.limit_train_batches
     for key, v in {**budget, **params}.items():
@@ -256,7 +257,7 @@ class Tuner:
                                         f"could be scored ({self.target}); raise split.val_days")
                 trial.set_user_attr(f"fold{plan['fold'].index}",
                                     {"val_rank_ic": score, "val_days_scored": int(s["n_days"]),
-                                     "epochs": int(res["trainer"].current_epoch),
+                                     "epochs": int(res["epochs"]),
                                      "best_logged": res["best_score"]})
                 scores.append(score)
         finally:

@@ -19,7 +19,8 @@ torch.set_num_threads(1)
 FEATS = ["returns_1d", "f_signal", "f_noise1", "f_noise2"]  # conftest.write_planted_dataset(n_noise=2)
 OVERRIDES = ["labels.horizons=[1,5]", "model.window=10", "model.hidden=16", "model.head_hidden=8",
              "model.graph.window=10", "model.graph.min_obs=5", "split.min_train_days=60", "split.n_splits=2",
-             "split.val_days=12", "trainer.progress_bar=false", "train.warmup_steps=2", "train.baseline=false",
+             "split.val_days=12", "trainer.progress_bar=false", "trainer.num_threads=1", "train.warmup_steps=2",
+             "train.baseline=false",
              "hpo.study_name=tiny", "hpo.n_trials=2", "hpo.max_epochs=1", "hpo.limit_train_batches=4",
              "hpo.n_startup_trials=1", "hpo.space.hidden.choices=[8,16]", "hpo.pruner.n_startup_trials=1"]
 

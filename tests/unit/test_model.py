@@ -141,6 +141,16 @@ def test_variable_selection_is_one_softmax_per_window():
     assert torch.allclose(m.vsn.post(direct), sel, atol=1e-5)
 
 
+def test_variable_selection_starts_near_uniform():
+    x, sec, seg, r = _inputs(7)
+    spread = {}
+    for gain in (1.0, 0.1):
+        m = _model(vsn_init_gain=gain)
+        _, w = m.vsn(x, m.static(sec, seg)[0])
+        spread[gain] = float((w.max(-1).values / w.min(-1).values).mean().detach())
+    assert spread[0.1] < 1.5 < spread[1.0]     # gain 1: some features start several times more selected than others
+
+
 def test_cpu_dropout_scales_and_masks():
     from gogooku3.model.tft import Dropout
 
@@ -168,3 +178,22 @@ def test_benchmark_runs_without_polars_or_hydra():
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["samples_per_sec"] > 0 and res["features"] == 6 and res["gat"] is False
+
+
+def test_ensemble_averages_its_members_and_shares_the_graph():
+    from gogooku3.model.ensemble import ATFTEnsemble
+
+    x, sec, seg, r = _inputs()
+    a, b = _model(), _model()
+    with torch.no_grad():
+        for p in b.parameters():  # stands in for a member trained from another seed
+            p.add_(0.1 * torch.randn_like(p))
+    ens = ATFTEnsemble([a, b]).eval()
+    with torch.no_grad():
+        oa, ob, oe = a(x, sec, seg, r), b(x, sec, seg, r), ens(x, sec, seg, r)
+    assert not torch.allclose(oa["point"], ob["point"])            # different seeds, different members
+    assert torch.allclose(oe["point"], (oa["point"] + ob["point"]) / 2, atol=1e-6)
+    assert torch.allclose(oe["quantiles"], (oa["quantiles"] + ob["quantiles"]) / 2, atol=1e-6)
+    assert (oe["quantiles"].diff(dim=-1) >= 0).all()
+    assert ens.get_num_params() == 2 * a.get_num_params()
+    assert ens.estimate_flops_per_sample() == 2 * a.estimate_flops_per_sample()

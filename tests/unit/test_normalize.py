@@ -104,3 +104,62 @@ def test_errors_and_input_untouched():
     assert df.equals(before)
     lazy = CrossSectionalNormalizer().fit_transform(df.lazy(), ["a"])
     assert isinstance(lazy, pl.LazyFrame) and lazy.collect().height == df.height
+
+
+def _with_market(n_days=80, n_stocks=30, seed=1) -> pl.DataFrame:
+    """A cross-sectional feature `a` and a day-level feature `mkt` (one value per day, shared by every stock)."""
+    rng = np.random.default_rng(seed)
+    mkt = np.cumsum(rng.normal(size=n_days)) + 100.0
+    day = np.repeat(np.arange(n_days), n_stocks)
+    return pl.DataFrame({
+        "Date": [dt.date(2024, 1, 1) + dt.timedelta(days=int(d)) for d in day],
+        "Code": [f"{i:05d}" for i in np.tile(np.arange(n_stocks), n_days)],
+        "a": rng.normal(size=n_days * n_stocks), "mkt": mkt[day],
+    })
+
+
+def test_day_level_features_found_and_zero_by_default():
+    df = _with_market()
+    nz = CrossSectionalNormalizer("robust_z").fit(df, ["a", "mkt"])
+    assert nz.day_level_ == ["mkt"]
+    out = nz.transform(df)
+    assert out["mkt"].abs().max() == 0.0           # day_level=zero: a per-day z-score of a shared value
+    assert nz.history_days == 0
+
+
+def test_day_level_time_z_is_point_in_time_and_round_trips():
+    df = _with_market()
+    nz = CrossSectionalNormalizer("robust_z", day_level="time_z", day_level_window=30).fit(df, ["a", "mkt"])
+    out = nz.transform(df)
+    per_day = out.group_by("Date").agg(pl.col("mkt").n_unique().alias("u"), pl.col("mkt").first()).sort("Date")
+    assert per_day["u"].max() == 1                  # still one value per day
+    z = per_day["mkt"]
+    assert z[:19].null_count() == 19 and z[19:].null_count() == 0   # undefined until 20 sessions exist
+    assert float(z[19:].std()) > 0.3                 # no longer all zero
+    # by hand: day 40 against days 11..40
+    raw = df.group_by("Date").agg(pl.col("mkt").first()).sort("Date")["mkt"].to_numpy()
+    w = raw[11:41]
+    assert abs(float(z[40]) - (raw[40] - w.mean()) / w.std(ddof=1)) < 1e-4
+    # point in time: cutting the future changes nothing that is left
+    cut = df.filter(pl.col("Date") <= dt.date(2024, 2, 20))
+    out_cut = nz.transform(cut)
+    merged = out_cut.join(out, on=["Date", "Code"], suffix="_full")
+    assert np.allclose(merged["mkt"].fill_null(-9), merged["mkt_full"].fill_null(-9), atol=1e-6)
+    # a frame that starts `history_days` before a day reproduces that day's value (what prediction does)
+    assert nz.history_days == 29
+    day = dt.date(2024, 3, 10)
+    sub = df.filter(pl.col("Date").is_between(day - dt.timedelta(days=nz.history_days), day))
+    v_sub = nz.transform(sub).filter(pl.col("Date") == day)["mkt"][0]
+    v_full = out.filter(pl.col("Date") == day)["mkt"][0]
+    assert abs(v_sub - v_full) < 1e-6
+    # settings and the fitted list survive the bundle's dict round trip
+    again = CrossSectionalNormalizer.from_dict(nz.to_dict())
+    assert again.day_level_ == ["mkt"] and again.day_level == "time_z" and again.day_level_window == 30
+    assert out.equals(again.transform(df))
+
+
+def test_day_level_option_checked():
+    with pytest.raises(ConfigError, match="day_level"):
+        CrossSectionalNormalizer("robust_z", day_level="drop")
+    with pytest.raises(ConfigError, match="day_level_window"):
+        CrossSectionalNormalizer("robust_z", day_level="time_z", day_level_window=5)

@@ -41,6 +41,7 @@ class ATFTConfig:
     head_hidden: int = 32
     n_sectors: int = 64
     n_segments: int = 16
+    vsn_init_gain: float = 0.1         # initial gain of the variable-selection logits (small: near-uniform start)
     graph: dict = field(default_factory=lambda: dict(window=60, method="ewm", halflife=20, shrinkage=0.1,
                                                      threshold=0.3, k=10, min_obs=20))
 
@@ -69,7 +70,7 @@ class ATFTGATFAN(nn.Module):
         H = cfg.hidden
         self.input_norm = make_input_norm(cfg.norm, cfg.n_features, cfg.window, H, cfg.fan_topk)
         self.static = StaticEncoder(cfg.n_sectors, cfg.n_segments, H, cfg.dropout)
-        self.vsn = VariableSelection(cfg.n_features, H, cfg.dropout)
+        self.vsn = VariableSelection(cfg.n_features, H, cfg.dropout, cfg.vsn_init_gain)
         self.temporal = TemporalFusion(H, cfg.n_heads, cfg.lstm_layers, cfg.dropout)
         self.graph = GraphBranch(H, tuple(cfg.gat_heads), cfg.gat_dropout) if cfg.gat else None
         self.heads = MultiHorizonHeads(H, cfg.head_hidden, len(cfg.horizons), len(cfg.quantiles), cfg.dropout)

@@ -90,11 +90,14 @@ class VariableSelection(nn.Module):
     from a window summary keeps the static conditioning and the per-stock softmax at 1/L of that cost.
     """
 
-    def __init__(self, n_features: int, hidden: int, dropout: float):
+    def __init__(self, n_features: int, hidden: int, dropout: float, init_gain: float = 1.0):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(n_features, hidden) / math.sqrt(n_features) * 2.0)
         self.bias = nn.Parameter(torch.zeros(n_features, hidden))
         self.selector = GRN(3 * n_features, hidden, n_features, dropout, d_context=hidden)
+        # The selector ends in a LayerNorm, so its logits have unit spread at init and the first weights favour
+        # features at random; a small initial gain starts every seed from a near-uniform selection.
+        nn.init.constant_(self.selector.gate.norm.weight, init_gain)
         self.post = GRN(hidden, hidden, hidden, dropout)
 
     def forward(self, x: torch.Tensor, c_s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

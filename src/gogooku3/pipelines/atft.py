@@ -20,6 +20,7 @@ from gogooku3.config import path, to_dict, to_yaml
 from gogooku3.errors import DataError, TrainingError
 from gogooku3.features.manifest import FeatureManifest, target_name
 from gogooku3.io import file_fingerprint, new_run_dir, peak_rss_mb, timestamp, write_json, write_parquet, write_text
+from gogooku3.model.ensemble import ATFTEnsemble
 from gogooku3.panel import PanelDataModule, PanelStore
 from gogooku3.split import check_folds, inner_validation, make_splitter
 from gogooku3.training import ATFTModule, build_trainer, ema_weights
@@ -97,18 +98,52 @@ class CompleteATFTTrainingPipeline:
                   n_segments=max(int(mc["n_segments"]), len(self.panel.segment_vocab) + 1))
         return mc
 
-    def train_fold(self, plan: dict, ckpt_dir: Path, resume: str | None,
+    def train_fold(self, plan: dict, ckpt_dir: Path, resume_dir: Path | None,
                    extra_callbacks: list | None = None) -> dict[str, Any]:
+        """Train `train.ensemble` members (seeds seed, seed+1, ...) on one fold; with more than one, the module
+        returned predicts their mean."""
+        k = int(self.cfg.train.get("ensemble") or 1)
+        members = []
+        for m in range(k):
+            sub = f"member{m}" if k > 1 else ""
+            resume = None
+            if resume_dir is not None and (resume_dir / sub / "last.ckpt").exists():
+                resume = str(resume_dir / sub / "last.ckpt")
+            members.append(self._train_member(plan, ckpt_dir / sub, resume, int(self.cfg.train.seed) + m, sub,
+                                               extra_callbacks))
+        if not members[-1]:  # DDP worker
+            return {}
+        if k == 1:
+            return members[0]
+        first = members[0]
+        module = first["module"]
+        imps = [r["module"].feature_importance() for r in members]
+        module.model = ATFTEnsemble([r["module"].model for r in members])
+        if all(i is not None for i in imps):
+            module._weights_sum, module._weights_n = torch.stack(imps).mean(0), 1
+        log.info("atft: ensemble of %d members (val RankIC %s)", k,
+                 ", ".join(f"{r['best_score']:.4f}" for r in members if r["best_score"] is not None))
+        return {"module": module, "dm": first["dm"], "trainer": members[-1]["trainer"],
+                "epochs": [r["epochs"] for r in members], "seconds": sum(r["seconds"] for r in members),
+                "weights": [r["weights"] for r in members], "best_checkpoint": [r["best_checkpoint"] for r in members],
+                "best_score": float(np.mean([r["best_score"] for r in members if r["best_score"] is not None]))
+                if any(r["best_score"] is not None for r in members) else None,
+                "members_best_score": [r["best_score"] for r in members],
+                "throughput": [h for r in members for h in r["throughput"]],
+                "collapse_events": [e for r in members for e in r["collapse_events"]]}
+
+    def _train_member(self, plan: dict, ckpt_dir: Path, resume: str | None, seed: int, tag: str,
+                      extra_callbacks: list | None = None) -> dict[str, Any]:
         tc = self.cfg.train
-        torch.manual_seed(int(tc.seed))
+        torch.manual_seed(seed)
         dm = PanelDataModule(self.panel, plan["fit"], plan["val"], plan["test"], int(self.cfg.model.window),
                              int(tc.max_stocks_per_day), float(tc.min_window_frac), int(tc.min_stocks_per_day),
-                             int(tc.seed))
+                             seed)
         module = ATFTModule(self._model_cfg(), to_dict(tc.loss),
                             {k: tc[k] for k in ("lr", "weight_decay", "warmup_steps", "min_lr_ratio")})
         if tc.compile:
             module.model = torch.compile(module.model)
-        trainer, cbs = build_trainer(self.cfg, self.run_dir, module, ckpt_dir, extra_callbacks)
+        trainer, cbs = build_trainer(self.cfg, self.run_dir, module, ckpt_dir, extra_callbacks, tag)
         if trainer.accelerator.__class__.__name__.lower().startswith("cuda") and trainer.world_size == 1:
             self._maybe_gpu_resident(dm)
         t0 = time.perf_counter()
@@ -125,8 +160,10 @@ class CompleteATFTTrainingPipeline:
         k = int(tc.get("average_top_k") or 1)
         if best and k > 1 and len(ck.best_k_models) > 1:
             weights = self._average_top_k(module, dm, ck, k, "ema" in cbs)
-        return {"module": module, "dm": dm, "trainer": trainer, "callbacks": cbs, "seconds": secs, "weights": weights,
-                "best_checkpoint": best, "best_score": None if ck.best_model_score is None else float(ck.best_model_score)}
+        return {"module": module, "dm": dm, "trainer": trainer, "epochs": trainer.current_epoch, "seconds": secs,
+                "weights": weights, "best_checkpoint": best,
+                "best_score": None if ck.best_model_score is None else float(ck.best_model_score),
+                "throughput": cbs["throughput"].history, "collapse_events": cbs["collapse_guard"].events}
 
     def _val_rank_ic(self, module: ATFTModule, dm: PanelDataModule) -> float:
         h = self.horizons[0]
@@ -199,10 +236,9 @@ class CompleteATFTTrainingPipeline:
         tc = self.cfg.train
         resume = None
         if tc.resume:
-            last = (path(self.cfg, "paths.runs_dir") / "last" / "checkpoints" / "last.ckpt").resolve()
-            if not last.exists():
-                raise TrainingError(f"train.resume=true but {last} does not exist")
-            resume = str(last)
+            resume = (path(self.cfg, "paths.runs_dir") / "last" / "checkpoints").resolve()
+            if not any(resume.rglob("last.ckpt")):
+                raise TrainingError(f"train.resume=true but {resume} holds no last.ckpt")
         self.load()
         self.convert()
         self.prepare()
@@ -212,9 +248,10 @@ class CompleteATFTTrainingPipeline:
             write_text(self.run_dir / "config.yaml", to_yaml(self.cfg))
         t0 = time.perf_counter()
         results = []
-        for k, plan in enumerate(self.plans):
-            ckpt_dir = self.run_dir / "checkpoints" / (f"fold{plan['fold'].index}" if len(self.plans) > 1 else "")
-            results.append(self.train_fold(plan, ckpt_dir, resume if k == len(self.plans) - 1 else None))
+        for plan in self.plans:
+            sub = f"fold{plan['fold'].index}" if len(self.plans) > 1 else ""
+            results.append(self.train_fold(plan, self.run_dir / "checkpoints" / sub,
+                                           None if resume is None else resume / sub))
         self._step("train", t0)
         if not self.is_main:
             return {}
@@ -232,11 +269,12 @@ class CompleteATFTTrainingPipeline:
             fold_metrics = {"fold": plan["fold"].to_dict(), "fit_range": [str(plan["fit"][0]), str(plan["fit"][-1])],
                             "val_range": [str(plan["val"][0]), str(plan["val"][-1])],
                             "model_test": metrics.evaluate(pt, self.horizons),
-                            "epochs": res["trainer"].current_epoch, "best_val_rank_ic_1d": res["best_score"],
+                            "epochs": res["epochs"], "best_val_rank_ic_1d": res["best_score"],
                             "weights": res.get("weights"),
                             "best_checkpoint": res["best_checkpoint"], "train_seconds": round(res["seconds"], 2),
-                            "throughput": res["callbacks"]["throughput"].history,
-                            "collapse_events": res["callbacks"]["collapse_guard"].events}
+                            "throughput": res["throughput"], "collapse_events": res["collapse_events"]}
+            if "members_best_score" in res:
+                fold_metrics["members_best_val_rank_ic_1d"] = res["members_best_score"]
             if bt is not None:
                 base_test.append(bt)
                 fold_metrics["baseline_test"] = metrics.evaluate(bt, self.horizons)
@@ -252,10 +290,12 @@ class CompleteATFTTrainingPipeline:
             zip(self.features, importance.cpu().numpy().tolist()), key=lambda kv: -kv[1]))
         write_json(rd / "variable_importance.json", vi)
         n_params = module.model.get_num_params()
+        n_members = len(module.model.members) if isinstance(module.model, ATFTEnsemble) else 1
         out: dict[str, Any] = {
-            "model": {"name": self.cfg.model.name, "n_params": n_params, "expected_params_full": 5_611_803,
+            "model": {"name": self.cfg.model.name, "n_params": n_params, "members": n_members,
+                      "n_params_per_member": n_params // n_members, "expected_params_full": 5_611_803,
                       "expected_params_config": int(self.cfg.model.expected_params),
-                      "param_ratio_vs_5_6M": n_params / 5_611_803,
+                      "param_ratio_vs_5_6M": n_params / n_members / 5_611_803,
                       "flops_per_sample": module.model.estimate_flops_per_sample()},
             "horizons": self.horizons, "n_features": len(self.features), "folds": per_fold,
             "val": metrics.evaluate(pv, self.horizons), "test": metrics.evaluate(pt, self.horizons),
@@ -295,8 +335,9 @@ class CompleteATFTTrainingPipeline:
                   "data_info": {"dataset": str(self.dataset), "panel_shape": out["panel_shape"],
                                 "n_features": len(self.features)},
                   "training_info": {"epochs": out["epochs"], "samples_per_sec": out["samples_per_sec"]},
-                  "validation_info": {"param_count": n_params, "expected_params": 5_611_803,
-                                      "param_match": abs(n_params - 5_611_803) <= 0.1 * 5_611_803,
+                  "validation_info": {"param_count": n_params // n_members, "members": n_members,
+                                      "expected_params": 5_611_803,
+                                      "param_match": abs(n_params // n_members - 5_611_803) <= 0.1 * 5_611_803,
                                       "test": out["test"], "baseline_test": out.get("baseline_test")},
                   "timestamp": timestamp()}
         write_json(path(self.cfg, "paths.output_dir") / "results" / f"complete_training_result_{timestamp()}.json",

@@ -153,17 +153,17 @@ class SafeTrainingPipeline:
             if splitter.method == "walk_forward":
                 # Per-day stats are leak-free; the pooled fallback scale is fitted on fold 0's training dates,
                 # which precede every test block.
-                normalizer = CrossSectionalNormalizer(str(ncfg.method), ncfg.clip)
+                normalizer = CrossSectionalNormalizer.from_dict(to_dict(ncfg))
                 normalizer.fit(df.filter(_in_dates(folds[0].train_dates)), norm_feats)
                 normed = normalizer.transform(df)
                 fold_frames: Callable[[Fold], pl.DataFrame] = lambda f: normed  # noqa: E731
                 st["fit_span"] = [str(folds[0].train_dates[0]), str(folds[0].train_dates[-1])]
             else:
-                normalizer = CrossSectionalNormalizer(str(ncfg.method), ncfg.clip)
+                normalizer = CrossSectionalNormalizer.from_dict(to_dict(ncfg))
                 normed = normalizer.fit_transform(df.filter(_in_dates(folds[0].train_dates)), norm_feats)
 
                 def fold_frames(f: Fold) -> pl.DataFrame:  # one normalizer per fold, fitted on its training dates
-                    n = CrossSectionalNormalizer(str(ncfg.method), ncfg.clip)
+                    n = CrossSectionalNormalizer.from_dict(to_dict(ncfg))
                     n.fit(df.filter(_in_dates(f.train_dates)), norm_feats)
                     return n.transform(df.filter(_in_dates(f.train_dates + f.test_dates)))
                 st["fit_span"] = "per fold"

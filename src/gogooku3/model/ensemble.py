@@ -1,0 +1,41 @@
+"""A seed ensemble of ATFT-GAT-FAN members: same config and data, different seeds, outputs averaged.
+
+Members share the day's correlation graph (built once per batch). The mean of monotone quantiles is monotone.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gogooku3.model.atft_gat_fan import ATFTConfig, ATFTGATFAN
+from gogooku3.model.gat import day_graph
+
+
+class ATFTEnsemble(nn.Module):
+    def __init__(self, members: list[ATFTGATFAN]):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        self.cfg: ATFTConfig = members[0].cfg
+
+    @classmethod
+    def from_config(cls, cfg: ATFTConfig, n: int) -> ATFTEnsemble:
+        return cls([ATFTGATFAN(cfg) for _ in range(n)])
+
+    def forward(self, x: torch.Tensor, sector: torch.Tensor, segment: torch.Tensor,
+                returns: torch.Tensor | None = None, returns_valid: torch.Tensor | None = None,
+                edges: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        if edges is None and self.cfg.gat:
+            if returns is None:
+                raise ValueError("model.gat=true needs the raw return window (returns=[N, L])")
+            edges = day_graph(self.members[0].graph_builder, returns, returns_valid, sector, segment)
+        outs = [m(x, sector, segment, returns, returns_valid, edges) for m in self.members]
+        return {k: torch.stack([o[k] for o in outs]).mean(dim=0) for k in outs[0]}
+
+    def get_num_params(self) -> int:
+        return sum(m.get_num_params() for m in self.members)
+
+    def estimate_flops_per_sample(self) -> float:
+        return sum(m.estimate_flops_per_sample() for m in self.members)
