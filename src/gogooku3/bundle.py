@@ -41,8 +41,8 @@ class Bundle:
         return [f["name"] for f in self.meta["manifest"]["features"]]
 
 
-def save_bundle(run_dir: str | Path, model: ATFTGATFAN | ATFTEnsemble, manifest: FeatureManifest | dict, normalizer: dict,
-                dataset_fingerprint: str, sector_vocab: Sequence[str], segment_vocab: Sequence[str],
+def save_bundle(run_dir: str | Path, model: ATFTGATFAN | ATFTEnsemble, manifest: FeatureManifest | dict,
+                normalizer: dict, dataset_fingerprint: str, sector_vocab: Sequence[str], segment_vocab: Sequence[str],
                 extra: dict | None = None, min_window_frac: float = 1.0, returns_col: str = "returns_1d") -> Path:
     out = Path(run_dir) / "bundle"
     out.mkdir(parents=True, exist_ok=True)

@@ -75,7 +75,9 @@ class PanelStore:
         if base.height == 0:
             raise DataError("panel: the dataset has no rows")
         # Per-day statistics only (the pooled fallback scale is used only where a day's MAD and std are both 0,
-        # i.e. where every value equals the median and z = 0), so fitting on the whole frame is leak-free.
+        # i.e. where every value equals the median and z = 0), so fitting on the whole frame is leak-free. The fit
+        # also finds the day-level features: a property of how a column is made (one value per day), not a value;
+        # their day_level=time_z scores use trailing sessions only.
         if not hasattr(norm, "features_"):
             norm.fit(base, features)
             if norm.day_level_:

@@ -251,7 +251,8 @@ def monitor_key(horizons: list[int]) -> str:
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, module: ATFTModule, ckpt_dir: Path | None = None,
-                  extra_callbacks: list[Callback] | None = None, tag: str = "") -> tuple[L.Trainer, dict[str, Callback]]:
+                  extra_callbacks: list[Callback] | None = None,
+                  tag: str = "") -> tuple[L.Trainer, dict[str, Callback]]:
     """The Trainer from `cfg.trainer` (accelerator/devices/strategy/precision) and `cfg.train`; `tag` names the
     loggers' sub-folder (one per ensemble member)."""
     tc, tr = cfg.train, cfg.trainer
