@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # runs from a bare checkout (no editable install needed)
 
-from gogooku3.model.atft_gat_fan import ATFTConfig, ATFTGATFAN  # noqa: E402
+from gogooku3.model.atft_gat_fan import ATFTGATFAN, ATFTConfig  # noqa: E402
 from gogooku3.model.losses import MultiHorizonLoss  # noqa: E402
 
 CONF_DIR = ROOT / "src" / "gogooku3" / "conf" / "model"

@@ -13,8 +13,13 @@ from pathlib import Path
 
 from gogooku3.io import peak_rss_mb, write_parquet
 from gogooku3.sources import schema
-from gogooku3.sources.synthetic import ORACLE_FILE, SynthParams, oracle_rank_ic, simulate_market
-from gogooku3.sources.synthetic import market_sessions
+from gogooku3.sources.synthetic import (
+    ORACLE_FILE,
+    SynthParams,
+    market_sessions,
+    oracle_rank_ic,
+    simulate_market,
+)
 
 
 def main() -> None:

@@ -15,8 +15,9 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 
+from gogooku3 import columns as C
 from gogooku3.errors import DataError, LeakageError, SchemaError, TrainingError
-from gogooku3.features.manifest import is_label_like, target_name
+from gogooku3.features.manifest import is_label_like
 from gogooku3.split import inner_validation
 
 log = logging.getLogger(__name__)
@@ -70,10 +71,10 @@ class LightGBMBaseline:
         return df.select([pl.col(f).cast(pl.Float32) for f in features]).to_numpy().astype(np.float32, copy=False)
 
     def _check(self, df: pl.DataFrame, features: Sequence[str], horizons: Sequence[int]) -> None:
-        bad = [f for f in features if is_label_like(f) or f in {target_name(h) for h in horizons}]
+        bad = [f for f in features if is_label_like(f) or f in {C.target(h) for h in horizons}]
         if bad:
             raise LeakageError(f"baseline: label-like column(s) in the feature list: {', '.join(bad)}")
-        need = ["Date", "Code", *features, *(target_name(h) for h in horizons)]
+        need = ["Date", "Code", *features, *(C.target(h) for h in horizons)]
         missing = [c for c in need if c not in df.columns]
         if missing:
             raise SchemaError(f"baseline: missing column(s) {', '.join(missing[:8])}")
@@ -131,7 +132,7 @@ class LightGBMBaseline:
         return self
 
     def _labels(self, df: pl.DataFrame, h: int) -> tuple[np.ndarray, np.ndarray]:
-        col = target_name(h)
+        col = C.target(h)
         y = df.select(_target_expr(col, self.target_transform).alias("y"))["y"]
         y = y.fill_nan(None)
         w = y.is_not_null().cast(pl.Float32).to_numpy()
@@ -145,7 +146,7 @@ class LightGBMBaseline:
         if missing:
             raise SchemaError(f"baseline predict: missing column(s) {', '.join(missing[:8])}")
         x = self._matrix(df, self.features_)
-        preds = {f"pred_{h}d": self.models_[h].predict(x, num_iteration=self.best_iteration_[h]).astype(np.float32)
+        preds = {C.pred(h): self.models_[h].predict(x, num_iteration=self.best_iteration_[h]).astype(np.float32)
                  for h in self.horizons_}
         return df.select("Date", "Code").with_columns([pl.Series(k, v) for k, v in preds.items()])
 

@@ -18,10 +18,11 @@ import polars as pl
 import torch
 from safetensors.torch import load_file, save_file
 
+from gogooku3 import columns as C
 from gogooku3.errors import DataError
 from gogooku3.features.manifest import FeatureManifest
 from gogooku3.io import atomic_path, read_json, write_json
-from gogooku3.model.atft_gat_fan import ATFTConfig, ATFTGATFAN
+from gogooku3.model.atft_gat_fan import ATFTGATFAN, ATFTConfig
 from gogooku3.model.ensemble import ATFTEnsemble
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ def predict_for_dates(bundle: Bundle, df_or_path: pl.DataFrame | pl.LazyFrame | 
         b = ds[(int(d), idx)]
         point = model(b["x"], b["sector"], b["segment"], b["returns"], b["returns_valid"])["point"].float().numpy()
         frames.append(pl.DataFrame({"Date": [panel.dates[d]] * len(idx), "Code": [panel.codes[i] for i in idx],
-                                    **{f"pred_{h}d": point[:, j] for j, h in enumerate(bundle.horizons)}}))
+                                    **{C.pred(h): point[:, j] for j, h in enumerate(bundle.horizons)}}))
     if not frames:
         raise DataError("predict_for_dates: no stock has a full window on the requested date(s)")
     return pl.concat(frames).with_columns(pl.col("Date").cast(pl.Date)).sort("Date", "Code")

@@ -90,7 +90,7 @@ def train(ctx: typer.Context) -> None:
 def tune(ctx: typer.Context) -> None:
     """Optuna search (TPE + median pruning) over ATFT-GAT-FAN hyper-parameters; writes output/optuna/<study>_best.yaml."""
     cfg = _cfg(ctx)
-    from gogooku3.tune import tune as run_tune
+    from gogooku3.pipelines.tune import tune as run_tune
 
     run_tune(cfg)
 
@@ -100,7 +100,7 @@ def backtest(ctx: typer.Context,
              predictions: Path = typer.Option(..., "--predictions", help="Parquet with Date, Code, pred_{h}d, target_{h}d.")) -> None:
     """Cost-aware long/short backtest of a predictions file."""
     cfg = _cfg(ctx)
-    from gogooku3.portfolio import run_backtest
+    from gogooku3.evaluation.portfolio import run_backtest
 
     run_backtest(cfg, predictions)
 
@@ -110,7 +110,7 @@ def report(ctx: typer.Context,
            run: Path = typer.Option(Path("runs/last"), "--run", help="Training run directory.")) -> None:
     """JSON + self-contained HTML report of a training run."""
     cfg = _cfg(ctx)
-    from gogooku3.report import build_report
+    from gogooku3.evaluation.report import build_report
 
     build_report(cfg, run)
 
@@ -121,7 +121,7 @@ def predict(ctx: typer.Context,
             date: Optional[str] = typer.Option(None, "--date", help="YYYY-MM-DD; default: the dataset's latest date.")) -> None:
     """Ranked next-day scores per stock with long/short lists."""
     cfg = _cfg(ctx)
-    from gogooku3.predict import predict as run_predict
+    from gogooku3.pipelines.predict import predict as run_predict
 
     run_predict(cfg, run, date)
 

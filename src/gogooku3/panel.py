@@ -21,8 +21,8 @@ import polars as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from gogooku3 import columns as C
 from gogooku3.errors import DataError
-from gogooku3.features.manifest import target_name
 from gogooku3.io import fingerprint, read_json, write_json
 from gogooku3.normalize import CrossSectionalNormalizer
 
@@ -64,7 +64,7 @@ class PanelStore:
             raise DataError(f"panel: dataset lacks {len(missing)} column(s), e.g. {', '.join(missing[:5])}")
         norm = (normalizer if isinstance(normalizer, CrossSectionalNormalizer)
                 else CrossSectionalNormalizer.from_dict(normalizer or {}))
-        targets = [target_name(h) for h in horizons]
+        targets = [C.target(h) for h in horizons]
         tcols = [pl.col(t).cast(pl.Float32) if t in schema else pl.lit(None, pl.Float32).alias(t) for t in targets]
         ret = (pl.col(returns_col).cast(pl.Float32) if returns_col in schema else pl.lit(None, pl.Float32))
         seg = pl.col("Section").cast(pl.Utf8) if "Section" in schema else pl.lit(None, pl.Utf8)
@@ -125,7 +125,7 @@ class PanelStore:
         if root.joinpath("panel.json").exists() and not force:
             log.info("panel: reusing %s", root)
             return cls.load(root)
-        cols = ["Code", "Date", "Section", "S33", returns_col, *features, *[target_name(h) for h in horizons]]
+        cols = ["Code", "Date", "Section", "S33", returns_col, *features, *[C.target(h) for h in horizons]]
         lf = pl.scan_parquet(dataset)
         have = lf.collect_schema()
         lf = lf.select(list(dict.fromkeys(c for c in cols if c in have)))

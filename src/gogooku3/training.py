@@ -12,12 +12,18 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, StochasticWeightAveraging
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    ModelCheckpoint,
+    StochasticWeightAveraging,
+)
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 
+from gogooku3 import columns as C
 from gogooku3.logs import defer_lightning_logging
-from gogooku3.model.atft_gat_fan import ATFTConfig, ATFTGATFAN
+from gogooku3.model.atft_gat_fan import ATFTGATFAN, ATFTConfig
 from gogooku3.model.losses import MultiHorizonLoss
 
 defer_lightning_logging()
@@ -25,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 def _average_ranks(x: torch.Tensor) -> torch.Tensor:
-    """0-based ranks with ties sharing their average rank (as `gogooku3.metrics` ranks)."""
+    """0-based ranks with ties sharing their average rank (as `gogooku3.evaluation.metrics` ranks)."""
     xs, order = x.sort()
     _, inverse, counts = torch.unique_consecutive(xs, return_inverse=True, return_counts=True)
     ends = counts.cumsum(0)
@@ -36,7 +42,7 @@ def _average_ranks(x: torch.Tensor) -> torch.Tensor:
 
 
 def rank_ic(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """One day's RankIC on device, for the validation loop: the definition of `gogooku3.metrics.daily_ic`
+    """One day's RankIC on device, for the validation loop: the definition of `gogooku3.evaluation.metrics.daily_ic`
     (Pearson correlation of average ranks), tested against it."""
     rp, ry = _average_ranks(pred.float()), _average_ranks(y.float())
     rp, ry = rp - rp.mean(), ry - ry.mean()
@@ -106,7 +112,7 @@ class ATFTModule(L.LightningModule):
             v = torch.stack(vals).mean() if vals else torch.tensor(float("nan"), device=self.device)
             self.log(f"val_{k}", v, sync_dist=True)
         if not any(f"rank_ic_{self.horizons[0]}d" in r for r in self._val):
-            self.log(f"val_rank_ic_{self.horizons[0]}d", torch.tensor(-1.0, device=self.device), sync_dist=True)
+            self.log(C.monitor(self.horizons[0]), torch.tensor(-1.0, device=self.device), sync_dist=True)
         self._val.clear()
 
     def feature_importance(self) -> torch.Tensor | None:
@@ -247,7 +253,7 @@ def ema_weights(checkpoint_path: str | Path) -> dict[str, torch.Tensor] | None:
 
 
 def monitor_key(horizons: list[int]) -> str:
-    return f"val_rank_ic_{horizons[0]}d"
+    return C.monitor(horizons[0])
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, module: ATFTModule, ckpt_dir: Path | None = None,

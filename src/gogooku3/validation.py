@@ -16,8 +16,9 @@ from typing import Any
 
 import polars as pl
 
+from gogooku3 import columns as C
 from gogooku3.errors import ConfigError, DataError, SchemaError, rows_hint
-from gogooku3.features.manifest import META_COLUMNS, FeatureManifest, target_name
+from gogooku3.features.manifest import META_COLUMNS, FeatureManifest
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def scan_dataset(path: str | Path, manifest: FeatureManifest, horizons: Sequence
     missing = [c for c in ("Code", "Date") if c not in schema]
     if missing:
         raise SchemaError(f"{path}: required column(s) missing: {', '.join(missing)}")
-    targets = [target_name(h) for h in horizons]
+    targets = [C.target(h) for h in horizons]
     no_target = [t for t in targets if t not in schema]
     if no_target:
         raise SchemaError(f"{path}: target column(s) missing: {', '.join(no_target)}")
@@ -70,7 +71,7 @@ def validate_dataset(df: pl.DataFrame, manifest: FeatureManifest, horizons: Sequ
         raise ConfigError(f"safe.validation.null_action must be 'drop' or 'error', got '{null_action}'")
     if df.height == 0:
         raise DataError(f"{source}: no rows")
-    targets = [target_name(h) for h in horizons]
+    targets = [C.target(h) for h in horizons]
     missing = [c for c in ["Code", "Date", *targets] if c not in df.columns]
     if missing:
         raise SchemaError(f"{source}: required column(s) missing: {', '.join(missing)}")

@@ -12,8 +12,15 @@ import torch
 
 from gogooku3.config import load_config
 from gogooku3.errors import ConfigError
-from gogooku3.tune import (PruningCallback, Tuner, best_overrides, check_space, suggest, to_overrides,
-                           trial_config)
+from gogooku3.pipelines.tune import (
+    PruningCallback,
+    Tuner,
+    best_overrides,
+    check_space,
+    suggest,
+    to_overrides,
+    trial_config,
+)
 
 torch.set_num_threads(1)
 FEATS = ["returns_1d", "f_signal", "f_noise1", "f_noise2"]  # conftest.write_planted_dataset(n_noise=2)

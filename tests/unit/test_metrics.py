@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from gogooku3 import metrics
 from gogooku3.errors import SchemaError
+from gogooku3.evaluation import metrics
 
 
 def _panel(n_days: int = 40, n_stocks: int = 30, seed: int = 0, noise: float = 1.0) -> pl.DataFrame:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gogooku3.config import load_config
-from gogooku3.model.atft_gat_fan import ATFTConfig, ATFTGATFAN
+from gogooku3.model.atft_gat_fan import ATFTGATFAN, ATFTConfig
 from gogooku3.model.fan import FAN
 from gogooku3.model.losses import MultiHorizonLoss
 from gogooku3.training import rank_ic

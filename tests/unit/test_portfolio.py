@@ -11,7 +11,7 @@ import pytest
 
 from gogooku3.config import load_config
 from gogooku3.errors import ConfigError, DataError, SchemaError
-from gogooku3.portfolio import BacktestConfig, backtest, run_backtest
+from gogooku3.evaluation.portfolio import BacktestConfig, backtest, run_backtest
 
 CODES = [f"1{j:03d}0" for j in range(10)]
 D = [date(2024, 1, 4), date(2024, 1, 5), date(2024, 1, 9)]

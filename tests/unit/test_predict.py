@@ -11,9 +11,9 @@ import torch
 
 from gogooku3.config import load_config
 from gogooku3.errors import ConfigError, DataError
+from gogooku3.evaluation.portfolio import BacktestConfig
 from gogooku3.features.manifest import FeatureManifest, manifest_path
-from gogooku3.portfolio import BacktestConfig
-from gogooku3.predict import predict, rank_table, resolve_date
+from gogooku3.pipelines.predict import predict, rank_table, resolve_date
 
 N_STOCKS, N_DAYS = 24, 96
 FEATURES = ["returns_1d", "ret_5", "vol_5", "noise_a", "noise_b"]

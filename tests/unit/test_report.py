@@ -12,10 +12,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from gogooku3 import metrics
 from gogooku3.config import load_config
 from gogooku3.errors import DataError
-from gogooku3.report import build_report, importance_from
+from gogooku3.evaluation import metrics
+from gogooku3.evaluation.report import build_report, importance_from
 
 HORIZONS = (1, 5)
 SECTIONS = ("summary", "data", "horizons", "backtest", "rank-ic", "quantiles", "per-year", "importance", "training",

@@ -11,7 +11,13 @@ from omegaconf import OmegaConf
 from gogooku3.calendar import TradingCalendar
 from gogooku3.errors import ConfigError, DataError, LeakageError
 from gogooku3.split import (
-    Fold, PurgedKFoldSplitter, WalkForwardSplitter, check_folds, inner_validation, make_splitter, resolve_embargo,
+    Fold,
+    PurgedKFoldSplitter,
+    WalkForwardSplitter,
+    check_folds,
+    inner_validation,
+    make_splitter,
+    resolve_embargo,
 )
 
 

@@ -13,8 +13,15 @@ from gogooku3.calendar import TradingCalendar
 from gogooku3.config import load_config
 from gogooku3.errors import ConfigError
 from gogooku3.sources import schema
-from gogooku3.sources.synthetic import (ORACLE_FILE, SynthParams, oracle_ic_daily, oracle_rank_ic, realized_labels,
-                                        simulate_market, synthesize)
+from gogooku3.sources.synthetic import (
+    ORACLE_FILE,
+    SynthParams,
+    oracle_ic_daily,
+    oracle_rank_ic,
+    realized_labels,
+    simulate_market,
+    synthesize,
+)
 from gogooku3.sources.synthetic.statements import close_time
 from gogooku3.sources.synthetic.universe import SECTORS33
 

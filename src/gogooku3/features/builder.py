@@ -23,6 +23,7 @@ from typing import Any
 import polars as pl
 from omegaconf import DictConfig, OmegaConf
 
+from gogooku3 import columns as C
 from gogooku3.calendar import TradingCalendar
 from gogooku3.errors import DataError, SchemaError, rows_hint
 from gogooku3.features import cross as cross_mod
@@ -31,7 +32,12 @@ from gogooku3.features import margin as margin_mod
 from gogooku3.features import price, sector, statements, technical
 from gogooku3.features.common import Block, c, day_basis, lookup, narrow
 from gogooku3.features.flags import flags as flag_block
-from gogooku3.features.manifest import META_COLUMNS, FeatureManifest, manifest_path, metadata_path, target_name
+from gogooku3.features.manifest import (
+    META_COLUMNS,
+    FeatureManifest,
+    manifest_path,
+    metadata_path,
+)
 from gogooku3.features.market import market_frame
 from gogooku3.features.targets import add_targets
 from gogooku3.features.user import user, user_columns
@@ -219,7 +225,7 @@ def build_features(tables: Tables, calendar: TradingCalendar, features_cfg: Any,
         run(user(users))
 
     feats = list(groups)
-    targets = [target_name(h) for h in horizons]
+    targets = [C.target(h) for h in horizons]
     meta = [m for m in META_COLUMNS if m in avail]
 
     lf = apply_blocks(lf, blocks, {*meta, *feats, *targets, *levels, "_kp", "_kv"})

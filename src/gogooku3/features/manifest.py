@@ -11,15 +11,12 @@ from pathlib import Path
 
 import polars as pl
 
+from gogooku3 import columns as C
 from gogooku3.errors import DataError, LeakageError
 from gogooku3.io import fingerprint, read_json, write_json
 
 TARGET_RE = re.compile(r"^(target|feat_ret|label|y)_")
 META_COLUMNS = ("Code", "Date", "Section", "S33", "S17")
-
-
-def target_name(h: int) -> str:
-    return f"target_{h}d"
 
 
 def is_label_like(name: str) -> bool:
@@ -68,7 +65,7 @@ class FeatureManifest:
         """Manifest of `df`'s columns named in `groups` (column -> group), in the frame's column order."""
         schema = df.collect_schema() if isinstance(df, pl.LazyFrame) else df.schema
         feats = [FeatureSpec(c, groups[c], str(dt)) for c, dt in schema.items() if c in groups]
-        return cls(feats, [target_name(h) for h in horizons if target_name(h) in schema],
+        return cls(feats, [C.target(h) for h in horizons if C.target(h) in schema],
                    [c for c in META_COLUMNS if c in schema], list(horizons), entry_lag, dict(skipped_groups or {}))
 
     def to_dict(self) -> dict:

@@ -9,7 +9,16 @@ from __future__ import annotations
 import polars as pl
 
 from gogooku3.calendar import TradingCalendar
-from gogooku3.features.common import EPS, Block, c, div, flag, missing, narrow, roll_mean
+from gogooku3.features.common import (
+    EPS,
+    Block,
+    c,
+    div,
+    flag,
+    missing,
+    narrow,
+    roll_mean,
+)
 
 WEEKLY = ("margin_long_tot", "margin_short_tot", "margin_total_gross", "margin_credit_ratio", "margin_imbalance",
           "margin_d_long_wow", "margin_d_short_wow", "margin_d_net_wow", "margin_d_ratio_wow",

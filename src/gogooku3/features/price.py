@@ -16,8 +16,20 @@ import math
 
 import polars as pl
 
-from gogooku3.features.common import (PRICE, SQRT252, VOLUME, Block, c, div, ema, lag, missing, per_code, roll_mean,
-                                      roll_std)
+from gogooku3.features.common import (
+    PRICE,
+    SQRT252,
+    VOLUME,
+    Block,
+    c,
+    div,
+    ema,
+    lag,
+    missing,
+    per_code,
+    roll_mean,
+    roll_std,
+)
 
 OHLCV = ("Open", "High", "Low", "Close", "Volume", "TurnoverValue")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import polars as pl
 
+from gogooku3 import columns as C
 from gogooku3.calendar import TradingCalendar
-from gogooku3.features.manifest import target_name
 
 
 def row_key(cal: TradingCalendar, reach: int) -> pl.Expr:
@@ -39,5 +39,5 @@ def add_targets(lf: pl.LazyFrame, cal: TradingCalendar, horizons: list[int], ent
         return pl.when((key.gather(at) == key + 2 * k) & (key % 2 == 0)).then(pl.col("Close").gather(at))
 
     return lf.with_columns(
-        (ahead(entry_lag + h) / ahead(entry_lag) - 1.0).cast(pl.Float32).alias(target_name(h)) for h in horizons
+        (ahead(entry_lag + h) / ahead(entry_lag) - 1.0).cast(pl.Float32).alias(C.target(h)) for h in horizons
     ).drop("_tkey", *(f"_at{k}" for k in ks))

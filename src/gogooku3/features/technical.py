@@ -9,7 +9,19 @@ from __future__ import annotations
 
 import polars as pl
 
-from gogooku3.features.common import EPS, PRICE, Block, c, div, ema, missing, per_code, roll_mean, roll_std, wilder
+from gogooku3.features.common import (
+    EPS,
+    PRICE,
+    Block,
+    c,
+    div,
+    ema,
+    missing,
+    per_code,
+    roll_mean,
+    roll_std,
+    wilder,
+)
 
 
 def _rsi(n: int) -> pl.Expr:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gogooku3.model.atft_gat_fan import ATFTConfig, ATFTGATFAN
+from gogooku3.model.atft_gat_fan import ATFTGATFAN, ATFTConfig
 from gogooku3.model.gat import day_graph
 
 

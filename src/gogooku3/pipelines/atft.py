@@ -14,12 +14,21 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from gogooku3 import metrics
+from gogooku3 import columns as C
 from gogooku3.bundle import save_bundle
 from gogooku3.config import path, to_dict, to_yaml
 from gogooku3.errors import DataError, TrainingError
-from gogooku3.features.manifest import FeatureManifest, target_name
-from gogooku3.io import file_fingerprint, new_run_dir, peak_rss_mb, timestamp, write_json, write_parquet, write_text
+from gogooku3.evaluation import metrics
+from gogooku3.features.manifest import FeatureManifest
+from gogooku3.io import (
+    file_fingerprint,
+    new_run_dir,
+    peak_rss_mb,
+    timestamp,
+    write_json,
+    write_parquet,
+    write_text,
+)
 from gogooku3.model.ensemble import ATFTEnsemble
 from gogooku3.panel import PanelDataModule, PanelStore
 from gogooku3.split import check_folds, inner_validation, make_splitter
@@ -56,7 +65,7 @@ class CompleteATFTTrainingPipeline:
         lf = pl.scan_parquet(self.dataset)
         self.manifest.check_frame(lf, self.dataset)
         schema = lf.collect_schema()
-        missing = [target_name(h) for h in self.horizons if target_name(h) not in schema]
+        missing = [C.target(h) for h in self.horizons if C.target(h) not in schema]
         if missing:
             raise DataError(f"{self.dataset}: label column(s) {', '.join(missing)} missing for labels.horizons")
         if len(self.manifest.names) < 1:
@@ -167,7 +176,7 @@ class CompleteATFTTrainingPipeline:
 
     def _val_rank_ic(self, module: ATFTModule, dm: PanelDataModule) -> float:
         h = self.horizons[0]
-        daily = metrics.daily_ic(self.predict(module, dm, dm.val_days), f"pred_{h}d", target_name(h))
+        daily = metrics.daily_ic(self.predict(module, dm, dm.val_days), C.pred(h), C.target(h))
         return float(daily["rank_ic"].mean()) if daily.height else float("nan")
 
     def _average_top_k(self, module: ATFTModule, dm: PanelDataModule, ck, k: int, ema: bool) -> dict[str, Any]:
@@ -206,12 +215,12 @@ class CompleteATFTTrainingPipeline:
             y = np.asarray(self.panel.targets[d][idx])
             frames.append(pl.DataFrame({
                 "Date": [self.panel.dates[d]] * len(idx), "Code": [self.panel.codes[i] for i in idx],
-                **{f"pred_{h}d": p[:, j] for j, h in enumerate(self.horizons)},
-                **{target_name(h): y[:, j] for j, h in enumerate(self.horizons)}}))
+                **{C.pred(h): p[:, j] for j, h in enumerate(self.horizons)},
+                **{C.target(h): y[:, j] for j, h in enumerate(self.horizons)}}))
         if not frames:
             raise TrainingError("no day in the span has a stock with a full window; lower model.window")
         return (pl.concat(frames).with_columns(pl.col("Date").cast(pl.Date),
-                                               *[pl.col(target_name(h)).fill_nan(None) for h in self.horizons])
+                                               *[pl.col(C.target(h)).fill_nan(None) for h in self.horizons])
                 .sort("Date", "Code"))
 
     def baseline(self, plan: dict) -> pl.DataFrame | None:
@@ -219,7 +228,7 @@ class CompleteATFTTrainingPipeline:
             return None
         from gogooku3.baseline import LightGBMBaseline
 
-        cols = ["Code", "Date", *self.features, *[target_name(h) for h in self.horizons]]
+        cols = ["Code", "Date", *self.features, *[C.target(h) for h in self.horizons]]
         lf = pl.scan_parquet(self.dataset).select(cols)
         span = lambda ds: lf.filter(pl.col("Date").is_in(list(ds))).collect()  # noqa: E731
         model = LightGBMBaseline()
@@ -227,7 +236,7 @@ class CompleteATFTTrainingPipeline:
         test = span(plan["test"])
         pred = model.predict(test)
         self.baseline_importance = getattr(model, "feature_importance_", None)
-        return pred.join(test.select("Date", "Code", *[target_name(h) for h in self.horizons]), on=["Date", "Code"],
+        return pred.join(test.select("Date", "Code", *[C.target(h) for h in self.horizons]), on=["Date", "Code"],
                          how="left").sort("Date", "Code")
 
     # ---- the whole run --------------------------------------------------------------------------------
@@ -308,8 +317,8 @@ class CompleteATFTTrainingPipeline:
             write_parquet(bt, rd / "baseline_predictions_test.parquet")
             out["baseline_test"] = metrics.evaluate(bt, self.horizons)
             out["model_vs_baseline_1d"] = metrics.paired_comparison(
-                metrics.daily_ic(pt, f"pred_{self.horizons[0]}d", target_name(self.horizons[0])),
-                metrics.daily_ic(bt, f"pred_{self.horizons[0]}d", target_name(self.horizons[0])))
+                metrics.daily_ic(pt, C.pred(self.horizons[0]), C.target(self.horizons[0])),
+                metrics.daily_ic(bt, C.pred(self.horizons[0]), C.target(self.horizons[0])))
         if len(per_fold) > 1:
             ric = np.array([f["model_test"][str(self.horizons[0])]["rank_ic_mean"] for f in per_fold], dtype=float)
             out["cv"] = {"folds": len(per_fold), "test_rank_ic_1d_mean": float(np.nanmean(ric)),
@@ -318,7 +327,7 @@ class CompleteATFTTrainingPipeline:
         out["samples_per_sec"] = float(np.mean([h["samples_per_sec"] for h in thr])) if thr else None
         out["mfu"] = float(np.nanmean([h["mfu"] for h in thr])) if thr else None
         out["epochs"] = [f["epochs"] for f in per_fold]
-        out["collapse"] = {str(h): float(pt[f"pred_{h}d"].std() or 0.0) for h in self.horizons}
+        out["collapse"] = {str(h): float(pt[C.pred(h)].std() or 0.0) for h in self.horizons}
         save_bundle(rd, module.model, self.manifest, self.panel.normalizer, self.dataset_fp,
                     self.panel.sector_vocab, self.panel.segment_vocab,
                     {"run_dir": str(rd), "trained_at": timestamp()}, float(self.cfg.train.min_window_frac),

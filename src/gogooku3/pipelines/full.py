@@ -82,7 +82,7 @@ class FullTrainingPipeline:
         return Path(self.cfg.paths.runs_dir) / "last"
 
     def _backtest(self) -> Any:
-        from gogooku3.portfolio import run_backtest
+        from gogooku3.evaluation.portfolio import run_backtest
 
         run = self._run_dir()
         out = {"model": run_backtest(self.cfg, run / "predictions_test.parquet")}
@@ -92,11 +92,11 @@ class FullTrainingPipeline:
         return out
 
     def _report(self) -> Any:
-        from gogooku3.report import build_report
+        from gogooku3.evaluation.report import build_report
 
         return build_report(self.cfg, self._run_dir())
 
     def _predict(self) -> Any:
-        from gogooku3.predict import predict
+        from gogooku3.pipelines.predict import predict
 
         return predict(self.cfg, self._run_dir(), None)

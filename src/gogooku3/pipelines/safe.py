@@ -21,11 +21,12 @@ import numpy as np
 import polars as pl
 from omegaconf import DictConfig
 
-from gogooku3 import metrics
+from gogooku3 import columns as C
 from gogooku3.baseline import LightGBMBaseline
 from gogooku3.config import to_dict
 from gogooku3.errors import ConfigError, DataError
-from gogooku3.features.manifest import FeatureManifest, is_label_like, target_name
+from gogooku3.evaluation import metrics
+from gogooku3.features.manifest import FeatureManifest, is_label_like
 from gogooku3.features.quality import QualityFinancialFeaturesGenerator
 from gogooku3.graph import FinancialGraphBuilder, graph_snapshot
 from gogooku3.io import file_fingerprint, peak_rss_mb, timestamp, write_json
@@ -66,7 +67,7 @@ def find_oracle(oracle_dir: Path, horizons: list[int]) -> pl.LazyFrame | None:
     for p in sorted(oracle_dir.glob("*.parquet")):
         lf = pl.scan_parquet(p)
         names = lf.collect_schema().names()
-        if {"Date", "Code"} <= set(names) and any(f"oracle_{h}d" in names for h in horizons):
+        if {"Date", "Code"} <= set(names) and any(C.oracle(h) in names for h in horizons):
             return lf
     return None
 
@@ -213,7 +214,7 @@ class SafeTrainingPipeline:
                   entry_lag: int, raw: pl.DataFrame) -> dict[str, Any]:
         b = self.scfg.baseline
         bh = [int(h) for h in (b.get("horizons") or horizons)]
-        targets = [target_name(h) for h in bh]
+        targets = [C.target(h) for h in bh]
         val_days = int(self.cfg.split.get("val_days", 40) or 40)
         per_fold, preds, importance = [], [], {}
         n_trained = 0
@@ -253,9 +254,9 @@ class SafeTrainingPipeline:
     def _oracle(oracle: pl.LazyFrame, pred: pl.DataFrame, horizons: list[int]) -> dict[str, Any]:
         """RankIC of the oracle expectation with the realized labels on the same test rows (the ceiling)."""
         names = oracle.collect_schema().names()
-        hs = [h for h in horizons if f"oracle_{h}d" in names]
-        keys = pred.select("Date", "Code", *[target_name(h) for h in hs])
-        o = (oracle.select("Date", "Code", *[pl.col(f"oracle_{h}d").alias(f"pred_{h}d") for h in hs])
+        hs = [h for h in horizons if C.oracle(h) in names]
+        keys = pred.select("Date", "Code", *[C.target(h) for h in hs])
+        o = (oracle.select("Date", "Code", *[pl.col(C.oracle(h)).alias(C.pred(h)) for h in hs])
              .with_columns(pl.col("Code").cast(pl.Utf8), pl.col("Date").cast(pl.Date))
              .join(keys.lazy(), on=["Date", "Code"], how="inner").collect())
         if o.height == 0:

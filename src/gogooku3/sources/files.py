@@ -13,6 +13,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
 import polars as pl
 from omegaconf import DictConfig, OmegaConf
 

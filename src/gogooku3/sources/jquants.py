@@ -28,8 +28,7 @@ from tqdm.auto import tqdm
 from gogooku3.errors import ConfigError, DataError
 from gogooku3.io import write_parquet
 from gogooku3.sources.files import source_config
-from gogooku3.sources.schema import replace_raw_tables
-from gogooku3.sources.schema import TABLES
+from gogooku3.sources.schema import TABLES, replace_raw_tables
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from gogooku3 import columns as C
 from gogooku3.calendar import TradingCalendar
 from gogooku3.errors import ConfigError
 from gogooku3.sources import schema
@@ -25,7 +26,13 @@ from gogooku3.sources.synthetic.market import simulate_paths
 from gogooku3.sources.synthetic.oracle import oracle_expectations
 from gogooku3.sources.synthetic.params import SynthParams
 from gogooku3.sources.synthetic.statements import make_statements
-from gogooku3.sources.synthetic.tables import daily_quotes, listed_info, stock_major_index, topix, trading_calendar
+from gogooku3.sources.synthetic.tables import (
+    daily_quotes,
+    listed_info,
+    stock_major_index,
+    topix,
+    trading_calendar,
+)
 from gogooku3.sources.synthetic.universe import cum_adj_factor, make_universe
 
 __all__ = ["SynthParams", "simulate_market", "synthesize", "oracle_rank_ic", "oracle_ic_daily", "realized_labels",
@@ -72,7 +79,7 @@ def simulate_market(params: SynthParams, horizons: Sequence[int] = (1, 5, 10, 20
     oracle = oracle_expectations(p, paths, caps, u.sector, u.lag_weight, horizons, entry_lag)
     flat = stock_major_index(rows)
     oracle_df = quotes.select("Code", "Date").with_columns(
-        pl.Series(f"oracle_{h}d", np.take(oracle[h], flat).astype(np.float64)) for h in horizons)
+        pl.Series(C.oracle(h), np.take(oracle[h], flat).astype(np.float64)) for h in horizons)
     return {
         "daily_quotes": quotes,
         "listed_info": listed_info(u, sessions),
@@ -98,15 +105,15 @@ def realized_labels(quotes: pl.DataFrame, horizon: int, entry_lag: int = 1,
     at = lambda off, name: px.select("Code", (pl.col("_i") - off).alias("_i"), pl.col("AdjC").alias(name))  # noqa: E731
     return (px.join(at(entry_lag, "_entry"), on=["Code", "_i"], how="left")
             .join(at(entry_lag + horizon, "_exit"), on=["Code", "_i"], how="left")
-            .select("Code", "Date", (pl.col("_exit") / pl.col("_entry") - 1.0).alias(f"target_{horizon}d")))
+            .select("Code", "Date", (pl.col("_exit") / pl.col("_entry") - 1.0).alias(C.target(horizon))))
 
 
 def oracle_ic_daily(tables: dict[str, pl.DataFrame], horizon: int, entry_lag: int = 1) -> pl.DataFrame:
     """Date, n, rank_ic: daily Spearman correlation of `oracle_{h}d` with the realized `target_{h}d`."""
-    tgt = f"target_{horizon}d"
+    tgt = C.target(horizon)
     labels = realized_labels(tables["daily_quotes"], horizon, entry_lag, tables.get("trading_calendar"))
-    df = tables["oracle"].join(labels, on=["Code", "Date"]).drop_nulls([f"oracle_{horizon}d", tgt])
-    return (df.group_by("Date").agg(pl.len().alias("n"), pl.corr(f"oracle_{horizon}d", tgt, method="spearman")
+    df = tables["oracle"].join(labels, on=["Code", "Date"]).drop_nulls([C.oracle(horizon), tgt])
+    return (df.group_by("Date").agg(pl.len().alias("n"), pl.corr(C.oracle(horizon), tgt, method="spearman")
                                     .alias("rank_ic"))
             .filter(pl.col("n") >= 5).drop_nans("rank_ic").sort("Date"))
 

@@ -28,7 +28,6 @@ import numpy as np
 from gogooku3.sources.synthetic.market import Paths
 from gogooku3.sources.synthetic.params import SynthParams
 
-
 CHUNK_ROWS = 64  # sessions per block: keeps the propagation's working set in cache
 
 

@@ -12,9 +12,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
-import matplotlib.dates as mdates  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 MODEL_COLOR, BASE_COLOR = "#1f5fa8", "#d9822b"

@@ -18,10 +18,11 @@ from typing import Any
 
 import polars as pl
 
+from gogooku3 import columns as C
 from gogooku3.errors import ConfigError, DataError
+from gogooku3.evaluation.portfolio import BacktestConfig, side_expr, universe_filter
 from gogooku3.features.manifest import FeatureManifest
 from gogooku3.io import write_parquet, write_text
-from gogooku3.portfolio import BacktestConfig, side_expr, universe_filter
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def company_names(raw_dir: str | Path, date: dt.date) -> pl.DataFrame | None:
 def rank_table(preds: pl.DataFrame, horizons: list[int], horizon: int, c: BacktestConfig,
                names: pl.DataFrame | None = None) -> pl.DataFrame:
     """Scores, ranks and the long/short flag for one date's predictions (Date, Code, pred_{h}d, + filter columns)."""
-    key = f"pred_{horizon}d"
+    key = C.pred(horizon)
     if key not in preds.columns:
         raise ConfigError(f"predict.horizon={horizon}: the bundle predicts only {', '.join(f'{h}d' for h in horizons)}")
     ok = universe_filter(preds.columns, c).fill_null(False)
@@ -78,11 +79,11 @@ def rank_table(preds: pl.DataFrame, horizons: list[int], horizon: int, c: Backte
     else:
         df = df.with_columns(CoName=pl.lit(None, dtype=pl.String))
     out = df.select("Date", "Code", "CoName",
-                    *[pl.col(f"pred_{h}d").cast(pl.Float64).alias(f"score_{h}d") for h in horizons],
-                    *[pl.col(f"pred_{h}d").rank("ordinal", descending=True).cast(pl.UInt32).alias(f"rank_{h}d")
+                    *[pl.col(C.pred(h)).cast(pl.Float64).alias(C.score(h)) for h in horizons],
+                    *[pl.col(C.pred(h)).rank("ordinal", descending=True).cast(pl.UInt32).alias(C.rank(h))
                       for h in horizons],
                     "side")
-    return out.sort(f"rank_{horizon}d")
+    return out.sort(C.rank(horizon))
 
 
 def predict(cfg: Any, run_dir: str | Path, date: str | dt.date | None = None) -> Path:

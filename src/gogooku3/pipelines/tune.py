@@ -27,10 +27,10 @@ import optuna
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from gogooku3 import metrics
+from gogooku3 import columns as C
 from gogooku3.config import path, to_dict
 from gogooku3.errors import ConfigError, TrainingError
-from gogooku3.features.manifest import target_name
+from gogooku3.evaluation import metrics
 from gogooku3.io import timestamp, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -220,8 +220,8 @@ class Tuner:
         OmegaConf.update(base, "train.cv.folds", int(self.hc.folds), merge=False)
         self.pipe = CompleteATFTTrainingPipeline(base)
         self.horizons = self.pipe.horizons
-        self.monitor = f"val_rank_ic_{self.horizons[0]}d"
-        self.target = target_name(self.horizons[0])
+        self.monitor = C.monitor(self.horizons[0])
+        self.target = C.target(self.horizons[0])
         self.step_base = int(self.hc.max_epochs)
 
     def prepare(self) -> None:
@@ -250,7 +250,7 @@ class Tuner:
                 self.pipe.run_dir = trial_dir / f"fold{plan['fold'].index}"  # Lightning logs + checkpoints
                 res = self.pipe.train_fold(plan, self.pipe.run_dir / "checkpoints", None, extra_callbacks=[cb])
                 pv = self.pipe.predict(res["module"], res["dm"], res["dm"].val_days)
-                s = metrics.summarize_ic(metrics.daily_ic(pv, f"pred_{self.horizons[0]}d", self.target))
+                s = metrics.summarize_ic(metrics.daily_ic(pv, C.pred(self.horizons[0]), self.target))
                 score = float(s["rank_ic_mean"])
                 if not math.isfinite(score):
                     raise TrainingError(f"trial {trial.number}, fold {plan['fold'].index}: no validation day "

@@ -4,7 +4,7 @@ Reads the run directory contract (``metrics.json``, ``predictions_test.parquet``
 ``baseline_predictions_test.parquet``, ``logs/metrics.csv``, ``variable_importance.json``, ``config.yaml``,
 ``bundle/``) and the newest ``output/experiments/safe_*.json``. Only ``predictions_test.parquet`` is required; a
 missing optional input is listed under ``missing`` and its section says so. Every metric comes from
-`gogooku3.metrics` and every portfolio figure from `gogooku3.portfolio` (one definition each).
+`gogooku3.evaluation.metrics` and every portfolio figure from `gogooku3.evaluation.portfolio` (one definition each).
 """
 
 from __future__ import annotations
@@ -19,16 +19,19 @@ from typing import Any
 
 import polars as pl
 
-from gogooku3 import metrics
-from gogooku3 import report_html as H
+from gogooku3 import columns as C
 from gogooku3.errors import DataError
+from gogooku3.evaluation import metrics
+from gogooku3.evaluation import report_html as H
+from gogooku3.evaluation.portfolio import (
+    BacktestConfig,
+    BacktestResult,
+    attach_dataset_columns,
+    backtest,
+)
 from gogooku3.io import peak_rss_mb, read_json, timestamp, to_json, write_text
-from gogooku3.portfolio import BacktestConfig, BacktestResult, attach_dataset_columns, backtest
 
 log = logging.getLogger(__name__)
-
-PRED_RE = re.compile(r"^pred_(\d+)d$")
-
 
 def _clean(obj: Any) -> Any:
     """JSON-safe copy: NaN/inf -> None, dates -> ISO strings, tuples -> lists."""
@@ -54,8 +57,7 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _horizons(df: pl.DataFrame) -> list[int]:
-    return sorted(int(m.group(1)) for c in df.columns
-                  if (m := PRED_RE.match(c)) and f"target_{m.group(1)}d" in df.columns)
+    return C.pred_horizons(df.columns)
 
 
 def _read_parquet(path: Path, required: bool) -> pl.DataFrame | None:
@@ -168,7 +170,7 @@ def param_count(run_dir: Path, run_metrics: dict | None) -> tuple[int | None, st
 
 
 def _backtest_opt(df: pl.DataFrame | None, cfg: Any, c: BacktestConfig) -> BacktestResult | None:
-    if df is None or f"pred_{c.horizon}d" not in df.columns:
+    if df is None or C.pred(c.horizon) not in df.columns:
         return None
     needs = c.min_price > 0 or c.min_adv > 0 or c.method == "mean_variance"
     dataset = Path(cfg.paths.dataset)
@@ -207,14 +209,14 @@ def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
     frames = {"model": model, "baseline": base}
     frames = {k: v for k, v in frames.items() if v is not None}
     evals = {k: metrics.evaluate(v, [h for h in horizons if h in _horizons(v)]) for k, v in frames.items()}
-    daily = {k: {h: metrics.daily_ic(v, f"pred_{h}d", f"target_{h}d") for h in horizons if h in _horizons(v)}
+    daily = {k: {h: metrics.daily_ic(v, C.pred(h), C.target(h)) for h in horizons if h in _horizons(v)}
              for k, v in frames.items()}
     paired = {str(h): metrics.paired_comparison(daily["model"][h], daily["baseline"][h])
               for h in horizons if base is not None and h in daily["baseline"]}
     h0 = horizons[0]
     per_year = {k: metrics.per_period(d[h0], "year") for k, d in daily.items()}
     q = int(cfg.portfolio.get("quantiles", 5)) if "portfolio" in cfg else 5
-    quants = {k: metrics.quantile_returns(v, f"pred_{h0}d", f"target_{h0}d", q) for k, v in frames.items()}
+    quants = {k: metrics.quantile_returns(v, C.pred(h0), C.target(h0), q) for k, v in frames.items()}
 
     # ---- backtests -----------------------------------------------------------------------------------
     bc = BacktestConfig.from_any(cfg)

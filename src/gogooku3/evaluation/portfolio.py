@@ -38,8 +38,9 @@ from typing import Any
 
 import polars as pl
 
-from gogooku3 import metrics
+from gogooku3 import columns as C
 from gogooku3.errors import ConfigError, DataError, SchemaError, rows_hint
+from gogooku3.evaluation import metrics
 from gogooku3.io import timestamp, write_json, write_parquet
 
 log = logging.getLogger(__name__)
@@ -257,7 +258,7 @@ def backtest(preds: pl.DataFrame, horizon: int | None = None, cfg: Any = None, *
         overrides["horizon"] = int(horizon)
     c = BacktestConfig.from_any(cfg, **overrides)
     h = int(c.horizon)
-    pred, target = f"pred_{h}d", f"target_{h}d"
+    pred, target = C.pred(h), C.target(h)
     _check_input(preds, pred, target)
     el, notes = _eligible(preds, pred, target, c)
     if el.height == 0:
@@ -364,7 +365,7 @@ def run_backtest(cfg: Any, predictions_path: str | Path) -> dict:
     path = Path(predictions_path)
     preds = _read_predictions(path)
     c = BacktestConfig.from_any(cfg)
-    _check_input(preds, f"pred_{c.horizon}d", f"target_{c.horizon}d")
+    _check_input(preds, C.pred(c.horizon), C.target(c.horizon))
     dataset = Path(cfg.paths.dataset) if "paths" in cfg else None
     vol_cols = (c.vol_column,) if c.method == "mean_variance" else ()
     if dataset is not None and dataset.exists():
