@@ -1,14 +1,28 @@
-"""LightGBM baseline: one regressor per horizon, early-stopped on an inner validation slice of the training span.
+"""The LightGBM baseline: one regressor per horizon and fold, early-stopped on an inner validation slice, fitted once
+and shared by `gogooku3 safe` and `gogooku3 train`.
 
-The validation slice is cut from the end of the training dates with a gap of h_max + entry_lag sessions, so no
-fit label reaches into it and the test fold is never used for model selection. Features come from an explicit
-allow-list (the manifest's names plus quality features); a label-like name there is a LeakageError.
+`LightGBMBaseline` fits one fold. The validation slice is cut from the end of the training dates with a gap of
+h_max + entry_lag sessions, so no fit label reaches into it and the test fold is never used for model selection.
+Features come from an explicit allow-list (the manifest's names); a label-like name there is a LeakageError.
+
+`fit_baseline` runs the folds on per-day normalized features (`baseline.normalize`): one normalizer fitted on fold 0's
+training dates when those precede every test block (walk-forward), else one per fold fitted on its own training dates
+(purged k-fold). The result, a `BaselineRun` (predictions of every inner-validation and test day, per-fold ranges and
+best iterations, gain importance, the boosters), is stored content-addressed under
+`<paths.output_dir>/baselines/<fingerprint>/`: the fingerprint covers the dataset and manifest files, the folds' dates,
+horizons, entry lag, `split.val_days`, the `baseline` group and the feature-screening keys of `safe.validation`, so a
+later `safe` or `train` on the same inputs reuses it (`baseline_for_folds`, `load_or_fit`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
-from collections.abc import Sequence
+import os
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
@@ -16,18 +30,28 @@ import numpy as np
 import polars as pl
 
 from gogooku3 import columns as C
+from gogooku3.config import to_dict
 from gogooku3.errors import DataError, LeakageError, SchemaError, TrainingError
-from gogooku3.features.manifest import is_label_like
-from gogooku3.split import inner_validation
+from gogooku3.features.manifest import FeatureManifest, is_label_like
+from gogooku3.io import (
+    file_fingerprint,
+    fingerprint,
+    read_json,
+    write_json,
+    write_parquet,
+)
+from gogooku3.normalize import CrossSectionalNormalizer
+from gogooku3.split import Fold, inner_validation
+from gogooku3.validation import drop_too_null, scan_dataset
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PARAMS: dict[str, Any] = {
-    "objective": "regression", "metric": "l2", "boosting_type": "gbdt", "num_leaves": 31, "learning_rate": 0.05,
-    "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 5, "min_data_in_leaf": 20,
-    "lambda_l1": 0.1, "lambda_l2": 0.1, "max_bin": 63, "seed": 42, "num_threads": 1, "verbosity": -1,
-}
 TARGET_TRANSFORMS = ("raw", "demean", "rank")
+BASELINE_VERSION = 1   # bump when a change alters what a stored run holds
+REPORT_ONLY_KEYS = ("enabled", "top_features")   # baseline keys that do not change a fit (not fingerprinted)
+SCREEN_KEYS = ("max_null_share", "null_action")  # safe.validation keys that choose the features
+RUN_FILE = "run.json"
+PREDICTIONS = ("predictions_val", "predictions_test")
 
 
 def _target_expr(col: str, how: str) -> pl.Expr:
@@ -41,15 +65,29 @@ def _target_expr(col: str, how: str) -> pl.Expr:
     return (y.rank("average").over("Date") - 0.5) / y.count().over("Date") - 0.5
 
 
-class LightGBMBaseline:
-    """`fit(train_df, features, horizons, val_df=None)` / `predict(df)`; `feature_importance_` = total gain."""
+def _in_dates(dates: Iterable[dt.date]) -> pl.Expr:
+    return pl.col("Date").is_in(pl.Series(list(dates), dtype=pl.Date).implode())
 
-    def __init__(self, params: dict[str, Any] | None = None, num_boost_round: int = 200,
-                 early_stopping_rounds: int = 20, val_days: int = 40, entry_lag: int = 1,
-                 target_transform: str = "rank") -> None:
+
+def check_features(features: Sequence[str], horizons: Sequence[int]) -> None:
+    """LeakageError when a label-like name (target_*, feat_ret_*, ...) is among the features."""
+    bad = [f for f in features if is_label_like(f) or f in {C.target(h) for h in horizons}]
+    if bad:
+        raise LeakageError(f"baseline: label-like column(s) in the feature list: {', '.join(bad)}; "
+                           "labels can never be features (check the manifest)")
+
+
+class LightGBMBaseline:
+    """`fit(train_df, features, horizons, val_df=None)` / `predict(df)`; `feature_importance_` = total gain.
+
+    Every setting is explicit (the `baseline` config group holds the values; `from_config` reads it).
+    """
+
+    def __init__(self, params: dict[str, Any], *, num_boost_round: int, early_stopping_rounds: int, val_days: int,
+                 entry_lag: int, target_transform: str) -> None:
         if target_transform not in TARGET_TRANSFORMS:
             raise DataError(f"baseline.target_transform must be one of {TARGET_TRANSFORMS}, got '{target_transform}'")
-        self.params = {**DEFAULT_PARAMS, **dict(params or {})}
+        self.params = dict(params)
         self.num_boost_round = int(num_boost_round)
         self.early_stopping_rounds = int(early_stopping_rounds)
         self.val_days = int(val_days)
@@ -57,12 +95,11 @@ class LightGBMBaseline:
         self.target_transform = target_transform
 
     @classmethod
-    def from_config(cls, cfg: Any, entry_lag: int = 1, val_days: int = 40) -> LightGBMBaseline:
-        """From the `safe.baseline` config node (params, num_boost_round, early_stopping_rounds, target_transform)."""
-        get = cfg.get
-        params = dict(get("params", {}) or {})
-        return cls(params, int(get("num_boost_round", 200)), int(get("early_stopping_rounds", 20)),
-                   int(get("val_days", val_days) or val_days), entry_lag, str(get("target_transform", "rank")))
+    def from_config(cls, b: Any, entry_lag: int, val_days: int) -> LightGBMBaseline:
+        """From the `baseline` config node (params, num_boost_round, early_stopping_rounds, target_transform)."""
+        return cls(dict(to_dict(b.params)), num_boost_round=int(b.num_boost_round),
+                   early_stopping_rounds=int(b.early_stopping_rounds), val_days=int(val_days), entry_lag=int(entry_lag),
+                   target_transform=str(b.target_transform))
 
     # ---- helpers ------------------------------------------------------------------------------------
     @staticmethod
@@ -71,9 +108,7 @@ class LightGBMBaseline:
         return df.select([pl.col(f).cast(pl.Float32) for f in features]).to_numpy().astype(np.float32, copy=False)
 
     def _check(self, df: pl.DataFrame, features: Sequence[str], horizons: Sequence[int]) -> None:
-        bad = [f for f in features if is_label_like(f) or f in {C.target(h) for h in horizons}]
-        if bad:
-            raise LeakageError(f"baseline: label-like column(s) in the feature list: {', '.join(bad)}")
+        check_features(features, horizons)
         need = ["Date", "Code", *features, *(C.target(h) for h in horizons)]
         missing = [c for c in need if c not in df.columns]
         if missing:
@@ -88,8 +123,8 @@ class LightGBMBaseline:
             gap = max(horizons) + self.entry_lag
             dates = train_df["Date"].unique().sort().to_list()
             fit_dates, val_dates = inner_validation(dates, self.val_days, gap)
-            fit_df = train_df.filter(pl.col("Date").is_in(pl.Series(fit_dates, dtype=pl.Date).implode()))
-            val_df = train_df.filter(pl.col("Date").is_in(pl.Series(val_dates, dtype=pl.Date).implode()))
+            fit_df = train_df.filter(_in_dates(fit_dates))
+            val_df = train_df.filter(_in_dates(val_dates))
         else:
             self._check(val_df, features, horizons)
             fit_df = train_df
@@ -102,10 +137,11 @@ class LightGBMBaseline:
         self.n_train_rows_: dict[int, int] = {}
         self.fit_range_ = (fit_df["Date"].min(), fit_df["Date"].max())
         self.val_range_ = (val_df["Date"].min(), val_df["Date"].max())
+        self.val_dates_: list[dt.date] = val_df["Date"].unique().sort().to_list()
         x_fit, x_val = self._matrix(fit_df, features), self._matrix(val_df, features)
         # Bin the feature matrices once per fit; each horizon only swaps label and (0/1) weights.
-        ds_fit = lgb.Dataset(x_fit, feature_name=features, free_raw_data=False,
-                             params={"max_bin": self.params["max_bin"], "verbosity": -1})
+        ds_params = {k: self.params[k] for k in ("max_bin", "verbosity") if k in self.params}
+        ds_fit = lgb.Dataset(x_fit, feature_name=features, free_raw_data=False, params=ds_params)
         ds_val = lgb.Dataset(x_val, reference=ds_fit, free_raw_data=False)
         for h in horizons:
             y_fit, w_fit = self._labels(fit_df, h)
@@ -124,11 +160,7 @@ class LightGBMBaseline:
             self.importance_by_horizon_[h] = {f: float(g) for f, g in zip(features, gain)}
             self.n_train_rows_[h] = int(w_fit.sum())
             log.debug("baseline %dd: best iteration %d", h, self.best_iteration_[h])
-        total: dict[str, float] = {}
-        for imp in self.importance_by_horizon_.values():
-            for f, g in imp.items():
-                total[f] = total.get(f, 0.0) + g
-        self.feature_importance_ = dict(sorted(total.items(), key=lambda kv: -kv[1]))
+        self.feature_importance_ = _sum_importance(self.importance_by_horizon_.values())
         return self
 
     def _labels(self, df: pl.DataFrame, h: int) -> tuple[np.ndarray, np.ndarray]:
@@ -150,6 +182,316 @@ class LightGBMBaseline:
                  for h in self.horizons_}
         return df.select("Date", "Code").with_columns([pl.Series(k, v) for k, v in preds.items()])
 
-    def top_features(self, n: int = 20) -> list[dict[str, Any]]:
-        total = sum(self.feature_importance_.values()) or 1.0
-        return [{"feature": f, "gain": g, "share": g / total} for f, g in list(self.feature_importance_.items())[:n]]
+    def top_features(self, n: int) -> list[dict[str, Any]]:
+        return _top(self.feature_importance_, n)
+
+
+def _sum_importance(parts: Iterable[dict[str, float]]) -> dict[str, float]:
+    """Gains summed over parts, largest first."""
+    total: dict[str, float] = {}
+    for imp in parts:
+        for f, g in imp.items():
+            total[f] = total.get(f, 0.0) + float(g)
+    return dict(sorted(total.items(), key=lambda kv: -kv[1]))
+
+
+def _top(importance: dict[str, float], n: int) -> list[dict[str, Any]]:
+    total = sum(importance.values()) or 1.0
+    return [{"feature": f, "gain": g, "share": g / total} for f, g in list(importance.items())[:n]]
+
+
+# ---------------------------------------------------------------------------------------------- the stored run
+@dataclass
+class BaselineRun:
+    """The baseline on a set of folds: predictions on every inner-validation and test day, per-fold facts, importance.
+
+    Prediction frames: `fold` (Int32), Date, Code, pred_{h}d (Float32), target_{h}d; one row per dataset row of the
+    fold's inner-validation (test) days. `per_fold`: fold, fit_range, val_range, test_range, best_iteration and
+    n_train_rows per horizon, feature_importance (gain). `models`: the boosters in memory, (fold, h) -> Booster;
+    a loaded run reads them from `directory` on demand (`booster`).
+    """
+
+    fingerprint: str
+    horizons: list[int]
+    features: list[str]
+    predictions_val: pl.DataFrame
+    predictions_test: pl.DataFrame
+    per_fold: list[dict[str, Any]]
+    feature_importance: dict[str, float]
+    directory: Path | None = None
+    normalization: dict[str, Any] = field(default_factory=dict)  # the reference normalizer's report
+    models: dict[tuple[int, int], lgb.Booster] = field(default_factory=dict, repr=False)
+    safe_report: str | None = None  # the latest `gogooku3 safe` report written from this run
+    reused: bool = False            # set by `load_or_fit`: read from the store rather than fitted now (not saved)
+
+    @property
+    def fold_indices(self) -> list[int]:
+        return [int(pf["fold"]) for pf in self.per_fold]
+
+    def top_features(self, n: int) -> list[dict[str, Any]]:
+        return _top(self.feature_importance, n)
+
+    def booster(self, fold: int, h: int) -> lgb.Booster:
+        """The fold's booster of horizon h (from memory, else from the stored `fold{k}_{h}d.txt`)."""
+        key = (int(fold), int(h))
+        if key not in self.models:
+            self.models[key] = lgb.Booster(model_file=str(self.booster_path(*key)))
+        return self.models[key]
+
+    def booster_path(self, fold: int, h: int) -> Path:
+        path = self.directory / model_file(fold, h) if self.directory is not None else None
+        if path is None or not path.exists():
+            raise DataError(f"baseline: booster file of fold {fold}, {h}d missing ({path or 'run not saved'}); "
+                            "delete the run directory to refit")
+        return path
+
+    def folds(self, indices: Iterable[int]) -> BaselineRun:
+        """The same run restricted to the given fold indices (importance summed over those folds only)."""
+        keep = [int(i) for i in indices]
+        absent = [i for i in keep if i not in self.fold_indices]
+        if absent:
+            raise DataError(f"baseline run {self.fingerprint}: no fold(s) {absent} (has {self.fold_indices})")
+        per_fold = [pf for pf in self.per_fold if int(pf["fold"]) in keep]
+        sel = pl.col("fold").is_in(keep)
+        return BaselineRun(self.fingerprint, list(self.horizons), list(self.features),
+                           self.predictions_val.filter(sel), self.predictions_test.filter(sel), per_fold,
+                           _sum_importance(pf["feature_importance"] for pf in per_fold), self.directory,
+                           dict(self.normalization), {k: m for k, m in self.models.items() if k[0] in keep},
+                           self.safe_report, self.reused)
+
+    def merge(self, other: BaselineRun) -> BaselineRun:
+        """This run's folds plus `other`'s (other's fold wins where both have it); same fingerprint required."""
+        if other.fingerprint != self.fingerprint:
+            raise DataError(f"baseline: cannot merge runs {self.fingerprint} and {other.fingerprint}")
+        theirs = set(other.fold_indices)
+        mine = [k for k in self.fold_indices if k not in theirs]
+        a, b = self.folds(mine), other
+        per_fold = sorted(a.per_fold + b.per_fold, key=lambda pf: int(pf["fold"]))
+        preds = [pl.concat([getattr(a, n), getattr(b, n)]).sort("fold", "Date", "Code") for n in PREDICTIONS]
+        return BaselineRun(self.fingerprint, list(self.horizons), list(self.features), *preds, per_fold,
+                           _sum_importance(pf["feature_importance"] for pf in per_fold), self.directory,
+                           dict(other.normalization or self.normalization), {**a.models, **b.models},
+                           other.safe_report or self.safe_report)
+
+    # ---- persistence ----------------------------------------------------------------------------------
+    def save(self, root: str | Path) -> Path:
+        """Write run.json, the prediction parquets and the boosters into a temporary directory, then rename it onto
+        `root` (a reader sees the old run or the new one, never half of one)."""
+        root = Path(root)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = root.with_name(f".{root.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            for k in self.fold_indices:
+                for h in self.horizons:
+                    dst = tmp / model_file(k, h)
+                    if (k, h) in self.models:
+                        self.models[(k, h)].save_model(str(dst))
+                    else:
+                        shutil.copyfile(self.booster_path(k, h), dst)
+            for name in PREDICTIONS:
+                write_parquet(getattr(self, name), tmp / f"{name}.parquet")
+            write_json(tmp / RUN_FILE, self.metadata())
+            old = root.with_name(f".{root.name}.old.{os.getpid()}")
+            shutil.rmtree(old, ignore_errors=True)
+            if root.exists():
+                root.rename(old)
+            tmp.rename(root)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.directory = root
+        return root
+
+    def metadata(self) -> dict[str, Any]:
+        return {"version": BASELINE_VERSION, "fingerprint": self.fingerprint, "horizons": self.horizons,
+                "features": self.features, "folds": self.fold_indices, "per_fold": self.per_fold,
+                "feature_importance": self.feature_importance, "normalization": self.normalization,
+                "safe_report": self.safe_report}
+
+    def record_safe_report(self, path: str | Path) -> None:
+        """Point the stored run at the safe report written from it (run.json rewritten atomically)."""
+        self.safe_report = str(path)
+        if self.directory is not None and (self.directory / RUN_FILE).exists():
+            meta = read_json(self.directory / RUN_FILE)
+            write_json(self.directory / RUN_FILE, {**meta, "safe_report": self.safe_report})
+
+    @classmethod
+    def load(cls, root: str | Path) -> BaselineRun:
+        root = Path(root)
+        meta = read_json(root / RUN_FILE)
+        if meta.get("version") != BASELINE_VERSION:
+            raise DataError(f"{root / RUN_FILE}: baseline run version {meta.get('version')}, this code writes "
+                            f"{BASELINE_VERSION}; delete {root} to refit")
+        try:
+            preds = [pl.read_parquet(root / f"{n}.parquet") for n in PREDICTIONS]
+            return cls(str(meta["fingerprint"]), [int(h) for h in meta["horizons"]], list(meta["features"]), *preds,
+                       list(meta["per_fold"]), dict(meta["feature_importance"]), root,
+                       dict(meta.get("normalization") or {}), safe_report=meta.get("safe_report"))
+        except (KeyError, TypeError, OSError, pl.exceptions.PolarsError) as e:
+            raise DataError(f"{root}: not a readable baseline run ({type(e).__name__}: {e}); delete it to refit") from e
+
+
+def model_file(fold: int, h: int) -> str:
+    return f"fold{int(fold)}_{int(h)}d.txt"
+
+
+# ---------------------------------------------------------------------------------------------- fitting
+def fold_span(folds: Sequence[Fold]) -> tuple[dt.date, dt.date]:
+    """First and last date any fold reads."""
+    dates = [d for f in folds for d in (f.train_dates[0], f.train_dates[-1], f.test_dates[0], f.test_dates[-1])]
+    return min(dates), max(dates)
+
+
+def _normalized(df: pl.DataFrame, features: list[str], folds: Sequence[Fold], ncfg: Any
+                ) -> tuple[Callable[[Fold], pl.DataFrame], dict[str, Any]]:
+    """(fold -> its normalized frame, the reference normalizer's report).
+
+    When fold 0's training dates precede every test block (walk-forward) one normalizer fitted on them serves every
+    fold (its pooled fallback scale sees no test date; per-day statistics are leak-free); otherwise (purged k-fold)
+    each fold gets its own, fitted on its training dates.
+    """
+    settings = to_dict(ncfg)
+    first = folds[0]
+    n0 = CrossSectionalNormalizer.from_dict(settings).fit(df.filter(_in_dates(first.train_dates)), features)
+    if all(first.train_dates[-1] < f.test_dates[0] for f in folds):
+        normed = n0.transform(df)
+        span = [str(first.train_dates[0]), str(first.train_dates[-1])]
+        return (lambda f: normed), {**n0.report(normed), "fit_span": span}
+
+    def per_fold(f: Fold) -> pl.DataFrame:
+        n = CrossSectionalNormalizer.from_dict(settings).fit(df.filter(_in_dates(f.train_dates)), features)
+        return n.transform(df.filter(_in_dates(f.train_dates + f.test_dates)))
+
+    return per_fold, {**n0.report(n0.transform(df.filter(_in_dates(first.train_dates)))), "fit_span": "per fold"}
+
+
+def _rows(model: LightGBMBaseline, frame: pl.DataFrame, fold: int, horizons: list[int]) -> pl.DataFrame:
+    """fold, Date, Code, pred_{h}d, target_{h}d for every row of `frame`."""
+    pred = model.predict(frame)
+    return pl.concat([pred, frame.select([C.target(h) for h in horizons])], how="horizontal").select(
+        pl.lit(fold, pl.Int32).alias("fold"), pl.all())
+
+
+def fit_baseline(df: pl.DataFrame, features: Sequence[str], folds: Sequence[Fold], horizons: Sequence[int],
+                 entry_lag: int, val_days: int, cfg: Any, *, only: Iterable[int] | None = None,
+                 fingerprint_: str = "") -> BaselineRun:
+    """Normalize (`cfg.normalize`) and fit `LightGBMBaseline` per fold (`cfg`: the `baseline` config node).
+
+    `folds` is the whole split (fold 0 anchors the normalization and the rows read); `only` the fold indices to fit
+    (default all). Each fold early-stops on `split.inner_validation(train_dates, val_days, max(horizons) +
+    entry_lag)` and predicts its inner-validation and test days.
+    """
+    features, horizons = list(features), [int(h) for h in horizons]
+    check_features(features, horizons)
+    by_index = {f.index: f for f in folds}
+    todo = sorted(by_index) if only is None else sorted({int(k) for k in only})
+    unknown = [k for k in todo if k not in by_index]
+    if unknown or not todo:
+        raise DataError(f"baseline: fold(s) {unknown or todo} not in the split (folds {sorted(by_index)})")
+    lo, hi = fold_span(folds)
+    df = df.filter(pl.col("Date").is_between(lo, hi))
+    missing = [c for c in ["Date", "Code", *features, *(C.target(h) for h in horizons)] if c not in df.columns]
+    if missing:
+        raise SchemaError(f"baseline: dataset lacks column(s) {', '.join(missing[:8])}")
+    floats = [f for f in features if df.schema[f].is_float()]
+    frame_of, norm_report = _normalized(df, floats, folds, cfg.normalize)
+    norm_report.update({"n_normalized_features": len(floats), "n_unnormalized_flags": len(features) - len(floats)})
+    vals, tests, per_fold, models = [], [], [], {}
+    for k in todo:
+        f = by_index[k]
+        frame = frame_of(f)
+        train = frame.filter(_in_dates(f.train_dates))
+        model = LightGBMBaseline.from_config(cfg, entry_lag=entry_lag, val_days=val_days).fit(train, features,
+                                                                                             horizons)
+        vals.append(_rows(model, train.filter(_in_dates(model.val_dates_)), k, horizons))
+        tests.append(_rows(model, frame.filter(_in_dates(f.test_dates)), k, horizons))
+        models.update({(k, h): b for h, b in model.models_.items()})
+        per_fold.append({"fold": k, "fit_range": [str(x) for x in model.fit_range_],
+                         "val_range": [str(x) for x in model.val_range_],
+                         "test_range": [str(f.test_dates[0]), str(f.test_dates[-1])],
+                         "best_iteration": {str(h): it for h, it in model.best_iteration_.items()},
+                         "n_train_rows": {str(h): n for h, n in model.n_train_rows_.items()},
+                         "feature_importance": model.feature_importance_})
+        log.info("baseline: fold %d fitted (best iterations %s)", k, per_fold[-1]["best_iteration"])
+    preds = [pl.concat(p).sort("fold", "Date", "Code") for p in (vals, tests)]
+    return BaselineRun(fingerprint_, horizons, features, *preds, per_fold,
+                       _sum_importance(pf["feature_importance"] for pf in per_fold), None, norm_report, models)
+
+
+# ---------------------------------------------------------------------------------------------- the shared store
+def baseline_fingerprint(dataset_fingerprint: str, manifest_fingerprint: str, folds: Sequence[Fold],
+                         horizons: Sequence[int], entry_lag: int, val_days: int, baseline_cfg: Any,
+                         validation_cfg: Any) -> str:
+    """The content address of a baseline run: everything that changes its predictions, nothing that does not."""
+    b = {k: v for k, v in to_dict(baseline_cfg).items() if k not in REPORT_ONLY_KEYS}
+    v = to_dict(validation_cfg)
+    screen = {k: v[k] for k in SCREEN_KEYS}
+    split = [{"index": f.index, "train": [d.isoformat() for d in f.train_dates],
+              "test": [d.isoformat() for d in f.test_dates]} for f in folds]
+    return fingerprint(BASELINE_VERSION, lgb.__version__, dataset_fingerprint, manifest_fingerprint, split,
+                       [int(h) for h in horizons], int(entry_lag), int(val_days), b, screen)
+
+
+def baseline_horizons(cfg: Any) -> list[int]:
+    """`baseline.horizons`, or `labels.horizons` when it is null."""
+    return [int(h) for h in (cfg.baseline.horizons or cfg.labels.horizons)]
+
+
+def baseline_root(cfg: Any, fingerprint_: str) -> Path:
+    return Path(str(cfg.paths.output_dir)) / "baselines" / fingerprint_
+
+
+def load_or_fit(root: Path, fingerprint_: str, wanted: Iterable[int],
+                fit: Callable[[list[int]], BaselineRun]) -> BaselineRun:
+    """The run stored at `root` restricted to `wanted` folds; `fit(missing fold indices)` fits those it lacks, which
+    are merged into the stored run and saved back."""
+    wanted = [int(k) for k in wanted]
+    stored = None
+    if (root / RUN_FILE).exists():
+        try:
+            stored = BaselineRun.load(root)
+        except DataError as e:
+            log.warning("baseline: %s; refitting", e)
+        if stored is not None and stored.fingerprint != fingerprint_:
+            log.warning("baseline: %s holds run %s, not %s; refitting", root, stored.fingerprint, fingerprint_)
+            stored = None
+    have = set(stored.fold_indices) if stored is not None else set()
+    missing = [k for k in wanted if k not in have]
+    if stored is not None and not missing:
+        log.info("baseline: reusing %s (folds %s)", root, wanted)
+        stored.reused = True
+        return stored.folds(wanted)
+    log.info("baseline: fitting fold(s) %s -> %s", missing, root)
+    new = fit(missing)
+    new.fingerprint = fingerprint_
+    run = stored.merge(new) if stored is not None else new
+    run.save(root)
+    return run.folds(wanted)
+
+
+def baseline_for_folds(cfg: Any, dataset: Path, manifest: FeatureManifest, folds: list[Fold], wanted: list[int],
+                       entry_lag: int) -> BaselineRun | None:
+    """The baseline of `wanted` folds of the split `folds`, from `<paths.output_dir>/baselines/<fingerprint>/` when
+    stored there (by `gogooku3 safe` or an earlier call), else fitted, stored and returned; None when
+    `baseline.enabled` is false.
+
+    Features: the manifest's, minus those `safe.validation` drops for nulls on fold 0's training dates (as safe does).
+    """
+    b = cfg.baseline
+    if not b.enabled:
+        return None
+    dataset = Path(dataset)
+    horizons, val_days, v = baseline_horizons(cfg), int(cfg.split.val_days), cfg.safe.validation
+    fp = baseline_fingerprint(file_fingerprint(dataset), manifest.fingerprint, folds, horizons, entry_lag, val_days,
+                              b, v)
+
+    def fit(missing: list[int]) -> BaselineRun:
+        lo, hi = fold_span(folds)
+        df = scan_dataset(dataset, manifest, horizons, lo, hi).collect()
+        features, _, _ = drop_too_null(df, manifest.names, folds[0].train_dates, float(v.max_null_share),
+                                       str(v.null_action), str(dataset))
+        return fit_baseline(df, features, folds, horizons, entry_lag, val_days, b, only=missing, fingerprint_=fp)
+
+    return load_or_fit(baseline_root(cfg, fp), fp, wanted, fit)

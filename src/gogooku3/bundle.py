@@ -13,12 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 import torch
 from safetensors.torch import load_file, save_file
 
-from gogooku3 import columns as C
 from gogooku3.errors import DataError
 from gogooku3.features.manifest import FeatureManifest
 from gogooku3.io import atomic_path, read_json, write_json
@@ -91,8 +89,11 @@ def check_manifest(meta: dict, manifest: FeatureManifest, source: Any) -> None:
 @torch.no_grad()
 def predict_for_dates(bundle: Bundle, df_or_path: pl.DataFrame | pl.LazyFrame | str | Path,
                       dates: Sequence[dt.date | str]) -> pl.DataFrame:
-    """Predictions for every stock with a valid window on each date: DataFrame[Date, Code, pred_{h}d]."""
-    from gogooku3.panel import PanelDayDataset, PanelStore
+    """Predictions for every stock with a valid window on each date: DataFrame[Date, Code, pred_{h}d]
+    (`inference.predict_panel` over a panel of just the sessions the windows need)."""
+    from gogooku3.inference import predict_panel
+    from gogooku3.normalize import CrossSectionalNormalizer
+    from gogooku3.panel import PanelStore
 
     if isinstance(df_or_path, (str, Path)):
         check_manifest(bundle.meta, FeatureManifest.for_dataset(df_or_path), df_or_path)
@@ -108,31 +109,16 @@ def predict_for_dates(bundle: Bundle, df_or_path: pl.DataFrame | pl.LazyFrame | 
     if not pos:
         raise DataError(f"predict_for_dates: none of {len(want)} date(s) is in the dataset "
                         f"(it covers {all_dates[0] if all_dates else '-'} .. {all_dates[-1] if all_dates else '-'})")
-    from gogooku3.normalize import CrossSectionalNormalizer
-
     history = CrossSectionalNormalizer.from_dict(bundle.meta["normalizer"]).history_days  # day-level time z-scores
     lo = all_dates[max(0, min(pos) - L + 1 - history)]
     hi = all_dates[max(pos)]
     feats = bundle.features
-    meta_cols = [c for c in ("Code", "Date", "Section", "S33") if c in lf.collect_schema()]
-    ret_col = bundle.meta.get("returns_col", "returns_1d")
+    schema = lf.collect_schema()
+    meta_cols = [c for c in ("Code", "Date", "Section", "S33") if c in schema]
+    ret_col = bundle.meta["returns_col"]
     cols = list(dict.fromkeys([*meta_cols, ret_col, *feats]))
-    sub = lf.select([c for c in cols if c in lf.collect_schema()]).filter(
-        pl.col("Date").cast(pl.Date).is_between(lo, hi))
+    sub = lf.select([c for c in cols if c in schema]).filter(pl.col("Date").cast(pl.Date).is_between(lo, hi))
     panel = PanelStore.from_frame(sub, feats, [], bundle.meta["normalizer"], ret_col,
                                   bundle.meta["sector_vocab"], bundle.meta["segment_vocab"])
-    valid = panel.window_valid(L, float(bundle.meta.get("min_window_frac", 1.0)))
-    ds = PanelDayDataset(panel, L)
-    model = bundle.model.eval()
-    frames = []
-    for d in panel.day_index(want):
-        idx = np.flatnonzero(valid[d])
-        if not len(idx):
-            continue
-        b = ds[(int(d), idx)]
-        point = model(b["x"], b["sector"], b["segment"], b["returns"], b["returns_valid"])["point"].float().numpy()
-        frames.append(pl.DataFrame({"Date": [panel.dates[d]] * len(idx), "Code": [panel.codes[i] for i in idx],
-                                    **{C.pred(h): point[:, j] for j, h in enumerate(bundle.horizons)}}))
-    if not frames:
-        raise DataError("predict_for_dates: no stock has a full window on the requested date(s)")
-    return pl.concat(frames).with_columns(pl.col("Date").cast(pl.Date)).sort("Date", "Code")
+    return predict_panel(bundle.model, panel, panel.day_index(want), window=L,
+                         min_window_frac=float(bundle.meta["min_window_frac"]), targets=False)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -13,22 +15,68 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from gogooku3.errors import ConfigError
+from gogooku3.settings import Settings, check_key
 
 CONFIG_MODULE = "gogooku3.conf"
 
 
 def load_config(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
-    """Compose the config with Hydra overrides such as ``data.n_stocks=100`` or ``model=full``."""
+    """Compose the config with Hydra overrides such as ``data.n_stocks=100`` or ``model=full``.
+
+    The result is checked once against the typed schema (`gogooku3.settings.Settings`): an unknown key, a value of
+    the wrong type or a missing required key fails here with a ConfigError naming the key."""
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(f"invalid config override: {str(e).splitlines()[0]}") from e
+        lines = str(e).splitlines()
+        fix = next((f" ({ln.strip()})" for ln in lines[1:] if ln.startswith("To append")), "")
+        raise ConfigError(_override_hint(overrides) or f"invalid config override: {lines[0]}{fix}") from e
     finally:
         GlobalHydra.instance().clear()
     OmegaConf.set_readonly(cfg, False)
+    if config_name == "config":
+        Settings.from_cfg(cfg)
     return cfg
+
+
+def settings(cfg: DictConfig) -> Settings:
+    """The typed view of a composed config (cheap to build; not cached)."""
+    return Settings.from_cfg(cfg)
+
+
+def _group_options(group: str) -> list[str]:
+    """The options of a packaged config group (conf/<group>/*.yaml), or [] if `group` is not a group."""
+    d = resources.files(CONFIG_MODULE) / group
+    if not d.is_dir():
+        return []
+    return sorted(p.name[: -len(".yaml")] for p in d.iterdir() if p.name.endswith(".yaml"))
+
+
+def _override_hint(overrides: Sequence[str]) -> str | None:
+    """Explain why Hydra refused the overrides: an unknown key (with the closest known one) or a group option
+    that does not exist. None when no override is at fault by this schema."""
+    chosen: dict[str, str] = {}
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if "." not in key and _group_options(key):
+            chosen[key] = value
+    for o in overrides:
+        key, eq, value = o.partition("=")
+        if not eq or key.startswith(("~", "+")) or "@" in key:
+            continue  # deletions and additions: Hydra's own message, additions are checked by Settings
+        options = _group_options(key) if "." not in key else []
+        if options:
+            if value not in options:
+                close = difflib.get_close_matches(value, options, n=1)
+                hint = f"; did you mean '{key}={close[0]}'?" if close else ""
+                return f"{o}: no such option{hint} (options of {key}: {', '.join(options)})"
+            continue
+        err = check_key(key, chosen)
+        if err is not None:
+            return str(err)
+    return None
 
 
 SECRET_KEYS = ("data.api_key",)

@@ -127,7 +127,7 @@ def timestamp() -> str:
 
 
 def new_run_dir(runs_root: str | os.PathLike) -> Path:
-    """Create runs/<timestamp>/ (suffixed if taken) and point runs/last at it."""
+    """Create runs/<timestamp>/ (suffixed if taken). runs/last moves only when the run finishes (`point_last`)."""
     root = Path(runs_root)
     root.mkdir(parents=True, exist_ok=True)
     base = timestamp()
@@ -137,13 +137,19 @@ def new_run_dir(runs_root: str | os.PathLike) -> Path:
         run = root / f"{base}_{i}"
         i += 1
     run.mkdir()
+    return run
+
+
+def point_last(runs_root: str | os.PathLike, run: Path) -> Path:
+    """Atomically point runs/last at `run` (a relative symlink swapped in with os.replace)."""
+    root = Path(runs_root)
     last = root / "last"
     tmp_link = root / f".last.{os.getpid()}"
     if tmp_link.is_symlink() or tmp_link.exists():
         tmp_link.unlink()
-    tmp_link.symlink_to(run.name)
+    tmp_link.symlink_to(Path(run).name)
     os.replace(tmp_link, last)
-    return run
+    return last
 
 
 def peak_rss_mb() -> float:

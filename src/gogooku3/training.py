@@ -1,16 +1,28 @@
-"""Lightning training of ATFT-GAT-FAN: the LightningModule, callbacks (collapse guard, EMA, throughput/MFU)
-and the Trainer factory. The loop itself is Lightning's."""
+"""Training ATFT-GAT-FAN: the one path every caller (`train`, `tune`) goes through.
+
+    Plan (fit / val / test dates of one fold, `make_plans`)
+      └─ fit_ensemble: `train.ensemble` members (seeds seed, seed+1, ...), each
+           fit_member: ATFTModule + PanelDataModule + Lightning Trainer (`build_trainer`, callbacks in `callbacks`)
+                       -> best epoch's weights (EMA weights when on) -> optional top-k weight average, kept only
+                          when it scores higher on the validation days
+         -> FoldFit: one model (an `ATFTEnsemble` when k > 1) + one MemberResult per member
+
+Predictions come from `inference.predict_panel`. The loop itself is Lightning's.
+"""
 
 from __future__ import annotations
 
-import copy
+import datetime as dt
 import logging
 import math
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import (
     Callback,
@@ -22,9 +34,17 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 
 from gogooku3 import columns as C
+from gogooku3.callbacks import EMA, CollapseGuard, Throughput, ema_weights
+from gogooku3.config import to_dict
+from gogooku3.errors import ConfigError
+from gogooku3.evaluation import metrics
+from gogooku3.inference import predict_panel
 from gogooku3.logs import defer_lightning_logging
 from gogooku3.model.atft_gat_fan import ATFTGATFAN, ATFTConfig
+from gogooku3.model.ensemble import ATFTEnsemble
 from gogooku3.model.losses import MultiHorizonLoss
+from gogooku3.panel import PanelDataModule, PanelStore
+from gogooku3.split import Fold, check_folds, inner_validation, make_splitter
 
 defer_lightning_logging()
 log = logging.getLogger(__name__)
@@ -68,11 +88,9 @@ class ATFTModule(L.LightningModule):
         self.model = ATFTGATFAN(ATFTConfig.from_dict(model_cfg))
         mc = self.model.cfg
         self.horizons = list(mc.horizons)
-        self.loss_fn = MultiHorizonLoss(mc.horizons, horizon_weights(loss_cfg.get("horizon_weights"), self.horizons),
-                                        mc.quantiles,
-                                        loss_cfg.get("huber_delta", 1.0), loss_cfg.get("lambda_q", 0.5),
-                                        loss_cfg.get("lambda_ic", 0.5), loss_cfg.get("min_stocks", 5),
-                                        loss_cfg.get("target_transform", "zscore"))
+        self.loss_fn = MultiHorizonLoss(mc.horizons, horizon_weights(loss_cfg["horizon_weights"], self.horizons),
+                                        mc.quantiles, loss_cfg["huber_delta"], loss_cfg["lambda_q"],
+                                        loss_cfg["lambda_ic"], loss_cfg["min_stocks"], loss_cfg["target_transform"])
         self.optim_cfg = dict(optim_cfg)
         self._val: list[dict[str, torch.Tensor]] = []
         self._weights_sum: torch.Tensor | None = None
@@ -119,22 +137,16 @@ class ATFTModule(L.LightningModule):
         """Mean variable-selection weight per feature over the validation batches seen so far."""
         return None if self._weights_sum is None else self._weights_sum / max(self._weights_n, 1)
 
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int = 0) -> dict[str, torch.Tensor]:
-        dev = next(self.parameters()).device  # a GPU-resident panel yields device tensors for a CPU model
-        batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
-        out = self(batch)
-        return {"day": batch["day"].cpu(), "idx": batch["idx"].cpu(), "point": out["point"].float().cpu()}
-
     def configure_optimizers(self):
         oc = self.optim_cfg
         decay, no_decay = [], []
         for name, p in self.named_parameters():
             (no_decay if p.ndim < 2 or "norm" in name or "bias" in name else decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": oc.get("weight_decay", 0.01)},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=oc.get("lr", 1e-3))
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": oc["weight_decay"]},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=oc["lr"])
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warm = min(int(oc.get("warmup_steps", 100)), max(1, total // 5))
-        floor = float(oc.get("min_lr_ratio", 0.05))
+        warm = min(int(oc["warmup_steps"]), max(1, total // 5))
+        floor = float(oc["min_lr_ratio"])
 
         def schedule(step: int) -> float:
             if step < warm:
@@ -146,138 +158,29 @@ class ATFTModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-class CollapseGuard(Callback):
-    """Per horizon: warn when the validation std(ŷ)/std(z(y)) falls below `ratio`; optionally stop training."""
 
-    def __init__(self, horizons: list[int], ratio: float = 0.05, stop: bool = False, warmup_epochs: int = 1):
-        self.horizons, self.ratio, self.stop, self.warmup_epochs = horizons, ratio, stop, warmup_epochs
-        self.events: list[dict[str, Any]] = []
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.current_epoch < self.warmup_epochs - 1:
-            return
-        for h in self.horizons:
-            v = trainer.callback_metrics.get(f"val_std_ratio_{h}d")
-            if v is not None and float(v) < self.ratio:
-                self.events.append({"epoch": trainer.current_epoch, "horizon": h, "std_ratio": float(v)})
-                log.warning("collapse guard: epoch %d, %dd predictions' std is %.4f of the target's (< %.3f)",
-                            trainer.current_epoch, h, float(v), self.ratio)
-                if self.stop:
-                    trainer.should_stop = True
-
-
-class EMA(Callback):
-    """Exponential moving average of the weights, swapped in for validation and kept at the end of fit."""
-
-    def __init__(self, decay: float = 0.999):
-        self.decay = decay
-        self.shadow: dict[str, torch.Tensor] | None = None
-        self._backup: dict[str, torch.Tensor] | None = None
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.shadow is None:
-            self.shadow = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
-        else:
-            self.shadow = {k: v.to(pl_module.device) for k, v in self.shadow.items()}
-
-    @torch.no_grad()
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        for k, v in pl_module.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
-            else:
-                self.shadow[k].copy_(v)
-
-    def _swap_in(self, pl_module: L.LightningModule) -> None:
-        self._backup = copy.deepcopy(pl_module.state_dict())
-        pl_module.load_state_dict(self.shadow)
-
-    def on_validation_start(self, trainer, pl_module) -> None:
-        if self.shadow is not None and not trainer.sanity_checking:
-            self._swap_in(pl_module)
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if self._backup is not None:
-            pl_module.load_state_dict(self._backup)
-            self._backup = None
-
-    def on_fit_end(self, trainer, pl_module) -> None:
-        if self.shadow is not None:
-            pl_module.load_state_dict(self.shadow)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"shadow": self.shadow, "decay": self.decay}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.shadow, self.decay = state["shadow"], state["decay"]
-
-
-class Throughput(Callback):
-    """Training samples/s (stock-windows per second) and MFU = achieved FLOP/s / peak FLOP/s, per epoch."""
-
-    def __init__(self, flops_per_sample: float, peak_flops: float | None):
-        self.flops_per_sample, self.peak_flops = flops_per_sample, peak_flops
-        self.samples, self.seconds, self.history = 0, 0.0, []
-        self._t0 = 0.0
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.samples, self.seconds = 0, 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._t0 = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize()
-        self.seconds += time.perf_counter() - self._t0
-        self.samples += int(batch["x"].shape[0])
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self.seconds <= 0:
-            return
-        sps = self.samples / self.seconds
-        mfu = sps * self.flops_per_sample / self.peak_flops if self.peak_flops else float("nan")
-        self.history.append({"epoch": trainer.current_epoch, "samples_per_sec": sps, "mfu": mfu})
-        pl_module.log("samples_per_sec", sps, sync_dist=False, rank_zero_only=True)
-        if self.peak_flops:
-            pl_module.log("mfu", mfu, sync_dist=False, rank_zero_only=True)
-
-
-def ema_weights(checkpoint_path: str | Path) -> dict[str, torch.Tensor] | None:
-    """The EMA shadow weights stored with a checkpoint by the EMA callback (None when it has none)."""
-    state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    for cb_state in state.get("callbacks", {}).values():
-        if isinstance(cb_state, dict) and cb_state.get("shadow") is not None:
-            return {k: v.cpu() for k, v in cb_state["shadow"].items()}
-    return None
-
-
-def monitor_key(horizons: list[int]) -> str:
-    return C.monitor(horizons[0])
-
-
-def build_trainer(cfg: DictConfig, run_dir: Path, module: ATFTModule, ckpt_dir: Path | None = None,
+def build_trainer(cfg: DictConfig, run_dir: Path, module: ATFTModule, ckpt_dir: Path,
                   extra_callbacks: list[Callback] | None = None,
                   tag: str = "") -> tuple[L.Trainer, dict[str, Callback]]:
     """The Trainer from `cfg.trainer` (accelerator/devices/strategy/precision) and `cfg.train`; `tag` names the
     loggers' sub-folder (one per ensemble member)."""
     tc, tr = cfg.train, cfg.trainer
-    if tr.get("num_threads"):
+    if tr.num_threads:
         # OpenMP threads spin-wait on a busy 2-core machine: 2 threads ran a day batch 3-10x slower than 1.
         torch.set_num_threads(int(tr.num_threads))
     horizons = module.horizons
-    monitor = monitor_key(horizons)
-    ckpt = ModelCheckpoint(dirpath=str(ckpt_dir or run_dir / "checkpoints"), monitor=monitor, mode="max",
+    monitor = C.monitor(horizons[0])
+    ckpt = ModelCheckpoint(dirpath=str(ckpt_dir), monitor=monitor, mode="max",
                            save_top_k=int(tc.save_top_k), save_last=True, auto_insert_metric_name=False,
                            filename="epoch{epoch:03d}-ric{" + monitor + ":.4f}")
     guard = CollapseGuard(horizons, float(tc.collapse_ratio), bool(tc.collapse_stop))
-    thr = Throughput(module.model.estimate_flops_per_sample(), tr.get("peak_tflops") and float(tr.peak_tflops) * 1e12)
+    thr = Throughput(module.model.estimate_flops_per_sample(), tr.peak_tflops and float(tr.peak_tflops) * 1e12)
     cbs: dict[str, Callback] = {"checkpoint": ckpt, "collapse_guard": guard, "throughput": thr,
                                 "early_stopping": EarlyStopping(monitor=monitor, mode="max",
                                                                 patience=int(tc.patience))}
-    if tc.get("ema_decay"):
+    if tc.ema_decay:
         cbs["ema"] = EMA(float(tc.ema_decay))
-    if tc.get("swa"):
+    if tc.swa:
         cbs["swa"] = StochasticWeightAveraging(swa_lrs=float(tc.lr) * 0.5, swa_epoch_start=0.67)
     loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="logs", version=tag)]
     try:
@@ -286,7 +189,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, module: ATFTModule, ckpt_dir: 
         loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=tag))
     except (ImportError, ModuleNotFoundError):
         log.info("tensorboard not installed; CSV logging only")
-    if tc.get("mlflow"):
+    if tc.mlflow:
         try:
             from lightning.pytorch.loggers import MLFlowLogger
 
@@ -294,13 +197,219 @@ def build_trainer(cfg: DictConfig, run_dir: Path, module: ATFTModule, ckpt_dir: 
         except (ImportError, ModuleNotFoundError):
             log.warning("train.mlflow=true but mlflow is not installed; skipping the MLflow logger")
     trainer = L.Trainer(
-        accelerator=tr.accelerator, devices=tr.devices, strategy=tr.get("strategy", "auto"),
-        num_nodes=int(tr.get("num_nodes", 1)), precision=tr.precision,
-        max_epochs=int(tc.max_epochs), min_epochs=int(tc.get("min_epochs", 1)),
-        gradient_clip_val=float(tc.grad_clip), accumulate_grad_batches=int(tc.get("accumulate_grad_batches") or 1),
-        limit_train_batches=tc.get("limit_train_batches") or 1.0,
-        limit_val_batches=tc.get("limit_val_batches") or 1.0, num_sanity_val_steps=0,
-        callbacks=[*cbs.values(), *(extra_callbacks or [])], logger=loggers, log_every_n_steps=10,
-        enable_progress_bar=bool(tr.get("progress_bar", True)), enable_model_summary=False,
+        accelerator=tr.accelerator, devices=tr.devices, strategy=tr.strategy, num_nodes=int(tr.num_nodes),
+        precision=tr.precision, max_epochs=int(tc.max_epochs), min_epochs=int(tc.min_epochs),
+        gradient_clip_val=float(tc.grad_clip), accumulate_grad_batches=int(tc.accumulate_grad_batches),
+        limit_train_batches=tc.limit_train_batches or 1.0, limit_val_batches=tc.limit_val_batches or 1.0,
+        num_sanity_val_steps=0, callbacks=[*cbs.values(), *(extra_callbacks or [])], logger=loggers,
+        log_every_n_steps=10, enable_progress_bar=bool(tr.progress_bar), enable_model_summary=False,
         use_distributed_sampler=False, deterministic=False, default_root_dir=str(run_dir))
     return trainer, cbs
+
+
+# ---- plans ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    """One fold's dates: `fit` trains, `val` early-stops and selects (weights, blends), `test` is only predicted."""
+
+    fold: Fold
+    fit: tuple[dt.date, ...]
+    val: tuple[dt.date, ...]
+    test: tuple[dt.date, ...]
+
+    @property
+    def index(self) -> int:
+        return self.fold.index
+
+    def without_test(self) -> Plan:
+        """The plan a tuning trial sees: the test block is dropped."""
+        return Plan(self.fold, self.fit, self.val, ())
+
+    def ranges(self) -> dict[str, list[str] | None]:
+        span = lambda ds: [str(ds[0]), str(ds[-1])] if ds else None  # noqa: E731
+        return {"fit_range": span(self.fit), "val_range": span(self.val), "test_range": span(self.test)}
+
+
+def make_plans(dates: Sequence[dt.date], split_cfg: Any, horizons: Sequence[int], entry_lag: int,
+               folds: int | str | None) -> tuple[list[Fold], list[Plan]]:
+    """The shared splitter's folds on `dates` and the plans of the last `folds` of them (None: the last fold;
+    "all" or k >= n_splits: every fold). The validation slice is cut from the end of each fold's training span,
+    `max(horizons) + entry_lag` sessions after the last fit date, so no fit label reaches into it."""
+    splitter = make_splitter(split_cfg, horizons, entry_lag)
+    all_folds = splitter.split(list(dates))
+    check_folds(all_folds, list(dates))
+    if folds is None:
+        chosen = all_folds[-1:]
+    elif str(folds) == "all":
+        chosen = all_folds
+    else:
+        k = int(folds)
+        if k < 1:
+            raise ConfigError(f"train.cv.folds={folds}: must be null, 'all' or a positive number of folds")
+        chosen = all_folds[-k:]
+    gap = max(horizons) + entry_lag
+    plans = []
+    for f in chosen:
+        fit, val = inner_validation(f.train_dates, int(split_cfg.val_days), gap)
+        plans.append(Plan(f, tuple(fit), tuple(val), tuple(f.test_dates)))
+    return all_folds, plans
+
+
+# ---- fitting ----------------------------------------------------------------------------------------------------
+@dataclass
+class MemberResult:
+    """One trained member: its module (best or top-k averaged weights, eval mode) and how it got there."""
+
+    module: ATFTModule
+    dm: PanelDataModule
+    seed: int
+    epochs: int
+    seconds: float
+    best_score: float | None          # best validation RankIC of the first horizon (the monitor)
+    best_checkpoint: str | None
+    weights: dict[str, Any]           # {"kind": "best_epoch" | "top{k}_average", ...validation scores}
+    throughput: list[dict[str, float]] = field(default_factory=list)
+    collapse_events: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class FoldFit:
+    """A fold's model (one member, or the `ATFTEnsemble` of all) and its members' results."""
+
+    plan: Plan
+    model: ATFTGATFAN | ATFTEnsemble
+    members: list[MemberResult]
+    dm: PanelDataModule
+
+    @property
+    def best_score(self) -> float | None:
+        s = [m.best_score for m in self.members if m.best_score is not None]
+        return float(np.mean(s)) if s else None
+
+    @property
+    def epochs(self) -> int | list[int]:
+        e = [m.epochs for m in self.members]
+        return e[0] if len(e) == 1 else e
+
+    def feature_importance(self) -> torch.Tensor | None:
+        """Mean variable-selection weight per feature over the members' validation batches."""
+        imps = [m.module.feature_importance() for m in self.members]
+        return None if any(i is None for i in imps) else torch.stack(imps).mean(0)
+
+
+def model_config(cfg: DictConfig, panel: PanelStore, horizons: Sequence[int]) -> dict[str, Any]:
+    """`cfg.model` completed with what the data decides: feature count, horizons, embedding table sizes."""
+    mc = to_dict(cfg.model)
+    for k in ("name", "expected_params"):
+        mc.pop(k)
+    mc.update(n_features=len(panel.feature_names), horizons=list(horizons),
+              n_sectors=max(int(mc["n_sectors"]), len(panel.sector_vocab) + 1),
+              n_segments=max(int(mc["n_segments"]), len(panel.segment_vocab) + 1))
+    return mc
+
+
+def _checkpoint_weights(path: str, ema: bool) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights: with EMA, the averaged (validated) weights stored by the EMA callback."""
+    state = ema_weights(path) if ema else None
+    return state if state is not None else torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def _maybe_gpu_resident(dm: PanelDataModule, max_frac: float) -> None:
+    p = dm.panel
+    need = sum(np.asarray(getattr(p, n)).nbytes for n in ("features", "mask", "targets", "returns"))
+    free, _ = torch.cuda.mem_get_info()
+    if need < max_frac * free:
+        dm.dataset.to_device(torch.device("cuda"))
+        log.info("panel kept in GPU memory (%.2f GB)", need / 1e9)
+
+
+def validation_rank_ic(model: torch.nn.Module, dm: PanelDataModule, horizon: int) -> float:
+    """Mean daily RankIC of `pred(horizon)` over the data module's validation days (`metrics.daily_ic`)."""
+    pv = predict_panel(model, dm.panel, dm.val_days, window=dm.window, valid=dm.window_ok, dataset=dm.dataset)
+    daily = metrics.daily_ic(pv, C.pred(horizon), C.target(horizon))
+    return float(daily["rank_ic"].mean()) if daily.height else float("nan")
+
+
+def average_top_k(module: ATFTModule, dm: PanelDataModule, checkpoint: ModelCheckpoint, k: int,
+                  ema: bool) -> dict[str, Any]:
+    """Average the weights of the top-k checkpoints; keep the average only if it validates better than the best
+    epoch alone (chosen on the validation days, never the test days)."""
+    h = module.horizons[0]
+    best_state = {n: t.detach().cpu().clone() for n, t in module.state_dict().items()}
+    best_ic = validation_rank_ic(module.model, dm, h)
+    top = sorted(checkpoint.best_k_models.items(), key=lambda kv: float(kv[1]), reverse=True)[:k]
+    states = [_checkpoint_weights(p, ema) for p, _ in top]
+    avg = {n: (torch.stack([s[n].float() for s in states]).mean(0).to(t.dtype) if t.is_floating_point() else t)
+           for n, t in best_state.items()}
+    module.load_state_dict(avg)
+    avg_ic = validation_rank_ic(module.model, dm, h)
+    keep = avg_ic > best_ic
+    if not keep:
+        module.load_state_dict(best_state)
+    log.info("train: top-%d weight average val RankIC %.4f vs best epoch %.4f -> %s", len(top), avg_ic, best_ic,
+             "average" if keep else "best epoch")
+    return {"kind": f"top{len(top)}_average" if keep else "best_epoch", "val_rank_ic_best_epoch": best_ic,
+            "val_rank_ic_top_k_average": avg_ic, "checkpoints": [str(p) for p, _ in top]}
+
+
+def fit_member(panel: PanelStore, plan: Plan, cfg: DictConfig, *, run_dir: Path, ckpt_dir: Path, seed: int,
+               horizons: Sequence[int], tag: str = "", resume: Path | None = None,
+               callbacks: list[Callback] | None = None) -> MemberResult | None:
+    """Train one model on `plan.fit`, early-stopped on `plan.val`; None on a DDP rank other than 0."""
+    tc = cfg.train
+    torch.manual_seed(seed)
+    dm = PanelDataModule(panel, plan.fit, plan.val, plan.test, int(cfg.model.window), int(tc.max_stocks_per_day),
+                         float(tc.min_window_frac), int(tc.min_stocks_per_day), seed)
+    module = ATFTModule(model_config(cfg, panel, horizons), to_dict(tc.loss),
+                        {k: tc[k] for k in ("lr", "weight_decay", "warmup_steps", "min_lr_ratio")})
+    if tc.compile:
+        module.model = torch.compile(module.model)
+    trainer, cbs = build_trainer(cfg, run_dir, module, ckpt_dir, callbacks, tag)
+    if trainer.accelerator.__class__.__name__.lower().startswith("cuda") and trainer.world_size == 1:
+        _maybe_gpu_resident(dm, float(tc.gpu_resident_max_frac))
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=None if resume is None else str(resume))
+    seconds = time.perf_counter() - t0
+    if not trainer.is_global_zero:
+        return None
+    ck = cbs["checkpoint"]
+    best = ck.best_model_path
+    if best:  # the best epoch's weights; with EMA, its averaged weights (what was validated)
+        module.load_state_dict(_checkpoint_weights(best, "ema" in cbs))
+    module = module.to(trainer.strategy.root_device).eval()  # predict where it trained (GPU: fast)
+    weights: dict[str, Any] = {"kind": "best_epoch"}
+    k = int(tc.average_top_k or 1)
+    if best and k > 1 and len(ck.best_k_models) > 1:
+        weights = average_top_k(module, dm, ck, k, "ema" in cbs)
+    return MemberResult(module, dm, seed, int(trainer.current_epoch), seconds,
+                        None if ck.best_model_score is None else float(ck.best_model_score), best or None, weights,
+                        cbs["throughput"].history, cbs["collapse_guard"].events)
+
+
+def fit_ensemble(panel: PanelStore, plan: Plan, cfg: DictConfig, *, run_dir: Path, horizons: Sequence[int],
+                 ckpt_dir: Path | None = None, resume_dir: Path | None = None,
+                 callbacks: list[Callback] | None = None) -> FoldFit | None:
+    """Train `train.ensemble` members (seeds seed, seed+1, ...) on one plan; with more than one, the model predicts
+    their mean (`ATFTEnsemble`). Member m checkpoints into `ckpt_dir/member{m}` and resumes from
+    `resume_dir/member{m}/last.ckpt` when that exists. None on a DDP rank other than 0."""
+    k = int(cfg.train.ensemble)
+    if k < 1:
+        raise ConfigError(f"train.ensemble={k}: needs at least one member")
+    ckpt_dir = ckpt_dir or run_dir / "checkpoints"
+    members: list[MemberResult | None] = []
+    for m in range(k):
+        sub = f"member{m}" if k > 1 else ""
+        last = None if resume_dir is None else resume_dir / sub / "last.ckpt"
+        members.append(fit_member(panel, plan, cfg, run_dir=run_dir, ckpt_dir=ckpt_dir / sub,
+                                  seed=int(cfg.train.seed) + m, horizons=horizons, tag=sub,
+                                  resume=last if last is not None and last.exists() else None,
+                                  callbacks=callbacks))
+    if members[-1] is None:
+        return None
+    done = [m for m in members if m is not None]
+    dm = done[0].dm
+    model = done[0].module.model if k == 1 else ATFTEnsemble([m.module.model for m in done])
+    if k > 1:
+        log.info("train: fold %d ensemble of %d members (val RankIC %s)", plan.index, k,
+                 ", ".join(f"{m.best_score:.4f}" for m in done if m.best_score is not None))
+    return FoldFit(plan, model.eval(), done, dm)

@@ -62,6 +62,36 @@ def scan_dataset(path: str | Path, manifest: FeatureManifest, horizons: Sequence
     return lf
 
 
+def drop_too_null(df: pl.DataFrame, features: Sequence[str], train_dates: Sequence[dt.date] | None,
+                  max_null_share: float, null_action: str = "drop",
+                  source: str = "dataset") -> tuple[list[str], dict[str, float], dict[str, float]]:
+    """The features a model may use: those at most `max_null_share` null (or NaN) on `train_dates` (all rows if None).
+
+    Returns (kept in input order, dropped -> null share, every feature's null share). The safe pipeline and the
+    shared LightGBM baseline both pick their features with this rule (on fold 0's training dates);
+    `null_action="error"` refuses too-null features instead of dropping them.
+    """
+    if null_action not in ("drop", "error"):
+        raise ConfigError(f"safe.validation.null_action must be 'drop' or 'error', got '{null_action}'")
+    span = df
+    if train_dates is not None:
+        span = df.filter(pl.col("Date").is_in(pl.Series(list(train_dates), dtype=pl.Date).implode()))
+        if span.height == 0:
+            raise DataError(f"{source}: no rows in the training span")
+    nulls = span.select([(pl.col(f).is_null() | pl.col(f).cast(pl.Float64).is_nan()).mean().alias(f)
+                         for f in features]).row(0, named=True) if features else {}
+    too_null = {f: round(float(s), 4) for f, s in nulls.items() if s is not None and s > max_null_share}
+    if too_null and null_action == "error":
+        worst = sorted(too_null.items(), key=lambda kv: -kv[1])
+        raise DataError(f"{source}: {len(too_null)} feature(s) above safe.validation.max_null_share={max_null_share} "
+                        f"in the training span: {rows_hint([f'{f} ({s:.0%})' for f, s in worst])}; raise it or set "
+                        f"safe.validation.null_action=drop")
+    if too_null:
+        log.warning("dropping %d feature(s) with null share > %.2f: %s", len(too_null), max_null_share,
+                    rows_hint(too_null))
+    return [f for f in features if f not in too_null], too_null, nulls
+
+
 def validate_dataset(df: pl.DataFrame, manifest: FeatureManifest, horizons: Sequence[int],
                      train_dates: Sequence[dt.date] | None = None, *, min_features: int = 50,
                      max_null_share: float = 0.9, null_action: str = "drop", max_abs_target: float = 1.0,
@@ -92,22 +122,7 @@ def validate_dataset(df: pl.DataFrame, manifest: FeatureManifest, horizons: Sequ
             rows = [f"{c}@{d}" for c, d in bad.select("Code", "Date").head(5).iter_rows()]
             raise DataError(f"{source}: column Close has {bad.height} non-positive value(s): {rows_hint(rows)}")
 
-    span = df
-    if train_dates is not None:
-        span = df.filter(pl.col("Date").is_in(pl.Series(list(train_dates), dtype=pl.Date).implode()))
-        if span.height == 0:
-            raise DataError(f"{source}: no rows in the training span")
-    nulls = span.select([(pl.col(f).is_null() | pl.col(f).cast(pl.Float64).is_nan()).mean().alias(f)
-                         for f in present]).row(0, named=True)
-    too_null = {f: round(float(s), 4) for f, s in nulls.items() if s is not None and s > max_null_share}
-    if too_null and null_action == "error":
-        worst = sorted(too_null.items(), key=lambda kv: -kv[1])
-        raise DataError(f"{source}: {len(too_null)} feature(s) above safe.validation.max_null_share={max_null_share} "
-                        f"in the training span: {rows_hint([f'{f} ({s:.0%})' for f, s in worst])}")
-    kept = [f for f in present if f not in too_null]
-    if too_null:
-        log.warning("dropping %d feature(s) with null share > %.2f: %s", len(too_null), max_null_share,
-                    rows_hint(too_null))
+    kept, too_null, nulls = drop_too_null(df, present, train_dates, max_null_share, null_action, source)
     if len(kept) < min_features:
         raise DataError(f"{source}: only {len(kept)} features left after dropping {len(too_null)} too-null ones, "
                         f"need at least {min_features}")

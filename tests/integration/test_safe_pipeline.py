@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
 import polars as pl
 import pytest
 
+from gogooku3.baseline import (
+    BaselineRun,
+    baseline_for_folds,
+    baseline_horizons,
+    fit_baseline,
+)
 from gogooku3.config import load_config
 from gogooku3.errors import DataError, Gogooku3Error, SchemaError
 from gogooku3.features.manifest import FeatureManifest, manifest_path
 from gogooku3.pipelines.safe import SafeTrainingPipeline
+from gogooku3.split import make_splitter
+from gogooku3.validation import drop_too_null
 
-FAST = ["safe.baseline.num_boost_round=40", "safe.baseline.early_stopping_rounds=10", "safe.graph.n_nodes=30",
+FAST = ["baseline.num_boost_round=40", "baseline.early_stopping_rounds=10", "safe.graph.n_nodes=30",
         "split.min_train_days=150", "split.n_splits=2", "split.val_days=30"]
 
 
@@ -60,7 +69,9 @@ def test_pipeline_report(workdir):
     folds = disk["step3_split"]["folds"]
     assert len(folds) == 2 and all(f["overlapping_dates"] == 0 for f in folds)
     assert folds[0]["test_end"] < folds[1]["test_start"]
-    assert disk["step2_features"]["enhanced_columns"] > disk["step2_features"]["original_columns"]
+    feats = disk["step2_features"]
+    assert feats["groups"]["quality"] == 12 and feats["n_features"] == disk["step1_data_loading"]["n_features_kept"]
+    assert sum(feats["groups"].values()) == feats["n_manifest_features"]
     base = disk["step5_baseline"]
     assert set(base["summary_over_folds"]) == {"1", "5", "10", "20"}
     assert not any(f["feature"].startswith("target_") for f in base["feature_importance_top"])
@@ -71,7 +82,38 @@ def test_pipeline_report(workdir):
     g = disk["step6_graph"]
     assert g["n_nodes"] == 30 and g["max_degree"] <= 10
     assert abs(disk["step4_normalization"]["mean_abs_deviation"]) < 1.0
+    assert disk["step4_normalization"]["fit_span"] == [folds[0]["train_start"], folds[0]["train_end"]]
     assert fr["pipeline_summary"]["data_processed"]["stocks"] == 80
+    assert list(disk)[:7] == ["experiment_name", "start_time", "config", "step1_data_loading", "step2_features",
+                              "step3_split", "step4_normalization"]
+    # the run is stored content-addressed, where `gogooku3 train` finds it
+    store = Path(disk["baseline"]["directory"])
+    assert store == workdir / "output" / "baselines" / disk["baseline"]["fingerprint"]
+    stored = BaselineRun.load(store)
+    assert stored.fold_indices == [0, 1] and stored.safe_report == str(path)
+
+
+def test_train_reuses_the_safe_baseline(workdir, caplog):
+    """baseline_for_folds after a safe run: the stored run, with predictions identical to a fresh fit."""
+    cfg = _cfg(workdir)
+    rep = SafeTrainingPipeline(cfg).run()   # stored by test_pipeline_report already: reused here
+    assert rep["baseline"]["reused"] and rep["step5_baseline"]["reused"]
+    ds = Path(cfg.paths.dataset)
+    man = FeatureManifest.for_dataset(ds)
+    df = pl.read_parquet(ds)
+    folds = make_splitter(cfg.split, list(cfg.labels.horizons), man.entry_lag).split(df["Date"])
+    caplog.set_level(logging.INFO, logger="gogooku3.baseline")
+    caplog.clear()
+    run = baseline_for_folds(cfg, ds, man, folds, [1], man.entry_lag)
+    assert "reusing" in caplog.text and "fitting" not in caplog.text and run.fold_indices == [1] and run.reused
+    assert run.safe_report == rep["report_path"]
+    features, _, _ = drop_too_null(df, man.names, folds[0].train_dates, float(cfg.safe.validation.max_null_share))
+    fresh = fit_baseline(df, features, folds, baseline_horizons(cfg), man.entry_lag, int(cfg.split.val_days),
+                         cfg.baseline, only=[1])
+    assert run.features == fresh.features
+    for name in ("predictions_val", "predictions_test"):
+        assert getattr(run, name).equals(getattr(fresh, name)), name
+    assert run.per_fold[0]["best_iteration"] == fresh.per_fold[0]["best_iteration"]
 
 
 def _variant(root: Path, name: str, fn, manifest_fn=None) -> Path:

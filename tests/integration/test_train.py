@@ -43,7 +43,7 @@ def trained(tmp_path_factory, planted_dataset):
 def test_train_writes_run_dir_and_resumes(trained, monkeypatch):
     root, res = trained
     run = Path(res["run_dir"])
-    assert (root / "runs" / "last").resolve() == run.resolve()
+    assert (root / "runs" / "last").resolve() == run.resolve()     # a finished run becomes runs/last
     for f in ["config.yaml", "predictions_val.parquet", "predictions_test.parquet",
               "baseline_predictions_test.parquet", "metrics.json", "logs/metrics.csv", "variable_importance.json",
               "bundle/model.safetensors", "bundle/bundle.json", "checkpoints/last.ckpt"]:
@@ -55,14 +55,15 @@ def test_train_writes_run_dir_and_resumes(trained, monkeypatch):
     m = json.loads((run / "metrics.json").read_text())
     assert m["test"]["1"]["rank_ic_mean"] > 0.1                    # the planted signal is found out of sample
     assert m["model"]["n_params"] > 0 and m["samples_per_sec"] > 0 and m["epochs"] == [2]
-    assert "baseline_test" in m and "model_vs_baseline_1d" in m
-    w = m["folds"][0]["weights"]                                   # 2 epochs -> 2 checkpoints to average
+    assert m["baseline_test"] is not None and m["model_vs_baseline"]["1"]["n_days"] > 0
+    assert m["dataset"]["entry_lag"] == 1 and m["dataset"]["horizons"] == [1, 5]
+    assert m["baseline"]["fingerprint"] and Path(m["baseline"]["directory"]).is_dir()
+    w = m["folds"][0]["weights"][0]                                   # 2 epochs -> 2 checkpoints to average
     assert w["kind"] in ("best_epoch", "top2_average")
     kept_avg = w["val_rank_ic_top_k_average"] > w["val_rank_ic_best_epoch"]
     assert (w["kind"] == "top2_average") == kept_avg                # the average is kept only if it validates better
     vi = json.loads((run / "variable_importance.json").read_text())
     assert set(vi) == set(FEATS)
-    assert list((root / "output" / "results").glob("complete_training_result_*.json"))
     log_csv = pl.read_csv(run / "logs" / "metrics.csv")
     assert {"epoch", "train_loss", "val_loss", "val_rank_ic_1d"} <= set(log_csv.columns)
 
@@ -100,7 +101,7 @@ def test_bundle_round_trip(trained, tmp_path):
 def test_ddp_two_cpu_processes(tmp_path, planted_dataset):
     planted_dataset(tmp_path, n_stocks=20, n_days=130)
     cmd = [sys.executable, "-m", "gogooku3.cli", "train", "trainer=ddp", *OVERRIDES, "train.max_epochs=1",
-           "train.limit_train_batches=4", "train.baseline=false"]
+           "train.limit_train_batches=4", "baseline.enabled=false"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = [p for p in (tmp_path / "runs").iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "last"]
@@ -112,14 +113,14 @@ def test_ddp_two_cpu_processes(tmp_path, planted_dataset):
 def test_ema_keeps_the_best_epochs_averaged_weights(tmp_path, monkeypatch, planted_dataset):
     from safetensors.torch import load_file
 
-    from gogooku3.training import ema_weights
+    from gogooku3.callbacks import ema_weights
 
     planted_dataset(tmp_path, seed=1)
     monkeypatch.chdir(tmp_path)
     res = CompleteATFTTrainingPipeline(load_config(
-        OVERRIDES + ["train.ema_decay=0.9", "train.baseline=false", "train.max_epochs=3", "train.patience=5"])).run()
+        OVERRIDES + ["train.ema_decay=0.9", "baseline.enabled=false", "train.max_epochs=3", "train.patience=5"])).run()
     m = json.loads((Path(res["run_dir"]) / "metrics.json").read_text())
-    best = m["folds"][0]["best_checkpoint"]
+    best = m["folds"][0]["best_checkpoint"][0]
     shadow = ema_weights(best)
     assert shadow is not None
     raw = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
@@ -140,7 +141,7 @@ def test_seed_ensemble_with_day_level_features_trains_resumes_and_predicts(tmp_p
     feats = [*FEATS, "mkt_ret"]
     FeatureManifest.from_frame(df, {f: "price" for f in feats}, [1, 5], 1).save(manifest_path(ds))
     monkeypatch.chdir(tmp_path)
-    ov = OVERRIDES + ["train.ensemble=2", "train.baseline=false", "train.normalizer.day_level=time_z",
+    ov = OVERRIDES + ["train.ensemble=2", "baseline.enabled=false", "train.normalizer.day_level=time_z",
                       "train.normalizer.day_level_window=30", "train.max_epochs=4", "train.patience=5"]
     res = CompleteATFTTrainingPipeline(load_config(ov)).run()
     run = Path(res["run_dir"])
@@ -149,7 +150,7 @@ def test_seed_ensemble_with_day_level_features_trains_resumes_and_predicts(tmp_p
         assert (run / "logs" / f"member{m}" / "metrics.csv").exists()
     met = json.loads((run / "metrics.json").read_text())
     assert met["model"]["members"] == 2 and met["model"]["n_params"] == 2 * met["model"]["n_params_per_member"]
-    assert met["epochs"] == [[4, 4]] and len(met["folds"][0]["members_best_val_rank_ic_1d"]) == 2
+    assert met["epochs"] == [[4, 4]] and len(met["folds"][0]["members_best_val_rank_ic"]) == 2
     assert met["test"]["1"]["rank_ic_mean"] > 0.05                # planted signal found (tiny, seed-noisy training)
     b = load_bundle(run, dataset=ds)
     assert b.meta["members"] == 2 and b.meta["normalizer"]["day_level_features"] == ["mkt_ret"]

@@ -27,30 +27,39 @@ FEATS = ["returns_1d", "f_signal", "f_noise1", "f_noise2"]  # conftest.write_pla
 OVERRIDES = ["labels.horizons=[1,5]", "model.window=10", "model.hidden=16", "model.head_hidden=8",
              "model.graph.window=10", "model.graph.min_obs=5", "split.min_train_days=60", "split.n_splits=2",
              "split.val_days=12", "trainer.progress_bar=false", "trainer.num_threads=1", "train.warmup_steps=2",
-             "train.baseline=false",
+             "baseline.enabled=false",
              "hpo.study_name=tiny", "hpo.n_trials=2", "hpo.max_epochs=1", "hpo.limit_train_batches=4",
              "hpo.n_startup_trials=1", "hpo.space.hidden.choices=[8,16]", "hpo.pruner.n_startup_trials=1"]
 
 
 @pytest.fixture(scope="module")
 def studied(tmp_path_factory, planted_dataset):
+    import gogooku3.pipelines.tune as tune_mod
+
     root = tmp_path_factory.mktemp("tune")
     planted_dataset(root, n_days=140, n_noise=2)
     old = os.getcwd()
     os.chdir(root)
+    fit, predict = tune_mod.fit_ensemble, tune_mod.predict_panel
+    seen: list[dict] = []
+
+    def fit_spy(*args, **kwargs):  # records which days each trial trains and validates on
+        res = fit(*args, **kwargs)
+        dm = res.dm
+        seen.append({"fit": dm.fit_days, "val": dm.val_days, "test": dm.test_days})
+        return res
+
+    def predict_spy(model, panel, days, **kwargs):  # ... and which days it predicts
+        seen[-1]["predicted"] = days
+        return predict(model, panel, days, **kwargs)
+
+    tune_mod.fit_ensemble, tune_mod.predict_panel = fit_spy, predict_spy
     try:
         tuner = Tuner(load_config(OVERRIDES))
-        seen: list[dict] = []
-        predict = tuner.pipe.predict
-
-        def spy(module, dm, days):  # records which days each trial trains, validates and predicts on
-            seen.append({"fit": dm.fit_days, "val": dm.val_days, "test": dm.test_days, "predicted": days})
-            return predict(module, dm, days)
-
-        tuner.pipe.predict = spy
         res = tuner.run()
         yield root, tuner, res, seen
     finally:
+        tune_mod.fit_ensemble, tune_mod.predict_panel = fit, predict
         os.chdir(old)
 
 
@@ -101,9 +110,9 @@ def test_trials_never_touch_test_days(studied):
     _, tuner, _, seen = studied
     summary = json.loads((studied[0] / "output" / "optuna" / "tiny_trials.json").read_text())
     assert len(seen) == summary["states"]["COMPLETE"]  # one fold (hpo.folds=1) per completed trial
-    assert [p["test"] for p in tuner.plans] == [[]]  # the plans handed to train_fold carry no test days
-    fold = tuner.pipe.plans[-1]["fold"]
-    panel = tuner.pipe.panel
+    assert [p.test for p in tuner.plans] == [()]  # the plans handed to fit_ensemble carry no test days
+    fold = tuner.plans[-1].fold
+    panel = tuner.panel
     test = set(panel.day_index(fold.test_dates).tolist())
     assert test
     for s in seen:

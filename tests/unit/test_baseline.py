@@ -1,4 +1,5 @@
-"""LightGBMBaseline: finds the planted signal, ≈0 on the noise canary, never uses a label, no test-fold selection."""
+"""The LightGBM baseline: finds the planted signal, ≈0 on the noise canary, never uses a label, no test-fold selection;
+BaselineRun save/load, fingerprints, and the stored run shared through `baseline_for_folds`."""
 
 from __future__ import annotations
 
@@ -29,6 +30,13 @@ def _market(strength: float):
     return built.df, man.names
 
 
+def _model(num_boost_round: int, early_stopping_rounds: int, val_days: int) -> LightGBMBaseline:
+    """The configured baseline (YAML params) with a few explicit settings."""
+    return LightGBMBaseline(dict(load_config([]).baseline.params), num_boost_round=num_boost_round,
+                            early_stopping_rounds=early_stopping_rounds, val_days=val_days, entry_lag=1,
+                            target_transform="rank")
+
+
 def _fit_eval(df: pl.DataFrame, feats: list[str]) -> dict:
     dates = df["Date"].unique().sort()
     # walk-forward by hand: train on the first 300 sessions, 21-session gap, test on the rest
@@ -36,7 +44,7 @@ def _fit_eval(df: pl.DataFrame, feats: list[str]) -> dict:
     test = df.filter(pl.col("Date") > dates[321])
     feats = [f for f in feats if df.schema[f].is_float()]
     nz = CrossSectionalNormalizer().fit(train, feats)
-    model = LightGBMBaseline({"num_threads": 1}, num_boost_round=120, early_stopping_rounds=20, val_days=40)
+    model = _model(120, 20, 40)
     model.fit(nz.transform(train), feats, [1])
     pred = model.predict(nz.transform(test)).join(test.select("Date", "Code", "target_1d"), on=["Date", "Code"])
     assert model.val_range_[1] <= dates[300] and model.fit_range_[1] < model.val_range_[0]
@@ -65,14 +73,14 @@ def _toy(n_days=120, n_stocks=40, seed=0):
 def test_label_in_features_is_refused():
     df = _toy()
     with pytest.raises(LeakageError, match="target_1d"):
-        LightGBMBaseline().fit(df, ["f0", "target_1d"], [1])
+        _model(10, 5, 20).fit(df, ["f0", "target_1d"], [1])
     with pytest.raises(LeakageError, match="feat_ret_1d"):
-        LightGBMBaseline().fit(df.with_columns(feat_ret_1d=pl.col("f0")), ["f0", "feat_ret_1d"], [1])
+        _model(10, 5, 20).fit(df.with_columns(feat_ret_1d=pl.col("f0")), ["f0", "feat_ret_1d"], [1])
 
 
 def test_inner_validation_gap_and_predict_shape():
     df = _toy()
-    m = LightGBMBaseline({"num_threads": 1}, num_boost_round=50, early_stopping_rounds=10, val_days=20, entry_lag=1)
+    m = _model(50, 10, 20)
     m.fit(df, ["f0", "f1", "f2"], [1])
     dates = df["Date"].unique().sort().to_list()
     # validation = last 20 dates; gap = h_max + lag = 2 dates dropped before it
@@ -82,5 +90,5 @@ def test_inner_validation_gap_and_predict_shape():
     assert out.columns == ["Date", "Code", "pred_1d"] and out.height == 100
     assert next(iter(m.feature_importance_)) == "f0"
     with pytest.raises(LeakageError):
-        LightGBMBaseline().fit(df.filter(pl.col("Date") > dates[50]), ["f0"], [1],
+        _model(10, 5, 20).fit(df.filter(pl.col("Date") > dates[50]), ["f0"], [1],
                                val_df=df.filter(pl.col("Date") <= dates[50]))

@@ -12,7 +12,7 @@ from gogooku3.features.builder import build_features
 
 EXPECTED = {"ohlcv": 6, "returns": 10, "volatility": 5, "moving_averages": 10, "price_position": 8, "volume": 8,
             "technicals": 10, "market": 26, "cross": 8, "flows": 13, "statements": 17, "margin": 21, "sector": 8,
-            "flags": 11}
+            "quality": 12, "flags": 11}
 
 
 def counts(b) -> dict:

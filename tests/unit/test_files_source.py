@@ -209,7 +209,7 @@ def test_empty_and_corrupt_files(tmp_path):
 def test_config_errors(tmp_path, ohlcv_csv):
     with pytest.raises(ConfigError, match="unknown exchange calendar"):
         import_files(_cfg(tmp_path, "data.calendar=NOPE"), ohlcv_csv)
-    with pytest.raises(ConfigError, match="unknown field"):
+    with pytest.raises(ConfigError, match="unknown (key|field)"):
         import_files(_cfg(tmp_path, "+data.columns.colour=X"), ohlcv_csv)
     with pytest.raises(ConfigError, match="close / adj_close"):
         import_files(_cfg(tmp_path, "data.columns.close=null"), ohlcv_csv)

@@ -41,7 +41,7 @@ def test_loss_positive_and_scale_free_in_targets():
 def test_perfect_prediction_minimises_ic_term():
     y = torch.linspace(-1, 1, 25)[:, None]
     z = zscore(y[:, 0], torch.ones(25, dtype=torch.bool))[:, None]
-    fn = MultiHorizonLoss([1], huber_delta=1.0, lambda_ic=1.0, lambda_q=0.0)
+    fn = MultiHorizonLoss([1], huber_delta=1.0, lambda_ic=1.0, lambda_q=0.0, target_transform="zscore")
     perfect, _ = fn(_out(z), y)
     constant, _ = fn(_out(torch.zeros(25, 1)), y)
     assert perfect.item() < 1e-6

@@ -28,7 +28,7 @@ def _inputs(seed: int = 0):
 
 def _model(**kw) -> ATFTGATFAN:
     torch.manual_seed(0)
-    base = dict(n_features=F, window=L, hidden=16, head_hidden=8, horizons=(1, 5),
+    base = dict(n_features=F, window=L, hidden=16, head_hidden=8, horizons=(1, 5), norm="fan",
                 graph=dict(window=L, method="pearson", halflife=5, shrinkage=0.0, threshold=0.3, k=5, min_obs=5))
     base.update(kw)
     return ATFTGATFAN(ATFTConfig(**base)).eval()

@@ -97,7 +97,7 @@ def tiny_run(tmp_path_factory):
         "model.window=10", "model.hidden=16", "model.n_heads=2", "model.head_hidden=8", "model.graph.window=10",
         "model.graph.min_obs=5", "split.n_splits=1", "split.min_train_days=50", "split.test_days=20",
         "split.embargo_days=5", "split.val_days=10", "train.max_epochs=1", "train.limit_train_batches=4",
-        "train.baseline=false", "train.ensemble=1", "train.min_stocks_per_day=5", "train.min_window_frac=1.0",
+        "baseline.enabled=false", "train.ensemble=1", "train.min_stocks_per_day=5", "train.min_window_frac=1.0",
         "trainer.progress_bar=false", "trainer.num_threads=1",
     ])
     from gogooku3.pipelines.atft import CompleteATFTTrainingPipeline

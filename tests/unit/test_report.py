@@ -8,14 +8,17 @@ import re
 from datetime import date, timedelta
 from pathlib import Path
 
+import lightgbm as lgb
 import numpy as np
 import polars as pl
 import pytest
 
+from gogooku3.baseline import BaselineRun
 from gogooku3.config import load_config
 from gogooku3.errors import DataError
 from gogooku3.evaluation import metrics
-from gogooku3.evaluation.report import build_report, importance_from
+from gogooku3.evaluation.report import build_report
+from gogooku3.results import BaselineRef, DatasetRef, FoldResult, ModelInfo, TrainResult
 
 HORIZONS = (1, 5)
 SECTIONS = ("summary", "data", "horizons", "backtest", "rank-ic", "quantiles", "per-year", "importance", "training",
@@ -33,26 +36,54 @@ def _preds(rng: np.random.Generator, signal: float, n_days: int = 90, n: int = 3
     return pl.DataFrame(cols)
 
 
+def _safe_report(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"final_report": {
+        "pipeline_summary": {"data_processed": {"samples": 2700, "features": 145, "stocks": 30, "dates": 90}},
+        "safety_validation": {"dropped_features": {"x_sparse": 0.8}, "split_method": "walk_forward",
+                              "walk_forward_splits": 3, "embargo_days": 21}}}))
+    return path
+
+
+def _train_result(run: Path, baseline_dir: Path) -> TrainResult:
+    fold = FoldResult(fold={"index": 2}, fit_range=None, val_range=None, test_range=None, model_test={},
+                      baseline_test=None, epochs=[3], best_val_rank_ic=0.04, members_best_val_rank_ic=[0.04],
+                      weights=[{"kind": "best_epoch"}], best_checkpoint=[None], train_seconds=12.5)
+    return TrainResult(
+        run_dir=str(run), created="20240101_000000",
+        dataset=DatasetRef("ds.parquet", "fp", "mfp", 30, [1, 5], 1, "XTKS"),
+        baseline=BaselineRef(str(baseline_dir), "bfp", True),
+        model=ModelInfo("small", 312345, 1, 312345, 300000, 1e6), horizons=[1, 5], folds=[fold], val={}, test={},
+        baseline_test=None, model_vs_baseline={}, samples_per_sec=100.0, mfu=None, collapse={},
+        panel={"fingerprint": "p", "shape": [90, 30, 30]}, durations_s={"train": 12.5, "total": 20.0},
+        peak_rss_mb=850.0)
+
+
 def make_run_dir(root: Path) -> Path:
     rng = np.random.default_rng(0)
     run = root / "runs" / "20240101_000000"
     (run / "logs").mkdir(parents=True)
     (run / "bundle").mkdir()
     _preds(rng, 0.3).write_parquet(run / "predictions_test.parquet")
-    _preds(rng, 0.1).write_parquet(run / "baseline_predictions_test.parquet")
-    (run / "metrics.json").write_text(json.dumps({"n_params": 312345, "train_seconds": 12.5, "peak_rss_mb": 850.0,
-                                                  "test": {"rank_ic_1d": 0.05}}))
+    base = _preds(rng, 0.1)
+    base.write_parquet(run / "baseline_predictions_test.parquet")
+    # the run's own baseline (content-addressed) and the safe report that fitted it; a newer, unrelated safe
+    # report in output/experiments must not be read
+    keyed = base.with_columns(fold=pl.lit(2, pl.Int32))
+    bdir = root / "output" / "baselines" / "bfp"
+    x = rng.normal(size=(200, 2))
+    booster = lgb.train({"verbosity": -1, "num_threads": 1}, lgb.Dataset(x, x[:, 0]), num_boost_round=2)
+    brun = BaselineRun("bfp", [1, 5], ["returns_1d", "rsi_14"], keyed, keyed, [{"fold": 2}],
+                       {"returns_1d": 8.0, "rsi_14": 6.0}, models={(2, 1): booster, (2, 5): booster})
+    brun.save(bdir)
+    BaselineRun.load(bdir).record_safe_report(_safe_report(root / "output" / "experiments" / "safe_1.json"))
+    _safe_report(root / "output" / "experiments" / "safe_2.json").write_text("{}")
+    _train_result(run, bdir).save(run / "metrics.json")
     (run / "variable_importance.json").write_text(json.dumps({f"feat_{i}": 1.0 / (i + 1) for i in range(30)}))
     (run / "config.yaml").write_text("model:\n  hidden: 64\nseed: 42\n")
     pl.DataFrame({"epoch": [0, 0, 1, 1, 2, 2], "step": [10, 10, 20, 20, 30, 30],
                   "train_loss": [1.0, None, 0.8, None, 0.7, None], "val_loss": [None, 1.1, None, 0.9, None, 0.85],
                   "val_rank_ic_1d": [None, 0.01, None, 0.03, None, 0.04]}).write_csv(run / "logs" / "metrics.csv")
-    exp = root / "output" / "experiments"
-    exp.mkdir(parents=True)
-    (exp / "safe_20240101_000000.json").write_text(json.dumps({
-        "steps": {"load": {"rows": 2700, "stocks": 30, "features": 145},
-                  "baseline": {"feature_importance": {"1": {"returns_1d": 10.0, "rsi_14": 4.0},
-                                                      "5": {"returns_1d": 6.0, "rsi_14": 8.0}}}}}))
     return run
 
 
@@ -82,8 +113,9 @@ def test_report_json_and_html(run_cfg):
     assert rep["checks"]["sharpe"] == pytest.approx(rep["backtest"]["model"]["summary"]["sharpe"])
     assert rep["feature_importance"]["LightGBM gain"] == {"returns_1d": 8.0, "rsi_14": 6.0}
     assert len(rep["feature_importance"]["model variable selection"]) == 30
-    assert rep["durations"]["train_seconds"] == 12.5 and rep["peak_memory"]["peak_rss_mb"] == 850.0
-    assert rep["data"]["safe_stats"]["steps.load.rows"] == 2700
+    assert rep["durations"]["fold2_train_seconds"] == 12.5 and rep["peak_memory"]["peak_rss_mb"] == 850.0
+    assert rep["data"]["safe_stats"]["rows"] == 2700 and "x_sparse" in rep["data"]["safe_stats"]["features dropped"]
+    assert rep["data"]["safe_report"].endswith("safe_1.json") and rep["data"]["dataset"]["calendar"] == "XTKS"
     assert [r["period"] for r in rep["per_year"]["model"]] == ["2023", "2024"]
     assert [r["epoch"] for r in rep["training"]["curves"]] == [0, 1, 2]
 
@@ -110,8 +142,9 @@ def test_report_without_optional_inputs(run_cfg):
     html = out["html"].read_text()
     assert all(f'<section id="{sid}">' in html for sid in SECTIONS)
     assert "No baseline predictions" in html and "No config.yaml" in html
-    assert rep["training"]["curves"] is None and rep["feature_importance"] == {"LightGBM gain": {"returns_1d": 8.0,
-                                                                                                 "rsi_14": 6.0}}
+    # without metrics.json the run names no baseline run: no LightGBM importance, no safe figures
+    assert rep["training"]["curves"] is None and rep["feature_importance"] == {}
+    assert rep["data"]["safe_stats"] == {}
 
 
 def test_report_bad_run_dir(tmp_path, run_cfg):
@@ -128,11 +161,3 @@ def test_report_bad_run_dir(tmp_path, run_cfg):
     with pytest.raises(DataError, match="pred_"):
         build_report(cfg, empty)
     assert sorted(p.name for p in empty.iterdir()) == ["predictions_test.parquet"]
-
-
-def test_importance_extraction_shapes():
-    assert importance_from({"a": 1, "b": 2}) == {"a": 1.0, "b": 2.0}
-    assert importance_from([{"feature": "a", "gain": 3.0}]) == {"a": 3.0}
-    assert importance_from({"x": {"rows": 5}, "lgbm": {"gain_importance": [{"name": "a", "importance": 2}]}},
-                           direct=False) == {"a": 2.0}
-    assert importance_from({"rows": 3, "steps": {"n": 2}}, direct=False) is None

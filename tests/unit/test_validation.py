@@ -10,7 +10,7 @@ import pytest
 
 from gogooku3.errors import DataError, SchemaError
 from gogooku3.features.manifest import FeatureManifest
-from gogooku3.validation import scan_dataset, validate_dataset
+from gogooku3.validation import drop_too_null, scan_dataset, validate_dataset
 
 N_FEAT = 55
 
@@ -45,6 +45,19 @@ def test_null_feature_dropped_or_rejected_in_training_span_only():
     assert res.dropped == {"f3": 1.0} and "f3" not in res.features and "f4" in res.features
     with pytest.raises(DataError, match="f3"):
         validate_dataset(df, man, [1], dates[:20], max_null_share=0.5, null_action="error")
+
+
+def test_drop_too_null_is_the_shared_rule():
+    df, man = _data()
+    dates = df["Date"].unique().sort().to_list()
+    df = df.with_columns(pl.when(pl.col("Date") < dates[20]).then(None).otherwise(pl.col("f3")).alias("f3"),
+                         pl.when(pl.col("f0") > 0).then(float("nan")).otherwise(pl.col("f5")).alias("f5"))
+    kept, dropped, shares = drop_too_null(df, man.names, dates[:20], 0.4)
+    assert dropped == {"f3": 1.0, "f5": pytest.approx(shares["f5"], abs=1e-4)} and 0.4 < shares["f5"] < 0.6
+    assert kept == [f for f in man.names if f not in ("f3", "f5")]
+    assert drop_too_null(df, man.names, None, 0.7)[1] == {}   # over all rows f3 is 2/3 null
+    with pytest.raises(DataError, match="safe.validation.max_null_share=0.4.*f3 \\(100%\\)"):
+        drop_too_null(df, man.names, dates[:20], 0.4, "error", "ds.parquet")
 
 
 def test_bad_inputs_raise_one_line_errors():

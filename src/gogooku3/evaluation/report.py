@@ -1,8 +1,9 @@
 """Run report: every figure of a training run as JSON plus one self-contained HTML page.
 
-Reads the run directory contract (``metrics.json``, ``predictions_test.parquet``,
+Reads the run directory contract (``metrics.json`` as `results.TrainResult`, ``predictions_test.parquet``,
 ``baseline_predictions_test.parquet``, ``logs/metrics.csv``, ``variable_importance.json``, ``config.yaml``,
-``bundle/``) and the newest ``output/experiments/safe_*.json``. Only ``predictions_test.parquet`` is required; a
+``bundle/``) and, through the run's own `BaselineRef`, the LightGBM run it was compared with and the safe report
+that fitted it. Only ``predictions_test.parquet`` is required; a
 missing optional input is listed under ``missing`` and its section says so. Every metric comes from
 `gogooku3.evaluation.metrics` and every portfolio figure from `gogooku3.evaluation.portfolio` (one definition each).
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -30,6 +30,7 @@ from gogooku3.evaluation.portfolio import (
     backtest,
 )
 from gogooku3.io import peak_rss_mb, read_json, timestamp, to_json, write_text
+from gogooku3.results import SafeSummary, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +45,6 @@ def _clean(obj: Any) -> Any:
     if hasattr(obj, "isoformat"):
         return obj.isoformat()
     return obj
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if isinstance(d, dict):
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-    elif isinstance(d, (int, float)) and not isinstance(d, bool):
-        out[prefix[:-1]] = d
-    return out
 
 
 def _horizons(df: pl.DataFrame) -> list[int]:
@@ -105,57 +96,11 @@ def run_curves(run: Path) -> pl.DataFrame | None:
     return pl.concat(parts, how="diagonal_relaxed").group_by("epoch").agg(pl.all().mean()).sort("epoch")
 
 
-def _direct_importance(obj: Any) -> dict[str, float] | None:
-    """{feature: weight}, a list of {feature|name, gain|importance|weight} records, or a mapping whose values are
-    all such (per horizon / per fold: averaged)."""
-    if isinstance(obj, dict) and obj and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                             for v in obj.values()):
-        return {str(k): float(v) for k, v in obj.items()}
-    if isinstance(obj, list) and obj and all(isinstance(r, dict) for r in obj):
-        key = next((k for k in ("gain", "importance", "weight", "value") if k in obj[0]), None)
-        name = next((k for k in ("feature", "name") if k in obj[0]), None)
-        if key and name:
-            return {str(r[name]): float(r[key]) for r in obj}
-    if isinstance(obj, dict) and obj:
-        subs = [_direct_importance(v) for v in obj.values()]
-        if all(subs):
-            keys = set().union(*subs)
-            return {k: sum(s.get(k, 0.0) for s in subs) / len(subs) for k in keys}
-    return None
-
-
-def importance_from(obj: Any, direct: bool = True) -> dict[str, float] | None:
-    """Feature importance out of a JSON document: the document itself (when `direct`), else the first value,
-    breadth-first, under a key containing 'importance' that reads as one (see `_direct_importance`)."""
-    if direct and (found := _direct_importance(obj)):
-        return found
-    queue = [obj]
-    while queue:
-        cur = queue.pop(0)
-        items = cur.items() if isinstance(cur, dict) else enumerate(cur) if isinstance(cur, list) else ()
-        for k, v in items:
-            if "importance" in str(k).lower() and (found := _direct_importance(v)):
-                return found
-            if isinstance(v, (dict, list)):
-                queue.append(v)
-    return None
-
-
-def _latest_safe(cfg: Any) -> Path | None:
-    d = Path(cfg.paths.output_dir) / "experiments"
-    files = sorted(d.glob("safe_*.json"), key=lambda p: p.stat().st_mtime) if d.exists() else []
-    return files[-1] if files else None
-
-
-def param_count(run_dir: Path, run_metrics: dict | None) -> tuple[int | None, str | None]:
-    """Parameter count of one model (an ensemble's member): metrics.json's own figure if any, else the tensor
-    sizes in bundle/model.safetensors (divided by bundle.json's member count)."""
-    flat = _flatten(run_metrics or {})
-    if flat.get("model.n_params_per_member") is not None:
-        return int(flat["model.n_params_per_member"]), "metrics.json:model.n_params_per_member"
-    for k, v in flat.items():
-        if re.search(r"(^|\.)(n_params|num_params|param_count|params)$", k):
-            return int(v), f"metrics.json:{k}"
+def param_count(run_dir: Path, result: TrainResult | None) -> tuple[int | None, str | None]:
+    """Parameter count of one model (an ensemble's member): the run's `TrainResult.model`, else the tensor sizes
+    in bundle/model.safetensors divided by bundle.json's member count."""
+    if result is not None:
+        return result.model.n_params_per_member, "metrics.json:model.n_params_per_member"
     st = run_dir / "bundle" / "model.safetensors"
     if st.exists():
         from safetensors import safe_open
@@ -167,6 +112,18 @@ def param_count(run_dir: Path, run_metrics: dict | None) -> tuple[int | None, st
         meta = _read_json_opt(run_dir / "bundle" / "bundle.json") or {}
         return total // int(meta.get("members", 1)), "bundle/model.safetensors"
     return None, None
+
+
+def baseline_inputs(result: TrainResult | None) -> tuple[dict[str, float] | None, SafeSummary | None]:
+    """LightGBM gain importance and the safe report's data summary of the baseline run this training run used."""
+    ref = result.baseline if result is not None else None
+    if ref is None or ref.directory is None or not Path(ref.directory, "run.json").exists():
+        return None, None
+    from gogooku3.baseline import BaselineRun
+
+    run = BaselineRun.load(ref.directory)
+    safe = SafeSummary.from_report(run.safe_report) if run.safe_report and Path(run.safe_report).exists() else None
+    return dict(run.feature_importance), safe
 
 
 def _backtest_opt(df: pl.DataFrame | None, cfg: Any, c: BacktestConfig) -> BacktestResult | None:
@@ -187,22 +144,20 @@ def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
     if not run_dir.is_dir():
         raise DataError(f"{run_dir}: run directory not found")
     run = run_dir.resolve()
-    rc = cfg.get("report", {})
-    window, top, dpi = int(rc.get("rolling_window", 20)), int(rc.get("top_features", 25)), int(rc.get("dpi", 90))
-    target_sharpe, target_params = float(rc.get("target_sharpe", 0.849)), int(rc.get("target_params", 5_611_803))
-    tol = float(rc.get("param_tolerance", 0.10))
+    rc = cfg.report
+    window, top, dpi = int(rc.rolling_window), int(rc.top_features), int(rc.dpi)
+    target_sharpe, target_params, tol = float(rc.target_sharpe), int(rc.target_params), float(rc.param_tolerance)
 
     model = _read_parquet(run / "predictions_test.parquet", required=True)
     base = _read_parquet(run / "baseline_predictions_test.parquet", required=False)
-    run_metrics = _read_json_opt(run / "metrics.json")
+    result = TrainResult.load(run / "metrics.json") if (run / "metrics.json").exists() else None
     var_imp = _read_json_opt(run / "variable_importance.json")
     curves = run_curves(run)
     run_cfg_text = (run / "config.yaml").read_text(encoding="utf-8") if (run / "config.yaml").exists() else None
-    safe_path = _latest_safe(cfg)
-    safe = read_json(safe_path) if safe_path else None
-    missing = [n for n, v in (("baseline_predictions_test.parquet", base), ("metrics.json", run_metrics),
+    lgb_importance, safe = baseline_inputs(result)
+    missing = [n for n, v in (("baseline_predictions_test.parquet", base), ("metrics.json", result),
                               ("variable_importance.json", var_imp), ("logs/metrics.csv", curves),
-                              ("config.yaml", run_cfg_text), ("output/experiments/safe_*.json", safe)) if v is None]
+                              ("config.yaml", run_cfg_text), ("safe report of the baseline run", safe)) if v is None]
 
     # ---- prediction metrics --------------------------------------------------------------------------
     horizons = _horizons(model)
@@ -234,16 +189,15 @@ def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
                for k, v in bts.items()}
 
     # ---- importance, size, resources -----------------------------------------------------------------
-    importances = {"LightGBM gain": importance_from(safe, direct=False) if safe else None,
-                   "model variable selection": importance_from(var_imp) if var_imp else None}
-    n_params, n_params_src = param_count(run, run_metrics)
-    flat = _flatten(run_metrics or {})
-    durations = {k: v for k, v in flat.items()
-                 if re.search(r"(seconds|duration|elapsed)", k) and "per_sec" not in k}
-    memory = {k: v for k, v in flat.items() if re.search(r"(rss|memory|_mb$|_gb$)", k)}
-    safe_flat = _flatten(safe or {})
-    data_stats = {k: v for k, v in safe_flat.items()
-                  if re.search(r"(rows|stocks|codes|dates|days|features|null|dropped)", k) and "importance" not in k}
+    importances = {"LightGBM gain": lgb_importance,
+                   "model variable selection": {str(k): float(v) for k, v in var_imp.items()} if var_imp else None}
+    n_params, n_params_src = param_count(run, result)
+    durations = {} if result is None else {
+        **{f"{k}_seconds": v for k, v in result.durations_s.items()},
+        **{f"fold{f.fold['index']}_train_seconds": f.train_seconds for f in result.folds}}
+    memory = {} if result is None else {k: v for k, v in (("peak_rss_mb", result.peak_rss_mb),
+                                                         ("peak_gpu_mb", result.peak_gpu_mb)) if v is not None}
+    data_stats = {} if safe is None else safe.rows()
     model_sharpe = bts["model"].summary["sharpe"] if "model" in bts else None
 
     report = {
@@ -252,7 +206,8 @@ def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
         "data": {"model_predictions": {"rows": model.height, "days": model["Date"].n_unique(),
                                        "stocks": model["Code"].n_unique(), "start": model["Date"].min(),
                                        "end": model["Date"].max()},
-                 "safe_report": str(safe_path) if safe_path else None, "safe_stats": data_stats},
+                 "dataset": None if result is None else asdict(result.dataset),
+                 "safe_report": None if safe is None else safe.path, "safe_stats": data_stats},
         "evaluation": evals, "paired_model_vs_baseline": paired,
         "per_year": {k: v.to_dicts() for k, v in per_year.items()},
         "quantile_returns": {k: v.to_dicts() for k, v in quants.items()},
@@ -270,7 +225,7 @@ def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
                                  f"{bc.cost_bps:g} bps per unit turnover; the original's 0.849 has no known definition",
         },
         "feature_importance": {k: v for k, v in importances.items() if v},
-        "training": {"run_metrics": run_metrics,
+        "training": {"run_metrics": None if result is None else result.to_dict(),
                      "curves": curves.to_dicts() if curves is not None else None},
         "durations": durations, "peak_memory": memory,
         "report_seconds": None, "report_peak_rss_mb": None,
@@ -314,7 +269,7 @@ def _html(rep: dict, daily: dict, h0: int, bts: dict, evals: dict, quants: dict,
     secs.append(H.section("data", "Data", H.table(["test predictions", "value"], [
         ("rows", d["rows"]), ("days", d["days"]), ("stocks", d["stocks"]), ("start", d["start"]), ("end", d["end"])])
         + (H.table(["SafeTrainingPipeline figure", "value"], stats_rows) if stats_rows else
-           '<p class="note">No SafeTrainingPipeline report found.</p>')))
+           '<p class="note">No SafeTrainingPipeline report behind this run\'s baseline.</p>')))
 
     rows = []
     for name, e in evals.items():

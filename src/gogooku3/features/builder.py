@@ -29,7 +29,7 @@ from gogooku3.errors import DataError, SchemaError, rows_hint
 from gogooku3.features import cross as cross_mod
 from gogooku3.features import flows as flows_mod
 from gogooku3.features import margin as margin_mod
-from gogooku3.features import price, sector, statements, technical
+from gogooku3.features import price, quality, sector, statements, technical
 from gogooku3.features.common import Block, c, day_basis, lookup, narrow
 from gogooku3.features.flags import flags as flag_block
 from gogooku3.features.manifest import (
@@ -219,6 +219,8 @@ def build_features(tables: Tables, calendar: TradingCalendar, features_cfg: Any,
             run(b)
     if not disabled("sector") and not lacks("sector", sector.NEEDS):
         run(sector.sector_relative(int(f["sector"]["min_count"])))
+    if not disabled("quality") and not lacks("quality", quality.NEEDS):
+        run(quality.quality(avail, f["quality"]))  # reads returns_1d, returns_{h}d, dollar_volume
     if not disabled("flags"):
         run(flag_block(f["flags"], avail, fallback))
     if not disabled("user") and users:

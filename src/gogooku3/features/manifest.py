@@ -1,6 +1,9 @@
-"""The feature manifest: the allow-list of feature columns every stage after the builder uses.
+"""The feature manifest: the allow-list of feature columns every stage after the builder uses, and the single
+source of the dataset's facts (horizons, entry lag, calendar, feature groups).
 
 Saved beside the dataset as `<dataset stem>.manifest.json`. Labels (`target_*`) can never be listed as features.
+Later stages read horizons and the entry lag from here; a config that disagrees is a ConfigError
+(`check_labels`), never a silently different purge or embargo.
 """
 
 from __future__ import annotations
@@ -8,11 +11,12 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from gogooku3 import columns as C
-from gogooku3.errors import DataError, LeakageError
+from gogooku3.errors import ConfigError, DataError, LeakageError
 from gogooku3.io import fingerprint, read_json, write_json
 
 TARGET_RE = re.compile(r"^(target|feat_ret|label|y)_")
@@ -38,6 +42,7 @@ class FeatureManifest:
     horizons: list[int] = field(default_factory=list)
     entry_lag: int = 1
     skipped_groups: dict[str, str] = field(default_factory=dict)  # group -> why it was not built
+    calendar: str = ""  # the trading calendar the sessions (and so every lag and horizon) are counted in
 
     def __post_init__(self) -> None:
         leaked = [f.name for f in self.features if is_label_like(f.name) or f.name in self.targets]
@@ -61,12 +66,14 @@ class FeatureManifest:
 
     @classmethod
     def from_frame(cls, df: pl.DataFrame | pl.LazyFrame, groups: dict[str, str], horizons: list[int],
-                   entry_lag: int, skipped_groups: dict[str, str] | None = None) -> FeatureManifest:
+                   entry_lag: int, skipped_groups: dict[str, str] | None = None,
+                   calendar: str = "") -> FeatureManifest:
         """Manifest of `df`'s columns named in `groups` (column -> group), in the frame's column order."""
         schema = df.collect_schema() if isinstance(df, pl.LazyFrame) else df.schema
         feats = [FeatureSpec(c, groups[c], str(dt)) for c, dt in schema.items() if c in groups]
         return cls(feats, [C.target(h) for h in horizons if C.target(h) in schema],
-                   [c for c in META_COLUMNS if c in schema], list(horizons), entry_lag, dict(skipped_groups or {}))
+                   [c for c in META_COLUMNS if c in schema], list(horizons), entry_lag, dict(skipped_groups or {}),
+                   calendar)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -82,7 +89,7 @@ class FeatureManifest:
         d = read_json(path)
         try:
             m = cls([FeatureSpec(**f) for f in d["features"]], list(d["targets"]), list(d["meta_columns"]),
-                    list(d.get("horizons", [])), int(d.get("entry_lag", 1)), dict(d.get("skipped_groups", {})))
+                    list(d["horizons"]), int(d["entry_lag"]), dict(d["skipped_groups"]), str(d.get("calendar", "")))
         except (KeyError, TypeError) as e:
             raise DataError(f"{path}: not a feature manifest ({e})") from e
         if d.get("fingerprint") and d["fingerprint"] != m.fingerprint:
@@ -95,6 +102,18 @@ class FeatureManifest:
         if not p.exists():
             raise DataError(f"{dataset_path}: no feature manifest beside it ({p.name}); rebuild with `gogooku3 data build`")
         return cls.load(p)
+
+    def check_labels(self, labels_cfg: Any, source: str | Path = "dataset") -> None:
+        """The config's `labels.horizons` / `labels.entry_lag` must be the ones the dataset was built with."""
+        want_h, want_lag = [int(h) for h in labels_cfg.horizons], int(labels_cfg.entry_lag)
+        if want_lag != self.entry_lag:
+            raise ConfigError(f"{source}: built with labels.entry_lag={self.entry_lag} but the config says "
+                              f"labels.entry_lag={want_lag}; pass labels.entry_lag={self.entry_lag} (or rebuild the "
+                              f"dataset with the lag you want)")
+        if want_h != list(self.horizons):
+            hs = ",".join(str(h) for h in self.horizons)
+            raise ConfigError(f"{source}: built with labels.horizons=[{hs}] but the config says "
+                              f"labels.horizons={want_h}; pass labels.horizons=[{hs}] (or rebuild the dataset)")
 
     def check_frame(self, df: pl.DataFrame | pl.LazyFrame, source: str | Path = "dataset") -> None:
         """Fail if `df` lacks any manifest feature."""

@@ -25,14 +25,17 @@ from gogooku3.model.tft import StaticEncoder, TemporalFusion, VariableSelection
 
 @dataclass
 class ATFTConfig:
+    """Model hyper-parameters. Defaults equal conf/model/small.yaml (the default model option; checked by
+    tests/unit/test_settings.py); n_features and horizons come from the data."""
+
     n_features: int
     window: int = 60
     horizons: tuple[int, ...] = (1, 5, 10, 20)
-    hidden: int = 64
+    hidden: int = 48
     n_heads: int = 4
     lstm_layers: int = 1
     dropout: float = 0.1
-    norm: str = "fan"                  # fan | revin | none
+    norm: str = "none"                 # fan | revin | none
     fan_topk: int = 3
     gat: bool = True
     gat_heads: tuple[int, int] = (4, 2)
@@ -42,13 +45,22 @@ class ATFTConfig:
     n_sectors: int = 64
     n_segments: int = 16
     vsn_init_gain: float = 0.1         # initial gain of the variable-selection logits (small: near-uniform start)
-    graph: dict = field(default_factory=lambda: dict(window=60, method="ewm", halflife=20, shrinkage=0.1,
-                                                     threshold=0.3, k=10, min_obs=20))
+    graph: dict = field(default_factory=lambda: {"window": 60, "method": "ewm", "halflife": 20, "shrinkage": 0.1,
+                                                 "threshold": 0.3, "k": 10, "min_obs": 20})
+
+    MODEL_GROUP_ONLY = ("name", "expected_params")  # keys of the model config group that are not model fields
 
     @classmethod
     def from_dict(cls, d: dict) -> ATFTConfig:
-        names = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k in names}
+        """From `cfg.model` (plus n_features, horizons) or a bundle's model_config; an unknown key is a
+        ConfigError (the model group's `name` and `expected_params` are dropped)."""
+        from gogooku3.settings import unknown_key_error
+
+        names = [f.name for f in fields(cls)]
+        d = {k: v for k, v in d.items() if k not in cls.MODEL_GROUP_ONLY}
+        for k in d:
+            if k not in names:
+                raise unknown_key_error("model", str(k), names)
         for k in ("horizons", "gat_heads", "quantiles"):
             if k in d:
                 d[k] = tuple(d[k])

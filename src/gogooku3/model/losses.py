@@ -50,8 +50,8 @@ def pinball(q: torch.Tensor, y: torch.Tensor, levels: torch.Tensor) -> torch.Ten
 
 class MultiHorizonLoss(torch.nn.Module):
     def __init__(self, horizons: Sequence[int], weights: Sequence[float] | None = None,
-                 quantiles: Sequence[float] = (), huber_delta: float = 1.0, lambda_q: float = 0.5,
-                 lambda_ic: float = 0.5, min_stocks: int = 5, target_transform: str = "zscore"):
+                 quantiles: Sequence[float] = (), huber_delta: float = 1.0, lambda_q: float = 0.25,
+                 lambda_ic: float = 0.5, min_stocks: int = 5, target_transform: str = "rank_gauss"):
         super().__init__()
         if target_transform not in TARGET_TRANSFORMS:
             raise ValueError(f"target_transform must be one of {', '.join(TARGET_TRANSFORMS)}, got {target_transform!r}")

@@ -26,7 +26,7 @@ class FullTrainingPipeline:
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
-        steps = list(cfg.get("run", {}).get("steps", STEPS))
+        steps = list(cfg.run.steps)
         unknown = [s for s in steps if s not in STEPS]
         if unknown:
             raise ConfigError(f"run.steps: unknown step(s) {', '.join(unknown)}; choose from {', '.join(STEPS)}")
@@ -57,7 +57,7 @@ class FullTrainingPipeline:
         if source == "files":
             from gogooku3.sources.files import import_files
 
-            path = self.cfg.data.get("path")
+            path = self.cfg.data.path
             if not path:
                 raise ConfigError("data=files needs data.path=<your CSV or parquet> for `gogooku3 run`")
             return import_files(self.cfg, Path(path))

@@ -101,8 +101,8 @@ def predict(cfg: Any, run_dir: str | Path, date: str | dt.date | None = None) ->
              .get_column("Date").to_list())
     d = resolve_date(dates, want, window, dataset)
 
-    pc = cfg.get("predict", {})
-    horizon = int(pc.get("horizon", bundle.horizons[0]))
+    pc = cfg.predict
+    horizon = int(pc.horizon)
     c = BacktestConfig.from_any(cfg)
     preds = predict_for_dates(bundle, dataset, [d])
     extra = [col for col in ("Close", "dollar_volume", "volume_ma_20")
@@ -113,12 +113,12 @@ def predict(cfg: Any, run_dir: str | Path, date: str | dt.date | None = None) ->
         preds = preds.join(cols, on="Code", how="left")
     table = rank_table(preds, bundle.horizons, horizon, c, company_names(cfg.paths.raw_dir, d))
 
-    out_dir = Path(cfg.paths.output_dir) / str(pc.get("output_subdir", "predictions"))
+    out_dir = Path(cfg.paths.output_dir) / str(pc.output_subdir)
     pq, csv = out_dir / f"pred_{d.isoformat()}.parquet", out_dir / f"pred_{d.isoformat()}.csv"
     write_parquet(table, pq)
     write_text(csv, table.write_csv())
-    n_show = int(pc.get("log_top", 10))
-    lag = int(cfg.labels.entry_lag) if "labels" in cfg else 1
+    n_show = int(pc.log_top)
+    lag = int(bundle.meta["manifest"]["entry_lag"])  # a fact of the dataset the model was trained on
     def show(t: pl.DataFrame) -> str:
         return ", ".join(f"{r['Code']} {r['CoName'] or ''}".strip() + f" ({r[f'score_{horizon}d']:+.4f})"
                          for r in t.iter_rows(named=True))

@@ -1,9 +1,11 @@
-"""SafeTrainingPipeline: the leak-free 7-step check of an ML dataset, written up as one JSON report.
+"""SafeTrainingPipeline: the leak-free check of an ML dataset, written up as one JSON report.
 
-1 load + validate  2 quality features  3 split (purge/embargo)  4 per-day normalization  5 LightGBM baseline
-per fold  6 correlation graph  7 report `<output_dir>/experiments/safe_<timestamp>.json` (atomic).
+1 load + validate  2 features (the manifest's groups: the allow-list the builder wrote)  3 split (purge/embargo)
+4+5 the shared LightGBM baseline per fold (`gogooku3.baseline`: per-day normalization, inner-validation early
+stopping; reused from `<output_dir>/baselines/<fingerprint>/` when stored, else fitted and stored there for
+`gogooku3 train`)  6 correlation graph  7 report `<output_dir>/experiments/safe_<timestamp>.json` (atomic).
 Unlike the original, the split comes before anything is fitted, the only pooled normalization statistic is
-fitted on training dates, early stopping never sees the test fold and the features are an allow-list.
+fitted on training dates, early stopping never sees the test fold and the features are the manifest's allow-list.
 Any error stops the run before the report is written.
 """
 
@@ -12,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,15 +23,20 @@ import polars as pl
 from omegaconf import DictConfig
 
 from gogooku3 import columns as C
-from gogooku3.baseline import LightGBMBaseline
+from gogooku3.baseline import (
+    BaselineRun,
+    baseline_fingerprint,
+    baseline_horizons,
+    baseline_root,
+    fit_baseline,
+    load_or_fit,
+)
 from gogooku3.config import to_dict
 from gogooku3.errors import ConfigError, DataError
 from gogooku3.evaluation import metrics
-from gogooku3.features.manifest import FeatureManifest, is_label_like
-from gogooku3.features.quality import QualityFinancialFeaturesGenerator
+from gogooku3.features.manifest import FeatureManifest, is_label_like, manifest_path
 from gogooku3.graph import FinancialGraphBuilder, graph_snapshot
 from gogooku3.io import file_fingerprint, peak_rss_mb, timestamp, write_json
-from gogooku3.normalize import CrossSectionalNormalizer
 from gogooku3.split import Fold, check_folds, make_splitter
 from gogooku3.validation import scan_dataset, validate_dataset
 
@@ -93,7 +99,7 @@ class SafeTrainingPipeline:
         t_start = time.perf_counter()
         start_time = dt.datetime.now().isoformat(timespec="seconds")
         cfg, s = self.cfg, self.scfg
-        path = Path(str(s.get("dataset") or cfg.paths.dataset))
+        path = Path(str(s.dataset or cfg.paths.dataset))
         manifest = FeatureManifest.for_dataset(path) if path.exists() else None
         if manifest is None:
             raise DataError(f"{path}: dataset not found; build it with `gogooku3 data build`")
@@ -106,7 +112,7 @@ class SafeTrainingPipeline:
 
         # 1. load + validate ------------------------------------------------------------------------------
         with self._step("step1_data_loading") as st:
-            lf = scan_dataset(path, manifest, horizons, _date(s.get("start_date")), _date(s.get("end_date")))
+            lf = scan_dataset(path, manifest, horizons, _date(s.start_date), _date(s.end_date))
             df = lf.collect()
             if df.height == 0:
                 raise DataError(f"{path}: no rows (check safe.start_date / safe.end_date)")
@@ -121,21 +127,10 @@ class SafeTrainingPipeline:
                        "dataset_fingerprint": file_fingerprint(path), "manifest_fingerprint": manifest.fingerprint,
                        "null_share_span": [str(folds[0].train_dates[0]), str(folds[0].train_dates[-1])]})
         features = list(res.features)
-        raw = df
 
-        # 2. quality features -----------------------------------------------------------------------------
+        # 2. features: the manifest's allow-list, minus the too-null ones ----------------------------------------
         with self._step("step2_features") as st:
-            q = s.quality
-            if q.get("enabled", True):
-                gen = QualityFinancialFeaturesGenerator.from_config(q)
-                df, new, rep = gen.generate(df)
-                features += new
-                st.update(rep)
-            else:
-                st.update({"original_columns": df.width, "enhanced_columns": df.width, "new_features": [],
-                           "n_new_features": 0, "enabled": False})
-            st["n_features"] = len(features)
-            raw = df
+            st.update(self._features(manifest, path, features, res.dropped))
 
         # 3. split ------------------------------------------------------------------------------------------
         with self._step("step3_split") as st:
@@ -146,62 +141,44 @@ class SafeTrainingPipeline:
                        "avg_train_dates": float(np.mean([len(f.train_dates) for f in folds])),
                        "avg_test_dates": float(np.mean([len(f.test_dates) for f in folds]))})
 
-        # 4. normalize --------------------------------------------------------------------------------------
-        with self._step("step4_normalization") as st:
-            schema = df.schema
-            norm_feats = [f for f in features if schema[f].is_float()]
-            ncfg = s.normalize
-            if splitter.method == "walk_forward":
-                # Per-day stats are leak-free; the pooled fallback scale is fitted on fold 0's training dates,
-                # which precede every test block.
-                normalizer = CrossSectionalNormalizer.from_dict(to_dict(ncfg))
-                normalizer.fit(df.filter(_in_dates(folds[0].train_dates)), norm_feats)
-                normed = normalizer.transform(df)
-                fold_frames: Callable[[Fold], pl.DataFrame] = lambda f: normed  # noqa: E731
-                st["fit_span"] = [str(folds[0].train_dates[0]), str(folds[0].train_dates[-1])]
-            else:
-                normalizer = CrossSectionalNormalizer.from_dict(to_dict(ncfg))
-                normed = normalizer.fit_transform(df.filter(_in_dates(folds[0].train_dates)), norm_feats)
-
-                def fold_frames(f: Fold) -> pl.DataFrame:  # one normalizer per fold, fitted on its training dates
-                    n = CrossSectionalNormalizer.from_dict(to_dict(ncfg))
-                    n.fit(df.filter(_in_dates(f.train_dates)), norm_feats)
-                    return n.transform(df.filter(_in_dates(f.train_dates + f.test_dates)))
-                st["fit_span"] = "per fold"
-            st.update(normalizer.report(normed))
-            st["n_normalized_features"] = len(norm_feats)
-            st["n_unnormalized_flags"] = len(features) - len(norm_feats)
-
-        # 5. baseline ---------------------------------------------------------------------------------------
+        # 4 + 5. the shared baseline: per-day normalization and LightGBM per fold (stored or fitted) ----------------
+        run = None
         with self._step("step5_baseline") as st:
-            b = s.baseline
-            if b.get("enabled", True):
-                st.update(self._baseline(fold_frames, folds, features, horizons, entry_lag, raw))
+            if cfg.baseline.enabled:
+                run = self._baseline_run(df, features, folds, entry_lag, path, manifest)
+                st.update(self._baseline(run))
             else:
                 st["enabled"] = False
-        del normed
+        with self._step("step4_normalization") as st:
+            if run is not None:
+                st.update({**run.normalization, "done_in": "step5_baseline (gogooku3.baseline.fit_baseline)"})
+            else:
+                st["enabled"] = False
 
         # 6. graph ------------------------------------------------------------------------------------------
         with self._step("step6_graph") as st:
             g = s.graph
-            if g.get("enabled", True):
+            if g.enabled:
                 builder = FinancialGraphBuilder(window=int(g.window), method=str(g.method), halflife=float(g.halflife),
                                                 shrinkage=float(g.shrinkage), threshold=float(g.threshold),
                                                 k=int(g.k), min_obs=int(g.min_obs))
-                st.update(graph_snapshot(raw, builder, n_nodes=int(g.n_nodes)))
+                st.update(graph_snapshot(df, builder, n_nodes=int(g.n_nodes)))
             else:
                 st["enabled"] = False
 
         # 7. report -----------------------------------------------------------------------------------------
-        out_dir = Path(str(cfg.paths.output_dir)) / "experiments"
-        report_path = out_dir / f"{s.get('experiment_name', 'safe')}_{timestamp()}.json"
+        report_path = Path(str(cfg.paths.output_dir)) / "experiments" / f"{s.experiment_name}_{timestamp()}.json"
         with self._step("step7_report") as st:
             st["report_generated"] = str(report_path)
         total = time.perf_counter() - t_start
         self.steps["step7_report"]["total_pipeline_duration"] = round(total, 3)
         report = self._final(start_time, total, df, features, folds, splitter)
+        report["baseline"] = ({"directory": str(run.directory), "fingerprint": run.fingerprint,
+                               "reused": run.reused} if run is not None else {"enabled": False})
         report["report_path"] = str(report_path)
         write_json(report_path, report)
+        if run is not None:
+            run.record_safe_report(report_path)  # `gogooku3 train` and its report find this report through the run
         log.info("safe: report written to %s (%.1f s)", report_path, total)
         return report
 
@@ -210,44 +187,51 @@ class SafeTrainingPipeline:
     def _rows(df: pl.DataFrame, dates: list[dt.date]) -> int:
         return int(df.filter(_in_dates(dates)).height)
 
-    def _baseline(self, fold_frames, folds: list[Fold], features: list[str], horizons: list[int],
-                  entry_lag: int, raw: pl.DataFrame) -> dict[str, Any]:
-        b = self.scfg.baseline
-        bh = [int(h) for h in (b.get("horizons") or horizons)]
-        targets = [C.target(h) for h in bh]
-        val_days = int(self.cfg.split.get("val_days", 40) or 40)
-        per_fold, preds, importance = [], [], {}
-        n_trained = 0
-        for f in folds:
-            frame = fold_frames(f)
-            train = frame.filter(_in_dates(f.train_dates))
-            test = frame.filter(_in_dates(f.test_dates))
-            model = LightGBMBaseline.from_config(b, entry_lag=entry_lag, val_days=val_days)
-            model.fit(train, features, bh)
-            pred = model.predict(test).join(test.select("Date", "Code", *targets), on=["Date", "Code"])
-            perf = metrics.evaluate(pred, bh)
-            preds.append(pred)
-            n_trained += sum(model.n_train_rows_.values())
-            for k, g in model.feature_importance_.items():
-                importance[k] = importance.get(k, 0.0) + g
-            per_fold.append({"fold": f.index, "test_range": [str(f.test_dates[0]), str(f.test_dates[-1])],
-                             "fit_range": [str(x) for x in model.fit_range_],
-                             "val_range": [str(x) for x in model.val_range_],
-                             "best_iteration": {str(h): it for h, it in model.best_iteration_.items()},
+    @staticmethod
+    def _features(manifest: FeatureManifest, path: Path, features: list[str], dropped: dict) -> dict[str, Any]:
+        """Which features the run uses: the manifest's groups and counts (the builder's allow-list)."""
+        kept = set(features)
+        return {"source": str(manifest_path(path)), "manifest_fingerprint": manifest.fingerprint,
+                "n_manifest_features": len(manifest.names), "n_features": len(features),
+                "groups": {g: len(names) for g, names in manifest.groups.items()},
+                "groups_used": {g: sum(n in kept for n in names) for g, names in manifest.groups.items()},
+                "dropped_features": dropped, "skipped_groups": manifest.skipped_groups}
+
+    def _baseline_run(self, df: pl.DataFrame, features: list[str], folds: list[Fold], entry_lag: int, path: Path,
+                      manifest: FeatureManifest) -> BaselineRun:
+        """Every fold's baseline: the stored run of these inputs, or fitted now and stored for `gogooku3 train`."""
+        cfg = self.cfg
+        bh, val_days = baseline_horizons(cfg), int(cfg.split.val_days)
+        fp = baseline_fingerprint(self.steps["step1_data_loading"]["dataset_fingerprint"], manifest.fingerprint,
+                                  folds, bh, entry_lag, val_days, cfg.baseline, self.scfg.validation)
+
+        def fit(missing: list[int]) -> BaselineRun:
+            return fit_baseline(df, features, folds, bh, entry_lag, val_days, cfg.baseline, only=missing,
+                                fingerprint_=fp)
+
+        return load_or_fit(baseline_root(cfg, fp), fp, [f.index for f in folds], fit)
+
+    def _baseline(self, run: BaselineRun) -> dict[str, Any]:
+        """Per-fold and pooled test performance, importance and the oracle ceiling, from the baseline run."""
+        bh = run.horizons
+        test = run.predictions_test
+        per_fold = []
+        for pf in run.per_fold:
+            perf = metrics.evaluate(test.filter(pl.col("fold") == pf["fold"]), bh)
+            per_fold.append({"fold": pf["fold"], "test_range": pf["test_range"], "fit_range": pf["fit_range"],
+                             "val_range": pf["val_range"], "best_iteration": pf["best_iteration"],
                              "performance": perf})
-            log.info("safe: fold %d 1st-horizon RankIC %.4f", f.index, perf[str(bh[0])]["rank_ic_mean"])
+            log.info("safe: fold %d 1st-horizon RankIC %.4f", pf["fold"], perf[str(bh[0])]["rank_ic_mean"])
         summary = {str(h): {k: _mean_std([pf["performance"][str(h)][k] for pf in per_fold]) for k in SUMMARY_KEYS}
                    for h in bh}
-        all_pred = pl.concat(preds)
-        pooled = metrics.evaluate(all_pred, bh)
-        total = sum(importance.values()) or 1.0
-        top = sorted(importance.items(), key=lambda kv: -kv[1])[: int(b.get("top_features", 20))]
-        out = {"horizons": bh, "n_features": len(features), "n_samples_trained": n_trained,
-               "per_fold": per_fold, "summary_over_folds": summary, "pooled_test": pooled,
-               "feature_importance_top": [{"feature": k, "gain": v, "share": v / total} for k, v in top]}
+        out = {"horizons": bh, "n_features": len(run.features), "directory": str(run.directory),
+               "fingerprint": run.fingerprint, "reused": run.reused,
+               "n_samples_trained": sum(sum(pf["n_train_rows"].values()) for pf in run.per_fold),
+               "per_fold": per_fold, "summary_over_folds": summary, "pooled_test": metrics.evaluate(test, bh),
+               "feature_importance_top": run.top_features(int(self.cfg.baseline.top_features))}
         oracle = find_oracle(Path(str(self.cfg.paths.oracle_dir)), bh)
         if oracle is not None:
-            out["oracle_pooled_test"] = self._oracle(oracle, all_pred, bh)
+            out["oracle_pooled_test"] = self._oracle(oracle, test, bh)
         return out
 
     @staticmethod
@@ -266,7 +250,7 @@ class SafeTrainingPipeline:
 
     def _final(self, start_time: str, total: float, df: pl.DataFrame, features: list[str], folds: list[Fold],
                splitter) -> dict[str, Any]:
-        st = self.steps
+        st = self.steps = dict(sorted(self.steps.items()))  # step4 is written after step5 (it reports step5's fit)
         base = st.get("step5_baseline", {})
         perf_strings = {}
         for h, summ in (base.get("summary_over_folds") or {}).items():
@@ -279,9 +263,9 @@ class SafeTrainingPipeline:
                     perf_strings[f"oracle_rank_ic_{h}d"] = f"{ev['rank_ic_mean']:.4f}"
         graph = st.get("step6_graph", {})
         return {
-            "experiment_name": str(self.scfg.get("experiment_name", "safe")),
+            "experiment_name": str(self.scfg.experiment_name),
             "start_time": start_time,
-            "config": {"safe": to_dict(self.scfg), "split": splitter.describe(),
+            "config": {"safe": to_dict(self.scfg), "baseline": to_dict(self.cfg.baseline), "split": splitter.describe(),
                        "labels": {"horizons": [int(h) for h in self.cfg.labels.horizons],
                                   "entry_lag": int(splitter.entry_lag)}},
             **st,

@@ -1,7 +1,7 @@
 """Optuna hyper-parameter search over ATFT-GAT-FAN (`gogooku3 tune`).
 
 TPE sampler + median pruning fed by a Lightning callback; the objective is the mean validation RankIC of the first
-horizon over the shared splitter's last `hpo.folds` folds. Each trial trains on a fold's fit span and is scored on
+horizon over the shared splitter's last `hpo.folds` folds. Each trial trains (through the same `training.fit_ensemble` as `gogooku3 train`) on a fold's fit span and is scored on
 its inner validation slice only (test days are never loaded into a trial). The dataset is loaded, converted to a
 PanelStore and split once per worker; trials only change `model.*` / `train.*` keys. Several workers (on one or many
 machines) share a study through `hpo.storage` (SQLite by default, any RDB URL).
@@ -31,14 +31,16 @@ from gogooku3 import columns as C
 from gogooku3.config import path, to_dict
 from gogooku3.errors import ConfigError, TrainingError
 from gogooku3.evaluation import metrics
+from gogooku3.inference import predict_panel
 from gogooku3.io import timestamp, write_json, write_text
+from gogooku3.training import fit_ensemble, make_plans
 
 log = logging.getLogger(__name__)
 
 TYPES = ("float", "int", "categorical")
 # Keys fixed for a whole study: the panel, split and labels are built once per worker from them.
 FIXED = ("train.normalizer", "train.returns_col", "train.cv", "train.resume", "train.force_convert", "train.seed",
-         "train.baseline", "model.name", "model.expected_params")
+         "model.name", "model.expected_params")
 
 
 class PruningCallback(Callback):
@@ -116,10 +118,10 @@ def trial_config(cfg: DictConfig, params: dict[str, Any]) -> DictConfig:
     """A copy of `cfg` with the trial budget of `hpo` and the sampled parameters applied."""
     hc, tcfg = cfg.hpo, copy.deepcopy(cfg)
     epochs = int(hc.max_epochs)
-    budget = {"train.max_epochs": epochs, "train.min_epochs": min(int(cfg.train.get("min_epochs", 1)), epochs),
+    budget = {"train.max_epochs": epochs, "train.min_epochs": min(int(cfg.train.min_epochs), epochs),
               "train.patience": int(hc.patience), "train.save_top_k": 1, "train.resume": False,
               "train.ensemble": 1}  # a trial scores one model; the ensemble of the final run averages such models
-    if hc.get("limit_train_batches") is not None:
+    if hc.limit_train_batches is not None:
         budget["train.limit_train_batches"] = hc.limit_train_batches
     for key, v in {**budget, **params}.items():
         OmegaConf.update(tcfg, key, v, merge=False)
@@ -203,11 +205,10 @@ def _check_single_process(cfg: DictConfig) -> None:
 
 # ---- the search ---------------------------------------------------------------------------------------------
 class Tuner:
-    """Loads, converts and splits once, then runs Optuna trials through `CompleteATFTTrainingPipeline.train_fold`."""
+    """Loads, converts and splits once, then runs Optuna trials through `training.fit_ensemble` (the path of
+    `gogooku3 train`), each scored on its plans' validation days with `inference.predict_panel`."""
 
     def __init__(self, cfg: DictConfig):
-        from gogooku3.pipelines.atft import CompleteATFTTrainingPipeline
-
         _check_single_process(cfg)
         self.cfg = cfg
         self.hc = cfg.hpo
@@ -216,49 +217,48 @@ class Tuner:
             raise ConfigError("hpo.folds and hpo.max_epochs must be >= 1")
         self.out_dir = path(cfg, "paths.output_dir") / "optuna"
         self.study_name = str(self.hc.study_name)
-        base = copy.deepcopy(cfg)
-        OmegaConf.update(base, "train.cv.folds", int(self.hc.folds), merge=False)
-        self.pipe = CompleteATFTTrainingPipeline(base)
-        self.horizons = self.pipe.horizons
-        self.monitor = C.monitor(self.horizons[0])
-        self.target = C.target(self.horizons[0])
         self.step_base = int(self.hc.max_epochs)
 
     def prepare(self) -> None:
-        self.pipe.load()
-        self.pipe.convert()
-        self.pipe.prepare()
+        from gogooku3.pipelines.atft import load_dataset, load_panel
+
+        dataset, manifest, ref = load_dataset(self.cfg)
+        self.horizons = list(manifest.horizons)
+        self.monitor = C.monitor(self.horizons[0])
+        self.panel = load_panel(self.cfg, dataset, manifest, ref)
+        _, plans = make_plans(self.panel.dates, self.cfg.split, self.horizons, manifest.entry_lag,
+                              int(self.hc.folds))
         # A trial sees fit + validation days only: the test block of each fold is dropped here.
-        self.plans = [{"fold": p["fold"], "fit": p["fit"], "val": p["val"], "test": []} for p in self.pipe.plans]
+        self.plans = [p.without_test() for p in plans]
         for p in self.plans:
-            if not p["val"]:
-                raise ConfigError(f"fold {p['fold'].index}: empty validation slice; raise split.val_days")
-            test = set(p["fold"].test_dates)
-            if test & (set(p["fit"]) | set(p["val"])):
-                raise TrainingError(f"fold {p['fold'].index}: fit/validation days overlap the test block")
+            if not p.val:
+                raise ConfigError(f"fold {p.index}: empty validation slice; raise split.val_days")
+            if set(p.fold.test_dates) & (set(p.fit) | set(p.val)):
+                raise TrainingError(f"fold {p.index}: fit/validation days overlap the test block")
 
     def objective(self, trial: optuna.trial.Trial) -> float:
         params = suggest(trial, self.space)
         tcfg = trial_config(self.cfg, params)
         trial_dir = self.out_dir / self.study_name / f"trial_{trial.number:04d}"
-        self.pipe.cfg = tcfg
         log.info("tune: trial %d %s", trial.number, " ".join(to_overrides(params)))
+        h0 = self.horizons[0]
         scores = []
         try:
             for k, plan in enumerate(self.plans):
                 cb = PruningCallback(trial, self.monitor, step_offset=k * self.step_base)
-                self.pipe.run_dir = trial_dir / f"fold{plan['fold'].index}"  # Lightning logs + checkpoints
-                res = self.pipe.train_fold(plan, self.pipe.run_dir / "checkpoints", None, extra_callbacks=[cb])
-                pv = self.pipe.predict(res["module"], res["dm"], res["dm"].val_days)
-                s = metrics.summarize_ic(metrics.daily_ic(pv, C.pred(self.horizons[0]), self.target))
+                fold_dir = trial_dir / f"fold{plan.index}"  # Lightning logs + checkpoints
+                fit = fit_ensemble(self.panel, plan, tcfg, run_dir=fold_dir, horizons=self.horizons,
+                                   callbacks=[cb])
+                pv = predict_panel(fit.model, self.panel, fit.dm.val_days, window=fit.dm.window,
+                                   valid=fit.dm.window_ok, dataset=fit.dm.dataset)
+                s = metrics.summarize_ic(metrics.daily_ic(pv, C.pred(h0), C.target(h0)))
                 score = float(s["rank_ic_mean"])
                 if not math.isfinite(score):
-                    raise TrainingError(f"trial {trial.number}, fold {plan['fold'].index}: no validation day "
-                                        f"could be scored ({self.target}); raise split.val_days")
-                trial.set_user_attr(f"fold{plan['fold'].index}",
+                    raise TrainingError(f"trial {trial.number}, fold {plan.index}: no validation day "
+                                        f"could be scored ({C.target(h0)}); raise split.val_days")
+                trial.set_user_attr(f"fold{plan.index}",
                                     {"val_rank_ic": score, "val_days_scored": int(s["n_days"]),
-                                     "epochs": int(res["epochs"]),
-                                     "best_logged": res["best_score"]})
+                                     "epochs": fit.epochs, "best_logged": fit.best_score})
                 scores.append(score)
         finally:
             if not self.hc.keep_trial_dirs:
@@ -302,11 +302,11 @@ class Tuner:
         params = {} if best is None else {self.space[n]["param"]: v for n, v in best.params.items() if n in self.space}
         summary = {
             "study_name": self.study_name, "storage": mask_url(self.url), "direction": "maximize",
-            "objective": f"mean over folds of the validation daily RankIC of pred_{self.horizons[0]}d "
+            "objective": f"mean over folds of the validation daily RankIC of {C.pred(self.horizons[0])} "
                          f"(test days never used)",
-            "folds": [{"fold": p["fold"].index, "fit_range": [str(p["fit"][0]), str(p["fit"][-1])],
-                       "val_range": [str(p["val"][0]), str(p["val"][-1])],
-                       "test_range_not_used": [str(p["fold"].test_dates[0]), str(p["fold"].test_dates[-1])]}
+            "folds": [{"fold": p.index, "fit_range": [str(p.fit[0]), str(p.fit[-1])],
+                       "val_range": [str(p.val[0]), str(p.val[-1])],
+                       "test_range_not_used": [str(p.fold.test_dates[0]), str(p.fold.test_dates[-1])]}
                       for p in self.plans],
             "space": self.space, "budget": {"max_epochs": int(self.hc.max_epochs), "patience": int(self.hc.patience),
                                             "limit_train_batches": self.hc.get("limit_train_batches")},

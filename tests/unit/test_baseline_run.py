@@ -1,0 +1,156 @@
+"""The shared baseline run: fit_baseline, BaselineRun save/load/folds, fingerprints, and baseline_for_folds fitting,
+storing and reusing (only the folds it lacks are fitted)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import polars as pl
+import pytest
+
+from gogooku3 import columns as C
+from gogooku3.baseline import (
+    BaselineRun,
+    baseline_fingerprint,
+    baseline_for_folds,
+    baseline_horizons,
+    fit_baseline,
+)
+from gogooku3.config import load_config
+from gogooku3.errors import DataError, LeakageError
+from gogooku3.features.manifest import FeatureManifest
+from gogooku3.io import file_fingerprint
+from gogooku3.split import make_splitter
+
+FAST = ["baseline.num_boost_round=30", "baseline.early_stopping_rounds=5", "split.min_train_days=60",
+        "split.n_splits=2", "split.val_days=20", "labels.horizons=[1,5]", "safe.validation.min_features=3"]
+
+
+def _setup(root, planted_dataset, *extra):
+    ds = planted_dataset(root)
+    cfg = load_config([f"paths.output_dir={root}/output", *FAST, *extra])
+    man = FeatureManifest.for_dataset(ds)
+    df = pl.read_parquet(ds)
+    folds = make_splitter(cfg.split, baseline_horizons(cfg), 1).split(df["Date"])
+    return cfg, ds, man, df, folds
+
+
+def _fresh(cfg, df, man, folds, only=None) -> BaselineRun:
+    return fit_baseline(df, man.names, folds, baseline_horizons(cfg), 1, int(cfg.split.val_days), cfg.baseline,
+                        only=only)
+
+
+def _same_predictions(a: BaselineRun, b: BaselineRun) -> None:
+    for name in ("predictions_val", "predictions_test"):
+        assert getattr(a, name).equals(getattr(b, name)), name
+    assert a.fold_indices == b.fold_indices and a.feature_importance == pytest.approx(b.feature_importance)
+
+
+def test_fit_baseline_rows_and_columns(tmp_path, planted_dataset):
+    cfg, _, man, df, folds = _setup(tmp_path, planted_dataset)
+    run = _fresh(cfg, df, man, folds)
+    assert run.fold_indices == [0, 1] and run.horizons == [1, 5] and run.features == man.names
+    for name in ("predictions_val", "predictions_test"):
+        p = getattr(run, name)
+        assert p.columns == ["fold", "Date", "Code", "pred_1d", "pred_5d", "target_1d", "target_5d"]
+        assert p.schema["fold"] == pl.Int32 and p.schema[C.pred(1)] == pl.Float32
+    for f, pf in zip(folds, run.per_fold):
+        test = run.predictions_test.filter(pl.col("fold") == f.index)
+        val = run.predictions_val.filter(pl.col("fold") == f.index)
+        # one row per dataset row of the test days / of the last val_days training days
+        assert test.height == df.filter(pl.col("Date").is_in(f.test_dates)).height
+        assert val["Date"].unique().sort().to_list() == f.train_dates[-20:]
+        assert val.height == 20 * df["Code"].n_unique()
+        assert pf["val_range"] == [str(f.train_dates[-20]), str(f.train_dates[-1])]
+        assert set(pf["best_iteration"]) == {"1", "5"} and pf["n_train_rows"]["1"] > 0
+    assert next(iter(run.feature_importance)) == "f_signal"
+    # the planted signal is found on the test days
+    t = run.predictions_test.filter(pl.col(C.target(1)).is_finite())
+    assert np.corrcoef(t[C.pred(1)].to_numpy(), t[C.target(1)].to_numpy())[0, 1] > 0.3
+
+
+def test_save_load_round_trip_and_subset(tmp_path, planted_dataset):
+    cfg, _, man, df, folds = _setup(tmp_path, planted_dataset)
+    run = _fresh(cfg, df, man, folds)
+    run.fingerprint = "abc"
+    root = run.save(tmp_path / "store" / "abc")
+    assert sorted(p.name for p in root.iterdir()) == ["fold0_1d.txt", "fold0_5d.txt", "fold1_1d.txt", "fold1_5d.txt",
+                                                     "predictions_test.parquet", "predictions_val.parquet", "run.json"]
+    assert not [p for p in root.parent.iterdir() if p.name.startswith(".")]   # no temporary left behind
+    back = BaselineRun.load(root)
+    _same_predictions(run, back)
+    assert back.per_fold == run.per_fold and back.normalization == run.normalization and back.directory == root
+    x = df.head(50).select(man.names).to_numpy().astype(np.float32)
+    assert np.allclose(back.booster(1, 5).predict(x), run.models[(1, 5)].predict(x, num_iteration=
+                       run.per_fold[1]["best_iteration"]["5"]))
+    one = back.folds([1])
+    assert one.fold_indices == [1] and set(one.predictions_test["fold"].unique()) == {1}
+    assert one.feature_importance == pytest.approx(run.per_fold[1]["feature_importance"])
+    with pytest.raises(DataError, match="no fold"):
+        back.folds([2])
+    back.record_safe_report(tmp_path / "safe_x.json")
+    assert BaselineRun.load(root).safe_report == str(tmp_path / "safe_x.json")
+    back.save(root)   # re-saving a loaded run copies its booster files
+    assert BaselineRun.load(root).booster(0, 1).num_trees() == run.models[(0, 1)].best_iteration
+
+
+def test_label_like_feature_is_refused(tmp_path, planted_dataset):
+    cfg, _, man, df, folds = _setup(tmp_path, planted_dataset)
+    with pytest.raises(LeakageError, match="target_1d"):
+        fit_baseline(df, [*man.names, "target_1d"], folds, [1, 5], 1, 20, cfg.baseline)
+    with pytest.raises(LeakageError, match="feat_ret_1d"):
+        fit_baseline(df.with_columns(feat_ret_1d=pl.col("f_signal")), [*man.names, "feat_ret_1d"], folds, [1, 5], 1,
+                     20, cfg.baseline)
+
+
+def test_fingerprint_covers_split_and_params(tmp_path, planted_dataset):
+    cfg, ds, man, df, folds = _setup(tmp_path, planted_dataset)
+
+    def fp(c, fo=folds, **kw):
+        args = {"dataset_fingerprint": file_fingerprint(ds), "manifest_fingerprint": man.fingerprint, "folds": fo,
+                "horizons": baseline_horizons(c), "entry_lag": 1, "val_days": int(c.split.val_days),
+                "baseline_cfg": c.baseline, "validation_cfg": c.safe.validation, **kw}
+        return baseline_fingerprint(**args)
+
+    base = fp(cfg)
+    assert base == fp(load_config([f"paths.output_dir={tmp_path}/output", *FAST]))
+    assert base == fp(load_config([*FAST, "baseline.top_features=3"]))           # report-only key
+    other_split = make_splitter(load_config([*FAST, "split.min_train_days=70"]).split, [1, 5], 1).split(df["Date"])
+    assert fp(cfg, fo=other_split) != base
+    assert fp(load_config([*FAST, "baseline.params.num_leaves=7"])) != base
+    assert fp(load_config([*FAST, "baseline.normalize.method=rank_gauss"])) != base
+    assert fp(load_config([*FAST, "safe.validation.max_null_share=0.1"])) != base
+    assert fp(cfg, val_days=25) != base and fp(cfg, horizons=[1]) != base and fp(cfg, entry_lag=2) != base
+
+
+def test_baseline_for_folds_fits_stores_and_reuses(tmp_path, planted_dataset, caplog):
+    cfg, ds, man, df, folds = _setup(tmp_path, planted_dataset)
+    fresh = _fresh(cfg, df, man, folds)
+    caplog.set_level(logging.INFO, logger="gogooku3.baseline")
+    # fit path: nothing stored -> fold 1 fitted and stored
+    got = baseline_for_folds(cfg, ds, man, folds, [1], 1)
+    assert got.directory.parent == tmp_path / "output" / "baselines" and got.directory.name == got.fingerprint
+    assert "fitting fold(s) [1]" in caplog.text and not got.reused
+    _same_predictions(got, fresh.folds([1]))
+    # fold 0 missing: only it is fitted, merged into the stored run
+    caplog.clear()
+    both = baseline_for_folds(cfg, ds, man, folds, [0, 1], 1)
+    assert "fitting fold(s) [0]" in caplog.text and BaselineRun.load(both.directory).fold_indices == [0, 1]
+    _same_predictions(both, fresh)
+    # reuse path: everything stored
+    caplog.clear()
+    again = baseline_for_folds(cfg, ds, man, folds, [0], 1)
+    assert "reusing" in caplog.text and "fitting" not in caplog.text and again.reused
+    _same_predictions(again, fresh.folds([0]))
+    assert baseline_for_folds(load_config([*FAST, "baseline.enabled=false"]), ds, man, folds, [0], 1) is None
+
+
+def test_purged_kfold_normalizes_per_fold(tmp_path, planted_dataset):
+    """k-fold: one normalizer per fold, so a fold fitted alone equals the same fold of a full fit."""
+    cfg, ds, man, df, folds = _setup(tmp_path, planted_dataset, "split=purged_kfold", "split.n_splits=3")
+    assert len(folds) == 3 and folds[0].train_dates[0] > folds[0].test_dates[-1]
+    full = _fresh(cfg, df, man, folds)
+    assert full.normalization["fit_span"] == "per fold"
+    alone = baseline_for_folds(cfg, ds, man, folds, [2], 1)
+    _same_predictions(alone, full.folds([2]))
