@@ -17,7 +17,7 @@ import polars as pl
 import torch
 from safetensors.torch import load_file, save_file
 
-from gogooku3.errors import DataError
+from gogooku3.errors import DataError, Gogooku3Error, load_reason
 from gogooku3.features.manifest import FeatureManifest
 from gogooku3.io import atomic_path, read_json, write_json
 from gogooku3.model.atft_gat_fan import ATFTGATFAN, ATFTConfig
@@ -66,18 +66,67 @@ def load_bundle(run_dir: str | Path, dataset: str | Path | None = None) -> Bundl
     if not (root / "bundle.json").exists():
         raise DataError(f"{run_dir}: no model bundle (bundle/bundle.json); train first with `gogooku3 train`")
     meta = read_json(root / "bundle.json")
+    _check_meta(meta, root / "bundle.json")
     if dataset is not None:
         check_manifest(meta, FeatureManifest.for_dataset(dataset), dataset)
-    cfg = ATFTConfig.from_dict(meta["model_config"])
-    members = int(meta.get("members", 1))
-    model = ATFTEnsemble.from_config(cfg, members) if members > 1 else ATFTGATFAN(cfg)
-    if (root / "model.safetensors").exists():
-        state = load_file(str(root / "model.safetensors"))
-    else:
-        state = torch.load(root / "model.pt", map_location="cpu", weights_only=True)
+    try:
+        cfg = ATFTConfig.from_dict(meta["model_config"])
+        members = int(meta.get("members", 1))
+        model = ATFTEnsemble.from_config(cfg, members) if members > 1 else ATFTGATFAN(cfg)
+    except (Gogooku3Error, TypeError, ValueError, KeyError, RuntimeError) as e:
+        raise DataError(f"{root / 'bundle.json'}: model_config does not describe a model ({load_reason(e)}); the "
+                        f"bundle was edited or is damaged: retrain, or restore it") from e
+    state, weights = _read_weights(root)
+    _check_weights(model, state, weights)
     model.load_state_dict(state)
     model.eval()
     return Bundle(model, meta)
+
+
+BUNDLE_KEYS = ("model_config", "manifest", "manifest_fingerprint", "normalizer", "horizons", "window",
+               "sector_vocab", "segment_vocab", "min_window_frac", "returns_col")
+
+
+def _check_meta(meta: Any, where: Path) -> None:
+    """bundle.json holds every key `load_bundle` and prediction read."""
+    if not isinstance(meta, dict):
+        raise DataError(f"{where}: not a bundle description (a JSON object is expected); retrain, or restore it")
+    missing = [k for k in BUNDLE_KEYS if k not in meta]
+    if not isinstance(meta.get("manifest", {}), dict) or "features" not in meta.get("manifest", {}):
+        missing.append("manifest.features")
+    if missing:
+        raise DataError(f"{where}: lacks {', '.join(missing)}; the bundle was edited or is damaged: retrain, or "
+                        f"restore it")
+
+
+def _read_weights(root: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """The bundle's weights (model.safetensors, else a weights-only model.pt); DataError when missing or unreadable."""
+    st, pt = root / "model.safetensors", root / "model.pt"
+    path = st if st.exists() or not pt.exists() else pt
+    if not path.is_file():
+        raise DataError(f"{st}: missing (the bundle has bundle.json but no weights); retrain, or restore the file")
+    try:
+        state = load_file(str(path)) if path == st else torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # safetensors / unpickling raise many types for truncated or crafted files
+        raise DataError(f"{path}: cannot read the weights ({load_reason(e)}); the file is truncated, damaged or "
+                        f"holds more than tensors: retrain, or restore it") from e
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DataError(f"{path}: not a map of tensors; retrain, or restore the file")
+    return state, path
+
+
+def _check_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """The weights fit the model bundle.json describes: same names, same shapes."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in state.items()}
+    problems = [f"size mismatch for {k}: {list(have[k])} in the file, {list(want[k])} in bundle.json's model"
+                for k in want if k in have and have[k] != want[k]]
+    problems += [f"missing {k}" for k in want if k not in have]
+    problems += [f"unexpected {k}" for k in have if k not in want]
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise DataError(f"{path}: weights do not fit bundle.json's model: {problems[0]}{more}; the bundle was edited "
+                        f"or mixed with another run's: retrain, or restore it")
 
 
 def check_manifest(meta: dict, manifest: FeatureManifest, source: Any) -> None:

@@ -105,16 +105,43 @@ class TradingCalendar:
 
 @lru_cache(maxsize=16)
 def _exchange_sessions(name: str, start: str, end: str) -> list[dt.date]:
+    """Sessions of `name` in [start, end]. The calendar is built for exactly this span (exchange_calendars' default
+    window covers only about the last 20 years); a span beyond what the exchange's calendar can evaluate is a
+    ConfigError naming its limits."""
     import exchange_calendars as xcals
 
-    try:
-        cal = xcals.get_calendar(name)
-    except Exception as e:  # InvalidCalendarName and friends
-        raise ConfigError(f"unknown exchange calendar '{name}' (e.g. XTKS, XNYS)") from e
-    lo = max(dt.date.fromisoformat(start), cal.first_session.date())
-    hi = min(dt.date.fromisoformat(end), cal.last_session.date())
+    if name not in xcals.get_calendar_names(include_aliases=True):
+        raise ConfigError(f"unknown exchange calendar '{name}' (e.g. XTKS, XNYS; or 'dates' for a file's own "
+                          f"dates: data.calendar=dates)")
+    lo, hi = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
     if lo > hi:
-        raise ConfigError(
-            f"calendar {name} covers {cal.first_session.date()}..{cal.last_session.date()}, "
-            f"not {start}..{end}")
-    return [ts.date() for ts in cal.sessions_in_range(lo.isoformat(), hi.isoformat())]
+        raise ConfigError(f"calendar {name}: start {start} is after end {end}")
+    # the class's own limits (XTKS: from 1997); not every version of exchange_calendars exposes the factories
+    factories = getattr(xcals.calendar_utils.global_calendar_dispatcher, "_calendar_factories", {})
+    factory = factories.get(xcals.resolve_alias(name))
+    bmin = factory.bound_min() if factory is not None else None
+    bmax = factory.bound_max() if factory is not None else None
+    for bound, outside, side in ((bmin, bmin is not None and lo < bmin.date(), "starts"),
+                                 (bmax, bmax is not None and hi > bmax.date(), "ends")):
+        if outside:
+            reach = "back to" if side == "starts" else "up to"
+            raise ConfigError(
+                f"calendar {name} (exchange_calendars) reaches only {reach} {bound.date()}, but the data {side} "
+                f"{start if side == 'starts' else end}: set data.calendar=dates to use the file's own dates (or "
+                f"features.calendar_exchange for raw tables without a trading_calendar), or drop the rows "
+                f"{'before' if side == 'starts' else 'after'} {bound.date()}")
+    # a margin of a week on each side: exchange_calendars needs start < end and at least one session between them
+    pad_lo, pad_hi = lo - dt.timedelta(days=7), hi + dt.timedelta(days=7)
+    if bmin is not None:
+        pad_lo = max(pad_lo, bmin.date())
+    if bmax is not None:
+        pad_hi = min(pad_hi, bmax.date())
+    try:
+        cal = xcals.get_calendar(name, start=pad_lo.isoformat(), end=pad_hi.isoformat())
+    except Exception as e:  # NoSessionsError, bounds
+        raise ConfigError(f"calendar {name} has no sessions between {start} and {end} ({type(e).__name__})") from e
+    days = [ts.date() for ts in cal.sessions]
+    out = [d for d in days if lo <= d <= hi]
+    if not out:
+        raise ConfigError(f"calendar {name} has no sessions between {start} and {end}")
+    return out

@@ -1,4 +1,4 @@
-"""Lightning callbacks of ATFT-GAT-FAN training: collapse guard, EMA of the weights, throughput/MFU."""
+"""Lightning callbacks of ATFT-GAT-FAN training: collapse guard, EMA of the weights, throughput/MFU, RNG state."""
 
 from __future__ import annotations
 
@@ -110,6 +110,35 @@ class Throughput(Callback):
         pl_module.log("samples_per_sec", sps, sync_dist=False, rank_zero_only=True)
         if self.peak_flops:
             pl_module.log("mfu", mfu, sync_dist=False, rank_zero_only=True)
+
+
+class RngState(Callback):
+    """Stores torch's random state with every checkpoint and puts it back when a resumed run starts its next epoch,
+    so a resumed run draws the same dropout masks as a run that was never interrupted."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._pending = state
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if self._pending is None:
+            return
+        torch.set_rng_state(self._pending["torch"].cpu())
+        # Uninterrupted, the epoch's training DataLoader iterator draws its base seed from this generator after this
+        # hook; on resume Lightning has created that iterator already, so the draw is made here (the resume test
+        # checks that the predictions then equal an uninterrupted run's).
+        torch.empty((), dtype=torch.int64).random_()
+        if self._pending.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in self._pending["cuda"]])
+        self._pending = None
 
 
 def ema_weights(checkpoint_path: str | Path) -> dict[str, torch.Tensor] | None:

@@ -6,11 +6,11 @@ Trailing `key=value` words are Hydra overrides, e.g. `gogooku3 data synth data.n
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
 from gogooku3.config import load_config
 from gogooku3.errors import Gogooku3Error
@@ -19,15 +19,36 @@ from gogooku3.logs import setup_logging
 log = logging.getLogger("gogooku3")
 OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+
+def fail(e: Gogooku3Error) -> typer.Exit:
+    """Report a Gogooku3Error as one line `error: ...` on stderr (the traceback only at DEBUG); exit code 2."""
+    log.debug("error", exc_info=e)
+    typer.echo("error: " + " ".join(str(e).split()), err=True)
+    return typer.Exit(2)
+
+
+class _Group(TyperGroup):
+    """The command group: any Gogooku3Error of a (sub)command ends as one line and exit code 2, also under
+    Typer's CliRunner."""
+
+    def invoke(self, ctx: typer.Context):
+        try:
+            return super().invoke(ctx)
+        except Gogooku3Error as e:
+            raise fail(e) from None
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True,
                   help="gogooku3: point-in-time JP equity datasets, ATFT-GAT-FAN training and honest backtests.")
 data_app = typer.Typer(no_args_is_help=True, help="Raw data sources and the ML dataset builder.")
 app.add_typer(data_app, name="data")
+cache_app = typer.Typer(no_args_is_help=True, help="Caches under paths.cache_dir.")
+app.add_typer(cache_app, name="cache")
 
 
 def _cfg(ctx: typer.Context):
     cfg = load_config(ctx.args)
-    setup_logging(cfg.get("log_level", "INFO"))
+    setup_logging(str(cfg.get("log_level", "INFO")).upper())
     return cfg
 
 
@@ -70,7 +91,7 @@ def data_build(ctx: typer.Context) -> None:
 
 @app.command("safe", context_settings=OVERRIDES)
 def safe(ctx: typer.Context) -> None:
-    """SafeTrainingPipeline: validate, quality features, split, normalize, LightGBM baseline, graph, report."""
+    """SafeTrainingPipeline: validate, split, normalize, LightGBM baseline (stored for `train`), graph, report."""
     cfg = _cfg(ctx)
     from gogooku3.pipelines.safe import SafeTrainingPipeline
 
@@ -126,6 +147,21 @@ def predict(ctx: typer.Context,
     run_predict(cfg, run, date)
 
 
+@cache_app.command("clean", context_settings=OVERRIDES)
+def cache_clean(ctx: typer.Context,
+                keep: int | None = typer.Option(None, "--keep", min=0,
+                                                   help="Panels to keep, newest first (default: train.panel_cache_keep; "
+                                                        "0 removes every panel).")) -> None:
+    """Bound the PanelStore cache (<paths.cache_dir>/panels): remove killed conversions' leftovers and old panels."""
+    cfg = _cfg(ctx)
+    from gogooku3.config import path
+    from gogooku3.panel import clean_cache
+
+    root = path(cfg, "paths.cache_dir")
+    removed = clean_cache(root, cfg.train.panel_cache_keep if keep is None else keep)
+    log.info("cache clean: removed %d folder(s) under %s", len(removed), root / "panels")
+
+
 @app.command("run", context_settings=OVERRIDES)
 def run(ctx: typer.Context) -> None:
     """The full pipeline: synth (or existing raw data) -> build -> safe -> train -> backtest -> report."""
@@ -138,9 +174,8 @@ def run(ctx: typer.Context) -> None:
 def main() -> None:
     try:
         app()
-    except Gogooku3Error as e:
-        logging.getLogger("gogooku3").debug("error", exc_info=True)
-        sys.stderr.write(f"error: {e}\n")
+    except Gogooku3Error as e:  # raised outside a command (the group handles those)
+        fail(e)
         raise SystemExit(2) from None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -79,22 +80,40 @@ def _override_hint(overrides: Sequence[str]) -> str | None:
     return None
 
 
-SECRET_KEYS = ("data.api_key",)
+REDACTED = "***"
+# A key whose name says it holds a credential (api_key, access_token, db_password, client_secret, ...).
+SECRET_NAME = re.compile(r"(?i)(^|[_.-])(api_?key|key|token|password|passwd|pwd|secret|credentials?)($|[_.-])")
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@/\s]+@")
+_URL_QUERY_SECRET = re.compile(r"(?i)(?P<head>[?&;](api_?key|key|token|access_token|password|passwd|pwd|secret)=)"
+                               r"[^&;#\s]+")
+
+
+def redact_text(text: str) -> str:
+    """`text` with URL credentials blanked: scheme://user:***@host, ?password=*** (and token/key/secret)."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}{REDACTED}@", text)
+    return _URL_QUERY_SECRET.sub(lambda m: f"{m['head']}{REDACTED}", text)
+
+
+def redact(obj: Any, key: str = "") -> Any:
+    """A copy of plain containers with every secret blanked: the value of any key named like a credential (when
+    set) and the credentials inside any URL-like string. The one place stored configs are scrubbed."""
+    if isinstance(obj, dict):
+        return {k: redact(v, str(k)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(redact(v, key) for v in obj)
+    if key and SECRET_NAME.search(key) and obj not in (None, "", False):
+        return REDACTED
+    if isinstance(obj, str):
+        return redact_text(obj)
+    return obj
 
 
 def to_dict(cfg: DictConfig | Any) -> Any:
-    """Resolved plain-dict copy of the config with secrets (the J-Quants API key) blanked."""
+    """Resolved plain-dict copy of the config with every secret blanked (`redact`): the J-Quants API key, any key
+    named like key/token/password/secret, and passwords inside URLs such as `hpo.storage`."""
     if not isinstance(cfg, DictConfig):
         return cfg
-    out = OmegaConf.to_container(cfg, resolve=True)
-    for key in SECRET_KEYS:
-        node = out
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.get(p) if isinstance(node, dict) else None
-        if isinstance(node, dict) and node.get(leaf):
-            node[leaf] = "***"
-    return out
+    return redact(OmegaConf.to_container(cfg, resolve=True))
 
 
 def to_yaml(cfg: DictConfig) -> str:

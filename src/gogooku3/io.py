@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
+import logging
 import os
+import re
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +20,8 @@ from typing import Any
 import polars as pl
 
 from gogooku3.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def _current_umask() -> int:
@@ -26,12 +33,67 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+_HOST = re.sub(r"[^0-9A-Za-z-]", "-", socket.gethostname()) or "host"
+STALE_TMP_AGE_S = 24 * 3600      # a temp file of a live (or other host's) writer counts as stale after this
+STALE_TMP_NO_OWNER_S = 600       # temp files without an owner in their name (older versions): after this
+_TMP_REST = re.compile(r"(?:(?P<host>[0-9A-Za-z-]+)-(?P<pid>\d+)\.)?[0-9A-Za-z_]+\.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def temp_owner() -> str:
+    """`<host>-<pid>`: the owner tag in the name of every temp file or folder this process writes."""
+    return f"{_HOST}-{os.getpid()}"
+
+
+def stale_temp(host: str | None, pid: str | int | None, age_s: float) -> bool:
+    """Whether a temp file or folder tagged `<host>-<pid>` (None: untagged) and `age_s` seconds old is a killed
+    writer's leftover: its process (on this host) is gone, or it is older than a day (10 minutes untagged)."""
+    if not host or pid is None:
+        return age_s > STALE_TMP_NO_OWNER_S
+    pid = int(pid)
+    return (host == _HOST and pid != os.getpid() and not _pid_alive(pid)) or age_s > STALE_TMP_AGE_S
+
+
+def clean_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the temp files a killed writer left beside `path` (`.<name>.<host>-<pid>.<random>.tmp`): those of a
+    process of this host that no longer runs, and any older than a day (or 10 minutes when the name has no
+    owner). Returns what was removed."""
+    path = Path(path)
+    removed = []
+    now = time.time()
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        m = _TMP_REST.fullmatch(tmp.name[len(path.name) + 2:])
+        if m is None:
+            continue  # another file's temp (`.<name>.manifest.json.<...>.tmp`)
+        try:
+            age = now - tmp.lstat().st_mtime
+        except FileNotFoundError:
+            continue
+        if stale_temp(m["host"], m["pid"], age) and tmp.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(tmp)
+                log.info("removed a stale temporary file %s (left by an interrupted write)", tmp)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds. Temp files that
+    earlier, killed writers left beside `path` are removed first (`clean_stale_temps`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    clean_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{temp_owner()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -108,17 +170,26 @@ def fingerprint(*parts: Any, length: int = 16) -> str:
     return h.hexdigest()[:length]
 
 
+_FILE_DIGESTS: dict[tuple[str, int, int, int], str] = {}
+
+
 def file_fingerprint(path: str | os.PathLike, length: int = 16) -> str:
-    """Fingerprint of a file from its size, mtime and first/last 1 MiB (cheap for large parquet files)."""
+    """Fingerprint of a file's content (sha256 of every byte; neither its name nor its modification time), so an
+    identical rebuild keeps every cache keyed by it. Memoised per process by (path, size, mtime, inode)."""
     path = Path(path)
-    st = path.stat()
-    h = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode())
-    with path.open("rb") as f:
-        h.update(f.read(1 << 20))
-        if st.st_size > (2 << 20):
-            f.seek(-(1 << 20), os.SEEK_END)
-            h.update(f.read(1 << 20))
-    return h.hexdigest()[:length]
+    try:
+        st = path.stat()
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: file not found") from e
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    digest = _FILE_DIGESTS.get(key)
+    if digest is None:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        digest = _FILE_DIGESTS[key] = h.hexdigest()
+    return digest[:length]
 
 
 def timestamp() -> str:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import re
 import shutil
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from gogooku3 import columns as C
 from gogooku3.errors import DataError
-from gogooku3.io import fingerprint, read_json, write_json
+from gogooku3.io import (
+    STALE_TMP_NO_OWNER_S,
+    fingerprint,
+    read_json,
+    stale_temp,
+    temp_owner,
+    write_json,
+)
 from gogooku3.normalize import CrossSectionalNormalizer
 
 log = logging.getLogger(__name__)
@@ -137,15 +146,24 @@ class PanelStore:
 
     # ---- persistence ----------------------------------------------------------------------------------
     def save(self, root: str | Path) -> Path:
+        """Write the arrays into `.<root>.<host>-<pid>.tmp/`, then rename it onto `root` (replacing an old one)."""
         root = Path(root)
-        tmp = root.with_name(f".{root.name}.tmp")
+        tmp = root.with_name(f".{root.name}.{temp_owner()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        for name in ARRAYS:
-            np.save(tmp / f"{name}.npy", getattr(self, name))
-        write_json(tmp / "panel.json", self.metadata())
-        shutil.rmtree(root, ignore_errors=True)
-        tmp.rename(root)
+        try:
+            for name in ARRAYS:
+                np.save(tmp / f"{name}.npy", getattr(self, name))
+            write_json(tmp / "panel.json", self.metadata())
+            shutil.rmtree(root, ignore_errors=True)
+            try:
+                tmp.rename(root)
+            except OSError:
+                if not (root / "panel.json").exists():
+                    raise
+                log.info("panel: %s was written by another process meanwhile; keeping it", root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         return root
 
     def metadata(self) -> dict[str, Any]:
@@ -187,6 +205,38 @@ class PanelStore:
     def label_valid(self, horizon_pos: int = 0) -> np.ndarray:
         return np.isfinite(np.asarray(self.targets[..., horizon_pos])) if self.targets.shape[-1] else \
             np.zeros(self.mask.shape, bool)
+
+
+_PANEL_TMP = re.compile(r"\.(?P<fp>[0-9a-f]+)(?:\.(?P<host>[0-9A-Za-z-]+)-(?P<pid>\d+))?\.tmp")
+
+
+def clean_cache(cache_dir: str | Path, keep: int | None, protect: Sequence[str] = ()) -> list[Path]:
+    """Bound `<cache_dir>/panels/`: remove the temp folders of killed conversions, incomplete panels, and all but
+    the `keep` newest complete panels (None: keep every panel; `protect`: fingerprints never removed, such as the
+    panel in use). Returns the removed folders."""
+    panels = Path(cache_dir) / "panels"
+    if not panels.is_dir():
+        return []
+    now, removed, complete = time.time(), [], []
+    for d in panels.iterdir():
+        if not d.is_dir() or d.name in protect:
+            continue
+        m = _PANEL_TMP.fullmatch(d.name)
+        if m is not None:
+            if stale_temp(m["host"], m["pid"], now - d.stat().st_mtime):
+                removed.append(d)
+        elif (d / "panel.json").is_file():
+            complete.append(d)
+        elif now - d.stat().st_mtime > STALE_TMP_NO_OWNER_S:  # a folder a killed older version left half-written
+            removed.append(d)
+    if keep is not None:
+        complete.sort(key=lambda d: (d / "panel.json").stat().st_mtime, reverse=True)
+        kept = sum((panels / fp / "panel.json").is_file() for fp in set(protect))
+        removed += complete[max(0, int(keep) - kept):]
+    for d in removed:
+        shutil.rmtree(d, ignore_errors=True)
+        log.info("panel cache: removed %s", d)
+    return removed
 
 
 class DayBatchSampler(Sampler):

@@ -65,6 +65,7 @@ class FoldResult:
     train_seconds: float
     throughput: list[dict[str, float]] = field(default_factory=list)
     collapse_events: list[dict[str, Any]] = field(default_factory=list)
+    oracle_test: dict[str, Any] | None = None  # the oracle on the same rows (synthetic market only)
 
 
 @dataclass
@@ -77,9 +78,9 @@ class TrainResult:
     horizons: list[int]
     folds: list[FoldResult]
     val: dict[str, Any]                    # pooled over the folds' validation days
-    test: dict[str, Any]                   # pooled over the folds' test days
-    baseline_test: dict[str, Any] | None
-    model_vs_baseline: dict[str, Any]      # per horizon: `metrics.paired_comparison` of daily RankIC
+    test: dict[str, Any]                   # pooled over the folds' test days, on the rows every predictor scored
+    baseline_test: dict[str, Any] | None   # the same rows
+    model_vs_baseline: dict[str, Any]      # per horizon: `metrics.paired_comparison` of daily RankIC (same rows)
     samples_per_sec: float | None
     mfu: float | None
     collapse: dict[str, float]             # std of the test predictions per horizon (0 = collapsed)
@@ -87,6 +88,8 @@ class TrainResult:
     durations_s: dict[str, float]
     peak_rss_mb: float
     peak_gpu_mb: float | None = None
+    oracle_test: dict[str, Any] | None = None  # the synthetic market's oracle on the same rows (None: no oracle)
+    comparison_rows: dict[str, Any] = field(default_factory=dict)  # `metrics.align_rows`: rows kept, excluded, why
 
     @property
     def epochs(self) -> list[int | list[int]]:

@@ -16,6 +16,7 @@ import difflib
 import functools
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
@@ -122,6 +123,8 @@ class FilesDataSettings:
     date_format: str | None = None
     calendar: str = "XTKS"
     extra_columns: str | list[str] = "all"
+    adjust_splits: str = "warn"
+    decimal_comma: bool = False
     columns: FileColumnsSettings = field(default_factory=FileColumnsSettings)
     # Not in conf/data/files.yaml yet: `gogooku3 run data=files` reads data.path (pipelines/full.py), so it is
     # accepted here (as `+data.path=...`) until the YAML gets `path: null`.
@@ -178,6 +181,7 @@ class TechnicalsSettings:
 class MarketFeaturesSettings:
     z_window: int = 252
     big_move_window: int = 60
+    proxy: str = "auto"
 
 
 @dataclass
@@ -433,8 +437,9 @@ class TrainSettings:
     swa: bool = False
     collapse_ratio: float = 0.05
     collapse_stop: bool = False
-    resume: bool = False
+    resume: bool | str = False
     force_convert: bool = False
+    panel_cache_keep: int | None = 4
     mlflow: bool = False
     gpu_resident_max_frac: float = 0.5
     normalizer: NormalizerSettings = field(default_factory=NormalizerSettings)
@@ -473,6 +478,15 @@ class PortfolioSettings:
     periods_per_year: float = 252.0
     vol_column: str = "volatility_20d"
     max_weight: float = 0.1
+    realism: Literal["auto", "ideal", "realistic"] = "auto"
+    cost_model: Literal["flat", "spread_impact"] = "flat"
+    borrow_only: bool = True
+    price_limits: bool = True
+    capital: float = 100_000_000.0
+    lot_size: int = 100
+    commission_bps: float = 1.0
+    half_spread_bps: float = 3.0
+    impact_coef: float = 1.0
 
 
 @dataclass
@@ -576,6 +590,130 @@ class Settings:
     def from_cfg(cls, cfg: Any) -> Settings:
         """Typed, checked copy of a composed config (interpolations resolved); raises ConfigError."""
         return typed(cfg, cls, "")
+
+
+# ---- value ranges -------------------------------------------------------------------------------------------
+# Checked by `typed` after the types, so every command refuses a bad value at load time with one line naming the
+# key, what is allowed and the value given ("train.lr: must be > 0, got -1"). null (where allowed) is not checked.
+Check = tuple[Callable[[Any], bool], str]
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+NORMALIZER_METHODS = ("robust_z", "rank_gauss")        # gogooku3.normalize.METHODS
+DAY_LEVEL = ("time_z", "zero")                          # gogooku3.normalize.DAY_LEVEL
+LOSS_TARGET_TRANSFORMS = ("zscore", "rank_gauss")       # gogooku3.model.losses.TARGET_TRANSFORMS
+RUN_STEPS = ("data", "build", "safe", "train", "backtest", "report", "predict")  # pipelines.full.STEPS
+
+
+def _ge(lo: float) -> Check:
+    return (lambda v: v >= lo), f">= {lo}"
+
+
+def _gt(lo: float) -> Check:
+    return (lambda v: v > lo), f"> {lo}"
+
+
+def _within(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> Check:
+    def ok(v: Any) -> bool:
+        return (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+
+    return ok, f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+
+def _one_of(*options: str, fold_case: bool = False) -> Check:
+    return (lambda v: (str(v).upper() if fold_case else v) in options), f"one of {'|'.join(options)}"
+
+
+def _each(check: Check, non_empty: bool = False) -> Check:
+    ok, text = check
+    return ((lambda v: (len(v) > 0 or not non_empty) and all(ok(x) for x in v)),
+            f"a {'non-empty ' if non_empty else ''}list of values {text}")
+
+
+_BATCHES: Check = ((lambda v: v >= 1 if isinstance(v, int) else 0 < v <= 1),
+                   "an int >= 1 (batches) or a float in (0, 1] (a share of them)")
+_SHARE = _within(0, 1)
+_DROPOUT = _within(0, 1, hi_open=True)
+
+RANGES: dict[type, dict[str, Check]] = {
+    SyntheticDataSettings: {"n_stocks": _within(5, 8000), "n_days": _ge(30), "signal_strength": _ge(0),
+                            "burn_in": _ge(0), "t_df": _gt(2), "split_share": _SHARE, "ipo_share": _SHARE,
+                            "delist_share": _SHARE, "suspensions_per_stock": _ge(0), "momentum_window": _ge(1),
+                            "momentum_skip": _ge(0)},
+    JQuantsDataSettings: {"requests_per_minute": _ge(1), "refresh_days": _ge(0), "max_attempts": _ge(1),
+                          "backoff_base_s": _ge(0), "backoff_max_s": _ge(0), "retry_after_max_s": _ge(0),
+                          "timeout_s": _gt(0)},
+    FilesDataSettings: {"separator": ((lambda v: len(v) == 1), "a single character such as ',' ';' or '\\t'"),
+                        "format": _one_of("auto", "csv", "parquet")},
+    LabelsSettings: {"horizons": _each(_ge(1), non_empty=True), "entry_lag": _ge(0)},
+    WalkForwardSplitSettings: {"mode": _one_of("expanding", "sliding"), "n_splits": _ge(1), "min_train_days": _ge(1),
+                               "test_days": _ge(1), "train_days": _ge(1), "embargo_days": _ge(0), "val_days": _ge(1)},
+    PurgedKFoldSplitSettings: {"n_splits": _ge(2), "min_train_days": _ge(1), "embargo_days": _ge(0),
+                               "val_days": _ge(1)},
+    NormalizerSettings: {"method": _one_of(*NORMALIZER_METHODS), "clip": _gt(0), "day_level": _one_of(*DAY_LEVEL),
+                         "day_level_window": _ge(20)},
+    GraphSettings: {"window": _ge(2), "method": _one_of("ewm", "pearson"), "halflife": _gt(0),
+                    "shrinkage": _within(0, 1, hi_open=True), "threshold": _SHARE, "k": _ge(1), "min_obs": _ge(2)},
+    SafeValidationSettings: {"min_features": _ge(0), "max_null_share": _SHARE, "null_action": _one_of("drop", "error"),
+                             "max_abs_target": _gt(0), "max_listed": _ge(0)},
+    BaselineSettings: {"horizons": _each(_ge(1), non_empty=True), "num_boost_round": _ge(1),
+                       "early_stopping_rounds": _ge(1), "top_features": _ge(0)},
+    ModelSettings: {"window": _ge(1), "hidden": _ge(1), "n_heads": _ge(1), "lstm_layers": _ge(1), "dropout": _DROPOUT,
+                    "vsn_init_gain": _gt(0), "norm": _one_of("fan", "revin", "none"), "fan_topk": _ge(1),
+                    "gat_heads": _each(_ge(1)), "gat_dropout": _DROPOUT, "quantiles": _each(_within(0, 1, True, True)),
+                    "head_hidden": _ge(1), "n_sectors": _ge(1), "n_segments": _ge(1), "expected_params": _ge(0)},
+    LossSettings: {"huber_delta": _gt(0), "lambda_q": _ge(0), "lambda_ic": _ge(0),
+                   "horizon_weights": ((lambda v: all(w >= 0 for w in (v.values() if isinstance(v, dict) else v))),
+                                       "null, a list or a {horizon: weight} map of weights >= 0"),
+                   "target_transform": _one_of(*LOSS_TARGET_TRANSFORMS), "min_stocks": _ge(2)},
+    CVSettings: {"folds": ((lambda v: v == "all" or v >= 1), "null, 'all' or an int >= 1")},
+    TrainSettings: {"max_epochs": _ge(1), "min_epochs": _ge(0), "lr": _gt(0), "weight_decay": _ge(0),
+                    "warmup_steps": _ge(0), "min_lr_ratio": _SHARE, "grad_clip": _ge(0),
+                    "accumulate_grad_batches": _ge(1), "patience": _ge(1), "save_top_k": _ge(1),
+                    "average_top_k": _ge(1), "limit_train_batches": _BATCHES, "limit_val_batches": _BATCHES,
+                    "max_stocks_per_day": _ge(2), "min_stocks_per_day": _ge(2),
+                    "min_window_frac": _within(0, 1, lo_open=True), "seed": _ge(0), "ensemble": _ge(1),
+                    "ema_decay": _DROPOUT, "collapse_ratio": _ge(0), "gpu_resident_max_frac": _SHARE,
+                    "panel_cache_keep": _ge(1)},
+    TrainerSettings: {"num_nodes": _ge(1), "peak_tflops": _gt(0), "num_threads": _ge(1)},
+    PortfolioSettings: {"method": _one_of("long_short", "mean_variance"), "horizon": _ge(1),
+                        "long_fraction": _within(0, 0.5, lo_open=True), "short_fraction": _within(0, 0.5, lo_open=True),
+                        "weighting": _one_of("equal", "score"), "cost_bps": _ge(0), "min_names": _ge(2),
+                        "min_price": _ge(0), "min_adv": _ge(0), "quantiles": _ge(2), "periods_per_year": _gt(0),
+                        "max_weight": _within(0, 1, lo_open=True), "capital": _gt(0), "lot_size": _ge(0),
+                        "commission_bps": _ge(0), "half_spread_bps": _ge(0), "impact_coef": _ge(0)},
+    ReportSettings: {"rolling_window": _ge(1), "top_features": _ge(1), "dpi": _ge(1), "param_tolerance": _ge(0)},
+    PredictSettings: {"horizon": _ge(1), "log_top": _ge(0),
+                      "output_subdir": ((lambda v: v.strip() != ""), "a folder name")},
+    PrunerSettings: {"n_startup_trials": _ge(0), "n_warmup_steps": _ge(0)},
+    HpoSettings: {"n_trials": _ge(1), "max_total_trials": _ge(1), "timeout_s": _gt(0), "seed": _ge(0),
+                  "n_startup_trials": _ge(0), "folds": _ge(1), "max_epochs": _ge(1), "patience": _ge(1),
+                  "limit_train_batches": _BATCHES},
+    RunSettings: {"steps": _each(_one_of(*RUN_STEPS))},
+    Settings: {"seed": _ge(0), "log_level": _one_of(*LOG_LEVELS, fold_case=True)},
+}
+
+# (key, other key, relation, holds): `key` must stand in `relation` to `other` of the same node.
+RELATIONS: dict[type, list[tuple[str, str, str, Callable[[Any, Any], bool]]]] = {
+    TrainSettings: [("min_epochs", "max_epochs", "<=", lambda a, b: a <= b)],
+    ModelSettings: [("n_heads", "hidden", "a divisor of", lambda a, b: b % a == 0)],
+    SyntheticDataSettings: [("momentum_skip", "momentum_window", "<", lambda a, b: a < b)],
+}
+
+
+def check_ranges(cls: type, values: dict[str, Any], where: str, given: dict[str, Any] | None = None) -> None:
+    """Raise ConfigError for the first of `values` (converted field values of the dataclass `cls`) outside its range
+    (`RANGES`, `RELATIONS`); `given` holds the values as written (shown in the message)."""
+    given = given or {}
+    for c in cls.__mro__:
+        for name, (ok, allowed) in RANGES.get(c, {}).items():
+            v = values.get(name)
+            if v is not None and not ok(v):
+                raise ConfigError(f"{_join(where, name)}: must be {allowed}, got {given.get(name, v)!r}")
+        for name, other, relation, holds in RELATIONS.get(c, []):
+            a, b = values.get(name), values.get(other)
+            if a is not None and b is not None and not holds(a, b):
+                raise ConfigError(f"{_join(where, name)}: must be {relation} {_join(where, other)} ({b!r}), "
+                                  f"got {given.get(name, a)!r}")
 
 
 # ---- conversion ---------------------------------------------------------------------------------------------
@@ -753,12 +891,21 @@ def _convert_dataclass(value: Any, cls: type, where: str, option: str = "") -> A
         if k not in known:
             raise unknown_key_error(where, str(k), known, option)
     kwargs = {}
-    for f in fs:
-        if f.name in value:
-            kwargs[f.name] = _convert(value[f.name], hints[f.name], _join(where, f.name))
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{_join(where, f.name)}: required key missing; give it with +{_join(where, f.name)}=...")
-    return cls(**kwargs)
+    # A node's own values are converted and range-checked before its sub-groups, so `seed=-3` is reported as
+    # `seed`, not as the `train.seed` that interpolates it.
+    leaves = [f for f in fs if _shape(hints[f.name]) != "dict"]
+    for group in (leaves, [f for f in fs if f not in leaves]):
+        for f in group:
+            if f.name in value:
+                kwargs[f.name] = _convert(value[f.name], hints[f.name], _join(where, f.name))
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{_join(where, f.name)}: required key missing; give it with "
+                                  f"+{_join(where, f.name)}=...")
+        if group is leaves:
+            check_ranges(cls, {k: v for k, v in kwargs.items()}, where, value)
+    out = cls(**kwargs)
+    check_ranges(cls, {f.name: getattr(out, f.name) for f in fs}, where, value)
+    return out
 
 
 # ---- schema look-up (for Hydra's own override errors) --------------------------------------------------------

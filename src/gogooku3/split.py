@@ -5,6 +5,14 @@ trading days (positions in the sorted session list). A training date t has the l
 [t, t + entry_lag + h_max]; it is *purged* when that window reaches a test date. The *embargo* widens the
 excluded gap to `embargo_days` sessions on the test side(s) (k-fold: on both sides, López de Prado), so
 `embargo_days` must be at least `h_max + entry_lag`.
+
+Purged K-fold also trains on dates *after* a test block, and a feature of date t looks back over sessions
+[t − L, t] (L = the longest feature look-back: a 252-session z-score, a 200-span EMA, a 52-week flow z-score...).
+A training date t after the block with t − L ≤ the block's last session therefore carries test-block information
+in its features. Such dates are purged too (`Fold.lookback_purged` counts those the label purge and embargo left):
+training resumes L + 1 sessions after the block. L comes from the dataset's manifest
+(`FeatureManifest.max_lookback`); when it is unknown, purged K-fold is refused with a ConfigError (walk-forward
+never trains after its test block and needs no look-back).
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ class Fold:
     embargo_days: int = 0
     embargoed: int = 0
     gaps: dict[str, int | None] = field(default_factory=dict)  # trading days between train and test on each side
+    feature_lookback: int | None = None  # k-fold: the features' longest look-back in sessions (walk-forward: None)
+    lookback_purged: int = 0             # k-fold: training dates after the block purged for it beyond the embargo
 
     @property
     def train_range(self) -> tuple[dt.date, dt.date]:
@@ -74,6 +84,8 @@ class Fold:
             "gap_before_test": self.gaps.get("before"),
             "gap_after_test": self.gaps.get("after"),
             "overlapping_dates": overlap,
+            "feature_lookback": self.feature_lookback,
+            "lookback_purged": self.lookback_purged,
         }
 
 
@@ -107,8 +119,9 @@ class _BaseSplitter:
         self.embargo_days = resolve_embargo(embargo_days, self.horizons, self.entry_lag)
 
     def _fold(self, index: int, sessions: list[dt.date], test_lo: int, test_hi: int,
-              candidates: np.ndarray) -> Fold:
-        """Build a fold from test positions [test_lo, test_hi] and candidate training positions."""
+              candidates: np.ndarray, lookback: int | None = None) -> Fold:
+        """Build a fold from test positions [test_lo, test_hi] and candidate training positions; with `lookback`,
+        training positions after the block whose feature window [t − lookback, t] reaches it are purged as well."""
         pos = candidates
         before = pos[pos < test_lo]
         after = pos[pos > test_hi]
@@ -118,19 +131,24 @@ class _BaseSplitter:
         purge_after = after <= test_hi + self.label_span
         emb_before = before >= test_lo - self.embargo_days
         emb_after = after <= test_hi + self.embargo_days
-        keep = np.concatenate([before[~emb_before], after[~emb_after]])
+        look_after = after <= test_hi + lookback if lookback is not None else np.zeros(after.shape, bool)
+        drop_after = emb_after | look_after
+        keep = np.concatenate([before[~emb_before], after[~drop_after]])
         purged = int(purge_before.sum() + purge_after.sum())
         embargoed = int((emb_before & ~purge_before).sum() + (emb_after & ~purge_after).sum())
         kb = before[~emb_before]
-        ka = after[~emb_after]
+        ka = after[~drop_after]
         gaps = {"before": int(test_lo - kb.max() - 1) if kb.size else None,
                 "after": int(ka.min() - test_hi - 1) if ka.size else None}
         return Fold(index, [sessions[i] for i in np.sort(keep)], sessions[test_lo:test_hi + 1], purged,
-                    self.embargo_days, embargoed, gaps)
+                    self.embargo_days, embargoed, gaps, lookback, int((look_after & ~emb_after).sum()))
 
     def describe(self) -> dict[str, Any]:
         return {"method": self.method, "n_splits": self.n_splits, "embargo_days": self.embargo_days,
                 "label_span_days": self.label_span}
+
+
+MIN_FIT_DAYS = 60  # sessions a proposed first training span holds beyond the label span: 40 validate, 20 fit
 
 
 class WalkForwardSplitter(_BaseSplitter):
@@ -165,8 +183,8 @@ class WalkForwardSplitter(_BaseSplitter):
         if test_days < 1 or n < self.required_dates(test_days):
             raise DataError(
                 f"too few dates for {self.n_splits} walk-forward folds: have {n} trading days, need at least "
-                f"{self.required_dates(max(test_days, 1))} (min_train_days {self.min_train_days} + embargo "
-                f"{self.embargo_days} + {self.n_splits} x test_days {max(test_days, 1)})")
+                f"{self.required_dates(max(test_days, 1))} (split.min_train_days {self.min_train_days} + embargo "
+                f"{self.embargo_days} + {self.n_splits} x test_days {max(test_days, 1)}); {self._proposal(n)}")
         train_len = self.train_days or self.min_train_days
         folds = []
         for i in range(self.n_splits):
@@ -177,21 +195,58 @@ class WalkForwardSplitter(_BaseSplitter):
         check_folds(folds, sessions, require_forward=True)
         return folds
 
+    def _proposal(self, n: int) -> str:
+        """Split keys that fit `n` sessions (checked against `required_dates`): first a shorter first training span
+        (half of what the embargo leaves, at least `MIN_FIT_DAYS` + the label span so the inner validation slice
+        fits, the rest in the same number of test blocks), then fewer folds."""
+        avail, k = n - self.embargo_days, self.n_splits
+        need = MIN_FIT_DAYS + self.label_span
+        short = (f"add dates, or shorten labels.horizons (a first training span needs about {need} sessions: "
+                 f"the {MIN_FIT_DAYS - 20}-session inner validation slice of the default split.val_days, its "
+                 f"{self.label_span}-session label gap and 20 to fit)")
+        if avail < 2:
+            return (f"the embargo alone takes {self.embargo_days} sessions (split.embargo_days, at least max "
+                    f"labels.horizons + labels.entry_lag): {short}")
+        out = []
+        goal = max(avail // 2, need)
+        keep_t = self.test_days is not None and avail - k * self.test_days >= goal
+        t = self.test_days if keep_t else (avail - goal) // k
+        if t >= 1:
+            m = avail - k * t
+            keys = f"split.min_train_days={m}" + ("" if keep_t or self.test_days is None else f" split.test_days={t}")
+            out.append(f"{keys} ({k} test block(s) of {t} sessions after {m} training sessions)")
+        rest = avail - self.min_train_days
+        if k > 1 and rest >= 1 and self.min_train_days >= need:
+            k2 = min(k - 1, max(1, rest // (self.test_days or 20)))
+            if self.test_days is None or k2 * self.test_days <= rest:
+                out.append(f"split.n_splits={k2} (keeps split.min_train_days={self.min_train_days}; test blocks of "
+                           f"{self.test_days or rest // k2} sessions)")
+        return "set " + ", or ".join(out) if out else short
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "mode": self.mode, "min_train_days": self.min_train_days,
                 "test_days": self.test_days, "train_days": self.train_days}
 
 
 class PurgedKFoldSplitter(_BaseSplitter):
-    """K contiguous test blocks; training = every other date, purged and embargoed on both sides of the block."""
+    """K contiguous test blocks; training = every other date, purged and embargoed on both sides of the block, and
+    purged after the block for the features' look-back (`feature_lookback` sessions; required, see the module
+    docstring)."""
 
     method = "purged_kfold"
 
     def __init__(self, n_splits: int = 5, horizons: Sequence[int] = (1,), entry_lag: int = 1,
-                 embargo_days: int | None = None, min_train_days: int = 1) -> None:
+                 embargo_days: int | None = None, min_train_days: int = 1, feature_lookback: int | None = None) -> None:
         super().__init__(n_splits, horizons, entry_lag, embargo_days)
         if self.n_splits < 2:
             raise ConfigError(f"purged k-fold needs split.n_splits >= 2, got {n_splits}")
+        if feature_lookback is None:
+            raise ConfigError("split=purged_kfold: training dates after a test block carry features whose look-back "
+                              "reaches into it, and the dataset's manifest records no feature look-back to purge "
+                              "them; use split=walk_forward (or a dataset whose manifest has `lookback`)")
+        if int(feature_lookback) < 0:
+            raise ConfigError(f"feature look-back must be >= 0 sessions, got {feature_lookback}")
+        self.feature_lookback = int(feature_lookback)
         self.min_train_days = int(min_train_days)
 
     def split(self, dates: Iterable[dt.date] | pl.Series) -> list[Fold]:
@@ -207,20 +262,23 @@ class PurgedKFoldSplitter(_BaseSplitter):
         for i in range(self.n_splits):
             test_lo, test_hi = int(bounds[i]), int(bounds[i + 1]) - 1
             cand = allpos[(allpos < test_lo) | (allpos > test_hi)]
-            fold = self._fold(i, sessions, test_lo, test_hi, cand)
+            fold = self._fold(i, sessions, test_lo, test_hi, cand, self.feature_lookback)
             if len(fold.train_dates) < self.min_train_days:
-                raise DataError(f"purged k-fold {i}: only {len(fold.train_dates)} training dates after purge and "
-                                f"embargo (need {self.min_train_days}); use fewer folds or a shorter embargo")
+                raise DataError(f"purged k-fold {i}: only {len(fold.train_dates)} training dates after purge, "
+                                f"embargo and the {self.feature_lookback}-session feature look-back (need "
+                                f"{self.min_train_days}); use fewer folds, a shorter embargo or split=walk_forward")
             folds.append(fold)
         check_folds(folds, sessions)
         return folds
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "min_train_days": self.min_train_days}
+        return {**super().describe(), "min_train_days": self.min_train_days, "feature_lookback": self.feature_lookback}
 
 
-def make_splitter(split_cfg: Any, horizons: Sequence[int], entry_lag: int) -> WalkForwardSplitter | PurgedKFoldSplitter:
-    """The splitter named by `split.method` (`walk_forward` | `purged_kfold`) with its config keys."""
+def make_splitter(split_cfg: Any, horizons: Sequence[int], entry_lag: int, feature_lookback: int | None = None
+                  ) -> WalkForwardSplitter | PurgedKFoldSplitter:
+    """The splitter named by `split.method` (`walk_forward` | `purged_kfold`) with its config keys; purged K-fold
+    needs `feature_lookback` (the manifest's `max_lookback`) and is refused without it."""
     get = (lambda k, d=None: split_cfg.get(k, d)) if split_cfg is not None else (lambda k, d=None: d)
     method = get("method", "walk_forward")
     emb = get("embargo_days", None)
@@ -231,7 +289,8 @@ def make_splitter(split_cfg: Any, horizons: Sequence[int], entry_lag: int) -> Wa
                                    train_days=get("train_days", None))
     if method == "purged_kfold":
         return PurgedKFoldSplitter(n_splits=get("n_splits", 5), horizons=horizons, entry_lag=entry_lag,
-                                   embargo_days=emb, min_train_days=get("min_train_days", 1))
+                                   embargo_days=emb, min_train_days=get("min_train_days", 1),
+                                   feature_lookback=feature_lookback)
     raise ConfigError(f"split.method must be 'walk_forward' or 'purged_kfold', got '{method}'")
 
 
@@ -255,7 +314,7 @@ def check_folds(folds: Sequence[Fold], dates: Iterable[dt.date] | pl.Series | No
 
     Checks: no date in both train and test; test blocks disjoint across folds (and moving forward for
     walk-forward); given the session list, every training date is at least `embargo_days` sessions away
-    from its fold's test block.
+    from its fold's test block, and (with a `feature_lookback` L) every training date after the block more than L.
     """
     if not folds:
         raise LeakageError("no folds to check")
@@ -279,6 +338,11 @@ def check_folds(folds: Sequence[Fold], dates: Iterable[dt.date] | pl.Series | No
                 bad = f.train_dates[int(dist.argmin())]
                 raise LeakageError(f"fold {f.index}: training date {bad} is {g} trading days from the test block, "
                                    f"embargo is {f.embargo_days}")
+            after = tp > hi
+            if f.feature_lookback is not None and after.any() and int(dist[after].min()) < f.feature_lookback:
+                bad = f.train_dates[int(np.flatnonzero(after)[dist[after].argmin()])]
+                raise LeakageError(f"fold {f.index}: training date {bad} after the test block is within the "
+                                   f"{f.feature_lookback}-session feature look-back of it")
             min_gap = g if min_gap is None else min(min_gap, g)
     for a, b in zip(folds, folds[1:]):
         if set(a.test_dates) & set(b.test_dates):

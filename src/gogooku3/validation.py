@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,7 +111,10 @@ def validate_dataset(df: pl.DataFrame, manifest: FeatureManifest, horizons: Sequ
     if absent:
         raise SchemaError(f"{source}: {len(absent)} manifest feature(s) missing, e.g. {', '.join(absent[:5])}")
     if len(present) < min_features:
-        raise DataError(f"{source}: only {len(present)} features in the manifest, need at least {min_features}")
+        raise DataError(f"{source}: only {len(present)} features in the manifest, need at least {min_features} "
+                        f"(safe.validation.min_features); pass safe.validation.min_features={len(present)} to use "
+                        f"this dataset as it is, or add inputs so the builder can make more features (its coverage "
+                        f"report lists the skipped groups)")
 
     dup = df.group_by("Code", "Date").len().filter(pl.col("len") > 1)
     if dup.height:
@@ -124,8 +128,12 @@ def validate_dataset(df: pl.DataFrame, manifest: FeatureManifest, horizons: Sequ
 
     kept, too_null, nulls = drop_too_null(df, present, train_dates, max_null_share, null_action, source)
     if len(kept) < min_features:
-        raise DataError(f"{source}: only {len(kept)} features left after dropping {len(too_null)} too-null ones, "
-                        f"need at least {min_features}")
+        worst = max(too_null.values(), default=0.0)
+        raise DataError(f"{source}: only {len(kept)} features left after dropping {len(too_null)} too-null ones "
+                        f"(null share > safe.validation.max_null_share={max_null_share} in the training span), need "
+                        f"at least {min_features} (safe.validation.min_features); pass "
+                        f"safe.validation.min_features={len(kept)}, or keep them all with "
+                        f"safe.validation.max_null_share={min(1.0, math.ceil(worst * 100) / 100):g}")
 
     flagged: dict[str, Any] = {}
     tstats = df.select([pl.col(t).cast(pl.Float64).fill_nan(None).std().alias(t) for t in targets]

@@ -162,3 +162,31 @@ def test_seed_ensemble_with_day_level_features_trains_resumes_and_predicts(tmp_p
     res2 = CompleteATFTTrainingPipeline(load_config(ov + ["train.resume=true", "train.max_epochs=5"])).run()
     m2 = json.loads((Path(res2["run_dir"]) / "metrics.json").read_text())
     assert m2["epochs"] == [[5, 5]]
+
+
+def test_failed_run_leaves_runs_last_on_the_finished_one(trained, monkeypatch):
+    """runs/last moves only when a run finishes: a run that fails while training keeps it where it was."""
+    import gogooku3.pipelines.atft as atft
+
+    root, res = trained
+    monkeypatch.chdir(root)
+    before = (root / "runs" / "last").resolve()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(atft, "fit_ensemble", boom)
+    with pytest.raises(RuntimeError, match="killed"):
+        CompleteATFTTrainingPipeline(load_config(OVERRIDES)).run()
+    assert (root / "runs" / "last").resolve() == before and (before / "metrics.json").exists()
+
+
+def test_config_that_disagrees_with_the_manifest_is_refused(trained, monkeypatch):
+    from gogooku3.errors import ConfigError
+
+    root, _ = trained
+    monkeypatch.chdir(root)
+    with pytest.raises(ConfigError, match=r"labels.entry_lag=1.*labels.entry_lag=2"):
+        CompleteATFTTrainingPipeline(load_config(OVERRIDES + ["labels.entry_lag=2"])).run()
+    with pytest.raises(ConfigError, match=r"labels.horizons=\[1,5\]"):
+        CompleteATFTTrainingPipeline(load_config([*OVERRIDES, "labels.horizons=[1,5,10]"])).run()

@@ -165,3 +165,43 @@ def test_checker_catches_adjusted_levels(synth_tables, synth_calendar, synth_cut
     # scale-free features are unaffected by where the levels are scaled
     assert not mismatches(full.df, honest.df, ["returns_20d", "price_to_sma20", "rsi_14", "volume_ratio_20",
                                                "dollar_volume", "bb_width", "market_cap"], t)
+
+
+def test_market_proxy_is_point_in_time(synth_tables, synth_calendar, synth_cuts, mini_tables, mini_calendar, cfg):
+    """Without a topix table the market features come from a proxy index of the universe (cap-weighted by the
+    previous row's market cap on the synthetic market, which has statements; equal-weighted on prices alone). Rebuilt
+    on the data as published at a cut, every feature, the proxy's mkt_* and the cross block's beta/alpha included,
+    equals the full build: the proxy reads only names, prices and shares known at t."""
+    no_index = {k: v for k, v in synth_tables.items() if k != "topix"}
+    full = build_features(no_index, synth_calendar, cfg.features, cfg.labels)
+    assert full.notes["market"].startswith("proxy: cap-weighted") and "beta_60d" in full.groups
+    splits = split_days(synth_tables)
+    for t in (synth_cuts[1], next(x for x in synth_cuts if x < max(splits))):
+        cut = build_features(truncate(no_index, t), synth_calendar, cfg.features, cfg.labels)
+        assert set(cut.groups) == set(full.groups)
+        bad = mismatches(full.df, cut.df, list(full.groups), t)
+        assert not bad, f"cut {t}: features read the future: {bad}"
+    prices = {"daily_quotes": mini_tables["daily_quotes"], "trading_calendar": mini_tables["trading_calendar"]}
+    full = build_features(prices, mini_calendar, cfg.features, cfg.labels)
+    assert full.notes["market"].startswith("proxy: equal-weighted")
+    dates = mini_tables["daily_quotes"]["Date"].unique().sort()
+    for t in (dates[79], dates[120]):
+        cut = build_features(truncate(prices, t), mini_calendar, cfg.features, cfg.labels)
+        assert not mismatches(full.df, cut.df, list(full.groups), t)
+
+
+def test_proxy_checker_catches_a_future_weight(synth_tables, synth_calendar, synth_cuts, cfg, monkeypatch):
+    """Control: a proxy weighted by the same day's market cap of a *later* row (a leak) is caught by the cut."""
+    from gogooku3.features import market
+
+    real = market.proxy_index
+
+    def leaky(lf, mode, weights=None):
+        return real(lf, mode, None if weights is None else weights.shift(-5).over("Code"))
+
+    monkeypatch.setattr(builder, "proxy_index", leaky)
+    no_index = {k: v for k, v in synth_tables.items() if k != "topix"}
+    t = synth_cuts[2]
+    full = build_features(no_index, synth_calendar, cfg.features, cfg.labels)
+    cut = build_features(truncate(no_index, t), synth_calendar, cfg.features, cfg.labels)
+    assert "mkt_ret_1d" in mismatches(full.df, cut.df, ["mkt_ret_1d", "returns_1d"], t)

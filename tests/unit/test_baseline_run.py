@@ -32,7 +32,8 @@ def _setup(root, planted_dataset, *extra):
     cfg = load_config([f"paths.output_dir={root}/output", *FAST, *extra])
     man = FeatureManifest.for_dataset(ds)
     df = pl.read_parquet(ds)
-    folds = make_splitter(cfg.split, baseline_horizons(cfg), 1).split(df["Date"])
+    # the planted features look back one session at most (returns_1d); purged k-fold needs that stated
+    folds = make_splitter(cfg.split, baseline_horizons(cfg), 1, feature_lookback=1).split(df["Date"])
     return cfg, ds, man, df, folds
 
 

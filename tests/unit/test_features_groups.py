@@ -41,10 +41,13 @@ def test_user_files_without_ohlv(mini_factory, cfg):
     assert c["user"] == 1 and b.df.schema["x_signal"] == pl.Float32
     assert "Open" not in b.df.columns and "Close" in b.df.columns
     assert c["technicals"] == 7  # RSI ×2, MACD ×3, Bollinger ×2 (no stoch, ATR, ADX without H/L)
-    for g in ("market", "statements", "flows", "margin", "volume", "sector", "cross"):
+    for g in ("statements", "flows", "margin", "volume", "sector"):
         assert g in b.skipped, g
     assert "AdjH" in b.skipped["technicals"] and "AdjVo" in b.skipped["volume"]
-    assert "topix" in b.skipped["market"] and "statements" in b.skipped["statements"]
+    assert "statements" in b.skipped["statements"]
+    # no topix table: market and cross run on the universe's own (equal-weighted) proxy index, flagged as such
+    assert c["market"] == 24 and c["cross"] == 8 and "index H/L" in b.skipped["market"] and "cross" not in b.skipped
+    assert b.notes["market"].startswith("proxy: equal-weighted")
     assert b.df["Section"].unique().to_list() == ["AllMarket"]
 
 

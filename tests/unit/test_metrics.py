@@ -47,17 +47,31 @@ def test_daily_ic_matches_scipy_with_ties_and_missing():
     assert out["rank_ic"][1] == pytest.approx(stats.spearmanr(p2, y2)[0], abs=1e-12)
 
 
-def test_days_too_small_or_constant_are_excluded():
+def test_days_too_small_or_with_constant_target_are_excluded_and_a_constant_prediction_scores_zero():
     d = [date(2024, 1, i) for i in (4, 5, 9)]
     df = pl.DataFrame({
         "Date": [d[0]] * 4 + [d[1]] * 6 + [d[2]] * 6,
         "p": [1.0, 2, 3, 4] + [1.0] * 6 + [1.0, 2, 3, 4, 5, 6],
         "y": [1.0, 2, 3, 4] + [1.0, 2, 3, 4, 5, 6] + [0.5] * 6,
     })
-    assert metrics.daily_ic(df, "p", "y").height == 0  # 4 < 5 stocks; constant pred; constant target
-    assert metrics.daily_ic(df, "p", "y", min_stocks=4)["Date"].to_list() == [d[0]]
-    s = metrics.summarize_ic(metrics.daily_ic(df, "p", "y"))
+    # 4 < 5 stocks: out; constant target: out; constant prediction: counted as IC 0
+    out = metrics.daily_ic(df, "p", "y")
+    assert out["Date"].to_list() == [d[1]]
+    assert out["ic"].to_list() == [0.0] and out["rank_ic"].to_list() == [0.0] and out["constant"].to_list() == [True]
+    assert metrics.daily_ic(df, "p", "y", min_stocks=4)["Date"].to_list() == [d[0], d[1]]
+    s = metrics.summarize_ic(out)
+    assert s["n_days"] == 1 and s["n_constant_days"] == 1 and s["rank_ic_mean"] == 0.0
+    s = metrics.summarize_ic(metrics.daily_ic(df.filter(pl.col("Date") == d[2]), "p", "y"))
     assert s["n_days"] == 0 and math.isnan(s["rank_ic_mean"])
+
+
+def test_a_constant_prediction_day_pulls_the_mean_ic_down():
+    """A collapsed day is not dropped: with two perfect days and one constant one the mean RankIC is 2/3."""
+    df = _panel(n_days=3, n_stocks=10, seed=1).with_columns(pred_1d=pl.col("target_1d"))
+    df = df.with_columns(pred_1d=pl.when(pl.col("Date") == df["Date"].max()).then(0.5).otherwise(pl.col("pred_1d")))
+    s = metrics.evaluate(df, [1])["1"]
+    assert s["n_days"] == 3 and s["n_constant_days"] == 1
+    assert s["rank_ic_mean"] == pytest.approx(2 / 3)
 
 
 def test_perfect_reversed_and_random_predictors():
@@ -84,7 +98,12 @@ def test_summary_formulas_by_hand():
     assert s["rank_ic_mean"] == pytest.approx(x.mean())
     assert s["rank_ic_std"] == pytest.approx(x.std(ddof=1))
     assert s["rank_icir"] == pytest.approx(x.mean() / x.std(ddof=1))
-    assert s["rank_ic_tstat"] == pytest.approx(x.mean() / x.std(ddof=1) * math.sqrt(25))
+    assert s["rank_ic_tstat_naive"] == pytest.approx(x.mean() / x.std(ddof=1) * math.sqrt(25))
+    lag = metrics.hac_lag(25, 1)
+    assert s["hac_lag"] == lag == 2 and s["tstat_method"] == "newey_west"   # floor(4 * 0.25^(2/9)) = 2
+    u = x - x.mean()
+    var = (u @ u + 2 * sum((1 - j / (lag + 1)) * (u[j:] @ u[:-j]) for j in range(1, lag + 1))) / 25
+    assert s["rank_ic_tstat"] == pytest.approx(x.mean() / math.sqrt(var / 25))
     assert s["rank_ic_pos_share"] == pytest.approx((x > 0).mean())
     ic = daily["ic"].to_numpy()
     assert s["icir"] == pytest.approx(ic.mean() / ic.std(ddof=1))
@@ -157,9 +176,14 @@ def test_paired_comparison_by_hand():
     d = (j["rank_ic"] - j["rank_ic_b"]).to_numpy()
     assert res["n_days"] == 45
     assert res["mean_diff"] == pytest.approx(d.mean())
-    assert res["t_stat"] == pytest.approx(d.mean() / d.std(ddof=1) * math.sqrt(45))
+    assert res["t_stat_naive"] == pytest.approx(d.mean() / d.std(ddof=1) * math.sqrt(45))
     ref = stats.ttest_rel(j["rank_ic"].to_numpy(), j["rank_ic_b"].to_numpy())
-    assert res["t_stat"] == pytest.approx(ref.statistic) and res["p_value"] == pytest.approx(ref.pvalue)
+    assert res["t_stat_naive"] == pytest.approx(ref.statistic)
+    nw = metrics.mean_tstat(d, 1)
+    assert res["t_stat"] == pytest.approx(nw["tstat"]) and res["hac_lag"] == nw["hac_lag"] == metrics.hac_lag(45)
+    assert res["p_value"] == pytest.approx(2 * stats.t.sf(abs(nw["tstat"]), 44))
+    assert res["tstat_method"] == "newey_west"
+    assert metrics.paired_comparison(da, db, horizon=20)["hac_lag"] == 19   # overlapping 20-day labels
     assert res["mean_diff"] > 0 and res["mean_a"] > res["mean_b"]
 
 
@@ -176,3 +200,72 @@ def test_training_rank_ic_matches_the_metrics_module():
     expected = metrics.daily_ic(df, "pred", "y")["rank_ic"][0]
     got = float(rank_ic(torch.tensor(p), torch.tensor(y)))
     assert abs(got - expected) < 1e-6
+
+
+def _ar1(n: int, phi: float, mean: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    e = rng.normal(scale=0.05, size=n)
+    x = np.empty(n)
+    x[0] = e[0]
+    for t in range(1, n):
+        x[t] = phi * x[t - 1] + e[t]
+    return mean + x
+
+
+@pytest.mark.parametrize(("phi", "horizon"), [(0.0, 1), (0.72, 5), (0.88, 20)])
+def test_newey_west_matches_statsmodels_on_ar1_ics(phi, horizon):
+    """HAC t of a simulated AR(1) daily IC series equals statsmodels' (OLS on a constant, HAC, same lag) within 1 %."""
+    sm = pytest.importorskip("statsmodels.api")
+    x = _ar1(500, phi, 0.02, seed=int(phi * 100) + horizon)
+    res = metrics.mean_tstat(x, horizon)
+    lag = max(horizon - 1, math.floor(4 * (500 / 100) ** (2 / 9)))
+    assert res["hac_lag"] == lag and res["tstat_method"] == "newey_west"
+    ols = sm.OLS(x, np.ones_like(x))
+    ref = ols.fit(cov_type="HAC", cov_kwds={"maxlags": lag, "use_correction": False}).tvalues[0]
+    assert res["tstat"] == pytest.approx(ref, rel=0.01)
+    default = ols.fit(cov_type="HAC", cov_kwds={"maxlags": lag}).tvalues[0]  # statsmodels' small-sample correction
+    assert res["tstat"] == pytest.approx(default, rel=0.01)
+    if phi > 0.5:  # autocorrelated ICs: the naive t overstates
+        assert res["tstat_naive"] > 1.5 * res["tstat"]
+
+
+def test_hac_lag_rule():
+    assert metrics.hac_lag(100, 1) == 4 and metrics.hac_lag(100, 20) == 19
+    assert metrics.hac_lag(1000, 1) == math.floor(4 * 10 ** (2 / 9)) == 6
+    assert metrics.hac_lag(5, 20) == 4 and metrics.hac_lag(1, 5) == 0   # never beyond n - 1
+
+
+def test_evaluate_uses_the_horizon_for_the_lag_and_per_period_is_newey_west():
+    df = _panel(n_days=62, seed=2).with_columns(pred_20d=pl.col("pred_1d"), target_20d=pl.col("target_1d"))
+    ev = metrics.evaluate(df, [1, 20])
+    assert ev["1"]["hac_lag"] == metrics.hac_lag(62, 1) and ev["20"]["hac_lag"] == 19
+    assert ev["1"]["rank_ic_tstat_naive"] == pytest.approx(ev["20"]["rank_ic_tstat_naive"])
+    years = metrics.per_period(metrics.daily_ic(df, "pred_1d", "target_1d"), "year", horizon=20)
+    jan = metrics.daily_ic(df, "pred_1d", "target_1d").filter(pl.col("Date").dt.year() == 2022)
+    row = years.filter(pl.col("period") == "2022").row(0, named=True)
+    assert row["hac_lag"] == min(19, jan.height - 1) and row["tstat_method"] == "newey_west"
+    assert row["rank_ic_tstat"] == pytest.approx(metrics.mean_tstat(jan["rank_ic"], 20)["tstat"])
+
+
+def test_align_rows_compares_predictors_on_identical_rows():
+    """The model lacks the rows without a full window and one prediction; the baseline scores every row; the oracle
+    misses a stock: every frame keeps only the rows all of them have, and the exclusions are counted."""
+    full = _panel(n_days=10, n_stocks=8, seed=4)
+    model = full.filter(pl.col("Date") > full["Date"].min())                      # no window on the first day
+    model = model.with_columns(pred_1d=pl.when((pl.col("Code") == "10030") & (pl.col("Date") == model["Date"].max()))
+                               .then(None).otherwise(pl.col("pred_1d")))
+    base = full.with_columns(pred_1d=pl.col("pred_1d") * 0.5 + pl.col("target_1d"))
+    oracle = full.filter(pl.col("Code") != "10070").with_columns(pred_1d=pl.col("target_1d"))
+    same, rows = metrics.align_rows({"model": model, "baseline": base, "oracle": oracle, "none": None}, [1])
+    keys = {n: set(f.select("Date", "Code").iter_rows()) for n, f in same.items()}
+    assert set(same) == {"model", "baseline", "oracle"}
+    assert keys["model"] == keys["baseline"] == keys["oracle"]
+    assert rows["n_common"] == len(keys["model"]) == 9 * 7 - 1
+    m, b = rows["frames"]["model"], rows["frames"]["baseline"]
+    assert m["rows"] == 72 and m["excluded_null_prediction"] == 1 and m["excluded_absent_in"]["oracle"] == 9
+    assert b["kept"] == 62 and b["excluded_absent_in"]["model"] == 9
+    # the paired test on the aligned frames joins the same rows' daily ICs
+    da = metrics.daily_ic(same["model"], "pred_1d", "target_1d")
+    db = metrics.daily_ic(same["baseline"], "pred_1d", "target_1d")
+    assert (da["n"] == db["n"]).all()
+    assert metrics.paired_comparison(da, db)["n_days"] == 9

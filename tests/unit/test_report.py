@@ -56,7 +56,7 @@ def _train_result(run: Path, baseline_dir: Path) -> TrainResult:
         model=ModelInfo("small", 312345, 1, 312345, 300000, 1e6), horizons=[1, 5], folds=[fold], val={}, test={},
         baseline_test=None, model_vs_baseline={}, samples_per_sec=100.0, mfu=None, collapse={},
         panel={"fingerprint": "p", "shape": [90, 30, 30]}, durations_s={"train": 12.5, "total": 20.0},
-        peak_rss_mb=850.0)
+        peak_rss_mb=850.0, comparison_rows={"n_common": 5, "horizons": [1, 5], "frames": {}})
 
 
 def make_run_dir(root: Path) -> Path:
@@ -118,6 +118,20 @@ def test_report_json_and_html(run_cfg):
     assert rep["data"]["safe_report"].endswith("safe_1.json") and rep["data"]["dataset"]["calendar"] == "XTKS"
     assert [r["period"] for r in rep["per_year"]["model"]] == ["2023", "2024"]
     assert [r["epoch"] for r in rep["training"]["curves"]] == [0, 1, 2]
+    # Newey–West t-stats with their lag everywhere a t-stat is shown
+    for name in ("model", "baseline"):
+        for h in ("1", "5"):
+            e = rep["evaluation"][name][h]
+            assert e["tstat_method"] == "newey_west" and e["hac_lag"] >= int(h) - 1 and "rank_ic_tstat_naive" in e
+    assert rep["paired_model_vs_baseline"]["5"]["hac_lag"] >= 4
+    assert rep["checks"]["sharpe_tstat_method"] == "newey_west" and rep["checks"]["sharpe_hac_lag"] >= 0
+    assert all(r["tstat_method"] == "newey_west" for r in rep["per_year"]["model"])
+    # the same rows for both predictors, ideal and realistic backtests side by side
+    assert rep["rows"]["frames"]["model"]["kept"] == rep["rows"]["frames"]["baseline"]["kept"] == model.height
+    bt = rep["backtest"]["model"]
+    assert bt["headline"] == "ideal" and bt["summary"] == bt["ideal"] and bt["realistic"]["mode"] == "realistic"
+    assert bt["realistic"]["realism"]["borrow"]["available"] is False   # no dataset: reported unavailable
+    assert rep["training_rows"] == {"n_common": 5, "horizons": [1, 5], "frames": {}}
 
     html = out["html"].read_text()
     for sid in SECTIONS:
@@ -161,3 +175,46 @@ def test_report_bad_run_dir(tmp_path, run_cfg):
     with pytest.raises(DataError, match="pred_"):
         build_report(cfg, empty)
     assert sorted(p.name for p in empty.iterdir()) == ["predictions_test.parquet"]
+
+
+def test_report_with_the_dataset_excludes_rows_and_trades_realistically(run_cfg, tmp_path):
+    """With the dataset: a row the model lacks is left out of every comparison (and counted), the realistic
+    backtest uses its borrowability, and the HTML shows both backtests and the exclusions."""
+    run, _ = run_cfg
+    model = pl.read_parquet(run / "predictions_test.parquet")
+    dropped = model.filter(pl.col("Code") == "13000")
+    model.filter(pl.col("Code") != "13000").write_parquet(run / "predictions_test.parquet")
+    ds = tmp_path / "ds.parquet"
+    model.select("Date", "Code", Close=pl.lit(1000.0), returns_1d=pl.lit(0.0),
+                 is_borrowable=(pl.col("Code").str.slice(2, 2).cast(pl.Int32) % 2).cast(pl.Int8)).write_parquet(ds)
+    cfg = load_config([f"paths.output_dir={tmp_path / 'output'}", f"paths.dataset={ds}",
+                       f"paths.runs_dir={tmp_path / 'runs'}", f"paths.raw_dir={tmp_path / 'no_raw'}",
+                       "portfolio.realism=realistic", "portfolio.cost_model=spread_impact"])
+    rep = json.loads(build_report(cfg, run)["json"].read_text())
+    rows = rep["rows"]["frames"]
+    assert rows["baseline"]["rows"] - rows["baseline"]["kept"] == dropped.height
+    assert rows["baseline"]["excluded_absent_in"]["model"] == dropped.height
+    bt = rep["backtest"]["model"]
+    assert bt["headline"] == "realistic" and bt["summary"] == bt["realistic"]
+    assert bt["realistic"]["realism"]["borrow"]["applied"] and bt["realistic"]["realism"]["borrow"][
+        "short_names_passed_over"] > 0
+    assert bt["realistic"]["cost_model"] == "spread_impact" and set(bt["realistic"]["by_cost_model"]) == {
+        "flat", "spread_impact"}
+    assert rep["checks"]["sharpe"] == pytest.approx(bt["realistic"]["sharpe"])
+    assert rep["backtest_market"]["borrow"] == "dataset is_borrowable"
+    html = (run / "report.html").read_text()
+    assert "model ideal" in html and "model realistic (headline)" in html and "Rows compared" in html
+    assert "Newey–West" in html
+
+
+def test_train_result_without_the_new_fields_still_loads(tmp_path):
+    run = tmp_path / "r"
+    res = _train_result(run, tmp_path / "b")
+    path = res.save(tmp_path / "metrics.json")
+    d = json.loads(path.read_text())
+    for k in ("oracle_test", "comparison_rows"):
+        d.pop(k)
+    d["folds"][0].pop("oracle_test")
+    path.write_text(json.dumps(d))
+    back = TrainResult.load(path)
+    assert back.comparison_rows == {} and back.oracle_test is None and back.folds[0].oracle_test is None

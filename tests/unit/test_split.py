@@ -70,7 +70,7 @@ def test_purge_removes_exactly_the_crossing_dates(sessions):
 
 
 def test_purged_kfold_gaps_both_sides(sessions):
-    sp = PurgedKFoldSplitter(n_splits=5, horizons=[1, 5, 10, 20], entry_lag=1, embargo_days=None)
+    sp = PurgedKFoldSplitter(n_splits=5, horizons=[1, 5, 10, 20], entry_lag=1, embargo_days=None, feature_lookback=0)
     folds = sp.split(sessions)
     pos = _pos(sessions)
     tests = [d for f in folds for d in f.test_dates]
@@ -100,7 +100,7 @@ def test_too_few_dates_is_data_error(sessions):
     with pytest.raises(DataError, match="too few dates"):
         sp.split(sessions[:300])
     with pytest.raises(DataError, match="too few dates"):
-        PurgedKFoldSplitter(n_splits=5, horizons=[20], entry_lag=1).split(sessions[:80])
+        PurgedKFoldSplitter(n_splits=5, horizons=[20], entry_lag=1, feature_lookback=0).split(sessions[:80])
 
 
 def test_make_splitter_from_config(sessions):
@@ -110,7 +110,10 @@ def test_make_splitter_from_config(sessions):
     n = len(sessions)
     assert len(folds[0].test_dates) == (n - 252 - 21) // 3
     assert len(folds[0].train_dates) >= 252
-    assert isinstance(make_splitter({"method": "purged_kfold", "n_splits": 3}, [1], 1), PurgedKFoldSplitter)
+    assert isinstance(make_splitter({"method": "purged_kfold", "n_splits": 3}, [1], 1, 60), PurgedKFoldSplitter)
+    with pytest.raises(ConfigError, match="look-back"):   # the manifest records no look-back: refused
+        make_splitter({"method": "purged_kfold", "n_splits": 3}, [1], 1)
+    assert isinstance(make_splitter(cfg, [1], 1), WalkForwardSplitter)   # walk-forward needs none
     with pytest.raises(ConfigError):
         make_splitter({"method": "random"}, [1], 1)
 
@@ -130,3 +133,41 @@ def test_inner_validation_gap():
     assert val == dates[80:] and fit == dates[:74]
     with pytest.raises(DataError):
         inner_validation(dates[:20], 20, 6)
+
+
+def test_purged_kfold_leaves_no_training_row_whose_features_overlap_a_test_block(sessions):
+    """With a 60-session feature look-back, a training date t after a test block is kept only when its window
+    [t − 60, t] lies after the block: features of training rows never contain test-block information."""
+    lookback = 60
+    sp = PurgedKFoldSplitter(n_splits=4, horizons=[1, 5], entry_lag=1, embargo_days=None, feature_lookback=lookback)
+    folds = sp.split(sessions)
+    pos = _pos(sessions)
+    for f in folds:
+        lo, hi = pos[f.test_dates[0]], pos[f.test_dates[-1]]
+        for d in f.train_dates:
+            t = pos[d]
+            window = range(max(t - lookback, 0), t + 1)
+            assert not any(lo <= s <= hi for s in window), (f.index, d)      # no feature window reaches the block
+            assert t + 1 + 5 < lo or t > hi                                   # nor a label window
+        after = [d for d in sessions if pos[d] > hi]
+        if after:
+            assert f.train_dates[-1] == sessions[-1]
+            first_after = min((d for d in f.train_dates if pos[d] > hi), default=None)
+            assert first_after is None or pos[first_after] == hi + lookback + 1
+            assert f.lookback_purged == min(lookback, len(after)) - min(sp.embargo_days, len(after))
+            assert f.to_dict()["feature_lookback"] == lookback
+    check_folds(folds, sessions)
+    # a fold whose after-block training dates sit inside the look-back is a LeakageError
+    f = folds[0]
+    hi = pos[f.test_dates[-1]]
+    leaky = Fold(0, f.train_dates + [sessions[hi + lookback]], f.test_dates, embargo_days=f.embargo_days,
+                 feature_lookback=lookback)
+    leaky.train_dates.sort()
+    with pytest.raises(LeakageError, match="look-back"):
+        check_folds([leaky], sessions)
+
+
+def test_purged_kfold_too_long_a_lookback_is_a_clear_error(sessions):
+    with pytest.raises(DataError, match="look-back"):
+        PurgedKFoldSplitter(n_splits=5, horizons=[1], entry_lag=1, feature_lookback=700,
+                            min_train_days=200).split(sessions[:500])

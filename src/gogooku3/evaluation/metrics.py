@@ -3,13 +3,22 @@
 Definitions (each metric has exactly one):
 
 - **Pairs.** For a day, the (prediction, target) pairs of that day's stocks; a pair with a null or NaN on either side is
-  dropped (pairwise). A day is *scored* when it has at least ``min_stocks`` (default 5) pairs and both the prediction
-  and the target vary across them (max > min); other days are excluded from every daily series.
+  dropped (pairwise). A day is *scored* when it has at least ``min_stocks`` (default 5) pairs and the target varies
+  across them (max > min); other days are excluded from every daily series. A scored day whose prediction does not
+  vary (a constant, collapsed predictor) has IC = RankIC = 0 and is counted (``constant`` in the daily table,
+  ``n_constant_days`` in the summary): a predictor that says nothing scores nothing, it is not left out.
 - **IC** (daily): Pearson correlation of prediction and target over the day's pairs.
 - **RankIC** (daily): Spearman correlation = Pearson correlation of the within-day average ranks (ties share the
   average rank).
 - **Summary** of a daily series x over n scored days: ``mean``, ``std`` (sample, ddof=1), ``ICIR = mean / std``,
-  ``t-stat = mean / std * sqrt(n)``, ``pos_share`` = share of days with x > 0. Undefined values are NaN.
+  ``pos_share`` = share of days with x > 0, and ``t-stat = mean / se_NW`` (below); ``tstat_naive = mean / std · √n``
+  (the i.i.d. figure, kept for comparison only). Undefined values are NaN.
+- **Newey–West t-stat.** ``target_{h}d`` windows of consecutive days overlap by h − 1 sessions, so daily ICs are
+  autocorrelated and the i.i.d. standard error is too small. Every t-stat here (mean IC, paired difference, the
+  backtest's mean net return, per fold and per period) uses the HAC standard error with Bartlett weights:
+  se² = (γ₀ + 2 Σ_{j=1..L} (1 − j/(L+1)) γ_j) / n, γ_j = (1/n) Σ_t (x_t − x̄)(x_{t−j} − x̄) (no small-sample
+  correction), with the bandwidth rule **L = max(h − 1, floor(4 · (n/100)^(2/9)))** capped at n − 1 (h = 1 for series
+  of non-overlapping periods). Every dict with a t-stat says ``tstat_method: "newey_west"`` and its ``hac_lag``.
 - **Hit rate**: per day, the share of pairs whose prediction and target fall on the same side of that day's
   cross-sectional median (pairs sitting exactly on either median are left out); the hit rate is the mean over scored
   days. Cross-sectional on purpose: a ranking model's level carries no information, so 0.5 is chance.
@@ -17,7 +26,8 @@ Definitions (each metric has exactly one):
   quintiles; ties share a bucket). **Quantile return** = mean over days of the bucket's mean target.
 - **Top/bottom spread**: mean over days of (mean target of the top bucket − mean target of the bottom bucket).
 - **Paired comparison** of two daily series a, b on the days both have: d = a − b, ``mean_diff``, ``t_stat =
-  mean(d) / std(d) * sqrt(n)``, two-sided p-value from Student's t with n − 1 degrees of freedom.
+  mean(d) / se_NW(d)``, two-sided p-value from Student's t with n − 1 degrees of freedom. Compare predictors only on
+  identical (Date, Code) rows: `align_rows` first, then `daily_ic` of each.
 
 Everything is Polars, vectorised over days with ``group_by("Date")``; there is no Python loop over days.
 """
@@ -25,14 +35,17 @@ Everything is Polars, vectorised over days with ``group_by("Date")``; there is n
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
+import numpy as np
 import polars as pl
 
+from gogooku3 import columns as C
 from gogooku3.errors import DataError, SchemaError
 
 MIN_STOCKS = 5
-_DAILY_SCHEMA = {"Date": pl.Date, "n": pl.UInt32, "ic": pl.Float64, "rank_ic": pl.Float64}
+TSTAT_METHOD = "newey_west"
+_DAILY_SCHEMA = {"Date": pl.Date, "n": pl.UInt32, "ic": pl.Float64, "rank_ic": pl.Float64, "constant": pl.Boolean}
 
 
 def _frame(df: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
@@ -46,6 +59,47 @@ def _require(lf: pl.LazyFrame, cols: Iterable[str], what: str = "predictions") -
         raise SchemaError(f"{what}: missing column(s) {', '.join(missing)} (has {', '.join(schema.names()[:12])})")
 
 
+def _to_float(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
+# ---- Newey–West --------------------------------------------------------------------------------------------------
+def hac_lag(n: int, horizon: int = 1) -> int:
+    """The bandwidth L = max(h − 1, floor(4 · (n/100)^(2/9))), at most n − 1 (see the module docstring)."""
+    if n < 2:
+        return 0
+    auto = math.floor(4.0 * (n / 100.0) ** (2.0 / 9.0))
+    return int(min(max(int(horizon) - 1, auto), n - 1))
+
+
+def newey_west_se(x: np.ndarray, lag: int) -> float:
+    """HAC standard error of the mean of `x` with Bartlett weights over `lag` autocovariances (no df correction)."""
+    x = np.asarray(x, dtype=np.float64)
+    n = x.size
+    if n < 2:
+        return float("nan")
+    u = x - x.mean()
+    s = float(u @ u) / n
+    for j in range(1, min(int(lag), n - 1) + 1):
+        s += 2.0 * (1.0 - j / (lag + 1.0)) * float(u[j:] @ u[:-j]) / n
+    return math.sqrt(s / n) if s > 0 else float("nan")
+
+
+def mean_tstat(x: np.ndarray | pl.Series, horizon: int = 1) -> dict:
+    """mean, tstat (Newey–West, `hac_lag(n, horizon)`), tstat_naive (mean/std·√n), hac_lag, tstat_method, n."""
+    a = np.asarray(x.drop_nulls().to_numpy() if isinstance(x, pl.Series) else x, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    n = a.size
+    lag = hac_lag(n, horizon)
+    mean = float(a.mean()) if n else float("nan")
+    sd = float(a.std(ddof=1)) if n > 1 else float("nan")
+    se = newey_west_se(a, lag)
+    t = mean / se if n > 1 and math.isfinite(se) and se > 0 else float("nan")
+    naive = mean / sd * math.sqrt(n) if n > 1 and sd > 0 else float("nan")
+    return {"mean": mean, "tstat": t, "tstat_naive": naive, "hac_lag": lag, "tstat_method": TSTAT_METHOD, "n": n}
+
+
+# ---- daily IC ----------------------------------------------------------------------------------------------------
 def _pairs(df: pl.DataFrame | pl.LazyFrame, pred: str, target: str) -> pl.LazyFrame:
     """Date, p, y with null/NaN pairs dropped (both cast to Float64)."""
     lf = _frame(df)
@@ -57,57 +111,71 @@ def _pairs(df: pl.DataFrame | pl.LazyFrame, pred: str, target: str) -> pl.LazyFr
 
 
 def _scored(min_stocks: int) -> pl.Expr:
-    return ((pl.len() >= min_stocks)
-            & (pl.col("p").max() > pl.col("p").min())
-            & (pl.col("y").max() > pl.col("y").min()))
+    """A day counts: enough pairs and a target that varies (the prediction may be constant: IC 0)."""
+    return (pl.len() >= min_stocks) & (pl.col("y").max() > pl.col("y").min())
+
+
+def _varies(col: str = "p") -> pl.Expr:
+    return pl.col(col).max() > pl.col(col).min()
 
 
 def daily_ic(df: pl.DataFrame | pl.LazyFrame, pred: str, target: str, min_stocks: int = MIN_STOCKS) -> pl.DataFrame:
-    """Per scored day: Date, n (pairs), ic (Pearson), rank_ic (Spearman, average ranks), sorted by Date."""
+    """Per scored day: Date, n (pairs), ic (Pearson), rank_ic (Spearman, average ranks), constant (the prediction
+    did not vary: ic = rank_ic = 0), sorted by Date."""
     out = (_pairs(df, pred, target)
            .group_by("Date")
            .agg(n=pl.len().cast(pl.UInt32),
                 ic=pl.corr("p", "y"),
                 rank_ic=pl.corr(pl.col("p").rank("average"), pl.col("y").rank("average")),
+                constant=~_varies("p"),
                 ok=_scored(min_stocks))
            .filter(pl.col("ok"))
-           .drop("ok")
+           .with_columns(pl.when(pl.col("constant")).then(0.0).otherwise(pl.col(c)).alias(c) for c in ("ic", "rank_ic"))
+           .select(list(_DAILY_SCHEMA))
            .sort("Date")
            .collect())
     return out.cast({k: v for k, v in _DAILY_SCHEMA.items() if k != "Date"})
 
 
 def _stats(x: pl.Expr, prefix: str) -> list[pl.Expr]:
-    n = x.count()
+    """mean, std, IR and pos_share as expressions (the t-stats come from `mean_tstat`)."""
     mean, std = x.mean(), x.std(ddof=1)
     ratio = pl.when(std > 0).then(mean / std).otherwise(None)
     return [mean.alias(f"{prefix}_mean"), std.alias(f"{prefix}_std"), ratio.alias(f"{prefix}ir"),
-            (ratio * n.cast(pl.Float64).sqrt()).alias(f"{prefix}_tstat"),
             (x > 0).mean().alias(f"{prefix}_pos_share")]
 
 
-def _to_float(v) -> float:
-    return float("nan") if v is None else float(v)
+def _tstats(daily: pl.DataFrame, horizon: int) -> dict:
+    out: dict = {}
+    lag = 0
+    for col in ("ic", "rank_ic"):
+        t = mean_tstat(daily[col], horizon)
+        out[f"{col}_tstat"], out[f"{col}_tstat_naive"], lag = t["tstat"], t["tstat_naive"], t["hac_lag"]
+    return {**out, "tstat_method": TSTAT_METHOD, "hac_lag": lag}
 
 
-def summarize_ic(daily: pl.DataFrame) -> dict:
-    """ic_mean, ic_std, icir, ic_tstat, ic_pos_share, the same for rank_ic, and n_days (see module docstring)."""
+def summarize_ic(daily: pl.DataFrame, horizon: int = 1) -> dict:
+    """ic_mean, ic_std, icir, ic_tstat (Newey–West), ic_tstat_naive, ic_pos_share, the same for rank_ic, n_days,
+    n_constant_days, tstat_method and hac_lag (see the module docstring); `horizon` sets the minimum HAC lag."""
     _require(daily.lazy(), ["ic", "rank_ic"], "daily IC table")
     row = daily.select(*_stats(pl.col("ic"), "ic"), *_stats(pl.col("rank_ic"), "rank_ic")).row(0, named=True)
     out = {k: _to_float(v) for k, v in row.items()}
+    out.update(_tstats(daily, horizon))
     out["n_days"] = daily.height
+    out["n_constant_days"] = int(daily["constant"].sum()) if "constant" in daily.columns else 0
     return out
 
 
 def daily_hit_rate(df: pl.DataFrame | pl.LazyFrame, pred: str, target: str,
                    min_stocks: int = MIN_STOCKS) -> pl.DataFrame:
-    """Per scored day: Date, hit_rate (share of pairs on the same side of the day's medians)."""
+    """Per scored day with a varying prediction: Date, hit_rate (share of pairs on the same side of the medians)."""
     sp = (pl.col("p") - pl.col("p").median()).sign()
     sy = (pl.col("y") - pl.col("y").median()).sign()
     valid = (sp != 0) & (sy != 0)
     return (_pairs(df, pred, target)
             .group_by("Date")
-            .agg(hit_rate=((sp == sy) & valid).sum() / valid.sum(), ok=_scored(min_stocks) & (valid.sum() > 0))
+            .agg(hit_rate=((sp == sy) & valid).sum() / valid.sum(),
+                 ok=_scored(min_stocks) & _varies("p") & (valid.sum() > 0))
             .filter(pl.col("ok")).drop("ok").sort("Date").collect())
 
 
@@ -124,10 +192,12 @@ def bucket_expr(col: str, q: int) -> pl.Expr:
 
 def daily_quantile_returns(df: pl.DataFrame | pl.LazyFrame, pred: str, target: str, q: int = 5,
                            min_stocks: int | None = None) -> pl.DataFrame:
-    """Per scored day and bucket: Date, quantile (1 = lowest prediction), ret (mean target), n."""
+    """Per scored day with a varying prediction and bucket: Date, quantile (1 = lowest prediction), ret (mean
+    target), n."""
     min_stocks = max(q, MIN_STOCKS) if min_stocks is None else min_stocks
     lf = _pairs(df, pred, target)
-    ok_days = lf.group_by("Date").agg(ok=_scored(min_stocks)).filter(pl.col("ok")).select("Date")
+    ok_days = (lf.group_by("Date").agg(ok=_scored(min_stocks) & _varies("p")).filter(pl.col("ok"))
+               .select("Date"))
     return (lf.join(ok_days, on="Date", how="semi")
             .with_columns(quantile=bucket_expr("p", q).over("Date"))
             .group_by("Date", "quantile")
@@ -158,7 +228,7 @@ def top_bottom_spread(df: pl.DataFrame | pl.LazyFrame, pred: str, target: str, q
 
 def evaluate(df: pl.DataFrame | pl.LazyFrame, horizons: Iterable[int], pred_fmt: str = "pred_{h}d",
              target_fmt: str = "target_{h}d", min_stocks: int = MIN_STOCKS, q: int = 5) -> dict[str, dict]:
-    """Per horizon (key str(h)): summarize_ic(daily_ic) + hit_rate + top_bottom_spread."""
+    """Per horizon (key str(h)): summarize_ic(daily_ic, h) + hit_rate + top_bottom_spread."""
     lf = _frame(df)
     horizons = [int(h) for h in horizons]
     _require(lf, [c for h in horizons for c in (pred_fmt.format(h=h), target_fmt.format(h=h))])
@@ -166,27 +236,33 @@ def evaluate(df: pl.DataFrame | pl.LazyFrame, horizons: Iterable[int], pred_fmt:
     out: dict[str, dict] = {}
     for h in horizons:
         p, y = pred_fmt.format(h=h), target_fmt.format(h=h)
-        res = summarize_ic(daily_ic(data, p, y, min_stocks))
+        res = summarize_ic(daily_ic(data, p, y, min_stocks), h)
         res["hit_rate"] = hit_rate(data, p, y, min_stocks)
         res["top_bottom_spread"] = top_bottom_spread(data, p, y, q)
         out[str(h)] = res
     return out
 
 
-def per_period(daily: pl.DataFrame, period: str = "year") -> pl.DataFrame:
-    """Summary of a daily IC table per calendar year ("2021") or month ("2021-03"): period, n_days and the stats."""
+def per_period(daily: pl.DataFrame, period: str = "year", horizon: int = 1) -> pl.DataFrame:
+    """Summary of a daily IC table per calendar year ("2021") or month ("2021-03"): period, n_days, the stats with
+    Newey–West t-stats (each period's own `hac_lag`), tstat_method."""
     fmt = {"year": "%Y", "month": "%Y-%m"}.get(period)
     if fmt is None:
         raise DataError(f"per_period: period must be 'year' or 'month', got {period!r}")
     _require(daily.lazy(), ["Date", "ic", "rank_ic"], "daily IC table")
-    return (daily.lazy()
-            .group_by(period=pl.col("Date").dt.strftime(fmt))
-            .agg(n_days=pl.len().cast(pl.UInt32), *_stats(pl.col("ic"), "ic"), *_stats(pl.col("rank_ic"), "rank_ic"))
-            .sort("period").collect())
+    tagged = daily.sort("Date").with_columns(period=pl.col("Date").dt.strftime(fmt))
+    base = (tagged.group_by("period")
+            .agg(n_days=pl.len().cast(pl.UInt32), *_stats(pl.col("ic"), "ic"), *_stats(pl.col("rank_ic"), "rank_ic")))
+    rows = [{"period": part["period"][0], **_tstats(part, horizon)}
+            for part in tagged.partition_by("period", maintain_order=True)]
+    schema = {"period": pl.String, "ic_tstat": pl.Float64, "ic_tstat_naive": pl.Float64, "rank_ic_tstat": pl.Float64,
+              "rank_ic_tstat_naive": pl.Float64, "tstat_method": pl.String, "hac_lag": pl.Int64}
+    return base.join(pl.DataFrame(rows, schema=schema), on="period", how="left").sort("period")
 
 
-def paired_comparison(daily_a: pl.DataFrame, daily_b: pl.DataFrame, col: str = "rank_ic") -> dict:
-    """Does a beat b? Mean daily difference of `col` on the common days with its t-stat and two-sided p-value."""
+def paired_comparison(daily_a: pl.DataFrame, daily_b: pl.DataFrame, col: str = "rank_ic", horizon: int = 1) -> dict:
+    """Does a beat b? Mean daily difference of `col` on the common days with its Newey–West t-stat (lag from
+    `hac_lag(n, horizon)`) and two-sided p-value; pass daily tables computed on identical rows (`align_rows`)."""
     for name, d in (("a", daily_a), ("b", daily_b)):
         _require(d.lazy(), ["Date", col], f"paired_comparison daily_{name}")
     j = (daily_a.select("Date", a=pl.col(col)).join(daily_b.select("Date", b=pl.col(col)), on="Date")
@@ -195,11 +271,9 @@ def paired_comparison(daily_a: pl.DataFrame, daily_b: pl.DataFrame, col: str = "
     row = j.select(mean_a=pl.col("a").mean(), mean_b=pl.col("b").mean(), mean_diff=pl.col("d").mean(),
                    std_diff=pl.col("d").std(), win_share=(pl.col("d") > 0).mean()).row(0, named=True)
     out = {k: _to_float(v) for k, v in row.items()}
-    sd = out["std_diff"]
-    t = out["mean_diff"] / sd * math.sqrt(n) if n > 1 and sd > 0 else float("nan")
-    out["t_stat"] = t
-    out["p_value"] = _p_value(t, n - 1)
-    out["n_days"] = n
+    t = mean_tstat(j["d"], horizon)
+    out.update(t_stat=t["tstat"], t_stat_naive=t["tstat_naive"], p_value=_p_value(t["tstat"], n - 1),
+               tstat_method=TSTAT_METHOD, hac_lag=t["hac_lag"], n_days=n)
     return out
 
 
@@ -209,3 +283,41 @@ def _p_value(t: float, dof: int) -> float:
     from scipy import stats
 
     return float(2.0 * stats.t.sf(abs(t), dof))
+
+
+# ---- identical rows ------------------------------------------------------------------------------------------------
+def align_rows(frames: Mapping[str, pl.DataFrame | None], horizons: Iterable[int]
+               ) -> tuple[dict[str, pl.DataFrame], dict]:
+    """Restrict every predictor's frame to the same (Date, Code) rows: those present in every frame with a non-null,
+    non-NaN prediction of every horizon in `horizons` that the frame carries. None frames are ignored.
+
+    Returns the restricted frames and the row accounting: ``n_common`` and per frame ``rows``, ``kept``,
+    ``excluded_null_prediction`` (its own prediction missing) and ``excluded_absent_in`` (other frame -> rows of this
+    frame whose key that frame lacks or leaves unpredicted).
+    """
+    hs = [int(h) for h in horizons]
+    frames = {k: v for k, v in frames.items() if v is not None}
+    keys: dict[str, pl.DataFrame] = {}
+    null_pred: dict[str, int] = {}
+    for name, df in frames.items():
+        _require(df.lazy(), [C.DATE, C.CODE], name)
+        preds = [C.pred(h) for h in hs if C.pred(h) in df.columns]
+        if not preds:
+            raise SchemaError(f"{name}: none of {', '.join(C.pred(h) for h in hs)} to compare")
+        ok = pl.all_horizontal(pl.col(p).cast(pl.Float64).fill_nan(None).is_not_null() for p in preds)
+        k = df.filter(ok).select(pl.col(C.DATE).cast(pl.Date), pl.col(C.CODE).cast(pl.String)).unique()
+        keys[name] = k
+        null_pred[name] = df.height - df.filter(ok).height
+    common = None
+    for k in keys.values():
+        common = k if common is None else common.join(k, on=[C.DATE, C.CODE], how="semi")
+    report: dict = {"n_common": 0 if common is None else common.height, "horizons": hs, "frames": {}}
+    out: dict[str, pl.DataFrame] = {}
+    for name, df in frames.items():
+        d = df.with_columns(pl.col(C.DATE).cast(pl.Date), pl.col(C.CODE).cast(pl.String))
+        out[name] = d.join(common, on=[C.DATE, C.CODE], how="semi")
+        absent = {other: keys[name].join(keys[other], on=[C.DATE, C.CODE], how="anti").height
+                  for other in frames if other != name}
+        report["frames"][name] = {"rows": df.height, "kept": out[name].height,
+                                  "excluded_null_prediction": null_pred[name], "excluded_absent_in": absent}
+    return out, report

@@ -6,6 +6,11 @@ Reads the run directory contract (``metrics.json`` as `results.TrainResult`, ``p
 that fitted it. Only ``predictions_test.parquet`` is required; a
 missing optional input is listed under ``missing`` and its section says so. Every metric comes from
 `gogooku3.evaluation.metrics` and every portfolio figure from `gogooku3.evaluation.portfolio` (one definition each).
+
+Model and baseline are compared on the same (Date, Code) rows (`metrics.align_rows`; the rows left out and why are in
+``rows``), every t-stat is Newey–West with its lag, and each predictor gets the ideal and the realistic backtest side
+by side (the headline one by `portfolio.realism`), with the positions carried through suspensions and delistings and
+the orders the realism rules skipped.
 """
 
 from __future__ import annotations
@@ -24,10 +29,14 @@ from gogooku3.errors import DataError
 from gogooku3.evaluation import metrics
 from gogooku3.evaluation import report_html as H
 from gogooku3.evaluation.portfolio import (
+    UNIVERSE_COLUMNS,
     BacktestConfig,
     BacktestResult,
+    Market,
     attach_dataset_columns,
-    backtest,
+    backtest_both,
+    data_source,
+    market_for,
 )
 from gogooku3.io import peak_rss_mb, read_json, timestamp, to_json, write_text
 from gogooku3.results import SafeSummary, TrainResult
@@ -126,15 +135,15 @@ def baseline_inputs(result: TrainResult | None) -> tuple[dict[str, float] | None
     return dict(run.feature_importance), safe
 
 
-def _backtest_opt(df: pl.DataFrame | None, cfg: Any, c: BacktestConfig) -> BacktestResult | None:
+def _backtests(df: pl.DataFrame | None, cfg: Any, c: BacktestConfig, market: Market | None, source: str
+               ) -> tuple[dict[str, BacktestResult], str] | None:
+    """The ideal and the realistic backtest of one predictor (None without its horizon's predictions)."""
     if df is None or C.pred(c.horizon) not in df.columns:
         return None
-    needs = c.min_price > 0 or c.min_adv > 0 or c.method == "mean_variance"
     dataset = Path(cfg.paths.dataset)
-    if needs and dataset.exists():
-        df = attach_dataset_columns(df, dataset, ("Close", "dollar_volume", "volume_ma_20", c.vol_column),
-                                    check_keys=False)
-    return backtest(df, cfg=c)
+    if dataset.exists():
+        df = attach_dataset_columns(df, dataset, (*UNIVERSE_COLUMNS, c.vol_column), check_keys=False)
+    return backtest_both(df, c, market, source)
 
 
 def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
@@ -159,27 +168,34 @@ def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
                               ("variable_importance.json", var_imp), ("logs/metrics.csv", curves),
                               ("config.yaml", run_cfg_text), ("safe report of the baseline run", safe)) if v is None]
 
-    # ---- prediction metrics --------------------------------------------------------------------------
+    # ---- prediction metrics, on the rows both predictors scored -------------------------------------
     horizons = _horizons(model)
-    frames = {"model": model, "baseline": base}
-    frames = {k: v for k, v in frames.items() if v is not None}
+    frames, rows = metrics.align_rows({"model": model, "baseline": base}, horizons)
     evals = {k: metrics.evaluate(v, [h for h in horizons if h in _horizons(v)]) for k, v in frames.items()}
     daily = {k: {h: metrics.daily_ic(v, C.pred(h), C.target(h)) for h in horizons if h in _horizons(v)}
              for k, v in frames.items()}
-    paired = {str(h): metrics.paired_comparison(daily["model"][h], daily["baseline"][h])
+    paired = {str(h): metrics.paired_comparison(daily["model"][h], daily["baseline"][h], horizon=h)
               for h in horizons if base is not None and h in daily["baseline"]}
     h0 = horizons[0]
-    per_year = {k: metrics.per_period(d[h0], "year") for k, d in daily.items()}
+    per_year = {k: metrics.per_period(d[h0], "year", h0) for k, d in daily.items()}
     q = int(cfg.portfolio.get("quantiles", 5)) if "portfolio" in cfg else 5
     quants = {k: metrics.quantile_returns(v, C.pred(h0), C.target(h0), q) for k, v in frames.items()}
 
-    # ---- backtests -----------------------------------------------------------------------------------
+    # ---- backtests: ideal and realistic, the headline one per `portfolio.realism` ---------------------
     bc = BacktestConfig.from_any(cfg)
+    dataset = Path(cfg.paths.dataset)
+    source = data_source(cfg, dataset)
+    market = market_for(cfg, model, dataset, bc.vol_column)
+    if market is None:
+        log.warning("report: dataset %s not found: backtests without its calendar, prices and realism inputs", dataset)
     bts: dict[str, BacktestResult] = {}
+    both: dict[str, dict[str, BacktestResult]] = {}
+    headline = bc.headline(source)
     for k, v in frames.items():
         try:
-            if (res := _backtest_opt(v, cfg, bc)) is not None:
-                bts[k] = res
+            if (res := _backtests(v, cfg, bc, market, source)) is not None:
+                both[k], headline = res
+                bts[k] = both[k][headline]
         except DataError as e:  # e.g. too few names per day: report the rest and say why
             log.warning("report: %s backtest skipped: %s", k, e)
             missing.append(f"{k} backtest ({e})")
@@ -208,21 +224,29 @@ def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
                                        "end": model["Date"].max()},
                  "dataset": None if result is None else asdict(result.dataset),
                  "safe_report": None if safe is None else safe.path, "safe_stats": data_stats},
+        "rows": rows, "training_rows": None if result is None else result.comparison_rows,
+        "backtest_market": None if market is None else {"sessions": len(market.sessions), **market.sources},
         "evaluation": evals, "paired_model_vs_baseline": paired,
         "per_year": {k: v.to_dicts() for k, v in per_year.items()},
         "quantile_returns": {k: v.to_dicts() for k, v in quants.items()},
-        "backtest": {k: {"summary": v.summary, "per_year": bt_year[k].to_dicts()} for k, v in bts.items()},
+        "backtest": {k: {"summary": v.summary, "per_year": bt_year[k].to_dicts(), "headline": headline,
+                         **{mode: both[k][mode].summary for mode in ("ideal", "realistic")}}
+                     for k, v in bts.items()},
         "checks": {
             "param_count": n_params, "param_count_source": n_params_src, "param_target": target_params,
             "param_ratio": n_params / target_params if n_params else None,
             "param_within_tolerance": abs(n_params / target_params - 1) <= tol if n_params else None,
             "sharpe": model_sharpe, "sharpe_target": target_sharpe,
             "sharpe_tstat": bts["model"].summary["sharpe_tstat"] if "model" in bts else None,
+            "sharpe_tstat_method": bts["model"].summary["tstat_method"] if "model" in bts else None,
+            "sharpe_hac_lag": bts["model"].summary["hac_lag"] if "model" in bts else None,
+            "sharpe_mode": headline,
             "sharpe_periods": bts["model"].summary["n_periods"] if "model" in bts else None,
             "sharpe_meets_target": (model_sharpe >= target_sharpe) if model_sharpe is not None
             and math.isfinite(model_sharpe) else None,
-            "sharpe_definition": f"mean(net)/std(net)*sqrt({bc.periods_per_year}/{bc.horizon}), "
-                                 f"{bc.cost_bps:g} bps per unit turnover; the original's 0.849 has no known definition",
+            "sharpe_definition": f"mean(net)/std(net)*sqrt({bc.periods_per_year}/{bc.horizon}), {headline} "
+                                 f"backtest, cost model {bc.cost_model} ({bc.cost_bps:g} bps per unit turnover when "
+                                 "flat); the original's 0.849 has no known definition",
         },
         "feature_importance": {k: v for k, v in importances.items() if v},
         "training": {"run_metrics": None if result is None else result.to_dict(),
@@ -232,7 +256,7 @@ def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
     }
 
     html = _html(report, daily, h0, bts, evals, quants, per_year, bt_year, importances, curves, paired,
-                 window, top, dpi)
+                 window, top, dpi, both)
     report["report_seconds"] = time.perf_counter() - t0
     report["report_peak_rss_mb"] = peak_rss_mb()
     json_path, html_path = run / "report.json", run / "report.html"
@@ -243,17 +267,69 @@ def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
     return {"json": json_path, "html": html_path}
 
 
+def _tlabel(d: dict | None) -> str:
+    """'NW lag L' of a dict with a Newey–West t-stat."""
+    return f"{d.get('tstat_method', '?').replace('newey_west', 'Newey–West')}, lag {d.get('hac_lag')}" if d else ""
+
+
+def _rows_table(rows: dict | None) -> str:
+    if not rows or not rows.get("frames"):
+        return ""
+    body = [(name, r["rows"], r["kept"], r["excluded_null_prediction"],
+             ", ".join(f"{k}: {v}" for k, v in r["excluded_absent_in"].items()) or "–")
+            for name, r in rows["frames"].items()]
+    return H.table(["predictor", "rows", "compared", "no prediction", "absent in (other predictor: rows)"], body)
+
+
+def _bt_rows(both: dict, headline: str) -> list[tuple]:
+    out = []
+    for name, modes in both.items():
+        for mode in ("ideal", "realistic"):
+            s = modes[mode].summary
+            pos, re_ = s["positions"], s["realism"]
+            bc = s["by_cost_model"]
+            skipped = (f"borrow {re_['borrow']['short_names_passed_over']}, limits "
+                       f"{re_['price_limits']['skipped_long']}/{re_['price_limits']['skipped_short']}, "
+                       f"lots {re_['round_lots']['skipped']}") if mode == "realistic" else "–"
+            out.append((f"{name} {mode}{' (headline)' if mode == headline else ''}", s["sharpe"], s["sharpe_tstat"],
+                        s["hac_lag"], s["ann_return"], s["max_drawdown"], s["avg_turnover"],
+                        bc["flat"]["sharpe"], bc["spread_impact"]["sharpe"],
+                        f"{pos['suspended']}/{pos['delisted']}/{pos['unfilled']}/{pos['unpriced']}", skipped,
+                        f"{s['n_missing_dates']}/{s['n_unrealised_dates']}/{s['n_skipped_dates']}"))
+    return out
+
+
+def _realism_note(both: dict) -> str:
+    if "model" not in both:
+        return ""
+    re_ = both["model"]["realistic"].summary["realism"]
+    parts = []
+    for k in ("borrow", "price_limits", "round_lots"):
+        r = re_[k]
+        state = f"applied ({r['source']})" if r["applied"] else ("unavailable (no data)" if r["enabled"]
+                                                                  else "off")
+        parts.append(f"{k.replace('_', ' ')}: {state}")
+    return (f'<p class="note">Realistic rules — {"; ".join(parts)}; capital ¥{re_["capital"]:,.0f}, lot '
+            f'{re_["lot_size"]}. Positions: suspended (carried to the next close) / delisted (to the last close) / '
+            'unfilled (no entry close) / unpriced (no label, no price). Skipped orders: short names passed over as not '
+            'borrowable, new longs/shorts at a limit entry close, names below one lot. Dates: missing / unrealised / '
+            'too few names.</p>')
+
+
 def _html(rep: dict, daily: dict, h0: int, bts: dict, evals: dict, quants: dict, per_year: dict, bt_year: dict,
-          importances: dict, curves: pl.DataFrame | None, paired: dict, window: int, top: int, dpi: int) -> str:
+          importances: dict, curves: pl.DataFrame | None, paired: dict, window: int, top: int, dpi: int,
+          both: dict) -> str:
     chk = rep["checks"]
     m_eval = evals["model"][str(h0)]
     sh = chk["sharpe"]
+    p0 = paired.get(str(h0), {})
     summary = H.kpis([
         (f"model RankIC {h0}d (mean daily)", H.fmt(m_eval["rank_ic_mean"]), None),
-        (f"model RankIC t-stat {h0}d", H.fmt(m_eval["rank_ic_tstat"], 2), None),
+        (f"model RankIC t-stat {h0}d ({_tlabel(m_eval)})", H.fmt(m_eval["rank_ic_tstat"], 2), None),
         ("baseline RankIC " + f"{h0}d", H.fmt(evals.get("baseline", {}).get(str(h0), {}).get("rank_ic_mean")), None),
-        ("model − baseline t-stat", H.fmt(paired.get(str(h0), {}).get("t_stat"), 2), None),
-        (f"net Sharpe (model; t {H.fmt(chk['sharpe_tstat'], 2)} over {chk['sharpe_periods']} periods)", H.fmt(sh, 3),
+        (f"model − baseline t-stat ({_tlabel(p0)})", H.fmt(p0.get("t_stat"), 2), None),
+        (f"net Sharpe (model, {chk['sharpe_mode']}; t {H.fmt(chk['sharpe_tstat'], 2)}, Newey–West lag "
+         f"{chk['sharpe_hac_lag']}, over {chk['sharpe_periods']} periods)", H.fmt(sh, 3),
          "ok" if chk["sharpe_meets_target"] else "bad"),
         (f"Sharpe target {chk['sharpe_target']}", "met" if chk["sharpe_meets_target"] else "not met",
          "ok" if chk["sharpe_meets_target"] else "bad"),
@@ -261,13 +337,18 @@ def _html(rep: dict, daily: dict, h0: int, bts: dict, evals: dict, quants: dict,
         (f"vs {chk['param_target']:,} target", H.fmt(chk["param_ratio"], 3), None),
     ])
     missing = (f'<p class="note">Missing inputs: {", ".join(rep["missing"])}</p>' if rep["missing"] else "")
-    note = f'<p class="note">Sharpe: {H.fmt(chk["sharpe_definition"])}</p>'
+    note = (f'<p class="note">Sharpe: {H.fmt(chk["sharpe_definition"])}. Every t-stat is Newey–West (HAC) with lag '
+            'max(h − 1, floor(4 (n/100)^(2/9))); days with a constant prediction count as IC 0.</p>')
     secs = [H.section("summary", "Summary", summary + note + missing)]
 
     d = rep["data"]["model_predictions"]
     stats_rows = [(k, v) for k, v in rep["data"]["safe_stats"].items()][:40]
+    rows_html = ("<h3>Rows compared (the same (Date, Code) rows for every predictor)</h3>" + _rows_table(rep["rows"])
+                 + ("<h3>Rows compared at training time (metrics.json)</h3>" + _rows_table(rep["training_rows"])
+                    if rep.get("training_rows") else ""))
     secs.append(H.section("data", "Data", H.table(["test predictions", "value"], [
         ("rows", d["rows"]), ("days", d["days"]), ("stocks", d["stocks"]), ("start", d["start"]), ("end", d["end"])])
+        + rows_html
         + (H.table(["SafeTrainingPipeline figure", "value"], stats_rows) if stats_rows else
            '<p class="note">No SafeTrainingPipeline report behind this run\'s baseline.</p>')))
 
@@ -275,26 +356,27 @@ def _html(rep: dict, daily: dict, h0: int, bts: dict, evals: dict, quants: dict,
     for name, e in evals.items():
         for h, s in e.items():
             rows.append((f"{name} {h}d", s["ic_mean"], s["icir"], s["rank_ic_mean"], s["rank_icir"], s["rank_ic_tstat"],
-                         s["rank_ic_pos_share"], s["hit_rate"], s["top_bottom_spread"], s["n_days"]))
-    prow = [(f"{h}d", p["mean_a"], p["mean_b"], p["mean_diff"], p["t_stat"], p["p_value"], p["n_days"])
-            for h, p in paired.items()]
+                         s["hac_lag"], s["rank_ic_tstat_naive"], s["rank_ic_pos_share"], s["hit_rate"],
+                         s["top_bottom_spread"], s["n_days"], s["n_constant_days"]))
+    prow = [(f"{h}d", p["mean_a"], p["mean_b"], p["mean_diff"], p["t_stat"], p["hac_lag"], p["t_stat_naive"],
+             p["p_value"], p["n_days"]) for h, p in paired.items()]
     secs.append(H.section("horizons", "IC and RankIC by horizon (model vs baseline)",
                           H.chart_by_horizon(evals, dpi)
-                          + H.table(["", "IC", "ICIR", "RankIC", "RankICIR", "RankIC t", "RankIC>0", "hit rate",
-                                     "top−bottom", "days"], rows)
-                          + "<h3>Paired test of daily RankIC (model − baseline, common days)</h3>"
-                          + (H.table(["horizon", "model", "baseline", "difference", "t-stat", "p-value", "days"], prow)
+                          + H.table(["", "IC", "ICIR", "RankIC", "RankICIR", "RankIC t (NW)", "HAC lag", "naive t",
+                                     "RankIC>0", "hit rate", "top−bottom", "days", "constant days"], rows)
+                          + "<h3>Paired test of daily RankIC (model − baseline, same rows)</h3>"
+                          + (H.table(["horizon", "model", "baseline", "difference", "t-stat (NW)", "HAC lag",
+                                      "naive t", "p-value", "days"], prow)
                              if prow else '<p class="note">No baseline predictions in this run.</p>')))
 
-    bt_rows = [(k, v.summary["sharpe"], v.summary["ann_return"], v.summary["ann_vol"], v.summary["sortino"],
-                v.summary["max_drawdown"], v.summary["calmar"], v.summary["win_rate"], v.summary["avg_turnover"],
-                v.summary["sharpe_gross"], v.summary["top_quantile_ann_return"], v.summary["universe_ann_return"])
-               for k, v in bts.items()]
-    secs.append(H.section("backtest", "Backtest: cumulative net return and drawdown",
+    bt_rows = _bt_rows(both, chk["sharpe_mode"])
+    secs.append(H.section("backtest", "Backtest: ideal and realistic, cumulative net return and drawdown",
                           H.chart_equity({k: v.daily for k, v in bts.items()}, dpi)
-                          + H.table(["", "Sharpe", "ann. return", "ann. vol", "Sortino", "max DD", "Calmar", "win rate",
-                                     "turnover", "Sharpe gross", "top-quantile LO", "universe EW"], bt_rows,
-                                    pct_cols=(2, 3, 5, 7, 10, 11))))
+                          + H.table(["", "Sharpe", "t (NW)", "HAC lag", "ann. return", "max DD", "turnover",
+                                     "Sharpe flat cost", "Sharpe spread+impact", "susp./delist./unfilled/unpriced",
+                                     "skipped orders", "dates missing/unrealised/small"], bt_rows,
+                                    pct_cols=(4, 5))
+                          + _realism_note(both)))
     secs.append(H.section("rank-ic", "Daily RankIC",
                           H.chart_rank_ic({k: v[h0] for k, v in daily.items() if h0 in v}, window, h0, dpi)))
     secs.append(H.section("quantiles", "Quantile returns", H.chart_quantiles(quants, dpi)))
@@ -312,8 +394,8 @@ def _html(rep: dict, daily: dict, h0: int, bts: dict, evals: dict, quants: dict,
             row += [rb[0]["net"], rb[0]["sharpe"]] if rb else [None, None]
         yr_rows.append(row)
     secs.append(H.section("per-year", "Per year", H.table(
-        ["year", "model RankIC", "model t", "model net", "model Sharpe",
-         "baseline RankIC", "baseline t", "baseline net", "baseline Sharpe"], yr_rows, pct_cols=(3, 7))))
+        ["year", "model RankIC", "model t (NW)", "model net", "model Sharpe",
+         "baseline RankIC", "baseline t (NW)", "baseline net", "baseline Sharpe"], yr_rows, pct_cols=(3, 7))))
     secs.append(H.section("importance", "Feature importance", H.chart_importance(importances, top, dpi)))
     secs.append(H.section("training", "Training curves", H.chart_training(curves, dpi)))
     cfg_text = rep["config"]["run"]

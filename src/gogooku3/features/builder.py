@@ -7,7 +7,13 @@ order, each followed by dropping the helper columns no later block reads. Price 
 volume MAs, MACD, ATR, ...) are put into the day's own share basis at the end (`common.day_basis`), so no level
 reflects a split after its date; the dataset's `Close` is the day-t price as traded on day t (what a price filter
 such as the backtest's `min_price` needs). `build_dataset` reads and validates the raw tables, builds, and writes the
-dataset, its `latest` copy, the metadata and the feature manifest atomically.
+dataset, its `latest` copy, the metadata, the feature manifest and the coverage table (`<dataset>.coverage.txt`)
+atomically.
+
+A block whose inputs are missing is skipped and listed with the reason (`BuiltFrame.skipped`, the manifest's
+`skipped_groups`, the coverage table), never written as null columns; `drop_all_null` is the safety net behind that
+(a feature with no value at all is dropped, with the reason). Without a topix table the market block runs on a
+proxy index of the universe (`market.proxy_index`), noted in `BuiltFrame.notes` and the manifest's `notes`.
 """
 
 from __future__ import annotations
@@ -38,10 +44,10 @@ from gogooku3.features.manifest import (
     manifest_path,
     metadata_path,
 )
-from gogooku3.features.market import market_frame
+from gogooku3.features.market import market_frame, proxy_index
 from gogooku3.features.targets import add_targets
 from gogooku3.features.user import user, user_columns
-from gogooku3.io import atomic_path, peak_rss_mb, write_json, write_parquet
+from gogooku3.io import atomic_path, peak_rss_mb, write_json, write_parquet, write_text
 from gogooku3.sources.schema import TABLES, conform, scan_table, table_path
 
 log = logging.getLogger(__name__)
@@ -54,6 +60,7 @@ class BuiltFrame:
     df: pl.DataFrame
     groups: dict[str, str]  # feature column -> group
     skipped: dict[str, str] = field(default_factory=dict)  # group -> why it (or part of it) was not built
+    notes: dict[str, str] = field(default_factory=dict)  # group -> how it was built where not as usual (a proxy)
 
 
 @dataclass
@@ -145,6 +152,7 @@ def build_features(tables: Tables, calendar: TradingCalendar, features_cfg: Any,
     groups: dict[str, str] = {}
     levels: dict[str, str] = {}  # output price/volume levels, put into the day's basis at the end
     skipped: dict[str, str] = {}
+    notes: dict[str, str] = {}
 
     def note(g: str, why: str) -> None:
         skipped[g] = f"{skipped[g]}; {why}" if g in skipped else why
@@ -178,17 +186,12 @@ def build_features(tables: Tables, calendar: TradingCalendar, features_cfg: Any,
                                          "volume", "technicals", "market")}
     # every join runs first, on the still narrow frame: a join copies all columns of its left side
     mkt_block = stmt_block = flow_block = margin_block = None
-    if want["market"]:
-        if tables.get("topix") is None:
-            note("market", "no topix table")
-        else:
-            mkt, mkt_block = market_frame(_lazy(tables["topix"]), f["market"])
-            mkt = narrow(mkt.collect().unique("Date", keep="last"), mkt_block.features)
-            lf = lookup(lf, mkt, c("Date"), "Date", [x for x in mkt.columns if x != "Date"])
     cross_on = not disabled("cross")
     stmt_on, vol_on = not disabled("statements"), want["volume"]
     if stmt_on or vol_on:
         lf, stmt_block = statements.attach(lf, _eager(tables.get("statements")), calendar, f["statements"], stmt_on)
+    if want["market"]:
+        lf, mkt_block = _attach_market(lf, tables.get("topix"), f["market"], note, notes)
     if not disabled("flows"):
         lf, flow_block = flows_mod.attach(lf, _eager(tables.get("investor_types")), calendar, f["flows"])
     if not disabled("margin"):
@@ -218,7 +221,11 @@ def build_features(tables: Tables, calendar: TradingCalendar, features_cfg: Any,
         if b is not None:
             run(b)
     if not disabled("sector") and not lacks("sector", sector.NEEDS):
-        run(sector.sector_relative(int(f["sector"]["min_count"])))
+        why = sector.missing_sectors(_eager(tables.get("listed_info")))
+        if why:
+            note("sector", why)
+        else:
+            run(sector.sector_relative(int(f["sector"]["min_count"])))
     if not disabled("quality") and not lacks("quality", quality.NEEDS):
         run(quality.quality(avail, f["quality"]))  # reads returns_1d, returns_{h}d, dollar_volume
     if not disabled("flags"):
@@ -233,7 +240,54 @@ def build_features(tables: Tables, calendar: TradingCalendar, features_cfg: Any,
     lf = apply_blocks(lf, blocks, {*meta, *feats, *targets, *levels, "_kp", "_kv"})
     lf = lf.with_columns(day_basis(levels))
     out = lf.select(*meta, *feats, *targets).collect()  # features are typed by Block.apply and day_basis
-    return BuiltFrame(out, groups, skipped)
+    return BuiltFrame(out, groups, skipped, notes)
+
+
+def _attach_market(lf: pl.LazyFrame, topix: pl.DataFrame | pl.LazyFrame | None, m: dict, note, notes: dict
+                   ) -> tuple[pl.LazyFrame, Block | None]:
+    """Join the mkt_* columns: from the topix table, else from a proxy index of the universe (`market.proxy`)."""
+    if topix is not None:
+        idx = _lazy(topix)
+    else:
+        mode = str(m.get("proxy", "auto"))
+        if mode == "off":
+            note("market", "no topix table (and features.market.proxy=off)")
+            return lf, None
+        have = set(lf.collect_schema().names())
+        weights = None
+        if "_shout" in have:  # statements with shares outstanding: weight by market cap
+            src = statements.shares_block(have).apply(lf)
+            weights = c("market_cap")
+        else:
+            src = lf
+        idx, desc = proxy_index(src, mode, weights)
+        notes["market"] = desc
+        log.info("market: %s", desc)
+    mkt, block = market_frame(idx, m)
+    mkt = narrow(mkt.collect().unique("Date", keep="last"), block.features)
+    return lookup(lf, mkt, c("Date"), "Date", [x for x in mkt.columns if x != "Date"]), block
+
+
+def drop_all_null(built: BuiltFrame) -> BuiltFrame:
+    """The safety net behind the blocks' own input checks: a feature column with no value at all is dropped from
+    the frame (and so from the manifest), and its group's entry in `skipped` says so."""
+    df = built.df
+    if not built.groups or df.height == 0:
+        return built
+    counts = df.select(pl.col(list(built.groups)).null_count()).row(0, named=True)
+    dead = [n for n, k in counts.items() if k == df.height]
+    if not dead:
+        return built
+    skipped = dict(built.skipped)
+    by_group: dict[str, list[str]] = {}
+    for n in dead:
+        by_group.setdefault(built.groups[n], []).append(n)
+    for g, names in by_group.items():
+        why = f"dropped {len(names)} all-null column(s): {', '.join(names)}"
+        skipped[g] = f"{skipped[g]}; {why}" if g in skipped else why
+    log.warning("dropping %d all-null feature column(s) from the dataset: %s", len(dead), ", ".join(dead))
+    groups = {n: g for n, g in built.groups.items() if n not in dead}
+    return BuiltFrame(df.drop(dead), groups, skipped, dict(built.notes))
 
 
 def apply_blocks(lf: pl.LazyFrame, blocks: list[Block], final: set[str]) -> pl.LazyFrame:
@@ -313,24 +367,80 @@ def coverage(built: BuiltFrame) -> dict[str, dict[str, float]]:
     return out
 
 
-def _coverage_table(meta: dict) -> str:
+def _coverage_rows(meta: dict) -> list[tuple[str, str, str, str]]:
+    """(group, features, null share, note) per group built, then per group skipped entirely."""
+    notes, skipped = meta.get("notes", {}), meta["skipped"]
+
+    def why(g: str) -> str:
+        return "; ".join(x for x in (notes.get(g, ""), skipped.get(g, "")) if x)
+
+    rows = [(g, str(e["features"]), f"{e['null_share']:.1%}", why(g)) for g, e in meta["groups"].items()]
+    rows += [(g, "0", "-", why(g)) for g in skipped if g not in meta["groups"]]
+    return rows
+
+
+def _coverage_title(meta: dict) -> str:
+    return (f"ML dataset coverage: {meta['rows']:,} rows, {meta['stocks']:,} stocks, {meta['dates']:,} dates "
+            f"({meta['start']}..{meta['end']}), {meta['n_features']} features")
+
+
+def coverage_text(meta: dict) -> str:
+    """The coverage table as plain text: fixed columns for the counts, then each note on its own line (readable in
+    any width, in a log file and in `<dataset>.coverage.txt`)."""
+    rows = _coverage_rows(meta)
+    wg = max([len("group"), *(len(r[0]) for r in rows)])
+    lines = [_coverage_title(meta), f"{'group':<{wg}}  features  null share"]
+    lines += [f"{g:<{wg}}  {n:>8}  {ns:>10}" for g, n, ns, _ in rows]
+    noted = [(g, note) for g, _, _, note in rows if note]
+    if noted:
+        lines.append("notes:")
+        lines += [f"  {g}: {note}" for g, note in noted]
+    return "\n".join(lines) + "\n"
+
+
+def _log_terminal() -> tuple[bool, int]:
+    """(whether the log goes to a terminal, its width): from the root logger's rich console where the CLI set one
+    up, else from stderr (where a plain StreamHandler writes)."""
+    import sys
+
+    for h in logging.getLogger().handlers:
+        con = getattr(h, "console", None)
+        if con is not None:
+            return bool(con.is_terminal), int(con.width)
+    return sys.stderr.isatty(), shutil.get_terminal_size((100, 24)).columns
+
+
+def _coverage_table(meta: dict, width: int | None = None, tty: bool | None = None) -> str:
+    """The coverage table for the log: a rich table fitted to the terminal's width when the log goes to a terminal
+    (less the log handler's time/level prefix), else `coverage_text`."""
+    if tty is None or width is None:
+        is_tty, columns = _log_terminal()
+        tty = is_tty if tty is None else tty
+        width = width or max(60, columns - LOG_PREFIX)
+    if not tty:
+        return coverage_text(meta)
     from io import StringIO
 
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"ML dataset coverage: {meta['rows']:,} rows, {meta['stocks']:,} stocks, {meta['dates']:,} dates "
-                    f"({meta['start']}..{meta['end']}), {meta['n_features']} features")
-    for col in ("group", "features", "null share", "note"):
-        t.add_column(col)
-    for g, e in meta["groups"].items():
-        t.add_row(g, str(e["features"]), f"{e['null_share']:.1%}", meta["skipped"].get(g, ""))
-    for g, why in meta["skipped"].items():
-        if g not in meta["groups"]:
-            t.add_row(g, "0", "-", why)
+    t = Table(title=_coverage_title(meta))
+    for col, kw in (("group", {"no_wrap": True}), ("features", {"justify": "right"}),
+                    ("null share", {"justify": "right"}), ("note", {"overflow": "fold"})):
+        t.add_column(col, **kw)
+    for row in _coverage_rows(meta):
+        t.add_row(*row)
     buf = StringIO()
-    Console(file=buf, width=140, force_terminal=False).print(t)
+    Console(file=buf, width=width, force_terminal=False, color_system=None).print(t)
     return buf.getvalue()
+
+
+LOG_PREFIX = 22  # columns the CLI's log handler puts before a message ("[12:34:56] INFO     ")
+
+
+def coverage_path(dataset_path: str | Path) -> Path:
+    p = Path(dataset_path)
+    return p.with_name(p.name.removesuffix(".parquet") + ".coverage.txt")
 
 
 # lz4: the float32 features hardly compress (zstd saves ~15 % of the size), and lz4 writes ~30 % and reads ~35 %
@@ -353,10 +463,12 @@ def build_dataset(cfg: DictConfig) -> BuildResult:
     t0 = time.perf_counter()
     raw_dir = Path(cfg.paths.raw_dir)
     tables = read_raw_tables(raw_dir)
-    cal = make_calendar(tables, str(cfg.features.get("calendar_exchange", "XTKS")))
+    exchange = str(cfg.features.calendar_exchange)
+    cal = make_calendar(tables, exchange)
+    calendar = "trading_calendar table" if "trading_calendar" in tables else exchange
     validate_tables(tables, cal, raw_dir)
     log.info("building features from %s (%d quote rows)", raw_dir, tables["daily_quotes"].height)
-    built = build_features(tables, cal, cfg.features, cfg.labels)
+    built = drop_all_null(build_features(tables, cal, cfg.features, cfg.labels))
     df = built.df
     if df.height == 0:
         raise DataError(f"{raw_dir}: the build produced no rows")
@@ -365,13 +477,14 @@ def build_dataset(cfg: DictConfig) -> BuildResult:
     path = out_dir / f"ml_dataset_{start:%Y%m%d}_{end:%Y%m%d}.parquet"
     latest = Path(cfg.paths.dataset)
     horizons, entry_lag = [int(h) for h in cfg.labels.horizons], int(cfg.labels.entry_lag)
-    manifest = FeatureManifest.from_frame(df, built.groups, horizons, entry_lag, built.skipped)
+    manifest = FeatureManifest.from_frame(df, built.groups, horizons, entry_lag, built.skipped, calendar,
+                                          notes=built.notes)
     cov = coverage(built)
     seconds = time.perf_counter() - t0
     meta = {
         "rows": df.height, "stocks": df["Code"].n_unique(), "dates": df["Date"].n_unique(),
         "start": start.isoformat(), "end": end.isoformat(), "n_features": len(manifest.names),
-        "groups": cov, "skipped": built.skipped, "horizons": horizons, "entry_lag": entry_lag,
+        "groups": cov, "skipped": built.skipped, "notes": built.notes, "horizons": horizons, "entry_lag": entry_lag,
         "targets": manifest.targets, "manifest_fingerprint": manifest.fingerprint,
         "build_seconds": round(seconds, 2), "peak_rss_mb": round(peak_rss_mb(), 1), "raw_dir": str(raw_dir),
         "generator": "gogooku3.features.builder",
@@ -383,7 +496,9 @@ def build_dataset(cfg: DictConfig) -> BuildResult:
     for p in dict.fromkeys([path, latest]):
         write_json(metadata_path(p), {**meta, "path": str(p)})
         manifest.save(manifest_path(p))
+        write_text(coverage_path(p), coverage_text(meta))
     log.info("%s", _coverage_table(meta))
+    log.info("coverage table written to %s", coverage_path(path))
     log.info("wrote %s (%d rows x %d features) in %.1fs, peak RSS %.0f MiB", path, df.height, meta["n_features"],
              seconds, meta["peak_rss_mb"])
     return BuildResult(path, latest, df.height, meta["n_features"], {g: e["features"] for g, e in cov.items()},

@@ -43,6 +43,9 @@ class FeatureManifest:
     entry_lag: int = 1
     skipped_groups: dict[str, str] = field(default_factory=dict)  # group -> why it was not built
     calendar: str = ""  # the trading calendar the sessions (and so every lag and horizon) are counted in
+    lookback: dict[str, int] = field(default_factory=dict)  # group -> longest look-back in sessions ({}: unknown)
+    source: str = ""    # the raw data's source (synthetic | jquants | files; "": not recorded)
+    notes: dict[str, str] = field(default_factory=dict)  # group -> how it was built, where not as usual (a proxy)
 
     def __post_init__(self) -> None:
         leaked = [f.name for f in self.features if is_label_like(f.name) or f.name in self.targets]
@@ -61,19 +64,28 @@ class FeatureManifest:
         return out
 
     @property
+    def max_lookback(self) -> int | None:
+        """The longest look-back (sessions) of any listed feature; None when a feature's group has no `lookback`."""
+        groups = {f.group for f in self.features}
+        if not groups or not groups <= set(self.lookback):
+            return None
+        return max(int(self.lookback[g]) for g in groups)
+
+    @property
     def fingerprint(self) -> str:
         return fingerprint([(f.name, f.group, f.dtype) for f in self.features], self.targets, self.entry_lag)
 
     @classmethod
     def from_frame(cls, df: pl.DataFrame | pl.LazyFrame, groups: dict[str, str], horizons: list[int],
                    entry_lag: int, skipped_groups: dict[str, str] | None = None,
-                   calendar: str = "") -> FeatureManifest:
+                   calendar: str = "", lookback: dict[str, int] | None = None, source: str = "",
+                   notes: dict[str, str] | None = None) -> FeatureManifest:
         """Manifest of `df`'s columns named in `groups` (column -> group), in the frame's column order."""
         schema = df.collect_schema() if isinstance(df, pl.LazyFrame) else df.schema
         feats = [FeatureSpec(c, groups[c], str(dt)) for c, dt in schema.items() if c in groups]
         return cls(feats, [C.target(h) for h in horizons if C.target(h) in schema],
                    [c for c in META_COLUMNS if c in schema], list(horizons), entry_lag, dict(skipped_groups or {}),
-                   calendar)
+                   calendar, dict(lookback or {}), source, dict(notes or {}))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -89,7 +101,9 @@ class FeatureManifest:
         d = read_json(path)
         try:
             m = cls([FeatureSpec(**f) for f in d["features"]], list(d["targets"]), list(d["meta_columns"]),
-                    list(d["horizons"]), int(d["entry_lag"]), dict(d["skipped_groups"]), str(d.get("calendar", "")))
+                    list(d["horizons"]), int(d["entry_lag"]), dict(d["skipped_groups"]), str(d.get("calendar", "")),
+                    {str(k): int(v) for k, v in (d.get("lookback") or {}).items()}, str(d.get("source", "")),
+                    {str(k): str(v) for k, v in (d.get("notes") or {}).items()})
         except (KeyError, TypeError) as e:
             raise DataError(f"{path}: not a feature manifest ({e})") from e
         if d.get("fingerprint") and d["fingerprint"] != m.fingerprint:

@@ -1,12 +1,26 @@
 """The 26 TOPIX market features (spec §1.4, `MarketFeaturesGenerator`): computed on the index series alone, then
 joined to every stock on Date (the same value for every stock that day).
+
+Without a `topix` table (user files, a plan without indices) the same features are computed on a proxy index built
+from the universe itself (`proxy_index`, `features.market.proxy`): its return on day t is the mean 1-day return of
+the names with a return on t, weighted by their market cap on their previous row where the dataset has market caps
+(shares outstanding from statements), else equally. It reads only prices and shares known at t, so it is as point
+in time as the stock features; the builder records it as a proxy in the manifest's `notes` and the coverage report.
 """
 
 from __future__ import annotations
 
 import polars as pl
 
-from gogooku3.features.common import SQRT252, Block, c, div, flag, zscore_rolling
+from gogooku3.features.common import (
+    SQRT252,
+    Block,
+    c,
+    div,
+    flag,
+    per_code,
+    zscore_rolling,
+)
 
 Z_COLS = ("mkt_ret_1d", "mkt_vol_20d", "mkt_bb_bw", "mkt_dd_from_peak")
 REGIME_FLAGS = ("mkt_big_move_flag", "mkt_bull_200", "mkt_trend_up", "mkt_high_vol", "mkt_squeeze")
@@ -14,6 +28,39 @@ REGIME_FLAGS = ("mkt_big_move_flag", "mkt_bull_200", "mkt_trend_up", "mkt_high_v
 
 def _ema(e: pl.Expr, span: int) -> pl.Expr:
     return e.ewm_mean(span=span, adjust=False, ignore_nulls=True)
+
+
+PROXY_MODES = ("auto", "equal", "off")
+
+
+def proxy_index(lf: pl.LazyFrame, mode: str, weights: pl.Expr | None = None) -> tuple[pl.LazyFrame, str]:
+    """(Date, C) of an index built from the daily frame's own 1-day returns `_r1`, and a one-line description.
+
+    `weights` (per row, e.g. market cap) weight each name by its value on the name's previous row (known before t);
+    a day without any weight falls back to the equal-weighted mean. Level: 100 on the first date, then
+    C(t) = C(t−1)·(1 + R(t)).
+    """
+    if mode not in PROXY_MODES:
+        from gogooku3.errors import ConfigError
+
+        raise ConfigError(f"features.market.proxy must be one of {', '.join(PROXY_MODES)}, got '{mode}'")
+    r = c("_r1")
+    cols = [c("Date"), r]
+    capw = weights is not None and mode == "auto"
+    if capw:
+        cols.append(per_code(weights.shift(1)).alias("_pw"))
+    ok = r.is_not_null() & r.is_finite()
+    agg = [r.filter(ok).mean().alias("_ew")]
+    if capw:
+        okw = ok & (c("_pw") > 0)
+        wsum = c("_pw").filter(okw).sum()
+        agg.append(pl.when(wsum > 0).then((r * c("_pw")).filter(okw).sum() / wsum).alias("_cw"))
+    ret = pl.coalesce(c("_cw"), c("_ew")) if capw else c("_ew")
+    out = (lf.select(cols).group_by("Date").agg(agg).sort("Date")
+           .select("Date", (100.0 * (1.0 + ret.fill_null(0.0)).cum_prod()).alias("C")))
+    kind = "cap-weighted (market cap on the previous row; equal-weighted on days without one)" if capw \
+        else "equal-weighted"
+    return out, f"proxy: {kind} index of the universe's 1-day returns (no topix table)"
 
 
 def market_frame(topix: pl.LazyFrame, m: dict) -> tuple[pl.LazyFrame, Block]:
@@ -52,7 +99,7 @@ def market_frame(topix: pl.LazyFrame, m: dict) -> tuple[pl.LazyFrame, Block]:
         b.stages[0].update({n: c(n) for n in st})
     b.flags.update(REGIME_FLAGS)
     if not has_hl:
-        b.skip("mkt_atr_14, mkt_natr_14 need TOPIX H/L")
+        b.skip("mkt_atr_14, mkt_natr_14 need index H/L")
     order = ["mkt_ret_1d", "mkt_ret_5d", "mkt_ret_10d", "mkt_ret_20d", "mkt_ema_5", "mkt_ema_20", "mkt_ema_60",
              "mkt_ema_200", "mkt_dev_20", "mkt_gap_5_20", "mkt_ema20_slope_3", "mkt_vol_20d", "mkt_atr_14",
              "mkt_natr_14", "mkt_bb_pct_b", "mkt_bb_bw", "mkt_dd_from_peak", "mkt_big_move_flag",

@@ -35,6 +35,16 @@ def attach_listed(lf: pl.LazyFrame, listed: pl.LazyFrame | None, sections: dict[
     ).drop("_li_date", "_mkt", "_S33", "_S17")
 
 
+def missing_sectors(listed: pl.DataFrame | None) -> str | None:
+    """Why the sector block cannot run (no listed_info, or no S33 value in it), else None: without sectors every
+    stock is "Unknown" and the block would only write null columns."""
+    if listed is None:
+        return "no sector column (listed_info table absent; files: map data.columns.sector)"
+    if "S33" not in listed.columns or listed["S33"].drop_nulls().len() == 0:
+        return "no sector column (listed_info has no S33 values; files: map data.columns.sector)"
+    return None
+
+
 def _z(x: str, grp: list[str]) -> pl.Expr:
     return (c(x) - c(x).mean().over(grp)) / (c(x).std().over(grp) + EPS)
 

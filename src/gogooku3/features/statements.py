@@ -50,6 +50,15 @@ def effective_dates(st: pl.DataFrame, cal: TradingCalendar, s: dict) -> pl.Serie
     return frame.select(pl.when(same_day).then(c("DiscDate")).otherwise(c("_next")).alias("_eff")).to_series()
 
 
+def shares_net(cols) -> pl.Expr:
+    """`_shout`: issued shares net of treasury stock (ShOut − TrShFY, J-Quants) where the statement reports it, else
+    the issued shares: the count market cap and turnover rate are computed on."""
+    if "TrShFY" not in cols:
+        return c("ShOut").alias("_shout")
+    net = c("ShOut") - c("TrShFY").cast(pl.Float64)
+    return pl.when(c("TrShFY").is_not_null() & (net > 0)).then(net).otherwise(c("ShOut")).alias("_shout")
+
+
 def statement_table(st: pl.DataFrame, cal: TradingCalendar, s: dict) -> pl.DataFrame:
     """One row per (Code, effective date) with the statement features computed at disclosure."""
     st = st.with_columns([c(x).cast(pl.Float64) if x in st.columns else pl.lit(None, pl.Float64).alias(x)
@@ -99,7 +108,7 @@ def statement_table(st: pl.DataFrame, cal: TradingCalendar, s: dict) -> pl.DataF
     )
     # the latest disclosure wins when several become effective on the same session
     out = (out.unique(["Code", "_eff"], keep="last", maintain_order=True)
-           .select("Code", c("_eff").alias("_st_eff"), *RATIOS, "_chg", "_nc", c("ShOut").alias("_shout")))
+           .select("Code", c("_eff").alias("_st_eff"), *RATIOS, "_chg", "_nc", shares_net(out.columns)))
     return narrow(out, RATIOS).sort("Code", "_st_eff")
 
 
@@ -126,7 +135,8 @@ def attach(lf: pl.LazyFrame, st: pl.DataFrame | None, cal: TradingCalendar, s: d
 
 
 def shares_block(avail: set[str]) -> Block:
-    """shares_outstanding (as-of ShOut, carried across later splits), turnover_rate and market_cap (raw C × shares)."""
+    """shares_outstanding (as-of ShOut net of treasury shares TrShFY where reported, carried across later splits),
+    turnover_rate and market_cap (raw C × shares)."""
     b = Block("volume")
     # cumulative split factor up to each row (known at t): shares reported before a split are scaled by it
     cf = per_code(c("_AF").fill_null(1.0).cum_prod()) if "_AF" in avail else pl.lit(1.0)

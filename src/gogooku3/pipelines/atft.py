@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
+from dataclasses import asdict
 
 import polars as pl
 import torch
@@ -18,13 +18,11 @@ from omegaconf import DictConfig
 
 from gogooku3 import columns as C
 from gogooku3.bundle import save_bundle
-from gogooku3.config import path, to_dict, to_yaml
-from gogooku3.errors import DataError, TrainingError
+from gogooku3.config import path, to_yaml
+from gogooku3.dataset import load_dataset, load_panel
 from gogooku3.evaluation import metrics
-from gogooku3.features.manifest import FeatureManifest
 from gogooku3.inference import predict_panel
 from gogooku3.io import (
-    file_fingerprint,
     new_run_dir,
     peak_rss_mb,
     point_last,
@@ -34,51 +32,19 @@ from gogooku3.io import (
     write_text,
 )
 from gogooku3.model.ensemble import ATFTEnsemble
-from gogooku3.panel import PanelStore
-from gogooku3.results import BaselineRef, DatasetRef, FoldResult, ModelInfo, TrainResult
-from gogooku3.training import FoldFit, fit_ensemble, make_plans
+from gogooku3.panel import clean_cache
+from gogooku3.results import BaselineRef, FoldResult, ModelInfo, TrainResult
+from gogooku3.runs import check_resume, resume_dir, shown
+from gogooku3.training import (
+    FoldFit,
+    adopt_checkpoints,
+    check_resume_model,
+    fit_ensemble,
+    make_plans,
+    model_config,
+)
 
 log = logging.getLogger(__name__)
-
-
-def load_dataset(cfg: DictConfig) -> tuple[Path, FeatureManifest, DatasetRef]:
-    """The dataset, its manifest (the allow-list) and the facts it fixes; the config must agree with them."""
-    dataset = path(cfg, "paths.dataset")
-    if not dataset.exists():
-        raise DataError(f"{dataset}: dataset not found; build it with `gogooku3 data build`")
-    manifest = FeatureManifest.for_dataset(dataset)
-    manifest.check_labels(cfg.labels, dataset)
-    lf = pl.scan_parquet(dataset)
-    manifest.check_frame(lf, dataset)
-    missing = [C.target(h) for h in manifest.horizons if C.target(h) not in lf.collect_schema()]
-    if missing:
-        raise DataError(f"{dataset}: label column(s) {', '.join(missing)} of the manifest are missing")
-    if not manifest.names:
-        raise DataError(f"{dataset}: the manifest lists no features")
-    ref = DatasetRef(str(dataset), file_fingerprint(dataset), manifest.fingerprint, len(manifest.names),
-                     list(manifest.horizons), manifest.entry_lag, manifest.calendar)
-    return dataset, manifest, ref
-
-
-def load_panel(cfg: DictConfig, dataset: Path, manifest: FeatureManifest, ref: DatasetRef) -> PanelStore:
-    tc = cfg.train
-    return PanelStore.build(dataset, manifest.names, manifest.horizons, path(cfg, "paths.cache_dir"),
-                            to_dict(tc.normalizer), manifest.fingerprint, ref.fingerprint, str(tc.returns_col),
-                            force=bool(tc.force_convert))
-
-
-def resume_dir(cfg: DictConfig) -> Path | None:
-    """`train.resume=true`: the checkpoints of the newest run under `paths.runs_dir` that holds a last.ckpt
-    (finished or not: runs/last only ever points at finished runs)."""
-    if not cfg.train.resume:
-        return None
-    runs = path(cfg, "paths.runs_dir")
-    found = sorted((p for p in runs.glob("[0-9]*") if p.is_dir() and any((p / "checkpoints").rglob("last.ckpt"))),
-                   key=lambda p: p.name) if runs.is_dir() else []
-    if not found:
-        raise TrainingError(f"train.resume=true but no run under {runs} holds a checkpoints/**/last.ckpt")
-    log.info("train: resuming from %s", found[-1])
-    return (found[-1] / "checkpoints").resolve()
 
 
 class CompleteATFTTrainingPipeline:
@@ -96,15 +62,24 @@ class CompleteATFTTrainingPipeline:
         resume = resume_dir(self.cfg)
         t0 = time.perf_counter()
         self.dataset, self.manifest, self.ref = load_dataset(self.cfg)
+        resumed = {} if resume is None else check_resume(resume, self.ref)
         self.horizons = list(self.manifest.horizons)
         self.panel = load_panel(self.cfg, self.dataset, self.manifest, self.ref)
         self.folds, self.plans = make_plans(self.panel.dates, self.cfg.split, self.horizons, self.manifest.entry_lag,
-                                            self.cfg.train.cv.folds)
+                                            self.cfg.train.cv.folds, self.manifest.max_lookback)
+        model_cfg = model_config(self.cfg, self.panel, self.horizons)
+        for sub, state in resumed.items():
+            check_resume_model(state, model_cfg, shown(resume / sub / "last.ckpt"))
         self._step("load_and_convert", t0)
         runs = path(self.cfg, "paths.runs_dir")
         self.run_dir = new_run_dir(runs) if self.is_main else runs / ".ddp_worker"
         if self.is_main:
             write_text(self.run_dir / "config.yaml", to_yaml(self.cfg))
+            write_json(self.run_dir / "dataset.json", asdict(self.ref))
+            clean_cache(path(self.cfg, "paths.cache_dir"), self.cfg.train.panel_cache_keep, [self.panel.fingerprint])
+            if resume is not None:  # the earlier checkpoints join this run: its best epoch is chosen among them too
+                adopt_checkpoints(resume, self.run_dir / "checkpoints")
+                resume = self.run_dir / "checkpoints"
         t0 = time.perf_counter()
         fits = []
         for plan in self.plans:
@@ -137,6 +112,22 @@ class CompleteATFTTrainingPipeline:
         return pred, BaselineRef(None if run.directory is None else str(run.directory), run.fingerprint,
                                  bool(run.reused), run.safe_report)
 
+    def oracle(self, pt: pl.DataFrame) -> pl.DataFrame | None:
+        """The synthetic market's oracle as a predictor (Date, Code, pred_{h}d = oracle_{h}d, target_{h}d) on the test
+        rows, or None when `paths.oracle_dir` holds none for these rows."""
+        from gogooku3.pipelines.safe import find_oracle
+
+        lf = find_oracle(path(self.cfg, "paths.oracle_dir"), self.horizons)
+        if lf is None:
+            return None
+        hs = [h for h in self.horizons if C.oracle(h) in lf.collect_schema().names()]
+        o = (lf.select(pl.col(C.DATE).cast(pl.Date), pl.col(C.CODE).cast(pl.String),
+                       *[pl.col(C.oracle(h)).cast(pl.Float64).alias(C.pred(h)) for h in hs])
+             .join(pt.lazy().select(C.DATE, C.CODE, *[C.target(h) for h in hs]), on=[C.DATE, C.CODE], how="inner")
+             .sort(C.DATE, C.CODE).collect())
+        self.oracle_horizons = hs
+        return o if o.height else None
+
     def finish(self, fits: list[FoldFit], t_all: float) -> TrainResult:
         t0 = time.perf_counter()
         hs, rd = self.horizons, self.run_dir
@@ -148,7 +139,14 @@ class CompleteATFTTrainingPipeline:
         if bt is not None:
             write_parquet(bt, rd / "baseline_predictions_test.parquet")
         self._step("predict_and_baseline", t0)
-        folds = [self._fold_result(f, pt, bt) for f in fits]
+        # every comparison (model, baseline, oracle) on the same (Date, Code) rows; what was left out, and why
+        same, rows = metrics.align_rows({"model": pt, "baseline": bt, "oracle": self.oracle(pt)}, hs)
+        pc, bc, oc = same["model"], same.get("baseline"), same.get("oracle")
+        for name, r in rows["frames"].items():
+            if r["kept"] < r["rows"]:
+                log.info("train: %s test rows %d -> %d on the common rows (%d without a prediction, absent in %s)",
+                         name, r["rows"], r["kept"], r["excluded_null_prediction"], r["excluded_absent_in"])
+        folds = [self._fold_result(f, pc, bc, oc) for f in fits]
         model = fits[-1].model
         importance = fits[-1].feature_importance()
         write_json(rd / "variable_importance.json", {} if importance is None else dict(sorted(
@@ -163,18 +161,19 @@ class CompleteATFTTrainingPipeline:
             run_dir=str(rd), created=timestamp(), dataset=self.ref, baseline=base_ref,
             model=ModelInfo(str(self.cfg.model.name), n_params, n_members, n_params // n_members,
                             int(self.cfg.model.expected_params), model.estimate_flops_per_sample()),
-            horizons=hs, folds=folds, val=metrics.evaluate(pv, hs), test=metrics.evaluate(pt, hs),
-            baseline_test=None if bt is None else metrics.evaluate(bt, self.base_horizons),
-            model_vs_baseline={} if bt is None else {
-                str(h): metrics.paired_comparison(metrics.daily_ic(pt, C.pred(h), C.target(h)),
-                                                  metrics.daily_ic(bt, C.pred(h), C.target(h)))
+            horizons=hs, folds=folds, val=metrics.evaluate(pv, hs), test=metrics.evaluate(pc, hs),
+            baseline_test=None if bc is None else metrics.evaluate(bc, self.base_horizons),
+            model_vs_baseline={} if bc is None else {
+                str(h): metrics.paired_comparison(metrics.daily_ic(pc, C.pred(h), C.target(h)),
+                                                  metrics.daily_ic(bc, C.pred(h), C.target(h)), horizon=h)
                 for h in self.base_horizons},
             samples_per_sec=sum(h["samples_per_sec"] for h in thr) / len(thr) if thr else None,
             mfu=sum(h["mfu"] for h in thr) / len(thr) if thr else None,
             collapse={str(h): float(pt[C.pred(h)].std() or 0.0) for h in hs},
             panel={"fingerprint": self.panel.fingerprint, "shape": list(self.panel.features.shape)},
             durations_s={}, peak_rss_mb=0.0,
-            peak_gpu_mb=torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None)
+            peak_gpu_mb=torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+            oracle_test=None if oc is None else metrics.evaluate(oc, self.oracle_horizons), comparison_rows=rows)
         self._step("evaluate_and_save", t0)
         result.durations_s = {**self.durations, "total": round(time.perf_counter() - t_all, 3)}
         result.peak_rss_mb = peak_rss_mb()
@@ -184,7 +183,9 @@ class CompleteATFTTrainingPipeline:
                  "-" if result.baseline_test is None else f"{result.baseline_test[h0]['rank_ic_mean']:.4f}", rd)
         return result
 
-    def _fold_result(self, fit: FoldFit, pt: pl.DataFrame, bt: pl.DataFrame | None) -> FoldResult:
+    def _fold_result(self, fit: FoldFit, pt: pl.DataFrame, bt: pl.DataFrame | None,
+                     ot: pl.DataFrame | None = None) -> FoldResult:
+        """One fold's training facts and test metrics (pass frames restricted to the common rows)."""
         test = set(fit.plan.test)
         in_fold = pl.col(C.DATE).is_in(pl.Series(sorted(test), dtype=pl.Date).implode())
         return FoldResult(
@@ -196,5 +197,6 @@ class CompleteATFTTrainingPipeline:
             best_checkpoint=[m.best_checkpoint for m in fit.members],
             train_seconds=round(sum(m.seconds for m in fit.members), 2),
             throughput=[h for m in fit.members for h in m.throughput],
-            collapse_events=[e for m in fit.members for e in m.collapse_events])
+            collapse_events=[e for m in fit.members for e in m.collapse_events],
+            oracle_test=None if ot is None else metrics.evaluate(ot.filter(in_fold), self.oracle_horizons))
 

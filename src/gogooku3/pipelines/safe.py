@@ -108,7 +108,7 @@ class SafeTrainingPipeline:
         if entry_lag != int(cfg.labels.entry_lag):
             log.warning("labels.entry_lag=%s but the dataset was built with %s; using the dataset's",
                         cfg.labels.entry_lag, entry_lag)
-        splitter = make_splitter(cfg.split, horizons, entry_lag)
+        splitter = make_splitter(cfg.split, horizons, entry_lag, manifest.max_lookback)
 
         # 1. load + validate ------------------------------------------------------------------------------
         with self._step("step1_data_loading") as st:
@@ -195,7 +195,7 @@ class SafeTrainingPipeline:
                 "n_manifest_features": len(manifest.names), "n_features": len(features),
                 "groups": {g: len(names) for g, names in manifest.groups.items()},
                 "groups_used": {g: sum(n in kept for n in names) for g, names in manifest.groups.items()},
-                "dropped_features": dropped, "skipped_groups": manifest.skipped_groups}
+                "dropped_features": dropped, "skipped_groups": manifest.skipped_groups, "notes": manifest.notes}
 
     def _baseline_run(self, df: pl.DataFrame, features: list[str], folds: list[Fold], entry_lag: int, path: Path,
                       manifest: FeatureManifest) -> BaselineRun:

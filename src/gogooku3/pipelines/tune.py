@@ -16,7 +16,6 @@ import contextlib
 import copy
 import logging
 import math
-import re
 import shutil
 import time
 from pathlib import Path
@@ -28,11 +27,12 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from gogooku3 import columns as C
-from gogooku3.config import path, to_dict
+from gogooku3.config import path, redact, redact_text, to_dict
 from gogooku3.errors import ConfigError, TrainingError
 from gogooku3.evaluation import metrics
 from gogooku3.inference import predict_panel
 from gogooku3.io import timestamp, write_json, write_text
+from gogooku3.panel import clean_cache
 from gogooku3.training import fit_ensemble, make_plans
 
 log = logging.getLogger(__name__)
@@ -179,8 +179,8 @@ def storage_url(cfg: DictConfig) -> str:
 
 
 def mask_url(url: str) -> str:
-    """The storage URL with any password blanked (it goes into logs and the summary)."""
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+    """The storage URL with any password blanked (it goes into logs and the summary): `config.redact_text`."""
+    return redact_text(url)
 
 
 def _storage(url: str) -> optuna.storages.BaseStorage:
@@ -220,14 +220,15 @@ class Tuner:
         self.step_base = int(self.hc.max_epochs)
 
     def prepare(self) -> None:
-        from gogooku3.pipelines.atft import load_dataset, load_panel
+        from gogooku3.dataset import load_dataset, load_panel
 
         dataset, manifest, ref = load_dataset(self.cfg)
         self.horizons = list(manifest.horizons)
         self.monitor = C.monitor(self.horizons[0])
         self.panel = load_panel(self.cfg, dataset, manifest, ref)
+        clean_cache(path(self.cfg, "paths.cache_dir"), self.cfg.train.panel_cache_keep, [self.panel.fingerprint])
         _, plans = make_plans(self.panel.dates, self.cfg.split, self.horizons, manifest.entry_lag,
-                              int(self.hc.folds))
+                              int(self.hc.folds), manifest.max_lookback)
         # A trial sees fit + validation days only: the test block of each fold is dropped here.
         self.plans = [p.without_test() for p in plans]
         for p in self.plans:
@@ -322,7 +323,7 @@ class Tuner:
             "config": {"model": to_dict(self.cfg.model), "train": to_dict(self.cfg.train), "hpo": to_dict(self.hc)},
             "written_at": timestamp(),
         }
-        summary_file = write_json(self.out_dir / f"{self.study_name}_trials.json", summary)
+        summary_file = write_json(self.out_dir / f"{self.study_name}_trials.json", redact(summary))
         if best is None:
             raise TrainingError(f"study {self.study_name}: no completed trial ({states}); see {summary_file}")
         header = [f"Optuna study {self.study_name}: best trial {best.number}, mean validation "

@@ -45,6 +45,7 @@ class ImportSettings:
     date_format: str | None
     calendar: str
     extra_columns: str | tuple[str, ...]
+    decimal_comma: bool = False
 
     @classmethod
     def from_cfg(cls, data: DictConfig) -> ImportSettings:
@@ -70,7 +71,7 @@ class ImportSettings:
         return cls(columns=columns, fmt=fmt, separator=str(data.get("separator", ",")),
                    null_values=tuple(str(v) for v in (data.get("null_values") or ())),
                    date_format=data.get("date_format") or None, calendar=str(data.get("calendar", "XTKS")),
-                   extra_columns=extra)
+                   extra_columns=extra, decimal_comma=_decimal_comma(data))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -89,6 +90,8 @@ def _format_of(path: Path, fmt: str) -> str:
 
 def read_user_file(path: Path, s: ImportSettings) -> pl.DataFrame:
     """Read the whole file; the date and code columns of a CSV are read as text (codes keep leading zeros)."""
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a file; give the CSV or parquet file itself")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     if path.stat().st_size == 0:
@@ -97,11 +100,14 @@ def read_user_file(path: Path, s: ImportSettings) -> pl.DataFrame:
     try:
         if fmt == "csv":
             header = pl.read_csv(path, separator=s.separator, n_rows=0).columns
+            _check_separator(header, path, s)
             text_cols = {s.columns[f]: pl.Utf8 for f in ("date", "code") if s.columns[f] in header}
             df = pl.read_csv(path, separator=s.separator, schema_overrides=text_cols, null_values=list(s.null_values),
-                             infer_schema_length=10_000, try_parse_dates=False)
+                             infer_schema_length=10_000, try_parse_dates=False, decimal_comma=s.decimal_comma)
         else:
             df = pl.read_parquet(path)
+    except DataError:
+        raise
     except Exception as e:  # polars/pyarrow raise many types for malformed input
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise DataError(f"{path}: cannot read {fmt.upper()} ({type(e).__name__}: {first[:200]})") from e
@@ -148,19 +154,108 @@ def _parse_dates(df: pl.DataFrame, col: str, path: Path, fmt: str | None) -> pl.
     return out
 
 
-def _to_float(df: pl.DataFrame, col: str, path: Path) -> pl.Series:
+def _to_float(df: pl.DataFrame, col: str, path: Path, s: ImportSettings | None = None) -> pl.Series:
+    """A numeric column as Float64 (NaN -> null); text is parsed by `_parse_numbers`. Non-numeric, ambiguous
+    (decimal or thousands comma?) and non-finite values are a DataError naming the column and rows."""
     src = df[col]
     if src.dtype == pl.Boolean:
         return src.cast(pl.Float64)
     if src.dtype.is_numeric():
         out = src.cast(pl.Float64)
     else:
-        text = src.cast(pl.Utf8).str.strip_chars().str.replace_all(",", "")
-        out = text.cast(pl.Float64, strict=False)
-        bad = out.is_null() & text.is_not_null() & (text != "")
+        out, bad, ambiguous = _parse_numbers(src, s)
+        if ambiguous.any():
+            raise _bad(df, ambiguous, path, col, "has numbers whose comma or dot may be a decimal mark or a thousands "
+                       "separator", {col: col}, hint=_comma_hint(s))
         if bad.any():
             raise _bad(df, bad, path, col, "has non-numeric values", {col: col})
+    _check_finite(df, out, path, col)
     return out.fill_nan(None)
+
+
+# ---- numbers: decimal commas, thousands separators, non-finite values, text columns ------------------------------
+_GROUPED = {False: r"^[+-]?\d{1,3}(,\d{3})+(\.\d+)?$",    # 1,234,567.5 (thousands commas, decimal dot)
+            True: r"^[+-]?\d{1,3}(\.\d{3})+(,\d+)?$"}     # 1.234.567,5 (thousands dots, decimal comma)
+SEPARATORS = (",", ";", "\t", "|")
+
+
+def _decimal_comma(data: DictConfig) -> bool:
+    """`data.decimal_comma`, refused with the default separator: a comma cannot be both."""
+    on = bool(data.get("decimal_comma", False))
+    if on and str(data.get("separator", ",")) == ",":
+        raise ConfigError("data.decimal_comma=true needs a field separator other than ','; set data.separator=';' "
+                          "(or the file's own)")
+    return on
+
+
+def _check_separator(header: list[str], path: Path, s: ImportSettings) -> None:
+    """A header read as one column that contains another usual separator: the file uses that one."""
+    if len(header) != 1:
+        return
+    found = [sep for sep in SEPARATORS if sep != s.separator and sep in header[0]]
+    if found:
+        shown = "\\t" if found[0] == "\t" else found[0]
+        raise DataError(f"{path}: the header is one column {header[0][:80]!r} with separator {s.separator!r}; the "
+                        f"file looks separated by {shown!r}: set data.separator='{shown}'")
+
+
+def _comma_hint(s: ImportSettings | None) -> str:
+    if s is not None and s.decimal_comma:
+        return ("With data.decimal_comma=true a comma is the decimal mark and dots may only group thousands "
+                "(1.234,5); fix these values or set data.decimal_comma=false")
+    return ("If the comma is the decimal mark (4117,9), set data.decimal_comma=true (with data.separator=';'); "
+            "thousands commas are read only in comma-separated files as 1,234,567.5")
+
+
+def _parse_numbers(src: pl.Series, s: ImportSettings | None) -> tuple[pl.Series, pl.Series, pl.Series]:
+    """Text -> Float64 without guessing: (values, non-numeric mask, ambiguous mask). With `data.decimal_comma` the
+    comma is the decimal mark and dots may group thousands; otherwise the dot is the decimal mark and commas may
+    group thousands, in comma-separated files only (in a ';' file `4,117` may be 4.117). Any other comma or dot
+    use is ambiguous."""
+    decimal_comma = bool(s is not None and s.decimal_comma)
+    separator = "," if s is None else s.separator
+    text = src.cast(pl.Utf8).str.strip_chars()
+    grouped = text.str.contains(_GROUPED[decimal_comma]).fill_null(False)
+    if decimal_comma:
+        cleaned = pl.Series(text).str.replace_all(r"\.", "").str.replace(",", ".")
+        ambiguous = text.str.contains(r"\.").fill_null(False) & ~grouped
+        cleaned = pl.select(pl.when(grouped | ~ambiguous).then(cleaned).otherwise(None)).to_series()
+    else:
+        grouped = grouped & (separator == ",")
+        ambiguous = text.str.contains(",").fill_null(False) & ~grouped
+        cleaned = pl.select(pl.when(grouped).then(text.str.replace_all(",", "")).when(ambiguous).then(None)
+                            .otherwise(text)).to_series()
+    out = cleaned.cast(pl.Float64, strict=False)
+    bad = out.is_null() & text.is_not_null() & (text != "") & ~ambiguous
+    return out, bad, ambiguous
+
+
+def _check_finite(df: pl.DataFrame, values: pl.Series, path: Path, col: str) -> None:
+    """inf / -inf (as written or from overflow) is refused: it would become an infinite return or label."""
+    inf = values.is_infinite().fill_null(False)
+    if inf.any():
+        raise _bad(df, inf, path, col, "has non-finite values (inf or -inf)", {col: col},
+                   hint="Every numeric value must be a finite number; leave missing values empty")
+
+
+def _numeric_text(raw: pl.DataFrame, col: str, path: Path, s: ImportSettings) -> bool:
+    """Whether an unmapped text column under data.extra_columns=all is numbers written as text (1.234,5; 4,117.5).
+    Mostly numbers but some cells not -> a DataError naming them (a column is never dropped for a few bad cells);
+    text -> False, with a warning that it is left out."""
+    values, bad, ambiguous = _parse_numbers(raw[col], s)
+    filled = raw[col].cast(pl.Utf8).str.strip_chars().fill_null("") != ""
+    n = int(filled.sum())
+    if not n or int((values.is_not_null() & filled).sum()) / n < 0.5:
+        log.warning("%s: column '%s' holds text (%s), not imported as a user feature; map it in data.columns or "
+                    "list the columns to import in data.extra_columns", path, col, raw[col].dtype)
+        return False
+    if ambiguous.any():
+        raise _bad(raw, ambiguous, path, col, "has numbers whose comma or dot may be a decimal mark or a thousands "
+                   "separator", {col: col}, hint=_comma_hint(s))
+    if bad.any():
+        raise _bad(raw, bad, path, col, "is numeric but has non-numeric values", {col: col},
+                   hint="Fix them, add them to data.null_values, or leave the column out with data.extra_columns=[...]")
+    return True
 
 
 def _feature_name(column: str) -> str:
@@ -180,10 +275,8 @@ def _extra_columns(raw: pl.DataFrame, s: ImportSettings, path: Path, used: set[s
         for c in candidates:
             if re.match(r"(?i)^(x_)?target", c):
                 log.warning("%s: column '%s' looks like a label; not imported as a feature", path, c)
-            elif raw[c].dtype.is_numeric() or raw[c].dtype == pl.Boolean:
+            elif raw[c].dtype.is_numeric() or raw[c].dtype == pl.Boolean or _numeric_text(raw, c, path, s):
                 picked.append(c)
-            else:
-                log.info("%s: skipping non-numeric column '%s' (%s)", path, c, raw[c].dtype)
     else:
         missing = [c for c in s.extra_columns if c not in raw.columns]
         if missing:
@@ -222,7 +315,7 @@ def build_tables(raw: pl.DataFrame, path: Path, s: ImportSettings) -> dict[str, 
     out = pl.DataFrame({ROW: raw[ROW], "Date": _parse_dates(raw, date_col, path, s.date_format), "Code": code})
     show = {"Code": code_col, "Date": date_col}
 
-    prices = {PRICE_FIELDS[f]: _to_float(raw, c, path).alias(PRICE_FIELDS[f])
+    prices = {PRICE_FIELDS[f]: _to_float(raw, c, path, s).alias(PRICE_FIELDS[f])
               for f, c in present.items() if f in PRICE_FIELDS}
     # With only one of close / adj_close, both C and AdjC are that column (open/high/low/volume on its basis).
     if "C" in prices and "AdjC" not in prices:
@@ -275,7 +368,7 @@ def build_tables(raw: pl.DataFrame, path: Path, s: ImportSettings) -> dict[str, 
 
     extras = _extra_columns(raw, s, path, used=set(present.values()))
     if extras:
-        out = out.with_columns(_to_float(raw, c, path).cast(pl.Float64).alias(n) for c, n in extras.items())
+        out = out.with_columns(_to_float(raw, c, path, s).cast(pl.Float64).alias(n) for c, n in extras.items())
         log.info("%s: %d user feature column(s): %s", path, len(extras), ", ".join(extras.values()))
 
     listed_cols = {LISTED_FIELDS[f]: c for f, c in present.items() if f in LISTED_FIELDS}
@@ -325,6 +418,11 @@ def import_files(cfg: DictConfig, path: str | Path) -> dict[str, Path]:
     path = Path(path).expanduser()
     raw = read_user_file(path, s)
     tables = build_tables(raw, path, s)
+    from gogooku3.sources.corporate_actions import (
+        check_splits,  # data.adjust_splits: warn | adjust | off
+    )
+
+    tables = check_splits(tables, cfg.data, path)
     dq = tables["daily_quotes"]
     log.info("%s: %d rows, %d codes, %s..%s, calendar %s", path, dq.height, dq["Code"].n_unique(),
              dq["Date"].min(), dq["Date"].max(), s.calendar)

@@ -78,13 +78,14 @@ ENDPOINTS: dict[str, Endpoint] = {
     # /equities/master?date=D is a snapshot of the listed issues on D; fetched on each month's first session
     # and on the last session of the range.
     "listed_info": Endpoint("listed_info", "/equities/master", "date", "month_starts", "Date", {}),
-    # /fins/summary?date=D lists the disclosures made on D (DiscDate); "ShOutFY" is issued shares incl. treasury.
+    # /fins/summary?date=D lists the disclosures made on D (DiscDate); "ShOutFY" is issued shares incl. treasury
+    # (TrShFY: treasury shares; NxF*: next-year forecasts, kept as they are named).
     "statements": Endpoint("statements", "/fins/summary", "date", "statement_days", "DiscDate", {"ShOutFY": "ShOut"}),
     "topix": Endpoint("topix", "/indices/bars/daily/topix", "range", "months", "Date", {}),
     # from/to are taken to filter on PubDate (as V1 trades_spec did); the table is clipped on PubDate again.
     "investor_types": Endpoint("investor_types", "/equities/investor-types", "range", "months", "PubDate", {}),
-    # Weekly margin balances are dated on the week's last business day; V2 gives no publication date (PubDate
-    # stays absent: the builder applies its own publication lag).
+    # Weekly margin balances are dated on the week's last business day. PubDate is a V2 field since the 2026-09-28
+    # change (filled from 2026-09-25 on); where it is absent or null the builder applies its own publication lag.
     "margin_interest": Endpoint("margin_interest", "/markets/margin-interest", "date", "week_ends", "Date", {}),
 }
 FETCH_ORDER = ("trading_calendar", "daily_quotes", "listed_info", "statements", "topix", "investor_types",
@@ -148,7 +149,12 @@ class JQuantsClient:
         seen: set[str] = set()
         while True:
             payload = self._get_json(path, query)
-            batch = payload.get(DATA_KEY, [])
+            if DATA_KEY not in payload:  # an error body sent with 200: never cache it as an empty page
+                raise DataError(f"J-Quants {path} {_public(params)}: HTTP 200 without '{DATA_KEY}' (keys: "
+                                f"{', '.join(sorted(payload)) or 'none'}; message: "
+                                f"{self.redact(str(payload.get('message', '')))[:200] or '-'}); nothing cached, "
+                                f"rerun to fetch this page again")
+            batch = payload[DATA_KEY]
             if not isinstance(batch, list):
                 raise DataError(f"J-Quants {path} {params}: '{DATA_KEY}' is {type(batch).__name__}, not a list")
             records.extend(batch)

@@ -3,16 +3,19 @@
 Every source writes `<raw_dir>/<table>.parquet` with J-Quants V2-style column names and the dtypes below.
 `Code` is always a string (the 5-digit LocalCode for Japanese data), dates are `pl.Date`.
 
-daily_quotes       Date, Code, O, H, L, C, Vo, Va, AdjFactor, AdjO, AdjH, AdjL, AdjC, AdjVo
+daily_quotes       Date, Code, O, H, L, C, Vo, Va, AdjFactor, AdjO, AdjH, AdjL, AdjC, AdjVo, UL, LL
                    Raw (O..C, Vo, Va) and split-adjusted (Adj*) prices. AdjFactor is set on the ex-date row
                    (1:2 split -> 0.5); adjusted(t) = raw(t) * prod_{s>t} AdjFactor(s). Only Date, Code, AdjC are
                    required (user files); the builder skips the feature blocks whose inputs are absent.
+                   UL / LL: "1" when the day hit the upper / lower daily price limit (J-Quants), kept as sent.
 listed_info        Date, Code, CoName, S17, S33, Mkt, ScaleCat   (snapshots; Mkt 0111 Prime / 0112 Standard / 0113 Growth)
 topix              Date, O, H, L, C
 trading_calendar   Date, HolDiv   (J-Quants HolidayDivision: "1" session, "2" half-day session, "0"/"3" closed)
 statements         DiscDate, DiscTime ("HH:MM:SS", JST), Code, CurPerType (1Q/2Q/3Q/FY), CurFYSt, CurFYEn,
                    Sales, OP, NP, EPS, Eq, TA, FOP, FNP, FEPS, FDivAnn, ShOut (issued shares at period end),
-                   ChgAcEst, RetroRst (accounting-estimate change / retrospective restatement flags)
+                   ChgAcEst, RetroRst (accounting-estimate change / retrospective restatement flags),
+                   TrShFY (treasury shares at period end), NxFSales, NxFOP, NxFNp, NxFEPS, NxFDivAnn (next-year
+                   forecasts, given with the FY results)
 investor_types     PubDate, StDate, EnDate, Section, then {Frgn, Ind, Prop, Brk, TrstBnk, InvTr, Tot} x
                    {Sell, Buy, Tot, Bal} (e.g. FrgnBal = foreigners' net buying, value in JPY); weekly
 margin_interest    PubDate, Date, Code, ShrtVol, LongVol, ShrtNegVol, LongNegVol, ShrtStdVol, LongStdVol, IssType; weekly
@@ -55,7 +58,8 @@ TABLES: dict[str, TableSpec] = {
     "daily_quotes": TableSpec(
         "daily_quotes",
         required={"Date": DATE, "Code": STR, "AdjC": F64},
-        optional={c: F64 for c in ("O", "H", "L", "C", "Vo", "Va", "AdjFactor", "AdjO", "AdjH", "AdjL", "AdjVo")},
+        optional={**{c: F64 for c in ("O", "H", "L", "C", "Vo", "Va", "AdjFactor", "AdjO", "AdjH", "AdjL", "AdjVo")},
+                  "UL": STR, "LL": STR},
         key=("Code", "Date"),
         positive=("O", "H", "L", "C", "AdjO", "AdjH", "AdjL", "AdjC", "AdjFactor"),
     ),
@@ -78,7 +82,8 @@ TABLES: dict[str, TableSpec] = {
         required={"DiscDate": DATE, "Code": STR},
         optional={
             "DiscTime": STR, "CurPerType": STR, "CurFYSt": DATE, "CurFYEn": DATE,
-            **{c: F64 for c in ("Sales", "OP", "NP", "EPS", "Eq", "TA", "FOP", "FNP", "FEPS", "FDivAnn", "ShOut")},
+            **{c: F64 for c in ("Sales", "OP", "NP", "EPS", "Eq", "TA", "FOP", "FNP", "FEPS", "FDivAnn", "ShOut",
+                                "TrShFY", "NxFSales", "NxFOP", "NxFNp", "NxFEPS", "NxFDivAnn")},
             "ChgAcEst": STR, "RetroRst": STR,
         },
     ),
@@ -138,6 +143,7 @@ def conform(df: pl.DataFrame, name: str, source: str | Path = "<memory>") -> pl.
         nulls = out[col].is_null()
         if nulls.any():
             raise SchemaError(f"{source}: required column '{col}' is null at rows {rows_hint(nulls.arg_true().to_list())}")
+    _check_finite(out, name, source)
     for col in spec.positive:
         if col in out.columns:
             bad = out[col] <= 0
@@ -151,6 +157,17 @@ def conform(df: pl.DataFrame, name: str, source: str | Path = "<memory>") -> pl.
             raise SchemaError(
                 f"{source}: duplicate ({', '.join(spec.key)}) keys at rows {rows_hint(dup.arg_true().to_list())}, e.g. {ex}")
     return out
+
+
+def _check_finite(df: pl.DataFrame, name: str, source: str | Path) -> None:
+    """No float column of a raw table may hold inf / -inf (it would become an infinite return or label)."""
+    for col, dtype in df.schema.items():
+        if dtype.is_float():
+            bad = df[col].is_infinite()
+            if bad.any():
+                raise SchemaError(f"{source}: table '{name}' column '{col}' holds non-finite values (inf) at rows "
+                                  f"{rows_hint(bad.arg_true().to_list())}; every number must be finite (missing "
+                                  f"values are null)")
 
 
 def write_table(df: pl.DataFrame, raw_dir: str | Path, name: str) -> Path:

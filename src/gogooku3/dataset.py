@@ -1,0 +1,44 @@
+"""Opening a built dataset for training: its manifest (the allow-list and the dataset's facts) checked against the
+config, and its PanelStore (converted once, cached by fingerprint). Shared by `train` and `tune`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+from omegaconf import DictConfig
+
+from gogooku3 import columns as C
+from gogooku3.config import path, to_dict
+from gogooku3.errors import DataError
+from gogooku3.features.manifest import FeatureManifest
+from gogooku3.io import file_fingerprint
+from gogooku3.panel import PanelStore
+from gogooku3.results import DatasetRef
+
+
+def load_dataset(cfg: DictConfig) -> tuple[Path, FeatureManifest, DatasetRef]:
+    """The dataset, its manifest (the allow-list) and the facts it fixes; the config must agree with them."""
+    dataset = path(cfg, "paths.dataset")
+    if not dataset.exists():
+        raise DataError(f"{dataset}: dataset not found; build it with `gogooku3 data build`")
+    manifest = FeatureManifest.for_dataset(dataset)
+    manifest.check_labels(cfg.labels, dataset)
+    lf = pl.scan_parquet(dataset)
+    manifest.check_frame(lf, dataset)
+    missing = [C.target(h) for h in manifest.horizons if C.target(h) not in lf.collect_schema()]
+    if missing:
+        raise DataError(f"{dataset}: label column(s) {', '.join(missing)} of the manifest are missing")
+    if not manifest.names:
+        raise DataError(f"{dataset}: the manifest lists no features")
+    ref = DatasetRef(str(dataset), file_fingerprint(dataset), manifest.fingerprint, len(manifest.names),
+                     list(manifest.horizons), manifest.entry_lag, manifest.calendar)
+    return dataset, manifest, ref
+
+
+def load_panel(cfg: DictConfig, dataset: Path, manifest: FeatureManifest, ref: DatasetRef) -> PanelStore:
+    tc = cfg.train
+    return PanelStore.build(dataset, manifest.names, manifest.horizons, path(cfg, "paths.cache_dir"),
+                            normalizer=to_dict(tc.normalizer), manifest_fingerprint=manifest.fingerprint,
+                            dataset_fingerprint=ref.fingerprint, returns_col=str(tc.returns_col),
+                            force=bool(tc.force_convert))
