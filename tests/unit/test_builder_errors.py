@@ -48,6 +48,9 @@ def test_build_writes_dataset_latest_metadata_manifest(small, tmp_path, caplog):
         assert m.names == [c for c in df.columns if c in m.names] and len(m.names) == res.n_features
         assert not [n for n in m.names if n.startswith("target_")] and m.targets == [
             f"target_{h}d" for h in (1, 5, 10, 20)]
+        # the dataset's facts: lag, calendar, source and every listed group's look-back (purged k-fold needs them)
+        assert (m.entry_lag, m.calendar, m.source) == (1, "trading_calendar table", "synthetic")
+        assert set(m.groups) <= set(m.lookback) and m.max_lookback == 600  # ema_200 decays below e^-6 in 600
     assert "coverage" in caplog.text and "statements" in caplog.text
     assert not list((tmp_path / "out").glob(".*.tmp"))
 

@@ -38,6 +38,7 @@ from gogooku3.features import margin as margin_mod
 from gogooku3.features import price, quality, sector, statements, technical
 from gogooku3.features.common import Block, c, day_basis, lookup, narrow
 from gogooku3.features.flags import flags as flag_block
+from gogooku3.features.lookback import group_lookbacks
 from gogooku3.features.manifest import (
     META_COLUMNS,
     FeatureManifest,
@@ -478,6 +479,7 @@ def build_dataset(cfg: DictConfig) -> BuildResult:
     latest = Path(cfg.paths.dataset)
     horizons, entry_lag = [int(h) for h in cfg.labels.horizons], int(cfg.labels.entry_lag)
     manifest = FeatureManifest.from_frame(df, built.groups, horizons, entry_lag, built.skipped, calendar,
+                                          lookback=group_lookbacks(_plain(cfg.features)), source=str(cfg.data.source),
                                           notes=built.notes)
     cov = coverage(built)
     seconds = time.perf_counter() - t0

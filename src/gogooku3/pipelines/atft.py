@@ -139,6 +139,7 @@ class CompleteATFTTrainingPipeline:
         if bt is not None:
             write_parquet(bt, rd / "baseline_predictions_test.parquet")
         self._step("predict_and_baseline", t0)
+        t0 = time.perf_counter()
         # every comparison (model, baseline, oracle) on the same (Date, Code) rows; what was left out, and why
         same, rows = metrics.align_rows({"model": pt, "baseline": bt, "oracle": self.oracle(pt)}, hs)
         pc, bc, oc = same["model"], same.get("baseline"), same.get("oracle")
