@@ -74,6 +74,7 @@ from gogooku3 import columns as C
 from gogooku3.errors import ConfigError, DataError, SchemaError, rows_hint
 from gogooku3.evaluation import metrics
 from gogooku3.io import timestamp, write_json, write_parquet
+from gogooku3.settings import PortfolioSettings
 
 log = logging.getLogger(__name__)
 
@@ -96,31 +97,9 @@ LIMIT_TOL = 1e-4   # a close within this relative distance of the limit price is
 
 
 @dataclass
-class BacktestConfig:
-    """Portfolio settings; mirrors `conf/portfolio/default.yaml` (documented there)."""
-
-    method: str = "long_short"
-    horizon: int = 1
-    long_fraction: float = 0.2
-    short_fraction: float = 0.2
-    weighting: str = "equal"
-    cost_bps: float = 5.0
-    min_names: int = 10
-    min_price: float = 0.0
-    min_adv: float = 0.0
-    quantiles: int = 5
-    periods_per_year: int = 252
-    vol_column: str = "volatility_20d"
-    max_weight: float = 0.1
-    realism: str = "auto"
-    cost_model: str = "flat"
-    borrow_only: bool = True
-    price_limits: bool = True
-    capital: float = 100_000_000.0
-    lot_size: int = 100
-    commission_bps: float = 1.0
-    half_spread_bps: float = 3.0
-    impact_coef: float = 1.0
+class BacktestConfig(PortfolioSettings):
+    """The `portfolio` group's settings (`settings.PortfolioSettings`, documented in conf/portfolio/default.yaml) with
+    the backtest's own construction from any config form and its consistency checks."""
 
     @classmethod
     def from_any(cls, cfg: Any = None, **overrides: Any) -> BacktestConfig:
@@ -870,3 +849,63 @@ def summary_for_report(res: BacktestResult) -> Mapping[str, Any]:
             "calmar", "win_rate", "avg_turnover", "sharpe_gross", "top_quantile_ann_return", "universe_ann_return",
             "n_periods", "positions", "by_cost_model")
     return {k: res.summary.get(k) for k in keys}
+
+
+# ---- tear-sheet figures -----------------------------------------------------------------------------------------
+def rolling_sharpe(daily: pl.DataFrame, window: int, c: BacktestConfig, col: str = "net") -> pl.DataFrame:
+    """Date, sharpe: the Sharpe of the module docstring over the trailing `window` periods of `daily[col]` (null
+    until `window` periods exist)."""
+    ppy = c.periods_per_year / c.horizon
+    r = pl.col(col).cast(pl.Float64)
+    sd = r.rolling_std(window, min_samples=window)
+    return daily.sort(C.DATE).select(
+        C.DATE, sharpe=pl.when(sd > 0).then(r.rolling_mean(window, min_samples=window) / sd * math.sqrt(ppy)))
+
+
+def topix_closes(raw_dir: str | Path | None) -> pl.DataFrame | None:
+    """Date, close of the raw `topix` table (J-Quants indices; the synthetic market writes one too), or None."""
+    if raw_dir is None:
+        return None
+    from gogooku3.sources.schema import scan_table
+
+    lf = scan_table(raw_dir, "topix")
+    if lf is None or "C" not in lf.collect_schema():
+        return None
+    return (lf.select(pl.col(C.DATE).cast(pl.Date), close=pl.col("C").cast(pl.Float64)).drop_nulls()
+            .unique(C.DATE).sort(C.DATE).collect())
+
+
+def benchmark_returns(res: BacktestResult, market: Market | None, topix: pl.DataFrame | None) -> pl.DataFrame:
+    """Per rebalance of a backtest: Date, strategy (net), equal_weight (the eligible universe's equal-weight realised
+    return over the same entry/exit closes) and topix (TOPIX close at exit / close at entry − 1; null without the
+    index table or the dataset's calendar)."""
+    d = res.daily.select(C.DATE, strategy=pl.col("net"), equal_weight=pl.col("universe"))
+    if topix is None or market is None:
+        return d.with_columns(topix=pl.lit(None, dtype=pl.Float64))
+    ex = _sessions_frame(market, d[C.DATE].to_list(), int(res.summary["horizon"]))
+    px = topix.select(C.DATE, "close")
+    ex = (ex.join(px.rename({C.DATE: "e", "close": "ce"}), on="e", how="left")
+          .join(px.rename({C.DATE: "x", "close": "cx"}), on="x", how="left")
+          .select(C.DATE, topix=pl.col("cx") / pl.col("ce") - 1.0))
+    return d.join(ex, on=C.DATE, how="left")
+
+
+def relative_figures(strategy: pl.Series, benchmark: pl.Series, periods_per_year: float) -> dict:
+    """Benchmark-relative figures of per-period returns on the periods both have: beta = cov(s, b) / var(b);
+    alpha = (mean(s) − beta · mean(b)) · P (annualised OLS intercept); tracking_error = std(s − b) · √P;
+    information_ratio = mean(s − b) · P / tracking_error; correlation; active_return = mean(s − b) · P; n."""
+    j = pl.DataFrame({"s": strategy.cast(pl.Float64), "b": benchmark.cast(pl.Float64)}).drop_nulls().drop_nans()
+    n, P = j.height, float(periods_per_year)
+    nan = float("nan")
+    if n < 3:
+        return {"alpha": nan, "beta": nan, "tracking_error": nan, "information_ratio": nan, "correlation": nan,
+                "active_return": nan, "n": n}
+    s, b = j["s"], j["b"]
+    var_b = float(b.var())
+    beta = float(pl.cov(s, b, eager=True).item()) / var_b if var_b > 0 else nan
+    active = s - b
+    te = float(active.std()) * math.sqrt(P)
+    act = float(active.mean()) * P
+    return {"alpha": (float(s.mean()) - beta * float(b.mean())) * P if math.isfinite(beta) else nan, "beta": beta,
+            "tracking_error": te, "information_ratio": act / te if te > 0 else nan,
+            "correlation": float(j.select(pl.corr("s", "b")).item()), "active_return": act, "n": n}
