@@ -1,13 +1,16 @@
 """The model bundle: weights (safetensors) + everything needed to predict on new data, checked by fingerprint.
 
 `bundle/model.safetensors` and `bundle/bundle.json` (model config, number of ensemble members, feature manifest,
-normaliser settings, dataset fingerprint, horizons, window, sector/segment vocabularies).
+normaliser settings, dataset fingerprint, horizons, window, sector/segment vocabularies). A run trained with
+`train.blend` also stores the blend (method, weight per horizon, the LightGBM input normalisation) in bundle.json and
+the last fold's LightGBM boosters as `bundle/lgbm_{h}d.txt`: `predict_blended` needs nothing outside the bundle.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +33,7 @@ log = logging.getLogger(__name__)
 class Bundle:
     model: ATFTGATFAN | ATFTEnsemble
     meta: dict[str, Any]
+    root: Path | None = None          # the bundle folder it was loaded from
 
     @property
     def horizons(self) -> list[int]:
@@ -42,9 +46,17 @@ class Bundle:
 
 def save_bundle(run_dir: str | Path, model: ATFTGATFAN | ATFTEnsemble, manifest: FeatureManifest | dict,
                 normalizer: dict, dataset_fingerprint: str, sector_vocab: Sequence[str], segment_vocab: Sequence[str],
-                extra: dict | None = None, min_window_frac: float = 1.0, returns_col: str = "returns_1d") -> Path:
+                extra: dict | None = None, min_window_frac: float = 1.0, returns_col: str = "returns_1d",
+                blend: dict | None = None) -> Path:
+    """Write the bundle; `blend` (`pipelines.atft.blend_bundle`) names booster files that are copied in."""
     out = Path(run_dir) / "bundle"
     out.mkdir(parents=True, exist_ok=True)
+    if blend is not None:
+        files = {}
+        for h, src in blend["boosters"].items():
+            files[h] = f"lgbm_{int(h)}d.txt"
+            shutil.copyfile(src, out / files[h])
+        blend = {**blend, "boosters": files}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(out / "model.safetensors") as tmp:
         save_file(state, str(tmp))
@@ -56,7 +68,7 @@ def save_bundle(run_dir: str | Path, model: ATFTGATFAN | ATFTEnsemble, manifest:
         "normalizer": normalizer, "dataset_fingerprint": dataset_fingerprint, "horizons": list(model.cfg.horizons),
         "window": model.cfg.window, "sector_vocab": list(sector_vocab), "segment_vocab": list(segment_vocab),
         "min_window_frac": min_window_frac, "returns_col": returns_col, "n_params": model.get_num_params(),
-        **(extra or {})})
+        "blend": blend, **(extra or {})})
     return out
 
 
@@ -80,7 +92,7 @@ def load_bundle(run_dir: str | Path, dataset: str | Path | None = None) -> Bundl
     _check_weights(model, state, weights)
     model.load_state_dict(state)
     model.eval()
-    return Bundle(model, meta)
+    return Bundle(model, meta, root)
 
 
 BUNDLE_KEYS = ("model_config", "manifest", "manifest_fingerprint", "normalizer", "horizons", "window",
@@ -171,3 +183,42 @@ def predict_for_dates(bundle: Bundle, df_or_path: pl.DataFrame | pl.LazyFrame | 
                                   bundle.meta["sector_vocab"], bundle.meta["segment_vocab"])
     return predict_panel(bundle.model, panel, panel.day_index(want), window=L,
                          min_window_frac=float(bundle.meta["min_window_frac"]), targets=False)
+
+
+def predict_blended(bundle: Bundle, df_or_path: pl.DataFrame | pl.LazyFrame | str | Path,
+                    dates: Sequence[dt.date | str]) -> pl.DataFrame:
+    """The bundle's product predictor on each date: the model + LightGBM blend when the bundle holds one
+    (`model.blend.combine` with the stored weights), else the model alone (`predict_for_dates`)."""
+    import lightgbm as lgb
+
+    from gogooku3.model.blend import combine
+    from gogooku3.normalize import CrossSectionalNormalizer
+
+    model = predict_for_dates(bundle, df_or_path, dates)
+    spec = bundle.meta.get("blend")
+    if not spec:
+        return model
+    if bundle.root is None:
+        raise DataError("predict_blended: the bundle was not loaded from a folder (load_bundle); its LightGBM "
+                        "boosters cannot be found")
+    root = bundle.root
+    lf = pl.scan_parquet(df_or_path) if isinstance(df_or_path, (str, Path)) else df_or_path.lazy()
+    feats, normed = list(spec["features"]), list(spec["normalized_features"])
+    want = sorted(model.get_column("Date").unique().to_list())
+    norm = CrossSectionalNormalizer.from_dict({**spec["normalize"], "features": normed})
+    all_dates = lf.select(pl.col("Date").cast(pl.Date).unique().sort()).collect().get_column("Date").to_list()
+    lo = all_dates[max(0, all_dates.index(want[0]) - norm.history_days)]
+    frame = (lf.select(pl.col("Date").cast(pl.Date), pl.col("Code").cast(pl.String), *feats)
+             .filter(pl.col("Date").is_between(lo, want[-1])).collect())
+    x = norm.transform(frame).filter(pl.col("Date").is_in(pl.Series(want, dtype=pl.Date).implode()))
+    mat = x.select([pl.col(f).cast(pl.Float32) for f in feats]).to_numpy()
+    base = x.select("Date", "Code")
+    for h, name in spec["boosters"].items():
+        path = root / name
+        if not path.is_file():
+            raise DataError(f"{path}: the bundle's LightGBM booster is missing; retrain, or restore the file")
+        booster = lgb.Booster(model_file=str(path))
+        base = base.with_columns(pl.Series(f"pred_{int(h)}d", booster.predict(
+            mat, num_iteration=int(spec["best_iteration"][h])).astype("float32")))
+    weights = {int(h): float(w) for h, w in spec["weights"].items()}
+    return combine(model, base, weights, str(spec["method"]))

@@ -1,6 +1,8 @@
 """The `gogooku3` command line. Each command is thin: compose the config, call the library, report.
 
-Trailing `key=value` words are Hydra overrides, e.g. `gogooku3 data synth data.n_stocks=100 seed=7`.
+Trailing `key=value` words are Hydra overrides, e.g. `gogooku3 data synth data.n_stocks=100 seed=7`;
+`--config-dir DIR` (before or after the command) adds a user config directory (`DIR/experiment/my_exp.yaml` ->
+`experiment=my_exp`). Each command's help names the config groups it reads and shows example overrides.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from gogooku3.config import load_config
-from gogooku3.errors import Gogooku3Error
+from gogooku3.errors import ConfigError, Gogooku3Error
 from gogooku3.logs import setup_logging
 
 log = logging.getLogger("gogooku3")
@@ -39,120 +41,202 @@ class _Group(TyperGroup):
 
 
 app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True,
-                  help="gogooku3: point-in-time JP equity datasets, ATFT-GAT-FAN training and honest backtests.")
+                  help="gogooku3: point-in-time JP equity datasets, ATFT-GAT-FAN training and honest backtests.\n\n"
+                       "Every command takes trailing Hydra overrides (group=option, a.b=value, experiment=NAME); "
+                       "`gogooku3 config groups` lists the groups, `gogooku3 config show ...` the composed config.")
 data_app = typer.Typer(no_args_is_help=True, help="Raw data sources and the ML dataset builder.")
 app.add_typer(data_app, name="data")
 cache_app = typer.Typer(no_args_is_help=True, help="Caches under paths.cache_dir.")
 app.add_typer(cache_app, name="cache")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect the composed Hydra config and its groups.")
+app.add_typer(config_app, name="config")
+
+
+@app.callback()
+def _main(ctx: typer.Context,
+          config_dir: list[Path] = typer.Option(
+              [], "--config-dir", "-C",
+              help="User config directory searched before the packaged groups (repeatable): DIR/experiment/x.yaml "
+                   "is `experiment=x`, DIR/model/y.yaml is `model=y`.")) -> None:
+    ctx.obj = {"config_dirs": list(config_dir)}
+
+
+def _split_config_dirs(args: list[str]) -> tuple[list[str], list[str]]:
+    """`--config-dir DIR` / `--config-dir=DIR` / `-C DIR` given after the command, and the other arguments."""
+    dirs, rest, it = [], [], iter(args)
+    for a in it:
+        if a in ("--config-dir", "-C"):
+            d = next(it, None)
+            if d is None:
+                raise ConfigError(f"{a}: needs a directory")
+            dirs.append(d)
+        elif a.startswith("--config-dir="):
+            dirs.append(a.split("=", 1)[1])
+        else:
+            rest.append(a)
+    return dirs, rest
+
+
+def config_dirs(ctx: typer.Context) -> tuple[list[str], list[str]]:
+    """The user config directories (global option and after the command) and the Hydra overrides of `ctx`."""
+    root = ctx.find_root().obj or {}
+    late, overrides = _split_config_dirs(list(ctx.args))
+    return [str(d) for d in root.get("config_dirs", [])] + late, overrides
 
 
 def _cfg(ctx: typer.Context):
-    cfg = load_config(ctx.args)
+    dirs, overrides = config_dirs(ctx)
+    cfg = load_config(overrides, config_dirs=dirs)
     setup_logging(str(cfg.get("log_level", "INFO")).upper())
     return cfg
 
 
-@data_app.command("synth", context_settings=OVERRIDES)
+def _help(summary: str, groups: str, *examples: str) -> str:
+    """A command's help: what it does, the config groups it reads, example invocations."""
+    ex = "\n\n".join(f"  gogooku3 {e}" for e in examples)
+    return f"{summary}\n\nConfig groups read: {groups}.\n\nExamples:\n\n{ex}"
+
+
+@data_app.command("synth", context_settings=OVERRIDES, help=_help(
+    "Write the synthetic TSE market (all raw tables + the oracle file).", "paths, data (data=synthetic), labels, seed",
+    "data synth data.n_stocks=200 data.n_days=500", "data synth data.signal_strength=0 seed=7"))
 def data_synth(ctx: typer.Context) -> None:
-    """Write the synthetic TSE market (all raw tables + the oracle file)."""
     cfg = _cfg(ctx)
     from gogooku3.sources.synthetic import synthesize
 
     synthesize(cfg)
 
 
-@data_app.command("fetch", context_settings=OVERRIDES)
+@data_app.command("fetch", context_settings=OVERRIDES, help=_help(
+    "Fetch raw tables from the J-Quants API V2 (needs JQUANTS_API_KEY or data.api_key).",
+    "paths, data (data=jquants)",
+    "data fetch data=jquants data.start_date=2020-01-01", "data fetch data=jquants data.plan=standard",
+    "data fetch data=jquants 'data.tables=[daily_quotes,listed_info]'"))
 def data_fetch(ctx: typer.Context) -> None:
-    """Fetch raw tables from the J-Quants API V2 (needs JQUANTS_API_KEY or data.api_key)."""
     cfg = _cfg(ctx)
     from gogooku3.sources.jquants import fetch
 
     fetch(cfg)
 
 
-@data_app.command("import", context_settings=OVERRIDES)
+@data_app.command("import", context_settings=OVERRIDES, help=_help(
+    "Import a user's own price file as raw tables (column mapping in the `data=files` config).",
+    "paths, data (data=files)",
+    "data import prices.csv data=files data.calendar=XNYS", "data import px.csv data=files data.columns.close=adj_close",
+    "data import eu.csv data=files data.separator=';' data.decimal_comma=true"))
 def data_import(ctx: typer.Context,
                 path: Path = typer.Argument(..., help="CSV or parquet file in long format (Date, Code, prices).")) -> None:
-    """Import a user's own price file as raw tables (column mapping in the `data=files` config)."""
     cfg = _cfg(ctx)
     from gogooku3.sources.files import import_files
 
     import_files(cfg, path)
 
 
-@data_app.command("build", context_settings=OVERRIDES)
+@data_app.command("build", context_settings=OVERRIDES, help=_help(
+    "Build the ML dataset (features, targets, manifest, coverage report) from the raw tables.",
+    "paths, data, features, labels",
+    "data build labels.horizons=[1,5]", "data build features.groups.statements=false labels.entry_lag=2"))
 def data_build(ctx: typer.Context) -> None:
-    """Build the ML dataset (features, targets, manifest, coverage report) from the raw tables."""
     cfg = _cfg(ctx)
     from gogooku3.features.builder import build_dataset
 
     build_dataset(cfg)
 
 
-@app.command("safe", context_settings=OVERRIDES)
+@app.command("safe", context_settings=OVERRIDES, help=_help(
+    "SafeTrainingPipeline: validate, split, normalize, LightGBM baseline (stored for `train`), graph, report.",
+    "paths, labels, split, safe, baseline",
+    "safe split=purged_kfold", "safe split.n_splits=5 baseline.num_boost_round=400",
+    "safe safe.start_date=2023-01-01 safe.graph.enabled=false"))
 def safe(ctx: typer.Context) -> None:
-    """SafeTrainingPipeline: validate, split, normalize, LightGBM baseline (stored for `train`), graph, report."""
     cfg = _cfg(ctx)
     from gogooku3.pipelines.safe import SafeTrainingPipeline
 
     SafeTrainingPipeline(cfg).run()
 
 
-@app.command("train", context_settings=OVERRIDES)
+@app.command("train", context_settings=OVERRIDES, help=_help(
+    "Train ATFT-GAT-FAN (Lightning) and write runs/<timestamp>/ with predictions, metrics and a bundle.",
+    "paths, labels, split, baseline, model, train, trainer, experiment",
+    "train model=full trainer=gpu", "train train.max_epochs=3 train.ensemble=1 model.gat=false",
+    "--config-dir my_conf train experiment=my_exp", "train experiment=atft_gat_fan   (the study `gogooku3 tune` wrote)"))
 def train(ctx: typer.Context) -> None:
-    """Train ATFT-GAT-FAN (Lightning) and write runs/<timestamp>/ with predictions, metrics and a bundle."""
     cfg = _cfg(ctx)
     from gogooku3.pipelines.atft import CompleteATFTTrainingPipeline
 
     CompleteATFTTrainingPipeline(cfg).run()
 
 
-@app.command("tune", context_settings=OVERRIDES)
+@app.command("tune", context_settings=OVERRIDES,
+             short_help="Optuna search over ATFT-GAT-FAN hyper-parameters; the best trial becomes experiment=<study>.",
+             help=_help(
+    "Optuna search (TPE + median pruning) over ATFT-GAT-FAN hyper-parameters. Writes the best trial as an "
+    "experiment, <first --config-dir or output/optuna>/experiment/<study>.yaml, so that `gogooku3 train "
+    "experiment=<study>` trains with it, plus output/optuna/<study>_best.yaml and <study>_trials.json.",
+    "paths, labels, split, model, train, trainer, hpo, experiment",
+    "tune hpo.n_trials=30 hpo.study_name=wide", "tune hpo.space.lr.high=0.02 '~hpo.space.graph_k'",
+    "--config-dir my_conf tune hpo.storage=postgresql://host/db",
+    "--config-dir my_conf train experiment=atft_gat_fan   (afterwards: train with the best trial)"))
 def tune(ctx: typer.Context) -> None:
-    """Optuna search (TPE + median pruning) over ATFT-GAT-FAN hyper-parameters; writes output/optuna/<study>_best.yaml."""
     cfg = _cfg(ctx)
     from gogooku3.pipelines.tune import tune as run_tune
 
-    run_tune(cfg)
+    dirs, _ = config_dirs(ctx)
+    run_tune(cfg, experiment_dir=Path(dirs[0]) if dirs else None)
 
 
-@app.command("backtest", context_settings=OVERRIDES)
+@app.command("backtest", context_settings=OVERRIDES, help=_help(
+    "Cost-aware long/short backtest of a predictions file: the ideal and the realistic book side by side.",
+    "paths, labels, portfolio",
+    "backtest --predictions runs/last/predictions_test.parquet portfolio.cost_bps=10",
+    "backtest --predictions P portfolio.realism=realistic portfolio.cost_model=spread_impact",
+    "backtest --predictions P portfolio.horizon=5 portfolio.long_fraction=0.1 portfolio.short_fraction=0.1"))
 def backtest(ctx: typer.Context,
              predictions: Path = typer.Option(..., "--predictions", help="Parquet with Date, Code, pred_{h}d, target_{h}d.")) -> None:
-    """Cost-aware long/short backtest of a predictions file."""
     cfg = _cfg(ctx)
     from gogooku3.evaluation.portfolio import run_backtest
 
     run_backtest(cfg, predictions)
 
 
-@app.command("report", context_settings=OVERRIDES)
+@app.command("report", context_settings=OVERRIDES, help=_help(
+    "JSON + a one-page, self-contained HTML tear sheet of a training run (RUN/report.json, RUN/report.html).",
+    "paths, labels, portfolio, report",
+    "report --run runs/last report.rolling_sharpe_days=120", "report --run runs/20250101_000000 portfolio.cost_bps=10",
+    "report --run runs/last report.dpi=120 portfolio.realism=realistic"))
 def report(ctx: typer.Context,
            run: Path = typer.Option(Path("runs/last"), "--run", help="Training run directory.")) -> None:
-    """JSON + self-contained HTML report of a training run."""
     cfg = _cfg(ctx)
     from gogooku3.evaluation.report import build_report
 
     build_report(cfg, run)
 
 
-@app.command("predict", context_settings=OVERRIDES)
+@app.command("predict", context_settings=OVERRIDES,
+             short_help="Ranked next-day scores, long/short lists, quantile forecasts and per-stock explanations.",
+             help=_help(
+    "Ranked next-day scores per stock with long/short lists, quantile forecasts (predict.quantiles) and the "
+    "top variable-selection weights per stock (predict.explain_top): output/predictions/pred_<date>.* and "
+    "explain_<date>.*.",
+    "paths, portfolio, predict",
+    "predict --run runs/last --date 2025-12-30", "predict predict.horizon=5 portfolio.long_fraction=0.1",
+    "predict predict.quantiles=[0.1,0.5,0.9] predict.explain_top=10"))
 def predict(ctx: typer.Context,
             run: Path = typer.Option(Path("runs/last"), "--run", help="Training run directory with the model bundle."),
             date: Optional[str] = typer.Option(None, "--date", help="YYYY-MM-DD; default: the dataset's latest date.")) -> None:
-    """Ranked next-day scores per stock with long/short lists."""
     cfg = _cfg(ctx)
     from gogooku3.pipelines.predict import predict as run_predict
 
     run_predict(cfg, run, date)
 
 
-@cache_app.command("clean", context_settings=OVERRIDES)
+@cache_app.command("clean", context_settings=OVERRIDES, help=_help(
+    "Bound the PanelStore cache (<paths.cache_dir>/panels): remove killed conversions' leftovers and old panels.",
+    "paths, train", "cache clean --keep 2", "cache clean train.panel_cache_keep=1 paths.cache_dir=/scratch/cache"))
 def cache_clean(ctx: typer.Context,
                 keep: int | None = typer.Option(None, "--keep", min=0,
                                                    help="Panels to keep, newest first (default: train.panel_cache_keep; "
                                                         "0 removes every panel).")) -> None:
-    """Bound the PanelStore cache (<paths.cache_dir>/panels): remove killed conversions' leftovers and old panels."""
     cfg = _cfg(ctx)
     from gogooku3.config import path
     from gogooku3.panel import clean_cache
@@ -162,13 +246,60 @@ def cache_clean(ctx: typer.Context,
     log.info("cache clean: removed %d folder(s) under %s", len(removed), root / "panels")
 
 
-@app.command("run", context_settings=OVERRIDES)
+@app.command("run", context_settings=OVERRIDES, help=_help(
+    "The full pipeline: synth (or existing raw data) -> build -> safe -> train -> backtest -> report -> predict.",
+    "all of them (run.steps picks the steps)",
+    "run data.n_stocks=200 model=full train.max_epochs=3", "run 'run.steps=[train,backtest,report]' experiment=example",
+    "run data=jquants trainer=gpu"))
 def run(ctx: typer.Context) -> None:
-    """The full pipeline: synth (or existing raw data) -> build -> safe -> train -> backtest -> report."""
     cfg = _cfg(ctx)
     from gogooku3.pipelines.full import FullTrainingPipeline
 
     FullTrainingPipeline(cfg).run()
+
+
+@config_app.command("show", context_settings=OVERRIDES, help=_help(
+    "Print the composed config as YAML (what Hydra's --cfg job shows), secrets blanked; checked like any command's.",
+    "all of them", "config show model=full", "config show experiment=example train.lr=0.001",
+    "--config-dir my_conf config show experiment=my_exp"))
+def config_show(ctx: typer.Context) -> None:
+    dirs, overrides = config_dirs(ctx)
+    from gogooku3.config import to_yaml
+
+    typer.echo(to_yaml(load_config(overrides, config_dirs=dirs)), nl=False)
+
+
+@config_app.command("groups", context_settings=OVERRIDES, help=_help(
+    "List the config groups and their options (packaged, user --config-dir, tuned experiments); * marks the default.",
+    "none", "config groups", "--config-dir my_conf config groups"))
+def config_groups(ctx: typer.Context) -> None:
+    dirs, _ = config_dirs(ctx)
+    from gogooku3.config import default_groups, groups, search_dirs
+
+    found = search_dirs(config_dirs=dirs)
+    defaults = default_groups()
+    for g, options in groups(found).items():
+        marked = [f"{o}*" if defaults.get(g) == o else o for o in options]
+        typer.echo(f"{g:<10} {' '.join(marked)}" + ("   (none by default)" if g in defaults and defaults[g] is None
+                                                    else ""))
+    if found:
+        typer.echo("searched: " + ", ".join(str(d) for d in found))
+
+
+@app.command("export", context_settings=OVERRIDES,
+             short_help="A run's predictions as the frames alphalens or quantstats take.", help=_help(
+    "Write a run's test predictions in the frames alphalens or quantstats take (parquet + CSV; neither package is "
+    "needed to export): alphalens: date, asset, factor, forward returns 1D/5D/..., group; quantstats: date, "
+    "strategy (the headline backtest's net returns), benchmark (the universe's equal-weight return).",
+    "paths, labels, portfolio",
+    "export --to alphalens runs/last", "export --to quantstats runs/last portfolio.realism=realistic"))
+def export(ctx: typer.Context,
+           to: str = typer.Option(..., "--to", help="alphalens or quantstats."),
+           run: Path = typer.Argument(Path("runs/last"), help="Training run directory.")) -> None:
+    cfg = _cfg(ctx)
+    from gogooku3.evaluation.export import export_run
+
+    export_run(cfg, run, to)
 
 
 def main() -> None:

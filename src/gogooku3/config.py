@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections.abc import Sequence
 from importlib import resources
@@ -21,25 +22,86 @@ from gogooku3.settings import Settings, check_key
 CONFIG_MODULE = "gogooku3.conf"
 
 
-def load_config(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
-    """Compose the config with Hydra overrides such as ``data.n_stocks=100`` or ``model=full``.
+def load_config(overrides: Sequence[str] = (), config_name: str = "config",
+                config_dirs: Sequence[str | Path] = ()) -> DictConfig:
+    """Compose the config with Hydra overrides such as ``data.n_stocks=100``, ``model=full`` or
+    ``experiment=my_exp``.
 
-    The result is checked once against the typed schema (`gogooku3.settings.Settings`): an unknown key, a value of
-    the wrong type or a missing required key fails here with a ConfigError naming the key."""
+    `config_dirs` are the user's config directories (`gogooku3 --config-dir DIR`), searched before the packaged
+    groups: ``DIR/experiment/my_exp.yaml`` adds an experiment, ``DIR/model/tiny.yaml`` a model option. The folder
+    where `gogooku3 tune` writes experiments (`<paths.output_dir>/optuna`) is searched too, so
+    ``experiment=<study>`` finds a tuned study's best parameters. The result is checked once against the typed
+    schema (`gogooku3.settings.Settings`): an unknown key, a value of the wrong type or a missing required key fails
+    here with a ConfigError naming the key."""
+    dirs = search_dirs(overrides, config_dirs)
+    overrides = [_drop_plus(o, dirs) for o in overrides]
+    search = [f"hydra.searchpath=[{','.join(f'file://{d}' for d in dirs)}]"] if dirs else []
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-            cfg = compose(config_name=config_name, overrides=list(overrides))
+            cfg = compose(config_name=config_name, overrides=list(overrides) + search)
     except (HydraException, OmegaConfBaseException) as e:
         lines = str(e).splitlines()
         fix = next((f" ({ln.strip()})" for ln in lines[1:] if ln.startswith("To append")), "")
-        raise ConfigError(_override_hint(overrides) or f"invalid config override: {lines[0]}{fix}") from e
+        raise ConfigError(_override_hint(overrides, dirs) or f"invalid config override: {lines[0]}{fix}") from e
     finally:
         GlobalHydra.instance().clear()
     OmegaConf.set_readonly(cfg, False)
     if config_name == "config":
+        if "experiment" in cfg:
+            raise ConfigError("experiment: the experiment file's keys landed under 'experiment.'; its first line "
+                              "must be '# @package _global_' (see conf/experiment/example.yaml)")
         Settings.from_cfg(cfg)
     return cfg
+
+
+TUNED_SUBDIR = "optuna"  # <paths.output_dir>/optuna/experiment/<study>.yaml: written by `gogooku3 tune`
+
+
+def search_dirs(overrides: Sequence[str] = (), config_dirs: Sequence[str | Path] = ()) -> list[Path]:
+    """The user's config directories (each must exist) plus `<paths.output_dir>/optuna` when it holds experiments
+    (`paths.output_dir` as given in `overrides`, else the packaged default), absolute, without duplicates."""
+    out: list[Path] = []
+    for d in config_dirs:
+        p = Path(d).expanduser()
+        if not p.is_dir():
+            raise ConfigError(f"--config-dir {d}: not a directory (it should hold folders such as experiment/, "
+                              f"model/ with YAML files)")
+        out.append(p.resolve())
+    given = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("paths.output_dir=")]
+    output_dir = given[-1] if given else _packaged_value("paths", "default", "output_dir", "output")
+    tuned = Path(str(output_dir)).expanduser() / TUNED_SUBDIR
+    if (tuned / "experiment").is_dir():
+        out.append(tuned.resolve())
+    return list(dict.fromkeys(out))
+
+
+def _packaged_value(group: str, option: str, key: str, default: Any) -> Any:
+    node = OmegaConf.load(str(resources.files(CONFIG_MODULE) / group / f"{option}.yaml"))
+    return node.get(key, default)
+
+
+def _drop_plus(override: str, dirs: Sequence[Path]) -> str:
+    """`+experiment=x` -> `experiment=x`: the group is in the defaults list (as null), so both spellings select it
+    and a missing option fails as one (instead of "an item is already at 'experiment'")."""
+    key, eq, value = override.partition("=")
+    bare = key.lstrip("+")
+    if eq and key != bare and "." not in bare and bare in default_groups() and group_options(bare, dirs):
+        return f"{bare}={value}"
+    return override
+
+
+@functools.cache
+def default_groups() -> dict[str, str | None]:
+    """The groups of the packaged defaults list and their default option (None for `experiment`)."""
+    node = OmegaConf.load(str(resources.files(CONFIG_MODULE) / "config.yaml"))
+    out: dict[str, str | None] = {}
+    for item in node.get("defaults", []):
+        if isinstance(item, str) or not hasattr(item, "items"):
+            continue
+        for k, v in item.items():
+            out[str(k).split(" ")[-1]] = None if v is None else str(v)
+    return out
 
 
 def settings(cfg: DictConfig) -> Settings:
@@ -47,33 +109,50 @@ def settings(cfg: DictConfig) -> Settings:
     return Settings.from_cfg(cfg)
 
 
-def _group_options(group: str) -> list[str]:
-    """The options of a packaged config group (conf/<group>/*.yaml), or [] if `group` is not a group."""
+def group_options(group: str, dirs: Sequence[str | Path] = ()) -> list[str]:
+    """The options of a config group: conf/<group>/*.yaml of the package and of each directory of `dirs` (user
+    config directories); [] if `group` is not a group anywhere."""
+    names: set[str] = set()
     d = resources.files(CONFIG_MODULE) / group
-    if not d.is_dir():
-        return []
-    return sorted(p.name[: -len(".yaml")] for p in d.iterdir() if p.name.endswith(".yaml"))
+    if d.is_dir():
+        names |= {p.name[: -len(".yaml")] for p in d.iterdir() if p.name.endswith(".yaml")}
+    for root in dirs:
+        u = Path(root) / group
+        if u.is_dir():
+            names |= {p.stem for p in u.glob("*.yaml")}
+    return sorted(names)
 
 
-def _override_hint(overrides: Sequence[str]) -> str | None:
+def groups(dirs: Sequence[str | Path] = ()) -> dict[str, list[str]]:
+    """Every config group (packaged and in `dirs`) with its options."""
+    names = {p.name for p in resources.files(CONFIG_MODULE).iterdir() if p.is_dir() and not p.name.startswith("_")}
+    for root in dirs:
+        names |= {p.name for p in Path(root).iterdir() if p.is_dir() and list(p.glob("*.yaml"))}
+    return {g: opts for g in sorted(names) if (opts := group_options(g, dirs))}
+
+
+def _override_hint(overrides: Sequence[str], dirs: Sequence[str | Path] = ()) -> str | None:
     """Explain why Hydra refused the overrides: an unknown key (with the closest known one) or a group option
     that does not exist. None when no override is at fault by this schema."""
     chosen: dict[str, str] = {}
     for o in overrides:
         key, _, value = o.partition("=")
-        if "." not in key and _group_options(key):
+        if "." not in key and group_options(key, dirs):
             chosen[key] = value
     for o in overrides:
         key, eq, value = o.partition("=")
-        if not eq or key.startswith(("~", "+")) or "@" in key:
-            continue  # deletions and additions: Hydra's own message, additions are checked by Settings
-        options = _group_options(key) if "." not in key else []
+        bare = key.lstrip("+")
+        options = group_options(bare, dirs) if eq and "." not in bare and "@" not in bare else []
         if options:
             if value not in options:
                 close = difflib.get_close_matches(value, options, n=1)
-                hint = f"; did you mean '{key}={close[0]}'?" if close else ""
-                return f"{o}: no such option{hint} (options of {key}: {', '.join(options)})"
+                hint = f"; did you mean '{bare}={close[0]}'?" if close else ""
+                where = " or in --config-dir" if bare == "experiment" else ""
+                return (f"{o}: no such option{hint} (options of {bare}: {', '.join(options)}; files are "
+                        f"conf/{bare}/<name>.yaml{where})")
             continue
+        if not eq or key.startswith(("~", "+")) or "@" in key:
+            continue  # deletions and additions: Hydra's own message, additions are checked by Settings
         err = check_key(key, chosen)
         if err is not None:
             return str(err)

@@ -66,6 +66,10 @@ class FoldResult:
     throughput: list[dict[str, float]] = field(default_factory=list)
     collapse_events: list[dict[str, Any]] = field(default_factory=list)
     oracle_test: dict[str, Any] | None = None  # the oracle on the same rows (synthetic market only)
+    combined_test: dict[str, Any] | None = None  # the model + LightGBM blend on the same rows (train.blend)
+    blend_weights: dict[str, float] | None = None  # per horizon: the blend's weight on the model (chosen on val)
+    model_vs_baseline: dict[str, Any] | None = None     # per horizon: paired daily RankIC, this fold's rows
+    combined_vs_baseline: dict[str, Any] | None = None
 
 
 @dataclass
@@ -90,6 +94,13 @@ class TrainResult:
     peak_gpu_mb: float | None = None
     oracle_test: dict[str, Any] | None = None  # the synthetic market's oracle on the same rows (None: no oracle)
     comparison_rows: dict[str, Any] = field(default_factory=dict)  # `metrics.align_rows`: rows kept, excluded, why
+    predictor: str = "model"                   # the product's predictor: model | combined (model + LightGBM blend)
+    blend: dict[str, Any] | None = None        # method, grid and per fold the weights and validation curves
+    combined_val: dict[str, Any] | None = None   # the blend pooled over the folds' validation days (optimistic: chosen there)
+    combined_test: dict[str, Any] | None = None  # the blend pooled over the folds' test days, same rows as `test`
+    combined_vs_baseline: dict[str, Any] = field(default_factory=dict)  # per horizon, paired daily RankIC (HAC t)
+    combined_vs_model: dict[str, Any] = field(default_factory=dict)
+    combined_vs_oracle: dict[str, Any] = field(default_factory=dict)
 
     @property
     def epochs(self) -> list[int | list[int]]:

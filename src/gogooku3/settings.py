@@ -384,6 +384,7 @@ class ModelSettings:
     lstm_layers: int = 1
     dropout: float = 0.1
     vsn_init_gain: float = 0.1
+    market_context: str = "none"
     norm: str = "none"
     fan_topk: int = 3
     gat: bool = True
@@ -405,6 +406,13 @@ class LossSettings:
         default_factory=lambda: {1: 4.0, 5: 2.0, 10: 1.0, 20: 1.0})
     target_transform: str = "rank_gauss"
     min_stocks: int = 5
+
+
+@dataclass
+class BlendSettings:
+    enabled: bool = True
+    method: str = "zscore"
+    grid_step: float = 0.05
 
 
 @dataclass
@@ -445,6 +453,7 @@ class TrainSettings:
     normalizer: NormalizerSettings = field(default_factory=NormalizerSettings)
     returns_col: str = "returns_1d"
     loss: LossSettings = field(default_factory=LossSettings)
+    blend: BlendSettings = field(default_factory=BlendSettings)
     cv: CVSettings = field(default_factory=CVSettings)
 
 
@@ -497,6 +506,9 @@ class ReportSettings:
     target_sharpe: float = 0.849
     target_params: int = 5611803
     param_tolerance: float = 0.10
+    rolling_sharpe_days: int = 60
+    sector_column: str = "S33"
+    benchmark: Literal["auto", "topix", "equal_weight"] = "auto"
 
 
 @dataclass
@@ -504,6 +516,8 @@ class PredictSettings:
     horizon: int = 1
     log_top: int = 10
     output_subdir: str = "predictions"
+    quantiles: list[float] = field(default_factory=lambda: [0.1, 0.5, 0.9])
+    explain_top: int = 5
 
 
 # ---- hpo ----------------------------------------------------------------------------------------------------
@@ -658,13 +672,14 @@ RANGES: dict[type, dict[str, Check]] = {
     BaselineSettings: {"horizons": _each(_ge(1), non_empty=True), "num_boost_round": _ge(1),
                        "early_stopping_rounds": _ge(1), "top_features": _ge(0)},
     ModelSettings: {"window": _ge(1), "hidden": _ge(1), "n_heads": _ge(1), "lstm_layers": _ge(1), "dropout": _DROPOUT,
-                    "vsn_init_gain": _gt(0), "norm": _one_of("fan", "revin", "none"), "fan_topk": _ge(1),
+                    "vsn_init_gain": _gt(0), "market_context": _one_of("none", "film"), "norm": _one_of("fan", "revin", "none"), "fan_topk": _ge(1),
                     "gat_heads": _each(_ge(1)), "gat_dropout": _DROPOUT, "quantiles": _each(_within(0, 1, True, True)),
                     "head_hidden": _ge(1), "n_sectors": _ge(1), "n_segments": _ge(1), "expected_params": _ge(0)},
     LossSettings: {"huber_delta": _gt(0), "lambda_q": _ge(0), "lambda_ic": _ge(0),
                    "horizon_weights": ((lambda v: all(w >= 0 for w in (v.values() if isinstance(v, dict) else v))),
                                        "null, a list or a {horizon: weight} map of weights >= 0"),
                    "target_transform": _one_of(*LOSS_TARGET_TRANSFORMS), "min_stocks": _ge(2)},
+    BlendSettings: {"method": _one_of("zscore", "rank"), "grid_step": _within(0, 1, lo_open=True)},
     CVSettings: {"folds": ((lambda v: v == "all" or v >= 1), "null, 'all' or an int >= 1")},
     TrainSettings: {"max_epochs": _ge(1), "min_epochs": _ge(0), "lr": _gt(0), "weight_decay": _ge(0),
                     "warmup_steps": _ge(0), "min_lr_ratio": _SHARE, "grad_clip": _ge(0),
@@ -681,8 +696,10 @@ RANGES: dict[type, dict[str, Check]] = {
                         "min_price": _ge(0), "min_adv": _ge(0), "quantiles": _ge(2), "periods_per_year": _gt(0),
                         "max_weight": _within(0, 1, lo_open=True), "capital": _gt(0), "lot_size": _ge(0),
                         "commission_bps": _ge(0), "half_spread_bps": _ge(0), "impact_coef": _ge(0)},
-    ReportSettings: {"rolling_window": _ge(1), "top_features": _ge(1), "dpi": _ge(1), "param_tolerance": _ge(0)},
-    PredictSettings: {"horizon": _ge(1), "log_top": _ge(0),
+    ReportSettings: {"rolling_window": _ge(1), "top_features": _ge(1), "dpi": _ge(1), "param_tolerance": _ge(0),
+                     "rolling_sharpe_days": _ge(2)},
+    PredictSettings: {"horizon": _ge(1), "log_top": _ge(0), "quantiles": _each(_within(0, 1, True, True)),
+                      "explain_top": _ge(0),
                       "output_subdir": ((lambda v: v.strip() != ""), "a folder name")},
     PrunerSettings: {"n_startup_trials": _ge(0), "n_warmup_steps": _ge(0)},
     HpoSettings: {"n_trials": _ge(1), "max_total_trials": _ge(1), "timeout_s": _gt(0), "seed": _ge(0),

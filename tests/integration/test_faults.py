@@ -141,7 +141,7 @@ CASES = [
     ("heads_divide_hidden", ["train", *TINY, "model.n_heads=5"], None,
      r"model\.n_heads: must be a divisor of model\.hidden \(16\), got 5"),
     ("unknown_key", ["train", *TINY, "train.lrr=0.1"], None, r"train\.lrr: unknown key; did you mean 'train\.lr'\?"),
-    ("unknown_option", ["train", "model=huge"], None, r"model=huge: no such option.*\(options of model: full, small\)"),
+    ("unknown_option", ["train", "model=huge"], None, r"model=huge: no such option.*\(options of model: full, small[;)]"),
     ("resume_no_such_run", ["train", *TINY, "train.resume=runs/nope"], None,
      r"train\.resume=runs/nope: no such run directory; give true .* or a run directory such as runs/<timestamp>"),
     ("resume_nothing_to_resume", ["train", *TINY, "train.resume=true"], lambda r: shutil.rmtree(r / "runs"),

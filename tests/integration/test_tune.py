@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import optuna
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from gogooku3.config import load_config
 from gogooku3.errors import ConfigError
@@ -104,6 +105,55 @@ def test_best_file_loads_as_overrides(studied):
             got = got[part]
         assert got == pytest.approx(value), key
     assert cfg.model.hidden in (8, 16)
+
+
+def test_experiment_file_reproduces_the_best_trial(studied):
+    """`gogooku3 train experiment=tiny` composes the tuned config (the study's base overrides + the best trial's
+    parameters); with the budget overrides of its header it retrains the best trial to the same score."""
+    root, _, res, seen = studied
+    n_seen = len(seen)
+    exp = root / "output" / "optuna" / "experiment" / "tiny.yaml"
+    assert (root / res["experiment_file"]).resolve() == exp.resolve()
+    text = exp.read_text()
+    assert text.startswith("# @package _global_\n")
+    rerun = next(ln for ln in text.splitlines() if ln.startswith("# Rerun the trial:"))
+    budget = rerun.split("experiment=tiny", 1)[1].split()
+    assert "train.ensemble=1" in budget and "train.max_epochs=1" in budget
+    hw = ["trainer.progress_bar=false", "trainer.num_threads=1"]  # hardware: not part of an experiment
+    old = os.getcwd()
+    os.chdir(root)
+    try:
+        cfg = load_config(["experiment=tiny", *hw])  # output/optuna is searched without --config-dir
+        tuned = load_config(OVERRIDES)
+        for key, value in res["best_params"].items():  # the best trial's values ...
+            assert OmegaConf.select(cfg, key) == pytest.approx(value), key
+        for key in ("labels.horizons", "model.window", "model.head_hidden", "split.val_days", "baseline.enabled"):
+            assert OmegaConf.select(cfg, key) == OmegaConf.select(tuned, key), key  # ... and the study's base
+        assert "hpo.study_name" not in text and "paths" not in text and "trainer" not in text
+        again = load_config(["experiment=tiny", *budget, *hw])
+        rerun_tuner = Tuner(again)
+        rerun_tuner.prepare()
+        score = rerun_tuner.evaluate(again)
+    finally:
+        os.chdir(old)
+        del seen[n_seen:]  # the spies saw this rerun: not a trial
+    assert score == pytest.approx(res["best_value"], abs=1e-6)
+
+
+def test_tune_writes_the_experiment_into_the_config_dir(studied, tmp_path):
+    root, tuner, res, _ = studied
+    from gogooku3.pipelines.tune import experiment_params, experiment_yaml
+
+    values = experiment_params(tuner.cfg, res["best_params"])
+    assert values["model.window"] == 10 and "hpo.n_trials" not in values and "paths.output_dir" not in values
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text(experiment_yaml(values, ["test"]))
+    cfg = load_config(["experiment=mine"], config_dirs=[tmp_path])
+    assert cfg.model.window == 10 and cfg.train.lr == pytest.approx(res["best_params"]["train.lr"])
+    with pytest.raises(ConfigError, match="experiment=nope: no such option.*mine"):
+        load_config(["+experiment=nope"], config_dirs=[tmp_path])
+    with pytest.raises(ConfigError, match="hpo.study_name"):
+        Tuner(load_config(OVERRIDES + ["hpo.study_name='a b/c'"]))
 
 
 def test_trials_never_touch_test_days(studied):

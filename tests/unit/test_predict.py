@@ -147,3 +147,32 @@ def test_predict_refuses_bad_dates_and_manifest_mismatch(tiny_run, tmp_path):
     with pytest.raises(DataError, match="fingerprint"):
         predict(cfg, run, None)
     assert not (tmp_path / "out").exists()
+
+
+def test_predict_exports_quantiles_and_per_stock_explanations(tiny_run, tmp_path):
+    cfg, run, ds, dates, _ = tiny_run
+    cfg = cfg.copy()
+    cfg.paths.output_dir = str(tmp_path / "out")
+    out = predict(cfg, run, None)
+    got = pl.read_parquet(out)
+    qs = ["q10_1d", "q50_1d", "q90_1d"]
+    assert all(c in got.columns for c in qs) and got.select(qs).null_count().sum_horizontal().item() == 0
+    assert (got["q10_1d"] <= got["q50_1d"]).all() and (got["q50_1d"] <= got["q90_1d"]).all()  # monotone heads
+    ex = pl.read_parquet(out.parent / f"explain_{dates[-1].isoformat()}.parquet")
+    assert ex.columns == ["Code", "rank", "feature", "weight", "share"]
+    assert ex.group_by("Code").len()["len"].unique().to_list() == [5] and set(ex["Code"]) == set(got["Code"])
+    assert set(ex["feature"]) <= set(FEATURES) and ex["rank"].min() == 1
+    assert ex.group_by("Code").agg(pl.col("share").sum())["share"].to_list() == pytest.approx([1.0] * got.height)
+    # the weights are each stock's own: not one list repeated for every stock
+    assert ex.group_by("feature").agg(pl.col("weight").n_unique())["weight"].max() > 1
+    first = ex.filter(pl.col("rank") == 1)["weight"].to_list()
+    assert first == sorted(first, reverse=True)
+    # unknown level and explain off
+    cfg.predict.quantiles = [0.3]
+    with pytest.raises(ConfigError, match="predict.quantiles"):
+        predict(cfg, run, None)
+    cfg.predict.quantiles, cfg.predict.explain_top = [], 0
+    cfg.paths.output_dir = str(tmp_path / "out2")
+    plain = predict(cfg, run, None)
+    assert not [c for c in pl.read_parquet(plain).columns if c.startswith("q")]
+    assert sorted(p.name for p in plain.parent.iterdir()) == [plain.with_suffix(".csv").name, plain.name]

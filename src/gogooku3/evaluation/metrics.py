@@ -321,3 +321,94 @@ def align_rows(frames: Mapping[str, pl.DataFrame | None], horizons: Iterable[int
         report["frames"][name] = {"rows": df.height, "kept": out[name].height,
                                   "excluded_null_prediction": null_pred[name], "excluded_absent_in": absent}
     return out, report
+
+
+# ---- tear-sheet figures ------------------------------------------------------------------------------------------
+def ic_decay(evals: Mapping[str, dict], z: float = 1.96) -> pl.DataFrame:
+    """IC decay over horizons from an `evaluate` result: horizon, rank_ic_mean, se (Newey–West: |mean / t|), lo, hi
+    (mean ± z·se, the HAC confidence band), hac_lag, n_days."""
+    rows = []
+    for h, s in sorted(evals.items(), key=lambda kv: int(kv[0])):
+        mean, t = _to_float(s.get("rank_ic_mean")), _to_float(s.get("rank_ic_tstat"))
+        se = abs(mean / t) if math.isfinite(t) and t != 0 else float("nan")
+        rows.append({"horizon": int(h), "rank_ic_mean": mean, "se": se, "lo": mean - z * se, "hi": mean + z * se,
+                     "hac_lag": int(s.get("hac_lag") or 0), "n_days": int(s.get("n_days") or 0)})
+    schema = {"horizon": pl.Int64, "rank_ic_mean": pl.Float64, "se": pl.Float64, "lo": pl.Float64, "hi": pl.Float64,
+              "hac_lag": pl.Int64, "n_days": pl.Int64}
+    return pl.DataFrame(rows, schema=schema)
+
+
+def ic_by_group(df: pl.DataFrame | pl.LazyFrame, pred: str, target: str, group: str, horizon: int = 1,
+                min_stocks: int = MIN_STOCKS) -> pl.DataFrame:
+    """RankIC within each group (e.g. the S33 sector): per group, the daily RankIC over the group's stocks (`daily_ic`
+    rules: days with fewer than `min_stocks` pairs are not scored), summarised as group, rank_ic_mean, rank_ic_tstat
+    (Newey–West), hac_lag, n_days, avg_names; sorted by rank_ic_mean."""
+    lf = _frame(df)
+    _require(lf, ["Date", pred, target, group])
+    data = lf.select("Date", pred, target, pl.col(group).cast(pl.String)).collect()
+    rows = []
+    for (g,), part in data.partition_by(group, as_dict=True, maintain_order=True).items():
+        if g is None:
+            continue
+        d = daily_ic(part, pred, target, min_stocks)
+        if d.height == 0:
+            continue
+        t = mean_tstat(d["rank_ic"], horizon)
+        rows.append({"group": str(g), "rank_ic_mean": t["mean"], "rank_ic_tstat": t["tstat"], "hac_lag": t["hac_lag"],
+                     "n_days": d.height, "avg_names": float(d["n"].mean())})
+    schema = {"group": pl.String, "rank_ic_mean": pl.Float64, "rank_ic_tstat": pl.Float64, "hac_lag": pl.Int64,
+              "n_days": pl.Int64, "avg_names": pl.Float64}
+    return pl.DataFrame(rows, schema=schema).sort("rank_ic_mean", descending=True)
+
+
+def _lagged_ranks(df: pl.DataFrame | pl.LazyFrame, pred: str, lag: int) -> pl.LazyFrame:
+    """Date, Code, r (the day's rank as a fraction in (0, 1]), r_prev (the same stock's `lag` prediction days
+    earlier; stocks on both days only)."""
+    lf = _frame(df)
+    _require(lf, ["Date", "Code", pred])
+    base = (lf.select("Date", pl.col("Code").cast(pl.String), pl.col(pred).cast(pl.Float64).fill_nan(None).alias("p"))
+            .drop_nulls("p")
+            .with_columns(r=pl.col("p").rank("average").over("Date") / pl.len().over("Date")))
+    days = base.select("Date").unique().sort("Date").with_row_index("k")
+    ranked = base.join(days, on="Date")
+    prev = ranked.select("Code", (pl.col("k") + lag).alias("k"), pl.col("r").alias("r_prev"))
+    return ranked.join(prev, on=["Code", "k"], how="inner")
+
+
+def rank_autocorrelation(df: pl.DataFrame | pl.LazyFrame, pred: str, lag: int = 1,
+                         min_stocks: int = MIN_STOCKS) -> pl.DataFrame:
+    """Signal stability: per day, the Spearman correlation of the day's prediction ranks with the same stocks' ranks
+    `lag` prediction days earlier (alphalens' factor rank autocorrelation). Date, autocorr, n."""
+    return (_lagged_ranks(df, pred, lag).group_by("Date")
+            .agg(autocorr=pl.corr(pl.col("r").rank("average"), pl.col("r_prev").rank("average")),
+                 n=pl.len().cast(pl.UInt32))
+            .filter(pl.col("n") >= min_stocks).sort("Date").collect())
+
+
+def quantile_turnover(df: pl.DataFrame | pl.LazyFrame, pred: str, q: int = 5, lag: int = 1) -> pl.DataFrame:
+    """Signal turnover: per day, the share of the top (and of the bottom) prediction bucket's names that were not in
+    that bucket `lag` prediction days earlier (alphalens' quantile turnover; `bucket_expr` buckets). Date, top,
+    bottom."""
+    lf = _frame(df)
+    _require(lf, ["Date", "Code", pred])
+    b = (lf.select("Date", pl.col("Code").cast(pl.String), pl.col(pred).cast(pl.Float64).fill_nan(None).alias("p"))
+         .drop_nulls("p").with_columns(bucket=bucket_expr("p", q).over("Date")))
+    days = b.select("Date").unique().sort("Date").with_row_index("k")
+    b = b.join(days, on="Date")
+    prev = b.select("Code", (pl.col("k") + lag).alias("k"), pl.col("bucket").alias("bucket_prev"))
+    j = b.join(prev, on=["Code", "k"], how="left").filter(pl.col("k") >= lag)
+
+    def new_share(bucket: int) -> pl.Expr:
+        inside = pl.col("bucket") == bucket
+        return ((inside & (pl.col("bucket_prev") != bucket).fill_null(True)).sum() / inside.sum())
+
+    return j.group_by("Date").agg(top=new_share(q), bottom=new_share(1)).sort("Date").collect()
+
+
+def cumulative_quantile_returns(df: pl.DataFrame | pl.LazyFrame, pred: str, target: str, q: int = 5) -> pl.DataFrame:
+    """Per prediction bucket, the compounded growth of 1 invested each day in the bucket's equal-weight mean target:
+    Date, quantile, cum_return (= Π(1 + ret) − 1). Meaningful for a 1-day target (longer ones overlap)."""
+    return (daily_quantile_returns(df, pred, target, q)
+            .sort("quantile", "Date")
+            .with_columns(cum_return=(1.0 + pl.col("ret")).cum_prod().over("quantile") - 1.0)
+            .select("Date", "quantile", "cum_return"))

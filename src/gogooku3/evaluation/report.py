@@ -1,4 +1,11 @@
-"""Run report: every figure of a training run as JSON plus one self-contained HTML page.
+"""Run report: every figure of a training run as JSON plus one self-contained HTML tear sheet.
+
+The page (no network, matplotlib PNGs inline) opens with tiles saying what was run (model config, parameters; the
+original's targets only for `model=full`), then IC decay over horizons with Newey–West bands, the monthly RankIC
+heatmap, RankIC by sector (`report.sector_column` of the dataset), signal turnover and rank autocorrelation, mean and
+cumulative return per prediction quantile, the log-scale equity curve of the ideal and realistic books, the rolling
+Sharpe, benchmark-relative figures (TOPIX from the raw `topix` table, and the universe's equal-weight return), the
+data summary, feature importance and training curves.
 
 Reads the run directory contract (``metrics.json`` as `results.TrainResult`, ``predictions_test.parquet``,
 ``baseline_predictions_test.parquet``, ``logs/metrics.csv``, ``variable_importance.json``, ``config.yaml``,
@@ -35,8 +42,12 @@ from gogooku3.evaluation.portfolio import (
     Market,
     attach_dataset_columns,
     backtest_both,
+    benchmark_returns,
     data_source,
     market_for,
+    relative_figures,
+    rolling_sharpe,
+    topix_closes,
 )
 from gogooku3.io import peak_rss_mb, read_json, timestamp, to_json, write_text
 from gogooku3.results import SafeSummary, TrainResult
@@ -170,7 +181,8 @@ def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
 
     # ---- prediction metrics, on the rows both predictors scored -------------------------------------
     horizons = _horizons(model)
-    frames, rows = metrics.align_rows({"model": model, "baseline": base}, horizons)
+    combined = _read_parquet(run / "predictions_combined_test.parquet", required=False)  # train.blend
+    frames, rows = metrics.align_rows({"model": model, "baseline": base, "combined": combined}, horizons)
     evals = {k: metrics.evaluate(v, [h for h in horizons if h in _horizons(v)]) for k, v in frames.items()}
     daily = {k: {h: metrics.daily_ic(v, C.pred(h), C.target(h)) for h in horizons if h in _horizons(v)}
              for k, v in frames.items()}
@@ -204,6 +216,10 @@ def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
                         * math.sqrt(bc.periods_per_year / bc.horizon), periods=pl.len()).sort("year"))
                for k, v in bts.items()}
 
+    # ---- tear sheet: decay, months, sectors, signal, quantiles, rolling Sharpe, benchmarks ----------------
+    tear, tear_frames = _tear_sheet(cfg, frames, daily, evals, horizons, both, headline, market, dataset, bc, q)
+    missing += tear.pop("missing")
+
     # ---- importance, size, resources -----------------------------------------------------------------
     importances = {"LightGBM gain": lgb_importance,
                    "model variable selection": {str(k): float(v) for k, v in var_imp.items()} if var_imp else None}
@@ -215,6 +231,8 @@ def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
                                                          ("peak_gpu_mb", result.peak_gpu_mb)) if v is not None}
     data_stats = {} if safe is None else safe.rows()
     model_sharpe = bts["model"].summary["sharpe"] if "model" in bts else None
+    run_model = _run_model(result, run_cfg_text, n_params)
+    targets_apply = run_model["name"] == "full"
 
     report = {
         "run_dir": str(run), "created": timestamp(), "horizons": horizons, "missing": missing,
@@ -223,10 +241,16 @@ def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
                                        "stocks": model["Code"].n_unique(), "start": model["Date"].min(),
                                        "end": model["Date"].max()},
                  "dataset": None if result is None else asdict(result.dataset),
-                 "safe_report": None if safe is None else safe.path, "safe_stats": data_stats},
+                 "safe_report": None if safe is None else safe.path, "safe_stats": data_stats,
+                 "dropped_features": None if safe is None else safe.dropped_features},
+        "run_model": run_model, "tear_sheet": tear,
         "rows": rows, "training_rows": None if result is None else result.comparison_rows,
         "backtest_market": None if market is None else {"sessions": len(market.sessions), **market.sources},
         "evaluation": evals, "paired_model_vs_baseline": paired,
+        "paired_combined_vs_baseline": {str(h): metrics.paired_comparison(daily["combined"][h], daily["baseline"][h],
+                                                                          horizon=h)
+                                        for h in horizons if "combined" in daily and "baseline" in daily
+                                        and h in daily["combined"] and h in daily["baseline"]},
         "per_year": {k: v.to_dicts() for k, v in per_year.items()},
         "quantile_returns": {k: v.to_dicts() for k, v in quants.items()},
         "backtest": {k: {"summary": v.summary, "per_year": bt_year[k].to_dicts(), "headline": headline,
@@ -244,6 +268,7 @@ def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
             "sharpe_periods": bts["model"].summary["n_periods"] if "model" in bts else None,
             "sharpe_meets_target": (model_sharpe >= target_sharpe) if model_sharpe is not None
             and math.isfinite(model_sharpe) else None,
+            "targets_apply": targets_apply,
             "sharpe_definition": f"mean(net)/std(net)*sqrt({bc.periods_per_year}/{bc.horizon}), {headline} "
                                  f"backtest, cost model {bc.cost_model} ({bc.cost_bps:g} bps per unit turnover when "
                                  "flat); the original's 0.849 has no known definition",
@@ -256,7 +281,7 @@ def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
     }
 
     html = _html(report, daily, h0, bts, evals, quants, per_year, bt_year, importances, curves, paired,
-                 window, top, dpi, both)
+                 window, top, dpi, both, tear_frames)
     report["report_seconds"] = time.perf_counter() - t0
     report["report_peak_rss_mb"] = peak_rss_mb()
     json_path, html_path = run / "report.json", run / "report.html"
@@ -265,6 +290,90 @@ def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
     log.info("report: model RankIC@%dd %.4f, Sharpe %s -> %s", h0, evals["model"][str(h0)]["rank_ic_mean"],
              H.fmt(model_sharpe, 3), html_path)
     return {"json": json_path, "html": html_path}
+
+
+def _run_model(result: TrainResult | None, run_cfg_text: str | None, n_params: int | None) -> dict[str, Any]:
+    """What was run: model name and sizes (the run's metrics.json and config.yaml), parameters, ensemble members."""
+    import yaml
+
+    cfg = {}
+    if run_cfg_text:
+        try:
+            cfg = yaml.safe_load(run_cfg_text) or {}
+        except yaml.YAMLError:
+            cfg = {}
+    m, t = cfg.get("model") or {}, cfg.get("train") or {}
+    name = result.model.name if result is not None else m.get("name")
+    members = result.model.members if result is not None else t.get("ensemble")
+    return {"name": name or "unknown", "params_per_member": n_params, "members": members,
+            **{k: m.get(k) for k in ("hidden", "window", "n_heads", "gat", "norm", "lstm_layers", "dropout")},
+            "lr": t.get("lr"), "max_epochs": t.get("max_epochs"),
+            "epochs": None if result is None else result.epochs}
+
+
+def _tear_sheet(cfg: Any, frames: dict[str, pl.DataFrame], daily: dict, evals: dict, horizons: list[int],
+                both: dict[str, dict[str, BacktestResult]], headline: str, market: Market | None, dataset: Path,
+                bc: BacktestConfig, q: int) -> tuple[dict, dict]:
+    """The tear sheet's figures: a JSON-ready summary and the frames the charts draw."""
+    rc, h0, model = cfg.report, horizons[0], frames["model"]
+    missing: list[str] = []
+    decay = {f"{k}": metrics.ic_decay(v) for k, v in evals.items()}
+    if len(horizons) > 1:  # one signal against ever longer targets: how fast its information decays
+        decay[f"model signal {C.pred(h0)}"] = metrics.ic_decay(metrics.evaluate(model, horizons, pred_fmt=C.pred(h0)))
+    monthly = {k: metrics.per_period(d[h0], "month", h0) for k, d in daily.items() if h0 in d}
+    sector_col = str(rc.sector_column)
+    sectors = None
+    if dataset.exists() and sector_col in pl.scan_parquet(dataset).collect_schema():
+        with_sector = attach_dataset_columns(model, dataset, (sector_col,), check_keys=False)
+        sectors = metrics.ic_by_group(with_sector, C.pred(h0), C.target(h0), sector_col, h0)
+    else:
+        missing.append(f"sector column {sector_col} (dataset {dataset})")
+    autocorr = metrics.rank_autocorrelation(model, C.pred(h0))
+    turnover = metrics.quantile_turnover(model, C.pred(h0), q)
+    cumq = metrics.cumulative_quantile_returns(model, C.pred(h0), C.target(h0), q)
+
+    window = int(rc.rolling_sharpe_days)
+    roll = {k: rolling_sharpe(v[headline].daily, window, bc) for k, v in both.items()}
+    topix = topix_closes(cfg.paths.get("raw_dir"))
+    have_topix = topix is not None and market is not None
+    bench = str(rc.benchmark)
+    if bench == "auto":
+        bench = "topix" if have_topix else "equal_weight"
+    elif bench == "topix" and not have_topix:
+        missing.append("TOPIX (no raw topix table or no dataset calendar): benchmark is the equal-weight universe")
+        bench = "equal_weight"
+    ppy = bc.periods_per_year / bc.horizon
+    relative: dict[str, dict] = {}
+    bench_curve = None
+    for k, modes in both.items():
+        for mode, res in modes.items():
+            br = benchmark_returns(res, market, topix)
+            relative[f"{k} {mode}"] = {b: relative_figures(br["strategy"], br[b], ppy)
+                                       for b in ("topix", "equal_weight") if br[b].drop_nulls().len()}
+            if k == "model" and mode == headline:
+                bench_curve = br.select("Date", equity=(1.0 + pl.col(bench).fill_null(0.0)).cum_prod())
+    summary = {
+        "ic_decay": {k: v.to_dicts() for k, v in decay.items()},
+        "monthly_rank_ic": {k: v.select("period", "rank_ic_mean", "rank_ic_tstat", "n_days").to_dicts()
+                            for k, v in monthly.items()},
+        "sector_column": sector_col, "by_sector": None if sectors is None else sectors.to_dicts(),
+        "signal": {"rank_autocorr_mean": autocorr["autocorr"].mean() if autocorr.height else None,
+                   "top_turnover_mean": turnover["top"].mean() if turnover.height else None,
+                   "bottom_turnover_mean": turnover["bottom"].mean() if turnover.height else None,
+                   "lag_days": 1, "quantiles": q},
+        "cumulative_quantile_return": {int(r["quantile"]): r["cum_return"] for r in
+                                       cumq.group_by("quantile").agg(pl.col("cum_return").last()).to_dicts()},
+        "rolling_sharpe": {k: {"window": window, "last": v["sharpe"].drop_nulls().tail(1).to_list()[0]
+                               if v["sharpe"].drop_nulls().len() else None,
+                               "min": v["sharpe"].min(), "max": v["sharpe"].max()} for k, v in roll.items()},
+        "benchmark": bench, "topix_available": have_topix, "relative": relative,
+        "missing": missing,
+    }
+    frames_ = {"decay": decay, "monthly": monthly, "sectors": sectors, "autocorr": autocorr, "turnover": turnover,
+               "cumq": cumq, "rolling": roll, "window": window,
+               "bench_curve": None if bench_curve is None else
+               ("TOPIX" if bench == "topix" else "equal-weight universe", bench_curve)}
+    return summary, frames_
 
 
 def _tlabel(d: dict | None) -> str:
@@ -316,41 +425,102 @@ def _realism_note(both: dict) -> str:
             'too few names.</p>')
 
 
+def _dropped_table(dropped: dict | None) -> str:
+    """The features the validation dropped, grouped by reason (their null share on the training days)."""
+    if not dropped:
+        return '<p class="note">No feature was dropped by the validation (or no safe report behind this run).</p>'
+    by: dict[tuple[float, str], list[str]] = {}
+    for k, v in sorted(dropped.items()):
+        num = isinstance(v, (int, float))
+        key = (float(v) if num else -1.0, f"null share {100 * float(v):.1f} %" if num else str(v))
+        by.setdefault(key, []).append(k)
+    rows = [(r, len(fs), ", ".join(fs)) for (_, r), fs in sorted(by.items(), reverse=True)]
+    return ("<h3>Features dropped by SafeTrainingPipeline (above safe.validation.max_null_share)</h3>"
+            + H.table(["reason", "features", "names"], rows, wrap_cols=(2,), left=True))
+
+
+def _data_table(rep: dict) -> str:
+    """The data behind the run in one readable table: dataset, validation and the test predictions."""
+    d, ds, st = rep["data"]["model_predictions"], rep["data"].get("dataset") or {}, rep["data"]["safe_stats"]
+    rows = [("dataset", f"{ds.get('path', '–')} (fingerprint {ds.get('fingerprint', '–')})"),
+            ("features in the manifest", f"{H.fmt(ds.get('n_features'))}, calendar {ds.get('calendar') or '–'}"),
+            ("horizons, entry lag", f"{', '.join(f'{h}d' for h in ds.get('horizons', [])) or '–'}; entry "
+                                    f"{ds.get('entry_lag', '–')} session(s) after the signal")]
+    if st:
+        rows += [("rows validated", f"{H.fmt(st.get('rows'))} ({st.get('dates')} dates × {st.get('stocks')} stocks)"),
+                 ("features used", f"{H.fmt(st.get('features used'))} ({len(rep['data'].get('dropped_features') or {})}"
+                                   " dropped, below)"),
+                 ("split", st.get("split"))]
+    rows += [("test predictions", f"{H.fmt(d['rows'])} rows: {d['days']} days × {d['stocks']} stocks, "
+                                  f"{d['start']} .. {d['end']}")]
+    return H.table(["", "value"], rows, wrap_cols=(1,), left=True)
+
+
+def _tiles(rep: dict, evals: dict, paired: dict, h0: int) -> str:
+    chk, rm, ts = rep["checks"], rep["run_model"], rep["tear_sheet"]
+    m_eval = evals["model"][str(h0)]
+    p0 = paired.get(str(h0), {})
+    size = (f"{rm['params_per_member']:,}" + (f" × {rm['members']}" if (rm.get("members") or 1) > 1 else "")
+            if rm.get("params_per_member") else "–")
+    arch = ", ".join(x for x in (f"hidden {rm['hidden']}" if rm.get("hidden") else "",
+                                 f"window {rm['window']}" if rm.get("window") else "",
+                                 ("GAT" if rm.get("gat") else "no GAT") if rm.get("gat") is not None else "",
+                                 f"norm {rm['norm']}" if rm.get("norm") else "") if x)
+    d = rep["data"]["model_predictions"]
+    run = H.kpis([(f"model ({arch or 'config not recorded'})", H.fmt(rm["name"]), None),
+                  ("parameters per member × members", size, None),
+                  (f"test span, {d['days']} days × {d['stocks']} stocks", f"{d['start']} .. {d['end']}", None),
+                  ("horizons", " ".join(f"{h}d" for h in rep["horizons"]), None)], kind="run")
+    bm = rep["backtest"].get("model", {}).get("summary") or {}
+    rel = ts["relative"].get(f"model {chk['sharpe_mode']}", {}).get(ts["benchmark"], {})
+    sh = chk["sharpe"]
+    results = H.kpis([
+        (f"model RankIC {h0}d (t {H.fmt(m_eval['rank_ic_tstat'], 2)}, {_tlabel(m_eval)})",
+         H.fmt(m_eval["rank_ic_mean"]), None),
+        (f"baseline RankIC {h0}d", H.fmt(evals.get("baseline", {}).get(str(h0), {}).get("rank_ic_mean")), None),
+        (f"model − baseline t ({_tlabel(p0)})", H.fmt(p0.get("t_stat"), 2), None),
+        (f"net Sharpe, {chk['sharpe_mode']} book (t {H.fmt(chk['sharpe_tstat'], 2)}, {chk['sharpe_periods']} periods)",
+         H.fmt(sh, 2), None),
+        ("annual return / max drawdown", f"{H.fmt(bm.get('ann_return'), pct=True)} / "
+                                         f"{H.fmt(bm.get('max_drawdown'), pct=True)}", None),
+        (f"information ratio vs {ts['benchmark'].replace('_', '-')}", H.fmt(rel.get("information_ratio"), 2), None),
+    ])
+    if chk.get("targets_apply"):
+        targets = H.kpis([
+            (f"original's Sharpe target {chk['sharpe_target']} (definition unknown)",
+             "met" if chk["sharpe_meets_target"] else "not met", "ok" if chk["sharpe_meets_target"] else "bad"),
+            (f"parameters vs the original's {chk['param_target']:,}", H.fmt(chk["param_ratio"], 3),
+             "ok" if chk["param_within_tolerance"] else "bad")], kind="target")
+    else:
+        targets = (f'<p class="note">The original\'s targets (Sharpe {chk["sharpe_target"]}, '
+                   f'{chk["param_target"] / 1e6:.1f} M parameters) apply to <code>model=full</code> only; this run is '
+                   f'<code>model={H.fmt(rm["name"])}</code>.</p>')
+    return run + results + targets
+
+
+def _relative_rows(rel: dict) -> list[tuple]:
+    rows = []
+    for name, by_bench in rel.items():
+        for b, r in by_bench.items():
+            rows.append((name, "TOPIX" if b == "topix" else "equal-weight universe", r["alpha"], r["beta"],
+                         r["tracking_error"], r["information_ratio"], r["correlation"], r["n"]))
+    return rows
+
+
 def _html(rep: dict, daily: dict, h0: int, bts: dict, evals: dict, quants: dict, per_year: dict, bt_year: dict,
           importances: dict, curves: pl.DataFrame | None, paired: dict, window: int, top: int, dpi: int,
-          both: dict) -> str:
-    chk = rep["checks"]
-    m_eval = evals["model"][str(h0)]
-    sh = chk["sharpe"]
-    p0 = paired.get(str(h0), {})
-    summary = H.kpis([
-        (f"model RankIC {h0}d (mean daily)", H.fmt(m_eval["rank_ic_mean"]), None),
-        (f"model RankIC t-stat {h0}d ({_tlabel(m_eval)})", H.fmt(m_eval["rank_ic_tstat"], 2), None),
-        ("baseline RankIC " + f"{h0}d", H.fmt(evals.get("baseline", {}).get(str(h0), {}).get("rank_ic_mean")), None),
-        (f"model − baseline t-stat ({_tlabel(p0)})", H.fmt(p0.get("t_stat"), 2), None),
-        (f"net Sharpe (model, {chk['sharpe_mode']}; t {H.fmt(chk['sharpe_tstat'], 2)}, Newey–West lag "
-         f"{chk['sharpe_hac_lag']}, over {chk['sharpe_periods']} periods)", H.fmt(sh, 3),
-         "ok" if chk["sharpe_meets_target"] else "bad"),
-        (f"Sharpe target {chk['sharpe_target']}", "met" if chk["sharpe_meets_target"] else "not met",
-         "ok" if chk["sharpe_meets_target"] else "bad"),
-        ("parameters", H.fmt(chk["param_count"]), "ok" if chk["param_within_tolerance"] else "bad"),
-        (f"vs {chk['param_target']:,} target", H.fmt(chk["param_ratio"], 3), None),
-    ])
-    missing = (f'<p class="note">Missing inputs: {", ".join(rep["missing"])}</p>' if rep["missing"] else "")
+          both: dict, tf: dict) -> str:
+    chk, ts = rep["checks"], rep["tear_sheet"]
+    missing = (f'<p class="note">Missing inputs: {H.fmt(", ".join(rep["missing"]))}</p>' if rep["missing"] else "")
     note = (f'<p class="note">Sharpe: {H.fmt(chk["sharpe_definition"])}. Every t-stat is Newey–West (HAC) with lag '
             'max(h − 1, floor(4 (n/100)^(2/9))); days with a constant prediction count as IC 0.</p>')
-    secs = [H.section("summary", "Summary", summary + note + missing)]
+    secs = [H.section("summary", "What was run and what it achieved", _tiles(rep, evals, paired, h0) + note + missing)]
 
-    d = rep["data"]["model_predictions"]
-    stats_rows = [(k, v) for k, v in rep["data"]["safe_stats"].items()][:40]
     rows_html = ("<h3>Rows compared (the same (Date, Code) rows for every predictor)</h3>" + _rows_table(rep["rows"])
                  + ("<h3>Rows compared at training time (metrics.json)</h3>" + _rows_table(rep["training_rows"])
                     if rep.get("training_rows") else ""))
-    secs.append(H.section("data", "Data", H.table(["test predictions", "value"], [
-        ("rows", d["rows"]), ("days", d["days"]), ("stocks", d["stocks"]), ("start", d["start"]), ("end", d["end"])])
-        + rows_html
-        + (H.table(["SafeTrainingPipeline figure", "value"], stats_rows) if stats_rows else
-           '<p class="note">No SafeTrainingPipeline report behind this run\'s baseline.</p>')))
+    secs.append(H.section("data", "Data", _data_table(rep) + _dropped_table(rep["data"].get("dropped_features"))
+                          + rows_html))
 
     rows = []
     for name, e in evals.items():
@@ -360,8 +530,11 @@ def _html(rep: dict, daily: dict, h0: int, bts: dict, evals: dict, quants: dict,
                          s["top_bottom_spread"], s["n_days"], s["n_constant_days"]))
     prow = [(f"{h}d", p["mean_a"], p["mean_b"], p["mean_diff"], p["t_stat"], p["hac_lag"], p["t_stat_naive"],
              p["p_value"], p["n_days"]) for h, p in paired.items()]
-    secs.append(H.section("horizons", "IC and RankIC by horizon (model vs baseline)",
-                          H.chart_by_horizon(evals, dpi)
+    secs.append(H.section("horizons", "IC decay over horizons",
+                          H.grid(H.caption(H.chart_ic_decay(tf["decay"], dpi),
+                                           "Each predictor's pred_{h}d against target_{h}d; the dotted line is the "
+                                           f"{h0}-day signal against longer targets. Bands: mean ± 1.96 Newey–West "
+                                           "standard errors."))
                           + H.table(["", "IC", "ICIR", "RankIC", "RankICIR", "RankIC t (NW)", "HAC lag", "naive t",
                                      "RankIC>0", "hit rate", "top−bottom", "days", "constant days"], rows)
                           + "<h3>Paired test of daily RankIC (model − baseline, same rows)</h3>"
@@ -369,17 +542,47 @@ def _html(rep: dict, daily: dict, h0: int, bts: dict, evals: dict, quants: dict,
                                       "naive t", "p-value", "days"], prow)
                              if prow else '<p class="note">No baseline predictions in this run.</p>')))
 
+    months = tf["monthly"]
+    secs.append(H.section("rank-ic", f"RankIC through time and by sector ({h0}-day horizon)", H.grid(
+        H.chart_rank_ic({k: v[h0] for k, v in daily.items() if h0 in v}, window, h0, dpi),
+        H.chart_monthly_heatmap(months.get("model"), dpi, "model"),
+        *([H.chart_monthly_heatmap(months["baseline"], dpi, "baseline")] if "baseline" in months else []),
+        H.caption(H.chart_by_group(tf["sectors"], dpi, f"model RankIC by {ts['sector_column']}"),
+                  f"Daily RankIC within each {ts['sector_column']} group (days with 5+ names), t-stat Newey–West."))))
+
+    sig = ts["signal"]
+    secs.append(H.section("signal", "Signal turnover and stability", H.grid(
+        H.caption(H.chart_signal(tf["autocorr"], tf["turnover"], dpi),
+                  f"Rank autocorrelation: Spearman correlation of a day's prediction ranks with the previous "
+                  f"prediction day's. Turnover: share of the top / bottom of {sig['quantiles']} buckets that is new "
+                  "since the previous day."))
+        + H.table(["mean rank autocorrelation", "mean top-bucket turnover", "mean bottom-bucket turnover"],
+                  [(sig["rank_autocorr_mean"], sig["top_turnover_mean"], sig["bottom_turnover_mean"])],
+                  pct_cols=(1, 2))))
+
+    secs.append(H.section("quantiles", "Returns per prediction quantile", H.grid(
+        H.chart_quantiles(quants, dpi), H.chart_cumulative_quantiles(tf["cumq"], dpi, h0))))
+
+    curves_ = {f"{k} {mode}": both[k][mode].daily for k in both for mode in ("ideal", "realistic")}
     bt_rows = _bt_rows(both, chk["sharpe_mode"])
-    secs.append(H.section("backtest", "Backtest: ideal and realistic, cumulative net return and drawdown",
-                          H.chart_equity({k: v.daily for k, v in bts.items()}, dpi)
-                          + H.table(["", "Sharpe", "t (NW)", "HAC lag", "ann. return", "max DD", "turnover",
-                                     "Sharpe flat cost", "Sharpe spread+impact", "susp./delist./unfilled/unpriced",
-                                     "skipped orders", "dates missing/unrealised/small"], bt_rows,
-                                    pct_cols=(4, 5))
-                          + _realism_note(both)))
-    secs.append(H.section("rank-ic", "Daily RankIC",
-                          H.chart_rank_ic({k: v[h0] for k, v in daily.items() if h0 in v}, window, h0, dpi)))
-    secs.append(H.section("quantiles", "Quantile returns", H.chart_quantiles(quants, dpi)))
+    rel_rows = _relative_rows(ts["relative"])
+    secs.append(H.section("backtest", "Backtest: ideal and realistic books side by side", H.grid(
+        H.caption(H.chart_equity(curves_, dpi, tf["bench_curve"]),
+                  "Growth of 1 after costs (log scale); the grey line is the benchmark (long only)."),
+        H.chart_rolling_sharpe(tf["rolling"], tf["window"], dpi))
+        + H.table(["", "Sharpe", "t (NW)", "HAC lag", "ann. return", "max DD", "turnover",
+                   "Sharpe flat cost", "Sharpe spread+impact", "susp./delist./unfilled/unpriced",
+                   "skipped orders", "dates missing/unrealised/small"], bt_rows, pct_cols=(4, 5))
+        + _realism_note(both)
+        + "<h3>Relative to a benchmark</h3>"
+        + (H.table(["book", "benchmark", "alpha (ann.)", "beta", "tracking error", "information ratio",
+                    "correlation", "periods"], rel_rows, pct_cols=(2, 4)) if rel_rows else
+           '<p class="note">No backtest to compare.</p>')
+        + '<p class="note">Per rebalance period: beta = cov(book, benchmark) / var(benchmark); alpha = annualised '
+          'intercept; tracking error = annualised std of the difference; information ratio = annualised mean '
+          'difference / tracking error. TOPIX is measured over the same entry and exit closes as the book; the '
+          'equal-weight universe is every eligible name. The long/short book is dollar-neutral, so a beta near 0 '
+          'is what it should show.</p>'))
 
     years = sorted({r["period"] for t in per_year.values() for r in t.to_dicts()})
     yr_rows = []
@@ -405,4 +608,7 @@ def _html(rep: dict, daily: dict, h0: int, bts: dict, evals: dict, quants: dict,
     res = [(k, v) for k, v in {**rep["durations"], **rep["peak_memory"]}.items()]
     secs.append(H.section("resources", "Durations and memory", H.table(["figure", "value"], res) if res else
                           '<p class="note">metrics.json holds no durations or memory figures.</p>'))
-    return H.page("gogooku3 run report", f"{rep['run_dir']} · created {rep['created']}", secs)
+    nav = [("summary", "summary"), ("data", "data"), ("horizons", "IC decay"), ("rank-ic", "RankIC"),
+           ("signal", "signal"), ("quantiles", "quantiles"), ("backtest", "backtest"), ("per-year", "per year"),
+           ("importance", "importance"), ("training", "training"), ("config", "config")]
+    return H.page("gogooku3 run report", f"{rep['run_dir']} · created {rep['created']}", secs, nav)

@@ -1,4 +1,8 @@
-"""Self-contained HTML for a run report: matplotlib PNGs embedded as base64, inline CSS, no network access."""
+"""Self-contained HTML for a run report: matplotlib PNGs embedded as base64, inline CSS, no network access.
+
+Layout: charts are drawn about 7.5 in wide with 11 pt text and laid out two to a row on a desktop (`.grid`), one
+to a row below 900 px, so their text stays readable when a phone scales them to its width; wide tables scroll
+sideways inside their own box instead of widening the page."""
 
 from __future__ import annotations
 
@@ -15,20 +19,39 @@ matplotlib.use("Agg")
 import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
-MODEL_COLOR, BASE_COLOR = "#1f5fa8", "#d9822b"
+MODEL_COLOR, BASE_COLOR, BENCH_COLOR = "#1f5fa8", "#d9822b", "#6b7280"
+REALISTIC_COLOR = "#0f8b6e"
+W, H1 = 6.4, 3.3          # one chart (inches): 576 px at the default 90 dpi, two to a row on a desktop
+# 12 pt text: about 8-9 px when a phone shrinks a 576 px chart to its ~340 px column
+plt.rcParams.update({"font.size": 12, "axes.titlesize": 13, "axes.labelsize": 12, "legend.fontsize": 11,
+                     "xtick.labelsize": 11, "ytick.labelsize": 11, "axes.spines.top": False,
+                     "axes.spines.right": False})
 CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1320px;color:#1d2733;
-background:#f6f7f9}
-h1{font-size:26px;margin:0 0 4px} h2{font-size:19px;border-bottom:2px solid #1f5fa8;padding-bottom:4px;margin-top:34px}
-section{background:#fff;border-radius:8px;padding:14px 22px 18px;margin:14px 0;box-shadow:0 1px 3px rgba(0,0,0,.08)}
+*{box-sizing:border-box}
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0 auto;padding:16px 20px;max-width:1400px;
+color:#1d2733;background:#f6f7f9;line-height:1.35}
+h1{font-size:26px;margin:0 0 4px;overflow-wrap:anywhere} h2{font-size:19px;border-bottom:2px solid #1f5fa8;
+padding-bottom:4px;margin:6px 0 10px} h3{font-size:15px;margin:14px 0 6px}
+section{background:#fff;border-radius:8px;padding:14px 20px 18px;margin:14px 0;box-shadow:0 1px 3px rgba(0,0,0,.08)}
+.scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:13px;margin:8px 0} th,td{padding:4px 10px;border-bottom:1px solid #e3e6ea;
-text-align:right} th{background:#eef2f7} td:first-child,th:first-child{text-align:left}
-.kpis{display:flex;flex-wrap:wrap;gap:12px} .kpi{background:#eef2f7;border-radius:6px;padding:8px 14px;min-width:150px}
-.kpi b{display:block;font-size:20px} .kpi span{font-size:12px;color:#556} .ok{color:#1a7f37} .bad{color:#b42318}
-.note{font-size:12px;color:#556} img{max-width:100%} pre{font-size:11px;background:#f3f4f6;padding:8px;
-overflow:auto;max-height:420px}
+text-align:right;white-space:nowrap} th{background:#eef2f7} td:first-child,th:first-child{text-align:left}
+td.wrap{white-space:normal;min-width:200px;text-align:left} table.left td,table.left th{text-align:left}
+.kpis{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:10px;margin:8px 0}
+.kpi{background:#eef2f7;border-radius:6px;padding:8px 12px} .kpi b{display:block;font-size:20px;overflow-wrap:anywhere}
+.kpi span{font-size:12px;color:#556} .kpi.run{background:#e8f0fb} .kpi.target{background:#fdf3e6}
+.ok{color:#1a7f37} .bad{color:#b42318}
+.grid{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:14px} .grid>figure{margin:0}
+figure{margin:6px 0} figcaption{font-size:12px;color:#556;margin-top:2px}
+.note{font-size:12px;color:#556} img{max-width:100%;height:auto;display:block}
+pre{font-size:11px;background:#f3f4f6;padding:8px;overflow:auto;max-height:420px}
+nav{font-size:13px;margin:8px 0 0;display:flex;flex-wrap:wrap;gap:6px 12px} nav a{color:#1f5fa8}
+@media (max-width:900px){.grid{grid-template-columns:minmax(0,1fr)} body{padding:10px}
+section{padding:10px 12px 14px} h1{font-size:21px} .kpi b{font-size:17px} .kpi{padding:6px 8px}
+td.wrap{min-width:0} table{font-size:12px} th,td{padding:3px 6px}}
 """
 
 
@@ -52,11 +75,25 @@ def png(fig) -> str:
     return f'<img alt="chart" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode("ascii")}">'
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], pct_cols: Sequence[int] = ()) -> str:
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], pct_cols: Sequence[int] = (),
+          wrap_cols: Sequence[int] = (), left: bool = False) -> str:
+    """A table in a box that scrolls sideways on narrow screens; `wrap_cols` hold long text that may wrap; `left`
+    aligns every column left (text tables)."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{fmt(v, pct=i in pct_cols)}</td>" for i, v in enumerate(r)) + "</tr>"
-                   for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    wrap = ' class="wrap"'
+    body = "".join("<tr>" + "".join(f"<td{wrap if i in wrap_cols else ''}>{fmt(v, pct=i in pct_cols)}</td>"
+                                    for i, v in enumerate(r)) + "</tr>" for r in rows)
+    cls = ' class="left"' if left else ""
+    return f'<div class="scroll"><table{cls}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def grid(*items: str) -> str:
+    """Charts side by side on a desktop, stacked on a phone."""
+    return '<div class="grid">' + "".join(f"<figure>{i}</figure>" for i in items if i) + "</div>"
+
+
+def caption(img: str, text: str) -> str:
+    return f"{img}<figcaption>{html.escape(text)}</figcaption>"
 
 
 def section(sid: str, title: str, body: str) -> str:
@@ -75,32 +112,69 @@ def _dates(ax) -> None:
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
 
 
-def chart_equity(series: dict[str, pl.DataFrame], dpi: int) -> str:
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(12, 6.4), dpi=dpi, sharex=True,
-                                   gridspec_kw={"height_ratios": [2, 1]})
-    for name, color in (("model", MODEL_COLOR), ("baseline", BASE_COLOR)):
-        d = series.get(name)
+def _legend(ax, **kw) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(frameon=False, **kw)
+
+
+def chart_equity(curves: dict[str, pl.DataFrame], dpi: int, benchmark: tuple[str, pl.DataFrame] | None = None) -> str:
+    """Growth of 1 on a log scale with the drawdown below: each (label -> daily with Date, equity, drawdown)."""
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(W, 4.8), dpi=dpi, sharex=True, gridspec_kw={"height_ratios": [2.2, 1]})
+    colors = {"model ideal": MODEL_COLOR, "model realistic": REALISTIC_COLOR, "baseline ideal": BASE_COLOR,
+              "baseline realistic": "#b8860b"}
+    for name, d in curves.items():
         if d is None or d.height == 0:
             continue
-        x = d["Date"].to_list()
-        ax1.plot(x, (d["equity"] - 1.0).to_list(), color=color, label=f"{name} net")
-        ax2.fill_between(x, d["drawdown"].to_list(), 0, color=color, alpha=0.35, label=name)
-    ax1.axhline(0, color="#888", lw=0.8)
-    ax1.set_ylabel("cumulative net return")
-    ax1.legend(loc="upper left")
-    ax1.grid(alpha=0.3)
-    ax2.set_ylabel("drawdown")
+        x, color = d["Date"].to_list(), colors.get(name)
+        style = "--" if "baseline" in name else "-"
+        ax1.plot(x, d["equity"].to_list(), style, color=color, lw=1.6, label=name)
+        if name.startswith("model"):
+            ax2.plot(x, (100 * d["drawdown"]).to_list(), color=color, lw=1.2, label=name)
+    if benchmark is not None and benchmark[1].height:
+        b = benchmark[1]
+        ax1.plot(b["Date"].to_list(), b["equity"].to_list(), color=BENCH_COLOR, lw=1.2, label=benchmark[0])
+    ax1.set_yscale("log")
+    ax1.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)))
+    ax1.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax1.yaxis.set_minor_formatter(NullFormatter())
+    ax1.axhline(1.0, color="#888", lw=0.8)
+    ax1.set_ylabel("growth of 1 (log)")
+    ax1.set_title("equity, net of costs")
+    _legend(ax1, loc="upper left")
+    ax1.grid(alpha=0.3, which="both")
+    ax2.set_ylabel("drawdown %")
     ax2.grid(alpha=0.3)
     _dates(ax2)
+    fig.tight_layout()
+    return png(fig)
+
+
+def chart_rolling_sharpe(series: dict[str, pl.DataFrame], window: int, dpi: int) -> str:
+    fig, ax = plt.subplots(figsize=(W, H1), dpi=dpi)
+    drawn = False
+    for name, color in (("model", MODEL_COLOR), ("baseline", BASE_COLOR)):
+        d = series.get(name)
+        if d is None or d.drop_nulls().height == 0:
+            continue
+        ax.plot(d["Date"].to_list(), d["sharpe"].to_list(), color=color, lw=1.6, label=name)
+        drawn = True
+    if not drawn:
+        _empty(ax, f"fewer than {window} periods: no rolling Sharpe")
+        return png(fig)
+    ax.axhline(0, color="#888", lw=0.8)
+    ax.set_title(f"rolling {window}-period Sharpe (net)")
+    _dates(ax)
+    _legend(ax, loc="upper left")
+    ax.grid(alpha=0.3)
     return png(fig)
 
 
 def chart_rank_ic(daily: dict[str, pl.DataFrame], window: int, horizon: int, dpi: int) -> str:
-    fig, ax = plt.subplots(figsize=(12, 4), dpi=dpi)
+    fig, ax = plt.subplots(figsize=(W, H1), dpi=dpi)
     m = daily.get("model")
     if m is not None and m.height:
         ax.bar(m["Date"].to_list(), m["rank_ic"].to_list(), color=MODEL_COLOR, alpha=0.3, width=1.0,
-               label="model daily RankIC")
+               label="model daily")
     for name, color in (("model", MODEL_COLOR), ("baseline", BASE_COLOR)):
         d = daily.get(name)
         if d is not None and d.height:
@@ -109,30 +183,113 @@ def chart_rank_ic(daily: dict[str, pl.DataFrame], window: int, horizon: int, dpi
     ax.axhline(0, color="#888", lw=0.8)
     ax.set_title(f"daily RankIC, {horizon}-day horizon")
     _dates(ax)
-    ax.legend(loc="upper left")
+    _legend(ax, loc="upper left", ncol=3)
     ax.grid(alpha=0.3)
     return png(fig)
 
 
-def chart_by_horizon(evals: dict[str, dict], dpi: int) -> str:
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), dpi=dpi)
-    hs = sorted({h for e in evals.values() for h in e}, key=int)
-    for ax, key, title in zip(axes, ("ic_mean", "rank_ic_mean"), ("IC", "RankIC")):
-        width = 0.38
-        for i, (name, color) in enumerate((("model", MODEL_COLOR), ("baseline", BASE_COLOR))):
-            e = evals.get(name) or {}
-            vals = [e.get(h, {}).get(key, float("nan")) for h in hs]
-            ax.bar([j + (i - 0.5) * width for j in range(len(hs))], vals, width, color=color, label=name)
-        ax.set_xticks(range(len(hs)), [f"{h}d" for h in hs])
-        ax.axhline(0, color="#888", lw=0.8)
-        ax.set_title(f"mean daily {title} by horizon")
-        ax.grid(alpha=0.3, axis="y")
-        ax.legend()
+def chart_ic_decay(decay: dict[str, pl.DataFrame], dpi: int) -> str:
+    """Mean RankIC by horizon with its Newey–West 95 % band, one line per predictor (label -> `metrics.ic_decay`)."""
+    fig, ax = plt.subplots(figsize=(W, H1), dpi=dpi)
+    colors = [MODEL_COLOR, BASE_COLOR, "#7b4fa8", BENCH_COLOR]
+    hs: list[int] = []
+    for (name, d), color in zip(decay.items(), colors):
+        if d is None or d.height == 0:
+            continue
+        x = d["horizon"].to_list()
+        hs = sorted(set(hs) | set(x))
+        style = ":" if "signal" in name else "-"
+        ax.plot(x, d["rank_ic_mean"].to_list(), style, marker="o", color=color, lw=1.8, label=name)
+        ax.fill_between(x, d["lo"].to_list(), d["hi"].to_list(), color=color, alpha=0.15)
+    if not hs:
+        _empty(ax, "no horizon scored")
+        return png(fig)
+    ax.set_xscale("log")
+    ax.set_xticks(hs, [f"{h}d" for h in hs])
+    ax.minorticks_off()
+    ax.axhline(0, color="#888", lw=0.8)
+    ax.set_xlabel("horizon")
+    ax.set_ylabel("mean daily RankIC")
+    ax.set_title("IC decay, 95 % Newey–West band")
+    _legend(ax, loc="best")
+    ax.grid(alpha=0.3)
+    return png(fig)
+
+
+def chart_monthly_heatmap(monthly: pl.DataFrame | None, dpi: int, title: str = "model") -> str:
+    """Mean RankIC per calendar month (rows years, columns months) from `metrics.per_period(..., 'month')`."""
+    import numpy as np
+
+    years = [] if monthly is None else sorted({p[:4] for p in monthly["period"].to_list()})
+    fig, ax = plt.subplots(figsize=(W, min(H1, 0.55 * len(years) + 1.5)), dpi=dpi)
+    if not years:
+        _empty(ax, "no scored month")
+        return png(fig)
+    grid_ = np.full((len(years), 12), np.nan)
+    for p, v in zip(monthly["period"].to_list(), monthly["rank_ic_mean"].to_list()):
+        grid_[years.index(p[:4]), int(p[5:7]) - 1] = np.nan if v is None else v
+    lim = float(np.nanmax(np.abs(grid_))) or 1e-9
+    im = ax.imshow(grid_, cmap="RdYlGn", vmin=-lim, vmax=lim, aspect="auto")
+    for i in range(len(years)):
+        for j in range(12):
+            if np.isfinite(grid_[i, j]):
+                ax.text(j, i, f"{grid_[i, j]:.2f}", ha="center", va="center", fontsize=10)
+    ax.set_xticks(range(12), ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"],
+                  fontsize=9)
+    ax.set_yticks(range(len(years)), years)
+    ax.set_title(f"{title}: mean RankIC by month")
+    ax.spines[:].set_visible(False)
+    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+    return png(fig)
+
+
+def chart_by_group(groups: pl.DataFrame | None, dpi: int, title: str) -> str:
+    """Horizontal bars of mean RankIC per group (`metrics.ic_by_group`), the t-stat at the bar's end."""
+    n = 0 if groups is None else groups.height
+    fig, ax = plt.subplots(figsize=(W, max(H1, 0.28 * n + 1.2)), dpi=dpi)
+    if not n:
+        _empty(ax, "no group column in the dataset")
+        return png(fig)
+    g = groups.sort("rank_ic_mean")
+    y = list(range(n))
+    vals = g["rank_ic_mean"].to_list()
+    ax.barh(y, vals, color=[MODEL_COLOR if v >= 0 else "#b42318" for v in vals])
+    ax.set_yticks(y, g["group"].to_list())
+    for yi, v, t in zip(y, vals, g["rank_ic_tstat"].to_list()):
+        ax.text(max(v, 0.0), yi, f" t {t:.1f}" if t is not None and math.isfinite(t) else "", va="center",
+                fontsize=9, ha="left")
+    ax.axvline(0, color="#888", lw=0.8)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="x")
+    ax.tick_params(axis="y", labelsize=9)
+    fig.tight_layout()
+    return png(fig)
+
+
+def chart_signal(autocorr: pl.DataFrame | None, turnover: pl.DataFrame | None, dpi: int) -> str:
+    """Rank autocorrelation and top/bottom bucket turnover by day."""
+    fig, ax = plt.subplots(figsize=(W, H1), dpi=dpi)
+    if (autocorr is None or autocorr.height == 0) and (turnover is None or turnover.height == 0):
+        _empty(ax, "fewer than two prediction days")
+        return png(fig)
+    if autocorr is not None and autocorr.height:
+        ax.plot(autocorr["Date"].to_list(), autocorr["autocorr"].to_list(), color=MODEL_COLOR, lw=1.6,
+                label="rank autocorrelation (1 day)")
+    if turnover is not None and turnover.height:
+        ax.plot(turnover["Date"].to_list(), turnover["top"].to_list(), color=REALISTIC_COLOR, lw=1.2,
+                label="top-bucket turnover")
+        ax.plot(turnover["Date"].to_list(), turnover["bottom"].to_list(), color=BASE_COLOR, lw=1.2,
+                label="bottom-bucket turnover")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("signal stability (model)")
+    _dates(ax)
+    _legend(ax, loc="center left")
+    ax.grid(alpha=0.3)
     return png(fig)
 
 
 def chart_quantiles(quants: dict[str, pl.DataFrame], dpi: int) -> str:
-    fig, ax = plt.subplots(figsize=(12, 3.8), dpi=dpi)
+    fig, ax = plt.subplots(figsize=(W, H1), dpi=dpi)
     width = 0.38
     for i, (name, color) in enumerate((("model", MODEL_COLOR), ("baseline", BASE_COLOR))):
         q = quants.get(name)
@@ -143,35 +300,61 @@ def chart_quantiles(quants: dict[str, pl.DataFrame], dpi: int) -> str:
     ax.axhline(0, color="#888", lw=0.8)
     ax.set_xlabel("prediction quantile (1 = lowest)")
     ax.set_ylabel("mean target (bp)")
-    ax.set_title("quantile returns")
+    ax.set_title("mean return per quantile")
     ax.grid(alpha=0.3, axis="y")
-    ax.legend()
+    _legend(ax)
+    return png(fig)
+
+
+def chart_cumulative_quantiles(cum: pl.DataFrame | None, dpi: int, horizon: int) -> str:
+    fig, ax = plt.subplots(figsize=(W, H1), dpi=dpi)
+    if cum is None or cum.height == 0:
+        _empty(ax, "no scored day")
+        return png(fig)
+    qs = sorted(cum["quantile"].unique().to_list())
+    cmap = LinearSegmentedColormap.from_list("q", ["#b42318", "#9a9a9a", "#1a7f37"])
+    for k, q in enumerate(qs):
+        d = cum.filter(pl.col("quantile") == q)
+        ax.plot(d["Date"].to_list(), (100 * d["cum_return"]).to_list(), color=cmap(k / max(1, len(qs) - 1)), lw=1.6,
+                label=f"Q{q}")
+    ax.axhline(0, color="#888", lw=0.8)
+    ax.set_ylabel("cumulative %")
+    ax.set_title(f"cumulative {horizon}-day return by quantile (model)")
+    _dates(ax)
+    _legend(ax, loc="upper left", ncol=min(5, len(qs)))
+    ax.grid(alpha=0.3)
     return png(fig)
 
 
 def chart_importance(imps: dict[str, dict[str, float]], top: int, dpi: int) -> str:
+    """One bar chart per importance source, side by side on a desktop."""
     names = [k for k, v in imps.items() if v]
-    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(12, 0.25 * top + 1.5), dpi=dpi, squeeze=False)
     if not names:
-        _empty(axes[0][0], "no feature importance available")
-    for ax, name in zip(axes[0], names):
+        fig, ax = plt.subplots(figsize=(W, H1 / 2), dpi=dpi)
+        _empty(ax, "no feature importance available")
+        return png(fig)
+    imgs = []
+    for name in names:
+        fig, ax = plt.subplots(figsize=(W, 0.3 * top + 1.3), dpi=dpi)
         items = sorted(imps[name].items(), key=lambda kv: kv[1], reverse=True)[:top][::-1]
         total = sum(abs(v) for v in imps[name].values()) or 1.0
         ax.barh([k for k, _ in items], [v / total for _, v in items],
                 color=BASE_COLOR if "lightgbm" in name.lower() else MODEL_COLOR)
         ax.set_title(f"{name} (share of total)")
-        ax.tick_params(axis="y", labelsize=8)
+        ax.tick_params(axis="y", labelsize=11)
         ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
-    return png(fig)
+        fig.tight_layout()
+        imgs.append(png(fig))
+    return grid(*imgs)
 
 
 def chart_training(curves: pl.DataFrame | None, dpi: int) -> str:
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.8), dpi=dpi)
+    """Loss and validation IC by epoch, side by side on a desktop."""
+    (f1, ax1), (f2, ax2) = (plt.subplots(figsize=(W, H1), dpi=dpi) for _ in range(2))
     if curves is None or curves.height == 0:
         _empty(ax1, "no training log")
         _empty(ax2, "no training log")
-        return png(fig)
+        return grid(png(f1), png(f2))
     x = curves["epoch"].to_list()
     for col in (c for c in curves.columns if c.endswith("loss")):
         ax1.plot(x, curves[col].to_list(), marker="o", ms=3, label=col)
@@ -180,7 +363,7 @@ def chart_training(curves: pl.DataFrame | None, dpi: int) -> str:
     ax1.set_title("loss by epoch")
     ax1.set_xlabel("epoch")
     ax1.grid(alpha=0.3)
-    ax1.legend()
+    _legend(ax1)
     ic_cols = [c for c in curves.columns if "ic" in c and c != "epoch" and not c.endswith("loss")]
     for col in ic_cols:
         ax2.plot(x, curves[col].to_list(), marker="o", ms=3, label=col)
@@ -191,19 +374,21 @@ def chart_training(curves: pl.DataFrame | None, dpi: int) -> str:
         ax2.set_title("validation IC by epoch")
         ax2.set_xlabel("epoch")
         ax2.grid(alpha=0.3)
-        ax2.legend(fontsize=8)
-    return png(fig)
+        _legend(ax2, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # below: the lines fill the plot
+    return grid(png(f1), png(f2))
 
 
-def kpis(items: Sequence[tuple[str, str, str | None]]) -> str:
-    """Boxes of (label, value, css class or None)."""
-    out = "".join(f'<div class="kpi"><b class="{c or ""}">{v}</b><span>{html.escape(label)}</span></div>'
+def kpis(items: Sequence[tuple[str, str, str | None]], kind: str = "") -> str:
+    """Boxes of (label, value, css class of the value or None); `kind` styles the boxes (run, target)."""
+    out = "".join(f'<div class="kpi {kind}"><b class="{c or ""}">{v}</b><span>{html.escape(label)}</span></div>'
                   for label, v, c in items)
     return f'<div class="kpis">{out}</div>'
 
 
-def page(title: str, subtitle: str, sections: Sequence[str]) -> str:
+def page(title: str, subtitle: str, sections: Sequence[str], nav: Sequence[tuple[str, str]] = ()) -> str:
+    links = ("<nav>" + "".join(f'<a href="#{sid}">{html.escape(t)}</a>' for sid, t in nav) + "</nav>") if nav else ""
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
-            f"<h1>{html.escape(title)}</h1><div class=\"note\">{html.escape(subtitle)}</div>"
+            f"<h1>{html.escape(title)}</h1><div class=\"note\">{html.escape(subtitle)}</div>{links}"
             + "".join(sections) + "</body></html>")

@@ -6,6 +6,8 @@
       │ 3. temporal fusion (LSTM from static state, enrichment, causal attention) -> last step  │
       ▼                                                                                         ▼
       h = temporal + norm summary
+      │ 3b. market context (model.market_context=film): h ← h ⊙ (1 + γ(c)) + β(c), c = the day's market state
+      │     computed from the raw return window (point in time: days d-L+1..d only)
       │ 4. GAT over the day's correlation graph, fused as h + g ⊙ gat(h)          (model.gat)
       ▼ 5. heads per horizon: point + monotone quantiles
 """
@@ -20,7 +22,12 @@ from torch import nn
 from gogooku3.model.fan import make_input_norm
 from gogooku3.model.gat import GraphBranch, day_graph
 from gogooku3.model.heads import MultiHorizonHeads
-from gogooku3.model.tft import StaticEncoder, TemporalFusion, VariableSelection
+from gogooku3.model.tft import (
+    MarketContext,
+    StaticEncoder,
+    TemporalFusion,
+    VariableSelection,
+)
 
 
 @dataclass
@@ -45,6 +52,7 @@ class ATFTConfig:
     n_sectors: int = 64
     n_segments: int = 16
     vsn_init_gain: float = 0.1         # initial gain of the variable-selection logits (small: near-uniform start)
+    market_context: str = "none"       # none | film: FiLM of the temporal output from the day's market state
     graph: dict = field(default_factory=lambda: {"window": 60, "method": "ewm", "halflife": 20, "shrinkage": 0.1,
                                                  "threshold": 0.3, "k": 10, "min_obs": 20})
 
@@ -84,6 +92,9 @@ class ATFTGATFAN(nn.Module):
         self.static = StaticEncoder(cfg.n_sectors, cfg.n_segments, H, cfg.dropout)
         self.vsn = VariableSelection(cfg.n_features, H, cfg.dropout, cfg.vsn_init_gain)
         self.temporal = TemporalFusion(H, cfg.n_heads, cfg.lstm_layers, cfg.dropout)
+        if cfg.market_context not in ("none", "film"):
+            raise ValueError(f"model.market_context must be none or film, got {cfg.market_context!r}")
+        self.context = MarketContext(H, cfg.dropout) if cfg.market_context == "film" else None
         self.graph = GraphBranch(H, tuple(cfg.gat_heads), cfg.gat_dropout) if cfg.gat else None
         self.heads = MultiHorizonHeads(H, cfg.head_hidden, len(cfg.horizons), len(cfg.quantiles), cfg.dropout)
         self._graph_builder = None
@@ -107,6 +118,10 @@ class ATFTGATFAN(nn.Module):
         x, norm_summary = self.input_norm(x)
         sel, weights = self.vsn(x, c_s)
         h = self.temporal(sel, c_e, c_h, c_c) + norm_summary
+        if self.context is not None:
+            if returns is None:
+                raise ValueError("model.market_context=film needs the raw return window (returns=[N, L])")
+            h = self.context(h, returns, returns_valid)
         if self.graph is not None:
             if edges is None:
                 if returns is None:

@@ -178,3 +178,59 @@ class TemporalFusion(nn.Module):
         a = self.post_attn(a, last)
         out = self.pre_out(self.pos_ff(a), temporal[:, -1:, :])
         return out[:, 0, :]
+
+
+def market_state(returns: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """The day's market state from the raw 1-day return window [N, L] of its stocks (point in time: the window ends
+    on the day): a vector of `MarketContext.N_STATE` scale-free or log-scaled figures, clipped to ±5 —
+    log market volatility (EWM half-life 10, last 20, whole window), market return over 1/5/20/L days in units of
+    its volatility, log cross-sectional dispersion (last 5 days, and relative to the window) and breadth."""
+    r = returns.float()
+    v = torch.isfinite(r) if valid is None else (valid & torch.isfinite(r))
+    r = torch.where(v, r, torch.zeros_like(r))
+    vf = v.float()
+    cnt = vf.sum(0).clamp_min(1.0)                                    # [L] stocks per day
+    m = r.sum(0) / cnt                                                # [L] equal-weighted market return
+    L = m.shape[0]
+    eps = 1e-6
+    age = torch.arange(L - 1, -1, -1, device=r.device, dtype=r.dtype)
+    w = 0.5 ** (age / 10.0)
+    vol_ewm = ((w * m.square()).sum() / w.sum()).sqrt()
+    k20 = min(20, L)
+    vol20 = m[-k20:].square().mean().sqrt()
+    vol = m.square().mean().sqrt()
+    disp = ((r.square().sum(0) / cnt - m.square()).clamp_min(0.0)).sqrt()   # [L] cross-sectional std
+    k5 = min(5, L)
+    breadth = ((r > 0).float() * vf).sum(0) / cnt                       # [L] share of rising stocks
+
+    def log_ratio(a: torch.Tensor, b: torch.Tensor | float) -> torch.Tensor:
+        return torch.log((a + eps) / (b + eps))
+
+    def ret(k: int) -> torch.Tensor:
+        return m[-k:].sum() / (vol * math.sqrt(k) + eps)
+
+    state = torch.stack([
+        log_ratio(vol_ewm, 0.01), log_ratio(vol20, 0.01), log_ratio(vol, 0.01), log_ratio(vol_ewm, vol),
+        ret(1), ret(k5), ret(k20), ret(L),
+        log_ratio(disp[-k5:].mean(), 0.02), log_ratio(disp[-k5:].mean(), disp.mean()),
+        4.0 * (breadth[-k5:].mean() - 0.5), 4.0 * (breadth[-1] - 0.5)])
+    return state.clamp(-5.0, 5.0)
+
+
+class MarketContext(nn.Module):
+    """FiLM conditioning of the temporal output on the day's market state: h ⊙ (1 + γ) + β with (γ, β) from a
+    small MLP of `market_state`. The last layer starts at zero, so an untrained context is the identity."""
+
+    N_STATE = 12
+
+    def __init__(self, hidden: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(self.N_STATE, hidden), nn.ELU(), Dropout(dropout),
+                                 nn.Linear(hidden, 2 * hidden))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, h: torch.Tensor, returns: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """h [N, H]; returns, valid [N, L] (one day's stocks) -> [N, H]."""
+        gamma, beta = self.net(market_state(returns, valid).to(h.dtype)).chunk(2, dim=-1)
+        return h * (1.0 + gamma) + beta

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from gogooku3 import columns as C
 from gogooku3.bundle import save_bundle
-from gogooku3.config import path, to_yaml
+from gogooku3.config import path, to_dict, to_yaml
 from gogooku3.dataset import load_dataset, load_panel
 from gogooku3.evaluation import metrics
 from gogooku3.inference import predict_panel
@@ -31,6 +31,7 @@ from gogooku3.io import (
     write_parquet,
     write_text,
 )
+from gogooku3.model.blend import BlendChoice, choose_weights, combine, weight_grid
 from gogooku3.model.ensemble import ATFTEnsemble
 from gogooku3.panel import clean_cache
 from gogooku3.results import BaselineRef, FoldResult, ModelInfo, TrainResult
@@ -104,6 +105,7 @@ class CompleteATFTTrainingPipeline:
 
         run = baseline_for_folds(self.cfg, self.dataset, self.manifest, self.folds, [p.index for p in self.plans],
                                  self.manifest.entry_lag)
+        self.base_run = run
         if run is None:
             return None, None
         self.base_horizons = list(run.horizons)  # `baseline.horizons` may be a subset
@@ -111,6 +113,44 @@ class CompleteATFTTrainingPipeline:
                                            *[C.target(h) for h in run.horizons]).sort(C.DATE, C.CODE)
         return pred, BaselineRef(None if run.directory is None else str(run.directory), run.fingerprint,
                                  bool(run.reused), run.safe_report)
+
+    def blend(self, fits: list[FoldFit], pv: list[pl.DataFrame], pt: list[pl.DataFrame]
+              ) -> tuple[pl.DataFrame | None, pl.DataFrame | None, list[BlendChoice]]:
+        """Model + LightGBM per fold (`train.blend`): the weights chosen on the fold's validation days, applied to
+        its test days. (combined val, combined test, one choice per fold); (None, None, []) when off."""
+        bc, run = self.cfg.train.blend, getattr(self, "base_run", None)
+        if not bc.enabled or run is None:
+            if bc.enabled:
+                log.info("train: train.blend needs the LightGBM baseline (baseline.enabled); the model alone predicts")
+            return None, None, []
+        grid = weight_grid(float(bc.grid_step))
+        cv, ct, choices = [], [], []
+        for f, mv, mt in zip(fits, pv, pt):
+            in_fold = pl.col("fold") == f.plan.index
+            bv, btest = run.predictions_val.filter(in_fold), run.predictions_test.filter(in_fold)
+            if bv.select(C.DATE).unique().height != mv.select(C.DATE).unique().height:
+                log.warning("train: fold %d: LightGBM validation days (%d) differ from the model's (%d)",
+                            f.plan.index, bv.select(C.DATE).unique().height, mv.select(C.DATE).unique().height)
+            choice = choose_weights(mv, bv, self.horizons, str(bc.method), grid)
+            cv.append(combine(mv, bv, choice.weights, choice.method))
+            ct.append(combine(mt, btest, choice.weights, choice.method))
+            choices.append(choice)
+        return pl.concat(cv), pl.concat(ct), choices
+
+    def blend_bundle(self, choice: BlendChoice, fold: int) -> dict:
+        """What `bundle.predict_blended` needs: the last fold's weights, its LightGBM boosters (copied into the
+        bundle by `save_bundle`) and the baseline's input normalisation."""
+        run = self.base_run
+        pf = next(p for p in run.per_fold if int(p["fold"]) == fold)
+        schema = pl.scan_parquet(self.dataset).collect_schema()
+        hs = [h for h, w in choice.weights.items() if w < 1.0]
+        return {"method": choice.method, "weights": {str(h): w for h, w in choice.weights.items()}, "fold": fold,
+                "boosters": {str(h): str(run.booster_path(fold, h)) for h in hs},
+                "best_iteration": {str(h): int(pf["best_iteration"][str(h)]) for h in hs},
+                "features": list(run.features),
+                "normalized_features": [f for f in run.features if schema[f].is_float()],
+                "normalize": {**to_dict(self.cfg.baseline.normalize),
+                              "day_level_features": list(run.normalization.get("day_level_features") or [])}}
 
     def oracle(self, pt: pl.DataFrame) -> pl.DataFrame | None:
         """The synthetic market's oracle as a predictor (Date, Code, pred_{h}d = oracle_{h}d, target_{h}d) on the test
@@ -131,23 +171,29 @@ class CompleteATFTTrainingPipeline:
     def finish(self, fits: list[FoldFit], t_all: float) -> TrainResult:
         t0 = time.perf_counter()
         hs, rd = self.horizons, self.run_dir
-        pv = pl.concat([self.predictions(f, f.dm.val_days) for f in fits])
-        pt = pl.concat([self.predictions(f, f.dm.test_days) for f in fits])
+        pv_folds = [self.predictions(f, f.dm.val_days) for f in fits]
+        pt_folds = [self.predictions(f, f.dm.test_days) for f in fits]
+        pv, pt = pl.concat(pv_folds), pl.concat(pt_folds)
         write_parquet(pv, rd / "predictions_val.parquet")
         write_parquet(pt, rd / "predictions_test.parquet")
         bt, base_ref = self.baseline()
         if bt is not None:
             write_parquet(bt, rd / "baseline_predictions_test.parquet")
+        cv, ct, choices = self.blend(fits, pv_folds, pt_folds)
+        if ct is not None:
+            write_parquet(cv, rd / "predictions_combined_val.parquet")
+            write_parquet(ct, rd / "predictions_combined_test.parquet")
         self._step("predict_and_baseline", t0)
         t0 = time.perf_counter()
-        # every comparison (model, baseline, oracle) on the same (Date, Code) rows; what was left out, and why
-        same, rows = metrics.align_rows({"model": pt, "baseline": bt, "oracle": self.oracle(pt)}, hs)
-        pc, bc, oc = same["model"], same.get("baseline"), same.get("oracle")
+        # every comparison (model, baseline, combined, oracle) on the same (Date, Code) rows; what was left out, why
+        same, rows = metrics.align_rows({"model": pt, "baseline": bt, "combined": ct, "oracle": self.oracle(pt)}, hs)
+        pc, bc, oc, cc = same["model"], same.get("baseline"), same.get("oracle"), same.get("combined")
         for name, r in rows["frames"].items():
             if r["kept"] < r["rows"]:
                 log.info("train: %s test rows %d -> %d on the common rows (%d without a prediction, absent in %s)",
                          name, r["rows"], r["kept"], r["excluded_null_prediction"], r["excluded_absent_in"])
-        folds = [self._fold_result(f, pc, bc, oc) for f in fits]
+        folds = [self._fold_result(f, pc, bc, oc, cc, ch) for f, ch in
+                 zip(fits, choices or [None] * len(fits))]
         model = fits[-1].model
         importance = fits[-1].feature_importance()
         write_json(rd / "variable_importance.json", {} if importance is None else dict(sorted(
@@ -156,7 +202,8 @@ class CompleteATFTTrainingPipeline:
         n_params = model.get_num_params()
         save_bundle(rd, model, self.manifest, self.panel.normalizer, self.ref.fingerprint, self.panel.sector_vocab,
                     self.panel.segment_vocab, {"run_dir": str(rd), "trained_at": timestamp()},
-                    float(self.cfg.train.min_window_frac), str(self.cfg.train.returns_col))
+                    float(self.cfg.train.min_window_frac), str(self.cfg.train.returns_col),
+                    blend=self.blend_bundle(choices[-1], fits[-1].plan.index) if choices else None)
         thr = [h for f in folds for h in f.throughput]
         result = TrainResult(
             run_dir=str(rd), created=timestamp(), dataset=self.ref, baseline=base_ref,
@@ -164,28 +211,35 @@ class CompleteATFTTrainingPipeline:
                             int(self.cfg.model.expected_params), model.estimate_flops_per_sample()),
             horizons=hs, folds=folds, val=metrics.evaluate(pv, hs), test=metrics.evaluate(pc, hs),
             baseline_test=None if bc is None else metrics.evaluate(bc, self.base_horizons),
-            model_vs_baseline={} if bc is None else {
-                str(h): metrics.paired_comparison(metrics.daily_ic(pc, C.pred(h), C.target(h)),
-                                                  metrics.daily_ic(bc, C.pred(h), C.target(h)), horizon=h)
-                for h in self.base_horizons},
+            model_vs_baseline={} if bc is None else paired(pc, bc, self.base_horizons),
             samples_per_sec=sum(h["samples_per_sec"] for h in thr) / len(thr) if thr else None,
             mfu=sum(h["mfu"] for h in thr) / len(thr) if thr else None,
             collapse={str(h): float(pt[C.pred(h)].std() or 0.0) for h in hs},
             panel={"fingerprint": self.panel.fingerprint, "shape": list(self.panel.features.shape)},
             durations_s={}, peak_rss_mb=0.0,
             peak_gpu_mb=torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
-            oracle_test=None if oc is None else metrics.evaluate(oc, self.oracle_horizons), comparison_rows=rows)
+            oracle_test=None if oc is None else metrics.evaluate(oc, self.oracle_horizons), comparison_rows=rows,
+            predictor="combined" if cc is not None else "model",
+            blend=None if not choices else {"method": choices[0].method, "grid": choices[0].grid,
+                                            "folds": {str(f.plan.index): c.to_dict() for f, c in zip(fits, choices)}},
+            combined_val=None if cv is None else metrics.evaluate(cv, hs),
+            combined_test=None if cc is None else metrics.evaluate(cc, hs),
+            combined_vs_baseline={} if cc is None or bc is None else paired(cc, bc, self.base_horizons),
+            combined_vs_model={} if cc is None else paired(cc, pc, hs),
+            combined_vs_oracle={} if cc is None or oc is None else paired(cc, oc, self.oracle_horizons))
         self._step("evaluate_and_save", t0)
         result.durations_s = {**self.durations, "total": round(time.perf_counter() - t_all, 3)}
         result.peak_rss_mb = peak_rss_mb()
         result.save(rd / "metrics.json")
         h0 = str(hs[0])
-        log.info("train: test RankIC %sd %.4f (baseline %s) -> %s", h0, result.test[h0]["rank_ic_mean"],
-                 "-" if result.baseline_test is None else f"{result.baseline_test[h0]['rank_ic_mean']:.4f}", rd)
+        log.info("train: test RankIC %sd %.4f (baseline %s, combined %s) -> %s", h0, result.test[h0]["rank_ic_mean"],
+                 "-" if result.baseline_test is None else f"{result.baseline_test[h0]['rank_ic_mean']:.4f}",
+                 "-" if result.combined_test is None else f"{result.combined_test[h0]['rank_ic_mean']:.4f}", rd)
         return result
 
     def _fold_result(self, fit: FoldFit, pt: pl.DataFrame, bt: pl.DataFrame | None,
-                     ot: pl.DataFrame | None = None) -> FoldResult:
+                     ot: pl.DataFrame | None = None, ct: pl.DataFrame | None = None,
+                     choice: BlendChoice | None = None) -> FoldResult:
         """One fold's training facts and test metrics (pass frames restricted to the common rows)."""
         test = set(fit.plan.test)
         in_fold = pl.col(C.DATE).is_in(pl.Series(sorted(test), dtype=pl.Date).implode())
@@ -199,5 +253,18 @@ class CompleteATFTTrainingPipeline:
             train_seconds=round(sum(m.seconds for m in fit.members), 2),
             throughput=[h for m in fit.members for h in m.throughput],
             collapse_events=[e for m in fit.members for e in m.collapse_events],
-            oracle_test=None if ot is None else metrics.evaluate(ot.filter(in_fold), self.oracle_horizons))
+            oracle_test=None if ot is None else metrics.evaluate(ot.filter(in_fold), self.oracle_horizons),
+            combined_test=None if ct is None else metrics.evaluate(ct.filter(in_fold), self.horizons),
+            blend_weights=None if choice is None else {str(h): w for h, w in choice.weights.items()},
+            model_vs_baseline=None if bt is None else paired(pt.filter(in_fold), bt.filter(in_fold),
+                                                             self.base_horizons),
+            combined_vs_baseline=None if ct is None or bt is None else paired(ct.filter(in_fold), bt.filter(in_fold),
+                                                                              self.base_horizons))
+
+
+def paired(a: pl.DataFrame, b: pl.DataFrame, horizons) -> dict:
+    """Per horizon: `metrics.paired_comparison` of a's and b's daily RankIC (frames on identical rows)."""
+    return {str(h): metrics.paired_comparison(metrics.daily_ic(a, C.pred(h), C.target(h)),
+                                              metrics.daily_ic(b, C.pred(h), C.target(h)), horizon=h)
+            for h in horizons}
 

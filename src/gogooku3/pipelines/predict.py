@@ -7,6 +7,14 @@ fingerprint), builds every stock's window ending at D (default: the dataset's la
 portfolio's rule (top/bottom ``portfolio.long_fraction``/``short_fraction`` of ``pred_{predict.horizon}d`` among the
 names passing the portfolio's price/liquidity filter; ``filtered`` for names that fail it). The scores are for
 positions entered at the close of D + ``labels.entry_lag``.
+
+Beside the scores: ``q{pct}_{h}d`` for each level of ``predict.quantiles`` (the model's quantile heads; they forecast
+the training target, the day's rank-gauss or z-scored return (``train.loss.target_transform``), not a return in
+yen or percent, so q10 < q50 < q90 orders a stock's outcome within the day's cross-section), and, with
+``predict.explain_top`` > 0, ``explain_<D>.parquet`` / ``.csv``: per stock its rank and the top variable-selection
+weights of its own window (Code, rank, feature, weight, share = the weight's share of that stock's top list). The
+weights are per sample: the TFT selection softmax of that stock and day (an ensemble's mean over members). Both come
+from the neural model alone, also when the scores blend it with LightGBM.
 """
 
 from __future__ import annotations
@@ -86,9 +94,63 @@ def rank_table(preds: pl.DataFrame, horizons: list[int], horizon: int, c: Backte
     return out.sort(C.rank(horizon))
 
 
+def model_details(bundle: Any, dataset: Path, d: dt.date, quantiles: bool, explain: bool) -> pl.DataFrame:
+    """Code, the model's quantile forecasts and/or `vsn_weights` on date `d` (`inference.predict_panel` with its
+    `quantiles` / `explain` options over the panel `bundle.predict_for_dates` builds)."""
+    from gogooku3.inference import predict_panel
+    from gogooku3.normalize import CrossSectionalNormalizer
+    from gogooku3.panel import PanelStore
+
+    lf = pl.scan_parquet(dataset)
+    L = int(bundle.meta["window"])
+    all_dates = lf.select(pl.col("Date").cast(pl.Date).unique().sort()).collect().get_column("Date").to_list()
+    k = all_dates.index(d)
+    history = CrossSectionalNormalizer.from_dict(bundle.meta["normalizer"]).history_days
+    schema = lf.collect_schema()
+    meta_cols = [c for c in ("Code", "Date", "Section", "S33") if c in schema]
+    cols = list(dict.fromkeys([*meta_cols, bundle.meta["returns_col"], *bundle.features]))
+    sub = lf.select([c for c in cols if c in schema]).filter(
+        pl.col("Date").cast(pl.Date).is_between(all_dates[max(0, k - L + 1 - history)], d))
+    panel = PanelStore.from_frame(sub, bundle.features, [], bundle.meta["normalizer"], bundle.meta["returns_col"],
+                                  bundle.meta["sector_vocab"], bundle.meta["segment_vocab"])
+    out = predict_panel(bundle.model, panel, panel.day_index([d]), window=L,
+                        min_window_frac=float(bundle.meta["min_window_frac"]), targets=False, quantiles=quantiles,
+                        explain=explain)
+    return out.drop("Date", *[C.pred(h) for h in bundle.horizons])
+
+
+def quantile_columns(details: pl.DataFrame, horizons: list[int], levels: list[float],
+                     available: list[float]) -> list[pl.Expr]:
+    """q{pct}_{h}d columns for each requested level (each must be one of the model's `available` levels)."""
+    from gogooku3.inference import quantile_col
+
+    have = {round(float(a), 6) for a in available}
+    bad = [lv for lv in levels if round(float(lv), 6) not in have]
+    if bad:
+        raise ConfigError(f"predict.quantiles: {bad} not among the model's quantile levels "
+                          f"{[float(a) for a in available]} (model.quantiles at training time)")
+    return [pl.col(quantile_col(h, lv)).alias(f"q{round(100 * lv):02d}_{h}d") for h in horizons for lv in levels]
+
+
+def explain_table(details: pl.DataFrame, ranks: pl.DataFrame, features: list[str], top: int) -> pl.DataFrame:
+    """Long table Code, rank, feature, weight, share: each stock's `top` largest variable-selection weights."""
+    from gogooku3.inference import EXPLAIN_COL
+
+    names = pl.DataFrame({"_f": list(range(len(features))), "feature": features},
+                         schema={"_f": pl.Int64, "feature": pl.String})
+    long = (details.select("Code", pl.col(EXPLAIN_COL).arr.to_list().alias("weight")).explode("weight")
+            .with_columns(_f=pl.int_range(pl.len(), dtype=pl.Int64).over("Code"))
+            .join(names, on="_f", how="left")
+            .with_columns(pl.col("weight").rank("ordinal", descending=True).over("Code").alias("_k"))
+            .filter(pl.col("_k") <= top))
+    long = long.with_columns(share=pl.col("weight") / pl.col("weight").sum().over("Code"))
+    return (long.join(ranks, on="Code", how="left").sort("rank", "_k")
+            .select("Code", "rank", "feature", "weight", "share"))
+
+
 def predict(cfg: Any, run_dir: str | Path, date: str | dt.date | None = None) -> Path:
     """`gogooku3 predict`: write output/predictions/pred_<date>.parquet and .csv; return the parquet path."""
-    from gogooku3.bundle import load_bundle, predict_for_dates
+    from gogooku3.bundle import load_bundle, predict_blended
 
     dataset = Path(cfg.paths.dataset)
     if not dataset.exists():
@@ -104,7 +166,10 @@ def predict(cfg: Any, run_dir: str | Path, date: str | dt.date | None = None) ->
     pc = cfg.predict
     horizon = int(pc.horizon)
     c = BacktestConfig.from_any(cfg)
-    preds = predict_for_dates(bundle, dataset, [d])
+    preds = predict_blended(bundle, dataset, [d])  # the model + LightGBM blend when the bundle holds one
+    if bundle.meta.get("blend"):
+        log.info("predict: scores blend the model and LightGBM (weight on the model per horizon: %s)",
+                 ", ".join(f"{h}d {w:.2f}" for h, w in bundle.meta["blend"]["weights"].items()))
     extra = [col for col in ("Close", "dollar_volume", "volume_ma_20")
              if col in pl.scan_parquet(dataset).collect_schema()]
     if extra:
@@ -112,11 +177,28 @@ def predict(cfg: Any, run_dir: str | Path, date: str | dt.date | None = None) ->
                 .select(pl.col("Code").cast(pl.String), *extra).collect())
         preds = preds.join(cols, on="Code", how="left")
     table = rank_table(preds, bundle.horizons, horizon, c, company_names(cfg.paths.raw_dir, d))
+    levels, top = [float(x) for x in (pc.get("quantiles") or [])], int(pc.get("explain_top", 0))
+    details = model_details(bundle, dataset, d, bool(levels), top > 0) if levels or top > 0 else None
+    if levels:
+        qcols = quantile_columns(details, bundle.horizons, levels, list(bundle.model.cfg.quantiles))
+        table = table.join(details.select("Code", *qcols), on="Code", how="left")
+    explain = None
+    if top > 0:
+        explain = explain_table(details, table.select("Code", pl.col(C.rank(horizon)).alias("rank")),
+                                bundle.features, top)
 
     out_dir = Path(cfg.paths.output_dir) / str(pc.output_subdir)
     pq, csv = out_dir / f"pred_{d.isoformat()}.parquet", out_dir / f"pred_{d.isoformat()}.csv"
     write_parquet(table, pq)
     write_text(csv, table.write_csv())
+    if explain is not None:
+        epq = out_dir / f"explain_{d.isoformat()}.parquet"
+        write_parquet(explain, epq)
+        write_text(epq.with_suffix(".csv"), explain.write_csv())
+        first = explain.filter(pl.col("rank") == 1)
+        if first.height:
+            log.info("explain -> %s; rank 1 (%s) selects %s", epq, first["Code"][0],
+                     ", ".join(f"{r['feature']} {r['weight']:.3f}" for r in first.iter_rows(named=True)))
     n_show = int(pc.log_top)
     lag = int(bundle.meta["manifest"]["entry_lag"])  # a fact of the dataset the model was trained on
     def show(t: pl.DataFrame) -> str:

@@ -7,7 +7,12 @@ PanelStore and split once per worker; trials only change `model.*` / `train.*` k
 machines) share a study through `hpo.storage` (SQLite by default, any RDB URL).
 
 Writes `<paths.output_dir>/optuna/<study>_best.yaml` (the best parameters as a Hydra `@package _global_` config whose
-leaves are also ready-made overrides, see `best_overrides`) and `<study>_trials.json` (every trial of the study).
+leaves are also ready-made overrides, see `best_overrides`), `<study>_trials.json` (every trial of the study) and
+the experiment `<experiment_dir>/experiment/<study>.yaml` (experiment_dir: the first `--config-dir`, else
+`<paths.output_dir>/optuna`, which `load_config` always searches): the best parameters plus every model / train /
+labels / split / baseline / portfolio / seed value of the tuned config that differs from the packaged defaults, so
+`gogooku3 train experiment=<study>` trains what the best trial trained (with the trial's budget overrides, written
+in the file's header, it retrains that very trial).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import contextlib
 import copy
 import logging
 import math
+import re
 import shutil
 import time
 from pathlib import Path
@@ -27,7 +33,14 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from gogooku3 import columns as C
-from gogooku3.config import path, redact, redact_text, to_dict
+from gogooku3.config import (
+    TUNED_SUBDIR,
+    load_config,
+    path,
+    redact,
+    redact_text,
+    to_dict,
+)
 from gogooku3.errors import ConfigError, TrainingError
 from gogooku3.evaluation import metrics
 from gogooku3.inference import predict_panel
@@ -114,16 +127,22 @@ def suggest(trial: optuna.trial.BaseTrial, space: dict[str, dict[str, Any]]) -> 
     return params
 
 
-def trial_config(cfg: DictConfig, params: dict[str, Any]) -> DictConfig:
-    """A copy of `cfg` with the trial budget of `hpo` and the sampled parameters applied."""
-    hc, tcfg = cfg.hpo, copy.deepcopy(cfg)
+def trial_budget(cfg: DictConfig) -> dict[str, Any]:
+    """The `train.*` values a trial runs with (from `hpo`): epochs, patience, one member, one checkpoint."""
+    hc = cfg.hpo
     epochs = int(hc.max_epochs)
     budget = {"train.max_epochs": epochs, "train.min_epochs": min(int(cfg.train.min_epochs), epochs),
               "train.patience": int(hc.patience), "train.save_top_k": 1, "train.resume": False,
               "train.ensemble": 1}  # a trial scores one model; the ensemble of the final run averages such models
     if hc.limit_train_batches is not None:
         budget["train.limit_train_batches"] = hc.limit_train_batches
-    for key, v in {**budget, **params}.items():
+    return budget
+
+
+def trial_config(cfg: DictConfig, params: dict[str, Any]) -> DictConfig:
+    """A copy of `cfg` with the trial budget of `hpo` and the sampled parameters applied."""
+    tcfg = copy.deepcopy(cfg)
+    for key, v in {**trial_budget(cfg), **params}.items():
         OmegaConf.update(tcfg, key, v, merge=False)
     return tcfg
 
@@ -160,6 +179,40 @@ def best_overrides(best_file: str | Path) -> list[str]:
         raise ConfigError(f"{p}: best-parameters file not found; run `gogooku3 tune` first")
     node = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
     return to_overrides(_flatten(node))
+
+
+# Groups whose values an experiment file carries: what `train` reads besides paths, data sources and hardware.
+EXPERIMENT_GROUPS = ("labels", "split", "baseline", "model", "train", "portfolio")
+STUDY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted leaves of plain containers; a dict with a non-string key (horizon weights) is one leaf."""
+    if isinstance(node, dict) and node and all(isinstance(k, str) for k in node):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_leaves(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def experiment_params(cfg: DictConfig, params: dict[str, Any]) -> dict[str, Any]:
+    """{dotted key: value}: the values of `cfg` in EXPERIMENT_GROUPS (and `seed`) that differ from the packaged
+    default config, with `params` (the best trial's) on top."""
+    default = OmegaConf.to_container(load_config([]), resolve=True)
+    current = OmegaConf.to_container(cfg, resolve=True)
+    keep = {g: current.get(g) for g in (*EXPERIMENT_GROUPS, "seed")}
+    base = _leaves({g: default.get(g) for g in keep})
+    diff = {k: v for k, v in _leaves(keep).items() if k not in base or base[k] != v}
+    return {**diff, **params}
+
+
+def experiment_yaml(values: dict[str, Any], header: list[str]) -> str:
+    """An experiment file (`# @package _global_`) holding `values` ({dotted key: value})."""
+    nested = OmegaConf.create({})
+    for k, v in sorted(values.items()):
+        OmegaConf.update(nested, k, v, force_add=True, merge=False)
+    return "# @package _global_\n" + "".join(f"# {h}\n" for h in header) + OmegaConf.to_yaml(nested)
 
 
 def best_yaml(params: dict[str, Any], header: list[str]) -> str:
@@ -208,15 +261,19 @@ class Tuner:
     """Loads, converts and splits once, then runs Optuna trials through `training.fit_ensemble` (the path of
     `gogooku3 train`), each scored on its plans' validation days with `inference.predict_panel`."""
 
-    def __init__(self, cfg: DictConfig):
+    def __init__(self, cfg: DictConfig, experiment_dir: str | Path | None = None):
         _check_single_process(cfg)
         self.cfg = cfg
         self.hc = cfg.hpo
         self.space = check_space(cfg)
         if int(self.hc.folds) < 1 or int(self.hc.max_epochs) < 1:
             raise ConfigError("hpo.folds and hpo.max_epochs must be >= 1")
-        self.out_dir = path(cfg, "paths.output_dir") / "optuna"
+        self.out_dir = path(cfg, "paths.output_dir") / TUNED_SUBDIR
         self.study_name = str(self.hc.study_name)
+        if not STUDY_NAME.fullmatch(self.study_name):
+            raise ConfigError(f"hpo.study_name={self.study_name!r}: use letters, digits, '_', '-' and '.' (it names "
+                              f"files and the experiment `experiment=<study>`)")
+        self.experiment_dir = Path(experiment_dir) if experiment_dir is not None else self.out_dir
         self.step_base = int(self.hc.max_epochs)
 
     def prepare(self) -> None:
@@ -239,27 +296,33 @@ class Tuner:
 
     def objective(self, trial: optuna.trial.Trial) -> float:
         params = suggest(trial, self.space)
-        tcfg = trial_config(self.cfg, params)
-        trial_dir = self.out_dir / self.study_name / f"trial_{trial.number:04d}"
         log.info("tune: trial %d %s", trial.number, " ".join(to_overrides(params)))
+        return self.evaluate(trial_config(self.cfg, params), trial)
+
+    def evaluate(self, tcfg: DictConfig, trial: optuna.trial.Trial | None = None) -> float:
+        """Train `tcfg` on every plan and return the mean validation RankIC of the first horizon (the objective);
+        with `trial`, report each epoch to its pruner and record the folds as user attributes."""
+        name = f"trial_{trial.number:04d}" if trial is not None else f"rerun_{timestamp()}"
+        trial_dir = self.out_dir / self.study_name / name
         h0 = self.horizons[0]
         scores = []
         try:
             for k, plan in enumerate(self.plans):
-                cb = PruningCallback(trial, self.monitor, step_offset=k * self.step_base)
+                cbs = [] if trial is None else [PruningCallback(trial, self.monitor, step_offset=k * self.step_base)]
                 fold_dir = trial_dir / f"fold{plan.index}"  # Lightning logs + checkpoints
                 fit = fit_ensemble(self.panel, plan, tcfg, run_dir=fold_dir, horizons=self.horizons,
-                                   callbacks=[cb])
+                                   callbacks=cbs)
                 pv = predict_panel(fit.model, self.panel, fit.dm.val_days, window=fit.dm.window,
                                    valid=fit.dm.window_ok, dataset=fit.dm.dataset)
                 s = metrics.summarize_ic(metrics.daily_ic(pv, C.pred(h0), C.target(h0)))
                 score = float(s["rank_ic_mean"])
                 if not math.isfinite(score):
-                    raise TrainingError(f"trial {trial.number}, fold {plan.index}: no validation day "
+                    raise TrainingError(f"{name}, fold {plan.index}: no validation day "
                                         f"could be scored ({C.target(h0)}); raise split.val_days")
-                trial.set_user_attr(f"fold{plan.index}",
-                                    {"val_rank_ic": score, "val_days_scored": int(s["n_days"]),
-                                     "epochs": fit.epochs, "best_logged": fit.best_score})
+                if trial is not None:
+                    trial.set_user_attr(f"fold{plan.index}",
+                                        {"val_rank_ic": score, "val_days_scored": int(s["n_days"]),
+                                         "epochs": fit.epochs, "best_logged": fit.best_score})
                 scores.append(score)
         finally:
             if not self.hc.keep_trial_dirs:
@@ -331,12 +394,26 @@ class Tuner:
                   "As overrides: gogooku3 train " + " ".join(to_overrides(params)),
                   "Or copy this file to conf/experiment/<name>.yaml (package _global_)."]
         best_file = write_text(self.out_dir / f"{self.study_name}_best.yaml", best_yaml(params, header))
-        log.info("tune: best trial %d, %s %.4f -> %s", best.number, self.monitor, best.value, best_file)
+        exp = experiment_params(self.cfg, params)
+        budget = " ".join(to_overrides({**trial_budget(self.cfg), "train.cv.folds": int(self.hc.folds)}))
+        where = "" if self.experiment_dir.resolve() == self.out_dir.resolve() else f"--config-dir {self.experiment_dir} "
+        exp_header = [f"Optuna study {self.study_name}: best trial {best.number}, mean validation {self.monitor} = "
+                      f"{best.value:.5f} ({len(complete)} completed of {len(trials)}), {timestamp()}",
+                      f"Train with it:        gogooku3 {where}train experiment={self.study_name}",
+                      f"Rerun the trial:      gogooku3 {where}train experiment={self.study_name} {budget}",
+                      "Below: the best trial's parameters and every value of the tuned config that differs from the",
+                      "packaged defaults (groups " + ", ".join(EXPERIMENT_GROUPS) + ", seed)."]
+        exp_file = write_text(self.experiment_dir / "experiment" / f"{self.study_name}.yaml",
+                              experiment_yaml(exp, exp_header))
+        log.info("tune: best trial %d, %s %.4f -> %s; train it with `gogooku3 %strain experiment=%s` (%s)",
+                 best.number, self.monitor, best.value, best_file, where, self.study_name, exp_file)
         return {"study_name": self.study_name, "storage": mask_url(self.url), "best_value": best.value,
                 "best_trial": best.number, "best_params": params, "best_overrides": to_overrides(params),
-                "best_file": str(best_file), "summary_file": str(summary_file), "states": states}
+                "best_file": str(best_file), "summary_file": str(summary_file), "states": states,
+                "experiment_file": str(exp_file), "experiment_values": exp}
 
 
-def tune(cfg: DictConfig) -> dict[str, Any]:
-    """Run (or join) the Optuna study described by `cfg.hpo`; returns the best parameters and file paths."""
-    return Tuner(cfg).run()
+def tune(cfg: DictConfig, experiment_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run (or join) the Optuna study described by `cfg.hpo`; returns the best parameters and file paths. The
+    best trial is written as `<experiment_dir or <paths.output_dir>/optuna>/experiment/<study>.yaml`."""
+    return Tuner(cfg, experiment_dir).run()

@@ -1,0 +1,114 @@
+"""Blending the ATFT model with the LightGBM baseline: per horizon, a weighted mean of the two predictions after a
+per-day standardisation, with the weight chosen on a fold's validation days only.
+
+    combined_h = w_h · s(model_h) + (1 − w_h) · s(lightgbm_h),   s = per-day z-score (`zscore`) or centred rank (`rank`)
+
+`choose_weights` scans w on a grid in [0, 1] and keeps the one with the highest mean daily RankIC on the validation
+rows both predictors scored (ties: the larger model weight). A horizon the baseline lacks keeps w = 1.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from gogooku3 import columns as C
+from gogooku3.errors import ConfigError, DataError
+from gogooku3.evaluation import metrics
+
+log = logging.getLogger(__name__)
+
+METHODS = ("zscore", "rank")
+
+
+def standardized(col: str, method: str) -> pl.Expr:
+    """The column standardised within each Date: z-score (0 where the day's std is 0) or rank in (−0.5, 0.5)."""
+    x = pl.col(col).cast(pl.Float64)
+    if method == "rank":
+        return (x.rank("average").over(C.DATE) - 0.5) / x.count().over(C.DATE) - 0.5
+    if method == "zscore":
+        sd = x.std().over(C.DATE)
+        return pl.when(sd > 0).then((x - x.mean().over(C.DATE)) / sd).otherwise(0.0)
+    raise ConfigError(f"train.blend.method must be one of {METHODS}, got '{method}'")
+
+
+def combine(model: pl.DataFrame, base: pl.DataFrame, weights: Mapping[int, float], method: str) -> pl.DataFrame:
+    """Date, Code, pred_{h}d = the blend, and the model frame's target_{h}d columns, on the model's rows that have a
+    baseline prediction of every blended horizon (w < 1). Horizons with w = 1 (or no baseline column) are the model's
+    standardised prediction."""
+    hs = [int(h) for h in weights]
+    mixed = [h for h in hs if float(weights[h]) < 1.0]
+    missing = [C.pred(h) for h in mixed if C.pred(h) not in base.columns]
+    if missing:
+        raise DataError(f"blend: baseline predictions lack {', '.join(missing)}")
+    b = base.select(pl.col(C.DATE).cast(pl.Date), pl.col(C.CODE).cast(pl.String),
+                    *[pl.col(C.pred(h)).cast(pl.Float64).alias(f"__b{h}") for h in mixed])
+    m = model.with_columns(pl.col(C.DATE).cast(pl.Date), pl.col(C.CODE).cast(pl.String))
+    j = (m.join(b, on=[C.DATE, C.CODE], how="inner")
+         .filter(pl.all_horizontal([pl.col(f"__b{h}").is_finite() for h in mixed] or [pl.lit(True)])))
+    out = []
+    for h in hs:
+        w = float(weights[h])
+        sm = standardized(C.pred(h), method)
+        out.append((sm if w >= 1.0 else w * sm + (1.0 - w) * standardized(f"__b{h}", method))
+                   .cast(pl.Float32).alias(C.pred(h)))
+    targets = [C.target(h) for h in hs if C.target(h) in j.columns]
+    return j.select(C.DATE, C.CODE, *out, *targets).sort(C.DATE, C.CODE)
+
+
+@dataclass
+class BlendChoice:
+    """A fold's blend: method, weight per horizon and the validation RankIC of every grid point."""
+
+    method: str
+    weights: dict[int, float]
+    grid: list[float]
+    val_rank_ic: dict[int, list[float]] = field(default_factory=dict)   # per horizon, one per grid point
+    val_days: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["weights"] = {str(h): w for h, w in self.weights.items()}
+        d["val_rank_ic"] = {str(h): v for h, v in self.val_rank_ic.items()}
+        return d
+
+
+def weight_grid(step: float) -> list[float]:
+    """0, step, ..., 1 (step in (0, 1])."""
+    if not 0 < float(step) <= 1:
+        raise ConfigError(f"train.blend.grid_step={step}: must lie in (0, 1]")
+    n = round(1.0 / float(step))
+    return [round(k / n, 6) for k in range(n + 1)]
+
+
+def choose_weights(model_val: pl.DataFrame, base_val: pl.DataFrame | None, horizons: Sequence[int], method: str,
+                   grid: Sequence[float]) -> BlendChoice:
+    """Per horizon, the grid weight with the highest mean daily RankIC of the blend on the validation rows (targets
+    from `model_val`). Without baseline predictions of a horizon its weight is 1 (the model alone)."""
+    weights: dict[int, float] = {}
+    scores: dict[int, list[float]] = {}
+    n_days = 0
+    for h in (int(x) for x in horizons):
+        if base_val is None or C.pred(h) not in base_val.columns:
+            weights[h] = 1.0
+            continue
+        vals = []
+        for w in grid:
+            c = combine(model_val.select(C.DATE, C.CODE, C.pred(h), C.target(h)), base_val, {h: w}, method)
+            daily = metrics.daily_ic(c, C.pred(h), C.target(h))
+            n_days = max(n_days, daily.height)
+            vals.append(float(daily["rank_ic"].mean()) if daily.height else float("nan"))
+        arr = np.array(vals, dtype=np.float64)
+        if not np.isfinite(arr).any():
+            raise DataError(f"blend {h}d: no validation day to choose a weight on")
+        best = float(np.nanmax(arr))
+        k = max(i for i, v in enumerate(arr) if np.isfinite(v) and v >= best - 1e-12)  # ties: more model
+        weights[h], scores[h] = float(grid[k]), vals
+        log.info("blend %dd: weight %.2f on the model (val RankIC %.4f; model alone %.4f, LightGBM alone %.4f)",
+                 h, grid[k], best, vals[-1], vals[0])
+    return BlendChoice(method, weights, [float(g) for g in grid], scores, n_days)
