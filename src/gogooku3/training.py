@@ -31,6 +31,7 @@ from lightning.pytorch.callbacks import (
     Callback,
     EarlyStopping,
     ModelCheckpoint,
+    RichProgressBar,
     StochasticWeightAveraging,
 )
 from lightning.pytorch.loggers import CSVLogger
@@ -333,7 +334,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, module: ATFTModule, ckpt_dir: 
         precision=tr.precision, max_epochs=int(tc.max_epochs), min_epochs=int(tc.min_epochs),
         gradient_clip_val=float(tc.grad_clip), accumulate_grad_batches=int(tc.accumulate_grad_batches),
         limit_train_batches=tc.limit_train_batches or 1.0, limit_val_batches=tc.limit_val_batches or 1.0,
-        num_sanity_val_steps=0, callbacks=[*cbs.values(), *(extra_callbacks or [])], logger=loggers,
+        num_sanity_val_steps=0, logger=loggers,
+        callbacks=[*cbs.values(), *(extra_callbacks or []), *([RichProgressBar(leave=True)] if tr.progress_bar else [])],
         log_every_n_steps=10, enable_progress_bar=bool(tr.progress_bar), enable_model_summary=False,
         use_distributed_sampler=False, deterministic=False, default_root_dir=str(run_dir))
     return trainer, cbs

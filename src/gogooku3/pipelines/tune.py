@@ -46,6 +46,7 @@ from gogooku3.evaluation import metrics
 from gogooku3.inference import predict_panel
 from gogooku3.io import timestamp, write_json, write_text
 from gogooku3.panel import clean_cache
+from gogooku3.progress import bar as progress_bar
 from gogooku3.training import fit_ensemble, make_plans
 
 log = logging.getLogger(__name__)
@@ -353,9 +354,11 @@ class Tuner:
                 int(hc.max_total_trials), states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)))
         log.info("tune: study %s on %s, %d trial(s), %d fold(s), objective mean %s over validation slices",
                  self.study_name, mask_url(self.url), int(hc.n_trials), len(self.plans), self.monitor)
-        study.optimize(self.objective, n_trials=int(hc.n_trials),
-                       timeout=None if hc.timeout_s is None else float(hc.timeout_s),
-                       catch=(TrainingError,), callbacks=callbacks, gc_after_trial=True)
+        with progress_bar() as bar:  # the trials; each trial's epochs show Lightning's (rich) bar inside it
+            task = bar.add_task(f"tune {self.study_name}", total=int(hc.n_trials))
+            study.optimize(self.objective, n_trials=int(hc.n_trials),
+                           timeout=None if hc.timeout_s is None else float(hc.timeout_s), catch=(TrainingError,),
+                           callbacks=[*callbacks, lambda *_: bar.advance(task)], gc_after_trial=True)
         return self.write(study, time.perf_counter() - t0)
 
     def write(self, study: optuna.Study, seconds: float) -> dict[str, Any]:

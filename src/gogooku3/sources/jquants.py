@@ -23,10 +23,10 @@ from typing import Any
 import httpx
 import polars as pl
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
 from gogooku3.errors import ConfigError, DataError
 from gogooku3.io import write_parquet
+from gogooku3.progress import track
 from gogooku3.sources.files import source_config
 from gogooku3.sources.schema import TABLES, replace_raw_tables
 
@@ -407,7 +407,7 @@ def _is_final(page: Page, ep: Endpoint, s: FetchSettings) -> bool:
 def _fetch_pages(client: JQuantsClient, ep: Endpoint, pages: list[Page], s: FetchSettings) -> tuple[int, int]:
     """Fetch every page not already final in the cache; each page set is written atomically once complete."""
     todo = [p for p in pages if not (cache_file(s.cache_root, ep.table, p.key).exists() and _is_final(p, ep, s))]
-    for page in tqdm(todo, desc=f"jquants {ep.table}", unit="page", disable=not s.progress or not todo, leave=False):
+    for page in track(todo, f"jquants {ep.table} pages", enabled=bool(s.progress)):
         records = client.get_all(ep.path, page.params)
         write_parquet(_records_frame(records), cache_file(s.cache_root, ep.table, page.key))
     return len(pages) - len(todo), len(todo)

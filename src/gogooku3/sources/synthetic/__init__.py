@@ -127,9 +127,8 @@ def oracle_rank_ic(tables: dict[str, pl.DataFrame], horizon: int = 1, entry_lag:
 # ---- writing ------------------------------------------------------------------------------------------------
 def synthesize(cfg: Any) -> dict[str, Path]:
     """Simulate and write every raw table to `cfg.paths.raw_dir` and the oracle to `cfg.paths.oracle_dir`."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from gogooku3.io import write_parquet
+    from gogooku3.progress import bar as progress_bar
 
     p = SynthParams.from_config(cfg)
     horizons = tuple(cfg.labels.horizons) if cfg.get("labels") else (1, 5, 10, 20)
@@ -137,8 +136,7 @@ def synthesize(cfg: Any) -> dict[str, Path]:
     raw_dir, oracle_dir = Path(str(cfg.paths.raw_dir)), Path(str(cfg.paths.oracle_dir))
     if raw_dir.resolve() == oracle_dir.resolve():
         raise ConfigError("paths.oracle_dir must differ from paths.raw_dir (no model may see the oracle)")
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), transient=True) as bar:
+    with progress_bar() as bar:
         task = bar.add_task("simulating market", total=p.burn_in + p.n_days)
         tables = simulate_market(p, horizons, entry_lag, on_step=lambda i: bar.update(task, completed=i + 1))
         names = [n for n in tables if n != "oracle"]
