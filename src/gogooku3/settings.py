@@ -34,6 +34,7 @@ class PathsSettings:
     output_dir: str = "output"
     runs_dir: str = "runs"
     dataset: str = "output/ml_dataset_latest.parquet"
+    mlflow_uri: str | None = None
 
 
 # ---- data (one dataclass per option, chosen by `source`) ------------------------------------------------------

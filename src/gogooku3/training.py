@@ -322,13 +322,6 @@ def build_trainer(cfg: DictConfig, run_dir: Path, module: ATFTModule, ckpt_dir: 
         loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=tag))
     except (ImportError, ModuleNotFoundError):
         log.info("tensorboard not installed; CSV logging only")
-    if tc.mlflow:
-        try:
-            from lightning.pytorch.loggers import MLFlowLogger
-
-            loggers.append(MLFlowLogger(experiment_name="gogooku3", save_dir=str(run_dir / "mlruns")))
-        except (ImportError, ModuleNotFoundError):
-            log.warning("train.mlflow=true but mlflow is not installed; skipping the MLflow logger")
     trainer = L.Trainer(
         accelerator=tr.accelerator, devices=tr.devices, strategy=tr.strategy, num_nodes=int(tr.num_nodes),
         precision=tr.precision, max_epochs=int(tc.max_epochs), min_epochs=int(tc.min_epochs),

@@ -287,6 +287,9 @@ def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
     json_path, html_path = run / "report.json", run / "report.html"
     write_text(json_path, to_json(_clean(report)) + "\n")
     write_text(html_path, html)
+    from gogooku3.tracking import log_report
+
+    log_report(cfg, run, _clean(report), html_path)
     log.info("report: model RankIC@%dd %.4f, Sharpe %s -> %s", h0, evals["model"][str(h0)]["rank_ic_mean"],
              H.fmt(model_sharpe, 3), html_path)
     return {"json": json_path, "html": html_path}

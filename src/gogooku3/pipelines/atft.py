@@ -36,6 +36,7 @@ from gogooku3.model.ensemble import ATFTEnsemble
 from gogooku3.panel import clean_cache
 from gogooku3.results import BaselineRef, FoldResult, ModelInfo, TrainResult
 from gogooku3.runs import check_resume, resume_dir, shown
+from gogooku3.tracking import log_training
 from gogooku3.training import (
     FoldFit,
     adopt_checkpoints,
@@ -231,6 +232,7 @@ class CompleteATFTTrainingPipeline:
         result.durations_s = {**self.durations, "total": round(time.perf_counter() - t_all, 3)}
         result.peak_rss_mb = peak_rss_mb()
         result.save(rd / "metrics.json")
+        log_training(self.cfg, rd, result.to_dict())
         h0 = str(hs[0])
         log.info("train: test RankIC %sd %.4f (baseline %s, combined %s) -> %s", h0, result.test[h0]["rank_ic_mean"],
                  "-" if result.baseline_test is None else f"{result.baseline_test[h0]['rank_ic_mean']:.4f}",
