@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typer.testing import CliRunner
 
-from gogooku3 import training
+from gogooku3 import checkpoints, training
 from gogooku3.cli import app
 from gogooku3.config import load_config
 from gogooku3.features.manifest import FeatureManifest, manifest_path
@@ -351,9 +351,9 @@ def test_crafted_checkpoint_is_never_unpickled(tmp_path):
     with pytest.raises(pickle.UnpicklingError):
         ema_weights(p)
     with pytest.raises(TrainingError, match=r"refused to load"):
-        training.read_checkpoint(p)
+        checkpoints.read_checkpoint(p)
     with pytest.raises(TrainingError, match=r"refused to load"):
-        training.check_resume_checkpoint(p)
+        checkpoints.check_resume_checkpoint(p)
     assert not (tmp_path / "PWNED").exists()
     torch.load(p, weights_only=False)                                 # the payload is real: unsafe loading runs it
     assert (tmp_path / "PWNED").exists()
@@ -363,10 +363,10 @@ def test_checkpoint_paths_stay_in_the_run(tmp_path):
     from gogooku3.errors import TrainingError
 
     run = tmp_path / "run" / "checkpoints"
-    assert training.rebase_checkpoint_path("/old/ckpts/epoch001-ric0.5.ckpt", "/old/ckpts", run, "x") == \
+    assert checkpoints.rebase_checkpoint_path("/old/ckpts/epoch001-ric0.5.ckpt", "/old/ckpts", run, "x") == \
         str(run / "epoch001-ric0.5.ckpt")
     for bad in ["/etc/epoch001.ckpt", "/old/ckpts/../x.ckpt", "/old/ckpts/not_a_checkpoint.py"]:
         with pytest.raises(TrainingError, match="outside its run's checkpoint folder"):
-            training.rebase_checkpoint_path(bad, "/old/ckpts", run, "x")
+            checkpoints.rebase_checkpoint_path(bad, "/old/ckpts", run, "x")
     with pytest.raises(TrainingError, match="outside the run's checkpoint folder"):
-        training.confined(tmp_path / "other" / "a.ckpt", run)
+        checkpoints.confined(tmp_path / "other" / "a.ckpt", run)

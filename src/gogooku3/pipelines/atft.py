@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from gogooku3 import columns as C
 from gogooku3.bundle import save_bundle
+from gogooku3.checkpoints import adopt_checkpoints, check_resume_model
 from gogooku3.config import path, to_dict, to_yaml
 from gogooku3.dataset import load_dataset, load_panel
 from gogooku3.evaluation import metrics
@@ -37,14 +38,7 @@ from gogooku3.panel import clean_cache
 from gogooku3.results import BaselineRef, FoldResult, ModelInfo, TrainResult
 from gogooku3.runs import check_resume, resume_dir, shown
 from gogooku3.tracking import log_training
-from gogooku3.training import (
-    FoldFit,
-    adopt_checkpoints,
-    check_resume_model,
-    fit_ensemble,
-    make_plans,
-    model_config,
-)
+from gogooku3.training import FoldFit, fit_ensemble, make_plans, model_config
 
 log = logging.getLogger(__name__)
 
