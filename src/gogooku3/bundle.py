@@ -149,9 +149,11 @@ def check_manifest(meta: dict, manifest: FeatureManifest, source: Any) -> None:
 
 @torch.no_grad()
 def predict_for_dates(bundle: Bundle, df_or_path: pl.DataFrame | pl.LazyFrame | str | Path,
-                      dates: Sequence[dt.date | str]) -> pl.DataFrame:
-    """Predictions for every stock with a valid window on each date: DataFrame[Date, Code, pred_{h}d]
-    (`inference.predict_panel` over a panel of just the sessions the windows need)."""
+                      dates: Sequence[dt.date | str], *, quantiles: bool = False,
+                      explain: bool = False) -> pl.DataFrame:
+    """Predictions for every stock with a valid window on each date: DataFrame[Date, Code, pred_{h}d] (plus the
+    quantile forecasts / per-stock variable-selection weights with `quantiles` / `explain`), from
+    `inference.predict_panel` over a panel of just the sessions the windows need."""
     from gogooku3.inference import predict_panel
     from gogooku3.normalize import CrossSectionalNormalizer
     from gogooku3.panel import PanelStore
@@ -182,7 +184,8 @@ def predict_for_dates(bundle: Bundle, df_or_path: pl.DataFrame | pl.LazyFrame | 
     panel = PanelStore.from_frame(sub, feats, [], bundle.meta["normalizer"], ret_col,
                                   bundle.meta["sector_vocab"], bundle.meta["segment_vocab"])
     return predict_panel(bundle.model, panel, panel.day_index(want), window=L,
-                         min_window_frac=float(bundle.meta["min_window_frac"]), targets=False)
+                         min_window_frac=float(bundle.meta["min_window_frac"]), targets=False, quantiles=quantiles,
+                         explain=explain)
 
 
 def predict_blended(bundle: Bundle, df_or_path: pl.DataFrame | pl.LazyFrame | str | Path,

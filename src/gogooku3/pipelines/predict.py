@@ -95,27 +95,11 @@ def rank_table(preds: pl.DataFrame, horizons: list[int], horizon: int, c: Backte
 
 
 def model_details(bundle: Any, dataset: Path, d: dt.date, quantiles: bool, explain: bool) -> pl.DataFrame:
-    """Code, the model's quantile forecasts and/or `vsn_weights` on date `d` (`inference.predict_panel` with its
-    `quantiles` / `explain` options over the panel `bundle.predict_for_dates` builds)."""
-    from gogooku3.inference import predict_panel
-    from gogooku3.normalize import CrossSectionalNormalizer
-    from gogooku3.panel import PanelStore
+    """Code, the model's quantile forecasts and/or `vsn_weights` on date `d` (`bundle.predict_for_dates` with its
+    `quantiles` / `explain` options)."""
+    from gogooku3.bundle import predict_for_dates
 
-    lf = pl.scan_parquet(dataset)
-    L = int(bundle.meta["window"])
-    all_dates = lf.select(pl.col("Date").cast(pl.Date).unique().sort()).collect().get_column("Date").to_list()
-    k = all_dates.index(d)
-    history = CrossSectionalNormalizer.from_dict(bundle.meta["normalizer"]).history_days
-    schema = lf.collect_schema()
-    meta_cols = [c for c in ("Code", "Date", "Section", "S33") if c in schema]
-    cols = list(dict.fromkeys([*meta_cols, bundle.meta["returns_col"], *bundle.features]))
-    sub = lf.select([c for c in cols if c in schema]).filter(
-        pl.col("Date").cast(pl.Date).is_between(all_dates[max(0, k - L + 1 - history)], d))
-    panel = PanelStore.from_frame(sub, bundle.features, [], bundle.meta["normalizer"], bundle.meta["returns_col"],
-                                  bundle.meta["sector_vocab"], bundle.meta["segment_vocab"])
-    out = predict_panel(bundle.model, panel, panel.day_index([d]), window=L,
-                        min_window_frac=float(bundle.meta["min_window_frac"]), targets=False, quantiles=quantiles,
-                        explain=explain)
+    out = predict_for_dates(bundle, dataset, [d], quantiles=quantiles, explain=explain)
     return out.drop("Date", *[C.pred(h) for h in bundle.horizons])
 
 
