@@ -96,7 +96,7 @@ class TrainResult:
     comparison_rows: dict[str, Any] = field(default_factory=dict)  # `metrics.align_rows`: rows kept, excluded, why
     predictor: str = "model"                   # the product's predictor: model | combined (model + LightGBM blend)
     blend: dict[str, Any] | None = None        # method, grid and per fold the weights and validation curves
-    combined_val: dict[str, Any] | None = None   # the blend pooled over the folds' validation days (optimistic: chosen there)
+    combined_val: dict[str, Any] | None = None   # the blend on the folds' validation days (optimistic: chosen there)
     combined_test: dict[str, Any] | None = None  # the blend pooled over the folds' test days, same rows as `test`
     combined_vs_baseline: dict[str, Any] = field(default_factory=dict)  # per horizon, paired daily RankIC (HAC t)
     combined_vs_model: dict[str, Any] = field(default_factory=dict)
