@@ -86,9 +86,10 @@ class FullTrainingPipeline:
 
         run = self._run_dir()
         out = {"model": run_backtest(self.cfg, run / "predictions_test.parquet")}
-        baseline = run / "baseline_predictions_test.parquet"
-        if baseline.exists():
-            out["baseline"] = run_backtest(self.cfg, baseline)
+        for name, file in (("baseline", "baseline_predictions_test.parquet"),
+                           ("combined", "predictions_combined_test.parquet")):  # LightGBM; the blend (train.blend)
+            if (run / file).exists():
+                out[name] = run_backtest(self.cfg, run / file)
         return out
 
     def _report(self) -> Any:
