@@ -37,10 +37,9 @@ def standardized(col: str, method: str) -> pl.Expr:
     raise ConfigError(f"train.blend.method must be one of {METHODS}, got '{method}'")
 
 
-def combine(model: pl.DataFrame, base: pl.DataFrame, weights: Mapping[int, float], method: str) -> pl.DataFrame:
-    """Date, Code, pred_{h}d = the blend, and the model frame's target_{h}d columns, on the model's rows that have a
-    baseline prediction of every blended horizon (w < 1). Horizons with w = 1 (or no baseline column) are the model's
-    standardised prediction."""
+def _aligned(model: pl.DataFrame, base: pl.DataFrame, weights: Mapping[int, float], method: str) -> pl.DataFrame:
+    """The model's rows that have a finite baseline prediction of every blended horizon (w < 1), with each horizon's
+    standardised model (`__m{h}`) and baseline (`__b{h}`) predictions and the model frame's target columns."""
     hs = [int(h) for h in weights]
     mixed = [h for h in hs if float(weights[h]) < 1.0]
     missing = [C.pred(h) for h in mixed if C.pred(h) not in base.columns]
@@ -51,14 +50,23 @@ def combine(model: pl.DataFrame, base: pl.DataFrame, weights: Mapping[int, float
     m = model.with_columns(pl.col(C.DATE).cast(pl.Date), pl.col(C.CODE).cast(pl.String))
     j = (m.join(b, on=[C.DATE, C.CODE], how="inner")
          .filter(pl.all_horizontal([pl.col(f"__b{h}").is_finite() for h in mixed] or [pl.lit(True)])))
-    out = []
-    for h in hs:
-        w = float(weights[h])
-        sm = standardized(C.pred(h), method)
-        out.append((sm if w >= 1.0 else w * sm + (1.0 - w) * standardized(f"__b{h}", method))
-                   .cast(pl.Float32).alias(C.pred(h)))
-    targets = [C.target(h) for h in hs if C.target(h) in j.columns]
-    return j.select(C.DATE, C.CODE, *out, *targets).sort(C.DATE, C.CODE)
+    return j.with_columns(*[standardized(C.pred(h), method).alias(f"__m{h}") for h in hs],
+                          *[standardized(f"__b{h}", method).alias(f"__b{h}") for h in mixed])
+
+
+def _mixed(h: int, w: float) -> pl.Expr:
+    m = pl.col(f"__m{h}")
+    return (m if w >= 1.0 else w * m + (1.0 - w) * pl.col(f"__b{h}")).cast(pl.Float32).alias(C.pred(h))
+
+
+def combine(model: pl.DataFrame, base: pl.DataFrame, weights: Mapping[int, float], method: str) -> pl.DataFrame:
+    """Date, Code, pred_{h}d = the blend, and the model frame's target_{h}d columns, on the model's rows that have a
+    baseline prediction of every blended horizon (w < 1). Horizons with w = 1 (or no baseline column) are the model's
+    standardised prediction."""
+    j = _aligned(model, base, weights, method)
+    targets = [C.target(int(h)) for h in weights if C.target(int(h)) in j.columns]
+    return (j.select(C.DATE, C.CODE, *[_mixed(int(h), float(w)) for h, w in weights.items()], *targets)
+            .sort(C.DATE, C.CODE))
 
 
 @dataclass
@@ -98,9 +106,9 @@ def choose_weights(model_val: pl.DataFrame, base_val: pl.DataFrame | None, horiz
             weights[h] = 1.0
             continue
         vals = []
-        for w in grid:
-            c = combine(model_val.select(C.DATE, C.CODE, C.pred(h), C.target(h)), base_val, {h: w}, method)
-            daily = metrics.daily_ic(c, C.pred(h), C.target(h))
+        j = _aligned(model_val.select(C.DATE, C.CODE, C.pred(h), C.target(h)), base_val, {h: 0.0}, method)
+        for w in grid:  # the rows and the standardisation are the grid's; only the weight changes
+            daily = metrics.daily_ic(j.select(C.DATE, _mixed(h, float(w)), C.target(h)), C.pred(h), C.target(h))
             n_days = max(n_days, daily.height)
             vals.append(float(daily["rank_ic"].mean()) if daily.height else float("nan"))
         arr = np.array(vals, dtype=np.float64)
