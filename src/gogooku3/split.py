@@ -17,6 +17,7 @@ never trains after its test block and needs no look-back).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Iterable, Sequence
@@ -27,6 +28,7 @@ import numpy as np
 import polars as pl
 
 from gogooku3.errors import ConfigError, DataError, LeakageError
+from gogooku3.settings import PurgedKFoldSplitSettings, WalkForwardSplitSettings
 
 log = logging.getLogger(__name__)
 
@@ -279,19 +281,19 @@ def make_splitter(split_cfg: Any, horizons: Sequence[int], entry_lag: int, featu
                   ) -> WalkForwardSplitter | PurgedKFoldSplitter:
     """The splitter named by `split.method` (`walk_forward` | `purged_kfold`) with its config keys; purged K-fold
     needs `feature_lookback` (the manifest's `max_lookback`) and is refused without it."""
-    get = (lambda k, d=None: split_cfg.get(k, d)) if split_cfg is not None else (lambda k, d=None: d)
-    method = get("method", "walk_forward")
-    emb = get("embargo_days", None)
+    given = dict(split_cfg or {})
+    method = given.get("method", "walk_forward")
+    defaults = {"walk_forward": WalkForwardSplitSettings, "purged_kfold": PurgedKFoldSplitSettings}.get(method)
+    if defaults is None:
+        raise ConfigError(f"split.method must be 'walk_forward' or 'purged_kfold', got '{method}'")
+    k = {**dataclasses.asdict(defaults()), **given}  # a key left out takes the split group's YAML default
     if method == "walk_forward":
-        return WalkForwardSplitter(n_splits=get("n_splits", 3), horizons=horizons, entry_lag=entry_lag,
-                                   embargo_days=emb, mode=get("mode", "expanding"),
-                                   min_train_days=get("min_train_days", 252), test_days=get("test_days", None),
-                                   train_days=get("train_days", None))
-    if method == "purged_kfold":
-        return PurgedKFoldSplitter(n_splits=get("n_splits", 5), horizons=horizons, entry_lag=entry_lag,
-                                   embargo_days=emb, min_train_days=get("min_train_days", 1),
-                                   feature_lookback=feature_lookback)
-    raise ConfigError(f"split.method must be 'walk_forward' or 'purged_kfold', got '{method}'")
+        return WalkForwardSplitter(n_splits=k["n_splits"], horizons=horizons, entry_lag=entry_lag,
+                                   embargo_days=k["embargo_days"], mode=k["mode"], min_train_days=k["min_train_days"],
+                                   test_days=k["test_days"], train_days=k["train_days"])
+    return PurgedKFoldSplitter(n_splits=k["n_splits"], horizons=horizons, entry_lag=entry_lag,
+                               embargo_days=k["embargo_days"], min_train_days=k["min_train_days"],
+                               feature_lookback=feature_lookback)
 
 
 def inner_validation(train_dates: Sequence[dt.date], val_days: int, gap_days: int) -> tuple[list[dt.date], list[dt.date]]:
