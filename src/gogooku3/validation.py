@@ -95,7 +95,7 @@ def drop_too_null(df: pl.DataFrame, features: Sequence[str], train_dates: Sequen
 
 def validate_dataset(df: pl.DataFrame, manifest: FeatureManifest, horizons: Sequence[int],
                      train_dates: Sequence[dt.date] | None = None, *, min_features: int = 50,
-                     max_null_share: float = 0.9, null_action: str = "drop", max_abs_target: float = 1.0,
+                     max_null_share: float = 0.5, null_action: str = "drop", max_abs_target: float = 1.0,
                      max_listed: int = 20, source: str = "dataset") -> ValidationResult:
     """Run every check; raise DataError/SchemaError with one clear line on unusable input."""
     if null_action not in ("drop", "error"):
