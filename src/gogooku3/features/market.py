@@ -10,6 +10,7 @@ in time as the stock features; the builder records it as a proxy in the manifest
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 from gogooku3.features.common import (
@@ -44,20 +45,25 @@ def proxy_index(lf: pl.LazyFrame, mode: str, weights: pl.Expr | None = None) -> 
         from gogooku3.errors import ConfigError
 
         raise ConfigError(f"features.market.proxy must be one of {', '.join(PROXY_MODES)}, got '{mode}'")
-    r = c("_r1")
-    cols = [c("Date"), r]
     capw = weights is not None and mode == "auto"
-    if capw:
-        cols.append(per_code(weights.shift(1)).alias("_pw"))
-    ok = r.is_not_null() & r.is_finite()
-    agg = [r.filter(ok).mean().alias("_ew")]
-    if capw:
-        okw = ok & (c("_pw") > 0)
-        wsum = c("_pw").filter(okw).sum()
-        agg.append(pl.when(wsum > 0).then((r * c("_pw")).filter(okw).sum() / wsum).alias("_cw"))
-    ret = pl.coalesce(c("_cw"), c("_ew")) if capw else c("_ew")
-    out = (lf.select(cols).group_by("Date").agg(agg).sort("Date")
-           .select("Date", (100.0 * (1.0 + ret.fill_null(0.0)).cum_prod()).alias("C")))
+    cols = [c("Date"), c("Code"), c("_r1")] + ([per_code(weights.shift(1)).alias("_pw")] if capw else [])
+    # Day sums in a fixed (Date, Code) order with numpy: a parallel group-by adds floats in a varying order, and
+    # the proxy (and every mkt_* feature built on it) must be the same on every build of the same data.
+    f = lf.select(cols).collect().sort("Date", "Code")
+    dates, starts = np.unique(f["Date"].to_numpy(), return_index=True)
+    r = f["_r1"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    ok = np.isfinite(r)
+    n_ok = np.add.reduceat(ok.astype(np.float64), starts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ret = np.add.reduceat(np.where(ok, r, 0.0), starts) / n_ok
+        if capw:
+            w = f["_pw"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+            okw = ok & np.isfinite(w) & (w > 0)
+            wsum = np.add.reduceat(np.where(okw, w, 0.0), starts)
+            cw = np.add.reduceat(np.where(okw, r * w, 0.0), starts) / wsum
+            ret = np.where(wsum > 0, cw, ret)  # a day without any weight: the equal-weighted mean
+    ret = np.where(np.isfinite(ret), ret, 0.0)
+    out = pl.DataFrame({"Date": pl.Series(dates).cast(pl.Date), "C": 100.0 * np.cumprod(1.0 + ret)}).lazy()
     kind = "cap-weighted (market cap on the previous row; equal-weighted on days without one)" if capw \
         else "equal-weighted"
     return out, f"proxy: {kind} index of the universe's 1-day returns (no topix table)"
