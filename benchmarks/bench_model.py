@@ -8,11 +8,13 @@ Needs only torch, torch_geometric and numpy (plus PyYAML if present): model size
 `src/gogooku3/conf/model/<name>.yaml` when PyYAML is installed, else from the built-in copy below.
 
     .venv/bin/python benchmarks/bench_model.py                      # CPU, hidden 64, GAT on
-    python benchmarks/bench_model.py --device cuda --bf16 --stocks 2048 --model full [--compile]
+    python benchmarks/bench_model.py --device cuda --bf16 --stocks 2048 --model full [--compile] [--graph-sync-free off]
 
 Prints one JSON line: samples/s of the best and the median step (the best step is the robust figure on a shared
 machine), achieved TFLOP/s and MFU against `--peak-tflops` (default: a table for known GPUs, else an assumed CPU
-peak), peak RSS and peak GPU memory.
+peak), peak RSS and peak GPU memory. On CUDA it also counts the host synchronisations of one step
+(`torch.cuda.set_sync_debug_mode("warn")`: `host_syncs_per_step`, the first few call sites in `host_sync_sites`).
+`--graph-sync-free auto|on|off` picks the day graph's path (`FinancialGraphBuilder.sync_free`; auto = on for CUDA).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import resource
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -91,8 +94,18 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--compile-rnn", action="store_true",
+                    help="with --compile: let Dynamo trace through nn.LSTM (torch._dynamo.config.allow_rnn) instead "
+                         "of breaking the graph there)")
+    ap.add_argument("--compile-mode", default=None, choices=["default", "reduce-overhead", "max-autotune"],
+                    help="with --compile: torch.compile's mode (reduce-overhead: CUDA graphs, needs one graph "
+                         "without host syncs, i.e. --compile-rnn and the sync-free day graph)")
     ap.add_argument("--no-gat", action="store_true")
     ap.add_argument("--peak-tflops", type=float, default=None, help="peak for the MFU estimate")
+    ap.add_argument("--profile", action="store_true",
+                    help="add the top operators by device time (CPU time on the CPU) of 2 profiled steps")
+    ap.add_argument("--graph-sync-free", default="auto", choices=["auto", "on", "off"],
+                    help="day graph without host syncs (auto: on for CUDA, off on the CPU; same edges)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -107,8 +120,12 @@ def main() -> None:
     if hidden:
         mc["hidden"] = hidden
     model = ATFTGATFAN(ATFTConfig.from_dict(mc)).to(dev).train()
+    if args.graph_sync_free != "auto":
+        model.graph_builder.sync_free = args.graph_sync_free == "on"
     flops = model.estimate_flops_per_sample()
-    fwd = torch.compile(model) if args.compile else model
+    if args.compile_rnn:
+        torch._dynamo.config.allow_rnn = True
+    fwd = torch.compile(model, mode=args.compile_mode) if args.compile else model
     loss_fn = MultiHorizonLoss((1, 5, 10, 20), quantiles=model.cfg.quantiles).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=dev.type == "cuda")
     n, L, F = args.stocks, args.window, args.features
@@ -123,9 +140,12 @@ def main() -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    def step() -> float:
-        sync()
+    def step(timed: bool = True) -> float:
+        if timed:
+            sync()
         t0 = time.perf_counter()
+        if args.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # a new iteration for CUDA-graph trees
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=args.bf16):
             out = fwd(x, sector, segment, returns)
@@ -133,11 +153,44 @@ def main() -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        sync()
+        if timed:
+            sync()
         return time.perf_counter() - t0
 
     for _ in range(args.warmup):
         step()
+    syncs: list[str] = []
+    if dev.type == "cuda":  # one step with every synchronising CUDA call reported as a warning
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                step(timed=False)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        sync()
+        for w in caught:
+            if "synchroniz" in str(w.message):
+                syncs.append(f"{Path(w.filename).name}:{w.lineno}")
+    top_ops: list[dict] = []
+    if args.profile:  # where a step's time goes: the top operators of 2 steps, per step
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+        with profile(activities=acts) as prof:
+            for _ in range(2):
+                step()
+        key = "device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+        ev = [e for e in prof.key_averages() if getattr(e, key, 0) > 0]
+        if dev.type == "cuda":
+            ev = [e for e in ev if getattr(e, "self_device_time_total", 0) > 0]
+            key = "self_device_time_total"
+        total = sum(getattr(e, key) for e in ev) or 1.0
+        for e in sorted(ev, key=lambda e: getattr(e, key), reverse=True)[:15]:
+            top_ops.append({"op": e.key[:80], "ms_per_step": round(getattr(e, key) / 2e3, 3),
+                            "share": round(getattr(e, key) / total, 3), "calls_per_step": e.count // 2})
+        top_ops.append({"op": "(all)", "ms_per_step": round(total / 2e3, 3), "kernels_or_ops_per_step":
+                        sum(e.count for e in ev) // 2})
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = [step() for _ in range(args.steps)]
@@ -149,7 +202,8 @@ def main() -> None:
     res = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu x{args.threads} threads",
            "model": args.model, "config_from": source, "hidden": model.cfg.hidden, "lstm_layers": model.cfg.lstm_layers,
            "features": F, "window": L, "stocks_per_batch": n, "gat": model.cfg.gat, "norm": model.cfg.norm,
-           "bf16": args.bf16, "compile": args.compile, "params": model.get_num_params(),
+           "bf16": args.bf16, "compile": args.compile, "compile_rnn": args.compile_rnn,
+           "compile_mode": args.compile_mode, "params": model.get_num_params(),
            "samples_per_sec": round(n / best, 1), "samples_per_sec_median": round(n / med, 1),
            "sec_per_step_best": round(best, 4), "sec_per_step_median": round(med, 4),
            "gflop_per_sample": round(flops / 1e9, 4), "achieved_tflops": round(achieved, 4),
@@ -158,6 +212,11 @@ def main() -> None:
            "load_avg_1m": round(os.getloadavg()[0], 2)}
     if dev.type == "cuda":
         res["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 3)
+        res["host_syncs_per_step"] = len(syncs)
+        res["host_sync_sites"] = sorted(set(syncs))[:12]
+    res["graph_sync_free"] = model.graph_builder.is_sync_free(dev) if model.cfg.gat else None
+    if top_ops:
+        res["profile_top"] = top_ops
     print(json.dumps(res))  # benchmark script output (not library code)
 
 

@@ -5,6 +5,14 @@ chosen greedily by |ρ| (each round, every node with spare degree proposes its b
 mutually proposed pairs are accepted). Missing returns (NaN or mask=False) are handled pairwise-complete:
 each pair's correlation uses only the days both stocks have, and pairs with fewer than `min_obs` such
 days get ρ = 0.
+
+Host synchronisation: the selection runs on fixed shapes ([N, M] candidates, M = min(4k, N - 1); [N, S] edge slots,
+S = min(k, M)) with no `.item()`, boolean-mask indexing or `nonzero` inside the rounds. `select_slots` /
+`edges_slots` return that fixed-shape result and never wait for the device (on a GPU the greedy rounds then run all
+`max_rounds` times: a round after convergence changes nothing); `select` / `edges` compact it into an edge list
+with one `nonzero` at the end. `sync_free=None` (default) picks by device: on the CPU, where a check costs nothing,
+the rounds stop as soon as one accepts no pair and the correlation takes its complete-data shortcut after a check;
+elsewhere every data-dependent branch becomes a `torch.where`. Both give the same edges.
 """
 
 from __future__ import annotations
@@ -27,7 +35,8 @@ log = logging.getLogger(__name__)
 
 class FinancialGraphBuilder:
     def __init__(self, window: int = 60, method: str = "ewm", halflife: float = 20.0, shrinkage: float = 0.1,
-                 threshold: float = 0.3, k: int = 10, min_obs: int = 20, max_rounds: int = 32) -> None:
+                 threshold: float = 0.3, k: int = 10, min_obs: int = 20, max_rounds: int = 32,
+                 sync_free: bool | None = None) -> None:
         if method not in ("ewm", "pearson"):
             raise ConfigError(f"graph.method must be 'ewm' or 'pearson', got '{method}'")
         if not 0.0 <= shrinkage < 1.0:
@@ -42,6 +51,11 @@ class FinancialGraphBuilder:
         self.k = int(k)
         self.min_obs = int(min_obs)
         self.max_rounds = int(max_rounds)
+        self.sync_free = sync_free  # None: by device (not on the CPU, yes elsewhere); see the module docstring
+
+    def is_sync_free(self, device: torch.device) -> bool:
+        """Whether the fixed-shape, never-waiting path runs on `device` (`sync_free`, else: not on the CPU)."""
+        return device.type != "cpu" if self.sync_free is None else bool(self.sync_free)
 
     # ---- correlation --------------------------------------------------------------------------------
     def _weights(self, t: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -61,7 +75,9 @@ class FinancialGraphBuilder:
         if mask is not None:
             valid = valid & mask[-self.window:].to(device=x.device, dtype=torch.bool)
         w = self._weights(x.shape[0], x.device, dtype)[:, None]
-        if bool(valid.all()):
+        if self.is_sync_free(x.device):  # both on the device; the choice stays there (no host round-trip)
+            corr = torch.where(valid.all(), self._complete_corr(x, w), self._pairwise_corr(x, valid, w))
+        elif bool(valid.all()):
             corr = self._complete_corr(x, w)
         else:
             corr = self._pairwise_corr(x, valid, w)
@@ -107,40 +123,58 @@ class FinancialGraphBuilder:
         return torch.where(n_obs >= self.min_obs, corr, torch.zeros_like(corr)).clamp(-1.0, 1.0)
 
     # ---- edges --------------------------------------------------------------------------------------
-    def select(self, corr: torch.Tensor) -> torch.Tensor:
-        """edge_index [2, E] (both directions): |ρ| ≥ threshold, ≤ k per node, greedy by |ρ|, no self loops.
+    def select_slots(self, corr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The selection on fixed shapes: (nbr [N, S] long, ok [N, S] bool), S = min(k, N - 1); node i's edges are
+        (i, nbr[i, s]) for the slots with ok, in its candidate order (|ρ| descending). No host synchronisation
+        when `is_sync_free(corr.device)`.
 
-        Candidates are each node's top `4k` partners by |ρ|; then, round by round, every node with spare
-        degree proposes its best live candidates and mutually proposed pairs are accepted (the best live pair
-        is always mutual, so every round makes progress).
+        Candidates are each node's top M = min(4k, N - 1) partners by |ρ| (`torch.topk`), alive when |ρ| ≥
+        threshold. Then, round by round, every node with spare degree proposes its best `spare` live candidates
+        (candidates whose node is also open) and mutually proposed pairs are accepted (the best live pair is always
+        mutual, so every round with a live pair makes progress). A pair is mutual only when each is among the
+        other's M candidates; a candidate that is not still takes one of its node's proposals. Mutuality is read
+        through `rev[i, p]`, the position of i in the candidate list of nbr[i, p] (one scatter into an [N, N] table
+        before the rounds).
         """
         n = corr.shape[0]
         dev = corr.device
         if n < 2:
-            return torch.zeros((2, 0), dtype=torch.long, device=dev)
+            return (torch.zeros((n, 0), dtype=torch.long, device=dev), torch.zeros((n, 0), dtype=torch.bool, device=dev))
         score = corr.abs().to(torch.float32)
         score.fill_diagonal_(-1.0)
         m = min(4 * self.k, n - 1)
         vals, nbr = torch.topk(score, m, dim=1)            # [N, M], sorted by |ρ| descending
         alive = vals >= self.threshold
-        rows = torch.arange(n, device=dev)[:, None].expand(n, m)
+        rank = torch.arange(m, device=dev)
+        pos = torch.full((n, n), -1, dtype=torch.int32, device=dev)
+        pos.scatter_(1, nbr, rank.to(torch.int32).expand(n, m))   # pos[i, j]: rank of j among i's candidates
+        rev = pos.T.gather(1, nbr).long()                  # rev[i, p] = pos[nbr[i, p], i]; -1: i not among them
+        mutual_ok = rev >= 0
+        back = (nbr * m + rev.clamp_min(0)).reshape(-1)    # flat index of (j, rank of i in j's list)
         accepted = torch.zeros((n, m), dtype=torch.bool, device=dev)
         cap = torch.full((n,), self.k, dtype=torch.long, device=dev)
+        wait = not self.is_sync_free(dev)
         for _ in range(self.max_rounds):
             open_ = cap > 0
             live = alive & open_[:, None] & open_[nbr]
-            if not bool(live.any()):
-                break
             prop = live & (live.cumsum(1) <= cap[:, None])
-            keys = (rows[prop] * n + nbr[prop])
-            acc = prop.clone()
-            acc[prop] = torch.isin(nbr[prop] * n + rows[prop], keys)
-            if not bool(acc.any()):  # only possible with exact ties in |ρ|
+            acc = prop & mutual_ok & prop.reshape(-1)[back].view(n, m)
+            if wait and not bool(acc.any()):  # CPU: stop early (a round without an accepted pair changes nothing)
                 break
             accepted |= acc
             alive &= ~acc
             cap = cap - acc.sum(1)
-        return torch.stack([rows[accepted], nbr[accepted]])
+        s = min(self.k, m)
+        key = torch.where(accepted, m - rank, torch.zeros((), dtype=torch.long, device=dev))  # earlier = larger
+        kv, kpos = torch.topk(key, s, dim=1)               # a node's accepted candidates first, in candidate order
+        return nbr.gather(1, kpos), kv > 0
+
+    def select(self, corr: torch.Tensor) -> torch.Tensor:
+        """edge_index [2, E] (both directions): |ρ| ≥ threshold, ≤ k per node, greedy by |ρ|, no self loops; row
+        by row, each row's edges in candidate order (`select_slots`, compacted by one `nonzero` at the end)."""
+        nbr, ok = self.select_slots(corr)
+        rows = torch.arange(nbr.shape[0], device=nbr.device)[:, None].expand_as(nbr)
+        return torch.stack([rows[ok], nbr[ok]])
 
     def edges(self, returns: torch.Tensor, mask: torch.Tensor | None = None,
               corr: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,6 +182,14 @@ class FinancialGraphBuilder:
         c = self.correlation(returns, mask) if corr is None else corr
         edge_index = self.select(c)
         return edge_index, c[edge_index[0], edge_index[1]]
+
+    def edges_slots(self, returns: torch.Tensor, mask: torch.Tensor | None = None,
+                    corr: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(nbr [N, S], ok [N, S], ρ [N, S]): `edges` on fixed shapes (`select_slots`); ρ is also given for the
+        slots without an edge."""
+        c = self.correlation(returns, mask) if corr is None else corr
+        nbr, ok = self.select_slots(c)
+        return nbr, ok, c.gather(1, nbr)
 
 
 def graph_stats(edge_index: torch.Tensor, edge_weight: torch.Tensor, n_nodes: int) -> dict[str, Any]:

@@ -237,13 +237,25 @@ def mask_url(url: str) -> str:
     return redact_text(url)
 
 
-def _storage(url: str) -> optuna.storages.BaseStorage:
-    try:
-        if url.startswith("sqlite"):  # several local workers: wait on the file lock instead of failing at once
-            return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-        return optuna.storages.RDBStorage(url)
-    except Exception as e:  # bad URL, missing driver, unreachable server
-        raise ConfigError(f"hpo.storage: cannot open {mask_url(url)} ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+def _storage(url: str, attempts: int = 3) -> optuna.storages.BaseStorage:
+    """The study's storage. Workers that open an empty database at the same moment race to create its schema (the
+    loser gets an IntegrityError on `alembic_version`): the schema then exists, so a retry opens it."""
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    kwargs = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if url.startswith("sqlite") else {}
+    for attempt in range(1, attempts + 1):
+        try:  # sqlite: several local workers wait on the file lock instead of failing at once
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except (IntegrityError, OperationalError) as e:
+            if attempt == attempts:
+                raise ConfigError(f"hpo.storage: cannot open {mask_url(url)} after {attempts} attempts "
+                                  f"({type(e).__name__}: {str(e).splitlines()[0]})") from e
+            log.info("tune: %s was being created by another worker (%s); retrying", mask_url(url), type(e).__name__)
+            time.sleep(0.5 * attempt)
+        except Exception as e:  # bad URL, missing driver, unreachable server
+            raise ConfigError(f"hpo.storage: cannot open {mask_url(url)} "
+                              f"({type(e).__name__}: {str(e).splitlines()[0]})") from e
+    raise AssertionError("unreachable")
 
 
 def _check_single_process(cfg: DictConfig) -> None:
