@@ -133,14 +133,32 @@ def data_import(ctx: typer.Context,
 
 
 @data_app.command("build", context_settings=OVERRIDES, help=_help(
-    "Build the ML dataset (features, targets, manifest, coverage report) from the raw tables.",
+    "Build the ML dataset (features, targets, manifest, coverage report) from the raw tables. With --incremental, "
+    "append the sessions added to the raw tables since the existing dataset (paths.dataset) was built, recomputing "
+    "only the rows that can change (the new sessions and the last entry_lag + max(horizons) sessions, whose labels "
+    "become known); refused when the dataset was built with another features/labels config or manifest, or when raw "
+    "rows up to its end changed (--fallback-full: build in full instead). More quote rows than "
+    "features.chunk_rows: built in chunks of codes with bounded memory (docs/scale.md).",
     "paths, data, features, labels",
-    "data build labels.horizons=[1,5]", "data build features.groups.statements=false labels.entry_lag=2"))
-def data_build(ctx: typer.Context) -> None:
+    "data build labels.horizons=[1,5]", "data build features.groups.statements=false labels.entry_lag=2",
+    "data build --incremental", "data build --incremental --fallback-full features.chunk_rows=500000"))
+def data_build(ctx: typer.Context,
+               incremental: bool = typer.Option(
+                   False, "--incremental", help="Append the raw tables' new sessions to the existing dataset."),
+               fallback_full: bool = typer.Option(
+                   False, "--fallback-full", help="With --incremental: build in full where an update is refused.")
+               ) -> None:
     cfg = _cfg(ctx)
-    from gogooku3.features.builder import build_dataset
+    if fallback_full and not incremental:
+        raise ConfigError("--fallback-full: only with --incremental")
+    if incremental:
+        from gogooku3.features.incremental import update_dataset
 
-    build_dataset(cfg)
+        update_dataset(cfg, fallback_full=fallback_full)
+    else:
+        from gogooku3.features.builder import build_dataset
+
+        build_dataset(cfg)
 
 
 @app.command("safe", context_settings=OVERRIDES, help=_help(

@@ -263,6 +263,7 @@ class FeaturesSettings:
         "0111": "TSEPrime", "0112": "TSEStandard", "0113": "TSEGrowth", "0101": "TSEPrime", "0102": "TSEStandard",
         "0106": "TSEStandard", "0104": "TSEGrowth", "0107": "TSEGrowth"})
     calendar_exchange: str = "XTKS"
+    chunk_rows: int = 1_000_000
 
 
 # ---- labels, split ------------------------------------------------------------------------------------------
@@ -659,6 +660,7 @@ RANGES: dict[type, dict[str, Check]] = {
                           "timeout_s": _gt(0)},
     FilesDataSettings: {"separator": ((lambda v: len(v) == 1), "a single character such as ',' ';' or '\\t'"),
                         "format": _one_of("auto", "csv", "parquet")},
+    FeaturesSettings: {"chunk_rows": _ge(0)},
     LabelsSettings: {"horizons": _each(_ge(1), non_empty=True), "entry_lag": _ge(0)},
     WalkForwardSplitSettings: {"mode": _one_of("expanding", "sliding"), "n_splits": _ge(1), "min_train_days": _ge(1),
                                "test_days": _ge(1), "train_days": _ge(1), "embargo_days": _ge(0), "val_days": _ge(1)},

@@ -1,0 +1,338 @@
+"""Daily incremental update of the ML dataset (`gogooku3 data build --incremental`): after new sessions are appended
+to the raw tables, recompute only the rows whose values can have changed and keep the existing dataset's others.
+
+Which rows change. Every feature of row t reads only data published by t (the point-in-time contract), so rows up to
+the old end keep their features; only labels look ahead: a row whose t + entry_lag + max(horizons) session lies
+past the old end may gain a label. The rows recomputed are therefore those from R = the (entry_lag +
+max(horizons))-th last session of the old dataset on, plus the new sessions.
+
+How they are recomputed, equal to a full rebuild:
+- the market table (topix or the proxy index) is a per-day table built over the whole history, as in a full build;
+- statements, flows and margin are joined from the whole tables (their own windows run over those, not the quotes);
+- per-stock columns of unbounded memory (EWMs: ema_*, MACD, RSI/ATR/ADX Wilder smoothing; the cumulative split factor
+  and its as-of carry behind shares_outstanding; the stock's row counter behind the maturity flags) are found in the
+  blocks' expressions (`unbounded`) and computed over each stock's whole history, a few narrow columns, chunk by
+  chunk; the frame is never held whole;
+- everything else has a finite look-back of at most `finite_window` rows of the stock, so it is computed on a warm-up
+  slice of the quotes: all rows from the session S on, S chosen so that every stock has that many rows before R, twice
+  over (the per-day cross-sections the quality block windows again must themselves be complete and exact).
+
+Safety. The metadata of every build stores fingerprints of the features/labels config and of the raw rows up to its
+end date (`raw_fingerprint`: per table and column, independent of row order). An update is refused, with one line
+saying why, when there is no dataset, when it was built with another config or manifest, or when raw rows up to its
+end changed (a correction, a back-filled row); `--fallback-full` turns a refusal into a full build. The adjusted
+columns Adj{O,H,L,C,Vo} are left out of the raw fingerprint where the raw prices and AdjFactor are present: a split
+restates the whole adjusted history, and the features are scale-free in it (levels are put back into the day's
+basis), so the kept rows still equal a full rebuild's to float rounding (see docs/scale.md).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from omegaconf import DictConfig
+
+from gogooku3.errors import DataError
+from gogooku3.features.builder import (
+    Block,
+    BuildResult,
+    BuiltFrame,
+    DatasetWriter,
+    Plan,
+    _plain,
+    _same_plan,
+    apply_blocks,
+    build_dataset,
+    calendar_name,
+    chunk_tables,
+    code_chunks,
+    dataset_path,
+    load_tables,
+    note_dropped,
+    plan_features,
+    write_outputs,
+)
+from gogooku3.features.common import c
+from gogooku3.features.manifest import FeatureManifest, metadata_path
+from gogooku3.io import atomic_path, fingerprint, read_json
+from gogooku3.sources.schema import TABLES, table_path
+
+log = logging.getLogger(__name__)
+
+# the date from which a raw row can be seen by a feature (a row is fingerprinted when this date ≤ the dataset's end)
+DATE_KEYS = {"daily_quotes": ("Date",), "listed_info": ("Date",), "topix": ("Date",), "trading_calendar": ("Date",),
+             "statements": ("DiscDate",), "investor_types": ("PubDate",), "margin_interest": ("PubDate", "Date")}
+ADJUSTED = {"AdjO": "O", "AdjH": "H", "AdjL": "L", "AdjC": "C", "AdjVo": "Vo"}
+BUILD_ONLY = ("chunk_rows",)  # features keys that change how a dataset is built, never what it holds
+# expressions whose value at t depends on the stock's whole history: smoothers, cumulative ops, fills, row counters
+UNBOUNDED = re.compile(r"ewm_|cum_|fill_null_with_strategy|int_range")
+
+
+class Refused(DataError):
+    """The existing dataset cannot be updated incrementally (the message says why)."""
+
+
+# ---------------------------------------------------------------------------------------------- fingerprints
+def _digest(s: pl.Series) -> str:
+    """16 hex digits of a column's values in order: their bytes, the null mask, for strings the lengths and bytes
+    (stable across Polars versions: nothing of Polars' own hashing)."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(np.packbits(s.is_null().to_numpy()).data)
+    if s.dtype == pl.Utf8:
+        arr = s.fill_null("").to_arrow(compat_level=pl.CompatLevel.oldest())  # large_string: int64 offsets
+        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
+        h.update(np.diff(offsets).data)
+        data = arr.buffers()[2]
+        if data is not None:
+            h.update(memoryview(data)[offsets[0]:offsets[-1]])
+    else:
+        v = s.to_physical()
+        v = v.cast(pl.Float64) if v.dtype.is_float() else v.cast(pl.Int64)
+        h.update(np.ascontiguousarray(v.fill_null(0).to_numpy()).data)
+    return h.hexdigest()
+
+
+def _sorted_by(df: pl.DataFrame, keys: list[str]) -> bool:
+    """Whether `df` is sorted by `keys` (lexicographically)."""
+    ok = None
+    for k in reversed(keys):
+        prev = c(k).shift(1)
+        ok = c(k) >= prev if ok is None else (c(k) > prev) | ((c(k) == prev) & ok)
+    return df.height < 2 or bool(df.select(ok.fill_null(True).all()).item())
+
+
+def table_fingerprint(df: pl.DataFrame, name: str, through: dt.date) -> dict[str, str]:
+    """{column: 16 hex digits} of the table's rows a feature of a row up to `through` can see (date key ≤ through),
+    plus `_rows`. The rows are taken in the order of the table's key (all columns for statements), so the file's own
+    row order does not matter; a digest names the column that changed."""
+    keys = [k for k in DATE_KEYS.get(name, ()) if k in df.columns]
+    keep = df.select((pl.coalesce([c(k) for k in keys]) <= through).fill_null(False)).to_series() if keys else None
+    if keep is not None and keep.all():
+        keep = None  # every row counts: no copy
+    key = list(TABLES[name].key) if name in TABLES else []
+    rows = df.select(key if key and all(k in df.columns for k in key) else df.columns)  # a unique key, or every column
+    rows = rows.filter(keep) if keep is not None else rows
+    sort = list(rows.columns)
+    order = None if _sorted_by(rows, sort) else rows.with_row_index("_i").sort(sort, nulls_last=True)["_i"]
+    skip = {a for a, raw in ADJUSTED.items() if raw in df.columns and "AdjFactor" in df.columns}
+
+    def one(col: str) -> str:
+        s = df[col]
+        s = s.filter(keep) if keep is not None else s
+        return _digest(s.gather(order) if order is not None else s)
+
+    cols = [x for x in df.columns if x not in skip]
+    with ThreadPoolExecutor(2) as ex:  # the digests and gathers release the GIL
+        out = dict(zip(cols, ex.map(one, cols), strict=True))
+    return {"_rows": f"{rows.height:016x}", **out}
+
+
+def raw_fingerprint(tables: dict[str, pl.DataFrame], through: dt.date) -> dict[str, dict[str, str]]:
+    """Per raw table, the fingerprint of its rows that a feature of a row up to `through` can see."""
+    return {name: table_fingerprint(df, name, through) for name, df in sorted(tables.items())}
+
+
+def config_fingerprints(cfg: DictConfig) -> dict[str, str]:
+    """Fingerprints of what a dataset holds: the features config (less build-only keys) and the labels config."""
+    f = {k: v for k, v in _plain(cfg.features).items() if k not in BUILD_ONLY}
+    return {"features": fingerprint(f), "labels": fingerprint(_plain(cfg.labels))}
+
+
+def build_fingerprints(cfg: DictConfig, tables: dict[str, pl.DataFrame], end: dt.date) -> dict[str, Any]:
+    """The metadata entries an incremental update checks against."""
+    return {"config_fingerprint": config_fingerprints(cfg),
+            "raw_fingerprint": {"through": end.isoformat(), "tables": raw_fingerprint(tables, end)}}
+
+
+# ---------------------------------------------------------------------------------------------- warm-up
+def finite_window(f: dict) -> int:
+    """The longest chain of finite per-stock windows any feature reads, in rows of the stock (a bound: windows,
+    shifts and the windows over them, e.g. beta_stability_60d = std over 20 rows of a 60-row beta of lagged returns)."""
+    w, t, x, q, m = f["windows"], f["technicals"], f["cross"], f["quality"], f["margin"]
+    return 1 + max(
+        max(w["returns"]), max(w["log_returns"]), max(w["sma"]), max(w["volatility"]) + 1, w["parkinson"],
+        max(w["volume_ma"]), 60,  # price_to_sma60
+        t["stoch"] + 1, t["bb_window"],
+        int(x["beta_window"]) + int(x["beta_lag"]) + int(x["stability_window"]) + 1,
+        int(m["adv_window"]),
+        int(q["vol_window"]) + 1 + max(int(h) for h in q["sharpe_horizons"]) + 5,
+    )
+
+
+def _positions(dq: pl.DataFrame) -> pl.DataFrame:
+    """Code, Date and the row's number within its stock (0-based), sorted by Code, Date."""
+    return (dq.select("Code", "Date").sort("Code", "Date")
+            .with_columns(pl.int_range(pl.len(), dtype=pl.Int32).over("Code").alias("_i")))
+
+
+def back_from(pos: pl.DataFrame, start: dt.date, rows: int) -> dt.date:
+    """The earliest date S such that every stock with a row on or after `start` has `rows` rows before its first
+    such row on or after S (or all its rows)."""
+    first = pos.filter(c("Date") >= start).group_by("Code").agg(c("_i").min().alias("_f"))
+    need = first.with_columns((c("_f") - rows).clip(lower_bound=0).alias("_need"))
+    return pos.join(need, on="Code").filter(c("_i") == c("_need"))["Date"].min()
+
+
+def unbounded(p: Plan) -> list[str]:
+    """Columns of the per-stock blocks (and the core helpers) whose value depends on the stock's whole history."""
+    names = [n for n, e in p.core.items() if UNBOUNDED.search(str(e))]
+    names += [n for b in p.blocks for st in b.stages for n, e in st.items() if UNBOUNDED.search(str(e))]
+    return list(dict.fromkeys(names))
+
+
+def _given(b: Block, names: set[str]) -> Block:
+    """A copy of `b` whose columns in `names` are taken as given (already in the frame) instead of computed."""
+    stages = [{n: (c(n) if n in names else e) for n, e in st.items()} for st in b.stages]
+    return Block(b.group, stages, set(b.flags), dict(b.levels), b.skipped)
+
+
+# ---------------------------------------------------------------------------------------------- the update
+def _refuse(why: str, fallback_full: bool, cfg: DictConfig) -> BuildResult:
+    if not fallback_full:
+        raise Refused(f"incremental build refused: {why}; run a full `gogooku3 data build` (or pass --fallback-full)")
+    log.warning("incremental build not possible (%s): building in full", why)
+    return build_dataset(cfg)
+
+
+def _check_existing(cfg: DictConfig, latest: Path) -> tuple[dict, FeatureManifest] | str:
+    """The existing dataset's metadata and manifest, or why it cannot be updated."""
+    meta_p = metadata_path(latest)
+    if not latest.exists() or not meta_p.exists():
+        return f"no existing dataset at {latest} (with its metadata)"
+    meta = read_json(meta_p)
+    if "raw_fingerprint" not in meta or "config_fingerprint" not in meta:
+        return f"{meta_p} has no raw/config fingerprints (the dataset predates incremental builds)"
+    now = config_fingerprints(cfg)
+    diff = [k for k in ("features", "labels") if meta["config_fingerprint"].get(k) != now[k]]
+    if diff:
+        return f"{latest} was built with another {' and '.join(diff)} config"
+    try:
+        manifest = FeatureManifest.for_dataset(latest)
+    except DataError as e:
+        return str(e)
+    if manifest.fingerprint != meta.get("manifest_fingerprint"):
+        return f"{latest}: its feature manifest does not match its metadata"
+    return meta, manifest
+
+
+def _raw_changes(meta: dict, tables: dict[str, pl.DataFrame], raw_dir: Path, through: dt.date) -> str | None:
+    """Why the raw rows up to `through` are not those the dataset was built from (None: they are)."""
+    old = meta["raw_fingerprint"]["tables"]
+    now = raw_fingerprint(tables, through)
+    for name in sorted(set(old) | set(now)):
+        if name not in now:
+            return f"{table_path(raw_dir, name)}: table gone since the dataset was built"
+        if name not in old:
+            return f"{table_path(raw_dir, name)}: table new since the dataset was built"
+        cols = [k for k in sorted(set(old[name]) | set(now[name])) if old[name].get(k) != now[name].get(k)]
+        if cols:
+            what = "the row set" if "_rows" in cols else f"column(s) {', '.join(k for k in cols if k != '_rows')}"
+            return (f"{table_path(raw_dir, name)}: rows up to {through} changed since the dataset was built "
+                    f"({what} differ)")
+    return None
+
+
+def update_dataset(cfg: DictConfig, fallback_full: bool = False) -> BuildResult:
+    """Append the raw tables' new sessions to the existing dataset (`cfg.paths.dataset`), recomputing only the rows
+    whose values can change; written (dataset, latest, metadata, manifest, coverage) as a full build writes them."""
+    t0 = time.perf_counter()
+    latest = Path(cfg.paths.dataset)
+    got = _check_existing(cfg, latest)
+    if isinstance(got, str):
+        return _refuse(got, fallback_full, cfg)
+    meta, manifest = got
+    raw_dir, tables, cal = load_tables(cfg)
+    through = dt.date.fromisoformat(meta["raw_fingerprint"]["through"])
+    why = _raw_changes(meta, tables, raw_dir, through)
+    if why:
+        return _refuse(why, fallback_full, cfg)
+    dq = tables["daily_quotes"]
+    end = dq["Date"].max()
+    if end < through:
+        return _refuse(f"{table_path(raw_dir, 'daily_quotes')} ends on {end}, before the dataset ({through})",
+                       fallback_full, cfg)
+    if end == through:
+        log.info("%s already ends on %s: nothing to add", latest, end)
+        return BuildResult(latest, latest, meta["rows"], meta["n_features"],
+                           {g: e["features"] for g, e in meta["groups"].items()}, meta["skipped"], 0.0, 0.0, meta)
+    f, lab = _plain(cfg.features), _plain(cfg.labels)
+    lag = int(lab["entry_lag"]) + max(int(h) for h in lab["horizons"])
+    sessions = cal.sessions
+    at = int(sessions.search_sorted(through))
+    redo = sessions[max(at - lag + 1, 0)]
+    pos = _positions(dq)
+    width = finite_window(f)
+    warm = back_from(pos, back_from(pos, redo, width), width)
+    del pos
+    log.info("incremental build: %s..%s new; rows from %s recomputed, from a warm-up slice starting %s",
+             sessions[at + 1] if at + 1 < len(sessions) else end, end, redo, warm)
+
+    full = plan_features(tables, cal, f, lab)  # the market table, over the whole history
+    tail = _recompute(tables, cal, f, lab, full, warm, redo, int(cfg.features.chunk_rows))
+    old_schema = pl.read_parquet_schema(latest)
+    dead = [n for n in full.groups if n not in old_schema]
+    alive = [n for n in dead if tail[n].null_count() < tail.height]
+    if alive:
+        return _refuse(f"feature(s) {', '.join(alive[:5])} had no value in {latest} but have values in the new rows "
+                       "(the feature set changes)", fallback_full, cfg)
+    tail = tail.drop(dead)
+    if dict(tail.schema) != dict(old_schema):
+        bad = [n for n in set(tail.schema) | set(old_schema) if tail.schema.get(n) != old_schema.get(n)]
+        return _refuse(f"{latest}: columns differ from what the build makes now ({', '.join(sorted(bad)[:5])})",
+                       fallback_full, cfg)
+    groups = {n: g for n, g in full.groups.items() if n not in dead}
+    built = BuiltFrame(pl.DataFrame(), groups, note_dropped(full.skipped, full.groups, dead), full.notes)
+    calendar = calendar_name(tables, cfg)
+    check = FeatureManifest.from_frame(tail, groups, [int(h) for h in lab["horizons"]], int(lab["entry_lag"]))
+    if check.fingerprint != manifest.fingerprint:
+        return _refuse(f"{latest}: its feature manifest differs from what the build makes now", fallback_full, cfg)
+
+    start = dt.date.fromisoformat(meta["start"])
+    path = dataset_path(cfg, start, end)
+    with atomic_path(path) as tmp, DatasetWriter(tmp) as write:
+        for codes, _, _ in code_chunks(dq, int(cfg.features.chunk_rows) or dq.height):
+            kept = (pl.scan_parquet(latest)
+                    .filter((c("Code") >= codes[0]) & (c("Code") <= codes[-1]) & (c("Date") < redo)).collect())
+            write(pl.concat([kept, tail.filter(c("Code").is_in(codes))]).sort("Code", "Date"))
+        stats = write.close()
+    if stats.rows != dq.height:
+        raise DataError(f"incremental build: wrote {stats.rows} rows for {dq.height} quote rows (internal error)")
+    extra = build_fingerprints(cfg, tables, end)
+    extra["incremental"] = {"from": dataset_path(cfg, start, through).name, "recomputed_from": redo.isoformat(),
+                            "warmup_from": warm.isoformat(), "recomputed_rows": tail.height}
+    return write_outputs(cfg, path, stats, built, calendar, t0, extra)
+
+
+def _recompute(tables: dict[str, pl.DataFrame], cal: Any, f: dict, lab: dict, full: Plan, warm: dt.date,
+               redo: dt.date, chunk_rows: int) -> pl.DataFrame:
+    """The output rows from `redo` on: the unbounded per-stock columns over each stock's whole history (chunk by
+    chunk), everything else on the quotes from `warm` on."""
+    dq = tables["daily_quotes"]
+    inf = unbounded(full)
+    live = dq.filter(c("Date") >= warm)
+    parts = []
+    chunks = code_chunks(dq.filter(c("Code").is_in(live["Code"].unique().implode())), chunk_rows or dq.height)
+    for codes, _, _ in chunks:
+        p = plan_features(chunk_tables(tables, codes), cal, f, lab, market=full.market)
+        _same_plan(p, full)
+        got = apply_blocks(p.lf, p.blocks, {"Code", "Date", *inf}).select("Code", "Date", *inf).collect()
+        parts.append(got.filter(c("Date") >= warm))
+    given = pl.concat(parts)
+    del parts
+    p = plan_features({**tables, "daily_quotes": live}, cal, f, lab, market=full.market)
+    _same_plan(p, full)
+    rows = live.select("Code", "Date").sort("Code", "Date")
+    if not rows.equals(given.select("Code", "Date")):
+        raise DataError("incremental build: the history columns do not line up with the warm-up slice")
+    lf = p.lf.with_columns(given.drop("Code", "Date").get_columns())
+    blocks = [_given(b, set(inf)) for b in p.blocks]
+    return p.output(lf, blocks).collect().filter(c("Date") >= redo)
