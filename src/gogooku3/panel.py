@@ -1,7 +1,8 @@
 """PanelStore (dataset -> dense day × stock × feature arrays), day batches, and the Lightning DataModule.
 
 A training sample is stock i's window `features[d-L+1 : d+1, i, :]`; a batch is one trading day (all stocks with
-a valid window that day, capped by sampling). Conversion is vectorised (dense-rank indices + one scatter).
+a valid window that day, capped by sampling). Conversion is vectorised (index maps + one scatter per batch of rows)
+and, from a dataset file, chunked by blocks of days with memory bounded by the block, not the dataset.
 """
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import os
 import re
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,11 +36,14 @@ from gogooku3.io import (
     temp_owner,
     write_json,
 )
-from gogooku3.normalize import CrossSectionalNormalizer
+from gogooku3.normalize import CrossSectionalNormalizer, DenseNormalization, _Workspace
 
 log = logging.getLogger(__name__)
 
-PANEL_VERSION = 1
+PANEL_VERSION = 2  # 2: chunked conversion, dense normalisation kernels, (Date, Code) order
+CONVERT_BLOCK_MB = 256  # raw features normalised at a time by `PanelStore.convert` (a block of days)
+CONVERT_BATCH_ROWS = 1 << 18  # dataset rows read and scattered at a time by `PanelStore.convert` (the
+                              # builder's row group)
 ARRAYS = ("features", "mask", "targets", "returns", "sector", "segment")
 
 
@@ -57,6 +63,7 @@ class PanelStore:
     segment_vocab: list[str] = field(default_factory=list)
     normalizer: dict = field(default_factory=dict)
     fingerprint: str = ""
+    root: Path | None = None      # the folder it was saved to / loaded from (None: in memory only)
 
     # ---- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -64,69 +71,140 @@ class PanelStore:
                    normalizer: CrossSectionalNormalizer | dict | None = None, returns_col: str = "returns_1d",
                    sector_vocab: Sequence[str] | None = None, segment_vocab: Sequence[str] | None = None,
                    fingerprint_: str = "") -> PanelStore:
-        """Direct mode: an in-memory frame (Code, Date, [Section, S33], features, targets) -> dense panel."""
+        """Direct mode: an in-memory frame (Code, Date, [Section, S33], features, targets) -> dense panel.
+
+        The same steps as `convert` on one block holding every day (identical arrays), for frames that fit in
+        memory (prediction windows, tests)."""
         lf = df.lazy()
         schema = lf.collect_schema()
         features = list(features)
-        missing = [c for c in ["Code", "Date", *features] if c not in schema]
-        if missing:
-            raise DataError(f"panel: dataset lacks {len(missing)} column(s), e.g. {', '.join(missing[:5])}")
+        _check_columns(schema, features)
         norm = (normalizer if isinstance(normalizer, CrossSectionalNormalizer)
                 else CrossSectionalNormalizer.from_dict(normalizer or {}))
-        targets = [C.target(h) for h in horizons]
-        tcols = [pl.col(t).cast(pl.Float32) if t in schema else pl.lit(None, pl.Float32).alias(t) for t in targets]
-        ret = (pl.col(returns_col).cast(pl.Float32) if returns_col in schema else pl.lit(None, pl.Float32))
-        seg = pl.col("Section").cast(pl.Utf8) if "Section" in schema else pl.lit(None, pl.Utf8)
-        sec = pl.col("S33").cast(pl.Utf8) if "S33" in schema else pl.lit(None, pl.Utf8)
-        base = (lf.select(pl.col("Code").cast(pl.Utf8), pl.col("Date").cast(pl.Date), *features, *tcols,
-                          ret.alias("__ret"), seg.alias("__seg"), sec.alias("__sec"))
-                .unique(subset=["Code", "Date"], keep="last").collect())
+        raw = _raw_dtype(schema, features)
+        base = lf.select(_columns(schema, features, horizons, returns_col, raw)).collect()
         if base.height == 0:
             raise DataError("panel: the dataset has no rows")
-        # Per-day statistics only (the pooled fallback scale is used only where a day's MAD and std are both 0,
-        # i.e. where every value equals the median and z = 0), so fitting on the whole frame is leak-free. The fit
-        # also finds the day-level features: a property of how a column is made (one value per day), not a value;
-        # their day_level=time_z scores use trailing sessions only.
-        if not hasattr(norm, "features_"):
-            norm.fit(base, features)
-            if norm.day_level_:
-                log.info("panel: %d day-level feature(s) (one value per day, e.g. %s) %s", len(norm.day_level_),
-                         ", ".join(norm.day_level_[:3]), "as trailing time z-scores" if norm.day_level == "time_z"
-                         else "normalise to 0 across stocks, so the model does not see them (day_level=zero)")
-        base = norm.transform(base)
         codes = base.get_column("Code").unique().sort()
-        dates = base.get_column("Date").unique().sort()
+        dates = base.get_column("Date").unique().sort().to_list()
         sec_vocab = list(sector_vocab) if sector_vocab is not None else \
             base.get_column("__sec").drop_nulls().unique().sort().to_list()
         seg_vocab = list(segment_vocab) if segment_vocab is not None else \
             base.get_column("__seg").drop_nulls().unique().sort().to_list()
-        idx = base.select(
-            (pl.col("Date").rank("dense") - 1).cast(pl.Int64).alias("d"),
-            (pl.col("Code").rank("dense") - 1).cast(pl.Int64).alias("i"),
-            _vocab_id("__sec", sec_vocab), _vocab_id("__seg", seg_vocab))
-        d, i = idx["d"].to_numpy(), idx["i"].to_numpy()
-        D, N, F, H = dates.len(), codes.len(), len(features), len(targets)
-        feats = np.zeros((D, N, F), dtype=np.float32)
-        feats[d, i] = (base.select([pl.col(c).cast(pl.Float32).fill_nan(None).fill_null(0.0) for c in features])
-                       .to_numpy().astype(np.float32, copy=False))
-        mask = np.zeros((D, N), dtype=bool)
-        mask[d, i] = True
-        tg = np.full((D, N, H), np.nan, dtype=np.float32)
-        if H:
-            tg[d, i] = base.select(targets).to_numpy().astype(np.float32)
-        rets = np.full((D, N), np.nan, dtype=np.float32)
-        rets[d, i] = base.get_column("__ret").to_numpy().astype(np.float32)
-        sector = np.zeros((D, N), dtype=np.int16)
-        sector[d, i] = idx["__sec"].to_numpy()
-        segment = np.zeros((D, N), dtype=np.int16)
-        segment[d, i] = idx["__seg"].to_numpy()
-        return cls(feats, mask, tg, rets, sector, segment, codes.to_list(), dates.to_list(), features,
-                   list(horizons), sec_vocab, seg_vocab, norm.to_dict(), fingerprint_)
+        blk = _scatter([base], codes, dates, features, len(horizons), raw, sec_vocab, seg_vocab)
+        del base
+        # Per-day statistics only (the pooled fallback scale is used only where a day's MAD and std are both 0,
+        # i.e. where every value equals the median and z = 0), so fitting on the whole panel is leak-free. The fit
+        # also finds the day-level features: a property of how a column is made (one value per day), not a value;
+        # their day_level=time_z scores use trailing sessions only.
+        dn = DenseNormalization(norm, features)
+        try:
+            if dn.needs_day_level:
+                dn.set_day_level(dn.spread(blk.y))
+            feats = np.empty((len(dates), codes.len(), len(features)), dtype=np.float32)
+            for s, out in dn.block(blk.y, blk.mask):
+                feats[s:s + len(out)] = out
+            for d, k, v in dn.finish((dates[0], dates[-1])):
+                feats[d, :, k] = v
+        finally:
+            dn.close()
+        _log_day_level(dn)
+        return cls(feats, blk.mask, blk.targets, blk.returns, blk.sector, blk.segment, codes.to_list(), dates,
+                   features, list(horizons), sec_vocab, seg_vocab, norm.to_dict(), fingerprint_)
+
+    @classmethod
+    def convert(cls, dataset: str | Path, root: str | Path, features: Sequence[str], horizons: Sequence[int] = (),
+                normalizer: dict | None = None, returns_col: str = "returns_1d", fingerprint_: str = "",
+                block_mb: float = CONVERT_BLOCK_MB, batch_rows: int = CONVERT_BATCH_ROWS) -> PanelStore:
+        """File mode: the dataset parquet -> `root` (.npy files), then loaded memory-mapped.
+
+        Two passes, memory bounded by a batch of rows and a block of days, not by the dataset:
+        1. the file is read once, streamed in batches in file order (it is sorted by code, so no date range can be
+           read alone), and each batch's rows are scattered, raw, into the date-major .npy files (float32 features
+           in place when the dataset's feature columns convert exactly, as the built dataset's do; else a float64
+           scratch file);
+        2. the features are read back `block_mb` of days at a time (contiguous, from the page cache), normalised
+           per day (`DenseNormalization`) and written over the raw values.
+        All in `.<root>.<host>-<pid>.tmp/`, renamed onto `root` at the end. Deterministic, and any block or batch
+        size gives the same bytes as `from_frame` on the whole frame (repeated (Code, Date) rows: the last wins)."""
+        t0 = time.perf_counter()
+        root = Path(root)
+        scan = pl.scan_parquet(dataset)
+        schema = scan.collect_schema()
+        features = list(features)
+        _check_columns(schema, features)
+        norm = CrossSectionalNormalizer.from_dict(dict(normalizer or {}))
+        raw = _raw_dtype(schema, features)
+        exprs = _columns(schema, features, horizons, returns_col, raw)
+        lf = scan.select(exprs)
+
+        def distinct(col: str) -> list:
+            return (lf.select(pl.col(col).drop_nulls().unique()).collect(engine="streaming").to_series().sort()
+                    .to_list())
+
+        codes, dates = pl.Series("Code", distinct("Code"), pl.Utf8), distinct("Date")
+        if not dates:
+            raise DataError(f"panel: the dataset {dataset} has no rows")
+        sec_vocab, seg_vocab = distinct("__sec"), distinct("__seg")
+        D, N, F, H = len(dates), codes.len(), len(features), len(horizons)
+        dn = DenseNormalization(norm, features)
+        tmp = _temp_dir(root)
+        files: dict[str, _NpyFile] = {}
+        try:
+            files = {"features": _NpyFile(tmp / "features.npy", (D, N, F), np.float32),
+                     "mask": _NpyFile(tmp / "mask.npy", (D, N), np.bool_),
+                     "targets": _NpyFile(tmp / "targets.npy", (D, N, H), np.float32, fill=np.nan),
+                     "returns": _NpyFile(tmp / "returns.npy", (D, N), np.float32, fill=np.nan),
+                     "sector": _NpyFile(tmp / "sector.npy", (D, N), np.int16),
+                     "segment": _NpyFile(tmp / "segment.npy", (D, N), np.int16)}
+            if raw != np.float32:
+                files["raw"] = _NpyFile(tmp / "raw.npy", (D, N, F), raw)
+            scratch = files.get("raw", files["features"])
+            # pass 1: every row once, raw, into the date-major files
+            first = _Pass1((pl.Series(dates, dtype=pl.Date), codes), features, H, sec_vocab, seg_vocab, scratch,
+                           files)
+            for batch in _file_batches(dataset, [c for c in schema if c in _source_columns(exprs)], batch_rows):
+                first.add(batch.select(exprs))
+            del first
+            # pass 2: blocks of days, normalised in place
+            step = max(1, min(D, int(block_mb * 2 ** 20 // (N * F * raw.itemsize))))
+            blocks = [(s, min(s + step, D)) for s in range(0, D, step)]
+            buf, mbuf = np.empty((step, N, F), raw), np.empty((step, N), np.bool_)
+
+            def read(s: int, e: int) -> tuple[np.ndarray, np.ndarray]:
+                blk, present = scratch.read_days(s, e, buf), files["mask"].read_days(s, e, mbuf)
+                blk[~present] = np.nan                           # no row that day: not a value
+                return blk.transpose(2, 0, 1), present           # [F, b, N] view
+
+            if dn.needs_day_level:
+                dn.set_day_level(np.concatenate([dn.spread(read(s, e)[0]) for s, e in blocks]))
+            for s, e in blocks:
+                y, present = read(s, e)
+                for off, out in dn.block(y, present):
+                    files["features"].write_days(s + off, out)
+            for d, k, v in dn.finish((dates[0], dates[-1])):    # values that needed the pooled fallback std
+                files["features"].write_at(d, k, v)
+            for f in files.values():
+                f.close()
+            if "raw" in files:
+                files["raw"].path.unlink()
+            write_json(tmp / "panel.json", _metadata(codes.to_list(), dates, features, list(horizons), sec_vocab,
+                                                     seg_vocab, norm.to_dict(), fingerprint_, (D, N, F)))
+            _publish(tmp, root)
+        finally:
+            dn.close()
+            for f in files.values():
+                f.close()
+            shutil.rmtree(tmp, ignore_errors=True)
+        _log_day_level(dn)
+        log.info("panel: converted %s -> %s (%d days x %d stocks x %d features) in %.1f s, %d block(s) of <= %d "
+                 "days", dataset, root, D, N, F, time.perf_counter() - t0, len(blocks), step)
+        return cls.load(root)
 
     @classmethod
     def build(cls, dataset: str | Path, features: Sequence[str], horizons: Sequence[int], cache_dir: str | Path,
               normalizer: dict, manifest_fingerprint: str, dataset_fingerprint: str,
-              returns_col: str = "returns_1d", force: bool = False) -> PanelStore:
+              returns_col: str = "returns_1d", force: bool = False, block_mb: float = CONVERT_BLOCK_MB) -> PanelStore:
         """File mode: convert once into `<cache_dir>/panels/<fingerprint>/` (memory-mapped .npy), reuse after."""
         fp = fingerprint(PANEL_VERSION, dataset_fingerprint, manifest_fingerprint, normalizer, list(features),
                          list(horizons), returns_col)
@@ -134,43 +212,26 @@ class PanelStore:
         if root.joinpath("panel.json").exists() and not force:
             log.info("panel: reusing %s", root)
             return cls.load(root)
-        cols = ["Code", "Date", "Section", "S33", returns_col, *features, *[C.target(h) for h in horizons]]
-        lf = pl.scan_parquet(dataset)
-        have = lf.collect_schema()
-        lf = lf.select(list(dict.fromkeys(c for c in cols if c in have)))
-        panel = cls.from_frame(lf, features, horizons, dict(normalizer), returns_col, fingerprint_=fp)
-        panel.save(root)
-        log.info("panel: converted %s -> %s (%d days x %d stocks x %d features)", dataset, root,
-                 *panel.features.shape)
-        return panel
+        return cls.convert(dataset, root, features, horizons, dict(normalizer), returns_col, fp, block_mb)
 
     # ---- persistence ----------------------------------------------------------------------------------
     def save(self, root: str | Path) -> Path:
         """Write the arrays into `.<root>.<host>-<pid>.tmp/`, then rename it onto `root` (replacing an old one)."""
         root = Path(root)
-        tmp = root.with_name(f".{root.name}.{temp_owner()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        tmp = _temp_dir(root)
         try:
             for name in ARRAYS:
                 np.save(tmp / f"{name}.npy", getattr(self, name))
             write_json(tmp / "panel.json", self.metadata())
-            shutil.rmtree(root, ignore_errors=True)
-            try:
-                tmp.rename(root)
-            except OSError:
-                if not (root / "panel.json").exists():
-                    raise
-                log.info("panel: %s was written by another process meanwhile; keeping it", root)
+            _publish(tmp, root)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        self.root = root
         return root
 
     def metadata(self) -> dict[str, Any]:
-        return {"version": PANEL_VERSION, "codes": self.codes, "dates": [d.isoformat() for d in self.dates],
-                "feature_names": self.feature_names, "horizons": self.horizons, "sector_vocab": self.sector_vocab,
-                "segment_vocab": self.segment_vocab, "normalizer": self.normalizer, "fingerprint": self.fingerprint,
-                "shape": list(self.features.shape)}
+        return _metadata(self.codes, self.dates, self.feature_names, self.horizons, self.sector_vocab,
+                         self.segment_vocab, self.normalizer, self.fingerprint, self.features.shape)
 
     @classmethod
     def load(cls, root: str | Path, mmap: bool = True) -> PanelStore:
@@ -180,7 +241,7 @@ class PanelStore:
         return cls(**arrs, codes=meta["codes"], dates=[dt.date.fromisoformat(d) for d in meta["dates"]],
                    feature_names=meta["feature_names"], horizons=meta["horizons"],
                    sector_vocab=meta["sector_vocab"], segment_vocab=meta["segment_vocab"],
-                   normalizer=meta["normalizer"], fingerprint=meta["fingerprint"])
+                   normalizer=meta["normalizer"], fingerprint=meta["fingerprint"], root=root)
 
     # ---- queries --------------------------------------------------------------------------------------
     @property
@@ -205,6 +266,286 @@ class PanelStore:
     def label_valid(self, horizon_pos: int = 0) -> np.ndarray:
         return np.isfinite(np.asarray(self.targets[..., horizon_pos])) if self.targets.shape[-1] else \
             np.zeros(self.mask.shape, bool)
+
+
+_EXACT_F32 = (pl.Float32, pl.Int8, pl.Int16, pl.UInt8, pl.UInt16, pl.Boolean, pl.Null)
+
+
+def _check_columns(schema: pl.Schema, features: Sequence[str]) -> None:
+    missing = [c for c in ["Code", "Date", *features] if c not in schema]
+    if missing:
+        raise DataError(f"panel: dataset lacks {len(missing)} column(s), e.g. {', '.join(missing[:5])}")
+
+
+def _raw_dtype(schema: pl.Schema, features: Sequence[str]) -> np.dtype:
+    """float32 when every feature column converts to it exactly (the built dataset: Float32 and Int8), else
+    float64: the normaliser sees the dataset's own values either way."""
+    exact = all(any(schema[f] == t for t in _EXACT_F32) for f in features)
+    return np.dtype(np.float32 if exact else np.float64)
+
+
+def _columns(schema: pl.Schema, features: Sequence[str], horizons: Sequence[int], returns_col: str,
+             raw: np.dtype) -> list[pl.Expr]:
+    """The panel's columns of a dataset frame: Code, Date, the features (as `raw`), targets, __ret, __seg, __sec."""
+    fdt = pl.Float32 if raw == np.float32 else pl.Float64
+    tcols = [pl.col(t).cast(pl.Float32) if t in schema else pl.lit(None, pl.Float32).alias(t)
+             for t in (C.target(h) for h in horizons)]
+    ret = pl.col(returns_col).cast(pl.Float32) if returns_col in schema else pl.lit(None, pl.Float32)
+    seg = pl.col("Section").cast(pl.Utf8) if "Section" in schema else pl.lit(None, pl.Utf8)
+    sec = pl.col("S33").cast(pl.Utf8) if "S33" in schema else pl.lit(None, pl.Utf8)
+    return [pl.col("Code").cast(pl.Utf8), pl.col("Date").cast(pl.Date), *[pl.col(f).cast(fdt) for f in features],
+            *tcols, ret.alias("__ret"), seg.alias("__seg"), sec.alias("__sec")]
+
+
+def _source_columns(exprs: Sequence[pl.Expr]) -> set[str]:
+    """The dataset columns a `_columns` selection reads."""
+    return {c for e in exprs for c in e.meta.root_names()}
+
+
+def _file_batches(path: str | Path, columns: Sequence[str], rows: int) -> Iterator[pl.DataFrame]:
+    """The file's rows in file order, a row group (or a `rows` slice of a larger one) at a time, read when asked
+    for (Polars' streaming batches run ahead of a slow consumer and end up holding most of the file)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_metadata(path)
+    lf = pl.scan_parquet(path).select(list(columns))
+    slices, start = [], 0
+    for g in range(meta.num_row_groups):
+        n = meta.row_group(g).num_rows
+        parts = max(1, math.ceil(n / max(1, rows)))
+        slices += [(start + n * k // parts, n * (k + 1) // parts - n * k // parts) for k in range(parts)]
+        start += n
+    slices = [(a, n) for a, n in slices if n > 0]
+    with ThreadPoolExecutor(1, thread_name_prefix="panel-read") as pool:   # decode the next slice meanwhile
+        nxt = pool.submit(lf.slice(*slices[0]).collect) if slices else None
+        for k in range(len(slices)):
+            df = nxt.result()
+            nxt = pool.submit(lf.slice(*slices[k + 1]).collect) if k + 1 < len(slices) else None
+            yield df
+
+
+@dataclass
+class _Block:
+    y: np.ndarray          # [F, b, N] raw features (NaN: null or no row)
+    mask: np.ndarray       # [b, N]
+    targets: np.ndarray    # [b, N, H]
+    returns: np.ndarray    # [b, N]
+    sector: np.ndarray     # [b, N]
+    segment: np.ndarray    # [b, N]
+
+
+def _cells(df: pl.DataFrame, day_of: pl.Series, codes: pl.Series, sec_vocab: Sequence[str],
+           seg_vocab: Sequence[str]) -> tuple[np.ndarray, np.ndarray, pl.DataFrame]:
+    """Day and stock index of each row of a frame of `_columns`, and the frame with __sec / __seg as ids."""
+    idx = df.select(
+        pl.col("Date").replace_strict(day_of, pl.Series(np.arange(len(day_of))), return_dtype=pl.Int64).alias("d"),
+        pl.col("Code").replace_strict(codes, pl.Series(np.arange(codes.len())), return_dtype=pl.Int64).alias("i"),
+        _vocab_id("__sec", sec_vocab), _vocab_id("__seg", seg_vocab))
+    return idx["d"].to_numpy(), idx["i"].to_numpy(), df.with_columns(idx.select("__sec", "__seg"))
+
+
+def _in_cell_order(df: pl.DataFrame, flat: np.ndarray) -> tuple[pl.DataFrame, np.ndarray]:
+    """Rows ordered by cell (day·N + stock), ascending. Where a cell repeats the last row wins, as
+    `unique(keep="last")` would (later frames overwrite earlier ones the same way)."""
+    order = np.argsort(flat, kind="stable")                  # equal cells keep their file order: the last is last
+    flat = flat[order]
+    last = np.ones(len(flat), bool)
+    last[:-1] = flat[1:] != flat[:-1]
+    if not last.all():
+        order, flat = order[last], flat[last]
+    if not (len(order) == df.height and np.array_equal(order, np.arange(df.height))):
+        df = df.select(pl.all().gather(order))
+    return df, flat
+
+
+def _scatter(frames: Iterable[pl.DataFrame], codes: pl.Series, dates: Sequence[dt.date], features: Sequence[str],
+             n_targets: int, raw: np.dtype, sec_vocab: Sequence[str], seg_vocab: Sequence[str]) -> _Block:
+    """Rows of `dates` (frames of `_columns`, in source order) -> dense in-memory arrays."""
+    b, N, F = len(dates), codes.len(), len(features)
+    blk = _Block(np.full((F, b, N), np.nan, raw), np.zeros((b, N), bool),
+                 np.full((b, N, n_targets), np.nan, np.float32), np.full((b, N), np.nan, np.float32),
+                 np.zeros((b, N), np.int16), np.zeros((b, N), np.int16))
+    day_of = pl.Series(list(dates), dtype=pl.Date)
+    y = blk.y.reshape(F, b * N)
+    for df in frames:
+        if df.height == 0:
+            continue
+        d, i, df = _cells(df, day_of, codes, sec_vocab, seg_vocab)
+        df, flat = _in_cell_order(df, d * N + i)
+        for k, f in enumerate(features):                 # one feature at a time: contiguous writes, no frame copy
+            y[k][flat] = df.get_column(f).to_numpy()
+        blk.mask.reshape(-1)[flat] = True
+        if n_targets:
+            blk.targets.reshape(b * N, n_targets)[flat] = df.select(df.columns[2 + F: 2 + F + n_targets]).to_numpy()
+        blk.returns.reshape(-1)[flat] = df.get_column("__ret").to_numpy()
+        blk.sector.reshape(-1)[flat] = df.get_column("__sec").to_numpy()
+        blk.segment.reshape(-1)[flat] = df.get_column("__seg").to_numpy()
+    return blk
+
+
+class _Pass1:
+    """State of the conversion's first pass: the date-major files, the highest stock written on each day, and
+    work arrays reused across batches."""
+
+    def __init__(self, keys: tuple[pl.Series, pl.Series], features: Sequence[str], n_targets: int,
+                 sec_vocab: Sequence[str], seg_vocab: Sequence[str], scratch: _NpyFile,
+                 files: dict[str, _NpyFile]) -> None:
+        self.day_of, self.codes = keys
+        self.features, self.n_targets, self.vocabs = list(features), n_targets, (sec_vocab, seg_vocab)
+        self.scratch, self.files = scratch, files
+        self.high = np.full(len(self.day_of), -1, np.int64)
+        self.ws = _Workspace()
+
+    def add(self, df: pl.DataFrame) -> None:
+        """One batch of rows (a frame of `_columns`) -> its cells of the date-major files (raw features into the
+        scratch). A day's rows in the batch are written as one span of the day's stocks, gaps included, when no
+        earlier batch wrote inside that span (always, for a code-sorted file): gap cells then hold no row yet,
+        so their filler (mask False, NaN, id 0; features masked in pass 2) is what the file had. Otherwise (an
+        unsorted file, repeated rows) each run of adjacent cells is written alone."""
+        if df.height == 0:
+            return
+        D, N, F, H = len(self.day_of), self.codes.len(), len(self.features), self.n_targets
+        d, i, df = _cells(df, self.day_of, self.codes, *self.vocabs)
+        lo, hi = np.full(D, N, np.int64), np.full(D, -1, np.int64)
+        np.minimum.at(lo, d, i)
+        np.maximum.at(hi, d, i)
+        days = np.flatnonzero(hi >= 0)
+        width = hi[days] - lo[days] + 1
+        base = np.zeros(D, np.int64)
+        base[days] = np.cumsum(width) - width
+        pos = base[d] + i - lo[d]
+        total = int(width.sum())
+        if (lo[days] > self.high[days]).all() and np.bincount(pos, minlength=total).max() <= 1:
+            feats = self.ws.get("features", (total, F), self.scratch.dtype)
+            feats[pos] = df.select(self.features).to_numpy(order="c")
+            cols = [(self.scratch, feats)]
+            for name, dtype, fill, values in (
+                    ("mask", np.bool_, False, True), ("returns", np.float32, np.nan, df.get_column("__ret")),
+                    ("sector", np.int16, 0, df.get_column("__sec")), ("segment", np.int16, 0, df.get_column("__seg")),
+                    ("targets", np.float32, np.nan, df.select(df.columns[2 + F: 2 + F + H]))):
+                shape = (total, H) if name == "targets" else (total,)
+                if name == "targets" and not H:
+                    continue
+                a = self.ws.get(name, shape, dtype)
+                a.fill(fill)
+                a[pos] = values if isinstance(values, bool) else values.to_numpy()
+                cols.append((self.files[name], a))
+            for k, day in enumerate(days):
+                a, b = int(base[day]), int(base[day] + width[k])
+                for f, values in cols:
+                    f.write_cells(int(day * N + lo[day]), values[a:b])
+        else:
+            df, flat = _in_cell_order(df, d * N + i)
+            cols = [(self.scratch, df.select(self.features).to_numpy(order="c")),
+                    (self.files["mask"], np.ones(len(flat), np.bool_)),
+                    (self.files["returns"], df.get_column("__ret").to_numpy()),
+                    (self.files["sector"], df.get_column("__sec").to_numpy()),
+                    (self.files["segment"], df.get_column("__seg").to_numpy())]
+            if H:
+                cols.append((self.files["targets"], df.select(df.columns[2 + F: 2 + F + H]).to_numpy(order="c")))
+            starts = np.flatnonzero(np.diff(flat, prepend=-2) != 1)
+            for a, b in zip(starts, [*starts[1:], len(flat)]):
+                for f, values in cols:
+                    f.write_cells(int(flat[a]), values[a:b])
+        np.maximum.at(self.high, d, i)
+
+
+class _NpyFile:
+    """An .npy file of fixed shape [D, N, ...] built in place with positioned I/O (no mapping, so no resident pages
+    in this process): created sparse (zeros) or filled, then written by runs of cells ([day, stock] items) or by
+    whole days, read back by whole days."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: Any, fill: float | None = None) -> None:
+        self.path, self.shape, self.dtype = path, tuple(shape), np.dtype(dtype)
+        self.cell = int(np.prod(self.shape[2:])) * self.dtype.itemsize     # bytes per [day, stock] cell
+        self.day = self.shape[1] * self.cell
+        self.nbytes = self.shape[0] * self.day
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                     "fortran_order": False, "shape": self.shape})
+            self.offset = f.tell()
+            if fill is None or not self.nbytes:
+                f.truncate(self.offset + self.nbytes)
+            else:
+                chunk = np.full(min(self.nbytes // self.dtype.itemsize, 1 << 22), fill, self.dtype)
+                left = self.nbytes
+                while left:
+                    k = min(left, chunk.nbytes)
+                    f.write(memoryview(chunk).cast("B")[:k])
+                    left -= k
+        self.fd = os.open(path, os.O_RDWR)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _write(self, pos: int, a: np.ndarray) -> None:
+        mv, done = memoryview(np.ascontiguousarray(a, self.dtype)).cast("B"), 0
+        while done < len(mv):
+            done += os.pwrite(self.fd, mv[done:], self.offset + pos + done)
+
+    def write_cells(self, start: int, a: np.ndarray) -> None:
+        """Adjacent cells from cell `start` (= day·N + stock) on."""
+        if self.cell:
+            self._write(start * self.cell, a)
+
+    def write_days(self, s: int, a: np.ndarray) -> None:
+        """Whole days from day s on (a [b, N, ...])."""
+        self._write(s * self.day, a)
+
+    def read_days(self, s: int, e: int, buf: np.ndarray) -> np.ndarray:
+        """Days [s, e) into the front of `buf` (C-contiguous, this dtype) -> that view [e - s, N, ...]."""
+        out = buf.reshape(-1)[: (e - s) * self.day // self.dtype.itemsize].reshape((e - s, *self.shape[1:]))
+        mv, done = memoryview(out).cast("B"), 0
+        while done < len(mv):
+            k = os.preadv(self.fd, [mv[done:]], self.offset + s * self.day + done)
+            if k <= 0:
+                raise OSError(f"{self.path}: short read")
+            done += k
+        return out
+
+    def write_at(self, d: int, k: int, v: np.ndarray) -> None:
+        """One feature column of one day ([D, N, F] files): the patches, few."""
+        m = np.memmap(self.path, self.dtype, "r+", self.offset, self.shape)
+        m[d, :, k] = v
+        m.flush()
+        del m
+
+
+def _temp_dir(root: Path) -> Path:
+    tmp = root.with_name(f".{root.name}.{temp_owner()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _publish(tmp: Path, root: Path) -> None:
+    """Rename the finished temp folder onto `root` (replacing an old one; a concurrent writer's copy is kept)."""
+    shutil.rmtree(root, ignore_errors=True)
+    try:
+        tmp.rename(root)
+    except OSError:
+        if not (root / "panel.json").exists():
+            raise
+        log.info("panel: %s was written by another process meanwhile; keeping it", root)
+
+
+def _metadata(codes: list[str], dates: Sequence[dt.date], features: list[str], horizons: list[int],
+              sector_vocab: list[str], segment_vocab: list[str], normalizer: dict, fingerprint_: str,
+              shape: Sequence[int]) -> dict[str, Any]:
+    return {"version": PANEL_VERSION, "codes": codes, "dates": [d.isoformat() for d in dates],
+            "feature_names": features, "horizons": horizons, "sector_vocab": sector_vocab,
+            "segment_vocab": segment_vocab, "normalizer": normalizer, "fingerprint": fingerprint_,
+            "shape": list(shape)}
+
+
+def _log_day_level(dn: DenseNormalization) -> None:
+    norm = dn.norm
+    if dn.fitting and norm.day_level_:
+        log.info("panel: %d day-level feature(s) (one value per day, e.g. %s) %s", len(norm.day_level_),
+                 ", ".join(norm.day_level_[:3]), "as trailing time z-scores" if norm.day_level == "time_z"
+                 else "normalise to 0 across stocks, so the model does not see them (day_level=zero)")
 
 
 _PANEL_TMP = re.compile(r"\.(?P<fp>[0-9a-f]+)(?:\.(?P<host>[0-9A-Za-z-]+)-(?P<pid>\d+))?\.tmp")
@@ -274,15 +615,21 @@ class DayBatchSampler(Sampler):
 
 
 class PanelDayDataset(Dataset):
-    """Gathers one day batch by tensor indexing: x = features[d-L+1:d+1, idx, :] -> [n, L, F]."""
+    """Gathers one day batch by tensor indexing: x = features[d-L+1:d+1, idx, :] -> [n, L, F]; with `extra`
+    ([D, N, S], e.g. the stacked LightGBM inputs of `model.stack`) appended along the feature axis -> [n, L, F + S]."""
 
-    def __init__(self, panel: PanelStore, window: int):
-        self.panel, self.window = panel, window
+    def __init__(self, panel: PanelStore, window: int, extra: np.ndarray | None = None):
+        self.panel, self.window, self.extra = panel, window, extra
+        if extra is not None and tuple(extra.shape[:2]) != tuple(panel.features.shape[:2]):
+            raise DataError(f"panel: extra inputs of shape {tuple(extra.shape)} do not fit the panel's days × stocks "
+                            f"{tuple(panel.features.shape[:2])}")
         self.tensors: dict[str, torch.Tensor] | None = None  # set by to_device (GPU-resident panel)
 
     def to_device(self, device: torch.device) -> None:
         p = self.panel
         self.tensors = {n: torch.as_tensor(np.asarray(getattr(p, n))).to(device) for n in ARRAYS}
+        if self.extra is not None:
+            self.tensors["extra"] = torch.as_tensor(np.asarray(self.extra)).to(device)
 
     def __len__(self) -> int:
         return self.panel.n_days
@@ -294,11 +641,15 @@ class PanelDayDataset(Dataset):
             t = self.tensors
             ii = torch.as_tensor(idx, device=t["features"].device)
             x, m = t["features"][lo:d + 1, ii], t["mask"][lo:d + 1, ii]
+            if "extra" in t:
+                x = torch.cat([x, t["extra"][lo:d + 1, ii]], dim=-1)
             r, y = t["returns"][lo:d + 1, ii], t["targets"][d, ii]
             sec, seg = t["sector"][d, ii], t["segment"][d, ii]
         else:
             p = self.panel
             x = torch.from_numpy(np.ascontiguousarray(p.features[lo:d + 1][:, idx]))
+            if self.extra is not None:
+                x = torch.cat([x, torch.from_numpy(np.ascontiguousarray(self.extra[lo:d + 1][:, idx]))], dim=-1)
             m = torch.from_numpy(np.ascontiguousarray(p.mask[lo:d + 1][:, idx]))
             r = torch.from_numpy(np.ascontiguousarray(p.returns[lo:d + 1][:, idx]))
             y = torch.from_numpy(np.ascontiguousarray(p.targets[d][idx]))
@@ -315,7 +666,8 @@ class PanelDataModule(L.LightningDataModule):
 
     def __init__(self, panel: PanelStore, fit_dates: Sequence[dt.date], val_dates: Sequence[dt.date],
                  test_dates: Sequence[dt.date] = (), window: int = 60, max_stocks: int = 2048,
-                 min_window_frac: float = 1.0, min_stocks: int = 10, seed: int = 0):
+                 min_window_frac: float = 1.0, min_stocks: int = 10, seed: int = 0,
+                 extra: np.ndarray | None = None):
         super().__init__()
         self.panel, self.window, self.max_stocks, self.min_stocks, self.seed = panel, window, max_stocks, min_stocks, seed
         self.fit_days = panel.day_index(fit_dates)
@@ -323,7 +675,7 @@ class PanelDataModule(L.LightningDataModule):
         self.test_days = panel.day_index(test_dates)
         self.window_ok = panel.window_valid(window, min_window_frac)
         self.labelled = self.window_ok & panel.label_valid(0)
-        self.dataset = PanelDayDataset(panel, window)
+        self.dataset = PanelDayDataset(panel, window, extra)
 
     def _rank(self) -> tuple[int, int]:
         t = getattr(self, "trainer", None)

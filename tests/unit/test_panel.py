@@ -106,7 +106,7 @@ def test_build_caches_and_rebuilds(tmp_path):
     kw = dict(features=FEATS, horizons=[1], cache_dir=tmp_path / "cache", normalizer={"method": "robust_z"},
               manifest_fingerprint="m1", dataset_fingerprint="d1")
     a = PanelStore.build(ds, **kw)
-    assert isinstance(a.features, np.memmap) is False
+    assert isinstance(a.features, np.memmap)                        # converted, then loaded memory-mapped
     b = PanelStore.build(ds, **kw)
     assert b.fingerprint == a.fingerprint and isinstance(b.features, np.memmap)
     assert np.array_equal(np.asarray(b.features), a.features) and b.dates == a.dates
