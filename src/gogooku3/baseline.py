@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,10 +49,18 @@ log = logging.getLogger(__name__)
 
 TARGET_TRANSFORMS = ("raw", "demean", "rank")
 BASELINE_VERSION = 1   # bump when a change alters what a stored run holds
-REPORT_ONLY_KEYS = ("enabled", "top_features")   # baseline keys that do not change a fit (not fingerprinted)
+REPORT_ONLY_KEYS = ("enabled", "top_features", "workers")  # baseline keys that do not change a fit (not fingerprinted)
 SCREEN_KEYS = ("max_null_share", "null_action")  # safe.validation keys that choose the features
 RUN_FILE = "run.json"
 PREDICTIONS = ("predictions_val", "predictions_test")
+
+
+def horizon_workers(workers: Any, params: dict[str, Any]) -> int:
+    """`baseline.workers`: horizons boosted at once; auto = as many as the cores allow at `params.num_threads` each."""
+    if workers == "auto":
+        per = int(params.get("num_threads") or 0) or (os.cpu_count() or 1)
+        return max(1, (os.cpu_count() or 1) // per)
+    return max(1, int(workers))
 
 
 def _target_expr(col: str, how: str) -> pl.Expr:
@@ -84,7 +93,7 @@ class LightGBMBaseline:
     """
 
     def __init__(self, params: dict[str, Any], *, num_boost_round: int, early_stopping_rounds: int, val_days: int,
-                 entry_lag: int, target_transform: str) -> None:
+                 entry_lag: int, target_transform: str, workers: int = 1) -> None:
         if target_transform not in TARGET_TRANSFORMS:
             raise DataError(f"baseline.target_transform must be one of {TARGET_TRANSFORMS}, got '{target_transform}'")
         self.params = dict(params)
@@ -93,13 +102,16 @@ class LightGBMBaseline:
         self.val_days = int(val_days)
         self.entry_lag = int(entry_lag)
         self.target_transform = target_transform
+        self.workers = int(workers)  # horizons boosted at once (threads), each on params["num_threads"]
 
     @classmethod
     def from_config(cls, b: Any, entry_lag: int, val_days: int) -> LightGBMBaseline:
-        """From the `baseline` config node (params, num_boost_round, early_stopping_rounds, target_transform)."""
-        return cls(dict(to_dict(b.params)), num_boost_round=int(b.num_boost_round),
+        """From the `baseline` config node (params, num_boost_round, early_stopping_rounds, target_transform,
+        workers)."""
+        params = dict(to_dict(b.params))
+        return cls(params, num_boost_round=int(b.num_boost_round),
                    early_stopping_rounds=int(b.early_stopping_rounds), val_days=int(val_days), entry_lag=int(entry_lag),
-                   target_transform=str(b.target_transform))
+                   target_transform=str(b.target_transform), workers=horizon_workers(b.get("workers", 1), params))
 
     # ---- helpers ------------------------------------------------------------------------------------
     @staticmethod
@@ -139,26 +151,36 @@ class LightGBMBaseline:
         self.val_range_ = (val_df["Date"].min(), val_df["Date"].max())
         self.val_dates_: list[dt.date] = val_df["Date"].unique().sort().to_list()
         x_fit, x_val = self._matrix(fit_df, features), self._matrix(val_df, features)
-        # Bin the feature matrices once per fit; each horizon only swaps label and (0/1) weights.
-        ds_params = {k: self.params[k] for k in ("max_bin", "verbosity") if k in self.params}
-        ds_fit = lgb.Dataset(x_fit, feature_name=features, free_raw_data=False, params=ds_params)
-        ds_val = lgb.Dataset(x_val, reference=ds_fit, free_raw_data=False)
-        for h in horizons:
-            y_fit, w_fit = self._labels(fit_df, h)
-            y_val, w_val = self._labels(val_df, h)
+        labels = {h: (self._labels(fit_df, h), self._labels(val_df, h)) for h in horizons}
+        for h, ((_, w_fit), (_, w_val)) in labels.items():
             if w_fit.sum() < 100 or w_val.sum() < 10:
                 raise TrainingError(f"baseline {h}d: too few labelled rows (fit {int(w_fit.sum())}, "
                                     f"validation {int(w_val.sum())})")
-            ds_fit.set_label(y_fit).set_weight(w_fit)
-            ds_val.set_label(y_val).set_weight(w_val)
-            booster = lgb.train(self.params, ds_fit, num_boost_round=self.num_boost_round, valid_sets=[ds_val],
-                                valid_names=["val"],
-                                callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)])
+        ds_params = {k: self.params[k] for k in ("max_bin", "verbosity") if k in self.params}
+
+        def fit_one(h: int) -> lgb.Booster:
+            # Each horizon bins the same matrix into its own Dataset (same bins), so horizons can train at once:
+            # LightGBM releases the GIL while it boosts.
+            (y_fit, w_fit), (y_val, w_val) = labels[h]
+            ds_fit = lgb.Dataset(x_fit, label=y_fit, weight=w_fit, feature_name=features, free_raw_data=False,
+                                 params=ds_params)
+            ds_val = lgb.Dataset(x_val, label=y_val, weight=w_val, reference=ds_fit, free_raw_data=False)
+            return lgb.train(self.params, ds_fit, num_boost_round=self.num_boost_round, valid_sets=[ds_val],
+                             valid_names=["val"], callbacks=[lgb.early_stopping(self.early_stopping_rounds,
+                                                                                 verbose=False)])
+
+        if self.workers > 1 and len(horizons) > 1:
+            with ThreadPoolExecutor(max_workers=min(self.workers, len(horizons))) as pool:
+                boosters = dict(zip(horizons, pool.map(fit_one, horizons), strict=True))
+        else:
+            boosters = {h: fit_one(h) for h in horizons}
+        for h in horizons:
+            booster = boosters[h]
             self.models_[h] = booster
             self.best_iteration_[h] = int(booster.best_iteration or booster.current_iteration())
             gain = booster.feature_importance("gain", iteration=self.best_iteration_[h])
             self.importance_by_horizon_[h] = {f: float(g) for f, g in zip(features, gain)}
-            self.n_train_rows_[h] = int(w_fit.sum())
+            self.n_train_rows_[h] = int(labels[h][0][1].sum())
             log.debug("baseline %dd: best iteration %d", h, self.best_iteration_[h])
         self.feature_importance_ = _sum_importance(self.importance_by_horizon_.values())
         return self

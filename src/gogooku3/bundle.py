@@ -158,6 +158,10 @@ def predict_for_dates(bundle: Bundle, df_or_path: pl.DataFrame | pl.LazyFrame | 
     from gogooku3.normalize import CrossSectionalNormalizer
     from gogooku3.panel import PanelStore
 
+    if bundle.meta.get("stack"):
+        raise DataError(f"{bundle.root or 'bundle'}: its model reads stacked LightGBM inputs "
+                        f"({', '.join(bundle.meta['stack']['inputs'])}; train.stack.enabled), which `predict` cannot "
+                        "rebuild for new dates; train with train.stack.enabled=false for a bundle that predicts")
     if isinstance(df_or_path, (str, Path)):
         check_manifest(bundle.meta, FeatureManifest.for_dataset(df_or_path), df_or_path)
         lf = pl.scan_parquet(df_or_path)

@@ -1,4 +1,5 @@
-"""Lightning callbacks of ATFT-GAT-FAN training: collapse guard, EMA of the weights, throughput/MFU, RNG state."""
+"""Lightning callbacks of ATFT-GAT-FAN training: collapse guard, EMA of the weights, throughput/MFU, RNG state,
+an epoch log line."""
 
 from __future__ import annotations
 
@@ -110,6 +111,25 @@ class Throughput(Callback):
         pl_module.log("samples_per_sec", sps, sync_dist=False, rank_zero_only=True)
         if self.peak_flops:
             pl_module.log("mfu", mfu, sync_dist=False, rank_zero_only=True)
+
+
+class EpochLog(Callback):
+    """One log line per epoch (where no progress bar shows it, e.g. members trained in worker processes)."""
+
+    def __init__(self, tag: str, monitor: str):
+        self.tag, self.monitor, self._t0 = tag, monitor, 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+        score = m.get(self.monitor)
+        log.info("train: %sepoch %d/%d %s %s (%.1f s)", f"{self.tag} " if self.tag else "", trainer.current_epoch + 1,
+                 trainer.max_epochs, self.monitor, "-" if score is None else f"{float(score):.4f}",
+                 time.perf_counter() - self._t0)
 
 
 class RngState(Callback):

@@ -70,6 +70,7 @@ class FoldResult:
     blend_weights: dict[str, float] | None = None  # per horizon: the blend's weight on the model (chosen on val)
     model_vs_baseline: dict[str, Any] | None = None     # per horizon: paired daily RankIC, this fold's rows
     combined_vs_baseline: dict[str, Any] | None = None
+    members_test_rank_ic: list[dict[str, float]] | None = None  # per member (seed): test RankIC per horizon, same rows
 
 
 @dataclass

@@ -349,6 +349,7 @@ class SafeSettings:
     start_date: str | None = None
     end_date: str | None = None
     experiment_name: str = "safe"
+    baseline_folds: str = "train"
     validation: SafeValidationSettings = field(default_factory=SafeValidationSettings)
     graph: SafeGraphSettings = field(default_factory=SafeGraphSettings)
 
@@ -364,6 +365,7 @@ def _lightgbm_params() -> dict[str, Any]:
 class BaselineSettings:
     enabled: bool = True
     horizons: list[int] | None = None
+    workers: int | Literal["auto"] = "auto"
     num_boost_round: int = 200
     early_stopping_rounds: int = 20
     target_transform: str = "rank"
@@ -418,13 +420,20 @@ class BlendSettings:
 
 
 @dataclass
+class StackSettings:
+    enabled: bool = False
+    blocks: int = 4
+    min_fit_days: int = 60
+
+
+@dataclass
 class CVSettings:
     folds: int | Literal["all"] | None = None
 
 
 @dataclass
 class TrainSettings:
-    max_epochs: int = 6
+    max_epochs: int = 4
     min_epochs: int = 1
     lr: float = 3.0e-3
     weight_decay: float = 0.01
@@ -434,7 +443,7 @@ class TrainSettings:
     accumulate_grad_batches: int = 1
     patience: int = 3
     save_top_k: int = 3
-    average_top_k: int = 3
+    average_top_k: int = 1
     limit_train_batches: int | float | None = 120
     limit_val_batches: int | float | None = None
     max_stocks_per_day: int = 2048
@@ -456,6 +465,7 @@ class TrainSettings:
     returns_col: str = "returns_1d"
     loss: LossSettings = field(default_factory=LossSettings)
     blend: BlendSettings = field(default_factory=BlendSettings)
+    stack: StackSettings = field(default_factory=StackSettings)
     cv: CVSettings = field(default_factory=CVSettings)
 
 
@@ -471,6 +481,7 @@ class TrainerSettings:
     peak_tflops: float | None = 0.15
     progress_bar: bool = True
     num_threads: int | None = 2    # absent from trainer/gpu.yaml (training.py then leaves torch's default)
+    member_workers: int | Literal["auto"] = "auto"  # processes training ensemble members side by side
 
 
 # ---- portfolio, report, predict -----------------------------------------------------------------------------
@@ -670,9 +681,11 @@ RANGES: dict[type, dict[str, Check]] = {
                          "day_level_window": _ge(20)},
     GraphSettings: {"window": _ge(2), "method": _one_of("ewm", "pearson"), "halflife": _gt(0),
                     "shrinkage": _within(0, 1, hi_open=True), "threshold": _SHARE, "k": _ge(1), "min_obs": _ge(2)},
+    SafeSettings: {"baseline_folds": _one_of("train", "all")},
     SafeValidationSettings: {"min_features": _ge(0), "max_null_share": _SHARE, "null_action": _one_of("drop", "error"),
                              "max_abs_target": _gt(0), "max_listed": _ge(0)},
     BaselineSettings: {"horizons": _each(_ge(1), non_empty=True), "num_boost_round": _ge(1),
+                       "workers": ((lambda v: v == "auto" or v >= 1), "'auto' or an int >= 1"),
                        "early_stopping_rounds": _ge(1), "top_features": _ge(0)},
     ModelSettings: {"window": _ge(1), "hidden": _ge(1), "n_heads": _ge(1), "lstm_layers": _ge(1), "dropout": _DROPOUT,
                     "vsn_init_gain": _gt(0), "market_context": _one_of("none", "film"),
@@ -684,6 +697,7 @@ RANGES: dict[type, dict[str, Check]] = {
                                        "null, a list or a {horizon: weight} map of weights >= 0"),
                    "target_transform": _one_of(*LOSS_TARGET_TRANSFORMS), "min_stocks": _ge(2)},
     BlendSettings: {"method": _one_of("zscore", "rank"), "grid_step": _within(0, 1, lo_open=True)},
+    StackSettings: {"blocks": _ge(2), "min_fit_days": _ge(1)},
     CVSettings: {"folds": ((lambda v: v == "all" or v >= 1), "null, 'all' or an int >= 1")},
     TrainSettings: {"max_epochs": _ge(1), "min_epochs": _ge(0), "lr": _gt(0), "weight_decay": _ge(0),
                     "warmup_steps": _ge(0), "min_lr_ratio": _SHARE, "grad_clip": _ge(0),
@@ -693,7 +707,8 @@ RANGES: dict[type, dict[str, Check]] = {
                     "min_window_frac": _within(0, 1, lo_open=True), "seed": _ge(0), "ensemble": _ge(1),
                     "ema_decay": _DROPOUT, "collapse_ratio": _ge(0), "gpu_resident_max_frac": _SHARE,
                     "panel_cache_keep": _ge(1)},
-    TrainerSettings: {"num_nodes": _ge(1), "peak_tflops": _gt(0), "num_threads": _ge(1)},
+    TrainerSettings: {"num_nodes": _ge(1), "peak_tflops": _gt(0), "num_threads": _ge(1),
+                      "member_workers": ((lambda v: v == "auto" or v >= 1), "'auto' or an int >= 1")},
     PortfolioSettings: {"method": _one_of("long_short", "mean_variance"), "horizon": _ge(1),
                         "long_fraction": _within(0, 0.5, lo_open=True), "short_fraction": _within(0, 0.5, lo_open=True),
                         "weighting": _one_of("equal", "score"), "cost_bps": _ge(0), "min_names": _ge(2),

@@ -296,6 +296,18 @@ def make_splitter(split_cfg: Any, horizons: Sequence[int], entry_lag: int, featu
                                feature_lookback=feature_lookback)
 
 
+def chosen_folds(folds: Sequence[Fold], which: int | str | None) -> list[Fold]:
+    """The folds `train.cv.folds` selects: None the last, "all" (or k >= len) every fold, k the last k."""
+    if which is None:
+        return list(folds[-1:])
+    if str(which) == "all":
+        return list(folds)
+    k = int(which)
+    if k < 1:
+        raise ConfigError(f"train.cv.folds={which}: must be null, 'all' or a positive number of folds")
+    return list(folds[-k:])
+
+
 def inner_validation(train_dates: Sequence[dt.date], val_days: int, gap_days: int) -> tuple[list[dt.date], list[dt.date]]:
     """Cut a validation slice from the end of a training span: the last `val_days` dates validate, the
     `gap_days` dates before them are dropped (labels of the fit dates must not reach the validation span),

@@ -17,12 +17,14 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
+import polars as pl
 import torch
 from lightning.pytorch.callbacks import (
     Callback,
@@ -35,18 +37,39 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 
 from gogooku3 import columns as C
-from gogooku3.callbacks import EMA, CollapseGuard, RngState, Throughput, ema_weights
+from gogooku3.callbacks import (
+    EMA,
+    CollapseGuard,
+    EpochLog,
+    RngState,
+    Throughput,
+    ema_weights,
+)
 from gogooku3.checkpoints import RunCheckpoint, confined
 from gogooku3.config import to_dict
 from gogooku3.errors import ConfigError
 from gogooku3.evaluation import metrics
 from gogooku3.inference import predict_panel
 from gogooku3.logs import defer_lightning_logging
+from gogooku3.member_pool import (
+    MemberJob,
+    job_config,
+    mean_predictions,
+    resolve_workers,
+    run_jobs,
+    threads_per_worker,
+)
 from gogooku3.model.atft_gat_fan import ATFTGATFAN, ATFTConfig
 from gogooku3.model.ensemble import ATFTEnsemble
 from gogooku3.model.losses import MultiHorizonLoss
 from gogooku3.panel import PanelDataModule, PanelStore
-from gogooku3.split import Fold, check_folds, inner_validation, make_splitter
+from gogooku3.split import (
+    Fold,
+    check_folds,
+    chosen_folds,
+    inner_validation,
+    make_splitter,
+)
 
 defer_lightning_logging()
 log = logging.getLogger(__name__)
@@ -186,6 +209,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, module: ATFTModule, ckpt_dir: 
                                 "early_stopping": EarlyStopping(monitor=monitor, mode="max",
                                                                 patience=int(tc.patience)),
                                 "rng": RngState()}
+    if not tr.progress_bar:
+        cbs["epoch_log"] = EpochLog(tag, monitor)
     if tc.ema_decay:
         cbs["ema"] = EMA(float(tc.ema_decay))
     if tc.swa:
@@ -241,15 +266,7 @@ def make_plans(dates: Sequence[dt.date], split_cfg: Any, horizons: Sequence[int]
     splitter = make_splitter(split_cfg, horizons, entry_lag, feature_lookback)
     all_folds = splitter.split(list(dates))
     check_folds(all_folds, list(dates))
-    if folds is None:
-        chosen = all_folds[-1:]
-    elif str(folds) == "all":
-        chosen = all_folds
-    else:
-        k = int(folds)
-        if k < 1:
-            raise ConfigError(f"train.cv.folds={folds}: must be null, 'all' or a positive number of folds")
-        chosen = all_folds[-k:]
+    chosen = chosen_folds(all_folds, folds)
     gap = max(horizons) + entry_lag
     plans = []
     for f in chosen:
@@ -273,6 +290,11 @@ class MemberResult:
     weights: dict[str, Any]           # {"kind": "best_epoch" | "top{k}_average", ...validation scores}
     throughput: list[dict[str, float]] = field(default_factory=list)
     collapse_events: list[dict[str, Any]] = field(default_factory=list)
+    importance: torch.Tensor | None = None  # mean VSN weight per feature (set when trained in a worker process)
+    predictions: dict[str, str] = field(default_factory=dict)  # "val"/"test" -> its own predictions (worker runs)
+
+    def feature_importance(self) -> torch.Tensor | None:
+        return self.importance if self.importance is not None else self.module.feature_importance()
 
 
 @dataclass
@@ -283,6 +305,15 @@ class FoldFit:
     model: ATFTGATFAN | ATFTEnsemble
     members: list[MemberResult]
     dm: PanelDataModule
+    predictions: dict[str, pl.DataFrame] = field(default_factory=dict)  # "val"/"test" made by the member workers
+
+    def predict(self, kind: str) -> pl.DataFrame:
+        """The model's predictions of the plan's validation (`kind="val"`) or test days."""
+        if kind in self.predictions:
+            return self.predictions[kind]
+        days = self.dm.val_days if kind == "val" else self.dm.test_days
+        return predict_panel(self.model, self.dm.panel, days, window=self.dm.window, valid=self.dm.window_ok,
+                             dataset=self.dm.dataset)
 
     @property
     def best_score(self) -> float | None:
@@ -296,16 +327,17 @@ class FoldFit:
 
     def feature_importance(self) -> torch.Tensor | None:
         """Mean variable-selection weight per feature over the members' validation batches."""
-        imps = [m.module.feature_importance() for m in self.members]
+        imps = [m.feature_importance() for m in self.members]
         return None if any(i is None for i in imps) else torch.stack(imps).mean(0)
 
 
-def model_config(cfg: DictConfig, panel: PanelStore, horizons: Sequence[int]) -> dict[str, Any]:
-    """`cfg.model` completed with what the data decides: feature count, horizons, embedding table sizes."""
+def model_config(cfg: DictConfig, panel: PanelStore, horizons: Sequence[int], n_extra: int = 0) -> dict[str, Any]:
+    """`cfg.model` completed with what the data decides: feature count (the panel's plus `n_extra` stacked
+    inputs), horizons, embedding table sizes."""
     mc = to_dict(cfg.model)
     for k in ("name", "expected_params"):
         mc.pop(k)
-    mc.update(n_features=len(panel.feature_names), horizons=list(horizons),
+    mc.update(n_features=len(panel.feature_names) + int(n_extra), horizons=list(horizons),
               n_sectors=max(int(mc["n_sectors"]), len(panel.sector_vocab) + 1),
               n_segments=max(int(mc["n_segments"]), len(panel.segment_vocab) + 1))
     return mc
@@ -357,14 +389,16 @@ def average_top_k(module: ATFTModule, dm: PanelDataModule, checkpoint: ModelChec
 
 def fit_member(panel: PanelStore, plan: Plan, cfg: DictConfig, *, run_dir: Path, ckpt_dir: Path, seed: int,
                horizons: Sequence[int], tag: str = "", resume: Path | None = None,
-               callbacks: list[Callback] | None = None) -> MemberResult | None:
-    """Train one model on `plan.fit`, early-stopped on `plan.val`; None on a DDP rank other than 0."""
+               callbacks: list[Callback] | None = None, extra: np.ndarray | None = None) -> MemberResult | None:
+    """Train one model on `plan.fit`, early-stopped on `plan.val`; None on a DDP rank other than 0. `extra`: inputs
+    appended to the panel's features ([D, N, S], `model.stack`)."""
     tc = cfg.train
     torch.manual_seed(seed)
     dm = PanelDataModule(panel, plan.fit, plan.val, plan.test, window=int(cfg.model.window),
                          max_stocks=int(tc.max_stocks_per_day), min_window_frac=float(tc.min_window_frac),
-                         min_stocks=int(tc.min_stocks_per_day), seed=seed)
-    module = ATFTModule(model_config(cfg, panel, horizons), to_dict(tc.loss),
+                         min_stocks=int(tc.min_stocks_per_day), seed=seed, extra=extra)
+    n_extra = 0 if extra is None else int(extra.shape[-1])
+    module = ATFTModule(model_config(cfg, panel, horizons, n_extra), to_dict(tc.loss),
                         {k: tc[k] for k in ("lr", "weight_decay", "warmup_steps", "min_lr_ratio")})
     if tc.compile:
         module.model = torch.compile(module.model)
@@ -392,22 +426,32 @@ def fit_member(panel: PanelStore, plan: Plan, cfg: DictConfig, *, run_dir: Path,
 
 def fit_ensemble(panel: PanelStore, plan: Plan, cfg: DictConfig, *, run_dir: Path, horizons: Sequence[int],
                  ckpt_dir: Path | None = None, resume_dir: Path | None = None,
-                 callbacks: list[Callback] | None = None) -> FoldFit | None:
+                 callbacks: list[Callback] | None = None, pool: ProcessPoolExecutor | None = None,
+                 extra: Path | None = None) -> FoldFit | None:
     """Train `train.ensemble` members (seeds seed, seed+1, ...) on one plan; with more than one, the model predicts
     their mean (`ATFTEnsemble`). Member m checkpoints into `ckpt_dir/member{m}` and resumes from
-    `resume_dir/member{m}/last.ckpt` when that exists. None on a DDP rank other than 0."""
+    `resume_dir/member{m}/last.ckpt` when that exists. None on a DDP rank other than 0.
+
+    With `trainer.member_workers` > 1 (and no extra callbacks) the members train side by side in worker processes
+    (`member_pool`; `pool`: processes already started by the caller). `extra`: a .npy of inputs appended to the
+    panel's features ([D, N, S], `model.stack`), memory-mapped by every member."""
     k = int(cfg.train.ensemble)
     if k < 1:
         raise ConfigError(f"train.ensemble={k}: needs at least one member")
     ckpt_dir = ckpt_dir or run_dir / "checkpoints"
-    members: list[MemberResult | None] = []
-    for m in range(k):
-        sub = f"member{m}" if k > 1 else ""
-        last = None if resume_dir is None else resume_dir / sub / "last.ckpt"
-        members.append(fit_member(panel, plan, cfg, run_dir=run_dir, ckpt_dir=ckpt_dir / sub,
-                                  seed=int(cfg.train.seed) + m, horizons=horizons, tag=sub,
-                                  resume=last if last is not None and last.exists() else None,
-                                  callbacks=callbacks))
+    subs = [f"member{m}" if k > 1 else "" for m in range(k)]
+    resumes = [None if resume_dir is None or not (resume_dir / sub / "last.ckpt").exists()
+               else resume_dir / sub / "last.ckpt" for sub in subs]
+    workers = resolve_workers(cfg, k, parallel_ok=not callbacks and panel.root is not None)
+    predictions: dict[str, pl.DataFrame] = {}
+    if workers > 1:
+        members, predictions = _fit_in_workers(panel, plan, cfg, workers, run_dir=run_dir, ckpt_dir=ckpt_dir,
+                                               horizons=horizons, subs=subs, resumes=resumes, pool=pool, extra=extra)
+    else:
+        arr = None if extra is None else np.load(extra, mmap_mode="r")
+        members = [fit_member(panel, plan, cfg, run_dir=run_dir, ckpt_dir=ckpt_dir / sub,
+                              seed=int(cfg.train.seed) + m, horizons=horizons, tag=sub, resume=resumes[m],
+                              callbacks=callbacks, extra=arr) for m, sub in enumerate(subs)]
     if members[-1] is None:
         return None
     done = [m for m in members if m is not None]
@@ -416,4 +460,39 @@ def fit_ensemble(panel: PanelStore, plan: Plan, cfg: DictConfig, *, run_dir: Pat
     if k > 1:
         log.info("train: fold %d ensemble of %d members (val RankIC %s)", plan.index, k,
                  ", ".join(f"{m.best_score:.4f}" for m in done if m.best_score is not None))
-    return FoldFit(plan, model.eval(), done, dm)
+    return FoldFit(plan, model.eval(), done, dm, predictions)
+
+
+def _fit_in_workers(panel: PanelStore, plan: Plan, cfg: DictConfig, workers: int, *, run_dir: Path, ckpt_dir: Path,
+                    horizons: Sequence[int], subs: list[str], resumes: list[Path | None],
+                    pool: ProcessPoolExecutor | None = None, extra: Path | None = None
+                    ) -> tuple[list[MemberResult], dict[str, pl.DataFrame]]:
+    """`fit_member` for every member in `workers` processes (`member_pool`); the members rebuilt here from their
+    weights, and the fold's val/test predictions as the mean of theirs."""
+    threads = threads_per_worker(cfg, workers)
+    plain = job_config(cfg, threads)
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    jobs = [MemberJob(plain, str(panel.root), plan, str(run_dir), str(ckpt_dir / sub), int(cfg.train.seed) + m,
+                      [int(h) for h in horizons], sub, threads, level, None if resumes[m] is None else str(resumes[m]),
+                      None if extra is None else str(extra))
+            for m, sub in enumerate(subs)]
+    records = run_jobs(jobs, workers, pool)
+    tc = cfg.train
+    optim = {k: tc[k] for k in ("lr", "weight_decay", "warmup_steps", "min_lr_ratio")}
+    arr = None if extra is None else np.load(extra, mmap_mode="r")
+    n_extra = 0 if arr is None else int(arr.shape[-1])
+    members = []
+    for rec in records:
+        module = ATFTModule(model_config(cfg, panel, horizons, n_extra), to_dict(tc.loss), optim)
+        module.load_state_dict(torch.load(rec.weights_file, map_location="cpu", weights_only=True))
+        dm = PanelDataModule(panel, plan.fit, plan.val, plan.test, window=int(cfg.model.window),
+                             max_stocks=int(tc.max_stocks_per_day), min_window_frac=float(tc.min_window_frac),
+                             min_stocks=int(tc.min_stocks_per_day), seed=rec.seed, extra=arr)
+        members.append(MemberResult(module.eval(), dm, rec.seed, rec.epochs, rec.seconds, rec.best_score,
+                                    rec.best_checkpoint, rec.weights, rec.throughput, rec.collapse_events,
+                                    None if rec.importance is None else torch.tensor(rec.importance),
+                                    dict(rec.predictions)))
+    kinds = set.intersection(*(set(r.predictions) for r in records))
+    predictions = {kind: mean_predictions([pl.read_parquet(r.predictions[kind]) for r in records])
+                   for kind in sorted(kinds)}
+    return members, predictions

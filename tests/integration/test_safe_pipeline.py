@@ -53,7 +53,7 @@ def _reports(root: Path) -> list[Path]:
 
 def test_pipeline_report(workdir):
     before = len(_reports(workdir))
-    rep = SafeTrainingPipeline(_cfg(workdir)).run()
+    rep = SafeTrainingPipeline(_cfg(workdir, "safe.baseline_folds=all")).run()
     path = Path(rep["report_path"])
     assert path.exists() and len(_reports(workdir)) == before + 1
     disk = json.loads(path.read_text())
@@ -91,6 +91,9 @@ def test_pipeline_report(workdir):
     assert store == workdir / "output" / "baselines" / disk["baseline"]["fingerprint"]
     stored = BaselineRun.load(store)
     assert stored.fold_indices == [0, 1] and stored.safe_report == str(path)
+    # by default safe reports (and fits) only the folds `train` evaluates: the last one (train.cv.folds=null)
+    last = json.loads(Path(SafeTrainingPipeline(_cfg(workdir)).run()["report_path"]).read_text())["step5_baseline"]
+    assert [pf["fold"] for pf in last["per_fold"]] == [1]
 
 
 def test_train_reuses_the_safe_baseline(workdir, caplog):

@@ -22,7 +22,7 @@ FEATS = ["returns_1d", "f_signal", "f_noise1", "f_noise2", "f_noise3"]  # confte
 OVERRIDES = ["labels.horizons=[1,5]", "model.window=10", "model.hidden=16", "model.head_hidden=8",
              "model.graph.window=10", "model.graph.min_obs=5", "train.max_epochs=2", "train.limit_train_batches=8",
              "train.warmup_steps=2", "split.min_train_days=60", "split.n_splits=2", "split.val_days=12",
-             "trainer.progress_bar=false", "train.ensemble=1", "trainer.num_threads=1"]
+             "trainer.progress_bar=false", "train.ensemble=1", "trainer.num_threads=1", "train.average_top_k=3"]
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +190,55 @@ def test_config_that_disagrees_with_the_manifest_is_refused(trained, monkeypatch
         CompleteATFTTrainingPipeline(load_config(OVERRIDES + ["labels.entry_lag=2"])).run()
     with pytest.raises(ConfigError, match=r"labels.horizons=\[1,5\]"):
         CompleteATFTTrainingPipeline(load_config([*OVERRIDES, "labels.horizons=[1,5,10]"])).run()
+
+
+def test_members_in_worker_processes_match_members_in_turn(tmp_path, monkeypatch, planted_dataset):
+    """trainer.member_workers=2 trains the two members in two processes; with one torch thread everywhere the
+    members, their predictions and the ensemble's are the same as when they are trained one after the other."""
+    planted_dataset(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    ov = OVERRIDES + ["train.ensemble=2", "baseline.enabled=false", "train.max_epochs=2"]
+    runs = {}
+    for w in (1, 2):
+        res = CompleteATFTTrainingPipeline(load_config(ov + [f"trainer.member_workers={w}",
+                                                             f"paths.runs_dir=runs_w{w}"])).run()
+        runs[w] = Path(res["run_dir"])
+    for kind in ("val", "test"):
+        a, b = (pl.read_parquet(runs[w] / f"predictions_{kind}.parquet") for w in (1, 2))
+        assert a.height > 0 and a.equals(b), kind
+    m1, m2 = (json.loads((runs[w] / "metrics.json").read_text()) for w in (1, 2))
+    assert m1["folds"][0]["members_best_val_rank_ic"] == m2["folds"][0]["members_best_val_rank_ic"]
+    assert m2["epochs"] == [[2, 2]]
+    seeds = m2["folds"][0]["members_test_rank_ic"]                # each member's own test RankIC: the seed spread
+    assert len(seeds) == 2 and set(seeds[0]) == {"1", "5"} and m1["folds"][0]["members_test_rank_ic"] is None
+    for m in (0, 1):
+        assert (runs[2] / "logs" / f"member{m}" / "metrics.csv").exists()
+    b = load_bundle(runs[2], dataset=Path("output/ml_dataset_latest.parquet"))
+    pt = pl.read_parquet(runs[2] / "predictions_test.parquet")
+    day = pt["Date"].max()
+    joined = predict_for_dates(b, Path("output/ml_dataset_latest.parquet"), [day]).join(
+        pt.filter(pl.col("Date") == day), on="Code", suffix="_run")
+    assert joined.height > 0 and np.allclose(joined["pred_1d"], joined["pred_1d_run"], atol=1e-5)
+
+
+def test_stacked_lightgbm_inputs_reach_the_model(tmp_path, monkeypatch, planted_dataset):
+    """train.stack: each fold's out-of-fold LightGBM predictions become model inputs (F + 2 features), with their
+    provenance written beside the run; the bundle says why `predict` cannot rebuild them."""
+    planted_dataset(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    ov = OVERRIDES + ["train.stack.enabled=true", "train.stack.min_fit_days=10", "train.stack.blocks=3",
+                      "train.cv.folds=all"]
+    res = CompleteATFTTrainingPipeline(load_config(ov)).run()
+    run = Path(res["run_dir"])
+    prov = json.loads((run / "stack" / "provenance.json").read_text())
+    assert set(prov) == {"0", "1"} and all(any("skipped" not in p for p in v) for v in prov.values())
+    arr = np.load(run / "stack" / "fold1.npy")
+    assert arr.shape[-1] == 2 and np.abs(arr).sum() > 0
+    vi = json.loads((run / "variable_importance.json").read_text())
+    assert set(vi) == {*FEATS, "stack_1d", "stack_5d"}
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["test"]["1"]["rank_ic_mean"] > 0.1                    # the planted signal, through the stacked inputs too
+    b = load_bundle(run, dataset=Path("output/ml_dataset_latest.parquet"))
+    assert b.model.cfg.n_features == len(FEATS) + 2
+    with pytest.raises(DataError, match="stacked LightGBM inputs"):
+        predict_for_dates(b, Path("output/ml_dataset_latest.parquet"), [pl.read_parquet(run / "predictions_test.parquet")["Date"].max()])

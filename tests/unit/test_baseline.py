@@ -92,3 +92,19 @@ def test_inner_validation_gap_and_predict_shape():
     with pytest.raises(LeakageError):
         _model(10, 5, 20).fit(df.filter(pl.col("Date") > dates[50]), ["f0"], [1],
                                val_df=df.filter(pl.col("Date") <= dates[50]))
+
+
+def test_horizons_boosted_at_once_give_the_same_models():
+    """baseline.workers: horizons fitted in threads give the same trees and predictions as one after the other."""
+    rng = np.random.default_rng(1)
+    df = _toy(n_days=160).with_columns(target_5d=pl.col("target_1d") + pl.Series(rng.normal(size=160 * 40)))
+    fits = []
+    for workers in (1, 2):
+        m = LightGBMBaseline(dict(load_config([]).baseline.params), num_boost_round=40, early_stopping_rounds=10,
+                             val_days=20, entry_lag=1, target_transform="rank", workers=workers)
+        fits.append(m.fit(df, ["f0", "f1", "f2"], [1, 5]))
+    a, b = fits
+    assert a.best_iteration_ == b.best_iteration_
+    for h in (1, 5):
+        assert a.models_[h].model_to_string() == b.models_[h].model_to_string()
+    assert a.predict(df).equals(b.predict(df))

@@ -11,7 +11,7 @@ from gogooku3.errors import ConfigError
 
 @pytest.mark.parametrize("override,message", [
     ("train.max_epochs=0", "train.max_epochs: must be >= 1, got 0"),
-    ("train.min_epochs=9", "train.min_epochs: must be <= train.max_epochs (6), got 9"),
+    ("train.min_epochs=9", "train.min_epochs: must be <= train.max_epochs (4), got 9"),
     ("train.limit_train_batches=0", ("train.limit_train_batches: must be an int >= 1 (batches) or a float in "
                                      "(0, 1] (a share of them), got 0")),
     ("train.limit_train_batches=1.5", ("train.limit_train_batches: must be an int >= 1 (batches) or a float in "

@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict
+from pathlib import Path
 
+import numpy as np
 import polars as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_only
@@ -21,9 +23,10 @@ from gogooku3.bundle import save_bundle
 from gogooku3.checkpoints import adopt_checkpoints, check_resume_model
 from gogooku3.config import path, to_dict, to_yaml
 from gogooku3.dataset import load_dataset, load_panel
+from gogooku3.errors import ConfigError
 from gogooku3.evaluation import metrics
-from gogooku3.inference import predict_panel
 from gogooku3.io import (
+    atomic_path,
     new_run_dir,
     peak_rss_mb,
     point_last,
@@ -32,8 +35,10 @@ from gogooku3.io import (
     write_parquet,
     write_text,
 )
+from gogooku3.member_pool import resolve_workers, start_pool
 from gogooku3.model.blend import BlendChoice, choose_weights, combine, weight_grid
 from gogooku3.model.ensemble import ATFTEnsemble
+from gogooku3.model.stack import stack_for_plan, stack_name
 from gogooku3.panel import clean_cache
 from gogooku3.results import BaselineRef, FoldResult, ModelInfo, TrainResult
 from gogooku3.runs import check_resume, resume_dir, shown
@@ -59,11 +64,22 @@ class CompleteATFTTrainingPipeline:
         t0 = time.perf_counter()
         self.dataset, self.manifest, self.ref = load_dataset(self.cfg)
         resumed = {} if resume is None else check_resume(resume, self.ref)
+        workers = resolve_workers(self.cfg, int(self.cfg.train.ensemble), parallel_ok=True)
+        pool = start_pool(workers) if workers > 1 else None  # its processes import while the panel converts
+        try:
+            return self._run(t_all, t0, resume, resumed, pool)
+        finally:
+            if pool is not None:
+                pool.shutdown()
+
+    def _run(self, t_all: float, t0: float, resume, resumed: dict, pool) -> dict:
         self.horizons = list(self.manifest.horizons)
         self.panel = load_panel(self.cfg, self.dataset, self.manifest, self.ref)
         self.folds, self.plans = make_plans(self.panel.dates, self.cfg.split, self.horizons, self.manifest.entry_lag,
                                             self.cfg.train.cv.folds, self.manifest.max_lookback)
-        model_cfg = model_config(self.cfg, self.panel, self.horizons)
+        stack_on = bool(self.cfg.train.stack.enabled)
+        n_stack = len(self.cfg.baseline.horizons or self.horizons) if stack_on else 0
+        model_cfg = model_config(self.cfg, self.panel, self.horizons, n_stack)
         for sub, state in resumed.items():
             check_resume_model(state, model_cfg, shown(resume / sub / "last.ckpt"))
         self._step("load_and_convert", t0)
@@ -78,21 +94,38 @@ class CompleteATFTTrainingPipeline:
                 resume = self.run_dir / "checkpoints"
         t0 = time.perf_counter()
         fits = []
+        self.stack_provenance: dict[str, list] = {}
         for plan in self.plans:
             sub = f"fold{plan.index}" if len(self.plans) > 1 else ""
+            extra = self._stack(plan) if stack_on else None
             fits.append(fit_ensemble(self.panel, plan, self.cfg, run_dir=self.run_dir, horizons=self.horizons,
                                      ckpt_dir=self.run_dir / "checkpoints" / sub,
-                                     resume_dir=None if resume is None else resume / sub))
+                                     resume_dir=None if resume is None else resume / sub, pool=pool, extra=extra))
         self._step("train", t0)
+        if pool is not None:
+            pool.shutdown()  # the members are trained; free the worker processes before the evaluation
         if not self.is_main:
             return {}
         result = self.finish(fits, t_all)
         point_last(runs, self.run_dir)  # only a run that finished becomes runs/last
         return {"status": "ok", "run_dir": str(self.run_dir), "result": result}
 
-    def predictions(self, fit: FoldFit, days) -> pl.DataFrame:
-        return predict_panel(fit.model, self.panel, days, window=fit.dm.window, valid=fit.dm.window_ok,
-                             dataset=fit.dm.dataset)
+    def _stack(self, plan) -> Path:
+        """The plan's stacked LightGBM inputs (`model.stack`) as `RUN/stack/fold{k}.npy` (+ their provenance)."""
+        if not self.cfg.baseline.enabled:
+            raise ConfigError("train.stack.enabled needs baseline.enabled (the stacked inputs are LightGBM's)")
+        t0 = time.perf_counter()
+        arr, provenance = stack_for_plan(self.cfg, self.dataset, self.manifest, self.folds, plan, self.panel.dates,
+                                         self.panel.codes)
+        out = self.run_dir / "stack" / f"fold{plan.index}.npy"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, arr)
+        self.stack_provenance[str(plan.index)] = provenance
+        write_json(self.run_dir / "stack" / "provenance.json", self.stack_provenance)
+        log.info("train: fold %d stacked LightGBM inputs %s in %.1f s (%d models)", plan.index, list(arr.shape),
+                 time.perf_counter() - t0, sum("skipped" not in p for p in provenance))
+        return out
 
     def baseline(self) -> tuple[pl.DataFrame | None, BaselineRef | None]:
         """LightGBM test predictions on the trained folds (the `baseline` group; shared with `safe`)."""
@@ -166,8 +199,8 @@ class CompleteATFTTrainingPipeline:
     def finish(self, fits: list[FoldFit], t_all: float) -> TrainResult:
         t0 = time.perf_counter()
         hs, rd = self.horizons, self.run_dir
-        pv_folds = [self.predictions(f, f.dm.val_days) for f in fits]
-        pt_folds = [self.predictions(f, f.dm.test_days) for f in fits]
+        pv_folds = [f.predict("val") for f in fits]
+        pt_folds = [f.predict("test") for f in fits]
         pv, pt = pl.concat(pv_folds), pl.concat(pt_folds)
         write_parquet(pv, rd / "predictions_val.parquet")
         write_parquet(pt, rd / "predictions_test.parquet")
@@ -191,12 +224,17 @@ class CompleteATFTTrainingPipeline:
                  zip(fits, choices or [None] * len(fits))]
         model = fits[-1].model
         importance = fits[-1].feature_importance()
+        names = list(self.manifest.names)
+        if self.cfg.train.stack.enabled:
+            names += [stack_name(h) for h in (self.cfg.baseline.horizons or self.horizons)]
         write_json(rd / "variable_importance.json", {} if importance is None else dict(sorted(
-            zip(self.manifest.names, importance.cpu().numpy().tolist()), key=lambda kv: -kv[1])))
+            zip(names, importance.cpu().numpy().tolist(), strict=True), key=lambda kv: -kv[1])))
         n_members = len(model.members) if isinstance(model, ATFTEnsemble) else 1
         n_params = model.get_num_params()
         save_bundle(rd, model, self.manifest, self.panel.normalizer, self.ref.fingerprint, self.panel.sector_vocab,
-                    self.panel.segment_vocab, {"run_dir": str(rd), "trained_at": timestamp()},
+                    self.panel.segment_vocab, {"run_dir": str(rd), "trained_at": timestamp(),
+                                               **({"stack": {"inputs": names[len(self.manifest.names):]}}
+                                                  if self.cfg.train.stack.enabled else {})},
                     float(self.cfg.train.min_window_frac), str(self.cfg.train.returns_col),
                     blend=self.blend_bundle(choices[-1], fits[-1].plan.index) if choices else None)
         thr = [h for f in folds for h in f.throughput]
@@ -231,6 +269,10 @@ class CompleteATFTTrainingPipeline:
         log.info("train: test RankIC %sd %.4f (baseline %s, combined %s) -> %s", h0, result.test[h0]["rank_ic_mean"],
                  "-" if result.baseline_test is None else f"{result.baseline_test[h0]['rank_ic_mean']:.4f}",
                  "-" if result.combined_test is None else f"{result.combined_test[h0]['rank_ic_mean']:.4f}", rd)
+        for f in result.folds:
+            if f.members_test_rank_ic and len(f.members_test_rank_ic) > 1:
+                log.info("train: fold %s members' own test RankIC %sd %s (the seed spread)", f.fold["index"], h0,
+                         " / ".join(f"{m[h0]:.4f}" for m in f.members_test_rank_ic))
         return result
 
     def _fold_result(self, fit: FoldFit, pt: pl.DataFrame, bt: pl.DataFrame | None,
@@ -255,7 +297,21 @@ class CompleteATFTTrainingPipeline:
             model_vs_baseline=None if bt is None else paired(pt.filter(in_fold), bt.filter(in_fold),
                                                              self.base_horizons),
             combined_vs_baseline=None if ct is None or bt is None else paired(ct.filter(in_fold), bt.filter(in_fold),
-                                                                              self.base_horizons))
+                                                                              self.base_horizons),
+            members_test_rank_ic=self._members_test(fit, pt.filter(in_fold)))
+
+    def _members_test(self, fit: FoldFit, pt: pl.DataFrame) -> list[dict[str, float]] | None:
+        """Each member's own test RankIC on the ensemble's rows (the seed spread), where the members' predictions
+        were kept (members trained in worker processes)."""
+        if not all("test" in m.predictions for m in fit.members):
+            return None
+        rows = pt.select(C.DATE, C.CODE, *[C.target(h) for h in self.horizons])
+        out = []
+        for m in fit.members:
+            own = pl.read_parquet(m.predictions["test"]).select(C.DATE, C.CODE, *[C.pred(h) for h in self.horizons])
+            ev = metrics.evaluate(rows.join(own, on=[C.DATE, C.CODE], how="left"), self.horizons)
+            out.append({h: round(float(ev[h]["rank_ic_mean"]), 6) for h in ev})
+        return out
 
 
 def paired(a: pl.DataFrame, b: pl.DataFrame, horizons) -> dict:

@@ -37,7 +37,7 @@ from gogooku3.evaluation import metrics
 from gogooku3.features.manifest import FeatureManifest, is_label_like, manifest_path
 from gogooku3.graph import FinancialGraphBuilder, graph_snapshot
 from gogooku3.io import file_fingerprint, peak_rss_mb, timestamp, write_json
-from gogooku3.split import Fold, check_folds, make_splitter
+from gogooku3.split import Fold, check_folds, chosen_folds, make_splitter
 from gogooku3.validation import scan_dataset, validate_dataset
 
 log = logging.getLogger(__name__)
@@ -199,7 +199,8 @@ class SafeTrainingPipeline:
 
     def _baseline_run(self, df: pl.DataFrame, features: list[str], folds: list[Fold], entry_lag: int, path: Path,
                       manifest: FeatureManifest) -> BaselineRun:
-        """Every fold's baseline: the stored run of these inputs, or fitted now and stored for `gogooku3 train`."""
+        """The baseline of the folds `safe.baseline_folds` names (those `gogooku3 train` will evaluate, or all): the
+        stored run of these inputs, or fitted now and stored for `gogooku3 train`."""
         cfg = self.cfg
         bh, val_days = baseline_horizons(cfg), int(cfg.split.val_days)
         fp = baseline_fingerprint(self.steps["step1_data_loading"]["dataset_fingerprint"], manifest.fingerprint,
@@ -209,7 +210,12 @@ class SafeTrainingPipeline:
             return fit_baseline(df, features, folds, bh, entry_lag, val_days, cfg.baseline, only=missing,
                                 fingerprint_=fp)
 
-        return load_or_fit(baseline_root(cfg, fp), fp, [f.index for f in folds], fit)
+        which = "all" if self.scfg.baseline_folds == "all" else cfg.train.cv.folds
+        wanted = [f.index for f in chosen_folds(folds, which)]
+        if len(wanted) < len(folds):
+            log.info("safe: LightGBM on fold(s) %s, those `train` evaluates (safe.baseline_folds=train; all: every "
+                     "fold)", wanted)
+        return load_or_fit(baseline_root(cfg, fp), fp, wanted, fit)
 
     def _baseline(self, run: BaselineRun) -> dict[str, Any]:
         """Per-fold and pooled test performance, importance and the oracle ceiling, from the baseline run."""
