@@ -111,7 +111,7 @@ class LightGBMBaseline:
         params = dict(to_dict(b.params))
         return cls(params, num_boost_round=int(b.num_boost_round),
                    early_stopping_rounds=int(b.early_stopping_rounds), val_days=int(val_days), entry_lag=int(entry_lag),
-                   target_transform=str(b.target_transform), workers=horizon_workers(b.get("workers", 1), params))
+                   target_transform=str(b.target_transform), workers=horizon_workers(b.workers, params))
 
     # ---- helpers ------------------------------------------------------------------------------------
     @staticmethod
@@ -510,10 +510,19 @@ def baseline_for_folds(cfg: Any, dataset: Path, manifest: FeatureManifest, folds
                               b, v)
 
     def fit(missing: list[int]) -> BaselineRun:
-        lo, hi = fold_span(folds)
-        df = scan_dataset(dataset, manifest, horizons, lo, hi).collect()
-        features, _, _ = drop_too_null(df, manifest.names, folds[0].train_dates, float(v.max_null_share),
-                                       str(v.null_action), str(dataset))
+        df, features = baseline_frame(cfg, dataset, manifest, folds)
         return fit_baseline(df, features, folds, horizons, entry_lag, val_days, b, only=missing, fingerprint_=fp)
 
     return load_or_fit(baseline_root(cfg, fp), fp, wanted, fit)
+
+
+def baseline_frame(cfg: Any, dataset: str | Path, manifest: FeatureManifest, folds: Sequence[Fold]
+                   ) -> tuple[pl.DataFrame, list[str]]:
+    """The rows every fold reads (meta, manifest features, the baseline's targets) and the baseline's features: the
+    manifest's minus those `safe.validation` drops for nulls on fold 0's training dates (as safe does)."""
+    v = cfg.safe.validation
+    lo, hi = fold_span(folds)
+    df = scan_dataset(dataset, manifest, baseline_horizons(cfg), lo, hi).collect()
+    features, _, _ = drop_too_null(df, manifest.names, folds[0].train_dates, float(v.max_null_share),
+                                   str(v.null_action), str(dataset))
+    return df, features

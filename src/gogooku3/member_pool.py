@@ -78,7 +78,7 @@ class MemberRecord:
 def resolve_workers(cfg: DictConfig, n_members: int, *, parallel_ok: bool) -> int:
     """How many member processes to run: `trainer.member_workers` (auto: one per member up to the CPU count, on a
     single-device CPU trainer; 1 elsewhere), never more than the members."""
-    w = cfg.trainer.get("member_workers", 1)
+    w = cfg.trainer.member_workers
     if not parallel_ok or n_members < 2:
         return 1
     if w == "auto":

@@ -387,6 +387,24 @@ def average_top_k(module: ATFTModule, dm: PanelDataModule, checkpoint: ModelChec
             "val_rank_ic_top_k_average": avg_ic, "checkpoints": [str(p) for p, _ in top]}
 
 
+def data_module(panel: PanelStore, plan: Plan, cfg: DictConfig, seed: int,
+                extra: np.ndarray | None = None) -> PanelDataModule:
+    """The plan's day batches (`train` settings), with `extra` inputs appended to the features when given."""
+    tc = cfg.train
+    return PanelDataModule(panel, plan.fit, plan.val, plan.test, window=int(cfg.model.window),
+                           max_stocks=int(tc.max_stocks_per_day), min_window_frac=float(tc.min_window_frac),
+                           min_stocks=int(tc.min_stocks_per_day), seed=seed, extra=extra)
+
+
+def new_module(cfg: DictConfig, panel: PanelStore, horizons: Sequence[int],
+               extra: np.ndarray | None = None) -> ATFTModule:
+    """A freshly initialised ATFTModule for the panel (+ `extra` input columns) under the `model`/`train` config."""
+    tc = cfg.train
+    n_extra = 0 if extra is None else int(extra.shape[-1])
+    return ATFTModule(model_config(cfg, panel, horizons, n_extra), to_dict(tc.loss),
+                      {k: tc[k] for k in ("lr", "weight_decay", "warmup_steps", "min_lr_ratio")})
+
+
 def fit_member(panel: PanelStore, plan: Plan, cfg: DictConfig, *, run_dir: Path, ckpt_dir: Path, seed: int,
                horizons: Sequence[int], tag: str = "", resume: Path | None = None,
                callbacks: list[Callback] | None = None, extra: np.ndarray | None = None) -> MemberResult | None:
@@ -394,12 +412,8 @@ def fit_member(panel: PanelStore, plan: Plan, cfg: DictConfig, *, run_dir: Path,
     appended to the panel's features ([D, N, S], `model.stack`)."""
     tc = cfg.train
     torch.manual_seed(seed)
-    dm = PanelDataModule(panel, plan.fit, plan.val, plan.test, window=int(cfg.model.window),
-                         max_stocks=int(tc.max_stocks_per_day), min_window_frac=float(tc.min_window_frac),
-                         min_stocks=int(tc.min_stocks_per_day), seed=seed, extra=extra)
-    n_extra = 0 if extra is None else int(extra.shape[-1])
-    module = ATFTModule(model_config(cfg, panel, horizons, n_extra), to_dict(tc.loss),
-                        {k: tc[k] for k in ("lr", "weight_decay", "warmup_steps", "min_lr_ratio")})
+    dm = data_module(panel, plan, cfg, seed, extra)
+    module = new_module(cfg, panel, horizons, extra)
     if tc.compile:
         module.model = torch.compile(module.model)
     trainer, cbs = build_trainer(cfg, run_dir, module, ckpt_dir, callbacks, tag)
@@ -477,18 +491,12 @@ def _fit_in_workers(panel: PanelStore, plan: Plan, cfg: DictConfig, workers: int
                       None if extra is None else str(extra))
             for m, sub in enumerate(subs)]
     records = run_jobs(jobs, workers, pool)
-    tc = cfg.train
-    optim = {k: tc[k] for k in ("lr", "weight_decay", "warmup_steps", "min_lr_ratio")}
     arr = None if extra is None else np.load(extra, mmap_mode="r")
-    n_extra = 0 if arr is None else int(arr.shape[-1])
     members = []
     for rec in records:
-        module = ATFTModule(model_config(cfg, panel, horizons, n_extra), to_dict(tc.loss), optim)
+        module = new_module(cfg, panel, horizons, arr)
         module.load_state_dict(torch.load(rec.weights_file, map_location="cpu", weights_only=True))
-        dm = PanelDataModule(panel, plan.fit, plan.val, plan.test, window=int(cfg.model.window),
-                             max_stocks=int(tc.max_stocks_per_day), min_window_frac=float(tc.min_window_frac),
-                             min_stocks=int(tc.min_stocks_per_day), seed=rec.seed, extra=arr)
-        members.append(MemberResult(module.eval(), dm, rec.seed, rec.epochs, rec.seconds, rec.best_score,
+        members.append(MemberResult(module.eval(), data_module(panel, plan, cfg, rec.seed, arr), rec.seed, rec.epochs, rec.seconds, rec.best_score,
                                     rec.best_checkpoint, rec.weights, rec.throughput, rec.collapse_events,
                                     None if rec.importance is None else torch.tensor(rec.importance),
                                     dict(rec.predictions)))

@@ -105,15 +105,11 @@ def stack_for_plan(cfg: Any, dataset: Any, manifest: Any, folds: Sequence[Any], 
                    codes: Sequence[str]) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """The stacked inputs of one plan on the panel's dates × codes, from the dataset with the baseline's features
     and input normalisation (`baseline` group), and their provenance."""
-    from gogooku3.baseline import _normalized, baseline_horizons, fold_span
-    from gogooku3.validation import drop_too_null, scan_dataset
+    from gogooku3.baseline import _normalized, baseline_frame, baseline_horizons
 
-    b, v, sc = cfg.baseline, cfg.safe.validation, cfg.train.stack
+    b, sc = cfg.baseline, cfg.train.stack
     horizons = baseline_horizons(cfg)
-    lo, hi = fold_span(folds)
-    df = scan_dataset(dataset, manifest, horizons, lo, hi).collect()
-    features, _, _ = drop_too_null(df, manifest.names, folds[0].train_dates, float(v.max_null_share),
-                                   str(v.null_action), str(dataset))
+    df, features = baseline_frame(cfg, dataset, manifest, folds)
     floats = [f for f in features if df.schema[f].is_float()]
     frame_of, _ = _normalized(df, floats, folds, b.normalize)
     frame = frame_of(plan.fold)

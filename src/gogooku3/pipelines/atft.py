@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from gogooku3 import columns as C
+from gogooku3.baseline import baseline_horizons
 from gogooku3.bundle import save_bundle
 from gogooku3.checkpoints import adopt_checkpoints, check_resume_model
 from gogooku3.config import path, to_dict, to_yaml
@@ -78,8 +79,8 @@ class CompleteATFTTrainingPipeline:
         self.folds, self.plans = make_plans(self.panel.dates, self.cfg.split, self.horizons, self.manifest.entry_lag,
                                             self.cfg.train.cv.folds, self.manifest.max_lookback)
         stack_on = bool(self.cfg.train.stack.enabled)
-        n_stack = len(self.cfg.baseline.horizons or self.horizons) if stack_on else 0
-        model_cfg = model_config(self.cfg, self.panel, self.horizons, n_stack)
+        self.stack_inputs = [stack_name(h) for h in baseline_horizons(self.cfg)] if stack_on else []
+        model_cfg = model_config(self.cfg, self.panel, self.horizons, len(self.stack_inputs))
         for sub, state in resumed.items():
             check_resume_model(state, model_cfg, shown(resume / sub / "last.ckpt"))
         self._step("load_and_convert", t0)
@@ -224,17 +225,15 @@ class CompleteATFTTrainingPipeline:
                  zip(fits, choices or [None] * len(fits))]
         model = fits[-1].model
         importance = fits[-1].feature_importance()
-        names = list(self.manifest.names)
-        if self.cfg.train.stack.enabled:
-            names += [stack_name(h) for h in (self.cfg.baseline.horizons or self.horizons)]
+        names = [*self.manifest.names, *self.stack_inputs]
         write_json(rd / "variable_importance.json", {} if importance is None else dict(sorted(
             zip(names, importance.cpu().numpy().tolist(), strict=True), key=lambda kv: -kv[1])))
         n_members = len(model.members) if isinstance(model, ATFTEnsemble) else 1
         n_params = model.get_num_params()
         save_bundle(rd, model, self.manifest, self.panel.normalizer, self.ref.fingerprint, self.panel.sector_vocab,
                     self.panel.segment_vocab, {"run_dir": str(rd), "trained_at": timestamp(),
-                                               **({"stack": {"inputs": names[len(self.manifest.names):]}}
-                                                  if self.cfg.train.stack.enabled else {})},
+                                               **({"stack": {"inputs": self.stack_inputs}} if self.stack_inputs
+                                                  else {})},
                     float(self.cfg.train.min_window_frac), str(self.cfg.train.returns_col),
                     blend=self.blend_bundle(choices[-1], fits[-1].plan.index) if choices else None)
         thr = [h for f in folds for h in f.throughput]

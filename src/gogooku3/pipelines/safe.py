@@ -259,10 +259,12 @@ class SafeTrainingPipeline:
         st = self.steps = dict(sorted(self.steps.items()))  # step4 is written after step5 (it reports step5's fit)
         base = st.get("step5_baseline", {})
         perf_strings = {}
+        fitted = [pf["fold"] for pf in base.get("per_fold") or []]  # safe.baseline_folds may fit fewer than the split
         for h, summ in (base.get("summary_over_folds") or {}).items():
             r = summ["rank_ic_mean"]
             if r["mean"] is not None:
-                perf_strings[f"rank_ic_{h}d"] = f"{r['mean']:.4f} ± {r['std']:.4f} over {len(folds)} folds"
+                perf_strings[f"rank_ic_{h}d"] = (f"{r['mean']:.4f} ± {r['std']:.4f} over {len(fitted)} fold(s) "
+                                                 f"{fitted} of {len(folds)}")
         if base.get("oracle_pooled_test"):
             for h, ev in base["oracle_pooled_test"].items():
                 if isinstance(ev, dict) and "rank_ic_mean" in ev:
