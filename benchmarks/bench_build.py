@@ -28,7 +28,7 @@ from pathlib import Path
 SYNTH = """
 import json, sys, time
 from pathlib import Path
-from gogooku3.io import peak_rss_mb
+from gogooku3.core.io import peak_rss_mb
 from gogooku3.sources.schema import write_table
 from gogooku3.sources.synthetic import SynthParams, simulate_market
 raw, stocks, days, seed = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -43,9 +43,9 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "quote_rows": rows, "peak
 
 BUILD = """
 import json, resource, sys, time, logging
-from gogooku3.config import load_config
+from gogooku3.config.compose import load_config
 from gogooku3.features.builder import build_dataset
-from gogooku3.io import peak_rss_mb
+from gogooku3.core.io import peak_rss_mb
 logging.basicConfig(level=logging.WARNING)
 raw, out, extra = sys.argv[1], sys.argv[2], sys.argv[3:]
 cfg = load_config([f"paths.raw_dir={raw}", f"paths.output_dir={out}",
@@ -63,7 +63,7 @@ import json, sys, time
 from pathlib import Path
 import polars as pl
 from gogooku3.features.builder import PARQUET
-from gogooku3.io import peak_rss_mb, write_parquet
+from gogooku3.core.io import peak_rss_mb, write_parquet
 raw = Path(sys.argv[1]); dataset = sys.argv[2]; tmp = Path(sys.argv[3])
 t0 = time.perf_counter()
 tables = {p.stem: pl.read_parquet(p) for p in sorted(raw.glob("*.parquet"))}

@@ -11,7 +11,7 @@ missing, `model=small`'s graph settings (ewm, halflife 20, shrinkage 0.1, thresh
 Prints one JSON line per (stocks, implementation): best and median milliseconds of each call ([best, median]) and
 the number of directed edges. `--sync-free on|off|both` chooses the builder's path (default `auto`: the
 fixed-shape, host-sync-free path on a GPU, the early-exit path on the CPU; both give the same edges).
-`--compare-rev REV` also times `src/gogooku3/graph.py` as of git revision REV (interleaved with the working tree's,
+`--compare-rev REV` also times `src/gogooku3/data/graph.py` as of git revision REV (interleaved with the working tree's,
 so both see the same machine load) and checks that its edges are identical.
 """
 
@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # runs from a bare checkout
 
-from gogooku3.graph import FinancialGraphBuilder  # noqa: E402
+from gogooku3.data.graph import FinancialGraphBuilder  # noqa: E402
 from gogooku3.model.gat import day_graph  # noqa: E402
 
 GRAPH = dict(window=60, method="ewm", halflife=20, shrinkage=0.1, threshold=0.3, k=10, min_obs=20)
@@ -52,11 +52,11 @@ def market(n: int, L: int, dev: torch.device, seed: int = 0):
 
 
 def graph_module_at(rev: str) -> types.ModuleType:
-    """`gogooku3.graph` as of git revision `rev` (a separate module object)."""
-    src = subprocess.run(["git", "show", f"{rev}:src/gogooku3/graph.py"], cwd=ROOT, capture_output=True, text=True,
+    """`gogooku3.data.graph` as of git revision `rev` (a separate module object)."""
+    src = subprocess.run(["git", "show", f"{rev}:src/gogooku3/data/graph.py"], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout
     mod = types.ModuleType(f"graph_at_{rev}")
-    exec(compile(src, f"{rev}:src/gogooku3/graph.py", "exec"), mod.__dict__)  # noqa: S102 (the repo's own file)
+    exec(compile(src, f"{rev}:src/gogooku3/data/graph.py", "exec"), mod.__dict__)  # noqa: S102 (the repo's own file)
     return mod
 
 

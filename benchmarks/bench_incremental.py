@@ -48,9 +48,9 @@ print(json.dumps({"cut": str(t)}))
 
 UPDATE = """
 import json, resource, sys, time, logging
-from gogooku3.config import load_config
+from gogooku3.config.compose import load_config
 from gogooku3.features.incremental import update_dataset
-from gogooku3.io import peak_rss_mb
+from gogooku3.core.io import peak_rss_mb
 logging.basicConfig(level=logging.WARNING)
 raw, out = sys.argv[1], sys.argv[2]
 cfg = load_config([f"paths.raw_dir={raw}", f"paths.output_dir={out}", f"paths.dataset={out}/ml_dataset_latest.parquet"])

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 COLUMNS = """
 import json, sys
-from gogooku3 import columns as C
+from gogooku3.core import columns as C
 from gogooku3.features.manifest import FeatureManifest
 def panel_columns(ds, returns_col="returns_1d"):
     m = FeatureManifest.for_dataset(ds)
@@ -46,7 +46,7 @@ def panel_columns(ds, returns_col="returns_1d"):
 FLOOR = COLUMNS + """
 import os, time
 import numpy as np, polars as pl
-from gogooku3.io import peak_rss_mb
+from gogooku3.core.io import peak_rss_mb
 ds, tmp = sys.argv[1], sys.argv[2]
 feats, hs, cols = panel_columns(ds)
 lf = pl.scan_parquet(ds)
@@ -75,8 +75,8 @@ print(json.dumps({"read_s": read_s, "write_s": write_s, "floor_s": read_s + writ
 
 CONVERT = COLUMNS + """
 import logging, resource, time
-from gogooku3.io import peak_rss_mb
-from gogooku3.panel import PanelStore
+from gogooku3.core.io import peak_rss_mb
+from gogooku3.data.panel import PanelStore
 logging.basicConfig(level=logging.WARNING)
 ds, out, block_mb, normalizer = sys.argv[1], sys.argv[2], float(sys.argv[3]), json.loads(sys.argv[4])
 feats, hs, _ = panel_columns(ds)
@@ -93,9 +93,9 @@ import logging, os, resource, time
 import polars as pl
 if len(sys.argv) > 4:
     sys.path.insert(0, sys.argv[4])     # an older revision's panel.py / normalize.py (--before)
-from gogooku3.io import peak_rss_mb
+from gogooku3.core.io import peak_rss_mb
 logging.basicConfig(level=logging.WARNING)
-panel_mod = __import__("old_panel") if len(sys.argv) > 4 else __import__("gogooku3.panel", fromlist=["x"])
+panel_mod = __import__("old_panel") if len(sys.argv) > 4 else __import__("gogooku3.data.panel", fromlist=["x"])
 ds, normalizer = sys.argv[1], json.loads(sys.argv[3])
 feats, hs, cols = panel_columns(ds)
 lf = pl.scan_parquet(ds)
@@ -111,8 +111,8 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "cpu_s": cpu() - c0, "pea
 TRAIN = """
 import json, sys, time
 import numpy as np
-from gogooku3.io import peak_rss_mb
-from gogooku3.panel import PanelDataModule, PanelStore
+from gogooku3.core.io import peak_rss_mb
+from gogooku3.data.panel import PanelDataModule, PanelStore
 
 def status():
     kb = {}
@@ -179,7 +179,7 @@ def before_modules(rev: str, dest: Path) -> Path:
     for name in ("panel", "normalize"):
         src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:src/gogooku3/{name}.py"], check=True,
                              capture_output=True, text=True).stdout
-        src = src.replace("from gogooku3.normalize import", "from old_normalize import")
+        src = src.replace("from gogooku3.data.normalize import", "from old_normalize import")
         (dest / f"old_{name}.py").write_text(src)
     return dest
 
@@ -198,7 +198,7 @@ def main() -> None:
     ap.add_argument("--one-shot", action="store_true", help="also time the in-memory from_frame on the whole frame")
     ap.add_argument("--before", default=None, metavar="REV", help="also time REV's one-shot conversion (git rev)")
     a = ap.parse_args()
-    from gogooku3.panel import CONVERT_BLOCK_MB
+    from gogooku3.data.panel import CONVERT_BLOCK_MB
 
     block_mb = a.block_mb if a.block_mb is not None else CONVERT_BLOCK_MB
     normalizer = {"method": "robust_z", "clip": 5.0, "day_level": a.day_level, "day_level_window": 252}

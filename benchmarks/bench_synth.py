@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gogooku3.io import peak_rss_mb, write_parquet
+from gogooku3.core.io import peak_rss_mb, write_parquet
 from gogooku3.sources import schema
 from gogooku3.sources.synthetic import (
     ORACLE_FILE,

@@ -41,7 +41,7 @@ TICKERS = ["AAPL", "MSFT", "IBM", "KO", "PG", "JNJ", "XOM", "GE", "BRK.B", "wmt"
 
 
 def _xnys(start: str, end: str) -> list[dt.date]:
-    from gogooku3.calendar import TradingCalendar
+    from gogooku3.core.calendar import TradingCalendar
 
     return TradingCalendar.from_exchange("XNYS", start, end).sessions.to_list()
 

@@ -8,10 +8,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from gogooku3.calendar import TradingCalendar
-from gogooku3.config import load_config
+from gogooku3.core.calendar import TradingCalendar
+from gogooku3.config.compose import load_config
 from gogooku3.features.manifest import FeatureManifest, manifest_path
-from gogooku3.io import write_parquet
+from gogooku3.core.io import write_parquet
 
 
 def make_mini_tables(n_stocks: int = 6, n_days: int = 160, seed: int = 0, start: str = "2023-06-01") -> dict:

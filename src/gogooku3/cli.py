@@ -14,9 +14,9 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
-from gogooku3.config import load_config
-from gogooku3.errors import ConfigError, Gogooku3Error
-from gogooku3.logs import setup_logging
+from gogooku3.config.compose import load_config
+from gogooku3.core.errors import ConfigError, Gogooku3Error
+from gogooku3.core.logs import setup_logging
 
 log = logging.getLogger("gogooku3")
 OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -256,8 +256,8 @@ def cache_clean(ctx: typer.Context,
                                                    help="Panels to keep, newest first (default: train.panel_cache_keep; "
                                                         "0 removes every panel).")) -> None:
     cfg = _cfg(ctx)
-    from gogooku3.config import path
-    from gogooku3.panel import clean_cache
+    from gogooku3.config.compose import path
+    from gogooku3.data.panel import clean_cache
 
     root = path(cfg, "paths.cache_dir")
     removed = clean_cache(root, cfg.train.panel_cache_keep if keep is None else keep)
@@ -282,7 +282,7 @@ def run(ctx: typer.Context) -> None:
     "--config-dir my_conf config show experiment=my_exp"))
 def config_show(ctx: typer.Context) -> None:
     dirs, overrides = config_dirs(ctx)
-    from gogooku3.config import to_yaml
+    from gogooku3.config.compose import to_yaml
 
     typer.echo(to_yaml(load_config(overrides, config_dirs=dirs)), nl=False)
 
@@ -292,7 +292,7 @@ def config_show(ctx: typer.Context) -> None:
     "none", "config groups", "--config-dir my_conf config groups"))
 def config_groups(ctx: typer.Context) -> None:
     dirs, _ = config_dirs(ctx)
-    from gogooku3.config import default_groups, groups, search_dirs
+    from gogooku3.config.compose import default_groups, groups, search_dirs
 
     found = search_dirs(config_dirs=dirs)
     defaults = default_groups()

@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 import torch
 
-from gogooku3.bundle import load_bundle, predict_blended, predict_for_dates
-from gogooku3.config import load_config
+from gogooku3.predictors.bundle import load_bundle, predict_blended, predict_for_dates
+from gogooku3.config.compose import load_config
 from gogooku3.pipelines.atft import CompleteATFTTrainingPipeline
 
 torch.set_num_threads(1)

@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 import torch
 
-from gogooku3.calendar import TradingCalendar
-from gogooku3.config import load_config
+from gogooku3.core.calendar import TradingCalendar
+from gogooku3.config.compose import load_config
 from gogooku3.features.manifest import FeatureManifest
 from gogooku3.pipelines.full import FullTrainingPipeline
 

@@ -21,11 +21,13 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typer.testing import CliRunner
 
-from gogooku3 import checkpoints, training
+from gogooku3.training import checkpoints
+
+from gogooku3.training import fit as training
 from gogooku3.cli import app
-from gogooku3.config import load_config
+from gogooku3.config.compose import load_config
 from gogooku3.features.manifest import FeatureManifest, manifest_path
-from gogooku3.io import write_parquet
+from gogooku3.core.io import write_parquet
 from gogooku3.pipelines import atft
 
 torch.set_num_threads(1)
@@ -344,8 +346,8 @@ def test_resume_ignores_checkpoints_a_crafted_state_names_elsewhere(env, tmp_pat
 def test_crafted_checkpoint_is_never_unpickled(tmp_path):
     import pickle
 
-    from gogooku3.callbacks import ema_weights
-    from gogooku3.errors import TrainingError
+    from gogooku3.training.callbacks import ema_weights
+    from gogooku3.core.errors import TrainingError
 
     p = crafted_pickle(tmp_path / "last.ckpt", tmp_path / "PWNED")
     with pytest.raises(pickle.UnpicklingError):
@@ -360,7 +362,7 @@ def test_crafted_checkpoint_is_never_unpickled(tmp_path):
 
 
 def test_checkpoint_paths_stay_in_the_run(tmp_path):
-    from gogooku3.errors import TrainingError
+    from gogooku3.core.errors import TrainingError
 
     run = tmp_path / "run" / "checkpoints"
     assert checkpoints.rebase_checkpoint_path("/old/ckpts/epoch001-ric0.5.ckpt", "/old/ckpts", run, "x") == \

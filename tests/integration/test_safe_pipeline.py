@@ -10,18 +10,18 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from gogooku3.baseline import (
+from gogooku3.predictors.lightgbm import (
     BaselineRun,
     baseline_for_folds,
     baseline_horizons,
     fit_baseline,
 )
-from gogooku3.config import load_config
-from gogooku3.errors import DataError, Gogooku3Error, SchemaError
+from gogooku3.config.compose import load_config
+from gogooku3.core.errors import DataError, Gogooku3Error, SchemaError
 from gogooku3.features.manifest import FeatureManifest, manifest_path
 from gogooku3.pipelines.safe import SafeTrainingPipeline
-from gogooku3.split import make_splitter
-from gogooku3.validation import drop_too_null
+from gogooku3.data.split import make_splitter
+from gogooku3.data.validation import drop_too_null
 
 FAST = ["baseline.num_boost_round=40", "baseline.early_stopping_rounds=10", "safe.graph.n_nodes=30",
         "split.min_train_days=150", "split.n_splits=2", "split.val_days=30"]
@@ -105,7 +105,7 @@ def test_train_reuses_the_safe_baseline(workdir, caplog):
     man = FeatureManifest.for_dataset(ds)
     df = pl.read_parquet(ds)
     folds = make_splitter(cfg.split, list(cfg.labels.horizons), man.entry_lag).split(df["Date"])
-    caplog.set_level(logging.INFO, logger="gogooku3.baseline")
+    caplog.set_level(logging.INFO, logger="gogooku3.predictors.lightgbm")
     caplog.clear()
     run = baseline_for_folds(cfg, ds, man, folds, [1], man.entry_lag)
     assert "reusing" in caplog.text and "fitting" not in caplog.text and run.fold_indices == [1] and run.reused

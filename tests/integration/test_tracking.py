@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from gogooku3.config import load_config
+from gogooku3.config.compose import load_config
 from gogooku3.evaluation.report import build_report
 from gogooku3.pipelines.atft import CompleteATFTTrainingPipeline
 

@@ -10,11 +10,11 @@ import polars as pl
 import pytest
 import torch
 
-from gogooku3.bundle import load_bundle, predict_for_dates
-from gogooku3.config import load_config
-from gogooku3.errors import DataError
+from gogooku3.predictors.bundle import load_bundle, predict_for_dates
+from gogooku3.config.compose import load_config
+from gogooku3.core.errors import DataError
 from gogooku3.features.manifest import FeatureManifest, manifest_path
-from gogooku3.io import write_parquet
+from gogooku3.core.io import write_parquet
 from gogooku3.pipelines.atft import CompleteATFTTrainingPipeline
 
 torch.set_num_threads(1)
@@ -113,7 +113,7 @@ def test_ddp_two_cpu_processes(tmp_path, planted_dataset):
 def test_ema_keeps_the_best_epochs_averaged_weights(tmp_path, monkeypatch, planted_dataset):
     from safetensors.torch import load_file
 
-    from gogooku3.callbacks import ema_weights
+    from gogooku3.training.callbacks import ema_weights
 
     planted_dataset(tmp_path, seed=1)
     monkeypatch.chdir(tmp_path)
@@ -182,7 +182,7 @@ def test_failed_run_leaves_runs_last_on_the_finished_one(trained, monkeypatch):
 
 
 def test_config_that_disagrees_with_the_manifest_is_refused(trained, monkeypatch):
-    from gogooku3.errors import ConfigError
+    from gogooku3.core.errors import ConfigError
 
     root, _ = trained
     monkeypatch.chdir(root)

@@ -11,8 +11,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from gogooku3.config import load_config
-from gogooku3.errors import ConfigError
+from gogooku3.config.compose import load_config
+from gogooku3.core.errors import ConfigError
 from gogooku3.pipelines.tune import (
     PruningCallback,
     Tuner,

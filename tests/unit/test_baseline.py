@@ -9,16 +9,16 @@ import numpy as np
 import polars as pl
 import pytest
 
-from gogooku3.baseline import LightGBMBaseline
-from gogooku3.config import load_config
-from gogooku3.errors import LeakageError
+from gogooku3.predictors.lightgbm import LightGBMBaseline
+from gogooku3.config.compose import load_config
+from gogooku3.core.errors import LeakageError
 from gogooku3.evaluation import metrics
 from gogooku3.features.manifest import FeatureManifest
-from gogooku3.normalize import CrossSectionalNormalizer
+from gogooku3.data.normalize import CrossSectionalNormalizer
 
 
 def _market(strength: float):
-    from gogooku3.calendar import TradingCalendar
+    from gogooku3.core.calendar import TradingCalendar
     from gogooku3.features.builder import build_features
     from gogooku3.sources.synthetic import SynthParams, simulate_market
 

@@ -9,19 +9,19 @@ import numpy as np
 import polars as pl
 import pytest
 
-from gogooku3 import columns as C
-from gogooku3.baseline import (
+from gogooku3.core import columns as C
+from gogooku3.predictors.lightgbm import (
     BaselineRun,
     baseline_fingerprint,
     baseline_for_folds,
     baseline_horizons,
     fit_baseline,
 )
-from gogooku3.config import load_config
-from gogooku3.errors import DataError, LeakageError
+from gogooku3.config.compose import load_config
+from gogooku3.core.errors import DataError, LeakageError
 from gogooku3.features.manifest import FeatureManifest
-from gogooku3.io import file_fingerprint
-from gogooku3.split import make_splitter
+from gogooku3.core.io import file_fingerprint
+from gogooku3.data.split import make_splitter
 
 FAST = ["baseline.num_boost_round=30", "baseline.early_stopping_rounds=5", "split.min_train_days=60",
         "split.n_splits=2", "split.val_days=20", "labels.horizons=[1,5]", "safe.validation.min_features=3"]
@@ -128,7 +128,7 @@ def test_fingerprint_covers_split_and_params(tmp_path, planted_dataset):
 def test_baseline_for_folds_fits_stores_and_reuses(tmp_path, planted_dataset, caplog):
     cfg, ds, man, df, folds = _setup(tmp_path, planted_dataset)
     fresh = _fresh(cfg, df, man, folds)
-    caplog.set_level(logging.INFO, logger="gogooku3.baseline")
+    caplog.set_level(logging.INFO, logger="gogooku3.predictors.lightgbm")
     # fit path: nothing stored -> fold 1 fitted and stored
     got = baseline_for_folds(cfg, ds, man, folds, [1], 1)
     assert got.directory.parent == tmp_path / "output" / "baselines" and got.directory.name == got.fingerprint

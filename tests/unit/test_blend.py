@@ -1,4 +1,4 @@
-"""Blending model and LightGBM (`gogooku3.model.blend`) and the market context of the model (`model.tft`)."""
+"""Blending model and LightGBM (`gogooku3.predictors.blend`) and the market context of the model (`model.tft`)."""
 
 import datetime as dt
 
@@ -7,9 +7,9 @@ import polars as pl
 import pytest
 import torch
 
-from gogooku3.errors import ConfigError
+from gogooku3.core.errors import ConfigError
 from gogooku3.evaluation import metrics
-from gogooku3.model.blend import choose_weights, combine, weight_grid
+from gogooku3.predictors.blend import choose_weights, combine, weight_grid
 from gogooku3.model.tft import MarketContext, market_state
 
 

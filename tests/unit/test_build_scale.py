@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from gogooku3.config import load_config
+from gogooku3.config.compose import load_config
 from gogooku3.features.builder import (
     build_dataset,
     build_features,
@@ -18,7 +18,7 @@ from gogooku3.features.builder import (
     plan_features,
 )
 from gogooku3.features.manifest import manifest_path, metadata_path
-from gogooku3.io import read_json
+from gogooku3.core.io import read_json
 
 TIMING = ("build_seconds", "peak_rss_mb", "path", "raw_dir")
 

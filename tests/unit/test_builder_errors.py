@@ -7,10 +7,10 @@ import datetime as dt
 import polars as pl
 import pytest
 
-from gogooku3.config import load_config
-from gogooku3.errors import DataError, SchemaError
+from gogooku3.config.compose import load_config
+from gogooku3.core.errors import DataError, SchemaError
 from gogooku3.features.manifest import FeatureManifest, metadata_path
-from gogooku3.io import read_json
+from gogooku3.core.io import read_json
 
 
 def write_raw(tables: dict, raw) -> None:

@@ -8,8 +8,8 @@ import yaml
 from typer.testing import CliRunner
 
 from gogooku3.cli import app
-from gogooku3.config import load_config
-from gogooku3.errors import ConfigError
+from gogooku3.config.compose import load_config
+from gogooku3.core.errors import ConfigError
 
 runner = CliRunner()
 

@@ -8,9 +8,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from gogooku3.calendar import TradingCalendar
-from gogooku3.config import load_config
-from gogooku3.errors import ConfigError
+from gogooku3.core.calendar import TradingCalendar
+from gogooku3.config.compose import load_config
+from gogooku3.core.errors import ConfigError
 from gogooku3.sources.corporate_actions import (
     adjust_splits,
     check_splits,

@@ -6,8 +6,8 @@ import collections
 
 import polars as pl
 
-from gogooku3.calendar import TradingCalendar
-from gogooku3.config import load_config
+from gogooku3.core.calendar import TradingCalendar
+from gogooku3.config.compose import load_config
 from gogooku3.features.builder import build_features
 
 EXPECTED = {"ohlcv": 6, "returns": 10, "volatility": 5, "moving_averages": 10, "price_position": 8, "volume": 8,

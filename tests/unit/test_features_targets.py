@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from gogooku3.calendar import TradingCalendar
+from gogooku3.core.calendar import TradingCalendar
 from gogooku3.features.builder import build_features
 from gogooku3.features.manifest import FeatureManifest
 

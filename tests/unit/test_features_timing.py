@@ -8,7 +8,7 @@ import datetime as dt
 import polars as pl
 import pytest
 
-from gogooku3.calendar import TradingCalendar
+from gogooku3.core.calendar import TradingCalendar
 from gogooku3.features.statements import effective_dates
 
 D = dt.date

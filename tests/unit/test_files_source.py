@@ -8,8 +8,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from gogooku3.config import load_config
-from gogooku3.errors import ConfigError, DataError
+from gogooku3.config.compose import load_config
+from gogooku3.core.errors import ConfigError, DataError
 from gogooku3.sources.files import import_files
 from gogooku3.sources.schema import read_table, table_path
 

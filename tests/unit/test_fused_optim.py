@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from gogooku3.config import load_config, to_dict
-from gogooku3.training import ATFTModule
+from gogooku3.config.compose import load_config, to_dict
+from gogooku3.training.fit import ATFTModule
 
 torch.set_num_threads(1)
 

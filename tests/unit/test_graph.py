@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 import torch
 
-from gogooku3.errors import ConfigError
-from gogooku3.graph import FinancialGraphBuilder, graph_snapshot, graph_stats
+from gogooku3.core.errors import ConfigError
+from gogooku3.data.graph import FinancialGraphBuilder, graph_snapshot, graph_stats
 
 torch.set_num_threads(1)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gogooku3.graph import FinancialGraphBuilder
+from gogooku3.data.graph import FinancialGraphBuilder
 from gogooku3.model.atft_gat_fan import ATFTGATFAN, ATFTConfig
 from gogooku3.model.gat import GraphBranch, day_graph
 

@@ -19,12 +19,12 @@ from polars.testing import assert_frame_equal
 from typer.testing import CliRunner
 
 from gogooku3.cli import app
-from gogooku3.config import load_config
+from gogooku3.config.compose import load_config
 from gogooku3.features import incremental
 from gogooku3.features.builder import build_dataset, coverage_path
 from gogooku3.features.incremental import Refused, update_dataset
 from gogooku3.features.manifest import manifest_path, metadata_path
-from gogooku3.io import read_json
+from gogooku3.core.io import read_json
 from gogooku3.sources.schema import write_table
 
 NEW_SESSIONS = 3
@@ -159,7 +159,7 @@ def test_refusals(market, tmp_path):
     # a build made before the fingerprints existed
     meta_p = metadata_path(tmp_path / "out" / "ml_dataset_latest.parquet")
     meta = read_json(meta_p)
-    from gogooku3.io import write_json
+    from gogooku3.core.io import write_json
 
     write_json(meta_p, {k: v for k, v in meta.items() if k != "raw_fingerprint"})
     _refused(_cfg(tmp_path / "new", out), "predates incremental builds")

@@ -5,14 +5,14 @@ import polars as pl
 import pytest
 import torch
 
-from gogooku3 import columns as C
-from gogooku3.config import load_config
-from gogooku3.errors import ConfigError, DataError
+from gogooku3.core import columns as C
+from gogooku3.config.compose import load_config
+from gogooku3.core.errors import ConfigError, DataError
 from gogooku3.features.manifest import FeatureManifest, manifest_path
-from gogooku3.inference import predict_panel
+from gogooku3.training.inference import predict_panel
 from gogooku3.model.atft_gat_fan import ATFTGATFAN, ATFTConfig
-from gogooku3.panel import PanelDayDataset, PanelStore
-from gogooku3.training import make_plans
+from gogooku3.data.panel import PanelDayDataset, PanelStore
+from gogooku3.training.fit import make_plans
 
 torch.set_num_threads(1)
 FEATS = ["returns_1d", "f_signal", "f_noise1"]

@@ -5,10 +5,10 @@ import polars as pl
 import pytest
 import torch
 
-from gogooku3.inference import EXPLAIN_COL, predict_panel, quantile_col
+from gogooku3.training.inference import EXPLAIN_COL, predict_panel, quantile_col
 from gogooku3.model.atft_gat_fan import ATFTGATFAN, ATFTConfig
 from gogooku3.model.ensemble import ATFTEnsemble
-from gogooku3.panel import PanelDayDataset, PanelStore
+from gogooku3.data.panel import PanelDayDataset, PanelStore
 
 torch.set_num_threads(1)
 FEATS = ["returns_1d", "f_signal", "f_noise1"]

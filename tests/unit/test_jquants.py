@@ -11,8 +11,8 @@ import httpx
 import polars as pl
 import pytest
 
-from gogooku3.config import load_config
-from gogooku3.errors import ConfigError, DataError
+from gogooku3.config.compose import load_config
+from gogooku3.core.errors import ConfigError, DataError
 from gogooku3.sources import jquants
 from gogooku3.sources.jquants import JQuantsClient, fetch
 from gogooku3.sources.schema import read_table, table_path

@@ -17,8 +17,8 @@ import polars as pl
 import pytest
 from test_jquants import END, SECRET, START, FakeJQuants, _run
 
-from gogooku3.config import load_config
-from gogooku3.errors import DataError
+from gogooku3.config.compose import load_config
+from gogooku3.core.errors import DataError
 from gogooku3.sources import jquants
 from gogooku3.sources.jquants import ENDPOINTS, JQuantsClient
 from gogooku3.sources.schema import TABLES, read_table

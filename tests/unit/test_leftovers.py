@@ -13,16 +13,16 @@ import polars as pl
 from typer.testing import CliRunner
 
 from gogooku3.cli import app
-from gogooku3.config import load_config
-from gogooku3.io import _HOST, file_fingerprint, temp_owner, write_parquet
-from gogooku3.panel import clean_cache
+from gogooku3.config.compose import load_config
+from gogooku3.core.io import _HOST, file_fingerprint, temp_owner, write_parquet
+from gogooku3.data.panel import clean_cache
 
 TINY = ["labels.horizons=[1,5]", "model.window=10"]
 
 
 def test_a_killed_writes_temp_file_goes_with_the_next_write(tmp_path):
     target = tmp_path / "ml_dataset_latest.parquet"
-    code = ("import os, signal, sys\nfrom gogooku3.io import atomic_path\n"
+    code = ("import os, signal, sys\nfrom gogooku3.core.io import atomic_path\n"
             "with atomic_path(sys.argv[1]) as t:\n    t.write_bytes(b'')\n    os.kill(os.getpid(), signal.SIGKILL)\n")
     proc = subprocess.run([sys.executable, "-c", code, str(target)], timeout=60, check=False)
     assert proc.returncode == -signal.SIGKILL
@@ -40,7 +40,7 @@ def test_a_killed_writes_temp_file_goes_with_the_next_write(tmp_path):
 
 
 def test_identical_rebuild_keeps_one_panel(tmp_path, monkeypatch, planted_dataset):
-    from gogooku3.dataset import load_dataset, load_panel
+    from gogooku3.data.dataset import load_dataset, load_panel
 
     ds = planted_dataset(tmp_path)
     monkeypatch.chdir(tmp_path)

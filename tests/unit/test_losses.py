@@ -68,7 +68,7 @@ def test_day_without_labels_gives_zero_loss_with_graph():
 
 
 def test_horizon_weights_from_map_or_list():
-    from gogooku3.training import horizon_weights
+    from gogooku3.training.fit import horizon_weights
 
     assert horizon_weights({1: 4, 5: 2, 10: 1, 20: 1}, [1, 5]) == [4.0, 2.0]      # subset of horizons
     assert horizon_weights({"1": 3}, [1, 20]) == [3.0, 1.0]                       # missing horizons weigh 1

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from gogooku3.errors import SchemaError
+from gogooku3.core.errors import SchemaError
 from gogooku3.evaluation import metrics
 
 
@@ -191,7 +191,7 @@ def test_training_rank_ic_matches_the_metrics_module():
     """The validation loop's on-device RankIC is the same definition as metrics.daily_ic, ties included."""
     import torch
 
-    from gogooku3.training import rank_ic
+    from gogooku3.training.fit import rank_ic
 
     rng = np.random.default_rng(3)
     p = np.round(rng.normal(size=40), 1)          # rounding makes ties

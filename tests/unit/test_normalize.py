@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 from scipy.stats import norm
 
-from gogooku3.errors import ConfigError, SchemaError
-from gogooku3.normalize import CrossSectionalNormalizer
+from gogooku3.core.errors import ConfigError, SchemaError
+from gogooku3.data.normalize import CrossSectionalNormalizer
 
 
 def _frame(n_days=6, n_stocks=120, seed=0) -> pl.DataFrame:

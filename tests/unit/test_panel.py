@@ -6,9 +6,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from gogooku3.io import write_parquet
-from gogooku3.normalize import CrossSectionalNormalizer
-from gogooku3.panel import DayBatchSampler, PanelDataModule, PanelStore
+from gogooku3.core.io import write_parquet
+from gogooku3.data.normalize import CrossSectionalNormalizer
+from gogooku3.data.panel import DayBatchSampler, PanelDataModule, PanelStore
 
 FEATS = ["f1", "f2", "returns_1d"]
 
@@ -118,7 +118,7 @@ def test_build_caches_and_rebuilds(tmp_path):
 
 
 def test_missing_feature_is_a_clear_error():
-    from gogooku3.errors import DataError
+    from gogooku3.core.errors import DataError
 
     with pytest.raises(DataError, match="nope"):
         PanelStore.from_frame(_frame(), ["f1", "nope"], [1], {})

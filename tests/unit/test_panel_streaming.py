@@ -18,10 +18,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from gogooku3 import normalize
-from gogooku3.io import write_parquet
-from gogooku3.normalize import EPS, CrossSectionalNormalizer
-from gogooku3.panel import ARRAYS, PanelStore
+from gogooku3.data import normalize
+from gogooku3.core.io import write_parquet
+from gogooku3.data.normalize import EPS, CrossSectionalNormalizer
+from gogooku3.data.panel import ARRAYS, PanelStore
 
 FEATS = ["f1", "f2", "flag", "sparse", "mkt", "flat", "tiny", "returns_1d"]
 NORMALIZERS = [{"method": "robust_z", "clip": 5.0},
@@ -121,7 +121,7 @@ def test_conversion_is_deterministic_and_order_free(tmp_path):
 
 def test_conversion_is_bounded_by_its_chunks(tmp_path, monkeypatch):
     """Blocks of <= block_mb of days and batches of <= batch_rows rows, whatever the dataset's length."""
-    from gogooku3 import panel as panel_mod
+    from gogooku3.data import panel as panel_mod
 
     df = _frame(dup=False)
     ds = tmp_path / "ds.parquet"
@@ -146,7 +146,7 @@ def test_conversion_is_bounded_by_its_chunks(tmp_path, monkeypatch):
 
 
 def test_missing_feature_is_a_clear_error_in_file_mode(tmp_path):
-    from gogooku3.errors import DataError
+    from gogooku3.core.errors import DataError
 
     ds = tmp_path / "ds.parquet"
     write_parquet(_frame(), ds)

@@ -9,8 +9,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from gogooku3.config import load_config
-from gogooku3.errors import ConfigError, DataError, SchemaError
+from gogooku3.config.compose import load_config
+from gogooku3.core.errors import ConfigError, DataError, SchemaError
 from gogooku3.evaluation.portfolio import BacktestConfig, backtest, run_backtest
 
 CODES = [f"1{j:03d}0" for j in range(10)]

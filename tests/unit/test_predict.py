@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 import torch
 
-from gogooku3.config import load_config
-from gogooku3.errors import ConfigError, DataError
+from gogooku3.config.compose import load_config
+from gogooku3.core.errors import ConfigError, DataError
 from gogooku3.evaluation.portfolio import BacktestConfig
 from gogooku3.features.manifest import FeatureManifest, manifest_path
 from gogooku3.pipelines.predict import predict, rank_table, resolve_date

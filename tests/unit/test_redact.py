@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gogooku3.config import load_config, redact, redact_text, to_dict, to_yaml
+from gogooku3.config.compose import load_config, redact, redact_text, to_dict, to_yaml
 
 
 def test_stored_config_blanks_api_key_and_url_password():

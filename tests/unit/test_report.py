@@ -13,12 +13,12 @@ import numpy as np
 import polars as pl
 import pytest
 
-from gogooku3.baseline import BaselineRun
-from gogooku3.config import load_config
-from gogooku3.errors import DataError
+from gogooku3.predictors.lightgbm import BaselineRun
+from gogooku3.config.compose import load_config
+from gogooku3.core.errors import DataError
 from gogooku3.evaluation import metrics
 from gogooku3.evaluation.report import build_report
-from gogooku3.results import BaselineRef, DatasetRef, FoldResult, ModelInfo, TrainResult
+from gogooku3.evaluation.results import BaselineRef, DatasetRef, FoldResult, ModelInfo, TrainResult
 
 HORIZONS = (1, 5)
 SECTIONS = ("summary", "data", "horizons", "backtest", "rank-ic", "signal", "quantiles", "per-year", "importance", "training",

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from gogooku3.config import load_config, settings
-from gogooku3.errors import ConfigError
-from gogooku3.settings import (
+from gogooku3.config.compose import load_config, settings
+from gogooku3.core.errors import ConfigError
+from gogooku3.config.schema import (
     FilesDataSettings,
     JQuantsDataSettings,
     ModelSettings,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gogooku3 import settings as S
-from gogooku3.config import load_config
-from gogooku3.errors import ConfigError
+from gogooku3.config import schema as S
+from gogooku3.config.compose import load_config
+from gogooku3.core.errors import ConfigError
 
 
 @pytest.mark.parametrize("override,message", [
@@ -51,7 +51,7 @@ def test_ranges_accept_every_packaged_option_and_lower_case_log_level():
 
 
 def test_allowed_values_are_the_modules_own():
-    from gogooku3 import normalize
+    from gogooku3.data import normalize
     from gogooku3.model import losses
     from gogooku3.pipelines import full
     from gogooku3.sources.synthetic import params

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from gogooku3.calendar import TradingCalendar
-from gogooku3.errors import ConfigError, DataError, LeakageError
-from gogooku3.split import (
+from gogooku3.core.calendar import TradingCalendar
+from gogooku3.core.errors import ConfigError, DataError, LeakageError
+from gogooku3.data.split import (
     Fold,
     PurgedKFoldSplitter,
     WalkForwardSplitter,

@@ -8,8 +8,8 @@ import datetime as dt
 import numpy as np
 import polars as pl
 
-from gogooku3.config import load_config
-from gogooku3.model.stack import stack_array, stack_frame, stack_name
+from gogooku3.config.compose import load_config
+from gogooku3.predictors.stack import stack_array, stack_frame, stack_name
 
 HORIZONS, LAG = [1, 5], 1
 GAP = max(HORIZONS) + LAG

@@ -14,7 +14,7 @@ from test_report import (
     make_run_dir,  # tests/unit is on sys.path (rootdir-relative imports)
 )
 
-from gogooku3.config import load_config
+from gogooku3.config.compose import load_config
 from gogooku3.evaluation import metrics
 from gogooku3.evaluation.portfolio import (
     BacktestConfig,

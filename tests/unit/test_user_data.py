@@ -11,9 +11,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from gogooku3.calendar import TradingCalendar
-from gogooku3.config import load_config
-from gogooku3.errors import ConfigError, DataError
+from gogooku3.core.calendar import TradingCalendar
+from gogooku3.config.compose import load_config
+from gogooku3.core.errors import ConfigError, DataError
 from gogooku3.features.builder import (
     BuiltFrame,
     _coverage_table,
@@ -25,10 +25,10 @@ from gogooku3.features.builder import (
 )
 from gogooku3.features.manifest import FeatureManifest
 from gogooku3.features.market import proxy_index
-from gogooku3.graph import HISTORY, FinancialGraphBuilder, graph_snapshot, pick_nodes
-from gogooku3.io import read_json, write_parquet
-from gogooku3.split import WalkForwardSplitter
-from gogooku3.validation import validate_dataset
+from gogooku3.data.graph import HISTORY, FinancialGraphBuilder, graph_snapshot, pick_nodes
+from gogooku3.core.io import read_json, write_parquet
+from gogooku3.data.split import WalkForwardSplitter
+from gogooku3.data.validation import validate_dataset
 
 
 def counts(b) -> dict:

@@ -8,9 +8,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from gogooku3.errors import DataError, SchemaError
+from gogooku3.core.errors import DataError, SchemaError
 from gogooku3.features.manifest import FeatureManifest
-from gogooku3.validation import drop_too_null, scan_dataset, validate_dataset
+from gogooku3.data.validation import drop_too_null, scan_dataset, validate_dataset
 
 N_FEAT = 55
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import polars as pl
 
-from gogooku3 import columns as C
-from gogooku3.errors import ConfigError, DataError
-from gogooku3.io import write_parquet, write_text
+from gogooku3.core import columns as C
+from gogooku3.core.errors import ConfigError, DataError
+from gogooku3.core.io import write_parquet, write_text
 
 log = logging.getLogger(__name__)
 TARGETS = ("alphalens", "quantstats")

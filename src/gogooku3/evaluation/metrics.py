@@ -40,8 +40,8 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import polars as pl
 
-from gogooku3 import columns as C
-from gogooku3.errors import DataError, SchemaError
+from gogooku3.core import columns as C
+from gogooku3.core.errors import DataError, SchemaError
 
 MIN_STOCKS = 5
 TSTAT_METHOD = "newey_west"

@@ -70,11 +70,11 @@ from typing import Any
 
 import polars as pl
 
-from gogooku3 import columns as C
-from gogooku3.errors import ConfigError, DataError, SchemaError, rows_hint
+from gogooku3.core import columns as C
+from gogooku3.core.errors import ConfigError, DataError, SchemaError, rows_hint
 from gogooku3.evaluation import metrics
-from gogooku3.io import timestamp, write_json, write_parquet
-from gogooku3.settings import PortfolioSettings
+from gogooku3.core.io import timestamp, write_json, write_parquet
+from gogooku3.config.schema import PortfolioSettings
 
 log = logging.getLogger(__name__)
 
@@ -739,7 +739,7 @@ def data_source(cfg: Any, dataset: Path | None) -> str:
 
         mp = manifest_path(dataset)
         if mp.exists():
-            from gogooku3.io import read_json
+            from gogooku3.core.io import read_json
 
             src = str(read_json(mp).get("source") or "")
             if src:

@@ -31,8 +31,8 @@ from typing import Any
 
 import polars as pl
 
-from gogooku3 import columns as C
-from gogooku3.errors import DataError
+from gogooku3.core import columns as C
+from gogooku3.core.errors import DataError
 from gogooku3.evaluation import metrics
 from gogooku3.evaluation import report_html as H
 from gogooku3.evaluation.portfolio import (
@@ -49,8 +49,8 @@ from gogooku3.evaluation.portfolio import (
     rolling_sharpe,
     topix_closes,
 )
-from gogooku3.io import peak_rss_mb, read_json, timestamp, to_json, write_text
-from gogooku3.results import SafeSummary, TrainResult
+from gogooku3.core.io import peak_rss_mb, read_json, timestamp, to_json, write_text
+from gogooku3.evaluation.results import SafeSummary, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def baseline_inputs(result: TrainResult | None) -> tuple[dict[str, float] | None
     ref = result.baseline if result is not None else None
     if ref is None or ref.directory is None or not Path(ref.directory, "run.json").exists():
         return None, None
-    from gogooku3.baseline import BaselineRun
+    from gogooku3.predictors.lightgbm import BaselineRun
 
     run = BaselineRun.load(ref.directory)
     safe = SafeSummary.from_report(run.safe_report) if run.safe_report and Path(run.safe_report).exists() else None
@@ -287,7 +287,7 @@ def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
     json_path, html_path = run / "report.json", run / "report.html"
     write_text(json_path, to_json(_clean(report)) + "\n")
     write_text(html_path, html)
-    from gogooku3.tracking import log_report
+    from gogooku3.evaluation.tracking import log_report
 
     log_report(cfg, run, _clean(report), html_path)
     log.info("report: model RankIC@%dd %.4f, Sharpe %s -> %s", h0, evals["model"][str(h0)]["rank_ic_mean"],

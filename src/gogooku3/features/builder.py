@@ -32,9 +32,9 @@ from typing import Any
 import polars as pl
 from omegaconf import DictConfig, OmegaConf
 
-from gogooku3 import columns as C
-from gogooku3.calendar import TradingCalendar
-from gogooku3.errors import DataError, SchemaError, rows_hint
+from gogooku3.core import columns as C
+from gogooku3.core.calendar import TradingCalendar
+from gogooku3.core.errors import DataError, SchemaError, rows_hint
 from gogooku3.features import cross as cross_mod
 from gogooku3.features import flows as flows_mod
 from gogooku3.features import margin as margin_mod
@@ -51,7 +51,7 @@ from gogooku3.features.manifest import (
 from gogooku3.features.market import market_frame, proxy_index
 from gogooku3.features.targets import add_targets
 from gogooku3.features.user import user, user_columns
-from gogooku3.io import atomic_path, peak_rss_mb, write_json, write_parquet, write_text
+from gogooku3.core.io import atomic_path, peak_rss_mb, write_json, write_parquet, write_text
 from gogooku3.sources.schema import TABLES, conform, scan_table, table_path
 
 log = logging.getLogger(__name__)

@@ -41,7 +41,7 @@ import numpy as np
 import polars as pl
 from omegaconf import DictConfig
 
-from gogooku3.errors import DataError
+from gogooku3.core.errors import DataError
 from gogooku3.features.builder import (
     Block,
     BuildResult,
@@ -63,7 +63,7 @@ from gogooku3.features.builder import (
 )
 from gogooku3.features.common import c
 from gogooku3.features.manifest import FeatureManifest, metadata_path
-from gogooku3.io import atomic_path, fingerprint, read_json
+from gogooku3.core.io import atomic_path, fingerprint, read_json
 from gogooku3.sources.schema import TABLES, table_path
 
 log = logging.getLogger(__name__)

@@ -15,9 +15,9 @@ from typing import Any
 
 import polars as pl
 
-from gogooku3 import columns as C
-from gogooku3.errors import ConfigError, DataError, LeakageError
-from gogooku3.io import fingerprint, read_json, write_json
+from gogooku3.core import columns as C
+from gogooku3.core.errors import ConfigError, DataError, LeakageError
+from gogooku3.core.io import fingerprint, read_json, write_json
 
 TARGET_RE = re.compile(r"^(target|feat_ret|label|y)_")
 META_COLUMNS = ("Code", "Date", "Section", "S33", "S17")

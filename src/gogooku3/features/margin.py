@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from gogooku3.calendar import TradingCalendar
+from gogooku3.core.calendar import TradingCalendar
 from gogooku3.features.common import (
     EPS,
     Block,

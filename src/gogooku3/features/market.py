@@ -42,7 +42,7 @@ def proxy_index(lf: pl.LazyFrame, mode: str, weights: pl.Expr | None = None) -> 
     C(t) = C(t−1)·(1 + R(t)).
     """
     if mode not in PROXY_MODES:
-        from gogooku3.errors import ConfigError
+        from gogooku3.core.errors import ConfigError
 
         raise ConfigError(f"features.market.proxy must be one of {', '.join(PROXY_MODES)}, got '{mode}'")
     capw = weights is not None and mode == "auto"

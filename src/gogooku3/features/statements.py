@@ -13,7 +13,7 @@ import datetime as dt
 
 import polars as pl
 
-from gogooku3.calendar import TradingCalendar
+from gogooku3.core.calendar import TradingCalendar
 from gogooku3.features.common import EPS, Block, c, div, flag, narrow, per_code
 
 NUMS = ("Sales", "OP", "NP", "EPS", "Eq", "TA", "FOP", "FNP", "FEPS", "FDivAnn", "ShOut")

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from gogooku3 import columns as C
-from gogooku3.calendar import TradingCalendar
+from gogooku3.core import columns as C
+from gogooku3.core.calendar import TradingCalendar
 
 
 def row_key(cal: TradingCalendar, reach: int) -> pl.Expr:

@@ -62,7 +62,7 @@ class ATFTConfig:
     def from_dict(cls, d: dict) -> ATFTConfig:
         """From `cfg.model` (plus n_features, horizons) or a bundle's model_config; an unknown key is a
         ConfigError (the model group's `name` and `expected_params` are dropped)."""
-        from gogooku3.settings import unknown_key_error
+        from gogooku3.config.schema import unknown_key_error
 
         names = [f.name for f in fields(cls)]
         d = {k: v for k, v in d.items() if k not in cls.MODEL_GROUP_ONLY}
@@ -102,7 +102,7 @@ class ATFTGATFAN(nn.Module):
     @property
     def graph_builder(self):
         if self._graph_builder is None:
-            from gogooku3.graph import FinancialGraphBuilder
+            from gogooku3.data.graph import FinancialGraphBuilder
 
             self._graph_builder = FinancialGraphBuilder(**self.cfg.graph)
         return self._graph_builder

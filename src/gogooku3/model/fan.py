@@ -84,6 +84,6 @@ def make_input_norm(kind: str, n_features: int, window: int, hidden: int, topk: 
         return RevIN(n_features, hidden)
     if kind == "none":
         return NoNorm(hidden)
-    from gogooku3.errors import ConfigError
+    from gogooku3.core.errors import ConfigError
 
     raise ConfigError(f"model.norm must be fan, revin or none, got '{kind}'")

@@ -18,15 +18,15 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from gogooku3 import columns as C
-from gogooku3.baseline import baseline_horizons
-from gogooku3.bundle import save_bundle
-from gogooku3.checkpoints import adopt_checkpoints, check_resume_model
-from gogooku3.config import path, to_dict, to_yaml
-from gogooku3.dataset import load_dataset, load_panel
-from gogooku3.errors import ConfigError
+from gogooku3.core import columns as C
+from gogooku3.predictors.lightgbm import baseline_horizons
+from gogooku3.predictors.bundle import save_bundle
+from gogooku3.training.checkpoints import adopt_checkpoints, check_resume_model
+from gogooku3.config.compose import path, to_dict, to_yaml
+from gogooku3.data.dataset import load_dataset, load_panel
+from gogooku3.core.errors import ConfigError
 from gogooku3.evaluation import metrics
-from gogooku3.io import (
+from gogooku3.core.io import (
     atomic_path,
     new_run_dir,
     peak_rss_mb,
@@ -36,15 +36,15 @@ from gogooku3.io import (
     write_parquet,
     write_text,
 )
-from gogooku3.member_pool import resolve_workers, start_pool
-from gogooku3.model.blend import BlendChoice, choose_weights, combine, weight_grid
+from gogooku3.training.member_pool import resolve_workers, start_pool
+from gogooku3.predictors.blend import BlendChoice, choose_weights, combine, weight_grid
 from gogooku3.model.ensemble import ATFTEnsemble
-from gogooku3.model.stack import stack_for_plan, stack_name
-from gogooku3.panel import clean_cache
-from gogooku3.results import BaselineRef, FoldResult, ModelInfo, TrainResult
-from gogooku3.runs import check_resume, resume_dir, shown
-from gogooku3.tracking import log_training
-from gogooku3.training import FoldFit, fit_ensemble, make_plans, model_config
+from gogooku3.predictors.stack import stack_for_plan, stack_name
+from gogooku3.data.panel import clean_cache
+from gogooku3.evaluation.results import BaselineRef, FoldResult, ModelInfo, TrainResult
+from gogooku3.core.runs import check_resume, resume_dir, shown
+from gogooku3.evaluation.tracking import log_training
+from gogooku3.training.fit import FoldFit, fit_ensemble, make_plans, model_config
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class CompleteATFTTrainingPipeline:
 
     def baseline(self) -> tuple[pl.DataFrame | None, BaselineRef | None]:
         """LightGBM test predictions on the trained folds (the `baseline` group; shared with `safe`)."""
-        from gogooku3.baseline import baseline_for_folds
+        from gogooku3.predictors.lightgbm import baseline_for_folds
 
         run = baseline_for_folds(self.cfg, self.dataset, self.manifest, self.folds, [p.index for p in self.plans],
                                  self.manifest.entry_lag)

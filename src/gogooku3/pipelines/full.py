@@ -13,8 +13,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from gogooku3.errors import ConfigError
-from gogooku3.io import peak_rss_mb
+from gogooku3.core.errors import ConfigError
+from gogooku3.core.io import peak_rss_mb
 
 log = logging.getLogger(__name__)
 

@@ -26,11 +26,11 @@ from typing import Any
 
 import polars as pl
 
-from gogooku3 import columns as C
-from gogooku3.errors import ConfigError, DataError
+from gogooku3.core import columns as C
+from gogooku3.core.errors import ConfigError, DataError
 from gogooku3.evaluation.portfolio import BacktestConfig, side_expr, universe_filter
 from gogooku3.features.manifest import FeatureManifest
-from gogooku3.io import write_parquet, write_text
+from gogooku3.core.io import write_parquet, write_text
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def rank_table(preds: pl.DataFrame, horizons: list[int], horizon: int, c: Backte
 def model_details(bundle: Any, dataset: Path, d: dt.date, quantiles: bool, explain: bool) -> pl.DataFrame:
     """Code, the model's quantile forecasts and/or `vsn_weights` on date `d` (`bundle.predict_for_dates` with its
     `quantiles` / `explain` options)."""
-    from gogooku3.bundle import predict_for_dates
+    from gogooku3.predictors.bundle import predict_for_dates
 
     out = predict_for_dates(bundle, dataset, [d], quantiles=quantiles, explain=explain)
     return out.drop("Date", *[C.pred(h) for h in bundle.horizons])
@@ -106,7 +106,7 @@ def model_details(bundle: Any, dataset: Path, d: dt.date, quantiles: bool, expla
 def quantile_columns(details: pl.DataFrame, horizons: list[int], levels: list[float],
                      available: list[float]) -> list[pl.Expr]:
     """q{pct}_{h}d columns for each requested level (each must be one of the model's `available` levels)."""
-    from gogooku3.inference import quantile_col
+    from gogooku3.training.inference import quantile_col
 
     have = {round(float(a), 6) for a in available}
     bad = [lv for lv in levels if round(float(lv), 6) not in have]
@@ -118,7 +118,7 @@ def quantile_columns(details: pl.DataFrame, horizons: list[int], levels: list[fl
 
 def explain_table(details: pl.DataFrame, ranks: pl.DataFrame, features: list[str], top: int) -> pl.DataFrame:
     """Long table Code, rank, feature, weight, share: each stock's `top` largest variable-selection weights."""
-    from gogooku3.inference import EXPLAIN_COL
+    from gogooku3.training.inference import EXPLAIN_COL
 
     names = pl.DataFrame({"_f": list(range(len(features))), "feature": features},
                          schema={"_f": pl.Int64, "feature": pl.String})
@@ -134,7 +134,7 @@ def explain_table(details: pl.DataFrame, ranks: pl.DataFrame, features: list[str
 
 def predict(cfg: Any, run_dir: str | Path, date: str | dt.date | None = None) -> Path:
     """`gogooku3 predict`: write output/predictions/pred_<date>.parquet and .csv; return the parquet path."""
-    from gogooku3.bundle import load_bundle, predict_blended
+    from gogooku3.predictors.bundle import load_bundle, predict_blended
 
     dataset = Path(cfg.paths.dataset)
     if not dataset.exists():

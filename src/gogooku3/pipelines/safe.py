@@ -1,7 +1,7 @@
 """SafeTrainingPipeline: the leak-free check of an ML dataset, written up as one JSON report.
 
 1 load + validate  2 features (the manifest's groups: the allow-list the builder wrote)  3 split (purge/embargo)
-4+5 the shared LightGBM baseline per fold (`gogooku3.baseline`: per-day normalization, inner-validation early
+4+5 the shared LightGBM baseline per fold (`gogooku3.predictors.lightgbm`: per-day normalization, inner-validation early
 stopping; reused from `<output_dir>/baselines/<fingerprint>/` when stored, else fitted and stored there for
 `gogooku3 train`)  6 correlation graph  7 report `<output_dir>/experiments/safe_<timestamp>.json` (atomic).
 Unlike the original, the split comes before anything is fitted, the only pooled normalization statistic is
@@ -22,8 +22,8 @@ import numpy as np
 import polars as pl
 from omegaconf import DictConfig
 
-from gogooku3 import columns as C
-from gogooku3.baseline import (
+from gogooku3.core import columns as C
+from gogooku3.predictors.lightgbm import (
     BaselineRun,
     baseline_fingerprint,
     baseline_horizons,
@@ -31,14 +31,14 @@ from gogooku3.baseline import (
     fit_baseline,
     load_or_fit,
 )
-from gogooku3.config import to_dict
-from gogooku3.errors import ConfigError, DataError
+from gogooku3.config.compose import to_dict
+from gogooku3.core.errors import ConfigError, DataError
 from gogooku3.evaluation import metrics
 from gogooku3.features.manifest import FeatureManifest, is_label_like, manifest_path
-from gogooku3.graph import FinancialGraphBuilder, graph_snapshot
-from gogooku3.io import file_fingerprint, peak_rss_mb, timestamp, write_json
-from gogooku3.split import Fold, check_folds, chosen_folds, make_splitter
-from gogooku3.validation import scan_dataset, validate_dataset
+from gogooku3.data.graph import FinancialGraphBuilder, graph_snapshot
+from gogooku3.core.io import file_fingerprint, peak_rss_mb, timestamp, write_json
+from gogooku3.data.split import Fold, check_folds, chosen_folds, make_splitter
+from gogooku3.data.validation import scan_dataset, validate_dataset
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class SafeTrainingPipeline:
                 st["enabled"] = False
         with self._step("step4_normalization") as st:
             if run is not None:
-                st.update({**run.normalization, "done_in": "step5_baseline (gogooku3.baseline.fit_baseline)"})
+                st.update({**run.normalization, "done_in": "step5_baseline (gogooku3.predictors.lightgbm.fit_baseline)"})
             else:
                 st["enabled"] = False
 

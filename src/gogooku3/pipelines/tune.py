@@ -32,8 +32,8 @@ import optuna
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from gogooku3 import columns as C
-from gogooku3.config import (
+from gogooku3.core import columns as C
+from gogooku3.config.compose import (
     TUNED_SUBDIR,
     load_config,
     path,
@@ -41,13 +41,13 @@ from gogooku3.config import (
     redact_text,
     to_dict,
 )
-from gogooku3.errors import ConfigError, TrainingError
+from gogooku3.core.errors import ConfigError, TrainingError
 from gogooku3.evaluation import metrics
-from gogooku3.inference import predict_panel
-from gogooku3.io import timestamp, write_json, write_text
-from gogooku3.panel import clean_cache
-from gogooku3.progress import bar as progress_bar
-from gogooku3.training import fit_ensemble, make_plans
+from gogooku3.training.inference import predict_panel
+from gogooku3.core.io import timestamp, write_json, write_text
+from gogooku3.data.panel import clean_cache
+from gogooku3.core.progress import bar as progress_bar
+from gogooku3.training.fit import fit_ensemble, make_plans
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +290,7 @@ class Tuner:
         self.step_base = int(self.hc.max_epochs)
 
     def prepare(self) -> None:
-        from gogooku3.dataset import load_dataset, load_panel
+        from gogooku3.data.dataset import load_dataset, load_panel
 
         dataset, manifest, ref = load_dataset(self.cfg)
         self.horizons = list(manifest.horizons)

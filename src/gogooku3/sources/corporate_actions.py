@@ -22,7 +22,7 @@ from typing import Any
 
 import polars as pl
 
-from gogooku3.errors import ConfigError
+from gogooku3.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

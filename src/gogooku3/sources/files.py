@@ -17,8 +17,8 @@ from pathlib import Path
 import polars as pl
 from omegaconf import DictConfig, OmegaConf
 
-from gogooku3.calendar import TradingCalendar
-from gogooku3.errors import ConfigError, DataError
+from gogooku3.core.calendar import TradingCalendar
+from gogooku3.core.errors import ConfigError, DataError
 from gogooku3.sources.schema import TABLES, conform, replace_raw_tables
 
 log = logging.getLogger(__name__)
@@ -402,7 +402,7 @@ def source_config(cfg: DictConfig, source: str) -> DictConfig:
     """
     if cfg.get("data") is not None and cfg.data.get("source") == source:
         return cfg
-    from gogooku3.config import load_config
+    from gogooku3.config.compose import load_config
 
     log.info("data.source is not '%s': using the data=%s defaults (add data=%s to override its keys)",
              source, source, source)

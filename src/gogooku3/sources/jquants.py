@@ -24,9 +24,9 @@ import httpx
 import polars as pl
 from omegaconf import DictConfig, OmegaConf
 
-from gogooku3.errors import ConfigError, DataError
-from gogooku3.io import write_parquet
-from gogooku3.progress import track
+from gogooku3.core.errors import ConfigError, DataError
+from gogooku3.core.io import write_parquet
+from gogooku3.core.progress import track
 from gogooku3.sources.files import source_config
 from gogooku3.sources.schema import TABLES, replace_raw_tables
 

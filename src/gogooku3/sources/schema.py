@@ -30,8 +30,8 @@ from pathlib import Path
 
 import polars as pl
 
-from gogooku3.errors import DataError, SchemaError, rows_hint
-from gogooku3.io import write_parquet
+from gogooku3.core.errors import DataError, SchemaError, rows_hint
+from gogooku3.core.io import write_parquet
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from gogooku3 import columns as C
-from gogooku3.calendar import TradingCalendar
-from gogooku3.errors import ConfigError
+from gogooku3.core import columns as C
+from gogooku3.core.calendar import TradingCalendar
+from gogooku3.core.errors import ConfigError
 from gogooku3.sources import schema
 from gogooku3.sources.synthetic.flows import investor_types, margin_interest
 from gogooku3.sources.synthetic.market import simulate_paths
@@ -127,8 +127,8 @@ def oracle_rank_ic(tables: dict[str, pl.DataFrame], horizon: int = 1, entry_lag:
 # ---- writing ------------------------------------------------------------------------------------------------
 def synthesize(cfg: Any) -> dict[str, Path]:
     """Simulate and write every raw table to `cfg.paths.raw_dir` and the oracle to `cfg.paths.oracle_dir`."""
-    from gogooku3.io import write_parquet
-    from gogooku3.progress import bar as progress_bar
+    from gogooku3.core.io import write_parquet
+    from gogooku3.core.progress import bar as progress_bar
 
     p = SynthParams.from_config(cfg)
     horizons = tuple(cfg.labels.horizons) if cfg.get("labels") else (1, 5, 10, 20)

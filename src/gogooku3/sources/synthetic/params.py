@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from gogooku3.errors import ConfigError
+from gogooku3.core.errors import ConfigError
 
 MAX_STOCKS = 8000  # unique 4-digit codes 1301..9997 (+ check digit "0")
 

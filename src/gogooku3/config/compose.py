@@ -16,8 +16,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from gogooku3.errors import ConfigError
-from gogooku3.settings import Settings, check_key
+from gogooku3.core.errors import ConfigError
+from gogooku3.config.schema import Settings, check_key
 
 CONFIG_MODULE = "gogooku3.conf"
 
@@ -31,7 +31,7 @@ def load_config(overrides: Sequence[str] = (), config_name: str = "config",
     groups: ``DIR/experiment/my_exp.yaml`` adds an experiment, ``DIR/model/tiny.yaml`` a model option. The folder
     where `gogooku3 tune` writes experiments (`<paths.output_dir>/optuna`) is searched too, so
     ``experiment=<study>`` finds a tuned study's best parameters. The result is checked once against the typed
-    schema (`gogooku3.settings.Settings`): an unknown key, a value of the wrong type or a missing required key fails
+    schema (`gogooku3.config.schema.Settings`): an unknown key, a value of the wrong type or a missing required key fails
     here with a ConfigError naming the key."""
     dirs = search_dirs(overrides, config_dirs)
     overrides = [_drop_plus(o, dirs) for o in overrides]

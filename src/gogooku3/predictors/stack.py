@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from gogooku3 import columns as C
-from gogooku3.baseline import LightGBMBaseline
+from gogooku3.core import columns as C
+from gogooku3.predictors.lightgbm import LightGBMBaseline
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def stack_for_plan(cfg: Any, dataset: Any, manifest: Any, folds: Sequence[Any], 
                    codes: Sequence[str]) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """The stacked inputs of one plan on the panel's dates × codes, from the dataset with the baseline's features
     and input normalisation (`baseline` group), and their provenance."""
-    from gogooku3.baseline import _normalized, baseline_frame, baseline_horizons
+    from gogooku3.predictors.lightgbm import _normalized, baseline_frame, baseline_horizons
 
     b, sc = cfg.baseline, cfg.train.stack
     horizons = baseline_horizons(cfg)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
-from gogooku3.errors import ConfigError
+from gogooku3.core.errors import ConfigError
 
 MISSING = "???"  # OmegaConf's mandatory-value marker
 
@@ -625,8 +625,8 @@ class Settings:
 Check = tuple[Callable[[Any], bool], str]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-NORMALIZER_METHODS = ("robust_z", "rank_gauss")        # gogooku3.normalize.METHODS
-DAY_LEVEL = ("time_z", "zero")                          # gogooku3.normalize.DAY_LEVEL
+NORMALIZER_METHODS = ("robust_z", "rank_gauss")        # gogooku3.data.normalize.METHODS
+DAY_LEVEL = ("time_z", "zero")                          # gogooku3.data.normalize.DAY_LEVEL
 LOSS_TARGET_TRANSFORMS = ("zscore", "rank_gauss")       # gogooku3.model.losses.TARGET_TRANSFORMS
 RUN_STEPS = ("data", "build", "safe", "train", "backtest", "report", "predict")  # pipelines.full.STEPS
 

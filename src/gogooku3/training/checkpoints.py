@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from gogooku3.errors import ConfigError, TrainingError, load_reason
+from gogooku3.core.errors import ConfigError, TrainingError, load_reason
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from gogooku3 import columns as C
-from gogooku3.errors import ConfigError, DataError
+from gogooku3.core import columns as C
+from gogooku3.core.errors import ConfigError, DataError
 from gogooku3.evaluation import metrics
 
 log = logging.getLogger(__name__)

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from gogooku3.errors import ConfigError, DataError, LeakageError
-from gogooku3.settings import PurgedKFoldSplitSettings, WalkForwardSplitSettings
+from gogooku3.core.errors import ConfigError, DataError, LeakageError
+from gogooku3.config.schema import PurgedKFoldSplitSettings, WalkForwardSplitSettings
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ import polars as pl
 import torch
 from safetensors.torch import load_file, save_file
 
-from gogooku3.errors import DataError, Gogooku3Error, load_reason
+from gogooku3.core.errors import DataError, Gogooku3Error, load_reason
 from gogooku3.features.manifest import FeatureManifest
-from gogooku3.io import atomic_path, read_json, write_json
+from gogooku3.core.io import atomic_path, read_json, write_json
 from gogooku3.model.atft_gat_fan import ATFTGATFAN, ATFTConfig
 from gogooku3.model.ensemble import ATFTEnsemble
 
@@ -154,9 +154,9 @@ def predict_for_dates(bundle: Bundle, df_or_path: pl.DataFrame | pl.LazyFrame | 
     """Predictions for every stock with a valid window on each date: DataFrame[Date, Code, pred_{h}d] (plus the
     quantile forecasts / per-stock variable-selection weights with `quantiles` / `explain`), from
     `inference.predict_panel` over a panel of just the sessions the windows need."""
-    from gogooku3.inference import predict_panel
-    from gogooku3.normalize import CrossSectionalNormalizer
-    from gogooku3.panel import PanelStore
+    from gogooku3.training.inference import predict_panel
+    from gogooku3.data.normalize import CrossSectionalNormalizer
+    from gogooku3.data.panel import PanelStore
 
     if bundle.meta.get("stack"):
         raise DataError(f"{bundle.root or 'bundle'}: its model reads stacked LightGBM inputs "
@@ -198,8 +198,8 @@ def predict_blended(bundle: Bundle, df_or_path: pl.DataFrame | pl.LazyFrame | st
     (`model.blend.combine` with the stored weights), else the model alone (`predict_for_dates`)."""
     import lightgbm as lgb
 
-    from gogooku3.model.blend import combine
-    from gogooku3.normalize import CrossSectionalNormalizer
+    from gogooku3.predictors.blend import combine
+    from gogooku3.data.normalize import CrossSectionalNormalizer
 
     model = predict_for_dates(bundle, df_or_path, dates)
     spec = bundle.meta.get("blend")

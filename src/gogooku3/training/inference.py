@@ -12,9 +12,9 @@ import numpy as np
 import polars as pl
 import torch
 
-from gogooku3 import columns as C
-from gogooku3.errors import DataError
-from gogooku3.panel import PanelDayDataset, PanelStore
+from gogooku3.core import columns as C
+from gogooku3.core.errors import DataError
+from gogooku3.data.panel import PanelDayDataset, PanelStore
 
 
 def quantile_col(h: int, level: float) -> str:

@@ -31,9 +31,9 @@ import polars as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from gogooku3 import columns as C
-from gogooku3.errors import TrainingError
-from gogooku3.io import atomic_path, write_parquet
+from gogooku3.core import columns as C
+from gogooku3.core.errors import TrainingError
+from gogooku3.core.io import atomic_path, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def start_pool(workers: int) -> ProcessPoolExecutor:
 
 
 def _warm() -> None:
-    for module in ("gogooku3.training", "gogooku3.inference"):
+    for module in ("gogooku3.training.fit", "gogooku3.training.inference"):
         importlib.import_module(module)
 
 
@@ -125,10 +125,10 @@ def run_jobs(jobs: list[MemberJob], workers: int, pool: ProcessPoolExecutor | No
 
 def train_member_job(job: MemberJob) -> MemberRecord:
     """Worker entry point: train one member and write its weights and predictions."""
-    from gogooku3.inference import predict_panel
-    from gogooku3.logs import setup_logging
-    from gogooku3.panel import PanelStore
-    from gogooku3.training import fit_member
+    from gogooku3.training.inference import predict_panel
+    from gogooku3.core.logs import setup_logging
+    from gogooku3.data.panel import PanelStore
+    from gogooku3.training.fit import fit_member
 
     setup_logging(job.log_level)
     torch.set_num_threads(job.threads)

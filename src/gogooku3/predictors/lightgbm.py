@@ -30,20 +30,20 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 
-from gogooku3 import columns as C
-from gogooku3.config import to_dict
-from gogooku3.errors import DataError, LeakageError, SchemaError, TrainingError
+from gogooku3.core import columns as C
+from gogooku3.config.compose import to_dict
+from gogooku3.core.errors import DataError, LeakageError, SchemaError, TrainingError
 from gogooku3.features.manifest import FeatureManifest, is_label_like
-from gogooku3.io import (
+from gogooku3.core.io import (
     file_fingerprint,
     fingerprint,
     read_json,
     write_json,
     write_parquet,
 )
-from gogooku3.normalize import CrossSectionalNormalizer
-from gogooku3.split import Fold, inner_validation
-from gogooku3.validation import drop_too_null, scan_dataset
+from gogooku3.data.normalize import CrossSectionalNormalizer
+from gogooku3.data.split import Fold, inner_validation
+from gogooku3.data.validation import drop_too_null, scan_dataset
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from gogooku3.errors import DataError
-from gogooku3.io import read_json, write_json
+from gogooku3.core.errors import DataError
+from gogooku3.core.io import read_json, write_json
 
 
 @dataclass

@@ -12,7 +12,7 @@ from functools import lru_cache
 import numpy as np
 import polars as pl
 
-from gogooku3.errors import ConfigError, DataError
+from gogooku3.core.errors import ConfigError, DataError
 
 # J-Quants HolidayDivision: 0 closed, 1 full session, 2 half-day session, 3 closed (holiday trading of derivatives).
 SESSION_HOLDIV = ("1", "2")

@@ -8,13 +8,13 @@ from pathlib import Path
 import polars as pl
 from omegaconf import DictConfig
 
-from gogooku3 import columns as C
-from gogooku3.config import path, to_dict
-from gogooku3.errors import DataError
+from gogooku3.core import columns as C
+from gogooku3.config.compose import path, to_dict
+from gogooku3.core.errors import DataError
 from gogooku3.features.manifest import FeatureManifest
-from gogooku3.io import file_fingerprint
-from gogooku3.panel import PanelStore
-from gogooku3.results import DatasetRef
+from gogooku3.core.io import file_fingerprint
+from gogooku3.data.panel import PanelStore
+from gogooku3.evaluation.results import DatasetRef
 
 
 def load_dataset(cfg: DictConfig) -> tuple[Path, FeatureManifest, DatasetRef]:

@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 from scipy.special import ndtri
 
-from gogooku3.errors import ConfigError, DataError, SchemaError
+from gogooku3.core.errors import ConfigError, DataError, SchemaError
 
 log = logging.getLogger(__name__)
 

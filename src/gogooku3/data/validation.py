@@ -17,8 +17,8 @@ from typing import Any
 
 import polars as pl
 
-from gogooku3 import columns as C
-from gogooku3.errors import ConfigError, DataError, SchemaError, rows_hint
+from gogooku3.core import columns as C
+from gogooku3.core.errors import ConfigError, DataError, SchemaError, rows_hint
 from gogooku3.features.manifest import META_COLUMNS, FeatureManifest
 
 log = logging.getLogger(__name__)

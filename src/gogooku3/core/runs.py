@@ -9,11 +9,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from gogooku3.checkpoints import check_resume_checkpoint
-from gogooku3.config import path
-from gogooku3.errors import ConfigError, TrainingError
-from gogooku3.io import read_json
-from gogooku3.results import DatasetRef
+from gogooku3.training.checkpoints import check_resume_checkpoint
+from gogooku3.config.compose import path
+from gogooku3.core.errors import ConfigError, TrainingError
+from gogooku3.core.io import read_json
+from gogooku3.evaluation.results import DatasetRef
 
 log = logging.getLogger(__name__)
 

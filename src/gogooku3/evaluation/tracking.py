@@ -16,7 +16,7 @@ from typing import Any
 
 import polars as pl
 
-from gogooku3.config import path, to_dict
+from gogooku3.config.compose import path, to_dict
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "gogooku3"

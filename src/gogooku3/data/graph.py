@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from gogooku3.errors import ConfigError, DataError
+from gogooku3.core.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # polars only for the report helpers; the model path needs torch alone (GPU images)
     import polars as pl

@@ -19,7 +19,7 @@ from typing import Any
 
 import polars as pl
 
-from gogooku3.errors import DataError
+from gogooku3.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,8 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig
 
-from gogooku3 import columns as C
-from gogooku3.callbacks import (
+from gogooku3.core import columns as C
+from gogooku3.training.callbacks import (
     EMA,
     CollapseGuard,
     EpochLog,
@@ -45,13 +45,13 @@ from gogooku3.callbacks import (
     Throughput,
     ema_weights,
 )
-from gogooku3.checkpoints import RunCheckpoint, confined
-from gogooku3.config import to_dict
-from gogooku3.errors import ConfigError
+from gogooku3.training.checkpoints import RunCheckpoint, confined
+from gogooku3.config.compose import to_dict
+from gogooku3.core.errors import ConfigError
 from gogooku3.evaluation import metrics
-from gogooku3.inference import predict_panel
-from gogooku3.logs import defer_lightning_logging
-from gogooku3.member_pool import (
+from gogooku3.training.inference import predict_panel
+from gogooku3.core.logs import defer_lightning_logging
+from gogooku3.training.member_pool import (
     MemberJob,
     job_config,
     mean_predictions,
@@ -62,8 +62,8 @@ from gogooku3.member_pool import (
 from gogooku3.model.atft_gat_fan import ATFTGATFAN, ATFTConfig
 from gogooku3.model.ensemble import ATFTEnsemble
 from gogooku3.model.losses import MultiHorizonLoss
-from gogooku3.panel import PanelDataModule, PanelStore
-from gogooku3.split import (
+from gogooku3.data.panel import PanelDataModule, PanelStore
+from gogooku3.data.split import (
     Fold,
     check_folds,
     chosen_folds,

@@ -26,9 +26,9 @@ import polars as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from gogooku3 import columns as C
-from gogooku3.errors import DataError
-from gogooku3.io import (
+from gogooku3.core import columns as C
+from gogooku3.core.errors import DataError
+from gogooku3.core.io import (
     STALE_TMP_NO_OWNER_S,
     fingerprint,
     read_json,
@@ -36,7 +36,7 @@ from gogooku3.io import (
     temp_owner,
     write_json,
 )
-from gogooku3.normalize import CrossSectionalNormalizer, DenseNormalization, _Workspace
+from gogooku3.data.normalize import CrossSectionalNormalizer, DenseNormalization, _Workspace
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Configuration: Hydra composition (`compose`) and the typed schema (`schema`); values live in conf/*.yaml."""

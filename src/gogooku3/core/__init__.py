@@ -1,0 +1,1 @@
+"""Shared plumbing: column names, errors, atomic I/O, calendars, logging, progress, run folders."""
