@@ -62,7 +62,7 @@ FLOOR = """
 import json, sys, time
 from pathlib import Path
 import polars as pl
-from gogooku3.features.builder import PARQUET
+from gogooku3.features.writer import PARQUET
 from gogooku3.core.io import peak_rss_mb, write_parquet
 raw = Path(sys.argv[1]); dataset = sys.argv[2]; tmp = Path(sys.argv[3])
 t0 = time.perf_counter()

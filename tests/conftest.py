@@ -100,7 +100,7 @@ def mini_calendar(mini_tables) -> TradingCalendar:
 
 @pytest.fixture(scope="session")
 def mini_built(mini_tables, mini_calendar, cfg):
-    from gogooku3.features.builder import build_features
+    from gogooku3.features.build import build_features
 
     return build_features(mini_tables, mini_calendar, cfg.features, cfg.labels)
 
@@ -122,7 +122,7 @@ def synth_calendar(synth_tables) -> TradingCalendar:
 
 @pytest.fixture(scope="session")
 def synth_built(synth_tables, synth_calendar, cfg):
-    from gogooku3.features.builder import build_features
+    from gogooku3.features.build import build_features
 
     return build_features(synth_tables, synth_calendar, cfg.features, cfg.labels)
 

@@ -84,10 +84,14 @@ def config_dirs(ctx: typer.Context) -> tuple[list[str], list[str]]:
     return [str(d) for d in root.get("config_dirs", [])] + late, overrides
 
 
-def _cfg(ctx: typer.Context):
+def _cfg(ctx: typer.Context, data: str | None = None):
+    """The composed config of the command's overrides; `data` (files | jquants): the data option the command reads,
+    composed in (as `data=<option>`) unless the overrides choose one."""
     dirs, overrides = config_dirs(ctx)
+    if data is not None and not any(o.lstrip("+").partition("=")[0] == "data" for o in overrides):
+        overrides = [f"data={data}", *overrides]
     cfg = load_config(overrides, config_dirs=dirs)
-    setup_logging(str(cfg.get("log_level", "INFO")).upper())
+    setup_logging(str(cfg.log_level).upper())
     return cfg
 
 
@@ -113,7 +117,7 @@ def data_synth(ctx: typer.Context) -> None:
     "data fetch data=jquants data.start_date=2020-01-01", "data fetch data=jquants data.plan=standard",
     "data fetch data=jquants 'data.tables=[daily_quotes,listed_info]'"))
 def data_fetch(ctx: typer.Context) -> None:
-    cfg = _cfg(ctx)
+    cfg = _cfg(ctx, data="jquants")
     from gogooku3.sources.jquants import fetch
 
     fetch(cfg)
@@ -126,7 +130,7 @@ def data_fetch(ctx: typer.Context) -> None:
     "data import eu.csv data=files data.separator=';' data.decimal_comma=true"))
 def data_import(ctx: typer.Context,
                 path: Path = typer.Argument(..., help="CSV or parquet file in long format (Date, Code, prices).")) -> None:
-    cfg = _cfg(ctx)
+    cfg = _cfg(ctx, data="files")
     from gogooku3.sources.files import import_files
 
     import_files(cfg, path)
@@ -212,7 +216,7 @@ def tune(ctx: typer.Context) -> None:
 def backtest(ctx: typer.Context,
              predictions: Path = typer.Option(..., "--predictions", help="Parquet with Date, Code, pred_{h}d, target_{h}d.")) -> None:
     cfg = _cfg(ctx)
-    from gogooku3.evaluation.portfolio import run_backtest
+    from gogooku3.evaluation.backtest.run import run_backtest
 
     run_backtest(cfg, predictions)
 

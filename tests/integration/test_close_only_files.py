@@ -73,9 +73,9 @@ def test_close_only_file_runs_every_step(run):
     assert safe["step6_graph"]["ranked_by"] == "return_history" and safe["step6_graph"]["n_nodes"] == 10
     assert safe["step2_features"]["n_features"] >= 50
     m = json.loads((root / "runs" / "last" / "metrics.json").read_text())
-    assert m["epochs"] == [1] and m["test"]["1"]["n_days"] > 0 and m["baseline_test"] is not None
-    assert set(res["backtest"]) == {"model", "baseline", "combined"}  # the blend (train.blend) is backtested too
-    for who in ("model", "baseline", "combined"):
+    assert m["epochs"] == [1] and m["test"]["1"]["n_days"] > 0 and "lightgbm" in m["comparison"]["pooled"]
+    assert list(res["backtest"]) == ["blend", "atft", "lightgbm", "ridge"]  # every predictor, the product first
+    for who in res["backtest"]:
         summary = res["backtest"][who]["summary"]
         assert math.isfinite(summary["sharpe"]) and summary["n_periods"] > 50
     assert (root / "runs" / "last" / "report.html").stat().st_size > 10_000

@@ -23,7 +23,8 @@ from typer.testing import CliRunner
 
 from gogooku3.training import checkpoints
 
-from gogooku3.training import fit as training
+from gogooku3.predictors import atft as atft_predictor
+from gogooku3.training import ensemble
 from gogooku3.cli import app
 from gogooku3.config.compose import load_config
 from gogooku3.features.manifest import FeatureManifest, manifest_path
@@ -243,7 +244,8 @@ def test_tune_summary_keeps_no_password(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     url = f"postgresql://alice:{DB_PASSWORD}@db.example/optuna"
     tuner = Tuner(load_config([f"hpo.storage='{url}'", "+hpo.space.x.param=train.lr", "+hpo.space.x.type=float",
-                               "+hpo.space.x.low=0.001", "+hpo.space.x.high=0.01"]))
+                               "+hpo.space.x.low=0.001", "+hpo.space.x.high=0.01", "+hpo.space.x.log=false",
+                               "+hpo.space.x.step=null", "+hpo.space.x.choices=null"]))
     tuner.horizons, tuner.plans, tuner.monitor, tuner.url = [1], [], "val_rank_ic_1d", url
     study = optuna.create_study(direction="maximize")
     study.add_trial(optuna.trial.create_trial(params={"x": 0.005}, value=0.1, distributions={
@@ -271,8 +273,8 @@ class KillAt(Callback):
 
 
 def _outcome(run_dir: Path) -> tuple[dict, pl.DataFrame]:
-    fold = json.loads((run_dir / "metrics.json").read_text())["folds"][0]
-    return fold, pl.read_parquet(run_dir / "predictions_test.parquet")
+    fold = json.loads((run_dir / "metrics.json").read_text())["folds"][0]["predictors"]["atft"]
+    return fold, pl.read_parquet(run_dir / "predictions" / "atft" / "test.parquet")
 
 
 @pytest.fixture(scope="module")
@@ -298,11 +300,11 @@ def test_kill_and_resume_selects_the_same_best_epoch_and_predictions(uninterrupt
                     "random_step": (rng.randrange(1, 6), rng.randrange(8))}[when]
     planted_dataset(tmp_path)
     monkeypatch.chdir(tmp_path)
-    killer = functools.partial(training.fit_ensemble, callbacks=[KillAt(epoch, batch)])
-    monkeypatch.setattr(atft, "fit_ensemble", killer)
+    killer = functools.partial(ensemble.fit_ensemble, callbacks=[KillAt(epoch, batch)])
+    monkeypatch.setattr(atft_predictor, "fit_ensemble", killer)
     with pytest.raises(Killed):
         atft.CompleteATFTTrainingPipeline(load_config(RESUME)).run()
-    monkeypatch.setattr(atft, "fit_ensemble", training.fit_ensemble)
+    monkeypatch.setattr(atft_predictor, "fit_ensemble", ensemble.fit_ensemble)
     assert not (tmp_path / "runs" / "last").exists()                  # a killed run never becomes runs/last
     killed = next((tmp_path / "runs").iterdir())
     before = snapshot(killed)

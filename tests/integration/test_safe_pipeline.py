@@ -17,7 +17,7 @@ from gogooku3.predictors.lightgbm import (
     fit_baseline,
 )
 from gogooku3.config.compose import load_config
-from gogooku3.core.errors import DataError, Gogooku3Error, SchemaError
+from gogooku3.core.errors import ConfigError, DataError, Gogooku3Error, SchemaError
 from gogooku3.features.manifest import FeatureManifest, manifest_path
 from gogooku3.pipelines.safe import SafeTrainingPipeline
 from gogooku3.data.split import make_splitter
@@ -104,19 +104,39 @@ def test_train_reuses_the_safe_baseline(workdir, caplog):
     ds = Path(cfg.paths.dataset)
     man = FeatureManifest.for_dataset(ds)
     df = pl.read_parquet(ds)
-    folds = make_splitter(cfg.split, list(cfg.labels.horizons), man.entry_lag).split(df["Date"])
+    folds = make_splitter(cfg.split, man.horizons, man.entry_lag).split(df["Date"])
     caplog.set_level(logging.INFO, logger="gogooku3.predictors.lightgbm")
     caplog.clear()
     run = baseline_for_folds(cfg, ds, man, folds, [1], man.entry_lag)
     assert "reusing" in caplog.text and "fitting" not in caplog.text and run.fold_indices == [1] and run.reused
     assert run.safe_report == rep["report_path"]
-    features, _, _ = drop_too_null(df, man.names, folds[0].train_dates, float(cfg.safe.validation.max_null_share))
-    fresh = fit_baseline(df, features, folds, baseline_horizons(cfg), man.entry_lag, int(cfg.split.val_days),
+    v = cfg.safe.validation
+    features, _, _ = drop_too_null(df, man.names, folds[0].train_dates, float(v.max_null_share), str(v.null_action))
+    fresh = fit_baseline(df, features, folds, baseline_horizons(cfg, man), man.entry_lag, int(cfg.split.val_days),
                          cfg.baseline, only=[1])
     assert run.features == fresh.features
     for name in ("predictions_val", "predictions_test"):
         assert getattr(run, name).equals(getattr(fresh, name)), name
     assert run.per_fold[0]["best_iteration"] == fresh.per_fold[0]["best_iteration"]
+
+
+def test_labels_other_than_the_datasets_are_refused_as_train_refuses_them(workdir):
+    """labels.* is build-only: safe reads horizons and the entry lag from the manifest and refuses a config whose labels
+    differ, with the same one-line ConfigError as `train` (data.dataset.open_manifest), before writing anything."""
+    from gogooku3.data.dataset import load_dataset
+
+    n0 = len(_reports(workdir))
+    for extra, msg in ((["labels.entry_lag=2"], r"built with labels\.entry_lag=1 but the config says labels\.entry_lag=2"),
+                       (["labels.horizons=[1,5]"], r"built with labels\.horizons=\[1,5,10,20\] but the config says")):
+        cfg = _cfg(workdir, *extra)
+        with pytest.raises(ConfigError, match=msg) as safe_error:
+            SafeTrainingPipeline(cfg).run()
+        with pytest.raises(ConfigError) as train_error:
+            load_dataset(cfg)
+        assert str(safe_error.value) == str(train_error.value) and "\n" not in str(safe_error.value)
+    assert len(_reports(workdir)) == n0
+    man = FeatureManifest.for_dataset(workdir / "output" / "ml_dataset_latest.parquet")
+    assert man.label_gap == 20 + 1 == max(man.horizons) + man.entry_lag
 
 
 def _variant(root: Path, name: str, fn, manifest_fn=None) -> Path:

@@ -29,8 +29,12 @@ def test_train_and_report_log_into_one_mlflow_run(tmp_path, monkeypatch, planted
     assert found.data.tags["run_dir"] == str(run.resolve())
     assert found.data.params["train.max_epochs"] == "2" and found.data.params["model.hidden"] == "16"
     m = json.loads((run / "metrics.json").read_text())
-    assert found.data.metrics["test.1.rank_ic_mean"] == pytest.approx(m["test"]["1"]["rank_ic_mean"])
-    assert "backtest.model.summary.sharpe" in found.data.metrics          # added by the report
+    assert found.data.metrics["test.1.rank_ic_mean"] == pytest.approx(m["test"]["1"]["rank_ic_mean"])  # the product
+    assert found.data.tags["product"] == m["product"]
+    for name in m["predictors"]:                  # every predictor on the same rows
+        assert found.data.metrics[f"test.{name}.1.rank_ic_mean"] == pytest.approx(
+            m["comparison"]["pooled"][name]["1"]["rank_ic_mean"])
+    assert f"backtest.{m['product']}.summary.sharpe" in found.data.metrics  # added by the report
     curve = mlflow.MlflowClient().get_metric_history(found.info.run_id, "val_rank_ic_1d")
     assert sorted(p.step for p in curve) == [0, 1]                        # one point per epoch
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(found.info.run_id)}

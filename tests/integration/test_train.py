@@ -44,21 +44,21 @@ def test_train_writes_run_dir_and_resumes(trained, monkeypatch):
     root, res = trained
     run = Path(res["run_dir"])
     assert (root / "runs" / "last").resolve() == run.resolve()     # a finished run becomes runs/last
-    for f in ["config.yaml", "predictions_val.parquet", "predictions_test.parquet",
-              "baseline_predictions_test.parquet", "metrics.json", "logs/metrics.csv", "variable_importance.json",
+    for f in ["config.yaml", "predictions/atft/val.parquet", "predictions/atft/test.parquet",
+              "predictions/lightgbm/test.parquet", "metrics.json", "logs/metrics.csv", "variable_importance.json",
               "bundle/model.safetensors", "bundle/bundle.json", "checkpoints/last.ckpt"]:
         assert (run / f).exists(), f
     assert len(list((run / "checkpoints").glob("epoch*.ckpt"))) >= 1
-    pt = pl.read_parquet(run / "predictions_test.parquet")
+    pt = pl.read_parquet(run / "predictions" / "atft" / "test.parquet")
     assert pt.columns == ["Date", "Code", "pred_1d", "pred_5d", "target_1d", "target_5d"]
     assert pt["pred_1d"].std() > 0.05                              # not collapsed
     m = json.loads((run / "metrics.json").read_text())
-    assert m["test"]["1"]["rank_ic_mean"] > 0.1                    # the planted signal is found out of sample
+    assert m["comparison"]["pooled"]["atft"]["1"]["rank_ic_mean"] > 0.1  # the planted signal is found out of sample
     assert m["model"]["n_params"] > 0 and m["samples_per_sec"] > 0 and m["epochs"] == [2]
-    assert m["baseline_test"] is not None and m["model_vs_baseline"]["1"]["n_days"] > 0
+    assert m["product"] == "blend" and m["comparison"]["paired"]["atft_vs_lightgbm"]["1"]["n_days"] > 0
     assert m["dataset"]["entry_lag"] == 1 and m["dataset"]["horizons"] == [1, 5]
     assert m["baseline"]["fingerprint"] and Path(m["baseline"]["directory"]).is_dir()
-    w = m["folds"][0]["weights"][0]                                   # 2 epochs -> 2 checkpoints to average
+    w = m["folds"][0]["predictors"]["atft"]["weights"][0]  # 2 epochs -> 2 checkpoints to average
     assert w["kind"] in ("best_epoch", "top2_average")
     kept_avg = w["val_rank_ic_top_k_average"] > w["val_rank_ic_best_epoch"]
     assert (w["kind"] == "top2_average") == kept_avg                # the average is kept only if it validates better
@@ -81,7 +81,7 @@ def test_bundle_round_trip(trained, tmp_path):
     run = Path(res["run_dir"])
     ds = root / "output" / "ml_dataset_latest.parquet"
     b = load_bundle(run, dataset=ds)
-    pt = pl.read_parquet(run / "predictions_test.parquet")
+    pt = pl.read_parquet(run / "predictions" / "atft" / "test.parquet")
     day = pt["Date"].max()
     p = predict_for_dates(b, ds, [day])
     ref = pt.filter(pl.col("Date") == day).select("Code", "pred_1d")
@@ -107,7 +107,7 @@ def test_ddp_two_cpu_processes(tmp_path, planted_dataset):
     runs = [p for p in (tmp_path / "runs").iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "last"]
     assert len(runs) == 1                                          # only rank 0 created a run directory
     m = json.loads((runs[0] / "metrics.json").read_text())
-    assert m["epochs"] == [1] and (runs[0] / "predictions_test.parquet").exists()
+    assert m["epochs"] == [1] and (runs[0] / "predictions" / "atft" / "test.parquet").exists()
 
 
 def test_ema_keeps_the_best_epochs_averaged_weights(tmp_path, monkeypatch, planted_dataset):
@@ -120,7 +120,7 @@ def test_ema_keeps_the_best_epochs_averaged_weights(tmp_path, monkeypatch, plant
     res = CompleteATFTTrainingPipeline(load_config(
         OVERRIDES + ["train.ema_decay=0.9", "baseline.enabled=false", "train.max_epochs=3", "train.patience=5"])).run()
     m = json.loads((Path(res["run_dir"]) / "metrics.json").read_text())
-    best = m["folds"][0]["best_checkpoint"][0]
+    best = m["folds"][0]["predictors"]["atft"]["best_checkpoint"][0]
     shadow = ema_weights(best)
     assert shadow is not None
     raw = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
@@ -150,11 +150,11 @@ def test_seed_ensemble_with_day_level_features_trains_resumes_and_predicts(tmp_p
         assert (run / "logs" / f"member{m}" / "metrics.csv").exists()
     met = json.loads((run / "metrics.json").read_text())
     assert met["model"]["members"] == 2 and met["model"]["n_params"] == 2 * met["model"]["n_params_per_member"]
-    assert met["epochs"] == [[4, 4]] and len(met["folds"][0]["members_best_val_rank_ic"]) == 2
-    assert met["test"]["1"]["rank_ic_mean"] > 0.05                # planted signal found (tiny, seed-noisy training)
+    assert met["epochs"] == [[4, 4]] and len(met["folds"][0]["predictors"]["atft"]["members_best_val_rank_ic"]) == 2
+    assert met["comparison"]["pooled"]["atft"]["1"]["rank_ic_mean"] > 0.05                # planted signal found (tiny, seed-noisy training)
     b = load_bundle(run, dataset=ds)
     assert b.meta["members"] == 2 and b.meta["normalizer"]["day_level_features"] == ["mkt_ret"]
-    pt = pl.read_parquet(run / "predictions_test.parquet")
+    pt = pl.read_parquet(run / "predictions" / "atft" / "test.parquet")
     day = pt["Date"].max()
     joined = predict_for_dates(b, ds, [day]).join(pt.filter(pl.col("Date") == day), on="Code", suffix="_run")
     assert joined.height > 0 and np.allclose(joined["pred_1d"], joined["pred_1d_run"], atol=1e-4)
@@ -166,7 +166,7 @@ def test_seed_ensemble_with_day_level_features_trains_resumes_and_predicts(tmp_p
 
 def test_failed_run_leaves_runs_last_on_the_finished_one(trained, monkeypatch):
     """runs/last moves only when a run finishes: a run that fails while training keeps it where it was."""
-    import gogooku3.pipelines.atft as atft
+    import gogooku3.predictors.atft as atft_predictor
 
     root, res = trained
     monkeypatch.chdir(root)
@@ -175,7 +175,7 @@ def test_failed_run_leaves_runs_last_on_the_finished_one(trained, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(atft, "fit_ensemble", boom)
+    monkeypatch.setattr(atft_predictor, "fit_ensemble", boom)
     with pytest.raises(RuntimeError, match="killed"):
         CompleteATFTTrainingPipeline(load_config(OVERRIDES)).run()
     assert (root / "runs" / "last").resolve() == before and (before / "metrics.json").exists()
@@ -204,17 +204,18 @@ def test_members_in_worker_processes_match_members_in_turn(tmp_path, monkeypatch
                                                              f"paths.runs_dir=runs_w{w}"])).run()
         runs[w] = Path(res["run_dir"])
     for kind in ("val", "test"):
-        a, b = (pl.read_parquet(runs[w] / f"predictions_{kind}.parquet") for w in (1, 2))
+        a, b = (pl.read_parquet(runs[w] / "predictions" / "atft" / f"{kind}.parquet") for w in (1, 2))
         assert a.height > 0 and a.equals(b), kind
     m1, m2 = (json.loads((runs[w] / "metrics.json").read_text()) for w in (1, 2))
-    assert m1["folds"][0]["members_best_val_rank_ic"] == m2["folds"][0]["members_best_val_rank_ic"]
+    atft1, atft2 = (m["folds"][0]["predictors"]["atft"] for m in (m1, m2))
+    assert atft1["members_best_val_rank_ic"] == atft2["members_best_val_rank_ic"]
     assert m2["epochs"] == [[2, 2]]
     seeds = m2["folds"][0]["members_test_rank_ic"]                # each member's own test RankIC: the seed spread
     assert len(seeds) == 2 and set(seeds[0]) == {"1", "5"} and m1["folds"][0]["members_test_rank_ic"] is None
     for m in (0, 1):
         assert (runs[2] / "logs" / f"member{m}" / "metrics.csv").exists()
     b = load_bundle(runs[2], dataset=Path("output/ml_dataset_latest.parquet"))
-    pt = pl.read_parquet(runs[2] / "predictions_test.parquet")
+    pt = pl.read_parquet(runs[2] / "predictions" / "atft" / "test.parquet")
     day = pt["Date"].max()
     joined = predict_for_dates(b, Path("output/ml_dataset_latest.parquet"), [day]).join(
         pt.filter(pl.col("Date") == day), on="Code", suffix="_run")
@@ -237,8 +238,8 @@ def test_stacked_lightgbm_inputs_reach_the_model(tmp_path, monkeypatch, planted_
     vi = json.loads((run / "variable_importance.json").read_text())
     assert set(vi) == {*FEATS, "stack_1d", "stack_5d"}
     m = json.loads((run / "metrics.json").read_text())
-    assert m["test"]["1"]["rank_ic_mean"] > 0.1                    # the planted signal, through the stacked inputs too
+    assert m["comparison"]["pooled"]["atft"]["1"]["rank_ic_mean"] > 0.1  # the planted signal, through the stacked inputs too
     b = load_bundle(run, dataset=Path("output/ml_dataset_latest.parquet"))
     assert b.model.cfg.n_features == len(FEATS) + 2
     with pytest.raises(DataError, match="stacked LightGBM inputs"):
-        predict_for_dates(b, Path("output/ml_dataset_latest.parquet"), [pl.read_parquet(run / "predictions_test.parquet")["Date"].max()])
+        predict_for_dates(b, Path("output/ml_dataset_latest.parquet"), [pl.read_parquet(run / "predictions" / "atft" / "test.parquet")["Date"].max()])

@@ -36,12 +36,13 @@ OVERRIDES = ["labels.horizons=[1,5]", "model.window=10", "model.hidden=16", "mod
 @pytest.fixture(scope="module")
 def studied(tmp_path_factory, planted_dataset):
     import gogooku3.pipelines.tune as tune_mod
+    import gogooku3.training.ensemble as ensemble_mod
 
     root = tmp_path_factory.mktemp("tune")
     planted_dataset(root, n_days=140, n_noise=2)
     old = os.getcwd()
     os.chdir(root)
-    fit, predict = tune_mod.fit_ensemble, tune_mod.predict_panel
+    fit, predict = tune_mod.fit_ensemble, ensemble_mod.predict_panel
     seen: list[dict] = []
 
     def fit_spy(*args, **kwargs):  # records which days each trial trains and validates on
@@ -54,13 +55,13 @@ def studied(tmp_path_factory, planted_dataset):
         seen[-1]["predicted"] = days
         return predict(model, panel, days, **kwargs)
 
-    tune_mod.fit_ensemble, tune_mod.predict_panel = fit_spy, predict_spy
+    tune_mod.fit_ensemble, ensemble_mod.predict_panel = fit_spy, predict_spy
     try:
         tuner = Tuner(load_config(OVERRIDES))
         res = tuner.run()
         yield root, tuner, res, seen
     finally:
-        tune_mod.fit_ensemble, tune_mod.predict_panel = fit, predict
+        tune_mod.fit_ensemble, ensemble_mod.predict_panel = fit, predict
         os.chdir(old)
 
 
@@ -243,9 +244,10 @@ def test_space_checks_and_trial_config():
     assert (tcfg.train.lr, tcfg.model.hidden, tcfg.model.graph.k, tcfg.train.loss.lambda_ic) == (1e-3, 8, 7, 0.9)
     assert (tcfg.train.max_epochs, tcfg.train.limit_train_batches, tcfg.train.save_top_k) == (1, 4, 1)
     assert (cfg.model.hidden, cfg.train.max_epochs) == (16, load_config([]).train.max_epochs)  # input untouched
-    for bad in (["+hpo.space.x={param:train.nope,type:float,low:0,high:1}"],
-                ["+hpo.space.x={param:train.normalizer.method,type:categorical,choices:[robust_z]}"],
-                ["+hpo.space.x={param:labels.entry_lag,type:int,low:1,high:2}"],
+    for bad in (["+hpo.space.x={param:train.nope,type:float,low:0,high:1,log:false,step:null,choices:null}"],
+                [("+hpo.space.x={param:train.normalizer.method,type:categorical,low:null,high:null,log:false,"
+                  "step:null,choices:[robust_z]}")],
+                ["+hpo.space.x={param:labels.entry_lag,type:int,low:1,high:2,log:false,step:null,choices:null}"],
                 ["hpo.space.lr.low=0.1", "hpo.space.lr.high=0.01"],
                 ["hpo.space.dropout.type=normal"]):
         with pytest.raises(ConfigError):

@@ -17,8 +17,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from gogooku3.features import builder
-from gogooku3.features.builder import build_features
+from gogooku3.features import plan
+from gogooku3.features.build import build_features
 
 CUT_FRACTIONS = (0.2, 0.45, 0.7, 0.9)
 RTOL, ATOL = 1e-5, 1e-9  # float32 features; rescaling by Π AdjFactor may change the last bits
@@ -156,7 +156,7 @@ def test_checker_catches_adjusted_levels(synth_tables, synth_calendar, synth_cut
     catches it at a cut with a later split; the old truncation of the already adjusted table could not."""
     splits = split_days(synth_tables)
     t = next(x for x in synth_cuts if x < max(splits))
-    monkeypatch.setattr(builder, "day_basis", lambda levels: [pl.col(n).cast(pl.Float32) for n in levels])
+    monkeypatch.setattr(plan, "day_basis", lambda levels: [pl.col(n).cast(pl.Float32) for n in levels])
     full = build_features(synth_tables, synth_calendar, cfg.features, cfg.labels)
     honest = build_features(truncate(synth_tables, t), synth_calendar, cfg.features, cfg.labels)
     blind = build_features(truncate(synth_tables, t, stale_cut), synth_calendar, cfg.features, cfg.labels)
@@ -199,7 +199,7 @@ def test_proxy_checker_catches_a_future_weight(synth_tables, synth_calendar, syn
     def leaky(lf, mode, weights=None):
         return real(lf, mode, None if weights is None else weights.shift(-5).over("Code"))
 
-    monkeypatch.setattr(builder, "proxy_index", leaky)
+    monkeypatch.setattr(plan, "proxy_index", leaky)
     no_index = {k: v for k, v in synth_tables.items() if k != "topix"}
     t = synth_cuts[2]
     full = build_features(no_index, synth_calendar, cfg.features, cfg.labels)

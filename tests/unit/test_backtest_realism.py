@@ -9,14 +9,12 @@ from datetime import date, timedelta
 import polars as pl
 import pytest
 
-from gogooku3.evaluation.portfolio import (
+from gogooku3.evaluation.backtest.book import _ranked_legs, eligible
+from gogooku3.evaluation.backtest.config import BacktestConfig
+from gogooku3.evaluation.backtest.engine import backtest, backtest_both
+from gogooku3.evaluation.backtest.market import (
     LIMITS,
-    BacktestConfig,
-    _ranked_legs,
-    backtest,
-    backtest_both,
     borrowable_from_margin,
-    eligible,
     market_from_frame,
     price_limit,
 )

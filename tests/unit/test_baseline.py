@@ -19,7 +19,7 @@ from gogooku3.data.normalize import CrossSectionalNormalizer
 
 def _market(strength: float):
     from gogooku3.core.calendar import TradingCalendar
-    from gogooku3.features.builder import build_features
+    from gogooku3.features.build import build_features
     from gogooku3.sources.synthetic import SynthParams, simulate_market
 
     cfg = load_config([])
@@ -34,7 +34,7 @@ def _model(num_boost_round: int, early_stopping_rounds: int, val_days: int) -> L
     """The configured baseline (YAML params) with a few explicit settings."""
     return LightGBMBaseline(dict(load_config([]).baseline.params), num_boost_round=num_boost_round,
                             early_stopping_rounds=early_stopping_rounds, val_days=val_days, entry_lag=1,
-                            target_transform="rank")
+                            target_transform="rank", workers=1)
 
 
 def _fit_eval(df: pl.DataFrame, feats: list[str]) -> dict:

@@ -33,12 +33,12 @@ def _setup(root, planted_dataset, *extra):
     man = FeatureManifest.for_dataset(ds)
     df = pl.read_parquet(ds)
     # the planted features look back one session at most (returns_1d); purged k-fold needs that stated
-    folds = make_splitter(cfg.split, baseline_horizons(cfg), 1, feature_lookback=1).split(df["Date"])
+    folds = make_splitter(cfg.split, baseline_horizons(cfg, man), 1, feature_lookback=1).split(df["Date"])
     return cfg, ds, man, df, folds
 
 
 def _fresh(cfg, df, man, folds, only=None) -> BaselineRun:
-    return fit_baseline(df, man.names, folds, baseline_horizons(cfg), 1, int(cfg.split.val_days), cfg.baseline,
+    return fit_baseline(df, man.names, folds, baseline_horizons(cfg, man), 1, int(cfg.split.val_days), cfg.baseline,
                         only=only)
 
 
@@ -110,7 +110,7 @@ def test_fingerprint_covers_split_and_params(tmp_path, planted_dataset):
 
     def fp(c, fo=folds, **kw):
         args = {"dataset_fingerprint": file_fingerprint(ds), "manifest_fingerprint": man.fingerprint, "folds": fo,
-                "horizons": baseline_horizons(c), "entry_lag": 1, "val_days": int(c.split.val_days),
+                "horizons": baseline_horizons(c, man), "entry_lag": 1, "val_days": int(c.split.val_days),
                 "baseline_cfg": c.baseline, "validation_cfg": c.safe.validation, **kw}
         return baseline_fingerprint(**args)
 

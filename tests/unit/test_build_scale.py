@@ -3,20 +3,17 @@ dataset of the one-piece build, metadata, manifest and coverage included (tiny c
 
 from __future__ import annotations
 
+import re
+
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
 from gogooku3.config.compose import load_config
-from gogooku3.features.builder import (
-    build_dataset,
-    build_features,
-    build_in_chunks,
-    code_chunks,
-    coverage_path,
-    cross_sectional,
-    plan_features,
-)
+from gogooku3.features.build import build_features, build_in_chunks, code_chunks
+from gogooku3.features.builder import build_dataset
+from gogooku3.features.coverage import coverage_path
+from gogooku3.features.plan import plan_features
 from gogooku3.features.manifest import manifest_path, metadata_path
 from gogooku3.core.io import read_json
 
@@ -56,7 +53,40 @@ def test_a_stock_without_statements_or_margin_rows(mini_tables, mini_calendar, c
 
 def test_cross_sectional_blocks_are_sector_and_quality(synth_tables, synth_calendar, cfg):
     p = plan_features(synth_tables, synth_calendar, cfg.features, cfg.labels)
-    assert [b.group for b in p.blocks if cross_sectional(b)] == ["sector", "quality"]
+    assert [b.group for b in p.blocks if b.cross_sectional] == ["sector", "quality"]
+
+
+# a window in an expression's text: `.over([col("Date"), col("S33")])` or `.over(partition_by: [...], order_by: ...)`
+_OVER = re.compile(r"\.over\((?:partition_by: )?\[([^\]]*)\]")
+
+
+def _windows(b) -> set[tuple[str, ...]]:
+    """The partitions of every window in the block's expressions (`("Code",)` for a per-stock window)."""
+    return {tuple(re.findall(r'col\("([^"]+)"\)', part)) for st in b.stages for e in st.values()
+            for part in _OVER.findall(str(e))}
+
+
+def test_blocks_declare_their_cross_sectional_windows(synth_tables, synth_calendar, mini_tables, mini_calendar, cfg):
+    """Every block of the plan, with every table present, without topix (the proxy index) and on the hand-made
+    market: a block with a window over anything but Code (Date, or Date and sector) reads the same day's other stocks
+    and must say so (`Block.cross_sectional`), or the chunked build would compute it on a chunk of codes alone; a
+    block that says so has such a window."""
+    dq = synth_tables["daily_quotes"]
+    variants = [
+        (synth_tables, synth_calendar),
+        ({k: v for k, v in synth_tables.items() if k != "topix"}, synth_calendar),
+        ({**synth_tables, "daily_quotes": dq.with_columns(pl.col("AdjC").alias("x_signal"))}, synth_calendar),
+        (mini_tables, mini_calendar),
+    ]
+    seen = set()
+    for tables, cal in variants:
+        p = plan_features(tables, cal, cfg.features, cfg.labels)
+        for b in p.blocks:
+            seen.add(b.group)
+            other = sorted(w for w in _windows(b) if w != ("Code",))
+            assert b.cross_sectional == bool(other), (
+                f"block {b.group!r}: windows over {other or 'Code only'} but cross_sectional={b.cross_sectional}")
+    assert {"sector", "quality", "market", "user"} <= seen
 
 
 def test_code_chunks_cover_every_row_once(synth_tables):

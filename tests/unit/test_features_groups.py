@@ -8,7 +8,7 @@ import polars as pl
 
 from gogooku3.core.calendar import TradingCalendar
 from gogooku3.config.compose import load_config
-from gogooku3.features.builder import build_features
+from gogooku3.features.build import build_features
 
 EXPECTED = {"ohlcv": 6, "returns": 10, "volatility": 5, "moving_averages": 10, "price_position": 8, "volume": 8,
             "technicals": 10, "market": 26, "cross": 8, "flows": 13, "statements": 17, "margin": 21, "sector": 8,

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from gogooku3.features.builder import build_features
+from gogooku3.features.build import build_features
 
 PER_STOCK_GROUPS = ("ohlcv", "returns", "volatility", "moving_averages", "price_position", "technicals")
 

@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from gogooku3.core.calendar import TradingCalendar
-from gogooku3.features.builder import build_features
+from gogooku3.features.build import build_features
 from gogooku3.features.manifest import FeatureManifest
 
 

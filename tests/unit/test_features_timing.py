@@ -103,7 +103,7 @@ def test_weekly_publication_before_a_holiday(cfg):
 
 
 def test_section_mapping_and_fallback(mini_factory, cfg):
-    from gogooku3.features.builder import build_features
+    from gogooku3.features.build import build_features
 
     t = mini_factory()
     t["listed_info"] = t["listed_info"].with_columns(
@@ -127,7 +127,7 @@ def test_listed_info_is_as_of(mini_factory, cfg):
     change = t["daily_quotes"]["Date"].unique().sort()[100]
     t["listed_info"] = pl.concat([t["listed_info"], t["listed_info"].filter(pl.col("Code") == code).with_columns(
         pl.lit(change).alias("Date"), pl.lit("9050").alias("S33"))])
-    from gogooku3.features.builder import build_features
+    from gogooku3.features.build import build_features
 
     b = build_features(t, TradingCalendar.from_table(t["trading_calendar"]), cfg.features, cfg.labels)
     s = b.df.filter(pl.col("Code") == code)

@@ -134,11 +134,22 @@ def test_rows_with_empty_close_are_dropped(tmp_path):
     assert read_table(tmp_path / "raw", "daily_quotes").height == 1
 
 
-def test_import_without_data_files_uses_the_files_defaults(tmp_path, ohlcv_csv):
-    cfg = load_config([f"paths.raw_dir={tmp_path / 'raw'}"])  # data=synthetic
-    out = import_files(cfg, ohlcv_csv)
-    assert read_table(tmp_path / "raw", "daily_quotes").height == 8 and "daily_quotes" in out
-    assert cfg.data.source == "synthetic"  # the caller's config is not modified
+def test_import_without_data_files_uses_the_files_option(tmp_path, ohlcv_csv):
+    """`gogooku3 data import PATH` composes data=files itself (with the command line's other keys); import_files reads
+    only the composed config and refuses one of another data option instead of loading Hydra again."""
+    from typer.testing import CliRunner
+
+    from gogooku3.cli import app
+
+    out = CliRunner().invoke(app, ["data", "import", str(ohlcv_csv), f"paths.raw_dir={tmp_path / 'raw'}",
+                                   "data.calendar=XTKS"])
+    assert out.exit_code == 0, out.output
+    assert read_table(tmp_path / "raw", "daily_quotes").height == 8
+    cfg = load_config([f"paths.raw_dir={tmp_path / 'raw2'}"])  # data=synthetic
+    with pytest.raises(ConfigError, match=r"^data\.source is 'synthetic', not 'files': compose the config with "
+                                          r"data=files"):
+        import_files(cfg, ohlcv_csv)
+    assert not (tmp_path / "raw2").exists()
 
 
 def test_successful_import_removes_stale_tables(tmp_path, ohlcv_csv):

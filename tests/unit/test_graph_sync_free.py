@@ -186,8 +186,10 @@ def test_meta_device_proves_no_data_dependent_host_op():
     ei, attr = day_graph(b, returns, valid, sector, segment)
     assert ei.shape == (2, 64 * 6 + 64) and attr.shape == (64 * 6 + 64, 3)
     for norm in ("none", "fan", "revin"):
-        cfg = ATFTConfig(n_features=5, window=30, hidden=16, norm=norm, market_context="film",
-                         graph=dict(window=30, method="ewm", halflife=5, shrinkage=0.1, threshold=0.3, k=6, min_obs=10))
+        cfg = ATFTConfig.packaged(n_features=5, horizons=(1, 5, 10, 20), window=30, hidden=16, norm=norm,
+                                  market_context="film",
+                                  graph=dict(window=30, method="ewm", halflife=5, shrinkage=0.1, threshold=0.3, k=6,
+                                             min_obs=10))
         model = ATFTGATFAN(cfg).to("meta")
         model.graph_builder.sync_free = True
         out = model(x, sector, segment, returns, valid)
@@ -234,8 +236,9 @@ def test_gat_branch_same_output_padded_or_compact(seed):
 
 def test_model_output_same_with_either_graph_path():
     returns, valid, sector, segment = _day(n=120)
-    cfg = ATFTConfig(n_features=4, window=30, hidden=16,
-                     graph=dict(window=30, method="ewm", halflife=5, shrinkage=0.1, threshold=0.2, k=5, min_obs=10))
+    cfg = ATFTConfig.packaged(n_features=4, horizons=(1, 5, 10, 20), window=30, hidden=16,
+                              graph=dict(window=30, method="ewm", halflife=5, shrinkage=0.1, threshold=0.2, k=5,
+                                         min_obs=10))
     torch.manual_seed(0)
     model = ATFTGATFAN(cfg).eval()
     x = torch.randn(120, 30, 4)

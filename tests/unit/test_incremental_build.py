@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 from gogooku3.cli import app
 from gogooku3.config.compose import load_config
 from gogooku3.features import incremental
-from gogooku3.features.builder import build_dataset, coverage_path
+from gogooku3.features.builder import build_dataset
+from gogooku3.features.coverage import coverage_path
 from gogooku3.features.incremental import Refused, update_dataset
 from gogooku3.features.manifest import manifest_path, metadata_path
 from gogooku3.core.io import read_json
@@ -181,7 +182,7 @@ def test_cli_incremental_refusal_is_one_line(tmp_path):
 
 
 def test_raw_fingerprint_ignores_row_order_and_restated_adjusted_prices(market):
-    from gogooku3.features.incremental import raw_fingerprint
+    from gogooku3.features.fingerprints import raw_fingerprint
 
     end = market["daily_quotes"]["Date"].max()
     base = raw_fingerprint(market, end)

@@ -26,12 +26,13 @@ def panel(tmp_path, planted_dataset):
 
 def test_predict_panel_matches_a_day_by_day_model_call(panel):
     torch.manual_seed(0)
-    model = ATFTGATFAN(ATFTConfig(n_features=len(FEATS), window=10, hidden=16, head_hidden=8, horizons=(1, 5),
-                                  graph={"window": 10, "method": "ewm", "halflife": 5, "shrinkage": 0.1,
-                                         "threshold": 0.3, "k": 4, "min_obs": 5})).eval()
+    model = ATFTGATFAN(ATFTConfig.packaged(n_features=len(FEATS), window=10, hidden=16, head_hidden=8,
+                                           horizons=(1, 5), graph={"window": 10, "method": "ewm", "halflife": 5,
+                                                                   "shrinkage": 0.1, "threshold": 0.3, "k": 4,
+                                                                   "min_obs": 5})).eval()
     days = np.arange(20, 40)
-    out = predict_panel(model, panel, days, window=10)
-    valid = panel.window_valid(10)
+    out = predict_panel(model, panel, days, window=10, min_window_frac=1.0)
+    valid = panel.window_valid(10, 1.0)
     assert out.columns == ["Date", "Code", "pred_1d", "pred_5d", "target_1d", "target_5d"]
     assert out.height == int(valid[days].sum())
     ds = PanelDayDataset(panel, 10)
@@ -47,7 +48,9 @@ def test_predict_panel_matches_a_day_by_day_model_call(panel):
         assert np.allclose(got["target_5d"].to_numpy().astype(float), y, equal_nan=True)
     assert out["target_5d"].null_count() > 0 or not np.isnan(np.asarray(panel.targets)[days, :, 1]).any()
     with pytest.raises(DataError, match="window"):
-        predict_panel(model, panel, np.arange(0, 5), window=10)
+        predict_panel(model, panel, np.arange(0, 5), window=10, min_window_frac=1.0)
+    with pytest.raises(ValueError, match="min_window_frac"):  # train.min_window_frac, never a code default
+        predict_panel(model, panel, days, window=10)
 
 
 def test_plans_follow_the_manifest_lag(tmp_path, planted_dataset):

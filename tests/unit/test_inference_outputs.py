@@ -23,21 +23,21 @@ def panel(tmp_path, planted_dataset):
 
 def _model(seed: int) -> ATFTGATFAN:
     torch.manual_seed(seed)
-    return ATFTGATFAN(ATFTConfig(n_features=len(FEATS), window=10, hidden=16, head_hidden=8, horizons=(1, 5),
-                                 vsn_init_gain=3.0, graph=GRAPH)).eval()
+    return ATFTGATFAN(ATFTConfig.packaged(n_features=len(FEATS), window=10, hidden=16, head_hidden=8,
+                                          horizons=(1, 5), vsn_init_gain=3.0, graph=GRAPH)).eval()
 
 
 @pytest.mark.parametrize("members", [1, 2])
 def test_quantiles_and_selection_weights(panel, members):
     model = _model(0) if members == 1 else ATFTEnsemble([_model(0), _model(1)]).eval()
     days = np.arange(15, 25)
-    out = predict_panel(model, panel, days, window=10, quantiles=True, explain=True)
-    plain = predict_panel(model, panel, days, window=10)
+    out = predict_panel(model, panel, days, window=10, min_window_frac=1.0, quantiles=True, explain=True)
+    plain = predict_panel(model, panel, days, window=10, min_window_frac=1.0)
     assert out.select(plain.columns).equals(plain)  # the options only add columns
     levels = model.cfg.quantiles
     assert [c for c in out.columns if "_q" in c] == [quantile_col(h, q) for h in (1, 5) for q in levels]
     assert quantile_col(1, 0.1) == "pred_1d_q10"
-    valid, ds = panel.window_valid(10), PanelDayDataset(panel, 10)
+    valid, ds = panel.window_valid(10, 1.0), PanelDayDataset(panel, 10)
     for d in (15, 24):
         idx = np.flatnonzero(valid[d])
         b = ds[(d, idx)]

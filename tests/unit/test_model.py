@@ -31,7 +31,7 @@ def _model(**kw) -> ATFTGATFAN:
     base = dict(n_features=F, window=L, hidden=16, head_hidden=8, horizons=(1, 5), norm="fan",
                 graph=dict(window=L, method="pearson", halflife=5, shrinkage=0.0, threshold=0.3, k=5, min_obs=5))
     base.update(kw)
-    return ATFTGATFAN(ATFTConfig(**base)).eval()
+    return ATFTGATFAN(ATFTConfig.packaged(**base)).eval()
 
 
 def test_output_shapes_and_finite():

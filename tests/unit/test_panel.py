@@ -62,7 +62,8 @@ def test_window_validity():
 def test_day_batch_equals_hand_sliced_windows():
     p = PanelStore.from_frame(_frame(), FEATS, [1], {})
     dates = p.dates
-    dm = PanelDataModule(p, dates[:35], dates[38:], window=10, min_window_frac=1.0, min_stocks=2, seed=3)
+    dm = PanelDataModule(p, dates[:35], dates[38:], window=10, max_stocks=2048, min_window_frac=1.0, min_stocks=2,
+                         seed=3)
     seen = set()
     for b in dm.train_dataloader():
         d = int(b["day"])
@@ -79,7 +80,8 @@ def test_day_batch_equals_hand_sliced_windows():
 
 def test_unlabelled_and_short_window_stocks_excluded_from_training():
     p = PanelStore.from_frame(_frame(), FEATS, [1], {})
-    dm = PanelDataModule(p, p.dates[:45], p.dates[45:], window=10, min_window_frac=1.0, min_stocks=2)
+    dm = PanelDataModule(p, p.dates[:45], p.dates[45:], window=10, max_stocks=2048, min_window_frac=1.0, min_stocks=2,
+                         seed=0)
     batches = {int(b["day"]): set(b["idx"].tolist()) for b in dm.train_dataloader()}
     assert p.codes.index("13020") not in batches[40]                   # no label on day 40
     assert p.codes.index("13030") not in batches[25]                   # no full window yet

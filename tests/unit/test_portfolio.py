@@ -11,7 +11,10 @@ import pytest
 
 from gogooku3.config.compose import load_config
 from gogooku3.core.errors import ConfigError, DataError, SchemaError
-from gogooku3.evaluation.portfolio import BacktestConfig, backtest, run_backtest
+from gogooku3.evaluation.backtest.config import BacktestConfig
+from gogooku3.evaluation.backtest.engine import backtest
+from gogooku3.evaluation.backtest.run import run_backtest
+from gogooku3.features.manifest import FeatureManifest, manifest_path
 
 CODES = [f"1{j:03d}0" for j in range(10)]
 D = [date(2024, 1, 4), date(2024, 1, 5), date(2024, 1, 9)]
@@ -157,6 +160,7 @@ def test_run_backtest_writes_reports_and_nothing_on_bad_input(tmp_path):
     df = _hand_frame()
     ds = tmp_path / "ds.parquet"
     df.select("Date", "Code", Close=pl.lit(1000.0), returns_1d=pl.lit(0.0)).write_parquet(ds)
+    FeatureManifest.from_frame(pl.read_parquet(ds), {}, [1], 1).save(manifest_path(ds))  # the entry lag's source
     cfg = load_config([f"paths.output_dir={tmp_path / 'out'}", f"paths.dataset={ds}", "portfolio.min_names=5"])
     preds = tmp_path / "preds.parquet"
     df.write_parquet(preds)

@@ -11,7 +11,7 @@ import torch
 
 from gogooku3.config.compose import load_config
 from gogooku3.core.errors import ConfigError, DataError
-from gogooku3.evaluation.portfolio import BacktestConfig
+from gogooku3.evaluation.backtest.config import BacktestConfig
 from gogooku3.features.manifest import FeatureManifest, manifest_path
 from gogooku3.pipelines.predict import predict, rank_table, resolve_date
 
@@ -26,7 +26,7 @@ def test_rank_table_flags_and_ranks():
                           "pred_5d": [float(-v) for v in range(10)],
                           "Close": [500.0] * 9 + [10.0]})
     names = pl.DataFrame({"Code": ["00002"], "CoName": ["Nine Corp"]})
-    t = rank_table(preds, [1, 5], 1, BacktestConfig(), names)
+    t = rank_table(preds, [1, 5], 1, BacktestConfig.from_any(None), names)
     assert t["Code"].to_list()[:3] == ["00002", "00006", "00004"]  # ordered by rank_1d
     assert t["rank_1d"].to_list() == list(range(1, 11))
     assert t.filter(pl.col("Code") == "00000")["rank_5d"].item() == 1
@@ -35,12 +35,12 @@ def test_rank_table_flags_and_ranks():
     assert sorted(c for c, s in sides.items() if s == "short") == ["00001", "00005"]
     assert t.filter(pl.col("Code") == "00002")["CoName"].item() == "Nine Corp"
     # with a price filter the 10-yen name is flagged, leaving 9 names -> one per leg
-    tf = rank_table(preds, [1, 5], 1, BacktestConfig(min_price=100.0), names)
+    tf = rank_table(preds, [1, 5], 1, BacktestConfig.from_any(None, min_price=100.0), names)
     sides = dict(zip(tf["Code"], tf["side"]))
     assert sides["00009"] == "filtered"
     assert [c for c, s in sides.items() if s == "long"] == ["00002"] and [c for c, s in sides.items() if s == "short"] == ["00005"]
     with pytest.raises(ConfigError, match="horizon=20"):
-        rank_table(preds, [1, 5], 20, BacktestConfig())
+        rank_table(preds, [1, 5], 20, BacktestConfig.from_any(None))
 
 
 def test_resolve_date_rules():
@@ -108,7 +108,7 @@ def tiny_run(tmp_path_factory):
 
 def test_predict_reproduces_saved_test_predictions(tiny_run):
     cfg, run, ds, dates, _ = tiny_run
-    saved = pl.read_parquet(run / "predictions_test.parquet")
+    saved = pl.read_parquet(run / "predictions" / "atft" / "test.parquet")
     day = sorted(saved["Date"].unique().to_list())[len(saved["Date"].unique()) // 2]
     out = predict(cfg, run, day.isoformat())
     assert out.name == f"pred_{day.isoformat()}.parquet" and out.with_suffix(".csv").exists()

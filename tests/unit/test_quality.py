@@ -11,7 +11,7 @@ import pytest
 
 from gogooku3.core.calendar import TradingCalendar
 from gogooku3.config.compose import load_config
-from gogooku3.features.builder import build_features
+from gogooku3.features.build import build_features
 from gogooku3.features.manifest import FeatureManifest
 from gogooku3.features.quality import quality
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import re
 from datetime import date, timedelta
 from pathlib import Path
@@ -18,7 +19,9 @@ from gogooku3.config.compose import load_config
 from gogooku3.core.errors import DataError
 from gogooku3.evaluation import metrics
 from gogooku3.evaluation.report import build_report
+from gogooku3.evaluation.compare import Comparison, compare
 from gogooku3.evaluation.results import BaselineRef, DatasetRef, FoldResult, ModelInfo, TrainResult
+from gogooku3.features.manifest import FeatureManifest, manifest_path
 
 HORIZONS = (1, 5)
 SECTIONS = ("summary", "data", "horizons", "backtest", "rank-ic", "signal", "quantiles", "per-year", "importance", "training",
@@ -46,17 +49,18 @@ def _safe_report(path: Path) -> Path:
 
 
 def _train_result(run: Path, baseline_dir: Path) -> TrainResult:
-    fold = FoldResult(fold={"index": 2}, fit_range=None, val_range=None, test_range=None, model_test={},
-                      baseline_test=None, epochs=[3], best_val_rank_ic=0.04, members_best_val_rank_ic=[0.04],
-                      weights=[{"kind": "best_epoch"}], best_checkpoint=[None], train_seconds=12.5)
+    fold = FoldResult(fold={"index": 2}, fit_range=None, val_range=None, test_range=None,
+                      predictors={"atft": {"epochs": [3], "best_val_rank_ic": 0.04, "train_seconds": 12.5}})
+    comp = Comparison.load(run / "comparison.json") if (run / "comparison.json").exists() else None
     return TrainResult(
         run_dir=str(run), created="20240101_000000",
         dataset=DatasetRef("ds.parquet", "fp", "mfp", 30, [1, 5], 1, "XTKS"),
         baseline=BaselineRef(str(baseline_dir), "bfp", True),
-        model=ModelInfo("small", 312345, 1, 312345, 300000, 1e6), horizons=[1, 5], folds=[fold], val={}, test={},
-        baseline_test=None, model_vs_baseline={}, samples_per_sec=100.0, mfu=None, collapse={},
+        model=ModelInfo("small", 312345, 1, 312345, 300000, 1e6), horizons=[1, 5], product="atft",
+        predictors=["atft", "lightgbm"], folds=[fold], comparison={} if comp is None else comp.to_dict(),
+        comparison_val={}, samples_per_sec=100.0, mfu=None, collapse={},
         panel={"fingerprint": "p", "shape": [90, 30, 30]}, durations_s={"train": 12.5, "total": 20.0},
-        peak_rss_mb=850.0, comparison_rows={"n_common": 5, "horizons": [1, 5], "frames": {}})
+        peak_rss_mb=850.0)
 
 
 def make_run_dir(root: Path) -> Path:
@@ -64,9 +68,12 @@ def make_run_dir(root: Path) -> Path:
     run = root / "runs" / "20240101_000000"
     (run / "logs").mkdir(parents=True)
     (run / "bundle").mkdir()
-    _preds(rng, 0.3).write_parquet(run / "predictions_test.parquet")
-    base = _preds(rng, 0.1)
-    base.write_parquet(run / "baseline_predictions_test.parquet")
+    model, base = _preds(rng, 0.3), _preds(rng, 0.1)
+    for name, frame in (("atft", model), ("lightgbm", base)):
+        (run / "predictions" / name).mkdir(parents=True)
+        frame.write_parquet(run / "predictions" / name / "test.parquet")
+    compare({"atft": model, "lightgbm": base}, [1, 5], product="atft", reference="lightgbm")[0].save(
+        run / "comparison.json")  # as `train` stores it
     # the run's own baseline (content-addressed) and the safe report that fitted it; a newer, unrelated safe
     # report in output/experiments must not be read
     keyed = base.with_columns(fold=pl.lit(2, pl.Int32))
@@ -102,36 +109,37 @@ def test_report_json_and_html(run_cfg):
     rep = json.loads(out["json"].read_text())  # strict JSON: NaN became null
     assert [m for m in rep["missing"] if not m.startswith("sector column")] == []  # no dataset: no S33
     assert rep["horizons"] == [1, 5]
-    model = pl.read_parquet(run / "predictions_test.parquet")
+    model = pl.read_parquet(run / "predictions" / "atft" / "test.parquet")
     ref = metrics.summarize_ic(metrics.daily_ic(model, "pred_1d", "target_1d"))
-    assert rep["evaluation"]["model"]["1"]["rank_ic_mean"] == pytest.approx(ref["rank_ic_mean"])
-    assert rep["evaluation"]["model"]["1"]["rank_ic_mean"] > rep["evaluation"]["baseline"]["1"]["rank_ic_mean"]
-    assert rep["paired_model_vs_baseline"]["1"]["mean_diff"] > 0
-    assert set(rep["backtest"]) == {"model", "baseline"}
+    assert rep["product"] == "atft" and rep["reference"] == "lightgbm"
+    assert rep["evaluation"]["atft"]["1"]["rank_ic_mean"] == pytest.approx(ref["rank_ic_mean"])
+    assert rep["evaluation"]["atft"]["1"]["rank_ic_mean"] > rep["evaluation"]["lightgbm"]["1"]["rank_ic_mean"]
+    assert rep["evaluation"] == json.loads((run / "comparison.json").read_text())["pooled"]  # read, not re-scored
+    assert rep["paired"]["atft_vs_lightgbm"]["1"]["mean_diff"] > 0
+    assert set(rep["backtest"]) == {"atft", "lightgbm"}
     assert rep["checks"]["param_count"] == 312345 and rep["checks"]["param_within_tolerance"] is False
     assert rep["checks"]["sharpe_target"] == 0.849
-    assert rep["checks"]["sharpe"] == pytest.approx(rep["backtest"]["model"]["summary"]["sharpe"])
+    assert rep["checks"]["sharpe"] == pytest.approx(rep["backtest"]["atft"]["summary"]["sharpe"])
     assert rep["feature_importance"]["LightGBM gain"] == {"returns_1d": 8.0, "rsi_14": 6.0}
     assert len(rep["feature_importance"]["model variable selection"]) == 30
-    assert rep["durations"]["fold2_train_seconds"] == 12.5 and rep["peak_memory"]["peak_rss_mb"] == 850.0
+    assert rep["durations"]["fold2_atft_train_seconds"] == 12.5 and rep["peak_memory"]["peak_rss_mb"] == 850.0
     assert rep["data"]["safe_stats"]["rows"] == 2700 and "x_sparse" in rep["data"]["safe_stats"]["features dropped"]
     assert rep["data"]["safe_report"].endswith("safe_1.json") and rep["data"]["dataset"]["calendar"] == "XTKS"
-    assert [r["period"] for r in rep["per_year"]["model"]] == ["2023", "2024"]
+    assert [r["period"] for r in rep["per_year"]["atft"]] == ["2023", "2024"]
     assert [r["epoch"] for r in rep["training"]["curves"]] == [0, 1, 2]
     # Newey–West t-stats with their lag everywhere a t-stat is shown
-    for name in ("model", "baseline"):
+    for name in ("atft", "lightgbm"):
         for h in ("1", "5"):
             e = rep["evaluation"][name][h]
             assert e["tstat_method"] == "newey_west" and e["hac_lag"] >= int(h) - 1 and "rank_ic_tstat_naive" in e
-    assert rep["paired_model_vs_baseline"]["5"]["hac_lag"] >= 4
+    assert rep["paired"]["atft_vs_lightgbm"]["5"]["hac_lag"] >= 4
     assert rep["checks"]["sharpe_tstat_method"] == "newey_west" and rep["checks"]["sharpe_hac_lag"] >= 0
-    assert all(r["tstat_method"] == "newey_west" for r in rep["per_year"]["model"])
+    assert all(r["tstat_method"] == "newey_west" for r in rep["per_year"]["atft"])
     # the same rows for both predictors, ideal and realistic backtests side by side
-    assert rep["rows"]["frames"]["model"]["kept"] == rep["rows"]["frames"]["baseline"]["kept"] == model.height
-    bt = rep["backtest"]["model"]
+    assert rep["rows"]["frames"]["atft"]["kept"] == rep["rows"]["frames"]["lightgbm"]["kept"] == model.height
+    bt = rep["backtest"]["atft"]
     assert bt["headline"] == "ideal" and bt["summary"] == bt["ideal"] and bt["realistic"]["mode"] == "realistic"
     assert bt["realistic"]["realism"]["borrow"]["available"] is False   # no dataset: reported unavailable
-    assert rep["training_rows"] == {"n_common": 5, "horizons": [1, 5], "frames": {}}
 
     html = out["html"].read_text()
     for sid in SECTIONS:
@@ -147,17 +155,18 @@ def test_report_json_and_html(run_cfg):
 
 def test_report_without_optional_inputs(run_cfg):
     run, cfg = run_cfg
-    for name in ("baseline_predictions_test.parquet", "variable_importance.json", "metrics.json", "config.yaml"):
+    shutil.rmtree(run / "predictions" / "lightgbm")
+    for name in ("comparison.json", "variable_importance.json", "metrics.json", "config.yaml"):
         (run / name).unlink()
     (run / "logs" / "metrics.csv").unlink()
     out = build_report(cfg, run)
     rep = json.loads(out["json"].read_text())
-    assert "baseline_predictions_test.parquet" in rep["missing"] and "metrics.json" in rep["missing"]
-    assert set(rep["backtest"]) == {"model"} and rep["paired_model_vs_baseline"] == {}
+    assert "comparison.json" in rep["missing"] and "metrics.json" in rep["missing"]
+    assert set(rep["backtest"]) == {"atft"} and rep["paired"] == {}
     assert rep["checks"]["param_count"] is None
     html = out["html"].read_text()
     assert all(f'<section id="{sid}">' in html for sid in SECTIONS)
-    assert "No baseline predictions" in html and "No config.yaml" in html
+    assert "Only one predictor" in html and "No config.yaml" in html
     # without metrics.json the run names no baseline run: no LightGBM importance, no safe figures
     assert rep["training"]["curves"] is None and rep["feature_importance"] == {}
     assert rep["data"]["safe_stats"] == {}
@@ -169,34 +178,37 @@ def test_report_bad_run_dir(tmp_path, run_cfg):
         build_report(cfg, tmp_path / "nope")
     empty = tmp_path / "empty_run"
     empty.mkdir()
-    with pytest.raises(DataError, match="predictions_test.parquet"):
+    with pytest.raises(DataError, match="test.parquet"):
         build_report(cfg, empty)
     assert list(empty.iterdir()) == []
+    (empty / "predictions" / "x").mkdir(parents=True)
     pl.DataFrame({"Date": [date(2024, 1, 4)], "Code": ["13010"], "score": [1.0]}).write_parquet(
-        empty / "predictions_test.parquet")
+        empty / "predictions" / "x" / "test.parquet")
     with pytest.raises(DataError, match="pred_"):
         build_report(cfg, empty)
-    assert sorted(p.name for p in empty.iterdir()) == ["predictions_test.parquet"]
+    assert sorted(p.name for p in empty.iterdir()) == ["predictions"]
 
 
 def test_report_with_the_dataset_excludes_rows_and_trades_realistically(run_cfg, tmp_path):
     """With the dataset: a row the model lacks is left out of every comparison (and counted), the realistic
     backtest uses its borrowability, and the HTML shows both backtests and the exclusions."""
     run, _ = run_cfg
-    model = pl.read_parquet(run / "predictions_test.parquet")
+    model = pl.read_parquet(run / "predictions" / "atft" / "test.parquet")
     dropped = model.filter(pl.col("Code") == "13000")
-    model.filter(pl.col("Code") != "13000").write_parquet(run / "predictions_test.parquet")
+    model.filter(pl.col("Code") != "13000").write_parquet(run / "predictions" / "atft" / "test.parquet")
+    (run / "comparison.json").unlink()  # scored again by the one scorer, on the rows left
     ds = tmp_path / "ds.parquet"
     model.select("Date", "Code", Close=pl.lit(1000.0), returns_1d=pl.lit(0.0),
                  is_borrowable=(pl.col("Code").str.slice(2, 2).cast(pl.Int32) % 2).cast(pl.Int8)).write_parquet(ds)
+    FeatureManifest.from_frame(pl.read_parquet(ds), {}, [1], 1).save(manifest_path(ds))  # the entry lag's source
     cfg = load_config([f"paths.output_dir={tmp_path / 'output'}", f"paths.dataset={ds}",
                        f"paths.runs_dir={tmp_path / 'runs'}", f"paths.raw_dir={tmp_path / 'no_raw'}",
                        "portfolio.realism=realistic", "portfolio.cost_model=spread_impact"])
     rep = json.loads(build_report(cfg, run)["json"].read_text())
     rows = rep["rows"]["frames"]
-    assert rows["baseline"]["rows"] - rows["baseline"]["kept"] == dropped.height
-    assert rows["baseline"]["excluded_absent_in"]["model"] == dropped.height
-    bt = rep["backtest"]["model"]
+    assert rows["lightgbm"]["rows"] - rows["lightgbm"]["kept"] == dropped.height
+    assert rows["lightgbm"]["excluded_absent_in"]["atft"] == dropped.height
+    bt = rep["backtest"]["atft"]
     assert bt["headline"] == "realistic" and bt["summary"] == bt["realistic"]
     assert bt["realistic"]["realism"]["borrow"]["applied"] and bt["realistic"]["realism"]["borrow"][
         "short_names_passed_over"] > 0
@@ -205,18 +217,18 @@ def test_report_with_the_dataset_excludes_rows_and_trades_realistically(run_cfg,
     assert rep["checks"]["sharpe"] == pytest.approx(bt["realistic"]["sharpe"])
     assert rep["backtest_market"]["borrow"] == "dataset is_borrowable"
     html = (run / "report.html").read_text()
-    assert "model ideal" in html and "model realistic (headline)" in html and "Rows compared" in html
+    assert "atft ideal" in html and "atft realistic (headline)" in html and "Rows compared" in html
     assert "Newey–West" in html
 
 
-def test_train_result_without_the_new_fields_still_loads(tmp_path):
+def test_train_result_round_trip_and_older_results_refused(tmp_path):
     run = tmp_path / "r"
     res = _train_result(run, tmp_path / "b")
     path = res.save(tmp_path / "metrics.json")
-    d = json.loads(path.read_text())
-    for k in ("oracle_test", "comparison_rows"):
-        d.pop(k)
-    d["folds"][0].pop("oracle_test")
-    path.write_text(json.dumps(d))
     back = TrainResult.load(path)
-    assert back.comparison_rows == {} and back.oracle_test is None and back.folds[0].oracle_test is None
+    assert back.product == "atft" and back.folds[0].predictors["atft"]["epochs"] == [3] and back.epochs == [3]
+    d = json.loads(path.read_text())
+    d.pop("comparison")
+    path.write_text(json.dumps(d))
+    with pytest.raises(DataError, match="not a training result of this version"):
+        TrainResult.load(path)

@@ -1,15 +1,20 @@
-"""Typed settings: did-you-mean on unknown keys, type errors, dataclass defaults equal to the packaged YAML."""
+"""Typed settings: did-you-mean on unknown keys, type errors, and one value source: the packaged YAML (the schema's
+dataclasses carry types and ranges only, no defaults)."""
 
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from importlib import resources
+from typing import Any, Literal, Union
 
 import pytest
 from omegaconf import OmegaConf
 
-from gogooku3.config.compose import load_config, settings
+from gogooku3.config import schema
+from gogooku3.config.compose import CONFIG_MODULE, group_options, load_config, settings
 from gogooku3.core.errors import ConfigError
 from gogooku3.config.schema import (
     FilesDataSettings,
@@ -22,37 +27,57 @@ from gogooku3.config.schema import (
     typed,
 )
 
-# (option, key): known differences between the dataclasses and the YAML, each with what fixes it.
-OPTIONS = ["data=jquants", "data=files", "split=purged_kfold", "model=full", "trainer=gpu", "trainer=ddp"]
-
 
 def _plain(overrides: list[str]) -> dict:
     return OmegaConf.to_container(load_config(overrides), resolve=True)
 
 
-def _diff(yaml: Any, obj: Any, where: str, strict: bool = True) -> list[str]:
-    """Differences between a YAML value and a dataclass value: key sets of dataclass nodes (both ways when
-    strict; entries of dict-valued leaves such as hpo.space may omit keys that have defaults) and leaf values."""
-    if dataclasses.is_dataclass(obj):
+def _schema_dataclasses() -> list[type]:
+    """Every dataclass defined in gogooku3/config/schema.py."""
+    return [v for v in vars(schema).values()
+            if isinstance(v, type) and dataclasses.is_dataclass(v) and v.__module__ == schema.__name__]
+
+
+def _packaged_options() -> list[str]:
+    """`group=option` for every packaged YAML option (conf/<group>/*.yaml), experiment files aside."""
+    root = resources.files(CONFIG_MODULE)
+    groups = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_"))
+    return [f"{g}={o}" for g in groups if g != "experiment" for o in group_options(g)]
+
+
+def _dataclass_of(tp: Any, value: Any) -> Any:
+    """The dataclass a (possibly Optional or tagged-Union) annotation stands for, given the value; None if none."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        dcs = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        if len(dcs) == 1:
+            return dcs[0]
+        for dc in dcs:  # tagged by a shared Literal field (data.source, split.method)
+            tags = {n: typing.get_args(t) for n, t in typing.get_type_hints(dc).items() if typing.get_origin(t) is Literal}
+            if isinstance(value, dict) and any(value.get(n) in vals for n, vals in tags.items()):
+                return dc
+    return None
+
+
+def _sources(yaml: Any, tp: Any, where: str) -> list[str]:
+    """Problems between a composed YAML node and the schema type it is read as: a YAML key that is no field, a field
+    the YAML does not set (both ways, at every depth, also inside the entries of dict-valued fields such as
+    hpo.space)."""
+    dc = _dataclass_of(tp, yaml)
+    if dc is not None:
         if not isinstance(yaml, dict):
-            return [f"{where}: YAML {yaml!r} is not a mapping ({type(obj).__name__})"]
-        names = {f.name for f in dataclasses.fields(obj)}
-        out = [f"{where}.{k}: in the YAML, not a field of {type(obj).__name__}" for k in sorted(set(yaml) - names)]
-        if strict:
-            out += [f"{where}.{k}: field of {type(obj).__name__}, not in the YAML" for k in sorted(names - set(yaml))]
+            return [] if yaml is None else [f"{where}: YAML {yaml!r} is not a mapping ({dc.__name__})"]
+        hints = typing.get_type_hints(dc)
+        names = {f.name for f in dataclasses.fields(dc)}
+        out = [f"{where}.{k}: in the YAML, not a field of {dc.__name__}" for k in sorted(set(yaml) - names)]
+        out += [f"{where}.{k}: field of {dc.__name__}, not set by the YAML" for k in sorted(names - set(yaml))]
         for k in sorted(names & set(yaml)):
-            out += _diff(yaml[k], getattr(obj, k), f"{where}.{k}", strict)
+            out += _sources(yaml[k], hints[k], f"{where}.{k}")
         return out
-    if isinstance(obj, dict):
-        if not isinstance(yaml, dict) or set(yaml) != set(obj):
-            return [f"{where}: YAML {yaml!r}, dataclass default {obj!r}"]
-        return [d for k in obj for d in _diff(yaml[k], obj[k], f"{where}.{k}", strict=False)]
-    if isinstance(obj, (list, tuple)):
-        if not isinstance(yaml, (list, tuple)) or len(yaml) != len(obj):
-            return [f"{where}: YAML {yaml!r}, dataclass default {obj!r}"]
-        return [d for i, (y, o) in enumerate(zip(yaml, obj)) for d in _diff(y, o, f"{where}[{i}]", strict)]
-    if yaml != obj or isinstance(yaml, bool) != isinstance(obj, bool):
-        return [f"{where}: YAML {yaml!r}, dataclass default {obj!r}"]
+    if typing.get_origin(tp) is dict and isinstance(yaml, dict):
+        vt = typing.get_args(tp)[1] if typing.get_args(tp) else Any
+        return [d for k, v in yaml.items() for d in _sources(v, vt, f"{where}.{k}")]
     return []
 
 
@@ -126,56 +151,85 @@ def test_required_and_missing_values():
         typed({"inner": 3}, Outer, "g")
 
 
-# ---- defaults equal the YAML --------------------------------------------------------------------------------
-@pytest.mark.parametrize("group", [f.name for f in dataclasses.fields(Settings)])
-def test_defaults_equal_default_yaml(group):
-    cfg = _plain([])
-    assert group in cfg, f"Settings.{group} has no config key"
-    assert _diff(cfg[group], getattr(Settings(), group), group) == []
+# ---- one value source: the YAML ---------------------------------------------------------------------------
+def test_no_schema_field_has_a_default():
+    """The schema carries types and ranges only: every field of every dataclass in config/schema.py is required."""
+    classes = _schema_dataclasses()
+    assert len(classes) > 30 and Settings in classes and schema.HpoParamSettings in classes
+    with_default = [f"{c.__name__}.{f.name}" for c in classes for f in dataclasses.fields(c)
+                    if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING]
+    assert with_default == []
+    with pytest.raises(TypeError):
+        Settings()
+
+
+def test_packaged_options_are_all_checked():
+    options = _packaged_options()
+    assert {"data=synthetic", "data=jquants", "data=files", "split=walk_forward", "split=purged_kfold",
+            "model=small", "model=full", "trainer=cpu", "trainer=gpu", "trainer=ddp", "hpo=default"} <= set(options)
+    assert not [o for o in options if o.startswith("experiment=")]
+
+
+@pytest.mark.parametrize("option", _packaged_options())
+def test_every_field_has_exactly_one_value_source_the_yaml(option):
+    """Every leaf of the packaged YAML option maps to a schema field and every schema field is set by the group's
+    YAML (no field has a default to fall back on, `test_no_schema_field_has_a_default`)."""
+    group = option.split("=")[0]
+    cfg = _plain([option])
+    tp = typing.get_type_hints(Settings)[group]
+    assert _sources(cfg[group], tp, group) == []
+    typed(cfg[group], tp, group)  # and the values have the schema's types and ranges
 
 
 def test_top_level_keys_are_settings_fields():
     assert set(_plain([])) == {f.name for f in dataclasses.fields(Settings)}
+    assert _sources(_plain([]), Settings, "") == []
 
 
-@pytest.mark.parametrize("option,default", [
-    ("data=jquants", JQuantsDataSettings()), ("data=files", FilesDataSettings()),
-    ("split=purged_kfold", PurgedKFoldSplitSettings())])
-def test_option_defaults_equal_their_yaml(option, default):
-    """data and split options have their own dataclasses: keys and defaults both match that option's YAML."""
-    group = option.split("=")[0]
-    assert _diff(_plain([option])[group], default, group) == []
+@pytest.mark.parametrize("override,message", [
+    ("~train.lr", "train.lr: required key missing; give it with +train.lr=..."),
+    ("~model.graph", "model.graph: required key missing"),
+    ("+hpo.space.x={param:train.lr,type:float,low:0.001,high:0.01}",
+     "hpo.space.x.log: required key missing; give it with +hpo.space.x.log=... (also missing: step, choices)"),
+])
+def test_a_key_missing_from_the_yaml_has_no_code_default(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config([override])
+    assert str(e.value).startswith(message)
 
 
-@pytest.mark.parametrize("option", ["model=full", "trainer=gpu", "trainer=ddp"])
-def test_option_keys_equal_dataclass_fields(option):
-    """Options sharing their group's dataclass (defaults = the default option): same keys."""
-    group = option.split("=")[0]
-    cfg = _plain([option])
-    assert _diff(cfg[group], typed(cfg[group], type(getattr(Settings(), group)), group), group) == []
-
-
-def test_atft_config_defaults_equal_small_yaml():
+@pytest.mark.parametrize("option", ["model=small", "model=full"])
+def test_atft_config_values_come_from_the_model_yaml(option):
+    """ATFTConfig has no defaults either: its fields are the model group's (less name, expected_params) plus
+    n_features and horizons from the data, all set from the YAML."""
     from gogooku3.model.atft_gat_fan import ATFTConfig
 
-    yaml = _plain(["model=small"])["model"]
-    atft = ATFTConfig(n_features=1)
+    assert [f.name for f in dataclasses.fields(ATFTConfig)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING] == []
     model_fields = {f.name for f in dataclasses.fields(ModelSettings)} - set(ATFTConfig.MODEL_GROUP_ONLY)
     assert model_fields == {f.name for f in dataclasses.fields(ATFTConfig)} - {"n_features", "horizons"}
-    for k in sorted(model_fields):
-        assert _diff(yaml[k], getattr(atft, k), f"model.{k}") == []
-    assert list(atft.horizons) == _plain([])["labels"]["horizons"]
+    yaml = _plain([option])["model"]
+    atft = ATFTConfig.from_dict({**yaml, "n_features": 7, "horizons": [1, 5]})
+    got = atft.to_dict()
+    assert {k: got[k] for k in model_fields} == {k: yaml[k] for k in model_fields}
+    assert ATFTConfig.from_dict(got) == atft
+    if option == "model=small":
+        assert ATFTConfig.packaged(n_features=7, horizons=(1, 5)) == atft  # the default option's YAML values
+    with pytest.raises(TypeError):
+        ATFTConfig(n_features=7)
 
 
 def test_atft_from_dict_rejects_unknown_keys():
     from gogooku3.model.atft_gat_fan import ATFTConfig
 
     mc = _plain(["model=full"])["model"]
-    cfg = ATFTConfig.from_dict({**mc, "n_features": 7})                  # name, expected_params: group-only keys
+    cfg = ATFTConfig.from_dict({**mc, "n_features": 7, "horizons": [1]})  # name, expected_params: group-only keys
     assert (cfg.hidden, cfg.norm, cfg.n_features) == (244, "fan", 7)
     assert ATFTConfig.from_dict(cfg.to_dict()) == cfg                    # a bundle's model_config round trip
     with pytest.raises(ConfigError, match=r"model\.hiden: unknown key; did you mean 'model\.hidden'"):
         ATFTConfig.from_dict({"n_features": 7, "hiden": 8})
+    with pytest.raises(ConfigError, match=r"^model\.horizons: required key missing"):  # from the dataset's manifest
+        ATFTConfig.from_dict({**mc, "n_features": 7})
 
 
 # ---- round trip ---------------------------------------------------------------------------------------------
@@ -196,6 +250,3 @@ def test_round_trip(overrides, data_cls, split_cls):
     assert s.hpo.seed == s.train.seed == s.seed == cfg.seed                 # ${seed} resolved
     assert Settings.from_cfg(OmegaConf.create(dataclasses.asdict(s))) == s  # the dataclasses hold the whole config
 
-
-def test_default_settings_equal_the_default_config():
-    assert Settings.from_cfg(load_config()) == Settings()

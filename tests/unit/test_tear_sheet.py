@@ -16,15 +16,13 @@ from test_report import (
 
 from gogooku3.config.compose import load_config
 from gogooku3.evaluation import metrics
-from gogooku3.evaluation.portfolio import (
-    BacktestConfig,
-    backtest,
-    benchmark_returns,
-    market_from_frame,
-    relative_figures,
-    rolling_sharpe,
-)
+from gogooku3.evaluation.backtest.benchmarks import benchmark_returns, relative_figures
+from gogooku3.evaluation.backtest.config import BacktestConfig
+from gogooku3.evaluation.backtest.engine import backtest
+from gogooku3.evaluation.backtest.market import market_from_frame
+from gogooku3.evaluation.backtest.summary import rolling_sharpe
 from gogooku3.evaluation.report import build_report
+from gogooku3.features.manifest import FeatureManifest, manifest_path
 
 DAYS = [date(2024, 1, 1) + timedelta(days=i) for i in range(40)]
 
@@ -99,7 +97,7 @@ def test_relative_figures_and_rolling_sharpe():
     assert r["information_ratio"] == pytest.approx(np.mean(s - b) * 252 / r["tracking_error"])
     assert math.isnan(relative_figures(pl.Series([0.1, None]), pl.Series([0.2, 0.1]), 252)["beta"])
     daily = pl.DataFrame({"Date": [date(2024, 1, 1) + timedelta(days=i) for i in range(80)], "net": s[:80]})
-    rs = rolling_sharpe(daily, 60, BacktestConfig())
+    rs = rolling_sharpe(daily, 60, BacktestConfig.from_any(None))
     assert rs["sharpe"].null_count() == 59
     last = s[20:80]
     assert rs["sharpe"][-1] == pytest.approx(last.mean() / last.std(ddof=1) * math.sqrt(252))
@@ -122,10 +120,11 @@ def test_report_tear_sheet_with_dataset_sector_and_topix(tmp_path, model_name):
     res = json.loads((run / "metrics.json").read_text())
     res["model"]["name"] = model_name
     (run / "metrics.json").write_text(json.dumps(res))
-    model = pl.read_parquet(run / "predictions_test.parquet")
+    model = pl.read_parquet(run / "predictions" / "atft" / "test.parquet")
     ds = tmp_path / "ds.parquet"
     model.select("Date", "Code", Close=pl.lit(1000.0), returns_1d=pl.lit(0.0),
                  S33=pl.col("Code").str.slice(2, 1)).write_parquet(ds)
+    FeatureManifest.from_frame(pl.read_parquet(ds), {}, [1], 1).save(manifest_path(ds))  # the entry lag's source
     raw = tmp_path / "raw"
     raw.mkdir()
     days = model["Date"].unique().sort()
@@ -137,11 +136,11 @@ def test_report_tear_sheet_with_dataset_sector_and_topix(tmp_path, model_name):
     ts = rep["tear_sheet"]
     assert rep["missing"] == [] and ts["benchmark"] == "topix" and ts["topix_available"]
     assert {g["group"] for g in ts["by_sector"]} == set(model["Code"].str.slice(2, 1).unique().to_list())
-    assert set(ts["relative"]) == {"model ideal", "model realistic", "baseline ideal", "baseline realistic"}
-    assert set(ts["relative"]["model ideal"]) == {"topix", "equal_weight"}
-    assert [r["horizon"] for r in ts["ic_decay"]["model"]] == [1, 5] and "model signal pred_1d" in ts["ic_decay"]
-    assert [r["period"] for r in ts["monthly_rank_ic"]["model"]][:2] == ["2023-11", "2023-12"]
-    assert ts["rolling_sharpe"]["model"]["window"] == 20 and ts["rolling_sharpe"]["model"]["last"] is not None
+    assert set(ts["relative"]) == {"atft ideal", "atft realistic", "lightgbm ideal", "lightgbm realistic"}
+    assert set(ts["relative"]["atft ideal"]) == {"topix", "equal_weight"}
+    assert [r["horizon"] for r in ts["ic_decay"]["atft"]] == [1, 5] and "atft signal pred_1d" in ts["ic_decay"]
+    assert [r["period"] for r in ts["monthly_rank_ic"]["atft"]][:2] == ["2023-11", "2023-12"]
+    assert ts["rolling_sharpe"]["atft"]["window"] == 20 and ts["rolling_sharpe"]["atft"]["last"] is not None
     assert 0 < ts["signal"]["top_turnover_mean"] <= 1 and set(ts["cumulative_quantile_return"]) == {
         str(k) for k in range(1, 6)}
     assert rep["run_model"]["name"] == model_name and rep["checks"]["targets_apply"] is (model_name == "full")
@@ -155,12 +154,13 @@ def test_export_alphalens_and_quantstats_frames(tmp_path):
     from typer.testing import CliRunner
 
     from gogooku3.cli import app
-    from gogooku3.evaluation.portfolio import backtest_both
+    from gogooku3.evaluation.backtest.engine import backtest_both
 
     run = make_run_dir(tmp_path)
-    preds = pl.read_parquet(run / "predictions_test.parquet")
+    preds = pl.read_parquet(run / "predictions" / "atft" / "test.parquet")
     ds = tmp_path / "ds.parquet"
     preds.select("Date", "Code", Close=pl.lit(1000.0), S33=pl.col("Code").str.slice(2, 1)).write_parquet(ds)
+    FeatureManifest.from_frame(pl.read_parquet(ds), {}, [1], 1).save(manifest_path(ds))  # the entry lag's source
     args = [f"paths.output_dir={tmp_path / 'output'}", f"paths.dataset={ds}", f"paths.raw_dir={tmp_path / 'none'}"]
     out = CliRunner().invoke(app, ["export", "--to", "alphalens", str(run), *args])
     assert out.exit_code == 0, out.output

@@ -14,15 +14,9 @@ import pytest
 from gogooku3.core.calendar import TradingCalendar
 from gogooku3.config.compose import load_config
 from gogooku3.core.errors import ConfigError, DataError
-from gogooku3.features.builder import (
-    BuiltFrame,
-    _coverage_table,
-    build_dataset,
-    build_features,
-    coverage_path,
-    coverage_text,
-    drop_all_null,
-)
+from gogooku3.features.build import BuiltFrame, build_features, drop_all_null
+from gogooku3.features.builder import build_dataset
+from gogooku3.features.coverage import coverage_path, coverage_table, coverage_text
 from gogooku3.features.manifest import FeatureManifest
 from gogooku3.features.market import proxy_index
 from gogooku3.data.graph import HISTORY, FinancialGraphBuilder, graph_snapshot, pick_nodes
@@ -111,11 +105,11 @@ def _dataset(n_feat=48, n_days=30, n_stocks=10, seed=0) -> tuple[pl.DataFrame, F
 def test_min_features_error_proposes_a_value_that_works():
     df, man = _dataset(48)
     with pytest.raises(DataError) as e:
-        validate_dataset(df, man, [1], min_features=50)
+        validate_dataset(df, man, [1], **_checks(min_features=50))
     msg = str(e.value)
     assert "only 48 features in the manifest, need at least 50 (safe.validation.min_features)" in msg
     value = int(re.search(r"safe\.validation\.min_features=(\d+)", msg).group(1))
-    assert len(validate_dataset(df, man, [1], min_features=value).features) == 48
+    assert len(validate_dataset(df, man, [1], **_checks(min_features=value)).features) == 48
 
 
 def test_too_null_error_proposes_min_features_or_max_null_share():
@@ -123,18 +117,23 @@ def test_too_null_error_proposes_min_features_or_max_null_share():
     df = df.with_columns([pl.when(pl.col("f0") > -0.5).then(None).otherwise(pl.col(f)).alias(f)
                           for f in ("f1", "f2", "f3")])
     with pytest.raises(DataError) as e:
-        validate_dataset(df, man, [1], min_features=50, max_null_share=0.5)
+        validate_dataset(df, man, [1], **_checks(min_features=50, max_null_share=0.5))
     msg = str(e.value)
     assert "safe.validation.max_null_share=0.5" in msg and "safe.validation.min_features=49" in msg
     share = float(re.search(r"keep them all with safe\.validation\.max_null_share=([\d.]+)", msg).group(1))
-    assert len(validate_dataset(df, man, [1], min_features=50, max_null_share=share).features) == 52
+    assert len(validate_dataset(df, man, [1], **_checks(min_features=50, max_null_share=share)).features) == 52
+
+
+def _checks(**keys) -> dict:
+    """The packaged safe.validation values with `keys` on top: validate_dataset takes every one explicitly."""
+    return {**dict(load_config().safe.validation), **keys}
 
 
 @pytest.mark.parametrize("n,kw", [(252, {}), (252, {"n_splits": 5}), (300, {"test_days": 120}),
                                   (400, {"min_train_days": 300, "test_days": 60}), (150, {})])
 def test_walk_forward_error_proposes_split_keys_that_work(n, kw):
     days = [dt.date(2022, 1, 3) + dt.timedelta(days=i) for i in range(n)]
-    base = {"horizons": [1, 5, 10, 20], "entry_lag": 1, **kw}
+    base = {**_walk_forward_yaml(), "horizons": [1, 5, 10, 20], "entry_lag": 1, **kw}
     with pytest.raises(DataError, match="too few dates") as e:
         WalkForwardSplitter(**base).split(days)
     msg = str(e.value)
@@ -150,7 +149,12 @@ def test_walk_forward_error_proposes_split_keys_that_work(n, kw):
 def test_walk_forward_error_when_nothing_fits():
     days = [dt.date(2022, 1, 3) + dt.timedelta(days=i) for i in range(90)]
     with pytest.raises(DataError, match=r"add dates, or shorten labels.horizons \(a first training span needs about 81"):
-        WalkForwardSplitter(horizons=[1, 5, 10, 20]).split(days)
+        WalkForwardSplitter(**_walk_forward_yaml(), horizons=[1, 5, 10, 20], entry_lag=1).split(days)
+
+
+def _walk_forward_yaml() -> dict:
+    """The splitter keys of the packaged split=walk_forward option."""
+    return {k: v for k, v in load_config().split.items() if k not in ("method", "val_days")}
 
 
 # ---- 4. no all-null groups --------------------------------------------------------------------------------------
@@ -251,7 +255,7 @@ META = {"rows": 143490, "stocks": 20, "dates": 7555, "start": "1993-01-04", "end
 
 def test_plain_coverage_table_is_narrow_and_keeps_every_note():
     text = coverage_text(META)
-    assert text == _coverage_table(META, tty=False)
+    assert text == coverage_table(META, tty=False)
     rows = text.splitlines()
     assert max(len(r) for r in rows if not r.startswith(("ML dataset", "  "))) <= 40
     assert "  market: proxy: equal-weighted index of the universe's 1-day returns (no topix table); mkt_atr_14, " \
@@ -262,7 +266,7 @@ def test_plain_coverage_table_is_narrow_and_keeps_every_note():
 
 @pytest.mark.parametrize("width", [60, 80, 140])
 def test_terminal_coverage_table_fits_the_width(width):
-    text = _coverage_table(META, width=width, tty=True)
+    text = coverage_table(META, width=width, tty=True)
     assert max(len(line) for line in text.splitlines()) <= width
     assert "sector" in text and "proxy" in text
 

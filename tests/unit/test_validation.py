@@ -8,11 +8,17 @@ import numpy as np
 import polars as pl
 import pytest
 
+from gogooku3.config.compose import load_config
 from gogooku3.core.errors import DataError, SchemaError
 from gogooku3.features.manifest import FeatureManifest
 from gogooku3.data.validation import drop_too_null, scan_dataset, validate_dataset
 
 N_FEAT = 55
+
+
+def _checks(**keys) -> dict:
+    """The packaged safe.validation values with `keys` on top: validate_dataset takes every one explicitly."""
+    return {**dict(load_config().safe.validation), **keys}
 
 
 def _data(n_days=30, n_stocks=10, seed=0):
@@ -30,7 +36,7 @@ def _data(n_days=30, n_stocks=10, seed=0):
 
 def test_clean_dataset_passes_with_stats():
     df, man = _data()
-    res = validate_dataset(df, man, [1])
+    res = validate_dataset(df, man, [1], **_checks())
     assert res.features == man.names and not res.dropped and not res.flagged_targets
     assert res.stats["n_rows"] == 300 and res.stats["n_stocks"] == 10 and res.stats["n_dates"] == 30
 
@@ -41,10 +47,10 @@ def test_null_feature_dropped_or_rejected_in_training_span_only():
     # f3 is null in the first 20 days only (the training span), f4 only afterwards
     df = df.with_columns(pl.when(pl.col("Date") < dates[20]).then(None).otherwise(pl.col("f3")).alias("f3"),
                          pl.when(pl.col("Date") >= dates[20]).then(None).otherwise(pl.col("f4")).alias("f4"))
-    res = validate_dataset(df, man, [1], dates[:20], max_null_share=0.5)
+    res = validate_dataset(df, man, [1], dates[:20], **_checks(max_null_share=0.5))
     assert res.dropped == {"f3": 1.0} and "f3" not in res.features and "f4" in res.features
     with pytest.raises(DataError, match="f3"):
-        validate_dataset(df, man, [1], dates[:20], max_null_share=0.5, null_action="error")
+        validate_dataset(df, man, [1], dates[:20], **_checks(max_null_share=0.5, null_action="error"))
 
 
 def test_drop_too_null_is_the_shared_rule():
@@ -52,10 +58,10 @@ def test_drop_too_null_is_the_shared_rule():
     dates = df["Date"].unique().sort().to_list()
     df = df.with_columns(pl.when(pl.col("Date") < dates[20]).then(None).otherwise(pl.col("f3")).alias("f3"),
                          pl.when(pl.col("f0") > 0).then(float("nan")).otherwise(pl.col("f5")).alias("f5"))
-    kept, dropped, shares = drop_too_null(df, man.names, dates[:20], 0.4)
+    kept, dropped, shares = drop_too_null(df, man.names, dates[:20], 0.4, "drop")
     assert dropped == {"f3": 1.0, "f5": pytest.approx(shares["f5"], abs=1e-4)} and 0.4 < shares["f5"] < 0.6
     assert kept == [f for f in man.names if f not in ("f3", "f5")]
-    assert drop_too_null(df, man.names, None, 0.7)[1] == {}   # over all rows f3 is 2/3 null
+    assert drop_too_null(df, man.names, None, 0.7, "drop")[1] == {}   # over all rows f3 is 2/3 null
     with pytest.raises(DataError, match="safe.validation.max_null_share=0.4.*f3 \\(100%\\)"):
         drop_too_null(df, man.names, dates[:20], 0.4, "error", "ds.parquet")
 
@@ -63,22 +69,22 @@ def test_drop_too_null_is_the_shared_rule():
 def test_bad_inputs_raise_one_line_errors():
     df, man = _data()
     with pytest.raises(DataError, match="no rows"):
-        validate_dataset(df.head(0), man, [1])
+        validate_dataset(df.head(0), man, [1], **_checks())
     with pytest.raises(SchemaError, match="target_1d"):
-        validate_dataset(df.drop("target_1d"), man, [1])
+        validate_dataset(df.drop("target_1d"), man, [1], **_checks())
     with pytest.raises(DataError, match="only 51 features"):
         validate_dataset(df, FeatureManifest.from_frame(df, {f"f{i}": "g" for i in range(51)}, [1], 1), [1],
-                         min_features=52)
+                         **_checks(min_features=52))
     with pytest.raises(DataError, match="duplicate"):
-        validate_dataset(pl.concat([df, df.head(3)]), man, [1])
+        validate_dataset(pl.concat([df, df.head(3)]), man, [1], **_checks())
     with pytest.raises(DataError, match="Close"):
         validate_dataset(df.with_columns(pl.when(pl.col("f0") > 2).then(-1.0).otherwise(pl.col("Close")).alias("Close")),
-                         man, [1])
+                         man, [1], **_checks())
     with pytest.raises(DataError, match="constant"):
-        validate_dataset(df.with_columns(pl.lit(0.01).alias("target_1d")), man, [1])
+        validate_dataset(df.with_columns(pl.lit(0.01).alias("target_1d")), man, [1], **_checks())
     err = None
     try:
-        validate_dataset(pl.concat([df, df.head(3)]), man, [1])
+        validate_dataset(pl.concat([df, df.head(3)]), man, [1], **_checks())
     except DataError as e:
         err = str(e)
     assert err is not None and "\n" not in err
@@ -88,7 +94,7 @@ def test_large_targets_flagged_with_codes_and_dates():
     df, man = _data()
     df = df.with_columns(pl.when((pl.col("Code") == "00002") & (pl.col("Date") == dt.date(2024, 1, 5)))
                          .then(1.7).otherwise(pl.col("target_1d")).alias("target_1d"))
-    res = validate_dataset(df, man, [1])
+    res = validate_dataset(df, man, [1], **_checks())
     flag = res.flagged_targets["target_1d"]
     assert flag["n"] == 1 and flag["rows"][0] == {"Code": "00002", "Date": "2024-01-05", "value": 1.7}
 

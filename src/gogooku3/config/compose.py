@@ -69,16 +69,33 @@ def search_dirs(overrides: Sequence[str] = (), config_dirs: Sequence[str | Path]
                               f"model/ with YAML files)")
         out.append(p.resolve())
     given = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("paths.output_dir=")]
-    output_dir = given[-1] if given else _packaged_value("paths", "default", "output_dir", "output")
+    output_dir = given[-1] if given else _packaged_value("paths", "default", "output_dir")
     tuned = Path(str(output_dir)).expanduser() / TUNED_SUBDIR
     if (tuned / "experiment").is_dir():
         out.append(tuned.resolve())
     return list(dict.fromkeys(out))
 
 
-def _packaged_value(group: str, option: str, key: str, default: Any) -> Any:
+def _packaged_value(group: str, option: str, key: str) -> Any:
     node = OmegaConf.load(str(resources.files(CONFIG_MODULE) / group / f"{option}.yaml"))
-    return node.get(key, default)
+    return node[key]
+
+
+@functools.cache
+def _packaged_group(group: str) -> dict[str, Any]:
+    node = load_config().get(group)
+    if node is None:
+        raise ConfigError(f"{group}: not a group of the packaged config")
+    return OmegaConf.to_container(node, resolve=True)
+
+
+def packaged_group(group: str) -> dict[str, Any]:
+    """A copy of the packaged default config's `group` (its default option, composed and resolved, as plain
+    containers): the values a library entry point called without a config uses (`BacktestConfig.from_any(None)`),
+    read from the YAML, the one place config values live."""
+    import copy
+
+    return copy.deepcopy(_packaged_group(group))
 
 
 def _drop_plus(override: str, dirs: Sequence[Path]) -> str:

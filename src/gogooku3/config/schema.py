@@ -4,9 +4,11 @@
 values of the wrong type and missing required keys, each with one line naming the dotted key. `load_config` runs it
 once, so a bad key fails at load time.
 
-Every default below equals the packaged YAML of the group's default option (tests/unit/test_settings.py checks
-both the key sets and the values); the YAML stays the place where defaults are read and documented. A group with
-options whose keys differ (`data`, `split`) has one dataclass per option, chosen by its `source` / `method` key.
+The dataclasses carry types and ranges only: no field has a default, so every key is required and the packaged
+YAML (conf/<group>/*.yaml) is the one source of values (tests/unit/test_settings.py checks that every YAML leaf is
+a field and every field is set by its group's YAML). Optional keys are Optional types set to null in the YAML. A
+group with options whose keys differ (`data`, `split`) has one dataclass per option, chosen by its `source` /
+`method` key.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import functools
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Union
 
 from gogooku3.core.errors import ConfigError
@@ -26,272 +28,266 @@ MISSING = "???"  # OmegaConf's mandatory-value marker
 
 
 # ---- paths --------------------------------------------------------------------------------------------------
-@dataclass
+@dataclass(kw_only=True)
 class PathsSettings:
-    raw_dir: str = "data/raw"
-    oracle_dir: str = "data/oracle"
-    cache_dir: str = "data/cache"
-    output_dir: str = "output"
-    runs_dir: str = "runs"
-    dataset: str = "output/ml_dataset_latest.parquet"
-    mlflow_uri: str | None = None
+    raw_dir: str
+    oracle_dir: str
+    cache_dir: str
+    output_dir: str
+    runs_dir: str
+    dataset: str
+    mlflow_uri: str | None
 
 
 # ---- data (one dataclass per option, chosen by `source`) ------------------------------------------------------
-@dataclass
+@dataclass(kw_only=True)
 class SyntheticDataSettings:
-    source: Literal["synthetic"] = "synthetic"
-    n_stocks: int = 500
-    n_days: int = 750
-    end_date: str = "2025-12-30"
-    signal_strength: float = 1.0
-    burn_in: int = 60
-    market_vol: float = 0.010
-    market_drift: float = 0.0002
-    sector_vol: float = 0.006
-    style_vol: float = 0.003
-    idio_vol: float = 0.018
-    garch_alpha: float = 0.08
-    garch_beta: float = 0.90
-    t_df: float = 5.0
-    reversal_coef: float = 0.05
-    reversal_decay: float = 0.80
-    momentum_coef: float = 0.004
-    momentum_window: int = 120
-    momentum_skip: int = 5
-    calm_vol: float = 0.010
-    leadlag_coef: float = 0.055
-    leadlag_decay: float = 0.85
-    volume_coef: float = 0.0009
-    volume_decay: float = 0.85
-    earnings_coef: float = 0.0018
-    earnings_decay: float = 0.95
-    earnings_jump: float = 1.5
-    split_share: float = 0.03
-    ipo_share: float = 0.05
-    delist_share: float = 0.03
-    suspensions_per_stock: float = 1.5
+    source: Literal["synthetic"]
+    n_stocks: int
+    n_days: int
+    end_date: str
+    signal_strength: float
+    burn_in: int
+    market_vol: float
+    market_drift: float
+    sector_vol: float
+    style_vol: float
+    idio_vol: float
+    garch_alpha: float
+    garch_beta: float
+    t_df: float
+    reversal_coef: float
+    reversal_decay: float
+    momentum_coef: float
+    momentum_window: int
+    momentum_skip: int
+    calm_vol: float
+    leadlag_coef: float
+    leadlag_decay: float
+    volume_coef: float
+    volume_decay: float
+    earnings_coef: float
+    earnings_decay: float
+    earnings_jump: float
+    split_share: float
+    ipo_share: float
+    delist_share: float
+    suspensions_per_stock: float
 
 
-@dataclass
+@dataclass(kw_only=True)
 class JQuantsDataSettings:
-    source: Literal["jquants"] = "jquants"
-    api_key: str | None = None
-    base_url: str = "https://api.jquants.com/v2"
-    plan: str = "light"
-    requests_per_minute: int | None = None
-    tables: list[str] | None = None
-    start_date: str | None = None
-    end_date: str | None = None
-    statements_days: str = "sessions"
-    refresh_days: int = 3
-    max_attempts: int = 5
-    backoff_base_s: float = 1.0
-    backoff_max_s: float = 60.0
-    retry_after_max_s: float = 600.0
-    timeout_s: float = 30.0
-    progress: bool = True
+    source: Literal["jquants"]
+    api_key: str | None
+    base_url: str
+    plan: str
+    requests_per_minute: int | None
+    tables: list[str] | None
+    start_date: str | None
+    end_date: str | None
+    statements_days: str
+    refresh_days: int
+    max_attempts: int
+    backoff_base_s: float
+    backoff_max_s: float
+    retry_after_max_s: float
+    timeout_s: float
+    progress: bool
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FileColumnsSettings:
-    date: str | None = "Date"
-    code: str | None = "Code"
-    close: str | None = "Close"
-    adj_close: str | None = None
-    open: str | None = "Open"
-    high: str | None = "High"
-    low: str | None = "Low"
-    volume: str | None = "Volume"
-    turnover: str | None = None
-    adj_factor: str | None = None
-    adj_open: str | None = None
-    adj_high: str | None = None
-    adj_low: str | None = None
-    adj_volume: str | None = None
-    sector: str | None = None
-    sector17: str | None = None
-    market: str | None = None
-    name: str | None = None
+    date: str | None
+    code: str | None
+    close: str | None
+    adj_close: str | None
+    open: str | None
+    high: str | None
+    low: str | None
+    volume: str | None
+    turnover: str | None
+    adj_factor: str | None
+    adj_open: str | None
+    adj_high: str | None
+    adj_low: str | None
+    adj_volume: str | None
+    sector: str | None
+    sector17: str | None
+    market: str | None
+    name: str | None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FilesDataSettings:
-    source: Literal["files"] = "files"
-    format: str = "auto"
-    separator: str = ","
-    null_values: list[str] = field(default_factory=lambda: ["NA", "N/A", "NaN", "nan", "null", "NULL"])
-    date_format: str | None = None
-    calendar: str = "XTKS"
-    extra_columns: str | list[str] = "all"
-    adjust_splits: str = "warn"
-    decimal_comma: bool = False
-    columns: FileColumnsSettings = field(default_factory=FileColumnsSettings)
-    # Not in conf/data/files.yaml yet: `gogooku3 run data=files` reads data.path (pipelines/full.py), so it is
-    # accepted here (as `+data.path=...`) until the YAML gets `path: null`.
-    path: str | None = None
+    source: Literal["files"]
+    format: str
+    separator: str
+    null_values: list[str]
+    date_format: str | None
+    calendar: str
+    extra_columns: str | list[str]
+    adjust_splits: str
+    decimal_comma: bool
+    columns: FileColumnsSettings
+    path: str | None              # the file `gogooku3 run data=files` imports (pipelines/full.py)
 
 
 DataSettings = SyntheticDataSettings | JQuantsDataSettings | FilesDataSettings
 
 
 # ---- features -----------------------------------------------------------------------------------------------
-@dataclass
+@dataclass(kw_only=True)
 class FeatureGroupsSettings:
-    ohlcv: bool = True
-    returns: bool = True
-    volatility: bool = True
-    moving_averages: bool = True
-    price_position: bool = True
-    volume: bool = True
-    technicals: bool = True
-    market: bool = True
-    cross: bool = True
-    flows: bool = True
-    statements: bool = True
-    margin: bool = True
-    sector: bool = True
-    quality: bool = True
-    flags: bool = True
-    user: bool = True
+    ohlcv: bool
+    returns: bool
+    volatility: bool
+    moving_averages: bool
+    price_position: bool
+    volume: bool
+    technicals: bool
+    market: bool
+    cross: bool
+    flows: bool
+    statements: bool
+    margin: bool
+    sector: bool
+    quality: bool
+    flags: bool
+    user: bool
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FeatureWindowsSettings:
-    returns: list[int] = field(default_factory=lambda: [1, 5, 10, 20, 60, 120])
-    log_returns: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
-    volatility: list[int] = field(default_factory=lambda: [5, 10, 20, 60])
-    parkinson: int = 20
-    sma: list[int] = field(default_factory=lambda: [5, 10, 20, 60, 120])
-    ema: list[int] = field(default_factory=lambda: [5, 10, 20, 60, 200])
-    volume_ma: list[int] = field(default_factory=lambda: [5, 20])
+    returns: list[int]
+    log_returns: list[int]
+    volatility: list[int]
+    parkinson: int
+    sma: list[int]
+    ema: list[int]
+    volume_ma: list[int]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TechnicalsSettings:
-    rsi: list[int] = field(default_factory=lambda: [2, 14])
-    macd: list[int] = field(default_factory=lambda: [12, 26, 9])
-    atr: int = 14
-    adx: int = 14
-    stoch: int = 14
-    bb_window: int = 20
-    bb_k: float = 2.0
+    rsi: list[int]
+    macd: list[int]
+    atr: int
+    adx: int
+    stoch: int
+    bb_window: int
+    bb_k: float
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MarketFeaturesSettings:
-    z_window: int = 252
-    big_move_window: int = 60
-    proxy: str = "auto"
+    z_window: int
+    big_move_window: int
+    proxy: str
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CrossFeaturesSettings:
-    beta_window: int = 60
-    beta_fallback_window: int = 20
-    beta_lag: int = 1
-    stability_window: int = 20
+    beta_window: int
+    beta_fallback_window: int
+    beta_lag: int
+    stability_window: int
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FlowFeaturesSettings:
-    z_window: int = 52
-    mom_window: int = 4
-    shock_z: float = 2.0
-    stale_days: int = 14
-    fallback_section: str = "AllMarket"
+    z_window: int
+    mom_window: int
+    shock_z: float
+    stale_days: int
+    fallback_section: str
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StatementFeaturesSettings:
-    close_time: str = "15:00"
-    close_time_changes: dict[str, str] = field(default_factory=lambda: {"2024-11-05": "15:30"})
-    half_day_close_time: str = "11:30"
-    stale_days: int = 365
-    ratio_clip: float | None = 10.0
+    close_time: str
+    close_time_changes: dict[str, str]
+    half_day_close_time: str
+    stale_days: int
+    ratio_clip: float | None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MarginFeaturesSettings:
-    z_window: int = 52
-    adv_window: int = 20
-    pub_lag_sessions: int = 3
-    stale_days: int = 21
+    z_window: int
+    adv_window: int
+    pub_lag_sessions: int
+    stale_days: int
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SectorFeaturesSettings:
-    min_count: int = 3
+    min_count: int
 
 
-@dataclass
+@dataclass(kw_only=True)
 class QualityFeaturesSettings:
-    risk_adjusted: bool = True
-    sharpe_horizons: list[int] = field(default_factory=lambda: [5, 10, 20])
-    smart_money: bool = True
-    outlier_flags: bool = True
-    sigma_threshold: float = 2.0
-    use_cross_sectional_quantiles: bool = True
-    high_quantile: float = 0.8
-    low_quantile: float = 0.2
-    excess_returns: bool = True
-    vol_window: int = 20
+    risk_adjusted: bool
+    sharpe_horizons: list[int]
+    smart_money: bool
+    outlier_flags: bool
+    sigma_threshold: float
+    use_cross_sectional_quantiles: bool
+    high_quantile: float
+    low_quantile: float
+    excess_returns: bool
+    vol_window: int
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FlagFeaturesSettings:
-    maturity: dict[str, int] = field(default_factory=lambda: {
-        "is_rsi2_valid": 5, "is_ema5_valid": 15, "is_ema10_valid": 30, "is_ema20_valid": 60, "is_ema200_valid": 200,
-        "is_valid_ma": 60})
-    halt_days: list[str] = field(default_factory=lambda: ["2020-10-01"])
+    maturity: dict[str, int]
+    halt_days: list[str]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FeaturesSettings:
-    groups: FeatureGroupsSettings = field(default_factory=FeatureGroupsSettings)
-    windows: FeatureWindowsSettings = field(default_factory=FeatureWindowsSettings)
-    technicals: TechnicalsSettings = field(default_factory=TechnicalsSettings)
-    market: MarketFeaturesSettings = field(default_factory=MarketFeaturesSettings)
-    cross: CrossFeaturesSettings = field(default_factory=CrossFeaturesSettings)
-    flows: FlowFeaturesSettings = field(default_factory=FlowFeaturesSettings)
-    statements: StatementFeaturesSettings = field(default_factory=StatementFeaturesSettings)
-    margin: MarginFeaturesSettings = field(default_factory=MarginFeaturesSettings)
-    sector: SectorFeaturesSettings = field(default_factory=SectorFeaturesSettings)
-    quality: QualityFeaturesSettings = field(default_factory=QualityFeaturesSettings)
-    flags: FlagFeaturesSettings = field(default_factory=FlagFeaturesSettings)
-    sections: dict[str, str] = field(default_factory=lambda: {
-        "0111": "TSEPrime", "0112": "TSEStandard", "0113": "TSEGrowth", "0101": "TSEPrime", "0102": "TSEStandard",
-        "0106": "TSEStandard", "0104": "TSEGrowth", "0107": "TSEGrowth"})
-    calendar_exchange: str = "XTKS"
-    chunk_rows: int = 1_000_000
+    groups: FeatureGroupsSettings
+    windows: FeatureWindowsSettings
+    technicals: TechnicalsSettings
+    market: MarketFeaturesSettings
+    cross: CrossFeaturesSettings
+    flows: FlowFeaturesSettings
+    statements: StatementFeaturesSettings
+    margin: MarginFeaturesSettings
+    sector: SectorFeaturesSettings
+    quality: QualityFeaturesSettings
+    flags: FlagFeaturesSettings
+    sections: dict[str, str]
+    calendar_exchange: str
+    chunk_rows: int
 
 
 # ---- labels, split ------------------------------------------------------------------------------------------
-@dataclass
+@dataclass(kw_only=True)
 class LabelsSettings:
-    horizons: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
-    entry_lag: int = 1
+    horizons: list[int]
+    entry_lag: int
 
 
-@dataclass
+@dataclass(kw_only=True)
 class WalkForwardSplitSettings:
-    method: Literal["walk_forward"] = "walk_forward"
-    mode: str = "expanding"
-    n_splits: int = 3
-    min_train_days: int = 252
-    test_days: int | None = None
-    train_days: int | None = None
-    embargo_days: int | None = None
-    val_days: int = 40
+    method: Literal["walk_forward"]
+    mode: str
+    n_splits: int
+    min_train_days: int
+    test_days: int | None
+    train_days: int | None
+    embargo_days: int | None
+    val_days: int
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PurgedKFoldSplitSettings:
-    method: Literal["purged_kfold"] = "purged_kfold"
-    n_splits: int = 5
-    min_train_days: int = 60
-    embargo_days: int | None = None
-    val_days: int = 40
+    method: Literal["purged_kfold"]
+    n_splits: int
+    min_train_days: int
+    embargo_days: int | None
+    val_days: int
 
 
 SplitSettings = WalkForwardSplitSettings | PurgedKFoldSplitSettings
@@ -302,316 +298,299 @@ _OPTIONS: dict[str, dict[str, type]] = {  # first entry: the default option
 
 
 # ---- shared nodes -------------------------------------------------------------------------------------------
-@dataclass
+@dataclass(kw_only=True)
 class NormalizerSettings:
     """`train.normalizer` and `baseline.normalize` (CrossSectionalNormalizer)."""
 
-    method: str = "robust_z"
-    clip: float = 5.0
-    day_level: str = "zero"
-    day_level_window: int = 252
+    method: str
+    clip: float
+    day_level: str
+    day_level_window: int
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GraphSettings:
     """`model.graph`: FinancialGraphBuilder settings."""
 
-    window: int = 60
-    method: str = "ewm"
-    halflife: float = 20.0
-    shrinkage: float = 0.1
-    threshold: float = 0.3
-    k: int = 10
-    min_obs: int = 20
+    window: int
+    method: str
+    halflife: float
+    shrinkage: float
+    threshold: float
+    k: int
+    min_obs: int
 
 
 # ---- safe, baseline -----------------------------------------------------------------------------------------
-@dataclass
+@dataclass(kw_only=True)
 class SafeValidationSettings:
-    min_features: int = 50
-    max_null_share: float = 0.5
-    null_action: str = "drop"
-    max_abs_target: float = 1.0
-    max_listed: int = 20
+    min_features: int
+    max_null_share: float
+    null_action: str
+    max_abs_target: float
+    max_listed: int
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SafeGraphSettings(GraphSettings):
     """`safe.graph`: the graph statistics of the report (GraphSettings plus the switch and node count)."""
 
-    enabled: bool = True
-    n_nodes: int = 50
+    enabled: bool
+    n_nodes: int
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SafeSettings:
-    dataset: str | None = None
-    start_date: str | None = None
-    end_date: str | None = None
-    experiment_name: str = "safe"
-    baseline_folds: str = "train"
-    validation: SafeValidationSettings = field(default_factory=SafeValidationSettings)
-    graph: SafeGraphSettings = field(default_factory=SafeGraphSettings)
+    dataset: str | None
+    start_date: str | None
+    end_date: str | None
+    experiment_name: str
+    baseline_folds: str
+    validation: SafeValidationSettings
+    graph: SafeGraphSettings
 
 
-def _lightgbm_params() -> dict[str, Any]:
-    return {"objective": "regression", "metric": "l2", "boosting_type": "gbdt", "num_leaves": 31,
-            "learning_rate": 0.05, "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 5,
-            "min_data_in_leaf": 20, "lambda_l1": 0.1, "lambda_l2": 0.1, "max_bin": 63, "num_threads": 1, "seed": 42,
-            "verbosity": -1}
-
-
-@dataclass
+@dataclass(kw_only=True)
 class BaselineSettings:
-    enabled: bool = True
-    horizons: list[int] | None = None
-    workers: int | Literal["auto"] = "auto"
-    num_boost_round: int = 200
-    early_stopping_rounds: int = 20
-    target_transform: str = "rank"
-    top_features: int = 20
-    normalize: NormalizerSettings = field(default_factory=NormalizerSettings)
-    params: dict[str, Any] = field(default_factory=_lightgbm_params)   # passed to LightGBM as is
+    enabled: bool
+    horizons: list[int] | None
+    workers: int | Literal["auto"]
+    num_boost_round: int
+    early_stopping_rounds: int
+    target_transform: str
+    top_features: int
+    normalize: NormalizerSettings
+    params: dict[str, Any]   # passed to LightGBM as is
 
 
 # ---- model, train, trainer ----------------------------------------------------------------------------------
-@dataclass
+@dataclass(kw_only=True)
 class ModelSettings:
     """The model group: its name and reference size plus the ATFTConfig fields set by config (the rest,
-    n_features and horizons, come from the data). Defaults are model=small, as are ATFTConfig's."""
+    n_features and horizons, come from the data)."""
 
-    name: str = "small"
-    expected_params: int = 300000
-    window: int = 60
-    hidden: int = 48
-    n_heads: int = 4
-    lstm_layers: int = 1
-    dropout: float = 0.1
-    vsn_init_gain: float = 0.1
-    market_context: str = "none"
-    norm: str = "none"
-    fan_topk: int = 3
-    gat: bool = True
-    gat_heads: tuple[int, int] = (4, 2)
-    gat_dropout: float = 0.1
-    quantiles: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
-    head_hidden: int = 32
-    n_sectors: int = 64
-    n_segments: int = 16
-    graph: GraphSettings = field(default_factory=GraphSettings)
+    name: str
+    expected_params: int
+    window: int
+    hidden: int
+    n_heads: int
+    lstm_layers: int
+    dropout: float
+    vsn_init_gain: float
+    market_context: str
+    norm: str
+    fan_topk: int
+    gat: bool
+    gat_heads: tuple[int, int]
+    gat_dropout: float
+    quantiles: tuple[float, ...]
+    head_hidden: int
+    n_sectors: int
+    n_segments: int
+    graph: GraphSettings
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LossSettings:
-    huber_delta: float = 1.0
-    lambda_q: float = 0.25
-    lambda_ic: float = 0.5
-    horizon_weights: dict[int, float] | list[float] | None = field(
-        default_factory=lambda: {1: 4.0, 5: 2.0, 10: 1.0, 20: 1.0})
-    target_transform: str = "rank_gauss"
-    min_stocks: int = 5
+    huber_delta: float
+    lambda_q: float
+    lambda_ic: float
+    horizon_weights: dict[int, float] | list[float] | None
+    target_transform: str
+    min_stocks: int
 
 
-@dataclass
-class BlendSettings:
-    enabled: bool = True
-    method: str = "zscore"
-    grid_step: float = 0.05
+@dataclass(kw_only=True)
+class PredictorsSettings:
+    """The predictors group: which predictors train fits and compares, the product and the reference. Each `zoo`
+    entry is `_target_` (the Predictor class) plus that class's constructor keys, checked by the class."""
+
+    product: str
+    reference: str
+    fit: list[str]
+    zoo: dict[str, dict[str, Any]]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StackSettings:
-    enabled: bool = False
-    blocks: int = 4
-    min_fit_days: int = 60
+    enabled: bool
+    blocks: int
+    min_fit_days: int
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CVSettings:
-    folds: int | Literal["all"] | None = None
+    folds: int | Literal["all"] | None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainSettings:
-    max_epochs: int = 4
-    min_epochs: int = 1
-    lr: float = 3.0e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.05
-    grad_clip: float = 1.0
-    accumulate_grad_batches: int = 1
-    patience: int = 3
-    save_top_k: int = 3
-    average_top_k: int = 1
-    limit_train_batches: int | float | None = 120
-    limit_val_batches: int | float | None = None
-    max_stocks_per_day: int = 2048
-    min_stocks_per_day: int = 10
-    min_window_frac: float = 0.9
-    seed: int = 42                 # ${seed} in the YAML
-    ensemble: int = 2
-    compile: bool = False
-    ema_decay: float | None = 0.99
-    swa: bool = False
-    collapse_ratio: float = 0.05
-    collapse_stop: bool = False
-    resume: bool | str = False
-    force_convert: bool = False
-    panel_cache_keep: int | None = 4
-    mlflow: bool = False
-    gpu_resident_max_frac: float = 0.5
-    normalizer: NormalizerSettings = field(default_factory=NormalizerSettings)
-    returns_col: str = "returns_1d"
-    loss: LossSettings = field(default_factory=LossSettings)
-    blend: BlendSettings = field(default_factory=BlendSettings)
-    stack: StackSettings = field(default_factory=StackSettings)
-    cv: CVSettings = field(default_factory=CVSettings)
+    max_epochs: int
+    min_epochs: int
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    min_lr_ratio: float
+    grad_clip: float
+    accumulate_grad_batches: int
+    patience: int
+    save_top_k: int
+    average_top_k: int
+    limit_train_batches: int | float | None
+    limit_val_batches: int | float | None
+    max_stocks_per_day: int
+    min_stocks_per_day: int
+    min_window_frac: float
+    seed: int                 # ${seed} in the YAML
+    ensemble: int
+    compile: bool
+    ema_decay: float | None
+    swa: bool
+    collapse_ratio: float
+    collapse_stop: bool
+    resume: bool | str
+    force_convert: bool
+    panel_cache_keep: int | None
+    mlflow: bool
+    gpu_resident_max_frac: float
+    normalizer: NormalizerSettings
+    returns_col: str
+    loss: LossSettings
+    stack: StackSettings
+    cv: CVSettings
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainerSettings:
-    """Lightning trainer; defaults are trainer=cpu."""
+    """Lightning trainer (trainer=cpu|gpu|ddp)."""
 
-    accelerator: str = "cpu"
-    devices: int | str | list[int] = 1
-    strategy: str = "auto"
-    num_nodes: int = 1
-    precision: str | int = "32-true"
-    peak_tflops: float | None = 0.15
-    progress_bar: bool = True
-    num_threads: int | None = 2    # absent from trainer/gpu.yaml (training.py then leaves torch's default)
-    member_workers: int | Literal["auto"] = "auto"  # processes training ensemble members side by side
+    accelerator: str
+    devices: int | str | list[int]
+    strategy: str
+    num_nodes: int
+    precision: str | int
+    peak_tflops: float | None
+    progress_bar: bool
+    num_threads: int | None    # null: torch's default
+    member_workers: int | Literal["auto"]  # processes training ensemble members side by side
 
 
 # ---- portfolio, report, predict -----------------------------------------------------------------------------
-@dataclass
+@dataclass(kw_only=True)
 class PortfolioSettings:
-    method: str = "long_short"
-    horizon: int = 1
-    long_fraction: float = 0.2
-    short_fraction: float = 0.2
-    weighting: str = "equal"
-    cost_bps: float = 5.0
-    min_names: int = 10
-    min_price: float = 0.0
-    min_adv: float = 0.0
-    quantiles: int = 5
-    periods_per_year: float = 252.0
-    vol_column: str = "volatility_20d"
-    max_weight: float = 0.1
-    realism: Literal["auto", "ideal", "realistic"] = "auto"
-    cost_model: Literal["flat", "spread_impact"] = "flat"
-    borrow_only: bool = True
-    price_limits: bool = True
-    capital: float = 100_000_000.0
-    lot_size: int = 100
-    commission_bps: float = 1.0
-    half_spread_bps: float = 3.0
-    impact_coef: float = 1.0
+    method: str
+    horizon: int
+    long_fraction: float
+    short_fraction: float
+    weighting: str
+    cost_bps: float
+    min_names: int
+    min_price: float
+    min_adv: float
+    quantiles: int
+    periods_per_year: float
+    vol_column: str
+    max_weight: float
+    realism: Literal["auto", "ideal", "realistic"]
+    cost_model: Literal["flat", "spread_impact"]
+    borrow_only: bool
+    price_limits: bool
+    capital: float
+    lot_size: int
+    commission_bps: float
+    half_spread_bps: float
+    impact_coef: float
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ReportSettings:
-    rolling_window: int = 20
-    top_features: int = 25
-    dpi: int = 90
-    target_sharpe: float = 0.849
-    target_params: int = 5611803
-    param_tolerance: float = 0.10
-    rolling_sharpe_days: int = 60
-    sector_column: str = "S33"
-    benchmark: Literal["auto", "topix", "equal_weight"] = "auto"
+    rolling_window: int
+    top_features: int
+    dpi: int
+    target_sharpe: float
+    target_params: int
+    param_tolerance: float
+    rolling_sharpe_days: int
+    sector_column: str
+    benchmark: Literal["auto", "topix", "equal_weight"]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PredictSettings:
-    horizon: int = 1
-    log_top: int = 10
-    output_subdir: str = "predictions"
-    quantiles: list[float] = field(default_factory=lambda: [0.1, 0.5, 0.9])
-    explain_top: int = 5
+    horizon: int
+    log_top: int
+    output_subdir: str
+    quantiles: list[float]
+    explain_top: int
 
 
 # ---- hpo ----------------------------------------------------------------------------------------------------
-@dataclass
+@dataclass(kw_only=True)
 class PrunerSettings:
-    enabled: bool = True
-    n_startup_trials: int = 2
-    n_warmup_steps: int = 0
+    enabled: bool
+    n_startup_trials: int
+    n_warmup_steps: int
 
 
-@dataclass
+@dataclass(kw_only=True)
 class HpoParamSettings:
     """One entry of `hpo.space` (checked against the config by pipelines.tune.check_space)."""
 
     param: str
     type: str
-    low: int | float | None = None
-    high: int | float | None = None
-    log: bool = False
-    step: int | float | None = None
-    choices: list[Any] | None = None
+    low: int | float | None
+    high: int | float | None
+    log: bool
+    step: int | float | None
+    choices: list[Any] | None
 
 
-def _hpo_space() -> dict[str, HpoParamSettings | None]:
-    p = HpoParamSettings
-    return {"lr": p("train.lr", "float", 3.0e-4, 1.0e-2, log=True),
-            "hidden": p("model.hidden", "categorical", choices=[16, 32, 48, 64]),
-            "dropout": p("model.dropout", "float", 0.0, 0.3),
-            "lambda_q": p("train.loss.lambda_q", "float", 0.0, 1.0),
-            "lambda_ic": p("train.loss.lambda_ic", "float", 0.0, 1.0),
-            "huber_delta": p("train.loss.huber_delta", "float", 0.1, 3.0, log=True),
-            "graph_k": p("model.graph.k", "int", 4, 20),
-            "graph_threshold": p("model.graph.threshold", "float", 0.1, 0.6)}
-
-
-@dataclass
+@dataclass(kw_only=True)
 class HpoSettings:
-    study_name: str = "atft_gat_fan"
-    storage: str | None = None
-    n_trials: int = 20
-    max_total_trials: int | None = None
-    timeout_s: float | None = None
-    seed: int = 42                 # ${seed} in the YAML
-    n_startup_trials: int = 5
-    folds: int = 1
-    max_epochs: int = 4
-    patience: int = 2
-    limit_train_batches: int | float | None = None
-    keep_trial_dirs: bool = False
-    pruner: PrunerSettings = field(default_factory=PrunerSettings)
-    space: dict[str, HpoParamSettings | None] = field(default_factory=_hpo_space)  # `+hpo.space.x=...` adds one
+    study_name: str
+    storage: str | None
+    n_trials: int
+    max_total_trials: int | None
+    timeout_s: float | None
+    seed: int                 # ${seed} in the YAML
+    n_startup_trials: int
+    folds: int
+    max_epochs: int
+    patience: int
+    limit_train_batches: int | float | None
+    keep_trial_dirs: bool
+    pruner: PrunerSettings
+    space: dict[str, HpoParamSettings | None]  # `+hpo.space.x={param: ..., type: ..., ...}` adds one (every key)
 
 
 # ---- top level ----------------------------------------------------------------------------------------------
-@dataclass
+@dataclass(kw_only=True)
 class RunSettings:
-    steps: list[str] = field(
-        default_factory=lambda: ["data", "build", "safe", "train", "backtest", "report", "predict"])
+    steps: list[str]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Settings:
-    """The whole config, one attribute per group; `Settings()` is the packaged default config."""
+    """The whole config, one attribute per group (`Settings.from_cfg(load_config())` is the packaged default)."""
 
-    paths: PathsSettings = field(default_factory=PathsSettings)
-    data: DataSettings = field(default_factory=SyntheticDataSettings)
-    features: FeaturesSettings = field(default_factory=FeaturesSettings)
-    labels: LabelsSettings = field(default_factory=LabelsSettings)
-    split: SplitSettings = field(default_factory=WalkForwardSplitSettings)
-    safe: SafeSettings = field(default_factory=SafeSettings)
-    baseline: BaselineSettings = field(default_factory=BaselineSettings)
-    model: ModelSettings = field(default_factory=ModelSettings)
-    train: TrainSettings = field(default_factory=TrainSettings)
-    trainer: TrainerSettings = field(default_factory=TrainerSettings)
-    portfolio: PortfolioSettings = field(default_factory=PortfolioSettings)
-    report: ReportSettings = field(default_factory=ReportSettings)
-    predict: PredictSettings = field(default_factory=PredictSettings)
-    hpo: HpoSettings = field(default_factory=HpoSettings)
-    seed: int = 42
-    log_level: str = "INFO"
-    run: RunSettings = field(default_factory=RunSettings)
+    paths: PathsSettings
+    data: DataSettings
+    features: FeaturesSettings
+    labels: LabelsSettings
+    split: SplitSettings
+    safe: SafeSettings
+    baseline: BaselineSettings
+    predictors: PredictorsSettings
+    model: ModelSettings
+    train: TrainSettings
+    trainer: TrainerSettings
+    portfolio: PortfolioSettings
+    report: ReportSettings
+    predict: PredictSettings
+    hpo: HpoSettings
+    seed: int
+    log_level: str
+    run: RunSettings
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> Settings:
@@ -696,7 +675,8 @@ RANGES: dict[type, dict[str, Check]] = {
                    "horizon_weights": ((lambda v: all(w >= 0 for w in (v.values() if isinstance(v, dict) else v))),
                                        "null, a list or a {horizon: weight} map of weights >= 0"),
                    "target_transform": _one_of(*LOSS_TARGET_TRANSFORMS), "min_stocks": _ge(2)},
-    BlendSettings: {"method": _one_of("zscore", "rank"), "grid_step": _within(0, 1, lo_open=True)},
+    PredictorsSettings: {"product": _one_of("atft", "blend"),
+                         "zoo": ((lambda v: all("_target_" in e for e in v.values())), "entries with a _target_")},
     StackSettings: {"blocks": _ge(2), "min_fit_days": _ge(1)},
     CVSettings: {"folds": ((lambda v: v == "all" or v >= 1), "null, 'all' or an int >= 1")},
     TrainSettings: {"max_epochs": _ge(1), "min_epochs": _ge(0), "lr": _gt(0), "weight_decay": _ge(0),
@@ -926,6 +906,12 @@ def _convert_dataclass(value: Any, cls: type, where: str, option: str = "") -> A
     for k in value:
         if k not in known:
             raise unknown_key_error(where, str(k), known, option)
+    missing = [f.name for f in fs if f.name not in value
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        more = f" (also missing: {', '.join(missing[1:])})" if len(missing) > 1 else ""
+        raise ConfigError(f"{_join(where, missing[0])}: required key missing; give it with "
+                          f"+{_join(where, missing[0])}=...{more}")
     kwargs = {}
     # A node's own values are converted and range-checked before its sub-groups, so `seed=-3` is reported as
     # `seed`, not as the `train.seed` that interpolates it.
@@ -934,9 +920,6 @@ def _convert_dataclass(value: Any, cls: type, where: str, option: str = "") -> A
         for f in group:
             if f.name in value:
                 kwargs[f.name] = _convert(value[f.name], hints[f.name], _join(where, f.name))
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{_join(where, f.name)}: required key missing; give it with "
-                                  f"+{_join(where, f.name)}=...")
         if group is leaves:
             check_ranges(cls, {k: v for k, v in kwargs.items()}, where, value)
     out = cls(**kwargs)

@@ -17,13 +17,21 @@ from gogooku3.data.panel import PanelStore
 from gogooku3.evaluation.results import DatasetRef
 
 
-def load_dataset(cfg: DictConfig) -> tuple[Path, FeatureManifest, DatasetRef]:
-    """The dataset, its manifest (the allow-list) and the facts it fixes; the config must agree with them."""
-    dataset = path(cfg, "paths.dataset")
+def open_manifest(cfg: DictConfig, dataset: Path) -> FeatureManifest:
+    """The manifest of `dataset` (which must exist): the allow-list and the dataset's facts (horizons, entry lag).
+    A config whose build-only `labels` differ from the facts the dataset was built with is refused with one
+    ConfigError line (`FeatureManifest.check_labels`): the one check `train`, `tune` and `safe` share."""
     if not dataset.exists():
         raise DataError(f"{dataset}: dataset not found; build it with `gogooku3 data build`")
     manifest = FeatureManifest.for_dataset(dataset)
     manifest.check_labels(cfg.labels, dataset)
+    return manifest
+
+
+def load_dataset(cfg: DictConfig) -> tuple[Path, FeatureManifest, DatasetRef]:
+    """The dataset, its manifest (the allow-list) and the facts it fixes; the config must agree with them."""
+    dataset = path(cfg, "paths.dataset")
+    manifest = open_manifest(cfg, dataset)
     lf = pl.scan_parquet(dataset)
     manifest.check_frame(lf, dataset)
     missing = [C.target(h) for h in manifest.horizons if C.target(h) not in lf.collect_schema()]

@@ -259,7 +259,7 @@ def pick_nodes(df: pl.DataFrame, date: Any, n_nodes: int, window: int, min_obs: 
     return ranked, HISTORY
 
 
-def graph_snapshot(df: pl.DataFrame, builder: FinancialGraphBuilder, n_nodes: int = 50, date: Any = None,
+def graph_snapshot(df: pl.DataFrame, builder: FinancialGraphBuilder, n_nodes: int, date: Any = None,
                    value_col: str = "returns_1d", rank_cols: Sequence[str] = RANK_COLUMNS,
                    sectors: str | None = "S33") -> dict[str, Any]:
     """The report's graph: top-`n_nodes` stocks as of `date` (default: the last date) by `pick_nodes`' order

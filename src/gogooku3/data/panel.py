@@ -252,7 +252,7 @@ class PanelStore:
         pos = {d: k for k, d in enumerate(self.dates)}
         return np.array(sorted(pos[d] for d in dates if d in pos), dtype=np.int64)
 
-    def window_valid(self, window: int, min_window_frac: float = 1.0) -> np.ndarray:
+    def window_valid(self, window: int, min_window_frac: float) -> np.ndarray:
         """[D, N] bool: row present on d, d >= L-1, and >= ceil(frac·L) rows present in [d-L+1, d]."""
         m = np.asarray(self.mask)
         cs = np.concatenate([np.zeros((1, m.shape[1]), np.int32), np.cumsum(m, axis=0, dtype=np.int32)])
@@ -665,9 +665,10 @@ class PanelDataModule(L.LightningDataModule):
     """Train / val / test day batches from one PanelStore and the shared splitter's dates."""
 
     def __init__(self, panel: PanelStore, fit_dates: Sequence[dt.date], val_dates: Sequence[dt.date],
-                 test_dates: Sequence[dt.date] = (), window: int = 60, max_stocks: int = 2048,
-                 min_window_frac: float = 1.0, min_stocks: int = 10, seed: int = 0,
-                 extra: np.ndarray | None = None):
+                 test_dates: Sequence[dt.date] = (), *, window: int, max_stocks: int, min_window_frac: float,
+                 min_stocks: int, seed: int, extra: np.ndarray | None = None):
+        """`window` (model.window), `max_stocks`, `min_window_frac`, `min_stocks` (train.max_stocks_per_day,
+        train.min_window_frac, train.min_stocks_per_day) and `seed` come from the config (`training.fit.data_module`)."""
         super().__init__()
         self.panel, self.window, self.max_stocks, self.min_stocks, self.seed = panel, window, max_stocks, min_stocks, seed
         self.fit_days = panel.day_index(fit_dates)

@@ -17,7 +17,6 @@ never trains after its test block and needs no look-back).
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Iterable, Sequence
@@ -28,7 +27,7 @@ import numpy as np
 import polars as pl
 
 from gogooku3.core.errors import ConfigError, DataError, LeakageError
-from gogooku3.config.schema import PurgedKFoldSplitSettings, WalkForwardSplitSettings
+from gogooku3.config.schema import SplitSettings, WalkForwardSplitSettings, typed
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +95,16 @@ def _sessions(dates: Iterable[dt.date] | pl.Series) -> list[dt.date]:
     return s.cast(pl.Date).drop_nulls().unique().sort().to_list()
 
 
+def label_gap(horizons: Sequence[int], entry_lag: int) -> int:
+    """Sessions from a date t to the end of its longest label window, t + entry_lag + h_max: the one place the label
+    gap is computed (purge, embargo, inner-validation gaps, stacking blocks, incremental builds). A dataset's gap is
+    `FeatureManifest.label_gap`; this form serves callers that hold only the horizons and the lag."""
+    return max((int(h) for h in horizons), default=0) + int(entry_lag)
+
+
 def resolve_embargo(embargo_days: int | None, horizons: Sequence[int], entry_lag: int) -> int:
     """The embargo in trading days: `None` -> max(20, h_max + lag); an explicit value below h_max + lag is an error."""
-    need = max(horizons) + entry_lag if horizons else entry_lag
+    need = label_gap(horizons, entry_lag)
     if embargo_days is None:
         return max(DEFAULT_EMBARGO_DAYS, need)
     emb = int(embargo_days)
@@ -117,7 +123,7 @@ class _BaseSplitter:
         self.n_splits = int(n_splits)
         self.horizons = [int(h) for h in horizons] or [1]
         self.entry_lag = int(entry_lag)
-        self.label_span = max(self.horizons) + self.entry_lag  # t + lag + h_max reaches this many sessions ahead
+        self.label_span = label_gap(self.horizons, self.entry_lag)  # t + lag + h_max: sessions a label reaches ahead
         self.embargo_days = resolve_embargo(embargo_days, self.horizons, self.entry_lag)
 
     def _fold(self, index: int, sessions: list[dt.date], test_lo: int, test_hi: int,
@@ -160,9 +166,8 @@ class WalkForwardSplitter(_BaseSplitter):
 
     method = "walk_forward"
 
-    def __init__(self, n_splits: int = 3, horizons: Sequence[int] = (1,), entry_lag: int = 1,
-                 embargo_days: int | None = None, mode: str = "expanding", min_train_days: int = 252,
-                 test_days: int | None = None, train_days: int | None = None) -> None:
+    def __init__(self, *, n_splits: int, horizons: Sequence[int], entry_lag: int, embargo_days: int | None, mode: str,
+                 min_train_days: int, test_days: int | None, train_days: int | None) -> None:
         super().__init__(n_splits, horizons, entry_lag, embargo_days)
         if mode not in ("expanding", "sliding"):
             raise ConfigError(f"split.mode must be 'expanding' or 'sliding', got '{mode}'")
@@ -237,8 +242,8 @@ class PurgedKFoldSplitter(_BaseSplitter):
 
     method = "purged_kfold"
 
-    def __init__(self, n_splits: int = 5, horizons: Sequence[int] = (1,), entry_lag: int = 1,
-                 embargo_days: int | None = None, min_train_days: int = 1, feature_lookback: int | None = None) -> None:
+    def __init__(self, *, n_splits: int, horizons: Sequence[int], entry_lag: int, embargo_days: int | None,
+                 min_train_days: int, feature_lookback: int | None) -> None:
         super().__init__(n_splits, horizons, entry_lag, embargo_days)
         if self.n_splits < 2:
             raise ConfigError(f"purged k-fold needs split.n_splits >= 2, got {n_splits}")
@@ -279,20 +284,16 @@ class PurgedKFoldSplitter(_BaseSplitter):
 
 def make_splitter(split_cfg: Any, horizons: Sequence[int], entry_lag: int, feature_lookback: int | None = None
                   ) -> WalkForwardSplitter | PurgedKFoldSplitter:
-    """The splitter named by `split.method` (`walk_forward` | `purged_kfold`) with its config keys; purged K-fold
-    needs `feature_lookback` (the manifest's `max_lookback`) and is refused without it."""
-    given = dict(split_cfg or {})
-    method = given.get("method", "walk_forward")
-    defaults = {"walk_forward": WalkForwardSplitSettings, "purged_kfold": PurgedKFoldSplitSettings}.get(method)
-    if defaults is None:
-        raise ConfigError(f"split.method must be 'walk_forward' or 'purged_kfold', got '{method}'")
-    k = {**dataclasses.asdict(defaults()), **given}  # a key left out takes the split group's YAML default
-    if method == "walk_forward":
-        return WalkForwardSplitter(n_splits=k["n_splits"], horizons=horizons, entry_lag=entry_lag,
-                                   embargo_days=k["embargo_days"], mode=k["mode"], min_train_days=k["min_train_days"],
-                                   test_days=k["test_days"], train_days=k["train_days"])
-    return PurgedKFoldSplitter(n_splits=k["n_splits"], horizons=horizons, entry_lag=entry_lag,
-                               embargo_days=k["embargo_days"], min_train_days=k["min_train_days"],
+    """The splitter named by `split.method` (`walk_forward` | `purged_kfold`) with its config keys (every key of
+    that option, as in its YAML; checked by the schema); purged K-fold needs `feature_lookback` (the manifest's
+    `max_lookback`) and is refused without it."""
+    k = typed(split_cfg, SplitSettings, "split")
+    if isinstance(k, WalkForwardSplitSettings):
+        return WalkForwardSplitter(n_splits=k.n_splits, horizons=horizons, entry_lag=entry_lag,
+                                   embargo_days=k.embargo_days, mode=k.mode, min_train_days=k.min_train_days,
+                                   test_days=k.test_days, train_days=k.train_days)
+    return PurgedKFoldSplitter(n_splits=k.n_splits, horizons=horizons, entry_lag=entry_lag,
+                               embargo_days=k.embargo_days, min_train_days=k.min_train_days,
                                feature_lookback=feature_lookback)
 
 

@@ -64,7 +64,7 @@ def scan_dataset(path: str | Path, manifest: FeatureManifest, horizons: Sequence
 
 
 def drop_too_null(df: pl.DataFrame, features: Sequence[str], train_dates: Sequence[dt.date] | None,
-                  max_null_share: float, null_action: str = "drop",
+                  max_null_share: float, null_action: str,
                   source: str = "dataset") -> tuple[list[str], dict[str, float], dict[str, float]]:
     """The features a model may use: those at most `max_null_share` null (or NaN) on `train_dates` (all rows if None).
 
@@ -94,10 +94,11 @@ def drop_too_null(df: pl.DataFrame, features: Sequence[str], train_dates: Sequen
 
 
 def validate_dataset(df: pl.DataFrame, manifest: FeatureManifest, horizons: Sequence[int],
-                     train_dates: Sequence[dt.date] | None = None, *, min_features: int = 50,
-                     max_null_share: float = 0.5, null_action: str = "drop", max_abs_target: float = 1.0,
-                     max_listed: int = 20, source: str = "dataset") -> ValidationResult:
-    """Run every check; raise DataError/SchemaError with one clear line on unusable input."""
+                     train_dates: Sequence[dt.date] | None = None, *, min_features: int,
+                     max_null_share: float, null_action: str, max_abs_target: float,
+                     max_listed: int, source: str = "dataset") -> ValidationResult:
+    """Run every check; raise DataError/SchemaError with one clear line on unusable input. The thresholds are the
+    `safe.validation` keys (the caller passes the config's values)."""
     if null_action not in ("drop", "error"):
         raise ConfigError(f"safe.validation.null_action must be 'drop' or 'error', got '{null_action}'")
     if df.height == 0:

@@ -21,7 +21,8 @@ from typing import Any
 import polars as pl
 
 from gogooku3.core import columns as C
-from gogooku3.core.errors import ConfigError, DataError
+from gogooku3.core.errors import ConfigError
+from gogooku3.evaluation.results import run_predictions
 from gogooku3.core.io import write_parquet, write_text
 
 log = logging.getLogger(__name__)
@@ -43,16 +44,10 @@ def alphalens_frame(preds: pl.DataFrame, horizon: int, groups: pl.DataFrame | No
 
 def quantstats_frame(cfg: Any, preds: pl.DataFrame) -> pl.DataFrame:
     """date, strategy (headline backtest, net), benchmark (equal-weight universe), topix (null without the table)."""
-    from gogooku3.evaluation.portfolio import (
-        UNIVERSE_COLUMNS,
-        BacktestConfig,
-        attach_dataset_columns,
-        backtest_both,
-        benchmark_returns,
-        data_source,
-        market_for,
-        topix_closes,
-    )
+    from gogooku3.evaluation.backtest.benchmarks import benchmark_returns, topix_closes
+    from gogooku3.evaluation.backtest.config import BacktestConfig
+    from gogooku3.evaluation.backtest.engine import backtest_both
+    from gogooku3.evaluation.backtest.market import UNIVERSE_COLUMNS, attach_dataset_columns, data_source, market_for
 
     c = BacktestConfig.from_any(cfg)
     dataset = Path(cfg.paths.dataset)
@@ -60,7 +55,7 @@ def quantstats_frame(cfg: Any, preds: pl.DataFrame) -> pl.DataFrame:
         preds = attach_dataset_columns(preds, dataset, (*UNIVERSE_COLUMNS, c.vol_column), check_keys=False)
     market = market_for(cfg, preds, dataset, c.vol_column)
     both, headline = backtest_both(preds, c, market, data_source(cfg, dataset))
-    br = benchmark_returns(both[headline], market, topix_closes(cfg.paths.get("raw_dir")))
+    br = benchmark_returns(both[headline], market, topix_closes(cfg.paths.raw_dir))
     return br.select(pl.col(C.DATE).alias("date"), "strategy", pl.col("equal_weight").alias("benchmark"), "topix")
 
 
@@ -69,9 +64,8 @@ def export_run(cfg: Any, run_dir: str | Path, to: str) -> list[Path]:
     if to not in TARGETS:
         raise ConfigError(f"--to {to!r}: one of {'|'.join(TARGETS)}")
     run = Path(run_dir)
-    src = run / "predictions_test.parquet"
-    if not src.exists():
-        raise DataError(f"{src}: not found (is {run} a training run directory?)")
+    name, src = next(iter(run_predictions(run).items()))  # the product predictor's
+    log.info("export %s: the product predictor %s (%s)", to, name, src)
     preds = pl.read_parquet(src)
     if to == "alphalens":
         dataset, col = Path(cfg.paths.dataset), str(cfg.report.sector_column)

@@ -7,17 +7,18 @@ cumulative return per prediction quantile, the log-scale equity curve of the ide
 Sharpe, benchmark-relative figures (TOPIX from the raw `topix` table, and the universe's equal-weight return), the
 data summary, feature importance and training curves.
 
-Reads the run directory contract (``metrics.json`` as `results.TrainResult`, ``predictions_test.parquet``,
-``baseline_predictions_test.parquet``, ``logs/metrics.csv``, ``variable_importance.json``, ``config.yaml``,
-``bundle/``) and, through the run's own `BaselineRef`, the LightGBM run it was compared with and the safe report
-that fitted it. Only ``predictions_test.parquet`` is required; a
-missing optional input is listed under ``missing`` and its section says so. Every metric comes from
-`gogooku3.evaluation.metrics` and every portfolio figure from `gogooku3.evaluation.portfolio` (one definition each).
+Reads the run directory contract (``metrics.json`` as `results.TrainResult`, ``comparison.json`` as
+`compare.Comparison`, ``predictions/<name>/test.parquet`` per predictor, ``logs/metrics.csv``,
+``variable_importance.json``, ``config.yaml``, ``bundle/``) and, through the run's own `BaselineRef`, the LightGBM
+run it was compared with and the safe report that fitted it. At least one ``predictions/<name>/test.parquet`` is
+required; a missing optional input is listed under ``missing`` and its section says so.
 
-Model and baseline are compared on the same (Date, Code) rows (`metrics.align_rows`; the rows left out and why are in
-``rows``), every t-stat is Newey–West with its lag, and each predictor gets the ideal and the realistic backtest side
-by side (the headline one by `portfolio.realism`), with the positions carried through suspensions and delistings and
-the orders the realism rules skipped.
+The headline is the product predictor (``comparison.json``'s ``product``, `predictors.product` at training time), with
+every other predictor beside it. Every score of a predictor (IC, RankIC, t-stats, paired tests) is the stored
+comparison's (`evaluation.compare`, computed by `train` on identical (Date, Code) rows); the report adds backtests and
+figures drawn from the same aligned rows. Each predictor gets the ideal and the realistic backtest side by side (the
+headline one by `portfolio.realism`), with the positions carried through suspensions and delistings and the orders the
+realism rules skipped.
 """
 
 from __future__ import annotations
@@ -34,21 +35,14 @@ import polars as pl
 from gogooku3.core import columns as C
 from gogooku3.core.errors import DataError
 from gogooku3.evaluation import metrics
+from gogooku3.evaluation.compare import Comparison, align, compare
+from gogooku3.evaluation.compare import daily as daily_ic
 from gogooku3.evaluation import report_html as H
-from gogooku3.evaluation.portfolio import (
-    UNIVERSE_COLUMNS,
-    BacktestConfig,
-    BacktestResult,
-    Market,
-    attach_dataset_columns,
-    backtest_both,
-    benchmark_returns,
-    data_source,
-    market_for,
-    relative_figures,
-    rolling_sharpe,
-    topix_closes,
-)
+from gogooku3.evaluation.backtest.benchmarks import benchmark_returns, relative_figures, topix_closes
+from gogooku3.evaluation.backtest.config import BacktestConfig
+from gogooku3.evaluation.backtest.engine import backtest_both
+from gogooku3.evaluation.backtest.market import UNIVERSE_COLUMNS, Market, attach_dataset_columns, data_source, market_for
+from gogooku3.evaluation.backtest.summary import BacktestResult, rolling_sharpe
 from gogooku3.core.io import peak_rss_mb, read_json, timestamp, to_json, write_text
 from gogooku3.evaluation.results import SafeSummary, TrainResult
 
@@ -86,6 +80,16 @@ def _read_parquet(path: Path, required: bool) -> pl.DataFrame | None:
     return df
 
 
+def predictions(run: Path, comp: Comparison | None) -> dict[str, pl.DataFrame]:
+    """name -> RUN/predictions/<name>/test.parquet: the comparison's predictors (product first), else every folder."""
+    folder = run / "predictions"
+    names = comp.names if comp is not None else sorted(p.name for p in folder.glob("*") if p.is_dir())
+    out = {n: f for n in names if (f := _read_parquet(folder / n / "test.parquet", required=False)) is not None}
+    if not out:
+        raise DataError(f"{folder}/<predictor>/test.parquet: no predictions in the run; run `gogooku3 train` first")
+    return out
+
+
 def _read_json_opt(path: Path) -> Any:
     return read_json(path) if path.exists() else None
 
@@ -119,7 +123,7 @@ def run_curves(run: Path) -> pl.DataFrame | None:
 def param_count(run_dir: Path, result: TrainResult | None) -> tuple[int | None, str | None]:
     """Parameter count of one model (an ensemble's member): the run's `TrainResult.model`, else the tensor sizes
     in bundle/model.safetensors divided by bundle.json's member count."""
-    if result is not None:
+    if result is not None and result.model is not None:
         return result.model.n_params_per_member, "metrics.json:model.n_params_per_member"
     st = run_dir / "bundle" / "model.safetensors"
     if st.exists():
@@ -168,29 +172,34 @@ def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
     window, top, dpi = int(rc.rolling_window), int(rc.top_features), int(rc.dpi)
     target_sharpe, target_params, tol = float(rc.target_sharpe), int(rc.target_params), float(rc.param_tolerance)
 
-    model = _read_parquet(run / "predictions_test.parquet", required=True)
-    base = _read_parquet(run / "baseline_predictions_test.parquet", required=False)
     result = TrainResult.load(run / "metrics.json") if (run / "metrics.json").exists() else None
+    comp = Comparison.load(run / "comparison.json") if (run / "comparison.json").exists() else None
+    raw = predictions(run, comp)
     var_imp = _read_json_opt(run / "variable_importance.json")
     curves = run_curves(run)
     run_cfg_text = (run / "config.yaml").read_text(encoding="utf-8") if (run / "config.yaml").exists() else None
     lgb_importance, safe = baseline_inputs(result)
-    missing = [n for n, v in (("baseline_predictions_test.parquet", base), ("metrics.json", result),
+    missing = [n for n, v in (("comparison.json", comp), ("metrics.json", result),
                               ("variable_importance.json", var_imp), ("logs/metrics.csv", curves),
                               ("config.yaml", run_cfg_text), ("safe report of the baseline run", safe)) if v is None]
 
-    # ---- prediction metrics, on the rows both predictors scored -------------------------------------
-    horizons = _horizons(model)
-    combined = _read_parquet(run / "predictions_combined_test.parquet", required=False)  # train.blend
-    frames, rows = metrics.align_rows({"model": model, "baseline": base, "combined": combined}, horizons)
-    evals = {k: metrics.evaluate(v, [h for h in horizons if h in _horizons(v)]) for k, v in frames.items()}
-    daily = {k: {h: metrics.daily_ic(v, C.pred(h), C.target(h)) for h in horizons if h in _horizons(v)}
-             for k, v in frames.items()}
-    paired = {str(h): metrics.paired_comparison(daily["model"][h], daily["baseline"][h], horizon=h)
-              for h in horizons if base is not None and h in daily["baseline"]}
+    # ---- the stored comparison (the one scorer's), and the aligned rows it scored ------------------------------
+    lead = comp.product if comp is not None and comp.product in raw else next(iter(raw))
+    ref = comp.reference if comp is not None and comp.reference in raw else None
+    horizons = comp.horizons if comp is not None else _horizons(raw[lead])
+    if comp is None:  # a run without comparison.json: scored here, by the same scorer
+        comp, frames = compare(raw, horizons, product=lead, reference=ref)
+    else:
+        frames, _ = align(raw, horizons)
+    frames = {n: frames[n] for n in [lead, *([ref] if ref else []), *frames] if n in frames}  # headline first
+    model = frames[lead]
+    rows = comp.rows
+    evals = {n: comp.pooled[n] for n in frames if n in comp.pooled}
+    daily = daily_ic(frames, horizons)
+    paired = comp.pair(lead, ref) if ref else {}
     h0 = horizons[0]
-    per_year = {k: metrics.per_period(d[h0], "year", h0) for k, d in daily.items()}
-    q = int(cfg.portfolio.get("quantiles", 5)) if "portfolio" in cfg else 5
+    per_year = {k: metrics.per_period(d[h0], "year", h0) for k, d in daily.items() if h0 in d}
+    q = int(cfg.portfolio.quantiles)
     quants = {k: metrics.quantile_returns(v, C.pred(h0), C.target(h0), q) for k, v in frames.items()}
 
     # ---- backtests: ideal and realistic, the headline one per `portfolio.realism` ---------------------
@@ -217,7 +226,8 @@ def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
                for k, v in bts.items()}
 
     # ---- tear sheet: decay, months, sectors, signal, quantiles, rolling Sharpe, benchmarks ----------------
-    tear, tear_frames = _tear_sheet(cfg, frames, daily, evals, horizons, both, headline, market, dataset, bc, q)
+    tear, tear_frames = _tear_sheet(cfg, frames, daily, evals, horizons, both, headline, market, dataset, bc, q,
+                                    lead)
     missing += tear.pop("missing")
 
     # ---- importance, size, resources -----------------------------------------------------------------
@@ -226,31 +236,30 @@ def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
     n_params, n_params_src = param_count(run, result)
     durations = {} if result is None else {
         **{f"{k}_seconds": v for k, v in result.durations_s.items()},
-        **{f"fold{f.fold['index']}_train_seconds": f.train_seconds for f in result.folds}}
+        **{f"fold{f.fold['index']}_{name}_train_seconds": facts["train_seconds"] for f in result.folds
+           for name, facts in f.predictors.items() if "train_seconds" in facts}}
     memory = {} if result is None else {k: v for k, v in (("peak_rss_mb", result.peak_rss_mb),
                                                          ("peak_gpu_mb", result.peak_gpu_mb)) if v is not None}
     data_stats = {} if safe is None else safe.rows()
-    model_sharpe = bts["model"].summary["sharpe"] if "model" in bts else None
+    model_sharpe = bts[lead].summary["sharpe"] if lead in bts else None
     run_model = _run_model(result, run_cfg_text, n_params)
     targets_apply = run_model["name"] == "full"
 
     report = {
         "run_dir": str(run), "created": timestamp(), "horizons": horizons, "missing": missing,
         "config": {"run": run_cfg_text, "portfolio": asdict(bc), "report": dict(rc)},
-        "data": {"model_predictions": {"rows": model.height, "days": model["Date"].n_unique(),
+        "product": lead, "reference": ref,
+        "data": {"predictions": {"predictor": lead, "rows": model.height, "days": model["Date"].n_unique(),
                                        "stocks": model["Code"].n_unique(), "start": model["Date"].min(),
                                        "end": model["Date"].max()},
                  "dataset": None if result is None else asdict(result.dataset),
                  "safe_report": None if safe is None else safe.path, "safe_stats": data_stats,
                  "dropped_features": None if safe is None else safe.dropped_features},
         "run_model": run_model, "tear_sheet": tear,
-        "rows": rows, "training_rows": None if result is None else result.comparison_rows,
+        "rows": rows,
         "backtest_market": None if market is None else {"sessions": len(market.sessions), **market.sources},
-        "evaluation": evals, "paired_model_vs_baseline": paired,
-        "paired_combined_vs_baseline": {str(h): metrics.paired_comparison(daily["combined"][h], daily["baseline"][h],
-                                                                          horizon=h)
-                                        for h in horizons if "combined" in daily and "baseline" in daily
-                                        and h in daily["combined"] and h in daily["baseline"]},
+        "evaluation": evals, "paired": comp.paired, "paired_per_fold": comp.paired_per_fold,
+        "evaluation_per_fold": comp.per_fold,
         "per_year": {k: v.to_dicts() for k, v in per_year.items()},
         "quantile_returns": {k: v.to_dicts() for k, v in quants.items()},
         "backtest": {k: {"summary": v.summary, "per_year": bt_year[k].to_dicts(), "headline": headline,
@@ -261,11 +270,11 @@ def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
             "param_ratio": n_params / target_params if n_params else None,
             "param_within_tolerance": abs(n_params / target_params - 1) <= tol if n_params else None,
             "sharpe": model_sharpe, "sharpe_target": target_sharpe,
-            "sharpe_tstat": bts["model"].summary["sharpe_tstat"] if "model" in bts else None,
-            "sharpe_tstat_method": bts["model"].summary["tstat_method"] if "model" in bts else None,
-            "sharpe_hac_lag": bts["model"].summary["hac_lag"] if "model" in bts else None,
+            "sharpe_tstat": bts[lead].summary["sharpe_tstat"] if lead in bts else None,
+            "sharpe_tstat_method": bts[lead].summary["tstat_method"] if lead in bts else None,
+            "sharpe_hac_lag": bts[lead].summary["hac_lag"] if lead in bts else None,
             "sharpe_mode": headline,
-            "sharpe_periods": bts["model"].summary["n_periods"] if "model" in bts else None,
+            "sharpe_periods": bts[lead].summary["n_periods"] if lead in bts else None,
             "sharpe_meets_target": (model_sharpe >= target_sharpe) if model_sharpe is not None
             and math.isfinite(model_sharpe) else None,
             "targets_apply": targets_apply,
@@ -290,7 +299,7 @@ def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
     from gogooku3.evaluation.tracking import log_report
 
     log_report(cfg, run, _clean(report), html_path)
-    log.info("report: model RankIC@%dd %.4f, Sharpe %s -> %s", h0, evals["model"][str(h0)]["rank_ic_mean"],
+    log.info("report: %s RankIC@%dd %.4f, Sharpe %s -> %s", lead, h0, evals[lead][str(h0)]["rank_ic_mean"],
              H.fmt(model_sharpe, 3), html_path)
     return {"json": json_path, "html": html_path}
 
@@ -306,8 +315,9 @@ def _run_model(result: TrainResult | None, run_cfg_text: str | None, n_params: i
         except yaml.YAMLError:
             cfg = {}
     m, t = cfg.get("model") or {}, cfg.get("train") or {}
-    name = result.model.name if result is not None else m.get("name")
-    members = result.model.members if result is not None else t.get("ensemble")
+    deep = None if result is None else result.model
+    name = deep.name if deep is not None else m.get("name")
+    members = deep.members if deep is not None else t.get("ensemble")
     return {"name": name or "unknown", "params_per_member": n_params, "members": members,
             **{k: m.get(k) for k in ("hidden", "window", "n_heads", "gat", "norm", "lstm_layers", "dropout")},
             "lr": t.get("lr"), "max_epochs": t.get("max_epochs"),
@@ -316,13 +326,14 @@ def _run_model(result: TrainResult | None, run_cfg_text: str | None, n_params: i
 
 def _tear_sheet(cfg: Any, frames: dict[str, pl.DataFrame], daily: dict, evals: dict, horizons: list[int],
                 both: dict[str, dict[str, BacktestResult]], headline: str, market: Market | None, dataset: Path,
-                bc: BacktestConfig, q: int) -> tuple[dict, dict]:
-    """The tear sheet's figures: a JSON-ready summary and the frames the charts draw."""
-    rc, h0, model = cfg.report, horizons[0], frames["model"]
+                bc: BacktestConfig, q: int, lead: str) -> tuple[dict, dict]:
+    """The tear sheet's figures (of the headline predictor `lead` where one predictor is drawn): a JSON-ready summary
+    and the frames the charts draw."""
+    rc, h0, model = cfg.report, horizons[0], frames[lead]
     missing: list[str] = []
     decay = {f"{k}": metrics.ic_decay(v) for k, v in evals.items()}
     if len(horizons) > 1:  # one signal against ever longer targets: how fast its information decays
-        decay[f"model signal {C.pred(h0)}"] = metrics.ic_decay(metrics.evaluate(model, horizons, pred_fmt=C.pred(h0)))
+        decay[f"{lead} signal {C.pred(h0)}"] = metrics.ic_decay(metrics.evaluate(model, horizons, pred_fmt=C.pred(h0)))
     monthly = {k: metrics.per_period(d[h0], "month", h0) for k, d in daily.items() if h0 in d}
     sector_col = str(rc.sector_column)
     sectors = None
@@ -337,7 +348,7 @@ def _tear_sheet(cfg: Any, frames: dict[str, pl.DataFrame], daily: dict, evals: d
 
     window = int(rc.rolling_sharpe_days)
     roll = {k: rolling_sharpe(v[headline].daily, window, bc) for k, v in both.items()}
-    topix = topix_closes(cfg.paths.get("raw_dir"))
+    topix = topix_closes(cfg.paths.raw_dir)
     have_topix = topix is not None and market is not None
     bench = str(rc.benchmark)
     if bench == "auto":
@@ -353,7 +364,7 @@ def _tear_sheet(cfg: Any, frames: dict[str, pl.DataFrame], daily: dict, evals: d
             br = benchmark_returns(res, market, topix)
             relative[f"{k} {mode}"] = {b: relative_figures(br["strategy"], br[b], ppy)
                                        for b in ("topix", "equal_weight") if br[b].drop_nulls().len()}
-            if k == "model" and mode == headline:
+            if k == lead and mode == headline:
                 bench_curve = br.select("Date", equity=(1.0 + pl.col(bench).fill_null(0.0)).cum_prod())
     summary = {
         "ic_decay": {k: v.to_dicts() for k, v in decay.items()},
@@ -411,10 +422,10 @@ def _bt_rows(both: dict, headline: str) -> list[tuple]:
     return out
 
 
-def _realism_note(both: dict) -> str:
-    if "model" not in both:
+def _realism_note(both: dict, lead: str) -> str:
+    if lead not in both:
         return ""
-    re_ = both["model"]["realistic"].summary["realism"]
+    re_ = both[lead]["realistic"].summary["realism"]
     parts = []
     for k in ("borrow", "price_limits", "round_lots"):
         r = re_[k]
@@ -444,7 +455,7 @@ def _dropped_table(dropped: dict | None) -> str:
 
 def _data_table(rep: dict) -> str:
     """The data behind the run in one readable table: dataset, validation and the test predictions."""
-    d, ds, st = rep["data"]["model_predictions"], rep["data"].get("dataset") or {}, rep["data"]["safe_stats"]
+    d, ds, st = rep["data"]["predictions"], rep["data"].get("dataset") or {}, rep["data"]["safe_stats"]
     rows = [("dataset", f"{ds.get('path', '–')} (fingerprint {ds.get('fingerprint', '–')})"),
             ("features in the manifest", f"{H.fmt(ds.get('n_features'))}, calendar {ds.get('calendar') or '–'}"),
             ("horizons, entry lag", f"{', '.join(f'{h}d' for h in ds.get('horizons', [])) or '–'}; entry "
@@ -461,7 +472,8 @@ def _data_table(rep: dict) -> str:
 
 def _tiles(rep: dict, evals: dict, paired: dict, h0: int) -> str:
     chk, rm, ts = rep["checks"], rep["run_model"], rep["tear_sheet"]
-    m_eval = evals["model"][str(h0)]
+    lead, ref = rep["product"], rep["reference"]
+    m_eval = evals[lead][str(h0)]
     p0 = paired.get(str(h0), {})
     size = (f"{rm['params_per_member']:,}" + (f" × {rm['members']}" if (rm.get("members") or 1) > 1 else "")
             if rm.get("params_per_member") else "–")
@@ -469,19 +481,19 @@ def _tiles(rep: dict, evals: dict, paired: dict, h0: int) -> str:
                                  f"window {rm['window']}" if rm.get("window") else "",
                                  ("GAT" if rm.get("gat") else "no GAT") if rm.get("gat") is not None else "",
                                  f"norm {rm['norm']}" if rm.get("norm") else "") if x)
-    d = rep["data"]["model_predictions"]
+    d = rep["data"]["predictions"]
     run = H.kpis([(f"model ({arch or 'config not recorded'})", H.fmt(rm["name"]), None),
                   ("parameters per member × members", size, None),
                   (f"test span, {d['days']} days × {d['stocks']} stocks", f"{d['start']} .. {d['end']}", None),
                   ("horizons", " ".join(f"{h}d" for h in rep["horizons"]), None)], kind="run")
-    bm = rep["backtest"].get("model", {}).get("summary") or {}
-    rel = ts["relative"].get(f"model {chk['sharpe_mode']}", {}).get(ts["benchmark"], {})
+    bm = rep["backtest"].get(lead, {}).get("summary") or {}
+    rel = ts["relative"].get(f"{lead} {chk['sharpe_mode']}", {}).get(ts["benchmark"], {})
     sh = chk["sharpe"]
     results = H.kpis([
-        (f"model RankIC {h0}d (t {H.fmt(m_eval['rank_ic_tstat'], 2)}, {_tlabel(m_eval)})",
+        (f"{lead} (product) RankIC {h0}d (t {H.fmt(m_eval['rank_ic_tstat'], 2)}, {_tlabel(m_eval)})",
          H.fmt(m_eval["rank_ic_mean"]), None),
-        (f"baseline RankIC {h0}d", H.fmt(evals.get("baseline", {}).get(str(h0), {}).get("rank_ic_mean")), None),
-        (f"model − baseline t ({_tlabel(p0)})", H.fmt(p0.get("t_stat"), 2), None),
+        (f"{ref or 'reference'} RankIC {h0}d", H.fmt(evals.get(ref, {}).get(str(h0), {}).get("rank_ic_mean")), None),
+        (f"{lead} − {ref or 'reference'} t ({_tlabel(p0)})", H.fmt(p0.get("t_stat"), 2), None),
         (f"net Sharpe, {chk['sharpe_mode']} book (t {H.fmt(chk['sharpe_tstat'], 2)}, {chk['sharpe_periods']} periods)",
          H.fmt(sh, 2), None),
         ("annual return / max drawdown", f"{H.fmt(bm.get('ann_return'), pct=True)} / "
@@ -514,14 +526,14 @@ def _html(rep: dict, daily: dict, h0: int, bts: dict, evals: dict, quants: dict,
           importances: dict, curves: pl.DataFrame | None, paired: dict, window: int, top: int, dpi: int,
           both: dict, tf: dict) -> str:
     chk, ts = rep["checks"], rep["tear_sheet"]
+    lead, ref = rep["product"], rep["reference"]
     missing = (f'<p class="note">Missing inputs: {H.fmt(", ".join(rep["missing"]))}</p>' if rep["missing"] else "")
     note = (f'<p class="note">Sharpe: {H.fmt(chk["sharpe_definition"])}. Every t-stat is Newey–West (HAC) with lag '
             'max(h − 1, floor(4 (n/100)^(2/9))); days with a constant prediction count as IC 0.</p>')
     secs = [H.section("summary", "What was run and what it achieved", _tiles(rep, evals, paired, h0) + note + missing)]
 
     rows_html = ("<h3>Rows compared (the same (Date, Code) rows for every predictor)</h3>" + _rows_table(rep["rows"])
-                 + ("<h3>Rows compared at training time (metrics.json)</h3>" + _rows_table(rep["training_rows"])
-                    if rep.get("training_rows") else ""))
+)
     secs.append(H.section("data", "Data", _data_table(rep) + _dropped_table(rep["data"].get("dropped_features"))
                           + rows_html))
 
@@ -531,8 +543,9 @@ def _html(rep: dict, daily: dict, h0: int, bts: dict, evals: dict, quants: dict,
             rows.append((f"{name} {h}d", s["ic_mean"], s["icir"], s["rank_ic_mean"], s["rank_icir"], s["rank_ic_tstat"],
                          s["hac_lag"], s["rank_ic_tstat_naive"], s["rank_ic_pos_share"], s["hit_rate"],
                          s["top_bottom_spread"], s["n_days"], s["n_constant_days"]))
-    prow = [(f"{h}d", p["mean_a"], p["mean_b"], p["mean_diff"], p["t_stat"], p["hac_lag"], p["t_stat_naive"],
-             p["p_value"], p["n_days"]) for h, p in paired.items()]
+    prow = [(pair.replace("_vs_", " − "), f"{h}d", p["mean_a"], p["mean_b"], p["mean_diff"], p["t_stat"],
+             p["hac_lag"], p["t_stat_naive"], p["p_value"], p["n_days"])
+            for pair, by_h in rep["paired"].items() for h, p in by_h.items()]
     secs.append(H.section("horizons", "IC decay over horizons",
                           H.grid(H.caption(H.chart_ic_decay(tf["decay"], dpi),
                                            "Each predictor's pred_{h}d against target_{h}d; the dotted line is the "
@@ -540,17 +553,17 @@ def _html(rep: dict, daily: dict, h0: int, bts: dict, evals: dict, quants: dict,
                                            "standard errors."))
                           + H.table(["", "IC", "ICIR", "RankIC", "RankICIR", "RankIC t (NW)", "HAC lag", "naive t",
                                      "RankIC>0", "hit rate", "top−bottom", "days", "constant days"], rows)
-                          + "<h3>Paired test of daily RankIC (model − baseline, same rows)</h3>"
-                          + (H.table(["horizon", "model", "baseline", "difference", "t-stat (NW)", "HAC lag",
+                          + "<h3>Paired tests of daily RankIC (same rows)</h3>"
+                          + (H.table(["pair", "horizon", "a", "b", "difference", "t-stat (NW)", "HAC lag",
                                       "naive t", "p-value", "days"], prow)
-                             if prow else '<p class="note">No baseline predictions in this run.</p>')))
+                             if prow else '<p class="note">Only one predictor in this run.</p>')))
 
     months = tf["monthly"]
     secs.append(H.section("rank-ic", f"RankIC through time and by sector ({h0}-day horizon)", H.grid(
         H.chart_rank_ic({k: v[h0] for k, v in daily.items() if h0 in v}, window, h0, dpi),
-        H.chart_monthly_heatmap(months.get("model"), dpi, "model"),
-        *([H.chart_monthly_heatmap(months["baseline"], dpi, "baseline")] if "baseline" in months else []),
-        H.caption(H.chart_by_group(tf["sectors"], dpi, f"model RankIC by {ts['sector_column']}"),
+        H.chart_monthly_heatmap(months.get(lead), dpi, lead),
+        *([H.chart_monthly_heatmap(months[ref], dpi, ref)] if ref in months else []),
+        H.caption(H.chart_by_group(tf["sectors"], dpi, f"{lead} RankIC by {ts['sector_column']}"),
                   f"Daily RankIC within each {ts['sector_column']} group (days with 5+ names), t-stat Newey–West."))))
 
     sig = ts["signal"]
@@ -576,7 +589,7 @@ def _html(rep: dict, daily: dict, h0: int, bts: dict, evals: dict, quants: dict,
         + H.table(["", "Sharpe", "t (NW)", "HAC lag", "ann. return", "max DD", "turnover",
                    "Sharpe flat cost", "Sharpe spread+impact", "susp./delist./unfilled/unpriced",
                    "skipped orders", "dates missing/unrealised/small"], bt_rows, pct_cols=(4, 5))
-        + _realism_note(both)
+        + _realism_note(both, rep["product"])
         + "<h3>Relative to a benchmark</h3>"
         + (H.table(["book", "benchmark", "alpha (ann.)", "beta", "tracking error", "information ratio",
                     "correlation", "periods"], rel_rows, pct_cols=(2, 4)) if rel_rows else
@@ -591,7 +604,7 @@ def _html(rep: dict, daily: dict, h0: int, bts: dict, evals: dict, quants: dict,
     yr_rows = []
     for y in years:
         row: list[Any] = [y]
-        for name in ("model", "baseline"):
+        for name in (lead, ref):
             t = per_year.get(name)
             r = t.filter(pl.col("period") == y).to_dicts() if t is not None else []
             row += [r[0]["rank_ic_mean"], r[0]["rank_ic_tstat"]] if r else [None, None]
@@ -600,8 +613,8 @@ def _html(rep: dict, daily: dict, h0: int, bts: dict, evals: dict, quants: dict,
             row += [rb[0]["net"], rb[0]["sharpe"]] if rb else [None, None]
         yr_rows.append(row)
     secs.append(H.section("per-year", "Per year", H.table(
-        ["year", "model RankIC", "model t (NW)", "model net", "model Sharpe",
-         "baseline RankIC", "baseline t (NW)", "baseline net", "baseline Sharpe"], yr_rows, pct_cols=(3, 7))))
+        ["year", f"{lead} RankIC", f"{lead} t (NW)", f"{lead} net", f"{lead} Sharpe",
+         f"{ref} RankIC", f"{ref} t (NW)", f"{ref} net", f"{ref} Sharpe"], yr_rows, pct_cols=(3, 7))))
     secs.append(H.section("importance", "Feature importance", H.chart_importance(importances, top, dpi)))
     secs.append(H.section("training", "Training curves", H.chart_training(curves, dpi)))
     cfg_text = rep["config"]["run"]

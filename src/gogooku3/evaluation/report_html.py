@@ -24,6 +24,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 
 MODEL_COLOR, BASE_COLOR, BENCH_COLOR = "#1f5fa8", "#d9822b", "#6b7280"
 REALISTIC_COLOR = "#0f8b6e"
+# predictors in the report's order: the product first, the reference second, then the others
+PALETTE = (MODEL_COLOR, BASE_COLOR, "#7b3fa0", "#2a9d8f", "#c0392b", "#8d6e63", "#374151")
 W, H1 = 6.4, 3.3          # one chart (inches): 576 px at the default 90 dpi, two to a row on a desktop
 # 12 pt text: about 8-9 px when a phone shrinks a 576 px chart to its ~340 px column
 plt.rcParams.update({"font.size": 12, "axes.titlesize": 13, "axes.labelsize": 12, "legend.fontsize": 11,
@@ -120,16 +122,16 @@ def _legend(ax, **kw) -> None:
 def chart_equity(curves: dict[str, pl.DataFrame], dpi: int, benchmark: tuple[str, pl.DataFrame] | None = None) -> str:
     """Growth of 1 on a log scale with the drawdown below: each (label -> daily with Date, equity, drawdown)."""
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(W, 4.8), dpi=dpi, sharex=True, gridspec_kw={"height_ratios": [2.2, 1]})
-    colors = {"model ideal": MODEL_COLOR, "model realistic": REALISTIC_COLOR, "baseline ideal": BASE_COLOR,
-              "baseline realistic": "#b8860b"}
+    names = list(dict.fromkeys(n.rsplit(" ", 1)[0] for n in curves))  # predictors, the headline first
     for name, d in curves.items():
         if d is None or d.height == 0:
             continue
-        x, color = d["Date"].to_list(), colors.get(name)
-        style = "--" if "baseline" in name else "-"
-        ax1.plot(x, d["equity"].to_list(), style, color=color, lw=1.6, label=name)
-        if name.startswith("model"):
-            ax2.plot(x, (100 * d["drawdown"]).to_list(), color=color, lw=1.2, label=name)
+        who, mode = name.rsplit(" ", 1) if " " in name else (name, "")
+        x, color = d["Date"].to_list(), PALETTE[names.index(who) % len(PALETTE)]
+        ax1.plot(x, d["equity"].to_list(), ":" if mode == "ideal" else "-", color=color, lw=1.6, label=name)
+        if who == names[0]:
+            ax2.plot(x, (100 * d["drawdown"]).to_list(), ":" if mode == "ideal" else "-", color=color, lw=1.2,
+                     label=name)
     if benchmark is not None and benchmark[1].height:
         b = benchmark[1]
         ax1.plot(b["Date"].to_list(), b["equity"].to_list(), color=BENCH_COLOR, lw=1.2, label=benchmark[0])
@@ -152,8 +154,7 @@ def chart_equity(curves: dict[str, pl.DataFrame], dpi: int, benchmark: tuple[str
 def chart_rolling_sharpe(series: dict[str, pl.DataFrame], window: int, dpi: int) -> str:
     fig, ax = plt.subplots(figsize=(W, H1), dpi=dpi)
     drawn = False
-    for name, color in (("model", MODEL_COLOR), ("baseline", BASE_COLOR)):
-        d = series.get(name)
+    for (name, d), color in zip(series.items(), PALETTE):
         if d is None or d.drop_nulls().height == 0:
             continue
         ax.plot(d["Date"].to_list(), d["sharpe"].to_list(), color=color, lw=1.6, label=name)
@@ -171,12 +172,12 @@ def chart_rolling_sharpe(series: dict[str, pl.DataFrame], window: int, dpi: int)
 
 def chart_rank_ic(daily: dict[str, pl.DataFrame], window: int, horizon: int, dpi: int) -> str:
     fig, ax = plt.subplots(figsize=(W, H1), dpi=dpi)
-    m = daily.get("model")
+    first = next(iter(daily), None)
+    m = daily.get(first)
     if m is not None and m.height:
         ax.bar(m["Date"].to_list(), m["rank_ic"].to_list(), color=MODEL_COLOR, alpha=0.3, width=1.0,
-               label="model daily")
-    for name, color in (("model", MODEL_COLOR), ("baseline", BASE_COLOR)):
-        d = daily.get(name)
+               label=f"{first} daily")
+    for (name, d), color in zip(daily.items(), PALETTE):
         if d is not None and d.height:
             roll = d["rank_ic"].rolling_mean(window, min_samples=max(1, window // 2))
             ax.plot(d["Date"].to_list(), roll.to_list(), color=color, lw=2, label=f"{name} {window}-day mean")
@@ -290,12 +291,11 @@ def chart_signal(autocorr: pl.DataFrame | None, turnover: pl.DataFrame | None, d
 
 def chart_quantiles(quants: dict[str, pl.DataFrame], dpi: int) -> str:
     fig, ax = plt.subplots(figsize=(W, H1), dpi=dpi)
-    width = 0.38
-    for i, (name, color) in enumerate((("model", MODEL_COLOR), ("baseline", BASE_COLOR))):
-        q = quants.get(name)
+    width = 0.8 / max(1, len(quants))
+    for i, ((name, q), color) in enumerate(zip(quants.items(), PALETTE)):
         if q is None or q.height == 0:
             continue
-        ax.bar([k + (i - 0.5) * width for k in q["quantile"].to_list()], (q["mean_return"] * 1e4).to_list(), width,
+        ax.bar([k + (i - (len(quants) - 1) / 2) * width for k in q["quantile"].to_list()], (q["mean_return"] * 1e4).to_list(), width,
                color=color, label=name)
     ax.axhline(0, color="#888", lw=0.8)
     ax.set_xlabel("prediction quantile (1 = lowest)")

@@ -49,67 +49,59 @@ class ModelInfo:
 
 @dataclass
 class FoldResult:
-    """One walk-forward fold: dates, per-member training facts and test metrics (`metrics.evaluate` dicts)."""
+    """One walk-forward fold: its dates and what each predictor recorded of its fit there (`Fitted.facts`)."""
 
     fold: dict[str, Any]
     fit_range: list[str] | None
     val_range: list[str] | None
     test_range: list[str] | None
-    model_test: dict[str, Any]
-    baseline_test: dict[str, Any] | None
-    epochs: list[int]                     # per member
-    best_val_rank_ic: float | None        # members' mean of their best validation RankIC (first horizon)
-    members_best_val_rank_ic: list[float | None]
-    weights: list[dict[str, Any]]         # per member: best epoch or top-k average, with validation scores
-    best_checkpoint: list[str | None]
-    train_seconds: float
-    throughput: list[dict[str, float]] = field(default_factory=list)
-    collapse_events: list[dict[str, Any]] = field(default_factory=list)
-    oracle_test: dict[str, Any] | None = None  # the oracle on the same rows (synthetic market only)
-    combined_test: dict[str, Any] | None = None  # the model + LightGBM blend on the same rows (train.blend)
-    blend_weights: dict[str, float] | None = None  # per horizon: the blend's weight on the model (chosen on val)
-    model_vs_baseline: dict[str, Any] | None = None     # per horizon: paired daily RankIC, this fold's rows
-    combined_vs_baseline: dict[str, Any] | None = None
-    members_test_rank_ic: list[dict[str, float]] | None = None  # per member (seed): test RankIC per horizon, same rows
+    predictors: dict[str, dict[str, Any]] = field(default_factory=dict)   # name -> facts
+    members_test_rank_ic: list[dict[str, float]] | None = None  # per ATFT member (seed): own test RankIC, same rows
 
 
 @dataclass
 class TrainResult:
+    """A training run: the predictors fitted on the same plans, their facts per fold and one comparison (test and
+    validation, `evaluation.compare.Comparison` dicts). `product` is the predictor the bundle serves."""
+
     run_dir: str
     created: str
     dataset: DatasetRef
     baseline: BaselineRef | None
-    model: ModelInfo
+    model: ModelInfo | None                # the deep model (ATFT-GAT-FAN), when it was fitted
     horizons: list[int]
+    product: str
+    predictors: list[str]                  # fitted, in fit order (predictions under RUN/predictions/<name>/)
     folds: list[FoldResult]
-    val: dict[str, Any]                    # pooled over the folds' validation days
-    test: dict[str, Any]                   # pooled over the folds' test days, on the rows every predictor scored
-    baseline_test: dict[str, Any] | None   # the same rows
-    model_vs_baseline: dict[str, Any]      # per horizon: `metrics.paired_comparison` of daily RankIC (same rows)
+    comparison: dict[str, Any]             # test days of every fold, identical rows
+    comparison_val: dict[str, Any]         # validation days (optimistic for what was chosen there)
     samples_per_sec: float | None
     mfu: float | None
-    collapse: dict[str, float]             # std of the test predictions per horizon (0 = collapsed)
+    collapse: dict[str, float]             # std of the deep model's test predictions per horizon (0 = collapsed)
     panel: dict[str, Any]                  # fingerprint, shape [days, stocks, features]
     durations_s: dict[str, float]
     peak_rss_mb: float
     peak_gpu_mb: float | None = None
-    oracle_test: dict[str, Any] | None = None  # the synthetic market's oracle on the same rows (None: no oracle)
-    comparison_rows: dict[str, Any] = field(default_factory=dict)  # `metrics.align_rows`: rows kept, excluded, why
-    predictor: str = "model"                   # the product's predictor: model | combined (model + LightGBM blend)
-    blend: dict[str, Any] | None = None        # method, grid and per fold the weights and validation curves
-    combined_val: dict[str, Any] | None = None   # the blend on the folds' validation days (optimistic: chosen there)
-    combined_test: dict[str, Any] | None = None  # the blend pooled over the folds' test days, same rows as `test`
-    combined_vs_baseline: dict[str, Any] = field(default_factory=dict)  # per horizon, paired daily RankIC (HAC t)
-    combined_vs_model: dict[str, Any] = field(default_factory=dict)
-    combined_vs_oracle: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def test(self) -> dict[str, Any]:
+        """The product predictor's pooled test metrics per horizon."""
+        return (self.comparison.get("pooled") or {}).get(self.product, {})
+
+    def pooled(self, name: str) -> dict[str, Any] | None:
+        return self.comparison["pooled"].get(name)
 
     @property
     def epochs(self) -> list[int | list[int]]:
-        """Per fold: the epochs trained (a list per member for an ensemble)."""
-        return [f.epochs[0] if len(f.epochs) == 1 else f.epochs for f in self.folds]
+        """Per fold: the deep model's epochs trained (a list per member for an ensemble)."""
+        out = []
+        for f in self.folds:
+            e = (f.predictors.get("atft") or {}).get("epochs") or []
+            out.append(e[0] if len(e) == 1 else e)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "epochs": self.epochs}
+        return {**asdict(self), "epochs": self.epochs, "test": self.test}
 
     def save(self, path: str | Path) -> Path:
         return write_json(path, self.to_dict())
@@ -121,7 +113,7 @@ class TrainResult:
             return cls(**{**_known(cls, d), "dataset": DatasetRef(**_known(DatasetRef, d["dataset"])),
                           "baseline": None if d["baseline"] is None else BaselineRef(**_known(BaselineRef,
                                                                                              d["baseline"])),
-                          "model": ModelInfo(**_known(ModelInfo, d["model"])),
+                          "model": None if d["model"] is None else ModelInfo(**_known(ModelInfo, d["model"])),
                           "folds": [FoldResult(**_known(FoldResult, f)) for f in d["folds"]]})
         except (KeyError, TypeError) as e:
             raise DataError(f"{path}: not a training result of this version ({e}); re-run `gogooku3 train`") from e
@@ -163,3 +155,15 @@ class SafeSummary:
         return {"rows": self.samples, "dates": self.dates, "stocks": self.stocks, "features used": self.features,
                 "features dropped": ", ".join(f"{k} ({v})" for k, v in self.dropped_features.items()) or "none",
                 "split": f"{self.split_method}, {self.folds} folds, embargo {self.embargo_days} sessions"}
+
+
+def run_predictions(run_dir: str | Path, kind: str = "test") -> dict[str, Path]:
+    """A training run's prediction files, name -> RUN/predictions/<name>/<kind>.parquet, the product predictor first
+    (the run's comparison.json names it)."""
+    run = Path(run_dir)
+    folder = run / "predictions"
+    files = {p.name: p / f"{kind}.parquet" for p in sorted(folder.glob("*")) if (p / f"{kind}.parquet").is_file()}
+    if not files:
+        raise DataError(f"{folder}/<predictor>/{kind}.parquet: none found (is {run} a training run directory?)")
+    product = (read_json(run / "comparison.json").get("product") if (run / "comparison.json").exists() else None)
+    return {n: files[n] for n in [product, *files] if n in files}

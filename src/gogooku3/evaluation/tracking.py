@@ -56,7 +56,8 @@ def _key(name: str) -> str:
 
 
 def log_training(cfg: Any, run_dir: Path, result: dict[str, Any]) -> str | None:
-    """Start the run's MLflow run: params (the composed config), per-epoch curves, test figures. Returns its id."""
+    """Start the run's MLflow run: params (the composed config), per-epoch curves, the product predictor's test figures
+    (`test.*`), every predictor's (`test.<name>.*`) and the paired tests. Returns its id."""
     mlflow = _mlflow(cfg)
     if mlflow is None:
         return None
@@ -73,8 +74,14 @@ def log_training(cfg: Any, run_dir: Path, result: dict[str, Any]) -> str | None:
                     "epoch").iter_rows(named=True):
                 mlflow.log_metrics({_key(f"{member}/{k}" if member else k): float(v) for k, v in row.items()
                                     if k != "epoch" and v is not None and math.isfinite(v)}, step=int(row["epoch"]))
-        figures = {f"test.{k}": v for k, v in _numbers(result.get("test") or {}).items()}
-        figures |= {f"baseline_test.{k}": v for k, v in _numbers(result.get("baseline_test") or {}).items()}
+        comp = result.get("comparison") or {}
+        figures = {f"test.{k}": v for k, v in _numbers(result.get("test") or {}).items()}  # the product predictor
+        for name, ev in (comp.get("pooled") or {}).items():  # every predictor, on the same rows
+            figures |= {f"test.{name}.{k}": v for k, v in _numbers(ev).items()}
+        for pair, by_h in (comp.get("paired") or {}).items():
+            figures |= {f"paired.{pair}.{h}.{k}": v for h, p in by_h.items() for k, v in p.items()
+                        if k in ("mean_diff", "t_stat", "p_value")}
+        mlflow.set_tag("product", str(result.get("product")))
         mlflow.log_metrics({_key(k): v for k, v in figures.items()})
         mlflow.log_artifact(str(Path(run_dir) / "metrics.json"))
         log.info("mlflow: run %s in %s", run.info.run_id, mlflow.get_tracking_uri())

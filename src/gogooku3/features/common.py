@@ -79,6 +79,11 @@ class Block:
 
     Each stage is one `with_columns` context (its expressions may only read columns of earlier stages). Columns whose
     name starts with "_" are helpers and are dropped from the dataset.
+
+    `cross_sectional`: the block reads other stocks' rows of the same day (a window over Date, or Date and sector:
+    day means, ranks and z-scores across stocks), so a chunk of codes cannot compute it alone; the chunked build runs
+    it once on the whole universe. Set where the block is defined; every other block is per stock (its windows are
+    over Code only).
     """
 
     group: str
@@ -86,6 +91,7 @@ class Block:
     flags: set[str] = field(default_factory=set)  # Int8 columns; the other features are Float32
     levels: dict[str, str] = field(default_factory=dict)  # price/volume level features -> PRICE | VOLUME
     skipped: str | None = None  # why the group, or part of it, was not built
+    cross_sectional: bool = False  # reads the same day's other stocks (see above)
 
     def add(self, name: str, e: pl.Expr, *, is_flag: bool = False, level: str | None = None) -> None:
         """`level`: PRICE or VOLUME for a level feature; it stays adjusted Float64 (later stages may read it) until

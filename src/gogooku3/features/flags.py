@@ -18,6 +18,6 @@ def flags(fl: dict, present: set[str], fallback_section: str) -> Block:
                          ("is_margin_valid", "_margin_fresh")):
         b.add(name, flag(c(helper)) if helper in present else pl.lit(0, pl.Int8), is_flag=True)
     b.add("is_section_fallback", flag(c("Section") == fallback_section), is_flag=True)
-    halts = [dt.date.fromisoformat(str(d)) for d in fl.get("halt_days") or []]
+    halts = [dt.date.fromisoformat(str(d)) for d in fl["halt_days"]]
     b.add("is_halt_day", flag(c("Date").is_in(halts)), is_flag=True)
     return b

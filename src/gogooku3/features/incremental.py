@@ -18,7 +18,7 @@ How they are recomputed, equal to a full rebuild:
   over (the per-day cross-sections the quality block windows again must themselves be complete and exact).
 
 Safety. The metadata of every build stores fingerprints of the features/labels config and of the raw rows up to its
-end date (`raw_fingerprint`: per table and column, independent of row order). An update is refused, with one line
+end date (`features.fingerprints`: per table and column, independent of row order). An update is refused, with one line
 saying why, when there is no dataset, when it was built with another config or manifest, or when raw rows up to its
 end changed (a correction, a back-filled row); `--fallback-full` turns a refusal into a full build. The adjusted
 columns Adj{O,H,L,C,Vo} are left out of the raw fingerprint where the raw prices and AdjFactor are present: a split
@@ -29,128 +29,50 @@ basis), so the kept rows still equal a full rebuild's to float rounding (see doc
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 from omegaconf import DictConfig
 
 from gogooku3.core.errors import DataError
-from gogooku3.features.builder import (
-    Block,
-    BuildResult,
-    BuiltFrame,
-    DatasetWriter,
+from gogooku3.core.io import atomic_path, read_json
+from gogooku3.features.build import BuiltFrame, chunk_tables, code_chunks, note_dropped
+from gogooku3.features.builder import build_dataset
+from gogooku3.features.common import Block, c
+from gogooku3.features.fingerprints import (
+    build_fingerprints,
+    config_fingerprints,
+    raw_fingerprint,
+)
+from gogooku3.features.manifest import FeatureManifest, metadata_path
+from gogooku3.features.plan import (
     Plan,
-    _plain,
-    _same_plan,
     apply_blocks,
-    build_dataset,
-    calendar_name,
-    chunk_tables,
-    code_chunks,
-    dataset_path,
-    load_tables,
-    note_dropped,
+    plain_config,
     plan_features,
+    same_plan,
+)
+from gogooku3.features.raw_tables import calendar_name, load_tables
+from gogooku3.features.writer import (
+    BuildResult,
+    DatasetWriter,
+    dataset_path,
     write_outputs,
 )
-from gogooku3.features.common import c
-from gogooku3.features.manifest import FeatureManifest, metadata_path
-from gogooku3.core.io import atomic_path, fingerprint, read_json
-from gogooku3.sources.schema import TABLES, table_path
+from gogooku3.sources.schema import table_path
 
 log = logging.getLogger(__name__)
 
-# the date from which a raw row can be seen by a feature (a row is fingerprinted when this date ≤ the dataset's end)
-DATE_KEYS = {"daily_quotes": ("Date",), "listed_info": ("Date",), "topix": ("Date",), "trading_calendar": ("Date",),
-             "statements": ("DiscDate",), "investor_types": ("PubDate",), "margin_interest": ("PubDate", "Date")}
-ADJUSTED = {"AdjO": "O", "AdjH": "H", "AdjL": "L", "AdjC": "C", "AdjVo": "Vo"}
-BUILD_ONLY = ("chunk_rows",)  # features keys that change how a dataset is built, never what it holds
 # expressions whose value at t depends on the stock's whole history: smoothers, cumulative ops, fills, row counters
 UNBOUNDED = re.compile(r"ewm_|cum_|fill_null_with_strategy|int_range")
 
 
 class Refused(DataError):
     """The existing dataset cannot be updated incrementally (the message says why)."""
-
-
-# ---------------------------------------------------------------------------------------------- fingerprints
-def _digest(s: pl.Series) -> str:
-    """16 hex digits of a column's values in order: their bytes, the null mask, for strings the lengths and bytes
-    (stable across Polars versions: nothing of Polars' own hashing)."""
-    h = hashlib.blake2b(digest_size=8)
-    h.update(np.packbits(s.is_null().to_numpy()).data)
-    if s.dtype == pl.Utf8:
-        arr = s.fill_null("").to_arrow(compat_level=pl.CompatLevel.oldest())  # large_string: int64 offsets
-        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
-        h.update(np.diff(offsets).data)
-        data = arr.buffers()[2]
-        if data is not None:
-            h.update(memoryview(data)[offsets[0]:offsets[-1]])
-    else:
-        v = s.to_physical()
-        v = v.cast(pl.Float64) if v.dtype.is_float() else v.cast(pl.Int64)
-        h.update(np.ascontiguousarray(v.fill_null(0).to_numpy()).data)
-    return h.hexdigest()
-
-
-def _sorted_by(df: pl.DataFrame, keys: list[str]) -> bool:
-    """Whether `df` is sorted by `keys` (lexicographically)."""
-    ok = None
-    for k in reversed(keys):
-        prev = c(k).shift(1)
-        ok = c(k) >= prev if ok is None else (c(k) > prev) | ((c(k) == prev) & ok)
-    return df.height < 2 or bool(df.select(ok.fill_null(True).all()).item())
-
-
-def table_fingerprint(df: pl.DataFrame, name: str, through: dt.date) -> dict[str, str]:
-    """{column: 16 hex digits} of the table's rows a feature of a row up to `through` can see (date key ≤ through),
-    plus `_rows`. The rows are taken in the order of the table's key (all columns for statements), so the file's own
-    row order does not matter; a digest names the column that changed."""
-    keys = [k for k in DATE_KEYS.get(name, ()) if k in df.columns]
-    keep = df.select((pl.coalesce([c(k) for k in keys]) <= through).fill_null(False)).to_series() if keys else None
-    if keep is not None and keep.all():
-        keep = None  # every row counts: no copy
-    key = list(TABLES[name].key) if name in TABLES else []
-    rows = df.select(key if key and all(k in df.columns for k in key) else df.columns)  # a unique key, or every column
-    rows = rows.filter(keep) if keep is not None else rows
-    sort = list(rows.columns)
-    order = None if _sorted_by(rows, sort) else rows.with_row_index("_i").sort(sort, nulls_last=True)["_i"]
-    skip = {a for a, raw in ADJUSTED.items() if raw in df.columns and "AdjFactor" in df.columns}
-
-    def one(col: str) -> str:
-        s = df[col]
-        s = s.filter(keep) if keep is not None else s
-        return _digest(s.gather(order) if order is not None else s)
-
-    cols = [x for x in df.columns if x not in skip]
-    with ThreadPoolExecutor(2) as ex:  # the digests and gathers release the GIL
-        out = dict(zip(cols, ex.map(one, cols), strict=True))
-    return {"_rows": f"{rows.height:016x}", **out}
-
-
-def raw_fingerprint(tables: dict[str, pl.DataFrame], through: dt.date) -> dict[str, dict[str, str]]:
-    """Per raw table, the fingerprint of its rows that a feature of a row up to `through` can see."""
-    return {name: table_fingerprint(df, name, through) for name, df in sorted(tables.items())}
-
-
-def config_fingerprints(cfg: DictConfig) -> dict[str, str]:
-    """Fingerprints of what a dataset holds: the features config (less build-only keys) and the labels config."""
-    f = {k: v for k, v in _plain(cfg.features).items() if k not in BUILD_ONLY}
-    return {"features": fingerprint(f), "labels": fingerprint(_plain(cfg.labels))}
-
-
-def build_fingerprints(cfg: DictConfig, tables: dict[str, pl.DataFrame], end: dt.date) -> dict[str, Any]:
-    """The metadata entries an incremental update checks against."""
-    return {"config_fingerprint": config_fingerprints(cfg),
-            "raw_fingerprint": {"through": end.isoformat(), "tables": raw_fingerprint(tables, end)}}
 
 
 # ---------------------------------------------------------------------------------------------- warm-up
@@ -192,7 +114,8 @@ def unbounded(p: Plan) -> list[str]:
 def _given(b: Block, names: set[str]) -> Block:
     """A copy of `b` whose columns in `names` are taken as given (already in the frame) instead of computed."""
     stages = [{n: (c(n) if n in names else e) for n, e in st.items()} for st in b.stages]
-    return Block(b.group, stages, set(b.flags), dict(b.levels), b.skipped)
+    return Block(b.group, stages, set(b.flags), dict(b.levels), b.skipped,
+                 cross_sectional=b.cross_sectional)
 
 
 # ---------------------------------------------------------------------------------------------- the update
@@ -264,8 +187,8 @@ def update_dataset(cfg: DictConfig, fallback_full: bool = False) -> BuildResult:
         log.info("%s already ends on %s: nothing to add", latest, end)
         return BuildResult(latest, latest, meta["rows"], meta["n_features"],
                            {g: e["features"] for g, e in meta["groups"].items()}, meta["skipped"], 0.0, 0.0, meta)
-    f, lab = _plain(cfg.features), _plain(cfg.labels)
-    lag = int(lab["entry_lag"]) + max(int(h) for h in lab["horizons"])
+    f, lab = plain_config(cfg.features), plain_config(cfg.labels)
+    lag = manifest.label_gap  # the labels config is the dataset's (its fingerprint matched above)
     sessions = cal.sessions
     at = int(sessions.search_sorted(through))
     redo = sessions[max(at - lag + 1, 0)]
@@ -323,13 +246,13 @@ def _recompute(tables: dict[str, pl.DataFrame], cal: Any, f: dict, lab: dict, fu
     chunks = code_chunks(dq.filter(c("Code").is_in(live["Code"].unique().implode())), chunk_rows or dq.height)
     for codes, _, _ in chunks:
         p = plan_features(chunk_tables(tables, codes), cal, f, lab, market=full.market)
-        _same_plan(p, full)
+        same_plan(p, full)
         got = apply_blocks(p.lf, p.blocks, {"Code", "Date", *inf}).select("Code", "Date", *inf).collect()
         parts.append(got.filter(c("Date") >= warm))
     given = pl.concat(parts)
     del parts
     p = plan_features({**tables, "daily_quotes": live}, cal, f, lab, market=full.market)
-    _same_plan(p, full)
+    same_plan(p, full)
     rows = live.select("Code", "Date").sort("Code", "Date")
     if not rows.equals(given.select("Code", "Date")):
         raise DataError("incremental build: the history columns do not line up with the warm-up slice")

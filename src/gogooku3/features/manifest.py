@@ -18,6 +18,7 @@ import polars as pl
 from gogooku3.core import columns as C
 from gogooku3.core.errors import ConfigError, DataError, LeakageError
 from gogooku3.core.io import fingerprint, read_json, write_json
+from gogooku3.data.split import label_gap as _label_gap
 
 TARGET_RE = re.compile(r"^(target|feat_ret|label|y)_")
 META_COLUMNS = ("Code", "Date", "Section", "S33", "S17")
@@ -38,9 +39,9 @@ class FeatureSpec:
 class FeatureManifest:
     features: list[FeatureSpec]
     targets: list[str]
-    meta_columns: list[str] = field(default_factory=lambda: list(META_COLUMNS))
-    horizons: list[int] = field(default_factory=list)
-    entry_lag: int = 1
+    meta_columns: list[str]
+    horizons: list[int]
+    entry_lag: int
     skipped_groups: dict[str, str] = field(default_factory=dict)  # group -> why it was not built
     calendar: str = ""  # the trading calendar the sessions (and so every lag and horizon) are counted in
     lookback: dict[str, int] = field(default_factory=dict)  # group -> longest look-back in sessions ({}: unknown)
@@ -62,6 +63,12 @@ class FeatureManifest:
         for f in self.features:
             out.setdefault(f.group, []).append(f.name)
         return out
+
+    @property
+    def label_gap(self) -> int:
+        """Sessions from a date t to the end of its longest label window (t + entry_lag + max horizon): how far
+        apart fit labels and later dates must be (purge, embargo, inner validation, stacking, incremental builds)."""
+        return _label_gap(self.horizons, self.entry_lag)
 
     @property
     def max_lookback(self) -> int | None:

@@ -39,7 +39,7 @@ def _z_day(x: pl.Expr) -> pl.Expr:
 
 def quality(avail: set[str], q: dict) -> Block:
     """The quality block from the `features.quality` settings; `avail`: the columns earlier blocks provide."""
-    b = Block(GROUP)
+    b = Block(GROUP, cross_sectional=True)  # day means, z-scores and ranks over Date
     r1 = c("returns_1d").cast(pl.Float64)
     w = int(q["vol_window"])
     b.add("_q_vol", per_code(r1.rolling_std(w, min_samples=w)))

@@ -51,7 +51,7 @@ def _z(x: str, grp: list[str]) -> pl.Expr:
 
 def sector_relative(min_count: int) -> Block:
     """Same-day cross-sectional features within (Date, S33); null where the sector has < min_count stocks that day."""
-    b = Block("sector")
+    b = Block("sector", cross_sectional=True)  # within (Date, S33)
     g = ["Date", "S33"]
     known = (c("S33") != UNKNOWN) & (c("_r1").count().over(g) >= min_count)
     b.add("_sec_r1", pl.when(known).then(c("_r1").mean().over(g)))

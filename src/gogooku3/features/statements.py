@@ -36,7 +36,7 @@ def _parse_time(col: str) -> pl.Expr:
 def effective_dates(st: pl.DataFrame, cal: TradingCalendar, s: dict) -> pl.Series:
     """Effective session of each statement (null when past the calendar's end)."""
     close = pl.lit(_time(s["close_time"]))
-    for since, t in sorted((str(k), v) for k, v in (s.get("close_time_changes") or {}).items()):
+    for since, t in sorted((str(k), v) for k, v in s["close_time_changes"].items()):
         close = pl.when(c("DiscDate") >= dt.date.fromisoformat(since)).then(pl.lit(_time(t))).otherwise(close)
     if cal.half_days:
         close = (pl.when(c("DiscDate").is_in(sorted(cal.half_days)))
@@ -101,7 +101,7 @@ def statement_table(st: pl.DataFrame, cal: TradingCalendar, s: dict) -> pl.DataF
         "stmt_rev_div_fore": rev("FDivAnn"),
         "stmt_roe": div(c("NP"), c("Eq")), "stmt_roa": div(c("NP"), c("TA")),
     }
-    clip = s.get("ratio_clip")
+    clip = s["ratio_clip"]
     out = st.with_columns(
         *[(e.clip(-clip, clip) if clip else e).alias(n) for n, e in feats.items()],
         flag(truthy("ChgAcEst")).alias("_chg"), flag(truthy("RetroRst")).alias("_nc"),

@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
@@ -30,31 +30,31 @@ from gogooku3.model.tft import (
 )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ATFTConfig:
-    """Model hyper-parameters. Defaults equal conf/model/small.yaml (the default model option; checked by
-    tests/unit/test_settings.py); n_features and horizons come from the data."""
+    """Model hyper-parameters, every one required: the values come from the `model` config group (conf/model/*.yaml,
+    `from_dict(cfg.model + n_features, horizons)`) or a bundle's model_config; n_features and horizons come from the
+    data (the dataset's manifest)."""
 
     n_features: int
-    window: int = 60
-    horizons: tuple[int, ...] = (1, 5, 10, 20)
-    hidden: int = 48
-    n_heads: int = 4
-    lstm_layers: int = 1
-    dropout: float = 0.1
-    norm: str = "none"                 # fan | revin | none
-    fan_topk: int = 3
-    gat: bool = True
-    gat_heads: tuple[int, int] = (4, 2)
-    gat_dropout: float = 0.1
-    quantiles: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
-    head_hidden: int = 32
-    n_sectors: int = 64
-    n_segments: int = 16
-    vsn_init_gain: float = 0.1         # initial gain of the variable-selection logits (small: near-uniform start)
-    market_context: str = "none"       # none | film: FiLM of the temporal output from the day's market state
-    graph: dict = field(default_factory=lambda: {"window": 60, "method": "ewm", "halflife": 20, "shrinkage": 0.1,
-                                                 "threshold": 0.3, "k": 10, "min_obs": 20})
+    window: int
+    horizons: tuple[int, ...]
+    hidden: int
+    n_heads: int
+    lstm_layers: int
+    dropout: float
+    norm: str                          # fan | revin | none
+    fan_topk: int
+    gat: bool
+    gat_heads: tuple[int, int]
+    gat_dropout: float
+    quantiles: tuple[float, ...]
+    head_hidden: int
+    n_sectors: int
+    n_segments: int
+    vsn_init_gain: float               # initial gain of the variable-selection logits (small: near-uniform start)
+    market_context: str                # none | film: FiLM of the temporal output from the day's market state
+    graph: dict                        # FinancialGraphBuilder settings (model.graph)
 
     MODEL_GROUP_ONLY = ("name", "expected_params")  # keys of the model config group that are not model fields
 
@@ -69,12 +69,26 @@ class ATFTConfig:
         for k in d:
             if k not in names:
                 raise unknown_key_error("model", str(k), names)
+        missing = [n for n in names if n not in d]
+        if missing:
+            from gogooku3.core.errors import ConfigError
+
+            raise ConfigError(f"model.{missing[0]}: required key missing (ATFTConfig takes every key of the model "
+                              f"group plus n_features and horizons; missing: {', '.join(missing)})")
         for k in ("horizons", "gat_heads", "quantiles"):
             if k in d:
                 d[k] = tuple(d[k])
         if "graph" in d:
             d["graph"] = dict(d["graph"])
         return cls(**d)
+
+    @classmethod
+    def packaged(cls, **keys) -> ATFTConfig:
+        """The packaged default model option's values (conf/model, composed: model=small) with `keys` (n_features and
+        horizons at least) on top: for building a model outside a run, the values still read from the YAML."""
+        from gogooku3.config.compose import packaged_group
+
+        return cls.from_dict({**packaged_group("model"), **keys})
 
     def to_dict(self) -> dict:
         d = asdict(self)

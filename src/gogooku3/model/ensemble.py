@@ -5,6 +5,8 @@ Members share the day's correlation graph (built once per batch). The mean of mo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -32,7 +34,13 @@ class ATFTEnsemble(nn.Module):
                 raise ValueError("model.gat=true needs the raw return window (returns=[N, L])")
             edges = day_graph(self.members[0].graph_builder, returns, returns_valid, sector, segment)
         outs = [m(x, sector, segment, returns, returns_valid, edges) for m in self.members]
-        return {k: torch.stack([o[k] for o in outs]).mean(dim=0) for k in outs[0]}
+        return {k: self.average([o[k] for o in outs]) for k in outs[0]}
+
+    @staticmethod
+    def average(outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The ensemble's output from its members' outputs: their mean (the one definition, also used for members
+        that predicted in worker processes)."""
+        return torch.stack(list(outputs)).mean(dim=0)
 
     def get_num_params(self) -> int:
         return sum(m.get_num_params() for m in self.members)

@@ -82,15 +82,12 @@ class FullTrainingPipeline:
         return Path(self.cfg.paths.runs_dir) / "last"
 
     def _backtest(self) -> Any:
-        from gogooku3.evaluation.portfolio import run_backtest
+        from gogooku3.evaluation.backtest.run import run_backtest
 
-        run = self._run_dir()
-        out = {"model": run_backtest(self.cfg, run / "predictions_test.parquet")}
-        for name, file in (("baseline", "baseline_predictions_test.parquet"),
-                           ("combined", "predictions_combined_test.parquet")):  # LightGBM; the blend (train.blend)
-            if (run / file).exists():
-                out[name] = run_backtest(self.cfg, run / file)
-        return out
+        from gogooku3.evaluation.results import run_predictions
+
+        # every predictor of the run, the product first (the report backtests them again on its aligned rows)
+        return {name: run_backtest(self.cfg, file) for name, file in run_predictions(self._run_dir()).items()}
 
     def _report(self) -> Any:
         from gogooku3.evaluation.report import build_report

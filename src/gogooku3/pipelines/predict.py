@@ -14,7 +14,7 @@ yen or percent, so q10 < q50 < q90 orders a stock's outcome within the day's cro
 ``predict.explain_top`` > 0, ``explain_<D>.parquet`` / ``.csv``: per stock its rank and the top variable-selection
 weights of its own window (Code, rank, feature, weight, share = the weight's share of that stock's top list). The
 weights are per sample: the TFT selection softmax of that stock and day (an ensemble's mean over members). Both come
-from the neural model alone, also when the scores blend it with LightGBM.
+from the neural model alone, from the same forward pass as the scores, also when the scores blend it with LightGBM.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import polars as pl
 
 from gogooku3.core import columns as C
 from gogooku3.core.errors import ConfigError, DataError
-from gogooku3.evaluation.portfolio import BacktestConfig, side_expr, universe_filter
+from gogooku3.evaluation.backtest.book import side_expr, universe_filter
+from gogooku3.evaluation.backtest.config import BacktestConfig
 from gogooku3.features.manifest import FeatureManifest
 from gogooku3.core.io import write_parquet, write_text
 
@@ -94,15 +95,6 @@ def rank_table(preds: pl.DataFrame, horizons: list[int], horizon: int, c: Backte
     return out.sort(C.rank(horizon))
 
 
-def model_details(bundle: Any, dataset: Path, d: dt.date, quantiles: bool, explain: bool) -> pl.DataFrame:
-    """Code, the model's quantile forecasts and/or `vsn_weights` on date `d` (`bundle.predict_for_dates` with its
-    `quantiles` / `explain` options)."""
-    from gogooku3.predictors.bundle import predict_for_dates
-
-    out = predict_for_dates(bundle, dataset, [d], quantiles=quantiles, explain=explain)
-    return out.drop("Date", *[C.pred(h) for h in bundle.horizons])
-
-
 def quantile_columns(details: pl.DataFrame, horizons: list[int], levels: list[float],
                      available: list[float]) -> list[pl.Expr]:
     """q{pct}_{h}d columns for each requested level (each must be one of the model's `available` levels)."""
@@ -134,7 +126,7 @@ def explain_table(details: pl.DataFrame, ranks: pl.DataFrame, features: list[str
 
 def predict(cfg: Any, run_dir: str | Path, date: str | dt.date | None = None) -> Path:
     """`gogooku3 predict`: write output/predictions/pred_<date>.parquet and .csv; return the parquet path."""
-    from gogooku3.predictors.bundle import load_bundle, predict_blended
+    from gogooku3.predictors.bundle import load_bundle, predict_product
 
     dataset = Path(cfg.paths.dataset)
     if not dataset.exists():
@@ -150,7 +142,10 @@ def predict(cfg: Any, run_dir: str | Path, date: str | dt.date | None = None) ->
     pc = cfg.predict
     horizon = int(pc.horizon)
     c = BacktestConfig.from_any(cfg)
-    preds = predict_blended(bundle, dataset, [d])  # the model + LightGBM blend when the bundle holds one
+    levels, top = [float(x) for x in pc.quantiles], int(pc.explain_top)
+    # the product predictor, the network run once (its quantiles / variable-selection weights from the same pass)
+    preds = predict_product(bundle, dataset, [d], quantiles=bool(levels), explain=top > 0)
+    details = preds
     if bundle.meta.get("blend"):
         log.info("predict: scores blend the model and LightGBM (weight on the model per horizon: %s)",
                  ", ".join(f"{h}d {w:.2f}" for h, w in bundle.meta["blend"]["weights"].items()))
@@ -161,8 +156,6 @@ def predict(cfg: Any, run_dir: str | Path, date: str | dt.date | None = None) ->
                 .select(pl.col("Code").cast(pl.String), *extra).collect())
         preds = preds.join(cols, on="Code", how="left")
     table = rank_table(preds, bundle.horizons, horizon, c, company_names(cfg.paths.raw_dir, d))
-    levels, top = [float(x) for x in (pc.get("quantiles") or [])], int(pc.get("explain_top", 0))
-    details = model_details(bundle, dataset, d, bool(levels), top > 0) if levels or top > 0 else None
     if levels:
         qcols = quantile_columns(details, bundle.horizons, levels, list(bundle.model.cfg.quantiles))
         table = table.join(details.select("Code", *qcols), on="Code", how="left")

@@ -33,10 +33,12 @@ from gogooku3.predictors.lightgbm import (
 )
 from gogooku3.config.compose import to_dict
 from gogooku3.core.errors import ConfigError, DataError
-from gogooku3.evaluation import metrics
+from gogooku3.evaluation.compare import compare
+from gogooku3.predictors.oracle import find_oracle, oracle_predictions
 from gogooku3.features.manifest import FeatureManifest, is_label_like, manifest_path
 from gogooku3.data.graph import FinancialGraphBuilder, graph_snapshot
 from gogooku3.core.io import file_fingerprint, peak_rss_mb, timestamp, write_json
+from gogooku3.data.dataset import open_manifest
 from gogooku3.data.split import Fold, check_folds, chosen_folds, make_splitter
 from gogooku3.data.validation import scan_dataset, validate_dataset
 
@@ -66,18 +68,6 @@ def _mean_std(values: list[float]) -> dict[str, float | None]:
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0}
 
 
-def find_oracle(oracle_dir: Path, horizons: list[int]) -> pl.LazyFrame | None:
-    """The synthetic market's oracle (Date, Code, oracle_{h}d) if one lies in `oracle_dir`."""
-    if not oracle_dir.is_dir():
-        return None
-    for p in sorted(oracle_dir.glob("*.parquet")):
-        lf = pl.scan_parquet(p)
-        names = lf.collect_schema().names()
-        if {"Date", "Code"} <= set(names) and any(C.oracle(h) in names for h in horizons):
-            return lf
-    return None
-
-
 class SafeTrainingPipeline:
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
@@ -100,14 +90,8 @@ class SafeTrainingPipeline:
         start_time = dt.datetime.now().isoformat(timespec="seconds")
         cfg, s = self.cfg, self.scfg
         path = Path(str(s.dataset or cfg.paths.dataset))
-        manifest = FeatureManifest.for_dataset(path) if path.exists() else None
-        if manifest is None:
-            raise DataError(f"{path}: dataset not found; build it with `gogooku3 data build`")
-        horizons = [int(h) for h in cfg.labels.horizons]
-        entry_lag = int(manifest.entry_lag)
-        if entry_lag != int(cfg.labels.entry_lag):
-            log.warning("labels.entry_lag=%s but the dataset was built with %s; using the dataset's",
-                        cfg.labels.entry_lag, entry_lag)
+        manifest = open_manifest(cfg, path)  # refuses labels.* that differ from the dataset's, as `train` does
+        horizons, entry_lag = list(manifest.horizons), int(manifest.entry_lag)
         splitter = make_splitter(cfg.split, horizons, entry_lag, manifest.max_lookback)
 
         # 1. load + validate ------------------------------------------------------------------------------
@@ -202,7 +186,7 @@ class SafeTrainingPipeline:
         """The baseline of the folds `safe.baseline_folds` names (those `gogooku3 train` will evaluate, or all): the
         stored run of these inputs, or fitted now and stored for `gogooku3 train`."""
         cfg = self.cfg
-        bh, val_days = baseline_horizons(cfg), int(cfg.split.val_days)
+        bh, val_days = baseline_horizons(cfg, manifest), int(cfg.split.val_days)
         fp = baseline_fingerprint(self.steps["step1_data_loading"]["dataset_fingerprint"], manifest.fingerprint,
                                   folds, bh, entry_lag, val_days, cfg.baseline, self.scfg.validation)
 
@@ -218,12 +202,22 @@ class SafeTrainingPipeline:
         return load_or_fit(baseline_root(cfg, fp), fp, wanted, fit)
 
     def _baseline(self, run: BaselineRun) -> dict[str, Any]:
-        """Per-fold and pooled test performance, importance and the oracle ceiling, from the baseline run."""
+        """Per-fold and pooled test performance, importance and the oracle ceiling, from the baseline run, scored by
+        `evaluation.compare` on the rows both LightGBM and the oracle (when there is one) predicted."""
         bh = run.horizons
         test = run.predictions_test
+        frames = {"lightgbm": test.drop("fold")}
+        oracle = find_oracle(Path(str(self.cfg.paths.oracle_dir)), bh)
+        if oracle is not None:
+            o = oracle_predictions(oracle, bh, test.get_column(C.DATE).unique().to_list())
+            o = o.join(test.select(C.DATE, C.CODE, *[C.target(h) for h in bh]), on=[C.DATE, C.CODE], how="inner")
+            frames["oracle"] = o if o.height else None
+        days = {int(pf["fold"]): test.filter(pl.col("fold") == pf["fold"]).get_column(C.DATE).unique().to_list()
+                for pf in run.per_fold}
+        comp, aligned = compare(frames, bh, days, product="lightgbm", reference="lightgbm")
         per_fold = []
         for pf in run.per_fold:
-            perf = metrics.evaluate(test.filter(pl.col("fold") == pf["fold"]), bh)
+            perf = comp.per_fold[str(pf["fold"])]["lightgbm"]
             per_fold.append({"fold": pf["fold"], "test_range": pf["test_range"], "fit_range": pf["fit_range"],
                              "val_range": pf["val_range"], "best_iteration": pf["best_iteration"],
                              "performance": perf})
@@ -233,26 +227,13 @@ class SafeTrainingPipeline:
         out = {"horizons": bh, "n_features": len(run.features), "directory": str(run.directory),
                "fingerprint": run.fingerprint, "reused": run.reused,
                "n_samples_trained": sum(sum(pf["n_train_rows"].values()) for pf in run.per_fold),
-               "per_fold": per_fold, "summary_over_folds": summary, "pooled_test": metrics.evaluate(test, bh),
-               "feature_importance_top": run.top_features(int(self.cfg.baseline.top_features))}
-        oracle = find_oracle(Path(str(self.cfg.paths.oracle_dir)), bh)
+               "per_fold": per_fold, "summary_over_folds": summary, "pooled_test": comp.pooled["lightgbm"],
+               "rows": comp.rows, "feature_importance_top": run.top_features(int(self.cfg.baseline.top_features))}
         if oracle is not None:
-            out["oracle_pooled_test"] = self._oracle(oracle, test, bh)
+            out["oracle_pooled_test"] = ({"available": True, "n_rows": aligned["oracle"].height,
+                                          **comp.pooled["oracle"]} if "oracle" in comp.pooled else
+                                         {"available": False, "reason": "oracle rows do not match the dataset"})
         return out
-
-    @staticmethod
-    def _oracle(oracle: pl.LazyFrame, pred: pl.DataFrame, horizons: list[int]) -> dict[str, Any]:
-        """RankIC of the oracle expectation with the realized labels on the same test rows (the ceiling)."""
-        names = oracle.collect_schema().names()
-        hs = [h for h in horizons if C.oracle(h) in names]
-        keys = pred.select("Date", "Code", *[C.target(h) for h in hs])
-        o = (oracle.select("Date", "Code", *[pl.col(C.oracle(h)).alias(C.pred(h)) for h in hs])
-             .with_columns(pl.col("Code").cast(pl.Utf8), pl.col("Date").cast(pl.Date))
-             .join(keys.lazy(), on=["Date", "Code"], how="inner").collect())
-        if o.height == 0:
-            return {"available": False, "reason": "oracle rows do not match the dataset"}
-        ev = metrics.evaluate(o, hs)
-        return {"available": True, "n_rows": o.height, **ev}
 
     def _final(self, start_time: str, total: float, df: pl.DataFrame, features: list[str], folds: list[Fold],
                splitter) -> dict[str, Any]:
@@ -274,7 +255,7 @@ class SafeTrainingPipeline:
             "experiment_name": str(self.scfg.experiment_name),
             "start_time": start_time,
             "config": {"safe": to_dict(self.scfg), "baseline": to_dict(self.cfg.baseline), "split": splitter.describe(),
-                       "labels": {"horizons": [int(h) for h in self.cfg.labels.horizons],
+                       "labels": {"horizons": list(splitter.horizons),
                                   "entry_lag": int(splitter.entry_lag)}},
             **st,
             "final_report": {

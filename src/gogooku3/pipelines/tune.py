@@ -1,7 +1,7 @@
 """Optuna hyper-parameter search over ATFT-GAT-FAN (`gogooku3 tune`).
 
 TPE sampler + median pruning fed by a Lightning callback; the objective is the mean validation RankIC of the first
-horizon over the shared splitter's last `hpo.folds` folds. Each trial trains (through the same `training.fit_ensemble` as `gogooku3 train`) on a fold's fit span and is scored on
+horizon over the shared splitter's last `hpo.folds` folds. Each trial trains (through the same `training.ensemble.fit_ensemble` as `gogooku3 train`) on a fold's fit span and is scored on
 its inner validation slice only (test days are never loaded into a trial). The dataset is loaded, converted to a
 PanelStore and split once per worker; trials only change `model.*` / `train.*` keys. Several workers (on one or many
 machines) share a study through `hpo.storage` (SQLite by default, any RDB URL).
@@ -42,12 +42,12 @@ from gogooku3.config.compose import (
     to_dict,
 )
 from gogooku3.core.errors import ConfigError, TrainingError
-from gogooku3.evaluation import metrics
-from gogooku3.training.inference import predict_panel
+from gogooku3.evaluation.compare import mean_rank_ic
 from gogooku3.core.io import timestamp, write_json, write_text
 from gogooku3.data.panel import clean_cache
 from gogooku3.core.progress import bar as progress_bar
-from gogooku3.training.fit import fit_ensemble, make_plans
+from gogooku3.training.ensemble import fit_ensemble
+from gogooku3.training.fit import make_plans
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class PruningCallback(Callback):
 # ---- search space -------------------------------------------------------------------------------------------
 def check_space(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     """`hpo.space` as plain dicts, each entry validated against the config (the key exists and may be tuned)."""
-    space = OmegaConf.to_container(cfg.hpo.space, resolve=True) if cfg.hpo.get("space") else {}
+    space = OmegaConf.to_container(cfg.hpo.space, resolve=True)
     out = {}
     for name, spec in space.items():
         if spec is None:
@@ -100,11 +100,11 @@ def check_space(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
             raise ConfigError(f"{where}: config key '{key}' does not exist")
         if spec["type"] == "categorical":
-            if not spec.get("choices"):
+            if not spec["choices"]:
                 raise ConfigError(f"{where}: categorical needs a non-empty `choices` list")
-        elif "low" not in spec or "high" not in spec or not float(spec["low"]) <= float(spec["high"]):
+        elif spec["low"] is None or spec["high"] is None or not float(spec["low"]) <= float(spec["high"]):
             raise ConfigError(f"{where}: needs numeric `low` <= `high`")
-        elif spec.get("log") and float(spec["low"]) <= 0:
+        elif spec["log"] and float(spec["low"]) <= 0:
             raise ConfigError(f"{where}: log scale needs low > 0")
         out[name] = spec
     if not out:
@@ -117,11 +117,11 @@ def suggest(trial: optuna.trial.BaseTrial, space: dict[str, dict[str, Any]]) -> 
     params: dict[str, Any] = {}
     for name, s in space.items():
         if s["type"] == "float":
-            kw = {"step": float(s["step"])} if s.get("step") else {"log": bool(s.get("log", False))}
+            kw = {"step": float(s["step"])} if s["step"] else {"log": bool(s["log"])}
             v = trial.suggest_float(name, float(s["low"]), float(s["high"]), **kw)
         elif s["type"] == "int":
-            v = trial.suggest_int(name, int(s["low"]), int(s["high"]), step=int(s.get("step") or 1),
-                                  log=bool(s.get("log", False)))
+            v = trial.suggest_int(name, int(s["low"]), int(s["high"]), step=int(s["step"] or 1),
+                                  log=bool(s["log"]))
         else:
             v = trial.suggest_categorical(name, list(s["choices"]))
         params[str(s["param"])] = v
@@ -225,7 +225,7 @@ def best_yaml(params: dict[str, Any], header: list[str]) -> str:
 
 # ---- storage / study ----------------------------------------------------------------------------------------
 def storage_url(cfg: DictConfig) -> str:
-    if cfg.hpo.get("storage"):
+    if cfg.hpo.storage:
         return str(cfg.hpo.storage)
     db = (path(cfg, "paths.output_dir") / "optuna" / f"{cfg.hpo.study_name}.db").resolve()
     db.parent.mkdir(parents=True, exist_ok=True)
@@ -260,8 +260,8 @@ def _storage(url: str, attempts: int = 3) -> optuna.storages.BaseStorage:
 
 def _check_single_process(cfg: DictConfig) -> None:
     tr = cfg.trainer
-    devices = tr.get("devices", 1)
-    multi = ("ddp" in str(tr.get("strategy", "auto")).lower() or int(tr.get("num_nodes", 1)) > 1
+    devices = tr.devices
+    multi = ("ddp" in str(tr.strategy).lower() or int(tr.num_nodes) > 1
              or str(devices) == "-1" or (str(devices).isdigit() and int(devices) > 1)
              or isinstance(devices, (list, ListConfig)) and len(devices) > 1)
     if multi:
@@ -271,8 +271,8 @@ def _check_single_process(cfg: DictConfig) -> None:
 
 # ---- the search ---------------------------------------------------------------------------------------------
 class Tuner:
-    """Loads, converts and splits once, then runs Optuna trials through `training.fit_ensemble` (the path of
-    `gogooku3 train`), each scored on its plans' validation days with `inference.predict_panel`."""
+    """Loads, converts and splits once, then runs Optuna trials through `training.ensemble.fit_ensemble` (the path
+    of `gogooku3 train`), each scored on its plans' validation days by `evaluation.compare.mean_rank_ic`."""
 
     def __init__(self, cfg: DictConfig, experiment_dir: str | Path | None = None):
         _check_single_process(cfg)
@@ -325,16 +325,13 @@ class Tuner:
                 fold_dir = trial_dir / f"fold{plan.index}"  # Lightning logs + checkpoints
                 fit = fit_ensemble(self.panel, plan, tcfg, run_dir=fold_dir, horizons=self.horizons,
                                    callbacks=cbs)
-                pv = predict_panel(fit.model, self.panel, fit.dm.val_days, window=fit.dm.window,
-                                   valid=fit.dm.window_ok, dataset=fit.dm.dataset)
-                s = metrics.summarize_ic(metrics.daily_ic(pv, C.pred(h0), C.target(h0)))
-                score = float(s["rank_ic_mean"])
+                score, n_days = mean_rank_ic(fit.predict("val"), [h0]).get(h0, (float("nan"), 0))
                 if not math.isfinite(score):
                     raise TrainingError(f"{name}, fold {plan.index}: no validation day "
                                         f"could be scored ({C.target(h0)}); raise split.val_days")
                 if trial is not None:
                     trial.set_user_attr(f"fold{plan.index}",
-                                        {"val_rank_ic": score, "val_days_scored": int(s["n_days"]),
+                                        {"val_rank_ic": score, "val_days_scored": n_days,
                                          "epochs": fit.epochs, "best_logged": fit.best_score})
                 scores.append(score)
         finally:
@@ -361,7 +358,7 @@ class Tuner:
         study = self.study()
         hc = self.hc
         callbacks = []
-        if hc.get("max_total_trials"):
+        if hc.max_total_trials:
             callbacks.append(optuna.study.MaxTrialsCallback(
                 int(hc.max_total_trials), states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)))
         log.info("tune: study %s on %s, %d trial(s), %d fold(s), objective mean %s over validation slices",
@@ -388,7 +385,7 @@ class Tuner:
                        "test_range_not_used": [str(p.fold.test_dates[0]), str(p.fold.test_dates[-1])]}
                       for p in self.plans],
             "space": self.space, "budget": {"max_epochs": int(self.hc.max_epochs), "patience": int(self.hc.patience),
-                                            "limit_train_batches": self.hc.get("limit_train_batches")},
+                                            "limit_train_batches": self.hc.limit_train_batches},
             "n_trials": len(trials), "states": states, "seconds_this_worker": round(seconds, 2),
             "best": None if best is None else {"number": best.number, "value": best.value, "params": params,
                                                "overrides": to_overrides(params)},

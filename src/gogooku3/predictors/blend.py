@@ -9,9 +9,11 @@ rows both predictors scored (ties: the larger model weight). A horizon the basel
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,8 @@ import polars as pl
 from gogooku3.core import columns as C
 from gogooku3.core.errors import ConfigError, DataError
 from gogooku3.evaluation import metrics
+from gogooku3.predictors.base import Context, Fitted, Predictor, targets_frame
+from gogooku3.training.fit import Plan
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +38,7 @@ def standardized(col: str, method: str) -> pl.Expr:
     if method == "zscore":
         sd = x.std().over(C.DATE)
         return pl.when(sd > 0).then((x - x.mean().over(C.DATE)) / sd).otherwise(0.0)
-    raise ConfigError(f"train.blend.method must be one of {METHODS}, got '{method}'")
+    raise ConfigError(f"blend method must be one of {METHODS}, got '{method}'")
 
 
 def _aligned(model: pl.DataFrame, base: pl.DataFrame, weights: Mapping[int, float], method: str) -> pl.DataFrame:
@@ -89,7 +93,7 @@ class BlendChoice:
 def weight_grid(step: float) -> list[float]:
     """0, step, ..., 1 (step in (0, 1])."""
     if not 0 < float(step) <= 1:
-        raise ConfigError(f"train.blend.grid_step={step}: must lie in (0, 1]")
+        raise ConfigError(f"blend grid_step={step}: must lie in (0, 1]")
     n = round(1.0 / float(step))
     return [round(k / n, 6) for k in range(n + 1)]
 
@@ -120,3 +124,57 @@ def choose_weights(model_val: pl.DataFrame, base_val: pl.DataFrame | None, horiz
         log.info("blend %dd: weight %.2f on the model (val RankIC %.4f; model alone %.4f, LightGBM alone %.4f)",
                  h, grid[k], best, vals[-1], vals[0])
     return BlendChoice(method, weights, [float(g) for g in grid], scores, n_days)
+
+
+# ---- the predictor ---------------------------------------------------------------------------------------------
+class BlendPredictor(Predictor):
+    """`a` and `b` blended per horizon (`combine`), the weights chosen on the plan's validation days."""
+
+    needs = ("a", "b")
+
+    def __init__(self, ctx: Context, name: str, a: str, b: str, method: str, grid_step: float):
+        super().__init__(ctx, name)
+        if method not in METHODS:
+            raise ConfigError(f"predictors.zoo.{name}.method must be one of {METHODS}, got '{method}'")
+        self.a, self.b, self.method, self.grid = a, b, method, weight_grid(grid_step)
+
+    def fit(self, plan: Plan, inputs: Mapping[str, Fitted]) -> BlendFitted | None:
+        a, b = inputs.get(self.a), inputs.get(self.b)
+        if a is None or b is None:
+            log.info("train: %s needs %s and %s; %s is not fitted here", self.name, self.a, self.b,
+                     self.a if a is None else self.b)
+            return None
+        val = targets_frame(self.ctx, plan.val)
+        av = a.predict(plan.val).join(val, on=[C.DATE, C.CODE], how="inner")
+        bv = b.predict(plan.val)
+        if bv.select(C.DATE).n_unique() != av.select(C.DATE).n_unique():
+            log.warning("train: fold %d: %s validation days (%d) differ from %s's (%d)", plan.index, self.b,
+                        bv.select(C.DATE).n_unique(), self.a, av.select(C.DATE).n_unique())
+        choice = choose_weights(av, bv, a.horizons, self.method, self.grid)
+        return BlendFitted(self.name, a, b, plan, choice)
+
+
+class BlendFitted(Fitted):
+    def __init__(self, name: str, a: Fitted, b: Fitted, plan: Plan, choice: BlendChoice):
+        super().__init__(name, a.horizons, plan)
+        self.a, self.b, self.choice = a, b, choice
+
+    def _predict(self, days: list[dt.date]) -> pl.DataFrame:
+        return combine(self.a.predict(days), self.b.predict(days), self.choice.weights, self.choice.method)
+
+    def facts(self) -> dict[str, Any]:
+        return {"a": self.a.name, "b": self.b.name, **self.choice.to_dict()}
+
+    def save(self, directory: Path) -> None:
+        """The bundle of `a` (ATFT-GAT-FAN) with `b`'s (LightGBM's) boosters of the blended horizons and the
+        weights: `predict` needs nothing outside it."""
+        spec_of = getattr(self.b, "spec", None)
+        if not hasattr(self.a, "save") or spec_of is None:
+            raise ConfigError(f"predictor {self.name}: only a blend of the deep model and LightGBM can be saved")
+        spec = spec_of()
+        hs = [str(h) for h, w in self.choice.weights.items() if w < 1.0]
+        blend = {"method": self.choice.method, "weights": {str(h): w for h, w in self.choice.weights.items()},
+                 "a": self.a.name, "b": self.b.name, **spec,
+                 "boosters": {h: spec["boosters"][h] for h in hs},
+                 "best_iteration": {h: spec["best_iteration"][h] for h in hs}}
+        self.a.save(directory, blend=blend, product=self.name)

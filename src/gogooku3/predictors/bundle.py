@@ -1,9 +1,10 @@
 """The model bundle: weights (safetensors) + everything needed to predict on new data, checked by fingerprint.
 
 `bundle/model.safetensors` and `bundle/bundle.json` (model config, number of ensemble members, feature manifest,
-normaliser settings, dataset fingerprint, horizons, window, sector/segment vocabularies). A run trained with
-`train.blend` also stores the blend (method, weight per horizon, the LightGBM input normalisation) in bundle.json and
-the last fold's LightGBM boosters as `bundle/lgbm_{h}d.txt`: `predict_blended` needs nothing outside the bundle.
+normaliser settings, dataset fingerprint, horizons, window, sector/segment vocabularies, `product`: the predictor
+it serves). When the product is the blend (`predictors.product=blend`), bundle.json also holds the blend (method,
+weight per horizon, the LightGBM input normalisation) and the last fold's LightGBM boosters lie beside it as
+`bundle/lgbm_{h}d.txt`: `predict_product` needs nothing outside the bundle.
 """
 
 from __future__ import annotations
@@ -46,9 +47,9 @@ class Bundle:
 
 def save_bundle(run_dir: str | Path, model: ATFTGATFAN | ATFTEnsemble, manifest: FeatureManifest | dict,
                 normalizer: dict, dataset_fingerprint: str, sector_vocab: Sequence[str], segment_vocab: Sequence[str],
-                extra: dict | None = None, min_window_frac: float = 1.0, returns_col: str = "returns_1d",
-                blend: dict | None = None) -> Path:
-    """Write the bundle; `blend` (`pipelines.atft.blend_bundle`) names booster files that are copied in."""
+                extra: dict | None, min_window_frac: float, returns_col: str, blend: dict | None = None) -> Path:
+    """Write the bundle; `min_window_frac` and `returns_col` are the run's `train.*` values (predict rebuilds the
+    panel with them); `blend` (`BlendFitted.save`) names booster files that are copied in."""
     out = Path(run_dir) / "bundle"
     out.mkdir(parents=True, exist_ok=True)
     if blend is not None:
@@ -192,40 +193,35 @@ def predict_for_dates(bundle: Bundle, df_or_path: pl.DataFrame | pl.LazyFrame | 
                          explain=explain)
 
 
-def predict_blended(bundle: Bundle, df_or_path: pl.DataFrame | pl.LazyFrame | str | Path,
-                    dates: Sequence[dt.date | str]) -> pl.DataFrame:
-    """The bundle's product predictor on each date: the model + LightGBM blend when the bundle holds one
-    (`model.blend.combine` with the stored weights), else the model alone (`predict_for_dates`)."""
+def predict_product(bundle: Bundle, df_or_path: pl.DataFrame | pl.LazyFrame | str | Path,
+                    dates: Sequence[dt.date | str], *, quantiles: bool = False, explain: bool = False) -> pl.DataFrame:
+    """The bundle's product predictor on each date (`bundle.json` "product"): the network's predictions blended with
+    the stored LightGBM boosters (`predictors.blend.combine` with the stored weights) when the product is a blend,
+    else the network's. The network runs once; its quantile / explain columns (`quantiles`, `explain`) come from
+    that same pass."""
     import lightgbm as lgb
 
     from gogooku3.predictors.blend import combine
-    from gogooku3.data.normalize import CrossSectionalNormalizer
+    from gogooku3.predictors.lgbm import predict_spec
 
-    model = predict_for_dates(bundle, df_or_path, dates)
+    net = predict_for_dates(bundle, df_or_path, dates, quantiles=quantiles, explain=explain)
     spec = bundle.meta.get("blend")
     if not spec:
-        return model
+        return net
     if bundle.root is None:
-        raise DataError("predict_blended: the bundle was not loaded from a folder (load_bundle); its LightGBM "
-                        "boosters cannot be found")
-    root = bundle.root
-    lf = pl.scan_parquet(df_or_path) if isinstance(df_or_path, (str, Path)) else df_or_path.lazy()
-    feats, normed = list(spec["features"]), list(spec["normalized_features"])
-    want = sorted(model.get_column("Date").unique().to_list())
-    norm = CrossSectionalNormalizer.from_dict({**spec["normalize"], "features": normed})
-    all_dates = lf.select(pl.col("Date").cast(pl.Date).unique().sort()).collect().get_column("Date").to_list()
-    lo = all_dates[max(0, all_dates.index(want[0]) - norm.history_days)]
-    frame = (lf.select(pl.col("Date").cast(pl.Date), pl.col("Code").cast(pl.String), *feats)
-             .filter(pl.col("Date").is_between(lo, want[-1])).collect())
-    x = norm.transform(frame).filter(pl.col("Date").is_in(pl.Series(want, dtype=pl.Date).implode()))
-    mat = x.select([pl.col(f).cast(pl.Float32) for f in feats]).to_numpy()
-    base = x.select("Date", "Code")
+        raise DataError("predict: the bundle was not loaded from a folder (load_bundle); its LightGBM boosters "
+                        "cannot be found")
+    boosters = {}
     for h, name in spec["boosters"].items():
-        path = root / name
+        path = bundle.root / name
         if not path.is_file():
             raise DataError(f"{path}: the bundle's LightGBM booster is missing; retrain, or restore the file")
-        booster = lgb.Booster(model_file=str(path))
-        base = base.with_columns(pl.Series(f"pred_{int(h)}d", booster.predict(
-            mat, num_iteration=int(spec["best_iteration"][h])).astype("float32")))
+        boosters[h] = lgb.Booster(model_file=str(path))
+    lf = pl.scan_parquet(df_or_path) if isinstance(df_or_path, (str, Path)) else df_or_path.lazy()
+    preds = [f"pred_{h}d" for h in bundle.horizons]
+    days = sorted(net.get_column("Date").unique().to_list())
+    base = predict_spec(spec, boosters, lf, days) if boosters else net.select("Date", "Code")
     weights = {int(h): float(w) for h, w in spec["weights"].items()}
-    return combine(model, base, weights, str(spec["method"]))
+    blended = combine(net.select("Date", "Code", *preds), base, weights, str(spec["method"]))
+    extra = [c for c in net.columns if c not in {"Date", "Code", *preds}]
+    return blended.join(net.select("Date", "Code", *extra), on=["Date", "Code"], how="left") if extra else blended

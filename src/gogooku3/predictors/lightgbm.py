@@ -42,7 +42,7 @@ from gogooku3.core.io import (
     write_parquet,
 )
 from gogooku3.data.normalize import CrossSectionalNormalizer
-from gogooku3.data.split import Fold, inner_validation
+from gogooku3.data.split import Fold, inner_validation, label_gap
 from gogooku3.data.validation import drop_too_null, scan_dataset
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class LightGBMBaseline:
     """
 
     def __init__(self, params: dict[str, Any], *, num_boost_round: int, early_stopping_rounds: int, val_days: int,
-                 entry_lag: int, target_transform: str, workers: int = 1) -> None:
+                 entry_lag: int, target_transform: str, workers: int) -> None:
         if target_transform not in TARGET_TRANSFORMS:
             raise DataError(f"baseline.target_transform must be one of {TARGET_TRANSFORMS}, got '{target_transform}'")
         self.params = dict(params)
@@ -132,7 +132,7 @@ class LightGBMBaseline:
         features, horizons = list(features), [int(h) for h in horizons]
         self._check(train_df, features, horizons)
         if val_df is None:
-            gap = max(horizons) + self.entry_lag
+            gap = label_gap(horizons, self.entry_lag)
             dates = train_df["Date"].unique().sort().to_list()
             fit_dates, val_dates = inner_validation(dates, self.val_days, gap)
             fit_df = train_df.filter(_in_dates(fit_dates))
@@ -456,9 +456,9 @@ def baseline_fingerprint(dataset_fingerprint: str, manifest_fingerprint: str, fo
                        [int(h) for h in horizons], int(entry_lag), int(val_days), b, screen)
 
 
-def baseline_horizons(cfg: Any) -> list[int]:
-    """`baseline.horizons`, or `labels.horizons` when it is null."""
-    return [int(h) for h in (cfg.baseline.horizons or cfg.labels.horizons)]
+def baseline_horizons(cfg: Any, manifest: FeatureManifest) -> list[int]:
+    """`baseline.horizons`, or the dataset's horizons (its manifest's) when it is null."""
+    return [int(h) for h in (cfg.baseline.horizons or manifest.horizons)]
 
 
 def baseline_root(cfg: Any, fingerprint_: str) -> Path:
@@ -505,7 +505,7 @@ def baseline_for_folds(cfg: Any, dataset: Path, manifest: FeatureManifest, folds
     if not b.enabled:
         return None
     dataset = Path(dataset)
-    horizons, val_days, v = baseline_horizons(cfg), int(cfg.split.val_days), cfg.safe.validation
+    horizons, val_days, v = baseline_horizons(cfg, manifest), int(cfg.split.val_days), cfg.safe.validation
     fp = baseline_fingerprint(file_fingerprint(dataset), manifest.fingerprint, folds, horizons, entry_lag, val_days,
                               b, v)
 
@@ -522,7 +522,7 @@ def baseline_frame(cfg: Any, dataset: str | Path, manifest: FeatureManifest, fol
     manifest's minus those `safe.validation` drops for nulls on fold 0's training dates (as safe does)."""
     v = cfg.safe.validation
     lo, hi = fold_span(folds)
-    df = scan_dataset(dataset, manifest, baseline_horizons(cfg), lo, hi).collect()
+    df = scan_dataset(dataset, manifest, baseline_horizons(cfg, manifest), lo, hi).collect()
     features, _, _ = drop_too_null(df, manifest.names, folds[0].train_dates, float(v.max_null_share),
                                    str(v.null_action), str(dataset))
     return df, features

@@ -23,6 +23,7 @@ import numpy as np
 import polars as pl
 
 from gogooku3.core import columns as C
+from gogooku3.data.split import label_gap
 from gogooku3.predictors.lightgbm import LightGBMBaseline
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def stack_frame(frame: pl.DataFrame, features: Sequence[str], fit: Sequence[dt.d
     """
     fit = sorted(fit)
     hs = [int(h) for h in horizons]
-    gap = max(hs) + int(entry_lag)
+    gap = label_gap(hs, entry_lag)
     edges = np.linspace(0, len(fit), int(blocks) + 1).round().astype(int)
     after = frame.filter(pl.col(C.DATE) > fit[-1]).get_column(C.DATE).unique().sort().to_list()
     # (fit-on dates, dates to predict). The model on the whole fit span has its last labels realised `gap` sessions
@@ -108,7 +109,7 @@ def stack_for_plan(cfg: Any, dataset: Any, manifest: Any, folds: Sequence[Any], 
     from gogooku3.predictors.lightgbm import _normalized, baseline_frame, baseline_horizons
 
     b, sc = cfg.baseline, cfg.train.stack
-    horizons = baseline_horizons(cfg)
+    horizons = baseline_horizons(cfg, manifest)
     df, features = baseline_frame(cfg, dataset, manifest, folds)
     floats = [f for f in features if df.schema[f].is_float()]
     frame_of, _ = _normalized(df, floats, folds, b.normalize)

@@ -105,7 +105,7 @@ def _describe(row: dict[str, Any]) -> str:
 
 def check_splits(tables: dict[str, pl.DataFrame], data_cfg: Any, source: str | Path) -> dict[str, pl.DataFrame]:
     """Apply `data.adjust_splits` (warn | adjust | off) to the daily_quotes of `tables`; returns the tables."""
-    policy = str((data_cfg.get("adjust_splits", "warn") if data_cfg is not None else "warn") or "warn")
+    policy = str(data_cfg["adjust_splits"])
     if policy not in POLICIES:
         raise ConfigError(f"data.adjust_splits='{policy}' must be one of {', '.join(POLICIES)}")
     dq = tables.get("daily_quotes")

@@ -45,11 +45,11 @@ class ImportSettings:
     date_format: str | None
     calendar: str
     extra_columns: str | tuple[str, ...]
-    decimal_comma: bool = False
+    decimal_comma: bool
 
     @classmethod
     def from_cfg(cls, data: DictConfig) -> ImportSettings:
-        mapping = OmegaConf.to_container(data.get("columns") or {}, resolve=True)
+        mapping = OmegaConf.to_container(data.columns, resolve=True)
         unknown = sorted(set(mapping) - set(KNOWN_FIELDS))
         if unknown:
             raise ConfigError(f"data.columns: unknown field(s) {', '.join(unknown)} (known: {', '.join(KNOWN_FIELDS)})")
@@ -59,18 +59,18 @@ class ImportSettings:
                 raise ConfigError(f"data.columns.{req} must name a column of the file")
         if "close" not in columns and "adj_close" not in columns:
             raise ConfigError("data.columns: map at least one of close / adj_close")
-        extra = data.get("extra_columns", "all")
+        extra = data.extra_columns
         if isinstance(extra, str):
             if extra not in ("all", "none"):
                 raise ConfigError(f"data.extra_columns='{extra}' must be all, none or a list of column names")
         else:
-            extra = tuple(str(c) for c in (extra or ()))
-        fmt = str(data.get("format", "auto")).lower()
+            extra = tuple(str(c) for c in extra)
+        fmt = str(data.format).lower()
         if fmt not in ("auto", "csv", "parquet"):
             raise ConfigError(f"data.format='{fmt}' must be auto, csv or parquet")
-        return cls(columns=columns, fmt=fmt, separator=str(data.get("separator", ",")),
-                   null_values=tuple(str(v) for v in (data.get("null_values") or ())),
-                   date_format=data.get("date_format") or None, calendar=str(data.get("calendar", "XTKS")),
+        return cls(columns=columns, fmt=fmt, separator=str(data.separator),
+                   null_values=tuple(str(v) for v in data.null_values),
+                   date_format=data.date_format or None, calendar=str(data.calendar),
                    extra_columns=extra, decimal_comma=_decimal_comma(data))
 
 
@@ -181,8 +181,8 @@ SEPARATORS = (",", ";", "\t", "|")
 
 def _decimal_comma(data: DictConfig) -> bool:
     """`data.decimal_comma`, refused with the default separator: a comma cannot be both."""
-    on = bool(data.get("decimal_comma", False))
-    if on and str(data.get("separator", ",")) == ",":
+    on = bool(data.decimal_comma)
+    if on and str(data.separator) == ",":
         raise ConfigError("data.decimal_comma=true needs a field separator other than ','; set data.separator=';' "
                           "(or the file's own)")
     return on
@@ -396,19 +396,13 @@ def build_tables(raw: pl.DataFrame, path: Path, s: ImportSettings) -> dict[str, 
 # Writing
 # ---------------------------------------------------------------------------------------------------------------
 def source_config(cfg: DictConfig, source: str) -> DictConfig:
-    """`cfg` itself when `data.source` is `source`, else a copy whose `data` group is that source's defaults.
-
-    Lets `gogooku3 data import PATH` / `data fetch` work without spelling out `data=files` / `data=jquants`.
-    """
-    if cfg.get("data") is not None and cfg.data.get("source") == source:
-        return cfg
-    from gogooku3.config.compose import load_config
-
-    log.info("data.source is not '%s': using the data=%s defaults (add data=%s to override its keys)",
-             source, source, source)
-    out = cfg.copy()
-    out.data = load_config([f"data={source}"]).data
-    return out
+    """`cfg`, whose `data` group must be the `source` option: every value comes from the composed config (no second
+    Hydra load). `gogooku3 data import PATH` / `data fetch` compose with `data=files` / `data=jquants` themselves
+    unless the command line picks a data option (`cli._cfg`)."""
+    if cfg.data.source != source:
+        raise ConfigError(f"data.source is '{cfg.data.source}', not '{source}': compose the config with "
+                          f"data={source} (its keys are data.* of conf/data/{source}.yaml)")
+    return cfg
 
 
 def import_files(cfg: DictConfig, path: str | Path) -> dict[str, Path]:

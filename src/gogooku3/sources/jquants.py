@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 import polars as pl
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from gogooku3.core.errors import ConfigError, DataError
 from gogooku3.core.io import write_parquet
@@ -288,10 +288,10 @@ def _minus_years(d: dt.date, years: int) -> dt.date:
 def settings(cfg: DictConfig, today: dt.date | None = None) -> FetchSettings:
     """Read and check the `data` (jquants) and `paths` config."""
     data = cfg.data
-    plan = str(data.get("plan", "light")).lower()
+    plan = str(data.plan).lower()
     if plan not in PLAN_RPM:
         raise ConfigError(f"data.plan='{plan}' is not one of {', '.join(PLAN_RPM)}")
-    tables_cfg = data.get("tables")
+    tables_cfg = data.tables
     tables = tuple(tables_cfg) if tables_cfg else PLAN_TABLES[plan]
     unknown = [t for t in tables if t not in ENDPOINTS]
     if unknown:
@@ -299,29 +299,29 @@ def settings(cfg: DictConfig, today: dt.date | None = None) -> FetchSettings:
     if "daily_quotes" not in tables:
         raise ConfigError("data.tables must include daily_quotes")
     today = today or dt.date.today()
-    end = _date_or_none(data.get("end_date"), "data.end_date") or today
+    end = _date_or_none(data.end_date, "data.end_date") or today
     end = min(end, today)
-    start = _date_or_none(data.get("start_date"), "data.start_date") or _minus_years(end, 5)
+    start = _date_or_none(data.start_date, "data.start_date") or _minus_years(end, 5)
     if start > end:
         raise ConfigError(f"data.start_date {start} is after data.end_date {end}")
-    statements_days = str(data.get("statements_days", "sessions"))
+    statements_days = str(data.statements_days)
     if statements_days not in ("sessions", "all"):
         raise ConfigError(f"data.statements_days='{statements_days}' must be 'sessions' or 'all'")
     return FetchSettings(
         plan=plan,
         tables=tuple(t for t in FETCH_ORDER if t in tables or t == "trading_calendar"),
         start=start, end=end, today=today,
-        refresh_days=int(data.get("refresh_days", 3)),
+        refresh_days=int(data.refresh_days),
         statements_days=statements_days,
         cache_root=Path(str(cfg.paths.cache_dir)).expanduser() / "jquants",
         raw_dir=Path(str(cfg.paths.raw_dir)).expanduser(),
-        progress=bool(data.get("progress", True)),
+        progress=bool(data.progress),
     )
 
 
 def resolve_api_key(cfg: DictConfig) -> str:
     """`data.api_key` if set, else the JQUANTS_API_KEY environment variable; ConfigError when neither is."""
-    key = OmegaConf.select(cfg, "data.api_key", default=None) or os.environ.get(API_KEY_ENV, "")
+    key = cfg.data.api_key or os.environ.get(API_KEY_ENV, "")
     key = str(key).strip()
     if not key:
         raise ConfigError(f"J-Quants API key missing: set the {API_KEY_ENV} environment variable (or data.api_key)")
@@ -462,16 +462,14 @@ def fetch(cfg: DictConfig, *, transport: httpx.BaseTransport | None = None,
     s = settings(cfg, today)
     api_key = resolve_api_key(cfg)
     data = cfg.data
-    rpm = data.get("requests_per_minute") or PLAN_RPM[s.plan]
+    rpm = data.requests_per_minute or PLAN_RPM[s.plan]
     log.info("J-Quants V2 fetch %s..%s, plan %s (%s req/min), tables: %s", s.start, s.end, s.plan, rpm,
              ", ".join(s.tables))
     frames: dict[str, pl.DataFrame] = {}
-    with JQuantsClient(api_key, base_url=str(data.get("base_url", DEFAULT_BASE_URL)), requests_per_minute=rpm,
-                       max_attempts=int(data.get("max_attempts", 5)),
-                       backoff_base_s=float(data.get("backoff_base_s", 1.0)),
-                       backoff_max_s=float(data.get("backoff_max_s", 60.0)),
-                       retry_after_max_s=float(data.get("retry_after_max_s", 600.0)),
-                       timeout_s=float(data.get("timeout_s", 30.0)), plan=s.plan,
+    with JQuantsClient(api_key, base_url=str(data.base_url), requests_per_minute=rpm,
+                       max_attempts=int(data.max_attempts), backoff_base_s=float(data.backoff_base_s),
+                       backoff_max_s=float(data.backoff_max_s), retry_after_max_s=float(data.retry_after_max_s),
+                       timeout_s=float(data.timeout_s), plan=s.plan,
                        transport=transport, sleep=sleep) as client:
         try:
             calendar: pl.DataFrame | None = None

@@ -1,11 +1,10 @@
 """Training ATFT-GAT-FAN: the one path every caller (`train`, `tune`) goes through.
 
     Plan (fit / val / test dates of one fold, `make_plans`)
-      └─ fit_ensemble: `train.ensemble` members (seeds seed, seed+1, ...), each
-           fit_member: ATFTModule + PanelDataModule + Lightning Trainer (`build_trainer`, callbacks in `callbacks`)
-                       -> best epoch's weights (EMA weights when on) -> optional top-k weight average, kept only
-                          when it scores higher on the validation days
-         -> FoldFit: one model (an `ATFTEnsemble` when k > 1) + one MemberResult per member
+      └─ fit_member: ATFTModule + PanelDataModule + Lightning Trainer (`build_trainer`, callbacks in `callbacks`)
+                     -> best epoch's weights (EMA weights when on) -> optional top-k weight average, kept only
+                        when it scores higher on the validation days
+    (a fold's members and their ensemble: `training.ensemble.fit_ensemble`)
 
 Predictions come from `inference.predict_panel`. The loop itself is Lightning's.
 """
@@ -17,14 +16,12 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
-import polars as pl
 import torch
 from lightning.pytorch.callbacks import (
     Callback,
@@ -47,20 +44,10 @@ from gogooku3.training.callbacks import (
 )
 from gogooku3.training.checkpoints import RunCheckpoint, confined
 from gogooku3.config.compose import to_dict
-from gogooku3.core.errors import ConfigError
 from gogooku3.evaluation import metrics
 from gogooku3.training.inference import predict_panel
 from gogooku3.core.logs import defer_lightning_logging
-from gogooku3.training.member_pool import (
-    MemberJob,
-    job_config,
-    mean_predictions,
-    resolve_workers,
-    run_jobs,
-    threads_per_worker,
-)
 from gogooku3.model.atft_gat_fan import ATFTGATFAN, ATFTConfig
-from gogooku3.model.ensemble import ATFTEnsemble
 from gogooku3.model.losses import MultiHorizonLoss
 from gogooku3.data.panel import PanelDataModule, PanelStore
 from gogooku3.data.split import (
@@ -267,7 +254,7 @@ def make_plans(dates: Sequence[dt.date], split_cfg: Any, horizons: Sequence[int]
     all_folds = splitter.split(list(dates))
     check_folds(all_folds, list(dates))
     chosen = chosen_folds(all_folds, folds)
-    gap = max(horizons) + entry_lag
+    gap = splitter.label_span  # split.label_gap(horizons, entry_lag)
     plans = []
     for f in chosen:
         fit, val = inner_validation(f.train_dates, int(split_cfg.val_days), gap)
@@ -295,40 +282,6 @@ class MemberResult:
 
     def feature_importance(self) -> torch.Tensor | None:
         return self.importance if self.importance is not None else self.module.feature_importance()
-
-
-@dataclass
-class FoldFit:
-    """A fold's model (one member, or the `ATFTEnsemble` of all) and its members' results."""
-
-    plan: Plan
-    model: ATFTGATFAN | ATFTEnsemble
-    members: list[MemberResult]
-    dm: PanelDataModule
-    predictions: dict[str, pl.DataFrame] = field(default_factory=dict)  # "val"/"test" made by the member workers
-
-    def predict(self, kind: str) -> pl.DataFrame:
-        """The model's predictions of the plan's validation (`kind="val"`) or test days."""
-        if kind in self.predictions:
-            return self.predictions[kind]
-        days = self.dm.val_days if kind == "val" else self.dm.test_days
-        return predict_panel(self.model, self.dm.panel, days, window=self.dm.window, valid=self.dm.window_ok,
-                             dataset=self.dm.dataset)
-
-    @property
-    def best_score(self) -> float | None:
-        s = [m.best_score for m in self.members if m.best_score is not None]
-        return float(np.mean(s)) if s else None
-
-    @property
-    def epochs(self) -> int | list[int]:
-        e = [m.epochs for m in self.members]
-        return e[0] if len(e) == 1 else e
-
-    def feature_importance(self) -> torch.Tensor | None:
-        """Mean variable-selection weight per feature over the members' validation batches."""
-        imps = [m.feature_importance() for m in self.members]
-        return None if any(i is None for i in imps) else torch.stack(imps).mean(0)
 
 
 def model_config(cfg: DictConfig, panel: PanelStore, horizons: Sequence[int], n_extra: int = 0) -> dict[str, Any]:
@@ -436,71 +389,3 @@ def fit_member(panel: PanelStore, plan: Plan, cfg: DictConfig, *, run_dir: Path,
     return MemberResult(module, dm, seed, int(trainer.current_epoch), seconds,
                         None if ck.best_model_score is None else float(ck.best_model_score), best or None, weights,
                         cbs["throughput"].history, cbs["collapse_guard"].events)
-
-
-def fit_ensemble(panel: PanelStore, plan: Plan, cfg: DictConfig, *, run_dir: Path, horizons: Sequence[int],
-                 ckpt_dir: Path | None = None, resume_dir: Path | None = None,
-                 callbacks: list[Callback] | None = None, pool: ProcessPoolExecutor | None = None,
-                 extra: Path | None = None) -> FoldFit | None:
-    """Train `train.ensemble` members (seeds seed, seed+1, ...) on one plan; with more than one, the model predicts
-    their mean (`ATFTEnsemble`). Member m checkpoints into `ckpt_dir/member{m}` and resumes from
-    `resume_dir/member{m}/last.ckpt` when that exists. None on a DDP rank other than 0.
-
-    With `trainer.member_workers` > 1 (and no extra callbacks) the members train side by side in worker processes
-    (`member_pool`; `pool`: processes already started by the caller). `extra`: a .npy of inputs appended to the
-    panel's features ([D, N, S], `model.stack`), memory-mapped by every member."""
-    k = int(cfg.train.ensemble)
-    if k < 1:
-        raise ConfigError(f"train.ensemble={k}: needs at least one member")
-    ckpt_dir = ckpt_dir or run_dir / "checkpoints"
-    subs = [f"member{m}" if k > 1 else "" for m in range(k)]
-    resumes = [None if resume_dir is None or not (resume_dir / sub / "last.ckpt").exists()
-               else resume_dir / sub / "last.ckpt" for sub in subs]
-    workers = resolve_workers(cfg, k, parallel_ok=not callbacks and panel.root is not None)
-    predictions: dict[str, pl.DataFrame] = {}
-    if workers > 1:
-        members, predictions = _fit_in_workers(panel, plan, cfg, workers, run_dir=run_dir, ckpt_dir=ckpt_dir,
-                                               horizons=horizons, subs=subs, resumes=resumes, pool=pool, extra=extra)
-    else:
-        arr = None if extra is None else np.load(extra, mmap_mode="r")
-        members = [fit_member(panel, plan, cfg, run_dir=run_dir, ckpt_dir=ckpt_dir / sub,
-                              seed=int(cfg.train.seed) + m, horizons=horizons, tag=sub, resume=resumes[m],
-                              callbacks=callbacks, extra=arr) for m, sub in enumerate(subs)]
-    if members[-1] is None:
-        return None
-    done = [m for m in members if m is not None]
-    dm = done[0].dm
-    model = done[0].module.model if k == 1 else ATFTEnsemble([m.module.model for m in done])
-    if k > 1:
-        log.info("train: fold %d ensemble of %d members (val RankIC %s)", plan.index, k,
-                 ", ".join(f"{m.best_score:.4f}" for m in done if m.best_score is not None))
-    return FoldFit(plan, model.eval(), done, dm, predictions)
-
-
-def _fit_in_workers(panel: PanelStore, plan: Plan, cfg: DictConfig, workers: int, *, run_dir: Path, ckpt_dir: Path,
-                    horizons: Sequence[int], subs: list[str], resumes: list[Path | None],
-                    pool: ProcessPoolExecutor | None = None, extra: Path | None = None
-                    ) -> tuple[list[MemberResult], dict[str, pl.DataFrame]]:
-    """`fit_member` for every member in `workers` processes (`member_pool`); the members rebuilt here from their
-    weights, and the fold's val/test predictions as the mean of theirs."""
-    threads = threads_per_worker(cfg, workers)
-    plain = job_config(cfg, threads)
-    level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-    jobs = [MemberJob(plain, str(panel.root), plan, str(run_dir), str(ckpt_dir / sub), int(cfg.train.seed) + m,
-                      [int(h) for h in horizons], sub, threads, level, None if resumes[m] is None else str(resumes[m]),
-                      None if extra is None else str(extra))
-            for m, sub in enumerate(subs)]
-    records = run_jobs(jobs, workers, pool)
-    arr = None if extra is None else np.load(extra, mmap_mode="r")
-    members = []
-    for rec in records:
-        module = new_module(cfg, panel, horizons, arr)
-        module.load_state_dict(torch.load(rec.weights_file, map_location="cpu", weights_only=True))
-        members.append(MemberResult(module.eval(), data_module(panel, plan, cfg, rec.seed, arr), rec.seed, rec.epochs, rec.seconds, rec.best_score,
-                                    rec.best_checkpoint, rec.weights, rec.throughput, rec.collapse_events,
-                                    None if rec.importance is None else torch.tensor(rec.importance),
-                                    dict(rec.predictions)))
-    kinds = set.intersection(*(set(r.predictions) for r in records))
-    predictions = {kind: mean_predictions([pl.read_parquet(r.predictions[kind]) for r in records])
-                   for kind in sorted(kinds)}
-    return members, predictions

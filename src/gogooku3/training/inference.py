@@ -53,19 +53,23 @@ class _SelectionWeights:
 
 @torch.no_grad()
 def predict_panel(model: torch.nn.Module, panel: PanelStore, days: Sequence[int] | np.ndarray, *, window: int,
-                  min_window_frac: float = 1.0, valid: np.ndarray | None = None,
+                  min_window_frac: float | None = None, valid: np.ndarray | None = None,
                   dataset: PanelDayDataset | None = None, targets: bool = True, quantiles: bool = False,
                   explain: bool = False) -> pl.DataFrame:
     """Date, Code, pred_{h}d (and target_{h}d when `targets`) for every stock with a valid window on each of
-    `days` (panel day indices), sorted by Date, Code. `valid` ([D, N], default `panel.window_valid`) and `dataset`
-    (e.g. a GPU-resident one) may be passed to reuse a data module's.
+    `days` (panel day indices), sorted by Date, Code. `valid` ([D, N]: a data module's `window_ok`) or else
+    `min_window_frac` (`train.min_window_frac`, as the model was trained with: `panel.window_valid`) is required;
+    `dataset` (e.g. a GPU-resident one) may be passed to reuse a data module's.
 
     With `quantiles`, also the model's quantile forecasts `pred_{h}d_q{pct}` for each level of `model.cfg.quantiles`
     (the heads' output, in the units of the training target: the day's rank-gauss or z-scored return, see
     `train.loss.target_transform`). With `explain`, also `vsn_weights`: the row's variable-selection weights over the
     panel's features (the mean over ensemble members); the model's per-feature batch mean `feature_weights` when it
     exposes no per-sample weights (every row of a day then carries the same list)."""
-    valid = panel.window_valid(window, min_window_frac) if valid is None else valid
+    if valid is None:
+        if min_window_frac is None:
+            raise ValueError("predict_panel needs `valid` or `min_window_frac` (train.min_window_frac)")
+        valid = panel.window_valid(window, min_window_frac)
     ds = dataset or PanelDayDataset(panel, window)
     model.eval()
     device = next(model.parameters()).device

@@ -15,11 +15,9 @@ reduction order of a different thread count differs.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import logging
 import multiprocessing as mp
-import operator
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -167,13 +165,15 @@ def job_config(cfg: DictConfig, threads: int) -> dict[str, Any]:
 
 
 def mean_predictions(frames: list[pl.DataFrame]) -> pl.DataFrame:
-    """The ensemble's predictions from its members' (same rows in the same order): the mean of every pred_ column,
-    as `ATFTEnsemble` averages its members' outputs; other columns from the first member."""
+    """The ensemble's predictions from its members' (same rows in the same order): every pred_ column averaged by
+    `ATFTEnsemble.average`; other columns from the first member."""
+    from gogooku3.model.ensemble import ATFTEnsemble
+
     first = frames[0]
     for f in frames[1:]:
         if f.height != first.height or not f.select(C.DATE, C.CODE).equals(first.select(C.DATE, C.CODE)):
             raise TrainingError("train: members predicted different rows; cannot average them")
     preds = [c for c in first.columns if c.startswith("pred_")]
-    n = float(len(frames))
-    avg = [(functools.reduce(operator.add, (f.get_column(c) for f in frames)) / n).cast(first.schema[c]).alias(c) for c in preds]
+    avg = [pl.Series(c, ATFTEnsemble.average([torch.from_numpy(f.get_column(c).to_numpy().copy()) for f in frames])
+                     .numpy()).cast(first.schema[c]) for c in preds]
     return first.with_columns(avg)

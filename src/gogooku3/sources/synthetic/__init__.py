@@ -131,8 +131,8 @@ def synthesize(cfg: Any) -> dict[str, Path]:
     from gogooku3.core.progress import bar as progress_bar
 
     p = SynthParams.from_config(cfg)
-    horizons = tuple(cfg.labels.horizons) if cfg.get("labels") else (1, 5, 10, 20)
-    entry_lag = int(cfg.labels.entry_lag) if cfg.get("labels") else 1
+    # the oracle is written for the labels the dataset will be built with (labels.*: read by the data producers only)
+    horizons, entry_lag = tuple(int(h) for h in cfg.labels.horizons), int(cfg.labels.entry_lag)
     raw_dir, oracle_dir = Path(str(cfg.paths.raw_dir)), Path(str(cfg.paths.oracle_dir))
     if raw_dir.resolve() == oracle_dir.resolve():
         raise ConfigError("paths.oracle_dir must differ from paths.raw_dir (no model may see the oracle)")

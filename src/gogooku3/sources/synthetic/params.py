@@ -67,11 +67,10 @@ class SynthParams:
     @classmethod
     def from_config(cls, cfg: Any) -> SynthParams:
         """Build from a composed config: keys of `cfg.data` that name a field, plus `cfg.seed`."""
-        data = cfg.get("data", {}) or {}
+        data = cfg.data
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: data[k] for k in data if k in names}
-        if cfg.get("seed") is not None:
-            kwargs["seed"] = int(cfg.get("seed"))
+        kwargs["seed"] = int(cfg.seed)
         if "end_date" in kwargs:
             kwargs["end_date"] = str(kwargs["end_date"])
         return cls(**kwargs)

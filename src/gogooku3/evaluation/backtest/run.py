@@ -1,0 +1,62 @@
+"""`gogooku3 backtest --predictions PATH`: read and check a predictions file, run the ideal and the realistic
+backtest on the dataset's market and write the report JSON and the headline's per-period parquet."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from gogooku3.core import columns as C
+from gogooku3.core.io import timestamp, write_json, write_parquet
+from gogooku3.evaluation.backtest.config import BacktestConfig
+from gogooku3.evaluation.backtest.engine import backtest_both
+from gogooku3.evaluation.backtest.market import (
+    UNIVERSE_COLUMNS,
+    attach_dataset_columns,
+    data_source,
+    market_for,
+)
+from gogooku3.evaluation.backtest.predictions import check_input, read_predictions
+
+log = logging.getLogger(__name__)
+
+
+def run_backtest(cfg: Any, predictions_path: str | Path) -> dict:
+    """`gogooku3 backtest --predictions PATH`: the ideal and the realistic backtest; writes
+    output/portfolio/report_<ts>.json (`summary` = the headline one, both under `ideal` / `realistic`) + the
+    headline's daily parquet.
+
+    Checks the predictions' (Date, Code) against `paths.dataset` when it exists and takes the filter columns, the
+    calendar and the prices from it. Nothing is written unless every check passes.
+    """
+    path = Path(predictions_path)
+    preds = read_predictions(path)
+    c = BacktestConfig.from_any(cfg)
+    check_input(preds, C.pred(c.horizon), C.target(c.horizon))
+    dataset = Path(cfg.paths.dataset) if "paths" in cfg else None
+    vol_cols = (c.vol_column,) if c.method == "mean_variance" else ()
+    if dataset is not None and dataset.exists():
+        preds = attach_dataset_columns(preds, dataset, UNIVERSE_COLUMNS + vol_cols)
+    elif dataset is not None:
+        log.warning("backtest: dataset %s not found; (Date, Code) not checked against it, no prices for names that "
+                    "stop trading, no realism inputs", dataset)
+    market = market_for(cfg, preds, dataset, c.vol_column)
+    both, headline = backtest_both(preds, c, market, data_source(cfg, dataset))
+    res = both[headline]
+    ts = timestamp()
+    out_dir = Path(cfg.paths.output_dir) / "portfolio"
+    daily_path = out_dir / f"daily_returns_{ts}.parquet"
+    report_path = out_dir / f"report_{ts}.json"
+    report = {"input": str(path), "rows": preds.height, "days": preds["Date"].n_unique(),
+              "dataset": str(dataset) if dataset is not None else None, **res.to_dict(), "headline": headline,
+              "ideal": both["ideal"].summary, "realistic": both["realistic"].summary,
+              "daily_path": str(daily_path), "report_path": str(report_path)}
+    write_parquet(res.daily, daily_path)
+    write_json(report_path, report)
+    s = res.summary
+    log.info("backtest h=%dd (%s): Sharpe %.3f (net, sqrt(%g); ideal %.3f, realistic %.3f), ann return %.2f%%, "
+             "max DD %.2f%%, avg turnover %.2f -> %s", c.horizon, headline, s["sharpe"], s["periods_per_year"],
+             both["ideal"].summary["sharpe"], both["realistic"].summary["sharpe"], 100 * s["ann_return"],
+             100 * s["max_drawdown"], s["avg_turnover"], report_path)
+    return report
