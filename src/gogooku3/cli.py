@@ -210,7 +210,7 @@ def tune(ctx: typer.Context) -> None:
 @app.command("backtest", context_settings=OVERRIDES, help=_help(
     "Cost-aware long/short backtest of a predictions file: the ideal and the realistic book side by side.",
     "paths, labels, portfolio",
-    "backtest --predictions runs/last/predictions_test.parquet portfolio.cost_bps=10",
+    "backtest --predictions runs/last/predictions/blend/test.parquet portfolio.cost_bps=10",
     "backtest --predictions P portfolio.realism=realistic portfolio.cost_model=spread_impact",
     "backtest --predictions P portfolio.horizon=5 portfolio.long_fraction=0.1 portfolio.short_fraction=0.1"))
 def backtest(ctx: typer.Context,
