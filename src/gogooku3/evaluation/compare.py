@@ -88,10 +88,10 @@ def daily(frames: Mapping[str, pl.DataFrame], horizons: Sequence[int]) -> dict[s
 
 
 def _pairs(names: Sequence[str], product: str | None, reference: str | None) -> list[tuple[str, str]]:
+    """(a, b) pairs to test: every predictor against the reference, then the product against every other one; each
+    unordered pair once."""
     out = [(n, reference) for n in names if reference in names and n != reference]
-    out += [(product, n) for n in names if product in names and n not in (product, reference)]
-    if product in names and reference in names and product != reference and (product, reference) not in out:
-        out.append((product, reference))
+    out += [(product, n) for n in names if product in names and n != product and (n, product) not in out]
     return list(dict.fromkeys(out))
 
 

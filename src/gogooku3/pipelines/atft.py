@@ -33,7 +33,7 @@ from gogooku3.evaluation.compare import Comparison, compare, mean_rank_ic
 from gogooku3.evaluation.results import BaselineRef, FoldResult, ModelInfo, TrainResult
 from gogooku3.evaluation.tracking import log_training
 from gogooku3.model.ensemble import ATFTEnsemble
-from gogooku3.predictors.atft import ATFTFitted, member_frames
+from gogooku3.predictors.atft import ATFTFitted
 from gogooku3.predictors.base import Context, Fitted, build_predictors, targets_frame
 from gogooku3.predictors.lgbm import LightGBMFitted
 from gogooku3.training.checkpoints import adopt_checkpoints, check_resume_model
@@ -58,14 +58,14 @@ class CompleteATFTTrainingPipeline:
     def run(self) -> dict:
         t_all = time.perf_counter()
         pc = self.cfg.predictors
-        if pc.product not in pc.fit:
-            raise ConfigError(f"predictors.product={pc.product} is not among predictors.fit ({', '.join(pc.fit)})")
+        if pc.product not in pc.fit or DEEP not in pc.fit:  # every servable product holds the network
+            raise ConfigError(f"predictors.fit ({', '.join(pc.fit)}) must include {DEEP} and predictors.product "
+                              f"({pc.product})")
         resume = resume_dir(self.cfg)
         t0 = time.perf_counter()
         self.dataset, self.manifest, self.ref = load_dataset(self.cfg)
         resumed = {} if resume is None else check_resume(resume, self.ref)
-        deep = DEEP in pc.fit
-        workers = resolve_workers(self.cfg, int(self.cfg.train.ensemble), parallel_ok=True) if deep else 1
+        workers = resolve_workers(self.cfg, int(self.cfg.train.ensemble), parallel_ok=True)
         pool = start_pool(workers) if workers > 1 else None  # its processes import while the panel converts
         try:
             return self._run(t_all, t0, resume, resumed, pool)
@@ -82,11 +82,9 @@ class CompleteATFTTrainingPipeline:
         ctx = self.ctx = Context(cfg, self.dataset, self.manifest, self.ref.fingerprint, self.folds, self.plans,
                                  None, {"panel": self.panel, "member_pool": pool})
         self.predictors = build_predictors(ctx)
-        deep = self.predictors.get(DEEP)
-        if deep is not None:
-            model_cfg = model_config(cfg, self.panel, self.horizons, len(deep.stack_inputs()))
-            for sub, state in resumed.items():
-                check_resume_model(state, model_cfg, shown(resume / sub / "last.ckpt"))
+        model_cfg = model_config(cfg, self.panel, self.horizons, len(self.predictors[DEEP].stack_inputs()))
+        for sub, state in resumed.items():
+            check_resume_model(state, model_cfg, shown(resume / sub / "last.ckpt"))
         self._step("load_and_convert", t0)
         runs = path(cfg, "paths.runs_dir")  # created only once every check has passed
         self.run_dir = ctx.run_dir = new_run_dir(runs) if self.is_main else runs / ".ddp_worker"
@@ -206,7 +204,7 @@ class CompleteATFTTrainingPipeline:
     def _members_test(self, deep: ATFTFitted, rows: pl.DataFrame, plan) -> list[dict[str, float]] | None:
         """Each member's own test RankIC on the compared rows of this fold (the seed spread), where the members'
         predictions were kept (members trained in worker processes)."""
-        frames = member_frames(deep, "test")
+        frames = deep.members_predict("test")
         if frames is None or len(frames) < 2:
             return None
         keys = rows.filter(pl.col(C.DATE).is_in(pl.Series(sorted(plan.test), dtype=pl.Date).implode())).select(

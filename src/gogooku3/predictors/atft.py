@@ -104,11 +104,13 @@ class ATFTFitted(Fitted):
         return predict_panel(self.fit.model, self.panel, self.panel.day_index(days), window=dm.window,
                              valid=dm.window_ok, dataset=dm.dataset)
 
-    def member_predictions(self, kind: str) -> list[pl.DataFrame] | None:
-        """Each member's own predictions of the plan's `kind` days (members trained in worker processes keep them)."""
+    def members_predict(self, kind: str) -> list[pl.DataFrame] | None:
+        """Date, Code, pred_{h}d of each member on the plan's `kind` days; None when the members' own predictions
+        were not kept (they are for members trained in worker processes)."""
         if not all(kind in m.predictions for m in self.fit.members):
             return None
-        return [pl.read_parquet(m.predictions[kind]) for m in self.fit.members]
+        return [pl.read_parquet(m.predictions[kind]).select(C.DATE, C.CODE, *[C.pred(h) for h in self.horizons])
+                for m in self.fit.members]
 
     def facts(self) -> dict[str, Any]:
         f = self.fit
@@ -131,18 +133,10 @@ class ATFTFitted(Fitted):
         """The bundle `predict` serves (`predictors.bundle`): weights, manifest, normaliser, and the blend's spec."""
         from gogooku3.predictors.bundle import save_bundle
 
-        ctx_meta = self.meta
-        save_bundle(directory.parent, self.fit.model, ctx_meta["manifest"], self.panel.normalizer,
-                    ctx_meta["dataset_fingerprint"], self.panel.sector_vocab, self.panel.segment_vocab,
-                    {"run_dir": str(directory.parent), "trained_at": timestamp(),
-                     "product": product or self.name,
+        meta = self.meta
+        save_bundle(directory, self.fit.model, meta["manifest"], self.panel.normalizer, meta["dataset_fingerprint"],
+                    self.panel.sector_vocab, self.panel.segment_vocab,
+                    {"run_dir": str(directory.parent), "trained_at": timestamp(), "product": product or self.name,
                      **({"stack": {"inputs": self.stack_inputs}} if self.stack_inputs else {})},
-                    ctx_meta["min_window_frac"], ctx_meta["returns_col"], blend=blend)
+                    meta["min_window_frac"], meta["returns_col"], blend=blend)
 
-
-def member_frames(fitted: ATFTFitted, kind: str) -> list[pl.DataFrame] | None:
-    """Date, Code, pred_{h}d of each member (None when the members' own predictions were not kept)."""
-    frames = fitted.member_predictions(kind)
-    if frames is None:
-        return None
-    return [f.select(C.DATE, C.CODE, *[C.pred(h) for h in fitted.horizons]) for f in frames]

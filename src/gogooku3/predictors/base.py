@@ -78,8 +78,7 @@ class Fitted:
         if key not in self._memo:
             out = self._predict(list(key))
             self._memo[key] = out.select(pl.col(C.DATE).cast(pl.Date), pl.col(C.CODE).cast(pl.String),
-                                         *[pl.col(C.pred(h)).cast(pl.Float32) for h in self.horizons
-                                           if C.pred(h) in out.columns],
+                                         *[C.pred(h) for h in self.horizons if C.pred(h) in out.columns],
                                          *[c for c in out.columns if c not in {C.DATE, C.CODE}
                                            and not c.startswith("pred_") and not c.startswith("target_")]
                                          ).sort(C.DATE, C.CODE)
@@ -111,15 +110,15 @@ class Predictor:
         raise NotImplementedError
 
 
-def build_predictors(ctx: Context, names: Sequence[str] | None = None) -> dict[str, Predictor]:
-    """The predictors `predictors.fit` names (or `names`), from their `predictors.zoo` entries, in an order where
-    each comes after those it needs."""
+def build_predictors(ctx: Context) -> dict[str, Predictor]:
+    """The predictors `predictors.fit` names, from their `predictors.zoo` entries, in an order where each comes
+    after those it needs."""
     from hydra.utils import get_class
 
     from gogooku3.config.compose import to_dict
 
     pc = ctx.cfg.predictors
-    wanted = [str(n) for n in (pc.fit if names is None else names)]
+    wanted = [str(n) for n in pc.fit]
     zoo = pc.zoo
     unknown = [n for n in wanted if n not in zoo]
     if unknown:
@@ -149,11 +148,19 @@ def build_predictors(ctx: Context, names: Sequence[str] | None = None) -> dict[s
     return {n: built[n] for n in order}
 
 
+def _in(days: Sequence[dt.date]) -> pl.Expr:
+    return pl.col(C.DATE).is_in(pl.Series(sorted(set(days)), dtype=pl.Date).implode())
+
+
 def targets_frame(ctx: Context, days: Sequence[dt.date]) -> pl.DataFrame:
-    """Date, Code, target_{h}d of the dataset on `days`: the labels every predictor is scored against."""
-    hs = ctx.horizons
-    want = pl.Series(sorted(set(days)), dtype=pl.Date).implode()
-    return (pl.scan_parquet(ctx.dataset)
-            .select(pl.col(C.DATE).cast(pl.Date), pl.col(C.CODE).cast(pl.String),
-                    *[pl.col(C.target(h)).cast(pl.Float32) for h in hs])
-            .filter(pl.col(C.DATE).is_in(want)).collect().sort(C.DATE, C.CODE))
+    """Date, Code, target_{h}d of the dataset on `days` (days of the run's plans): the labels every predictor is
+    scored against, read from the dataset once per run."""
+
+    def read() -> pl.DataFrame:
+        every = [d for p in ctx.plans for d in (*p.val, *p.test)]
+        return (pl.scan_parquet(ctx.dataset)
+                .select(pl.col(C.DATE).cast(pl.Date), pl.col(C.CODE).cast(pl.String),
+                        *[pl.col(C.target(h)).cast(pl.Float32) for h in ctx.horizons])
+                .filter(_in(every)).collect().sort(C.DATE, C.CODE))
+
+    return ctx.shared("targets", read).filter(_in(days))

@@ -168,10 +168,13 @@ class BlendFitted(Fitted):
     def save(self, directory: Path) -> None:
         """The bundle of `a` (ATFT-GAT-FAN) with `b`'s (LightGBM's) boosters of the blended horizons and the
         weights: `predict` needs nothing outside it."""
-        spec_of = getattr(self.b, "spec", None)
-        if not hasattr(self.a, "save") or spec_of is None:
-            raise ConfigError(f"predictor {self.name}: only a blend of the deep model and LightGBM can be saved")
-        spec = spec_of()
+        from gogooku3.predictors.atft import ATFTFitted
+        from gogooku3.predictors.lgbm import LightGBMFitted
+
+        if not (isinstance(self.a, ATFTFitted) and isinstance(self.b, LightGBMFitted)):
+            raise ConfigError(f"predictor {self.name}: only a blend of the deep model (a) and LightGBM (b) can be "
+                              "saved for `predict`")
+        spec = self.b.spec()
         hs = [str(h) for h, w in self.choice.weights.items() if w < 1.0]
         blend = {"method": self.choice.method, "weights": {str(h): w for h, w in self.choice.weights.items()},
                  "a": self.a.name, "b": self.b.name, **spec,

@@ -45,12 +45,12 @@ class Bundle:
         return [f["name"] for f in self.meta["manifest"]["features"]]
 
 
-def save_bundle(run_dir: str | Path, model: ATFTGATFAN | ATFTEnsemble, manifest: FeatureManifest | dict,
+def save_bundle(out: str | Path, model: ATFTGATFAN | ATFTEnsemble, manifest: FeatureManifest | dict,
                 normalizer: dict, dataset_fingerprint: str, sector_vocab: Sequence[str], segment_vocab: Sequence[str],
                 extra: dict | None, min_window_frac: float, returns_col: str, blend: dict | None = None) -> Path:
-    """Write the bundle; `min_window_frac` and `returns_col` are the run's `train.*` values (predict rebuilds the
+    """Write the bundle into the folder `out` (RUN/bundle); `min_window_frac` and `returns_col` are the run's `train.*` values (predict rebuilds the
     panel with them); `blend` (`BlendFitted.save`) names booster files that are copied in."""
-    out = Path(run_dir) / "bundle"
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if blend is not None:
         files = {}

@@ -20,7 +20,7 @@ import polars as pl
 from gogooku3.core import columns as C
 from gogooku3.core.errors import ConfigError, DataError
 from gogooku3.evaluation.compare import mean_rank_ic
-from gogooku3.predictors.base import Context, Fitted, Predictor, targets_frame
+from gogooku3.predictors.base import Context, Fitted, Predictor
 from gogooku3.training.fit import Plan
 
 log = logging.getLogger(__name__)
@@ -62,9 +62,8 @@ class RidgePredictor(Predictor):
         x_fit = _matrix(fit, features)
         mu = x_fit.mean(axis=0)
         xc = x_fit - mu
-        gram, x_val = xc.T @ xc, _matrix(frame.filter(_in(plan.val)), features) - mu
-        val_keys = frame.filter(_in(plan.val)).select(C.DATE, C.CODE)
-        val_targets = targets_frame(self.ctx, plan.val)
+        val = frame.filter(_in(plan.val))
+        gram, x_val = xc.T @ xc, _matrix(val, features) - mu
         coefs, scores = {}, {}
         for h in hs:
             y = fit.select(_target_expr(C.target(h), how).alias("y")).get_column("y").to_numpy()
@@ -77,15 +76,16 @@ class RidgePredictor(Predictor):
             best = None
             for a in self.alphas:
                 w = np.linalg.solve(g + a * ok.sum() * np.eye(len(features)), rhs)
-                pv = val_keys.with_columns(pl.Series(C.pred(h), (x_val @ w).astype(np.float32)))
-                s = mean_rank_ic(pv.join(val_targets, on=[C.DATE, C.CODE], how="inner"), [h]).get(h, (np.nan, 0))[0]
+                pv = val.select(C.DATE, C.CODE, C.target(h)).with_columns(
+                    pl.Series(C.pred(h), (x_val @ w).astype(np.float32)))
+                s = mean_rank_ic(pv, [h]).get(h, (np.nan, 0))[0]
                 scores.setdefault(h, []).append(s)
-                if best is None or (np.isfinite(s) and s > best[0]):
+                if best is None or (np.isfinite(s) and not best[0] >= s):  # a NaN score never wins
                     best = (s, a, w)
             coefs[h] = best
             log.info("ridge %dd: alpha %g (val RankIC %.4f)", h, best[1], best[0])
         return RidgeFitted(self.name, hs, plan, features, mu, {h: c[2] for h, c in coefs.items()},
-                           {h: c[1] for h, c in coefs.items()}, scores, frame_of)
+                           {h: c[1] for h, c in coefs.items()}, scores, frame)
 
 
 def _matrix(df: pl.DataFrame, features: Sequence[str]) -> np.ndarray:
@@ -96,13 +96,14 @@ def _matrix(df: pl.DataFrame, features: Sequence[str]) -> np.ndarray:
 
 class RidgeFitted(Fitted):
     def __init__(self, name: str, horizons: list[int], plan: Plan, features: list[str], mu: np.ndarray,
-                 coefs: dict[int, np.ndarray], alphas: dict[int, float], scores: dict[int, list[float]], frame_of):
+                 coefs: dict[int, np.ndarray], alphas: dict[int, float], scores: dict[int, list[float]],
+                 frame: pl.DataFrame):
         super().__init__(name, horizons, plan)
         self.features, self.mu, self.coefs, self.alphas, self.scores = features, mu, coefs, alphas, scores
-        self._frame_of = frame_of
+        self.frame = frame  # the fold's normalised inputs (shared with the other folds under walk-forward)
 
     def _predict(self, days: list[dt.date]) -> pl.DataFrame:
-        rows = self._frame_of(self.plan.fold).filter(_in(days))
+        rows = self.frame.filter(_in(days))
         x = _matrix(rows, self.features) - self.mu
         return rows.select(C.DATE, C.CODE).with_columns(
             *[pl.Series(C.pred(h), (x @ w).astype(np.float32)) for h, w in self.coefs.items()])
