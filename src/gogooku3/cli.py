@@ -15,6 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from gogooku3.config.compose import load_config
+from gogooku3.config.schema import Settings
 from gogooku3.core.errors import ConfigError, Gogooku3Error
 from gogooku3.core.logs import setup_logging
 
@@ -84,14 +85,14 @@ def config_dirs(ctx: typer.Context) -> tuple[list[str], list[str]]:
     return [str(d) for d in root.get("config_dirs", [])] + late, overrides
 
 
-def _cfg(ctx: typer.Context, data: str | None = None):
-    """The composed config of the command's overrides; `data` (files | jquants): the data option the command reads,
+def _cfg(ctx: typer.Context, data: str | None = None) -> Settings:
+    """The typed config of the command's overrides; `data` (files | jquants): the data option the command reads,
     composed in (as `data=<option>`) unless the overrides choose one."""
     dirs, overrides = config_dirs(ctx)
     if data is not None and not any(o.lstrip("+").partition("=")[0] == "data" for o in overrides):
         overrides = [f"data={data}", *overrides]
     cfg = load_config(overrides, config_dirs=dirs)
-    setup_logging(str(cfg.log_level).upper())
+    setup_logging(cfg.log_level.upper())
     return cfg
 
 
@@ -286,9 +287,9 @@ def run(ctx: typer.Context) -> None:
     "--config-dir my_conf config show experiment=my_exp"))
 def config_show(ctx: typer.Context) -> None:
     dirs, overrides = config_dirs(ctx)
-    from gogooku3.config.compose import to_yaml
+    from gogooku3.config.compose import compose_config, to_yaml
 
-    typer.echo(to_yaml(load_config(overrides, config_dirs=dirs)), nl=False)
+    typer.echo(to_yaml(compose_config(overrides, config_dirs=dirs)), nl=False)
 
 
 @config_app.command("groups", context_settings=OVERRIDES, help=_help(

@@ -9,9 +9,8 @@ from types import SimpleNamespace
 import optuna
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from gogooku3.config.compose import load_config
+from gogooku3.config.compose import load_config, select
 from gogooku3.core.errors import ConfigError
 from gogooku3.pipelines.tune import (
     PruningCallback,
@@ -101,10 +100,7 @@ def test_best_file_loads_as_overrides(studied):
     assert ovr == res["best_overrides"] == to_overrides(res["best_params"])
     cfg = load_config(OVERRIDES + ovr)
     for key, value in res["best_params"].items():
-        got = cfg
-        for part in key.split("."):
-            got = got[part]
-        assert got == pytest.approx(value), key
+        assert select(cfg, key) == pytest.approx(value), key
     assert cfg.model.hidden in (8, 16)
 
 
@@ -127,9 +123,9 @@ def test_experiment_file_reproduces_the_best_trial(studied):
         cfg = load_config(["experiment=tiny", *hw])  # output/optuna is searched without --config-dir
         tuned = load_config(OVERRIDES)
         for key, value in res["best_params"].items():  # the best trial's values ...
-            assert OmegaConf.select(cfg, key) == pytest.approx(value), key
+            assert select(cfg, key) == pytest.approx(value), key
         for key in ("labels.horizons", "model.window", "model.head_hidden", "split.val_days", "baseline.enabled"):
-            assert OmegaConf.select(cfg, key) == OmegaConf.select(tuned, key), key  # ... and the study's base
+            assert select(cfg, key) == select(tuned, key), key  # ... and the study's base
         assert "hpo.study_name" not in text and "paths" not in text and "trainer" not in text
         again = load_config(["experiment=tiny", *budget, *hw])
         rerun_tuner = Tuner(again)

@@ -8,7 +8,7 @@ import yaml
 from typer.testing import CliRunner
 
 from gogooku3.cli import app
-from gogooku3.config.compose import load_config
+from gogooku3.config.compose import load_config, to_dict
 from gogooku3.core.errors import ConfigError
 
 runner = CliRunner()
@@ -21,8 +21,7 @@ def user_dir(tmp_path):
         "# @package _global_\ndefaults:\n  - override /model: tiny\ntrain:\n  lr: 0.0007\n")
     (tmp_path / "model").mkdir()
     small = load_config([]).model
-    (tmp_path / "model" / "tiny.yaml").write_text(yaml.safe_dump({**dict(small), "graph": dict(small.graph),
-                                                                   "name": "tiny", "hidden": 16,
+    (tmp_path / "model" / "tiny.yaml").write_text(yaml.safe_dump({**to_dict(small), "name": "tiny", "hidden": 16,
                                                                    "gat_heads": [2, 1], "quantiles": [0.1, 0.5, 0.9]}))
     return tmp_path
 

@@ -89,16 +89,16 @@ def test_adjust_makes_the_adjusted_series_continuous_and_records_the_factor():
 def test_policies(caplog):
     raw = {"daily_quotes": raw_prices()}
     caplog.set_level("INFO")
-    same = check_splits(raw, {"adjust_splits": "warn"}, "p.csv")
+    same = check_splits(raw, "warn", "p.csv")
     assert same["daily_quotes"] is raw["daily_quotes"]
     assert "3 likely unadjusted split(s): S03 2022-05-26 1:2" in caplog.text
     assert "set data.adjust_splits=adjust" in caplog.text
     caplog.clear()
-    assert check_splits(raw, {"adjust_splits": "off"}, "p.csv") is raw and not caplog.text
-    adj = check_splits(raw, {"adjust_splits": "adjust"}, "p.csv")["daily_quotes"]
+    assert check_splits(raw, "off", "p.csv") is raw and not caplog.text
+    adj = check_splits(raw, "adjust", "p.csv")["daily_quotes"]
     assert adj["AdjFactor"].to_list().count(0.25) == 1
     with pytest.raises(ConfigError, match="data.adjust_splits='yes' must be one of warn, adjust, off"):
-        check_splits(raw, {"adjust_splits": "yes"}, "p.csv")
+        check_splits(raw, "yes", "p.csv")
 
 
 def test_files_import_adjusts_on_request(tmp_path: Path, caplog):

@@ -3,6 +3,7 @@ after publication, Japanese holidays from the calendar (never weekday arithmetic
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import polars as pl
@@ -22,7 +23,7 @@ def xtks() -> TradingCalendar:
 def eff(cal, cfg, rows):
     st = pl.DataFrame({"DiscDate": [r[0] for r in rows], "DiscTime": [r[1] for r in rows]},
                       schema={"DiscDate": pl.Date, "DiscTime": pl.Utf8})
-    return effective_dates(st, cal, dict(cfg.features.statements)).to_list()
+    return effective_dates(st, cal, dataclasses.asdict(cfg.features.statements)).to_list()
 
 
 def test_statement_effective_dates(xtks, cfg):
@@ -98,7 +99,7 @@ def test_weekly_publication_before_a_holiday(cfg):
     row = {"PubDate": D(2024, 2, 22), "Section": "TSEPrime"}
     for i in ("Frgn", "Ind", "Prop", "Brk", "TrstBnk", "InvTr", "Tot"):
         row |= {f"{i}Tot": 10.0, f"{i}Bal": 1.0}
-    wk = weekly_features(pl.DataFrame([row]), cal, dict(cfg.features.flows))
+    wk = weekly_features(pl.DataFrame([row]), cal, dataclasses.asdict(cfg.features.flows))
     assert wk["_eff"].to_list() == [D(2024, 2, 26)]
 
 

@@ -23,7 +23,8 @@ def _module() -> ATFTModule:
         mc.pop(k)
     mc.update(n_features=4, horizons=[1, 5])
     tc = cfg.train
-    module = ATFTModule(mc, to_dict(tc.loss), {k: tc[k] for k in ("lr", "weight_decay", "warmup_steps", "min_lr_ratio")})
+    module = ATFTModule(mc, to_dict(tc.loss),
+                        {k: getattr(tc, k) for k in ("lr", "weight_decay", "warmup_steps", "min_lr_ratio")})
     module.trainer = SimpleNamespace(estimated_stepping_batches=100)
     return module
 

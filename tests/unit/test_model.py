@@ -1,5 +1,7 @@
 """ATFT-GAT-FAN: shapes, switches (FAN, GAT, quantile heads), monotone quantiles, sizes, overfitting a planted day."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -94,7 +96,7 @@ def test_gat_needs_returns():
 
 @pytest.mark.parametrize("name,lo,hi", [("full", 5_611_803 * 0.9, 5_611_803 * 1.1), ("small", 0.2e6, 0.45e6)])
 def test_shipped_sizes(name, lo, hi):
-    mc = dict(load_config([f"model={name}"]).model)
+    mc = dataclasses.asdict(load_config([f"model={name}"]).model)
     mc.update(n_features=145, horizons=(1, 5, 10, 20))
     m = ATFTGATFAN(ATFTConfig.from_dict(mc))
     assert lo <= m.get_num_params() <= hi

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 
 import numpy as np
@@ -128,7 +129,7 @@ def test_predict_reproduces_saved_test_predictions(tiny_run):
 
 def test_predict_refuses_bad_dates_and_manifest_mismatch(tiny_run, tmp_path):
     cfg, run, ds, dates, _ = tiny_run
-    cfg = cfg.copy()
+    cfg = copy.deepcopy(cfg)
     cfg.paths.output_dir = str(tmp_path / "out")
     with pytest.raises(DataError, match="not a date of the dataset"):
         predict(cfg, run, "2031-01-06")
@@ -151,7 +152,7 @@ def test_predict_refuses_bad_dates_and_manifest_mismatch(tiny_run, tmp_path):
 
 def test_predict_exports_quantiles_and_per_stock_explanations(tiny_run, tmp_path):
     cfg, run, ds, dates, _ = tiny_run
-    cfg = cfg.copy()
+    cfg = copy.deepcopy(cfg)
     cfg.paths.output_dir = str(tmp_path / "out")
     out = predict(cfg, run, None)
     got = pl.read_parquet(out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 
@@ -23,7 +24,7 @@ FLAGS = {"ret_outlier_up_flag", "ret_outlier_down_flag", "high_vol_flag", "low_v
 
 
 def _settings(**over) -> dict:
-    return {**load_config([]).features.quality, **over}
+    return {**dataclasses.asdict(load_config([]).features.quality), **over}
 
 
 def _frame(n_days=60, n_stocks=30, seed=0) -> pl.DataFrame:

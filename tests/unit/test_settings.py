@@ -14,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from gogooku3.config import schema
-from gogooku3.config.compose import CONFIG_MODULE, group_options, load_config, settings
+from gogooku3.config.compose import CONFIG_MODULE, compose_config, group_options, load_config
 from gogooku3.core.errors import ConfigError
 from gogooku3.config.schema import (
     FilesDataSettings,
@@ -29,7 +29,7 @@ from gogooku3.config.schema import (
 
 
 def _plain(overrides: list[str]) -> dict:
-    return OmegaConf.to_container(load_config(overrides), resolve=True)
+    return OmegaConf.to_container(compose_config(overrides), resolve=True)
 
 
 def _schema_dataclasses() -> list[type]:
@@ -122,8 +122,8 @@ def test_wrong_type(override, message):
 
 
 def test_accepted_values():
-    s = settings(load_config(["train.lr=1", "train.ema_decay=null", "train.limit_train_batches=0.5",
-                              "train.loss.horizon_weights=null", "data=jquants", "data.tables=[daily_quotes]"]))
+    s = load_config(["train.lr=1", "train.ema_decay=null", "train.limit_train_batches=0.5",
+                     "train.loss.horizon_weights=null", "data=jquants", "data.tables=[daily_quotes]"])
     assert s.train.lr == 1.0 and isinstance(s.train.lr, float)          # int accepted for a float
     assert s.train.ema_decay is None and s.train.limit_train_batches == 0.5
     assert s.train.loss.horizon_weights is None and s.data.tables == ["daily_quotes"]
@@ -243,8 +243,9 @@ def test_atft_from_dict_rejects_unknown_keys():
     (["trainer=ddp"], SyntheticDataSettings, WalkForwardSplitSettings),
 ])
 def test_round_trip(overrides, data_cls, split_cls):
-    cfg = load_config(overrides)
+    cfg = compose_config(overrides)
     s = Settings.from_cfg(cfg)
+    assert isinstance(s, Settings) and load_config(overrides) == s       # what every command receives
     assert isinstance(s.data, data_cls) and isinstance(s.split, split_cls)
     assert s.model.hidden == cfg.model.hidden and s.trainer.accelerator == cfg.trainer.accelerator
     assert s.hpo.seed == s.train.seed == s.seed == cfg.seed                 # ${seed} resolved

@@ -4,6 +4,7 @@ key, no all-null groups, a market proxy without an index, and a coverage table r
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime as dt
 import re
 
@@ -126,7 +127,7 @@ def test_too_null_error_proposes_min_features_or_max_null_share():
 
 def _checks(**keys) -> dict:
     """The packaged safe.validation values with `keys` on top: validate_dataset takes every one explicitly."""
-    return {**dict(load_config().safe.validation), **keys}
+    return {**dataclasses.asdict(load_config().safe.validation), **keys}
 
 
 @pytest.mark.parametrize("n,kw", [(252, {}), (252, {"n_splits": 5}), (300, {"test_days": 120}),
@@ -154,7 +155,7 @@ def test_walk_forward_error_when_nothing_fits():
 
 def _walk_forward_yaml() -> dict:
     """The splitter keys of the packaged split=walk_forward option."""
-    return {k: v for k, v in load_config().split.items() if k not in ("method", "val_days")}
+    return {k: v for k, v in dataclasses.asdict(load_config().split).items() if k not in ("method", "val_days")}
 
 
 # ---- 4. no all-null groups --------------------------------------------------------------------------------------

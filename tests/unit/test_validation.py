@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import numpy as np
@@ -18,7 +19,7 @@ N_FEAT = 55
 
 def _checks(**keys) -> dict:
     """The packaged safe.validation values with `keys` on top: validate_dataset takes every one explicitly."""
-    return {**dict(load_config().safe.validation), **keys}
+    return {**dataclasses.asdict(load_config().safe.validation), **keys}
 
 
 def _data(n_days=30, n_stocks=10, seed=0):

@@ -1,11 +1,14 @@
-"""Configuration: Hydra config groups packaged in gogooku3/conf, composed from any directory."""
+"""Configuration: Hydra config groups packaged in gogooku3/conf, composed from any directory and returned as the
+typed, checked `Settings` (`load_config`) that every command and library function receives; `compose_config` keeps
+Hydra's own DictConfig for `config show`. `to_dict` / `to_yaml` / `path` / `select` / `with_values` work on both."""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -22,17 +25,31 @@ from gogooku3.config.schema import Settings, check_key
 CONFIG_MODULE = "gogooku3.conf"
 
 
-def load_config(overrides: Sequence[str] = (), config_name: str = "config",
-                config_dirs: Sequence[str | Path] = ()) -> DictConfig:
-    """Compose the config with Hydra overrides such as ``data.n_stocks=100``, ``model=full`` or
-    ``experiment=my_exp``.
+def load_config(overrides: Sequence[str] = (), config_dirs: Sequence[str | Path] = ()) -> Settings:
+    """The typed config (`gogooku3.config.schema.Settings`) composed with Hydra overrides such as
+    ``data.n_stocks=100``, ``model=full`` or ``experiment=my_exp``: what every command and library function receives.
 
     `config_dirs` are the user's config directories (`gogooku3 --config-dir DIR`), searched before the packaged
     groups: ``DIR/experiment/my_exp.yaml`` adds an experiment, ``DIR/model/tiny.yaml`` a model option. The folder
     where `gogooku3 tune` writes experiments (`<paths.output_dir>/optuna`) is searched too, so
-    ``experiment=<study>`` finds a tuned study's best parameters. The result is checked once against the typed
-    schema (`gogooku3.config.schema.Settings`): an unknown key, a value of the wrong type or a missing required key fails
-    here with a ConfigError naming the key."""
+    ``experiment=<study>`` finds a tuned study's best parameters. The composed config is checked and converted once
+    by the typed schema: an unknown key, a value of the wrong type or a missing required key fails here with a
+    ConfigError naming the key."""
+    settings = _compose(overrides, "config", config_dirs)[1]
+    assert settings is not None
+    return settings
+
+
+def compose_config(overrides: Sequence[str] = (), config_name: str = "config",
+                   config_dirs: Sequence[str | Path] = ()) -> DictConfig:
+    """The composed config as Hydra gives it (a DictConfig, YAML order and values as written), checked like
+    `load_config`'s: for what needs Hydra's own form (`gogooku3 config show`)."""
+    return _compose(overrides, config_name, config_dirs)[0]
+
+
+def _compose(overrides: Sequence[str], config_name: str, config_dirs: Sequence[str | Path]
+             ) -> tuple[DictConfig, Settings | None]:
+    """The composed DictConfig and, for the main config, its checked typed form."""
     dirs = search_dirs(overrides, config_dirs)
     overrides = [_drop_plus(o, dirs) for o in overrides]
     search = [f"hydra.searchpath=[{','.join(f'file://{d}' for d in dirs)}]"] if dirs else []
@@ -47,12 +64,13 @@ def load_config(overrides: Sequence[str] = (), config_name: str = "config",
     finally:
         GlobalHydra.instance().clear()
     OmegaConf.set_readonly(cfg, False)
+    settings = None
     if config_name == "config":
         if "experiment" in cfg:
             raise ConfigError("experiment: the experiment file's keys landed under 'experiment.'; its first line "
                               "must be '# @package _global_' (see conf/experiment/example.yaml)")
-        Settings.from_cfg(cfg)
-    return cfg
+        settings = Settings.from_cfg(cfg)
+    return cfg, settings
 
 
 TUNED_SUBDIR = "optuna"  # <paths.output_dir>/optuna/experiment/<study>.yaml: written by `gogooku3 tune`
@@ -83,14 +101,14 @@ def _packaged_value(group: str, option: str, key: str) -> Any:
 
 @functools.cache
 def _packaged_group(group: str) -> dict[str, Any]:
-    node = load_config().get(group)
+    node = getattr(load_config(), group, None)
     if node is None:
         raise ConfigError(f"{group}: not a group of the packaged config")
-    return OmegaConf.to_container(node, resolve=True)
+    return _containers(node)
 
 
 def packaged_group(group: str) -> dict[str, Any]:
-    """A copy of the packaged default config's `group` (its default option, composed and resolved, as plain
+    """A copy of the packaged default config's `group` (its default option, composed, typed and checked, as plain
     containers): the values a library entry point called without a config uses (`BacktestConfig.from_any(None)`),
     read from the YAML, the one place config values live."""
     import copy
@@ -119,11 +137,6 @@ def default_groups() -> dict[str, str | None]:
         for k, v in item.items():
             out[str(k).split(" ")[-1]] = None if v is None else str(v)
     return out
-
-
-def settings(cfg: DictConfig) -> Settings:
-    """The typed view of a composed config (cheap to build; not cached)."""
-    return Settings.from_cfg(cfg)
 
 
 def group_options(group: str, dirs: Sequence[str | Path] = ()) -> list[str]:
@@ -204,27 +217,89 @@ def redact(obj: Any, key: str = "") -> Any:
     return obj
 
 
-def to_dict(cfg: DictConfig | Any) -> Any:
-    """Resolved plain-dict copy of the config with every secret blanked (`redact`): the J-Quants API key, any key
-    named like key/token/password/secret, and passwords inside URLs such as `hpo.storage`."""
-    if not isinstance(cfg, DictConfig):
-        return cfg
-    return redact(OmegaConf.to_container(cfg, resolve=True))
+def _containers(node: Any) -> Any:
+    """Settings dataclasses as plain dicts (field by field), tuples as lists, recursively: the containers a composed
+    DictConfig gives."""
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        return {f.name: _containers(getattr(node, f.name)) for f in dataclasses.fields(node)}
+    if isinstance(node, Mapping):
+        return {k: _containers(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [_containers(v) for v in node]
+    return node
 
 
-def to_yaml(cfg: DictConfig) -> str:
-    """YAML of the resolved config, secrets blanked: the form every run directory stores."""
+def to_dict(cfg: Any) -> Any:
+    """Plain-dict copy of the config (`Settings` or any of its nodes, a dict of them, or a composed DictConfig) with
+    every secret blanked (`redact`): the J-Quants API key, any key named like key/token/password/secret, and
+    passwords inside URLs such as `hpo.storage`. Anything else is returned as is."""
+    if isinstance(cfg, DictConfig):
+        return redact(OmegaConf.to_container(cfg, resolve=True))
+    if isinstance(cfg, Mapping) or (dataclasses.is_dataclass(cfg) and not isinstance(cfg, type)):
+        return redact(_containers(cfg))
+    return cfg
+
+
+def to_yaml(cfg: Any) -> str:
+    """YAML of the config (`Settings` or a composed DictConfig), secrets blanked: the form every run directory
+    stores."""
     return OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg)))
 
 
-def require(cfg: DictConfig, key: str) -> Any:
+_ABSENT = object()
+
+
+def select(cfg: Any, key: str, default: Any = None) -> Any:
+    """The value of a dotted key (`"model.graph.k"`) of `Settings` (or any node, dict or DictConfig); `default`
+    where a part of the key does not exist."""
+    node = cfg
+    for part in key.split("."):
+        if dataclasses.is_dataclass(node) and not isinstance(node, type):
+            node = getattr(node, part) if part in {f.name for f in dataclasses.fields(node)} else _ABSENT
+        elif isinstance(node, (Mapping, DictConfig)):
+            node = node[part] if part in node else _ABSENT
+        else:
+            node = _ABSENT
+        if node is _ABSENT:
+            return default
+    return node
+
+
+def with_values(cfg: Settings, values: Mapping[str, Any]) -> Settings:
+    """A copy of `cfg` with dotted keys set (`{"train.lr": 0.01, "model.hidden": 64}`), converted and checked as
+    `load_config` checks a composed config (a ConfigError names a bad key or value); `cfg` is left as it is."""
+    d = dataclasses.asdict(cfg)
+    for key, v in values.items():
+        node, parts = d, key.split(".")
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or parts[-1] not in node:
+            raise ConfigError(f"config key '{key}' does not exist")
+        node[parts[-1]] = v
+    return Settings.from_cfg(d)
+
+
+def dotted_yaml(values: Mapping[str, Any], merge: bool = True) -> str:
+    """YAML of {dotted key: value} as nested mappings, keys sorted (the tuned experiment files)."""
+    nested = OmegaConf.create({})
+    for k, v in sorted(values.items()):
+        OmegaConf.update(nested, k, v, force_add=True, merge=merge)
+    return OmegaConf.to_yaml(nested)
+
+
+def load_yaml(file: str | Path) -> Any:
+    """A YAML config file as plain containers, interpolations resolved."""
+    return OmegaConf.to_container(OmegaConf.load(file), resolve=True)
+
+
+def require(cfg: Any, key: str) -> Any:
     """Read a dotted key, failing with a ConfigError that names it."""
-    value = OmegaConf.select(cfg, key, default=None)
+    value = select(cfg, key)
     if value is None:
         raise ConfigError(f"config key '{key}' is required but not set")
     return value
 
 
-def path(cfg: DictConfig, key: str) -> Path:
+def path(cfg: Any, key: str) -> Path:
     """A path-valued config key, relative to the current working directory."""
     return Path(str(require(cfg, key))).expanduser()

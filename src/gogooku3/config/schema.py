@@ -1,8 +1,14 @@
-"""Typed view of the config: one dataclass per config group, built and checked by `typed`.
+"""The typed config: one dataclass per config group, built and checked by `typed`.
 
 `Settings.from_cfg(cfg)` converts a composed config into dataclasses and rejects unknown keys (with a did-you-mean),
 values of the wrong type and missing required keys, each with one line naming the dotted key. `load_config` runs it
-once, so a bad key fails at load time.
+once and returns the `Settings`, the object every command and library function receives, so a bad key fails at
+load time and the code reads typed attributes (no casts).
+
+Why this module rather than OmegaConf structured configs or pydantic: the `data` and `split` groups are tagged
+unions (chosen by `source` / `method`), values are checked against Literals and ranges, and an unknown key gets a
+did-you-mean naming the dotted key; structured configs support none of the three (no Union of dataclasses), and
+pydantic would add a dependency for what this one module does.
 
 The dataclasses carry types and ranges only: no field has a default, so every key is required and the packaged
 YAML (conf/<group>/*.yaml) is the one source of values (tests/unit/test_settings.py checks that every YAML leaf is
@@ -739,6 +745,8 @@ def _plain(node: Any) -> Any:
         from omegaconf import DictConfig, ListConfig, OmegaConf
     except ImportError:  # pragma: no cover - plain dicts need no omegaconf
         return node
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):  # a Settings node: checked again as a copy
+        return dataclasses.asdict(node)
     if isinstance(node, (DictConfig, ListConfig)):
         from omegaconf.errors import OmegaConfBaseException
 

@@ -12,6 +12,7 @@ from functools import lru_cache
 import numpy as np
 import polars as pl
 
+from gogooku3.core import columns as C
 from gogooku3.core.errors import ConfigError, DataError
 
 # J-Quants HolidayDivision: 0 closed, 1 full session, 2 half-day session, 3 closed (holiday trading of derivatives).
@@ -31,22 +32,22 @@ class TradingCalendar:
     def from_exchange(cls, name: str, start: dt.date | str, end: dt.date | str) -> TradingCalendar:
         """Sessions of an exchange (XTKS, XNYS, ...) between start and end inclusive."""
         sessions = _exchange_sessions(name, str(start), str(end))
-        return cls(pl.Series("Date", sessions, dtype=pl.Date))
+        return cls(pl.Series(C.DATE, sessions, dtype=pl.Date))
 
     @classmethod
     def from_table(cls, df: pl.DataFrame) -> TradingCalendar:
         """From a raw `trading_calendar` table (Date, HolDiv)."""
         holdiv = df["HolDiv"].cast(pl.Utf8)
-        sessions = df.filter(holdiv.is_in(SESSION_HOLDIV))["Date"].unique().sort()
-        half = df.filter(holdiv == HALF_DAY_HOLDIV)["Date"].to_list()
+        sessions = df.filter(holdiv.is_in(SESSION_HOLDIV))[C.DATE].unique().sort()
+        half = df.filter(holdiv == HALF_DAY_HOLDIV)[C.DATE].to_list()
         if sessions.len() == 0:
             raise DataError("trading_calendar: no trading sessions (HolDiv 1 or 2)")
-        return cls(sessions.alias("Date"), frozenset(half))
+        return cls(sessions.alias(C.DATE), frozenset(half))
 
     @classmethod
     def from_dates(cls, dates: pl.Series) -> TradingCalendar:
         """From the dates present in a data file (used when no exchange calendar is configured)."""
-        return cls(dates.cast(pl.Date).unique().sort().alias("Date"))
+        return cls(dates.cast(pl.Date).unique().sort().alias(C.DATE))
 
     # ---- queries --------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -61,7 +62,7 @@ class TradingCalendar:
         return self.sessions[-1]
 
     def to_frame(self) -> pl.DataFrame:
-        return pl.DataFrame({"Date": self.sessions, "HolDiv": pl.Series(
+        return pl.DataFrame({C.DATE: self.sessions, "HolDiv": pl.Series(
             ["2" if d in self.half_days else "1" for d in self.sessions.to_list()], dtype=pl.Utf8)})
 
     def is_session(self, dates: pl.Series) -> pl.Series:

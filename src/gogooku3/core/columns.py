@@ -10,6 +10,23 @@ import re
 DATE, CODE = "Date", "Code"
 KEYS = (DATE, CODE)
 
+# Listing meta columns (`features.sector`), carried next to the features.
+SECTION = "Section"  # the market segment (from listed_info's market code); keys the investor-flow table
+S33 = "S33"  # the 33-industry sector code
+S17 = "S17"  # the 17-industry sector code
+
+# The base frame's split-adjusted daily series (`features.plan`, `features.common.BASE_SERIES`).
+OPEN, HIGH, LOW, CLOSE = "Open", "High", "Low", "Close"  # adjusted OHLC prices
+VOLUME = "Volume"  # adjusted share volume
+TURNOVER_VALUE = "TurnoverValue"  # traded value in yen (unadjusted)
+
+# Features that other stages read by name (defined in `features.price` / `features.statements`).
+RETURNS_1D = "returns_1d"  # close-to-close 1-day return
+VOLUME_MA_20 = "volume_ma_20"  # 20-day mean of `VOLUME`
+DOLLAR_VOLUME = "dollar_volume"  # CLOSE x VOLUME
+VOLATILITY_20D = "volatility_20d"  # annualised 20-day volatility of daily returns
+MARKET_CAP = "market_cap"  # unadjusted close x shares outstanding
+
 PRED_RE = re.compile(r"^pred_(\d+)d$")
 TARGET_RE = re.compile(r"^target_(\d+)d$")
 

@@ -6,14 +6,16 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-
-from omegaconf import DictConfig
+from typing import TYPE_CHECKING
 
 from gogooku3.training.checkpoints import check_resume_checkpoint
 from gogooku3.config.compose import path
 from gogooku3.core.errors import ConfigError, TrainingError
 from gogooku3.core.io import read_json
 from gogooku3.evaluation.results import DatasetRef
+
+if TYPE_CHECKING:
+    from gogooku3.config.schema import Settings
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +26,7 @@ def _run_order(run: Path) -> tuple[str, int]:
     return (m[1], int(m[2] or 0)) if m else (run.name, 0)
 
 
-def resume_dir(cfg: DictConfig) -> Path | None:
+def resume_dir(cfg: Settings) -> Path | None:
     """The checkpoint folder `train.resume` names: true -> the newest run under `paths.runs_dir` that holds a
     checkpoints/**/last.ckpt (finished or not: runs/last only ever points at finished runs); a path -> that run
     directory (or its checkpoints folder). None when resume is off."""

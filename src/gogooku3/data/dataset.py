@@ -4,9 +4,9 @@ config, and its PanelStore (converted once, cached by fingerprint). Shared by `t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
-from omegaconf import DictConfig
 
 from gogooku3.core import columns as C
 from gogooku3.config.compose import path, to_dict
@@ -16,8 +16,11 @@ from gogooku3.core.io import file_fingerprint
 from gogooku3.data.panel import PanelStore
 from gogooku3.evaluation.results import DatasetRef
 
+if TYPE_CHECKING:
+    from gogooku3.config.schema import Settings
 
-def open_manifest(cfg: DictConfig, dataset: Path) -> FeatureManifest:
+
+def open_manifest(cfg: Settings, dataset: Path) -> FeatureManifest:
     """The manifest of `dataset` (which must exist): the allow-list and the dataset's facts (horizons, entry lag).
     A config whose build-only `labels` differ from the facts the dataset was built with is refused with one
     ConfigError line (`FeatureManifest.check_labels`): the one check `train`, `tune` and `safe` share."""
@@ -28,7 +31,7 @@ def open_manifest(cfg: DictConfig, dataset: Path) -> FeatureManifest:
     return manifest
 
 
-def load_dataset(cfg: DictConfig) -> tuple[Path, FeatureManifest, DatasetRef]:
+def load_dataset(cfg: Settings) -> tuple[Path, FeatureManifest, DatasetRef]:
     """The dataset, its manifest (the allow-list) and the facts it fixes; the config must agree with them."""
     dataset = path(cfg, "paths.dataset")
     manifest = open_manifest(cfg, dataset)
@@ -44,9 +47,9 @@ def load_dataset(cfg: DictConfig) -> tuple[Path, FeatureManifest, DatasetRef]:
     return dataset, manifest, ref
 
 
-def load_panel(cfg: DictConfig, dataset: Path, manifest: FeatureManifest, ref: DatasetRef) -> PanelStore:
+def load_panel(cfg: Settings, dataset: Path, manifest: FeatureManifest, ref: DatasetRef) -> PanelStore:
     tc = cfg.train
     return PanelStore.build(dataset, manifest.names, manifest.horizons, path(cfg, "paths.cache_dir"),
                             normalizer=to_dict(tc.normalizer), manifest_fingerprint=manifest.fingerprint,
-                            dataset_fingerprint=ref.fingerprint, returns_col=str(tc.returns_col),
-                            force=bool(tc.force_convert))
+                            dataset_fingerprint=ref.fingerprint, returns_col=tc.returns_col,
+                            force=tc.force_convert)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from gogooku3.core import columns as C
 from gogooku3.core.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # polars only for the report helpers; the model path needs torch alone (GPU images)
@@ -209,15 +210,15 @@ def graph_stats(edge_index: torch.Tensor, edge_weight: torch.Tensor, n_nodes: in
 
 
 def return_matrix(df: pl.DataFrame, codes: Sequence[str], end_date: Any, window: int,
-                  value_col: str = "returns_1d") -> tuple[np.ndarray, list]:
+                  value_col: str = C.RETURNS_1D) -> tuple[np.ndarray, list]:
     """[T, N] returns (NaN where missing) of `codes` over the last `window` dates ≤ end_date."""
     import polars as pl
 
-    dates = df.filter(pl.col("Date") <= end_date)["Date"].unique().sort().tail(window)
-    sub = (df.filter(pl.col("Date").is_in(dates.implode()) & pl.col("Code").is_in(list(codes)))
-           .select("Date", "Code", pl.col(value_col).cast(pl.Float64)))
-    wide = sub.pivot(on="Code", index="Date", values=value_col).sort("Date")
-    wide = pl.DataFrame({"Date": dates}).join(wide, on="Date", how="left")
+    dates = df.filter(pl.col(C.DATE) <= end_date)[C.DATE].unique().sort().tail(window)
+    sub = (df.filter(pl.col(C.DATE).is_in(dates.implode()) & pl.col(C.CODE).is_in(list(codes)))
+           .select(C.DATE, C.CODE, pl.col(value_col).cast(pl.Float64)))
+    wide = sub.pivot(on=C.CODE, index=C.DATE, values=value_col).sort(C.DATE)
+    wide = pl.DataFrame({C.DATE: dates}).join(wide, on=C.DATE, how="left")
     cols = [pl.col(c) if c in wide.columns else pl.lit(None, dtype=pl.Float64).alias(c) for c in codes]
     mat = wide.select(cols).to_numpy().astype(np.float64)
     return np.where(np.isfinite(mat), mat, np.nan), dates.to_list()
@@ -226,32 +227,32 @@ def return_matrix(df: pl.DataFrame, codes: Sequence[str], end_date: Any, window:
 # The report graph's node choice, in this order: the first size or liquidity column with values on the day, then
 # traded value from Close × Volume, then (no size or liquidity data at all, e.g. a close-only file) every name with
 # at least `min_obs` returns in the window, longest history first.
-RANK_COLUMNS = ("market_cap", "dollar_volume", "TurnoverValue")
+RANK_COLUMNS = (C.MARKET_CAP, C.DOLLAR_VOLUME, C.TURNOVER_VALUE)
 HISTORY = "return_history"
 
 
 def pick_nodes(df: pl.DataFrame, date: Any, n_nodes: int, window: int, min_obs: int,
-               value_col: str = "returns_1d", rank_cols: Sequence[str] = RANK_COLUMNS) -> tuple[pl.DataFrame, str]:
+               value_col: str = C.RETURNS_1D, rank_cols: Sequence[str] = RANK_COLUMNS) -> tuple[pl.DataFrame, str]:
     """The top-`n_nodes` rows of `date` by the first available size/liquidity measure (see RANK_COLUMNS) and
     which measure chose them; without any, the names with the most returns (≥ min_obs) in the trailing window."""
     import polars as pl
 
-    day = df.filter(pl.col("Date") == date)
+    day = df.filter(pl.col(C.DATE) == date)
 
     def have(col: str) -> bool:
         return col in day.columns and day[col].drop_nulls().len() > 0
 
     rank_col = next((c for c in rank_cols if have(c)), None)
-    if rank_col is None and have("Close") and have("Volume"):
-        day = day.with_columns((pl.col("Close") * pl.col("Volume")).alias("close_x_volume"))
+    if rank_col is None and have(C.CLOSE) and have(C.VOLUME):
+        day = day.with_columns((pl.col(C.CLOSE) * pl.col(C.VOLUME)).alias("close_x_volume"))
         rank_col = "close_x_volume"
     if rank_col is not None:
         return day.filter(pl.col(rank_col).is_not_null()).sort(rank_col, descending=True).head(n_nodes), rank_col
-    dates = df.filter(pl.col("Date") <= date)["Date"].unique().sort().tail(window)
-    hist = (df.filter(pl.col("Date").is_in(dates.implode()))
-            .group_by("Code").agg(pl.col(value_col).cast(pl.Float64).fill_nan(None).count().alias("_n")))
-    ranked = (day.join(hist, on="Code", how="inner").filter(pl.col("_n") >= max(min_obs, 2))
-              .sort(["_n", "Code"], descending=[True, False]).head(n_nodes).drop("_n"))
+    dates = df.filter(pl.col(C.DATE) <= date)[C.DATE].unique().sort().tail(window)
+    hist = (df.filter(pl.col(C.DATE).is_in(dates.implode()))
+            .group_by(C.CODE).agg(pl.col(value_col).cast(pl.Float64).fill_nan(None).count().alias("_n")))
+    ranked = (day.join(hist, on=C.CODE, how="inner").filter(pl.col("_n") >= max(min_obs, 2))
+              .sort(["_n", C.CODE], descending=[True, False]).head(n_nodes).drop("_n"))
     if ranked.height == 0:
         raise DataError(f"graph: no name has {max(min_obs, 2)} values of '{value_col}' in the {len(dates)} dates up to "
                         f"{date} (and none of {', '.join(rank_cols)}, Close × Volume to rank by); lower "
@@ -260,19 +261,19 @@ def pick_nodes(df: pl.DataFrame, date: Any, n_nodes: int, window: int, min_obs: 
 
 
 def graph_snapshot(df: pl.DataFrame, builder: FinancialGraphBuilder, n_nodes: int, date: Any = None,
-                   value_col: str = "returns_1d", rank_cols: Sequence[str] = RANK_COLUMNS,
-                   sectors: str | None = "S33") -> dict[str, Any]:
+                   value_col: str = C.RETURNS_1D, rank_cols: Sequence[str] = RANK_COLUMNS,
+                   sectors: str | None = C.S33) -> dict[str, Any]:
     """The report's graph: top-`n_nodes` stocks as of `date` (default: the last date) by `pick_nodes`' order
     (market cap, dollar volume, turnover, Close × Volume, else return history), a `builder.window`-day
     correlation graph and its statistics."""
     if value_col not in df.columns:
         raise DataError(f"graph: column '{value_col}' not in the dataset")
-    date = date or df["Date"].max()
+    date = date or df[C.DATE].max()
     top, rank_col = pick_nodes(df, date, n_nodes, builder.window, builder.min_obs, value_col, rank_cols)
     if rank_col == HISTORY:
         log.info("graph: no size or liquidity column on %s; nodes = the %d names with the longest return history",
                  date, top.height)
-    codes = top["Code"].to_list()
+    codes = top[C.CODE].to_list()
     mat, dates = return_matrix(df, codes, date, builder.window, value_col)
     ei, ew = builder.edges(torch.from_numpy(mat))
     stats = graph_stats(ei, ew, len(codes))

@@ -30,6 +30,7 @@ import numpy as np
 import polars as pl
 from scipy.special import ndtri
 
+from gogooku3.core import columns as C
 from gogooku3.core.errors import ConfigError, DataError, SchemaError
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class CrossSectionalNormalizer:
     std, clipped to ±clip. rank_gauss: Φ⁻¹((rank_d − 0.5)/n_d), clipped to ±clip. Nulls stay null.
     """
 
-    def __init__(self, method: str = "robust_z", clip: float = 5.0, date_col: str = "Date",
+    def __init__(self, method: str = "robust_z", clip: float = 5.0, date_col: str = C.DATE,
                  day_level: str = "zero", day_level_window: int = 252) -> None:
         if method not in METHODS:
             raise ConfigError(f"normalize.method must be one of {METHODS}, got '{method}'")
@@ -216,7 +217,7 @@ class CrossSectionalNormalizer:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CrossSectionalNormalizer:
-        obj = cls(d.get("method", "robust_z"), d.get("clip", 5.0), d.get("date_col", "Date"),
+        obj = cls(d.get("method", "robust_z"), d.get("clip", 5.0), d.get("date_col", C.DATE),
                   d.get("day_level", "zero"), int(d.get("day_level_window", 252)))
         if d.get("features"):
             obj.features_ = list(d["features"])

@@ -68,7 +68,7 @@ class PanelStore:
     # ---- construction ---------------------------------------------------------------------------------
     @classmethod
     def from_frame(cls, df: pl.DataFrame | pl.LazyFrame, features: Sequence[str], horizons: Sequence[int] = (),
-                   normalizer: CrossSectionalNormalizer | dict | None = None, returns_col: str = "returns_1d",
+                   normalizer: CrossSectionalNormalizer | dict | None = None, returns_col: str = C.RETURNS_1D,
                    sector_vocab: Sequence[str] | None = None, segment_vocab: Sequence[str] | None = None,
                    fingerprint_: str = "") -> PanelStore:
         """Direct mode: an in-memory frame (Code, Date, [Section, S33], features, targets) -> dense panel.
@@ -85,8 +85,8 @@ class PanelStore:
         base = lf.select(_columns(schema, features, horizons, returns_col, raw)).collect()
         if base.height == 0:
             raise DataError("panel: the dataset has no rows")
-        codes = base.get_column("Code").unique().sort()
-        dates = base.get_column("Date").unique().sort().to_list()
+        codes = base.get_column(C.CODE).unique().sort()
+        dates = base.get_column(C.DATE).unique().sort().to_list()
         sec_vocab = list(sector_vocab) if sector_vocab is not None else \
             base.get_column("__sec").drop_nulls().unique().sort().to_list()
         seg_vocab = list(segment_vocab) if segment_vocab is not None else \
@@ -114,7 +114,7 @@ class PanelStore:
 
     @classmethod
     def convert(cls, dataset: str | Path, root: str | Path, features: Sequence[str], horizons: Sequence[int] = (),
-                normalizer: dict | None = None, returns_col: str = "returns_1d", fingerprint_: str = "",
+                normalizer: dict | None = None, returns_col: str = C.RETURNS_1D, fingerprint_: str = "",
                 block_mb: float = CONVERT_BLOCK_MB, batch_rows: int = CONVERT_BATCH_ROWS) -> PanelStore:
         """File mode: the dataset parquet -> `root` (.npy files), then loaded memory-mapped.
 
@@ -142,7 +142,7 @@ class PanelStore:
             return (lf.select(pl.col(col).drop_nulls().unique()).collect(engine="streaming").to_series().sort()
                     .to_list())
 
-        codes, dates = pl.Series("Code", distinct("Code"), pl.Utf8), distinct("Date")
+        codes, dates = pl.Series(C.CODE, distinct(C.CODE), pl.Utf8), distinct(C.DATE)
         if not dates:
             raise DataError(f"panel: the dataset {dataset} has no rows")
         sec_vocab, seg_vocab = distinct("__sec"), distinct("__seg")
@@ -204,7 +204,7 @@ class PanelStore:
     @classmethod
     def build(cls, dataset: str | Path, features: Sequence[str], horizons: Sequence[int], cache_dir: str | Path,
               normalizer: dict, manifest_fingerprint: str, dataset_fingerprint: str,
-              returns_col: str = "returns_1d", force: bool = False, block_mb: float = CONVERT_BLOCK_MB) -> PanelStore:
+              returns_col: str = C.RETURNS_1D, force: bool = False, block_mb: float = CONVERT_BLOCK_MB) -> PanelStore:
         """File mode: convert once into `<cache_dir>/panels/<fingerprint>/` (memory-mapped .npy), reuse after."""
         fp = fingerprint(PANEL_VERSION, dataset_fingerprint, manifest_fingerprint, normalizer, list(features),
                          list(horizons), returns_col)
@@ -272,7 +272,7 @@ _EXACT_F32 = (pl.Float32, pl.Int8, pl.Int16, pl.UInt8, pl.UInt16, pl.Boolean, pl
 
 
 def _check_columns(schema: pl.Schema, features: Sequence[str]) -> None:
-    missing = [c for c in ["Code", "Date", *features] if c not in schema]
+    missing = [c for c in [C.CODE, C.DATE, *features] if c not in schema]
     if missing:
         raise DataError(f"panel: dataset lacks {len(missing)} column(s), e.g. {', '.join(missing[:5])}")
 
@@ -291,9 +291,9 @@ def _columns(schema: pl.Schema, features: Sequence[str], horizons: Sequence[int]
     tcols = [pl.col(t).cast(pl.Float32) if t in schema else pl.lit(None, pl.Float32).alias(t)
              for t in (C.target(h) for h in horizons)]
     ret = pl.col(returns_col).cast(pl.Float32) if returns_col in schema else pl.lit(None, pl.Float32)
-    seg = pl.col("Section").cast(pl.Utf8) if "Section" in schema else pl.lit(None, pl.Utf8)
-    sec = pl.col("S33").cast(pl.Utf8) if "S33" in schema else pl.lit(None, pl.Utf8)
-    return [pl.col("Code").cast(pl.Utf8), pl.col("Date").cast(pl.Date), *[pl.col(f).cast(fdt) for f in features],
+    seg = pl.col(C.SECTION).cast(pl.Utf8) if C.SECTION in schema else pl.lit(None, pl.Utf8)
+    sec = pl.col(C.S33).cast(pl.Utf8) if C.S33 in schema else pl.lit(None, pl.Utf8)
+    return [pl.col(C.CODE).cast(pl.Utf8), pl.col(C.DATE).cast(pl.Date), *[pl.col(f).cast(fdt) for f in features],
             *tcols, ret.alias("__ret"), seg.alias("__seg"), sec.alias("__sec")]
 
 
@@ -338,8 +338,8 @@ def _cells(df: pl.DataFrame, day_of: pl.Series, codes: pl.Series, sec_vocab: Seq
            seg_vocab: Sequence[str]) -> tuple[np.ndarray, np.ndarray, pl.DataFrame]:
     """Day and stock index of each row of a frame of `_columns`, and the frame with __sec / __seg as ids."""
     idx = df.select(
-        pl.col("Date").replace_strict(day_of, pl.Series(np.arange(len(day_of))), return_dtype=pl.Int64).alias("d"),
-        pl.col("Code").replace_strict(codes, pl.Series(np.arange(codes.len())), return_dtype=pl.Int64).alias("i"),
+        pl.col(C.DATE).replace_strict(day_of, pl.Series(np.arange(len(day_of))), return_dtype=pl.Int64).alias("d"),
+        pl.col(C.CODE).replace_strict(codes, pl.Series(np.arange(codes.len())), return_dtype=pl.Int64).alias("i"),
         _vocab_id("__sec", sec_vocab), _vocab_id("__seg", seg_vocab))
     return idx["d"].to_numpy(), idx["i"].to_numpy(), df.with_columns(idx.select("__sec", "__seg"))
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from gogooku3.core import columns as C
 from gogooku3.core.errors import ConfigError, DataError, LeakageError
 from gogooku3.config.schema import SplitSettings, WalkForwardSplitSettings, typed
 
@@ -91,7 +92,7 @@ class Fold:
 
 
 def _sessions(dates: Iterable[dt.date] | pl.Series) -> list[dt.date]:
-    s = dates if isinstance(dates, pl.Series) else pl.Series("Date", list(dates))
+    s = dates if isinstance(dates, pl.Series) else pl.Series(C.DATE, list(dates))
     return s.cast(pl.Date).drop_nulls().unique().sort().to_list()
 
 

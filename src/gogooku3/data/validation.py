@@ -45,7 +45,7 @@ def scan_dataset(path: str | Path, manifest: FeatureManifest, horizons: Sequence
         raise DataError(f"{path}: dataset not found; build it with `gogooku3 data build`")
     lf = pl.scan_parquet(path)
     schema = lf.collect_schema()
-    missing = [c for c in ("Code", "Date") if c not in schema]
+    missing = [c for c in (C.CODE, C.DATE) if c not in schema]
     if missing:
         raise SchemaError(f"{path}: required column(s) missing: {', '.join(missing)}")
     targets = [C.target(h) for h in horizons]
@@ -57,9 +57,9 @@ def scan_dataset(path: str | Path, manifest: FeatureManifest, horizons: Sequence
     want += [c for c in [*extra, *targets] if c in schema and c not in want]
     lf = lf.select(want)
     if start is not None:
-        lf = lf.filter(pl.col("Date") >= start)
+        lf = lf.filter(pl.col(C.DATE) >= start)
     if end is not None:
-        lf = lf.filter(pl.col("Date") <= end)
+        lf = lf.filter(pl.col(C.DATE) <= end)
     return lf
 
 
@@ -76,7 +76,7 @@ def drop_too_null(df: pl.DataFrame, features: Sequence[str], train_dates: Sequen
         raise ConfigError(f"safe.validation.null_action must be 'drop' or 'error', got '{null_action}'")
     span = df
     if train_dates is not None:
-        span = df.filter(pl.col("Date").is_in(pl.Series(list(train_dates), dtype=pl.Date).implode()))
+        span = df.filter(pl.col(C.DATE).is_in(pl.Series(list(train_dates), dtype=pl.Date).implode()))
         if span.height == 0:
             raise DataError(f"{source}: no rows in the training span")
     nulls = span.select([(pl.col(f).is_null() | pl.col(f).cast(pl.Float64).is_nan()).mean().alias(f)
@@ -104,7 +104,7 @@ def validate_dataset(df: pl.DataFrame, manifest: FeatureManifest, horizons: Sequ
     if df.height == 0:
         raise DataError(f"{source}: no rows")
     targets = [C.target(h) for h in horizons]
-    missing = [c for c in ["Code", "Date", *targets] if c not in df.columns]
+    missing = [c for c in [C.CODE, C.DATE, *targets] if c not in df.columns]
     if missing:
         raise SchemaError(f"{source}: required column(s) missing: {', '.join(missing)}")
     present = [f for f in manifest.names if f in df.columns]
@@ -117,14 +117,14 @@ def validate_dataset(df: pl.DataFrame, manifest: FeatureManifest, horizons: Sequ
                         f"this dataset as it is, or add inputs so the builder can make more features (its coverage "
                         f"report lists the skipped groups)")
 
-    dup = df.group_by("Code", "Date").len().filter(pl.col("len") > 1)
+    dup = df.group_by(C.CODE, C.DATE).len().filter(pl.col("len") > 1)
     if dup.height:
-        rows = [f"{c}@{d}" for c, d in dup.select("Code", "Date").head(5).iter_rows()]
+        rows = [f"{c}@{d}" for c, d in dup.select(C.CODE, C.DATE).head(5).iter_rows()]
         raise DataError(f"{source}: {dup.height} duplicate (Code, Date) key(s): {rows_hint(rows)}")
-    if "Close" in df.columns:
-        bad = df.filter(pl.col("Close") <= 0)
+    if C.CLOSE in df.columns:
+        bad = df.filter(pl.col(C.CLOSE) <= 0)
         if bad.height:
-            rows = [f"{c}@{d}" for c, d in bad.select("Code", "Date").head(5).iter_rows()]
+            rows = [f"{c}@{d}" for c, d in bad.select(C.CODE, C.DATE).head(5).iter_rows()]
             raise DataError(f"{source}: column Close has {bad.height} non-positive value(s): {rows_hint(rows)}")
 
     kept, too_null, nulls = drop_too_null(df, present, train_dates, max_null_share, null_action, source)
@@ -144,18 +144,18 @@ def validate_dataset(df: pl.DataFrame, manifest: FeatureManifest, horizons: Sequ
             raise DataError(f"{source}: target {t} is entirely null")
         if tstats[t] is None or tstats[t] == 0:
             raise DataError(f"{source}: target {t} is constant (std 0); labels were not built correctly")
-        big = df.filter(pl.col(t).abs() > max_abs_target).select("Code", "Date", t)
+        big = df.filter(pl.col(t).abs() > max_abs_target).select(C.CODE, C.DATE, t)
         if big.height:
             flagged[t] = {"n": big.height, "threshold": max_abs_target,
-                          "rows": [{"Code": c, "Date": str(d), "value": float(v)}
+                          "rows": [{C.CODE: c, C.DATE: str(d), "value": float(v)}
                                    for c, d, v in big.sort(pl.col(t).abs(), descending=True).head(max_listed).iter_rows()]}
             log.warning("%s: %d |value| > %.0f%% (e.g. %s)", t, big.height, max_abs_target * 100,
-                        rows_hint([f"{r['Code']}@{r['Date']}" for r in flagged[t]["rows"]], 3))
+                        rows_hint([f"{r[C.CODE]}@{r[C.DATE]}" for r in flagged[t]["rows"]], 3))
 
-    dates = df["Date"]
+    dates = df[C.DATE]
     stats = {
         "n_rows": df.height, "n_columns": df.width, "n_features_manifest": len(present),
-        "n_dates": dates.n_unique(), "n_stocks": df["Code"].n_unique(),
+        "n_dates": dates.n_unique(), "n_stocks": df[C.CODE].n_unique(),
         "date_range": [str(dates.min()), str(dates.max())],
         "null_share_training_span": {"max": max(nulls.values(), default=0.0),
                                      "mean": sum(nulls.values()) / max(len(nulls), 1)},

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -24,6 +24,9 @@ from gogooku3.core import columns as C
 from gogooku3.core.errors import ConfigError
 from gogooku3.evaluation.results import run_predictions
 from gogooku3.core.io import write_parquet, write_text
+
+if TYPE_CHECKING:
+    from gogooku3.config.schema import Settings
 
 log = logging.getLogger(__name__)
 TARGETS = ("alphalens", "quantstats")
@@ -42,7 +45,7 @@ def alphalens_frame(preds: pl.DataFrame, horizon: int, groups: pl.DataFrame | No
     return out.filter(pl.col("factor").is_not_null() & pl.col("factor").is_not_nan()).sort("date", "asset")
 
 
-def quantstats_frame(cfg: Any, preds: pl.DataFrame) -> pl.DataFrame:
+def quantstats_frame(cfg: Settings, preds: pl.DataFrame) -> pl.DataFrame:
     """date, strategy (headline backtest, net), benchmark (equal-weight universe), topix (null without the table)."""
     from gogooku3.evaluation.backtest.benchmarks import benchmark_returns, topix_closes
     from gogooku3.evaluation.backtest.config import BacktestConfig
@@ -59,7 +62,7 @@ def quantstats_frame(cfg: Any, preds: pl.DataFrame) -> pl.DataFrame:
     return br.select(pl.col(C.DATE).alias("date"), "strategy", pl.col("equal_weight").alias("benchmark"), "topix")
 
 
-def export_run(cfg: Any, run_dir: str | Path, to: str) -> list[Path]:
+def export_run(cfg: Settings, run_dir: str | Path, to: str) -> list[Path]:
     """Write RUN/export/alphalens_factor.{parquet,csv} or quantstats_returns.{parquet,csv}; return the paths."""
     if to not in TARGETS:
         raise ConfigError(f"--to {to!r}: one of {'|'.join(TARGETS)}")
@@ -68,14 +71,14 @@ def export_run(cfg: Any, run_dir: str | Path, to: str) -> list[Path]:
     log.info("export %s: the product predictor %s (%s)", to, name, src)
     preds = pl.read_parquet(src)
     if to == "alphalens":
-        dataset, col = Path(cfg.paths.dataset), str(cfg.report.sector_column)
+        dataset, col = Path(cfg.paths.dataset), cfg.report.sector_column
         groups = None
         if dataset.exists() and col in pl.scan_parquet(dataset).collect_schema():
             keys = preds.select(pl.col(C.DATE).cast(pl.Date), pl.col(C.CODE).cast(pl.String)).unique()
             groups = (pl.scan_parquet(dataset).select(pl.col(C.DATE).cast(pl.Date), pl.col(C.CODE).cast(pl.String),
                                                       pl.col(col).cast(pl.String).alias("group"))
                       .join(keys.lazy(), on=[C.DATE, C.CODE], how="semi").collect())
-        frame, name = alphalens_frame(preds, int(cfg.portfolio.horizon), groups), "alphalens_factor"
+        frame, name = alphalens_frame(preds, cfg.portfolio.horizon, groups), "alphalens_factor"
     else:
         frame, name = quantstats_frame(cfg, preds), "quantstats_returns"
     out = run / "export" / f"{name}.parquet"

@@ -45,7 +45,7 @@ from gogooku3.core.errors import DataError, SchemaError
 
 MIN_STOCKS = 5
 TSTAT_METHOD = "newey_west"
-_DAILY_SCHEMA = {"Date": pl.Date, "n": pl.UInt32, "ic": pl.Float64, "rank_ic": pl.Float64, "constant": pl.Boolean}
+_DAILY_SCHEMA = {C.DATE: pl.Date, "n": pl.UInt32, "ic": pl.Float64, "rank_ic": pl.Float64, "constant": pl.Boolean}
 
 
 def _frame(df: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
@@ -103,8 +103,8 @@ def mean_tstat(x: np.ndarray | pl.Series, horizon: int = 1) -> dict:
 def _pairs(df: pl.DataFrame | pl.LazyFrame, pred: str, target: str) -> pl.LazyFrame:
     """Date, p, y with null/NaN pairs dropped (both cast to Float64)."""
     lf = _frame(df)
-    _require(lf, ["Date", pred, target])
-    return (lf.select("Date",
+    _require(lf, [C.DATE, pred, target])
+    return (lf.select(C.DATE,
                       pl.col(pred).cast(pl.Float64).fill_nan(None).alias("p"),
                       pl.col(target).cast(pl.Float64).fill_nan(None).alias("y"))
             .drop_nulls(["p", "y"]))
@@ -123,7 +123,7 @@ def daily_ic(df: pl.DataFrame | pl.LazyFrame, pred: str, target: str, min_stocks
     """Per scored day: Date, n (pairs), ic (Pearson), rank_ic (Spearman, average ranks), constant (the prediction
     did not vary: ic = rank_ic = 0), sorted by Date."""
     out = (_pairs(df, pred, target)
-           .group_by("Date")
+           .group_by(C.DATE)
            .agg(n=pl.len().cast(pl.UInt32),
                 ic=pl.corr("p", "y"),
                 rank_ic=pl.corr(pl.col("p").rank("average"), pl.col("y").rank("average")),
@@ -132,9 +132,9 @@ def daily_ic(df: pl.DataFrame | pl.LazyFrame, pred: str, target: str, min_stocks
            .filter(pl.col("ok"))
            .with_columns(pl.when(pl.col("constant")).then(0.0).otherwise(pl.col(c)).alias(c) for c in ("ic", "rank_ic"))
            .select(list(_DAILY_SCHEMA))
-           .sort("Date")
+           .sort(C.DATE)
            .collect())
-    return out.cast({k: v for k, v in _DAILY_SCHEMA.items() if k != "Date"})
+    return out.cast({k: v for k, v in _DAILY_SCHEMA.items() if k != C.DATE})
 
 
 def _stats(x: pl.Expr, prefix: str) -> list[pl.Expr]:
@@ -173,10 +173,10 @@ def daily_hit_rate(df: pl.DataFrame | pl.LazyFrame, pred: str, target: str,
     sy = (pl.col("y") - pl.col("y").median()).sign()
     valid = (sp != 0) & (sy != 0)
     return (_pairs(df, pred, target)
-            .group_by("Date")
+            .group_by(C.DATE)
             .agg(hit_rate=((sp == sy) & valid).sum() / valid.sum(),
                  ok=_scored(min_stocks) & _varies("p") & (valid.sum() > 0))
-            .filter(pl.col("ok")).drop("ok").sort("Date").collect())
+            .filter(pl.col("ok")).drop("ok").sort(C.DATE).collect())
 
 
 def hit_rate(df: pl.DataFrame | pl.LazyFrame, pred: str, target: str, min_stocks: int = MIN_STOCKS) -> float:
@@ -196,13 +196,13 @@ def daily_quantile_returns(df: pl.DataFrame | pl.LazyFrame, pred: str, target: s
     target), n."""
     min_stocks = max(q, MIN_STOCKS) if min_stocks is None else min_stocks
     lf = _pairs(df, pred, target)
-    ok_days = (lf.group_by("Date").agg(ok=_scored(min_stocks) & _varies("p")).filter(pl.col("ok"))
-               .select("Date"))
-    return (lf.join(ok_days, on="Date", how="semi")
-            .with_columns(quantile=bucket_expr("p", q).over("Date"))
-            .group_by("Date", "quantile")
+    ok_days = (lf.group_by(C.DATE).agg(ok=_scored(min_stocks) & _varies("p")).filter(pl.col("ok"))
+               .select(C.DATE))
+    return (lf.join(ok_days, on=C.DATE, how="semi")
+            .with_columns(quantile=bucket_expr("p", q).over(C.DATE))
+            .group_by(C.DATE, "quantile")
             .agg(ret=pl.col("y").mean(), n=pl.len().cast(pl.UInt32))
-            .sort("Date", "quantile").collect())
+            .sort(C.DATE, "quantile").collect())
 
 
 def quantile_returns(df: pl.DataFrame | pl.LazyFrame, pred: str, target: str, q: int = 5) -> pl.DataFrame:
@@ -216,9 +216,9 @@ def quantile_returns(df: pl.DataFrame | pl.LazyFrame, pred: str, target: str, q:
 def daily_spread(df: pl.DataFrame | pl.LazyFrame, pred: str, target: str, q: int = 5) -> pl.DataFrame:
     """Per scored day: Date, spread = mean target of the top bucket − that of the bottom bucket."""
     dq = daily_quantile_returns(df, pred, target, q)
-    top = dq.filter(pl.col("quantile") == q).select("Date", top="ret")
-    bot = dq.filter(pl.col("quantile") == 1).select("Date", bottom="ret")
-    return top.join(bot, on="Date").select("Date", spread=pl.col("top") - pl.col("bottom")).sort("Date")
+    top = dq.filter(pl.col("quantile") == q).select(C.DATE, top="ret")
+    bot = dq.filter(pl.col("quantile") == 1).select(C.DATE, bottom="ret")
+    return top.join(bot, on=C.DATE).select(C.DATE, spread=pl.col("top") - pl.col("bottom")).sort(C.DATE)
 
 
 def top_bottom_spread(df: pl.DataFrame | pl.LazyFrame, pred: str, target: str, q: int = 5) -> float:
@@ -249,8 +249,8 @@ def per_period(daily: pl.DataFrame, period: str = "year", horizon: int = 1) -> p
     fmt = {"year": "%Y", "month": "%Y-%m"}.get(period)
     if fmt is None:
         raise DataError(f"per_period: period must be 'year' or 'month', got {period!r}")
-    _require(daily.lazy(), ["Date", "ic", "rank_ic"], "daily IC table")
-    tagged = daily.sort("Date").with_columns(period=pl.col("Date").dt.strftime(fmt))
+    _require(daily.lazy(), [C.DATE, "ic", "rank_ic"], "daily IC table")
+    tagged = daily.sort(C.DATE).with_columns(period=pl.col(C.DATE).dt.strftime(fmt))
     base = (tagged.group_by("period")
             .agg(n_days=pl.len().cast(pl.UInt32), *_stats(pl.col("ic"), "ic"), *_stats(pl.col("rank_ic"), "rank_ic")))
     rows = [{"period": part["period"][0], **_tstats(part, horizon)}
@@ -264,8 +264,8 @@ def paired_comparison(daily_a: pl.DataFrame, daily_b: pl.DataFrame, col: str = "
     """Does a beat b? Mean daily difference of `col` on the common days with its Newey–West t-stat (lag from
     `hac_lag(n, horizon)`) and two-sided p-value; pass daily tables computed on identical rows (`align_rows`)."""
     for name, d in (("a", daily_a), ("b", daily_b)):
-        _require(d.lazy(), ["Date", col], f"paired_comparison daily_{name}")
-    j = (daily_a.select("Date", a=pl.col(col)).join(daily_b.select("Date", b=pl.col(col)), on="Date")
+        _require(d.lazy(), [C.DATE, col], f"paired_comparison daily_{name}")
+    j = (daily_a.select(C.DATE, a=pl.col(col)).join(daily_b.select(C.DATE, b=pl.col(col)), on=C.DATE)
          .drop_nulls().with_columns(d=pl.col("a") - pl.col("b")))
     n = j.height
     row = j.select(mean_a=pl.col("a").mean(), mean_b=pl.col("b").mean(), mean_diff=pl.col("d").mean(),
@@ -344,8 +344,8 @@ def ic_by_group(df: pl.DataFrame | pl.LazyFrame, pred: str, target: str, group: 
     rules: days with fewer than `min_stocks` pairs are not scored), summarised as group, rank_ic_mean, rank_ic_tstat
     (Newey–West), hac_lag, n_days, avg_names; sorted by rank_ic_mean."""
     lf = _frame(df)
-    _require(lf, ["Date", pred, target, group])
-    data = lf.select("Date", pred, target, pl.col(group).cast(pl.String)).collect()
+    _require(lf, [C.DATE, pred, target, group])
+    data = lf.select(C.DATE, pred, target, pl.col(group).cast(pl.String)).collect()
     rows = []
     for (g,), part in data.partition_by(group, as_dict=True, maintain_order=True).items():
         if g is None:
@@ -365,24 +365,24 @@ def _lagged_ranks(df: pl.DataFrame | pl.LazyFrame, pred: str, lag: int) -> pl.La
     """Date, Code, r (the day's rank as a fraction in (0, 1]), r_prev (the same stock's `lag` prediction days
     earlier; stocks on both days only)."""
     lf = _frame(df)
-    _require(lf, ["Date", "Code", pred])
-    base = (lf.select("Date", pl.col("Code").cast(pl.String), pl.col(pred).cast(pl.Float64).fill_nan(None).alias("p"))
+    _require(lf, [C.DATE, C.CODE, pred])
+    base = (lf.select(C.DATE, pl.col(C.CODE).cast(pl.String), pl.col(pred).cast(pl.Float64).fill_nan(None).alias("p"))
             .drop_nulls("p")
-            .with_columns(r=pl.col("p").rank("average").over("Date") / pl.len().over("Date")))
-    days = base.select("Date").unique().sort("Date").with_row_index("k")
-    ranked = base.join(days, on="Date")
-    prev = ranked.select("Code", (pl.col("k") + lag).alias("k"), pl.col("r").alias("r_prev"))
-    return ranked.join(prev, on=["Code", "k"], how="inner")
+            .with_columns(r=pl.col("p").rank("average").over(C.DATE) / pl.len().over(C.DATE)))
+    days = base.select(C.DATE).unique().sort(C.DATE).with_row_index("k")
+    ranked = base.join(days, on=C.DATE)
+    prev = ranked.select(C.CODE, (pl.col("k") + lag).alias("k"), pl.col("r").alias("r_prev"))
+    return ranked.join(prev, on=[C.CODE, "k"], how="inner")
 
 
 def rank_autocorrelation(df: pl.DataFrame | pl.LazyFrame, pred: str, lag: int = 1,
                          min_stocks: int = MIN_STOCKS) -> pl.DataFrame:
     """Signal stability: per day, the Spearman correlation of the day's prediction ranks with the same stocks' ranks
     `lag` prediction days earlier (alphalens' factor rank autocorrelation). Date, autocorr, n."""
-    return (_lagged_ranks(df, pred, lag).group_by("Date")
+    return (_lagged_ranks(df, pred, lag).group_by(C.DATE)
             .agg(autocorr=pl.corr(pl.col("r").rank("average"), pl.col("r_prev").rank("average")),
                  n=pl.len().cast(pl.UInt32))
-            .filter(pl.col("n") >= min_stocks).sort("Date").collect())
+            .filter(pl.col("n") >= min_stocks).sort(C.DATE).collect())
 
 
 def quantile_turnover(df: pl.DataFrame | pl.LazyFrame, pred: str, q: int = 5, lag: int = 1) -> pl.DataFrame:
@@ -390,25 +390,25 @@ def quantile_turnover(df: pl.DataFrame | pl.LazyFrame, pred: str, q: int = 5, la
     that bucket `lag` prediction days earlier (alphalens' quantile turnover; `bucket_expr` buckets). Date, top,
     bottom."""
     lf = _frame(df)
-    _require(lf, ["Date", "Code", pred])
-    b = (lf.select("Date", pl.col("Code").cast(pl.String), pl.col(pred).cast(pl.Float64).fill_nan(None).alias("p"))
-         .drop_nulls("p").with_columns(bucket=bucket_expr("p", q).over("Date")))
-    days = b.select("Date").unique().sort("Date").with_row_index("k")
-    b = b.join(days, on="Date")
-    prev = b.select("Code", (pl.col("k") + lag).alias("k"), pl.col("bucket").alias("bucket_prev"))
-    j = b.join(prev, on=["Code", "k"], how="left").filter(pl.col("k") >= lag)
+    _require(lf, [C.DATE, C.CODE, pred])
+    b = (lf.select(C.DATE, pl.col(C.CODE).cast(pl.String), pl.col(pred).cast(pl.Float64).fill_nan(None).alias("p"))
+         .drop_nulls("p").with_columns(bucket=bucket_expr("p", q).over(C.DATE)))
+    days = b.select(C.DATE).unique().sort(C.DATE).with_row_index("k")
+    b = b.join(days, on=C.DATE)
+    prev = b.select(C.CODE, (pl.col("k") + lag).alias("k"), pl.col("bucket").alias("bucket_prev"))
+    j = b.join(prev, on=[C.CODE, "k"], how="left").filter(pl.col("k") >= lag)
 
     def new_share(bucket: int) -> pl.Expr:
         inside = pl.col("bucket") == bucket
         return ((inside & (pl.col("bucket_prev") != bucket).fill_null(True)).sum() / inside.sum())
 
-    return j.group_by("Date").agg(top=new_share(q), bottom=new_share(1)).sort("Date").collect()
+    return j.group_by(C.DATE).agg(top=new_share(q), bottom=new_share(1)).sort(C.DATE).collect()
 
 
 def cumulative_quantile_returns(df: pl.DataFrame | pl.LazyFrame, pred: str, target: str, q: int = 5) -> pl.DataFrame:
     """Per prediction bucket, the compounded growth of 1 invested each day in the bucket's equal-weight mean target:
     Date, quantile, cum_return (= Π(1 + ret) − 1). Meaningful for a 1-day target (longer ones overlap)."""
     return (daily_quantile_returns(df, pred, target, q)
-            .sort("quantile", "Date")
+            .sort("quantile", C.DATE)
             .with_columns(cum_return=(1.0 + pl.col("ret")).cum_prod().over("quantile") - 1.0)
-            .select("Date", "quantile", "cum_return"))
+            .select(C.DATE, "quantile", "cum_return"))

@@ -28,7 +28,7 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -45,6 +45,9 @@ from gogooku3.evaluation.backtest.market import UNIVERSE_COLUMNS, Market, attach
 from gogooku3.evaluation.backtest.summary import BacktestResult, rolling_sharpe
 from gogooku3.core.io import peak_rss_mb, read_json, timestamp, to_json, write_text
 from gogooku3.evaluation.results import SafeSummary, TrainResult
+
+if TYPE_CHECKING:
+    from gogooku3.config.schema import Settings
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +77,7 @@ def _read_parquet(path: Path, required: bool) -> pl.DataFrame | None:
         df = pl.read_parquet(path)
     except Exception as e:  # noqa: BLE001 - polars raises several types for corrupt files
         raise DataError(f"{path}: cannot read parquet ({type(e).__name__})") from e
-    if not _horizons(df) or "Date" not in df.columns or "Code" not in df.columns:
+    if not _horizons(df) or C.DATE not in df.columns or C.CODE not in df.columns:
         raise DataError(f"{path}: needs Date, Code and pred_{{h}}d/target_{{h}}d columns "
                         f"(has {', '.join(df.columns[:10])})")
     return df
@@ -150,7 +153,7 @@ def baseline_inputs(result: TrainResult | None) -> tuple[dict[str, float] | None
     return dict(run.feature_importance), safe
 
 
-def _backtests(df: pl.DataFrame | None, cfg: Any, c: BacktestConfig, market: Market | None, source: str
+def _backtests(df: pl.DataFrame | None, cfg: Settings, c: BacktestConfig, market: Market | None, source: str
                ) -> tuple[dict[str, BacktestResult], str] | None:
     """The ideal and the realistic backtest of one predictor (None without its horizon's predictions)."""
     if df is None or C.pred(c.horizon) not in df.columns:
@@ -161,7 +164,7 @@ def _backtests(df: pl.DataFrame | None, cfg: Any, c: BacktestConfig, market: Mar
     return backtest_both(df, c, market, source)
 
 
-def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
+def build_report(cfg: Settings, run_dir: str | Path) -> dict[str, Path]:
     """`gogooku3 report --run RUN`: write RUN/report.json and RUN/report.html; return their paths."""
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
@@ -169,8 +172,8 @@ def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
         raise DataError(f"{run_dir}: run directory not found")
     run = run_dir.resolve()
     rc = cfg.report
-    window, top, dpi = int(rc.rolling_window), int(rc.top_features), int(rc.dpi)
-    target_sharpe, target_params, tol = float(rc.target_sharpe), int(rc.target_params), float(rc.param_tolerance)
+    window, top, dpi = rc.rolling_window, rc.top_features, rc.dpi
+    target_sharpe, target_params, tol = rc.target_sharpe, rc.target_params, rc.param_tolerance
 
     result = TrainResult.load(run / "metrics.json") if (run / "metrics.json").exists() else None
     comp = Comparison.load(run / "comparison.json") if (run / "comparison.json").exists() else None
@@ -199,7 +202,7 @@ def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
     paired = comp.pair(lead, ref) if ref else {}
     h0 = horizons[0]
     per_year = {k: metrics.per_period(d[h0], "year", h0) for k, d in daily.items() if h0 in d}
-    q = int(cfg.portfolio.quantiles)
+    q = cfg.portfolio.quantiles
     quants = {k: metrics.quantile_returns(v, C.pred(h0), C.target(h0), q) for k, v in frames.items()}
 
     # ---- backtests: ideal and realistic, the headline one per `portfolio.realism` ---------------------
@@ -220,7 +223,7 @@ def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
         except DataError as e:  # e.g. too few names per day: report the rest and say why
             log.warning("report: %s backtest skipped: %s", k, e)
             missing.append(f"{k} backtest ({e})")
-    bt_year = {k: (v.daily.group_by(year=pl.col("Date").dt.year())
+    bt_year = {k: (v.daily.group_by(year=pl.col(C.DATE).dt.year())
                    .agg(net=(1 + pl.col("net")).product() - 1, sharpe=pl.col("net").mean() / pl.col("net").std()
                         * math.sqrt(bc.periods_per_year / bc.horizon), periods=pl.len()).sort("year"))
                for k, v in bts.items()}
@@ -247,11 +250,11 @@ def build_report(cfg: Any, run_dir: str | Path) -> dict[str, Path]:
 
     report = {
         "run_dir": str(run), "created": timestamp(), "horizons": horizons, "missing": missing,
-        "config": {"run": run_cfg_text, "portfolio": asdict(bc), "report": dict(rc)},
+        "config": {"run": run_cfg_text, "portfolio": asdict(bc), "report": asdict(rc)},
         "product": lead, "reference": ref,
-        "data": {"predictions": {"predictor": lead, "rows": model.height, "days": model["Date"].n_unique(),
-                                       "stocks": model["Code"].n_unique(), "start": model["Date"].min(),
-                                       "end": model["Date"].max()},
+        "data": {"predictions": {"predictor": lead, "rows": model.height, "days": model[C.DATE].n_unique(),
+                                       "stocks": model[C.CODE].n_unique(), "start": model[C.DATE].min(),
+                                       "end": model[C.DATE].max()},
                  "dataset": None if result is None else asdict(result.dataset),
                  "safe_report": None if safe is None else safe.path, "safe_stats": data_stats,
                  "dropped_features": None if safe is None else safe.dropped_features},
@@ -324,7 +327,7 @@ def _run_model(result: TrainResult | None, run_cfg_text: str | None, n_params: i
             "epochs": None if result is None else result.epochs}
 
 
-def _tear_sheet(cfg: Any, frames: dict[str, pl.DataFrame], daily: dict, evals: dict, horizons: list[int],
+def _tear_sheet(cfg: Settings, frames: dict[str, pl.DataFrame], daily: dict, evals: dict, horizons: list[int],
                 both: dict[str, dict[str, BacktestResult]], headline: str, market: Market | None, dataset: Path,
                 bc: BacktestConfig, q: int, lead: str) -> tuple[dict, dict]:
     """The tear sheet's figures (of the headline predictor `lead` where one predictor is drawn): a JSON-ready summary
@@ -335,7 +338,7 @@ def _tear_sheet(cfg: Any, frames: dict[str, pl.DataFrame], daily: dict, evals: d
     if len(horizons) > 1:  # one signal against ever longer targets: how fast its information decays
         decay[f"{lead} signal {C.pred(h0)}"] = metrics.ic_decay(metrics.evaluate(model, horizons, pred_fmt=C.pred(h0)))
     monthly = {k: metrics.per_period(d[h0], "month", h0) for k, d in daily.items() if h0 in d}
-    sector_col = str(rc.sector_column)
+    sector_col = rc.sector_column
     sectors = None
     if dataset.exists() and sector_col in pl.scan_parquet(dataset).collect_schema():
         with_sector = attach_dataset_columns(model, dataset, (sector_col,), check_keys=False)
@@ -346,11 +349,11 @@ def _tear_sheet(cfg: Any, frames: dict[str, pl.DataFrame], daily: dict, evals: d
     turnover = metrics.quantile_turnover(model, C.pred(h0), q)
     cumq = metrics.cumulative_quantile_returns(model, C.pred(h0), C.target(h0), q)
 
-    window = int(rc.rolling_sharpe_days)
+    window = rc.rolling_sharpe_days
     roll = {k: rolling_sharpe(v[headline].daily, window, bc) for k, v in both.items()}
     topix = topix_closes(cfg.paths.raw_dir)
     have_topix = topix is not None and market is not None
-    bench = str(rc.benchmark)
+    bench = rc.benchmark
     if bench == "auto":
         bench = "topix" if have_topix else "equal_weight"
     elif bench == "topix" and not have_topix:
@@ -365,7 +368,7 @@ def _tear_sheet(cfg: Any, frames: dict[str, pl.DataFrame], daily: dict, evals: d
             relative[f"{k} {mode}"] = {b: relative_figures(br["strategy"], br[b], ppy)
                                        for b in ("topix", "equal_weight") if br[b].drop_nulls().len()}
             if k == lead and mode == headline:
-                bench_curve = br.select("Date", equity=(1.0 + pl.col(bench).fill_null(0.0)).cum_prod())
+                bench_curve = br.select(C.DATE, equity=(1.0 + pl.col(bench).fill_null(0.0)).cum_prod())
     summary = {
         "ic_decay": {k: v.to_dicts() for k, v in decay.items()},
         "monthly_rank_ic": {k: v.select("period", "rank_ic_mean", "rank_ic_tstat", "n_days").to_dicts()

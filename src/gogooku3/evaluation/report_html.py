@@ -22,6 +22,8 @@ import polars as pl  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
+from gogooku3.core import columns as C  # noqa: E402
+
 MODEL_COLOR, BASE_COLOR, BENCH_COLOR = "#1f5fa8", "#d9822b", "#6b7280"
 REALISTIC_COLOR = "#0f8b6e"
 # predictors in the report's order: the product first, the reference second, then the others
@@ -127,14 +129,14 @@ def chart_equity(curves: dict[str, pl.DataFrame], dpi: int, benchmark: tuple[str
         if d is None or d.height == 0:
             continue
         who, mode = name.rsplit(" ", 1) if " " in name else (name, "")
-        x, color = d["Date"].to_list(), PALETTE[names.index(who) % len(PALETTE)]
+        x, color = d[C.DATE].to_list(), PALETTE[names.index(who) % len(PALETTE)]
         ax1.plot(x, d["equity"].to_list(), ":" if mode == "ideal" else "-", color=color, lw=1.6, label=name)
         if who == names[0]:
             ax2.plot(x, (100 * d["drawdown"]).to_list(), ":" if mode == "ideal" else "-", color=color, lw=1.2,
                      label=name)
     if benchmark is not None and benchmark[1].height:
         b = benchmark[1]
-        ax1.plot(b["Date"].to_list(), b["equity"].to_list(), color=BENCH_COLOR, lw=1.2, label=benchmark[0])
+        ax1.plot(b[C.DATE].to_list(), b["equity"].to_list(), color=BENCH_COLOR, lw=1.2, label=benchmark[0])
     ax1.set_yscale("log")
     ax1.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)))
     ax1.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
@@ -157,7 +159,7 @@ def chart_rolling_sharpe(series: dict[str, pl.DataFrame], window: int, dpi: int)
     for (name, d), color in zip(series.items(), PALETTE):
         if d is None or d.drop_nulls().height == 0:
             continue
-        ax.plot(d["Date"].to_list(), d["sharpe"].to_list(), color=color, lw=1.6, label=name)
+        ax.plot(d[C.DATE].to_list(), d["sharpe"].to_list(), color=color, lw=1.6, label=name)
         drawn = True
     if not drawn:
         _empty(ax, f"fewer than {window} periods: no rolling Sharpe")
@@ -175,12 +177,12 @@ def chart_rank_ic(daily: dict[str, pl.DataFrame], window: int, horizon: int, dpi
     first = next(iter(daily), None)
     m = daily.get(first)
     if m is not None and m.height:
-        ax.bar(m["Date"].to_list(), m["rank_ic"].to_list(), color=MODEL_COLOR, alpha=0.3, width=1.0,
+        ax.bar(m[C.DATE].to_list(), m["rank_ic"].to_list(), color=MODEL_COLOR, alpha=0.3, width=1.0,
                label=f"{first} daily")
     for (name, d), color in zip(daily.items(), PALETTE):
         if d is not None and d.height:
             roll = d["rank_ic"].rolling_mean(window, min_samples=max(1, window // 2))
-            ax.plot(d["Date"].to_list(), roll.to_list(), color=color, lw=2, label=f"{name} {window}-day mean")
+            ax.plot(d[C.DATE].to_list(), roll.to_list(), color=color, lw=2, label=f"{name} {window}-day mean")
     ax.axhline(0, color="#888", lw=0.8)
     ax.set_title(f"daily RankIC, {horizon}-day horizon")
     _dates(ax)
@@ -274,12 +276,12 @@ def chart_signal(autocorr: pl.DataFrame | None, turnover: pl.DataFrame | None, d
         _empty(ax, "fewer than two prediction days")
         return png(fig)
     if autocorr is not None and autocorr.height:
-        ax.plot(autocorr["Date"].to_list(), autocorr["autocorr"].to_list(), color=MODEL_COLOR, lw=1.6,
+        ax.plot(autocorr[C.DATE].to_list(), autocorr["autocorr"].to_list(), color=MODEL_COLOR, lw=1.6,
                 label="rank autocorrelation (1 day)")
     if turnover is not None and turnover.height:
-        ax.plot(turnover["Date"].to_list(), turnover["top"].to_list(), color=REALISTIC_COLOR, lw=1.2,
+        ax.plot(turnover[C.DATE].to_list(), turnover["top"].to_list(), color=REALISTIC_COLOR, lw=1.2,
                 label="top-bucket turnover")
-        ax.plot(turnover["Date"].to_list(), turnover["bottom"].to_list(), color=BASE_COLOR, lw=1.2,
+        ax.plot(turnover[C.DATE].to_list(), turnover["bottom"].to_list(), color=BASE_COLOR, lw=1.2,
                 label="bottom-bucket turnover")
     ax.set_ylim(0, 1.05)
     ax.set_title("signal stability (model)")
@@ -315,7 +317,7 @@ def chart_cumulative_quantiles(cum: pl.DataFrame | None, dpi: int, horizon: int)
     cmap = LinearSegmentedColormap.from_list("q", ["#b42318", "#9a9a9a", "#1a7f37"])
     for k, q in enumerate(qs):
         d = cum.filter(pl.col("quantile") == q)
-        ax.plot(d["Date"].to_list(), (100 * d["cum_return"]).to_list(), color=cmap(k / max(1, len(qs) - 1)), lw=1.6,
+        ax.plot(d[C.DATE].to_list(), (100 * d["cum_return"]).to_list(), color=cmap(k / max(1, len(qs) - 1)), lw=1.6,
                 label=f"Q{q}")
     ax.axhline(0, color="#888", lw=0.8)
     ax.set_ylabel("cumulative %")

@@ -12,17 +12,20 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from gogooku3.config.compose import path, to_dict
 
+if TYPE_CHECKING:
+    from gogooku3.config.schema import Settings
+
 log = logging.getLogger(__name__)
 EXPERIMENT = "gogooku3"
 
 
-def _mlflow(cfg: Any):
+def _mlflow(cfg: Settings):
     if not cfg.train.mlflow:
         return None
     try:
@@ -32,7 +35,7 @@ def _mlflow(cfg: Any):
         return None
     runs = path(cfg, "paths.runs_dir").resolve()
     runs.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(str(cfg.paths.mlflow_uri or f"sqlite:///{runs / 'mlflow.db'}"))
+    mlflow.set_tracking_uri(cfg.paths.mlflow_uri or f"sqlite:///{runs / 'mlflow.db'}")
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
         mlflow.create_experiment(EXPERIMENT, artifact_location=(runs / "mlartifacts").as_uri())
     mlflow.set_experiment(EXPERIMENT)
@@ -55,7 +58,7 @@ def _key(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "_-./ " else "_" for ch in name)
 
 
-def log_training(cfg: Any, run_dir: Path, result: dict[str, Any]) -> str | None:
+def log_training(cfg: Settings, run_dir: Path, result: dict[str, Any]) -> str | None:
     """Start the run's MLflow run: params (the composed config), per-epoch curves, the product predictor's test figures
     (`test.*`), every predictor's (`test.<name>.*`) and the paired tests. Returns its id."""
     mlflow = _mlflow(cfg)
@@ -88,7 +91,7 @@ def log_training(cfg: Any, run_dir: Path, result: dict[str, Any]) -> str | None:
         return run.info.run_id
 
 
-def log_report(cfg: Any, run_dir: Path, report: dict[str, Any], html: Path) -> str | None:
+def log_report(cfg: Settings, run_dir: Path, report: dict[str, Any], html: Path) -> str | None:
     """Add the report's backtest and check figures and `report.html` to the training run's MLflow run."""
     mlflow = _mlflow(cfg)
     if mlflow is None:

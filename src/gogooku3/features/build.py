@@ -16,6 +16,7 @@ from typing import Any
 
 import polars as pl
 
+from gogooku3.core import columns as C
 from gogooku3.core.calendar import TradingCalendar
 from gogooku3.core.errors import DataError
 from gogooku3.features.common import c
@@ -95,7 +96,7 @@ def code_chunks(dq: pl.DataFrame, chunk_rows: int) -> list[tuple[list[str], int,
     out: list[tuple[list[str], int, int]] = []
     codes: list[str] = []
     offset = n = 0
-    for code, k in dq.group_by("Code").len().sort("Code").iter_rows():
+    for code, k in dq.group_by(C.CODE).len().sort(C.CODE).iter_rows():
         if codes and n + k > chunk_rows:
             out.append((codes, offset, n))
             codes, offset, n = [], offset + n, 0
@@ -108,7 +109,7 @@ def code_chunks(dq: pl.DataFrame, chunk_rows: int) -> list[tuple[list[str], int,
 
 def chunk_tables(tables: Tables, codes: list[str]) -> Tables:
     """The raw tables of `codes` only (the per-code tables filtered; the others are by Date or Section)."""
-    return {k: (eager(v).filter(c("Code").is_in(codes)) if k in PER_CODE_TABLES and v is not None else v)
+    return {k: (eager(v).filter(c(C.CODE).is_in(codes)) if k in PER_CODE_TABLES and v is not None else v)
             for k, v in tables.items()}
 
 
@@ -120,17 +121,17 @@ def _cross_sectional_columns(tables: Tables, calendar: TradingCalendar, f: dict,
     xs = [b for b in full.blocks if b.cross_sectional]
     made = {n for b in xs for st in b.stages for n in st}
     reads = {r for b in xs for st in b.stages for e in st.values() for r in e.meta.root_names()} - made
-    inputs = ["Code", "Date", *sorted(reads - {"Code", "Date"})]
+    inputs = [C.CODE, C.DATE, *sorted(reads - {C.CODE, C.DATE})]
     parts = []
     for codes, _, _ in chunks:
         p = plan_features(chunk_tables(tables, codes), calendar, f, lab, market=full.market)
         same_plan(p, full)
         pre = [b for b in p.blocks[:last] if not b.cross_sectional]
         parts.append(apply_blocks(p.lf, pre, set(inputs)).select(inputs).collect())
-    lf = pl.concat(parts).lazy().with_columns(c("Code").set_sorted())
+    lf = pl.concat(parts).lazy().with_columns(c(C.CODE).set_sorted())
     del parts
     out = [n for b in xs for n in b.features if n in full.groups]
-    return apply_blocks(lf, xs, {"Code", "Date", *out}).select("Code", "Date", *out).collect()
+    return apply_blocks(lf, xs, {C.CODE, C.DATE, *out}).select(C.CODE, C.DATE, *out).collect()
 
 
 def build_in_chunks(tables: Tables, calendar: TradingCalendar, features_cfg: Any, labels_cfg: Any,
@@ -161,9 +162,9 @@ def build_in_chunks(tables: Tables, calendar: TradingCalendar, features_cfg: Any
         part = p.output(p.lf, [b for b in p.blocks if not b.cross_sectional], xs_out).collect()
         if xs_frame is not None:
             x = xs_frame.slice(offset, rows)
-            if not part.select("Code", "Date").equals(x.select("Code", "Date")):
+            if not part.select(C.CODE, C.DATE).equals(x.select(C.CODE, C.DATE)):
                 raise DataError("chunked build: a chunk's rows do not line up with the cross-sectional features")
-            part = part.hstack(x.drop("Code", "Date")).select(full.columns)
+            part = part.hstack(x.drop(C.CODE, C.DATE)).select(full.columns)
         write(part)
     return full
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import polars as pl
-from omegaconf import DictConfig
 
+from gogooku3.core import columns as C
 from gogooku3.core.io import atomic_path, write_parquet
 from gogooku3.features.build import (
     BuiltFrame,
@@ -34,10 +35,13 @@ from gogooku3.features.writer import (
     write_outputs,
 )
 
+if TYPE_CHECKING:
+    from gogooku3.config.schema import Settings
+
 log = logging.getLogger(__name__)
 
 
-def build_dataset(cfg: DictConfig) -> BuildResult:
+def build_dataset(cfg: Settings) -> BuildResult:
     """Read raw tables from `cfg.paths.raw_dir`, build, write dataset + latest copy + metadata + manifest.
 
     More quote rows than `features.chunk_rows`: built in chunks of codes and written piece by piece
@@ -46,9 +50,9 @@ def build_dataset(cfg: DictConfig) -> BuildResult:
     t0 = time.perf_counter()
     raw_dir, tables, cal = load_tables(cfg)
     dq = tables["daily_quotes"]
-    chunk_rows = int(cfg.features.chunk_rows)
+    chunk_rows = cfg.features.chunk_rows
     log.info("building features from %s (%d quote rows)", raw_dir, dq.height)
-    path = dataset_path(cfg, dq["Date"].min(), dq["Date"].max())
+    path = dataset_path(cfg, dq[C.DATE].min(), dq[C.DATE].max())
     if 0 < chunk_rows < dq.height:
         with atomic_path(path) as tmp, DatasetWriter(tmp) as write:
             plan = build_in_chunks(tables, cal, cfg.features, cfg.labels, chunk_rows, write)

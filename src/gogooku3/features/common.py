@@ -16,16 +16,18 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from gogooku3.core import columns as C
+
 EPS = 1e-12  # spec §1.3: epsilon in every division
 SQRT252 = math.sqrt(252.0)
 PRICE, VOLUME = "price", "volume"  # kinds of level features
 SCALE = {PRICE: "_kp", VOLUME: "_kv"}  # helper columns of the base frame: day-t basis / adjusted basis
-BASE_SERIES = ("Open", "High", "Low", "Close", "Volume")  # the adjusted series of the base frame
+BASE_SERIES = (C.OPEN, C.HIGH, C.LOW, C.CLOSE, C.VOLUME)  # the adjusted series of the base frame
 
 
 def per_code(e: pl.Expr) -> pl.Expr:
     """A per-stock window: the frame is sorted by (Code, Date), so `over("Code")` keeps row order."""
-    return e.over("Code")
+    return e.over(C.CODE)
 
 
 def c(name: str) -> pl.Expr:
@@ -59,7 +61,7 @@ def wilder(e: pl.Expr, n: int) -> pl.Expr:
     return per_code(e.ewm_mean(alpha=1.0 / n, adjust=False, min_samples=n, ignore_nulls=True))
 
 
-def zscore_rolling(e: pl.Expr, w: int, min_samples: int | None = None, partition: str | None = "Code") -> pl.Expr:
+def zscore_rolling(e: pl.Expr, w: int, min_samples: int | None = None, partition: str | None = C.CODE) -> pl.Expr:
     """(x − mean_w) / (std_w + ε), trailing window only."""
     m = min_samples or w
     mean, std = e.rolling_mean(w, min_samples=m), e.rolling_std(w, min_samples=m)

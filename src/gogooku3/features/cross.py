@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from gogooku3.core import columns as C
 from gogooku3.features.common import Block, c, div, flag, per_code, roll_mean, roll_std
 
 
@@ -32,7 +33,7 @@ def cross(x: dict) -> Block:
     b.add("alpha_5d", c("returns_5d") - c("beta_60d") * c("mkt_ret_5d"))
     b.add("rel_strength_5d", c("returns_5d") - c("mkt_ret_5d"))
     b.add("trend_align_mkt", flag(c("ma_gap_5_20").sign() == c("mkt_gap_5_20").sign()), is_flag=True)
-    b.add("idio_vol_ratio", div(c("volatility_20d"), c("mkt_vol_20d")))
+    b.add("idio_vol_ratio", div(c(C.VOLATILITY_20D), c("mkt_vol_20d")))
     b.add("beta_stability_60d", 1.0 / (roll_std(c("beta_60d"), x["stability_window"]) + 1e-12))
     b.next_stage()
     b.add("alpha_vs_regime", c("alpha_1d") * c("mkt_bull_200"))
@@ -40,4 +41,4 @@ def cross(x: dict) -> Block:
 
 
 NEEDS = ("mkt_ret_1d", "mkt_ret_5d", "mkt_gap_5_20", "mkt_vol_20d", "mkt_bull_200", "returns_5d", "ma_gap_5_20",
-         "volatility_20d")
+         C.VOLATILITY_20D)

@@ -12,20 +12,23 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
-from omegaconf import DictConfig
 
+from gogooku3.core import columns as C
 from gogooku3.core.io import fingerprint
 from gogooku3.features.common import c
 from gogooku3.features.plan import plain_config
 from gogooku3.sources.schema import TABLES
 
+if TYPE_CHECKING:
+    from gogooku3.config.schema import Settings
+
 # the date from which a raw row can be seen by a feature (a row is fingerprinted when this date ≤ the dataset's end)
-DATE_KEYS = {"daily_quotes": ("Date",), "listed_info": ("Date",), "topix": ("Date",), "trading_calendar": ("Date",),
-             "statements": ("DiscDate",), "investor_types": ("PubDate",), "margin_interest": ("PubDate", "Date")}
+DATE_KEYS = {"daily_quotes": (C.DATE,), "listed_info": (C.DATE,), "topix": (C.DATE,), "trading_calendar": (C.DATE,),
+             "statements": ("DiscDate",), "investor_types": ("PubDate",), "margin_interest": ("PubDate", C.DATE)}
 ADJUSTED = {"AdjO": "O", "AdjH": "H", "AdjL": "L", "AdjC": "C", "AdjVo": "Vo"}
 BUILD_ONLY = ("chunk_rows",)  # features keys that change how a dataset is built, never what it holds
 
@@ -89,13 +92,13 @@ def raw_fingerprint(tables: dict[str, pl.DataFrame], through: dt.date) -> dict[s
     return {name: table_fingerprint(df, name, through) for name, df in sorted(tables.items())}
 
 
-def config_fingerprints(cfg: DictConfig) -> dict[str, str]:
+def config_fingerprints(cfg: Settings) -> dict[str, str]:
     """Fingerprints of what a dataset holds: the features config (less build-only keys) and the labels config."""
     f = {k: v for k, v in plain_config(cfg.features).items() if k not in BUILD_ONLY}
     return {"features": fingerprint(f), "labels": fingerprint(plain_config(cfg.labels))}
 
 
-def build_fingerprints(cfg: DictConfig, tables: dict[str, pl.DataFrame], end: dt.date) -> dict[str, Any]:
+def build_fingerprints(cfg: Settings, tables: dict[str, pl.DataFrame], end: dt.date) -> dict[str, Any]:
     """The metadata entries an incremental update checks against."""
     return {"config_fingerprint": config_fingerprints(cfg),
             "raw_fingerprint": {"through": end.isoformat(), "tables": raw_fingerprint(tables, end)}}

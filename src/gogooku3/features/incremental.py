@@ -33,11 +33,11 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
-from omegaconf import DictConfig
 
+from gogooku3.core import columns as C
 from gogooku3.core.errors import DataError
 from gogooku3.core.io import atomic_path, read_json
 from gogooku3.features.build import BuiltFrame, chunk_tables, code_chunks, note_dropped
@@ -64,6 +64,9 @@ from gogooku3.features.writer import (
     write_outputs,
 )
 from gogooku3.sources.schema import table_path
+
+if TYPE_CHECKING:
+    from gogooku3.config.schema import Settings
 
 log = logging.getLogger(__name__)
 
@@ -92,16 +95,16 @@ def finite_window(f: dict) -> int:
 
 def _positions(dq: pl.DataFrame) -> pl.DataFrame:
     """Code, Date and the row's number within its stock (0-based), sorted by Code, Date."""
-    return (dq.select("Code", "Date").sort("Code", "Date")
-            .with_columns(pl.int_range(pl.len(), dtype=pl.Int32).over("Code").alias("_i")))
+    return (dq.select(C.CODE, C.DATE).sort(C.CODE, C.DATE)
+            .with_columns(pl.int_range(pl.len(), dtype=pl.Int32).over(C.CODE).alias("_i")))
 
 
 def back_from(pos: pl.DataFrame, start: dt.date, rows: int) -> dt.date:
     """The earliest date S such that every stock with a row on or after `start` has `rows` rows before its first
     such row on or after S (or all its rows)."""
-    first = pos.filter(c("Date") >= start).group_by("Code").agg(c("_i").min().alias("_f"))
+    first = pos.filter(c(C.DATE) >= start).group_by(C.CODE).agg(c("_i").min().alias("_f"))
     need = first.with_columns((c("_f") - rows).clip(lower_bound=0).alias("_need"))
-    return pos.join(need, on="Code").filter(c("_i") == c("_need"))["Date"].min()
+    return pos.join(need, on=C.CODE).filter(c("_i") == c("_need"))[C.DATE].min()
 
 
 def unbounded(p: Plan) -> list[str]:
@@ -119,14 +122,14 @@ def _given(b: Block, names: set[str]) -> Block:
 
 
 # ---------------------------------------------------------------------------------------------- the update
-def _refuse(why: str, fallback_full: bool, cfg: DictConfig) -> BuildResult:
+def _refuse(why: str, fallback_full: bool, cfg: Settings) -> BuildResult:
     if not fallback_full:
         raise Refused(f"incremental build refused: {why}; run a full `gogooku3 data build` (or pass --fallback-full)")
     log.warning("incremental build not possible (%s): building in full", why)
     return build_dataset(cfg)
 
 
-def _check_existing(cfg: DictConfig, latest: Path) -> tuple[dict, FeatureManifest] | str:
+def _check_existing(cfg: Settings, latest: Path) -> tuple[dict, FeatureManifest] | str:
     """The existing dataset's metadata and manifest, or why it cannot be updated."""
     meta_p = metadata_path(latest)
     if not latest.exists() or not meta_p.exists():
@@ -164,7 +167,7 @@ def _raw_changes(meta: dict, tables: dict[str, pl.DataFrame], raw_dir: Path, thr
     return None
 
 
-def update_dataset(cfg: DictConfig, fallback_full: bool = False) -> BuildResult:
+def update_dataset(cfg: Settings, fallback_full: bool = False) -> BuildResult:
     """Append the raw tables' new sessions to the existing dataset (`cfg.paths.dataset`), recomputing only the rows
     whose values can change; written (dataset, latest, metadata, manifest, coverage) as a full build writes them."""
     t0 = time.perf_counter()
@@ -179,7 +182,7 @@ def update_dataset(cfg: DictConfig, fallback_full: bool = False) -> BuildResult:
     if why:
         return _refuse(why, fallback_full, cfg)
     dq = tables["daily_quotes"]
-    end = dq["Date"].max()
+    end = dq[C.DATE].max()
     if end < through:
         return _refuse(f"{table_path(raw_dir, 'daily_quotes')} ends on {end}, before the dataset ({through})",
                        fallback_full, cfg)
@@ -200,7 +203,7 @@ def update_dataset(cfg: DictConfig, fallback_full: bool = False) -> BuildResult:
              sessions[at + 1] if at + 1 < len(sessions) else end, end, redo, warm)
 
     full = plan_features(tables, cal, f, lab)  # the market table, over the whole history
-    tail = _recompute(tables, cal, f, lab, full, warm, redo, int(cfg.features.chunk_rows))
+    tail = _recompute(tables, cal, f, lab, full, warm, redo, cfg.features.chunk_rows)
     old_schema = pl.read_parquet_schema(latest)
     dead = [n for n in full.groups if n not in old_schema]
     alive = [n for n in dead if tail[n].null_count() < tail.height]
@@ -222,10 +225,10 @@ def update_dataset(cfg: DictConfig, fallback_full: bool = False) -> BuildResult:
     start = dt.date.fromisoformat(meta["start"])
     path = dataset_path(cfg, start, end)
     with atomic_path(path) as tmp, DatasetWriter(tmp) as write:
-        for codes, _, _ in code_chunks(dq, int(cfg.features.chunk_rows) or dq.height):
+        for codes, _, _ in code_chunks(dq, cfg.features.chunk_rows or dq.height):
             kept = (pl.scan_parquet(latest)
-                    .filter((c("Code") >= codes[0]) & (c("Code") <= codes[-1]) & (c("Date") < redo)).collect())
-            write(pl.concat([kept, tail.filter(c("Code").is_in(codes))]).sort("Code", "Date"))
+                    .filter((c(C.CODE) >= codes[0]) & (c(C.CODE) <= codes[-1]) & (c(C.DATE) < redo)).collect())
+            write(pl.concat([kept, tail.filter(c(C.CODE).is_in(codes))]).sort(C.CODE, C.DATE))
         stats = write.close()
     if stats.rows != dq.height:
         raise DataError(f"incremental build: wrote {stats.rows} rows for {dq.height} quote rows (internal error)")
@@ -241,21 +244,21 @@ def _recompute(tables: dict[str, pl.DataFrame], cal: Any, f: dict, lab: dict, fu
     chunk), everything else on the quotes from `warm` on."""
     dq = tables["daily_quotes"]
     inf = unbounded(full)
-    live = dq.filter(c("Date") >= warm)
+    live = dq.filter(c(C.DATE) >= warm)
     parts = []
-    chunks = code_chunks(dq.filter(c("Code").is_in(live["Code"].unique().implode())), chunk_rows or dq.height)
+    chunks = code_chunks(dq.filter(c(C.CODE).is_in(live[C.CODE].unique().implode())), chunk_rows or dq.height)
     for codes, _, _ in chunks:
         p = plan_features(chunk_tables(tables, codes), cal, f, lab, market=full.market)
         same_plan(p, full)
-        got = apply_blocks(p.lf, p.blocks, {"Code", "Date", *inf}).select("Code", "Date", *inf).collect()
-        parts.append(got.filter(c("Date") >= warm))
+        got = apply_blocks(p.lf, p.blocks, {C.CODE, C.DATE, *inf}).select(C.CODE, C.DATE, *inf).collect()
+        parts.append(got.filter(c(C.DATE) >= warm))
     given = pl.concat(parts)
     del parts
     p = plan_features({**tables, "daily_quotes": live}, cal, f, lab, market=full.market)
     same_plan(p, full)
-    rows = live.select("Code", "Date").sort("Code", "Date")
-    if not rows.equals(given.select("Code", "Date")):
+    rows = live.select(C.CODE, C.DATE).sort(C.CODE, C.DATE)
+    if not rows.equals(given.select(C.CODE, C.DATE)):
         raise DataError("incremental build: the history columns do not line up with the warm-up slice")
-    lf = p.lf.with_columns(given.drop("Code", "Date").get_columns())
+    lf = p.lf.with_columns(given.drop(C.CODE, C.DATE).get_columns())
     blocks = [_given(b, set(inf)) for b in p.blocks]
-    return p.output(lf, blocks).collect().filter(c("Date") >= redo)
+    return p.output(lf, blocks).collect().filter(c(C.DATE) >= redo)

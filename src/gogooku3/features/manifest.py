@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -20,8 +20,11 @@ from gogooku3.core.errors import ConfigError, DataError, LeakageError
 from gogooku3.core.io import fingerprint, read_json, write_json
 from gogooku3.data.split import label_gap as _label_gap
 
+if TYPE_CHECKING:
+    from gogooku3.config.schema import LabelsSettings
+
 TARGET_RE = re.compile(r"^(target|feat_ret|label|y)_")
-META_COLUMNS = ("Code", "Date", "Section", "S33", "S17")
+META_COLUMNS = (C.CODE, C.DATE, C.SECTION, C.S33, C.S17)
 
 
 def is_label_like(name: str) -> bool:
@@ -124,9 +127,9 @@ class FeatureManifest:
             raise DataError(f"{dataset_path}: no feature manifest beside it ({p.name}); rebuild with `gogooku3 data build`")
         return cls.load(p)
 
-    def check_labels(self, labels_cfg: Any, source: str | Path = "dataset") -> None:
+    def check_labels(self, labels_cfg: LabelsSettings, source: str | Path = "dataset") -> None:
         """The config's `labels.horizons` / `labels.entry_lag` must be the ones the dataset was built with."""
-        want_h, want_lag = [int(h) for h in labels_cfg.horizons], int(labels_cfg.entry_lag)
+        want_h, want_lag = list(labels_cfg.horizons), labels_cfg.entry_lag
         if want_lag != self.entry_lag:
             raise ConfigError(f"{source}: built with labels.entry_lag={self.entry_lag} but the config says "
                               f"labels.entry_lag={want_lag}; pass labels.entry_lag={self.entry_lag} (or rebuild the "

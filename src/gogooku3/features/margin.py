@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from gogooku3.core import columns as C
 from gogooku3.core.calendar import TradingCalendar
 from gogooku3.features.common import (
     EPS,
@@ -26,23 +27,23 @@ WEEKLY = ("margin_long_tot", "margin_short_tot", "margin_total_gross", "margin_c
 
 
 def _z(x: str, w: int) -> pl.Expr:
-    return ((c(x) - c(x).rolling_mean(w, min_samples=w)) / (c(x).rolling_std(w, min_samples=w) + EPS)).over("Code")
+    return ((c(x) - c(x).rolling_mean(w, min_samples=w)) / (c(x).rolling_std(w, min_samples=w) + EPS)).over(C.CODE)
 
 
 def weekly_table(mi: pl.DataFrame, cal: TradingCalendar, m: dict) -> pl.DataFrame:
     eff = cal.next_after(mi["PubDate"]) if "PubDate" in mi.columns else pl.Series("PubDate", [None] * mi.height,
                                                                                    dtype=pl.Date)
-    fallback = cal.shift(cal.next_on_or_after(mi["Date"]), m["pub_lag_sessions"])
+    fallback = cal.shift(cal.next_on_or_after(mi[C.DATE]), m["pub_lag_sessions"])
     df = (mi.with_columns(pl.coalesce(eff, fallback).alias("_eff"))
           .filter(c("_eff").is_not_null())
-          .sort("Code", "_eff", "Date")
-          .unique(["Code", "_eff"], keep="last", maintain_order=True))
+          .sort(C.CODE, "_eff", C.DATE)
+          .unique([C.CODE, "_eff"], keep="last", maintain_order=True))
     L, S = c("LongVol"), c("ShrtVol")
     df = df.with_columns(
         L.alias("margin_long_tot"), S.alias("margin_short_tot"), (L + S).alias("margin_total_gross"),
         div(L, S).alias("margin_credit_ratio"), div(L - S, L + S).alias("margin_imbalance"),
     )
-    d = lambda e: (e - e.shift(1)).over("Code")  # noqa: E731
+    d = lambda e: (e - e.shift(1)).over(C.CODE)  # noqa: E731
     w = m["z_window"]
     df = df.with_columns(
         d(L).alias("margin_d_long_wow"), d(S).alias("margin_d_short_wow"), d(L - S).alias("margin_d_net_wow"),
@@ -51,7 +52,7 @@ def weekly_table(mi: pl.DataFrame, cal: TradingCalendar, m: dict) -> pl.DataFram
         _z("margin_total_gross", w).alias("margin_gross_z52"), _z("margin_credit_ratio", w).alias("margin_ratio_z52"),
         (c("IssType").cast(pl.Utf8) if "IssType" in df.columns else pl.lit(None, pl.Utf8)).alias("_iss"),
     )
-    return narrow(df.select("Code", c("_eff").alias("_mg_eff"), *WEEKLY, "_iss"), WEEKLY).sort("Code", "_mg_eff")
+    return narrow(df.select(C.CODE, c("_eff").alias("_mg_eff"), *WEEKLY, "_iss"), WEEKLY).sort(C.CODE, "_mg_eff")
 
 
 def attach(lf: pl.LazyFrame, mi: pl.DataFrame | None, cal: TradingCalendar, m: dict,
@@ -60,22 +61,22 @@ def attach(lf: pl.LazyFrame, mi: pl.DataFrame | None, cal: TradingCalendar, m: d
     if mi is None:
         b.skip("no margin_interest table")
         return lf, b
-    gone = missing(mi.columns, "LongVol", "ShrtVol") + missing(avail, "Volume")
+    gone = missing(mi.columns, "LongVol", "ShrtVol") + missing(avail, C.VOLUME)
     if gone:
         b.skip(f"margin needs {', '.join(gone)}")
         return lf, b
-    lf = lf.join_asof(weekly_table(mi, cal, m).lazy(), left_on="Date", right_on="_mg_eff", by="Code",
+    lf = lf.join_asof(weekly_table(mi, cal, m).lazy(), left_on=C.DATE, right_on="_mg_eff", by=C.CODE,
                       strategy="backward", check_sortedness=False)
     # in the day's share basis, like the (raw, unadjusted) margin balances it scales
-    b.add("_adv", roll_mean(c("Volume"), m["adv_window"]) * c("_kv"))
+    b.add("_adv", roll_mean(c(C.VOLUME), m["adv_window"]) * c("_kv"))
     b.next_stage()
     for n in WEEKLY:
         b.add(n, c(n))
     for x in ("long", "short"):
         b.add(f"margin_{x}_to_adv20", div(c(f"margin_{x}_tot"), c("_adv")))
         b.add(f"margin_d_{x}_to_adv20", div(c(f"margin_d_{x}_wow"), c("_adv")))
-    days = (c("Date") - c("_mg_eff")).dt.total_days()
-    b.add("margin_impulse", flag(c("Date") == c("_mg_eff")), is_flag=True)
+    days = (c(C.DATE) - c("_mg_eff")).dt.total_days()
+    b.add("margin_impulse", flag(c(C.DATE) == c("_mg_eff")), is_flag=True)
     b.add("margin_days_since", days.cast(pl.Float64))
     b.add("margin_issue_type", c("_iss").cast(pl.Float64, strict=False))
     b.add("is_borrowable", flag(c("_iss") == "2"), is_flag=True)

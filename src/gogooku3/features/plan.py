@@ -15,12 +15,12 @@ on a proxy index of the universe (`market.proxy_index`, built once by `market_ta
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
-from omegaconf import DictConfig, OmegaConf
 
 from gogooku3.core import columns as C
 from gogooku3.core.calendar import TradingCalendar
@@ -42,8 +42,8 @@ Tables = dict[str, "pl.DataFrame | pl.LazyFrame"]
 
 
 def plain_config(cfg: Any) -> dict:
-    """A config node (or a mapping) as a plain dict, interpolations resolved."""
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    """A config node (a Settings dataclass such as `cfg.features`, or a mapping) as a plain dict."""
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type) else dict(cfg)
 
 
 def _lazy(t: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
@@ -63,25 +63,25 @@ def base_frame(dq: pl.LazyFrame) -> tuple[pl.LazyFrame, list[str]]:
     have = dq.collect_schema()
     cols = set(have.names())
     k = c("AdjC") / c("C") if "C" in cols else None
-    sel = [c("Code").cast(pl.Utf8), c("Date").cast(pl.Date), c("AdjC").cast(pl.Float64).alias("Close")]
-    for adj, raw, out in (("AdjO", "O", "Open"), ("AdjH", "H", "High"), ("AdjL", "L", "Low")):
+    sel = [c(C.CODE).cast(pl.Utf8), c(C.DATE).cast(pl.Date), c("AdjC").cast(pl.Float64).alias(C.CLOSE)]
+    for adj, raw, out in (("AdjO", "O", C.OPEN), ("AdjH", "H", C.HIGH), ("AdjL", "L", C.LOW)):
         if adj in cols:
             sel.append(c(adj).cast(pl.Float64).alias(out))
         elif raw in cols and k is not None:
             sel.append((c(raw) * k).alias(out))
     if "AdjVo" in cols:
-        sel.append(c("AdjVo").cast(pl.Float64).alias("Volume"))
+        sel.append(c("AdjVo").cast(pl.Float64).alias(C.VOLUME))
     elif "Vo" in cols and k is not None:
-        sel.append((c("Vo") / k).alias("Volume"))
-    for raw, out in (("Va", "TurnoverValue"), ("C", "_RawC"), ("Vo", "_RawVo"), ("AdjFactor", "_AF")):
+        sel.append((c("Vo") / k).alias(C.VOLUME))
+    for raw, out in (("Va", C.TURNOVER_VALUE), ("C", "_RawC"), ("Vo", "_RawVo"), ("AdjFactor", "_AF")):
         if raw in cols:
             sel.append(c(raw).cast(pl.Float64).alias(out))
     users = user_columns(have)
     sel += [c(u) for u in users]
     lf = dq.select(sel)
-    lf = lf.with_columns(day_scales(set(lf.collect_schema().names()))).sort("Code", "Date")
+    lf = lf.with_columns(day_scales(set(lf.collect_schema().names()))).sort(C.CODE, C.DATE)
     # sorted by Code first: flagging it lets every over("Code") window use contiguous slices
-    return lf.with_columns(c("Code").set_sorted()), users
+    return lf.with_columns(c(C.CODE).set_sorted()), users
 
 
 def day_scales(cols: set[str]) -> list[pl.Expr]:
@@ -90,9 +90,9 @@ def day_scales(cols: set[str]) -> list[pl.Expr]:
     Either one gives the other (Vo/AdjVo = AdjC/C), so a row with a usable close or volume pair gets both. Without raw
     C and Vo (user files with AdjC only) both are 1: the levels stay adjusted, which is as point in time as the file.
     """
-    kp = pl.when((c("_RawC") > 0) & (c("Close") > 0)).then(c("_RawC") / c("Close")) if "_RawC" in cols else None
-    kv = (pl.when((c("_RawVo") > 0) & (c("Volume") > 0)).then(c("_RawVo") / c("Volume"))
-          if {"_RawVo", "Volume"} <= cols else None)
+    kp = pl.when((c("_RawC") > 0) & (c(C.CLOSE) > 0)).then(c("_RawC") / c(C.CLOSE)) if "_RawC" in cols else None
+    kv = (pl.when((c("_RawVo") > 0) & (c(C.VOLUME) > 0)).then(c("_RawVo") / c(C.VOLUME))
+          if {"_RawVo", C.VOLUME} <= cols else None)
     if kp is None and kv is None:
         return [pl.lit(1.0).alias("_kp"), pl.lit(1.0).alias("_kv")]
     if kp is None:
@@ -215,7 +215,7 @@ def plan_features(tables: Tables, calendar: TradingCalendar, features_cfg: Any, 
             notes["market"] = market.note
         if market.frame is not None:
             mkt = market.frame
-            lf = lookup(lf, mkt, c("Date"), "Date", [x for x in mkt.columns if x != "Date"])
+            lf = lookup(lf, mkt, c(C.DATE), C.DATE, [x for x in mkt.columns if x != C.DATE])
             mkt_block = market.block
     if not disabled("flows"):
         lf, flow_block = flows_mod.attach(lf, eager(tables.get("investor_types")), calendar, f["flows"])
@@ -277,13 +277,13 @@ def market_table(lf: pl.LazyFrame, topix: pl.DataFrame | pl.LazyFrame | None, m:
         weights = None
         if "_shout" in have:  # statements with shares outstanding: weight by market cap
             src = statements.shares_block(have).apply(lf)
-            weights = c("market_cap")
+            weights = c(C.MARKET_CAP)
         else:
             src = lf
         idx, note = proxy_index(src, mode, weights)
         log.info("market: %s", note)
     mkt, block = market_frame(idx, m)
-    return MarketTable(narrow(mkt.collect().unique("Date", keep="last"), block.features), block, note)
+    return MarketTable(narrow(mkt.collect().unique(C.DATE, keep="last"), block.features), block, note)
 
 
 def apply_blocks(lf: pl.LazyFrame, blocks: list[Block], final: set[str]) -> pl.LazyFrame:

@@ -27,26 +27,27 @@ import math
 
 import polars as pl
 
+from gogooku3.core import columns as C
 from gogooku3.features.common import EPS, Block, c, per_code
 
 GROUP = "quality"
-NEEDS = ("returns_1d",)
+NEEDS = (C.RETURNS_1D,)
 
 
 def _z_day(x: pl.Expr) -> pl.Expr:
-    return (x - x.mean().over("Date")) / (x.std().over("Date") + EPS)
+    return (x - x.mean().over(C.DATE)) / (x.std().over(C.DATE) + EPS)
 
 
 def quality(avail: set[str], q: dict) -> Block:
     """The quality block from the `features.quality` settings; `avail`: the columns earlier blocks provide."""
     b = Block(GROUP, cross_sectional=True)  # day means, z-scores and ranks over Date
-    r1 = c("returns_1d").cast(pl.Float64)
+    r1 = c(C.RETURNS_1D).cast(pl.Float64)
     w = int(q["vol_window"])
     b.add("_q_vol", per_code(r1.rolling_std(w, min_samples=w)))
-    smart = bool(q["smart_money"]) and "dollar_volume" in avail
+    smart = bool(q["smart_money"]) and C.DOLLAR_VOLUME in avail
     if smart:
         # a column of its own: inside `_z_day`'s over("Date") the per-stock mean would see one row per stock
-        dv = c("dollar_volume").cast(pl.Float64)
+        dv = c(C.DOLLAR_VOLUME).cast(pl.Float64)
         b.add("_q_surprise", (dv / (per_code(dv.rolling_mean(w, min_samples=w)) + EPS) + EPS).log())
     elif q["smart_money"]:
         b.skip("smart_money needs dollar_volume (group volume, from AdjVo)")
@@ -55,7 +56,7 @@ def quality(avail: set[str], q: dict) -> Block:
         b.add("ret_outlier_up_flag", z > thr, is_flag=True)
         b.add("ret_outlier_down_flag", z < -thr, is_flag=True)
     if q["excess_returns"]:
-        b.add("excess_ret_1d", r1 - r1.mean().over("Date"))
+        b.add("excess_ret_1d", r1 - r1.mean().over(C.DATE))
     b.next_stage()
     if smart:
         b.add("smart_money_index", _z_day(c("_q_surprise")) - _z_day(r1.abs()))
@@ -66,7 +67,7 @@ def quality(avail: set[str], q: dict) -> Block:
             b.add(f"sharpe_{h}d", ret_h / (c("_q_vol") * math.sqrt(h) + EPS))
     if q["use_cross_sectional_quantiles"]:
         vol = c("_q_vol")
-        rank = vol.rank("average").over("Date") / vol.count().over("Date")
+        rank = vol.rank("average").over(C.DATE) / vol.count().over(C.DATE)
         b.add("vol_cs_quantile", rank)
         b.add("high_vol_flag", rank >= float(q["high_quantile"]), is_flag=True)
         b.add("low_vol_flag", rank <= float(q["low_quantile"]), is_flag=True)

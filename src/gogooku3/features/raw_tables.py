@@ -4,13 +4,17 @@ cross-table checks (`validate_tables`) and their trading calendar (`make_calenda
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
-from omegaconf import DictConfig
 
+from gogooku3.core import columns as C
 from gogooku3.core.calendar import TradingCalendar
 from gogooku3.core.errors import DataError, SchemaError, rows_hint
 from gogooku3.sources.schema import TABLES, conform, scan_table, table_path
+
+if TYPE_CHECKING:
+    from gogooku3.config.schema import Settings
 
 
 def read_raw_tables(raw_dir: str | Path) -> dict[str, pl.DataFrame]:
@@ -38,37 +42,37 @@ def make_calendar(tables: dict[str, pl.DataFrame], exchange: str) -> TradingCale
     """The trading calendar: the trading_calendar table where there is one, else the exchange's over the quotes."""
     if "trading_calendar" in tables:
         return TradingCalendar.from_table(tables["trading_calendar"])
-    d = tables["daily_quotes"]["Date"]
+    d = tables["daily_quotes"][C.DATE]
     return TradingCalendar.from_exchange(exchange, d.min(), d.max())
 
 
 def validate_tables(tables: dict[str, pl.DataFrame], cal: TradingCalendar, raw_dir: str | Path) -> None:
     """Cross-table checks beyond the per-table schema: quotes only on sessions, statements only for known codes."""
     dq = tables["daily_quotes"]
-    off = ~cal.is_session(dq["Date"])
+    off = ~cal.is_session(dq[C.DATE])
     if off.any():
-        ex = dq.filter(off).select("Code", "Date").head(3).rows()
+        ex = dq.filter(off).select(C.CODE, C.DATE).head(3).rows()
         raise DataError(f"{table_path(raw_dir, 'daily_quotes')}: {int(off.sum())} row(s) on non-trading days at rows "
                         f"{rows_hint(off.arg_true().to_list())}, e.g. {ex}")
     if "statements" in tables:
         st = tables["statements"]
-        unknown = ~st["Code"].is_in(dq["Code"].unique().implode())
+        unknown = ~st[C.CODE].is_in(dq[C.CODE].unique().implode())
         if unknown.any():
-            ex = st.filter(unknown)["Code"].unique(maintain_order=True).head(3).to_list()
+            ex = st.filter(unknown)[C.CODE].unique(maintain_order=True).head(3).to_list()
             raise SchemaError(f"{table_path(raw_dir, 'statements')}: column 'Code' has codes absent from daily_quotes "
                               f"at rows {rows_hint(unknown.arg_true().to_list())}, e.g. {ex}")
 
 
-def calendar_name(tables: dict, cfg: DictConfig) -> str:
+def calendar_name(tables: dict, cfg: Settings) -> str:
     """Where the calendar came from, as the manifest records it."""
-    return "trading_calendar table" if "trading_calendar" in tables else str(cfg.features.calendar_exchange)
+    return "trading_calendar table" if "trading_calendar" in tables else cfg.features.calendar_exchange
 
 
-def load_tables(cfg: DictConfig) -> tuple[Path, dict[str, pl.DataFrame], TradingCalendar]:
+def load_tables(cfg: Settings) -> tuple[Path, dict[str, pl.DataFrame], TradingCalendar]:
     """Read and validate the raw tables of `cfg.paths.raw_dir`; their trading calendar."""
     raw_dir = Path(cfg.paths.raw_dir)
     tables = read_raw_tables(raw_dir)
-    cal = make_calendar(tables, str(cfg.features.calendar_exchange))
+    cal = make_calendar(tables, cfg.features.calendar_exchange)
     validate_tables(tables, cal, raw_dir)
     return raw_dir, tables, cal
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from gogooku3.core import columns as C
 from gogooku3.features.common import EPS, Block, c, flag
 
 UNKNOWN = "Unknown"
@@ -17,21 +18,21 @@ def attach_listed(lf: pl.LazyFrame, listed: pl.LazyFrame | None, sections: dict[
                   fallback: str) -> pl.LazyFrame:
     """Add Section, S33, S17 to the daily frame (sorted by Code, Date)."""
     if listed is None:
-        return lf.with_columns(pl.lit(fallback).alias("Section"), pl.lit(UNKNOWN).alias("S33"),
-                               pl.lit(UNKNOWN).alias("S17"))
+        return lf.with_columns(pl.lit(fallback).alias(C.SECTION), pl.lit(UNKNOWN).alias(C.S33),
+                               pl.lit(UNKNOWN).alias(C.S17))
     have = set(listed.collect_schema().names())
     li = listed.select(
-        "Code", pl.col("Date").alias("_li_date"),
+        C.CODE, pl.col(C.DATE).alias("_li_date"),
         (c("Mkt").cast(pl.Utf8) if "Mkt" in have else pl.lit(None, pl.Utf8)).alias("_mkt"),
-        *[(c(x).cast(pl.Utf8) if x in have else pl.lit(None, pl.Utf8)).alias(f"_{x}") for x in ("S33", "S17")],
-    ).unique(["Code", "_li_date"], keep="last", maintain_order=True).sort("Code", "_li_date")
-    out = lf.join_asof(li, left_on="Date", right_on="_li_date", by="Code", strategy="backward",
+        *[(c(x).cast(pl.Utf8) if x in have else pl.lit(None, pl.Utf8)).alias(f"_{x}") for x in (C.S33, C.S17)],
+    ).unique([C.CODE, "_li_date"], keep="last", maintain_order=True).sort(C.CODE, "_li_date")
+    out = lf.join_asof(li, left_on=C.DATE, right_on="_li_date", by=C.CODE, strategy="backward",
                        check_sortedness=False)
     sec = c("_mkt").replace_strict(sections, default=None, return_dtype=pl.Utf8)
     return out.with_columns(
-        sec.fill_null(fallback).alias("Section"),
-        c("_S33").fill_null(UNKNOWN).alias("S33"),
-        c("_S17").fill_null(UNKNOWN).alias("S17"),
+        sec.fill_null(fallback).alias(C.SECTION),
+        c("_S33").fill_null(UNKNOWN).alias(C.S33),
+        c("_S17").fill_null(UNKNOWN).alias(C.S17),
     ).drop("_li_date", "_mkt", "_S33", "_S17")
 
 
@@ -40,7 +41,7 @@ def missing_sectors(listed: pl.DataFrame | None) -> str | None:
     stock is "Unknown" and the block would only write null columns."""
     if listed is None:
         return "no sector column (listed_info table absent; files: map data.columns.sector)"
-    if "S33" not in listed.columns or listed["S33"].drop_nulls().len() == 0:
+    if C.S33 not in listed.columns or listed[C.S33].drop_nulls().len() == 0:
         return "no sector column (listed_info has no S33 values; files: map data.columns.sector)"
     return None
 
@@ -52,8 +53,8 @@ def _z(x: str, grp: list[str]) -> pl.Expr:
 def sector_relative(min_count: int) -> Block:
     """Same-day cross-sectional features within (Date, S33); null where the sector has < min_count stocks that day."""
     b = Block("sector", cross_sectional=True)  # within (Date, S33)
-    g = ["Date", "S33"]
-    known = (c("S33") != UNKNOWN) & (c("_r1").count().over(g) >= min_count)
+    g = [C.DATE, C.S33]
+    known = (c(C.S33) != UNKNOWN) & (c("_r1").count().over(g) >= min_count)
     b.add("_sec_r1", pl.when(known).then(c("_r1").mean().over(g)))
     b.add("_sec_ok", known)
     b.next_stage()
@@ -64,13 +65,13 @@ def sector_relative(min_count: int) -> Block:
     b.add("ret_1d_rank_in_sec", pl.when(ok).then(c("_r1").rank("average").over(g) / c("_r1").count().over(g)))
     b.add("ret_5d_vs_sec", pl.when(ok).then(c("returns_5d") - c("returns_5d").mean().over(g)))
     b.add("volume_in_sec_z", pl.when(ok).then(_z("volume_ratio_20", g)))
-    b.add("rv20_in_sec_z", pl.when(ok).then(_z("volatility_20d", g)))
+    b.add("rv20_in_sec_z", pl.when(ok).then(_z(C.VOLATILITY_20D, g)))
     b.add("rsi14_in_sec_z", pl.when(ok).then(_z("rsi_14", g)))
     return b
 
 
-NEEDS = ("returns_5d", "volume_ratio_20", "volatility_20d", "rsi_14")
+NEEDS = ("returns_5d", "volume_ratio_20", C.VOLATILITY_20D, "rsi_14")
 
 
 def section_fallback_flag(fallback: str) -> pl.Expr:
-    return flag(c("Section") == fallback)
+    return flag(c(C.SECTION) == fallback)

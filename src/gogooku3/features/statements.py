@@ -13,6 +13,7 @@ import datetime as dt
 
 import polars as pl
 
+from gogooku3.core import columns as C
 from gogooku3.core.calendar import TradingCalendar
 from gogooku3.features.common import EPS, Block, c, div, flag, narrow, per_code
 
@@ -78,12 +79,12 @@ def statement_table(st: pl.DataFrame, cal: TradingCalendar, s: dict) -> pl.DataF
         per.replace_strict({"1Q": 1, "2Q": 2, "3Q": 3, "4Q": 4, "FY": 4}, default=None, return_dtype=pl.Int32)
         .alias("_q"),
         pl.coalesce(c("CurFYSt").dt.year(), c("CurFYEn").dt.year() - 1).cast(pl.Int32).alias("_fy"),
-    ).filter(c("_eff").is_not_null()).sort("Code", "_ts"))
-    prev = st.select("Code", "_q", (c("_fy") + 1).alias("_fy"), "_ts", *[c(x).alias(f"_p{x}") for x in
+    ).filter(c("_eff").is_not_null()).sort(C.CODE, "_ts"))
+    prev = st.select(C.CODE, "_q", (c("_fy") + 1).alias("_fy"), "_ts", *[c(x).alias(f"_p{x}") for x in
                                                                           ("Sales", "OP", "NP")])
-    prev = prev.filter(c("_q").is_not_null() & c("_fy").is_not_null()).sort("Code", "_q", "_fy", "_ts")
-    st = st.sort("Code", "_q", "_fy", "_ts").join_asof(
-        prev, on="_ts", by=["Code", "_q", "_fy"], strategy="backward", check_sortedness=False).sort("Code", "_ts")
+    prev = prev.filter(c("_q").is_not_null() & c("_fy").is_not_null()).sort(C.CODE, "_q", "_fy", "_ts")
+    st = st.sort(C.CODE, "_q", "_fy", "_ts").join_asof(
+        prev, on="_ts", by=[C.CODE, "_q", "_fy"], strategy="backward", check_sortedness=False).sort(C.CODE, "_ts")
 
     def yoy(x: str) -> pl.Expr:
         return (c(x) - c(f"_p{x}")) / (c(f"_p{x}").abs() + EPS)
@@ -107,9 +108,9 @@ def statement_table(st: pl.DataFrame, cal: TradingCalendar, s: dict) -> pl.DataF
         flag(truthy("ChgAcEst")).alias("_chg"), flag(truthy("RetroRst")).alias("_nc"),
     )
     # the latest disclosure wins when several become effective on the same session
-    out = (out.unique(["Code", "_eff"], keep="last", maintain_order=True)
-           .select("Code", c("_eff").alias("_st_eff"), *RATIOS, "_chg", "_nc", shares_net(out.columns)))
-    return narrow(out, RATIOS).sort("Code", "_st_eff")
+    out = (out.unique([C.CODE, "_eff"], keep="last", maintain_order=True)
+           .select(C.CODE, c("_eff").alias("_st_eff"), *RATIOS, "_chg", "_nc", shares_net(out.columns)))
+    return narrow(out, RATIOS).sort(C.CODE, "_st_eff")
 
 
 def attach(lf: pl.LazyFrame, st: pl.DataFrame | None, cal: TradingCalendar, s: dict,
@@ -119,16 +120,16 @@ def attach(lf: pl.LazyFrame, st: pl.DataFrame | None, cal: TradingCalendar, s: d
         b.skip("no statements table")
         return lf, b
     table = statement_table(st, cal, s)
-    lf = lf.join_asof(table.lazy(), left_on="Date", right_on="_st_eff", by="Code", strategy="backward",
+    lf = lf.join_asof(table.lazy(), left_on=C.DATE, right_on="_st_eff", by=C.CODE, strategy="backward",
                       check_sortedness=False)
     if not enabled:
         return lf, b
-    days = (c("Date") - c("_st_eff")).dt.total_days()
+    days = (c(C.DATE) - c("_st_eff")).dt.total_days()
     for n in RATIOS:
         b.add(n, c(n))
     b.add("stmt_change_in_est", flag(c("_chg") == 1), is_flag=True)
     b.add("stmt_nc_flag", flag(c("_nc") == 1), is_flag=True)
-    b.add("stmt_imp_statement", flag(c("Date") == c("_st_eff")), is_flag=True)
+    b.add("stmt_imp_statement", flag(c(C.DATE) == c("_st_eff")), is_flag=True)
     b.add("stmt_days_since_statement", days.cast(pl.Float64))
     b.add("_stmt_fresh", (days >= 0) & (days <= s["stale_days"]))
     return lf, b
@@ -148,8 +149,8 @@ def shares_block(avail: set[str]) -> Block:
     b.add("shares_outstanding", c("_shout") * c("_cf_at_stmt") / c("_cf"))
     b.next_stage()
     # raw price/volume, i.e. the day's basis (without raw C the adjusted close: `_kp` is then 1)
-    px = c("_RawC") if "_RawC" in avail else c("Close") * c("_kp")
-    vo = c("_RawVo") if "_RawVo" in avail else (c("Volume") * c("_kv") if "Volume" in avail else None)
+    px = c("_RawC") if "_RawC" in avail else c(C.CLOSE) * c("_kp")
+    vo = c("_RawVo") if "_RawVo" in avail else (c(C.VOLUME) * c("_kv") if C.VOLUME in avail else None)
     if vo is None:
         b.skip("turnover_rate needs Vo/AdjVo")
     else:

@@ -20,9 +20,9 @@ def row_key(cal: TradingCalendar, reach: int) -> pl.Expr:
     (those rows never get or give a label). M leaves room for look-ups up to `reach` sessions past the calendar."""
     sessions = cal.sessions
     n = len(sessions)
-    pos = pl.lit(sessions).search_sorted(pl.col("Date")).cast(pl.Int64)
-    on_session = pl.lit(sessions).gather(pos.clip(0, max(n - 1, 0))) == pl.col("Date")
-    stock = (pl.col("Code") != pl.col("Code").shift(1)).fill_null(True).cum_sum().cast(pl.Int64)
+    pos = pl.lit(sessions).search_sorted(pl.col(C.DATE)).cast(pl.Int64)
+    on_session = pl.lit(sessions).gather(pos.clip(0, max(n - 1, 0))) == pl.col(C.DATE)
+    stock = (pl.col(C.CODE) != pl.col(C.CODE).shift(1)).fill_null(True).cum_sum().cast(pl.Int64)
     return 2 * (stock * (n + 1 + reach) + pos) - pl.when(on_session).then(0).otherwise(1)
 
 
@@ -36,7 +36,7 @@ def add_targets(lf: pl.LazyFrame, cal: TradingCalendar, horizons: list[int], ent
 
     def ahead(k: int) -> pl.Expr:
         at = pl.col(f"_at{k}")
-        return pl.when((key.gather(at) == key + 2 * k) & (key % 2 == 0)).then(pl.col("Close").gather(at))
+        return pl.when((key.gather(at) == key + 2 * k) & (key % 2 == 0)).then(pl.col(C.CLOSE).gather(at))
 
     return lf.with_columns(
         (ahead(entry_lag + h) / ahead(entry_lag) - 1.0).cast(pl.Float32).alias(C.target(h)) for h in horizons

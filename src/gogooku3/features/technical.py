@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from gogooku3.core import columns as C
 from gogooku3.features.common import (
     EPS,
     PRICE,
@@ -25,7 +26,7 @@ from gogooku3.features.common import (
 
 
 def _rsi(n: int) -> pl.Expr:
-    d = c("Close") - c("_prevC")
+    d = c(C.CLOSE) - c("_prevC")
     up, down = wilder(d.clip(lower_bound=0.0), n), wilder((-d).clip(lower_bound=0.0), n)
     return 100.0 * up / (up + down + EPS)
 
@@ -35,20 +36,20 @@ def technicals(avail: set[str], t: dict) -> Block:
     fast, slow, sig = t["macd"]
     for n in t["rsi"]:
         b.add(f"rsi_{n}", _rsi(n))
-    b.add("macd", ema(c("Close"), fast, fast) - ema(c("Close"), slow, slow), level=PRICE)
+    b.add("macd", ema(c(C.CLOSE), fast, fast) - ema(c(C.CLOSE), slow, slow), level=PRICE)
     bw, k = t["bb_window"], t["bb_k"]
-    mid, sd = roll_mean(c("Close"), bw), roll_std(c("Close"), bw, ddof=0)
+    mid, sd = roll_mean(c(C.CLOSE), bw), roll_std(c(C.CLOSE), bw, ddof=0)
     b.add("bb_width", div(2.0 * k * sd, mid))
-    b.add("bb_position", div(c("Close") - (mid - k * sd), 2.0 * k * sd).clip(0.0, 1.0))
-    hl = missing(avail, "High", "Low")
+    b.add("bb_position", div(c(C.CLOSE) - (mid - k * sd), 2.0 * k * sd).clip(0.0, 1.0))
+    hl = missing(avail, C.HIGH, C.LOW)
     if not hl:
-        hh = per_code(c("High").rolling_max(t["stoch"], min_samples=t["stoch"]))
-        ll = per_code(c("Low").rolling_min(t["stoch"], min_samples=t["stoch"]))
-        b.add("stoch_k", 100.0 * div(c("Close") - ll, hh - ll))
-        tr = pl.max_horizontal(c("High") - c("Low"), (c("High") - c("_prevC")).abs(), (c("Low") - c("_prevC")).abs())
+        hh = per_code(c(C.HIGH).rolling_max(t["stoch"], min_samples=t["stoch"]))
+        ll = per_code(c(C.LOW).rolling_min(t["stoch"], min_samples=t["stoch"]))
+        b.add("stoch_k", 100.0 * div(c(C.CLOSE) - ll, hh - ll))
+        tr = pl.max_horizontal(c(C.HIGH) - c(C.LOW), (c(C.HIGH) - c("_prevC")).abs(), (c(C.LOW) - c("_prevC")).abs())
         b.add("_tr", pl.when(c("_prevC").is_null()).then(None).otherwise(tr))
-        up_move = c("High") - per_code(c("High").shift(1))
-        down_move = per_code(c("Low").shift(1)) - c("Low")
+        up_move = c(C.HIGH) - per_code(c(C.HIGH).shift(1))
+        down_move = per_code(c(C.LOW).shift(1)) - c(C.LOW)
         first = up_move.is_null() | down_move.is_null()
         b.add("_pdm", pl.when(first).then(None).when((up_move > down_move) & (up_move > 0)).then(up_move)
               .otherwise(0.0))

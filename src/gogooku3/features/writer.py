@@ -9,11 +9,11 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
-from omegaconf import DictConfig
 
+from gogooku3.core import columns as C
 from gogooku3.core.errors import DataError
 from gogooku3.core.io import atomic_path, peak_rss_mb, write_json, write_text
 from gogooku3.features.build import BuiltFrame
@@ -26,6 +26,9 @@ from gogooku3.features.coverage import (
 from gogooku3.features.lookback import group_lookbacks
 from gogooku3.features.manifest import FeatureManifest, manifest_path, metadata_path
 from gogooku3.features.plan import plain_config
+
+if TYPE_CHECKING:
+    from gogooku3.config.schema import Settings
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def dataset_path(cfg: DictConfig, start: Any, end: Any) -> Path:
+def dataset_path(cfg: Settings, start: Any, end: Any) -> Path:
     """The dataset file of a build spanning `start`..`end` in `cfg.paths.output_dir`."""
     return Path(cfg.paths.output_dir) / f"ml_dataset_{start:%Y%m%d}_{end:%Y%m%d}.parquet"
 
@@ -81,8 +84,8 @@ class DatasetStats:
 
     @classmethod
     def of(cls, df: pl.DataFrame) -> DatasetStats:
-        return cls(df.schema, df.height, df["Code"].n_unique(), df["Date"].n_unique(), df["Date"].min(),
-                   df["Date"].max(), df.null_count().row(0, named=True))
+        return cls(df.schema, df.height, df[C.CODE].n_unique(), df[C.DATE].n_unique(), df[C.DATE].min(),
+                   df[C.DATE].max(), df.null_count().row(0, named=True))
 
 
 class DatasetWriter:
@@ -114,8 +117,8 @@ class DatasetWriter:
         for n, k in df.null_count().row(0, named=True).items():
             self._nulls[n] = self._nulls.get(n, 0) + k
         self._rows += df.height
-        self._stocks += df["Code"].n_unique()
-        self._dates.append(df["Date"].unique())
+        self._stocks += df[C.CODE].n_unique()
+        self._dates.append(df[C.DATE].unique())
 
     def _write(self, df: pl.DataFrame) -> None:
         import pyarrow.parquet as pq
@@ -169,18 +172,18 @@ def drop_columns(path: Path, cols: list[str]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_outputs(cfg: DictConfig, path: Path, stats: DatasetStats, built: BuiltFrame, calendar: str, t0: float,
+def write_outputs(cfg: Settings, path: Path, stats: DatasetStats, built: BuiltFrame, calendar: str, t0: float,
                   extra: dict[str, Any]) -> BuildResult:
     """Beside the written dataset `path`: the `latest` copy, and for both the metadata (plus `extra`), the feature
     manifest and the coverage table, each written atomically; log the coverage table."""
     if stats.rows == 0:
         raise DataError(f"{cfg.paths.raw_dir}: the build produced no rows")
     latest = Path(cfg.paths.dataset)
-    horizons, entry_lag = [int(h) for h in cfg.labels.horizons], int(cfg.labels.entry_lag)
+    horizons, entry_lag = list(cfg.labels.horizons), cfg.labels.entry_lag
     manifest = FeatureManifest.from_frame(pl.DataFrame(schema=stats.schema), built.groups, horizons, entry_lag,
                                           built.skipped, calendar,
                                           lookback=group_lookbacks(plain_config(cfg.features)),
-                                          source=str(cfg.data.source), notes=built.notes)
+                                          source=cfg.data.source, notes=built.notes)
     cov = coverage_of(built.groups, stats.nulls, stats.rows)
     seconds = time.perf_counter() - t0
     meta = {
@@ -189,7 +192,7 @@ def write_outputs(cfg: DictConfig, path: Path, stats: DatasetStats, built: Built
         "groups": cov, "skipped": built.skipped, "notes": built.notes, "horizons": horizons, "entry_lag": entry_lag,
         "targets": manifest.targets, "manifest_fingerprint": manifest.fingerprint,
         "build_seconds": round(seconds, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
-        "raw_dir": str(cfg.paths.raw_dir), "generator": "gogooku3.features.builder", **extra,
+        "raw_dir": cfg.paths.raw_dir, "generator": "gogooku3.features.builder", **extra,
     }
     if latest.resolve() != path.resolve():
         with atomic_path(latest) as tmp:

@@ -16,11 +16,11 @@ import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
 
 from gogooku3.config.compose import path, to_yaml
 from gogooku3.core import columns as C
@@ -40,13 +40,16 @@ from gogooku3.training.checkpoints import adopt_checkpoints, check_resume_model
 from gogooku3.training.fit import make_plans, model_config
 from gogooku3.training.member_pool import resolve_workers, start_pool
 
+if TYPE_CHECKING:
+    from gogooku3.config.schema import Settings
+
 log = logging.getLogger(__name__)
 
 DEEP = "atft"  # the deep model's entry in `predictors.zoo`: model facts, importance, the fallback product
 
 
 class CompleteATFTTrainingPipeline:
-    def __init__(self, cfg: DictConfig):
+    def __init__(self, cfg: Settings):
         self.cfg = cfg
         self.durations: dict[str, float] = {}
         self.is_main = rank_zero_only.rank == 0  # DDP children re-run this pipeline; only rank 0 writes outputs
@@ -65,7 +68,7 @@ class CompleteATFTTrainingPipeline:
         t0 = time.perf_counter()
         self.dataset, self.manifest, self.ref = load_dataset(self.cfg)
         resumed = {} if resume is None else check_resume(resume, self.ref)
-        workers = resolve_workers(self.cfg, int(self.cfg.train.ensemble), parallel_ok=True)
+        workers = resolve_workers(self.cfg, self.cfg.train.ensemble, parallel_ok=True)
         pool = start_pool(workers) if workers > 1 else None  # its processes import while the panel converts
         try:
             return self._run(t_all, t0, resume, resumed, pool)
@@ -139,7 +142,7 @@ class CompleteATFTTrainingPipeline:
     def finish(self, fitted: dict[str, dict[int, Fitted]], t_all: float) -> TrainResult:
         t0 = time.perf_counter()
         hs, rd, pc = self.horizons, self.run_dir, self.cfg.predictors
-        product = str(pc.product)
+        product = pc.product
         if product not in fitted:
             log.warning("train: the product predictor %s was not fitted here; %s serves instead", product, DEEP)
             product = DEEP
@@ -147,9 +150,9 @@ class CompleteATFTTrainingPipeline:
         self._step("predict", t0)
         t0 = time.perf_counter()
         fold_days = {p.index: p.test for p in self.plans}
-        comp, aligned = compare(test, hs, fold_days, product=product, reference=str(pc.reference))
+        comp, aligned = compare(test, hs, fold_days, product=product, reference=pc.reference)
         comp_val, _ = compare(val, hs, {p.index: p.val for p in self.plans}, product=product,
-                              reference=str(pc.reference))
+                              reference=pc.reference)
         comp.save(rd / "comparison.json")
         for name, r in comp.rows["frames"].items():
             if r["kept"] < r["rows"]:
@@ -167,9 +170,9 @@ class CompleteATFTTrainingPipeline:
         n_members = len(model.members) if isinstance(model, ATFTEnsemble) else 1
         result = TrainResult(
             run_dir=str(rd), created=timestamp(), dataset=self.ref, baseline=self._baseline_ref(fitted),
-            model=None if model is None else ModelInfo(str(self.cfg.model.name), model.get_num_params(), n_members,
+            model=None if model is None else ModelInfo(self.cfg.model.name, model.get_num_params(), n_members,
                                                        model.get_num_params() // n_members,
-                                                       int(self.cfg.model.expected_params),
+                                                       self.cfg.model.expected_params,
                                                        model.estimate_flops_per_sample()),
             horizons=hs, product=product, predictors=list(fitted), folds=folds, comparison=comp.to_dict(),
             comparison_val=comp_val.to_dict(),

@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
-
-from omegaconf import DictConfig
+from typing import TYPE_CHECKING, Any
 
 from gogooku3.core.errors import ConfigError
 from gogooku3.core.io import peak_rss_mb
+
+if TYPE_CHECKING:
+    from gogooku3.config.schema import Settings
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +25,9 @@ STEPS = ("data", "build", "safe", "train", "backtest", "report", "predict")
 class FullTrainingPipeline:
     """Run the steps listed in `cfg.run.steps` in order (default: all of them)."""
 
-    def __init__(self, cfg: DictConfig):
+    def __init__(self, cfg: Settings):
         self.cfg = cfg
-        steps = list(cfg.run.steps)
+        steps = cfg.run.steps
         unknown = [s for s in steps if s not in STEPS]
         if unknown:
             raise ConfigError(f"run.steps: unknown step(s) {', '.join(unknown)}; choose from {', '.join(STEPS)}")

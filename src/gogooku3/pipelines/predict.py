@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -32,6 +32,9 @@ from gogooku3.evaluation.backtest.book import side_expr, universe_filter
 from gogooku3.evaluation.backtest.config import BacktestConfig
 from gogooku3.features.manifest import FeatureManifest
 from gogooku3.core.io import write_parquet, write_text
+
+if TYPE_CHECKING:
+    from gogooku3.config.schema import Settings
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +69,8 @@ def company_names(raw_dir: str | Path, date: dt.date) -> pl.DataFrame | None:
     lf = scan_table(raw_dir, "listed_info")
     if lf is None or "CoName" not in lf.collect_schema():
         return None
-    return (lf.select(pl.col("Date").cast(pl.Date), pl.col("Code").cast(pl.String), pl.col("CoName").cast(pl.String))
-            .filter(pl.col("Date") <= date).sort("Date").group_by("Code").agg(pl.col("CoName").last()).collect())
+    return (lf.select(pl.col(C.DATE).cast(pl.Date), pl.col(C.CODE).cast(pl.String), pl.col("CoName").cast(pl.String))
+            .filter(pl.col(C.DATE) <= date).sort(C.DATE).group_by(C.CODE).agg(pl.col("CoName").last()).collect())
 
 
 def rank_table(preds: pl.DataFrame, horizons: list[int], horizon: int, c: BacktestConfig,
@@ -77,17 +80,17 @@ def rank_table(preds: pl.DataFrame, horizons: list[int], horizon: int, c: Backte
     if key not in preds.columns:
         raise ConfigError(f"predict.horizon={horizon}: the bundle predicts only {', '.join(f'{h}d' for h in horizons)}")
     ok = universe_filter(preds.columns, c).fill_null(False)
-    df = preds.sort("Date", "Code").with_columns(_ok=ok)
+    df = preds.sort(C.DATE, C.CODE).with_columns(_ok=ok)
     sides = (df.filter(pl.col("_ok") & pl.col(key).is_not_null())
-             .with_columns(_side=side_expr(key, c.long_fraction, c.short_fraction)).select("Code", "_side"))
-    df = df.join(sides, on="Code", how="left").with_columns(
+             .with_columns(_side=side_expr(key, c.long_fraction, c.short_fraction)).select(C.CODE, "_side"))
+    df = df.join(sides, on=C.CODE, how="left").with_columns(
         side=pl.when(~pl.col("_ok")).then(pl.lit("filtered")).when(pl.col("_side") == 1).then(pl.lit("long"))
         .when(pl.col("_side") == -1).then(pl.lit("short")).otherwise(pl.lit("")))
     if names is not None:
-        df = df.join(names, on="Code", how="left")
+        df = df.join(names, on=C.CODE, how="left")
     else:
         df = df.with_columns(CoName=pl.lit(None, dtype=pl.String))
-    out = df.select("Date", "Code", "CoName",
+    out = df.select(C.DATE, C.CODE, "CoName",
                     *[pl.col(C.pred(h)).cast(pl.Float64).alias(C.score(h)) for h in horizons],
                     *[pl.col(C.pred(h)).rank("ordinal", descending=True).cast(pl.UInt32).alias(C.rank(h))
                       for h in horizons],
@@ -114,17 +117,17 @@ def explain_table(details: pl.DataFrame, ranks: pl.DataFrame, features: list[str
 
     names = pl.DataFrame({"_f": list(range(len(features))), "feature": features},
                          schema={"_f": pl.Int64, "feature": pl.String})
-    long = (details.select("Code", pl.col(EXPLAIN_COL).arr.to_list().alias("weight")).explode("weight")
-            .with_columns(_f=pl.int_range(pl.len(), dtype=pl.Int64).over("Code"))
+    long = (details.select(C.CODE, pl.col(EXPLAIN_COL).arr.to_list().alias("weight")).explode("weight")
+            .with_columns(_f=pl.int_range(pl.len(), dtype=pl.Int64).over(C.CODE))
             .join(names, on="_f", how="left")
-            .with_columns(pl.col("weight").rank("ordinal", descending=True).over("Code").alias("_k"))
+            .with_columns(pl.col("weight").rank("ordinal", descending=True).over(C.CODE).alias("_k"))
             .filter(pl.col("_k") <= top))
-    long = long.with_columns(share=pl.col("weight") / pl.col("weight").sum().over("Code"))
-    return (long.join(ranks, on="Code", how="left").sort("rank", "_k")
-            .select("Code", "rank", "feature", "weight", "share"))
+    long = long.with_columns(share=pl.col("weight") / pl.col("weight").sum().over(C.CODE))
+    return (long.join(ranks, on=C.CODE, how="left").sort("rank", "_k")
+            .select(C.CODE, "rank", "feature", "weight", "share"))
 
 
-def predict(cfg: Any, run_dir: str | Path, date: str | dt.date | None = None) -> Path:
+def predict(cfg: Settings, run_dir: str | Path, date: str | dt.date | None = None) -> Path:
     """`gogooku3 predict`: write output/predictions/pred_<date>.parquet and .csv; return the parquet path."""
     from gogooku3.predictors.bundle import load_bundle, predict_product
 
@@ -135,36 +138,36 @@ def predict(cfg: Any, run_dir: str | Path, date: str | dt.date | None = None) ->
     bundle = load_bundle(run_dir, dataset)  # DataError when the manifest fingerprint differs
     FeatureManifest.for_dataset(dataset).check_frame(pl.scan_parquet(dataset), dataset)
     window = int(bundle.meta["window"])
-    dates = (pl.scan_parquet(dataset).select(pl.col("Date").cast(pl.Date).unique().sort()).collect()
-             .get_column("Date").to_list())
+    dates = (pl.scan_parquet(dataset).select(pl.col(C.DATE).cast(pl.Date).unique().sort()).collect()
+             .get_column(C.DATE).to_list())
     d = resolve_date(dates, want, window, dataset)
 
     pc = cfg.predict
-    horizon = int(pc.horizon)
+    horizon = pc.horizon
     c = BacktestConfig.from_any(cfg)
-    levels, top = [float(x) for x in pc.quantiles], int(pc.explain_top)
+    levels, top = list(pc.quantiles), pc.explain_top
     # the product predictor, the network run once (its quantiles / variable-selection weights from the same pass)
     preds = predict_product(bundle, dataset, [d], quantiles=bool(levels), explain=top > 0)
     details = preds
     if bundle.meta.get("blend"):
         log.info("predict: scores blend the model and LightGBM (weight on the model per horizon: %s)",
                  ", ".join(f"{h}d {w:.2f}" for h, w in bundle.meta["blend"]["weights"].items()))
-    extra = [col for col in ("Close", "dollar_volume", "volume_ma_20")
+    extra = [col for col in (C.CLOSE, C.DOLLAR_VOLUME, C.VOLUME_MA_20)
              if col in pl.scan_parquet(dataset).collect_schema()]
     if extra:
-        cols = (pl.scan_parquet(dataset).filter(pl.col("Date").cast(pl.Date) == d)
-                .select(pl.col("Code").cast(pl.String), *extra).collect())
-        preds = preds.join(cols, on="Code", how="left")
+        cols = (pl.scan_parquet(dataset).filter(pl.col(C.DATE).cast(pl.Date) == d)
+                .select(pl.col(C.CODE).cast(pl.String), *extra).collect())
+        preds = preds.join(cols, on=C.CODE, how="left")
     table = rank_table(preds, bundle.horizons, horizon, c, company_names(cfg.paths.raw_dir, d))
     if levels:
         qcols = quantile_columns(details, bundle.horizons, levels, list(bundle.model.cfg.quantiles))
-        table = table.join(details.select("Code", *qcols), on="Code", how="left")
+        table = table.join(details.select(C.CODE, *qcols), on=C.CODE, how="left")
     explain = None
     if top > 0:
-        explain = explain_table(details, table.select("Code", pl.col(C.rank(horizon)).alias("rank")),
+        explain = explain_table(details, table.select(C.CODE, pl.col(C.rank(horizon)).alias("rank")),
                                 bundle.features, top)
 
-    out_dir = Path(cfg.paths.output_dir) / str(pc.output_subdir)
+    out_dir = Path(cfg.paths.output_dir) / pc.output_subdir
     pq, csv = out_dir / f"pred_{d.isoformat()}.parquet", out_dir / f"pred_{d.isoformat()}.csv"
     write_parquet(table, pq)
     write_text(csv, table.write_csv())
@@ -174,12 +177,12 @@ def predict(cfg: Any, run_dir: str | Path, date: str | dt.date | None = None) ->
         write_text(epq.with_suffix(".csv"), explain.write_csv())
         first = explain.filter(pl.col("rank") == 1)
         if first.height:
-            log.info("explain -> %s; rank 1 (%s) selects %s", epq, first["Code"][0],
+            log.info("explain -> %s; rank 1 (%s) selects %s", epq, first[C.CODE][0],
                      ", ".join(f"{r['feature']} {r['weight']:.3f}" for r in first.iter_rows(named=True)))
-    n_show = int(pc.log_top)
+    n_show = pc.log_top
     lag = int(bundle.meta["manifest"]["entry_lag"])  # a fact of the dataset the model was trained on
     def show(t: pl.DataFrame) -> str:
-        return ", ".join(f"{r['Code']} {r['CoName'] or ''}".strip() + f" ({r[f'score_{horizon}d']:+.4f})"
+        return ", ".join(f"{r[C.CODE]} {r['CoName'] or ''}".strip() + f" ({r[C.score(horizon)]:+.4f})"
                          for r in t.iter_rows(named=True))
 
     log.info("predict %s (%d stocks, %dd horizon, entry at the close %d session(s) later)", d, table.height,

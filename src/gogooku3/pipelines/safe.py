@@ -16,11 +16,10 @@ import logging
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
-from omegaconf import DictConfig
 
 from gogooku3.core import columns as C
 from gogooku3.predictors.lightgbm import (
@@ -42,6 +41,9 @@ from gogooku3.data.dataset import open_manifest
 from gogooku3.data.split import Fold, check_folds, chosen_folds, make_splitter
 from gogooku3.data.validation import scan_dataset, validate_dataset
 
+if TYPE_CHECKING:
+    from gogooku3.config.schema import Settings
+
 log = logging.getLogger(__name__)
 
 SUMMARY_KEYS = ("ic_mean", "rank_ic_mean", "rank_icir", "rank_ic_tstat", "rank_ic_pos_share", "hit_rate",
@@ -58,7 +60,7 @@ def _date(v: Any) -> dt.date | None:
 
 
 def _in_dates(dates: list[dt.date]) -> pl.Expr:
-    return pl.col("Date").is_in(pl.Series(dates, dtype=pl.Date).implode())
+    return pl.col(C.DATE).is_in(pl.Series(dates, dtype=pl.Date).implode())
 
 
 def _mean_std(values: list[float]) -> dict[str, float | None]:
@@ -69,7 +71,7 @@ def _mean_std(values: list[float]) -> dict[str, float | None]:
 
 
 class SafeTrainingPipeline:
-    def __init__(self, cfg: DictConfig) -> None:
+    def __init__(self, cfg: Settings) -> None:
         self.cfg = cfg
         self.scfg = cfg.safe
         self.steps: dict[str, dict[str, Any]] = {}
@@ -89,7 +91,7 @@ class SafeTrainingPipeline:
         t_start = time.perf_counter()
         start_time = dt.datetime.now().isoformat(timespec="seconds")
         cfg, s = self.cfg, self.scfg
-        path = Path(str(s.dataset or cfg.paths.dataset))
+        path = Path(s.dataset or cfg.paths.dataset)
         manifest = open_manifest(cfg, path)  # refuses labels.* that differ from the dataset's, as `train` does
         horizons, entry_lag = list(manifest.horizons), int(manifest.entry_lag)
         splitter = make_splitter(cfg.split, horizons, entry_lag, manifest.max_lookback)
@@ -100,12 +102,12 @@ class SafeTrainingPipeline:
             df = lf.collect()
             if df.height == 0:
                 raise DataError(f"{path}: no rows (check safe.start_date / safe.end_date)")
-            folds = splitter.split(df["Date"])
+            folds = splitter.split(df[C.DATE])
             v = s.validation
             res = validate_dataset(df, manifest, horizons, folds[0].train_dates,
-                                   min_features=int(v.min_features), max_null_share=float(v.max_null_share),
-                                   null_action=str(v.null_action), max_abs_target=float(v.max_abs_target),
-                                   max_listed=int(v.max_listed), source=str(path))
+                                   min_features=v.min_features, max_null_share=v.max_null_share,
+                                   null_action=v.null_action, max_abs_target=v.max_abs_target,
+                                   max_listed=v.max_listed, source=str(path))
             st.update(res.to_dict())
             st.update({"file": str(path), "file_size_mb": round(path.stat().st_size / 2**20, 2),
                        "dataset_fingerprint": file_fingerprint(path), "manifest_fingerprint": manifest.fingerprint,
@@ -118,7 +120,7 @@ class SafeTrainingPipeline:
 
         # 3. split ------------------------------------------------------------------------------------------
         with self._step("step3_split") as st:
-            proof = check_folds(folds, df["Date"], require_forward=splitter.method == "walk_forward")
+            proof = check_folds(folds, df[C.DATE], require_forward=splitter.method == "walk_forward")
             st.update({**splitter.describe(), **proof, "folds": [f.to_dict() for f in folds],
                        "avg_train_size": float(np.mean([self._rows(df, f.train_dates) for f in folds])),
                        "avg_test_size": float(np.mean([self._rows(df, f.test_dates) for f in folds])),
@@ -143,15 +145,14 @@ class SafeTrainingPipeline:
         with self._step("step6_graph") as st:
             g = s.graph
             if g.enabled:
-                builder = FinancialGraphBuilder(window=int(g.window), method=str(g.method), halflife=float(g.halflife),
-                                                shrinkage=float(g.shrinkage), threshold=float(g.threshold),
-                                                k=int(g.k), min_obs=int(g.min_obs))
-                st.update(graph_snapshot(df, builder, n_nodes=int(g.n_nodes)))
+                builder = FinancialGraphBuilder(window=g.window, method=g.method, halflife=g.halflife,
+                                                shrinkage=g.shrinkage, threshold=g.threshold, k=g.k, min_obs=g.min_obs)
+                st.update(graph_snapshot(df, builder, n_nodes=g.n_nodes))
             else:
                 st["enabled"] = False
 
         # 7. report -----------------------------------------------------------------------------------------
-        report_path = Path(str(cfg.paths.output_dir)) / "experiments" / f"{s.experiment_name}_{timestamp()}.json"
+        report_path = Path(cfg.paths.output_dir) / "experiments" / f"{s.experiment_name}_{timestamp()}.json"
         with self._step("step7_report") as st:
             st["report_generated"] = str(report_path)
         total = time.perf_counter() - t_start
@@ -186,7 +187,7 @@ class SafeTrainingPipeline:
         """The baseline of the folds `safe.baseline_folds` names (those `gogooku3 train` will evaluate, or all): the
         stored run of these inputs, or fitted now and stored for `gogooku3 train`."""
         cfg = self.cfg
-        bh, val_days = baseline_horizons(cfg, manifest), int(cfg.split.val_days)
+        bh, val_days = baseline_horizons(cfg, manifest), cfg.split.val_days
         fp = baseline_fingerprint(self.steps["step1_data_loading"]["dataset_fingerprint"], manifest.fingerprint,
                                   folds, bh, entry_lag, val_days, cfg.baseline, self.scfg.validation)
 
@@ -207,7 +208,7 @@ class SafeTrainingPipeline:
         bh = run.horizons
         test = run.predictions_test
         frames = {"lightgbm": test.drop("fold")}
-        oracle = find_oracle(Path(str(self.cfg.paths.oracle_dir)), bh)
+        oracle = find_oracle(Path(self.cfg.paths.oracle_dir), bh)
         if oracle is not None:
             o = oracle_predictions(oracle, bh, test.get_column(C.DATE).unique().to_list())
             o = o.join(test.select(C.DATE, C.CODE, *[C.target(h) for h in bh]), on=[C.DATE, C.CODE], how="inner")
@@ -228,7 +229,7 @@ class SafeTrainingPipeline:
                "fingerprint": run.fingerprint, "reused": run.reused,
                "n_samples_trained": sum(sum(pf["n_train_rows"].values()) for pf in run.per_fold),
                "per_fold": per_fold, "summary_over_folds": summary, "pooled_test": comp.pooled["lightgbm"],
-               "rows": comp.rows, "feature_importance_top": run.top_features(int(self.cfg.baseline.top_features))}
+               "rows": comp.rows, "feature_importance_top": run.top_features(self.cfg.baseline.top_features)}
         if oracle is not None:
             out["oracle_pooled_test"] = ({"available": True, "n_rows": aligned["oracle"].height,
                                           **comp.pooled["oracle"]} if "oracle" in comp.pooled else
@@ -252,7 +253,7 @@ class SafeTrainingPipeline:
                     perf_strings[f"oracle_rank_ic_{h}d"] = f"{ev['rank_ic_mean']:.4f}"
         graph = st.get("step6_graph", {})
         return {
-            "experiment_name": str(self.scfg.experiment_name),
+            "experiment_name": self.scfg.experiment_name,
             "start_time": start_time,
             "config": {"safe": to_dict(self.scfg), "baseline": to_dict(self.cfg.baseline), "split": splitter.describe(),
                        "labels": {"horizons": list(splitter.horizons),
@@ -263,7 +264,7 @@ class SafeTrainingPipeline:
                     "total_duration_seconds": round(total, 3),
                     "peak_rss_mb": round(peak_rss_mb(), 1),
                     "data_processed": {"samples": df.height, "features": len(features),
-                                       "stocks": df["Code"].n_unique(), "dates": df["Date"].n_unique()},
+                                       "stocks": df[C.CODE].n_unique(), "dates": df[C.DATE].n_unique()},
                     "performance_achieved": perf_strings,
                 },
                 "safety_validation": {
@@ -287,6 +288,6 @@ class SafeTrainingPipeline:
         }
 
 
-def run_safe(cfg: DictConfig) -> dict[str, Any]:
+def run_safe(cfg: Settings) -> dict[str, Any]:
     return SafeTrainingPipeline(cfg).run()
 

@@ -18,28 +18,31 @@ in the file's header, it retrains that very trial).
 from __future__ import annotations
 
 import contextlib
-import copy
+import dataclasses
 import logging
 import math
 import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
 from lightning.pytorch.callbacks import Callback
-from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from gogooku3.core import columns as C
 from gogooku3.config.compose import (
     TUNED_SUBDIR,
+    dotted_yaml,
     load_config,
+    load_yaml,
     path,
     redact,
     redact_text,
+    select,
     to_dict,
+    with_values,
 )
 from gogooku3.core.errors import ConfigError, TrainingError
 from gogooku3.evaluation.compare import mean_rank_ic
@@ -48,6 +51,9 @@ from gogooku3.data.panel import clean_cache
 from gogooku3.core.progress import bar as progress_bar
 from gogooku3.training.ensemble import fit_ensemble
 from gogooku3.training.fit import make_plans
+
+if TYPE_CHECKING:
+    from gogooku3.config.schema import Settings
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +89,9 @@ class PruningCallback(Callback):
 
 
 # ---- search space -------------------------------------------------------------------------------------------
-def check_space(cfg: DictConfig) -> dict[str, dict[str, Any]]:
+def check_space(cfg: Settings) -> dict[str, dict[str, Any]]:
     """`hpo.space` as plain dicts, each entry validated against the config (the key exists and may be tuned)."""
-    space = OmegaConf.to_container(cfg.hpo.space, resolve=True)
+    space = {name: None if spec is None else dataclasses.asdict(spec) for name, spec in cfg.hpo.space.items()}
     out = {}
     for name, spec in space.items():
         if spec is None:
@@ -97,7 +103,7 @@ def check_space(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         if not key.startswith(("model.", "train.")) or key.startswith(FIXED):
             raise ConfigError(f"{where}: '{key}' cannot be tuned (only model.* and train.* keys outside "
                               f"{', '.join(FIXED)})")
-        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+        if select(cfg, key, default="__missing__") == "__missing__":
             raise ConfigError(f"{where}: config key '{key}' does not exist")
         if spec["type"] == "categorical":
             if not spec["choices"]:
@@ -128,24 +134,22 @@ def suggest(trial: optuna.trial.BaseTrial, space: dict[str, dict[str, Any]]) -> 
     return params
 
 
-def trial_budget(cfg: DictConfig) -> dict[str, Any]:
+def trial_budget(cfg: Settings) -> dict[str, Any]:
     """The `train.*` values a trial runs with (from `hpo`): epochs, patience, one member, one checkpoint."""
     hc = cfg.hpo
-    epochs = int(hc.max_epochs)
-    budget = {"train.max_epochs": epochs, "train.min_epochs": min(int(cfg.train.min_epochs), epochs),
-              "train.patience": int(hc.patience), "train.save_top_k": 1, "train.resume": False,
+    epochs = hc.max_epochs
+    budget = {"train.max_epochs": epochs, "train.min_epochs": min(cfg.train.min_epochs, epochs),
+              "train.patience": hc.patience, "train.save_top_k": 1, "train.resume": False,
               "train.ensemble": 1}  # a trial scores one model; the ensemble of the final run averages such models
     if hc.limit_train_batches is not None:
         budget["train.limit_train_batches"] = hc.limit_train_batches
     return budget
 
 
-def trial_config(cfg: DictConfig, params: dict[str, Any]) -> DictConfig:
-    """A copy of `cfg` with the trial budget of `hpo` and the sampled parameters applied."""
-    tcfg = copy.deepcopy(cfg)
-    for key, v in {**trial_budget(cfg), **params}.items():
-        OmegaConf.update(tcfg, key, v, merge=False)
-    return tcfg
+def trial_config(cfg: Settings, params: dict[str, Any]) -> Settings:
+    """A copy of `cfg` with the trial budget of `hpo` and the sampled parameters applied (converted and checked
+    as `load_config` checks; `cfg` is left as it is)."""
+    return with_values(cfg, {**trial_budget(cfg), **params})
 
 
 # ---- the best-parameters file -------------------------------------------------------------------------------
@@ -178,8 +182,7 @@ def best_overrides(best_file: str | Path) -> list[str]:
     p = Path(best_file)
     if not p.exists():
         raise ConfigError(f"{p}: best-parameters file not found; run `gogooku3 tune` first")
-    node = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
-    return to_overrides(_flatten(node))
+    return to_overrides(_flatten(load_yaml(p)))
 
 
 # Groups whose values an experiment file carries: what `train` reads besides paths, data sources and hardware.
@@ -197,11 +200,11 @@ def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: node}
 
 
-def experiment_params(cfg: DictConfig, params: dict[str, Any]) -> dict[str, Any]:
+def experiment_params(cfg: Settings, params: dict[str, Any]) -> dict[str, Any]:
     """{dotted key: value}: the values of `cfg` in EXPERIMENT_GROUPS (and `seed`) that differ from the packaged
     default config, with `params` (the best trial's) on top."""
-    default = OmegaConf.to_container(load_config([]), resolve=True)
-    current = OmegaConf.to_container(cfg, resolve=True)
+    default = dataclasses.asdict(load_config([]))
+    current = dataclasses.asdict(cfg)
     keep = {g: current.get(g) for g in (*EXPERIMENT_GROUPS, "seed")}
     base = _leaves({g: default.get(g) for g in keep})
     diff = {k: v for k, v in _leaves(keep).items() if k not in base or base[k] != v}
@@ -210,23 +213,17 @@ def experiment_params(cfg: DictConfig, params: dict[str, Any]) -> dict[str, Any]
 
 def experiment_yaml(values: dict[str, Any], header: list[str]) -> str:
     """An experiment file (`# @package _global_`) holding `values` ({dotted key: value})."""
-    nested = OmegaConf.create({})
-    for k, v in sorted(values.items()):
-        OmegaConf.update(nested, k, v, force_add=True, merge=False)
-    return "# @package _global_\n" + "".join(f"# {h}\n" for h in header) + OmegaConf.to_yaml(nested)
+    return "# @package _global_\n" + "".join(f"# {h}\n" for h in header) + dotted_yaml(values, merge=False)
 
 
 def best_yaml(params: dict[str, Any], header: list[str]) -> str:
-    nested = OmegaConf.create({})
-    for k, v in sorted(params.items()):
-        OmegaConf.update(nested, k, v, force_add=True)
-    return "# @package _global_\n" + "".join(f"# {h}\n" for h in header) + OmegaConf.to_yaml(nested)
+    return "# @package _global_\n" + "".join(f"# {h}\n" for h in header) + dotted_yaml(params)
 
 
 # ---- storage / study ----------------------------------------------------------------------------------------
-def storage_url(cfg: DictConfig) -> str:
+def storage_url(cfg: Settings) -> str:
     if cfg.hpo.storage:
-        return str(cfg.hpo.storage)
+        return cfg.hpo.storage
     db = (path(cfg, "paths.output_dir") / "optuna" / f"{cfg.hpo.study_name}.db").resolve()
     db.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{db}"
@@ -258,12 +255,12 @@ def _storage(url: str, attempts: int = 3) -> optuna.storages.BaseStorage:
     raise AssertionError("unreachable")
 
 
-def _check_single_process(cfg: DictConfig) -> None:
+def _check_single_process(cfg: Settings) -> None:
     tr = cfg.trainer
     devices = tr.devices
-    multi = ("ddp" in str(tr.strategy).lower() or int(tr.num_nodes) > 1
+    multi = ("ddp" in tr.strategy.lower() or tr.num_nodes > 1
              or str(devices) == "-1" or (str(devices).isdigit() and int(devices) > 1)
-             or isinstance(devices, (list, ListConfig)) and len(devices) > 1)
+             or isinstance(devices, list) and len(devices) > 1)
     if multi:
         raise ConfigError("gogooku3 tune runs each trial in one process (trainer=cpu or trainer=gpu with devices=1); "
                           "scale out by starting several `gogooku3 tune` workers that share hpo.storage")
@@ -274,20 +271,20 @@ class Tuner:
     """Loads, converts and splits once, then runs Optuna trials through `training.ensemble.fit_ensemble` (the path
     of `gogooku3 train`), each scored on its plans' validation days by `evaluation.compare.mean_rank_ic`."""
 
-    def __init__(self, cfg: DictConfig, experiment_dir: str | Path | None = None):
+    def __init__(self, cfg: Settings, experiment_dir: str | Path | None = None):
         _check_single_process(cfg)
         self.cfg = cfg
         self.hc = cfg.hpo
         self.space = check_space(cfg)
-        if int(self.hc.folds) < 1 or int(self.hc.max_epochs) < 1:
+        if self.hc.folds < 1 or self.hc.max_epochs < 1:
             raise ConfigError("hpo.folds and hpo.max_epochs must be >= 1")
         self.out_dir = path(cfg, "paths.output_dir") / TUNED_SUBDIR
-        self.study_name = str(self.hc.study_name)
+        self.study_name = self.hc.study_name
         if not STUDY_NAME.fullmatch(self.study_name):
             raise ConfigError(f"hpo.study_name={self.study_name!r}: use letters, digits, '_', '-' and '.' (it names "
                               f"files and the experiment `experiment=<study>`)")
         self.experiment_dir = Path(experiment_dir) if experiment_dir is not None else self.out_dir
-        self.step_base = int(self.hc.max_epochs)
+        self.step_base = self.hc.max_epochs
 
     def prepare(self) -> None:
         from gogooku3.data.dataset import load_dataset, load_panel
@@ -298,7 +295,7 @@ class Tuner:
         self.panel = load_panel(self.cfg, dataset, manifest, ref)
         clean_cache(path(self.cfg, "paths.cache_dir"), self.cfg.train.panel_cache_keep, [self.panel.fingerprint])
         _, plans = make_plans(self.panel.dates, self.cfg.split, self.horizons, manifest.entry_lag,
-                              int(self.hc.folds), manifest.max_lookback)
+                              self.hc.folds, manifest.max_lookback)
         # A trial sees fit + validation days only: the test block of each fold is dropped here.
         self.plans = [p.without_test() for p in plans]
         for p in self.plans:
@@ -312,7 +309,7 @@ class Tuner:
         log.info("tune: trial %d %s", trial.number, " ".join(to_overrides(params)))
         return self.evaluate(trial_config(self.cfg, params), trial)
 
-    def evaluate(self, tcfg: DictConfig, trial: optuna.trial.Trial | None = None) -> float:
+    def evaluate(self, tcfg: Settings, trial: optuna.trial.Trial | None = None) -> float:
         """Train `tcfg` on every plan and return the mean validation RankIC of the first horizon (the objective);
         with `trial`, report each epoch to its pruner and record the folds as user attributes."""
         name = f"trial_{trial.number:04d}" if trial is not None else f"rerun_{timestamp()}"
@@ -343,10 +340,9 @@ class Tuner:
 
     def study(self) -> optuna.Study:
         hc = self.hc
-        sampler = optuna.samplers.TPESampler(seed=None if hc.seed is None else int(hc.seed),
-                                             n_startup_trials=int(hc.n_startup_trials))
-        pruner = (optuna.pruners.MedianPruner(n_startup_trials=int(hc.pruner.n_startup_trials),
-                                              n_warmup_steps=int(hc.pruner.n_warmup_steps))
+        sampler = optuna.samplers.TPESampler(seed=hc.seed, n_startup_trials=hc.n_startup_trials)
+        pruner = (optuna.pruners.MedianPruner(n_startup_trials=hc.pruner.n_startup_trials,
+                                              n_warmup_steps=hc.pruner.n_warmup_steps)
                   if hc.pruner.enabled else optuna.pruners.NopPruner())
         self.url = storage_url(self.cfg)
         return optuna.create_study(study_name=self.study_name, storage=_storage(self.url), sampler=sampler,
@@ -360,13 +356,12 @@ class Tuner:
         callbacks = []
         if hc.max_total_trials:
             callbacks.append(optuna.study.MaxTrialsCallback(
-                int(hc.max_total_trials), states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)))
+                hc.max_total_trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)))
         log.info("tune: study %s on %s, %d trial(s), %d fold(s), objective mean %s over validation slices",
-                 self.study_name, mask_url(self.url), int(hc.n_trials), len(self.plans), self.monitor)
+                 self.study_name, mask_url(self.url), hc.n_trials, len(self.plans), self.monitor)
         with progress_bar() as bar:  # the trials; each trial's epochs show Lightning's (rich) bar inside it
-            task = bar.add_task(f"tune {self.study_name}", total=int(hc.n_trials))
-            study.optimize(self.objective, n_trials=int(hc.n_trials),
-                           timeout=None if hc.timeout_s is None else float(hc.timeout_s), catch=(TrainingError,),
+            task = bar.add_task(f"tune {self.study_name}", total=hc.n_trials)
+            study.optimize(self.objective, n_trials=hc.n_trials, timeout=hc.timeout_s, catch=(TrainingError,),
                            callbacks=[*callbacks, lambda *_: bar.advance(task)], gc_after_trial=True)
         return self.write(study, time.perf_counter() - t0)
 
@@ -384,7 +379,7 @@ class Tuner:
                        "val_range": [str(p.val[0]), str(p.val[-1])],
                        "test_range_not_used": [str(p.fold.test_dates[0]), str(p.fold.test_dates[-1])]}
                       for p in self.plans],
-            "space": self.space, "budget": {"max_epochs": int(self.hc.max_epochs), "patience": int(self.hc.patience),
+            "space": self.space, "budget": {"max_epochs": self.hc.max_epochs, "patience": self.hc.patience,
                                             "limit_train_batches": self.hc.limit_train_batches},
             "n_trials": len(trials), "states": states, "seconds_this_worker": round(seconds, 2),
             "best": None if best is None else {"number": best.number, "value": best.value, "params": params,
@@ -407,7 +402,7 @@ class Tuner:
                   "Or copy this file to conf/experiment/<name>.yaml (package _global_)."]
         best_file = write_text(self.out_dir / f"{self.study_name}_best.yaml", best_yaml(params, header))
         exp = experiment_params(self.cfg, params)
-        budget = " ".join(to_overrides({**trial_budget(self.cfg), "train.cv.folds": int(self.hc.folds)}))
+        budget = " ".join(to_overrides({**trial_budget(self.cfg), "train.cv.folds": self.hc.folds}))
         where = "" if self.experiment_dir.resolve() == self.out_dir.resolve() else f"--config-dir {self.experiment_dir} "
         exp_header = [f"Optuna study {self.study_name}: best trial {best.number}, mean validation {self.monitor} = "
                       f"{best.value:.5f} ({len(complete)} completed of {len(trials)}), {timestamp()}",
@@ -425,7 +420,7 @@ class Tuner:
                 "experiment_file": str(exp_file), "experiment_values": exp}
 
 
-def tune(cfg: DictConfig, experiment_dir: str | Path | None = None) -> dict[str, Any]:
+def tune(cfg: Settings, experiment_dir: str | Path | None = None) -> dict[str, Any]:
     """Run (or join) the Optuna study described by `cfg.hpo`; returns the best parameters and file paths. The
     best trial is written as `<experiment_dir or <paths.output_dir>/optuna>/experiment/<study>.yaml`."""
     return Tuner(cfg, experiment_dir).run()

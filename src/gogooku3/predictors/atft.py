@@ -60,7 +60,7 @@ class ATFTPredictor(Predictor):
         if fit is None:  # a DDP rank other than 0
             return None
         meta = {"manifest": ctx.manifest, "dataset_fingerprint": ctx.dataset_fingerprint,
-                "min_window_frac": float(cfg.train.min_window_frac), "returns_col": str(cfg.train.returns_col)}
+                "min_window_frac": cfg.train.min_window_frac, "returns_col": cfg.train.returns_col}
         return ATFTFitted(self.name, ctx.horizons, plan, fit, self.panel, self.stack_inputs(), meta)
 
     def _stack(self, plan: Plan) -> Path:
@@ -86,6 +86,8 @@ class ATFTPredictor(Predictor):
 
 class ATFTFitted(Fitted):
     """One plan's ensemble. Its val/test predictions come from the member workers when they made them."""
+
+    holds_network = True
 
     def __init__(self, name: str, horizons: list[int], plan: Plan, fit: FoldFit, panel: PanelStore,
                  stack_inputs: list[str], meta: dict[str, Any]):

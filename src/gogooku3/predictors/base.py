@@ -21,16 +21,18 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import polars as pl
-from omegaconf import DictConfig
 
 from gogooku3.core import columns as C
 from gogooku3.core.errors import ConfigError
 from gogooku3.data.split import Fold
 from gogooku3.features.manifest import FeatureManifest
 from gogooku3.training.fit import Plan
+
+if TYPE_CHECKING:
+    from gogooku3.config.schema import Settings
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ class Context:
 
     `cache` holds what several predictors read (the panel, the baseline's normalised frame), built once per run."""
 
-    cfg: DictConfig
+    cfg: Settings
     dataset: Path
     manifest: FeatureManifest
     dataset_fingerprint: str
@@ -67,6 +69,7 @@ class Fitted:
     name: str
     horizons: list[int]
     plan: Plan | None
+    holds_network: ClassVar[bool] = False  # its save() writes the network bundle (and can carry a blend's spec)
 
     def __init__(self, name: str, horizons: Sequence[int], plan: Plan | None):
         self.name, self.horizons, self.plan = name, [int(h) for h in horizons], plan
@@ -118,7 +121,7 @@ def build_predictors(ctx: Context) -> dict[str, Predictor]:
     from gogooku3.config.compose import to_dict
 
     pc = ctx.cfg.predictors
-    wanted = [str(n) for n in pc.fit]
+    wanted = list(pc.fit)
     zoo = pc.zoo
     unknown = [n for n in wanted if n not in zoo]
     if unknown:

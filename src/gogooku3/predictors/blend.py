@@ -168,10 +168,9 @@ class BlendFitted(Fitted):
     def save(self, directory: Path) -> None:
         """The bundle of `a` (ATFT-GAT-FAN) with `b`'s (LightGBM's) boosters of the blended horizons and the
         weights: `predict` needs nothing outside it."""
-        from gogooku3.predictors.atft import ATFTFitted
         from gogooku3.predictors.lgbm import LightGBMFitted
 
-        if not (isinstance(self.a, ATFTFitted) and isinstance(self.b, LightGBMFitted)):
+        if not (self.a.holds_network and isinstance(self.b, LightGBMFitted)):
             raise ConfigError(f"predictor {self.name}: only a blend of the deep model (a) and LightGBM (b) can be "
                               "saved for `predict`")
         spec = self.b.spec()

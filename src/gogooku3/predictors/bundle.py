@@ -21,6 +21,7 @@ import polars as pl
 import torch
 from safetensors.torch import load_file, save_file
 
+from gogooku3.core import columns as C
 from gogooku3.core.errors import DataError, Gogooku3Error, load_reason
 from gogooku3.features.manifest import FeatureManifest
 from gogooku3.core.io import atomic_path, read_json, write_json
@@ -172,7 +173,7 @@ def predict_for_dates(bundle: Bundle, df_or_path: pl.DataFrame | pl.LazyFrame | 
     if not want:
         raise DataError("predict_for_dates: no dates given")
     L = int(bundle.meta["window"])
-    all_dates = lf.select(pl.col("Date").cast(pl.Date).unique().sort()).collect().get_column("Date").to_list()
+    all_dates = lf.select(pl.col(C.DATE).cast(pl.Date).unique().sort()).collect().get_column(C.DATE).to_list()
     pos = [k for k, d in enumerate(all_dates) if d in set(want)]
     if not pos:
         raise DataError(f"predict_for_dates: none of {len(want)} date(s) is in the dataset "
@@ -182,10 +183,10 @@ def predict_for_dates(bundle: Bundle, df_or_path: pl.DataFrame | pl.LazyFrame | 
     hi = all_dates[max(pos)]
     feats = bundle.features
     schema = lf.collect_schema()
-    meta_cols = [c for c in ("Code", "Date", "Section", "S33") if c in schema]
+    meta_cols = [c for c in (C.CODE, C.DATE, C.SECTION, C.S33) if c in schema]
     ret_col = bundle.meta["returns_col"]
     cols = list(dict.fromkeys([*meta_cols, ret_col, *feats]))
-    sub = lf.select([c for c in cols if c in schema]).filter(pl.col("Date").cast(pl.Date).is_between(lo, hi))
+    sub = lf.select([c for c in cols if c in schema]).filter(pl.col(C.DATE).cast(pl.Date).is_between(lo, hi))
     panel = PanelStore.from_frame(sub, feats, [], bundle.meta["normalizer"], ret_col,
                                   bundle.meta["sector_vocab"], bundle.meta["segment_vocab"])
     return predict_panel(bundle.model, panel, panel.day_index(want), window=L,
@@ -218,10 +219,10 @@ def predict_product(bundle: Bundle, df_or_path: pl.DataFrame | pl.LazyFrame | st
             raise DataError(f"{path}: the bundle's LightGBM booster is missing; retrain, or restore the file")
         boosters[h] = lgb.Booster(model_file=str(path))
     lf = pl.scan_parquet(df_or_path) if isinstance(df_or_path, (str, Path)) else df_or_path.lazy()
-    preds = [f"pred_{h}d" for h in bundle.horizons]
-    days = sorted(net.get_column("Date").unique().to_list())
-    base = predict_spec(spec, boosters, lf, days) if boosters else net.select("Date", "Code")
+    preds = [C.pred(h) for h in bundle.horizons]
+    days = sorted(net.get_column(C.DATE).unique().to_list())
+    base = predict_spec(spec, boosters, lf, days) if boosters else net.select(C.DATE, C.CODE)
     weights = {int(h): float(w) for h, w in spec["weights"].items()}
-    blended = combine(net.select("Date", "Code", *preds), base, weights, str(spec["method"]))
-    extra = [c for c in net.columns if c not in {"Date", "Code", *preds}]
-    return blended.join(net.select("Date", "Code", *extra), on=["Date", "Code"], how="left") if extra else blended
+    blended = combine(net.select(C.DATE, C.CODE, *preds), base, weights, str(spec["method"]))
+    extra = [c for c in net.columns if c not in {C.DATE, C.CODE, *preds}]
+    return blended.join(net.select(C.DATE, C.CODE, *extra), on=[C.DATE, C.CODE], how="left") if extra else blended

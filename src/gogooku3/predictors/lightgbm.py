@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightgbm as lgb
 import numpy as np
@@ -44,6 +44,9 @@ from gogooku3.core.io import (
 from gogooku3.data.normalize import CrossSectionalNormalizer
 from gogooku3.data.split import Fold, inner_validation, label_gap
 from gogooku3.data.validation import drop_too_null, scan_dataset
+
+if TYPE_CHECKING:
+    from gogooku3.config.schema import BaselineSettings, NormalizerSettings, SafeValidationSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +72,13 @@ def _target_expr(col: str, how: str) -> pl.Expr:
     if how == "raw":
         return y
     if how == "demean":
-        return y - y.mean().over("Date")
+        return y - y.mean().over(C.DATE)
     # rank -> uniform in (-0.5, 0.5): robust to fat tails, the objective of a cross-sectional ranker
-    return (y.rank("average").over("Date") - 0.5) / y.count().over("Date") - 0.5
+    return (y.rank("average").over(C.DATE) - 0.5) / y.count().over(C.DATE) - 0.5
 
 
 def _in_dates(dates: Iterable[dt.date]) -> pl.Expr:
-    return pl.col("Date").is_in(pl.Series(list(dates), dtype=pl.Date).implode())
+    return pl.col(C.DATE).is_in(pl.Series(list(dates), dtype=pl.Date).implode())
 
 
 def check_features(features: Sequence[str], horizons: Sequence[int]) -> None:
@@ -105,13 +108,13 @@ class LightGBMBaseline:
         self.workers = int(workers)  # horizons boosted at once (threads), each on params["num_threads"]
 
     @classmethod
-    def from_config(cls, b: Any, entry_lag: int, val_days: int) -> LightGBMBaseline:
+    def from_config(cls, b: BaselineSettings, entry_lag: int, val_days: int) -> LightGBMBaseline:
         """From the `baseline` config node (params, num_boost_round, early_stopping_rounds, target_transform,
         workers)."""
-        params = dict(to_dict(b.params))
-        return cls(params, num_boost_round=int(b.num_boost_round),
-                   early_stopping_rounds=int(b.early_stopping_rounds), val_days=int(val_days), entry_lag=int(entry_lag),
-                   target_transform=str(b.target_transform), workers=horizon_workers(b.workers, params))
+        params = to_dict(b.params)  # a copy
+        return cls(params, num_boost_round=b.num_boost_round, early_stopping_rounds=b.early_stopping_rounds,
+                   val_days=int(val_days), entry_lag=int(entry_lag), target_transform=b.target_transform,
+                   workers=horizon_workers(b.workers, params))
 
     # ---- helpers ------------------------------------------------------------------------------------
     @staticmethod
@@ -121,7 +124,7 @@ class LightGBMBaseline:
 
     def _check(self, df: pl.DataFrame, features: Sequence[str], horizons: Sequence[int]) -> None:
         check_features(features, horizons)
-        need = ["Date", "Code", *features, *(C.target(h) for h in horizons)]
+        need = [C.DATE, C.CODE, *features, *(C.target(h) for h in horizons)]
         missing = [c for c in need if c not in df.columns]
         if missing:
             raise SchemaError(f"baseline: missing column(s) {', '.join(missing[:8])}")
@@ -133,23 +136,23 @@ class LightGBMBaseline:
         self._check(train_df, features, horizons)
         if val_df is None:
             gap = label_gap(horizons, self.entry_lag)
-            dates = train_df["Date"].unique().sort().to_list()
+            dates = train_df[C.DATE].unique().sort().to_list()
             fit_dates, val_dates = inner_validation(dates, self.val_days, gap)
             fit_df = train_df.filter(_in_dates(fit_dates))
             val_df = train_df.filter(_in_dates(val_dates))
         else:
             self._check(val_df, features, horizons)
             fit_df = train_df
-            if val_df["Date"].min() <= fit_df["Date"].max():
+            if val_df[C.DATE].min() <= fit_df[C.DATE].max():
                 raise LeakageError("baseline: validation slice must lie after the fit dates")
         self.features_, self.horizons_ = features, horizons
         self.models_: dict[int, lgb.Booster] = {}
         self.best_iteration_: dict[int, int] = {}
         self.importance_by_horizon_: dict[int, dict[str, float]] = {}
         self.n_train_rows_: dict[int, int] = {}
-        self.fit_range_ = (fit_df["Date"].min(), fit_df["Date"].max())
-        self.val_range_ = (val_df["Date"].min(), val_df["Date"].max())
-        self.val_dates_: list[dt.date] = val_df["Date"].unique().sort().to_list()
+        self.fit_range_ = (fit_df[C.DATE].min(), fit_df[C.DATE].max())
+        self.val_range_ = (val_df[C.DATE].min(), val_df[C.DATE].max())
+        self.val_dates_: list[dt.date] = val_df[C.DATE].unique().sort().to_list()
         x_fit, x_val = self._matrix(fit_df, features), self._matrix(val_df, features)
         labels = {h: (self._labels(fit_df, h), self._labels(val_df, h)) for h in horizons}
         for h, ((_, w_fit), (_, w_val)) in labels.items():
@@ -196,13 +199,13 @@ class LightGBMBaseline:
         """Date, Code, pred_{h}d for every row of `df`."""
         if not hasattr(self, "models_"):
             raise TrainingError("LightGBMBaseline.predict called before fit")
-        missing = [c for c in ["Date", "Code", *self.features_] if c not in df.columns]
+        missing = [c for c in [C.DATE, C.CODE, *self.features_] if c not in df.columns]
         if missing:
             raise SchemaError(f"baseline predict: missing column(s) {', '.join(missing[:8])}")
         x = self._matrix(df, self.features_)
         preds = {C.pred(h): self.models_[h].predict(x, num_iteration=self.best_iteration_[h]).astype(np.float32)
                  for h in self.horizons_}
-        return df.select("Date", "Code").with_columns([pl.Series(k, v) for k, v in preds.items()])
+        return df.select(C.DATE, C.CODE).with_columns([pl.Series(k, v) for k, v in preds.items()])
 
     def top_features(self, n: int) -> list[dict[str, Any]]:
         return _top(self.feature_importance_, n)
@@ -289,7 +292,7 @@ class BaselineRun:
         mine = [k for k in self.fold_indices if k not in theirs]
         a, b = self.folds(mine), other
         per_fold = sorted(a.per_fold + b.per_fold, key=lambda pf: int(pf["fold"]))
-        preds = [pl.concat([getattr(a, n), getattr(b, n)]).sort("fold", "Date", "Code") for n in PREDICTIONS]
+        preds = [pl.concat([getattr(a, n), getattr(b, n)]).sort("fold", C.DATE, C.CODE) for n in PREDICTIONS]
         return BaselineRun(self.fingerprint, list(self.horizons), list(self.features), *preds, per_fold,
                            _sum_importance(pf["feature_importance"] for pf in per_fold), self.directory,
                            dict(other.normalization or self.normalization), {**a.models, **b.models},
@@ -366,7 +369,7 @@ def fold_span(folds: Sequence[Fold]) -> tuple[dt.date, dt.date]:
     return min(dates), max(dates)
 
 
-def _normalized(df: pl.DataFrame, features: list[str], folds: Sequence[Fold], ncfg: Any
+def _normalized(df: pl.DataFrame, features: list[str], folds: Sequence[Fold], ncfg: NormalizerSettings
                 ) -> tuple[Callable[[Fold], pl.DataFrame], dict[str, Any]]:
     """(fold -> its normalized frame, the reference normalizer's report).
 
@@ -397,7 +400,7 @@ def _rows(model: LightGBMBaseline, frame: pl.DataFrame, fold: int, horizons: lis
 
 
 def fit_baseline(df: pl.DataFrame, features: Sequence[str], folds: Sequence[Fold], horizons: Sequence[int],
-                 entry_lag: int, val_days: int, cfg: Any, *, only: Iterable[int] | None = None,
+                 entry_lag: int, val_days: int, cfg: BaselineSettings, *, only: Iterable[int] | None = None,
                  fingerprint_: str = "") -> BaselineRun:
     """Normalize (`cfg.normalize`) and fit `LightGBMBaseline` per fold (`cfg`: the `baseline` config node).
 
@@ -413,8 +416,8 @@ def fit_baseline(df: pl.DataFrame, features: Sequence[str], folds: Sequence[Fold
     if unknown or not todo:
         raise DataError(f"baseline: fold(s) {unknown or todo} not in the split (folds {sorted(by_index)})")
     lo, hi = fold_span(folds)
-    df = df.filter(pl.col("Date").is_between(lo, hi))
-    missing = [c for c in ["Date", "Code", *features, *(C.target(h) for h in horizons)] if c not in df.columns]
+    df = df.filter(pl.col(C.DATE).is_between(lo, hi))
+    missing = [c for c in [C.DATE, C.CODE, *features, *(C.target(h) for h in horizons)] if c not in df.columns]
     if missing:
         raise SchemaError(f"baseline: dataset lacks column(s) {', '.join(missing[:8])}")
     floats = [f for f in features if df.schema[f].is_float()]
@@ -437,15 +440,15 @@ def fit_baseline(df: pl.DataFrame, features: Sequence[str], folds: Sequence[Fold
                          "n_train_rows": {str(h): n for h, n in model.n_train_rows_.items()},
                          "feature_importance": model.feature_importance_})
         log.info("baseline: fold %d fitted (best iterations %s)", k, per_fold[-1]["best_iteration"])
-    preds = [pl.concat(p).sort("fold", "Date", "Code") for p in (vals, tests)]
+    preds = [pl.concat(p).sort("fold", C.DATE, C.CODE) for p in (vals, tests)]
     return BaselineRun(fingerprint_, horizons, features, *preds, per_fold,
                        _sum_importance(pf["feature_importance"] for pf in per_fold), None, norm_report, models)
 
 
 # ---------------------------------------------------------------------------------------------- the shared store
 def baseline_fingerprint(dataset_fingerprint: str, manifest_fingerprint: str, folds: Sequence[Fold],
-                         horizons: Sequence[int], entry_lag: int, val_days: int, baseline_cfg: Any,
-                         validation_cfg: Any) -> str:
+                         horizons: Sequence[int], entry_lag: int, val_days: int, baseline_cfg: BaselineSettings,
+                         validation_cfg: SafeValidationSettings) -> str:
     """The content address of a baseline run: everything that changes its predictions, nothing that does not."""
     b = {k: v for k, v in to_dict(baseline_cfg).items() if k not in REPORT_ONLY_KEYS}
     v = to_dict(validation_cfg)
@@ -456,13 +459,13 @@ def baseline_fingerprint(dataset_fingerprint: str, manifest_fingerprint: str, fo
                        [int(h) for h in horizons], int(entry_lag), int(val_days), b, screen)
 
 
-def baseline_horizons(cfg: Any, manifest: FeatureManifest) -> list[int]:
+def baseline_horizons(cfg: Settings, manifest: FeatureManifest) -> list[int]:
     """`baseline.horizons`, or the dataset's horizons (its manifest's) when it is null."""
     return [int(h) for h in (cfg.baseline.horizons or manifest.horizons)]
 
 
-def baseline_root(cfg: Any, fingerprint_: str) -> Path:
-    return Path(str(cfg.paths.output_dir)) / "baselines" / fingerprint_
+def baseline_root(cfg: Settings, fingerprint_: str) -> Path:
+    return Path(cfg.paths.output_dir) / "baselines" / fingerprint_
 
 
 def load_or_fit(root: Path, fingerprint_: str, wanted: Iterable[int],
@@ -493,7 +496,7 @@ def load_or_fit(root: Path, fingerprint_: str, wanted: Iterable[int],
     return run.folds(wanted)
 
 
-def baseline_for_folds(cfg: Any, dataset: Path, manifest: FeatureManifest, folds: list[Fold], wanted: list[int],
+def baseline_for_folds(cfg: Settings, dataset: Path, manifest: FeatureManifest, folds: list[Fold], wanted: list[int],
                        entry_lag: int) -> BaselineRun | None:
     """The baseline of `wanted` folds of the split `folds`, from `<paths.output_dir>/baselines/<fingerprint>/` when
     stored there (by `gogooku3 safe` or an earlier call), else fitted, stored and returned; None when
@@ -505,7 +508,7 @@ def baseline_for_folds(cfg: Any, dataset: Path, manifest: FeatureManifest, folds
     if not b.enabled:
         return None
     dataset = Path(dataset)
-    horizons, val_days, v = baseline_horizons(cfg, manifest), int(cfg.split.val_days), cfg.safe.validation
+    horizons, val_days, v = baseline_horizons(cfg, manifest), cfg.split.val_days, cfg.safe.validation
     fp = baseline_fingerprint(file_fingerprint(dataset), manifest.fingerprint, folds, horizons, entry_lag, val_days,
                               b, v)
 
@@ -516,13 +519,13 @@ def baseline_for_folds(cfg: Any, dataset: Path, manifest: FeatureManifest, folds
     return load_or_fit(baseline_root(cfg, fp), fp, wanted, fit)
 
 
-def baseline_frame(cfg: Any, dataset: str | Path, manifest: FeatureManifest, folds: Sequence[Fold]
+def baseline_frame(cfg: Settings, dataset: str | Path, manifest: FeatureManifest, folds: Sequence[Fold]
                    ) -> tuple[pl.DataFrame, list[str]]:
     """The rows every fold reads (meta, manifest features, the baseline's targets) and the baseline's features: the
     manifest's minus those `safe.validation` drops for nulls on fold 0's training dates (as safe does)."""
     v = cfg.safe.validation
     lo, hi = fold_span(folds)
     df = scan_dataset(dataset, manifest, baseline_horizons(cfg, manifest), lo, hi).collect()
-    features, _, _ = drop_too_null(df, manifest.names, folds[0].train_dates, float(v.max_null_share),
-                                   str(v.null_action), str(dataset))
+    features, _, _ = drop_too_null(df, manifest.names, folds[0].train_dates, v.max_null_share, v.null_action,
+                                   str(dataset))
     return df, features

@@ -57,7 +57,7 @@ class RidgePredictor(Predictor):
         frame_of, features = self._inputs()
         frame = frame_of(plan.fold)
         hs = [h for h in baseline_horizons(self.ctx.cfg, self.ctx.manifest) if C.target(h) in frame.columns]
-        how = str(self.ctx.cfg.baseline.target_transform)
+        how = self.ctx.cfg.baseline.target_transform
         fit = frame.filter(_in(plan.fit))
         x_fit = _matrix(fit, features)
         mu = x_fit.mean(axis=0)

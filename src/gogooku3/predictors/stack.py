@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -25,6 +25,9 @@ import polars as pl
 from gogooku3.core import columns as C
 from gogooku3.data.split import label_gap
 from gogooku3.predictors.lightgbm import LightGBMBaseline
+
+if TYPE_CHECKING:
+    from gogooku3.config.schema import BaselineSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ def _in(dates: Sequence[dt.date]) -> pl.Expr:
 
 
 def stack_frame(frame: pl.DataFrame, features: Sequence[str], fit: Sequence[dt.date], horizons: Sequence[int],
-                entry_lag: int, val_days: int, baseline_cfg: Any, blocks: int, min_fit_days: int
+                entry_lag: int, val_days: int, baseline_cfg: BaselineSettings, blocks: int, min_fit_days: int
                 ) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
     """(Date, Code, stack_{h}d for the rows of `frame` from the fit span's second block on; one provenance record
     per fitted model: the dates it predicts, the dates it was fitted and early-stopped on).
@@ -102,8 +105,8 @@ def stack_array(frame: pl.DataFrame, dates: Sequence[dt.date], codes: Sequence[s
     return out
 
 
-def stack_for_plan(cfg: Any, dataset: Any, manifest: Any, folds: Sequence[Any], plan: Any, dates: Sequence[dt.date],
-                   codes: Sequence[str]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+def stack_for_plan(cfg: Settings, dataset: Any, manifest: Any, folds: Sequence[Any], plan: Any,
+                   dates: Sequence[dt.date], codes: Sequence[str]) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """The stacked inputs of one plan on the panel's dates × codes, from the dataset with the baseline's features
     and input normalisation (`baseline` group), and their provenance."""
     from gogooku3.predictors.lightgbm import _normalized, baseline_frame, baseline_horizons
@@ -115,5 +118,5 @@ def stack_for_plan(cfg: Any, dataset: Any, manifest: Any, folds: Sequence[Any], 
     frame_of, _ = _normalized(df, floats, folds, b.normalize)
     frame = frame_of(plan.fold)
     pred, provenance = stack_frame(frame, features, plan.fit, horizons, int(manifest.entry_lag),
-                                   int(cfg.split.val_days), b, int(sc.blocks), int(sc.min_fit_days))
+                                   cfg.split.val_days, b, sc.blocks, sc.min_fit_days)
     return stack_array(pred, dates, codes, horizons), provenance

@@ -103,9 +103,9 @@ def _describe(row: dict[str, Any]) -> str:
     return f"{row['Code']} {row['Date']} {row['ratio']} (price {row['move']:.2f}x{vol}; {row['evidence']})"
 
 
-def check_splits(tables: dict[str, pl.DataFrame], data_cfg: Any, source: str | Path) -> dict[str, pl.DataFrame]:
-    """Apply `data.adjust_splits` (warn | adjust | off) to the daily_quotes of `tables`; returns the tables."""
-    policy = str(data_cfg["adjust_splits"])
+def check_splits(tables: dict[str, pl.DataFrame], policy: str, source: str | Path) -> dict[str, pl.DataFrame]:
+    """Apply `policy` (`data.adjust_splits`: warn | adjust | off) to the daily_quotes of `tables`; returns the
+    tables."""
     if policy not in POLICIES:
         raise ConfigError(f"data.adjust_splits='{policy}' must be one of {', '.join(POLICIES)}")
     dq = tables.get("daily_quotes")

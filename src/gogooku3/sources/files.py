@@ -9,17 +9,21 @@ the column and example rows, and nothing is written.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
-from omegaconf import DictConfig, OmegaConf
 
 from gogooku3.core.calendar import TradingCalendar
 from gogooku3.core.errors import ConfigError, DataError
 from gogooku3.sources.schema import TABLES, conform, replace_raw_tables
+
+if TYPE_CHECKING:
+    from gogooku3.config.schema import FilesDataSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +52,12 @@ class ImportSettings:
     decimal_comma: bool
 
     @classmethod
-    def from_cfg(cls, data: DictConfig) -> ImportSettings:
-        mapping = OmegaConf.to_container(data.columns, resolve=True)
+    def from_cfg(cls, data: FilesDataSettings) -> ImportSettings:
+        mapping = dataclasses.asdict(data.columns)
         unknown = sorted(set(mapping) - set(KNOWN_FIELDS))
         if unknown:
             raise ConfigError(f"data.columns: unknown field(s) {', '.join(unknown)} (known: {', '.join(KNOWN_FIELDS)})")
-        columns = {k: str(v) for k, v in mapping.items() if v is not None and str(v) != ""}
+        columns = {k: v for k, v in mapping.items() if v}
         for req in ("date", "code"):
             if req not in columns:
                 raise ConfigError(f"data.columns.{req} must name a column of the file")
@@ -64,13 +68,12 @@ class ImportSettings:
             if extra not in ("all", "none"):
                 raise ConfigError(f"data.extra_columns='{extra}' must be all, none or a list of column names")
         else:
-            extra = tuple(str(c) for c in extra)
-        fmt = str(data.format).lower()
+            extra = tuple(extra)
+        fmt = data.format.lower()
         if fmt not in ("auto", "csv", "parquet"):
             raise ConfigError(f"data.format='{fmt}' must be auto, csv or parquet")
-        return cls(columns=columns, fmt=fmt, separator=str(data.separator),
-                   null_values=tuple(str(v) for v in data.null_values),
-                   date_format=data.date_format or None, calendar=str(data.calendar),
+        return cls(columns=columns, fmt=fmt, separator=data.separator, null_values=tuple(data.null_values),
+                   date_format=data.date_format or None, calendar=data.calendar,
                    extra_columns=extra, decimal_comma=_decimal_comma(data))
 
 
@@ -179,10 +182,10 @@ _GROUPED = {False: r"^[+-]?\d{1,3}(,\d{3})+(\.\d+)?$",    # 1,234,567.5 (thousan
 SEPARATORS = (",", ";", "\t", "|")
 
 
-def _decimal_comma(data: DictConfig) -> bool:
+def _decimal_comma(data: FilesDataSettings) -> bool:
     """`data.decimal_comma`, refused with the default separator: a comma cannot be both."""
-    on = bool(data.decimal_comma)
-    if on and str(data.separator) == ",":
+    on = data.decimal_comma
+    if on and data.separator == ",":
         raise ConfigError("data.decimal_comma=true needs a field separator other than ','; set data.separator=';' "
                           "(or the file's own)")
     return on
@@ -395,7 +398,7 @@ def build_tables(raw: pl.DataFrame, path: Path, s: ImportSettings) -> dict[str, 
 # ---------------------------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------------------------
-def source_config(cfg: DictConfig, source: str) -> DictConfig:
+def source_config(cfg: Settings, source: str) -> Settings:
     """`cfg`, whose `data` group must be the `source` option: every value comes from the composed config (no second
     Hydra load). `gogooku3 data import PATH` / `data fetch` compose with `data=files` / `data=jquants` themselves
     unless the command line picks a data option (`cli._cfg`)."""
@@ -405,7 +408,7 @@ def source_config(cfg: DictConfig, source: str) -> DictConfig:
     return cfg
 
 
-def import_files(cfg: DictConfig, path: str | Path) -> dict[str, Path]:
+def import_files(cfg: Settings, path: str | Path) -> dict[str, Path]:
     """Import a user's price file as raw tables in `paths.raw_dir`; returns {table: path}."""
     cfg = source_config(cfg, "files")
     s = ImportSettings.from_cfg(cfg.data)
@@ -416,8 +419,8 @@ def import_files(cfg: DictConfig, path: str | Path) -> dict[str, Path]:
         check_splits,  # data.adjust_splits: warn | adjust | off
     )
 
-    tables = check_splits(tables, cfg.data, path)
+    tables = check_splits(tables, cfg.data.adjust_splits, path)
     dq = tables["daily_quotes"]
     log.info("%s: %d rows, %d codes, %s..%s, calendar %s", path, dq.height, dq["Code"].n_unique(),
              dq["Date"].min(), dq["Date"].max(), s.calendar)
-    return replace_raw_tables(tables, Path(str(cfg.paths.raw_dir)).expanduser(), source="files")
+    return replace_raw_tables(tables, Path(cfg.paths.raw_dir).expanduser(), source="files")

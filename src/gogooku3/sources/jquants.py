@@ -18,17 +18,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import polars as pl
-from omegaconf import DictConfig
 
 from gogooku3.core.errors import ConfigError, DataError
 from gogooku3.core.io import write_parquet
 from gogooku3.core.progress import track
 from gogooku3.sources.files import source_config
 from gogooku3.sources.schema import TABLES, replace_raw_tables
+
+if TYPE_CHECKING:
+    from gogooku3.config.schema import Settings
 
 log = logging.getLogger(__name__)
 
@@ -285,10 +287,10 @@ def _minus_years(d: dt.date, years: int) -> dt.date:
         return d.replace(year=d.year - years, day=28)
 
 
-def settings(cfg: DictConfig, today: dt.date | None = None) -> FetchSettings:
+def settings(cfg: Settings, today: dt.date | None = None) -> FetchSettings:
     """Read and check the `data` (jquants) and `paths` config."""
     data = cfg.data
-    plan = str(data.plan).lower()
+    plan = data.plan.lower()
     if plan not in PLAN_RPM:
         raise ConfigError(f"data.plan='{plan}' is not one of {', '.join(PLAN_RPM)}")
     tables_cfg = data.tables
@@ -304,22 +306,22 @@ def settings(cfg: DictConfig, today: dt.date | None = None) -> FetchSettings:
     start = _date_or_none(data.start_date, "data.start_date") or _minus_years(end, 5)
     if start > end:
         raise ConfigError(f"data.start_date {start} is after data.end_date {end}")
-    statements_days = str(data.statements_days)
+    statements_days = data.statements_days
     if statements_days not in ("sessions", "all"):
         raise ConfigError(f"data.statements_days='{statements_days}' must be 'sessions' or 'all'")
     return FetchSettings(
         plan=plan,
         tables=tuple(t for t in FETCH_ORDER if t in tables or t == "trading_calendar"),
         start=start, end=end, today=today,
-        refresh_days=int(data.refresh_days),
+        refresh_days=data.refresh_days,
         statements_days=statements_days,
-        cache_root=Path(str(cfg.paths.cache_dir)).expanduser() / "jquants",
-        raw_dir=Path(str(cfg.paths.raw_dir)).expanduser(),
-        progress=bool(data.progress),
+        cache_root=Path(cfg.paths.cache_dir).expanduser() / "jquants",
+        raw_dir=Path(cfg.paths.raw_dir).expanduser(),
+        progress=data.progress,
     )
 
 
-def resolve_api_key(cfg: DictConfig) -> str:
+def resolve_api_key(cfg: Settings) -> str:
     """`data.api_key` if set, else the JQUANTS_API_KEY environment variable; ConfigError when neither is."""
     key = cfg.data.api_key or os.environ.get(API_KEY_ENV, "")
     key = str(key).strip()
@@ -455,7 +457,7 @@ def _calendar_frame(pages: list[Page], s: FetchSettings) -> pl.DataFrame:
     return cal.sort("Date")
 
 
-def fetch(cfg: DictConfig, *, transport: httpx.BaseTransport | None = None,
+def fetch(cfg: Settings, *, transport: httpx.BaseTransport | None = None,
           sleep: Callable[[float], None] = time.sleep, today: dt.date | None = None) -> dict[str, Path]:
     """Fetch the configured J-Quants tables into the page cache and write the raw tables; returns their paths."""
     cfg = source_config(cfg, "jquants")
@@ -466,10 +468,9 @@ def fetch(cfg: DictConfig, *, transport: httpx.BaseTransport | None = None,
     log.info("J-Quants V2 fetch %s..%s, plan %s (%s req/min), tables: %s", s.start, s.end, s.plan, rpm,
              ", ".join(s.tables))
     frames: dict[str, pl.DataFrame] = {}
-    with JQuantsClient(api_key, base_url=str(data.base_url), requests_per_minute=rpm,
-                       max_attempts=int(data.max_attempts), backoff_base_s=float(data.backoff_base_s),
-                       backoff_max_s=float(data.backoff_max_s), retry_after_max_s=float(data.retry_after_max_s),
-                       timeout_s=float(data.timeout_s), plan=s.plan,
+    with JQuantsClient(api_key, base_url=data.base_url, requests_per_minute=rpm, max_attempts=data.max_attempts,
+                       backoff_base_s=data.backoff_base_s, backoff_max_s=data.backoff_max_s,
+                       retry_after_max_s=data.retry_after_max_s, timeout_s=data.timeout_s, plan=s.plan,
                        transport=transport, sleep=sleep) as client:
         try:
             calendar: pl.DataFrame | None = None

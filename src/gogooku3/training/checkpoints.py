@@ -64,7 +64,12 @@ def check_resume_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def _same(a: Any, b: Any) -> bool:
-    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+    """Equal as JSON values; 20 and 20.0 are the same value (a float key given as an int in the YAML is stored as
+    written by older runs, as a float since the config is typed)."""
+    def plain(x: Any) -> Any:
+        return json.loads(json.dumps(x, sort_keys=True, default=str))
+
+    return plain(a) == plain(b)
 
 
 def check_resume_model(state: dict[str, Any], model_cfg: dict[str, Any], source: Any) -> None:

@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from omegaconf import DictConfig
 
 from gogooku3.core.errors import ConfigError
 from gogooku3.data.panel import PanelDataModule, PanelStore
@@ -35,6 +35,9 @@ from gogooku3.training.member_pool import (
     run_jobs,
     threads_per_worker,
 )
+
+if TYPE_CHECKING:
+    from gogooku3.config.schema import Settings
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +76,7 @@ class FoldFit:
 
 
 
-def fit_ensemble(panel: PanelStore, plan: Plan, cfg: DictConfig, *, run_dir: Path, horizons: Sequence[int],
+def fit_ensemble(panel: PanelStore, plan: Plan, cfg: Settings, *, run_dir: Path, horizons: Sequence[int],
                  ckpt_dir: Path | None = None, resume_dir: Path | None = None,
                  callbacks: list[Callback] | None = None, pool: ProcessPoolExecutor | None = None,
                  extra: Path | None = None) -> FoldFit | None:
@@ -84,7 +87,7 @@ def fit_ensemble(panel: PanelStore, plan: Plan, cfg: DictConfig, *, run_dir: Pat
     With `trainer.member_workers` > 1 (and no extra callbacks) the members train side by side in worker processes
     (`member_pool`; `pool`: processes already started by the caller). `extra`: a .npy of inputs appended to the
     panel's features ([D, N, S], `model.stack`), memory-mapped by every member."""
-    k = int(cfg.train.ensemble)
+    k = cfg.train.ensemble
     if k < 1:
         raise ConfigError(f"train.ensemble={k}: needs at least one member")
     ckpt_dir = ckpt_dir or run_dir / "checkpoints"
@@ -99,7 +102,7 @@ def fit_ensemble(panel: PanelStore, plan: Plan, cfg: DictConfig, *, run_dir: Pat
     else:
         arr = None if extra is None else np.load(extra, mmap_mode="r")
         members = [fit_member(panel, plan, cfg, run_dir=run_dir, ckpt_dir=ckpt_dir / sub,
-                              seed=int(cfg.train.seed) + m, horizons=horizons, tag=sub, resume=resumes[m],
+                              seed=cfg.train.seed + m, horizons=horizons, tag=sub, resume=resumes[m],
                               callbacks=callbacks, extra=arr) for m, sub in enumerate(subs)]
     if members[-1] is None:
         return None
@@ -112,16 +115,16 @@ def fit_ensemble(panel: PanelStore, plan: Plan, cfg: DictConfig, *, run_dir: Pat
     return FoldFit(plan, model.eval(), done, dm, predictions)
 
 
-def _fit_in_workers(panel: PanelStore, plan: Plan, cfg: DictConfig, workers: int, *, run_dir: Path, ckpt_dir: Path,
+def _fit_in_workers(panel: PanelStore, plan: Plan, cfg: Settings, workers: int, *, run_dir: Path, ckpt_dir: Path,
                     horizons: Sequence[int], subs: list[str], resumes: list[Path | None],
                     pool: ProcessPoolExecutor | None = None, extra: Path | None = None
                     ) -> tuple[list[MemberResult], dict[str, pl.DataFrame]]:
     """`fit_member` for every member in `workers` processes (`member_pool`); the members rebuilt here from their
     weights, and the fold's val/test predictions as the mean of theirs."""
     threads = threads_per_worker(cfg, workers)
-    plain = job_config(cfg, threads)
+    job_cfg = job_config(cfg, threads)
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-    jobs = [MemberJob(plain, str(panel.root), plan, str(run_dir), str(ckpt_dir / sub), int(cfg.train.seed) + m,
+    jobs = [MemberJob(job_cfg, str(panel.root), plan, str(run_dir), str(ckpt_dir / sub), cfg.train.seed + m,
                       [int(h) for h in horizons], sub, threads, level, None if resumes[m] is None else str(resumes[m]),
                       None if extra is None else str(extra))
             for m, sub in enumerate(subs)]

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
@@ -31,7 +31,6 @@ from lightning.pytorch.callbacks import (
     StochasticWeightAveraging,
 )
 from lightning.pytorch.loggers import CSVLogger
-from omegaconf import DictConfig
 
 from gogooku3.core import columns as C
 from gogooku3.training.callbacks import (
@@ -57,6 +56,9 @@ from gogooku3.data.split import (
     inner_validation,
     make_splitter,
 )
+
+if TYPE_CHECKING:
+    from gogooku3.config.schema import Settings, SplitSettings
 
 defer_lightning_logging()
 log = logging.getLogger(__name__)
@@ -176,7 +178,7 @@ class ATFTModule(L.LightningModule):
 
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, module: ATFTModule, ckpt_dir: Path,
+def build_trainer(cfg: Settings, run_dir: Path, module: ATFTModule, ckpt_dir: Path,
                   extra_callbacks: list[Callback] | None = None,
                   tag: str = "") -> tuple[L.Trainer, dict[str, Callback]]:
     """The Trainer from `cfg.trainer` (accelerator/devices/strategy/precision) and `cfg.train`; `tag` names the
@@ -184,24 +186,24 @@ def build_trainer(cfg: DictConfig, run_dir: Path, module: ATFTModule, ckpt_dir: 
     tc, tr = cfg.train, cfg.trainer
     if tr.num_threads:
         # OpenMP threads spin-wait on a busy 2-core machine: 2 threads ran a day batch 3-10x slower than 1.
-        torch.set_num_threads(int(tr.num_threads))
+        torch.set_num_threads(tr.num_threads)
     horizons = module.horizons
     monitor = C.monitor(horizons[0])
     ckpt = RunCheckpoint(dirpath=str(ckpt_dir), monitor=monitor, mode="max",
-                         save_top_k=int(tc.save_top_k), save_last=True, auto_insert_metric_name=False,
+                         save_top_k=tc.save_top_k, save_last=True, auto_insert_metric_name=False,
                          filename="epoch{epoch:03d}-ric{" + monitor + ":.4f}")
-    guard = CollapseGuard(horizons, float(tc.collapse_ratio), bool(tc.collapse_stop))
-    thr = Throughput(module.model.estimate_flops_per_sample(), tr.peak_tflops and float(tr.peak_tflops) * 1e12)
+    guard = CollapseGuard(horizons, tc.collapse_ratio, tc.collapse_stop)
+    thr = Throughput(module.model.estimate_flops_per_sample(), tr.peak_tflops and tr.peak_tflops * 1e12)
     cbs: dict[str, Callback] = {"checkpoint": ckpt, "collapse_guard": guard, "throughput": thr,
                                 "early_stopping": EarlyStopping(monitor=monitor, mode="max",
-                                                                patience=int(tc.patience)),
+                                                                patience=tc.patience),
                                 "rng": RngState()}
     if not tr.progress_bar:
         cbs["epoch_log"] = EpochLog(tag, monitor)
     if tc.ema_decay:
-        cbs["ema"] = EMA(float(tc.ema_decay))
+        cbs["ema"] = EMA(tc.ema_decay)
     if tc.swa:
-        cbs["swa"] = StochasticWeightAveraging(swa_lrs=float(tc.lr) * 0.5, swa_epoch_start=0.67)
+        cbs["swa"] = StochasticWeightAveraging(swa_lrs=tc.lr * 0.5, swa_epoch_start=0.67)
     loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="logs", version=tag)]
     try:
         from lightning.pytorch.loggers import TensorBoardLogger
@@ -210,13 +212,13 @@ def build_trainer(cfg: DictConfig, run_dir: Path, module: ATFTModule, ckpt_dir: 
     except (ImportError, ModuleNotFoundError):
         log.info("tensorboard not installed; CSV logging only")
     trainer = L.Trainer(
-        accelerator=tr.accelerator, devices=tr.devices, strategy=tr.strategy, num_nodes=int(tr.num_nodes),
-        precision=tr.precision, max_epochs=int(tc.max_epochs), min_epochs=int(tc.min_epochs),
-        gradient_clip_val=float(tc.grad_clip), accumulate_grad_batches=int(tc.accumulate_grad_batches),
+        accelerator=tr.accelerator, devices=tr.devices, strategy=tr.strategy, num_nodes=tr.num_nodes,
+        precision=tr.precision, max_epochs=tc.max_epochs, min_epochs=tc.min_epochs,
+        gradient_clip_val=tc.grad_clip, accumulate_grad_batches=tc.accumulate_grad_batches,
         limit_train_batches=tc.limit_train_batches or 1.0, limit_val_batches=tc.limit_val_batches or 1.0,
         num_sanity_val_steps=0, logger=loggers,
         callbacks=[*cbs.values(), *(extra_callbacks or []), *([RichProgressBar(leave=True)] if tr.progress_bar else [])],
-        log_every_n_steps=10, enable_progress_bar=bool(tr.progress_bar), enable_model_summary=False,
+        log_every_n_steps=10, enable_progress_bar=tr.progress_bar, enable_model_summary=False,
         use_distributed_sampler=False, deterministic=False, default_root_dir=str(run_dir))
     return trainer, cbs
 
@@ -244,7 +246,7 @@ class Plan:
         return {"fit_range": span(self.fit), "val_range": span(self.val), "test_range": span(self.test)}
 
 
-def make_plans(dates: Sequence[dt.date], split_cfg: Any, horizons: Sequence[int], entry_lag: int,
+def make_plans(dates: Sequence[dt.date], split_cfg: SplitSettings, horizons: Sequence[int], entry_lag: int,
                folds: int | str | None, feature_lookback: int | None = None) -> tuple[list[Fold], list[Plan]]:
     """The shared splitter's folds on `dates` and the plans of the last `folds` of them (None: the last fold;
     "all" or k >= n_splits: every fold). The validation slice is cut from the end of each fold's training span,
@@ -257,7 +259,7 @@ def make_plans(dates: Sequence[dt.date], split_cfg: Any, horizons: Sequence[int]
     gap = splitter.label_span  # split.label_gap(horizons, entry_lag)
     plans = []
     for f in chosen:
-        fit, val = inner_validation(f.train_dates, int(split_cfg.val_days), gap)
+        fit, val = inner_validation(f.train_dates, split_cfg.val_days, gap)
         plans.append(Plan(f, tuple(fit), tuple(val), tuple(f.test_dates)))
     return all_folds, plans
 
@@ -284,15 +286,15 @@ class MemberResult:
         return self.importance if self.importance is not None else self.module.feature_importance()
 
 
-def model_config(cfg: DictConfig, panel: PanelStore, horizons: Sequence[int], n_extra: int = 0) -> dict[str, Any]:
+def model_config(cfg: Settings, panel: PanelStore, horizons: Sequence[int], n_extra: int = 0) -> dict[str, Any]:
     """`cfg.model` completed with what the data decides: feature count (the panel's plus `n_extra` stacked
     inputs), horizons, embedding table sizes."""
     mc = to_dict(cfg.model)
     for k in ("name", "expected_params"):
         mc.pop(k)
     mc.update(n_features=len(panel.feature_names) + int(n_extra), horizons=list(horizons),
-              n_sectors=max(int(mc["n_sectors"]), len(panel.sector_vocab) + 1),
-              n_segments=max(int(mc["n_segments"]), len(panel.segment_vocab) + 1))
+              n_sectors=max(mc["n_sectors"], len(panel.sector_vocab) + 1),
+              n_segments=max(mc["n_segments"], len(panel.segment_vocab) + 1))
     return mc
 
 
@@ -340,25 +342,25 @@ def average_top_k(module: ATFTModule, dm: PanelDataModule, checkpoint: ModelChec
             "val_rank_ic_top_k_average": avg_ic, "checkpoints": [str(p) for p, _ in top]}
 
 
-def data_module(panel: PanelStore, plan: Plan, cfg: DictConfig, seed: int,
+def data_module(panel: PanelStore, plan: Plan, cfg: Settings, seed: int,
                 extra: np.ndarray | None = None) -> PanelDataModule:
     """The plan's day batches (`train` settings), with `extra` inputs appended to the features when given."""
     tc = cfg.train
-    return PanelDataModule(panel, plan.fit, plan.val, plan.test, window=int(cfg.model.window),
-                           max_stocks=int(tc.max_stocks_per_day), min_window_frac=float(tc.min_window_frac),
-                           min_stocks=int(tc.min_stocks_per_day), seed=seed, extra=extra)
+    return PanelDataModule(panel, plan.fit, plan.val, plan.test, window=cfg.model.window,
+                           max_stocks=tc.max_stocks_per_day, min_window_frac=tc.min_window_frac,
+                           min_stocks=tc.min_stocks_per_day, seed=seed, extra=extra)
 
 
-def new_module(cfg: DictConfig, panel: PanelStore, horizons: Sequence[int],
+def new_module(cfg: Settings, panel: PanelStore, horizons: Sequence[int],
                extra: np.ndarray | None = None) -> ATFTModule:
     """A freshly initialised ATFTModule for the panel (+ `extra` input columns) under the `model`/`train` config."""
     tc = cfg.train
     n_extra = 0 if extra is None else int(extra.shape[-1])
     return ATFTModule(model_config(cfg, panel, horizons, n_extra), to_dict(tc.loss),
-                      {k: tc[k] for k in ("lr", "weight_decay", "warmup_steps", "min_lr_ratio")})
+                      {k: getattr(tc, k) for k in ("lr", "weight_decay", "warmup_steps", "min_lr_ratio")})
 
 
-def fit_member(panel: PanelStore, plan: Plan, cfg: DictConfig, *, run_dir: Path, ckpt_dir: Path, seed: int,
+def fit_member(panel: PanelStore, plan: Plan, cfg: Settings, *, run_dir: Path, ckpt_dir: Path, seed: int,
                horizons: Sequence[int], tag: str = "", resume: Path | None = None,
                callbacks: list[Callback] | None = None, extra: np.ndarray | None = None) -> MemberResult | None:
     """Train one model on `plan.fit`, early-stopped on `plan.val`; None on a DDP rank other than 0. `extra`: inputs
@@ -371,7 +373,7 @@ def fit_member(panel: PanelStore, plan: Plan, cfg: DictConfig, *, run_dir: Path,
         module.model = torch.compile(module.model)
     trainer, cbs = build_trainer(cfg, run_dir, module, ckpt_dir, callbacks, tag)
     if trainer.accelerator.__class__.__name__.lower().startswith("cuda") and trainer.world_size == 1:
-        _maybe_gpu_resident(dm, float(tc.gpu_resident_max_frac))
+        _maybe_gpu_resident(dm, tc.gpu_resident_max_frac)
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=None if resume is None else str(resume), weights_only=True)
     seconds = time.perf_counter() - t0
@@ -383,7 +385,7 @@ def fit_member(panel: PanelStore, plan: Plan, cfg: DictConfig, *, run_dir: Path,
         module.load_state_dict(_checkpoint_weights(confined(best, ck.dirpath), "ema" in cbs))
     module = module.to(trainer.strategy.root_device).eval()  # predict where it trained (GPU: fast)
     weights: dict[str, Any] = {"kind": "best_epoch"}
-    k = int(tc.average_top_k or 1)
+    k = tc.average_top_k or 1
     if best and k > 1 and len(ck.best_k_models) > 1:
         weights = average_top_k(module, dm, ck, k, "ema" in cbs)
     return MemberResult(module, dm, seed, int(trainer.current_epoch), seconds,

@@ -15,6 +15,7 @@ reduction order of a different thread count differs.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import multiprocessing as mp
@@ -22,16 +23,18 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from gogooku3.core import columns as C
 from gogooku3.core.errors import TrainingError
 from gogooku3.core.io import atomic_path, write_parquet
+
+if TYPE_CHECKING:
+    from gogooku3.config.schema import Settings
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +43,9 @@ WEIGHTS_FILE = "member_final.pt"  # the member's chosen weights (best epoch or t
 
 @dataclass
 class MemberJob:
-    """Everything a worker needs to train one member (picklable: plain config, paths, dates)."""
+    """Everything a worker needs to train one member (picklable: the typed config, paths, dates)."""
 
-    cfg: dict[str, Any]
+    cfg: Settings
     panel_root: str
     plan: Any  # training.Plan
     run_dir: str
@@ -73,7 +76,7 @@ class MemberRecord:
     collapse_events: list[dict[str, Any]] = field(default_factory=list)
 
 
-def resolve_workers(cfg: DictConfig, n_members: int, *, parallel_ok: bool) -> int:
+def resolve_workers(cfg: Settings, n_members: int, *, parallel_ok: bool) -> int:
     """How many member processes to run: `trainer.member_workers` (auto: one per member up to the CPU count, on a
     single-device CPU trainer; 1 elsewhere), never more than the members."""
     w = cfg.trainer.member_workers
@@ -81,14 +84,13 @@ def resolve_workers(cfg: DictConfig, n_members: int, *, parallel_ok: bool) -> in
         return 1
     if w == "auto":
         tr = cfg.trainer
-        cpu_single = str(tr.accelerator) == "cpu" and int(tr.devices) == 1 and str(tr.strategy) == "auto" \
-            and int(tr.num_nodes) == 1
+        cpu_single = tr.accelerator == "cpu" and int(tr.devices) == 1 and tr.strategy == "auto" and tr.num_nodes == 1
         return min(n_members, os.cpu_count() or 1) if cpu_single else 1
-    return max(1, min(int(w), n_members))
+    return max(1, min(w, n_members))
 
 
-def threads_per_worker(cfg: DictConfig, workers: int) -> int:
-    total = int(cfg.trainer.num_threads or os.cpu_count() or 1)
+def threads_per_worker(cfg: Settings, workers: int) -> int:
+    total = cfg.trainer.num_threads or os.cpu_count() or 1
     return max(1, total // workers)
 
 
@@ -130,10 +132,9 @@ def train_member_job(job: MemberJob) -> MemberRecord:
 
     setup_logging(job.log_level)
     torch.set_num_threads(job.threads)
-    cfg = OmegaConf.create(job.cfg)
     panel = PanelStore.load(job.panel_root)
     extra = None if job.extra is None else np.load(job.extra, mmap_mode="r")
-    res = fit_member(panel, job.plan, cfg, run_dir=Path(job.run_dir), ckpt_dir=Path(job.ckpt_dir), seed=job.seed,
+    res = fit_member(panel, job.plan, job.cfg, run_dir=Path(job.run_dir), ckpt_dir=Path(job.ckpt_dir), seed=job.seed,
                      horizons=job.horizons, tag=job.tag, resume=None if job.resume is None else Path(job.resume),
                      extra=extra)
     if res is None:
@@ -155,13 +156,10 @@ def train_member_job(job: MemberJob) -> MemberRecord:
                         list(res.throughput), list(res.collapse_events))
 
 
-def job_config(cfg: DictConfig, threads: int) -> dict[str, Any]:
-    """The run's config as plain values, with the worker's thread count and no progress bar (two bars would
-    interleave; each worker logs its epochs instead)."""
-    d = OmegaConf.to_container(cfg, resolve=True)
-    d["trainer"]["num_threads"] = threads
-    d["trainer"]["progress_bar"] = False
-    return d
+def job_config(cfg: Settings, threads: int) -> Settings:
+    """The run's config with the worker's thread count and no progress bar (two bars would interleave; each worker
+    logs its epochs instead); `cfg` is left as it is."""
+    return dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, num_threads=threads, progress_bar=False))
 
 
 def mean_predictions(frames: list[pl.DataFrame]) -> pl.DataFrame:

@@ -17,14 +17,14 @@ def universe_filter(columns: list[str], c: BacktestConfig) -> pl.Expr:
     """The price / liquidity filter as a boolean expression (ConfigError when a needed column is absent)."""
     cond = pl.lit(True)
     if c.min_price > 0:
-        if "Close" not in columns:
+        if C.CLOSE not in columns:
             raise ConfigError("portfolio.min_price > 0 needs a Close column (in the predictions or the dataset)")
-        cond &= pl.col("Close") >= c.min_price
+        cond &= pl.col(C.CLOSE) >= c.min_price
     if c.min_adv > 0:
-        if "volume_ma_20" in columns and "Close" in columns:
-            adv = pl.col("volume_ma_20") * pl.col("Close")
-        elif "dollar_volume" in columns:
-            adv = pl.col("dollar_volume")
+        if C.VOLUME_MA_20 in columns and C.CLOSE in columns:
+            adv = pl.col(C.VOLUME_MA_20) * pl.col(C.CLOSE)
+        elif C.DOLLAR_VOLUME in columns:
+            adv = pl.col(C.DOLLAR_VOLUME)
         else:
             raise ConfigError("portfolio.min_adv > 0 needs volume_ma_20 and Close, or dollar_volume "
                               "(in the predictions or the dataset)")
@@ -60,9 +60,9 @@ def side_expr(pred: str, long_fraction: float, short_fraction: float) -> pl.Expr
     N counts the day's rows, so pass only eligible rows with a prediction, sorted by (Date, Code): ordinal
     ranks then break ties by Code.
     """
-    n = pl.len().over("Date").cast(pl.Float64)
-    r_desc = pl.col(pred).rank("ordinal", descending=True).over("Date")
-    r_asc = pl.col(pred).rank("ordinal").over("Date")
+    n = pl.len().over(C.DATE).cast(pl.Float64)
+    r_desc = pl.col(pred).rank("ordinal", descending=True).over(C.DATE)
+    r_asc = pl.col(pred).rank("ordinal").over(C.DATE)
     return (pl.when(r_desc <= (n * long_fraction).floor()).then(1)
             .when(r_asc <= (n * short_fraction).floor()).then(-1).otherwise(0).cast(pl.Int8))
 
@@ -111,18 +111,18 @@ def _mean_variance_weights(el: pl.DataFrame, c: BacktestConfig) -> pl.DataFrame:
     passes (exact when the cap is loose; a leg with fewer than 1/max_weight names cannot honour it).
     """
     g = el.lazy().drop_nulls(c.vol_column).filter(pl.col(c.vol_column) > 0).with_columns(
-        mu=(pl.col("p") - pl.col("p").mean().over("Date")) / pl.col("p").std().over("Date"),
+        mu=(pl.col("p") - pl.col("p").mean().over(C.DATE)) / pl.col("p").std().over(C.DATE),
         inv_var=1.0 / pl.col(c.vol_column).cast(pl.Float64).pow(2))
     # dollar-neutral unconstrained solution: w ∝ inv_var·(μ − λ), λ = Σ inv_var·μ / Σ inv_var
-    lam = (pl.col("inv_var") * pl.col("mu")).sum().over("Date") / pl.col("inv_var").sum().over("Date")
+    lam = (pl.col("inv_var") * pl.col("mu")).sum().over(C.DATE) / pl.col("inv_var").sum().over(C.DATE)
     g = g.with_columns(raw=pl.col("inv_var") * (pl.col("mu") - lam))
     g = g.with_columns(side=pl.col("raw").sign().cast(pl.Int8)).filter(pl.col("side") != 0)
-    leg = pl.col("raw").abs() / pl.col("raw").abs().sum().over("Date", "side")
+    leg = pl.col("raw").abs() / pl.col("raw").abs().sum().over(C.DATE, "side")
     g = g.with_columns(a=leg)
     for _ in range(5):
         g = g.with_columns(a=pl.col("a").clip(upper_bound=c.max_weight)).with_columns(
-            a=pl.col("a") / pl.col("a").sum().over("Date", "side"))
-    return g.with_columns(w=pl.col("a") * pl.col("side")).select("Date", "Code", "side", "w").collect()
+            a=pl.col("a") / pl.col("a").sum().over(C.DATE, "side"))
+    return g.with_columns(w=pl.col("a") * pl.col("side")).select(C.DATE, C.CODE, "side", "w").collect()
 
 
 def target_book(el: pl.DataFrame, c: BacktestConfig, borrow: bool) -> tuple[pl.DataFrame, int]:

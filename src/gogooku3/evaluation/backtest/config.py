@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from gogooku3.config.compose import packaged_group
-from gogooku3.config.schema import PortfolioSettings
+from gogooku3.config.schema import PortfolioSettings, Settings
 from gogooku3.core.errors import ConfigError
 
 REALISM = ("auto", "ideal", "realistic")
@@ -20,14 +20,16 @@ class BacktestConfig(PortfolioSettings):
 
     @classmethod
     def from_any(cls, cfg: Any = None, **overrides: Any) -> BacktestConfig:
-        """From None, a BacktestConfig, a mapping / DictConfig of portfolio keys, or a full config (uses .portfolio).
-        Keys a mapping leaves out (all of them for None) take the packaged YAML's values (conf/portfolio)."""
+        """From None, a BacktestConfig, the `portfolio` settings or a mapping of portfolio keys, or the whole
+        `Settings` (uses .portfolio). Keys a mapping leaves out (all of them for None) take the packaged YAML's values
+        (conf/portfolio)."""
         if isinstance(cfg, BacktestConfig):
             base = asdict(cfg)
         else:
             base = packaged_group("portfolio")
             if cfg is not None:
-                d = dict(cfg.get("portfolio", cfg)) if hasattr(cfg, "get") else dict(cfg)
+                node = cfg.portfolio if isinstance(cfg, Settings) else cfg
+                d = asdict(node) if isinstance(node, PortfolioSettings) else dict(node)
                 names = {f.name for f in fields(cls)}
                 base.update({k: v for k, v in d.items() if k in names})
         base.update(overrides)

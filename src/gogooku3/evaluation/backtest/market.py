@@ -8,17 +8,20 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from gogooku3.core import columns as C
 from gogooku3.core.errors import DataError, SchemaError, rows_hint
 
+if TYPE_CHECKING:
+    from gogooku3.config.schema import Settings
+
 log = logging.getLogger(__name__)
 
-UNIVERSE_COLUMNS = ("Close", "dollar_volume", "volume_ma_20")
-MARKET_COLUMNS = ("Close", "returns_1d", "UL", "LL", "volume_ma_20", "dollar_volume", "is_borrowable")
+UNIVERSE_COLUMNS = (C.CLOSE, C.DOLLAR_VOLUME, C.VOLUME_MA_20)
+MARKET_COLUMNS = (C.CLOSE, C.RETURNS_1D, "UL", "LL", C.VOLUME_MA_20, C.DOLLAR_VOLUME, "is_borrowable")
 BORROWABLE_ISS_TYPE = "2"   # J-Quants margin_interest IssType: 1 信用銘柄 (margin only), 2 貸借銘柄 (loan-eligible)
 
 # TSE daily price limits (yen) by the base price (the previous close): below BOUNDS[i] the limit is LIMITS[i];
@@ -66,7 +69,7 @@ def _flag(col: str, dtype: pl.DataType) -> pl.Expr:
 
 
 def market_from_frame(df: pl.DataFrame, sessions: list[dt.date] | None = None, entry_lag: int = 1,
-                      vol_column: str = "volatility_20d", borrow: pl.DataFrame | None = None) -> Market:
+                      vol_column: str = C.VOLATILITY_20D, borrow: pl.DataFrame | None = None) -> Market:
     """A `Market` from dataset rows (Date, Code and any of Close, returns_1d, UL, LL, volume_ma_20, dollar_volume,
     is_borrowable, `vol_column`); `sessions` default to the frame's dates; `borrow` (Date, Code, borrowable)
     replaces the dataset's is_borrowable."""
@@ -74,37 +77,37 @@ def market_from_frame(df: pl.DataFrame, sessions: list[dt.date] | None = None, e
     d = df.with_columns(pl.col(C.DATE).cast(pl.Date), pl.col(C.CODE).cast(pl.String)).sort(C.CODE, C.DATE)
     out: list[pl.Expr] = []
     src: dict[str, str | None] = {}
-    if "returns_1d" in cols:
+    if C.RETURNS_1D in cols:
         # an adjusted price index from the row-to-row adjusted return (split-correct; the base cancels in ratios)
-        out.append((1.0 + pl.col("returns_1d").cast(pl.Float64).fill_nan(None).fill_null(0.0))
+        out.append((1.0 + pl.col(C.RETURNS_1D).cast(pl.Float64).fill_nan(None).fill_null(0.0))
                    .cum_prod().over(C.CODE).alias("px"))
         src["prices"] = "returns_1d (adjusted)"
-    elif "Close" in cols:
-        out.append(pl.col("Close").cast(pl.Float64).alias("px"))
+    elif C.CLOSE in cols:
+        out.append(pl.col(C.CLOSE).cast(pl.Float64).alias("px"))
         src["prices"] = "Close (not split-adjusted unless the source's is)"
         log.warning("backtest: the dataset has no returns_1d; carried returns use Close, which a split would distort")
     else:
         src["prices"] = None
-    if "Close" in cols:
-        out.append(pl.col("Close").cast(pl.Float64).alias("close"))
+    if C.CLOSE in cols:
+        out.append(pl.col(C.CLOSE).cast(pl.Float64).alias("close"))
     if "UL" in cols and "LL" in cols:
         out += [_flag("UL", df.schema["UL"]).alias("limit_up"), _flag("LL", df.schema["LL"]).alias("limit_down")]
         src["price_limits"] = "UL/LL flags"
-    elif "Close" in cols and "returns_1d" in cols:
-        close = pl.col("Close").cast(pl.Float64)
-        ref = close / (1.0 + pl.col("returns_1d").cast(pl.Float64))   # previous close in today's share basis
+    elif C.CLOSE in cols and C.RETURNS_1D in cols:
+        close = pl.col(C.CLOSE).cast(pl.Float64)
+        ref = close / (1.0 + pl.col(C.RETURNS_1D).cast(pl.Float64))   # previous close in today's share basis
         lim = price_limit(ref)
         out += [(close >= ref + lim - LIMIT_TOL * ref).fill_null(False).alias("limit_up"),
                 (close <= ref - lim + LIMIT_TOL * ref).fill_null(False).alias("limit_down")]
         src["price_limits"] = "TSE price-limit table"
     else:
         src["price_limits"] = None
-    if "volume_ma_20" in cols and "Close" in cols:
-        out.append((pl.col("volume_ma_20").cast(pl.Float64) * pl.col("Close").cast(pl.Float64)).alias("adv"))
-    elif "dollar_volume" in cols:
-        out.append(pl.col("dollar_volume").cast(pl.Float64).alias("adv"))
-    src["adv"] = "volume_ma_20 x Close" if "volume_ma_20" in cols and "Close" in cols else (
-        "dollar_volume" if "dollar_volume" in cols else None)
+    if C.VOLUME_MA_20 in cols and C.CLOSE in cols:
+        out.append((pl.col(C.VOLUME_MA_20).cast(pl.Float64) * pl.col(C.CLOSE).cast(pl.Float64)).alias("adv"))
+    elif C.DOLLAR_VOLUME in cols:
+        out.append(pl.col(C.DOLLAR_VOLUME).cast(pl.Float64).alias("adv"))
+    src["adv"] = "volume_ma_20 x Close" if C.VOLUME_MA_20 in cols and C.CLOSE in cols else (
+        C.DOLLAR_VOLUME if C.DOLLAR_VOLUME in cols else None)
     if vol_column in cols:
         out.append((pl.col(vol_column).cast(pl.Float64) / math.sqrt(252)).alias("vol"))
     if borrow is None and "is_borrowable" in cols:
@@ -145,7 +148,7 @@ def borrowable_from_margin(margin: pl.LazyFrame, keys: pl.DataFrame, sessions: l
 
 
 def load_market(dataset_path: str | Path, codes: pl.Series | list[str], start: dt.date, entry_lag: int = 1,
-                raw_dir: str | Path | None = None, vol_column: str = "volatility_20d") -> Market:
+                raw_dir: str | Path | None = None, vol_column: str = C.VOLATILITY_20D) -> Market:
     """The `Market` of the dataset's rows of `codes` from `start` on (sessions: every dataset date from `start`),
     borrowability from `<raw_dir>/margin_interest` (IssType, point in time) when present, else the dataset's flag."""
     path = Path(dataset_path)
@@ -178,7 +181,7 @@ def sessions_frame(market: Market, dates: list[dt.date], h: int) -> pl.DataFrame
     return pl.DataFrame(rows, schema={C.DATE: pl.Date, "e": pl.Date, "x": pl.Date}, orient="row")
 
 
-def data_source(cfg: Any, dataset: Path | None) -> str:
+def data_source(cfg: Settings, dataset: Path | None) -> str:
     """The dataset's source: its manifest's `source` when recorded, else the config's `data.source`."""
     if dataset is not None and dataset.exists():
         from gogooku3.features.manifest import manifest_path
@@ -190,11 +193,10 @@ def data_source(cfg: Any, dataset: Path | None) -> str:
             src = str(read_json(mp).get("source") or "")
             if src:
                 return src
-    data = cfg.get("data") if hasattr(cfg, "get") else None
-    return str(data.get("source", "")) if data is not None else ""
+    return cfg.data.source
 
 
-def market_for(cfg: Any, preds: pl.DataFrame, dataset: Path | None, vol_column: str) -> Market | None:
+def market_for(cfg: Settings, preds: pl.DataFrame, dataset: Path | None, vol_column: str) -> Market | None:
     """`load_market` for the predictions' codes from their first date, with the entry lag of the dataset's manifest
     and borrowability from `paths.raw_dir`; None when the dataset does not exist."""
     if dataset is None or not dataset.exists():
@@ -202,7 +204,7 @@ def market_for(cfg: Any, preds: pl.DataFrame, dataset: Path | None, vol_column: 
     from gogooku3.features.manifest import FeatureManifest
 
     lag = FeatureManifest.for_dataset(dataset).entry_lag  # a fact of the dataset (labels.* is build-only)
-    raw = cfg.paths.raw_dir if "paths" in cfg else None
+    raw = cfg.paths.raw_dir
     start = preds[C.DATE].cast(pl.Date).min()
     return load_market(dataset, preds[C.CODE].cast(pl.String).unique(), start, lag, raw, vol_column)
 
@@ -216,23 +218,23 @@ def attach_dataset_columns(preds: pl.DataFrame, dataset_path: str | Path, column
     path = Path(dataset_path)
     lf = pl.scan_parquet(path)
     schema = lf.collect_schema()
-    for col in ("Date", "Code"):
+    for col in (C.DATE, C.CODE):
         if col not in schema:
             raise SchemaError(f"{path}: missing column {col}")
     want = [c for c in dict.fromkeys(columns) if c in schema and c not in preds.columns]
-    keys = preds.select("Date", "Code").with_columns(pl.col("Code").cast(pl.String), pl.col("Date").cast(pl.Date))
-    lo, hi = keys["Date"].min(), keys["Date"].max()
-    ds = (lf.filter(pl.col("Date").is_between(lo, hi)).select("Date", "Code", *want)
-          .join(keys.lazy(), on=["Date", "Code"], how="semi").collect())
+    keys = preds.select(C.DATE, C.CODE).with_columns(pl.col(C.CODE).cast(pl.String), pl.col(C.DATE).cast(pl.Date))
+    lo, hi = keys[C.DATE].min(), keys[C.DATE].max()
+    ds = (lf.filter(pl.col(C.DATE).is_between(lo, hi)).select(C.DATE, C.CODE, *want)
+          .join(keys.lazy(), on=[C.DATE, C.CODE], how="semi").collect())
     if check_keys:
-        unknown = keys.join(ds.select("Date", "Code"), on=["Date", "Code"], how="anti")
+        unknown = keys.join(ds.select(C.DATE, C.CODE), on=[C.DATE, C.CODE], how="anti")
         if unknown.height:
-            known_dates = set(ds["Date"].unique().to_list())
-            bad_dates = sorted(set(unknown["Date"].to_list()) - known_dates)
+            known_dates = set(ds[C.DATE].unique().to_list())
+            bad_dates = sorted(set(unknown[C.DATE].to_list()) - known_dates)
             detail = (f"dates not in the dataset: {rows_hint(bad_dates)}" if bad_dates else
-                      "e.g. " + rows_hint(f"{r['Date']} {r['Code']}" for r in unknown.head(5).iter_rows(named=True)))
+                      "e.g. " + rows_hint(f"{r[C.DATE]} {r[C.CODE]}" for r in unknown.head(5).iter_rows(named=True)))
             raise DataError(f"predictions: {unknown.height} (Date, Code) row(s) unknown to {path}; {detail}")
     if not want:
         return preds
-    out = preds.with_columns(pl.col("Code").cast(pl.String), pl.col("Date").cast(pl.Date))
-    return out.join(ds, on=["Date", "Code"], how="left")
+    out = preds.with_columns(pl.col(C.CODE).cast(pl.String), pl.col(C.DATE).cast(pl.Date))
+    return out.join(ds, on=[C.DATE, C.CODE], how="left")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import polars as pl
 
+from gogooku3.core import columns as C
 from gogooku3.core.errors import DataError, SchemaError, rows_hint
 
 
@@ -22,17 +23,17 @@ def read_predictions(path: Path) -> pl.DataFrame:
 def check_input(preds: pl.DataFrame, pred: str, target: str) -> None:
     """SchemaError / DataError unless `preds` has Date, Code, `pred`, `target`, rows, unique (Date, Code) and a
     `pred` value on every day."""
-    missing = [c for c in ("Date", "Code", pred, target) if c not in preds.columns]
+    missing = [c for c in (C.DATE, C.CODE, pred, target) if c not in preds.columns]
     if missing:
         raise SchemaError(f"predictions: missing column(s) {', '.join(missing)}; need Date, Code, {pred}, {target}")
     if preds.height == 0:
         raise DataError("predictions: no rows")
-    dup = preds.group_by("Date", "Code").len().filter(pl.col("len") > 1)
+    dup = preds.group_by(C.DATE, C.CODE).len().filter(pl.col("len") > 1)
     if dup.height:
         raise DataError(f"predictions: {dup.height} duplicate (Date, Code) rows, e.g. "
-                        + rows_hint(f"{r['Date']} {r['Code']}" for r in dup.head(5).iter_rows(named=True)))
-    empty = (preds.group_by("Date").agg(k=pl.col(pred).cast(pl.Float64).fill_nan(None).count())
-             .filter(pl.col("k") == 0).sort("Date"))
+                        + rows_hint(f"{r[C.DATE]} {r[C.CODE]}" for r in dup.head(5).iter_rows(named=True)))
+    empty = (preds.group_by(C.DATE).agg(k=pl.col(pred).cast(pl.Float64).fill_nan(None).count())
+             .filter(pl.col("k") == 0).sort(C.DATE))
     if empty.height:
         raise DataError(f"predictions: {empty.height} day(s) without any {pred} value: "
-                        + rows_hint(empty["Date"].to_list()))
+                        + rows_hint(empty[C.DATE].to_list()))

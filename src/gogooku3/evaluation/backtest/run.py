@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from gogooku3.core import columns as C
 from gogooku3.core.io import timestamp, write_json, write_parquet
@@ -19,10 +19,13 @@ from gogooku3.evaluation.backtest.market import (
 )
 from gogooku3.evaluation.backtest.predictions import check_input, read_predictions
 
+if TYPE_CHECKING:
+    from gogooku3.config.schema import Settings
+
 log = logging.getLogger(__name__)
 
 
-def run_backtest(cfg: Any, predictions_path: str | Path) -> dict:
+def run_backtest(cfg: Settings, predictions_path: str | Path) -> dict:
     """`gogooku3 backtest --predictions PATH`: the ideal and the realistic backtest; writes
     output/portfolio/report_<ts>.json (`summary` = the headline one, both under `ideal` / `realistic`) + the
     headline's daily parquet.
@@ -34,7 +37,7 @@ def run_backtest(cfg: Any, predictions_path: str | Path) -> dict:
     preds = read_predictions(path)
     c = BacktestConfig.from_any(cfg)
     check_input(preds, C.pred(c.horizon), C.target(c.horizon))
-    dataset = Path(cfg.paths.dataset) if "paths" in cfg else None
+    dataset = Path(cfg.paths.dataset)
     vol_cols = (c.vol_column,) if c.method == "mean_variance" else ()
     if dataset is not None and dataset.exists():
         preds = attach_dataset_columns(preds, dataset, UNIVERSE_COLUMNS + vol_cols)
@@ -48,7 +51,7 @@ def run_backtest(cfg: Any, predictions_path: str | Path) -> dict:
     out_dir = Path(cfg.paths.output_dir) / "portfolio"
     daily_path = out_dir / f"daily_returns_{ts}.parquet"
     report_path = out_dir / f"report_{ts}.json"
-    report = {"input": str(path), "rows": preds.height, "days": preds["Date"].n_unique(),
+    report = {"input": str(path), "rows": preds.height, "days": preds[C.DATE].n_unique(),
               "dataset": str(dataset) if dataset is not None else None, **res.to_dict(), "headline": headline,
               "ideal": both["ideal"].summary, "realistic": both["realistic"].summary,
               "daily_path": str(daily_path), "report_path": str(report_path)}

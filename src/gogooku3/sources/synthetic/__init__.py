@@ -12,7 +12,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -37,6 +37,9 @@ from gogooku3.sources.synthetic.universe import cum_adj_factor, make_universe
 
 __all__ = ["SynthParams", "simulate_market", "synthesize", "oracle_rank_ic", "oracle_ic_daily", "realized_labels",
            "market_sessions", "ORACLE_FILE"]
+
+if TYPE_CHECKING:
+    from gogooku3.config.schema import Settings
 
 log = logging.getLogger(__name__)
 ORACLE_FILE = "oracle.parquet"
@@ -125,15 +128,15 @@ def oracle_rank_ic(tables: dict[str, pl.DataFrame], horizon: int = 1, entry_lag:
 
 
 # ---- writing ------------------------------------------------------------------------------------------------
-def synthesize(cfg: Any) -> dict[str, Path]:
+def synthesize(cfg: Settings) -> dict[str, Path]:
     """Simulate and write every raw table to `cfg.paths.raw_dir` and the oracle to `cfg.paths.oracle_dir`."""
     from gogooku3.core.io import write_parquet
     from gogooku3.core.progress import bar as progress_bar
 
     p = SynthParams.from_config(cfg)
     # the oracle is written for the labels the dataset will be built with (labels.*: read by the data producers only)
-    horizons, entry_lag = tuple(int(h) for h in cfg.labels.horizons), int(cfg.labels.entry_lag)
-    raw_dir, oracle_dir = Path(str(cfg.paths.raw_dir)), Path(str(cfg.paths.oracle_dir))
+    horizons, entry_lag = tuple(cfg.labels.horizons), cfg.labels.entry_lag
+    raw_dir, oracle_dir = Path(cfg.paths.raw_dir), Path(cfg.paths.oracle_dir)
     if raw_dir.resolve() == oracle_dir.resolve():
         raise ConfigError("paths.oracle_dir must differ from paths.raw_dir (no model may see the oracle)")
     with progress_bar() as bar:

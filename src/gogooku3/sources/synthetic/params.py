@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gogooku3.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gogooku3.config.schema import Settings
 
 MAX_STOCKS = 8000  # unique 4-digit codes 1301..9997 (+ check digit "0")
 
@@ -65,14 +68,11 @@ class SynthParams:
             raise ConfigError("data.momentum_skip must be smaller than data.momentum_window")
 
     @classmethod
-    def from_config(cls, cfg: Any) -> SynthParams:
-        """Build from a composed config: keys of `cfg.data` that name a field, plus `cfg.seed`."""
-        data = cfg.data
+    def from_config(cls, cfg: Settings) -> SynthParams:
+        """Build from the config: the `cfg.data` keys that name a field, plus `cfg.seed`."""
         names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: data[k] for k in data if k in names}
-        kwargs["seed"] = int(cfg.seed)
-        if "end_date" in kwargs:
-            kwargs["end_date"] = str(kwargs["end_date"])
+        kwargs = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k in names}
+        kwargs["seed"] = cfg.seed
         return cls(**kwargs)
 
     def replace(self, **changes: Any) -> SynthParams:
