@@ -106,8 +106,12 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=1250)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--chunk-rows", type=int, default=None, help="features.chunk_rows (0: one-shot build)")
-    ap.add_argument("--raw-dir", type=Path, default=None,
-                    help="keep the synthetic raw tables here and reuse them on the next run (default: a temp dir)")
+    ap.add_argument(
+        "--raw-dir",
+        type=Path,
+        default=None,
+        help="keep the synthetic raw tables here and reuse them on the next run (default: a temp dir)",
+    )
     ap.add_argument("--floor", action="store_true", help="also measure the I/O floor")
     a = ap.parse_args()
     extra = [] if a.chunk_rows is None else [f"features.chunk_rows={a.chunk_rows}"]
@@ -116,18 +120,29 @@ def main() -> None:
         synth = ensure_raw(raw, a.stocks, a.days, a.seed)
         load_before = os.getloadavg()[0]
         build = child(BUILD, str(raw), str(Path(tmp) / "out"), *extra)
-        report = {"stocks": a.stocks, "days": a.days, "quote_rows": synth["quote_rows"],
-                  "synth_s": round(synth["seconds"], 1), "chunk_rows": a.chunk_rows,
-                  "build_s": round(build["seconds"], 2), "build_wall_s": round(build["wall_s"], 2),
-                  "build_cpu_s": round(build["cpu_s"], 2), "build_peak_rss_mb": round(build["peak_rss_mb"]),
-                  "rows": build["rows"], "features": build["features"],
-                  "load_avg_1m": {"before_build": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
-                  "targets": {"build_s<=60": build["seconds"] <= 60, "rss_mb<=8192": build["peak_rss_mb"] <= 8192}}
+        report = {
+            "stocks": a.stocks,
+            "days": a.days,
+            "quote_rows": synth["quote_rows"],
+            "synth_s": round(synth["seconds"], 1),
+            "chunk_rows": a.chunk_rows,
+            "build_s": round(build["seconds"], 2),
+            "build_wall_s": round(build["wall_s"], 2),
+            "build_cpu_s": round(build["cpu_s"], 2),
+            "build_peak_rss_mb": round(build["peak_rss_mb"]),
+            "rows": build["rows"],
+            "features": build["features"],
+            "load_avg_1m": {"before_build": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
+            "targets": {"build_s<=60": build["seconds"] <= 60, "rss_mb<=8192": build["peak_rss_mb"] <= 8192},
+        }
         if a.floor:
             floor = child(FLOOR, str(raw), build["path"], tmp)
-            report |= {"io_floor_s": round(floor["floor_s"], 2), "io_read_raw_s": round(floor["read_raw_s"], 2),
-                       "io_write_dataset_s": round(floor["write_dataset_s"], 2),
-                       "io_floor_peak_rss_mb": round(floor["peak_rss_mb"])}
+            report |= {
+                "io_floor_s": round(floor["floor_s"], 2),
+                "io_read_raw_s": round(floor["read_raw_s"], 2),
+                "io_write_dataset_s": round(floor["write_dataset_s"], 2),
+                "io_floor_peak_rss_mb": round(floor["peak_rss_mb"]),
+            }
         print(json.dumps(report, indent=2))
 
 

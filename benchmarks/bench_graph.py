@@ -44,7 +44,7 @@ def market(n: int, L: int, dev: torch.device, seed: int = 0):
     load = torch.randn(n, 8, generator=g) * 0.6
     f = torch.randn(L, 8, generator=g)
     s = torch.randn(L, 33, generator=g)
-    r = 0.01 * (f @ load.T + 0.8 * s[:, sector] + torch.randn(L, n, generator=g))   # [L, N]
+    r = 0.01 * (f @ load.T + 0.8 * s[:, sector] + torch.randn(L, n, generator=g))  # [L, N]
     valid = torch.rand(L, n, generator=g) > 0.05
     r = torch.where(valid, r, torch.zeros(()))
     segment = torch.randint(0, 3, (n,), generator=g)
@@ -53,18 +53,23 @@ def market(n: int, L: int, dev: torch.device, seed: int = 0):
 
 def graph_module_at(rev: str) -> types.ModuleType:
     """`gogooku3.data.graph` as of git revision `rev` (a separate module object)."""
-    src = subprocess.run(["git", "show", f"{rev}:src/gogooku3/data/graph.py"], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout
+    src = subprocess.run(
+        ["git", "show", f"{rev}:src/gogooku3/data/graph.py"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     mod = types.ModuleType(f"graph_at_{rev}")
-    exec(compile(src, f"{rev}:src/gogooku3/data/graph.py", "exec"), mod.__dict__)  # noqa: S102 (the repo's own file)
+    # exec of the repo's own file at an older revision
+    exec(compile(src, f"{rev}:src/gogooku3/data/graph.py", "exec"), mod.__dict__)
     return mod
 
 
 def calls(b, corr, returns, valid, sector, segment) -> dict:
     """The timed calls: the selection on a given ρ, ρ + selection, and the model's day graph."""
     r_t, v_t = returns.T.contiguous(), valid.T.contiguous()
-    return {"select_ms": lambda: b.select(corr), "edges_ms": lambda: b.edges(r_t, v_t),
-            "day_graph_ms": lambda: day_graph(b, returns, valid, sector, segment)}
+    return {
+        "select_ms": lambda: b.select(corr),
+        "edges_ms": lambda: b.edges(r_t, v_t),
+        "day_graph_ms": lambda: day_graph(b, returns, valid, sector, segment),
+    }
 
 
 def timed(fn, reps: int, sync) -> list[float]:
@@ -100,8 +105,14 @@ def main() -> None:
         old = graph_module_at(args.compare_rev)
         impls.append((f"git:{args.compare_rev}", lambda: old.FinancialGraphBuilder(**{**GRAPH, "window": args.window})))
     for mode in modes:
-        impls.append((f"sync_free={mode}", lambda mode=mode: FinancialGraphBuilder(
-            **{**GRAPH, "window": args.window}, sync_free=None if mode == "auto" else mode == "on")))
+        impls.append(
+            (
+                f"sync_free={mode}",
+                lambda mode=mode: FinancialGraphBuilder(
+                    **{**GRAPH, "window": args.window}, sync_free=None if mode == "auto" else mode == "on"
+                ),
+            )
+        )
     for n in args.stocks:
         returns, valid, sector, segment = market(n, args.window, dev)
         r_t, v_t = returns.T.contiguous(), valid.T.contiguous()
@@ -112,9 +123,16 @@ def main() -> None:
         reference = None
         for _ in range(2):  # interleaved: every implementation runs in both passes, the best of both counts
             for name, b in builders:
-                res = results.setdefault(name, {
-                    "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu x{args.threads}",
-                    "stocks": n, "window": args.window, "impl": name, "torch": torch.__version__})
+                res = results.setdefault(
+                    name,
+                    {
+                        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu x{args.threads}",
+                        "stocks": n,
+                        "window": args.window,
+                        "impl": name,
+                        "torch": torch.__version__,
+                    },
+                )
                 for key, fn in calls(b, corr, returns, valid, sector, segment).items():
                     ts = times.setdefault((name, key), [])
                     ts += timed(fn, max(1, args.reps // 2), sync)

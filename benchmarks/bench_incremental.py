@@ -126,15 +126,25 @@ def main() -> None:
         load = os.getloadavg()[0]
         upd = child(UPDATE, str(raw), str(tmp / "out"))
         full = child(BUILD, str(raw), str(tmp / "full"))
-        report = {"stocks": a.stocks, "days": a.days, "new_sessions": a.new, "cut": cut["cut"],
-                  "old_build_s": round(old["seconds"], 2), "old_build_peak_rss_mb": round(old["peak_rss_mb"]),
-                  "update_s": round(upd["seconds"], 2), "update_cpu_s": round(upd["cpu_s"], 2),
-                  "update_peak_rss_mb": round(upd["peak_rss_mb"]), "rows": upd["rows"],
-                  "recomputed_rows": upd["recomputed_rows"], "recomputed_from": upd["recomputed_from"],
-                  "warmup_from": upd["warmup_from"],
-                  "full_build_s": round(full["seconds"], 2), "full_build_cpu_s": round(full["cpu_s"], 2),
-                  "full_build_peak_rss_mb": round(full["peak_rss_mb"]),
-                  "load_avg_1m": {"before_update": round(load, 2), "after": round(os.getloadavg()[0], 2)}}
+        report = {
+            "stocks": a.stocks,
+            "days": a.days,
+            "new_sessions": a.new,
+            "cut": cut["cut"],
+            "old_build_s": round(old["seconds"], 2),
+            "old_build_peak_rss_mb": round(old["peak_rss_mb"]),
+            "update_s": round(upd["seconds"], 2),
+            "update_cpu_s": round(upd["cpu_s"], 2),
+            "update_peak_rss_mb": round(upd["peak_rss_mb"]),
+            "rows": upd["rows"],
+            "recomputed_rows": upd["recomputed_rows"],
+            "recomputed_from": upd["recomputed_from"],
+            "warmup_from": upd["warmup_from"],
+            "full_build_s": round(full["seconds"], 2),
+            "full_build_cpu_s": round(full["cpu_s"], 2),
+            "full_build_peak_rss_mb": round(full["peak_rss_mb"]),
+            "load_avg_1m": {"before_update": round(load, 2), "after": round(os.getloadavg()[0], 2)},
+        }
         if not a.no_check:
             report |= child(CHECK, upd["path"], full["path"])
         print(json.dumps(report, indent=2))

@@ -40,10 +40,23 @@ from gogooku3.model.losses import MultiHorizonLoss  # noqa: E402
 CONF_DIR = ROOT / "src" / "gogooku3" / "conf" / "model"
 # Mirror of conf/model/*.yaml for machines without PyYAML (keep in step with the YAML files).
 BUILTIN = {
-    "small": dict(window=60, hidden=48, n_heads=4, lstm_layers=1, dropout=0.1, norm="fan", fan_topk=3, gat=True,
-                  gat_heads=[4, 2], gat_dropout=0.1, quantiles=[0.1, 0.25, 0.5, 0.75, 0.9], head_hidden=32,
-                  n_sectors=64, n_segments=16,
-                  graph=dict(window=60, method="ewm", halflife=20, shrinkage=0.1, threshold=0.3, k=10, min_obs=20)),
+    "small": dict(
+        window=60,
+        hidden=48,
+        n_heads=4,
+        lstm_layers=1,
+        dropout=0.1,
+        norm="fan",
+        fan_topk=3,
+        gat=True,
+        gat_heads=[4, 2],
+        gat_dropout=0.1,
+        quantiles=[0.1, 0.25, 0.5, 0.75, 0.9],
+        head_hidden=32,
+        n_sectors=64,
+        n_segments=16,
+        graph=dict(window=60, method="ewm", halflife=20, shrinkage=0.1, threshold=0.3, k=10, min_obs=20),
+    ),
 }
 BUILTIN["full"] = {**BUILTIN["small"], "hidden": 244, "lstm_layers": 2, "head_hidden": 64}
 # Dense peak TFLOP/s (bf16, tf32) by GPU name; used for MFU when --peak-tflops is not given.
@@ -83,8 +96,12 @@ def peak_tflops(dev: torch.device, bf16: bool, threads: int) -> tuple[float, str
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="small", choices=sorted(BUILTIN), help="model config (small|full)")
-    ap.add_argument("--hidden", type=int, default=None,
-                    help="hidden size (default: 64 for small — the reference TFT's size — the YAML's for full)")
+    ap.add_argument(
+        "--hidden",
+        type=int,
+        default=None,
+        help="hidden size (default: 64 for small — the reference TFT's size — the YAML's for full)",
+    )
     ap.add_argument("--features", type=int, default=145)
     ap.add_argument("--window", type=int, default=60)
     ap.add_argument("--stocks", type=int, default=256, help="stocks per day batch")
@@ -94,18 +111,32 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
-    ap.add_argument("--compile-rnn", action="store_true",
-                    help="with --compile: let Dynamo trace through nn.LSTM (torch._dynamo.config.allow_rnn) instead "
-                         "of breaking the graph there)")
-    ap.add_argument("--compile-mode", default=None, choices=["default", "reduce-overhead", "max-autotune"],
-                    help="with --compile: torch.compile's mode (reduce-overhead: CUDA graphs, needs one graph "
-                         "without host syncs, i.e. --compile-rnn and the sync-free day graph)")
+    ap.add_argument(
+        "--compile-rnn",
+        action="store_true",
+        help="with --compile: let Dynamo trace through nn.LSTM (torch._dynamo.config.allow_rnn) instead "
+        "of breaking the graph there)",
+    )
+    ap.add_argument(
+        "--compile-mode",
+        default=None,
+        choices=["default", "reduce-overhead", "max-autotune"],
+        help="with --compile: torch.compile's mode (reduce-overhead: CUDA graphs, needs one graph "
+        "without host syncs, i.e. --compile-rnn and the sync-free day graph)",
+    )
     ap.add_argument("--no-gat", action="store_true")
     ap.add_argument("--peak-tflops", type=float, default=None, help="peak for the MFU estimate")
-    ap.add_argument("--profile", action="store_true",
-                    help="add the top operators by device time (CPU time on the CPU) of 2 profiled steps")
-    ap.add_argument("--graph-sync-free", default="auto", choices=["auto", "on", "off"],
-                    help="day graph without host syncs (auto: on for CUDA, off on the CPU; same edges)")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="add the top operators by device time (CPU time on the CPU) of 2 profiled steps",
+    )
+    ap.add_argument(
+        "--graph-sync-free",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="day graph without host syncs (auto: on for CUDA, off on the CPU; same edges)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -187,10 +218,21 @@ def main() -> None:
             key = "self_device_time_total"
         total = sum(getattr(e, key) for e in ev) or 1.0
         for e in sorted(ev, key=lambda e: getattr(e, key), reverse=True)[:15]:
-            top_ops.append({"op": e.key[:80], "ms_per_step": round(getattr(e, key) / 2e3, 3),
-                            "share": round(getattr(e, key) / total, 3), "calls_per_step": e.count // 2})
-        top_ops.append({"op": "(all)", "ms_per_step": round(total / 2e3, 3), "kernels_or_ops_per_step":
-                        sum(e.count for e in ev) // 2})
+            top_ops.append(
+                {
+                    "op": e.key[:80],
+                    "ms_per_step": round(getattr(e, key) / 2e3, 3),
+                    "share": round(getattr(e, key) / total, 3),
+                    "calls_per_step": e.count // 2,
+                }
+            )
+        top_ops.append(
+            {
+                "op": "(all)",
+                "ms_per_step": round(total / 2e3, 3),
+                "kernels_or_ops_per_step": sum(e.count for e in ev) // 2,
+            }
+        )
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = [step() for _ in range(args.steps)]
@@ -199,17 +241,33 @@ def main() -> None:
     if peak is None:
         peak, peak_src = peak_tflops(dev, args.bf16, args.threads)
     achieved = n / best * flops / 1e12
-    res = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu x{args.threads} threads",
-           "model": args.model, "config_from": source, "hidden": model.cfg.hidden, "lstm_layers": model.cfg.lstm_layers,
-           "features": F, "window": L, "stocks_per_batch": n, "gat": model.cfg.gat, "norm": model.cfg.norm,
-           "bf16": args.bf16, "compile": args.compile, "compile_rnn": args.compile_rnn,
-           "compile_mode": args.compile_mode, "params": model.get_num_params(),
-           "samples_per_sec": round(n / best, 1), "samples_per_sec_median": round(n / med, 1),
-           "sec_per_step_best": round(best, 4), "sec_per_step_median": round(med, 4),
-           "gflop_per_sample": round(flops / 1e9, 4), "achieved_tflops": round(achieved, 4),
-           "mfu": round(achieved / peak, 4) if peak == peak else None, "mfu_peak": f"{peak} TFLOP/s ({peak_src})",
-           "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
-           "load_avg_1m": round(os.getloadavg()[0], 2)}
+    res = {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu x{args.threads} threads",
+        "model": args.model,
+        "config_from": source,
+        "hidden": model.cfg.hidden,
+        "lstm_layers": model.cfg.lstm_layers,
+        "features": F,
+        "window": L,
+        "stocks_per_batch": n,
+        "gat": model.cfg.gat,
+        "norm": model.cfg.norm,
+        "bf16": args.bf16,
+        "compile": args.compile,
+        "compile_rnn": args.compile_rnn,
+        "compile_mode": args.compile_mode,
+        "params": model.get_num_params(),
+        "samples_per_sec": round(n / best, 1),
+        "samples_per_sec_median": round(n / med, 1),
+        "sec_per_step_best": round(best, 4),
+        "sec_per_step_median": round(med, 4),
+        "gflop_per_sample": round(flops / 1e9, 4),
+        "achieved_tflops": round(achieved, 4),
+        "mfu": round(achieved / peak, 4) if peak == peak else None,
+        "mfu_peak": f"{peak} TFLOP/s ({peak_src})",
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
     if dev.type == "cuda":
         res["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 3)
         res["host_syncs_per_step"] = len(syncs)

@@ -43,7 +43,9 @@ def panel_columns(ds, returns_col="returns_1d"):
                                        *[C.target(h) for h in m.horizons]]
 """
 
-FLOOR = COLUMNS + """
+FLOOR = (
+    COLUMNS
+    + """
 import os, time
 import numpy as np, polars as pl
 from gogooku3.core.io import peak_rss_mb
@@ -72,8 +74,11 @@ os.remove(os.path.join(tmp, "floor.bin"))
 print(json.dumps({"read_s": read_s, "write_s": write_s, "floor_s": read_s + write_s, "rows": rows,
                   "panel_gb": nbytes / 1e9, "peak_rss_mb": peak_rss_mb()}))
 """
+)
 
-CONVERT = COLUMNS + """
+CONVERT = (
+    COLUMNS
+    + """
 import logging, resource, time
 from gogooku3.core.io import peak_rss_mb
 from gogooku3.data.panel import PanelStore
@@ -87,8 +92,11 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "cpu_s": cpu() - c0, "pea
                   "shape": list(p.features.shape), "panel_gb": sum(os.path.getsize(os.path.join(out, f))
                                                                   for f in os.listdir(out)) / 1e9}))
 """.replace("import logging", "import logging, os")
+)
 
-ONE_SHOT = COLUMNS + """
+ONE_SHOT = (
+    COLUMNS
+    + """
 import logging, os, resource, time
 import polars as pl
 if len(sys.argv) > 4:
@@ -107,6 +115,7 @@ p.save(sys.argv[2])
 print(json.dumps({"seconds": time.perf_counter() - t0, "cpu_s": cpu() - c0, "peak_rss_mb": peak_rss_mb(),
                   "shape": list(p.features.shape)}))
 """
+)
 
 TRAIN = """
 import json, sys, time
@@ -167,8 +176,11 @@ def ensure_dataset(data_dir: Path, stocks: int, days: int, seed: int) -> Path:
         return ds
     gg = [sys.executable, "-m", "gogooku3.cli"]
     paths = [f"paths.raw_dir={data_dir / 'raw'}", f"paths.output_dir={data_dir / 'output'}", f"paths.dataset={ds}"]
-    subprocess.run([*gg, "data", "synth", f"data.n_stocks={stocks}", f"data.n_days={days}", f"seed={seed}", *paths],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*gg, "data", "synth", f"data.n_stocks={stocks}", f"data.n_days={days}", f"seed={seed}", *paths],
+        check=True,
+        capture_output=True,
+    )
     subprocess.run([*gg, "data", "build", *paths], check=True, capture_output=True)
     return ds
 
@@ -177,8 +189,12 @@ def before_modules(rev: str, dest: Path) -> Path:
     """REV's panel.py and normalize.py as `old_panel` / `old_normalize` in dest (the pre-chunking one-shot path)."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("panel", "normalize"):
-        src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:src/gogooku3/{name}.py"], check=True,
-                             capture_output=True, text=True).stdout
+        src = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{rev}:src/gogooku3/{name}.py"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         src = src.replace("from gogooku3.data.normalize import", "from old_normalize import")
         (dest / f"old_{name}.py").write_text(src)
     return dest
@@ -204,8 +220,12 @@ def main() -> None:
     normalizer = {"method": "robust_z", "clip": 5.0, "day_level": a.day_level, "day_level_window": 252}
     with tempfile.TemporaryDirectory(prefix="bench_panel_") as tmp:
         ds = a.dataset or ensure_dataset(a.data_dir or Path(tmp) / "data", a.stocks, a.days, a.seed)
-        report: dict = {"dataset": str(ds), "dataset_gb": round(ds.stat().st_size / 1e9, 2), "block_mb": block_mb,
-                        "normalizer": normalizer}
+        report: dict = {
+            "dataset": str(ds),
+            "dataset_gb": round(ds.stat().st_size / 1e9, 2),
+            "block_mb": block_mb,
+            "normalizer": normalizer,
+        }
         if not a.skip_floor:
             report["floor"] = child(FLOOR, str(ds), tmp)
         root = Path(tmp) / "panel"
@@ -219,8 +239,13 @@ def main() -> None:
             shutil.rmtree(Path(tmp) / "one_shot", ignore_errors=True)
         if a.before:
             mods = before_modules(a.before, Path(tmp) / "before")
-            report["before"] = child(ONE_SHOT, str(ds), str(Path(tmp) / "before_panel"),
-                                     json.dumps({k: v for k, v in normalizer.items()}), str(mods))
+            report["before"] = child(
+                ONE_SHOT,
+                str(ds),
+                str(Path(tmp) / "before_panel"),
+                json.dumps({k: v for k, v in normalizer.items()}),
+                str(mods),
+            )
             report["before"]["rev"] = a.before
     print(json.dumps(report, indent=2, default=str))
 

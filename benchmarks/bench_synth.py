@@ -1,7 +1,7 @@
 """Benchmark the synthetic market: simulate_market and the table writes, timed separately.
 
-    .venv/bin/python benchmarks/bench_synth.py                 # 4,000 stocks x 1,250 days (target < 30 s)
-    .venv/bin/python benchmarks/bench_synth.py --n-stocks 500 --n-days 750
+.venv/bin/python benchmarks/bench_synth.py                 # 4,000 stocks x 1,250 days (target < 30 s)
+.venv/bin/python benchmarks/bench_synth.py --n-stocks 500 --n-days 750
 """
 
 from __future__ import annotations

@@ -33,11 +33,41 @@ import polars as pl
 
 log = logging.getLogger("real_like_files")
 
-TINY = ["model.window=10", "model.hidden=16", "model.head_hidden=8", "model.graph.window=10", "model.graph.min_obs=5",
-        "train.max_epochs=1", "train.limit_train_batches=16", "train.warmup_steps=2", "trainer.progress_bar=false",
-        "train.ensemble=1", "trainer.num_threads=2"]
-TICKERS = ["AAPL", "MSFT", "IBM", "KO", "PG", "JNJ", "XOM", "GE", "BRK.B", "wmt", "MRK", "PFE", "T", "INTC", "CSCO",
-           "ORCL", "JPM", "BAC", "MMM", "hd"]
+TINY = [
+    "model.window=10",
+    "model.hidden=16",
+    "model.head_hidden=8",
+    "model.graph.window=10",
+    "model.graph.min_obs=5",
+    "train.max_epochs=1",
+    "train.limit_train_batches=16",
+    "train.warmup_steps=2",
+    "trainer.progress_bar=false",
+    "train.ensemble=1",
+    "trainer.num_threads=2",
+]
+TICKERS = [
+    "AAPL",
+    "MSFT",
+    "IBM",
+    "KO",
+    "PG",
+    "JNJ",
+    "XOM",
+    "GE",
+    "BRK.B",
+    "wmt",
+    "MRK",
+    "PFE",
+    "T",
+    "INTC",
+    "CSCO",
+    "ORCL",
+    "JPM",
+    "BAC",
+    "MMM",
+    "hd",
+]
 
 
 def _xnys(start: str, end: str) -> list[dt.date]:
@@ -46,8 +76,9 @@ def _xnys(start: str, end: str) -> list[dt.date]:
     return TradingCalendar.from_exchange("XNYS", start, end).sessions.to_list()
 
 
-def _paths(rng: np.random.Generator, n_days: int, n: int, vol: float = 0.018,
-           reversal: float = 0.06) -> tuple[np.ndarray, np.ndarray]:
+def _paths(
+    rng: np.random.Generator, n_days: int, n: int, vol: float = 0.018, reversal: float = 0.06
+) -> tuple[np.ndarray, np.ndarray]:
     """Daily returns [T, N] (market factor + idiosyncratic, a little reversal of the idiosyncratic move two sessions
     back: the label of t is the return from t+1 to t+2 with `labels.entry_lag=1`) and the price paths."""
     mkt = rng.normal(0.0003, 0.010, n_days)
@@ -66,10 +97,14 @@ def close_only_30y(path: Path, seed: int = 0) -> dict:
     _, px = _paths(rng, len(days), n)
     start = np.zeros(n, dtype=int)
     stop = np.full(n, len(days))
-    start[[3, 11]] = [1500, 4000]   # listed later
-    stop[[7, 15]] = [6000, 7000]    # delisted
-    frames = [pl.DataFrame({"Date": days[start[i]:stop[i]], "Ticker": TICKERS[i],
-                            "Close": np.round(px[start[i]:stop[i], i], 4)}) for i in range(n)]
+    start[[3, 11]] = [1500, 4000]  # listed later
+    stop[[7, 15]] = [6000, 7000]  # delisted
+    frames = [
+        pl.DataFrame(
+            {"Date": days[start[i] : stop[i]], "Ticker": TICKERS[i], "Close": np.round(px[start[i] : stop[i], i], 4)}
+        )
+        for i in range(n)
+    ]
     pl.concat(frames).sort("Date", "Ticker").write_csv(path)
     return {"rows": sum(f.height for f in frames), "days": len(days)}
 
@@ -94,10 +129,17 @@ def raw_ohlcv_with_splits(path: Path, seed: int = 1) -> dict:
     lo = np.minimum(opn, close) * (1 - np.abs(rng.normal(0, 0.006, close.shape)))
     volume = np.round(vol / k)
     codes = [f"S{j:02d}" for j in range(n)]
-    df = pl.DataFrame({
-        "date": np.repeat(np.array(days, dtype="datetime64[D]"), n), "symbol": codes * len(days),
-        "open": opn.ravel().round(4), "high": hi.ravel().round(4), "low": lo.ravel().round(4),
-        "close": close.ravel().round(4), "volume": volume.ravel()})
+    df = pl.DataFrame(
+        {
+            "date": np.repeat(np.array(days, dtype="datetime64[D]"), n),
+            "symbol": codes * len(days),
+            "open": opn.ravel().round(4),
+            "high": hi.ravel().round(4),
+            "low": lo.ravel().round(4),
+            "close": close.ravel().round(4),
+            "volume": volume.ravel(),
+        }
+    )
     df.write_csv(path)
     return {"splits": [(codes[j], str(days[row]), f"1:{int(ratio)}") for j, (row, ratio) in splits.items()]}
 
@@ -113,27 +155,67 @@ def business_day_panel(path: Path, seed: int = 2) -> dict:
     r[2:] += 0.003 * senti[:-2]  # sentiment of t moves the return from t+1 to t+2 (the label of t) a little
     px = 20.0 * np.exp(np.cumsum(np.log1p(r), axis=0))
     codes = [f"{600000 + 7 * j:06d}" for j in range(n)]
-    df = pl.DataFrame({
-        "date": np.repeat(np.array(days, dtype="datetime64[D]"), n), "code": codes * len(days),
-        "sector": [f"sec{j % 5}" for j in range(n)] * len(days), "close": px.ravel().round(4),
-        "volume": np.round(rng.lognormal(12, 0.5, px.size)), "pe_ratio": rng.uniform(5, 40, px.size).round(2),
-        "sentiment": senti.ravel().round(4)})
+    df = pl.DataFrame(
+        {
+            "date": np.repeat(np.array(days, dtype="datetime64[D]"), n),
+            "code": codes * len(days),
+            "sector": [f"sec{j % 5}" for j in range(n)] * len(days),
+            "close": px.ravel().round(4),
+            "volume": np.round(rng.lognormal(12, 0.5, px.size)),
+            "pe_ratio": rng.uniform(5, 40, px.size).round(2),
+            "sentiment": senti.ravel().round(4),
+        }
+    )
     df.write_csv(path)
     return {"days": len(days)}
 
 
 CASES = {
-    "close30": (close_only_30y, "close30.csv",
-                ["data.calendar=XNYS", "data.columns.code=Ticker", "data.columns.open=null", "data.columns.high=null",
-                 "data.columns.low=null", "data.columns.volume=null"], []),
-    "splits": (raw_ohlcv_with_splits, "splits.csv",
-               ["data.calendar=XNYS", "data.adjust_splits=adjust", "data.columns.date=date",
-                "data.columns.code=symbol", "data.columns.open=open", "data.columns.high=high",
-                "data.columns.low=low", "data.columns.close=close", "data.columns.volume=volume"], None),
-    "panel": (business_day_panel, "panel.csv",
-              ["data.calendar=dates", "data.columns.date=date", "data.columns.code=code", "data.columns.close=close",
-               "data.columns.volume=volume", "data.columns.open=null", "data.columns.high=null",
-               "data.columns.low=null", "data.columns.sector=sector"], []),
+    "close30": (
+        close_only_30y,
+        "close30.csv",
+        [
+            "data.calendar=XNYS",
+            "data.columns.code=Ticker",
+            "data.columns.open=null",
+            "data.columns.high=null",
+            "data.columns.low=null",
+            "data.columns.volume=null",
+        ],
+        [],
+    ),
+    "splits": (
+        raw_ohlcv_with_splits,
+        "splits.csv",
+        [
+            "data.calendar=XNYS",
+            "data.adjust_splits=adjust",
+            "data.columns.date=date",
+            "data.columns.code=symbol",
+            "data.columns.open=open",
+            "data.columns.high=high",
+            "data.columns.low=low",
+            "data.columns.close=close",
+            "data.columns.volume=volume",
+        ],
+        None,
+    ),
+    "panel": (
+        business_day_panel,
+        "panel.csv",
+        [
+            "data.calendar=dates",
+            "data.columns.date=date",
+            "data.columns.code=code",
+            "data.columns.close=close",
+            "data.columns.volume=volume",
+            "data.columns.open=null",
+            "data.columns.high=null",
+            "data.columns.low=null",
+            "data.columns.sector=sector",
+        ],
+        [],
+    ),
 }
 
 
@@ -176,9 +258,13 @@ def hac_t(x: np.ndarray, lags: int | None = None) -> float:
 
 def daily_rank_ic(pred: pl.DataFrame, h: int = 1) -> np.ndarray:
     p, y = f"pred_{h}d", f"target_{h}d"
-    d = (pred.drop_nulls([p, y]).group_by("Date")
-         .agg(pl.corr(pl.col(p).rank(), pl.col(y).rank()).alias("ic"), pl.len().alias("n"))
-         .filter(pl.col("n") >= 5).sort("Date"))
+    d = (
+        pred.drop_nulls([p, y])
+        .group_by("Date")
+        .agg(pl.corr(pl.col(p).rank(), pl.col(y).rank()).alias("ic"), pl.len().alias("n"))
+        .filter(pl.col("n") >= 5)
+        .sort("Date")
+    )
     return d["ic"].drop_nulls().to_numpy()
 
 
@@ -252,12 +338,29 @@ def main() -> None:
         results.append(res)
         log.info("%s", json.dumps(res, indent=1, default=str))
     (root / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    log.info("%-8s %9s %5s %14s %14s %7s %7s", "case", "features", "kept", "RankIC model(t)", "RankIC base(t)",
-             "Sh mod", "Sh base")
+    log.info(
+        "%-8s %9s %5s %14s %14s %7s %7s",
+        "case",
+        "features",
+        "kept",
+        "RankIC model(t)",
+        "RankIC base(t)",
+        "Sh mod",
+        "Sh base",
+    )
     for r in results:
-        log.info("%-8s %9d %5d %8.4f (%4.1f) %8.4f (%4.1f) %7s %7s", r["case"], r["features_manifest"],
-                 r["features_kept"], r["rank_ic_model"], r["hac_t_model"], r["rank_ic_baseline"],
-                 r["hac_t_baseline"], r["sharpe_model"], r["sharpe_baseline"])
+        log.info(
+            "%-8s %9d %5d %8.4f (%4.1f) %8.4f (%4.1f) %7s %7s",
+            r["case"],
+            r["features_manifest"],
+            r["features_kept"],
+            r["rank_ic_model"],
+            r["hac_t_model"],
+            r["rank_ic_baseline"],
+            r["hac_t_baseline"],
+            r["sharpe_model"],
+            r["sharpe_baseline"],
+        )
     log.info("results in %s", root / "results.json")
 
 

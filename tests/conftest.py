@@ -8,10 +8,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from gogooku3.core.calendar import TradingCalendar
 from gogooku3.config.compose import load_config
-from gogooku3.features.manifest import FeatureManifest, manifest_path
+from gogooku3.core.calendar import TradingCalendar
 from gogooku3.core.io import write_parquet
+from gogooku3.features.manifest import FeatureManifest, manifest_path
 
 
 def make_mini_tables(n_stocks: int = 6, n_days: int = 160, seed: int = 0, start: str = "2023-06-01") -> dict:
@@ -21,7 +21,7 @@ def make_mini_tables(n_stocks: int = 6, n_days: int = 160, seed: int = 0, start:
     sess = cal.sessions[:n_days]
     rng = np.random.default_rng(seed)
     rows = []
-    codes = [f"{1300 + 10*i}0" for i in range(n_stocks)]
+    codes = [f"{1300 + 10 * i}0" for i in range(n_stocks)]
     for i, code in enumerate(codes):
         r = rng.normal(0.0005, 0.02, n_days)
         adj = 100 * (1 + i) * np.exp(np.cumsum(r))
@@ -35,15 +35,37 @@ def make_mini_tables(n_stocks: int = 6, n_days: int = 160, seed: int = 0, start:
             af[80] = 0.5
             k[:80] = 0.5
         raw = adj / k
-        df = pl.DataFrame({"Date": sess, "Code": code, "O": op / k, "H": hi / k, "L": lo / k, "C": raw,
-                           "Vo": vo * k, "Va": raw * vo * k, "AdjFactor": af, "AdjO": op, "AdjH": hi, "AdjL": lo,
-                           "AdjC": adj, "AdjVo": vo})
+        df = pl.DataFrame(
+            {
+                "Date": sess,
+                "Code": code,
+                "O": op / k,
+                "H": hi / k,
+                "L": lo / k,
+                "C": raw,
+                "Vo": vo * k,
+                "Va": raw * vo * k,
+                "AdjFactor": af,
+                "AdjO": op,
+                "AdjH": hi,
+                "AdjL": lo,
+                "AdjC": adj,
+                "AdjVo": vo,
+            }
+        )
         rows.append(df)
     dq = pl.concat(rows)
-    listed = pl.DataFrame({"Date": [sess[0]] * n_stocks, "Code": codes, "CoName": codes,
-                           "S17": ["1"] * n_stocks, "S33": ["0050" if i < 3 else "3050" for i in range(n_stocks)],
-                           "Mkt": [("0111", "0112", "0113")[i % 3] for i in range(n_stocks)],
-                           "ScaleCat": ["x"] * n_stocks})
+    listed = pl.DataFrame(
+        {
+            "Date": [sess[0]] * n_stocks,
+            "Code": codes,
+            "CoName": codes,
+            "S17": ["1"] * n_stocks,
+            "S33": ["0050" if i < 3 else "3050" for i in range(n_stocks)],
+            "Mkt": [("0111", "0112", "0113")[i % 3] for i in range(n_stocks)],
+            "ScaleCat": ["x"] * n_stocks,
+        }
+    )
     tc = np.cumsum(rng.normal(0, 0.01, n_days))
     C = 2000 * np.exp(tc)
     topix = pl.DataFrame({"Date": sess, "O": C, "H": C * 1.005, "L": C * 0.995, "C": C})
@@ -51,19 +73,39 @@ def make_mini_tables(n_stocks: int = 6, n_days: int = 160, seed: int = 0, start:
     st = []
     for i, code in enumerate(codes):
         for q, di in enumerate(range(5, n_days, 40)):
-            st.append({"DiscDate": sess[di], "DiscTime": ["13:00:00", "15:30:00", None, "15:00:00"][q % 4],
-                       "Code": code, "CurPerType": ["1Q", "2Q", "3Q", "FY"][q % 4],
-                       "CurFYSt": dt.date(2023, 4, 1) if q < 4 else dt.date(2024, 4, 1),
-                       "Sales": 1000.0 + 10 * q + i, "OP": 100.0 + q, "NP": 60.0 + q, "EPS": 10.0,
-                       "Eq": 5000.0, "TA": 10000.0, "FOP": 400.0 + q, "FNP": 240.0, "FEPS": 40.0, "FDivAnn": 10.0,
-                       "ShOut": 1e6 * (i + 1), "ChgAcEst": "false", "RetroRst": "true" if q == 2 else "false"})
+            st.append(
+                {
+                    "DiscDate": sess[di],
+                    "DiscTime": ["13:00:00", "15:30:00", None, "15:00:00"][q % 4],
+                    "Code": code,
+                    "CurPerType": ["1Q", "2Q", "3Q", "FY"][q % 4],
+                    "CurFYSt": dt.date(2023, 4, 1) if q < 4 else dt.date(2024, 4, 1),
+                    "Sales": 1000.0 + 10 * q + i,
+                    "OP": 100.0 + q,
+                    "NP": 60.0 + q,
+                    "EPS": 10.0,
+                    "Eq": 5000.0,
+                    "TA": 10000.0,
+                    "FOP": 400.0 + q,
+                    "FNP": 240.0,
+                    "FEPS": 40.0,
+                    "FDivAnn": 10.0,
+                    "ShOut": 1e6 * (i + 1),
+                    "ChgAcEst": "false",
+                    "RetroRst": "true" if q == 2 else "false",
+                }
+            )
     statements = pl.DataFrame(st)
     weeks = sess.filter(pl.Series([d.weekday() == 3 for d in sess.to_list()]))
     inv = []
     for sec in ("TSEPrime", "TSEStandard", "TSEGrowth"):
         for pub in weeks.to_list():
-            row = {"PubDate": pub, "StDate": pub - dt.timedelta(days=10), "EnDate": pub - dt.timedelta(days=6),
-                   "Section": sec}
+            row = {
+                "PubDate": pub,
+                "StDate": pub - dt.timedelta(days=10),
+                "EnDate": pub - dt.timedelta(days=6),
+                "Section": sec,
+            }
             for inv_ in ("Frgn", "Ind", "Prop", "Brk", "TrstBnk", "InvTr", "Tot"):
                 s_, b_ = rng.uniform(100, 200), rng.uniform(100, 200)
                 row.update({f"{inv_}Sell": s_, f"{inv_}Buy": b_, f"{inv_}Tot": s_ + b_, f"{inv_}Bal": b_ - s_})
@@ -72,15 +114,30 @@ def make_mini_tables(n_stocks: int = 6, n_days: int = 160, seed: int = 0, start:
     mg = []
     for code in codes:
         for pub in weeks.to_list():
-            mg.append({"PubDate": pub, "Date": pub - dt.timedelta(days=6), "Code": code,
-                       "ShrtVol": rng.uniform(1e3, 2e3), "LongVol": rng.uniform(3e3, 5e3), "IssType": "2"})
+            mg.append(
+                {
+                    "PubDate": pub,
+                    "Date": pub - dt.timedelta(days=6),
+                    "Code": code,
+                    "ShrtVol": rng.uniform(1e3, 2e3),
+                    "LongVol": rng.uniform(3e3, 5e3),
+                    "IssType": "2",
+                }
+            )
     margin = pl.DataFrame(mg)
     all_days = pl.date_range(sess[0], sess[-1] + dt.timedelta(days=60), eager=True)
     full_sess = cal.sessions
     holdiv = ["1" if d else "0" for d in all_days.is_in(full_sess.implode()).to_list()]
     calendar = pl.DataFrame({"Date": all_days, "HolDiv": pl.Series(holdiv, dtype=pl.Utf8)})
-    return {"daily_quotes": dq, "listed_info": listed, "topix": topix, "statements": statements,
-            "investor_types": investor, "margin_interest": margin, "trading_calendar": calendar}
+    return {
+        "daily_quotes": dq,
+        "listed_info": listed,
+        "topix": topix,
+        "statements": statements,
+        "investor_types": investor,
+        "margin_interest": margin,
+        "trading_calendar": calendar,
+    }
 
 
 @pytest.fixture(scope="session")
@@ -149,14 +206,24 @@ def write_planted_dataset(root, n_stocks: int = 30, n_days: int = 150, n_noise: 
     y5 = 0.02 * sig + 0.03 * rng.normal(size=(n_days, n_stocks))
     y1[-2:], y5[-6:] = np.nan, np.nan
     d_idx, s_idx = (a.ravel() for a in np.meshgrid(np.arange(n_days), np.arange(n_stocks), indexing="ij"))
-    df = pl.DataFrame({
-        "Code": [codes[i] for i in s_idx], "Date": [dates[d] for d in d_idx],
-        "Section": [["TSEPrime", "TSEStandard", "TSEGrowth"][i % 3] for i in s_idx],
-        "S33": [str(50 + i % 5) for i in s_idx], "S17": [str(i % 4) for i in s_idx],
-        "returns_1d": ret.ravel(), "f_signal": sig.ravel(),
-        **{f"f_noise{k}": rng.normal(size=n_days * n_stocks) for k in range(1, n_noise + 1)},
-        "target_1d": y1.ravel(), "target_5d": y5.ravel(),
-    }).with_columns(pl.col(feats + ["target_1d", "target_5d"]).cast(pl.Float32)).sort("Code", "Date")
+    df = (
+        pl.DataFrame(
+            {
+                "Code": [codes[i] for i in s_idx],
+                "Date": [dates[d] for d in d_idx],
+                "Section": [["TSEPrime", "TSEStandard", "TSEGrowth"][i % 3] for i in s_idx],
+                "S33": [str(50 + i % 5) for i in s_idx],
+                "S17": [str(i % 4) for i in s_idx],
+                "returns_1d": ret.ravel(),
+                "f_signal": sig.ravel(),
+                **{f"f_noise{k}": rng.normal(size=n_days * n_stocks) for k in range(1, n_noise + 1)},
+                "target_1d": y1.ravel(),
+                "target_5d": y5.ravel(),
+            }
+        )
+        .with_columns(pl.col([*feats, "target_1d", "target_5d"]).cast(pl.Float32))
+        .sort("Code", "Date")
+    )
     ds = root / "output" / "ml_dataset_latest.parquet"
     write_parquet(df, ds)
     FeatureManifest.from_frame(df, {f: "price" for f in feats}, [1, 5], 1).save(manifest_path(ds))

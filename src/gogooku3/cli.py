@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Any
 
 import typer
 from typer.core import TyperGroup
@@ -34,17 +34,21 @@ class _Group(TyperGroup):
     """The command group: any Gogooku3Error of a (sub)command ends as one line and exit code 2, also under
     Typer's CliRunner."""
 
-    def invoke(self, ctx: typer.Context):
+    def invoke(self, ctx: Any) -> Any:  # ctx: the click Context (Typer's vendored click in recent Typer versions)
         try:
             return super().invoke(ctx)
         except Gogooku3Error as e:
             raise fail(e) from None
 
 
-app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True,
-                  help="gogooku3: point-in-time JP equity datasets, ATFT-GAT-FAN training and honest backtests.\n\n"
-                       "Every command takes trailing Hydra overrides (group=option, a.b=value, experiment=NAME); "
-                       "`gogooku3 config groups` lists the groups, `gogooku3 config show ...` the composed config.")
+app = typer.Typer(
+    cls=_Group,
+    add_completion=False,
+    no_args_is_help=True,
+    help="gogooku3: point-in-time JP equity datasets, ATFT-GAT-FAN training and honest backtests.\n\n"
+    "Every command takes trailing Hydra overrides (group=option, a.b=value, experiment=NAME); "
+    "`gogooku3 config groups` lists the groups, `gogooku3 config show ...` the composed config.",
+)
 data_app = typer.Typer(no_args_is_help=True, help="Raw data sources and the ML dataset builder.")
 app.add_typer(data_app, name="data")
 cache_app = typer.Typer(no_args_is_help=True, help="Caches under paths.cache_dir.")
@@ -54,11 +58,16 @@ app.add_typer(config_app, name="config")
 
 
 @app.callback()
-def _main(ctx: typer.Context,
-          config_dir: list[Path] = typer.Option(
-              [], "--config-dir", "-C",
-              help="User config directory searched before the packaged groups (repeatable): DIR/experiment/x.yaml "
-                   "is `experiment=x`, DIR/model/y.yaml is `model=y`.")) -> None:
+def _main(
+    ctx: typer.Context,
+    config_dir: list[Path] = typer.Option(
+        [],
+        "--config-dir",
+        "-C",
+        help="User config directory searched before the packaged groups (repeatable): DIR/experiment/x.yaml "
+        "is `experiment=x`, DIR/model/y.yaml is `model=y`.",
+    ),
+) -> None:
     ctx.obj = {"config_dirs": list(config_dir)}
 
 
@@ -102,9 +111,16 @@ def _help(summary: str, groups: str, *examples: str) -> str:
     return f"{summary}\n\nConfig groups read: {groups}.\n\nExamples:\n\n{ex}"
 
 
-@data_app.command("synth", context_settings=OVERRIDES, help=_help(
-    "Write the synthetic TSE market (all raw tables + the oracle file).", "paths, data (data=synthetic), labels, seed",
-    "data synth data.n_stocks=200 data.n_days=500", "data synth data.signal_strength=0 seed=7"))
+@data_app.command(
+    "synth",
+    context_settings=OVERRIDES,
+    help=_help(
+        "Write the synthetic TSE market (all raw tables + the oracle file).",
+        "paths, data (data=synthetic), labels, seed",
+        "data synth data.n_stocks=200 data.n_days=500",
+        "data synth data.signal_strength=0 seed=7",
+    ),
+)
 def data_synth(ctx: typer.Context) -> None:
     cfg = _cfg(ctx)
     from gogooku3.sources.synthetic import synthesize
@@ -112,11 +128,17 @@ def data_synth(ctx: typer.Context) -> None:
     synthesize(cfg)
 
 
-@data_app.command("fetch", context_settings=OVERRIDES, help=_help(
-    "Fetch raw tables from the J-Quants API V2 (needs JQUANTS_API_KEY or data.api_key).",
-    "paths, data (data=jquants)",
-    "data fetch data=jquants data.start_date=2020-01-01", "data fetch data=jquants data.plan=standard",
-    "data fetch data=jquants 'data.tables=[daily_quotes,listed_info]'"))
+@data_app.command(
+    "fetch",
+    context_settings=OVERRIDES,
+    help=_help(
+        "Fetch raw tables from the J-Quants API V2 (needs JQUANTS_API_KEY or data.api_key).",
+        "paths, data (data=jquants)",
+        "data fetch data=jquants data.start_date=2020-01-01",
+        "data fetch data=jquants data.plan=standard",
+        "data fetch data=jquants 'data.tables=[daily_quotes,listed_info]'",
+    ),
+)
 def data_fetch(ctx: typer.Context) -> None:
     cfg = _cfg(ctx, data="jquants")
     from gogooku3.sources.jquants import fetch
@@ -124,35 +146,53 @@ def data_fetch(ctx: typer.Context) -> None:
     fetch(cfg)
 
 
-@data_app.command("import", context_settings=OVERRIDES, help=_help(
-    "Import a user's own price file as raw tables (column mapping in the `data=files` config).",
-    "paths, data (data=files)",
-    "data import prices.csv data=files data.calendar=XNYS", "data import px.csv data=files data.columns.close=adj_close",
-    "data import eu.csv data=files data.separator=';' data.decimal_comma=true"))
-def data_import(ctx: typer.Context,
-                path: Path = typer.Argument(..., help="CSV or parquet file in long format (Date, Code, prices).")) -> None:
+@data_app.command(
+    "import",
+    context_settings=OVERRIDES,
+    help=_help(
+        "Import a user's own price file as raw tables (column mapping in the `data=files` config).",
+        "paths, data (data=files)",
+        "data import prices.csv data=files data.calendar=XNYS",
+        "data import px.csv data=files data.columns.close=adj_close",
+        "data import eu.csv data=files data.separator=';' data.decimal_comma=true",
+    ),
+)
+def data_import(
+    ctx: typer.Context,
+    path: Path = typer.Argument(..., help="CSV or parquet file in long format (Date, Code, prices)."),
+) -> None:
     cfg = _cfg(ctx, data="files")
     from gogooku3.sources.files import import_files
 
     import_files(cfg, path)
 
 
-@data_app.command("build", context_settings=OVERRIDES, help=_help(
-    "Build the ML dataset (features, targets, manifest, coverage report) from the raw tables. With --incremental, "
-    "append the sessions added to the raw tables since the existing dataset (paths.dataset) was built, recomputing "
-    "only the rows that can change (the new sessions and the last entry_lag + max(horizons) sessions, whose labels "
-    "become known); refused when the dataset was built with another features/labels config or manifest, or when raw "
-    "rows up to its end changed (--fallback-full: build in full instead). More quote rows than "
-    "features.chunk_rows: built in chunks of codes with bounded memory (docs/scale.md).",
-    "paths, data, features, labels",
-    "data build labels.horizons=[1,5]", "data build features.groups.statements=false labels.entry_lag=2",
-    "data build --incremental", "data build --incremental --fallback-full features.chunk_rows=500000"))
-def data_build(ctx: typer.Context,
-               incremental: bool = typer.Option(
-                   False, "--incremental", help="Append the raw tables' new sessions to the existing dataset."),
-               fallback_full: bool = typer.Option(
-                   False, "--fallback-full", help="With --incremental: build in full where an update is refused.")
-               ) -> None:
+@data_app.command(
+    "build",
+    context_settings=OVERRIDES,
+    help=_help(
+        "Build the ML dataset (features, targets, manifest, coverage report) from the raw tables. With --incremental, "
+        "append the sessions added to the raw tables since the existing dataset (paths.dataset) was built, recomputing "
+        "only the rows that can change (the new sessions and the last entry_lag + max(horizons) sessions, whose labels "
+        "become known); refused when the dataset was built with another features/labels config or manifest, or when "
+        "raw rows up to its end changed (--fallback-full: build in full instead). More quote rows than "
+        "features.chunk_rows: built in chunks of codes with bounded memory (docs/scale.md).",
+        "paths, data, features, labels",
+        "data build labels.horizons=[1,5]",
+        "data build features.groups.statements=false labels.entry_lag=2",
+        "data build --incremental",
+        "data build --incremental --fallback-full features.chunk_rows=500000",
+    ),
+)
+def data_build(
+    ctx: typer.Context,
+    incremental: bool = typer.Option(
+        False, "--incremental", help="Append the raw tables' new sessions to the existing dataset."
+    ),
+    fallback_full: bool = typer.Option(
+        False, "--fallback-full", help="With --incremental: build in full where an update is refused."
+    ),
+) -> None:
     cfg = _cfg(ctx)
     if fallback_full and not incremental:
         raise ConfigError("--fallback-full: only with --incremental")
@@ -166,11 +206,17 @@ def data_build(ctx: typer.Context,
         build_dataset(cfg)
 
 
-@app.command("safe", context_settings=OVERRIDES, help=_help(
-    "SafeTrainingPipeline: validate, split, normalize, LightGBM baseline (stored for `train`), graph, report.",
-    "paths, labels, split, safe, baseline",
-    "safe split=purged_kfold", "safe split.n_splits=5 baseline.num_boost_round=400",
-    "safe safe.start_date=2023-01-01 safe.graph.enabled=false"))
+@app.command(
+    "safe",
+    context_settings=OVERRIDES,
+    help=_help(
+        "SafeTrainingPipeline: validate, split, normalize, LightGBM baseline (stored for `train`), graph, report.",
+        "paths, labels, split, safe, baseline",
+        "safe split=purged_kfold",
+        "safe split.n_splits=5 baseline.num_boost_round=400",
+        "safe safe.start_date=2023-01-01 safe.graph.enabled=false",
+    ),
+)
 def safe(ctx: typer.Context) -> None:
     cfg = _cfg(ctx)
     from gogooku3.pipelines.safe import SafeTrainingPipeline
@@ -178,11 +224,18 @@ def safe(ctx: typer.Context) -> None:
     SafeTrainingPipeline(cfg).run()
 
 
-@app.command("train", context_settings=OVERRIDES, help=_help(
-    "Train ATFT-GAT-FAN (Lightning) and write runs/<timestamp>/ with predictions, metrics and a bundle.",
-    "paths, labels, split, baseline, model, train, trainer, experiment",
-    "train model=full trainer=gpu", "train train.max_epochs=3 train.ensemble=1 model.gat=false",
-    "--config-dir my_conf train experiment=my_exp", "train experiment=atft_gat_fan   (the study `gogooku3 tune` wrote)"))
+@app.command(
+    "train",
+    context_settings=OVERRIDES,
+    help=_help(
+        "Train ATFT-GAT-FAN (Lightning) and write runs/<timestamp>/ with predictions, metrics and a bundle.",
+        "paths, labels, split, baseline, model, train, trainer, experiment",
+        "train model=full trainer=gpu",
+        "train train.max_epochs=3 train.ensemble=1 model.gat=false",
+        "--config-dir my_conf train experiment=my_exp",
+        "train experiment=atft_gat_fan   (the study `gogooku3 tune` wrote)",
+    ),
+)
 def train(ctx: typer.Context) -> None:
     cfg = _cfg(ctx)
     from gogooku3.pipelines.atft import CompleteATFTTrainingPipeline
@@ -190,16 +243,21 @@ def train(ctx: typer.Context) -> None:
     CompleteATFTTrainingPipeline(cfg).run()
 
 
-@app.command("tune", context_settings=OVERRIDES,
-             short_help="Optuna search over ATFT-GAT-FAN hyper-parameters; the best trial becomes experiment=<study>.",
-             help=_help(
-    "Optuna search (TPE + median pruning) over ATFT-GAT-FAN hyper-parameters. Writes the best trial as an "
-    "experiment, <first --config-dir or output/optuna>/experiment/<study>.yaml, so that `gogooku3 train "
-    "experiment=<study>` trains with it, plus output/optuna/<study>_best.yaml and <study>_trials.json.",
-    "paths, labels, split, model, train, trainer, hpo, experiment",
-    "tune hpo.n_trials=30 hpo.study_name=wide", "tune hpo.space.lr.high=0.02 '~hpo.space.graph_k'",
-    "--config-dir my_conf tune hpo.storage=postgresql://host/db",
-    "--config-dir my_conf train experiment=atft_gat_fan   (afterwards: train with the best trial)"))
+@app.command(
+    "tune",
+    context_settings=OVERRIDES,
+    short_help="Optuna search over ATFT-GAT-FAN hyper-parameters; the best trial becomes experiment=<study>.",
+    help=_help(
+        "Optuna search (TPE + median pruning) over ATFT-GAT-FAN hyper-parameters. Writes the best trial as an "
+        "experiment, <first --config-dir or output/optuna>/experiment/<study>.yaml, so that `gogooku3 train "
+        "experiment=<study>` trains with it, plus output/optuna/<study>_best.yaml and <study>_trials.json.",
+        "paths, labels, split, model, train, trainer, hpo, experiment",
+        "tune hpo.n_trials=30 hpo.study_name=wide",
+        "tune hpo.space.lr.high=0.02 '~hpo.space.graph_k'",
+        "--config-dir my_conf tune hpo.storage=postgresql://host/db",
+        "--config-dir my_conf train experiment=atft_gat_fan   (afterwards: train with the best trial)",
+    ),
+)
 def tune(ctx: typer.Context) -> None:
     cfg = _cfg(ctx)
     from gogooku3.pipelines.tune import tune as run_tune
@@ -208,58 +266,91 @@ def tune(ctx: typer.Context) -> None:
     run_tune(cfg, experiment_dir=Path(dirs[0]) if dirs else None)
 
 
-@app.command("backtest", context_settings=OVERRIDES, help=_help(
-    "Cost-aware long/short backtest of a predictions file: the ideal and the realistic book side by side.",
-    "paths, labels, portfolio",
-    "backtest --predictions runs/last/predictions/blend/test.parquet portfolio.cost_bps=10",
-    "backtest --predictions P portfolio.realism=realistic portfolio.cost_model=spread_impact",
-    "backtest --predictions P portfolio.horizon=5 portfolio.long_fraction=0.1 portfolio.short_fraction=0.1"))
-def backtest(ctx: typer.Context,
-             predictions: Path = typer.Option(..., "--predictions", help="Parquet with Date, Code, pred_{h}d, target_{h}d.")) -> None:
+@app.command(
+    "backtest",
+    context_settings=OVERRIDES,
+    help=_help(
+        "Cost-aware long/short backtest of a predictions file: the ideal and the realistic book side by side.",
+        "paths, labels, portfolio",
+        "backtest --predictions runs/last/predictions/blend/test.parquet portfolio.cost_bps=10",
+        "backtest --predictions P portfolio.realism=realistic portfolio.cost_model=spread_impact",
+        "backtest --predictions P portfolio.horizon=5 portfolio.long_fraction=0.1 portfolio.short_fraction=0.1",
+    ),
+)
+def backtest(
+    ctx: typer.Context,
+    predictions: Path = typer.Option(..., "--predictions", help="Parquet with Date, Code, pred_{h}d, target_{h}d."),
+) -> None:
     cfg = _cfg(ctx)
     from gogooku3.evaluation.backtest.run import run_backtest
 
     run_backtest(cfg, predictions)
 
 
-@app.command("report", context_settings=OVERRIDES, help=_help(
-    "JSON + a one-page, self-contained HTML tear sheet of a training run (RUN/report.json, RUN/report.html).",
-    "paths, labels, portfolio, report",
-    "report --run runs/last report.rolling_sharpe_days=120", "report --run runs/20250101_000000 portfolio.cost_bps=10",
-    "report --run runs/last report.dpi=120 portfolio.realism=realistic"))
-def report(ctx: typer.Context,
-           run: Path = typer.Option(Path("runs/last"), "--run", help="Training run directory.")) -> None:
+@app.command(
+    "report",
+    context_settings=OVERRIDES,
+    help=_help(
+        "JSON + a one-page, self-contained HTML tear sheet of a training run (RUN/report.json, RUN/report.html).",
+        "paths, labels, portfolio, report",
+        "report --run runs/last report.rolling_sharpe_days=120",
+        "report --run runs/20250101_000000 portfolio.cost_bps=10",
+        "report --run runs/last report.dpi=120 portfolio.realism=realistic",
+    ),
+)
+def report(
+    ctx: typer.Context, run: Path = typer.Option(Path("runs/last"), "--run", help="Training run directory.")
+) -> None:
     cfg = _cfg(ctx)
     from gogooku3.evaluation.report import build_report
 
     build_report(cfg, run)
 
 
-@app.command("predict", context_settings=OVERRIDES,
-             short_help="Ranked next-day scores, long/short lists, quantile forecasts and per-stock explanations.",
-             help=_help(
-    "Ranked next-day scores per stock with long/short lists, quantile forecasts (predict.quantiles) and the "
-    "top variable-selection weights per stock (predict.explain_top): output/predictions/pred_<date>.* and "
-    "explain_<date>.*.",
-    "paths, portfolio, predict",
-    "predict --run runs/last --date 2025-12-30", "predict predict.horizon=5 portfolio.long_fraction=0.1",
-    "predict predict.quantiles=[0.1,0.5,0.9] predict.explain_top=10"))
-def predict(ctx: typer.Context,
-            run: Path = typer.Option(Path("runs/last"), "--run", help="Training run directory with the model bundle."),
-            date: Optional[str] = typer.Option(None, "--date", help="YYYY-MM-DD; default: the dataset's latest date.")) -> None:
+@app.command(
+    "predict",
+    context_settings=OVERRIDES,
+    short_help="Ranked next-day scores, long/short lists, quantile forecasts and per-stock explanations.",
+    help=_help(
+        "Ranked next-day scores per stock with long/short lists, quantile forecasts (predict.quantiles) and the "
+        "top variable-selection weights per stock (predict.explain_top): output/predictions/pred_<date>.* and "
+        "explain_<date>.*.",
+        "paths, portfolio, predict",
+        "predict --run runs/last --date 2025-12-30",
+        "predict predict.horizon=5 portfolio.long_fraction=0.1",
+        "predict predict.quantiles=[0.1,0.5,0.9] predict.explain_top=10",
+    ),
+)
+def predict(
+    ctx: typer.Context,
+    run: Path = typer.Option(Path("runs/last"), "--run", help="Training run directory with the model bundle."),
+    date: str | None = typer.Option(None, "--date", help="YYYY-MM-DD; default: the dataset's latest date."),
+) -> None:
     cfg = _cfg(ctx)
     from gogooku3.pipelines.predict import predict as run_predict
 
     run_predict(cfg, run, date)
 
 
-@cache_app.command("clean", context_settings=OVERRIDES, help=_help(
-    "Bound the PanelStore cache (<paths.cache_dir>/panels): remove killed conversions' leftovers and old panels.",
-    "paths, train", "cache clean --keep 2", "cache clean train.panel_cache_keep=1 paths.cache_dir=/scratch/cache"))
-def cache_clean(ctx: typer.Context,
-                keep: int | None = typer.Option(None, "--keep", min=0,
-                                                   help="Panels to keep, newest first (default: train.panel_cache_keep; "
-                                                        "0 removes every panel).")) -> None:
+@cache_app.command(
+    "clean",
+    context_settings=OVERRIDES,
+    help=_help(
+        "Bound the PanelStore cache (<paths.cache_dir>/panels): remove killed conversions' leftovers and old panels.",
+        "paths, train",
+        "cache clean --keep 2",
+        "cache clean train.panel_cache_keep=1 paths.cache_dir=/scratch/cache",
+    ),
+)
+def cache_clean(
+    ctx: typer.Context,
+    keep: int | None = typer.Option(
+        None,
+        "--keep",
+        min=0,
+        help="Panels to keep, newest first (default: train.panel_cache_keep; 0 removes every panel).",
+    ),
+) -> None:
     cfg = _cfg(ctx)
     from gogooku3.config.compose import path
     from gogooku3.data.panel import clean_cache
@@ -269,11 +360,17 @@ def cache_clean(ctx: typer.Context,
     log.info("cache clean: removed %d folder(s) under %s", len(removed), root / "panels")
 
 
-@app.command("run", context_settings=OVERRIDES, help=_help(
-    "The full pipeline: synth (or existing raw data) -> build -> safe -> train -> backtest -> report -> predict.",
-    "all of them (run.steps picks the steps)",
-    "run data.n_stocks=200 model=full train.max_epochs=3", "run 'run.steps=[train,backtest,report]' experiment=example",
-    "run data=jquants trainer=gpu"))
+@app.command(
+    "run",
+    context_settings=OVERRIDES,
+    help=_help(
+        "The full pipeline: synth (or existing raw data) -> build -> safe -> train -> backtest -> report -> predict.",
+        "all of them (run.steps picks the steps)",
+        "run data.n_stocks=200 model=full train.max_epochs=3",
+        "run 'run.steps=[train,backtest,report]' experiment=example",
+        "run data=jquants trainer=gpu",
+    ),
+)
 def run(ctx: typer.Context) -> None:
     cfg = _cfg(ctx)
     from gogooku3.pipelines.full import FullTrainingPipeline
@@ -281,10 +378,18 @@ def run(ctx: typer.Context) -> None:
     FullTrainingPipeline(cfg).run()
 
 
-@config_app.command("show", context_settings=OVERRIDES, help=_help(
-    "Print the composed config as YAML (what Hydra's --cfg job shows), secrets blanked; checked like any command's.",
-    "all of them", "config show model=full", "config show experiment=example train.lr=0.001",
-    "--config-dir my_conf config show experiment=my_exp"))
+@config_app.command(
+    "show",
+    context_settings=OVERRIDES,
+    help=_help(
+        "Print the composed config as YAML (what Hydra's --cfg job shows), secrets blanked; "
+        "checked like any command's.",
+        "all of them",
+        "config show model=full",
+        "config show experiment=example train.lr=0.001",
+        "--config-dir my_conf config show experiment=my_exp",
+    ),
+)
 def config_show(ctx: typer.Context) -> None:
     dirs, overrides = config_dirs(ctx)
     from gogooku3.config.compose import compose_config, to_yaml
@@ -292,9 +397,17 @@ def config_show(ctx: typer.Context) -> None:
     typer.echo(to_yaml(compose_config(overrides, config_dirs=dirs)), nl=False)
 
 
-@config_app.command("groups", context_settings=OVERRIDES, help=_help(
-    "List the config groups and their options (packaged, user --config-dir, tuned experiments); * marks the default.",
-    "none", "config groups", "--config-dir my_conf config groups"))
+@config_app.command(
+    "groups",
+    context_settings=OVERRIDES,
+    help=_help(
+        "List the config groups and their options (packaged, user --config-dir, tuned experiments); "
+        "* marks the default.",
+        "none",
+        "config groups",
+        "--config-dir my_conf config groups",
+    ),
+)
 def config_groups(ctx: typer.Context) -> None:
     dirs, _ = config_dirs(ctx)
     from gogooku3.config.compose import default_groups, groups, search_dirs
@@ -303,22 +416,31 @@ def config_groups(ctx: typer.Context) -> None:
     defaults = default_groups()
     for g, options in groups(found).items():
         marked = [f"{o}*" if defaults.get(g) == o else o for o in options]
-        typer.echo(f"{g:<10} {' '.join(marked)}" + ("   (none by default)" if g in defaults and defaults[g] is None
-                                                    else ""))
+        typer.echo(
+            f"{g:<10} {' '.join(marked)}" + ("   (none by default)" if g in defaults and defaults[g] is None else "")
+        )
     if found:
         typer.echo("searched: " + ", ".join(str(d) for d in found))
 
 
-@app.command("export", context_settings=OVERRIDES,
-             short_help="A run's predictions as the frames alphalens or quantstats take.", help=_help(
-    "Write a run's test predictions in the frames alphalens or quantstats take (parquet + CSV; neither package is "
-    "needed to export): alphalens: date, asset, factor, forward returns 1D/5D/..., group; quantstats: date, "
-    "strategy (the headline backtest's net returns), benchmark (the universe's equal-weight return).",
-    "paths, labels, portfolio",
-    "export --to alphalens runs/last", "export --to quantstats runs/last portfolio.realism=realistic"))
-def export(ctx: typer.Context,
-           to: str = typer.Option(..., "--to", help="alphalens or quantstats."),
-           run: Path = typer.Argument(Path("runs/last"), help="Training run directory.")) -> None:
+@app.command(
+    "export",
+    context_settings=OVERRIDES,
+    short_help="A run's predictions as the frames alphalens or quantstats take.",
+    help=_help(
+        "Write a run's test predictions in the frames alphalens or quantstats take (parquet + CSV; neither package is "
+        "needed to export): alphalens: date, asset, factor, forward returns 1D/5D/..., group; quantstats: date, "
+        "strategy (the headline backtest's net returns), benchmark (the universe's equal-weight return).",
+        "paths, labels, portfolio",
+        "export --to alphalens runs/last",
+        "export --to quantstats runs/last portfolio.realism=realistic",
+    ),
+)
+def export(
+    ctx: typer.Context,
+    to: str = typer.Option(..., "--to", help="alphalens or quantstats."),
+    run: Path = typer.Argument(Path("runs/last"), help="Training run directory."),
+) -> None:
     cfg = _cfg(ctx)
     from gogooku3.evaluation.export import export_run
 

@@ -10,16 +10,31 @@ import polars as pl
 import pytest
 import torch
 
-from gogooku3.predictors.bundle import load_bundle, predict_for_dates, predict_product
 from gogooku3.config.compose import load_config
 from gogooku3.pipelines.atft import CompleteATFTTrainingPipeline
+from gogooku3.predictors.bundle import load_bundle, predict_for_dates, predict_product
 
 torch.set_num_threads(1)
-OVERRIDES = ["labels.horizons=[1,5]", "model.window=10", "model.hidden=16", "model.head_hidden=8",
-             "model.graph.window=10", "model.graph.min_obs=5", "train.max_epochs=2", "train.limit_train_batches=8",
-             "train.warmup_steps=2", "split.min_train_days=60", "split.n_splits=2", "split.val_days=12",
-             "trainer.progress_bar=false", "train.ensemble=1", "trainer.num_threads=1",
-             "model.market_context=film", "train.cv.folds=all", "predictors.zoo.blend.grid_step=0.25"]
+OVERRIDES = [
+    "labels.horizons=[1,5]",
+    "model.window=10",
+    "model.hidden=16",
+    "model.head_hidden=8",
+    "model.graph.window=10",
+    "model.graph.min_obs=5",
+    "train.max_epochs=2",
+    "train.limit_train_batches=8",
+    "train.warmup_steps=2",
+    "split.min_train_days=60",
+    "split.n_splits=2",
+    "split.val_days=12",
+    "trainer.progress_bar=false",
+    "train.ensemble=1",
+    "trainer.num_threads=1",
+    "model.market_context=film",
+    "train.cv.folds=all",
+    "predictors.zoo.blend.grid_step=0.25",
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +57,16 @@ def test_blended_run_reports_every_predictor_per_fold_and_pooled(blended):
     m = json.loads((run / "metrics.json").read_text())
     c = m["comparison"]
     assert m["product"] == c["product"] == "blend" and c["reference"] == "lightgbm" and len(m["folds"]) == 2
-    assert m["predictors"] == ["atft", "lightgbm", "ridge", "blend"]   # no oracle: the planted data is not synthetic
-    assert m["test"] == c["pooled"]["blend"] and m["test"]["1"]["rank_ic_mean"] > 0.1   # the planted signal survives
+    assert m["predictors"] == ["atft", "lightgbm", "ridge", "blend"]  # no oracle: the planted data is not synthetic
+    assert m["test"] == c["pooled"]["blend"] and m["test"]["1"]["rank_ic_mean"] > 0.1  # the planted signal survives
     for pair in ("atft_vs_lightgbm", "ridge_vs_lightgbm", "blend_vs_lightgbm", "blend_vs_atft", "blend_vs_ridge"):
         assert c["paired"][pair]["1"]["tstat_method"] == "newey_west" and c["paired"][pair]["1"]["n_days"] > 0
     rows = c["rows"]["frames"]
     kept = {r["kept"] for r in rows.values()}
-    assert len(kept) == 1 and kept.pop() == c["rows"]["n_common"] > 0              # identical rows for every predictor
-    assert c["pooled"]["blend"]["1"]["n_days"] == sum(c["per_fold"][str(f["fold"]["index"])]["blend"]["1"]["n_days"]
-                                                      for f in m["folds"])     # pooled = the folds' test days
+    assert len(kept) == 1 and kept.pop() == c["rows"]["n_common"] > 0  # identical rows for every predictor
+    assert c["pooled"]["blend"]["1"]["n_days"] == sum(
+        c["per_fold"][str(f["fold"]["index"])]["blend"]["1"]["n_days"] for f in m["folds"]
+    )  # pooled = the folds' test days
     for f in m["folds"]:
         curve = f["predictors"]["blend"]
         assert set(curve["weights"]) == {"1", "5"} and all(0 <= w <= 1 for w in curve["weights"].values())
@@ -61,7 +77,7 @@ def test_blended_run_reports_every_predictor_per_fold_and_pooled(blended):
         assert set(f["predictors"]["ridge"]["alpha"]) == {"1", "5"}
     # every LightGBM prediction in the blend comes from the booster of that row's fold, fitted before its test block
     base = json.loads((Path(m["baseline"]["directory"]) / "run.json").read_text())
-    for f, pf in zip(m["folds"], base["per_fold"]):
+    for f, pf in zip(m["folds"], base["per_fold"], strict=True):
         assert pf["fold"] == f["fold"]["index"] and pf["test_range"] == f["test_range"]
         assert pf["fit_range"][1] < pf["val_range"][0] <= pf["val_range"][1] < f["test_range"][0]
     for name in m["predictors"]:
@@ -78,7 +94,7 @@ def test_bundle_predicts_the_blend_on_its_own_running_the_network_once(blended, 
     assert b.meta["product"] == "blend"
     spec = b.meta["blend"]
     assert spec["method"] == "zscore" and spec["fold"] == 1
-    for name in spec["boosters"].values():                                    # boosters live inside the bundle
+    for name in spec["boosters"].values():  # boosters live inside the bundle
         assert (run / "bundle" / name).is_file()
     ct = pl.read_parquet(run / "predictions" / "blend" / "test.parquet")
     day = ct["Date"].max()
@@ -86,7 +102,7 @@ def test_bundle_predicts_the_blend_on_its_own_running_the_network_once(blended, 
     forward = type(b.model).forward
     monkeypatch.setattr(type(b.model), "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
     got = predict_product(b, ds, [day], quantiles=True, explain=True)
-    assert len(calls) == 1                                # one day, one forward pass: scores, quantiles and weights
+    assert len(calls) == 1  # one day, one forward pass: scores, quantiles and weights
     assert "vsn_weights" in got.columns and any(c.endswith("_q10") for c in got.columns)
     ref = ct.filter(pl.col("Date") == day)
     j = got.join(ref, on="Code", suffix="_run")
@@ -108,8 +124,9 @@ def test_bundle_predicts_the_blend_on_its_own_running_the_network_once(blended, 
 def test_without_lightgbm_the_deep_model_is_the_product(blended, monkeypatch):
     root, _, _ = blended
     monkeypatch.chdir(root)
-    res = CompleteATFTTrainingPipeline(load_config(OVERRIDES + ["predictors.fit=[atft,blend]", "train.max_epochs=1",
-                                                                "train.cv.folds=null"])).run()
+    res = CompleteATFTTrainingPipeline(
+        load_config([*OVERRIDES, "predictors.fit=[atft,blend]", "train.max_epochs=1", "train.cv.folds=null"])
+    ).run()
     run = Path(res["run_dir"])
     m = json.loads((run / "metrics.json").read_text())
     assert m["product"] == "atft" and m["predictors"] == ["atft"] and m["comparison"]["reference"] is None

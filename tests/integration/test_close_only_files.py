@@ -12,18 +12,50 @@ import polars as pl
 import pytest
 import torch
 
-from gogooku3.core.calendar import TradingCalendar
 from gogooku3.config.compose import load_config
+from gogooku3.core.calendar import TradingCalendar
 from gogooku3.features.manifest import FeatureManifest
 from gogooku3.pipelines.full import FullTrainingPipeline
 
 torch.set_num_threads(1)
-CODES = ["AAPL", "BRK.B", "brk.a", "600519", "000001", "7203.T", "msft", "ko", "IBM", "GE", "T", "XOM", "JNJ", "PG",
-         "bac", "C", "F", "GM", "HD.1", "0700.HK"]
-TINY = ["labels.horizons=[1,5]", "model.window=10", "model.hidden=16", "model.head_hidden=8", "model.graph.window=10",
-        "model.graph.min_obs=5", "train.max_epochs=1", "train.limit_train_batches=8", "train.warmup_steps=2",
-        "split.val_days=20", "trainer.progress_bar=false", "train.ensemble=1", "trainer.num_threads=1",
-        "safe.graph.n_nodes=10"]
+CODES = [
+    "AAPL",
+    "BRK.B",
+    "brk.a",
+    "600519",
+    "000001",
+    "7203.T",
+    "msft",
+    "ko",
+    "IBM",
+    "GE",
+    "T",
+    "XOM",
+    "JNJ",
+    "PG",
+    "bac",
+    "C",
+    "F",
+    "GM",
+    "HD.1",
+    "0700.HK",
+]
+TINY = [
+    "labels.horizons=[1,5]",
+    "model.window=10",
+    "model.hidden=16",
+    "model.head_hidden=8",
+    "model.graph.window=10",
+    "model.graph.min_obs=5",
+    "train.max_epochs=1",
+    "train.limit_train_batches=8",
+    "train.warmup_steps=2",
+    "split.val_days=20",
+    "trainer.progress_bar=false",
+    "train.ensemble=1",
+    "trainer.num_threads=1",
+    "safe.graph.n_nodes=10",
+]
 
 
 def close_only_file(path: Path, n_days: int = 600, seed: int = 3) -> list:
@@ -36,8 +68,11 @@ def close_only_file(path: Path, n_days: int = 600, seed: int = 3) -> list:
     r = rng.normal(0, 0.01, (n_days, 1)) + eps
     r[1:] -= 0.1 * eps[:-1]
     px = 30 * np.exp(np.cumsum(r, axis=0))
-    rows = [pl.DataFrame({"Date": days[s:], "Ticker": code, "Close": px[s:, i]})
-            for i, code in enumerate(CODES) for s in [400 if code == "GM" else 0]]
+    rows = [
+        pl.DataFrame({"Date": days[s:], "Ticker": code, "Close": px[s:, i]})
+        for i, code in enumerate(CODES)
+        for s in [400 if code == "GM" else 0]
+    ]
     pl.concat(rows).write_csv(path)
     return days
 
@@ -51,9 +86,19 @@ def run(tmp_path_factory):
     old = os.getcwd()
     os.chdir(root)
     try:
-        cfg = load_config(["data=files", f"data.path={root / 'close.csv'}", "data.calendar=XNYS",
-                           "data.columns.code=Ticker", "data.columns.open=null", "data.columns.high=null",
-                           "data.columns.low=null", "data.columns.volume=null", *TINY])
+        cfg = load_config(
+            [
+                "data=files",
+                f"data.path={root / 'close.csv'}",
+                "data.calendar=XNYS",
+                "data.columns.code=Ticker",
+                "data.columns.open=null",
+                "data.columns.high=null",
+                "data.columns.low=null",
+                "data.columns.volume=null",
+                *TINY,
+            ]
+        )
         yield root, days, FullTrainingPipeline(cfg).run()
     finally:
         os.chdir(old)

@@ -12,17 +12,30 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import optuna
 import pytest
 
 # the tiny study of tests/integration/test_tune.py (conftest.write_planted_dataset, one epoch of 4 day batches)
-OVERRIDES = ["labels.horizons=[1,5]", "model.window=10", "model.hidden=16", "model.head_hidden=8",
-             "model.graph.window=10", "model.graph.min_obs=5", "split.min_train_days=60", "split.n_splits=2",
-             "split.val_days=12", "trainer.progress_bar=false", "trainer.num_threads=1", "train.warmup_steps=2",
-             "baseline.enabled=false", "hpo.max_epochs=1", "hpo.limit_train_batches=4", "hpo.n_startup_trials=1",
-             "hpo.space.hidden.choices=[8,16]"]
+OVERRIDES = [
+    "labels.horizons=[1,5]",
+    "model.window=10",
+    "model.hidden=16",
+    "model.head_hidden=8",
+    "model.graph.window=10",
+    "model.graph.min_obs=5",
+    "split.min_train_days=60",
+    "split.n_splits=2",
+    "split.val_days=12",
+    "trainer.progress_bar=false",
+    "trainer.num_threads=1",
+    "train.warmup_steps=2",
+    "baseline.enabled=false",
+    "hpo.max_epochs=1",
+    "hpo.limit_train_batches=4",
+    "hpo.n_startup_trials=1",
+    "hpo.space.hidden.choices=[8,16]",
+]
 
 
 @pytest.mark.slow  # two processes each start Lightning and run one tiny trial (~1 min on the shared 2-core box)
@@ -33,11 +46,24 @@ def test_two_tune_workers_share_one_study(tmp_path, planted_dataset):
     env = {**os.environ, "COLUMNS": "250"}  # one log record per line
     procs = []
     for w in range(2):
-        cmd = [sys.executable, "-m", "gogooku3.cli", "tune", *OVERRIDES, "hpo.study_name=shared", f"hpo.storage={url}",
-               f"hpo.seed={w}", "hpo.n_trials=1", "hpo.max_total_trials=4", "hpo.pruner.enabled=false",
-               f"paths.output_dir=out_w{w}", f"paths.cache_dir=cache_w{w}"]
-        procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True))
+        cmd = [
+            sys.executable,
+            "-m",
+            "gogooku3.cli",
+            "tune",
+            *OVERRIDES,
+            "hpo.study_name=shared",
+            f"hpo.storage={url}",
+            f"hpo.seed={w}",
+            "hpo.n_trials=1",
+            "hpo.max_total_trials=4",
+            "hpo.pruner.enabled=false",
+            f"paths.output_dir=out_w{w}",
+            f"paths.cache_dir=cache_w{w}",
+        ]
+        procs.append(
+            subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )
     deadline = time.monotonic() + 400
     outs = []
     for p in procs:

@@ -11,11 +11,25 @@ from gogooku3.pipelines.atft import CompleteATFTTrainingPipeline
 
 mlflow = pytest.importorskip("mlflow")
 
-OVERRIDES = ["labels.horizons=[1,5]", "model.window=10", "model.hidden=16", "model.head_hidden=8",
-             "model.graph.window=10", "model.graph.min_obs=5", "train.max_epochs=2", "train.limit_train_batches=4",
-             "train.warmup_steps=2", "split.min_train_days=60", "split.n_splits=2", "split.val_days=12",
-             "trainer.progress_bar=false", "train.ensemble=1", "trainer.num_threads=1", "baseline.enabled=false",
-             "train.mlflow=true"]
+OVERRIDES = [
+    "labels.horizons=[1,5]",
+    "model.window=10",
+    "model.hidden=16",
+    "model.head_hidden=8",
+    "model.graph.window=10",
+    "model.graph.min_obs=5",
+    "train.max_epochs=2",
+    "train.limit_train_batches=4",
+    "train.warmup_steps=2",
+    "split.min_train_days=60",
+    "split.n_splits=2",
+    "split.val_days=12",
+    "trainer.progress_bar=false",
+    "train.ensemble=1",
+    "trainer.num_threads=1",
+    "baseline.enabled=false",
+    "train.mlflow=true",
+]
 
 
 def test_train_and_report_log_into_one_mlflow_run(tmp_path, monkeypatch, planted_dataset):
@@ -31,11 +45,12 @@ def test_train_and_report_log_into_one_mlflow_run(tmp_path, monkeypatch, planted
     m = json.loads((run / "metrics.json").read_text())
     assert found.data.metrics["test.1.rank_ic_mean"] == pytest.approx(m["test"]["1"]["rank_ic_mean"])  # the product
     assert found.data.tags["product"] == m["product"]
-    for name in m["predictors"]:                  # every predictor on the same rows
+    for name in m["predictors"]:  # every predictor on the same rows
         assert found.data.metrics[f"test.{name}.1.rank_ic_mean"] == pytest.approx(
-            m["comparison"]["pooled"][name]["1"]["rank_ic_mean"])
+            m["comparison"]["pooled"][name]["1"]["rank_ic_mean"]
+        )
     assert f"backtest.{m['product']}.summary.sharpe" in found.data.metrics  # added by the report
     curve = mlflow.MlflowClient().get_metric_history(found.info.run_id, "val_rank_ic_1d")
-    assert sorted(p.step for p in curve) == [0, 1]                        # one point per epoch
+    assert sorted(p.step for p in curve) == [0, 1]  # one point per epoch
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(found.info.run_id)}
     assert {"metrics.json", "report.html"} <= arts

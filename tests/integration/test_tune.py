@@ -24,12 +24,28 @@ from gogooku3.pipelines.tune import (
 
 torch.set_num_threads(1)
 FEATS = ["returns_1d", "f_signal", "f_noise1", "f_noise2"]  # conftest.write_planted_dataset(n_noise=2)
-OVERRIDES = ["labels.horizons=[1,5]", "model.window=10", "model.hidden=16", "model.head_hidden=8",
-             "model.graph.window=10", "model.graph.min_obs=5", "split.min_train_days=60", "split.n_splits=2",
-             "split.val_days=12", "trainer.progress_bar=false", "trainer.num_threads=1", "train.warmup_steps=2",
-             "baseline.enabled=false",
-             "hpo.study_name=tiny", "hpo.n_trials=2", "hpo.max_epochs=1", "hpo.limit_train_batches=4",
-             "hpo.n_startup_trials=1", "hpo.space.hidden.choices=[8,16]", "hpo.pruner.n_startup_trials=1"]
+OVERRIDES = [
+    "labels.horizons=[1,5]",
+    "model.window=10",
+    "model.hidden=16",
+    "model.head_hidden=8",
+    "model.graph.window=10",
+    "model.graph.min_obs=5",
+    "split.min_train_days=60",
+    "split.n_splits=2",
+    "split.val_days=12",
+    "trainer.progress_bar=false",
+    "trainer.num_threads=1",
+    "train.warmup_steps=2",
+    "baseline.enabled=false",
+    "hpo.study_name=tiny",
+    "hpo.n_trials=2",
+    "hpo.max_epochs=1",
+    "hpo.limit_train_batches=4",
+    "hpo.n_startup_trials=1",
+    "hpo.space.hidden.choices=[8,16]",
+    "hpo.pruner.n_startup_trials=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +81,7 @@ def studied(tmp_path_factory, planted_dataset):
 
 
 def test_study_writes_storage_best_file_and_summary(studied):
-    root, tuner, res, _ = studied
+    root, _tuner, res, _ = studied
     db = root / "output" / "optuna" / "tiny.db"
     assert db.exists() and res["storage"] == f"sqlite:///{db.resolve()}"
     with sqlite3.connect(db) as con:
@@ -84,9 +100,16 @@ def test_study_writes_storage_best_file_and_summary(studied):
     for t in done:
         assert -1.0 <= t["value"] <= 1.0
         assert t["user_attrs"]["fold1"]["val_days_scored"] > 0
-    assert set(res["best_params"]) == {"train.lr", "model.hidden", "model.dropout", "train.loss.lambda_q",
-                                       "train.loss.lambda_ic", "train.loss.huber_delta", "model.graph.k",
-                                       "model.graph.threshold"}
+    assert set(res["best_params"]) == {
+        "train.lr",
+        "model.hidden",
+        "model.dropout",
+        "train.loss.lambda_q",
+        "train.loss.lambda_ic",
+        "train.loss.huber_delta",
+        "model.graph.k",
+        "model.graph.threshold",
+    }
     assert not (root / "output" / "optuna" / "tiny").exists()  # trial folders are removed (keep_trial_dirs=false)
     assert not (root / "runs").exists()  # trials write no training run directory
 
@@ -138,7 +161,7 @@ def test_experiment_file_reproduces_the_best_trial(studied):
 
 
 def test_tune_writes_the_experiment_into_the_config_dir(studied, tmp_path):
-    root, tuner, res, _ = studied
+    _root, tuner, res, _ = studied
     from gogooku3.pipelines.tune import experiment_params, experiment_yaml
 
     values = experiment_params(tuner.cfg, res["best_params"])
@@ -147,10 +170,10 @@ def test_tune_writes_the_experiment_into_the_config_dir(studied, tmp_path):
     (tmp_path / "experiment" / "mine.yaml").write_text(experiment_yaml(values, ["test"]))
     cfg = load_config(["experiment=mine"], config_dirs=[tmp_path])
     assert cfg.model.window == 10 and cfg.train.lr == pytest.approx(res["best_params"]["train.lr"])
-    with pytest.raises(ConfigError, match="experiment=nope: no such option.*mine"):
+    with pytest.raises(ConfigError, match=r"experiment=nope: no such option.*mine"):
         load_config(["+experiment=nope"], config_dirs=[tmp_path])
-    with pytest.raises(ConfigError, match="hpo.study_name"):
-        Tuner(load_config(OVERRIDES + ["hpo.study_name='a b/c'"]))
+    with pytest.raises(ConfigError, match=r"hpo.study_name"):
+        Tuner(load_config([*OVERRIDES, "hpo.study_name='a b/c'"]))
 
 
 def test_trials_never_touch_test_days(studied):
@@ -174,8 +197,11 @@ def test_second_worker_joins_the_study(studied):
     old = os.getcwd()
     os.chdir(root)
     try:
-        res = Tuner(load_config(OVERRIDES + ["hpo.n_trials=1", "hpo.seed=1", "hpo.pruner.enabled=false",
-                                             "hpo.keep_trial_dirs=true"])).run()
+        res = Tuner(
+            load_config(
+                [*OVERRIDES, "hpo.n_trials=1", "hpo.seed=1", "hpo.pruner.enabled=false", "hpo.keep_trial_dirs=true"]
+            )
+        ).run()
     finally:
         os.chdir(old)
     summary = json.loads((root / "output" / "optuna" / "tiny_trials.json").read_text())
@@ -201,8 +227,9 @@ def _fake_trainer(epoch: int, value: float | None):
 
 
 def test_pruning_callback_prunes_worse_trial_under_median_pruner():
-    study = optuna.create_study(direction="maximize",
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
+    study = optuna.create_study(
+        direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
+    )
     good = study.ask()
     cb = PruningCallback(good, "val_rank_ic_1d")
     for epoch in range(3):
@@ -223,8 +250,10 @@ def test_pruning_callback_offsets_fold_steps_and_skips_sanity_check():
     PruningCallback(trial, "val_rank_ic_1d", step_offset=0).on_validation_end(_fake_trainer(0, 0.1), None)
     second = PruningCallback(trial, "val_rank_ic_1d", step_offset=4)
     second.on_validation_end(_fake_trainer(0, 0.2), None)
-    second.on_validation_end(SimpleNamespace(sanity_checking=True, current_epoch=1,
-                                             callback_metrics={"val_rank_ic_1d": torch.tensor(0.9)}), None)
+    second.on_validation_end(
+        SimpleNamespace(sanity_checking=True, current_epoch=1, callback_metrics={"val_rank_ic_1d": torch.tensor(0.9)}),
+        None,
+    )
     second.on_validation_end(_fake_trainer(1, None), None)  # metric missing: nothing reported
     study.tell(trial, 0.15)
     assert study.trials[0].intermediate_values == {0: pytest.approx(0.1), 4: pytest.approx(0.2)}
@@ -233,23 +262,41 @@ def test_pruning_callback_offsets_fold_steps_and_skips_sanity_check():
 def test_space_checks_and_trial_config():
     cfg = load_config(OVERRIDES)
     space = check_space(cfg)
-    params = suggest(optuna.trial.FixedTrial({"lr": 1e-3, "hidden": 8, "dropout": 0.2, "lambda_q": 0.1,
-                                              "lambda_ic": 0.9, "huber_delta": 0.5, "graph_k": 7,
-                                              "graph_threshold": 0.25}), space)
+    params = suggest(
+        optuna.trial.FixedTrial(
+            {
+                "lr": 1e-3,
+                "hidden": 8,
+                "dropout": 0.2,
+                "lambda_q": 0.1,
+                "lambda_ic": 0.9,
+                "huber_delta": 0.5,
+                "graph_k": 7,
+                "graph_threshold": 0.25,
+            }
+        ),
+        space,
+    )
     tcfg = trial_config(cfg, params)
     assert (tcfg.train.lr, tcfg.model.hidden, tcfg.model.graph.k, tcfg.train.loss.lambda_ic) == (1e-3, 8, 7, 0.9)
     assert (tcfg.train.max_epochs, tcfg.train.limit_train_batches, tcfg.train.save_top_k) == (1, 4, 1)
     assert (cfg.model.hidden, cfg.train.max_epochs) == (16, load_config([]).train.max_epochs)  # input untouched
-    for bad in (["+hpo.space.x={param:train.nope,type:float,low:0,high:1,log:false,step:null,choices:null}"],
-                [("+hpo.space.x={param:train.normalizer.method,type:categorical,low:null,high:null,log:false,"
-                  "step:null,choices:[robust_z]}")],
-                ["+hpo.space.x={param:labels.entry_lag,type:int,low:1,high:2,log:false,step:null,choices:null}"],
-                ["hpo.space.lr.low=0.1", "hpo.space.lr.high=0.01"],
-                ["hpo.space.dropout.type=normal"]):
+    for bad in (
+        ["+hpo.space.x={param:train.nope,type:float,low:0,high:1,log:false,step:null,choices:null}"],
+        [
+            (
+                "+hpo.space.x={param:train.normalizer.method,type:categorical,low:null,high:null,log:false,"
+                "step:null,choices:[robust_z]}"
+            )
+        ],
+        ["+hpo.space.x={param:labels.entry_lag,type:int,low:1,high:2,log:false,step:null,choices:null}"],
+        ["hpo.space.lr.low=0.1", "hpo.space.lr.high=0.01"],
+        ["hpo.space.dropout.type=normal"],
+    ):
         with pytest.raises(ConfigError):
             check_space(load_config(OVERRIDES + bad))
 
 
 def test_multi_process_trainer_is_refused():
     with pytest.raises(ConfigError, match="one process"):
-        Tuner(load_config(OVERRIDES + ["trainer=ddp"]))
+        Tuner(load_config([*OVERRIDES, "trainer=ddp"]))

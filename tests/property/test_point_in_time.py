@@ -22,8 +22,19 @@ from gogooku3.features.build import build_features
 
 CUT_FRACTIONS = (0.2, 0.45, 0.7, 0.9)
 RTOL, ATOL = 1e-5, 1e-9  # float32 features; rescaling by Π AdjFactor may change the last bits
-LEVELS = ("Open", "High", "Low", "Close", "Volume", "sma_20", "ema_200", "volume_ma_20", "macd", "macd_signal",
-          "atr_14")
+LEVELS = (
+    "Open",
+    "High",
+    "Low",
+    "Close",
+    "Volume",
+    "sma_20",
+    "ema_200",
+    "volume_ma_20",
+    "macd",
+    "macd_signal",
+    "atr_14",
+)
 
 
 def as_published(dq: pl.DataFrame, t: dt.date) -> pl.DataFrame:
@@ -43,8 +54,13 @@ def stale_cut(dq: pl.DataFrame, t: dt.date) -> pl.DataFrame:
 
 
 def truncate(tables: dict, t: dt.date, quotes=as_published) -> dict:
-    keep = {"topix": "Date", "listed_info": "Date", "statements": "DiscDate", "investor_types": "PubDate",
-            "margin_interest": "PubDate"}
+    keep = {
+        "topix": "Date",
+        "listed_info": "Date",
+        "statements": "DiscDate",
+        "investor_types": "PubDate",
+        "margin_interest": "PubDate",
+    }
     out = {k: (v.filter(pl.col(keep[k]) <= t) if k in keep else v) for k, v in tables.items()}
     out["daily_quotes"] = quotes(tables["daily_quotes"], t)
     return out
@@ -142,13 +158,17 @@ def test_checker_catches_a_leak(synth_tables, synth_calendar, synth_built, cfg):
     t = synth_tables["daily_quotes"]["Date"].unique().sort()[150]
 
     def leaky(b):
-        return b.df.with_columns(pl.col("Close").rolling_mean(5, center=True).over("Code").alias("sma_5"),
-                                 pl.col("returns_120d").backward_fill().over("Code"))
+        return b.df.with_columns(
+            pl.col("Close").rolling_mean(5, center=True).over("Code").alias("sma_5"),
+            pl.col("returns_120d").backward_fill().over("Code"),
+        )
 
     cut = build_features(truncate(synth_tables, t), synth_calendar, cfg.features, cfg.labels)
     assert not mismatches(synth_built.df, cut.df, ["sma_5", "returns_120d"], t)
     assert mismatches(leaky(synth_built), leaky(cut), ["sma_5", "returns_120d", "returns_1d"], t) == [
-        "sma_5 (nulls)", "returns_120d (nulls)"]
+        "sma_5 (nulls)",
+        "returns_120d (nulls)",
+    ]
 
 
 def test_checker_catches_adjusted_levels(synth_tables, synth_calendar, synth_cuts, cfg, monkeypatch):
@@ -163,8 +183,12 @@ def test_checker_catches_adjusted_levels(synth_tables, synth_calendar, synth_cut
     assert set(mismatches(full.df, honest.df, list(LEVELS), t)) == set(LEVELS)
     assert not mismatches(full.df, blind.df, list(LEVELS), t)
     # scale-free features are unaffected by where the levels are scaled
-    assert not mismatches(full.df, honest.df, ["returns_20d", "price_to_sma20", "rsi_14", "volume_ratio_20",
-                                               "dollar_volume", "bb_width", "market_cap"], t)
+    assert not mismatches(
+        full.df,
+        honest.df,
+        ["returns_20d", "price_to_sma20", "rsi_14", "volume_ratio_20", "dollar_volume", "bb_width", "market_cap"],
+        t,
+    )
 
 
 def test_market_proxy_is_point_in_time(synth_tables, synth_calendar, synth_cuts, mini_tables, mini_calendar, cfg):

@@ -20,11 +20,12 @@ from gogooku3.evaluation.backtest.market import (
 )
 
 CODES = [f"1{j:03d}0" for j in range(10)]
-S = [date(2024, 1, 1) + timedelta(days=k) for k in range(20)]   # the toy calendar: every day a session
+S = [date(2024, 1, 1) + timedelta(days=k) for k in range(20)]  # the toy calendar: every day a session
 
 
-def _dataset(closes: dict[str, list[float | None]], horizons=(1, 5), lag: int = 1, extra: dict | None = None
-             ) -> pl.DataFrame:
+def _dataset(
+    closes: dict[str, list[float | None]], horizons=(1, 5), lag: int = 1, extra: dict | None = None
+) -> pl.DataFrame:
     """Dataset rows (Date, Code, Close, returns_1d, target_{h}d) from per-code closes on S (None: no row)."""
     rows = []
     for code, cl in closes.items():
@@ -46,9 +47,11 @@ def _dataset(closes: dict[str, list[float | None]], horizons=(1, 5), lag: int = 
 
 def _preds(ds: pl.DataFrame, dates: list[date], h: int) -> pl.DataFrame:
     """Predictions on `dates` for every listed code: pred = the code's index (c9 highest, c0 lowest)."""
-    return (ds.filter(pl.col("Date").is_in(dates))
-            .with_columns(pl.col("Code").str.slice(1, 3).cast(pl.Float64).alias(f"pred_{h}d"))
-            .select("Date", "Code", f"pred_{h}d", f"target_{h}d"))
+    return (
+        ds.filter(pl.col("Date").is_in(dates))
+        .with_columns(pl.col("Code").str.slice(1, 3).cast(pl.Float64).alias(f"pred_{h}d"))
+        .select("Date", "Code", f"pred_{h}d", f"target_{h}d")
+    )
 
 
 def _flat(n: int = 20, price: float = 1000.0) -> list[float]:
@@ -58,13 +61,13 @@ def _flat(n: int = 20, price: float = 1000.0) -> list[float]:
 # ---- names that stop trading while held -----------------------------------------------------------------------
 def test_delisted_long_name_loses_its_delisting_return():
     closes = {c: _flat() for c in CODES}
-    closes[CODES[9]] = [1000.0, 1000.0, 900.0, 800.0] + [None] * 16    # delisted after D3: last close 800
+    closes[CODES[9]] = [1000.0, 1000.0, 900.0, 800.0] + [None] * 16  # delisted after D3: last close 800
     ds = _dataset(closes)
     preds = _preds(ds, [S[0]], 5)
-    assert preds.filter(pl.col("Code") == CODES[9])["target_5d"].to_list() == [None]   # the label cannot exist
+    assert preds.filter(pl.col("Code") == CODES[9])["target_5d"].to_list() == [None]  # the label cannot exist
     res = backtest(preds, horizon=5, cost_bps=0.0, min_names=5, market=market_from_frame(ds))
     pos = res.positions.filter(pl.col("side") == 1)
-    assert pos["Code"].to_list() == [CODES[8], CODES[9]]                # the universe did not drop it on t
+    assert pos["Code"].to_list() == [CODES[8], CODES[9]]  # the universe did not drop it on t
     c9 = pos.filter(pl.col("Code") == CODES[9]).row(0, named=True)
     assert c9["status"] == "delisted" and c9["r"] == pytest.approx(800 / 1000 - 1)
     assert res.daily["gross"][0] == pytest.approx(0.5 * -0.2)
@@ -76,19 +79,19 @@ def test_delisted_long_name_loses_its_delisting_return():
 
 def test_suspended_name_is_carried_and_realises_on_resumption():
     closes = {c: _flat() for c in CODES}
-    c9 = [1000.0] * 5 + [1100.0, None, None, 1200.0] + [1250.0] * 11   # no rows on D6 (exit of D0), D7
+    c9 = [1000.0] * 5 + [1100.0, None, None, 1200.0] + [1250.0] * 11  # no rows on D6 (exit of D0), D7
     closes[CODES[9]] = c9
     ds = _dataset(closes)
     res = backtest(_preds(ds, [S[0]], 5), horizon=5, cost_bps=0.0, min_names=5, market=market_from_frame(ds))
     row = res.positions.filter(pl.col("Code") == CODES[9]).row(0, named=True)
-    assert row["status"] == "suspended" and row["r"] == pytest.approx(1200 / 1000 - 1)   # the next available close
+    assert row["status"] == "suspended" and row["r"] == pytest.approx(1200 / 1000 - 1)  # the next available close
     assert res.daily["gross"][0] == pytest.approx(0.5 * 0.2)
     assert res.summary["positions"]["suspended"] == 1
 
 
 def test_name_without_an_entry_close_is_unfilled():
     closes = {c: _flat() for c in CODES}
-    closes[CODES[8]] = [1000.0, None] + [1500.0] * 18                     # suspended on the entry session D1
+    closes[CODES[8]] = [1000.0, None] + [1500.0] * 18  # suspended on the entry session D1
     ds = _dataset(closes)
     res = backtest(_preds(ds, [S[0]], 1), horizon=1, cost_bps=0.0, min_names=5, market=market_from_frame(ds))
     row = res.positions.filter(pl.col("Code") == CODES[8]).row(0, named=True)
@@ -98,11 +101,11 @@ def test_name_without_an_entry_close_is_unfilled():
 
 def test_universe_on_t_is_identical_whether_or_not_future_rows_exist():
     closes = {c: [1000.0 + 10 * k * (j - 4) for k in range(20)] for j, c in enumerate(CODES)}
-    closes[CODES[1]] = closes[CODES[1]][:4] + [None] * 16                # delisted after D3
-    closes[CODES[6]] = closes[CODES[6]][:3] + [None] * 3 + closes[CODES[6]][6:]   # suspended D3..D5
+    closes[CODES[1]] = closes[CODES[1]][:4] + [None] * 16  # delisted after D3
+    closes[CODES[6]] = closes[CODES[6]][:3] + [None] * 3 + closes[CODES[6]][6:]  # suspended D3..D5
     full = _dataset(closes)
     t = S[2]
-    known = _dataset({c: v[:3] + [None] * 17 for c, v in closes.items()})   # the dataset as built on t
+    known = _dataset({c: v[:3] + [None] * 17 for c, v in closes.items()})  # the dataset as built on t
     for h in (1, 5):
         a = eligible(_preds(full, [t], h), h)
         b = eligible(_preds(known, [t], h), h)
@@ -116,7 +119,7 @@ def test_universe_on_t_is_identical_whether_or_not_future_rows_exist():
 def test_h5_with_a_missing_date_still_rebalances_every_5_sessions():
     ds = _dataset({c: [1000.0 + k * (j + 1) for k in range(20)] for j, c in enumerate(CODES)})
     market = market_from_frame(ds)
-    dates = [d for d in S[:14] if d != S[2]]                               # D2 has no predictions
+    dates = [d for d in S[:14] if d != S[2]]  # D2 has no predictions
     res = backtest(_preds(ds, dates, 5), horizon=5, min_names=5, market=market)
     assert res.daily["Date"].to_list() == [S[0], S[5], S[10]]
     assert res.summary["n_missing_dates"] == 0 and res.summary["calendar"] == "dataset sessions"
@@ -135,21 +138,26 @@ def test_shorts_only_where_borrowable_filled_from_the_next_names():
     preds = _preds(ds, S[:3], 1)
     both, headline = backtest_both(preds, {"min_names": 5}, market_from_frame(ds), source="synthetic")
     assert headline == "ideal"
-    short = lambda r: r.positions.filter(pl.col("side") == -1).filter(pl.col("Date") == S[0])["Code"].to_list()  # noqa: E731
+    short = lambda r: r.positions.filter(pl.col("side") == -1).filter(pl.col("Date") == S[0])["Code"].to_list()
     assert short(both["ideal"]) == [CODES[0], CODES[1]]
-    assert short(both["realistic"]) == [CODES[1], CODES[2]]               # c0 not loan-eligible: c2 fills the leg
+    assert short(both["realistic"]) == [CODES[1], CODES[2]]  # c0 not loan-eligible: c2 fills the leg
     b = both["realistic"].summary["realism"]["borrow"]
     assert b["applied"] and b["source"] == "dataset is_borrowable" and b["short_names_passed_over"] == 3
     assert BacktestConfig.from_any({"realism": "auto"}).headline("jquants") == "realistic"
     # without the data the rule is reported unavailable, not silently applied
     bare = backtest(preds, min_names=5, realistic=True).summary["realism"]["borrow"]
-    assert bare == {"enabled": True, "available": False, "applied": False, "source": None,
-                    "short_names_passed_over": 0}
+    assert bare == {"enabled": True, "available": False, "applied": False, "source": None, "short_names_passed_over": 0}
 
 
 def test_borrowability_from_margin_interest_is_point_in_time():
-    mi = pl.DataFrame({"PubDate": [S[0], S[4], S[1]], "Date": [S[0] - timedelta(days=6)] * 2 + [S[0]],
-                       "Code": [CODES[0], CODES[0], CODES[1]], "IssType": ["1", "2", "2"]}).lazy()
+    mi = pl.DataFrame(
+        {
+            "PubDate": [S[0], S[4], S[1]],
+            "Date": [S[0] - timedelta(days=6)] * 2 + [S[0]],
+            "Code": [CODES[0], CODES[0], CODES[1]],
+            "IssType": ["1", "2", "2"],
+        }
+    ).lazy()
     keys = pl.DataFrame({"Date": S[:7] * 2, "Code": [CODES[0]] * 7 + [CODES[1]] * 7})
     out = borrowable_from_margin(mi, keys, S).sort("Code", "Date")
     # c0: type 1 from D1 (the session after PubDate D0), type 2 only from D5 (after PubDate D4); c1 from D2
@@ -167,11 +175,11 @@ def test_price_limit_flags_skip_new_entries_only():
     ds = _dataset({c: _flat() for c in CODES}, extra={"UL": ul, "LL": ll})
     res = backtest(_preds(ds, S[:3], 1), min_names=5, cost_bps=0.0, market=market_from_frame(ds), realistic=True)
     held = {d: res.positions.filter(pl.col("Date") == d).sort("Code")["Code"].to_list() for d in S[:3]}
-    assert held[S[0]] == [CODES[1], CODES[8]]               # c9 (new long) and c0 (new short) hit their limits
-    assert held[S[1]] == [CODES[0], CODES[1], CODES[8], CODES[9]]   # c8 limit-up on D2 but already held: kept
+    assert held[S[0]] == [CODES[1], CODES[8]]  # c9 (new long) and c0 (new short) hit their limits
+    assert held[S[1]] == [CODES[0], CODES[1], CODES[8], CODES[9]]  # c8 limit-up on D2 but already held: kept
     lim = res.summary["realism"]["price_limits"]
     assert lim["source"] == "UL/LL flags" and lim["skipped_long"] == 1 and lim["skipped_short"] == 1
-    assert res.positions.filter(pl.col("Date") == S[0])["w"].abs().sum() == pytest.approx(1.0)   # skipped = cash
+    assert res.positions.filter(pl.col("Date") == S[0])["w"].abs().sum() == pytest.approx(1.0)  # skipped = cash
 
 
 def test_price_limit_table_from_the_previous_close():
@@ -180,9 +188,9 @@ def test_price_limit_table_from_the_previous_close():
     assert lim == [30, 50, 150, 300, 500, 7_000_000, 10_000_000]
     assert len(LIMITS) == 34
     closes = {c: _flat(20, 99.0) for c in CODES}
-    closes[CODES[9]] = [99.0, 129.0] + [129.0] * 18          # +30 on a 99 yen base: limit-up
-    closes[CODES[8]] = [99.0, 128.0] + [128.0] * 18          # +29: not at the limit
-    closes[CODES[0]] = [99.0, 69.0] + [69.0] * 18            # −30: limit-down
+    closes[CODES[9]] = [99.0, 129.0] + [129.0] * 18  # +30 on a 99 yen base: limit-up
+    closes[CODES[8]] = [99.0, 128.0] + [128.0] * 18  # +29: not at the limit
+    closes[CODES[0]] = [99.0, 69.0] + [69.0] * 18  # −30: limit-down
     m = market_from_frame(_dataset(closes))
     d1 = m.rows.filter(pl.col("Date") == S[1]).sort("Code")
     assert m.sources["price_limits"] == "TSE price-limit table"
@@ -192,40 +200,54 @@ def test_price_limit_table_from_the_previous_close():
 
 def test_round_lots_with_capital():
     prices = {c: 1000.0 for c in CODES}
-    prices[CODES[9]] = 6000.0                                 # one lot = 600,000 yen > its 500,000 target
+    prices[CODES[9]] = 6000.0  # one lot = 600,000 yen > its 500,000 target
     prices[CODES[8]] = 1234.0
     ds = _dataset({c: _flat(20, p) for c, p in prices.items()})
-    res = backtest(_preds(ds, S[:2], 1), min_names=5, cost_bps=0.0, market=market_from_frame(ds), realistic=True,
-                   capital=1_000_000.0, price_limits=False)
+    res = backtest(
+        _preds(ds, S[:2], 1),
+        min_names=5,
+        cost_bps=0.0,
+        market=market_from_frame(ds),
+        realistic=True,
+        capital=1_000_000.0,
+        price_limits=False,
+    )
     d0 = res.positions.filter(pl.col("Date") == S[0]).sort("Code")
-    assert d0["Code"].to_list() == [CODES[0], CODES[1], CODES[8]]          # c9 skipped
-    assert d0.filter(pl.col("Code") == CODES[8])["w"][0] == pytest.approx(400 * 1234 / 1e6)   # 4 lots of 100
-    assert d0.filter(pl.col("Code") == CODES[0])["w"][0] == pytest.approx(-0.5)                # 5 lots at 1000
+    assert d0["Code"].to_list() == [CODES[0], CODES[1], CODES[8]]  # c9 skipped
+    assert d0.filter(pl.col("Code") == CODES[8])["w"][0] == pytest.approx(400 * 1234 / 1e6)  # 4 lots of 100
+    assert d0.filter(pl.col("Code") == CODES[0])["w"][0] == pytest.approx(-0.5)  # 5 lots at 1000
     lots = res.summary["realism"]["round_lots"]
-    assert lots["applied"] and lots["skipped"] == 2                         # c9 on both dates
+    assert lots["applied"] and lots["skipped"] == 2  # c9 on both dates
 
 
 def test_flat_and_spread_impact_costs_by_hand():
-    ds = _dataset({c: _flat() for c in CODES}, extra={"volume_ma_20": {c: 1e5 for c in CODES},
-                                                      "volatility_20d": {c: 0.02 * math.sqrt(252) for c in CODES}})
+    ds = _dataset(
+        {c: _flat() for c in CODES},
+        extra={"volume_ma_20": {c: 1e5 for c in CODES}, "volatility_20d": {c: 0.02 * math.sqrt(252) for c in CODES}},
+    )
     preds = _preds(ds, S[:2], 1).join(ds.select("Date", "Code", "volume_ma_20", "Close"), on=["Date", "Code"])
-    c = {"min_names": 5, "capital": 1e7, "commission_bps": 1.0, "half_spread_bps": 3.0, "impact_coef": 0.5,
-         "cost_model": "spread_impact"}
+    c = {
+        "min_names": 5,
+        "capital": 1e7,
+        "commission_bps": 1.0,
+        "half_spread_bps": 3.0,
+        "impact_coef": 0.5,
+        "cost_model": "spread_impact",
+    }
     res = backtest(preds, cfg=c, market=market_from_frame(ds))
     d = res.daily
     # build on D0: four names of |w| 0.5; ADV = 1e5 shares x 1000 yen; σ = 2 % a day
     per_name = 0.5 * (4e-4 + 0.5 * 0.02 * math.sqrt(0.5 * 1e7 / 1e8))
     assert d["cost_spread_impact"][0] == pytest.approx(4 * per_name)
     assert d["cost_flat"][0] == pytest.approx(2.0 * 5e-4)
-    assert d["cost"][0] == d["cost_spread_impact"][0] and d["cost_spread_impact"][1] == 0.0   # no trade on D1
+    assert d["cost"][0] == d["cost_spread_impact"][0] and d["cost_spread_impact"][1] == 0.0  # no trade on D1
     by = res.summary["by_cost_model"]
     assert by["flat"]["total_cost"] == pytest.approx(1e-3) and "impact" in by["spread_impact"]["charged"]
     assert res.summary["cost_model"] == "spread_impact"
 
 
 def test_sharpe_tstat_is_newey_west():
-    ds = _dataset({c: [1000.0 * (1 + 0.01 * ((k * (j + 3)) % 7 - 3)) for k in range(20)]
-                   for j, c in enumerate(CODES)})
+    ds = _dataset({c: [1000.0 * (1 + 0.01 * ((k * (j + 3)) % 7 - 3)) for k in range(20)] for j, c in enumerate(CODES)})
     res = backtest(_preds(ds, S[:18], 1), min_names=5, market=market_from_frame(ds))
     s = res.summary
     from gogooku3.evaluation.metrics import mean_tstat

@@ -9,12 +9,12 @@ import numpy as np
 import polars as pl
 import pytest
 
-from gogooku3.predictors.lightgbm import LightGBMBaseline
 from gogooku3.config.compose import load_config
 from gogooku3.core.errors import LeakageError
+from gogooku3.data.normalize import CrossSectionalNormalizer
 from gogooku3.evaluation import metrics
 from gogooku3.features.manifest import FeatureManifest
-from gogooku3.data.normalize import CrossSectionalNormalizer
+from gogooku3.predictors.lightgbm import LightGBMBaseline
 
 
 def _market(strength: float):
@@ -32,9 +32,15 @@ def _market(strength: float):
 
 def _model(num_boost_round: int, early_stopping_rounds: int, val_days: int) -> LightGBMBaseline:
     """The configured baseline (YAML params) with a few explicit settings."""
-    return LightGBMBaseline(dict(load_config([]).baseline.params), num_boost_round=num_boost_round,
-                            early_stopping_rounds=early_stopping_rounds, val_days=val_days, entry_lag=1,
-                            target_transform="rank", workers=1)
+    return LightGBMBaseline(
+        dict(load_config([]).baseline.params),
+        num_boost_round=num_boost_round,
+        early_stopping_rounds=early_stopping_rounds,
+        val_days=val_days,
+        entry_lag=1,
+        target_transform="rank",
+        workers=1,
+    )
 
 
 def _fit_eval(df: pl.DataFrame, feats: list[str]) -> dict:
@@ -64,10 +70,16 @@ def _toy(n_days=120, n_stocks=40, seed=0):
     d = [dt.date(2024, 1, 1) + dt.timedelta(days=i) for i in range(n_days)]
     x = rng.normal(size=(n_days, n_stocks, 3))
     y = 0.6 * x[:, :, 0] + rng.normal(size=(n_days, n_stocks))
-    return pl.DataFrame({"Date": [a for a in d for _ in range(n_stocks)],
-                         "Code": [f"{i:05d}" for i in range(n_stocks)] * n_days,
-                         "f0": x[:, :, 0].ravel(), "f1": x[:, :, 1].ravel(), "f2": x[:, :, 2].ravel(),
-                         "target_1d": y.ravel()})
+    return pl.DataFrame(
+        {
+            "Date": [a for a in d for _ in range(n_stocks)],
+            "Code": [f"{i:05d}" for i in range(n_stocks)] * n_days,
+            "f0": x[:, :, 0].ravel(),
+            "f1": x[:, :, 1].ravel(),
+            "f2": x[:, :, 2].ravel(),
+            "target_1d": y.ravel(),
+        }
+    )
 
 
 def test_label_in_features_is_refused():
@@ -90,8 +102,9 @@ def test_inner_validation_gap_and_predict_shape():
     assert out.columns == ["Date", "Code", "pred_1d"] and out.height == 100
     assert next(iter(m.feature_importance_)) == "f0"
     with pytest.raises(LeakageError):
-        _model(10, 5, 20).fit(df.filter(pl.col("Date") > dates[50]), ["f0"], [1],
-                               val_df=df.filter(pl.col("Date") <= dates[50]))
+        _model(10, 5, 20).fit(
+            df.filter(pl.col("Date") > dates[50]), ["f0"], [1], val_df=df.filter(pl.col("Date") <= dates[50])
+        )
 
 
 def test_horizons_boosted_at_once_give_the_same_models():
@@ -100,8 +113,15 @@ def test_horizons_boosted_at_once_give_the_same_models():
     df = _toy(n_days=160).with_columns(target_5d=pl.col("target_1d") + pl.Series(rng.normal(size=160 * 40)))
     fits = []
     for workers in (1, 2):
-        m = LightGBMBaseline(dict(load_config([]).baseline.params), num_boost_round=40, early_stopping_rounds=10,
-                             val_days=20, entry_lag=1, target_transform="rank", workers=workers)
+        m = LightGBMBaseline(
+            dict(load_config([]).baseline.params),
+            num_boost_round=40,
+            early_stopping_rounds=10,
+            val_days=20,
+            entry_lag=1,
+            target_transform="rank",
+            workers=workers,
+        )
         fits.append(m.fit(df, ["f0", "f1", "f2"], [1, 5]))
     a, b = fits
     assert a.best_iteration_ == b.best_iteration_

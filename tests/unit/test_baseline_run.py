@@ -9,7 +9,12 @@ import numpy as np
 import polars as pl
 import pytest
 
+from gogooku3.config.compose import load_config
 from gogooku3.core import columns as C
+from gogooku3.core.errors import DataError, LeakageError
+from gogooku3.core.io import file_fingerprint
+from gogooku3.data.split import make_splitter
+from gogooku3.features.manifest import FeatureManifest
 from gogooku3.predictors.lightgbm import (
     BaselineRun,
     baseline_fingerprint,
@@ -17,14 +22,16 @@ from gogooku3.predictors.lightgbm import (
     baseline_horizons,
     fit_baseline,
 )
-from gogooku3.config.compose import load_config
-from gogooku3.core.errors import DataError, LeakageError
-from gogooku3.features.manifest import FeatureManifest
-from gogooku3.core.io import file_fingerprint
-from gogooku3.data.split import make_splitter
 
-FAST = ["baseline.num_boost_round=30", "baseline.early_stopping_rounds=5", "split.min_train_days=60",
-        "split.n_splits=2", "split.val_days=20", "labels.horizons=[1,5]", "safe.validation.min_features=3"]
+FAST = [
+    "baseline.num_boost_round=30",
+    "baseline.early_stopping_rounds=5",
+    "split.min_train_days=60",
+    "split.n_splits=2",
+    "split.val_days=20",
+    "labels.horizons=[1,5]",
+    "safe.validation.min_features=3",
+]
 
 
 def _setup(root, planted_dataset, *extra):
@@ -38,8 +45,9 @@ def _setup(root, planted_dataset, *extra):
 
 
 def _fresh(cfg, df, man, folds, only=None) -> BaselineRun:
-    return fit_baseline(df, man.names, folds, baseline_horizons(cfg, man), 1, int(cfg.split.val_days), cfg.baseline,
-                        only=only)
+    return fit_baseline(
+        df, man.names, folds, baseline_horizons(cfg, man), 1, int(cfg.split.val_days), cfg.baseline, only=only
+    )
 
 
 def _same_predictions(a: BaselineRun, b: BaselineRun) -> None:
@@ -56,7 +64,7 @@ def test_fit_baseline_rows_and_columns(tmp_path, planted_dataset):
         p = getattr(run, name)
         assert p.columns == ["fold", "Date", "Code", "pred_1d", "pred_5d", "target_1d", "target_5d"]
         assert p.schema["fold"] == pl.Int32 and p.schema[C.pred(1)] == pl.Float32
-    for f, pf in zip(folds, run.per_fold):
+    for f, pf in zip(folds, run.per_fold, strict=True):
         test = run.predictions_test.filter(pl.col("fold") == f.index)
         val = run.predictions_val.filter(pl.col("fold") == f.index)
         # one row per dataset row of the test days / of the last val_days training days
@@ -76,15 +84,24 @@ def test_save_load_round_trip_and_subset(tmp_path, planted_dataset):
     run = _fresh(cfg, df, man, folds)
     run.fingerprint = "abc"
     root = run.save(tmp_path / "store" / "abc")
-    assert sorted(p.name for p in root.iterdir()) == ["fold0_1d.txt", "fold0_5d.txt", "fold1_1d.txt", "fold1_5d.txt",
-                                                     "predictions_test.parquet", "predictions_val.parquet", "run.json"]
-    assert not [p for p in root.parent.iterdir() if p.name.startswith(".")]   # no temporary left behind
+    assert sorted(p.name for p in root.iterdir()) == [
+        "fold0_1d.txt",
+        "fold0_5d.txt",
+        "fold1_1d.txt",
+        "fold1_5d.txt",
+        "predictions_test.parquet",
+        "predictions_val.parquet",
+        "run.json",
+    ]
+    assert not [p for p in root.parent.iterdir() if p.name.startswith(".")]  # no temporary left behind
     back = BaselineRun.load(root)
     _same_predictions(run, back)
     assert back.per_fold == run.per_fold and back.normalization == run.normalization and back.directory == root
     x = df.head(50).select(man.names).to_numpy().astype(np.float32)
-    assert np.allclose(back.booster(1, 5).predict(x), run.models[(1, 5)].predict(x, num_iteration=
-                       run.per_fold[1]["best_iteration"]["5"]))
+    assert np.allclose(
+        back.booster(1, 5).predict(x),
+        run.models[(1, 5)].predict(x, num_iteration=run.per_fold[1]["best_iteration"]["5"]),
+    )
     one = back.folds([1])
     assert one.fold_indices == [1] and set(one.predictions_test["fold"].unique()) == {1}
     assert one.feature_importance == pytest.approx(run.per_fold[1]["feature_importance"])
@@ -92,7 +109,7 @@ def test_save_load_round_trip_and_subset(tmp_path, planted_dataset):
         back.folds([2])
     back.record_safe_report(tmp_path / "safe_x.json")
     assert BaselineRun.load(root).safe_report == str(tmp_path / "safe_x.json")
-    back.save(root)   # re-saving a loaded run copies its booster files
+    back.save(root)  # re-saving a loaded run copies its booster files
     assert BaselineRun.load(root).booster(0, 1).num_trees() == run.models[(0, 1)].best_iteration
 
 
@@ -101,22 +118,37 @@ def test_label_like_feature_is_refused(tmp_path, planted_dataset):
     with pytest.raises(LeakageError, match="target_1d"):
         fit_baseline(df, [*man.names, "target_1d"], folds, [1, 5], 1, 20, cfg.baseline)
     with pytest.raises(LeakageError, match="feat_ret_1d"):
-        fit_baseline(df.with_columns(feat_ret_1d=pl.col("f_signal")), [*man.names, "feat_ret_1d"], folds, [1, 5], 1,
-                     20, cfg.baseline)
+        fit_baseline(
+            df.with_columns(feat_ret_1d=pl.col("f_signal")),
+            [*man.names, "feat_ret_1d"],
+            folds,
+            [1, 5],
+            1,
+            20,
+            cfg.baseline,
+        )
 
 
 def test_fingerprint_covers_split_and_params(tmp_path, planted_dataset):
     cfg, ds, man, df, folds = _setup(tmp_path, planted_dataset)
 
     def fp(c, fo=folds, **kw):
-        args = {"dataset_fingerprint": file_fingerprint(ds), "manifest_fingerprint": man.fingerprint, "folds": fo,
-                "horizons": baseline_horizons(c, man), "entry_lag": 1, "val_days": int(c.split.val_days),
-                "baseline_cfg": c.baseline, "validation_cfg": c.safe.validation, **kw}
+        args = {
+            "dataset_fingerprint": file_fingerprint(ds),
+            "manifest_fingerprint": man.fingerprint,
+            "folds": fo,
+            "horizons": baseline_horizons(c, man),
+            "entry_lag": 1,
+            "val_days": int(c.split.val_days),
+            "baseline_cfg": c.baseline,
+            "validation_cfg": c.safe.validation,
+            **kw,
+        }
         return baseline_fingerprint(**args)
 
     base = fp(cfg)
     assert base == fp(load_config([f"paths.output_dir={tmp_path}/output", *FAST]))
-    assert base == fp(load_config([*FAST, "baseline.top_features=3"]))           # report-only key
+    assert base == fp(load_config([*FAST, "baseline.top_features=3"]))  # report-only key
     other_split = make_splitter(load_config([*FAST, "split.min_train_days=70"]).split, [1, 5], 1).split(df["Date"])
     assert fp(cfg, fo=other_split) != base
     assert fp(load_config([*FAST, "baseline.params.num_leaves=7"])) != base
@@ -138,18 +170,34 @@ def test_fingerprint_of_a_fixed_config_is_unchanged():
     if lgb.__version__ != "4.7.0":  # the LightGBM version is part of the fingerprint
         pytest.skip(f"expected values recorded with lightgbm 4.7.0, not {lgb.__version__}")
     day = dt.date(2024, 1, 1)
-    folds = [Fold(0, [day + dt.timedelta(days=i) for i in range(10)],
-                  [dt.date(2024, 2, 1) + dt.timedelta(days=i) for i in range(3)]),
-             Fold(1, [day + dt.timedelta(days=i) for i in range(20)],
-                  [dt.date(2024, 3, 1) + dt.timedelta(days=i) for i in range(3)])]
+    folds = [
+        Fold(
+            0,
+            [day + dt.timedelta(days=i) for i in range(10)],
+            [dt.date(2024, 2, 1) + dt.timedelta(days=i) for i in range(3)],
+        ),
+        Fold(
+            1,
+            [day + dt.timedelta(days=i) for i in range(20)],
+            [dt.date(2024, 3, 1) + dt.timedelta(days=i) for i in range(3)],
+        ),
+    ]
 
     def fp(overrides):
         cfg = load_config(overrides)
         return baseline_fingerprint("d" * 16, "m" * 16, folds, [1, 5], 1, 20, cfg.baseline, cfg.safe.validation)
 
     assert fp([]) == "4852f529bdcd991e"
-    assert fp(["baseline.params.num_leaves=7", "baseline.normalize.method=rank_gauss",
-               "safe.validation.max_null_share=0.1"]) == "6d9484ea1573b5ce"
+    assert (
+        fp(
+            [
+                "baseline.params.num_leaves=7",
+                "baseline.normalize.method=rank_gauss",
+                "safe.validation.max_null_share=0.1",
+            ]
+        )
+        == "6d9484ea1573b5ce"
+    )
 
 
 def test_baseline_for_folds_fits_stores_and_reuses(tmp_path, planted_dataset, caplog):

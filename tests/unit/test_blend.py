@@ -9,8 +9,8 @@ import torch
 
 from gogooku3.core.errors import ConfigError
 from gogooku3.evaluation import metrics
-from gogooku3.predictors.blend import choose_weights, combine, weight_grid
 from gogooku3.model.tft import MarketContext, market_state
+from gogooku3.predictors.blend import choose_weights, combine, weight_grid
 
 
 def _frames(seed: int = 0, days: int = 40, n: int = 60):
@@ -20,7 +20,7 @@ def _frames(seed: int = 0, days: int = 40, n: int = 60):
     a, b = rng.normal(size=(days, n)), rng.normal(size=(days, n))
     y = a + b + rng.normal(size=(days, n))
     pm = a + 0.5 * rng.normal(size=(days, n))
-    pb = 100.0 * (b + 0.5 * rng.normal(size=(days, n))) + 7.0   # another scale and level: standardised away
+    pb = 100.0 * (b + 0.5 * rng.normal(size=(days, n))) + 7.0  # another scale and level: standardised away
     key = {"Date": np.repeat(dates, n).tolist(), "Code": [f"{i:04d}" for i in range(n)] * days}
     model = pl.DataFrame({**key, "pred_1d": pm.ravel(), "target_1d": y.ravel()})
     base = pl.DataFrame({**key, "pred_1d": pb.ravel()})
@@ -36,11 +36,11 @@ def test_blend_weights_end_points_and_choice(method):
     model, base = _frames()
     only_model = combine(model, base, {1: 1.0}, method)
     only_base = combine(model, base, {1: 0.0}, method)
-    assert _ric(only_model) == pytest.approx(_ric(model))                  # w = 1: the model's ranking
+    assert _ric(only_model) == pytest.approx(_ric(model))  # w = 1: the model's ranking
     assert _ric(only_base) == pytest.approx(_ric(base.join(model.drop("pred_1d"), on=["Date", "Code"])))
     choice = choose_weights(model, base, [1], method, weight_grid(0.1))
     w = choice.weights[1]
-    assert 0.2 <= w <= 0.8                                                   # two halves of the signal: mix them
+    assert 0.2 <= w <= 0.8  # two halves of the signal: mix them
     assert max(choice.val_rank_ic[1]) > max(_ric(only_model), _ric(only_base)) + 0.02
     assert choice.val_rank_ic[1][-1] == pytest.approx(_ric(only_model))
 
@@ -55,7 +55,7 @@ def test_blend_keeps_the_model_where_the_baseline_lacks_a_horizon_and_checks_con
     assert out.height == model.height
     with pytest.raises(ConfigError, match="grid_step"):
         weight_grid(0)
-    with pytest.raises(ConfigError, match="blend.method"):
+    with pytest.raises(ConfigError, match=r"blend.method"):
         combine(model, base, {1: 0.5}, "mean")
 
 
@@ -65,7 +65,7 @@ def test_blend_uses_only_the_rows_with_both_predictions():
     out = combine(model, base, {1: 0.5}, "zscore")
     assert out.height == model.height - 40 and "0000" not in out["Code"].to_list()
     day = out.filter(pl.col("Date") == out["Date"].min())["pred_1d"]
-    assert abs(day.mean()) < 1e-6                                            # standardised within the day
+    assert abs(day.mean()) < 1e-6  # standardised within the day
 
 
 def test_market_state_reads_the_window_and_film_starts_as_identity():
@@ -76,15 +76,14 @@ def test_market_state_reads_the_window_and_film_starts_as_identity():
     stormy = torch.randn(L)[None] * 0.03 + eps
     s_calm, s_storm = market_state(calm), market_state(stormy)
     assert s_calm.shape == (MarketContext.N_STATE,) and torch.isfinite(s_calm).all()
-    assert s_storm[0] > s_calm[0] + 1.0 and s_storm[2] > s_calm[2] + 1.0   # log market volatility
-    up = eps + 0.01                                                          # every stock up 1 % a day
-    assert market_state(up)[7] > 2.0 and market_state(up)[11] > 0.5       # trend and breadth
+    assert s_storm[0] > s_calm[0] + 1.0 and s_storm[2] > s_calm[2] + 1.0  # log market volatility
+    up = eps + 0.01  # every stock up 1 % a day
+    assert market_state(up)[7] > 2.0 and market_state(up)[11] > 0.5  # trend and breadth
     valid = torch.ones(n, L, dtype=torch.bool)
-    valid[:, :30] = False                                                    # an invalid first half is ignored
+    valid[:, :30] = False  # an invalid first half is ignored
     junk = stormy.clone()
     junk[:, :30] = 5.0
-    assert torch.allclose(market_state(junk, valid), market_state(torch.cat([calm[:, :30], stormy[:, 30:]], 1),
-                                                                     valid))
+    assert torch.allclose(market_state(junk, valid), market_state(torch.cat([calm[:, :30], stormy[:, 30:]], 1), valid))
     ctx = MarketContext(16, 0.1).eval()
     h = torch.randn(n, 16)
-    assert torch.equal(ctx(h, stormy), h)                                    # zero-initialised: identity at start
+    assert torch.equal(ctx(h, stormy), h)  # zero-initialised: identity at start

@@ -10,12 +10,12 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from gogooku3.config.compose import load_config
+from gogooku3.core.io import read_json
 from gogooku3.features.build import build_features, build_in_chunks, code_chunks
 from gogooku3.features.builder import build_dataset
 from gogooku3.features.coverage import coverage_path
-from gogooku3.features.plan import plan_features
 from gogooku3.features.manifest import manifest_path, metadata_path
-from gogooku3.core.io import read_json
+from gogooku3.features.plan import plan_features
 
 TIMING = ("build_seconds", "peak_rss_mb", "path", "raw_dir")
 
@@ -45,8 +45,7 @@ def test_chunks_of_the_hand_made_market(mini_tables, mini_calendar, mini_built, 
 def test_a_stock_without_statements_or_margin_rows(mini_tables, mini_calendar, cfg):
     """A chunk whose per-code tables come out empty plans the same blocks and builds the same rows."""
     code = mini_tables["daily_quotes"]["Code"].unique().sort()[2]
-    t = {**mini_tables, **{k: mini_tables[k].filter(pl.col("Code") != code)
-                           for k in ("statements", "margin_interest")}}
+    t = {**mini_tables, **{k: mini_tables[k].filter(pl.col("Code") != code) for k in ("statements", "margin_interest")}}
     got, _ = _chunked(t, mini_calendar, cfg, 1)
     assert_frame_equal(got, build_features(t, mini_calendar, cfg.features, cfg.labels).df, check_exact=True)
 
@@ -62,8 +61,12 @@ _OVER = re.compile(r"\.over\((?:partition_by: )?\[([^\]]*)\]")
 
 def _windows(b) -> set[tuple[str, ...]]:
     """The partitions of every window in the block's expressions (`("Code",)` for a per-stock window)."""
-    return {tuple(re.findall(r'col\("([^"]+)"\)', part)) for st in b.stages for e in st.values()
-            for part in _OVER.findall(str(e))}
+    return {
+        tuple(re.findall(r'col\("([^"]+)"\)', part))
+        for st in b.stages
+        for e in st.values()
+        for part in _OVER.findall(str(e))
+    }
 
 
 def test_blocks_declare_their_cross_sectional_windows(synth_tables, synth_calendar, mini_tables, mini_calendar, cfg):
@@ -85,7 +88,8 @@ def test_blocks_declare_their_cross_sectional_windows(synth_tables, synth_calend
             seen.add(b.group)
             other = sorted(w for w in _windows(b) if w != ("Code",))
             assert b.cross_sectional == bool(other), (
-                f"block {b.group!r}: windows over {other or 'Code only'} but cross_sectional={b.cross_sectional}")
+                f"block {b.group!r}: windows over {other or 'Code only'} but cross_sectional={b.cross_sectional}"
+            )
     assert {"sector", "quality", "market", "user"} <= seen
 
 
@@ -109,9 +113,16 @@ def test_build_dataset_in_chunks_writes_the_same_files(mini_factory, tmp_path):
         res = {}
         for rows in (0, 250):
             out = tmp_path / f"out{n_days}_{rows}"
-            res[rows] = build_dataset(load_config([f"paths.raw_dir={raw}", f"paths.output_dir={out}",
-                                                   f"paths.dataset={out}/ml_dataset_latest.parquet",
-                                                   f"features.chunk_rows={rows}"]))
+            res[rows] = build_dataset(
+                load_config(
+                    [
+                        f"paths.raw_dir={raw}",
+                        f"paths.output_dir={out}",
+                        f"paths.dataset={out}/ml_dataset_latest.parquet",
+                        f"features.chunk_rows={rows}",
+                    ]
+                )
+            )
         one, chunked = res[0], res[250]
         assert_frame_equal(pl.read_parquet(chunked.path), pl.read_parquet(one.path), check_exact=True)
         assert pl.read_parquet(chunked.latest_path).equals(pl.read_parquet(one.path))

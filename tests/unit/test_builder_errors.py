@@ -9,8 +9,8 @@ import pytest
 
 from gogooku3.config.compose import load_config
 from gogooku3.core.errors import DataError, SchemaError
-from gogooku3.features.manifest import FeatureManifest, metadata_path
 from gogooku3.core.io import read_json
+from gogooku3.features.manifest import FeatureManifest, metadata_path
 
 
 def write_raw(tables: dict, raw) -> None:
@@ -20,8 +20,13 @@ def write_raw(tables: dict, raw) -> None:
 
 
 def config(tmp_path):
-    return load_config([f"paths.raw_dir={tmp_path / 'raw'}", f"paths.output_dir={tmp_path / 'out'}",
-                        f"paths.dataset={tmp_path / 'out' / 'ml_dataset_latest.parquet'}"])
+    return load_config(
+        [
+            f"paths.raw_dir={tmp_path / 'raw'}",
+            f"paths.output_dir={tmp_path / 'out'}",
+            f"paths.dataset={tmp_path / 'out' / 'ml_dataset_latest.parquet'}",
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +52,8 @@ def test_build_writes_dataset_latest_metadata_manifest(small, tmp_path, caplog):
         m = FeatureManifest.for_dataset(p)
         assert m.names == [c for c in df.columns if c in m.names] and len(m.names) == res.n_features
         assert not [n for n in m.names if n.startswith("target_")] and m.targets == [
-            f"target_{h}d" for h in (1, 5, 10, 20)]
+            f"target_{h}d" for h in (1, 5, 10, 20)
+        ]
         # the dataset's facts: lag, calendar, source and every listed group's look-back (purged k-fold needs them)
         assert (m.entry_lag, m.calendar, m.source) == (1, "trading_calendar table", "synthetic")
         assert set(m.groups) <= set(m.lookback) and m.max_lookback == 600  # ema_200 decays below e^-6 in 600
@@ -70,27 +76,45 @@ def _expect(tables, tmp_path, exc, *words):
 
 
 def test_missing_required_column(small, tmp_path):
-    _expect({**small, "daily_quotes": small["daily_quotes"].drop("AdjC")}, tmp_path, SchemaError,
-            "daily_quotes.parquet", "AdjC")
+    _expect(
+        {**small, "daily_quotes": small["daily_quotes"].drop("AdjC")},
+        tmp_path,
+        SchemaError,
+        "daily_quotes.parquet",
+        "AdjC",
+    )
 
 
 def test_duplicate_keys(small, tmp_path):
     dq = small["daily_quotes"]
-    _expect({**small, "daily_quotes": pl.concat([dq, dq.slice(7, 1)])}, tmp_path, SchemaError,
-            "daily_quotes.parquet", "duplicate", "Code, Date")
+    _expect(
+        {**small, "daily_quotes": pl.concat([dq, dq.slice(7, 1)])},
+        tmp_path,
+        SchemaError,
+        "daily_quotes.parquet",
+        "duplicate",
+        "Code, Date",
+    )
 
 
 def test_non_positive_prices(small, tmp_path):
     dq = small["daily_quotes"].with_columns(
-        pl.when(pl.int_range(pl.len()) == 5).then(0.0).otherwise(pl.col("AdjC")).alias("AdjC"))
+        pl.when(pl.int_range(pl.len()) == 5).then(0.0).otherwise(pl.col("AdjC")).alias("AdjC")
+    )
     _expect({**small, "daily_quotes": dq}, tmp_path, SchemaError, "daily_quotes.parquet", "'AdjC'", "> 0", "5")
 
 
 def test_rows_on_non_trading_days(small, tmp_path):
     dq = small["daily_quotes"]
     bad = dq.slice(0, 1).with_columns(pl.lit(dt.date(2023, 6, 3)).alias("Date"))  # a Saturday
-    _expect({**small, "daily_quotes": pl.concat([dq, bad])}, tmp_path, DataError, "daily_quotes.parquet",
-            "non-trading", "2023, 6, 3")
+    _expect(
+        {**small, "daily_quotes": pl.concat([dq, bad])},
+        tmp_path,
+        DataError,
+        "daily_quotes.parquet",
+        "non-trading",
+        "2023, 6, 3",
+    )
 
 
 def test_rows_on_non_trading_days_with_the_xtks_fallback(small, tmp_path):
@@ -105,8 +129,13 @@ def test_empty_input(small, tmp_path):
 
 
 def test_missing_quotes_file(small, tmp_path):
-    _expect({k: v for k, v in small.items() if k != "daily_quotes"}, tmp_path, DataError, "daily_quotes.parquet",
-            "not found")
+    _expect(
+        {k: v for k, v in small.items() if k != "daily_quotes"},
+        tmp_path,
+        DataError,
+        "daily_quotes.parquet",
+        "not found",
+    )
 
 
 def test_corrupt_parquet(small, tmp_path):
@@ -115,7 +144,7 @@ def test_corrupt_parquet(small, tmp_path):
     p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
     from gogooku3.features.builder import build_dataset
 
-    with pytest.raises(DataError, match="statements.parquet: cannot read parquet"):
+    with pytest.raises(DataError, match=r"statements.parquet: cannot read parquet"):
         build_dataset(config(tmp_path))
     assert not (tmp_path / "out").exists()
 

@@ -20,9 +20,25 @@ EXCLUDED = ("sources/", "core/columns.py")
 
 # name -> its constant in `columns`
 KEY_NAMES = {C.DATE: "DATE", C.CODE: "CODE"}
-OTHER_NAMES = {getattr(C, k): k for k in ("SECTION", "S33", "S17", "OPEN", "HIGH", "LOW", "CLOSE", "VOLUME",
-                                          "TURNOVER_VALUE", "RETURNS_1D", "VOLUME_MA_20", "DOLLAR_VOLUME",
-                                          "VOLATILITY_20D", "MARKET_CAP")}
+OTHER_NAMES = {
+    getattr(C, k): k
+    for k in (
+        "SECTION",
+        "S33",
+        "S17",
+        "OPEN",
+        "HIGH",
+        "LOW",
+        "CLOSE",
+        "VOLUME",
+        "TURNOVER_VALUE",
+        "RETURNS_1D",
+        "VOLUME_MA_20",
+        "DOLLAR_VOLUME",
+        "VOLATILITY_20D",
+        "MARKET_CAP",
+    )
+}
 # f-string prefixes of the per-horizon columns: C.pred(h), C.target(h), C.oracle(h), C.score(h)
 FSTRING_PREFIXES = ("pred_", "target_", "oracle_", "score_")
 
@@ -62,8 +78,12 @@ def literals(source: str, names: dict[str, str]) -> list[tuple[int, str]]:
 
 
 def _left(names: dict[str, str]) -> list[str]:
-    return [f"src/gogooku3/{rel}:{line}: {lit}" for rel, p in _sources()
-            for line, lit in literals(p.read_text(encoding="utf-8"), names) if (rel, lit) not in ALLOWED]
+    return [
+        f"src/gogooku3/{rel}:{line}: {lit}"
+        for rel, p in _sources()
+        for line, lit in literals(p.read_text(encoding="utf-8"), names)
+        if (rel, lit) not in ALLOWED
+    ]
 
 
 def test_scan_sees_literals_and_skips_docstrings_and_messages():
@@ -74,24 +94,38 @@ def f(df, h):
     x = pl.col("Date"), df['Code'], f"pred_{h}d", f"target_{h}d", f"{df['Code']}", f"no Date {h}"
     return C.DATE, "Close", f"rank_{h}d"
 '''
-    assert [lit for _, lit in literals(src, KEY_NAMES)] == ["'Code'", "'Code'", "'Date'", "f'pred_{h}d'",
-                                                            "f'target_{h}d'"]
+    assert [lit for _, lit in literals(src, KEY_NAMES)] == [
+        "'Code'",
+        "'Code'",
+        "'Date'",
+        "f'pred_{h}d'",
+        "f'target_{h}d'",
+    ]
     assert literals(src, OTHER_NAMES) == [(6, "'Close'")]
 
 
 def test_no_literal_row_keys_or_per_horizon_columns():
     left = _left(KEY_NAMES)
-    assert not left, ("use gogooku3.core.columns (C.DATE, C.CODE, C.pred(h), C.target(h), ...) instead of:\n"
-                      + "\n".join(left))
+    assert not left, (
+        "use gogooku3.core.columns (C.DATE, C.CODE, C.pred(h), C.target(h), ...) instead of:\n" + "\n".join(left)
+    )
 
 
 def test_no_literal_shared_column_names():
     left = _left(OTHER_NAMES)
-    assert not left, ("use the constant of gogooku3.core.columns (" + ", ".join(f"C.{k}" for k in OTHER_NAMES.values())
-                      + ") instead of:\n" + "\n".join(left))
+    assert not left, (
+        "use the constant of gogooku3.core.columns ("
+        + ", ".join(f"C.{k}" for k in OTHER_NAMES.values())
+        + ") instead of:\n"
+        + "\n".join(left)
+    )
 
 
 def test_allow_list_is_not_stale():
-    seen = {(rel, lit) for rel, p in _sources() for names in (KEY_NAMES, OTHER_NAMES)
-            for _, lit in literals(p.read_text(encoding="utf-8"), names)}
+    seen = {
+        (rel, lit)
+        for rel, p in _sources()
+        for names in (KEY_NAMES, OTHER_NAMES)
+        for _, lit in literals(p.read_text(encoding="utf-8"), names)
+    }
     assert set(ALLOWED) <= seen, f"allow-list entries no longer in the source: {sorted(set(ALLOWED) - seen)}"

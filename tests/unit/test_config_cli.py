@@ -18,18 +18,22 @@ runner = CliRunner()
 def user_dir(tmp_path):
     (tmp_path / "experiment").mkdir()
     (tmp_path / "experiment" / "my_exp.yaml").write_text(
-        "# @package _global_\ndefaults:\n  - override /model: tiny\ntrain:\n  lr: 0.0007\n")
+        "# @package _global_\ndefaults:\n  - override /model: tiny\ntrain:\n  lr: 0.0007\n"
+    )
     (tmp_path / "model").mkdir()
     small = load_config([]).model
-    (tmp_path / "model" / "tiny.yaml").write_text(yaml.safe_dump({**to_dict(small), "name": "tiny", "hidden": 16,
-                                                                   "gat_heads": [2, 1], "quantiles": [0.1, 0.5, 0.9]}))
+    (tmp_path / "model" / "tiny.yaml").write_text(
+        yaml.safe_dump(
+            {**to_dict(small), "name": "tiny", "hidden": 16, "gat_heads": [2, 1], "quantiles": [0.1, 0.5, 0.9]}
+        )
+    )
     return tmp_path
 
 
 def test_packaged_example_experiment():
     cfg = load_config(["experiment=example"])
     assert cfg.model.gat is False and cfg.train.ensemble == 1
-    assert load_config(["+experiment=example"]).train.ensemble == 1   # both spellings
+    assert load_config(["+experiment=example"]).train.ensemble == 1  # both spellings
     assert load_config(["experiment=example", "train.ensemble=3"]).train.ensemble == 3  # the command line wins
     assert load_config([]).model.gat is True
 
@@ -63,9 +67,11 @@ def test_config_show_composes_redacts_and_takes_the_config_dir_anywhere(user_dir
     assert out.exit_code == 0, out.output
     shown = yaml.safe_load(out.output)
     assert shown["data"]["api_key"] == "***" and shown["model"]["hidden"] == 32 and "s3cret" not in out.output
-    for args in (["--config-dir", str(user_dir), "config", "show", "experiment=my_exp"],
-                 ["config", "show", "--config-dir", str(user_dir), "experiment=my_exp"],
-                 ["config", "show", f"--config-dir={user_dir}", "experiment=my_exp"]):
+    for args in (
+        ["--config-dir", str(user_dir), "config", "show", "experiment=my_exp"],
+        ["config", "show", "--config-dir", str(user_dir), "experiment=my_exp"],
+        ["config", "show", f"--config-dir={user_dir}", "experiment=my_exp"],
+    ):
         out = runner.invoke(app, args)
         assert out.exit_code == 0, out.output
         assert yaml.safe_load(out.output)["model"]["name"] == "tiny"
@@ -83,9 +89,23 @@ def test_config_groups_lists_packaged_and_user_options(user_dir):
     assert str(user_dir) in out.output
 
 
-COMMANDS = [["data", "synth"], ["data", "fetch"], ["data", "import"], ["data", "build"], ["safe"], ["train"],
-            ["tune"], ["backtest"], ["report"], ["predict"], ["run"], ["cache", "clean"], ["config", "show"],
-            ["config", "groups"], ["export"]]
+COMMANDS = [
+    ["data", "synth"],
+    ["data", "fetch"],
+    ["data", "import"],
+    ["data", "build"],
+    ["safe"],
+    ["train"],
+    ["tune"],
+    ["backtest"],
+    ["report"],
+    ["predict"],
+    ["run"],
+    ["cache", "clean"],
+    ["config", "show"],
+    ["config", "groups"],
+    ["export"],
+]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=" ".join)
@@ -95,4 +115,4 @@ def test_every_command_help_names_groups_and_examples(cmd):
     text = " ".join(out.output.split())
     assert "Config groups read:" in text
     examples = [ln for ln in out.output.splitlines() if ln.strip().startswith("gogooku3 ")]
-    assert len(examples) >= 2 or cmd == ["config", "groups"] and examples, out.output
+    assert len(examples) >= 2 or (cmd == ["config", "groups"] and examples), out.output

@@ -8,8 +8,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from gogooku3.core.calendar import TradingCalendar
 from gogooku3.config.compose import load_config
+from gogooku3.core.calendar import TradingCalendar
 from gogooku3.core.errors import ConfigError
 from gogooku3.sources.corporate_actions import (
     adjust_splits,
@@ -40,18 +40,29 @@ def raw_prices(n: int = 30, seed: int = 0, volume: bool = True) -> pl.DataFrame:
         opn[row, j] = close[row - 1, j] * mult * np.exp(rng.normal(0, 0.005))
     vo = rng.lognormal(12, 0.4, (t, n)) / k
     codes = [f"S{j:02d}" for j in range(n)]
-    df = pl.DataFrame({"Date": np.repeat(np.array(DAYS, dtype="datetime64[D]"), n).astype("datetime64[D]"),
-                       "Code": codes * t, "O": opn.ravel(), "C": close.ravel(), "Vo": vo.ravel()})
-    df = df.with_columns(pl.col("Date").cast(pl.Date), pl.col("C").alias("AdjC"), pl.col("O").alias("AdjO"),
-                         pl.col("Vo").alias("AdjVo"))
+    df = pl.DataFrame(
+        {
+            "Date": np.repeat(np.array(DAYS, dtype="datetime64[D]"), n).astype("datetime64[D]"),
+            "Code": codes * t,
+            "O": opn.ravel(),
+            "C": close.ravel(),
+            "Vo": vo.ravel(),
+        }
+    )
+    df = df.with_columns(
+        pl.col("Date").cast(pl.Date), pl.col("C").alias("AdjC"), pl.col("O").alias("AdjO"), pl.col("Vo").alias("AdjVo")
+    )
     return df if volume else df.select("Date", "Code", "C", "AdjC")
 
 
 def test_planted_splits_are_found_with_code_date_and_ratio_and_nothing_else():
     found = detect_splits(raw_prices())
     got = {(r["Code"], r["Date"], r["ratio"], r["evidence"]) for r in found.iter_rows(named=True)}
-    assert got == {("S03", DAYS[100], "1:2", "volume"), ("S11", DAYS[180], "1:4", "volume"),
-                   ("S20", DAYS[60], "10:1", "volume")}
+    assert got == {
+        ("S03", DAYS[100], "1:2", "volume"),
+        ("S11", DAYS[180], "1:4", "volume"),
+        ("S20", DAYS[60], "10:1", "volume"),
+    }
 
 
 def test_without_volume_only_a_tight_price_match_counts():
@@ -64,8 +75,9 @@ def test_without_volume_only_a_tight_price_match_counts():
 def test_a_real_minus_50_percent_day_without_volume_evidence_is_not_a_split():
     df = raw_prices(n=6)
     crash = (pl.col("Code") == "S01") & (pl.col("Date") >= DAYS[150])
-    df = df.with_columns([pl.when(crash).then(pl.col(x) * 0.5).otherwise(pl.col(x)).alias(x)
-                          for x in ("O", "C", "AdjO", "AdjC")])  # price halves, volume unchanged
+    df = df.with_columns(
+        [pl.when(crash).then(pl.col(x) * 0.5).otherwise(pl.col(x)).alias(x) for x in ("O", "C", "AdjO", "AdjC")]
+    )  # price halves, volume unchanged
     assert "S01" not in detect_splits(df)["Code"].to_list()
 
 
@@ -97,16 +109,25 @@ def test_policies(caplog):
     assert check_splits(raw, "off", "p.csv") is raw and not caplog.text
     adj = check_splits(raw, "adjust", "p.csv")["daily_quotes"]
     assert adj["AdjFactor"].to_list().count(0.25) == 1
-    with pytest.raises(ConfigError, match="data.adjust_splits='yes' must be one of warn, adjust, off"):
+    with pytest.raises(ConfigError, match=r"data.adjust_splits='yes' must be one of warn, adjust, off"):
         check_splits(raw, "yes", "p.csv")
 
 
 def test_files_import_adjusts_on_request(tmp_path: Path, caplog):
     f = tmp_path / "raw.csv"
     raw_prices(n=25).rename({"O": "open", "C": "close", "Vo": "volume"}).select(
-        "Date", "Code", "open", "close", "volume").write_csv(f)
-    keys = ["data=files", f"paths.raw_dir={tmp_path / 'raw'}", "data.calendar=XNYS", "data.columns.open=open",
-            "data.columns.close=close", "data.columns.volume=volume", "data.columns.high=null", "data.columns.low=null"]
+        "Date", "Code", "open", "close", "volume"
+    ).write_csv(f)
+    keys = [
+        "data=files",
+        f"paths.raw_dir={tmp_path / 'raw'}",
+        "data.calendar=XNYS",
+        "data.columns.open=open",
+        "data.columns.close=close",
+        "data.columns.volume=volume",
+        "data.columns.high=null",
+        "data.columns.low=null",
+    ]
     caplog.set_level("WARNING")
     import_files(load_config(keys), f)  # default: warn, prices unchanged
     assert "S03 2022-05-26 1:2" in caplog.text

@@ -6,13 +6,27 @@ import collections
 
 import polars as pl
 
-from gogooku3.core.calendar import TradingCalendar
 from gogooku3.config.compose import load_config
+from gogooku3.core.calendar import TradingCalendar
 from gogooku3.features.build import build_features
 
-EXPECTED = {"ohlcv": 6, "returns": 10, "volatility": 5, "moving_averages": 10, "price_position": 8, "volume": 8,
-            "technicals": 10, "market": 26, "cross": 8, "flows": 13, "statements": 17, "margin": 21, "sector": 8,
-            "quality": 12, "flags": 11}
+EXPECTED = {
+    "ohlcv": 6,
+    "returns": 10,
+    "volatility": 5,
+    "moving_averages": 10,
+    "price_position": 8,
+    "volume": 8,
+    "technicals": 10,
+    "market": 26,
+    "cross": 8,
+    "flows": 13,
+    "statements": 17,
+    "margin": 21,
+    "sector": 8,
+    "quality": 12,
+    "flags": 11,
+}
 
 
 def counts(b) -> dict:
@@ -34,8 +48,12 @@ def test_user_files_without_ohlv(mini_factory, cfg):
     """Only Date, Code, AdjC (+ an x_ column): the range/volume blocks and the absent tables are skipped, with why."""
     t = mini_factory(n_stocks=4, n_days=130)
     dq = t["daily_quotes"].select("Date", "Code", "AdjC", pl.col("AdjC").log().alias("x_signal"))
-    b = build_features({"daily_quotes": dq, "trading_calendar": t["trading_calendar"]},
-                       TradingCalendar.from_table(t["trading_calendar"]), cfg.features, cfg.labels)
+    b = build_features(
+        {"daily_quotes": dq, "trading_calendar": t["trading_calendar"]},
+        TradingCalendar.from_table(t["trading_calendar"]),
+        cfg.features,
+        cfg.labels,
+    )
     c = counts(b)
     assert c["returns"] == 10 and c["moving_averages"] == 10 and c["volatility"] == 4
     assert c["user"] == 1 and b.df.schema["x_signal"] == pl.Float32
@@ -54,10 +72,12 @@ def test_user_files_without_ohlv(mini_factory, cfg):
 def test_raw_only_ohlc_is_adjusted(mini_factory, cfg):
     t = mini_factory(n_stocks=2, n_days=100)
     dq = t["daily_quotes"].drop("AdjO", "AdjH", "AdjL", "AdjVo")
-    b = build_features({"daily_quotes": dq}, TradingCalendar.from_table(t["trading_calendar"]), cfg.features,
-                       cfg.labels)
-    full = build_features({"daily_quotes": t["daily_quotes"]}, TradingCalendar.from_table(t["trading_calendar"]),
-                          cfg.features, cfg.labels)
+    b = build_features(
+        {"daily_quotes": dq}, TradingCalendar.from_table(t["trading_calendar"]), cfg.features, cfg.labels
+    )
+    full = build_features(
+        {"daily_quotes": t["daily_quotes"]}, TradingCalendar.from_table(t["trading_calendar"]), cfg.features, cfg.labels
+    )
     for n in ("Open", "High", "Low", "Volume", "atr_14"):
         assert (b.df[n] - full.df[n]).abs().max() < 1e-3 * full.df[n].abs().max()
 

@@ -73,30 +73,32 @@ def test_hand_formulas(mini_built, mini_tables):
     C, H, L = raw["AdjC"].to_numpy(), raw["AdjH"].to_numpy(), raw["AdjL"].to_numpy()
     r1 = np.r_[np.nan, C[1:] / C[:-1] - 1]
     i = 100
-    got = lambda n: s[n][i]  # noqa: E731
+    got = lambda n: s[n][i]
     assert got("returns_5d") == pytest.approx(C[i] / C[i - 5] - 1, rel=1e-5)
     assert got("log_returns_20d") == pytest.approx(math.log(C[i] / C[i - 20]), rel=1e-5)
-    assert got("volatility_20d") == pytest.approx(np.std(r1[i - 19:i + 1], ddof=1) * math.sqrt(252), rel=1e-5)
+    assert got("volatility_20d") == pytest.approx(np.std(r1[i - 19 : i + 1], ddof=1) * math.sqrt(252), rel=1e-5)
     pk = np.log(H / L) ** 2 / (4 * math.log(2))
-    assert got("realized_volatility") == pytest.approx(math.sqrt(252 * pk[i - 19:i + 1].mean()), rel=1e-5)
-    assert got("sma_20") == pytest.approx(C[i - 19:i + 1].mean(), rel=1e-6)
+    assert got("realized_volatility") == pytest.approx(math.sqrt(252 * pk[i - 19 : i + 1].mean()), rel=1e-5)
+    assert got("sma_20") == pytest.approx(C[i - 19 : i + 1].mean(), rel=1e-6)
     e = C[0]
-    for v in C[1:i + 1]:
+    for v in C[1 : i + 1]:
         e = e + (2 / 6) * (v - e)
     assert got("ema_5") == pytest.approx(e, rel=1e-6)
-    assert got("price_to_sma20") == pytest.approx(C[i] / C[i - 19:i + 1].mean(), rel=1e-5)
+    assert got("price_to_sma20") == pytest.approx(C[i] / C[i - 19 : i + 1].mean(), rel=1e-5)
     assert got("close_to_low") == pytest.approx((C[i] - L[i]) / (H[i] - L[i]), rel=1e-4)
     d = np.diff(C, prepend=np.nan)
-    up, dn = _wilder(np.where(np.isnan(d), np.nan, np.clip(d, 0, None)), 14), _wilder(
-        np.where(np.isnan(d), np.nan, np.clip(-d, 0, None)), 14)
+    up, dn = (
+        _wilder(np.where(np.isnan(d), np.nan, np.clip(d, 0, None)), 14),
+        _wilder(np.where(np.isnan(d), np.nan, np.clip(-d, 0, None)), 14),
+    )
     assert got("rsi_14") == pytest.approx(100 * up[i] / (up[i] + dn[i]), rel=1e-4)
     prev = np.r_[np.nan, C[:-1]]
     tr = np.maximum.reduce([H - L, np.abs(H - prev), np.abs(L - prev)])
     tr[0] = np.nan
     assert got("atr_14") == pytest.approx(_wilder(tr, 14)[i], rel=1e-4)
-    hh, ll = H[i - 13:i + 1].max(), L[i - 13:i + 1].min()
+    hh, ll = H[i - 13 : i + 1].max(), L[i - 13 : i + 1].min()
     assert got("stoch_k") == pytest.approx(100 * (C[i] - ll) / (hh - ll), rel=1e-4)
-    sd, mid = np.std(C[i - 19:i + 1]), C[i - 19:i + 1].mean()
+    sd, mid = np.std(C[i - 19 : i + 1]), C[i - 19 : i + 1].mean()
     assert got("bb_width") == pytest.approx(4 * sd / mid, rel=1e-4)
     assert got("dollar_volume") == pytest.approx(raw["C"][i] * raw["Vo"][i], rel=1e-5)
     assert 0 <= got("adx_14") <= 100
@@ -107,8 +109,11 @@ def test_dtypes(mini_built):
     df = mini_built.df
     for n in mini_built.groups:
         assert df.schema[n] in (pl.Float32, pl.Int8), n
-    assert {n for n in mini_built.groups if df.schema[n] == pl.Int8} >= {"is_flow_valid", "mkt_bull_200",
-                                                                         "stmt_imp_statement"}
+    assert {n for n in mini_built.groups if df.schema[n] == pl.Int8} >= {
+        "is_flow_valid",
+        "mkt_bull_200",
+        "stmt_imp_statement",
+    }
     assert df["Code"].dtype == pl.Utf8 and df["Date"].dtype == pl.Date
     assert df.select("Code", "Date").is_duplicated().sum() == 0
     assert df.select("Code", "Date").equals(df.select("Code", "Date").sort("Code", "Date"))

@@ -30,7 +30,7 @@ def test_every_label_equals_the_hand_computation(mini_factory, cfg):
     lag = int(cfg.labels.entry_lag)
     for c in t["daily_quotes"]["Code"].unique():
         q = t["daily_quotes"].filter(pl.col("Code") == c)
-        px = dict(zip(q["Date"].to_list(), q["AdjC"].to_list()))
+        px = dict(zip(q["Date"].to_list(), q["AdjC"].to_list(), strict=True))
         s = b.df.filter(pl.col("Code") == c)
         for h in cfg.labels.horizons:
             got = s[f"target_{h}d"].to_list()
@@ -56,8 +56,9 @@ def test_entry_lag_and_horizons_follow_the_config(mini_factory, cfg):
 
 
 def test_no_label_in_the_manifest(mini_built, cfg):
-    m = FeatureManifest.from_frame(mini_built.df, mini_built.groups, list(cfg.labels.horizons),
-                                   int(cfg.labels.entry_lag))
+    m = FeatureManifest.from_frame(
+        mini_built.df, mini_built.groups, list(cfg.labels.horizons), int(cfg.labels.entry_lag)
+    )
     assert not [n for n in m.names if n.startswith("target_")]
     assert m.targets == [f"target_{h}d" for h in cfg.labels.horizons]
     assert all(mini_built.df.schema[n] == pl.Float32 for n in m.targets)

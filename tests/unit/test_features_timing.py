@@ -21,34 +21,46 @@ def xtks() -> TradingCalendar:
 
 
 def eff(cal, cfg, rows):
-    st = pl.DataFrame({"DiscDate": [r[0] for r in rows], "DiscTime": [r[1] for r in rows]},
-                      schema={"DiscDate": pl.Date, "DiscTime": pl.Utf8})
+    st = pl.DataFrame(
+        {"DiscDate": [r[0] for r in rows], "DiscTime": [r[1] for r in rows]},
+        schema={"DiscDate": pl.Date, "DiscTime": pl.Utf8},
+    )
     return effective_dates(st, cal, dataclasses.asdict(cfg.features.statements)).to_list()
 
 
 def test_statement_effective_dates(xtks, cfg):
     rows = [
-        (D(2024, 3, 12), "13:00:00"),   # before the close: that session
-        (D(2024, 3, 12), "15:00:00"),   # at the close: next session
-        (D(2024, 3, 12), "16:30"),      # after the close, HH:MM
-        (D(2024, 3, 12), None),         # no time: next session
-        (D(2024, 1, 5), "15:30:00"),    # Friday after the close, Monday 2024-01-08 is Coming of Age Day
-        (D(2024, 1, 6), "10:00:00"),    # a Saturday: next session
+        (D(2024, 3, 12), "13:00:00"),  # before the close: that session
+        (D(2024, 3, 12), "15:00:00"),  # at the close: next session
+        (D(2024, 3, 12), "16:30"),  # after the close, HH:MM
+        (D(2024, 3, 12), None),  # no time: next session
+        (D(2024, 1, 5), "15:30:00"),  # Friday after the close, Monday 2024-01-08 is Coming of Age Day
+        (D(2024, 1, 6), "10:00:00"),  # a Saturday: next session
         (D(2024, 10, 31), "15:15:00"),  # before 2024-11-05 the close is 15:00
-        (D(2024, 11, 5), "15:15:00"),   # from 2024-11-05 the close is 15:30
+        (D(2024, 11, 5), "15:15:00"),  # from 2024-11-05 the close is 15:30
         (D(2024, 11, 5), "15:30:00"),
         (D(2024, 12, 30), "16:00:00"),  # year end: next session is 2025-01-06
     ]
     assert eff(xtks, cfg, rows) == [
-        D(2024, 3, 12), D(2024, 3, 13), D(2024, 3, 13), D(2024, 3, 13), D(2024, 1, 9), D(2024, 1, 9),
-        D(2024, 11, 1), D(2024, 11, 5), D(2024, 11, 6), D(2025, 1, 6)]
+        D(2024, 3, 12),
+        D(2024, 3, 13),
+        D(2024, 3, 13),
+        D(2024, 3, 13),
+        D(2024, 1, 9),
+        D(2024, 1, 9),
+        D(2024, 11, 1),
+        D(2024, 11, 5),
+        D(2024, 11, 6),
+        D(2025, 1, 6),
+    ]
 
 
 def test_half_day_close(cfg):
     sessions = [D(2024, 3, 11), D(2024, 3, 12), D(2024, 3, 13)]
     cal = TradingCalendar.from_table(pl.DataFrame({"Date": sessions, "HolDiv": ["1", "2", "1"]}))
-    assert eff(cal, cfg, [(D(2024, 3, 12), "11:00:00"), (D(2024, 3, 12), "12:00:00"),
-                          (D(2024, 3, 11), "12:00:00")]) == [D(2024, 3, 12), D(2024, 3, 13), D(2024, 3, 11)]
+    assert eff(
+        cal, cfg, [(D(2024, 3, 12), "11:00:00"), (D(2024, 3, 12), "12:00:00"), (D(2024, 3, 11), "12:00:00")]
+    ) == [D(2024, 3, 12), D(2024, 3, 13), D(2024, 3, 11)]
 
 
 def test_statement_features_switch_on_the_effective_session(mini_built, mini_tables, mini_calendar):
@@ -78,14 +90,15 @@ def test_weekly_data_only_from_the_session_after_publication(mini_built, mini_ta
     pubs = inv["PubDate"].filter(inv["PubDate"] <= s["Date"].max())
     expected = [d for d in mini_calendar.next_after(pubs).to_list() if d is not None and d <= s["Date"].max()]
     assert starts == expected
-    for pub, start in list(zip(pubs.to_list(), expected))[:5]:
+    for pub, start in list(zip(pubs.to_list(), expected, strict=True))[:5]:
         row = inv.filter(pl.col("PubDate") == pub)
         on_pub = s.filter(pl.col("Date") == pub)
         on_start = s.filter(pl.col("Date") == start)
         want = row["FrgnBal"][0] / row["FrgnTot"][0]
         assert on_start["flow_foreign_net_ratio"][0] == pytest.approx(want, rel=1e-5)
         assert on_pub["flow_foreign_net_ratio"][0] is None or on_pub["flow_foreign_net_ratio"][0] != pytest.approx(
-            want, rel=1e-9)
+            want, rel=1e-9
+        )
     mg = s.filter(pl.col("margin_impulse") == 1)["Date"].to_list()
     mpub = mini_tables["margin_interest"].filter(pl.col("Code") == code)["PubDate"]
     assert mg == [d for d in mini_calendar.next_after(mpub).to_list() if d <= s["Date"].max()]
@@ -108,12 +121,21 @@ def test_section_mapping_and_fallback(mini_factory, cfg):
 
     t = mini_factory()
     t["listed_info"] = t["listed_info"].with_columns(
-        pl.when(pl.col("Code") == t["listed_info"]["Code"][5]).then(pl.lit("0199")).otherwise(pl.col("Mkt"))
-        .alias("Mkt"))
+        pl.when(pl.col("Code") == t["listed_info"]["Code"][5])
+        .then(pl.lit("0199"))
+        .otherwise(pl.col("Mkt"))
+        .alias("Mkt")
+    )
     b = build_features(t, TradingCalendar.from_table(t["trading_calendar"]), cfg.features, cfg.labels)
     first = b.df.group_by("Code", maintain_order=True).first()
-    assert first["Section"].to_list() == ["TSEPrime", "TSEStandard", "TSEGrowth", "TSEPrime", "TSEStandard",
-                                          "AllMarket"]
+    assert first["Section"].to_list() == [
+        "TSEPrime",
+        "TSEStandard",
+        "TSEGrowth",
+        "TSEPrime",
+        "TSEStandard",
+        "AllMarket",
+    ]
     assert first["is_section_fallback"].to_list() == [0, 0, 0, 0, 0, 1]
     fb = b.df.filter(pl.col("Section") == "AllMarket")
     assert fb["flow_foreign_net_ratio"].null_count() == fb.height and fb["is_flow_valid"].sum() == 0
@@ -126,8 +148,14 @@ def test_listed_info_is_as_of(mini_factory, cfg):
     t = mini_factory()
     code = t["listed_info"]["Code"][0]
     change = t["daily_quotes"]["Date"].unique().sort()[100]
-    t["listed_info"] = pl.concat([t["listed_info"], t["listed_info"].filter(pl.col("Code") == code).with_columns(
-        pl.lit(change).alias("Date"), pl.lit("9050").alias("S33"))])
+    t["listed_info"] = pl.concat(
+        [
+            t["listed_info"],
+            t["listed_info"]
+            .filter(pl.col("Code") == code)
+            .with_columns(pl.lit(change).alias("Date"), pl.lit("9050").alias("S33")),
+        ]
+    )
     from gogooku3.features.build import build_features
 
     b = build_features(t, TradingCalendar.from_table(t["trading_calendar"]), cfg.features, cfg.labels)

@@ -64,10 +64,19 @@ def test_csv_ohlcv_with_extra_numeric_column(tmp_path, ohlcv_csv):
 
 
 def test_close_only_file_with_custom_mapping(tmp_path):
-    f = _write_csv(tmp_path / "px.csv", "day;ticker;px", [f"{d};AAPL;{190 + i}" for i, d in
-                                                          enumerate(["2024-01-02", "2024-01-03", "2024-01-04"])])
-    cfg = _cfg(tmp_path, "data.separator=';'", "data.calendar=XNYS", "data.columns.date=day",
-               "data.columns.code=ticker", "data.columns.close=px")
+    f = _write_csv(
+        tmp_path / "px.csv",
+        "day;ticker;px",
+        [f"{d};AAPL;{190 + i}" for i, d in enumerate(["2024-01-02", "2024-01-03", "2024-01-04"])],
+    )
+    cfg = _cfg(
+        tmp_path,
+        "data.separator=';'",
+        "data.calendar=XNYS",
+        "data.columns.date=day",
+        "data.columns.code=ticker",
+        "data.columns.close=px",
+    )
     import_files(cfg, f)
     dq = read_table(tmp_path / "raw", "daily_quotes")
     assert sorted(dq.columns) == ["AdjC", "C", "Code", "Date"]  # O/H/L/Vo simply absent
@@ -75,8 +84,11 @@ def test_close_only_file_with_custom_mapping(tmp_path):
 
 
 def test_adjusted_close_rescales_raw_open_high_low_volume(tmp_path):
-    f = _write_csv(tmp_path / "p.csv", "Date,Code,Open,High,Low,Close,AdjClose,Volume",
-                   ["2024-01-04,A,10,12,9,11,5.5,100", "2024-01-05,A,11,12,10,12,12,100"])
+    f = _write_csv(
+        tmp_path / "p.csv",
+        "Date,Code,Open,High,Low,Close,AdjClose,Volume",
+        ["2024-01-04,A,10,12,9,11,5.5,100", "2024-01-05,A,11,12,10,12,12,100"],
+    )
     import_files(_cfg(tmp_path, "data.columns.adj_close=AdjClose"), f)
     dq = read_table(tmp_path / "raw", "daily_quotes").sort("Date")
     first = dq.row(0, named=True)
@@ -87,8 +99,11 @@ def test_adjusted_close_rescales_raw_open_high_low_volume(tmp_path):
 
 
 def test_sector_column_writes_listed_info_on_changes(tmp_path):
-    rows = [f"{d},{c},{100 + i},{s}" for i, d in enumerate(JP_DAYS) for c, s in
-            (("A", "Tech"), ("B", "Bank" if i < 2 else "Insurance"))]
+    rows = [
+        f"{d},{c},{100 + i},{s}"
+        for i, d in enumerate(JP_DAYS)
+        for c, s in (("A", "Tech"), ("B", "Bank" if i < 2 else "Insurance"))
+    ]
     f = _write_csv(tmp_path / "p.csv", "Date,Code,Close,Sector", rows)
     out = import_files(_cfg(tmp_path, "data.columns.sector=Sector"), f)
     assert "listed_info" in out
@@ -102,23 +117,31 @@ def test_calendar_from_the_files_own_dates_allows_any_day(tmp_path):
     f = _write_csv(tmp_path / "p.csv", "Date,Code,Close", ["2024-01-06,X,1", "2024-01-07,X,2", "2024-01-09,X,3"])
     import_files(_cfg(tmp_path, "data.calendar=dates"), f)
     cal = read_table(tmp_path / "raw", "trading_calendar")
-    assert cal.filter(pl.col("HolDiv") == "1")["Date"].cast(pl.Utf8).to_list() == ["2024-01-06", "2024-01-07",
-                                                                                  "2024-01-09"]
+    assert cal.filter(pl.col("HolDiv") == "1")["Date"].cast(pl.Utf8).to_list() == [
+        "2024-01-06",
+        "2024-01-07",
+        "2024-01-09",
+    ]
     assert cal.filter(pl.col("Date") == dt.date(2024, 1, 8))["HolDiv"].item() == "0"
 
 
 def test_parquet_with_integer_codes_datetimes_and_date_format(tmp_path):
     p = tmp_path / "p.parquet"
-    pl.DataFrame({"Date": [dt.datetime(2024, 1, 4), dt.datetime(2024, 1, 5)], "Code": [7203, 7203],
-                  "Close": [2500.0, 2510.0], "flag": [True, False]}).write_parquet(p)
+    pl.DataFrame(
+        {
+            "Date": [dt.datetime(2024, 1, 4), dt.datetime(2024, 1, 5)],
+            "Code": [7203, 7203],
+            "Close": [2500.0, 2510.0],
+            "flag": [True, False],
+        }
+    ).write_parquet(p)
     import_files(_cfg(tmp_path), p)
     dq = read_table(tmp_path / "raw", "daily_quotes")
     assert dq["Code"].to_list() == ["7203", "7203"] and dq["x_flag"].to_list() == [1.0, 0.0]
 
     f = _write_csv(tmp_path / "eu.csv", "Date,Code,Close", ["04/01/2024,A,1", "05/01/2024,A,2"])
     import_files(_cfg(tmp_path, "data.date_format=%d/%m/%Y"), f)
-    assert read_table(tmp_path / "raw", "daily_quotes")["Date"].to_list() == [dt.date(2024, 1, 4),
-                                                                              dt.date(2024, 1, 5)]
+    assert read_table(tmp_path / "raw", "daily_quotes")["Date"].to_list() == [dt.date(2024, 1, 4), dt.date(2024, 1, 5)]
 
 
 def test_extra_columns_none_and_explicit_list(tmp_path, ohlcv_csv):
@@ -141,13 +164,17 @@ def test_import_without_data_files_uses_the_files_option(tmp_path, ohlcv_csv):
 
     from gogooku3.cli import app
 
-    out = CliRunner().invoke(app, ["data", "import", str(ohlcv_csv), f"paths.raw_dir={tmp_path / 'raw'}",
-                                   "data.calendar=XTKS"])
+    out = CliRunner().invoke(
+        app, ["data", "import", str(ohlcv_csv), f"paths.raw_dir={tmp_path / 'raw'}", "data.calendar=XTKS"]
+    )
     assert out.exit_code == 0, out.output
     assert read_table(tmp_path / "raw", "daily_quotes").height == 8
     cfg = load_config([f"paths.raw_dir={tmp_path / 'raw2'}"])  # data=synthetic
-    with pytest.raises(ConfigError, match=r"^data\.source is 'synthetic', not 'files': compose the config with "
-                                          r"data=files"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^data\.source is 'synthetic', not 'files': compose the config with "
+        r"data=files",
+    ):
         import_files(cfg, ohlcv_csv)
     assert not (tmp_path / "raw2").exists()
 
@@ -164,22 +191,46 @@ def test_successful_import_removes_stale_tables(tmp_path, ohlcv_csv):
 BAD_CASES = {
     "missing_column": ("Date,Ticker,Close", ["2024-01-04,A,1"], (), "missing required column 'Code'"),
     "missing_close": ("Date,Code,Price", ["2024-01-04,A,1"], (), "missing required column 'Close'"),
-    "duplicate_key": ("Date,Code,Close", ["2024-01-04,A,1", "2024-01-05,A,2", "2024-01-04,A,3"], (),
-                      r"column 'Code, Date' has duplicate \(Code, Date\) keys in 2 row\(s\): "
-                      r"row 1 \(Code=A, Date=2024-01-04\); row 3"),
-    "non_positive": ("Date,Code,Close", ["2024-01-04,A,1", "2024-01-05,A,0"], (),
-                     r"column 'Close' has non-positive prices in 1 row\(s\): "
-                     r"row 2 \(Code=A, Date=2024-01-05, Close=0.0\)"),
+    "duplicate_key": (
+        "Date,Code,Close",
+        ["2024-01-04,A,1", "2024-01-05,A,2", "2024-01-04,A,3"],
+        (),
+        r"column 'Code, Date' has duplicate \(Code, Date\) keys in 2 row\(s\): "
+        r"row 1 \(Code=A, Date=2024-01-04\); row 3",
+    ),
+    "non_positive": (
+        "Date,Code,Close",
+        ["2024-01-04,A,1", "2024-01-05,A,0"],
+        (),
+        r"column 'Close' has non-positive prices in 1 row\(s\): "
+        r"row 2 \(Code=A, Date=2024-01-05, Close=0.0\)",
+    ),
     "negative_volume": ("Date,Code,Close,Volume", ["2024-01-04,A,1,-5"], (), "column 'Volume' has negative values"),
-    "non_trading_day": ("Date,Code,Close", ["2024-01-04,A,1", "2024-01-06,A,2"], (),
-                        r"column 'Date' has rows on days that are not XTKS trading sessions in 1 row\(s\): "
-                        r"row 2 \(Code=A, Date=2024-01-06 \(Sat\)\)\. Set data.calendar"),
-    "unparseable_date": ("Date,Code,Close", ["2024-01-04,A,1", "not-a-date,A,2"], (),
-                         r"column 'Date' has dates not in YYYY-MM-DD or YYYYMMDD.*row 2 \(Date=not-a-date\)"),
-    "wrong_date_format": ("Date,Code,Close", ["2024-01-04,A,1"], ("data.date_format=%d/%m/%Y",),
-                          "column 'Date' has dates not in format '%d/%m/%Y'"),
-    "non_numeric_price": ("Date,Code,Close", ["2024-01-04,A,1", "2024-01-05,A,abc"], (),
-                          r"column 'Close' has non-numeric values in 1 row\(s\): row 2 \(Close=abc\)"),
+    "non_trading_day": (
+        "Date,Code,Close",
+        ["2024-01-04,A,1", "2024-01-06,A,2"],
+        (),
+        r"column 'Date' has rows on days that are not XTKS trading sessions in 1 row\(s\): "
+        r"row 2 \(Code=A, Date=2024-01-06 \(Sat\)\)\. Set data.calendar",
+    ),
+    "unparseable_date": (
+        "Date,Code,Close",
+        ["2024-01-04,A,1", "not-a-date,A,2"],
+        (),
+        r"column 'Date' has dates not in YYYY-MM-DD or YYYYMMDD.*row 2 \(Date=not-a-date\)",
+    ),
+    "wrong_date_format": (
+        "Date,Code,Close",
+        ["2024-01-04,A,1"],
+        ("data.date_format=%d/%m/%Y",),
+        "column 'Date' has dates not in format '%d/%m/%Y'",
+    ),
+    "non_numeric_price": (
+        "Date,Code,Close",
+        ["2024-01-04,A,1", "2024-01-05,A,abc"],
+        (),
+        r"column 'Close' has non-numeric values in 1 row\(s\): row 2 \(Close=abc\)",
+    ),
     "empty_code": ("Date,Code,Close", ["2024-01-04,,1"], (), "column 'Code' is empty"),
     "header_only": ("Date,Code,Close", [], (), "no data rows"),
     "ragged_csv": ("Date,Code,Close", ["2024-01-04,A,1", "2024-01-05,A,2,9,9"], (), "cannot read CSV"),
@@ -220,7 +271,7 @@ def test_empty_and_corrupt_files(tmp_path):
 def test_config_errors(tmp_path, ohlcv_csv):
     with pytest.raises(ConfigError, match="unknown exchange calendar"):
         import_files(_cfg(tmp_path, "data.calendar=NOPE"), ohlcv_csv)
-    with pytest.raises(ConfigError, match="unknown (key|field)"):
+    with pytest.raises(ConfigError, match=r"unknown (key|field)"):
         import_files(_cfg(tmp_path, "+data.columns.colour=X"), ohlcv_csv)
     with pytest.raises(ConfigError, match="close / adj_close"):
         import_files(_cfg(tmp_path, "data.columns.close=null"), ohlcv_csv)

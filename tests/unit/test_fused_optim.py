@@ -16,15 +16,17 @@ torch.set_num_threads(1)
 
 
 def _module() -> ATFTModule:
-    cfg = load_config(["model.window=10", "model.hidden=16", "model.head_hidden=8", "model.graph.window=10",
-                       "model.graph.min_obs=5"])
+    cfg = load_config(
+        ["model.window=10", "model.hidden=16", "model.head_hidden=8", "model.graph.window=10", "model.graph.min_obs=5"]
+    )
     mc = to_dict(cfg.model)
     for k in ("name", "expected_params"):
         mc.pop(k)
     mc.update(n_features=4, horizons=[1, 5])
     tc = cfg.train
-    module = ATFTModule(mc, to_dict(tc.loss),
-                        {k: getattr(tc, k) for k in ("lr", "weight_decay", "warmup_steps", "min_lr_ratio")})
+    module = ATFTModule(
+        mc, to_dict(tc.loss), {k: getattr(tc, k) for k in ("lr", "weight_decay", "warmup_steps", "min_lr_ratio")}
+    )
     module.trainer = SimpleNamespace(estimated_stepping_batches=100)
     return module
 
@@ -54,7 +56,7 @@ class _OnCuda(torch.nn.Parameter):
     """A CPU parameter that says it is on CUDA (what configure_optimizers reads)."""
 
     @property
-    def is_cuda(self) -> bool:  # noqa: D401
+    def is_cuda(self) -> bool:
         return True
 
 

@@ -37,13 +37,13 @@ def test_recovers_planted_blocks(method):
     ei, ew = b.edges(r)
     n = r.shape[1]
     a = _adj(ei, n)
-    assert torch.equal(a, a.T)                      # symmetric
-    assert not a.diagonal().any()                   # no self loops
-    assert int(a.sum(1).max()) <= 6                 # at most k per node
-    assert float(ew.abs().min()) >= 0.3             # threshold
+    assert torch.equal(a, a.T)  # symmetric
+    assert not a.diagonal().any()  # no self loops
+    assert int(a.sum(1).max()) <= 6  # at most k per node
+    assert float(ew.abs().min()) >= 0.3  # threshold
     same = (block[ei[0]] == block[ei[1]]).double().mean()
-    assert same > 0.97                              # edges stay inside the planted blocks
-    assert int((a.sum(1) == 0).sum()) == 0          # nobody isolated: block peers are strongly correlated
+    assert same > 0.97  # edges stay inside the planted blocks
+    assert int((a.sum(1) == 0).sum()) == 0  # nobody isolated: block peers are strongly correlated
     st = graph_stats(ei, ew, n)
     assert st["n_edges"] * 2 == ei.shape[1] and st["avg_degree"] == pytest.approx(2 * st["n_edges"] / n)
 
@@ -83,7 +83,7 @@ def test_ewm_weights_recent_days_more():
 
 
 def test_missing_values_pairwise_complete_and_min_obs():
-    r, block = _blocks(t=60, seed=5)
+    r, _block = _blocks(t=60, seed=5)
     full = FinancialGraphBuilder(method="pearson", shrinkage=0.0).correlation(r)
     rn = r.clone()
     rn[:10, 0] = float("nan")
@@ -113,16 +113,19 @@ def test_snapshot_top_by_market_cap():
     r, block = _blocks(t=70, n_blocks=4, size=10, seed=6)
     t, n = r.shape
     dates = [dt.date(2024, 1, 1) + dt.timedelta(days=i) for i in range(t)]
-    df = pl.DataFrame({
-        "Date": [d for d in dates for _ in range(n)],
-        "Code": [f"{i:05d}" for i in range(n)] * t,
-        "returns_1d": r.numpy().reshape(-1),
-        "market_cap": np.tile(np.arange(n, dtype=float), t),
-        "S33": [str(int(b)) for b in block] * t,
-    })
+    df = pl.DataFrame(
+        {
+            "Date": [d for d in dates for _ in range(n)],
+            "Code": [f"{i:05d}" for i in range(n)] * t,
+            "returns_1d": r.numpy().reshape(-1),
+            "market_cap": np.tile(np.arange(n, dtype=float), t),
+            "S33": [str(int(b)) for b in block] * t,
+        }
+    )
     st = graph_snapshot(df, FinancialGraphBuilder(window=60, k=5), n_nodes=20)
     assert st["n_nodes"] == 20 and st["ranked_by"] == "market_cap" and st["window_days"] == 60
     assert st["same_sector_edge_share"] > 0.95 and st["n_edges"] > 0
-    st2 = graph_snapshot(df.drop("market_cap").with_columns(pl.lit(1.0).alias("dollar_volume")),
-                         FinancialGraphBuilder(k=5), n_nodes=10)
+    st2 = graph_snapshot(
+        df.drop("market_cap").with_columns(pl.lit(1.0).alias("dollar_volume")), FinancialGraphBuilder(k=5), n_nodes=10
+    )
     assert st2["ranked_by"] == "dollar_volume" and st2["n_nodes"] == 10

@@ -36,7 +36,7 @@ def reference_select(b: FinancialGraphBuilder, corr: torch.Tensor) -> torch.Tens
         if not bool(live.any()):
             break
         prop = live & (live.cumsum(1) <= cap[:, None])
-        keys = (rows[prop] * n + nbr[prop])
+        keys = rows[prop] * n + nbr[prop]
         acc = prop.clone()
         acc[prop] = torch.isin(nbr[prop] * n + rows[prop], keys)
         if not bool(acc.any()):
@@ -48,12 +48,12 @@ def reference_select(b: FinancialGraphBuilder, corr: torch.Tensor) -> torch.Tens
 
 
 def reference_correlation(b: FinancialGraphBuilder, returns: torch.Tensor, mask: torch.Tensor | None = None):
-    x = returns[-b.window:]
+    x = returns[-b.window :]
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     x = x.to(dtype)
     valid = torch.isfinite(x)
     if mask is not None:
-        valid = valid & mask[-b.window:].to(device=x.device, dtype=torch.bool)
+        valid = valid & mask[-b.window :].to(device=x.device, dtype=torch.bool)
     w = b._weights(x.shape[0], x.device, dtype)[:, None]
     corr = b._complete_corr(x, w) if bool(valid.all()) else b._pairwise_corr(x, valid, w)
     corr = 0.5 * (corr + corr.T) * (1.0 - b.shrinkage)
@@ -127,12 +127,12 @@ def test_ties_same_edges(seed):
 
 def test_missing_returns_same_edges():
     r = factor_returns(60, 80, 3)
-    r[:15, 0] = float("nan")                  # a late listing
-    r[:, 1] = float("nan")                    # a stock without any return
-    r[5:50, 2] = float("inf")                 # invalid values: too few observations left (min_obs 20)
-    r[::7, 3:9] = float("nan")                # scattered gaps
+    r[:15, 0] = float("nan")  # a late listing
+    r[:, 1] = float("nan")  # a stock without any return
+    r[5:50, 2] = float("inf")  # invalid values: too few observations left (min_obs 20)
+    r[::7, 3:9] = float("nan")  # scattered gaps
     mask = torch.ones_like(r, dtype=torch.bool)
-    mask[:50, 9] = False                      # masked out
+    mask[:50, 9] = False  # masked out
     kw = dict(window=60, k=6, threshold=0.2, min_obs=20)
     assert assert_same_edges(kw, r, mask) > 0
     ei, _ = FinancialGraphBuilder(**kw, sync_free=True).edges(r, mask)
@@ -141,13 +141,13 @@ def test_missing_returns_same_edges():
 
 def test_edge_cases_same_edges():
     r = factor_returns(40, 12, 4)
-    assert assert_same_edges(dict(window=40, k=10, min_obs=10, threshold=0.0), r) > 0      # fewer than k partners
+    assert assert_same_edges(dict(window=40, k=10, min_obs=10, threshold=0.0), r) > 0  # fewer than k partners
     assert assert_same_edges(dict(window=40, k=30, min_obs=10, threshold=0.1), r[:, :3]) >= 0  # k > N - 1
-    assert assert_same_edges(dict(window=40, k=3, min_obs=10, threshold=0.999), r) == 0   # all below threshold
-    assert assert_same_edges(dict(window=40, k=3, min_obs=10), r[:, :1]) == 0              # a single stock
+    assert assert_same_edges(dict(window=40, k=3, min_obs=10, threshold=0.999), r) == 0  # all below threshold
+    assert assert_same_edges(dict(window=40, k=3, min_obs=10), r[:, :1]) == 0  # a single stock
     assert assert_same_edges(dict(window=40, k=3, min_obs=10, threshold=0.0), r[:, :2]) == 2  # two stocks
-    assert assert_same_edges(dict(window=40, k=3, min_obs=10), r[:, :0]) == 0              # no stock
-    assert assert_same_edges(dict(window=40, k=3, min_obs=50), r) == 0                     # too short a window
+    assert assert_same_edges(dict(window=40, k=3, min_obs=10), r[:, :0]) == 0  # no stock
+    assert assert_same_edges(dict(window=40, k=3, min_obs=50), r) == 0  # too short a window
     nbr, ok = FinancialGraphBuilder(k=3).select_slots(torch.ones(1, 1))
     assert nbr.shape == ok.shape == (1, 0)
 
@@ -169,9 +169,13 @@ def test_slots_shape_and_order():
 # ---- no host synchronisation -----------------------------------------------------------------------------------
 def _meta_inputs(n=64, t=30, f=5):
     dev = torch.device("meta")
-    return (torch.randn(n, t, f, device=dev), torch.zeros(n, dtype=torch.long, device=dev),
-            torch.zeros(n, dtype=torch.long, device=dev), torch.randn(n, t, device=dev),
-            torch.ones(n, t, dtype=torch.bool, device=dev))
+    return (
+        torch.randn(n, t, f, device=dev),
+        torch.zeros(n, dtype=torch.long, device=dev),
+        torch.zeros(n, dtype=torch.long, device=dev),
+        torch.randn(n, t, device=dev),
+        torch.ones(n, t, dtype=torch.bool, device=dev),
+    )
 
 
 def test_meta_device_proves_no_data_dependent_host_op():
@@ -186,10 +190,15 @@ def test_meta_device_proves_no_data_dependent_host_op():
     ei, attr = day_graph(b, returns, valid, sector, segment)
     assert ei.shape == (2, 64 * 6 + 64) and attr.shape == (64 * 6 + 64, 3)
     for norm in ("none", "fan", "revin"):
-        cfg = ATFTConfig.packaged(n_features=5, horizons=(1, 5, 10, 20), window=30, hidden=16, norm=norm,
-                                  market_context="film",
-                                  graph=dict(window=30, method="ewm", halflife=5, shrinkage=0.1, threshold=0.3, k=6,
-                                             min_obs=10))
+        cfg = ATFTConfig.packaged(
+            n_features=5,
+            horizons=(1, 5, 10, 20),
+            window=30,
+            hidden=16,
+            norm=norm,
+            market_context="film",
+            graph=dict(window=30, method="ewm", halflife=5, shrinkage=0.1, threshold=0.3, k=6, min_obs=10),
+        )
         model = ATFTGATFAN(cfg).to("meta")
         model.graph_builder.sync_free = True
         out = model(x, sector, segment, returns, valid)
@@ -216,7 +225,7 @@ def test_padded_day_graph_holds_the_compact_graph():
     assert ei_p.shape[1] == n * 6 + n
     real = (ei_p < n).all(0)
     sink = (ei_p == n).all(0)
-    assert bool((real | sink).all())                                   # an empty slot is (N, N), nothing else
+    assert bool((real | sink).all())  # an empty slot is (N, N), nothing else
     assert torch.equal(ei_p[:, real], ei_c) and torch.equal(at_p[real], at_c)
     assert not at_p[sink].any()
 
@@ -236,9 +245,13 @@ def test_gat_branch_same_output_padded_or_compact(seed):
 
 def test_model_output_same_with_either_graph_path():
     returns, valid, sector, segment = _day(n=120)
-    cfg = ATFTConfig.packaged(n_features=4, horizons=(1, 5, 10, 20), window=30, hidden=16,
-                              graph=dict(window=30, method="ewm", halflife=5, shrinkage=0.1, threshold=0.2, k=5,
-                                         min_obs=10))
+    cfg = ATFTConfig.packaged(
+        n_features=4,
+        horizons=(1, 5, 10, 20),
+        window=30,
+        hidden=16,
+        graph=dict(window=30, method="ewm", halflife=5, shrinkage=0.1, threshold=0.2, k=5, min_obs=10),
+    )
     torch.manual_seed(0)
     model = ATFTGATFAN(cfg).eval()
     x = torch.randn(120, 30, 4)
@@ -264,7 +277,7 @@ def test_cuda_same_edges_as_reference_and_no_sync(n):
     assert torch.equal(ei, ref_ei) and torch.equal(ew, ref_ew)
     day_graph(b, returns, valid, sector, segment)  # warm-up (lazy CUDA initialisation)
     torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")        # any synchronising call raises from here on
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising call raises from here on
     try:
         ei_p, _ = day_graph(b, returns, valid, sector, segment)
     finally:

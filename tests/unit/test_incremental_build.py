@@ -20,12 +20,12 @@ from typer.testing import CliRunner
 
 from gogooku3.cli import app
 from gogooku3.config.compose import load_config
+from gogooku3.core.io import read_json
 from gogooku3.features import incremental
 from gogooku3.features.builder import build_dataset
 from gogooku3.features.coverage import coverage_path
 from gogooku3.features.incremental import Refused, update_dataset
 from gogooku3.features.manifest import manifest_path, metadata_path
-from gogooku3.core.io import read_json
 from gogooku3.sources.schema import write_table
 
 NEW_SESSIONS = 3
@@ -42,14 +42,21 @@ def market():
 
 def truncate(tables: dict, t) -> dict:
     """The raw tables as published at t: rows up to t, adjusted quotes with only the splits known at t."""
-    keep = {"topix": "Date", "listed_info": "Date", "statements": "DiscDate", "investor_types": "PubDate",
-            "margin_interest": "PubDate"}
+    keep = {
+        "topix": "Date",
+        "listed_info": "Date",
+        "statements": "DiscDate",
+        "investor_types": "PubDate",
+        "margin_interest": "PubDate",
+    }
     out = {k: (v.filter(pl.col(keep[k]) <= t) if k in keep else v) for k, v in tables.items()}
     dq = tables["daily_quotes"].filter(pl.col("Date") <= t).sort("Code", "Date")
     after = (pl.col("AdjFactor").reverse().cum_prod().reverse().shift(-1).fill_null(1.0)).over("Code")
     dq = dq.with_columns(after.alias("_p"))
-    out["daily_quotes"] = dq.with_columns(*[(pl.col(x) * pl.col("_p")).alias(f"Adj{x}") for x in ("O", "H", "L", "C")],
-                                          (pl.col("Vo") / pl.col("_p")).alias("AdjVo")).drop("_p")
+    out["daily_quotes"] = dq.with_columns(
+        *[(pl.col(x) * pl.col("_p")).alias(f"Adj{x}") for x in ("O", "H", "L", "C")],
+        (pl.col("Vo") / pl.col("_p")).alias("AdjVo"),
+    ).drop("_p")
     return out
 
 
@@ -60,8 +67,9 @@ def _write(tables: dict, raw) -> None:
 
 
 def _cfg(raw, out, *extra):
-    return load_config([f"paths.raw_dir={raw}", f"paths.output_dir={out}",
-                        f"paths.dataset={out}/ml_dataset_latest.parquet", *extra])
+    return load_config(
+        [f"paths.raw_dir={raw}", f"paths.output_dir={out}", f"paths.dataset={out}/ml_dataset_latest.parquet", *extra]
+    )
 
 
 def _cut(market: dict) -> dict:
@@ -145,14 +153,17 @@ def test_refusals(market, tmp_path):
     _refused(_cfg(tmp_path / "new", out, "labels.horizons=[1,5]"), "another labels config")
     # a corrected close price inside the old span
     dq = new["daily_quotes"]
-    fixed = dq.with_columns(pl.when(pl.int_range(pl.len()) == 10).then(pl.col("C") * 1.01).otherwise(pl.col("C"))
-                            .alias("C"))
+    fixed = dq.with_columns(
+        pl.when(pl.int_range(pl.len()) == 10).then(pl.col("C") * 1.01).otherwise(pl.col("C")).alias("C")
+    )
     _write({**new, "daily_quotes": fixed}, tmp_path / "fixed")
     _refused(_cfg(tmp_path / "fixed", out), "daily_quotes.parquet", "column(s) C differ")
     # a back-filled statement before the old end
     st = new["statements"]
-    _write({**new, "statements": pl.concat([st, st.head(1).with_columns(pl.col("DiscDate").dt.offset_by("-1d"))])},
-           tmp_path / "backfill")
+    _write(
+        {**new, "statements": pl.concat([st, st.head(1).with_columns(pl.col("DiscDate").dt.offset_by("-1d"))])},
+        tmp_path / "backfill",
+    )
     _refused(_cfg(tmp_path / "backfill", out), "statements.parquet", "the row set")
     # no margin table any more
     _write({k: v for k, v in new.items() if k != "margin_interest"}, tmp_path / "gone")
@@ -173,8 +184,17 @@ def test_refusals(market, tmp_path):
 def test_cli_incremental_refusal_is_one_line(tmp_path):
     runner = CliRunner()
     out = tmp_path / "out"
-    r = runner.invoke(app, ["data", "build", "--incremental", f"paths.raw_dir={tmp_path}/raw",
-                            f"paths.output_dir={out}", f"paths.dataset={out}/ml_dataset_latest.parquet"])
+    r = runner.invoke(
+        app,
+        [
+            "data",
+            "build",
+            "--incremental",
+            f"paths.raw_dir={tmp_path}/raw",
+            f"paths.output_dir={out}",
+            f"paths.dataset={out}/ml_dataset_latest.parquet",
+        ],
+    )
     assert r.exit_code == 2
     assert "error: incremental build refused: no existing dataset" in r.output
     r = runner.invoke(app, ["data", "build", "--fallback-full", f"paths.raw_dir={tmp_path}/raw"])

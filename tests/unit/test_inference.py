@@ -5,14 +5,14 @@ import polars as pl
 import pytest
 import torch
 
-from gogooku3.core import columns as C
 from gogooku3.config.compose import load_config
+from gogooku3.core import columns as C
 from gogooku3.core.errors import ConfigError, DataError
-from gogooku3.features.manifest import FeatureManifest, manifest_path
-from gogooku3.training.inference import predict_panel
-from gogooku3.model.atft_gat_fan import ATFTGATFAN, ATFTConfig
 from gogooku3.data.panel import PanelDayDataset, PanelStore
+from gogooku3.features.manifest import FeatureManifest, manifest_path
+from gogooku3.model.atft_gat_fan import ATFTGATFAN, ATFTConfig
 from gogooku3.training.fit import make_plans
+from gogooku3.training.inference import predict_panel
 
 torch.set_num_threads(1)
 FEATS = ["returns_1d", "f_signal", "f_noise1"]
@@ -26,10 +26,24 @@ def panel(tmp_path, planted_dataset):
 
 def test_predict_panel_matches_a_day_by_day_model_call(panel):
     torch.manual_seed(0)
-    model = ATFTGATFAN(ATFTConfig.packaged(n_features=len(FEATS), window=10, hidden=16, head_hidden=8,
-                                           horizons=(1, 5), graph={"window": 10, "method": "ewm", "halflife": 5,
-                                                                   "shrinkage": 0.1, "threshold": 0.3, "k": 4,
-                                                                   "min_obs": 5})).eval()
+    model = ATFTGATFAN(
+        ATFTConfig.packaged(
+            n_features=len(FEATS),
+            window=10,
+            hidden=16,
+            head_hidden=8,
+            horizons=(1, 5),
+            graph={
+                "window": 10,
+                "method": "ewm",
+                "halflife": 5,
+                "shrinkage": 0.1,
+                "threshold": 0.3,
+                "k": 4,
+                "min_obs": 5,
+            },
+        )
+    ).eval()
     days = np.arange(20, 40)
     out = predict_panel(model, panel, days, window=10, min_window_frac=1.0)
     valid = panel.window_valid(10, 1.0)
@@ -60,10 +74,17 @@ def test_plans_follow_the_manifest_lag(tmp_path, planted_dataset):
     df = pl.read_parquet(ds)
     FeatureManifest.from_frame(df, {f: "price" for f in FEATS}, [1, 5], 2).save(manifest_path(ds))
     man = FeatureManifest.for_dataset(ds)
-    with pytest.raises(ConfigError, match="entry_lag=2.*entry_lag=1"):
+    with pytest.raises(ConfigError, match=r"entry_lag=2.*entry_lag=1"):
         man.check_labels(load_config(["labels.horizons=[1,5]"]).labels, ds)
-    cfg = load_config(["labels.horizons=[1,5]", "labels.entry_lag=2", "split.min_train_days=60", "split.n_splits=2",
-                       "split.val_days=12"])
+    cfg = load_config(
+        [
+            "labels.horizons=[1,5]",
+            "labels.entry_lag=2",
+            "split.min_train_days=60",
+            "split.n_splits=2",
+            "split.val_days=12",
+        ]
+    )
     man.check_labels(cfg.labels, ds)
     dates = df["Date"].unique().sort().to_list()
     folds, plans = make_plans(dates, cfg.split, man.horizons, man.entry_lag, None)
@@ -74,11 +95,15 @@ def test_plans_follow_the_manifest_lag(tmp_path, planted_dataset):
     assert pos[plan.fit[-1]] + reach < pos[plan.val[0]]
     assert pos[plan.fold.train_dates[-1]] + reach < pos[plan.test[0]]
     assert len(make_plans(dates, cfg.split, man.horizons, man.entry_lag, "all")[1]) == 2
-    with pytest.raises(ConfigError, match="cv.folds"):
+    with pytest.raises(ConfigError, match=r"cv.folds"):
         make_plans(dates, cfg.split, man.horizons, man.entry_lag, 0)
 
 
 def test_columns_are_spelled_once():
-    assert (C.target(5), C.pred(5), C.oracle(5), C.monitor(1)) == ("target_5d", "pred_5d", "oracle_5d",
-                                                                   "val_rank_ic_1d")
+    assert (C.target(5), C.pred(5), C.oracle(5), C.monitor(1)) == (
+        "target_5d",
+        "pred_5d",
+        "oracle_5d",
+        "val_rank_ic_1d",
+    )
     assert C.pred_horizons(["Date", "pred_5d", "target_5d", "pred_1d", "target_20d"]) == [5]

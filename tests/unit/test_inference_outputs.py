@@ -5,10 +5,10 @@ import polars as pl
 import pytest
 import torch
 
-from gogooku3.training.inference import EXPLAIN_COL, predict_panel, quantile_col
+from gogooku3.data.panel import PanelDayDataset, PanelStore
 from gogooku3.model.atft_gat_fan import ATFTGATFAN, ATFTConfig
 from gogooku3.model.ensemble import ATFTEnsemble
-from gogooku3.data.panel import PanelDayDataset, PanelStore
+from gogooku3.training.inference import EXPLAIN_COL, predict_panel, quantile_col
 
 torch.set_num_threads(1)
 FEATS = ["returns_1d", "f_signal", "f_noise1"]
@@ -23,8 +23,11 @@ def panel(tmp_path, planted_dataset):
 
 def _model(seed: int) -> ATFTGATFAN:
     torch.manual_seed(seed)
-    return ATFTGATFAN(ATFTConfig.packaged(n_features=len(FEATS), window=10, hidden=16, head_hidden=8,
-                                          horizons=(1, 5), vsn_init_gain=3.0, graph=GRAPH)).eval()
+    return ATFTGATFAN(
+        ATFTConfig.packaged(
+            n_features=len(FEATS), window=10, hidden=16, head_hidden=8, horizons=(1, 5), vsn_init_gain=3.0, graph=GRAPH
+        )
+    ).eval()
 
 
 @pytest.mark.parametrize("members", [1, 2])
@@ -47,8 +50,8 @@ def test_quantiles_and_selection_weights(panel, members):
         np.testing.assert_allclose(got[quantile_col(5, 0.9)].to_numpy(), ref["quantiles"][:, 1, -1].numpy(), atol=1e-6)
         w = np.stack(got[EXPLAIN_COL].to_list())
         assert w.shape == (len(idx), len(FEATS))
-        np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-5)          # a softmax per stock (mean of softmaxes)
+        np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-5)  # a softmax per stock (mean of softmaxes)
         np.testing.assert_allclose(w.mean(axis=0), ref["feature_weights"].numpy(), atol=1e-5)  # the model's mean
-        assert np.ptp(w[:, 0]) > 1e-4                                       # and they differ across stocks
+        assert np.ptp(w[:, 0]) > 1e-4  # and they differ across stocks
     # hooks are removed: later calls see no extra module hooks
     assert not any(m._forward_hooks for m in model.modules())

@@ -65,42 +65,128 @@ class FakeJQuants:
         if path == "/equities/bars/daily":
             d = p["date"]
             day = int(d[-2:])
-            rows = [{"Date": d, "Code": c, "O": 100 + day, "H": 101 + day, "L": 99 + day, "C": 100.5 + day,
-                     "UL": "0", "LL": "0", "Vo": 1000 * (i + 1), "Va": 1e5, "AdjFactor": 1.0, "AdjO": 100 + day,
-                     "AdjH": 101 + day, "AdjL": 99 + day, "AdjC": 100.5 + day, "AdjVo": 1000 * (i + 1)}
-                    for i, c in enumerate(CODES)]
+            rows = [
+                {
+                    "Date": d,
+                    "Code": c,
+                    "O": 100 + day,
+                    "H": 101 + day,
+                    "L": 99 + day,
+                    "C": 100.5 + day,
+                    "UL": "0",
+                    "LL": "0",
+                    "Vo": 1000 * (i + 1),
+                    "Va": 1e5,
+                    "AdjFactor": 1.0,
+                    "AdjO": 100 + day,
+                    "AdjH": 101 + day,
+                    "AdjL": 99 + day,
+                    "AdjC": 100.5 + day,
+                    "AdjVo": 1000 * (i + 1),
+                }
+                for i, c in enumerate(CODES)
+            ]
             if "pagination_key" not in p:  # two pages per date
                 return {"data": rows[:2], "pagination_key": f"page2-{d}"}
             assert p["pagination_key"] == f"page2-{d}"
             return {"data": rows[2:]}
         if path == "/equities/master":
-            return {"data": [{"Date": p["date"], "Code": c, "CoName": f"Co{c}", "CoNameEn": "x", "S17": "6",
-                              "S17Nm": "x", "S33": "3700", "S33Nm": "x", "ScaleCat": "TOPIX Core30",
-                              "Mkt": "0111", "MktNm": "x", "Mrgn": "1", "MrgnNm": "x"} for c in CODES]}
+            return {
+                "data": [
+                    {
+                        "Date": p["date"],
+                        "Code": c,
+                        "CoName": f"Co{c}",
+                        "CoNameEn": "x",
+                        "S17": "6",
+                        "S17Nm": "x",
+                        "S33": "3700",
+                        "S33Nm": "x",
+                        "ScaleCat": "TOPIX Core30",
+                        "Mkt": "0111",
+                        "MktNm": "x",
+                        "Mrgn": "1",
+                        "MrgnNm": "x",
+                    }
+                    for c in CODES
+                ]
+            }
         if path == "/fins/summary":
             if p["date"] != "2024-01-12":
                 return {"data": []}
-            return {"data": [{"DiscDate": "2024-01-12", "DiscTime": "15:30:00", "Code": "72030", "DiscNo": "1",
-                              "DocType": "3QFinancialStatements_Consolidated_IFRS", "CurPerType": "3Q",
-                              "CurFYSt": "2023-04-01", "CurFYEn": "2024-03-31", "Sales": "34000000000000",
-                              "OP": "4000000000000", "NP": "3900000000000", "EPS": "280.5", "TA": "",
-                              "Eq": "", "FOP": "4500000000000", "FNP": "4500000000000", "FEPS": "330.1",
-                              "FDivAnn": "60", "ShOutFY": "16314987460", "ChgAcEst": "false", "RetroRst": "false"}]}
+            return {
+                "data": [
+                    {
+                        "DiscDate": "2024-01-12",
+                        "DiscTime": "15:30:00",
+                        "Code": "72030",
+                        "DiscNo": "1",
+                        "DocType": "3QFinancialStatements_Consolidated_IFRS",
+                        "CurPerType": "3Q",
+                        "CurFYSt": "2023-04-01",
+                        "CurFYEn": "2024-03-31",
+                        "Sales": "34000000000000",
+                        "OP": "4000000000000",
+                        "NP": "3900000000000",
+                        "EPS": "280.5",
+                        "TA": "",
+                        "Eq": "",
+                        "FOP": "4500000000000",
+                        "FNP": "4500000000000",
+                        "FEPS": "330.1",
+                        "FDivAnn": "60",
+                        "ShOutFY": "16314987460",
+                        "ChgAcEst": "false",
+                        "RetroRst": "false",
+                    }
+                ]
+            }
         if path == "/indices/bars/daily/topix":
             lo, hi = dt.date.fromisoformat(p["from"]), dt.date.fromisoformat(p["to"])
             days = [lo + dt.timedelta(days=i) for i in range((hi - lo).days + 1)]
-            return {"data": [{"Date": d.isoformat(), "O": 2500.0, "H": 2510.0, "L": 2490.0, "C": 2505.0}
-                             for d in days if _session(d)]}
+            return {
+                "data": [
+                    {"Date": d.isoformat(), "O": 2500.0, "H": 2510.0, "L": 2490.0, "C": 2505.0}
+                    for d in days
+                    if _session(d)
+                ]
+            }
         if path == "/equities/investor-types":
             if p["from"] != "2024-01-01":
                 return {"data": []}
-            return {"data": [{"PubDate": "2024-01-11", "StDate": "2024-01-04", "EnDate": "2024-01-05",
-                              "Section": "TSEPrime", "FrgnSell": 1e9, "FrgnBuy": 1.2e9, "FrgnTot": 2.2e9,
-                              "FrgnBal": 2e8, "IndBal": -1e8, "SecCoBal": 5.0}]}
+            return {
+                "data": [
+                    {
+                        "PubDate": "2024-01-11",
+                        "StDate": "2024-01-04",
+                        "EnDate": "2024-01-05",
+                        "Section": "TSEPrime",
+                        "FrgnSell": 1e9,
+                        "FrgnBuy": 1.2e9,
+                        "FrgnTot": 2.2e9,
+                        "FrgnBal": 2e8,
+                        "IndBal": -1e8,
+                        "SecCoBal": 5.0,
+                    }
+                ]
+            }
         if path == "/markets/margin-interest":
-            return {"data": [{"Date": p["date"], "Code": c, "ShrtVol": 10.0, "LongVol": 20.0, "ShrtNegVol": 1.0,
-                              "LongNegVol": 2.0, "ShrtStdVol": 9.0, "LongStdVol": 18.0, "IssType": "2"}
-                             for c in CODES]}
+            return {
+                "data": [
+                    {
+                        "Date": p["date"],
+                        "Code": c,
+                        "ShrtVol": 10.0,
+                        "LongVol": 20.0,
+                        "ShrtNegVol": 1.0,
+                        "LongNegVol": 2.0,
+                        "ShrtStdVol": 9.0,
+                        "LongStdVol": 18.0,
+                        "IssType": "2",
+                    }
+                    for c in CODES
+                ]
+            }
         return {"data": []}
 
 
@@ -112,9 +198,19 @@ def server() -> FakeJQuants:
 @pytest.fixture
 def cfg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("JQUANTS_API_KEY", SECRET)
-    return load_config(["data=jquants", f"paths.raw_dir={tmp_path / 'raw'}", f"paths.cache_dir={tmp_path / 'cache'}",
-                        f"data.start_date={START}", f"data.end_date={END}", "data.plan=standard",
-                        "data.progress=false", "data.backoff_base_s=0.5", "data.max_attempts=3"])
+    return load_config(
+        [
+            "data=jquants",
+            f"paths.raw_dir={tmp_path / 'raw'}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            f"data.start_date={START}",
+            f"data.end_date={END}",
+            "data.plan=standard",
+            "data.progress=false",
+            "data.backoff_base_s=0.5",
+            "data.max_attempts=3",
+        ]
+    )
 
 
 class Sleeps(list):
@@ -133,8 +229,15 @@ SESSIONS = [d for d in (START + dt.timedelta(days=i) for i in range((END - START
 def test_fetch_writes_every_table_mapped_to_the_schema(cfg, server, tmp_path):
     out = _run(cfg, server)
     raw = tmp_path / "raw"
-    assert set(out) == {"trading_calendar", "daily_quotes", "listed_info", "statements", "topix", "investor_types",
-                        "margin_interest"}
+    assert set(out) == {
+        "trading_calendar",
+        "daily_quotes",
+        "listed_info",
+        "statements",
+        "topix",
+        "investor_types",
+        "margin_interest",
+    }
     dq = read_table(raw, "daily_quotes")
     assert dq.height == len(SESSIONS) * len(CODES)  # both pages of every date
     assert dq.schema["Code"] == pl.Utf8 and dq.schema["Date"] == pl.Date and dq.schema["AdjC"] == pl.Float64
@@ -186,11 +289,11 @@ def test_config_key_is_used_when_set(cfg, server, monkeypatch):
 
 def test_unknown_plan_and_bad_dates_are_config_errors(cfg, server):
     cfg.data.plan = "gold"
-    with pytest.raises(ConfigError, match="data.plan"):
+    with pytest.raises(ConfigError, match=r"data.plan"):
         _run(cfg, server)
     cfg.data.plan = "light"
     cfg.data.start_date = "2024-02-01"
-    with pytest.raises(ConfigError, match="after data.end_date"):
+    with pytest.raises(ConfigError, match=r"after data.end_date"):
         _run(cfg, server)
 
 
@@ -265,8 +368,10 @@ def test_transport_errors_are_retried():
 
     with _client(handler, Sleeps(), max_attempts=3) as c:
         assert c.get_all("/markets/calendar", {}) == [{"x": 1}]
-    with _client(lambda r: (_ for _ in ()).throw(httpx.ReadTimeout("slow", request=r)), Sleeps(),
-                 max_attempts=2) as c, pytest.raises(DataError, match="network error ReadTimeout"):
+    with (
+        _client(lambda r: (_ for _ in ()).throw(httpx.ReadTimeout("slow", request=r)), Sleeps(), max_attempts=2) as c,
+        pytest.raises(DataError, match="network error ReadTimeout"),
+    ):
         c.get_all("/markets/calendar", {})
 
 
@@ -284,13 +389,15 @@ def test_auth_failure_is_clear_and_not_retried(status):
 
 
 def test_other_4xx_fails_without_retry():
-    with _client(lambda r: httpx.Response(400, json={"message": "bad date"}), Sleeps()) as c, \
-            pytest.raises(DataError, match="HTTP 400: bad date"):
+    with (
+        _client(lambda r: httpx.Response(400, json={"message": "bad date"}), Sleeps()) as c,
+        pytest.raises(DataError, match="HTTP 400: bad date"),
+    ):
         c.get_all("/equities/bars/daily", {"date": "x"})
 
 
 def test_repeated_pagination_key_is_an_error():
-    handler = lambda r: httpx.Response(200, json={"data": [{"a": 1}], "pagination_key": "same"})  # noqa: E731
+    handler = lambda r: httpx.Response(200, json={"data": [{"a": 1}], "pagination_key": "same"})
     with _client(handler, Sleeps()) as c, pytest.raises(DataError, match="pagination_key repeated"):
         c.get_all("/equities/bars/daily", {"date": "2024-01-04"})
 
@@ -310,8 +417,13 @@ class FakeClock:
 
 def test_rate_limit_spaces_requests_and_caps_fins_endpoints():
     clock = FakeClock()
-    c = JQuantsClient(SECRET, requests_per_minute=120, transport=httpx.MockTransport(
-        lambda r: httpx.Response(200, json={"data": []})), sleep=clock.sleep, clock=clock)
+    c = JQuantsClient(
+        SECRET,
+        requests_per_minute=120,
+        transport=httpx.MockTransport(lambda r: httpx.Response(200, json={"data": []})),
+        sleep=clock.sleep,
+        clock=clock,
+    )
     for _ in range(4):
         c.get_all("/equities/bars/daily", {"date": "2024-01-04"})
     assert clock.sleeps == pytest.approx([0.5, 0.5, 0.5])  # 120 req/min
@@ -322,8 +434,13 @@ def test_rate_limit_spaces_requests_and_caps_fins_endpoints():
     assert clock.t >= 0.5 * 3 + 2.0
 
     slow = FakeClock()  # free plan: the plan-wide 5/min also binds the capped endpoint
-    c = JQuantsClient(SECRET, requests_per_minute=5, transport=httpx.MockTransport(
-        lambda r: httpx.Response(200, json={"data": []})), sleep=slow.sleep, clock=slow)
+    c = JQuantsClient(
+        SECRET,
+        requests_per_minute=5,
+        transport=httpx.MockTransport(lambda r: httpx.Response(200, json={"data": []})),
+        sleep=slow.sleep,
+        clock=slow,
+    )
     c.get_all("/equities/bars/daily", {"date": "2024-01-04"})
     c.get_all("/fins/summary", {"date": "2024-01-04"})
     assert slow.sleeps == pytest.approx([12.0])
@@ -398,8 +515,16 @@ def test_api_key_never_in_logs_files_or_errors(cfg, server, tmp_path, caplog):
     with pytest.raises(DataError) as err:
         _run(cfg, server)
     assert SECRET not in str(err.value)
-    bad = load_config(["data=jquants", f"paths.raw_dir={tmp_path / 'raw2'}", f"paths.cache_dir={tmp_path / 'c2'}",
-                       f"data.start_date={START}", f"data.end_date={END}", "data.progress=false"])
+    bad = load_config(
+        [
+            "data=jquants",
+            f"paths.raw_dir={tmp_path / 'raw2'}",
+            f"paths.cache_dir={tmp_path / 'c2'}",
+            f"data.start_date={START}",
+            f"data.end_date={END}",
+            "data.progress=false",
+        ]
+    )
     bad.data.api_key = SECRET + "-wrong"
     with pytest.raises(ConfigError) as err:
         _run(bad, server)

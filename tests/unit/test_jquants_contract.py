@@ -34,9 +34,19 @@ DERIVED: dict[str, set[str]] = {}
 def jq_cfg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """test_jquants' config of the fake API."""
     monkeypatch.setenv("JQUANTS_API_KEY", SECRET)
-    return load_config(["data=jquants", f"paths.raw_dir={tmp_path / 'raw'}", f"paths.cache_dir={tmp_path / 'cache'}",
-                        f"data.start_date={START}", f"data.end_date={END}", "data.plan=standard",
-                        "data.progress=false", "data.backoff_base_s=0.5", "data.max_attempts=3"])
+    return load_config(
+        [
+            "data=jquants",
+            f"paths.raw_dir={tmp_path / 'raw'}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            f"data.start_date={START}",
+            f"data.end_date={END}",
+            "data.plan=standard",
+            "data.progress=false",
+            "data.backoff_base_s=0.5",
+            "data.max_attempts=3",
+        ]
+    )
 
 
 KEPT = {"statements": {"TrShFY", "NxFSales", "NxFOP", "NxFNp", "NxFEPS", "NxFDivAnn"}, "daily_quotes": {"UL", "LL"}}
@@ -68,7 +78,10 @@ def test_query_parameters_are_the_official_ones():
 def test_envelope_header_and_base_url():
     env = CONTRACT["envelope"]
     assert (jquants.DATA_KEY, jquants.PAGINATION_KEY, jquants.DEFAULT_BASE_URL) == (
-        env["data_key"], env["pagination_key"], env["base_url"])
+        env["data_key"],
+        env["pagination_key"],
+        env["base_url"],
+    )
     seen = {}
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -92,8 +105,16 @@ class KeepingServer(FakeJQuants):
     def payload(self, path: str, p: dict[str, str]) -> dict:
         out = super().payload(path, p)
         if path == "/fins/summary" and out["data"]:
-            out["data"][0].update({"TrShFY": "300000000", "NxFSales": "36000000000000", "NxFOP": "4800000000000",
-                                   "NxFNp": "4600000000000", "NxFEPS": "350.2", "NxFDivAnn": "70"})
+            out["data"][0].update(
+                {
+                    "TrShFY": "300000000",
+                    "NxFSales": "36000000000000",
+                    "NxFOP": "4800000000000",
+                    "NxFNp": "4600000000000",
+                    "NxFEPS": "350.2",
+                    "NxFDivAnn": "70",
+                }
+            )
         return out
 
 
@@ -125,6 +146,10 @@ def test_200_without_data_is_an_error_and_is_not_cached(jq_cfg, tmp_path):
 
 
 def test_client_rejects_a_200_error_body():
-    with JQuantsClient("k", transport=httpx.MockTransport(lambda r: httpx.Response(200, json={"msg": 1})),
-                       sleep=lambda s: None) as c, pytest.raises(DataError, match="without 'data'"):
+    with (
+        JQuantsClient(
+            "k", transport=httpx.MockTransport(lambda r: httpx.Response(200, json={"msg": 1})), sleep=lambda s: None
+        ) as c,
+        pytest.raises(DataError, match="without 'data'"),
+    ):
         c.get_all("/fins/summary", {"date": "2024-01-04"})

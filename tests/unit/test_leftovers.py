@@ -22,13 +22,15 @@ TINY = ["labels.horizons=[1,5]", "model.window=10"]
 
 def test_a_killed_writes_temp_file_goes_with_the_next_write(tmp_path):
     target = tmp_path / "ml_dataset_latest.parquet"
-    code = ("import os, signal, sys\nfrom gogooku3.core.io import atomic_path\n"
-            "with atomic_path(sys.argv[1]) as t:\n    t.write_bytes(b'')\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    code = (
+        "import os, signal, sys\nfrom gogooku3.core.io import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as t:\n    t.write_bytes(b'')\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code, str(target)], timeout=60, check=False)
     assert proc.returncode == -signal.SIGKILL
     left = list(tmp_path.glob(".ml_dataset_latest.parquet.*.tmp"))
     assert len(left) == 1 and left[0].stat().st_size == 0 and not target.exists()
-    untagged = tmp_path / ".ml_dataset_latest.parquet.k2j3h4g5.tmp"      # an older version's, an hour old
+    untagged = tmp_path / ".ml_dataset_latest.parquet.k2j3h4g5.tmp"  # an older version's, an hour old
     untagged.write_bytes(b"")
     os.utime(untagged, (time.time() - 3600,) * 2)
     live = tmp_path / f".ml_dataset_latest.parquet.{temp_owner()}.abc123.tmp"  # a write of this process
@@ -49,12 +51,12 @@ def test_identical_rebuild_keeps_one_panel(tmp_path, monkeypatch, planted_datase
     load_panel(cfg, *load_dataset(cfg))
     data = ds.read_bytes()
     ds.unlink()
-    ds.write_bytes(data)                                               # rebuilt byte for byte: new inode, new mtime
+    ds.write_bytes(data)  # rebuilt byte for byte: new inode, new mtime
     os.utime(ds, ns=(time.time_ns() + 10**9,) * 2)
     assert file_fingerprint(ds) == fp
     load_panel(cfg, *load_dataset(cfg))
     assert len(list((tmp_path / "data" / "cache" / "panels").iterdir())) == 1
-    ds.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))                  # one byte differs: another fingerprint
+    ds.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one byte differs: another fingerprint
     assert file_fingerprint(ds) != fp
 
 
@@ -64,11 +66,12 @@ def test_panel_cache_is_bounded(tmp_path, monkeypatch):
         (panels / fp).mkdir(parents=True)
         (panels / fp / "panel.json").write_text("{}")
         os.utime(panels / fp / "panel.json", (1000 + i, 1000 + i))
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                          check=True)
-    killed = panels / f".eee5.{_HOST}-{int(gone.stdout)}.tmp"          # a conversion whose process is gone
-    live = panels / f".fff6.{temp_owner()}.tmp"                        # one in progress (this process)
-    half = panels / "ggg7"                                             # an older version's half-written panel
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
+    killed = panels / f".eee5.{_HOST}-{int(gone.stdout)}.tmp"  # a conversion whose process is gone
+    live = panels / f".fff6.{temp_owner()}.tmp"  # one in progress (this process)
+    half = panels / "ggg7"  # an older version's half-written panel
     for d in (killed, live, half):
         d.mkdir()
     os.utime(half, (1000, 1000))

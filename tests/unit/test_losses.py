@@ -70,8 +70,8 @@ def test_day_without_labels_gives_zero_loss_with_graph():
 def test_horizon_weights_from_map_or_list():
     from gogooku3.training.fit import horizon_weights
 
-    assert horizon_weights({1: 4, 5: 2, 10: 1, 20: 1}, [1, 5]) == [4.0, 2.0]      # subset of horizons
-    assert horizon_weights({"1": 3}, [1, 20]) == [3.0, 1.0]                       # missing horizons weigh 1
+    assert horizon_weights({1: 4, 5: 2, 10: 1, 20: 1}, [1, 5]) == [4.0, 2.0]  # subset of horizons
+    assert horizon_weights({"1": 3}, [1, 20]) == [3.0, 1.0]  # missing horizons weigh 1
     assert horizon_weights([2, 1], [1, 5]) == [2.0, 1.0]
     assert horizon_weights(None, [1, 5]) is None
 

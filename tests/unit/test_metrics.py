@@ -19,11 +19,14 @@ def _panel(n_days: int = 40, n_stocks: int = 30, seed: int = 0, noise: float = 1
     dates = [date(2021, 12, 1) + timedelta(days=i) for i in range(n_days)]
     y = rng.normal(size=(n_days, n_stocks))
     p = y + noise * rng.normal(size=(n_days, n_stocks))
-    return pl.DataFrame({
-        "Date": pl.Series([d for d in dates for _ in range(n_stocks)], dtype=pl.Date),
-        "Code": [f"{1000 + j}0" for _ in range(n_days) for j in range(n_stocks)],
-        "pred_1d": p.ravel(), "target_1d": y.ravel(),
-    })
+    return pl.DataFrame(
+        {
+            "Date": pl.Series([d for d in dates for _ in range(n_stocks)], dtype=pl.Date),
+            "Code": [f"{1000 + j}0" for _ in range(n_days) for j in range(n_stocks)],
+            "pred_1d": p.ravel(),
+            "target_1d": y.ravel(),
+        }
+    )
 
 
 def test_daily_ic_matches_scipy_with_ties_and_missing():
@@ -32,8 +35,10 @@ def test_daily_ic_matches_scipy_with_ties_and_missing():
     y1 = [1.0, 2.0, 2.0, 5.0, 3.0, None, 1.0, 4.0]
     p2 = [3.0, 1.0, 2.0, 2.0, 5.0, 6.0]
     y2 = [0.3, 0.1, 0.1, 0.2, 0.6, 0.5]
-    df = pl.DataFrame({"Date": [d1] * 8 + [d2] * 6, "pred": p1 + p2, "y": y1 + y2},
-                      schema={"Date": pl.Date, "pred": pl.Float32, "y": pl.Float64})
+    df = pl.DataFrame(
+        {"Date": [d1] * 8 + [d2] * 6, "pred": p1 + p2, "y": y1 + y2},
+        schema={"Date": pl.Date, "pred": pl.Float32, "y": pl.Float64},
+    )
     out = metrics.daily_ic(df, "pred", "y")
     assert out["Date"].to_list() == [d1, d2]
     # day 1 pairwise drop: rows 3 (null pred), 5 (null y), 6 (NaN pred) go -> 5 pairs
@@ -49,11 +54,13 @@ def test_daily_ic_matches_scipy_with_ties_and_missing():
 
 def test_days_too_small_or_with_constant_target_are_excluded_and_a_constant_prediction_scores_zero():
     d = [date(2024, 1, i) for i in (4, 5, 9)]
-    df = pl.DataFrame({
-        "Date": [d[0]] * 4 + [d[1]] * 6 + [d[2]] * 6,
-        "p": [1.0, 2, 3, 4] + [1.0] * 6 + [1.0, 2, 3, 4, 5, 6],
-        "y": [1.0, 2, 3, 4] + [1.0, 2, 3, 4, 5, 6] + [0.5] * 6,
-    })
+    df = pl.DataFrame(
+        {
+            "Date": [d[0]] * 4 + [d[1]] * 6 + [d[2]] * 6,
+            "p": [1.0, 2, 3, 4] + [1.0] * 6 + [1.0, 2, 3, 4, 5, 6],
+            "y": [1.0, 2, 3, 4] + [1.0, 2, 3, 4, 5, 6] + [0.5] * 6,
+        }
+    )
     # 4 < 5 stocks: out; constant target: out; constant prediction: counted as IC 0
     out = metrics.daily_ic(df, "p", "y")
     assert out["Date"].to_list() == [d[1]]
@@ -81,7 +88,9 @@ def test_perfect_reversed_and_random_predictors():
     rng = np.random.default_rng(1)
     big = _panel(n_days=200, n_stocks=50, seed=3).with_columns(pred_1d=pl.Series(rng.normal(size=200 * 50)))
     assert metrics.summarize_ic(metrics.daily_ic(perfect, "pred_1d", "target_1d"))["rank_ic_mean"] == pytest.approx(1.0)
-    assert metrics.summarize_ic(metrics.daily_ic(reversed_, "pred_1d", "target_1d"))["rank_ic_mean"] == pytest.approx(-1.0)
+    assert metrics.summarize_ic(metrics.daily_ic(reversed_, "pred_1d", "target_1d"))["rank_ic_mean"] == pytest.approx(
+        -1.0
+    )
     s = metrics.summarize_ic(metrics.daily_ic(big, "pred_1d", "target_1d"))
     assert abs(s["rank_ic_mean"]) < 0.03 and abs(s["rank_ic_tstat"]) < 4
     assert metrics.hit_rate(perfect, "pred_1d", "target_1d") == pytest.approx(1.0)
@@ -100,7 +109,7 @@ def test_summary_formulas_by_hand():
     assert s["rank_icir"] == pytest.approx(x.mean() / x.std(ddof=1))
     assert s["rank_ic_tstat_naive"] == pytest.approx(x.mean() / x.std(ddof=1) * math.sqrt(25))
     lag = metrics.hac_lag(25, 1)
-    assert s["hac_lag"] == lag == 2 and s["tstat_method"] == "newey_west"   # floor(4 * 0.25^(2/9)) = 2
+    assert s["hac_lag"] == lag == 2 and s["tstat_method"] == "newey_west"  # floor(4 * 0.25^(2/9)) = 2
     u = x - x.mean()
     var = (u @ u + 2 * sum((1 - j / (lag + 1)) * (u[j:] @ u[:-j]) for j in range(1, lag + 1))) / 25
     assert s["rank_ic_tstat"] == pytest.approx(x.mean() / math.sqrt(var / 25))
@@ -122,8 +131,10 @@ def test_quantile_returns_and_spread_by_hand():
     p = list(range(10))
     y1 = [float(v) for v in range(10)]
     y2 = [float(-v) for v in range(10)]
-    df = pl.DataFrame({"Date": [d1] * 10 + [d2] * 10, "p": p + p, "y": y1 + y2},
-                      schema={"Date": pl.Date, "p": pl.Float64, "y": pl.Float64})
+    df = pl.DataFrame(
+        {"Date": [d1] * 10 + [d2] * 10, "p": p + p, "y": y1 + y2},
+        schema={"Date": pl.Date, "p": pl.Float64, "y": pl.Float64},
+    )
     q = metrics.quantile_returns(df, "p", "y", q=5)
     # quintile k holds predictions 2(k-1), 2k-1: day 1 mean 2k-1.5, day 2 the negative -> mean over days 0
     assert q["quantile"].to_list() == [1, 2, 3, 4, 5]
@@ -137,7 +148,9 @@ def test_quantile_returns_and_spread_by_hand():
 
 def test_quantile_ties_share_a_bucket():
     d = date(2024, 3, 1)
-    df = pl.DataFrame({"Date": [d] * 10, "p": [0.0] * 5 + list(map(float, range(1, 6))), "y": list(map(float, range(10)))})
+    df = pl.DataFrame(
+        {"Date": [d] * 10, "p": [0.0] * 5 + list(map(float, range(1, 6))), "y": list(map(float, range(10)))}
+    )
     dq = metrics.daily_quantile_returns(df, "p", "y", q=5)
     # five tied predictions have average rank 3 -> bucket 2, ranks 6..10 -> buckets 3,4,4,5,5
     assert dq["quantile"].to_list() == [2, 3, 4, 5]
@@ -168,7 +181,9 @@ def test_evaluate_per_period_and_errors():
 
 def test_paired_comparison_by_hand():
     good = _panel(n_days=50, seed=7, noise=0.5)
-    bad = good.with_columns(pred_1d=pl.col("pred_1d") + pl.Series(np.random.default_rng(9).normal(size=good.height) * 3))
+    bad = good.with_columns(
+        pred_1d=pl.col("pred_1d") + pl.Series(np.random.default_rng(9).normal(size=good.height) * 3)
+    )
     da = metrics.daily_ic(good, "pred_1d", "target_1d")
     db = metrics.daily_ic(bad, "pred_1d", "target_1d").slice(5)  # only the common days count
     res = metrics.paired_comparison(da, db)
@@ -183,7 +198,7 @@ def test_paired_comparison_by_hand():
     assert res["t_stat"] == pytest.approx(nw["tstat"]) and res["hac_lag"] == nw["hac_lag"] == metrics.hac_lag(45)
     assert res["p_value"] == pytest.approx(2 * stats.t.sf(abs(nw["tstat"]), 44))
     assert res["tstat_method"] == "newey_west"
-    assert metrics.paired_comparison(da, db, horizon=20)["hac_lag"] == 19   # overlapping 20-day labels
+    assert metrics.paired_comparison(da, db, horizon=20)["hac_lag"] == 19  # overlapping 20-day labels
     assert res["mean_diff"] > 0 and res["mean_a"] > res["mean_b"]
 
 
@@ -194,7 +209,7 @@ def test_training_rank_ic_matches_the_metrics_module():
     from gogooku3.training.fit import rank_ic
 
     rng = np.random.default_rng(3)
-    p = np.round(rng.normal(size=40), 1)          # rounding makes ties
+    p = np.round(rng.normal(size=40), 1)  # rounding makes ties
     y = np.round(rng.normal(size=40), 1)
     df = pl.DataFrame({"Date": [date(2024, 1, 4)] * 40, "pred": p, "y": y})
     expected = metrics.daily_ic(df, "pred", "y")["rank_ic"][0]
@@ -232,7 +247,7 @@ def test_newey_west_matches_statsmodels_on_ar1_ics(phi, horizon):
 def test_hac_lag_rule():
     assert metrics.hac_lag(100, 1) == 4 and metrics.hac_lag(100, 20) == 19
     assert metrics.hac_lag(1000, 1) == math.floor(4 * 10 ** (2 / 9)) == 6
-    assert metrics.hac_lag(5, 20) == 4 and metrics.hac_lag(1, 5) == 0   # never beyond n - 1
+    assert metrics.hac_lag(5, 20) == 4 and metrics.hac_lag(1, 5) == 0  # never beyond n - 1
 
 
 def test_evaluate_uses_the_horizon_for_the_lag_and_per_period_is_newey_west():
@@ -251,9 +266,12 @@ def test_align_rows_compares_predictors_on_identical_rows():
     """The model lacks the rows without a full window and one prediction; the baseline scores every row; the oracle
     misses a stock: every frame keeps only the rows all of them have, and the exclusions are counted."""
     full = _panel(n_days=10, n_stocks=8, seed=4)
-    model = full.filter(pl.col("Date") > full["Date"].min())                      # no window on the first day
-    model = model.with_columns(pred_1d=pl.when((pl.col("Code") == "10030") & (pl.col("Date") == model["Date"].max()))
-                               .then(None).otherwise(pl.col("pred_1d")))
+    model = full.filter(pl.col("Date") > full["Date"].min())  # no window on the first day
+    model = model.with_columns(
+        pred_1d=pl.when((pl.col("Code") == "10030") & (pl.col("Date") == model["Date"].max()))
+        .then(None)
+        .otherwise(pl.col("pred_1d"))
+    )
     base = full.with_columns(pred_1d=pl.col("pred_1d") * 0.5 + pl.col("target_1d"))
     oracle = full.filter(pl.col("Code") != "10070").with_columns(pred_1d=pl.col("target_1d"))
     same, rows = metrics.align_rows({"model": model, "baseline": base, "oracle": oracle, "none": None}, [1])

@@ -21,7 +21,7 @@ def _inputs(seed: int = 0):
     factor = torch.randn(L, 2, generator=g)
     load = torch.zeros(N, 2)
     load[: N // 2, 0] = 1.0
-    load[N // 2:, 1] = 1.0
+    load[N // 2 :, 1] = 1.0
     returns = 0.01 * (factor @ load.T).T + 0.002 * torch.randn(N, L, generator=g)  # two correlated blocks
     sector = (torch.arange(N) % 3).long()
     segment = (torch.arange(N) % 2).long()
@@ -30,8 +30,15 @@ def _inputs(seed: int = 0):
 
 def _model(**kw) -> ATFTGATFAN:
     torch.manual_seed(0)
-    base = dict(n_features=F, window=L, hidden=16, head_hidden=8, horizons=(1, 5), norm="fan",
-                graph=dict(window=L, method="pearson", halflife=5, shrinkage=0.0, threshold=0.3, k=5, min_obs=5))
+    base = dict(
+        n_features=F,
+        window=L,
+        hidden=16,
+        head_hidden=8,
+        horizons=(1, 5),
+        norm="fan",
+        graph=dict(window=L, method="pearson", halflife=5, shrinkage=0.0, threshold=0.3, k=5, min_obs=5),
+    )
     base.update(kw)
     return ATFTGATFAN(ATFTConfig.packaged(**base)).eval()
 
@@ -58,8 +65,14 @@ def test_switches_change_output(switch):
     ref = _model()
     other = _model(**switch)
     # same weights wherever the modules coincide, so any difference comes from the switched component
-    other.load_state_dict({k: v for k, v in ref.state_dict().items() if k in other.state_dict()
-                           and other.state_dict()[k].shape == v.shape}, strict=False)
+    other.load_state_dict(
+        {
+            k: v
+            for k, v in ref.state_dict().items()
+            if k in other.state_dict() and other.state_dict()[k].shape == v.shape
+        },
+        strict=False,
+    )
     assert not torch.allclose(ref(x, sec, seg, r)["point"], other(x, sec, seg, r)["point"], atol=1e-5)
 
 
@@ -83,7 +96,7 @@ def test_fan_removes_main_frequencies():
     t = torch.arange(32).float()
     x = torch.stack([torch.sin(2 * torch.pi * 3 * t / 32) + 1.0, torch.cos(2 * torch.pi * 5 * t / 32)], -1)[None]
     resid, summary = fan(x)
-    assert resid.abs().max() < 1e-4          # DC + one tone, two tones: all in the top-2 bins
+    assert resid.abs().max() < 1e-4  # DC + one tone, two tones: all in the top-2 bins
     assert summary.shape == (1, 4)
     assert fan.main_component(x).sub(x).abs().max() < 1e-4
 
@@ -133,7 +146,7 @@ def test_fan_top_mask_matches_topk():
 
 
 def test_variable_selection_is_one_softmax_per_window():
-    x, sec, seg, r = _inputs(6)
+    x, sec, seg, _r = _inputs(6)
     m = _model()
     c_s = m.static(sec, seg)[0]
     sel, w = m.vsn(x, c_s)
@@ -144,13 +157,13 @@ def test_variable_selection_is_one_softmax_per_window():
 
 
 def test_variable_selection_starts_near_uniform():
-    x, sec, seg, r = _inputs(7)
+    x, sec, seg, _r = _inputs(7)
     spread = {}
     for gain in (1.0, 0.1):
         m = _model(vsn_init_gain=gain)
         _, w = m.vsn(x, m.static(sec, seg)[0])
         spread[gain] = float((w.max(-1).values / w.min(-1).values).mean().detach())
-    assert spread[0.1] < 1.5 < spread[1.0]     # gain 1: some features start several times more selected than others
+    assert spread[0.1] < 1.5 < spread[1.0]  # gain 1: some features start several times more selected than others
 
 
 def test_cpu_dropout_scales_and_masks():
@@ -172,10 +185,12 @@ def test_benchmark_runs_without_polars_or_hydra():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    code = ("import sys, runpy; [sys.modules.__setitem__(m, None) for m in ('polars', 'hydra', 'omegaconf')]; "
-            "sys.argv = ['bench', '--stocks', '12', '--window', '24', '--features', '6', '--steps', '1', "
-            "'--warmup', '1', '--threads', '1', '--no-gat']; "
-            f"runpy.run_path({str(root / 'benchmarks' / 'bench_model.py')!r}, run_name='__main__')")
+    code = (
+        "import sys, runpy; [sys.modules.__setitem__(m, None) for m in ('polars', 'hydra', 'omegaconf')]; "
+        "sys.argv = ['bench', '--stocks', '12', '--window', '24', '--features', '6', '--steps', '1', "
+        "'--warmup', '1', '--threads', '1', '--no-gat']; "
+        f"runpy.run_path({str(root / 'benchmarks' / 'bench_model.py')!r}, run_name='__main__')"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
@@ -193,7 +208,7 @@ def test_ensemble_averages_its_members_and_shares_the_graph():
     ens = ATFTEnsemble([a, b]).eval()
     with torch.no_grad():
         oa, ob, oe = a(x, sec, seg, r), b(x, sec, seg, r), ens(x, sec, seg, r)
-    assert not torch.allclose(oa["point"], ob["point"])            # different seeds, different members
+    assert not torch.allclose(oa["point"], ob["point"])  # different seeds, different members
     assert torch.allclose(oe["point"], (oa["point"] + ob["point"]) / 2, atol=1e-6)
     assert torch.allclose(oe["quantiles"], (oa["quantiles"] + ob["quantiles"]) / 2, atol=1e-6)
     assert (oe["quantiles"].diff(dim=-1) >= 0).all()

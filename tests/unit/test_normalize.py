@@ -17,14 +17,17 @@ def _frame(n_days=6, n_stocks=120, seed=0) -> pl.DataFrame:
     rng = np.random.default_rng(seed)
     rows = n_days * n_stocks
     day = np.repeat(np.arange(n_days), n_stocks)
-    a = rng.standard_t(4, rows) * (1 + day) + 10 * day          # scale and level drift over days
+    a = rng.standard_t(4, rows) * (1 + day) + 10 * day  # scale and level drift over days
     b = rng.lognormal(0, 1, rows)
-    a[::17] = np.nan                                               # NaN input must come out null, not NaN
-    df = pl.DataFrame({
-        "Date": [dt.date(2024, 1, 1) + dt.timedelta(days=int(d)) for d in day],
-        "Code": [f"{i:05d}" for i in np.tile(np.arange(n_stocks), n_days)],
-        "a": a, "b": b,
-    }).with_columns(pl.when(pl.col("Code") == "00003").then(None).otherwise(pl.col("b")).alias("b"))
+    a[::17] = np.nan  # NaN input must come out null, not NaN
+    df = pl.DataFrame(
+        {
+            "Date": [dt.date(2024, 1, 1) + dt.timedelta(days=int(d)) for d in day],
+            "Code": [f"{i:05d}" for i in np.tile(np.arange(n_stocks), n_days)],
+            "a": a,
+            "b": b,
+        }
+    ).with_columns(pl.when(pl.col("Code") == "00003").then(None).otherwise(pl.col("b")).alias("b"))
     return df
 
 
@@ -38,8 +41,12 @@ def test_per_day_moments_and_nulls(method):
     assert out["b"].null_count() == df["b"].null_count()
     assert out["a"].null_count() == int(df["a"].is_nan().sum())
     assert int(out["a"].is_nan().sum()) == 0 and int(out["b"].is_nan().sum()) == 0
-    daily = out.group_by("Date").agg(pl.col("a").median().alias("med"), pl.col("a").mean().alias("m"),
-                                     pl.col("a").std().alias("s"), pl.col("a").abs().max().alias("mx"))
+    daily = out.group_by("Date").agg(
+        pl.col("a").median().alias("med"),
+        pl.col("a").mean().alias("m"),
+        pl.col("a").std().alias("s"),
+        pl.col("a").abs().max().alias("mx"),
+    )
     assert daily["med"].abs().max() < 0.05
     assert daily["m"].abs().max() < 0.25
     assert daily["s"].min() > 0.75 and daily["s"].max() < 1.4
@@ -65,7 +72,9 @@ def test_day_independent_of_other_days(method):
     full = nz.transform(df)
     day0 = df["Date"].min()
     # Alter every other day wildly: day 0's output must not move.
-    altered = df.with_columns(pl.when(pl.col("Date") != day0).then(pl.col("a") * 1e6 - 7).otherwise(pl.col("a")).alias("a"))
+    altered = df.with_columns(
+        pl.when(pl.col("Date") != day0).then(pl.col("a") * 1e6 - 7).otherwise(pl.col("a")).alias("a")
+    )
     alt = nz.transform(altered)
     a0 = full.filter(pl.col("Date") == day0)["a"].to_numpy()
     b0 = alt.filter(pl.col("Date") == day0)["a"].to_numpy()
@@ -111,11 +120,14 @@ def _with_market(n_days=80, n_stocks=30, seed=1) -> pl.DataFrame:
     rng = np.random.default_rng(seed)
     mkt = np.cumsum(rng.normal(size=n_days)) + 100.0
     day = np.repeat(np.arange(n_days), n_stocks)
-    return pl.DataFrame({
-        "Date": [dt.date(2024, 1, 1) + dt.timedelta(days=int(d)) for d in day],
-        "Code": [f"{i:05d}" for i in np.tile(np.arange(n_stocks), n_days)],
-        "a": rng.normal(size=n_days * n_stocks), "mkt": mkt[day],
-    })
+    return pl.DataFrame(
+        {
+            "Date": [dt.date(2024, 1, 1) + dt.timedelta(days=int(d)) for d in day],
+            "Code": [f"{i:05d}" for i in np.tile(np.arange(n_stocks), n_days)],
+            "a": rng.normal(size=n_days * n_stocks),
+            "mkt": mkt[day],
+        }
+    )
 
 
 def test_day_level_features_found_and_zero_by_default():
@@ -123,7 +135,7 @@ def test_day_level_features_found_and_zero_by_default():
     nz = CrossSectionalNormalizer("robust_z").fit(df, ["a", "mkt"])
     assert nz.day_level_ == ["mkt"]
     out = nz.transform(df)
-    assert out["mkt"].abs().max() == 0.0           # day_level=zero: a per-day z-score of a shared value
+    assert out["mkt"].abs().max() == 0.0  # day_level=zero: a per-day z-score of a shared value
     assert nz.history_days == 0
 
 
@@ -132,10 +144,10 @@ def test_day_level_time_z_is_point_in_time_and_round_trips():
     nz = CrossSectionalNormalizer("robust_z", day_level="time_z", day_level_window=30).fit(df, ["a", "mkt"])
     out = nz.transform(df)
     per_day = out.group_by("Date").agg(pl.col("mkt").n_unique().alias("u"), pl.col("mkt").first()).sort("Date")
-    assert per_day["u"].max() == 1                  # still one value per day
+    assert per_day["u"].max() == 1  # still one value per day
     z = per_day["mkt"]
-    assert z[:19].null_count() == 19 and z[19:].null_count() == 0   # undefined until 20 sessions exist
-    assert float(z[19:].std()) > 0.3                 # no longer all zero
+    assert z[:19].null_count() == 19 and z[19:].null_count() == 0  # undefined until 20 sessions exist
+    assert float(z[19:].std()) > 0.3  # no longer all zero
     # by hand: day 40 against days 11..40
     raw = df.group_by("Date").agg(pl.col("mkt").first()).sort("Date")["mkt"].to_numpy()
     w = raw[11:41]

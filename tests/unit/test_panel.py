@@ -19,14 +19,24 @@ def _frame(n_days=50, n_stocks=8, seed=0) -> pl.DataFrame:
     rows = []
     for i in range(n_stocks):
         for k, d in enumerate(dates):
-            if i == 3 and k < 20:       # late listing: no full window before day 20 + L - 1
+            if i == 3 and k < 20:  # late listing: no full window before day 20 + L - 1
                 continue
-            if i == 5 and k == 30:      # one missing day
+            if i == 5 and k == 30:  # one missing day
                 continue
             f2 = None if (i == 1 and k == 10) else float(rng.normal())
             y = None if (i == 2 and k == 40) else float(rng.normal())
-            rows.append((f"{1300 + i}0", d, ["TSEPrime", "TSEGrowth"][i % 2], str(i % 3), float(rng.normal()), f2,
-                         float(rng.normal() * 0.01), y))
+            rows.append(
+                (
+                    f"{1300 + i}0",
+                    d,
+                    ["TSEPrime", "TSEGrowth"][i % 2],
+                    str(i % 3),
+                    float(rng.normal()),
+                    f2,
+                    float(rng.normal() * 0.01),
+                    y,
+                )
+            )
     df = pl.DataFrame(rows, schema=["Code", "Date", "Section", "S33", *FEATS, "target_1d"], orient="row")
     return df.sample(fraction=1.0, shuffle=True, seed=seed)  # conversion must not rely on row order
 
@@ -41,9 +51,9 @@ def test_conversion_matches_rows_and_normalises_once():
     d, i = p.dates.index(dt.date(2024, 1, 15)), p.codes.index("13040")
     assert np.allclose(p.features[d, i], [row[f] for f in FEATS], atol=1e-6)
     raw = df.filter((pl.col("Code") == "13040") & (pl.col("Date") == dt.date(2024, 1, 15))).row(0, named=True)
-    assert np.isclose(p.returns[d, i], raw["returns_1d"])            # raw returns kept un-normalised
-    assert p.features[10, p.codes.index("13010"), 1] == 0.0           # null -> 0 after normalisation
-    assert np.isnan(p.targets[40, p.codes.index("13020"), 0])         # missing label stays NaN
+    assert np.isclose(p.returns[d, i], raw["returns_1d"])  # raw returns kept un-normalised
+    assert p.features[10, p.codes.index("13010"), 1] == 0.0  # null -> 0 after normalisation
+    assert np.isnan(p.targets[40, p.codes.index("13020"), 0])  # missing label stays NaN
     assert not p.mask[:20, p.codes.index("13030")].any()
     assert p.segment_vocab == ["TSEGrowth", "TSEPrime"] and p.segment[0, 0] == 2 and p.sector[0, 1] == 2
 
@@ -53,40 +63,42 @@ def test_window_validity():
     ok = p.window_valid(10, 1.0)
     assert not ok[:9].any() and ok[9, 0]
     i3 = p.codes.index("13030")
-    assert not ok[:29, i3].any() and ok[29, i3]                      # listed day 20: first full window ends 29
+    assert not ok[:29, i3].any() and ok[29, i3]  # listed day 20: first full window ends 29
     i5 = p.codes.index("13050")
-    assert not ok[30:40, i5].any() and ok[40, i5]                     # the gap on day 30 spoils windows 30..39
-    assert p.window_valid(10, 0.9)[31, i5]                           # 9 of 10 days present is enough at 0.9
+    assert not ok[30:40, i5].any() and ok[40, i5]  # the gap on day 30 spoils windows 30..39
+    assert p.window_valid(10, 0.9)[31, i5]  # 9 of 10 days present is enough at 0.9
 
 
 def test_day_batch_equals_hand_sliced_windows():
     p = PanelStore.from_frame(_frame(), FEATS, [1], {})
     dates = p.dates
-    dm = PanelDataModule(p, dates[:35], dates[38:], window=10, max_stocks=2048, min_window_frac=1.0, min_stocks=2,
-                         seed=3)
+    dm = PanelDataModule(
+        p, dates[:35], dates[38:], window=10, max_stocks=2048, min_window_frac=1.0, min_stocks=2, seed=3
+    )
     seen = set()
     for b in dm.train_dataloader():
         d = int(b["day"])
         seen.add(d)
         idx = b["idx"].numpy()
         assert np.array_equal(idx, np.flatnonzero(dm.labelled[d]))
-        assert np.allclose(b["x"].numpy(), p.features[d - 9:d + 1, idx, :].transpose(1, 0, 2))
+        assert np.allclose(b["x"].numpy(), p.features[d - 9 : d + 1, idx, :].transpose(1, 0, 2))
         assert np.allclose(b["y"].numpy(), p.targets[d, idx])
-        r = p.returns[d - 9:d + 1, idx].T
+        r = p.returns[d - 9 : d + 1, idx].T
         assert np.allclose(b["returns"].numpy(), np.where(np.isfinite(r), r, 0.0))
-        assert np.isfinite(b["y"].numpy()).all()                     # training rows need the 1-day label
+        assert np.isfinite(b["y"].numpy()).all()  # training rows need the 1-day label
     assert seen == set(range(9, 35))
 
 
 def test_unlabelled_and_short_window_stocks_excluded_from_training():
     p = PanelStore.from_frame(_frame(), FEATS, [1], {})
-    dm = PanelDataModule(p, p.dates[:45], p.dates[45:], window=10, max_stocks=2048, min_window_frac=1.0, min_stocks=2,
-                         seed=0)
+    dm = PanelDataModule(
+        p, p.dates[:45], p.dates[45:], window=10, max_stocks=2048, min_window_frac=1.0, min_stocks=2, seed=0
+    )
     batches = {int(b["day"]): set(b["idx"].tolist()) for b in dm.train_dataloader()}
-    assert p.codes.index("13020") not in batches[40]                   # no label on day 40
-    assert p.codes.index("13030") not in batches[25]                   # no full window yet
+    assert p.codes.index("13020") not in batches[40]  # no label on day 40
+    assert p.codes.index("13030") not in batches[25]  # no full window yet
     pred = {int(b["day"]): set(b["idx"].tolist()) for b in dm.predict_loader(np.array([40]))}
-    assert p.codes.index("13020") in pred[40]                          # predictions still cover it
+    assert p.codes.index("13020") in pred[40]  # predictions still cover it
 
 
 def test_sampler_shuffles_caps_and_shards():
@@ -105,10 +117,16 @@ def test_sampler_shuffles_caps_and_shards():
 def test_build_caches_and_rebuilds(tmp_path):
     ds = tmp_path / "ds.parquet"
     write_parquet(_frame(), ds)
-    kw = dict(features=FEATS, horizons=[1], cache_dir=tmp_path / "cache", normalizer={"method": "robust_z"},
-              manifest_fingerprint="m1", dataset_fingerprint="d1")
+    kw = dict(
+        features=FEATS,
+        horizons=[1],
+        cache_dir=tmp_path / "cache",
+        normalizer={"method": "robust_z"},
+        manifest_fingerprint="m1",
+        dataset_fingerprint="d1",
+    )
     a = PanelStore.build(ds, **kw)
-    assert isinstance(a.features, np.memmap)                        # converted, then loaded memory-mapped
+    assert isinstance(a.features, np.memmap)  # converted, then loaded memory-mapped
     b = PanelStore.build(ds, **kw)
     assert b.fingerprint == a.fingerprint and isinstance(b.features, np.memmap)
     assert np.array_equal(np.asarray(b.features), a.features) and b.dates == a.dates

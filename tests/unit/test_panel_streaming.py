@@ -18,15 +18,17 @@ import numpy as np
 import polars as pl
 import pytest
 
-from gogooku3.data import normalize
 from gogooku3.core.io import write_parquet
+from gogooku3.data import normalize
 from gogooku3.data.normalize import EPS, CrossSectionalNormalizer
 from gogooku3.data.panel import ARRAYS, PanelStore
 
 FEATS = ["f1", "f2", "flag", "sparse", "mkt", "flat", "tiny", "returns_1d"]
-NORMALIZERS = [{"method": "robust_z", "clip": 5.0},
-               {"method": "robust_z", "clip": 3.0, "day_level": "time_z", "day_level_window": 20},
-               {"method": "rank_gauss", "clip": 5.0}]
+NORMALIZERS = [
+    {"method": "robust_z", "clip": 5.0},
+    {"method": "robust_z", "clip": 3.0, "day_level": "time_z", "day_level_window": 20},
+    {"method": "rank_gauss", "clip": 5.0},
+]
 
 
 def _frame(n_days=60, n_stocks=9, seed=0, dup=True) -> pl.DataFrame:
@@ -48,15 +50,54 @@ def _frame(n_days=60, n_stocks=9, seed=0, dup=True) -> pl.DataFrame:
             f2 = None if (i == 1 and k == 10) else float(rng.normal())
             sparse = float(rng.normal()) if rng.random() < 0.5 else None
             tiny = (1.0 + (1e-13 if i == 4 else 0.0)) if k == 7 else float(rng.normal())
-            rows.append((f"{1300 + i}0", d, ["TSEPrime", "TSEGrowth"][i % 2], str(i % 3), f1, f2,
-                         int(rng.random() < 0.3), sparse, float(mkt[k]), 2.5, tiny, float(rng.normal() * 0.01),
-                         None if (i == 2 and k == 40) else float(rng.normal()), float(rng.normal())))
-    df = pl.DataFrame(rows, schema=["Code", "Date", "Section", "S33", "f1", "f2", "flag", "sparse", "mkt", "flat",
-                                    "tiny", "returns_1d", "target_1d", "target_5d"], orient="row")
+            rows.append(
+                (
+                    f"{1300 + i}0",
+                    d,
+                    ["TSEPrime", "TSEGrowth"][i % 2],
+                    str(i % 3),
+                    f1,
+                    f2,
+                    int(rng.random() < 0.3),
+                    sparse,
+                    float(mkt[k]),
+                    2.5,
+                    tiny,
+                    float(rng.normal() * 0.01),
+                    None if (i == 2 and k == 40) else float(rng.normal()),
+                    float(rng.normal()),
+                )
+            )
+    df = pl.DataFrame(
+        rows,
+        schema=[
+            "Code",
+            "Date",
+            "Section",
+            "S33",
+            "f1",
+            "f2",
+            "flag",
+            "sparse",
+            "mkt",
+            "flat",
+            "tiny",
+            "returns_1d",
+            "target_1d",
+            "target_5d",
+        ],
+        orient="row",
+    )
     df = df.with_columns(pl.col("flag").cast(pl.Int8))
     if dup:  # the same cell twice, different values: the later row wins
-        df = pl.concat([df, df.filter((pl.col("Code") == "13060") & (pl.col("Date") == dates[33]))
-                        .with_columns(pl.col("f1") + 10.0, pl.col("target_1d") - 1.0)])
+        df = pl.concat(
+            [
+                df,
+                df.filter((pl.col("Code") == "13060") & (pl.col("Date") == dates[33])).with_columns(
+                    pl.col("f1") + 10.0, pl.col("target_1d") - 1.0
+                ),
+            ]
+        )
     return df.sample(fraction=1.0, shuffle=True, seed=seed)
 
 
@@ -67,13 +108,13 @@ def _same(a: PanelStore, b: PanelStore) -> None:
         assert x.tobytes() == y.tobytes(), f"{name} differs"
     assert a.codes == b.codes and a.dates == b.dates and a.feature_names == b.feature_names
     assert a.sector_vocab == b.sector_vocab and a.segment_vocab == b.segment_vocab and a.horizons == b.horizons
-    assert a.normalizer == b.normalizer                       # fallback std and day-level features too
+    assert a.normalizer == b.normalizer  # fallback std and day-level features too
 
 
 @pytest.fixture
 def tiny_chunks(monkeypatch):
     monkeypatch.setattr(normalize, "SUB_BLOCK_ELEMS", 40)  # several kernel calls (and both threads) per block
-    return {"block_mb": 1e-4, "batch_rows": 37}            # one day per block, a few dozen rows per batch
+    return {"block_mb": 1e-4, "batch_rows": 37}  # one day per block, a few dozen rows per batch
 
 
 @pytest.mark.parametrize("nz", NORMALIZERS, ids=["robust_z", "time_z", "rank_gauss"])
@@ -86,12 +127,13 @@ def test_chunked_conversion_equals_from_frame(tmp_path, tiny_chunks, nz):
     assert isinstance(got.features, np.memmap) and got.root == tmp_path / "panel"
     _same(ref, got)
     i6, d33 = ref.codes.index("13060"), 33
-    assert ref.targets[d33, i6, 0] == pytest.approx(df.filter(
-        (pl.col("Code") == "13060") & (pl.col("Date") == ref.dates[d33]))["target_1d"][-1])   # the last row won
+    assert ref.targets[d33, i6, 0] == pytest.approx(
+        df.filter((pl.col("Code") == "13060") & (pl.col("Date") == ref.dates[d33]))["target_1d"][-1]
+    )  # the last row won
     if nz.get("day_level") == "time_z":
         assert ref.normalizer["day_level_features"] == ["mkt", "flat"]
-        assert np.abs(ref.features[:, :, FEATS.index("mkt")]).max() > 0.5    # a time z-score, not all 0
-    assert not list(tmp_path.glob(".panel.*.tmp"))              # the temp folder is gone
+        assert np.abs(ref.features[:, :, FEATS.index("mkt")]).max() > 0.5  # a time z-score, not all 0
+    assert not list(tmp_path.glob(".panel.*.tmp"))  # the temp folder is gone
 
 
 @pytest.mark.parametrize("nz", NORMALIZERS, ids=["robust_z", "time_z", "rank_gauss"])
@@ -102,18 +144,20 @@ def test_chunked_conversion_of_a_built_dataset(tmp_path, tiny_chunks, synth_buil
     write_parquet(df, ds)
     ref = PanelStore.from_frame(df, feats, [1, 5], nz)
     _same(ref, PanelStore.convert(ds, tmp_path / "p1", feats, [1, 5], nz, **tiny_chunks))
-    _same(ref, PanelStore.convert(ds, tmp_path / "p2", feats, [1, 5], nz))           # default chunk sizes
+    _same(ref, PanelStore.convert(ds, tmp_path / "p2", feats, [1, 5], nz))  # default chunk sizes
 
 
 def test_conversion_is_deterministic_and_order_free(tmp_path):
     df = _frame(dup=False)
     a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
-    write_parquet(df.sort("Code", "Date"), a)                   # as the builder writes it
+    write_parquet(df.sort("Code", "Date"), a)  # as the builder writes it
     write_parquet(df.sample(fraction=1.0, shuffle=True, seed=9), b)
     nz = {"method": "robust_z", "day_level": "time_z", "day_level_window": 20}
-    p = [PanelStore.convert(a, tmp_path / "pa", FEATS, [1], nz),
-         PanelStore.convert(a, tmp_path / "pa2", FEATS, [1], nz, block_mb=1e-3, batch_rows=11),
-         PanelStore.convert(b, tmp_path / "pb", FEATS, [1], nz, batch_rows=50)]
+    p = [
+        PanelStore.convert(a, tmp_path / "pa", FEATS, [1], nz),
+        PanelStore.convert(a, tmp_path / "pa2", FEATS, [1], nz, block_mb=1e-3, batch_rows=11),
+        PanelStore.convert(b, tmp_path / "pb", FEATS, [1], nz, batch_rows=50),
+    ]
     _same(p[0], p[1])
     _same(p[0], p[2])
     _same(p[0], PanelStore.from_frame(df.sample(fraction=1.0, shuffle=True, seed=3), FEATS, [1], nz))
@@ -139,9 +183,8 @@ def test_conversion_is_bounded_by_its_chunks(tmp_path, monkeypatch):
 
     monkeypatch.setattr(normalize.DenseNormalization, "block", block)
     monkeypatch.setattr(panel_mod._Pass1, "add", add)
-    p = PanelStore.convert(ds, tmp_path / "p", FEATS, [1], {}, block_mb=5 * 9 * len(FEATS) * 8 / 2 ** 20,
-                           batch_rows=40)
-    assert max(days) == 5 and sum(days) == p.n_days             # 5 days x 9 stocks x 8 float64 features a block
+    p = PanelStore.convert(ds, tmp_path / "p", FEATS, [1], {}, block_mb=5 * 9 * len(FEATS) * 8 / 2**20, batch_rows=40)
+    assert max(days) == 5 and sum(days) == p.n_days  # 5 days x 9 stocks x 8 float64 features a block
     assert max(rows) <= 40 and sum(rows) == df.height
 
 
@@ -164,20 +207,21 @@ def _rows_of(p: PanelStore, df: pl.DataFrame, feats: list[str]) -> np.ndarray:
 
 @pytest.mark.parametrize("nz", NORMALIZERS, ids=["robust_z", "time_z", "rank_gauss"])
 def test_dense_kernels_match_the_polars_transform(nz):
-    df = _frame(dup=False).sort("Date", "Code")   # (Date, Code): the Polars day value of a day-level feature is
+    df = _frame(dup=False).sort("Date", "Code")  # (Date, Code): the Polars day value of a day-level feature is
     norm = CrossSectionalNormalizer.from_dict(nz).fit(df, FEATS)  # its first row's, the dense one the first stock's
     pol = norm.transform(df).select([pl.col(f).fill_nan(None).fill_null(0.0) for f in FEATS]).to_numpy()
     dense = _rows_of(PanelStore.from_frame(df, FEATS, [1], norm), df, FEATS)
     ulp = np.abs(pol.astype(np.float32).view(np.int32).astype(np.int64) - dense.view(np.int32).astype(np.int64))
-    ulp[(pol == 0) & (dense == 0)] = 0                         # +0 / -0
+    ulp[(pol == 0) & (dense == 0)] = 0  # +0 / -0
     if nz["method"] == "rank_gauss" or nz.get("day_level") == "time_z":
         by_std = np.zeros_like(ulp, dtype=bool)
-    else:                                                      # cells of days whose MAD is <= EPS: the std decides
+    else:  # cells of days whose MAD is <= EPS: the std decides
         fin = df.with_columns([normalize._finite(f).alias(f) for f in FEATS])
-        mad = fin.select([(pl.col(f) - pl.col(f).median().over("Date")).abs().median().over("Date").alias(f)
-                          for f in FEATS]).to_numpy()
+        mad = fin.select(
+            [(pl.col(f) - pl.col(f).median().over("Date")).abs().median().over("Date").alias(f) for f in FEATS]
+        ).to_numpy()
         by_std = ~(mad * normalize.MAD_TO_STD > EPS)
-    assert ulp[~by_std].max() == 0                             # bitwise wherever the MAD sets the scale
+    assert ulp[~by_std].max() == 0  # bitwise wherever the MAD sets the scale
     assert ulp.max() <= 1
     # the fit on the panel (no Polars) finds the same day-level features and the same fallback to 1e-12
     fitted = PanelStore.from_frame(df, FEATS, [1], nz).normalizer
@@ -197,7 +241,7 @@ def test_fallback_patch_uses_the_pooled_std():
     z = p.features[d7, :, k]
     i4 = p.codes.index("13040")
     assert z[i4] == np.float32((raw[list(p.codes[:3] + p.codes[4:]).index("13040")] - 1.0) / fb) != 0
-    assert np.count_nonzero(z) == 1                            # the rest of the day equals its median
+    assert np.count_nonzero(z) == 1  # the rest of the day equals its median
 
 
 def test_fit_on_a_scan_streams_and_agrees(tmp_path):

@@ -29,12 +29,15 @@ P = [list(range(10)), [0, 2, 1, 3, 4, 5, 6, 8, 7, 9], [0, 2, 1, 3, 4, 5, 6, 8, 7
 
 
 def _hand_frame() -> pl.DataFrame:
-    return pl.DataFrame({
-        "Date": [d for d in D for _ in CODES],
-        "Code": CODES * 3,
-        "pred_1d": [float(v) for row in P for v in row],
-        "target_1d": [v for row in Y for v in row],
-    }, schema={"Date": pl.Date, "Code": pl.String, "pred_1d": pl.Float32, "target_1d": pl.Float32})
+    return pl.DataFrame(
+        {
+            "Date": [d for d in D for _ in CODES],
+            "Code": CODES * 3,
+            "pred_1d": [float(v) for row in P for v in row],
+            "target_1d": [v for row in Y for v in row],
+        },
+        schema={"Date": pl.Date, "Code": pl.String, "pred_1d": pl.Float32, "target_1d": pl.Float32},
+    )
 
 
 def test_three_day_example_by_hand():
@@ -58,7 +61,9 @@ def test_three_day_example_by_hand():
     assert s["ann_return"] == pytest.approx(net.mean() * 252, rel=1e-5)
     assert s["avg_turnover"] == pytest.approx(4 / 3)
     eq = np.cumprod(1 + net)
-    assert s["max_drawdown"] == pytest.approx(min(0.0, (eq / np.maximum.accumulate(np.r_[1.0, eq])[1:] - 1).min()), abs=1e-9)
+    assert s["max_drawdown"] == pytest.approx(
+        min(0.0, (eq / np.maximum.accumulate(np.r_[1.0, eq])[1:] - 1).min()), abs=1e-9
+    )
     assert s["win_rate"] == pytest.approx(2 / 3)
     # top quintile benchmark (c8,c9 on day 1) and universe mean
     assert d["top_quantile"][0] == pytest.approx(0.025, abs=1e-7)
@@ -68,11 +73,14 @@ def test_three_day_example_by_hand():
 def test_cost_difference_is_rate_times_turnover():
     rng = np.random.default_rng(0)
     n_days, n = 30, 40
-    df = pl.DataFrame({
-        "Date": [date(2023, 1, 2) + timedelta(days=i) for i in range(n_days) for _ in range(n)],
-        "Code": [f"{j:05d}" for _ in range(n_days) for j in range(n)],
-        "pred_1d": rng.normal(size=n_days * n), "target_1d": rng.normal(scale=0.02, size=n_days * n),
-    })
+    df = pl.DataFrame(
+        {
+            "Date": [date(2023, 1, 2) + timedelta(days=i) for i in range(n_days) for _ in range(n)],
+            "Code": [f"{j:05d}" for _ in range(n_days) for j in range(n)],
+            "pred_1d": rng.normal(size=n_days * n),
+            "target_1d": rng.normal(scale=0.02, size=n_days * n),
+        }
+    )
     free = backtest(df, cost_bps=0.0).daily
     paid = backtest(df, cost_bps=5.0).daily
     assert (free["net"] - paid["net"]).to_list() == pytest.approx((5e-4 * paid["turnover"]).to_list(), abs=1e-12)
@@ -102,10 +110,14 @@ def test_score_weights_and_leg_sums():
 def test_horizon_rebalances_every_h_dates():
     rng = np.random.default_rng(1)
     dates = [date(2023, 3, 1) + timedelta(days=i) for i in range(12)]
-    df = pl.DataFrame({
-        "Date": [d for d in dates for _ in range(20)], "Code": [f"{j:05d}" for _ in dates for j in range(20)],
-        "pred_5d": rng.normal(size=240), "target_5d": rng.normal(scale=0.03, size=240),
-    })
+    df = pl.DataFrame(
+        {
+            "Date": [d for d in dates for _ in range(20)],
+            "Code": [f"{j:05d}" for _ in dates for j in range(20)],
+            "pred_5d": rng.normal(size=240),
+            "target_5d": rng.normal(scale=0.03, size=240),
+        }
+    )
     res = backtest(df, horizon=5)
     assert res.daily["Date"].to_list() == [dates[0], dates[5], dates[10]]
     assert res.summary["periods_per_year"] == pytest.approx(252 / 5)
@@ -116,8 +128,9 @@ def test_horizon_rebalances_every_h_dates():
 
 
 def test_price_and_liquidity_filters():
-    df = _hand_frame().with_columns(Close=pl.when(pl.col("Code") == CODES[9]).then(50.0).otherwise(500.0),
-                                    dollar_volume=pl.lit(1e9))
+    df = _hand_frame().with_columns(
+        Close=pl.when(pl.col("Code") == CODES[9]).then(50.0).otherwise(500.0), dollar_volume=pl.lit(1e9)
+    )
     res = backtest(df, min_price=100.0, min_adv=1e8, min_names=5, cost_bps=0.0)
     # c9 gone: 9 names -> legs of 1 (floor(0.2*9)); day 1 long c8 short c0
     assert res.daily["n_long"].to_list() == [1, 1, 1]
@@ -173,10 +186,16 @@ def test_run_backtest_writes_reports_and_nothing_on_bad_input(tmp_path):
 
     for name, frame, err in [
         ("no_target.parquet", df.drop("target_1d"), SchemaError),
-        ("unknown_code.parquet", df.with_columns(Code=pl.when(pl.col("Code") == CODES[3]).then(pl.lit("99990"))
-                                                 .otherwise(pl.col("Code"))), DataError),
-        ("unknown_date.parquet", df.with_columns(Date=pl.when(pl.col("Date") == D[2]).then(date(2024, 1, 10))
-                                                 .otherwise(pl.col("Date"))), DataError),
+        (
+            "unknown_code.parquet",
+            df.with_columns(Code=pl.when(pl.col("Code") == CODES[3]).then(pl.lit("99990")).otherwise(pl.col("Code"))),
+            DataError,
+        ),
+        (
+            "unknown_date.parquet",
+            df.with_columns(Date=pl.when(pl.col("Date") == D[2]).then(date(2024, 1, 10)).otherwise(pl.col("Date"))),
+            DataError,
+        ),
     ]:
         bad_out = tmp_path / f"out_{name}"
         bad_cfg = load_config([f"paths.output_dir={bad_out}", f"paths.dataset={ds}"])

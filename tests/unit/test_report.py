@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import re
+import shutil
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -14,24 +14,38 @@ import numpy as np
 import polars as pl
 import pytest
 
-from gogooku3.predictors.lightgbm import BaselineRun
 from gogooku3.config.compose import load_config
 from gogooku3.core.errors import DataError
 from gogooku3.evaluation import metrics
-from gogooku3.evaluation.report import build_report
 from gogooku3.evaluation.compare import Comparison, compare
+from gogooku3.evaluation.report import build_report
 from gogooku3.evaluation.results import BaselineRef, DatasetRef, FoldResult, ModelInfo, TrainResult
 from gogooku3.features.manifest import FeatureManifest, manifest_path
+from gogooku3.predictors.lightgbm import BaselineRun
 
 HORIZONS = (1, 5)
-SECTIONS = ("summary", "data", "horizons", "backtest", "rank-ic", "signal", "quantiles", "per-year", "importance", "training",
-            "config", "resources")
+SECTIONS = (
+    "summary",
+    "data",
+    "horizons",
+    "backtest",
+    "rank-ic",
+    "signal",
+    "quantiles",
+    "per-year",
+    "importance",
+    "training",
+    "config",
+    "resources",
+)
 
 
 def _preds(rng: np.random.Generator, signal: float, n_days: int = 90, n: int = 30) -> pl.DataFrame:
     dates = [date(2023, 11, 1) + timedelta(days=i) for i in range(n_days)]  # spans two calendar years
-    cols: dict = {"Date": pl.Series([d for d in dates for _ in range(n)], dtype=pl.Date),
-                  "Code": [f"{1300 + j}0" for _ in dates for j in range(n)]}
+    cols: dict = {
+        "Date": pl.Series([d for d in dates for _ in range(n)], dtype=pl.Date),
+        "Code": [f"{1300 + j}0" for _ in dates for j in range(n)],
+    }
     for h in HORIZONS:
         y = rng.normal(scale=0.02 * np.sqrt(h), size=n_days * n)
         cols[f"pred_{h}d"] = (signal * y / y.std() + rng.normal(size=y.size)).astype(np.float32)
@@ -41,26 +55,54 @@ def _preds(rng: np.random.Generator, signal: float, n_days: int = 90, n: int = 3
 
 def _safe_report(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"final_report": {
-        "pipeline_summary": {"data_processed": {"samples": 2700, "features": 145, "stocks": 30, "dates": 90}},
-        "safety_validation": {"dropped_features": {"x_sparse": 0.8}, "split_method": "walk_forward",
-                              "walk_forward_splits": 3, "embargo_days": 21}}}))
+    path.write_text(
+        json.dumps(
+            {
+                "final_report": {
+                    "pipeline_summary": {
+                        "data_processed": {"samples": 2700, "features": 145, "stocks": 30, "dates": 90}
+                    },
+                    "safety_validation": {
+                        "dropped_features": {"x_sparse": 0.8},
+                        "split_method": "walk_forward",
+                        "walk_forward_splits": 3,
+                        "embargo_days": 21,
+                    },
+                }
+            }
+        )
+    )
     return path
 
 
 def _train_result(run: Path, baseline_dir: Path) -> TrainResult:
-    fold = FoldResult(fold={"index": 2}, fit_range=None, val_range=None, test_range=None,
-                      predictors={"atft": {"epochs": [3], "best_val_rank_ic": 0.04, "train_seconds": 12.5}})
+    fold = FoldResult(
+        fold={"index": 2},
+        fit_range=None,
+        val_range=None,
+        test_range=None,
+        predictors={"atft": {"epochs": [3], "best_val_rank_ic": 0.04, "train_seconds": 12.5}},
+    )
     comp = Comparison.load(run / "comparison.json") if (run / "comparison.json").exists() else None
     return TrainResult(
-        run_dir=str(run), created="20240101_000000",
+        run_dir=str(run),
+        created="20240101_000000",
         dataset=DatasetRef("ds.parquet", "fp", "mfp", 30, [1, 5], 1, "XTKS"),
         baseline=BaselineRef(str(baseline_dir), "bfp", True),
-        model=ModelInfo("small", 312345, 1, 312345, 300000, 1e6), horizons=[1, 5], product="atft",
-        predictors=["atft", "lightgbm"], folds=[fold], comparison={} if comp is None else comp.to_dict(),
-        comparison_val={}, samples_per_sec=100.0, mfu=None, collapse={},
-        panel={"fingerprint": "p", "shape": [90, 30, 30]}, durations_s={"train": 12.5, "total": 20.0},
-        peak_rss_mb=850.0)
+        model=ModelInfo("small", 312345, 1, 312345, 300000, 1e6),
+        horizons=[1, 5],
+        product="atft",
+        predictors=["atft", "lightgbm"],
+        folds=[fold],
+        comparison={} if comp is None else comp.to_dict(),
+        comparison_val={},
+        samples_per_sec=100.0,
+        mfu=None,
+        collapse={},
+        panel={"fingerprint": "p", "shape": [90, 30, 30]},
+        durations_s={"train": 12.5, "total": 20.0},
+        peak_rss_mb=850.0,
+    )
 
 
 def make_run_dir(root: Path) -> Path:
@@ -73,32 +115,52 @@ def make_run_dir(root: Path) -> Path:
         (run / "predictions" / name).mkdir(parents=True)
         frame.write_parquet(run / "predictions" / name / "test.parquet")
     compare({"atft": model, "lightgbm": base}, [1, 5], product="atft", reference="lightgbm")[0].save(
-        run / "comparison.json")  # as `train` stores it
+        run / "comparison.json"
+    )  # as `train` stores it
     # the run's own baseline (content-addressed) and the safe report that fitted it; a newer, unrelated safe
     # report in output/experiments must not be read
     keyed = base.with_columns(fold=pl.lit(2, pl.Int32))
     bdir = root / "output" / "baselines" / "bfp"
     x = rng.normal(size=(200, 2))
     booster = lgb.train({"verbosity": -1, "num_threads": 1}, lgb.Dataset(x, x[:, 0]), num_boost_round=2)
-    brun = BaselineRun("bfp", [1, 5], ["returns_1d", "rsi_14"], keyed, keyed, [{"fold": 2}],
-                       {"returns_1d": 8.0, "rsi_14": 6.0}, models={(2, 1): booster, (2, 5): booster})
+    brun = BaselineRun(
+        "bfp",
+        [1, 5],
+        ["returns_1d", "rsi_14"],
+        keyed,
+        keyed,
+        [{"fold": 2}],
+        {"returns_1d": 8.0, "rsi_14": 6.0},
+        models={(2, 1): booster, (2, 5): booster},
+    )
     brun.save(bdir)
     BaselineRun.load(bdir).record_safe_report(_safe_report(root / "output" / "experiments" / "safe_1.json"))
     _safe_report(root / "output" / "experiments" / "safe_2.json").write_text("{}")
     _train_result(run, bdir).save(run / "metrics.json")
     (run / "variable_importance.json").write_text(json.dumps({f"feat_{i}": 1.0 / (i + 1) for i in range(30)}))
     (run / "config.yaml").write_text("model:\n  hidden: 64\nseed: 42\n")
-    pl.DataFrame({"epoch": [0, 0, 1, 1, 2, 2], "step": [10, 10, 20, 20, 30, 30],
-                  "train_loss": [1.0, None, 0.8, None, 0.7, None], "val_loss": [None, 1.1, None, 0.9, None, 0.85],
-                  "val_rank_ic_1d": [None, 0.01, None, 0.03, None, 0.04]}).write_csv(run / "logs" / "metrics.csv")
+    pl.DataFrame(
+        {
+            "epoch": [0, 0, 1, 1, 2, 2],
+            "step": [10, 10, 20, 20, 30, 30],
+            "train_loss": [1.0, None, 0.8, None, 0.7, None],
+            "val_loss": [None, 1.1, None, 0.9, None, 0.85],
+            "val_rank_ic_1d": [None, 0.01, None, 0.03, None, 0.04],
+        }
+    ).write_csv(run / "logs" / "metrics.csv")
     return run
 
 
 @pytest.fixture()
 def run_cfg(tmp_path):
     run = make_run_dir(tmp_path)
-    cfg = load_config([f"paths.output_dir={tmp_path / 'output'}", f"paths.dataset={tmp_path / 'none.parquet'}",
-                       f"paths.runs_dir={tmp_path / 'runs'}"])
+    cfg = load_config(
+        [
+            f"paths.output_dir={tmp_path / 'output'}",
+            f"paths.dataset={tmp_path / 'none.parquet'}",
+            f"paths.runs_dir={tmp_path / 'runs'}",
+        ]
+    )
     return run, cfg
 
 
@@ -139,7 +201,7 @@ def test_report_json_and_html(run_cfg):
     assert rep["rows"]["frames"]["atft"]["kept"] == rep["rows"]["frames"]["lightgbm"]["kept"] == model.height
     bt = rep["backtest"]["atft"]
     assert bt["headline"] == "ideal" and bt["summary"] == bt["ideal"] and bt["realistic"]["mode"] == "realistic"
-    assert bt["realistic"]["realism"]["borrow"]["available"] is False   # no dataset: reported unavailable
+    assert bt["realistic"]["realism"]["borrow"]["available"] is False  # no dataset: reported unavailable
 
     html = out["html"].read_text()
     for sid in SECTIONS:
@@ -178,12 +240,13 @@ def test_report_bad_run_dir(tmp_path, run_cfg):
         build_report(cfg, tmp_path / "nope")
     empty = tmp_path / "empty_run"
     empty.mkdir()
-    with pytest.raises(DataError, match="test.parquet"):
+    with pytest.raises(DataError, match=r"test.parquet"):
         build_report(cfg, empty)
     assert list(empty.iterdir()) == []
     (empty / "predictions" / "x").mkdir(parents=True)
     pl.DataFrame({"Date": [date(2024, 1, 4)], "Code": ["13010"], "score": [1.0]}).write_parquet(
-        empty / "predictions" / "x" / "test.parquet")
+        empty / "predictions" / "x" / "test.parquet"
+    )
     with pytest.raises(DataError, match="pred_"):
         build_report(cfg, empty)
     assert sorted(p.name for p in empty.iterdir()) == ["predictions"]
@@ -198,22 +261,38 @@ def test_report_with_the_dataset_excludes_rows_and_trades_realistically(run_cfg,
     model.filter(pl.col("Code") != "13000").write_parquet(run / "predictions" / "atft" / "test.parquet")
     (run / "comparison.json").unlink()  # scored again by the one scorer, on the rows left
     ds = tmp_path / "ds.parquet"
-    model.select("Date", "Code", Close=pl.lit(1000.0), returns_1d=pl.lit(0.0),
-                 is_borrowable=(pl.col("Code").str.slice(2, 2).cast(pl.Int32) % 2).cast(pl.Int8)).write_parquet(ds)
+    model.select(
+        "Date",
+        "Code",
+        Close=pl.lit(1000.0),
+        returns_1d=pl.lit(0.0),
+        is_borrowable=(pl.col("Code").str.slice(2, 2).cast(pl.Int32) % 2).cast(pl.Int8),
+    ).write_parquet(ds)
     FeatureManifest.from_frame(pl.read_parquet(ds), {}, [1], 1).save(manifest_path(ds))  # the entry lag's source
-    cfg = load_config([f"paths.output_dir={tmp_path / 'output'}", f"paths.dataset={ds}",
-                       f"paths.runs_dir={tmp_path / 'runs'}", f"paths.raw_dir={tmp_path / 'no_raw'}",
-                       "portfolio.realism=realistic", "portfolio.cost_model=spread_impact"])
+    cfg = load_config(
+        [
+            f"paths.output_dir={tmp_path / 'output'}",
+            f"paths.dataset={ds}",
+            f"paths.runs_dir={tmp_path / 'runs'}",
+            f"paths.raw_dir={tmp_path / 'no_raw'}",
+            "portfolio.realism=realistic",
+            "portfolio.cost_model=spread_impact",
+        ]
+    )
     rep = json.loads(build_report(cfg, run)["json"].read_text())
     rows = rep["rows"]["frames"]
     assert rows["lightgbm"]["rows"] - rows["lightgbm"]["kept"] == dropped.height
     assert rows["lightgbm"]["excluded_absent_in"]["atft"] == dropped.height
     bt = rep["backtest"]["atft"]
     assert bt["headline"] == "realistic" and bt["summary"] == bt["realistic"]
-    assert bt["realistic"]["realism"]["borrow"]["applied"] and bt["realistic"]["realism"]["borrow"][
-        "short_names_passed_over"] > 0
+    assert (
+        bt["realistic"]["realism"]["borrow"]["applied"]
+        and bt["realistic"]["realism"]["borrow"]["short_names_passed_over"] > 0
+    )
     assert bt["realistic"]["cost_model"] == "spread_impact" and set(bt["realistic"]["by_cost_model"]) == {
-        "flat", "spread_impact"}
+        "flat",
+        "spread_impact",
+    }
     assert rep["checks"]["sharpe"] == pytest.approx(bt["realistic"]["sharpe"])
     assert rep["backtest_market"]["borrow"] == "dataset is_borrowable"
     html = (run / "report.html").read_text()

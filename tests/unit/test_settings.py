@@ -15,7 +15,6 @@ from omegaconf import OmegaConf
 
 from gogooku3.config import schema
 from gogooku3.config.compose import CONFIG_MODULE, compose_config, group_options, load_config
-from gogooku3.core.errors import ConfigError
 from gogooku3.config.schema import (
     FilesDataSettings,
     JQuantsDataSettings,
@@ -26,6 +25,7 @@ from gogooku3.config.schema import (
     WalkForwardSplitSettings,
     typed,
 )
+from gogooku3.core.errors import ConfigError
 
 
 def _plain(overrides: list[str]) -> dict:
@@ -34,8 +34,11 @@ def _plain(overrides: list[str]) -> dict:
 
 def _schema_dataclasses() -> list[type]:
     """Every dataclass defined in gogooku3/config/schema.py."""
-    return [v for v in vars(schema).values()
-            if isinstance(v, type) and dataclasses.is_dataclass(v) and v.__module__ == schema.__name__]
+    return [
+        v
+        for v in vars(schema).values()
+        if isinstance(v, type) and dataclasses.is_dataclass(v) and v.__module__ == schema.__name__
+    ]
 
 
 def _packaged_options() -> list[str]:
@@ -54,7 +57,9 @@ def _dataclass_of(tp: Any, value: Any) -> Any:
         if len(dcs) == 1:
             return dcs[0]
         for dc in dcs:  # tagged by a shared Literal field (data.source, split.method)
-            tags = {n: typing.get_args(t) for n, t in typing.get_type_hints(dc).items() if typing.get_origin(t) is Literal}
+            tags = {
+                n: typing.get_args(t) for n, t in typing.get_type_hints(dc).items() if typing.get_origin(t) is Literal
+            }
             if isinstance(value, dict) and any(value.get(n) in vals for n, vals in tags.items()):
                 return dc
     return None
@@ -99,22 +104,31 @@ def test_group_and_option_typos():
         load_config(["modle=full"])
     with pytest.raises(ConfigError, match=r"model=fulll: no such option; did you mean 'model=full'"):
         load_config(["model=fulll"])
-    with pytest.raises(ConfigError, match=r"data\.plann: unknown key; did you mean 'data\.plan'\? \(keys of data \("
-                                          r"data=jquants\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"data\.plann: unknown key; did you mean 'data\.plan'\? \(keys of data \("
+        r"data=jquants\)",
+    ):
         load_config(["data=jquants", "data.plann=x"])
-    with pytest.raises(ConfigError, match=r"^split\.mode: not a key of split=purged_kfold \(it belongs to "
-                                          r"split=walk_forward\); choose an option with split=<name>"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^split\.mode: not a key of split=purged_kfold \(it belongs to "
+        r"split=walk_forward\); choose an option with split=<name>",
+    ):
         load_config(["split.method=purged_kfold"])
 
 
-@pytest.mark.parametrize("override,message", [
-    ("train.max_epochs=abc", "train.max_epochs: expected int, got 'abc'"),
-    ("data.n_stocks=1.5", "data.n_stocks: expected int, got 1.5"),
-    ("train.swa=1", "train.swa: expected bool, got 1"),
-    ("train.lr=null", "train.lr: expected float, got null (this key cannot be null)"),
-    ("model.gat_heads=[4,2,1]", "model.gat_heads: expected 2 values"),
-    ("labels.horizons=[1,x]", "labels.horizons[1]: expected int, got 'x'"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.max_epochs=abc", "train.max_epochs: expected int, got 'abc'"),
+        ("data.n_stocks=1.5", "data.n_stocks: expected int, got 1.5"),
+        ("train.swa=1", "train.swa: expected bool, got 1"),
+        ("train.lr=null", "train.lr: expected float, got null (this key cannot be null)"),
+        ("model.gat_heads=[4,2,1]", "model.gat_heads: expected 2 values"),
+        ("labels.horizons=[1,x]", "labels.horizons[1]: expected int, got 'x'"),
+    ],
+)
 def test_wrong_type(override, message):
     with pytest.raises(ConfigError) as e:
         load_config([override])
@@ -122,12 +136,20 @@ def test_wrong_type(override, message):
 
 
 def test_accepted_values():
-    s = load_config(["train.lr=1", "train.ema_decay=null", "train.limit_train_batches=0.5",
-                     "train.loss.horizon_weights=null", "data=jquants", "data.tables=[daily_quotes]"])
-    assert s.train.lr == 1.0 and isinstance(s.train.lr, float)          # int accepted for a float
+    s = load_config(
+        [
+            "train.lr=1",
+            "train.ema_decay=null",
+            "train.limit_train_batches=0.5",
+            "train.loss.horizon_weights=null",
+            "data=jquants",
+            "data.tables=[daily_quotes]",
+        ]
+    )
+    assert s.train.lr == 1.0 and isinstance(s.train.lr, float)  # int accepted for a float
     assert s.train.ema_decay is None and s.train.limit_train_batches == 0.5
     assert s.train.loss.horizon_weights is None and s.data.tables == ["daily_quotes"]
-    assert s.model.quantiles == (0.1, 0.25, 0.5, 0.75, 0.9)              # a list becomes a tuple where annotated
+    assert s.model.quantiles == (0.1, 0.25, 0.5, 0.75, 0.9)  # a list becomes a tuple where annotated
 
 
 @dataclass
@@ -156,8 +178,12 @@ def test_no_schema_field_has_a_default():
     """The schema carries types and ranges only: every field of every dataclass in config/schema.py is required."""
     classes = _schema_dataclasses()
     assert len(classes) > 30 and Settings in classes and schema.HpoParamSettings in classes
-    with_default = [f"{c.__name__}.{f.name}" for c in classes for f in dataclasses.fields(c)
-                    if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING]
+    with_default = [
+        f"{c.__name__}.{f.name}"
+        for c in classes
+        for f in dataclasses.fields(c)
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    ]
     assert with_default == []
     with pytest.raises(TypeError):
         Settings()
@@ -165,8 +191,19 @@ def test_no_schema_field_has_a_default():
 
 def test_packaged_options_are_all_checked():
     options = _packaged_options()
-    assert {"data=synthetic", "data=jquants", "data=files", "split=walk_forward", "split=purged_kfold",
-            "model=small", "model=full", "trainer=cpu", "trainer=gpu", "trainer=ddp", "hpo=default"} <= set(options)
+    assert {
+        "data=synthetic",
+        "data=jquants",
+        "data=files",
+        "split=walk_forward",
+        "split=purged_kfold",
+        "model=small",
+        "model=full",
+        "trainer=cpu",
+        "trainer=gpu",
+        "trainer=ddp",
+        "hpo=default",
+    } <= set(options)
     assert not [o for o in options if o.startswith("experiment=")]
 
 
@@ -186,12 +223,17 @@ def test_top_level_keys_are_settings_fields():
     assert _sources(_plain([]), Settings, "") == []
 
 
-@pytest.mark.parametrize("override,message", [
-    ("~train.lr", "train.lr: required key missing; give it with +train.lr=..."),
-    ("~model.graph", "model.graph: required key missing"),
-    ("+hpo.space.x={param:train.lr,type:float,low:0.001,high:0.01}",
-     "hpo.space.x.log: required key missing; give it with +hpo.space.x.log=... (also missing: step, choices)"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("~train.lr", "train.lr: required key missing; give it with +train.lr=..."),
+        ("~model.graph", "model.graph: required key missing"),
+        (
+            "+hpo.space.x={param:train.lr,type:float,low:0.001,high:0.01}",
+            "hpo.space.x.log: required key missing; give it with +hpo.space.x.log=... (also missing: step, choices)",
+        ),
+    ],
+)
 def test_a_key_missing_from_the_yaml_has_no_code_default(override, message):
     with pytest.raises(ConfigError) as e:
         load_config([override])
@@ -204,8 +246,11 @@ def test_atft_config_values_come_from_the_model_yaml(option):
     n_features and horizons from the data, all set from the YAML."""
     from gogooku3.model.atft_gat_fan import ATFTConfig
 
-    assert [f.name for f in dataclasses.fields(ATFTConfig)
-            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING] == []
+    assert [
+        f.name
+        for f in dataclasses.fields(ATFTConfig)
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    ] == []
     model_fields = {f.name for f in dataclasses.fields(ModelSettings)} - set(ATFTConfig.MODEL_GROUP_ONLY)
     assert model_fields == {f.name for f in dataclasses.fields(ATFTConfig)} - {"n_features", "horizons"}
     yaml = _plain([option])["model"]
@@ -225,7 +270,7 @@ def test_atft_from_dict_rejects_unknown_keys():
     mc = _plain(["model=full"])["model"]
     cfg = ATFTConfig.from_dict({**mc, "n_features": 7, "horizons": [1]})  # name, expected_params: group-only keys
     assert (cfg.hidden, cfg.norm, cfg.n_features) == (244, "fan", 7)
-    assert ATFTConfig.from_dict(cfg.to_dict()) == cfg                    # a bundle's model_config round trip
+    assert ATFTConfig.from_dict(cfg.to_dict()) == cfg  # a bundle's model_config round trip
     with pytest.raises(ConfigError, match=r"model\.hiden: unknown key; did you mean 'model\.hidden'"):
         ATFTConfig.from_dict({"n_features": 7, "hiden": 8})
     with pytest.raises(ConfigError, match=r"^model\.horizons: required key missing"):  # from the dataset's manifest
@@ -233,21 +278,23 @@ def test_atft_from_dict_rejects_unknown_keys():
 
 
 # ---- round trip ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("overrides,data_cls,split_cls", [
-    ([], SyntheticDataSettings, WalkForwardSplitSettings),
-    (["data=jquants"], JQuantsDataSettings, WalkForwardSplitSettings),
-    (["data=files"], FilesDataSettings, WalkForwardSplitSettings),
-    (["split=purged_kfold"], SyntheticDataSettings, PurgedKFoldSplitSettings),
-    (["model=full"], SyntheticDataSettings, WalkForwardSplitSettings),
-    (["trainer=gpu"], SyntheticDataSettings, WalkForwardSplitSettings),
-    (["trainer=ddp"], SyntheticDataSettings, WalkForwardSplitSettings),
-])
+@pytest.mark.parametrize(
+    "overrides,data_cls,split_cls",
+    [
+        ([], SyntheticDataSettings, WalkForwardSplitSettings),
+        (["data=jquants"], JQuantsDataSettings, WalkForwardSplitSettings),
+        (["data=files"], FilesDataSettings, WalkForwardSplitSettings),
+        (["split=purged_kfold"], SyntheticDataSettings, PurgedKFoldSplitSettings),
+        (["model=full"], SyntheticDataSettings, WalkForwardSplitSettings),
+        (["trainer=gpu"], SyntheticDataSettings, WalkForwardSplitSettings),
+        (["trainer=ddp"], SyntheticDataSettings, WalkForwardSplitSettings),
+    ],
+)
 def test_round_trip(overrides, data_cls, split_cls):
     cfg = compose_config(overrides)
     s = Settings.from_cfg(cfg)
-    assert isinstance(s, Settings) and load_config(overrides) == s       # what every command receives
+    assert isinstance(s, Settings) and load_config(overrides) == s  # what every command receives
     assert isinstance(s.data, data_cls) and isinstance(s.split, split_cls)
     assert s.model.hidden == cfg.model.hidden and s.trainer.accelerator == cfg.trainer.accelerator
-    assert s.hpo.seed == s.train.seed == s.seed == cfg.seed                 # ${seed} resolved
+    assert s.hpo.seed == s.train.seed == s.seed == cfg.seed  # ${seed} resolved
     assert Settings.from_cfg(OmegaConf.create(dataclasses.asdict(s))) == s  # the dataclasses hold the whole config
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 
 import numpy as np
 import pytest
@@ -33,20 +34,28 @@ def _pos(sessions):
 
 @pytest.mark.parametrize("mode", ["expanding", "sliding"])
 def test_walk_forward_no_overlap_embargo_and_forward(sessions, mode):
-    sp = WalkForwardSplitter(n_splits=4, horizons=[1, 5, 10, 20], entry_lag=1, embargo_days=25, mode=mode,
-                             min_train_days=200, test_days=60, train_days=None)
+    sp = WalkForwardSplitter(
+        n_splits=4,
+        horizons=[1, 5, 10, 20],
+        entry_lag=1,
+        embargo_days=25,
+        mode=mode,
+        min_train_days=200,
+        test_days=60,
+        train_days=None,
+    )
     folds = sp.split(sessions)
     pos = _pos(sessions)
     assert len(folds) == 4
     assert folds[-1].test_dates[-1] == sessions[-1]
-    for a, b in zip(folds, folds[1:]):
-        assert b.test_dates[0] > a.test_dates[-1]          # test spans move forward
+    for a, b in itertools.pairwise(folds):
+        assert b.test_dates[0] > a.test_dates[-1]  # test spans move forward
         assert b.train_dates[-1] > a.train_dates[-1]
     for f in folds:
         assert not set(f.train_dates) & set(f.test_dates)
         assert len(f.test_dates) == 60
         gap = pos[f.test_dates[0]] - pos[f.train_dates[-1]] - 1
-        assert gap == 25                                     # embargo counted in sessions, not calendar days
+        assert gap == 25  # embargo counted in sessions, not calendar days
         assert max(f.train_dates) < min(f.test_dates)
         assert f.purged == 21 and f.embargoed == 4
         if mode == "sliding":
@@ -57,8 +66,16 @@ def test_walk_forward_no_overlap_embargo_and_forward(sessions, mode):
 
 def test_purge_removes_exactly_the_crossing_dates(sessions):
     # embargo == h_max + lag: everything excluded is excluded because its label window reaches the test span.
-    sp = WalkForwardSplitter(n_splits=2, horizons=[1, 5], entry_lag=2, embargo_days=7, mode="expanding",
-                             min_train_days=100, test_days=50, train_days=None)
+    sp = WalkForwardSplitter(
+        n_splits=2,
+        horizons=[1, 5],
+        entry_lag=2,
+        embargo_days=7,
+        mode="expanding",
+        min_train_days=100,
+        test_days=50,
+        train_days=None,
+    )
     folds = sp.split(sessions)
     pos = _pos(sessions)
     for f in folds:
@@ -71,12 +88,13 @@ def test_purge_removes_exactly_the_crossing_dates(sessions):
 
 
 def test_purged_kfold_gaps_both_sides(sessions):
-    sp = PurgedKFoldSplitter(n_splits=5, horizons=[1, 5, 10, 20], entry_lag=1, embargo_days=None, min_train_days=1,
-                             feature_lookback=0)
+    sp = PurgedKFoldSplitter(
+        n_splits=5, horizons=[1, 5, 10, 20], entry_lag=1, embargo_days=None, min_train_days=1, feature_lookback=0
+    )
     folds = sp.split(sessions)
     pos = _pos(sessions)
     tests = [d for f in folds for d in f.test_dates]
-    assert sorted(tests) == sessions                         # the test blocks tile the dates
+    assert sorted(tests) == sessions  # the test blocks tile the dates
     for f in folds:
         lo, hi = pos[f.test_dates[0]], pos[f.test_dates[-1]]
         tp = np.array([pos[d] for d in f.train_dates])
@@ -98,27 +116,46 @@ def test_embargo_default_and_config_error():
 
 
 def test_too_few_dates_is_data_error(sessions):
-    sp = WalkForwardSplitter(n_splits=5, horizons=[1], entry_lag=1, embargo_days=None, mode="expanding",
-                             min_train_days=252, test_days=60, train_days=None)
+    sp = WalkForwardSplitter(
+        n_splits=5,
+        horizons=[1],
+        entry_lag=1,
+        embargo_days=None,
+        mode="expanding",
+        min_train_days=252,
+        test_days=60,
+        train_days=None,
+    )
     with pytest.raises(DataError, match="too few dates"):
         sp.split(sessions[:300])
     with pytest.raises(DataError, match="too few dates"):
-        PurgedKFoldSplitter(n_splits=5, horizons=[20], entry_lag=1, embargo_days=None, min_train_days=1,
-                            feature_lookback=0).split(sessions[:80])
+        PurgedKFoldSplitter(
+            n_splits=5, horizons=[20], entry_lag=1, embargo_days=None, min_train_days=1, feature_lookback=0
+        ).split(sessions[:80])
 
 
 def test_make_splitter_from_config(sessions):
-    cfg = OmegaConf.create({"method": "walk_forward", "mode": "expanding", "n_splits": 3, "min_train_days": 252,
-                            "test_days": None, "train_days": None, "embargo_days": None, "val_days": 40})
+    cfg = OmegaConf.create(
+        {
+            "method": "walk_forward",
+            "mode": "expanding",
+            "n_splits": 3,
+            "min_train_days": 252,
+            "test_days": None,
+            "train_days": None,
+            "embargo_days": None,
+            "val_days": 40,
+        }
+    )
     kfold = {"method": "purged_kfold", "n_splits": 3, "min_train_days": 60, "embargo_days": None, "val_days": 40}
     folds = make_splitter(cfg, [1, 5, 10, 20], 1).split(sessions)
     n = len(sessions)
     assert len(folds[0].test_dates) == (n - 252 - 21) // 3
     assert len(folds[0].train_dates) >= 252
     assert isinstance(make_splitter(kfold, [1], 1, 60), PurgedKFoldSplitter)
-    with pytest.raises(ConfigError, match="look-back"):   # the manifest records no look-back: refused
+    with pytest.raises(ConfigError, match="look-back"):  # the manifest records no look-back: refused
         make_splitter(kfold, [1], 1)
-    assert isinstance(make_splitter(cfg, [1], 1), WalkForwardSplitter)   # walk-forward needs none
+    assert isinstance(make_splitter(cfg, [1], 1), WalkForwardSplitter)  # walk-forward needs none
     with pytest.raises(ConfigError, match=r"^split\.method: unknown value 'random'"):
         make_splitter({"method": "random"}, [1], 1)
     with pytest.raises(ConfigError, match=r"^split\.min_train_days: required key missing"):  # the YAML sets every key
@@ -146,8 +183,9 @@ def test_purged_kfold_leaves_no_training_row_whose_features_overlap_a_test_block
     """With a 60-session feature look-back, a training date t after a test block is kept only when its window
     [t − 60, t] lies after the block: features of training rows never contain test-block information."""
     lookback = 60
-    sp = PurgedKFoldSplitter(n_splits=4, horizons=[1, 5], entry_lag=1, embargo_days=None, min_train_days=1,
-                             feature_lookback=lookback)
+    sp = PurgedKFoldSplitter(
+        n_splits=4, horizons=[1, 5], entry_lag=1, embargo_days=None, min_train_days=1, feature_lookback=lookback
+    )
     folds = sp.split(sessions)
     pos = _pos(sessions)
     for f in folds:
@@ -155,8 +193,8 @@ def test_purged_kfold_leaves_no_training_row_whose_features_overlap_a_test_block
         for d in f.train_dates:
             t = pos[d]
             window = range(max(t - lookback, 0), t + 1)
-            assert not any(lo <= s <= hi for s in window), (f.index, d)      # no feature window reaches the block
-            assert t + 1 + 5 < lo or t > hi                                   # nor a label window
+            assert not any(lo <= s <= hi for s in window), (f.index, d)  # no feature window reaches the block
+            assert t + 1 + 5 < lo or t > hi  # nor a label window
         after = [d for d in sessions if pos[d] > hi]
         if after:
             assert f.train_dates[-1] == sessions[-1]
@@ -168,8 +206,13 @@ def test_purged_kfold_leaves_no_training_row_whose_features_overlap_a_test_block
     # a fold whose after-block training dates sit inside the look-back is a LeakageError
     f = folds[0]
     hi = pos[f.test_dates[-1]]
-    leaky = Fold(0, f.train_dates + [sessions[hi + lookback]], f.test_dates, embargo_days=f.embargo_days,
-                 feature_lookback=lookback)
+    leaky = Fold(
+        0,
+        [*f.train_dates, sessions[hi + lookback]],
+        f.test_dates,
+        embargo_days=f.embargo_days,
+        feature_lookback=lookback,
+    )
     leaky.train_dates.sort()
     with pytest.raises(LeakageError, match="look-back"):
         check_folds([leaky], sessions)
@@ -177,5 +220,6 @@ def test_purged_kfold_leaves_no_training_row_whose_features_overlap_a_test_block
 
 def test_purged_kfold_too_long_a_lookback_is_a_clear_error(sessions):
     with pytest.raises(DataError, match="look-back"):
-        PurgedKFoldSplitter(n_splits=5, horizons=[1], entry_lag=1, embargo_days=None, feature_lookback=700,
-                            min_train_days=200).split(sessions[:500])
+        PurgedKFoldSplitter(
+            n_splits=5, horizons=[1], entry_lag=1, embargo_days=None, feature_lookback=700, min_train_days=200
+        ).split(sessions[:500])

@@ -21,10 +21,15 @@ def _frame(n_days: int = 300, n_stocks: int = 40, seed: int = 0) -> pl.DataFrame
     x = rng.normal(size=(n_days, n_stocks, 3))
     y1 = 0.6 * x[:, :, 0] + rng.normal(size=(n_days, n_stocks))
     y5 = 0.4 * x[:, :, 1] + rng.normal(size=(n_days, n_stocks))
-    return pl.DataFrame({"Date": [d for d in dates for _ in range(n_stocks)],
-                         "Code": [f"{i:05d}" for i in range(n_stocks)] * n_days,
-                         **{f"f{k}": x[:, :, k].ravel() for k in range(3)},
-                         "target_1d": y1.ravel(), "target_5d": y5.ravel()})
+    return pl.DataFrame(
+        {
+            "Date": [d for d in dates for _ in range(n_stocks)],
+            "Code": [f"{i:05d}" for i in range(n_stocks)] * n_days,
+            **{f"f{k}": x[:, :, k].ravel() for k in range(3)},
+            "target_1d": y1.ravel(),
+            "target_5d": y5.ravel(),
+        }
+    )
 
 
 def _stack(frame: pl.DataFrame, fit: list[dt.date]):
@@ -39,8 +44,8 @@ def test_every_stacked_value_comes_from_labels_realised_by_its_date():
     pred, provenance = _stack(frame, fit)
     pos = {d: k for k, d in enumerate(dates)}
     fitted = [p for p in provenance if "skipped" not in p]
-    assert len(fitted) == 4                                        # blocks 1..3 and the model after the fit span
-    for p in fitted:                                               # its last label (incl. early stopping) is realised
+    assert len(fitted) == 4  # blocks 1..3 and the model after the fit span
+    for p in fitted:  # its last label (incl. early stopping) is realised
         last_label_day = pos[dt.date.fromisoformat(p["val_range"][1])]  # GAP sessions after its date, by the
         assert last_label_day + GAP <= pos[dt.date.fromisoformat(p["predicts"][0])]  # first date it predicts
     first_block = set(fit[:60])
@@ -52,19 +57,25 @@ def test_every_stacked_value_comes_from_labels_realised_by_its_date():
     late = [d for d in dates if pos[d] + GAP > pos[t]]
     rng = np.random.default_rng(9)
     poisoned = frame.with_columns(
-        [pl.when(pl.col("Date").is_in(late)).then(pl.Series(rng.normal(size=frame.height) * 5)).otherwise(pl.col(c))
-         .alias(c) for c in ("target_1d", "target_5d")])
+        [
+            pl.when(pl.col("Date").is_in(late))
+            .then(pl.Series(rng.normal(size=frame.height) * 5))
+            .otherwise(pl.col(c))
+            .alias(c)
+            for c in ("target_1d", "target_5d")
+        ]
+    )
     pred2, _ = _stack(poisoned, fit)
     before = pl.col("Date") <= t
     assert pred.filter(before).equals(pred2.filter(before))
-    assert not pred.filter(~before).equals(pred2.filter(~before))   # the poison does reach later values
+    assert not pred.filter(~before).equals(pred2.filter(~before))  # the poison does reach later values
 
 
 def test_stack_array_is_z_scored_per_day_on_the_panel_grid():
     frame = _frame(n_days=120)
     dates = frame["Date"].unique().sort().to_list()
     pred, _ = _stack(frame, dates[:100])
-    codes = sorted(frame["Code"].unique().to_list()) + ["99999"]      # a code with no row stays 0
+    codes = [*sorted(frame["Code"].unique().to_list()), "99999"]  # a code with no row stays 0
     arr = stack_array(pred, dates, codes, HORIZONS)
     assert arr.shape == (120, 41, 2) and arr.dtype == np.float32
     day = dates[110]

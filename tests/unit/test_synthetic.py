@@ -9,8 +9,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from gogooku3.core.calendar import TradingCalendar
 from gogooku3.config.compose import load_config
+from gogooku3.core.calendar import TradingCalendar
 from gogooku3.core.errors import ConfigError
 from gogooku3.sources import schema
 from gogooku3.sources.synthetic import (
@@ -105,7 +105,9 @@ def _with_cum(q: pl.DataFrame) -> pl.DataFrame:
     """cum = prod_{s>t} AdjFactor(s) per code (J-Quants convention)."""
     return q.sort("Code", "Date").with_columns(
         (pl.col("AdjFactor").log().reverse().cum_sum().reverse().over("Code") - pl.col("AdjFactor").log())
-        .exp().alias("cum"))
+        .exp()
+        .alias("cum")
+    )
 
 
 def test_split_adjustment_convention(market):
@@ -200,8 +202,9 @@ def test_realized_labels_follow_the_definition(market):
 
 def test_synthesize_writes_raw_tables_and_keeps_oracle_apart(tmp_path):
     raw, oracle = tmp_path / "raw", tmp_path / "oracle"
-    cfg = load_config([f"paths.raw_dir={raw}", f"paths.oracle_dir={oracle}", "data.n_stocks=15",
-                       "data.n_days=80", "seed=2"])
+    cfg = load_config(
+        [f"paths.raw_dir={raw}", f"paths.oracle_dir={oracle}", "data.n_stocks=15", "data.n_days=80", "seed=2"]
+    )
     paths = synthesize(cfg)
     assert paths["oracle"] == oracle / ORACLE_FILE and paths["oracle"].exists()
     assert not any("oracle" in p.name for p in raw.iterdir())

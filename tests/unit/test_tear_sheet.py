@@ -30,8 +30,11 @@ DAYS = [date(2024, 1, 1) + timedelta(days=i) for i in range(40)]
 def _panel(pred, n: int = 20) -> pl.DataFrame:
     """Date, Code, pred_1d = pred(day index, stock index), target_1d random."""
     rng = np.random.default_rng(1)
-    rows = [{"Date": d, "Code": f"{1000 + j}", "pred_1d": float(pred(k, j)), "target_1d": float(rng.normal())}
-            for k, d in enumerate(DAYS) for j in range(n)]
+    rows = [
+        {"Date": d, "Code": f"{1000 + j}", "pred_1d": float(pred(k, j)), "target_1d": float(rng.normal())}
+        for k, d in enumerate(DAYS)
+        for j in range(n)
+    ]
     return pl.DataFrame(rows)
 
 
@@ -40,7 +43,7 @@ def test_ic_decay_band_is_the_newey_west_interval():
     ev = metrics.evaluate(df.with_columns(pred_5d=pl.col("pred_1d"), target_5d=pl.col("target_1d")), [1, 5])
     d = metrics.ic_decay(ev)
     assert d["horizon"].to_list() == [1, 5]
-    for r, h in zip(d.to_dicts(), ("1", "5")):
+    for r, h in zip(d.to_dicts(), ("1", "5"), strict=True):
         s = ev[h]
         assert r["se"] == pytest.approx(abs(s["rank_ic_mean"] / s["rank_ic_tstat"]))
         assert r["lo"] == pytest.approx(s["rank_ic_mean"] - 1.96 * r["se"]) and r["lo"] < r["rank_ic_mean"] < r["hi"]
@@ -48,11 +51,13 @@ def test_ic_decay_band_is_the_newey_west_interval():
 
 
 def test_ic_by_group_scores_each_group_on_its_own_stocks():
-    df = _panel(lambda k, j: j).with_columns(sector=pl.when(pl.col("Code").cast(pl.Int32) < 1010).then(pl.lit("A"))
-                                             .otherwise(pl.lit("B")))
+    df = _panel(lambda k, j: j).with_columns(
+        sector=pl.when(pl.col("Code").cast(pl.Int32) < 1010).then(pl.lit("A")).otherwise(pl.lit("B"))
+    )
     # group A: the prediction is the target (RankIC 1); group B: its negative (RankIC -1)
-    df = df.with_columns(pred_1d=pl.when(pl.col("sector") == "A").then(pl.col("target_1d"))
-                         .otherwise(-pl.col("target_1d")))
+    df = df.with_columns(
+        pred_1d=pl.when(pl.col("sector") == "A").then(pl.col("target_1d")).otherwise(-pl.col("target_1d"))
+    )
     g = metrics.ic_by_group(df, "pred_1d", "target_1d", "sector")
     assert g["group"].to_list() == ["A", "B"]
     assert g["rank_ic_mean"].to_list() == pytest.approx([1.0, -1.0])
@@ -107,7 +112,7 @@ def test_benchmark_returns_measure_topix_over_the_books_entry_and_exit():
     df = _panel(lambda k, j: j, n=30).with_columns(Close=pl.lit(100.0))
     market = market_from_frame(df.select("Date", "Code", "Close"), DAYS, entry_lag=1)
     res = backtest(df, 1, market=market)
-    closes = pl.DataFrame({"Date": DAYS, "close": [100.0 * 1.01 ** k for k in range(40)]})
+    closes = pl.DataFrame({"Date": DAYS, "close": [100.0 * 1.01**k for k in range(40)]})
     br = benchmark_returns(res, market, closes)
     assert br["topix"].drop_nulls().to_list() == pytest.approx([0.01] * br["topix"].drop_nulls().len())
     assert br["equal_weight"].to_list() == res.daily["universe"].to_list()
@@ -122,16 +127,25 @@ def test_report_tear_sheet_with_dataset_sector_and_topix(tmp_path, model_name):
     (run / "metrics.json").write_text(json.dumps(res))
     model = pl.read_parquet(run / "predictions" / "atft" / "test.parquet")
     ds = tmp_path / "ds.parquet"
-    model.select("Date", "Code", Close=pl.lit(1000.0), returns_1d=pl.lit(0.0),
-                 S33=pl.col("Code").str.slice(2, 1)).write_parquet(ds)
+    model.select(
+        "Date", "Code", Close=pl.lit(1000.0), returns_1d=pl.lit(0.0), S33=pl.col("Code").str.slice(2, 1)
+    ).write_parquet(ds)
     FeatureManifest.from_frame(pl.read_parquet(ds), {}, [1], 1).save(manifest_path(ds))  # the entry lag's source
     raw = tmp_path / "raw"
     raw.mkdir()
     days = model["Date"].unique().sort()
-    pl.DataFrame({"Date": days, "O": 1.0, "H": 1.0, "L": 1.0,
-                  "C": [2000.0 * 1.001 ** k for k in range(days.len())]}).write_parquet(raw / "topix.parquet")
-    cfg = load_config([f"paths.output_dir={tmp_path / 'output'}", f"paths.dataset={ds}", f"paths.raw_dir={raw}",
-                       f"paths.runs_dir={tmp_path / 'runs'}", "report.rolling_sharpe_days=20"])
+    pl.DataFrame(
+        {"Date": days, "O": 1.0, "H": 1.0, "L": 1.0, "C": [2000.0 * 1.001**k for k in range(days.len())]}
+    ).write_parquet(raw / "topix.parquet")
+    cfg = load_config(
+        [
+            f"paths.output_dir={tmp_path / 'output'}",
+            f"paths.dataset={ds}",
+            f"paths.raw_dir={raw}",
+            f"paths.runs_dir={tmp_path / 'runs'}",
+            "report.rolling_sharpe_days=20",
+        ]
+    )
     rep = json.loads(build_report(cfg, run)["json"].read_text())
     ts = rep["tear_sheet"]
     assert rep["missing"] == [] and ts["benchmark"] == "topix" and ts["topix_available"]
@@ -142,7 +156,8 @@ def test_report_tear_sheet_with_dataset_sector_and_topix(tmp_path, model_name):
     assert [r["period"] for r in ts["monthly_rank_ic"]["atft"]][:2] == ["2023-11", "2023-12"]
     assert ts["rolling_sharpe"]["atft"]["window"] == 20 and ts["rolling_sharpe"]["atft"]["last"] is not None
     assert 0 < ts["signal"]["top_turnover_mean"] <= 1 and set(ts["cumulative_quantile_return"]) == {
-        str(k) for k in range(1, 6)}
+        str(k) for k in range(1, 6)
+    }
     assert rep["run_model"]["name"] == model_name and rep["checks"]["targets_apply"] is (model_name == "full")
     html = (run / "report.html").read_text()
     assert 'name="viewport"' in html and "within each S33 group" in html and "TOPIX" in html

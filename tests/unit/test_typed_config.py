@@ -26,8 +26,11 @@ CONFIG_DIR = SRC / "config"
 
 def _sources() -> dict[str, str]:
     """{path relative to src/gogooku3: text} of every module outside gogooku3/config/."""
-    return {str(p.relative_to(SRC)): p.read_text(encoding="utf-8") for p in sorted(SRC.rglob("*.py"))
-            if CONFIG_DIR not in p.parents}
+    return {
+        str(p.relative_to(SRC)): p.read_text(encoding="utf-8")
+        for p in sorted(SRC.rglob("*.py"))
+        if CONFIG_DIR not in p.parents
+    }
 
 
 def test_load_config_returns_the_typed_settings():
@@ -38,8 +41,12 @@ def test_load_config_returns_the_typed_settings():
 
 
 def test_no_dictconfig_or_omegaconf_outside_the_config_package():
-    found = [f"{name}:{i}" for name, text in _sources().items() for i, line in enumerate(text.splitlines(), 1)
-             if "DictConfig" in line or re.search(r"\bomegaconf\b|\bOmegaConf\b", line)]
+    found = [
+        f"{name}:{i}"
+        for name, text in _sources().items()
+        for i, line in enumerate(text.splitlines(), 1)
+        if "DictConfig" in line or re.search(r"\bomegaconf\b|\bOmegaConf\b", line)
+    ]
     assert found == []
 
 
@@ -48,8 +55,12 @@ CAST = re.compile(r"\b(int|float|str|bool)\(\s*(cfg|self\.cfg|ctx\.cfg|self\.ctx
 
 def test_no_cast_of_a_config_value_remains():
     """Settings values already have their schema types: `cfg.train.ensemble`, not `int(cfg.train.ensemble)`."""
-    found = [f"{name}:{i}: {line.strip()}" for name, text in _sources().items()
-             for i, line in enumerate(text.splitlines(), 1) if CAST.search(line)]
+    found = [
+        f"{name}:{i}: {line.strip()}"
+        for name, text in _sources().items()
+        for i, line in enumerate(text.splitlines(), 1)
+        if CAST.search(line)
+    ]
     assert found == []
 
 
@@ -97,7 +108,7 @@ def test_every_command_passes_settings_to_its_pipeline(argv, module, name, monke
 def test_to_dict_holds_what_the_composed_config_holds(overrides):
     d = to_dict(load_config(overrides))
     assert d == OmegaConf.to_container(compose_config(overrides), resolve=True)  # same keys, equal values
-    assert isinstance(d["model"]["gat_heads"], list)                              # tuples as lists, as before
+    assert isinstance(d["model"]["gat_heads"], list)  # tuples as lists, as before
     assert OmegaConf.create(to_yaml(load_config(overrides))) == OmegaConf.create(to_yaml(compose_config(overrides)))
 
 
@@ -108,7 +119,9 @@ def test_features_and_labels_fingerprints_are_unchanged():
 
     assert config_fingerprints(load_config()) == {"features": "0a3551902bd584c5", "labels": "b3a5895bf13d5469"}
     assert config_fingerprints(load_config(["labels.horizons=[1,5]", "features.groups.statements=false"])) == {
-        "features": "14762ad0ea81766f", "labels": "91aec4a51461ccc2"}
+        "features": "14762ad0ea81766f",
+        "labels": "91aec4a51461ccc2",
+    }
 
 
 def test_select_path_and_with_values():
@@ -117,11 +130,11 @@ def test_select_path_and_with_values():
     assert select(cfg, "model.graph.k") == cfg.model.graph.k and select(cfg, "model.nope", "x") == "x"
     assert select(cfg, "baseline.params.num_leaves") == 31 and path(cfg, "paths.cache_dir") == Path("~/c").expanduser()
     new = with_values(cfg, {"train.lr": 1, "model.gat_heads": [4, 2], "model.hidden": 64})
-    assert (new.train.lr, new.model.gat_heads, new.model.hidden) == (1.0, (4, 2), 64)    # converted as load_config
-    assert isinstance(new.train.lr, float) and cfg.model.hidden != 64                   # the input is untouched
-    with pytest.raises(ConfigError, match="train.nope' does not exist"):
+    assert (new.train.lr, new.model.gat_heads, new.model.hidden) == (1.0, (4, 2), 64)  # converted as load_config
+    assert isinstance(new.train.lr, float) and cfg.model.hidden != 64  # the input is untouched
+    with pytest.raises(ConfigError, match=r"train.nope' does not exist"):
         with_values(cfg, {"train.nope": 1})
-    with pytest.raises(ConfigError, match="model.n_heads: must be a divisor of model.hidden"):
+    with pytest.raises(ConfigError, match=r"model.n_heads: must be a divisor of model.hidden"):
         with_values(cfg, {"model.hidden": 30})
 
 

@@ -19,8 +19,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from gogooku3.core.errors import ConfigError
 from gogooku3.config.schema import Settings, check_key
+from gogooku3.core.errors import ConfigError
 
 CONFIG_MODULE = "gogooku3.conf"
 
@@ -40,15 +40,17 @@ def load_config(overrides: Sequence[str] = (), config_dirs: Sequence[str | Path]
     return settings
 
 
-def compose_config(overrides: Sequence[str] = (), config_name: str = "config",
-                   config_dirs: Sequence[str | Path] = ()) -> DictConfig:
+def compose_config(
+    overrides: Sequence[str] = (), config_name: str = "config", config_dirs: Sequence[str | Path] = ()
+) -> DictConfig:
     """The composed config as Hydra gives it (a DictConfig, YAML order and values as written), checked like
     `load_config`'s: for what needs Hydra's own form (`gogooku3 config show`)."""
     return _compose(overrides, config_name, config_dirs)[0]
 
 
-def _compose(overrides: Sequence[str], config_name: str, config_dirs: Sequence[str | Path]
-             ) -> tuple[DictConfig, Settings | None]:
+def _compose(
+    overrides: Sequence[str], config_name: str, config_dirs: Sequence[str | Path]
+) -> tuple[DictConfig, Settings | None]:
     """The composed DictConfig and, for the main config, its checked typed form."""
     dirs = search_dirs(overrides, config_dirs)
     overrides = [_drop_plus(o, dirs) for o in overrides]
@@ -67,8 +69,10 @@ def _compose(overrides: Sequence[str], config_name: str, config_dirs: Sequence[s
     settings = None
     if config_name == "config":
         if "experiment" in cfg:
-            raise ConfigError("experiment: the experiment file's keys landed under 'experiment.'; its first line "
-                              "must be '# @package _global_' (see conf/experiment/example.yaml)")
+            raise ConfigError(
+                "experiment: the experiment file's keys landed under 'experiment.'; its first line "
+                "must be '# @package _global_' (see conf/experiment/example.yaml)"
+            )
         settings = Settings.from_cfg(cfg)
     return cfg, settings
 
@@ -83,8 +87,10 @@ def search_dirs(overrides: Sequence[str] = (), config_dirs: Sequence[str | Path]
     for d in config_dirs:
         p = Path(d).expanduser()
         if not p.is_dir():
-            raise ConfigError(f"--config-dir {d}: not a directory (it should hold folders such as experiment/, "
-                              f"model/ with YAML files)")
+            raise ConfigError(
+                f"--config-dir {d}: not a directory (it should hold folders such as experiment/, "
+                f"model/ with YAML files)"
+            )
         out.append(p.resolve())
     given = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("paths.output_dir=")]
     output_dir = given[-1] if given else _packaged_value("paths", "default", "output_dir")
@@ -96,6 +102,7 @@ def search_dirs(overrides: Sequence[str] = (), config_dirs: Sequence[str | Path]
 
 def _packaged_value(group: str, option: str, key: str) -> Any:
     node = OmegaConf.load(str(resources.files(CONFIG_MODULE) / group / f"{option}.yaml"))
+    assert isinstance(node, DictConfig)  # a packaged config file is a mapping
     return node[key]
 
 
@@ -130,6 +137,7 @@ def _drop_plus(override: str, dirs: Sequence[Path]) -> str:
 def default_groups() -> dict[str, str | None]:
     """The groups of the packaged defaults list and their default option (None for `experiment`)."""
     node = OmegaConf.load(str(resources.files(CONFIG_MODULE) / "config.yaml"))
+    assert isinstance(node, DictConfig)  # the packaged config.yaml is a mapping
     out: dict[str, str | None] = {}
     for item in node.get("defaults", []):
         if isinstance(item, str) or not hasattr(item, "items"):
@@ -178,8 +186,10 @@ def _override_hint(overrides: Sequence[str], dirs: Sequence[str | Path] = ()) ->
                 close = difflib.get_close_matches(value, options, n=1)
                 hint = f"; did you mean '{bare}={close[0]}'?" if close else ""
                 where = " or in --config-dir" if bare == "experiment" else ""
-                return (f"{o}: no such option{hint} (options of {bare}: {', '.join(options)}; files are "
-                        f"conf/{bare}/<name>.yaml{where})")
+                return (
+                    f"{o}: no such option{hint} (options of {bare}: {', '.join(options)}; files are "
+                    f"conf/{bare}/<name>.yaml{where})"
+                )
             continue
         if not eq or key.startswith(("~", "+")) or "@" in key:
             continue  # deletions and additions: Hydra's own message, additions are checked by Settings
@@ -193,8 +203,10 @@ REDACTED = "***"
 # A key whose name says it holds a credential (api_key, access_token, db_password, client_secret, ...).
 SECRET_NAME = re.compile(r"(?i)(^|[_.-])(api_?key|key|token|password|passwd|pwd|secret|credentials?)($|[_.-])")
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@/\s]+@")
-_URL_QUERY_SECRET = re.compile(r"(?i)(?P<head>[?&;](api_?key|key|token|access_token|password|passwd|pwd|secret)=)"
-                               r"[^&;#\s]+")
+_URL_QUERY_SECRET = re.compile(
+    r"(?i)(?P<head>[?&;](api_?key|key|token|access_token|password|passwd|pwd|secret)=)"
+    r"[^&;#\s]+"
+)
 
 
 def redact_text(text: str) -> str:
@@ -257,7 +269,7 @@ def select(cfg: Any, key: str, default: Any = None) -> Any:
         if dataclasses.is_dataclass(node) and not isinstance(node, type):
             node = getattr(node, part) if part in {f.name for f in dataclasses.fields(node)} else _ABSENT
         elif isinstance(node, (Mapping, DictConfig)):
-            node = node[part] if part in node else _ABSENT
+            node = node.get(part, _ABSENT)
         else:
             node = _ABSENT
         if node is _ABSENT:
@@ -270,7 +282,8 @@ def with_values(cfg: Settings, values: Mapping[str, Any]) -> Settings:
     `load_config` checks a composed config (a ConfigError names a bad key or value); `cfg` is left as it is."""
     d = dataclasses.asdict(cfg)
     for key, v in values.items():
-        node, parts = d, key.split(".")
+        node: Any = d
+        parts = key.split(".")
         for part in parts[:-1]:
             node = node.get(part) if isinstance(node, dict) else None
         if not isinstance(node, dict) or parts[-1] not in node:

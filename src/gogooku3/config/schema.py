@@ -135,7 +135,7 @@ class FilesDataSettings:
     adjust_splits: str
     decimal_comma: bool
     columns: FileColumnsSettings
-    path: str | None              # the file `gogooku3 run data=files` imports (pipelines/full.py)
+    path: str | None  # the file `gogooku3 run data=files` imports (pipelines/full.py)
 
 
 DataSettings = SyntheticDataSettings | JQuantsDataSettings | FilesDataSettings
@@ -300,7 +300,8 @@ SplitSettings = WalkForwardSplitSettings | PurgedKFoldSplitSettings
 
 _OPTIONS: dict[str, dict[str, type]] = {  # first entry: the default option
     "data": {"synthetic": SyntheticDataSettings, "jquants": JQuantsDataSettings, "files": FilesDataSettings},
-    "split": {"walk_forward": WalkForwardSplitSettings, "purged_kfold": PurgedKFoldSplitSettings}}
+    "split": {"walk_forward": WalkForwardSplitSettings, "purged_kfold": PurgedKFoldSplitSettings},
+}
 
 
 # ---- shared nodes -------------------------------------------------------------------------------------------
@@ -366,7 +367,7 @@ class BaselineSettings:
     target_transform: str
     top_features: int
     normalize: NormalizerSettings
-    params: dict[str, Any]   # passed to LightGBM as is
+    params: dict[str, Any]  # passed to LightGBM as is
 
 
 # ---- model, train, trainer ----------------------------------------------------------------------------------
@@ -447,7 +448,7 @@ class TrainSettings:
     max_stocks_per_day: int
     min_stocks_per_day: int
     min_window_frac: float
-    seed: int                 # ${seed} in the YAML
+    seed: int  # ${seed} in the YAML
     ensemble: int
     compile: bool
     ema_decay: float | None
@@ -477,7 +478,7 @@ class TrainerSettings:
     precision: str | int
     peak_tflops: float | None
     progress_bar: bool
-    num_threads: int | None    # null: torch's default
+    num_threads: int | None  # null: torch's default
     member_workers: int | Literal["auto"]  # processes training ensemble members side by side
 
 
@@ -558,7 +559,7 @@ class HpoSettings:
     n_trials: int
     max_total_trials: int | None
     timeout_s: float | None
-    seed: int                 # ${seed} in the YAML
+    seed: int  # ${seed} in the YAML
     n_startup_trials: int
     folds: int
     max_epochs: int
@@ -610,9 +611,9 @@ class Settings:
 Check = tuple[Callable[[Any], bool], str]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-NORMALIZER_METHODS = ("robust_z", "rank_gauss")        # gogooku3.data.normalize.METHODS
-DAY_LEVEL = ("time_z", "zero")                          # gogooku3.data.normalize.DAY_LEVEL
-LOSS_TARGET_TRANSFORMS = ("zscore", "rank_gauss")       # gogooku3.model.losses.TARGET_TRANSFORMS
+NORMALIZER_METHODS = ("robust_z", "rank_gauss")  # gogooku3.data.normalize.METHODS
+DAY_LEVEL = ("time_z", "zero")  # gogooku3.data.normalize.DAY_LEVEL
+LOSS_TARGET_TRANSFORMS = ("zscore", "rank_gauss")  # gogooku3.model.losses.TARGET_TRANSFORMS
 RUN_STEPS = ("data", "build", "safe", "train", "backtest", "report", "predict")  # pipelines.full.STEPS
 
 
@@ -637,79 +638,203 @@ def _one_of(*options: str, fold_case: bool = False) -> Check:
 
 def _each(check: Check, non_empty: bool = False) -> Check:
     ok, text = check
-    return ((lambda v: (len(v) > 0 or not non_empty) and all(ok(x) for x in v)),
-            f"a {'non-empty ' if non_empty else ''}list of values {text}")
+    return (
+        (lambda v: (len(v) > 0 or not non_empty) and all(ok(x) for x in v)),
+        f"a {'non-empty ' if non_empty else ''}list of values {text}",
+    )
 
 
-_BATCHES: Check = ((lambda v: v >= 1 if isinstance(v, int) else 0 < v <= 1),
-                   "an int >= 1 (batches) or a float in (0, 1] (a share of them)")
+_BATCHES: Check = (
+    (lambda v: v >= 1 if isinstance(v, int) else 0 < v <= 1),
+    "an int >= 1 (batches) or a float in (0, 1] (a share of them)",
+)
 _SHARE = _within(0, 1)
 _DROPOUT = _within(0, 1, hi_open=True)
 
 RANGES: dict[type, dict[str, Check]] = {
-    SyntheticDataSettings: {"n_stocks": _within(5, 8000), "n_days": _ge(30), "signal_strength": _ge(0),
-                            "burn_in": _ge(0), "t_df": _gt(2), "split_share": _SHARE, "ipo_share": _SHARE,
-                            "delist_share": _SHARE, "suspensions_per_stock": _ge(0), "momentum_window": _ge(1),
-                            "momentum_skip": _ge(0)},
-    JQuantsDataSettings: {"requests_per_minute": _ge(1), "refresh_days": _ge(0), "max_attempts": _ge(1),
-                          "backoff_base_s": _ge(0), "backoff_max_s": _ge(0), "retry_after_max_s": _ge(0),
-                          "timeout_s": _gt(0)},
-    FilesDataSettings: {"separator": ((lambda v: len(v) == 1), "a single character such as ',' ';' or '\\t'"),
-                        "format": _one_of("auto", "csv", "parquet")},
+    SyntheticDataSettings: {
+        "n_stocks": _within(5, 8000),
+        "n_days": _ge(30),
+        "signal_strength": _ge(0),
+        "burn_in": _ge(0),
+        "t_df": _gt(2),
+        "split_share": _SHARE,
+        "ipo_share": _SHARE,
+        "delist_share": _SHARE,
+        "suspensions_per_stock": _ge(0),
+        "momentum_window": _ge(1),
+        "momentum_skip": _ge(0),
+    },
+    JQuantsDataSettings: {
+        "requests_per_minute": _ge(1),
+        "refresh_days": _ge(0),
+        "max_attempts": _ge(1),
+        "backoff_base_s": _ge(0),
+        "backoff_max_s": _ge(0),
+        "retry_after_max_s": _ge(0),
+        "timeout_s": _gt(0),
+    },
+    FilesDataSettings: {
+        "separator": ((lambda v: len(v) == 1), "a single character such as ',' ';' or '\\t'"),
+        "format": _one_of("auto", "csv", "parquet"),
+    },
     FeaturesSettings: {"chunk_rows": _ge(0)},
     LabelsSettings: {"horizons": _each(_ge(1), non_empty=True), "entry_lag": _ge(0)},
-    WalkForwardSplitSettings: {"mode": _one_of("expanding", "sliding"), "n_splits": _ge(1), "min_train_days": _ge(1),
-                               "test_days": _ge(1), "train_days": _ge(1), "embargo_days": _ge(0), "val_days": _ge(1)},
-    PurgedKFoldSplitSettings: {"n_splits": _ge(2), "min_train_days": _ge(1), "embargo_days": _ge(0),
-                               "val_days": _ge(1)},
-    NormalizerSettings: {"method": _one_of(*NORMALIZER_METHODS), "clip": _gt(0), "day_level": _one_of(*DAY_LEVEL),
-                         "day_level_window": _ge(20)},
-    GraphSettings: {"window": _ge(2), "method": _one_of("ewm", "pearson"), "halflife": _gt(0),
-                    "shrinkage": _within(0, 1, hi_open=True), "threshold": _SHARE, "k": _ge(1), "min_obs": _ge(2)},
+    WalkForwardSplitSettings: {
+        "mode": _one_of("expanding", "sliding"),
+        "n_splits": _ge(1),
+        "min_train_days": _ge(1),
+        "test_days": _ge(1),
+        "train_days": _ge(1),
+        "embargo_days": _ge(0),
+        "val_days": _ge(1),
+    },
+    PurgedKFoldSplitSettings: {
+        "n_splits": _ge(2),
+        "min_train_days": _ge(1),
+        "embargo_days": _ge(0),
+        "val_days": _ge(1),
+    },
+    NormalizerSettings: {
+        "method": _one_of(*NORMALIZER_METHODS),
+        "clip": _gt(0),
+        "day_level": _one_of(*DAY_LEVEL),
+        "day_level_window": _ge(20),
+    },
+    GraphSettings: {
+        "window": _ge(2),
+        "method": _one_of("ewm", "pearson"),
+        "halflife": _gt(0),
+        "shrinkage": _within(0, 1, hi_open=True),
+        "threshold": _SHARE,
+        "k": _ge(1),
+        "min_obs": _ge(2),
+    },
     SafeSettings: {"baseline_folds": _one_of("train", "all")},
-    SafeValidationSettings: {"min_features": _ge(0), "max_null_share": _SHARE, "null_action": _one_of("drop", "error"),
-                             "max_abs_target": _gt(0), "max_listed": _ge(0)},
-    BaselineSettings: {"horizons": _each(_ge(1), non_empty=True), "num_boost_round": _ge(1),
-                       "workers": ((lambda v: v == "auto" or v >= 1), "'auto' or an int >= 1"),
-                       "early_stopping_rounds": _ge(1), "top_features": _ge(0)},
-    ModelSettings: {"window": _ge(1), "hidden": _ge(1), "n_heads": _ge(1), "lstm_layers": _ge(1), "dropout": _DROPOUT,
-                    "vsn_init_gain": _gt(0), "market_context": _one_of("none", "film"),
-                    "norm": _one_of("fan", "revin", "none"), "fan_topk": _ge(1),
-                    "gat_heads": _each(_ge(1)), "gat_dropout": _DROPOUT, "quantiles": _each(_within(0, 1, True, True)),
-                    "head_hidden": _ge(1), "n_sectors": _ge(1), "n_segments": _ge(1), "expected_params": _ge(0)},
-    LossSettings: {"huber_delta": _gt(0), "lambda_q": _ge(0), "lambda_ic": _ge(0),
-                   "horizon_weights": ((lambda v: all(w >= 0 for w in (v.values() if isinstance(v, dict) else v))),
-                                       "null, a list or a {horizon: weight} map of weights >= 0"),
-                   "target_transform": _one_of(*LOSS_TARGET_TRANSFORMS), "min_stocks": _ge(2)},
-    PredictorsSettings: {"product": _one_of("atft", "blend"),
-                         "zoo": ((lambda v: all("_target_" in e for e in v.values())), "entries with a _target_")},
+    SafeValidationSettings: {
+        "min_features": _ge(0),
+        "max_null_share": _SHARE,
+        "null_action": _one_of("drop", "error"),
+        "max_abs_target": _gt(0),
+        "max_listed": _ge(0),
+    },
+    BaselineSettings: {
+        "horizons": _each(_ge(1), non_empty=True),
+        "num_boost_round": _ge(1),
+        "workers": ((lambda v: v == "auto" or v >= 1), "'auto' or an int >= 1"),
+        "early_stopping_rounds": _ge(1),
+        "top_features": _ge(0),
+    },
+    ModelSettings: {
+        "window": _ge(1),
+        "hidden": _ge(1),
+        "n_heads": _ge(1),
+        "lstm_layers": _ge(1),
+        "dropout": _DROPOUT,
+        "vsn_init_gain": _gt(0),
+        "market_context": _one_of("none", "film"),
+        "norm": _one_of("fan", "revin", "none"),
+        "fan_topk": _ge(1),
+        "gat_heads": _each(_ge(1)),
+        "gat_dropout": _DROPOUT,
+        "quantiles": _each(_within(0, 1, True, True)),
+        "head_hidden": _ge(1),
+        "n_sectors": _ge(1),
+        "n_segments": _ge(1),
+        "expected_params": _ge(0),
+    },
+    LossSettings: {
+        "huber_delta": _gt(0),
+        "lambda_q": _ge(0),
+        "lambda_ic": _ge(0),
+        "horizon_weights": (
+            (lambda v: all(w >= 0 for w in (v.values() if isinstance(v, dict) else v))),
+            "null, a list or a {horizon: weight} map of weights >= 0",
+        ),
+        "target_transform": _one_of(*LOSS_TARGET_TRANSFORMS),
+        "min_stocks": _ge(2),
+    },
+    PredictorsSettings: {
+        "product": _one_of("atft", "blend"),
+        "zoo": ((lambda v: all("_target_" in e for e in v.values())), "entries with a _target_"),
+    },
     StackSettings: {"blocks": _ge(2), "min_fit_days": _ge(1)},
     CVSettings: {"folds": ((lambda v: v == "all" or v >= 1), "null, 'all' or an int >= 1")},
-    TrainSettings: {"max_epochs": _ge(1), "min_epochs": _ge(0), "lr": _gt(0), "weight_decay": _ge(0),
-                    "warmup_steps": _ge(0), "min_lr_ratio": _SHARE, "grad_clip": _ge(0),
-                    "accumulate_grad_batches": _ge(1), "patience": _ge(1), "save_top_k": _ge(1),
-                    "average_top_k": _ge(1), "limit_train_batches": _BATCHES, "limit_val_batches": _BATCHES,
-                    "max_stocks_per_day": _ge(2), "min_stocks_per_day": _ge(2),
-                    "min_window_frac": _within(0, 1, lo_open=True), "seed": _ge(0), "ensemble": _ge(1),
-                    "ema_decay": _DROPOUT, "collapse_ratio": _ge(0), "gpu_resident_max_frac": _SHARE,
-                    "panel_cache_keep": _ge(1)},
-    TrainerSettings: {"num_nodes": _ge(1), "peak_tflops": _gt(0), "num_threads": _ge(1),
-                      "member_workers": ((lambda v: v == "auto" or v >= 1), "'auto' or an int >= 1")},
-    PortfolioSettings: {"method": _one_of("long_short", "mean_variance"), "horizon": _ge(1),
-                        "long_fraction": _within(0, 0.5, lo_open=True), "short_fraction": _within(0, 0.5, lo_open=True),
-                        "weighting": _one_of("equal", "score"), "cost_bps": _ge(0), "min_names": _ge(2),
-                        "min_price": _ge(0), "min_adv": _ge(0), "quantiles": _ge(2), "periods_per_year": _gt(0),
-                        "max_weight": _within(0, 1, lo_open=True), "capital": _gt(0), "lot_size": _ge(0),
-                        "commission_bps": _ge(0), "half_spread_bps": _ge(0), "impact_coef": _ge(0)},
-    ReportSettings: {"rolling_window": _ge(1), "top_features": _ge(1), "dpi": _ge(1), "param_tolerance": _ge(0),
-                     "rolling_sharpe_days": _ge(2)},
-    PredictSettings: {"horizon": _ge(1), "log_top": _ge(0), "quantiles": _each(_within(0, 1, True, True)),
-                      "explain_top": _ge(0),
-                      "output_subdir": ((lambda v: v.strip() != ""), "a folder name")},
+    TrainSettings: {
+        "max_epochs": _ge(1),
+        "min_epochs": _ge(0),
+        "lr": _gt(0),
+        "weight_decay": _ge(0),
+        "warmup_steps": _ge(0),
+        "min_lr_ratio": _SHARE,
+        "grad_clip": _ge(0),
+        "accumulate_grad_batches": _ge(1),
+        "patience": _ge(1),
+        "save_top_k": _ge(1),
+        "average_top_k": _ge(1),
+        "limit_train_batches": _BATCHES,
+        "limit_val_batches": _BATCHES,
+        "max_stocks_per_day": _ge(2),
+        "min_stocks_per_day": _ge(2),
+        "min_window_frac": _within(0, 1, lo_open=True),
+        "seed": _ge(0),
+        "ensemble": _ge(1),
+        "ema_decay": _DROPOUT,
+        "collapse_ratio": _ge(0),
+        "gpu_resident_max_frac": _SHARE,
+        "panel_cache_keep": _ge(1),
+    },
+    TrainerSettings: {
+        "num_nodes": _ge(1),
+        "peak_tflops": _gt(0),
+        "num_threads": _ge(1),
+        "member_workers": ((lambda v: v == "auto" or v >= 1), "'auto' or an int >= 1"),
+    },
+    PortfolioSettings: {
+        "method": _one_of("long_short", "mean_variance"),
+        "horizon": _ge(1),
+        "long_fraction": _within(0, 0.5, lo_open=True),
+        "short_fraction": _within(0, 0.5, lo_open=True),
+        "weighting": _one_of("equal", "score"),
+        "cost_bps": _ge(0),
+        "min_names": _ge(2),
+        "min_price": _ge(0),
+        "min_adv": _ge(0),
+        "quantiles": _ge(2),
+        "periods_per_year": _gt(0),
+        "max_weight": _within(0, 1, lo_open=True),
+        "capital": _gt(0),
+        "lot_size": _ge(0),
+        "commission_bps": _ge(0),
+        "half_spread_bps": _ge(0),
+        "impact_coef": _ge(0),
+    },
+    ReportSettings: {
+        "rolling_window": _ge(1),
+        "top_features": _ge(1),
+        "dpi": _ge(1),
+        "param_tolerance": _ge(0),
+        "rolling_sharpe_days": _ge(2),
+    },
+    PredictSettings: {
+        "horizon": _ge(1),
+        "log_top": _ge(0),
+        "quantiles": _each(_within(0, 1, True, True)),
+        "explain_top": _ge(0),
+        "output_subdir": ((lambda v: v.strip() != ""), "a folder name"),
+    },
     PrunerSettings: {"n_startup_trials": _ge(0), "n_warmup_steps": _ge(0)},
-    HpoSettings: {"n_trials": _ge(1), "max_total_trials": _ge(1), "timeout_s": _gt(0), "seed": _ge(0),
-                  "n_startup_trials": _ge(0), "folds": _ge(1), "max_epochs": _ge(1), "patience": _ge(1),
-                  "limit_train_batches": _BATCHES},
+    HpoSettings: {
+        "n_trials": _ge(1),
+        "max_total_trials": _ge(1),
+        "timeout_s": _gt(0),
+        "seed": _ge(0),
+        "n_startup_trials": _ge(0),
+        "folds": _ge(1),
+        "max_epochs": _ge(1),
+        "patience": _ge(1),
+        "limit_train_batches": _BATCHES,
+    },
     RunSettings: {"steps": _each(_one_of(*RUN_STEPS))},
     Settings: {"seed": _ge(0), "log_level": _one_of(*LOG_LEVELS, fold_case=True)},
 }
@@ -734,8 +859,10 @@ def check_ranges(cls: type, values: dict[str, Any], where: str, given: dict[str,
         for name, other, relation, holds in RELATIONS.get(c, []):
             a, b = values.get(name), values.get(other)
             if a is not None and b is not None and not holds(a, b):
-                raise ConfigError(f"{_join(where, name)}: must be {relation} {_join(where, other)} ({b!r}), "
-                                  f"got {given.get(name, a)!r}")
+                raise ConfigError(
+                    f"{_join(where, name)}: must be {relation} {_join(where, other)} ({b!r}), "
+                    f"got {given.get(name, a)!r}"
+                )
 
 
 # ---- conversion ---------------------------------------------------------------------------------------------
@@ -814,7 +941,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"{where}: unknown value {value!r}{hint} (one of {'|'.join(map(str, args))})")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _convert_dataclass(value, tp, where)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
@@ -882,8 +1009,11 @@ def _convert_union(value: Any, tp: Any, args: tuple, where: str) -> Any:
 
 def _convert_tagged(value: dict, options: list, where: str) -> Any:
     """A Union of dataclasses told apart by a shared Literal field (the option's `source` or `method`)."""
-    tags = [n for n, t in _hints(options[0]).items() if typing.get_origin(t) is Literal
-            and all(typing.get_origin(_hints(o).get(n)) is Literal for o in options)]
+    tags = [
+        n
+        for n, t in _hints(options[0]).items()
+        if typing.get_origin(t) is Literal and all(typing.get_origin(_hints(o).get(n)) is Literal for o in options)
+    ]
     if not tags:
         raise TypeError(f"{where}: a Union of dataclasses needs a shared Literal field")
     tag = tags[0]
@@ -894,14 +1024,17 @@ def _convert_tagged(value: dict, options: list, where: str) -> Any:
     if cls is None:
         close = difflib.get_close_matches(str(value[tag]), [str(t) for t in by_tag], n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"{_join(where, tag)}: unknown value {value[tag]!r}{hint} "
-                          f"(one of {'|'.join(map(str, by_tag))})")
+        raise ConfigError(
+            f"{_join(where, tag)}: unknown value {value[tag]!r}{hint} (one of {'|'.join(map(str, by_tag))})"
+        )
     own = {f.name for f in dataclasses.fields(cls)}
     for k in value:
         other = [t for t, o in by_tag.items() if k not in own and k in {f.name for f in dataclasses.fields(o)}]
         if other:
-            raise ConfigError(f"{_join(where, k)}: not a key of {where}={value[tag]} (it belongs to {where}="
-                              f"{other[0]}); choose an option with {where}=<name>, not {_join(where, tag)}=<name>")
+            raise ConfigError(
+                f"{_join(where, k)}: not a key of {where}={value[tag]} (it belongs to {where}="
+                f"{other[0]}); choose an option with {where}=<name>, not {_join(where, tag)}=<name>"
+            )
     return _convert_dataclass(value, cls, where, f"{where}={value[tag]}" if where in _OPTIONS else "")
 
 
@@ -914,12 +1047,16 @@ def _convert_dataclass(value: Any, cls: type, where: str, option: str = "") -> A
     for k in value:
         if k not in known:
             raise unknown_key_error(where, str(k), known, option)
-    missing = [f.name for f in fs if f.name not in value
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [
+        f.name
+        for f in fs
+        if f.name not in value and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         more = f" (also missing: {', '.join(missing[1:])})" if len(missing) > 1 else ""
-        raise ConfigError(f"{_join(where, missing[0])}: required key missing; give it with "
-                          f"+{_join(where, missing[0])}=...{more}")
+        raise ConfigError(
+            f"{_join(where, missing[0])}: required key missing; give it with +{_join(where, missing[0])}=...{more}"
+        )
     kwargs = {}
     # A node's own values are converted and range-checked before its sub-groups, so `seed=-3` is reported as
     # `seed`, not as the `train.seed` that interpolates it.
@@ -951,7 +1088,7 @@ def check_key(key: str, options: dict[str, str] | None = None) -> ConfigError | 
         elif typing.get_origin(tp) in (Union, types.UnionType):
             dcs = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
             tp = dcs[0] if len(dcs) == 1 else None
-        if not dataclasses.is_dataclass(tp):
+        if not (isinstance(tp, type) and dataclasses.is_dataclass(tp)):
             return None  # below a dict, list or scalar: any key may be valid
         hints = _hints(tp)
         if part not in hints:
@@ -961,4 +1098,3 @@ def check_key(key: str, options: dict[str, str] | None = None) -> ConfigError | 
             return unknown_key_error(where, part, [f.name for f in dataclasses.fields(tp)], option)
         tp, where = hints[part], _join(where, part)
     return None
-

@@ -62,8 +62,14 @@ class TradingCalendar:
         return self.sessions[-1]
 
     def to_frame(self) -> pl.DataFrame:
-        return pl.DataFrame({C.DATE: self.sessions, "HolDiv": pl.Series(
-            ["2" if d in self.half_days else "1" for d in self.sessions.to_list()], dtype=pl.Utf8)})
+        return pl.DataFrame(
+            {
+                C.DATE: self.sessions,
+                "HolDiv": pl.Series(
+                    ["2" if d in self.half_days else "1" for d in self.sessions.to_list()], dtype=pl.Utf8
+                ),
+            }
+        )
 
     def is_session(self, dates: pl.Series) -> pl.Series:
         return dates.cast(pl.Date).is_in(self.sessions.implode())
@@ -112,8 +118,10 @@ def _exchange_sessions(name: str, start: str, end: str) -> list[dt.date]:
     import exchange_calendars as xcals
 
     if name not in xcals.get_calendar_names(include_aliases=True):
-        raise ConfigError(f"unknown exchange calendar '{name}' (e.g. XTKS, XNYS; or 'dates' for a file's own "
-                          f"dates: data.calendar=dates)")
+        raise ConfigError(
+            f"unknown exchange calendar '{name}' (e.g. XTKS, XNYS; or 'dates' for a file's own "
+            f"dates: data.calendar=dates)"
+        )
     lo, hi = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
     if lo > hi:
         raise ConfigError(f"calendar {name}: start {start} is after end {end}")
@@ -122,15 +130,19 @@ def _exchange_sessions(name: str, start: str, end: str) -> list[dt.date]:
     factory = factories.get(xcals.resolve_alias(name))
     bmin = factory.bound_min() if factory is not None else None
     bmax = factory.bound_max() if factory is not None else None
-    for bound, outside, side in ((bmin, bmin is not None and lo < bmin.date(), "starts"),
-                                 (bmax, bmax is not None and hi > bmax.date(), "ends")):
+    for bound, outside, side in (
+        (bmin, bmin is not None and lo < bmin.date(), "starts"),
+        (bmax, bmax is not None and hi > bmax.date(), "ends"),
+    ):
         if outside:
+            assert bound is not None  # outside only where the calendar has that bound
             reach = "back to" if side == "starts" else "up to"
             raise ConfigError(
                 f"calendar {name} (exchange_calendars) reaches only {reach} {bound.date()}, but the data {side} "
                 f"{start if side == 'starts' else end}: set data.calendar=dates to use the file's own dates (or "
                 f"features.calendar_exchange for raw tables without a trading_calendar), or drop the rows "
-                f"{'before' if side == 'starts' else 'after'} {bound.date()}")
+                f"{'before' if side == 'starts' else 'after'} {bound.date()}"
+            )
     # a margin of a week on each side: exchange_calendars needs start < end and at least one session between them
     pad_lo, pad_hi = lo - dt.timedelta(days=7), hi + dt.timedelta(days=7)
     if bmin is not None:

@@ -34,8 +34,8 @@ _UMASK = _current_umask()
 
 
 _HOST = re.sub(r"[^0-9A-Za-z-]", "-", socket.gethostname()) or "host"
-STALE_TMP_AGE_S = 24 * 3600      # a temp file of a live (or other host's) writer counts as stale after this
-STALE_TMP_NO_OWNER_S = 600       # temp files without an owner in their name (older versions): after this
+STALE_TMP_AGE_S = 24 * 3600  # a temp file of a live (or other host's) writer counts as stale after this
+STALE_TMP_NO_OWNER_S = 600  # temp files without an owner in their name (older versions): after this
 _TMP_REST = re.compile(r"(?:(?P<host>[0-9A-Za-z-]+)-(?P<pid>\d+)\.)?[0-9A-Za-z_]+\.tmp")
 
 
@@ -71,7 +71,7 @@ def clean_stale_temps(path: str | os.PathLike) -> list[Path]:
     removed = []
     now = time.time()
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        m = _TMP_REST.fullmatch(tmp.name[len(path.name) + 2:])
+        m = _TMP_REST.fullmatch(tmp.name[len(path.name) + 2 :])
         if m is None:
             continue  # another file's temp (`.<name>.manifest.json.<...>.tmp`)
         try:

@@ -18,8 +18,14 @@ T = TypeVar("T")
 
 def bar(enabled: bool = True) -> Progress:
     """A transient bar (description, bar, done/total, elapsed); a no-op display when not `enabled`."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    transient=True, disable=not enabled)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=True,
+        disable=not enabled,
+    )
 
 
 def track(items: Iterable[T], description: str, enabled: bool = True) -> Iterator[T]:

@@ -8,11 +8,11 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gogooku3.training.checkpoints import check_resume_checkpoint
 from gogooku3.config.compose import path
 from gogooku3.core.errors import ConfigError, TrainingError
 from gogooku3.core.io import read_json
 from gogooku3.evaluation.results import DatasetRef
+from gogooku3.training.checkpoints import check_resume_checkpoint
 
 if TYPE_CHECKING:
     from gogooku3.config.schema import Settings
@@ -35,18 +35,28 @@ def resume_dir(cfg: Settings) -> Path | None:
         return None
     runs = path(cfg, "paths.runs_dir")
     if r is True:
-        found = sorted((p for p in runs.glob("[0-9]*") if p.is_dir() and any((p / "checkpoints").rglob("last.ckpt"))),
-                       key=_run_order) if runs.is_dir() else []
+        found = (
+            sorted(
+                (p for p in runs.glob("[0-9]*") if p.is_dir() and any((p / "checkpoints").rglob("last.ckpt"))),
+                key=_run_order,
+            )
+            if runs.is_dir()
+            else []
+        )
         if not found:
-            raise TrainingError(f"train.resume=true but no run under {runs} holds a checkpoints/**/last.ckpt; "
-                                f"train without train.resume first")
+            raise TrainingError(
+                f"train.resume=true but no run under {runs} holds a checkpoints/**/last.ckpt; "
+                f"train without train.resume first"
+            )
         run = found[-1]
     else:
         run = Path(str(r)).expanduser()
         run = run.parent if run.name == "checkpoints" else run
         if not run.is_dir():
-            raise ConfigError(f"train.resume={r}: no such run directory; give true (the newest run under {runs} "
-                              f"with a checkpoints/**/last.ckpt) or a run directory such as {runs}/<timestamp>")
+            raise ConfigError(
+                f"train.resume={r}: no such run directory; give true (the newest run under {runs} "
+                f"with a checkpoints/**/last.ckpt) or a run directory such as {runs}/<timestamp>"
+            )
         if not any((run / "checkpoints").rglob("last.ckpt")):
             raise TrainingError(f"train.resume={r}: {run} holds no checkpoints/**/last.ckpt to resume from")
     log.info("train: resuming from %s", run)
@@ -63,12 +73,15 @@ def check_resume(resume: Path, ref: DatasetRef) -> dict[str, dict]:
         info = read_json(seen)
         old = (info.get("dataset") or {}) if seen.name == "metrics.json" else info
         if old.get("manifest_fingerprint") not in (None, ref.manifest_fingerprint):
-            raise ConfigError(f"train.resume: {run} trained on a dataset with feature manifest "
-                              f"{old['manifest_fingerprint']} ({old.get('n_features')} features), {ref.path} has "
-                              f"{ref.manifest_fingerprint} ({ref.n_features}); resume needs the same dataset (set "
-                              f"paths.dataset) or start afresh with train.resume=false")
-    return {str(p.parent.relative_to(resume)): check_resume_checkpoint(shown(p))
-            for p in sorted(resume.rglob("last.ckpt"))}
+            raise ConfigError(
+                f"train.resume: {run} trained on a dataset with feature manifest "
+                f"{old['manifest_fingerprint']} ({old.get('n_features')} features), {ref.path} has "
+                f"{ref.manifest_fingerprint} ({ref.n_features}); resume needs the same dataset (set "
+                f"paths.dataset) or start afresh with train.resume=false"
+            )
+    return {
+        str(p.parent.relative_to(resume)): check_resume_checkpoint(shown(p)) for p in sorted(resume.rglob("last.ckpt"))
+    }
 
 
 def shown(p: Path) -> Path:

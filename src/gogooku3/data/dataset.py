@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from gogooku3.core import columns as C
 from gogooku3.config.compose import path, to_dict
+from gogooku3.core import columns as C
 from gogooku3.core.errors import DataError
-from gogooku3.features.manifest import FeatureManifest
 from gogooku3.core.io import file_fingerprint
 from gogooku3.data.panel import PanelStore
 from gogooku3.evaluation.results import DatasetRef
+from gogooku3.features.manifest import FeatureManifest
 
 if TYPE_CHECKING:
     from gogooku3.config.schema import Settings
@@ -42,14 +42,28 @@ def load_dataset(cfg: Settings) -> tuple[Path, FeatureManifest, DatasetRef]:
         raise DataError(f"{dataset}: label column(s) {', '.join(missing)} of the manifest are missing")
     if not manifest.names:
         raise DataError(f"{dataset}: the manifest lists no features")
-    ref = DatasetRef(str(dataset), file_fingerprint(dataset), manifest.fingerprint, len(manifest.names),
-                     list(manifest.horizons), manifest.entry_lag, manifest.calendar)
+    ref = DatasetRef(
+        str(dataset),
+        file_fingerprint(dataset),
+        manifest.fingerprint,
+        len(manifest.names),
+        list(manifest.horizons),
+        manifest.entry_lag,
+        manifest.calendar,
+    )
     return dataset, manifest, ref
 
 
 def load_panel(cfg: Settings, dataset: Path, manifest: FeatureManifest, ref: DatasetRef) -> PanelStore:
     tc = cfg.train
-    return PanelStore.build(dataset, manifest.names, manifest.horizons, path(cfg, "paths.cache_dir"),
-                            normalizer=to_dict(tc.normalizer), manifest_fingerprint=manifest.fingerprint,
-                            dataset_fingerprint=ref.fingerprint, returns_col=tc.returns_col,
-                            force=tc.force_convert)
+    return PanelStore.build(
+        dataset,
+        manifest.names,
+        manifest.horizons,
+        path(cfg, "paths.cache_dir"),
+        normalizer=to_dict(tc.normalizer),
+        manifest_fingerprint=manifest.fingerprint,
+        dataset_fingerprint=ref.fingerprint,
+        returns_col=tc.returns_col,
+        force=tc.force_convert,
+    )

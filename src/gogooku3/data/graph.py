@@ -35,9 +35,18 @@ log = logging.getLogger(__name__)
 
 
 class FinancialGraphBuilder:
-    def __init__(self, window: int = 60, method: str = "ewm", halflife: float = 20.0, shrinkage: float = 0.1,
-                 threshold: float = 0.3, k: int = 10, min_obs: int = 20, max_rounds: int = 32,
-                 sync_free: bool | None = None) -> None:
+    def __init__(
+        self,
+        window: int = 60,
+        method: str = "ewm",
+        halflife: float = 20.0,
+        shrinkage: float = 0.1,
+        threshold: float = 0.3,
+        k: int = 10,
+        min_obs: int = 20,
+        max_rounds: int = 32,
+        sync_free: bool | None = None,
+    ) -> None:
         if method not in ("ewm", "pearson"):
             raise ConfigError(f"graph.method must be 'ewm' or 'pearson', got '{method}'")
         if not 0.0 <= shrinkage < 1.0:
@@ -69,12 +78,12 @@ class FinancialGraphBuilder:
         """[N, N] shrunk correlation over the last `window` rows of returns [T, N]; diagonal 1."""
         if returns.dim() != 2:
             raise DataError(f"graph: returns must be [T, N], got shape {tuple(returns.shape)}")
-        x = returns[-self.window:]
+        x = returns[-self.window :]
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         x = x.to(dtype)
         valid = torch.isfinite(x)
         if mask is not None:
-            valid = valid & mask[-self.window:].to(device=x.device, dtype=torch.bool)
+            valid = valid & mask[-self.window :].to(device=x.device, dtype=torch.bool)
         w = self._weights(x.shape[0], x.device, dtype)[:, None]
         if self.is_sync_free(x.device):  # both on the device; the choice stays there (no host round-trip)
             corr = torch.where(valid.all(), self._complete_corr(x, w), self._pairwise_corr(x, valid, w))
@@ -108,10 +117,10 @@ class FinancialGraphBuilder:
         own_mean = (wm * x).sum(0) / wm.sum(0).clamp_min(1e-12)
         xc = (x - own_mean) * m
         wx = w * xc
-        s = wm.T @ m                      # Σ w m_i m_j
-        sx = wx.T @ m                     # Σ w m_i m_j x_i
-        sxx = (wx * xc).T @ m             # Σ w m_i m_j x_i²
-        sxy = wx.T @ xc                   # Σ w m_i m_j x_i x_j
+        s = wm.T @ m  # Σ w m_i m_j
+        sx = wx.T @ m  # Σ w m_i m_j x_i
+        sxx = (wx * xc).T @ m  # Σ w m_i m_j x_i²
+        sxy = wx.T @ xc  # Σ w m_i m_j x_i x_j
         s_safe = s.clamp_min(1e-12)
         mean_i = sx / s_safe
         mean_j = mean_i.T
@@ -140,18 +149,21 @@ class FinancialGraphBuilder:
         n = corr.shape[0]
         dev = corr.device
         if n < 2:
-            return (torch.zeros((n, 0), dtype=torch.long, device=dev), torch.zeros((n, 0), dtype=torch.bool, device=dev))
+            return (
+                torch.zeros((n, 0), dtype=torch.long, device=dev),
+                torch.zeros((n, 0), dtype=torch.bool, device=dev),
+            )
         score = corr.abs().to(torch.float32)
         score.fill_diagonal_(-1.0)
         m = min(4 * self.k, n - 1)
-        vals, nbr = torch.topk(score, m, dim=1)            # [N, M], sorted by |ρ| descending
+        vals, nbr = torch.topk(score, m, dim=1)  # [N, M], sorted by |ρ| descending
         alive = vals >= self.threshold
         rank = torch.arange(m, device=dev)
         pos = torch.full((n, n), -1, dtype=torch.int32, device=dev)
-        pos.scatter_(1, nbr, rank.to(torch.int32).expand(n, m))   # pos[i, j]: rank of j among i's candidates
-        rev = pos.T.gather(1, nbr).long()                  # rev[i, p] = pos[nbr[i, p], i]; -1: i not among them
+        pos.scatter_(1, nbr, rank.to(torch.int32).expand(n, m))  # pos[i, j]: rank of j among i's candidates
+        rev = pos.T.gather(1, nbr).long()  # rev[i, p] = pos[nbr[i, p], i]; -1: i not among them
         mutual_ok = rev >= 0
-        back = (nbr * m + rev.clamp_min(0)).reshape(-1)    # flat index of (j, rank of i in j's list)
+        back = (nbr * m + rev.clamp_min(0)).reshape(-1)  # flat index of (j, rank of i in j's list)
         accepted = torch.zeros((n, m), dtype=torch.bool, device=dev)
         cap = torch.full((n,), self.k, dtype=torch.long, device=dev)
         wait = not self.is_sync_free(dev)
@@ -167,7 +179,7 @@ class FinancialGraphBuilder:
             cap = cap - acc.sum(1)
         s = min(self.k, m)
         key = torch.where(accepted, m - rank, torch.zeros((), dtype=torch.long, device=dev))  # earlier = larger
-        kv, kpos = torch.topk(key, s, dim=1)               # a node's accepted candidates first, in candidate order
+        kv, kpos = torch.topk(key, s, dim=1)  # a node's accepted candidates first, in candidate order
         return nbr.gather(1, kpos), kv > 0
 
     def select(self, corr: torch.Tensor) -> torch.Tensor:
@@ -177,15 +189,17 @@ class FinancialGraphBuilder:
         rows = torch.arange(nbr.shape[0], device=nbr.device)[:, None].expand_as(nbr)
         return torch.stack([rows[ok], nbr[ok]])
 
-    def edges(self, returns: torch.Tensor, mask: torch.Tensor | None = None,
-              corr: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def edges(
+        self, returns: torch.Tensor, mask: torch.Tensor | None = None, corr: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(edge_index [2, E] long, edge_weight [E] = ρ) with both directions of every undirected edge."""
         c = self.correlation(returns, mask) if corr is None else corr
         edge_index = self.select(c)
         return edge_index, c[edge_index[0], edge_index[1]]
 
-    def edges_slots(self, returns: torch.Tensor, mask: torch.Tensor | None = None,
-                    corr: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def edges_slots(
+        self, returns: torch.Tensor, mask: torch.Tensor | None = None, corr: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(nbr [N, S], ok [N, S], ρ [N, S]): `edges` on fixed shapes (`select_slots`); ρ is also given for the
         slots without an edge."""
         c = self.correlation(returns, mask) if corr is None else corr
@@ -209,14 +223,16 @@ def graph_stats(edge_index: torch.Tensor, edge_weight: torch.Tensor, n_nodes: in
     }
 
 
-def return_matrix(df: pl.DataFrame, codes: Sequence[str], end_date: Any, window: int,
-                  value_col: str = C.RETURNS_1D) -> tuple[np.ndarray, list]:
+def return_matrix(
+    df: pl.DataFrame, codes: Sequence[str], end_date: Any, window: int, value_col: str = C.RETURNS_1D
+) -> tuple[np.ndarray, list]:
     """[T, N] returns (NaN where missing) of `codes` over the last `window` dates ≤ end_date."""
     import polars as pl
 
     dates = df.filter(pl.col(C.DATE) <= end_date)[C.DATE].unique().sort().tail(window)
-    sub = (df.filter(pl.col(C.DATE).is_in(dates.implode()) & pl.col(C.CODE).is_in(list(codes)))
-           .select(C.DATE, C.CODE, pl.col(value_col).cast(pl.Float64)))
+    sub = df.filter(pl.col(C.DATE).is_in(dates.implode()) & pl.col(C.CODE).is_in(list(codes))).select(
+        C.DATE, C.CODE, pl.col(value_col).cast(pl.Float64)
+    )
     wide = sub.pivot(on=C.CODE, index=C.DATE, values=value_col).sort(C.DATE)
     wide = pl.DataFrame({C.DATE: dates}).join(wide, on=C.DATE, how="left")
     cols = [pl.col(c) if c in wide.columns else pl.lit(None, dtype=pl.Float64).alias(c) for c in codes]
@@ -231,8 +247,15 @@ RANK_COLUMNS = (C.MARKET_CAP, C.DOLLAR_VOLUME, C.TURNOVER_VALUE)
 HISTORY = "return_history"
 
 
-def pick_nodes(df: pl.DataFrame, date: Any, n_nodes: int, window: int, min_obs: int,
-               value_col: str = C.RETURNS_1D, rank_cols: Sequence[str] = RANK_COLUMNS) -> tuple[pl.DataFrame, str]:
+def pick_nodes(
+    df: pl.DataFrame,
+    date: Any,
+    n_nodes: int,
+    window: int,
+    min_obs: int,
+    value_col: str = C.RETURNS_1D,
+    rank_cols: Sequence[str] = RANK_COLUMNS,
+) -> tuple[pl.DataFrame, str]:
     """The top-`n_nodes` rows of `date` by the first available size/liquidity measure (see RANK_COLUMNS) and
     which measure chose them; without any, the names with the most returns (≥ min_obs) in the trailing window."""
     import polars as pl
@@ -249,20 +272,36 @@ def pick_nodes(df: pl.DataFrame, date: Any, n_nodes: int, window: int, min_obs: 
     if rank_col is not None:
         return day.filter(pl.col(rank_col).is_not_null()).sort(rank_col, descending=True).head(n_nodes), rank_col
     dates = df.filter(pl.col(C.DATE) <= date)[C.DATE].unique().sort().tail(window)
-    hist = (df.filter(pl.col(C.DATE).is_in(dates.implode()))
-            .group_by(C.CODE).agg(pl.col(value_col).cast(pl.Float64).fill_nan(None).count().alias("_n")))
-    ranked = (day.join(hist, on=C.CODE, how="inner").filter(pl.col("_n") >= max(min_obs, 2))
-              .sort(["_n", C.CODE], descending=[True, False]).head(n_nodes).drop("_n"))
+    hist = (
+        df.filter(pl.col(C.DATE).is_in(dates.implode()))
+        .group_by(C.CODE)
+        .agg(pl.col(value_col).cast(pl.Float64).fill_nan(None).count().alias("_n"))
+    )
+    ranked = (
+        day.join(hist, on=C.CODE, how="inner")
+        .filter(pl.col("_n") >= max(min_obs, 2))
+        .sort(["_n", C.CODE], descending=[True, False])
+        .head(n_nodes)
+        .drop("_n")
+    )
     if ranked.height == 0:
-        raise DataError(f"graph: no name has {max(min_obs, 2)} values of '{value_col}' in the {len(dates)} dates up to "
-                        f"{date} (and none of {', '.join(rank_cols)}, Close × Volume to rank by); lower "
-                        f"safe.graph.min_obs or set safe.graph.enabled=false")
+        raise DataError(
+            f"graph: no name has {max(min_obs, 2)} values of '{value_col}' in the {len(dates)} dates up to "
+            f"{date} (and none of {', '.join(rank_cols)}, Close × Volume to rank by); lower "
+            f"safe.graph.min_obs or set safe.graph.enabled=false"
+        )
     return ranked, HISTORY
 
 
-def graph_snapshot(df: pl.DataFrame, builder: FinancialGraphBuilder, n_nodes: int, date: Any = None,
-                   value_col: str = C.RETURNS_1D, rank_cols: Sequence[str] = RANK_COLUMNS,
-                   sectors: str | None = C.S33) -> dict[str, Any]:
+def graph_snapshot(
+    df: pl.DataFrame,
+    builder: FinancialGraphBuilder,
+    n_nodes: int,
+    date: Any = None,
+    value_col: str = C.RETURNS_1D,
+    rank_cols: Sequence[str] = RANK_COLUMNS,
+    sectors: str | None = C.S33,
+) -> dict[str, Any]:
     """The report's graph: top-`n_nodes` stocks as of `date` (default: the last date) by `pick_nodes`' order
     (market cap, dollar volume, turnover, Close × Volume, else return history), a `builder.window`-day
     correlation graph and its statistics."""
@@ -271,8 +310,11 @@ def graph_snapshot(df: pl.DataFrame, builder: FinancialGraphBuilder, n_nodes: in
     date = date or df[C.DATE].max()
     top, rank_col = pick_nodes(df, date, n_nodes, builder.window, builder.min_obs, value_col, rank_cols)
     if rank_col == HISTORY:
-        log.info("graph: no size or liquidity column on %s; nodes = the %d names with the longest return history",
-                 date, top.height)
+        log.info(
+            "graph: no size or liquidity column on %s; nodes = the %d names with the longest return history",
+            date,
+            top.height,
+        )
     codes = top[C.CODE].to_list()
     mat, dates = return_matrix(df, codes, date, builder.window, value_col)
     ei, ew = builder.edges(torch.from_numpy(mat))
@@ -281,6 +323,15 @@ def graph_snapshot(df: pl.DataFrame, builder: FinancialGraphBuilder, n_nodes: in
         sec = np.array(top[sectors].to_list(), dtype=object)
         a, b = ei[0].numpy(), ei[1].numpy()
         stats["same_sector_edge_share"] = float(np.mean(sec[a] == sec[b]))
-    stats.update({"as_of": str(date), "ranked_by": rank_col, "window_days": len(dates), "method": builder.method,
-                  "threshold": builder.threshold, "k": builder.k, "shrinkage": builder.shrinkage})
+    stats.update(
+        {
+            "as_of": str(date),
+            "ranked_by": rank_col,
+            "window_days": len(dates),
+            "method": builder.method,
+            "threshold": builder.threshold,
+            "k": builder.k,
+            "shrinkage": builder.shrinkage,
+        }
+    )
     return stats

@@ -24,7 +24,7 @@ import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import polars as pl
@@ -39,8 +39,9 @@ MAD_TO_STD = 1.4826
 EPS = 1e-12
 METHODS = ("robust_z", "rank_gauss")
 DAY_LEVEL = ("time_z", "zero")
-DAY_LEVEL_SHARE = 0.95   # a feature constant within at least this share of days is day-level
+DAY_LEVEL_SHARE = 0.95  # a feature constant within at least this share of days is day-level
 DAY_LEVEL_MIN_DAYS = 20  # trailing sessions needed before a time z-score is defined (else null -> 0 downstream)
+_Engine = Literal["auto", "streaming"]  # the polars collect engines used here
 
 
 def _finite(col: str) -> pl.Expr:
@@ -56,8 +57,14 @@ class CrossSectionalNormalizer:
     std, clipped to ±clip. rank_gauss: Φ⁻¹((rank_d − 0.5)/n_d), clipped to ±clip. Nulls stay null.
     """
 
-    def __init__(self, method: str = "robust_z", clip: float = 5.0, date_col: str = C.DATE,
-                 day_level: str = "zero", day_level_window: int = 252) -> None:
+    def __init__(
+        self,
+        method: str = "robust_z",
+        clip: float = 5.0,
+        date_col: str = C.DATE,
+        day_level: str = "zero",
+        day_level_window: int = 252,
+    ) -> None:
         if method not in METHODS:
             raise ConfigError(f"normalize.method must be one of {METHODS}, got '{method}'")
         if clip is not None and float(clip) <= 0:
@@ -79,30 +86,43 @@ class CrossSectionalNormalizer:
         schema = lf.collect_schema()
         missing = [f for f in features if f not in schema]
         if missing:
-            raise SchemaError(f"normalizer fit: {len(missing)} feature column(s) missing, e.g. {', '.join(missing[:5])}")
+            raise SchemaError(
+                f"normalizer fit: {len(missing)} feature column(s) missing, e.g. {', '.join(missing[:5])}"
+            )
         if self.date_col not in schema:
             raise SchemaError(f"normalizer fit: no '{self.date_col}' column")
         self.features_ = list(features)
         if not self.features_:
             raise DataError("normalizer fit: no features given")
-        engine = "streaming" if isinstance(df, pl.LazyFrame) else "auto"  # a scan is aggregated, never collected
-        stats = lf.select([_finite(f).std().alias(f) for f in self.features_]
-                          + [pl.col(self.date_col).min().alias("__lo"), pl.col(self.date_col).max().alias("__hi"),
-                             pl.len().alias("__n")]).collect(engine=engine)
+        # a scan is aggregated, never collected
+        engine: _Engine = "streaming" if isinstance(df, pl.LazyFrame) else "auto"
+        stats = lf.select(
+            [_finite(f).std().alias(f) for f in self.features_]
+            + [
+                pl.col(self.date_col).min().alias("__lo"),
+                pl.col(self.date_col).max().alias("__hi"),
+                pl.len().alias("__n"),
+            ]
+        ).collect(engine=engine)
         if stats["__n"][0] == 0:
             raise DataError("normalizer fit: the training frame is empty")
         row = stats.row(0, named=True)
-        self.fallback_std_ = {f: (float(row[f]) if row[f] is not None and row[f] > EPS else 1.0) for f in self.features_}
+        self.fallback_std_ = {
+            f: (float(row[f]) if row[f] is not None and row[f] > EPS else 1.0) for f in self.features_
+        }
         self.day_level_ = self._find_day_level(lf, engine)
         self.fit_range_ = (row["__lo"], row["__hi"])
         self.n_fit_rows_ = int(row["__n"])
         return self
 
-    def _find_day_level(self, lf: pl.LazyFrame, engine: str = "auto") -> list[str]:
+    def _find_day_level(self, lf: pl.LazyFrame, engine: _Engine = "auto") -> list[str]:
         d = self.date_col
         spread = lf.group_by(d).agg([(_finite(f).max() - _finite(f).min()).alias(f) for f in self.features_])
-        share = spread.select([(pl.col(f).abs() <= EPS).mean().alias(f) for f in self.features_]).collect(
-            engine=engine).row(0, named=True)
+        share = (
+            spread.select([(pl.col(f).abs() <= EPS).mean().alias(f) for f in self.features_])
+            .collect(engine=engine)
+            .row(0, named=True)
+        )
         return [f for f in self.features_ if share[f] is not None and share[f] >= DAY_LEVEL_SHARE]
 
     @property
@@ -112,7 +132,7 @@ class CrossSectionalNormalizer:
 
     def _time_z(self, f: str) -> pl.Expr:
         x = _finite(f)
-        kw = dict(window_size=self.day_level_window, min_samples=DAY_LEVEL_MIN_DAYS)
+        kw: dict[str, Any] = dict(window_size=self.day_level_window, min_samples=DAY_LEVEL_MIN_DAYS)
         mean, sd = x.rolling_mean(**kw), x.rolling_std(**kw)
         z = pl.when(sd > EPS).then((x - mean) / sd).when(mean.is_not_null()).then(0.0).otherwise(None)
         return (z.clip(-self.clip, self.clip) if self.clip is not None else z).alias(f)
@@ -125,10 +145,13 @@ class CrossSectionalNormalizer:
     def _day_level_exprs(self, df: pl.DataFrame | pl.LazyFrame) -> list[pl.Expr]:
         """Day-level features as trailing time z-scores of the day's value, mapped back onto every row."""
         d, feats = self.date_col, self.day_level_
-        day = self.day_time_z(df.lazy().group_by(d).agg([_finite(f).drop_nulls().first().alias(f) for f in feats])
-                              .sort(d).collect())
-        return [pl.col(d).replace_strict(day[d], day[f], default=None, return_dtype=pl.Float64)
-                .cast(pl.Float32).alias(f) for f in feats]
+        day = self.day_time_z(
+            df.lazy().group_by(d).agg([_finite(f).drop_nulls().first().alias(f) for f in feats]).sort(d).collect()
+        )
+        return [
+            pl.col(d).replace_strict(day[d], day[f], default=None, return_dtype=pl.Float64).cast(pl.Float32).alias(f)
+            for f in feats
+        ]
 
     # ---- transform --------------------------------------------------------------------------------
     def _expr(self, f: str) -> pl.Expr:
@@ -138,20 +161,25 @@ class CrossSectionalNormalizer:
             med = x.median().over(d)
             mad = (x - med).abs().median().over(d) * MAD_TO_STD
             sd = x.std().over(d)
-            scale = (pl.when(mad > EPS).then(mad)
-                     .when(sd > EPS).then(sd)
-                     .otherwise(pl.lit(self.fallback_std_[f])))
+            scale = pl.when(mad > EPS).then(mad).when(sd > EPS).then(sd).otherwise(pl.lit(self.fallback_std_[f]))
             z = (x - med) / scale
         else:
             n = x.count().over(d).cast(pl.Float64)
             u = (x.rank("average").over(d) - 0.5) / n
-            z = u.map_batches(lambda s: pl.Series(s.name, ndtri(s.to_numpy()), dtype=pl.Float64),
-                              return_dtype=pl.Float64, is_elementwise=True)
+            z = u.map_batches(
+                lambda s: pl.Series(s.name, ndtri(s.to_numpy()), dtype=pl.Float64),
+                return_dtype=pl.Float64,
+                is_elementwise=True,
+            )
             z = pl.when(z.is_finite()).then(z).otherwise(None)
         if self.clip is not None:
             z = z.clip(-self.clip, self.clip)
         return z.cast(pl.Float32).alias(f)
 
+    @overload
+    def transform(self, df: pl.DataFrame) -> pl.DataFrame: ...
+    @overload
+    def transform(self, df: pl.LazyFrame) -> pl.LazyFrame: ...
     def transform(self, df: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
         """Replace each fitted feature by its per-day normalized value (a new frame; the input is untouched)."""
         if not hasattr(self, "features_"):
@@ -159,11 +187,17 @@ class CrossSectionalNormalizer:
         schema = df.collect_schema() if isinstance(df, pl.LazyFrame) else df.schema
         missing = [f for f in self.features_ if f not in schema]
         if missing:
-            raise SchemaError(f"normalizer transform: {len(missing)} fitted feature(s) missing, e.g. {', '.join(missing[:5])}")
+            raise SchemaError(
+                f"normalizer transform: {len(missing)} fitted feature(s) missing, e.g. {', '.join(missing[:5])}"
+            )
         time_z = self.day_level_ if self.day_level == "time_z" else []
         exprs = [self._expr(f) for f in self.features_ if f not in time_z]
         return df.with_columns(exprs + (self._day_level_exprs(df) if time_z else []))
 
+    @overload
+    def fit_transform(self, df: pl.DataFrame, features: Sequence[str]) -> pl.DataFrame: ...
+    @overload
+    def fit_transform(self, df: pl.LazyFrame, features: Sequence[str]) -> pl.LazyFrame: ...
     def fit_transform(self, df: pl.DataFrame | pl.LazyFrame, features: Sequence[str]) -> pl.DataFrame | pl.LazyFrame:
         return self.fit(df, features).transform(df)
 
@@ -173,14 +207,14 @@ class CrossSectionalNormalizer:
         d = self.date_col
         per_day = normalized.group_by(d).agg(
             [pl.col(f).mean().alias(f"{f}__m") for f in self.features_]
-            + [pl.col(f).std().alias(f"{f}__s") for f in self.features_])
+            + [pl.col(f).std().alias(f"{f}__s") for f in self.features_]
+        )
         means = per_day.select([pl.col(f"{f}__m").abs().mean().alias(f) for f in self.features_]).row(0)
         stds = per_day.select([pl.col(f"{f}__s").mean().alias(f) for f in self.features_]).row(0)
-        nan_count = int(normalized.select(
-            pl.sum_horizontal([pl.col(f).is_nan().sum() for f in self.features_])).item())
+        nan_count = int(normalized.select(pl.sum_horizontal([pl.col(f).is_nan().sum() for f in self.features_])).item())
         warnings = []
         day_level = set(getattr(self, "day_level_", []))
-        for f, m, s in zip(self.features_, means, stds):
+        for f, m, s in zip(self.features_, means, stds, strict=True):
             if f in day_level:
                 continue  # listed under day_level_features
             if s is None or m is None:
@@ -209,16 +243,26 @@ class CrossSectionalNormalizer:
 
     def to_dict(self) -> dict[str, Any]:
         """Settings and fitted state for a model bundle (JSON-safe)."""
-        return {"method": self.method, "clip": self.clip, "date_col": self.date_col,
-                "day_level": self.day_level, "day_level_window": self.day_level_window,
-                "features": list(getattr(self, "features_", [])),
-                "fallback_std": dict(getattr(self, "fallback_std_", {})),
-                "day_level_features": list(getattr(self, "day_level_", []))}
+        return {
+            "method": self.method,
+            "clip": self.clip,
+            "date_col": self.date_col,
+            "day_level": self.day_level,
+            "day_level_window": self.day_level_window,
+            "features": list(getattr(self, "features_", [])),
+            "fallback_std": dict(getattr(self, "fallback_std_", {})),
+            "day_level_features": list(getattr(self, "day_level_", [])),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CrossSectionalNormalizer:
-        obj = cls(d.get("method", "robust_z"), d.get("clip", 5.0), d.get("date_col", C.DATE),
-                  d.get("day_level", "zero"), int(d.get("day_level_window", 252)))
+        obj = cls(
+            d.get("method", "robust_z"),
+            d.get("clip", 5.0),
+            d.get("date_col", C.DATE),
+            d.get("day_level", "zero"),
+            int(d.get("day_level_window", 252)),
+        )
         if d.get("features"):
             obj.features_ = list(d["features"])
             fb = d.get("fallback_std", {})
@@ -267,7 +311,7 @@ def _sorted_kth_distance(s: np.ndarray, n: np.ndarray, c: np.ndarray, k: np.ndar
     def dist(j: np.ndarray) -> np.ndarray:
         return np.abs(s[r, np.clip(j, 0, M - 1)].astype(np.float64) - c)
 
-    lo, hi = np.zeros(R, np.int64), n.copy()                # p = how many values are < c
+    lo, hi = np.zeros(R, np.int64), n.copy()  # p = how many values are < c
     with np.errstate(invalid="ignore"):
         while (act := lo < hi).any():
             mid = (lo + hi) // 2
@@ -289,12 +333,12 @@ def _sorted_kth_distance(s: np.ndarray, n: np.ndarray, c: np.ndarray, k: np.ndar
 
 def _average_ranks(y: np.ndarray, ok: np.ndarray) -> np.ndarray:
     """1-based average ranks (ties share the mean rank) of each row's non-NaN values; NaN elsewhere."""
-    order = np.argsort(y, axis=-1, kind="stable")                # NaN last
+    order = np.argsort(y, axis=-1, kind="stable")  # NaN last
     s = np.take_along_axis(y, order, axis=-1)
     M = y.shape[1]
     pos = np.broadcast_to(np.arange(M), y.shape)
     new = np.ones(y.shape, bool)
-    new[:, 1:] = s[:, 1:] != s[:, :-1]                           # a new tie group starts (NaN != NaN: own groups)
+    new[:, 1:] = s[:, 1:] != s[:, :-1]  # a new tie group starts (NaN != NaN: own groups)
     start = np.maximum.accumulate(np.where(new, pos, 0), axis=-1)
     last = np.ones(y.shape, bool)
     last[:, :-1] = new[:, 1:]
@@ -320,8 +364,13 @@ class DenseNormalization:
     known first: pass every day's `spread` to `set_day_level` before the first block.
     """
 
-    def __init__(self, norm: CrossSectionalNormalizer, features: Sequence[str], workers: int | None = None,
-                 sub_block_elems: int | None = None) -> None:
+    def __init__(
+        self,
+        norm: CrossSectionalNormalizer,
+        features: Sequence[str],
+        workers: int | None = None,
+        sub_block_elems: int | None = None,
+    ) -> None:
         self.norm, self.features = norm, list(features)
         self.fitting = not hasattr(norm, "features_")
         if self.fitting:
@@ -336,12 +385,12 @@ class DenseNormalization:
         self.workers = max(1, min(8, os.cpu_count() or 1)) if workers is None else max(1, int(workers))
         self.sub_block_elems = int(sub_block_elems or SUB_BLOCK_ELEMS)
         self.day0 = 0
-        self._moments: list[np.ndarray] = []   # per day [3, F]: count, mean, M2 of each feature's finite values
-        self._spread: list[np.ndarray] = []    # per day [F]: max - min
-        self._history: list[np.ndarray] = []   # per day [k]: the day-level features' day values (time_z)
+        self._moments: list[np.ndarray] = []  # per day [3, F]: count, mean, M2 of each feature's finite values
+        self._spread: list[np.ndarray] = []  # per day [F]: max - min
+        self._history: list[np.ndarray] = []  # per day [k]: the day-level features' day values (time_z)
         self._pending: list[tuple[int, int, np.ndarray]] = []
         self._rows = 0
-        self._local = threading.local()        # each worker thread's _Workspace
+        self._local = threading.local()  # each worker thread's _Workspace
         self._outs = [_Workspace() for _ in range(2 * self.workers)]  # one output array per task slot
         self._pool: ThreadPoolExecutor | None = None
         self._layout()
@@ -367,7 +416,7 @@ class DenseNormalization:
         """[F, b, N] raw -> [b, F] float64: each day's max − min of each feature's finite values (NaN if none)."""
         out = []
         for s in range(0, y.shape[1], chunk_days):
-            v = y[:, s:s + chunk_days]
+            v = y[:, s : s + chunk_days]
             x = np.where(np.isfinite(v), v, np.nan)
             with np.errstate(invalid="ignore"):
                 out.append((np.fmax.reduce(x, axis=-1).astype(np.float64) - np.fmin.reduce(x, axis=-1)).T)
@@ -394,11 +443,12 @@ class DenseNormalization:
 
         def run(slot: int, se: tuple[int, int]) -> tuple[np.ndarray, list, list, list]:
             s, e = se
-            return self._sub(y[:, s:e], present[s:e], None if day_z is None else day_z[s:e], self.day0 + s,
-                             self._outs[slot])
+            return self._sub(
+                y[:, s:e], present[s:e], None if day_z is None else day_z[s:e], self.day0 + s, self._outs[slot]
+            )
 
         def take(group: list, results: Iterable) -> Iterator[tuple[int, np.ndarray]]:
-            for (s, _), (out, moments, spread, patches) in zip(group, results):
+            for (s, _), (out, moments, spread, patches) in zip(group, results, strict=True):
                 self._moments.extend(moments)
                 self._spread.extend(spread)
                 self._pending.extend(patches)
@@ -411,7 +461,7 @@ class DenseNormalization:
             # one group of sub-blocks computes while the caller consumes the previous one (two sets of outputs)
             pending: tuple[list, list] | None = None
             for n_group, g in enumerate(range(0, len(subs), w)):
-                group = subs[g:g + w]
+                group = subs[g : g + w]
                 futures = [self._pool.submit(run, (n_group % 2) * w + k, se) for k, se in enumerate(group)]
                 if pending is not None:
                     yield from take(pending[0], (f.result() for f in pending[1]))
@@ -419,7 +469,7 @@ class DenseNormalization:
             if pending is not None:
                 yield from take(pending[0], (f.result() for f in pending[1]))
         else:
-            for k, se in enumerate(subs):
+            for se in subs:
                 yield from take([se], [run(0, se)])
         self._rows += int(np.count_nonzero(present))
         self.day0 += b
@@ -432,7 +482,7 @@ class DenseNormalization:
     def _day_z(self, y: np.ndarray, present: np.ndarray) -> np.ndarray:
         """[b, k] float64 time z-scores of this block's days: each day's value is the first finite one in stock
         order; the trailing statistics run over every day seen so far (the same table as a single pass)."""
-        v = y[self.time_z_cols].astype(np.float64)              # [k, b, N]
+        v = y[self.time_z_cols].astype(np.float64)  # [k, b, N]
         ok = np.isfinite(v)
         first = np.take_along_axis(v, ok.argmax(-1)[..., None], -1)[..., 0]
         self._history.append(np.where(ok.any(-1), first, np.nan).T)
@@ -440,38 +490,39 @@ class DenseNormalization:
         names = [self.features[k] for k in self.time_z_cols]
         table = pl.DataFrame({f: hist[:, j] for j, f in enumerate(names)})
         z = self.norm.day_time_z(table).select(names).to_numpy().astype(np.float64)
-        return z[-y.shape[1]:]
+        return z[-y.shape[1] :]
 
-    def _sub(self, y: np.ndarray, present: np.ndarray, day_z: np.ndarray | None, d0: int,
-             outs: _Workspace) -> tuple[np.ndarray, list, list, list]:
+    def _sub(
+        self, y: np.ndarray, present: np.ndarray, day_z: np.ndarray | None, d0: int, outs: _Workspace
+    ) -> tuple[np.ndarray, list, list, list]:
         ws = getattr(self._local, "ws", None)
         if ws is None:
             ws = self._local.ws = _Workspace()
         F, sb, N = y.shape
-        out = outs.get("out", (sb, N, F), np.float32)           # every column is written below
+        out = outs.get("out", (sb, N, F), np.float32)  # every column is written below
         norm, clip = self.norm, self.norm.clip
-        for k in self.raw_cols:                                  # not normalised: as is, NaN -> 0
+        for k in self.raw_cols:  # not normalised: as is, NaN -> 0
             v = y[k]
             out[:, :, k] = np.where(np.isnan(v), 0.0, v)
         nf = len(self.fit_cols)
         R = nf * sb
-        x3 = ws.get("x", (nf, sb, N), y.dtype)                   # rows (feature, day), a copy
+        x3 = ws.get("x", (nf, sb, N), y.dtype)  # rows (feature, day), a copy
         src = y if nf == F else y[self.fit_cols]
-        for j in range(0, N, 32):                                # in tiles of stocks: y is often a transposed view
-            np.copyto(x3[:, :, j:j + 32], src[:, :, j:j + 32])
+        for j in range(0, N, 32):  # in tiles of stocks: y is often a transposed view
+            np.copyto(x3[:, :, j : j + 32], src[:, :, j : j + 32])
         x = x3.reshape(R, N)
         ok = np.isfinite(x, out=ws.get("ok", (R, N), bool))
         nok = np.logical_not(ok, out=ws.get("nok", (R, N), bool))
-        np.copyto(x, np.nan, where=nok)                          # ±inf is null too
+        np.copyto(x, np.nan, where=nok)  # ±inf is null too
         n = np.count_nonzero(ok, axis=-1)
         with np.errstate(invalid="ignore"):
             spread = np.fmax.reduce(x, axis=-1).astype(np.float64) - np.fmin.reduce(x, axis=-1)
-        dev = ws.get("dev", (R, N), np.float64)                  # x - shift, 0 where null
+        dev = ws.get("dev", (R, N), np.float64)  # x - shift, 0 where null
         np.copyto(dev, x)
         robust = norm.method == "robust_z"
         with np.errstate(invalid="ignore", divide="ignore"):
             if robust:
-                x.sort(axis=-1)                                  # NaN last; x is scratch from here
+                x.sort(axis=-1)  # NaN last; x is scratch from here
                 shift = _sorted_median(x, n)
                 dev -= shift[:, None]
                 np.copyto(dev, 0.0, where=nok)
@@ -480,7 +531,7 @@ class DenseNormalization:
                 shift = dev.sum(-1) / n
                 dev -= shift[:, None]
                 np.copyto(dev, 0.0, where=nok)
-            s1 = dev.sum(-1)                                     # per-day moments about the shift (|mean - median|
+            s1 = dev.sum(-1)  # per-day moments about the shift (|mean - median|
             m2 = np.maximum(np.einsum("ij,ij->i", dev, dev) - s1 * s1 / n, 0.0)  # <= std: no cancellation)
             mean = shift + s1 / n
             sd = np.sqrt(m2 / (n - 1))
@@ -488,9 +539,14 @@ class DenseNormalization:
         spreads = list(spread.reshape(nf, sb).T)
         patches: list[tuple[int, int, np.ndarray]] = []
         if self.norm_cols:
-            whole = len(self.norm_cols) == nf                    # every fitted feature normalised here (the usual)
-            rows = slice(None) if whole else (np.asarray([self.fit_cols.index(k) for k in self.norm_cols])[:, None]
-                                              * sb + np.arange(sb)).ravel()
+            whole = len(self.norm_cols) == nf  # every fitted feature normalised here (the usual)
+            rows = (
+                slice(None)
+                if whole
+                else (
+                    np.asarray([self.fit_cols.index(k) for k in self.norm_cols])[:, None] * sb + np.arange(sb)
+                ).ravel()
+            )
             dv, ns, sds, nk = (dev, n, sd, nok) if whole else (dev[rows], n[rows], sd[rows], nok[rows])
             if robust:
                 xs, c = x[rows], shift[rows]
@@ -499,29 +555,29 @@ class DenseNormalization:
                 mad = (lo + (hi - lo) * 0.5) * MAD_TO_STD
                 fb = np.repeat(self.fallback, sb)
                 use_fb = ~(mad > EPS) & ~(sds > EPS)
-                if self.fitting:                                 # the fallback is known once every day is seen
+                if self.fitting:  # the fallback is known once every day is seen
                     for r in np.flatnonzero(use_fb & (ns > 0)):
                         if (dv[r] != 0).any():
                             patches.append((d0 + int(r % sb), self.norm_cols[int(r // sb)], dv[r].copy()))
-                    fb = np.ones_like(fb)                        # exact for the rest: their deviations are all 0
+                    fb = np.ones_like(fb)  # exact for the rest: their deviations are all 0
                 scale = np.where(mad > EPS, mad, np.where(sds > EPS, sds, fb))
-                dv /= scale[:, None]                             # nulls stay 0
+                dv /= scale[:, None]  # nulls stay 0
                 z = dv
             else:
                 xs = np.array(src, order="C").reshape(R, N)[rows]
                 xs[~np.isfinite(xs)] = np.nan
                 with np.errstate(invalid="ignore", divide="ignore"):
                     z = ndtri((_average_ranks(xs, ~np.isnan(xs)) - 0.5) / ns[:, None])
-                np.copyto(z, 0.0, where=nk | ~np.isfinite(z))   # null -> 0
+                np.copyto(z, 0.0, where=nk | ~np.isfinite(z))  # null -> 0
             if clip is not None:
                 np.clip(z, -clip, clip, out=z)
             z3 = z.reshape(len(self.norm_cols), sb, N).transpose(1, 2, 0)
             if len(self.norm_cols) == F:
-                np.copyto(out, z3, casting="same_kind")          # float64 -> float32 in the transposing copy
+                np.copyto(out, z3, casting="same_kind")  # float64 -> float32 in the transposing copy
             else:
                 out[:, :, self.norm_cols] = z3
-        if day_z is not None:                                    # the day's time z on every row present that day
-            zz = np.where(np.isnan(day_z), 0.0, day_z).astype(np.float32)          # [sb, k]
+        if day_z is not None:  # the day's time z on every row present that day
+            zz = np.where(np.isnan(day_z), 0.0, day_z).astype(np.float32)  # [sb, k]
             out[:, :, self.time_z_cols] = np.where(present[..., None], zz[:, None, :], np.float32(0.0))
         return out, moments, spreads, patches
 
@@ -539,15 +595,16 @@ class DenseNormalization:
         cnt, _, m2 = _combine_days(mom)
         with np.errstate(invalid="ignore", divide="ignore"):
             std = np.where(cnt >= 2, np.sqrt(m2 / (cnt - 1)), np.nan)
-        norm.fallback_std_ = {self.features[k]: (float(std[j]) if std[j] > EPS else 1.0)
-                              for j, k in enumerate(self.fit_cols)}
+        norm.fallback_std_ = {
+            self.features[k]: (float(std[j]) if std[j] > EPS else 1.0) for j, k in enumerate(self.fit_cols)
+        }
         if norm.day_level != "time_z":
             norm.day_level_ = _day_level_from_spread(np.stack(self._spread), [self.features[k] for k in self.fit_cols])
         norm.fit_range_ = date_range if date_range is not None else (None, None)
         norm.n_fit_rows_ = self._rows
         self._layout()
         out = []
-        for d, k, dev in self._pending:                          # dev: 0 where null
+        for d, k, dev in self._pending:  # dev: 0 where null
             z = dev / norm.fallback_std_[self.features[k]]
             if norm.clip is not None:
                 z = np.clip(z, -norm.clip, norm.clip)

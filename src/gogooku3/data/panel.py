@@ -43,34 +43,41 @@ log = logging.getLogger(__name__)
 PANEL_VERSION = 2  # 2: chunked conversion, dense normalisation kernels, (Date, Code) order
 CONVERT_BLOCK_MB = 256  # raw features normalised at a time by `PanelStore.convert` (a block of days)
 CONVERT_BATCH_ROWS = 1 << 18  # dataset rows read and scattered at a time by `PanelStore.convert` (the
-                              # builder's row group)
+# builder's row group)
 ARRAYS = ("features", "mask", "targets", "returns", "sector", "segment")
 
 
 @dataclass
 class PanelStore:
-    features: np.ndarray          # [D, N, F] float32, normalised per day, nulls -> 0
-    mask: np.ndarray              # [D, N] bool, row exists
-    targets: np.ndarray           # [D, N, H] float32, NaN where missing
-    returns: np.ndarray           # [D, N] float32 raw (un-normalised) 1-day returns, NaN where missing
-    sector: np.ndarray            # [D, N] int16 S33 id (0 = unknown)
-    segment: np.ndarray           # [D, N] int16 Section id (0 = unknown)
+    features: np.ndarray  # [D, N, F] float32, normalised per day, nulls -> 0
+    mask: np.ndarray  # [D, N] bool, row exists
+    targets: np.ndarray  # [D, N, H] float32, NaN where missing
+    returns: np.ndarray  # [D, N] float32 raw (un-normalised) 1-day returns, NaN where missing
+    sector: np.ndarray  # [D, N] int16 S33 id (0 = unknown)
+    segment: np.ndarray  # [D, N] int16 Section id (0 = unknown)
     codes: list[str]
     dates: list[dt.date]
     feature_names: list[str]
     horizons: list[int]
-    sector_vocab: list[str] = field(default_factory=list)    # id k+1 <-> sector_vocab[k]
+    sector_vocab: list[str] = field(default_factory=list)  # id k+1 <-> sector_vocab[k]
     segment_vocab: list[str] = field(default_factory=list)
     normalizer: dict = field(default_factory=dict)
     fingerprint: str = ""
-    root: Path | None = None      # the folder it was saved to / loaded from (None: in memory only)
+    root: Path | None = None  # the folder it was saved to / loaded from (None: in memory only)
 
     # ---- construction ---------------------------------------------------------------------------------
     @classmethod
-    def from_frame(cls, df: pl.DataFrame | pl.LazyFrame, features: Sequence[str], horizons: Sequence[int] = (),
-                   normalizer: CrossSectionalNormalizer | dict | None = None, returns_col: str = C.RETURNS_1D,
-                   sector_vocab: Sequence[str] | None = None, segment_vocab: Sequence[str] | None = None,
-                   fingerprint_: str = "") -> PanelStore:
+    def from_frame(
+        cls,
+        df: pl.DataFrame | pl.LazyFrame,
+        features: Sequence[str],
+        horizons: Sequence[int] = (),
+        normalizer: CrossSectionalNormalizer | dict | None = None,
+        returns_col: str = C.RETURNS_1D,
+        sector_vocab: Sequence[str] | None = None,
+        segment_vocab: Sequence[str] | None = None,
+        fingerprint_: str = "",
+    ) -> PanelStore:
         """Direct mode: an in-memory frame (Code, Date, [Section, S33], features, targets) -> dense panel.
 
         The same steps as `convert` on one block holding every day (identical arrays), for frames that fit in
@@ -79,18 +86,27 @@ class PanelStore:
         schema = lf.collect_schema()
         features = list(features)
         _check_columns(schema, features)
-        norm = (normalizer if isinstance(normalizer, CrossSectionalNormalizer)
-                else CrossSectionalNormalizer.from_dict(normalizer or {}))
+        norm = (
+            normalizer
+            if isinstance(normalizer, CrossSectionalNormalizer)
+            else CrossSectionalNormalizer.from_dict(normalizer or {})
+        )
         raw = _raw_dtype(schema, features)
         base = lf.select(_columns(schema, features, horizons, returns_col, raw)).collect()
         if base.height == 0:
             raise DataError("panel: the dataset has no rows")
         codes = base.get_column(C.CODE).unique().sort()
         dates = base.get_column(C.DATE).unique().sort().to_list()
-        sec_vocab = list(sector_vocab) if sector_vocab is not None else \
-            base.get_column("__sec").drop_nulls().unique().sort().to_list()
-        seg_vocab = list(segment_vocab) if segment_vocab is not None else \
-            base.get_column("__seg").drop_nulls().unique().sort().to_list()
+        sec_vocab = (
+            list(sector_vocab)
+            if sector_vocab is not None
+            else base.get_column("__sec").drop_nulls().unique().sort().to_list()
+        )
+        seg_vocab = (
+            list(segment_vocab)
+            if segment_vocab is not None
+            else base.get_column("__seg").drop_nulls().unique().sort().to_list()
+        )
         blk = _scatter([base], codes, dates, features, len(horizons), raw, sec_vocab, seg_vocab)
         del base
         # Per-day statistics only (the pooled fallback scale is used only where a day's MAD and std are both 0,
@@ -103,19 +119,42 @@ class PanelStore:
                 dn.set_day_level(dn.spread(blk.y))
             feats = np.empty((len(dates), codes.len(), len(features)), dtype=np.float32)
             for s, out in dn.block(blk.y, blk.mask):
-                feats[s:s + len(out)] = out
+                feats[s : s + len(out)] = out
             for d, k, v in dn.finish((dates[0], dates[-1])):
                 feats[d, :, k] = v
         finally:
             dn.close()
         _log_day_level(dn)
-        return cls(feats, blk.mask, blk.targets, blk.returns, blk.sector, blk.segment, codes.to_list(), dates,
-                   features, list(horizons), sec_vocab, seg_vocab, norm.to_dict(), fingerprint_)
+        return cls(
+            feats,
+            blk.mask,
+            blk.targets,
+            blk.returns,
+            blk.sector,
+            blk.segment,
+            codes.to_list(),
+            dates,
+            features,
+            list(horizons),
+            sec_vocab,
+            seg_vocab,
+            norm.to_dict(),
+            fingerprint_,
+        )
 
     @classmethod
-    def convert(cls, dataset: str | Path, root: str | Path, features: Sequence[str], horizons: Sequence[int] = (),
-                normalizer: dict | None = None, returns_col: str = C.RETURNS_1D, fingerprint_: str = "",
-                block_mb: float = CONVERT_BLOCK_MB, batch_rows: int = CONVERT_BATCH_ROWS) -> PanelStore:
+    def convert(
+        cls,
+        dataset: str | Path,
+        root: str | Path,
+        features: Sequence[str],
+        horizons: Sequence[int] = (),
+        normalizer: dict | None = None,
+        returns_col: str = C.RETURNS_1D,
+        fingerprint_: str = "",
+        block_mb: float = CONVERT_BLOCK_MB,
+        batch_rows: int = CONVERT_BATCH_ROWS,
+    ) -> PanelStore:
         """File mode: the dataset parquet -> `root` (.npy files), then loaded memory-mapped.
 
         Two passes, memory bounded by a batch of rows and a block of days, not by the dataset:
@@ -139,8 +178,7 @@ class PanelStore:
         lf = scan.select(exprs)
 
         def distinct(col: str) -> list:
-            return (lf.select(pl.col(col).drop_nulls().unique()).collect(engine="streaming").to_series().sort()
-                    .to_list())
+            return lf.select(pl.col(col).drop_nulls().unique()).collect(engine="streaming").to_series().sort().to_list()
 
         codes, dates = pl.Series(C.CODE, distinct(C.CODE), pl.Utf8), distinct(C.DATE)
         if not dates:
@@ -151,30 +189,31 @@ class PanelStore:
         tmp = _temp_dir(root)
         files: dict[str, _NpyFile] = {}
         try:
-            files = {"features": _NpyFile(tmp / "features.npy", (D, N, F), np.float32),
-                     "mask": _NpyFile(tmp / "mask.npy", (D, N), np.bool_),
-                     "targets": _NpyFile(tmp / "targets.npy", (D, N, H), np.float32, fill=np.nan),
-                     "returns": _NpyFile(tmp / "returns.npy", (D, N), np.float32, fill=np.nan),
-                     "sector": _NpyFile(tmp / "sector.npy", (D, N), np.int16),
-                     "segment": _NpyFile(tmp / "segment.npy", (D, N), np.int16)}
+            files = {
+                "features": _NpyFile(tmp / "features.npy", (D, N, F), np.float32),
+                "mask": _NpyFile(tmp / "mask.npy", (D, N), np.bool_),
+                "targets": _NpyFile(tmp / "targets.npy", (D, N, H), np.float32, fill=np.nan),
+                "returns": _NpyFile(tmp / "returns.npy", (D, N), np.float32, fill=np.nan),
+                "sector": _NpyFile(tmp / "sector.npy", (D, N), np.int16),
+                "segment": _NpyFile(tmp / "segment.npy", (D, N), np.int16),
+            }
             if raw != np.float32:
                 files["raw"] = _NpyFile(tmp / "raw.npy", (D, N, F), raw)
             scratch = files.get("raw", files["features"])
             # pass 1: every row once, raw, into the date-major files
-            first = _Pass1((pl.Series(dates, dtype=pl.Date), codes), features, H, sec_vocab, seg_vocab, scratch,
-                           files)
+            first = _Pass1((pl.Series(dates, dtype=pl.Date), codes), features, H, sec_vocab, seg_vocab, scratch, files)
             for batch in _file_batches(dataset, [c for c in schema if c in _source_columns(exprs)], batch_rows):
                 first.add(batch.select(exprs))
             del first
             # pass 2: blocks of days, normalised in place
-            step = max(1, min(D, int(block_mb * 2 ** 20 // (N * F * raw.itemsize))))
+            step = max(1, min(D, int(block_mb * 2**20 // (N * F * raw.itemsize))))
             blocks = [(s, min(s + step, D)) for s in range(0, D, step)]
             buf, mbuf = np.empty((step, N, F), raw), np.empty((step, N), np.bool_)
 
             def read(s: int, e: int) -> tuple[np.ndarray, np.ndarray]:
                 blk, present = scratch.read_days(s, e, buf), files["mask"].read_days(s, e, mbuf)
-                blk[~present] = np.nan                           # no row that day: not a value
-                return blk.transpose(2, 0, 1), present           # [F, b, N] view
+                blk[~present] = np.nan  # no row that day: not a value
+                return blk.transpose(2, 0, 1), present  # [F, b, N] view
 
             if dn.needs_day_level:
                 dn.set_day_level(np.concatenate([dn.spread(read(s, e)[0]) for s, e in blocks]))
@@ -182,14 +221,26 @@ class PanelStore:
                 y, present = read(s, e)
                 for off, out in dn.block(y, present):
                     files["features"].write_days(s + off, out)
-            for d, k, v in dn.finish((dates[0], dates[-1])):    # values that needed the pooled fallback std
+            for d, k, v in dn.finish((dates[0], dates[-1])):  # values that needed the pooled fallback std
                 files["features"].write_at(d, k, v)
             for f in files.values():
                 f.close()
             if "raw" in files:
                 files["raw"].path.unlink()
-            write_json(tmp / "panel.json", _metadata(codes.to_list(), dates, features, list(horizons), sec_vocab,
-                                                     seg_vocab, norm.to_dict(), fingerprint_, (D, N, F)))
+            write_json(
+                tmp / "panel.json",
+                _metadata(
+                    codes.to_list(),
+                    dates,
+                    features,
+                    list(horizons),
+                    sec_vocab,
+                    seg_vocab,
+                    norm.to_dict(),
+                    fingerprint_,
+                    (D, N, F),
+                ),
+            )
             _publish(tmp, root)
         finally:
             dn.close()
@@ -197,17 +248,43 @@ class PanelStore:
                 f.close()
             shutil.rmtree(tmp, ignore_errors=True)
         _log_day_level(dn)
-        log.info("panel: converted %s -> %s (%d days x %d stocks x %d features) in %.1f s, %d block(s) of <= %d "
-                 "days", dataset, root, D, N, F, time.perf_counter() - t0, len(blocks), step)
+        log.info(
+            "panel: converted %s -> %s (%d days x %d stocks x %d features) in %.1f s, %d block(s) of <= %d days",
+            dataset,
+            root,
+            D,
+            N,
+            F,
+            time.perf_counter() - t0,
+            len(blocks),
+            step,
+        )
         return cls.load(root)
 
     @classmethod
-    def build(cls, dataset: str | Path, features: Sequence[str], horizons: Sequence[int], cache_dir: str | Path,
-              normalizer: dict, manifest_fingerprint: str, dataset_fingerprint: str,
-              returns_col: str = C.RETURNS_1D, force: bool = False, block_mb: float = CONVERT_BLOCK_MB) -> PanelStore:
+    def build(
+        cls,
+        dataset: str | Path,
+        features: Sequence[str],
+        horizons: Sequence[int],
+        cache_dir: str | Path,
+        normalizer: dict,
+        manifest_fingerprint: str,
+        dataset_fingerprint: str,
+        returns_col: str = C.RETURNS_1D,
+        force: bool = False,
+        block_mb: float = CONVERT_BLOCK_MB,
+    ) -> PanelStore:
         """File mode: convert once into `<cache_dir>/panels/<fingerprint>/` (memory-mapped .npy), reuse after."""
-        fp = fingerprint(PANEL_VERSION, dataset_fingerprint, manifest_fingerprint, normalizer, list(features),
-                         list(horizons), returns_col)
+        fp = fingerprint(
+            PANEL_VERSION,
+            dataset_fingerprint,
+            manifest_fingerprint,
+            normalizer,
+            list(features),
+            list(horizons),
+            returns_col,
+        )
         root = Path(cache_dir) / "panels" / fp
         if root.joinpath("panel.json").exists() and not force:
             log.info("panel: reusing %s", root)
@@ -230,18 +307,35 @@ class PanelStore:
         return root
 
     def metadata(self) -> dict[str, Any]:
-        return _metadata(self.codes, self.dates, self.feature_names, self.horizons, self.sector_vocab,
-                         self.segment_vocab, self.normalizer, self.fingerprint, self.features.shape)
+        return _metadata(
+            self.codes,
+            self.dates,
+            self.feature_names,
+            self.horizons,
+            self.sector_vocab,
+            self.segment_vocab,
+            self.normalizer,
+            self.fingerprint,
+            self.features.shape,
+        )
 
     @classmethod
     def load(cls, root: str | Path, mmap: bool = True) -> PanelStore:
         root = Path(root)
         meta = read_json(root / "panel.json")
         arrs = {n: np.load(root / f"{n}.npy", mmap_mode="r" if mmap else None) for n in ARRAYS}
-        return cls(**arrs, codes=meta["codes"], dates=[dt.date.fromisoformat(d) for d in meta["dates"]],
-                   feature_names=meta["feature_names"], horizons=meta["horizons"],
-                   sector_vocab=meta["sector_vocab"], segment_vocab=meta["segment_vocab"],
-                   normalizer=meta["normalizer"], fingerprint=meta["fingerprint"], root=root)
+        return cls(
+            **arrs,
+            codes=meta["codes"],
+            dates=[dt.date.fromisoformat(d) for d in meta["dates"]],
+            feature_names=meta["feature_names"],
+            horizons=meta["horizons"],
+            sector_vocab=meta["sector_vocab"],
+            segment_vocab=meta["segment_vocab"],
+            normalizer=meta["normalizer"],
+            fingerprint=meta["fingerprint"],
+            root=root,
+        )
 
     # ---- queries --------------------------------------------------------------------------------------
     @property
@@ -257,15 +351,18 @@ class PanelStore:
         m = np.asarray(self.mask)
         cs = np.concatenate([np.zeros((1, m.shape[1]), np.int32), np.cumsum(m, axis=0, dtype=np.int32)])
         count = np.zeros_like(cs[1:])
-        count[window - 1:] = cs[window:] - cs[:-window] if window <= m.shape[0] else 0
+        count[window - 1 :] = cs[window:] - cs[:-window] if window <= m.shape[0] else 0
         need = math.ceil(min_window_frac * window)
         ok = m & (count >= need)
         ok[: window - 1] = False
         return ok
 
     def label_valid(self, horizon_pos: int = 0) -> np.ndarray:
-        return np.isfinite(np.asarray(self.targets[..., horizon_pos])) if self.targets.shape[-1] else \
-            np.zeros(self.mask.shape, bool)
+        return (
+            np.isfinite(np.asarray(self.targets[..., horizon_pos]))
+            if self.targets.shape[-1]
+            else np.zeros(self.mask.shape, bool)
+        )
 
 
 _EXACT_F32 = (pl.Float32, pl.Int8, pl.Int16, pl.UInt8, pl.UInt16, pl.Boolean, pl.Null)
@@ -284,17 +381,27 @@ def _raw_dtype(schema: pl.Schema, features: Sequence[str]) -> np.dtype:
     return np.dtype(np.float32 if exact else np.float64)
 
 
-def _columns(schema: pl.Schema, features: Sequence[str], horizons: Sequence[int], returns_col: str,
-             raw: np.dtype) -> list[pl.Expr]:
+def _columns(
+    schema: pl.Schema, features: Sequence[str], horizons: Sequence[int], returns_col: str, raw: np.dtype
+) -> list[pl.Expr]:
     """The panel's columns of a dataset frame: Code, Date, the features (as `raw`), targets, __ret, __seg, __sec."""
     fdt = pl.Float32 if raw == np.float32 else pl.Float64
-    tcols = [pl.col(t).cast(pl.Float32) if t in schema else pl.lit(None, pl.Float32).alias(t)
-             for t in (C.target(h) for h in horizons)]
+    tcols = [
+        pl.col(t).cast(pl.Float32) if t in schema else pl.lit(None, pl.Float32).alias(t)
+        for t in (C.target(h) for h in horizons)
+    ]
     ret = pl.col(returns_col).cast(pl.Float32) if returns_col in schema else pl.lit(None, pl.Float32)
     seg = pl.col(C.SECTION).cast(pl.Utf8) if C.SECTION in schema else pl.lit(None, pl.Utf8)
     sec = pl.col(C.S33).cast(pl.Utf8) if C.S33 in schema else pl.lit(None, pl.Utf8)
-    return [pl.col(C.CODE).cast(pl.Utf8), pl.col(C.DATE).cast(pl.Date), *[pl.col(f).cast(fdt) for f in features],
-            *tcols, ret.alias("__ret"), seg.alias("__seg"), sec.alias("__sec")]
+    return [
+        pl.col(C.CODE).cast(pl.Utf8),
+        pl.col(C.DATE).cast(pl.Date),
+        *[pl.col(f).cast(fdt) for f in features],
+        *tcols,
+        ret.alias("__ret"),
+        seg.alias("__seg"),
+        sec.alias("__sec"),
+    ]
 
 
 def _source_columns(exprs: Sequence[pl.Expr]) -> set[str]:
@@ -316,9 +423,10 @@ def _file_batches(path: str | Path, columns: Sequence[str], rows: int) -> Iterat
         slices += [(start + n * k // parts, n * (k + 1) // parts - n * k // parts) for k in range(parts)]
         start += n
     slices = [(a, n) for a, n in slices if n > 0]
-    with ThreadPoolExecutor(1, thread_name_prefix="panel-read") as pool:   # decode the next slice meanwhile
+    with ThreadPoolExecutor(1, thread_name_prefix="panel-read") as pool:  # decode the next slice meanwhile
         nxt = pool.submit(lf.slice(*slices[0]).collect) if slices else None
         for k in range(len(slices)):
+            assert nxt is not None  # submitted for every slice
             df = nxt.result()
             nxt = pool.submit(lf.slice(*slices[k + 1]).collect) if k + 1 < len(slices) else None
             yield df
@@ -326,28 +434,31 @@ def _file_batches(path: str | Path, columns: Sequence[str], rows: int) -> Iterat
 
 @dataclass
 class _Block:
-    y: np.ndarray          # [F, b, N] raw features (NaN: null or no row)
-    mask: np.ndarray       # [b, N]
-    targets: np.ndarray    # [b, N, H]
-    returns: np.ndarray    # [b, N]
-    sector: np.ndarray     # [b, N]
-    segment: np.ndarray    # [b, N]
+    y: np.ndarray  # [F, b, N] raw features (NaN: null or no row)
+    mask: np.ndarray  # [b, N]
+    targets: np.ndarray  # [b, N, H]
+    returns: np.ndarray  # [b, N]
+    sector: np.ndarray  # [b, N]
+    segment: np.ndarray  # [b, N]
 
 
-def _cells(df: pl.DataFrame, day_of: pl.Series, codes: pl.Series, sec_vocab: Sequence[str],
-           seg_vocab: Sequence[str]) -> tuple[np.ndarray, np.ndarray, pl.DataFrame]:
+def _cells(
+    df: pl.DataFrame, day_of: pl.Series, codes: pl.Series, sec_vocab: Sequence[str], seg_vocab: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, pl.DataFrame]:
     """Day and stock index of each row of a frame of `_columns`, and the frame with __sec / __seg as ids."""
     idx = df.select(
         pl.col(C.DATE).replace_strict(day_of, pl.Series(np.arange(len(day_of))), return_dtype=pl.Int64).alias("d"),
         pl.col(C.CODE).replace_strict(codes, pl.Series(np.arange(codes.len())), return_dtype=pl.Int64).alias("i"),
-        _vocab_id("__sec", sec_vocab), _vocab_id("__seg", seg_vocab))
+        _vocab_id("__sec", sec_vocab),
+        _vocab_id("__seg", seg_vocab),
+    )
     return idx["d"].to_numpy(), idx["i"].to_numpy(), df.with_columns(idx.select("__sec", "__seg"))
 
 
 def _in_cell_order(df: pl.DataFrame, flat: np.ndarray) -> tuple[pl.DataFrame, np.ndarray]:
     """Rows ordered by cell (day·N + stock), ascending. Where a cell repeats the last row wins, as
     `unique(keep="last")` would (later frames overwrite earlier ones the same way)."""
-    order = np.argsort(flat, kind="stable")                  # equal cells keep their file order: the last is last
+    order = np.argsort(flat, kind="stable")  # equal cells keep their file order: the last is last
     flat = flat[order]
     last = np.ones(len(flat), bool)
     last[:-1] = flat[1:] != flat[:-1]
@@ -358,13 +469,26 @@ def _in_cell_order(df: pl.DataFrame, flat: np.ndarray) -> tuple[pl.DataFrame, np
     return df, flat
 
 
-def _scatter(frames: Iterable[pl.DataFrame], codes: pl.Series, dates: Sequence[dt.date], features: Sequence[str],
-             n_targets: int, raw: np.dtype, sec_vocab: Sequence[str], seg_vocab: Sequence[str]) -> _Block:
+def _scatter(
+    frames: Iterable[pl.DataFrame],
+    codes: pl.Series,
+    dates: Sequence[dt.date],
+    features: Sequence[str],
+    n_targets: int,
+    raw: np.dtype,
+    sec_vocab: Sequence[str],
+    seg_vocab: Sequence[str],
+) -> _Block:
     """Rows of `dates` (frames of `_columns`, in source order) -> dense in-memory arrays."""
     b, N, F = len(dates), codes.len(), len(features)
-    blk = _Block(np.full((F, b, N), np.nan, raw), np.zeros((b, N), bool),
-                 np.full((b, N, n_targets), np.nan, np.float32), np.full((b, N), np.nan, np.float32),
-                 np.zeros((b, N), np.int16), np.zeros((b, N), np.int16))
+    blk = _Block(
+        np.full((F, b, N), np.nan, raw),
+        np.zeros((b, N), bool),
+        np.full((b, N, n_targets), np.nan, np.float32),
+        np.full((b, N), np.nan, np.float32),
+        np.zeros((b, N), np.int16),
+        np.zeros((b, N), np.int16),
+    )
     day_of = pl.Series(list(dates), dtype=pl.Date)
     y = blk.y.reshape(F, b * N)
     for df in frames:
@@ -372,11 +496,11 @@ def _scatter(frames: Iterable[pl.DataFrame], codes: pl.Series, dates: Sequence[d
             continue
         d, i, df = _cells(df, day_of, codes, sec_vocab, seg_vocab)
         df, flat = _in_cell_order(df, d * N + i)
-        for k, f in enumerate(features):                 # one feature at a time: contiguous writes, no frame copy
+        for k, f in enumerate(features):  # one feature at a time: contiguous writes, no frame copy
             y[k][flat] = df.get_column(f).to_numpy()
         blk.mask.reshape(-1)[flat] = True
         if n_targets:
-            blk.targets.reshape(b * N, n_targets)[flat] = df.select(df.columns[2 + F: 2 + F + n_targets]).to_numpy()
+            blk.targets.reshape(b * N, n_targets)[flat] = df.select(df.columns[2 + F : 2 + F + n_targets]).to_numpy()
         blk.returns.reshape(-1)[flat] = df.get_column("__ret").to_numpy()
         blk.sector.reshape(-1)[flat] = df.get_column("__sec").to_numpy()
         blk.segment.reshape(-1)[flat] = df.get_column("__seg").to_numpy()
@@ -387,9 +511,16 @@ class _Pass1:
     """State of the conversion's first pass: the date-major files, the highest stock written on each day, and
     work arrays reused across batches."""
 
-    def __init__(self, keys: tuple[pl.Series, pl.Series], features: Sequence[str], n_targets: int,
-                 sec_vocab: Sequence[str], seg_vocab: Sequence[str], scratch: _NpyFile,
-                 files: dict[str, _NpyFile]) -> None:
+    def __init__(
+        self,
+        keys: tuple[pl.Series, pl.Series],
+        features: Sequence[str],
+        n_targets: int,
+        sec_vocab: Sequence[str],
+        seg_vocab: Sequence[str],
+        scratch: _NpyFile,
+        files: dict[str, _NpyFile],
+    ) -> None:
         self.day_of, self.codes = keys
         self.features, self.n_targets, self.vocabs = list(features), n_targets, (sec_vocab, seg_vocab)
         self.scratch, self.files = scratch, files
@@ -419,34 +550,39 @@ class _Pass1:
             feats = self.ws.get("features", (total, F), self.scratch.dtype)
             feats[pos] = df.select(self.features).to_numpy(order="c")
             cols = [(self.scratch, feats)]
-            for name, dtype, fill, values in (
-                    ("mask", np.bool_, False, True), ("returns", np.float32, np.nan, df.get_column("__ret")),
-                    ("sector", np.int16, 0, df.get_column("__sec")), ("segment", np.int16, 0, df.get_column("__seg")),
-                    ("targets", np.float32, np.nan, df.select(df.columns[2 + F: 2 + F + H]))):
+            for name, dtype, fill, src in (
+                ("mask", np.bool_, False, True),
+                ("returns", np.float32, np.nan, df.get_column("__ret")),
+                ("sector", np.int16, 0, df.get_column("__sec")),
+                ("segment", np.int16, 0, df.get_column("__seg")),
+                ("targets", np.float32, np.nan, df.select(df.columns[2 + F : 2 + F + H])),
+            ):
                 shape = (total, H) if name == "targets" else (total,)
                 if name == "targets" and not H:
                     continue
-                a = self.ws.get(name, shape, dtype)
-                a.fill(fill)
-                a[pos] = values if isinstance(values, bool) else values.to_numpy()
-                cols.append((self.files[name], a))
+                buf = self.ws.get(name, shape, dtype)
+                buf.fill(fill)
+                buf[pos] = src if isinstance(src, bool) else src.to_numpy()
+                cols.append((self.files[name], buf))
             for k, day in enumerate(days):
                 a, b = int(base[day]), int(base[day] + width[k])
                 for f, values in cols:
                     f.write_cells(int(day * N + lo[day]), values[a:b])
         else:
             df, flat = _in_cell_order(df, d * N + i)
-            cols = [(self.scratch, df.select(self.features).to_numpy(order="c")),
-                    (self.files["mask"], np.ones(len(flat), np.bool_)),
-                    (self.files["returns"], df.get_column("__ret").to_numpy()),
-                    (self.files["sector"], df.get_column("__sec").to_numpy()),
-                    (self.files["segment"], df.get_column("__seg").to_numpy())]
+            cols = [
+                (self.scratch, df.select(self.features).to_numpy(order="c")),
+                (self.files["mask"], np.ones(len(flat), np.bool_)),
+                (self.files["returns"], df.get_column("__ret").to_numpy()),
+                (self.files["sector"], df.get_column("__sec").to_numpy()),
+                (self.files["segment"], df.get_column("__seg").to_numpy()),
+            ]
             if H:
-                cols.append((self.files["targets"], df.select(df.columns[2 + F: 2 + F + H]).to_numpy(order="c")))
+                cols.append((self.files["targets"], df.select(df.columns[2 + F : 2 + F + H]).to_numpy(order="c")))
             starts = np.flatnonzero(np.diff(flat, prepend=-2) != 1)
-            for a, b in zip(starts, [*starts[1:], len(flat)]):
+            for r0, r1 in zip(starts, [*starts[1:], len(flat)], strict=True):
                 for f, values in cols:
-                    f.write_cells(int(flat[a]), values[a:b])
+                    f.write_cells(int(flat[r0]), values[r0:r1])
         np.maximum.at(self.high, d, i)
 
 
@@ -457,12 +593,13 @@ class _NpyFile:
 
     def __init__(self, path: Path, shape: tuple[int, ...], dtype: Any, fill: float | None = None) -> None:
         self.path, self.shape, self.dtype = path, tuple(shape), np.dtype(dtype)
-        self.cell = int(np.prod(self.shape[2:])) * self.dtype.itemsize     # bytes per [day, stock] cell
+        self.cell = int(np.prod(self.shape[2:])) * self.dtype.itemsize  # bytes per [day, stock] cell
         self.day = self.shape[1] * self.cell
         self.nbytes = self.shape[0] * self.day
         with open(path, "wb") as f:
-            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(self.dtype),
-                                                     "fortran_order": False, "shape": self.shape})
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
+            )
             self.offset = f.tell()
             if fill is None or not self.nbytes:
                 f.truncate(self.offset + self.nbytes)
@@ -471,7 +608,7 @@ class _NpyFile:
                 left = self.nbytes
                 while left:
                     k = min(left, chunk.nbytes)
-                    f.write(memoryview(chunk).cast("B")[:k])
+                    f.write(chunk.data.cast("B")[:k])
                     left -= k
         self.fd = os.open(path, os.O_RDWR)
 
@@ -481,7 +618,7 @@ class _NpyFile:
             self.fd = -1
 
     def _write(self, pos: int, a: np.ndarray) -> None:
-        mv, done = memoryview(np.ascontiguousarray(a, self.dtype)).cast("B"), 0
+        mv, done = np.ascontiguousarray(a, self.dtype).data.cast("B"), 0
         while done < len(mv):
             done += os.pwrite(self.fd, mv[done:], self.offset + pos + done)
 
@@ -497,7 +634,7 @@ class _NpyFile:
     def read_days(self, s: int, e: int, buf: np.ndarray) -> np.ndarray:
         """Days [s, e) into the front of `buf` (C-contiguous, this dtype) -> that view [e - s, N, ...]."""
         out = buf.reshape(-1)[: (e - s) * self.day // self.dtype.itemsize].reshape((e - s, *self.shape[1:]))
-        mv, done = memoryview(out).cast("B"), 0
+        mv, done = out.data.cast("B"), 0
         while done < len(mv):
             k = os.preadv(self.fd, [mv[done:]], self.offset + s * self.day + done)
             if k <= 0:
@@ -531,21 +668,42 @@ def _publish(tmp: Path, root: Path) -> None:
         log.info("panel: %s was written by another process meanwhile; keeping it", root)
 
 
-def _metadata(codes: list[str], dates: Sequence[dt.date], features: list[str], horizons: list[int],
-              sector_vocab: list[str], segment_vocab: list[str], normalizer: dict, fingerprint_: str,
-              shape: Sequence[int]) -> dict[str, Any]:
-    return {"version": PANEL_VERSION, "codes": codes, "dates": [d.isoformat() for d in dates],
-            "feature_names": features, "horizons": horizons, "sector_vocab": sector_vocab,
-            "segment_vocab": segment_vocab, "normalizer": normalizer, "fingerprint": fingerprint_,
-            "shape": list(shape)}
+def _metadata(
+    codes: list[str],
+    dates: Sequence[dt.date],
+    features: list[str],
+    horizons: list[int],
+    sector_vocab: list[str],
+    segment_vocab: list[str],
+    normalizer: dict,
+    fingerprint_: str,
+    shape: Sequence[int],
+) -> dict[str, Any]:
+    return {
+        "version": PANEL_VERSION,
+        "codes": codes,
+        "dates": [d.isoformat() for d in dates],
+        "feature_names": features,
+        "horizons": horizons,
+        "sector_vocab": sector_vocab,
+        "segment_vocab": segment_vocab,
+        "normalizer": normalizer,
+        "fingerprint": fingerprint_,
+        "shape": list(shape),
+    }
 
 
 def _log_day_level(dn: DenseNormalization) -> None:
     norm = dn.norm
     if dn.fitting and norm.day_level_:
-        log.info("panel: %d day-level feature(s) (one value per day, e.g. %s) %s", len(norm.day_level_),
-                 ", ".join(norm.day_level_[:3]), "as trailing time z-scores" if norm.day_level == "time_z"
-                 else "normalise to 0 across stocks, so the model does not see them (day_level=zero)")
+        log.info(
+            "panel: %d day-level feature(s) (one value per day, e.g. %s) %s",
+            len(norm.day_level_),
+            ", ".join(norm.day_level_[:3]),
+            "as trailing time z-scores"
+            if norm.day_level == "time_z"
+            else "normalise to 0 across stocks, so the model does not see them (day_level=zero)",
+        )
 
 
 _PANEL_TMP = re.compile(r"\.(?P<fp>[0-9a-f]+)(?:\.(?P<host>[0-9A-Za-z-]+)-(?P<pid>\d+))?\.tmp")
@@ -573,7 +731,7 @@ def clean_cache(cache_dir: str | Path, keep: int | None, protect: Sequence[str] 
     if keep is not None:
         complete.sort(key=lambda d: (d / "panel.json").stat().st_mtime, reverse=True)
         kept = sum((panels / fp / "panel.json").is_file() for fp in set(protect))
-        removed += complete[max(0, int(keep) - kept):]
+        removed += complete[max(0, int(keep) - kept) :]
     for d in removed:
         shutil.rmtree(d, ignore_errors=True)
         log.info("panel cache: removed %s", d)
@@ -587,8 +745,17 @@ class DayBatchSampler(Sampler):
     more than `max_stocks` valid stocks is subsampled.
     """
 
-    def __init__(self, valid: np.ndarray, days: Sequence[int], max_stocks: int = 2048, shuffle: bool = True,
-                 seed: int = 0, min_stocks: int = 2, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        valid: np.ndarray,
+        days: Sequence[int] | np.ndarray,
+        max_stocks: int = 2048,
+        shuffle: bool = True,
+        seed: int = 0,
+        min_stocks: int = 2,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.valid = valid
         self.days = [int(d) for d in days if int(valid[d].sum()) >= min_stocks]
         self.max_stocks, self.shuffle, self.seed = int(max_stocks), shuffle, int(seed)
@@ -606,7 +773,7 @@ class DayBatchSampler(Sampler):
         if self.shuffle:
             order = rng.permutation(order)
         if self.world_size > 1:
-            order = order[: len(self) * self.world_size][self.rank::self.world_size]
+            order = order[: len(self) * self.world_size][self.rank :: self.world_size]
         for d in order:
             idx = np.flatnonzero(self.valid[d])
             if len(idx) > self.max_stocks:
@@ -621,8 +788,10 @@ class PanelDayDataset(Dataset):
     def __init__(self, panel: PanelStore, window: int, extra: np.ndarray | None = None):
         self.panel, self.window, self.extra = panel, window, extra
         if extra is not None and tuple(extra.shape[:2]) != tuple(panel.features.shape[:2]):
-            raise DataError(f"panel: extra inputs of shape {tuple(extra.shape)} do not fit the panel's days × stocks "
-                            f"{tuple(panel.features.shape[:2])}")
+            raise DataError(
+                f"panel: extra inputs of shape {tuple(extra.shape)} do not fit the panel's days × stocks "
+                f"{tuple(panel.features.shape[:2])}"
+            )
         self.tensors: dict[str, torch.Tensor] | None = None  # set by to_device (GPU-resident panel)
 
     def to_device(self, device: torch.device) -> None:
@@ -640,37 +809,62 @@ class PanelDayDataset(Dataset):
         if self.tensors is not None:
             t = self.tensors
             ii = torch.as_tensor(idx, device=t["features"].device)
-            x, m = t["features"][lo:d + 1, ii], t["mask"][lo:d + 1, ii]
+            x, m = t["features"][lo : d + 1, ii], t["mask"][lo : d + 1, ii]
             if "extra" in t:
-                x = torch.cat([x, t["extra"][lo:d + 1, ii]], dim=-1)
-            r, y = t["returns"][lo:d + 1, ii], t["targets"][d, ii]
+                x = torch.cat([x, t["extra"][lo : d + 1, ii]], dim=-1)
+            r, y = t["returns"][lo : d + 1, ii], t["targets"][d, ii]
             sec, seg = t["sector"][d, ii], t["segment"][d, ii]
         else:
             p = self.panel
-            x = torch.from_numpy(np.ascontiguousarray(p.features[lo:d + 1][:, idx]))
+            x = torch.from_numpy(np.ascontiguousarray(p.features[lo : d + 1][:, idx]))
             if self.extra is not None:
-                x = torch.cat([x, torch.from_numpy(np.ascontiguousarray(self.extra[lo:d + 1][:, idx]))], dim=-1)
-            m = torch.from_numpy(np.ascontiguousarray(p.mask[lo:d + 1][:, idx]))
-            r = torch.from_numpy(np.ascontiguousarray(p.returns[lo:d + 1][:, idx]))
+                x = torch.cat([x, torch.from_numpy(np.ascontiguousarray(self.extra[lo : d + 1][:, idx]))], dim=-1)
+            m = torch.from_numpy(np.ascontiguousarray(p.mask[lo : d + 1][:, idx]))
+            r = torch.from_numpy(np.ascontiguousarray(p.returns[lo : d + 1][:, idx]))
             y = torch.from_numpy(np.ascontiguousarray(p.targets[d][idx]))
             sec = torch.from_numpy(np.ascontiguousarray(p.sector[d][idx]))
             seg = torch.from_numpy(np.ascontiguousarray(p.segment[d][idx]))
         r_ok = m & torch.isfinite(r)
-        return {"x": x.permute(1, 0, 2), "returns": torch.where(r_ok, r, torch.zeros_like(r)).T,
-                "returns_valid": r_ok.T, "y": y, "sector": sec.long(), "segment": seg.long(),
-                "day": torch.tensor(d), "idx": torch.as_tensor(idx).long()}
+        return {
+            "x": x.permute(1, 0, 2),
+            "returns": torch.where(r_ok, r, torch.zeros_like(r)).T,
+            "returns_valid": r_ok.T,
+            "y": y,
+            "sector": sec.long(),
+            "segment": seg.long(),
+            "day": torch.tensor(d),
+            "idx": torch.as_tensor(idx).long(),
+        }
 
 
 class PanelDataModule(L.LightningDataModule):
     """Train / val / test day batches from one PanelStore and the shared splitter's dates."""
 
-    def __init__(self, panel: PanelStore, fit_dates: Sequence[dt.date], val_dates: Sequence[dt.date],
-                 test_dates: Sequence[dt.date] = (), *, window: int, max_stocks: int, min_window_frac: float,
-                 min_stocks: int, seed: int, extra: np.ndarray | None = None):
+    def __init__(
+        self,
+        panel: PanelStore,
+        fit_dates: Sequence[dt.date],
+        val_dates: Sequence[dt.date],
+        test_dates: Sequence[dt.date] = (),
+        *,
+        window: int,
+        max_stocks: int,
+        min_window_frac: float,
+        min_stocks: int,
+        seed: int,
+        extra: np.ndarray | None = None,
+    ):
         """`window` (model.window), `max_stocks`, `min_window_frac`, `min_stocks` (train.max_stocks_per_day,
-        train.min_window_frac, train.min_stocks_per_day) and `seed` come from the config (`training.fit.data_module`)."""
+        train.min_window_frac, train.min_stocks_per_day) and `seed` come from the config
+        (`training.fit.data_module`)."""
         super().__init__()
-        self.panel, self.window, self.max_stocks, self.min_stocks, self.seed = panel, window, max_stocks, min_stocks, seed
+        self.panel, self.window, self.max_stocks, self.min_stocks, self.seed = (
+            panel,
+            window,
+            max_stocks,
+            min_stocks,
+            seed,
+        )
         self.fit_days = panel.day_index(fit_dates)
         self.val_days = panel.day_index(val_dates)
         self.test_days = panel.day_index(test_dates)
@@ -684,8 +878,7 @@ class PanelDataModule(L.LightningDataModule):
 
     def _loader(self, valid: np.ndarray, days: np.ndarray, shuffle: bool, cap: int | None) -> DataLoader:
         rank, world = self._rank()
-        sampler = DayBatchSampler(valid, days, cap or valid.shape[1], shuffle, self.seed, self.min_stocks,
-                                  rank, world)
+        sampler = DayBatchSampler(valid, days, cap or valid.shape[1], shuffle, self.seed, self.min_stocks, rank, world)
         return DataLoader(self.dataset, sampler=sampler, batch_size=None, num_workers=0)
 
     def train_dataloader(self) -> DataLoader:

@@ -18,6 +18,7 @@ never trains after its test block and needs no look-back).
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,9 +27,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from gogooku3.config.schema import SplitSettings, WalkForwardSplitSettings, typed
 from gogooku3.core import columns as C
 from gogooku3.core.errors import ConfigError, DataError, LeakageError
-from gogooku3.config.schema import SplitSettings, WalkForwardSplitSettings, typed
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class Fold:
     embargoed: int = 0
     gaps: dict[str, int | None] = field(default_factory=dict)  # trading days between train and test on each side
     feature_lookback: int | None = None  # k-fold: the features' longest look-back in sessions (walk-forward: None)
-    lookback_purged: int = 0             # k-fold: training dates after the block purged for it beyond the embargo
+    lookback_purged: int = 0  # k-fold: training dates after the block purged for it beyond the embargo
 
     @property
     def train_range(self) -> tuple[dt.date, dt.date]:
@@ -110,8 +111,10 @@ def resolve_embargo(embargo_days: int | None, horizons: Sequence[int], entry_lag
         return max(DEFAULT_EMBARGO_DAYS, need)
     emb = int(embargo_days)
     if emb < need:
-        raise ConfigError(f"split.embargo_days={emb} is shorter than max horizon + entry_lag = {need} trading days; "
-                          f"labels of the last training dates would overlap the test span")
+        raise ConfigError(
+            f"split.embargo_days={emb} is shorter than max horizon + entry_lag = {need} trading days; "
+            f"labels of the last training dates would overlap the test span"
+        )
     return emb
 
 
@@ -127,8 +130,15 @@ class _BaseSplitter:
         self.label_span = label_gap(self.horizons, self.entry_lag)  # t + lag + h_max: sessions a label reaches ahead
         self.embargo_days = resolve_embargo(embargo_days, self.horizons, self.entry_lag)
 
-    def _fold(self, index: int, sessions: list[dt.date], test_lo: int, test_hi: int,
-              candidates: np.ndarray, lookback: int | None = None) -> Fold:
+    def _fold(
+        self,
+        index: int,
+        sessions: list[dt.date],
+        test_lo: int,
+        test_hi: int,
+        candidates: np.ndarray,
+        lookback: int | None = None,
+    ) -> Fold:
         """Build a fold from test positions [test_lo, test_hi] and candidate training positions; with `lookback`,
         training positions after the block whose feature window [t − lookback, t] reaches it are purged as well."""
         pos = candidates
@@ -147,14 +157,29 @@ class _BaseSplitter:
         embargoed = int((emb_before & ~purge_before).sum() + (emb_after & ~purge_after).sum())
         kb = before[~emb_before]
         ka = after[~drop_after]
-        gaps = {"before": int(test_lo - kb.max() - 1) if kb.size else None,
-                "after": int(ka.min() - test_hi - 1) if ka.size else None}
-        return Fold(index, [sessions[i] for i in np.sort(keep)], sessions[test_lo:test_hi + 1], purged,
-                    self.embargo_days, embargoed, gaps, lookback, int((look_after & ~emb_after).sum()))
+        gaps = {
+            "before": int(test_lo - kb.max() - 1) if kb.size else None,
+            "after": int(ka.min() - test_hi - 1) if ka.size else None,
+        }
+        return Fold(
+            index,
+            [sessions[i] for i in np.sort(keep)],
+            sessions[test_lo : test_hi + 1],
+            purged,
+            self.embargo_days,
+            embargoed,
+            gaps,
+            lookback,
+            int((look_after & ~emb_after).sum()),
+        )
 
     def describe(self) -> dict[str, Any]:
-        return {"method": self.method, "n_splits": self.n_splits, "embargo_days": self.embargo_days,
-                "label_span_days": self.label_span}
+        return {
+            "method": self.method,
+            "n_splits": self.n_splits,
+            "embargo_days": self.embargo_days,
+            "label_span_days": self.label_span,
+        }
 
 
 MIN_FIT_DAYS = 60  # sessions a proposed first training span holds beyond the label span: 40 validate, 20 fit
@@ -167,8 +192,18 @@ class WalkForwardSplitter(_BaseSplitter):
 
     method = "walk_forward"
 
-    def __init__(self, *, n_splits: int, horizons: Sequence[int], entry_lag: int, embargo_days: int | None, mode: str,
-                 min_train_days: int, test_days: int | None, train_days: int | None) -> None:
+    def __init__(
+        self,
+        *,
+        n_splits: int,
+        horizons: Sequence[int],
+        entry_lag: int,
+        embargo_days: int | None,
+        mode: str,
+        min_train_days: int,
+        test_days: int | None,
+        train_days: int | None,
+    ) -> None:
         super().__init__(n_splits, horizons, entry_lag, embargo_days)
         if mode not in ("expanding", "sliding"):
             raise ConfigError(f"split.mode must be 'expanding' or 'sliding', got '{mode}'")
@@ -192,7 +227,8 @@ class WalkForwardSplitter(_BaseSplitter):
             raise DataError(
                 f"too few dates for {self.n_splits} walk-forward folds: have {n} trading days, need at least "
                 f"{self.required_dates(max(test_days, 1))} (split.min_train_days {self.min_train_days} + embargo "
-                f"{self.embargo_days} + {self.n_splits} x test_days {max(test_days, 1)}); {self._proposal(n)}")
+                f"{self.embargo_days} + {self.n_splits} x test_days {max(test_days, 1)}); {self._proposal(n)}"
+            )
         train_len = self.train_days or self.min_train_days
         folds = []
         for i in range(self.n_splits):
@@ -209,16 +245,20 @@ class WalkForwardSplitter(_BaseSplitter):
         fits, the rest in the same number of test blocks), then fewer folds."""
         avail, k = n - self.embargo_days, self.n_splits
         need = MIN_FIT_DAYS + self.label_span
-        short = (f"add dates, or shorten labels.horizons (a first training span needs about {need} sessions: "
-                 f"the {MIN_FIT_DAYS - 20}-session inner validation slice of the default split.val_days, its "
-                 f"{self.label_span}-session label gap and 20 to fit)")
+        short = (
+            f"add dates, or shorten labels.horizons (a first training span needs about {need} sessions: "
+            f"the {MIN_FIT_DAYS - 20}-session inner validation slice of the default split.val_days, its "
+            f"{self.label_span}-session label gap and 20 to fit)"
+        )
         if avail < 2:
-            return (f"the embargo alone takes {self.embargo_days} sessions (split.embargo_days, at least max "
-                    f"labels.horizons + labels.entry_lag): {short}")
+            return (
+                f"the embargo alone takes {self.embargo_days} sessions (split.embargo_days, at least max "
+                f"labels.horizons + labels.entry_lag): {short}"
+            )
         out = []
         goal = max(avail // 2, need)
         keep_t = self.test_days is not None and avail - k * self.test_days >= goal
-        t = self.test_days if keep_t else (avail - goal) // k
+        t = self.test_days if keep_t and self.test_days is not None else (avail - goal) // k
         if t >= 1:
             m = avail - k * t
             keys = f"split.min_train_days={m}" + ("" if keep_t or self.test_days is None else f" split.test_days={t}")
@@ -227,13 +267,20 @@ class WalkForwardSplitter(_BaseSplitter):
         if k > 1 and rest >= 1 and self.min_train_days >= need:
             k2 = min(k - 1, max(1, rest // (self.test_days or 20)))
             if self.test_days is None or k2 * self.test_days <= rest:
-                out.append(f"split.n_splits={k2} (keeps split.min_train_days={self.min_train_days}; test blocks of "
-                           f"{self.test_days or rest // k2} sessions)")
+                out.append(
+                    f"split.n_splits={k2} (keeps split.min_train_days={self.min_train_days}; test blocks of "
+                    f"{self.test_days or rest // k2} sessions)"
+                )
         return "set " + ", or ".join(out) if out else short
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "mode": self.mode, "min_train_days": self.min_train_days,
-                "test_days": self.test_days, "train_days": self.train_days}
+        return {
+            **super().describe(),
+            "mode": self.mode,
+            "min_train_days": self.min_train_days,
+            "test_days": self.test_days,
+            "train_days": self.train_days,
+        }
 
 
 class PurgedKFoldSplitter(_BaseSplitter):
@@ -243,15 +290,25 @@ class PurgedKFoldSplitter(_BaseSplitter):
 
     method = "purged_kfold"
 
-    def __init__(self, *, n_splits: int, horizons: Sequence[int], entry_lag: int, embargo_days: int | None,
-                 min_train_days: int, feature_lookback: int | None) -> None:
+    def __init__(
+        self,
+        *,
+        n_splits: int,
+        horizons: Sequence[int],
+        entry_lag: int,
+        embargo_days: int | None,
+        min_train_days: int,
+        feature_lookback: int | None,
+    ) -> None:
         super().__init__(n_splits, horizons, entry_lag, embargo_days)
         if self.n_splits < 2:
             raise ConfigError(f"purged k-fold needs split.n_splits >= 2, got {n_splits}")
         if feature_lookback is None:
-            raise ConfigError("split=purged_kfold: training dates after a test block carry features whose look-back "
-                              "reaches into it, and the dataset's manifest records no feature look-back to purge "
-                              "them; use split=walk_forward (or a dataset whose manifest has `lookback`)")
+            raise ConfigError(
+                "split=purged_kfold: training dates after a test block carry features whose look-back "
+                "reaches into it, and the dataset's manifest records no feature look-back to purge "
+                "them; use split=walk_forward (or a dataset whose manifest has `lookback`)"
+            )
         if int(feature_lookback) < 0:
             raise ConfigError(f"feature look-back must be >= 0 sessions, got {feature_lookback}")
         self.feature_lookback = int(feature_lookback)
@@ -262,8 +319,9 @@ class PurgedKFoldSplitter(_BaseSplitter):
         n = len(sessions)
         need = self.n_splits * max(1, self.embargo_days) + max(self.min_train_days, 1)
         if n < need:
-            raise DataError(f"too few dates for {self.n_splits} purged k-folds: have {n} trading days, "
-                            f"need at least {need}")
+            raise DataError(
+                f"too few dates for {self.n_splits} purged k-folds: have {n} trading days, need at least {need}"
+            )
         bounds = np.linspace(0, n, self.n_splits + 1).round().astype(int)
         folds = []
         allpos = np.arange(n)
@@ -272,9 +330,11 @@ class PurgedKFoldSplitter(_BaseSplitter):
             cand = allpos[(allpos < test_lo) | (allpos > test_hi)]
             fold = self._fold(i, sessions, test_lo, test_hi, cand, self.feature_lookback)
             if len(fold.train_dates) < self.min_train_days:
-                raise DataError(f"purged k-fold {i}: only {len(fold.train_dates)} training dates after purge, "
-                                f"embargo and the {self.feature_lookback}-session feature look-back (need "
-                                f"{self.min_train_days}); use fewer folds, a shorter embargo or split=walk_forward")
+                raise DataError(
+                    f"purged k-fold {i}: only {len(fold.train_dates)} training dates after purge, "
+                    f"embargo and the {self.feature_lookback}-session feature look-back (need "
+                    f"{self.min_train_days}); use fewer folds, a shorter embargo or split=walk_forward"
+                )
             folds.append(fold)
         check_folds(folds, sessions)
         return folds
@@ -283,19 +343,32 @@ class PurgedKFoldSplitter(_BaseSplitter):
         return {**super().describe(), "min_train_days": self.min_train_days, "feature_lookback": self.feature_lookback}
 
 
-def make_splitter(split_cfg: Any, horizons: Sequence[int], entry_lag: int, feature_lookback: int | None = None
-                  ) -> WalkForwardSplitter | PurgedKFoldSplitter:
+def make_splitter(
+    split_cfg: Any, horizons: Sequence[int], entry_lag: int, feature_lookback: int | None = None
+) -> WalkForwardSplitter | PurgedKFoldSplitter:
     """The splitter named by `split.method` (`walk_forward` | `purged_kfold`) with its config keys (every key of
     that option, as in its YAML; checked by the schema); purged K-fold needs `feature_lookback` (the manifest's
     `max_lookback`) and is refused without it."""
     k = typed(split_cfg, SplitSettings, "split")
     if isinstance(k, WalkForwardSplitSettings):
-        return WalkForwardSplitter(n_splits=k.n_splits, horizons=horizons, entry_lag=entry_lag,
-                                   embargo_days=k.embargo_days, mode=k.mode, min_train_days=k.min_train_days,
-                                   test_days=k.test_days, train_days=k.train_days)
-    return PurgedKFoldSplitter(n_splits=k.n_splits, horizons=horizons, entry_lag=entry_lag,
-                               embargo_days=k.embargo_days, min_train_days=k.min_train_days,
-                               feature_lookback=feature_lookback)
+        return WalkForwardSplitter(
+            n_splits=k.n_splits,
+            horizons=horizons,
+            entry_lag=entry_lag,
+            embargo_days=k.embargo_days,
+            mode=k.mode,
+            min_train_days=k.min_train_days,
+            test_days=k.test_days,
+            train_days=k.train_days,
+        )
+    return PurgedKFoldSplitter(
+        n_splits=k.n_splits,
+        horizons=horizons,
+        entry_lag=entry_lag,
+        embargo_days=k.embargo_days,
+        min_train_days=k.min_train_days,
+        feature_lookback=feature_lookback,
+    )
 
 
 def chosen_folds(folds: Sequence[Fold], which: int | str | None) -> list[Fold]:
@@ -310,7 +383,9 @@ def chosen_folds(folds: Sequence[Fold], which: int | str | None) -> list[Fold]:
     return list(folds[-k:])
 
 
-def inner_validation(train_dates: Sequence[dt.date], val_days: int, gap_days: int) -> tuple[list[dt.date], list[dt.date]]:
+def inner_validation(
+    train_dates: Sequence[dt.date], val_days: int, gap_days: int
+) -> tuple[list[dt.date], list[dt.date]]:
     """Cut a validation slice from the end of a training span: the last `val_days` dates validate, the
     `gap_days` dates before them are dropped (labels of the fit dates must not reach the validation span),
     the rest fit. For a k-fold training set with two segments the slice comes from its overall end."""
@@ -319,13 +394,16 @@ def inner_validation(train_dates: Sequence[dt.date], val_days: int, gap_days: in
     if val_days < 1 or gap_days < 0:
         raise ConfigError(f"inner validation needs val_days >= 1 and gap_days >= 0, got {val_days}, {gap_days}")
     if len(dates) < val_days + gap_days + 1:
-        raise DataError(f"training span of {len(dates)} dates is too short for a {val_days}-day validation slice "
-                        f"with a {gap_days}-day gap")
-    return dates[: len(dates) - val_days - gap_days], dates[len(dates) - val_days:]
+        raise DataError(
+            f"training span of {len(dates)} dates is too short for a {val_days}-day validation slice "
+            f"with a {gap_days}-day gap"
+        )
+    return dates[: len(dates) - val_days - gap_days], dates[len(dates) - val_days :]
 
 
-def check_folds(folds: Sequence[Fold], dates: Iterable[dt.date] | pl.Series | None = None,
-                require_forward: bool = False) -> dict[str, Any]:
+def check_folds(
+    folds: Sequence[Fold], dates: Iterable[dt.date] | pl.Series | None = None, require_forward: bool = False
+) -> dict[str, Any]:
     """Prove the folds are leak-free; raise LeakageError otherwise.
 
     Checks: no date in both train and test; test blocks disjoint across folds (and moving forward for
@@ -339,7 +417,9 @@ def check_folds(folds: Sequence[Fold], dates: Iterable[dt.date] | pl.Series | No
     min_gap: int | None = None
     for f in folds:
         if not f.train_dates or not f.test_dates:
-            raise LeakageError(f"fold {f.index}: empty train ({len(f.train_dates)}) or test ({len(f.test_dates)}) dates")
+            raise LeakageError(
+                f"fold {f.index}: empty train ({len(f.train_dates)}) or test ({len(f.test_dates)}) dates"
+            )
         both = sorted(set(f.train_dates) & set(f.test_dates))
         if both:
             raise LeakageError(f"fold {f.index}: {len(both)} date(s) in both train and test, e.g. {both[0]}")
@@ -352,15 +432,19 @@ def check_folds(folds: Sequence[Fold], dates: Iterable[dt.date] | pl.Series | No
             g = int(dist.min())
             if g < f.embargo_days:
                 bad = f.train_dates[int(dist.argmin())]
-                raise LeakageError(f"fold {f.index}: training date {bad} is {g} trading days from the test block, "
-                                   f"embargo is {f.embargo_days}")
+                raise LeakageError(
+                    f"fold {f.index}: training date {bad} is {g} trading days from the test block, "
+                    f"embargo is {f.embargo_days}"
+                )
             after = tp > hi
             if f.feature_lookback is not None and after.any() and int(dist[after].min()) < f.feature_lookback:
                 bad = f.train_dates[int(np.flatnonzero(after)[dist[after].argmin()])]
-                raise LeakageError(f"fold {f.index}: training date {bad} after the test block is within the "
-                                   f"{f.feature_lookback}-session feature look-back of it")
+                raise LeakageError(
+                    f"fold {f.index}: training date {bad} after the test block is within the "
+                    f"{f.feature_lookback}-session feature look-back of it"
+                )
             min_gap = g if min_gap is None else min(min_gap, g)
-    for a, b in zip(folds, folds[1:]):
+    for a, b in itertools.pairwise(folds):
         if set(a.test_dates) & set(b.test_dates):
             raise LeakageError(f"folds {a.index} and {b.index}: test blocks overlap")
         if require_forward and not b.test_dates[0] > a.test_dates[-1]:

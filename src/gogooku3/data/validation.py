@@ -26,19 +26,28 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ValidationResult:
-    features: list[str]                          # features kept (manifest order)
+    features: list[str]  # features kept (manifest order)
     dropped: dict[str, float] = field(default_factory=dict)  # feature -> null share in the training span
     flagged_targets: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.stats, "n_features_kept": len(self.features), "dropped_features": self.dropped,
-                "flagged_targets": self.flagged_targets}
+        return {
+            **self.stats,
+            "n_features_kept": len(self.features),
+            "dropped_features": self.dropped,
+            "flagged_targets": self.flagged_targets,
+        }
 
 
-def scan_dataset(path: str | Path, manifest: FeatureManifest, horizons: Sequence[int],
-                 start: dt.date | None = None, end: dt.date | None = None,
-                 extra: Sequence[str] = ()) -> pl.LazyFrame:
+def scan_dataset(
+    path: str | Path,
+    manifest: FeatureManifest,
+    horizons: Sequence[int],
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+    extra: Sequence[str] = (),
+) -> pl.LazyFrame:
     """Lazy scan with only meta + manifest features + targets (+ extra) and an optional date window."""
     path = Path(path)
     if not path.exists():
@@ -63,9 +72,14 @@ def scan_dataset(path: str | Path, manifest: FeatureManifest, horizons: Sequence
     return lf
 
 
-def drop_too_null(df: pl.DataFrame, features: Sequence[str], train_dates: Sequence[dt.date] | None,
-                  max_null_share: float, null_action: str,
-                  source: str = "dataset") -> tuple[list[str], dict[str, float], dict[str, float]]:
+def drop_too_null(
+    df: pl.DataFrame,
+    features: Sequence[str],
+    train_dates: Sequence[dt.date] | None,
+    max_null_share: float,
+    null_action: str,
+    source: str = "dataset",
+) -> tuple[list[str], dict[str, float], dict[str, float]]:
     """The features a model may use: those at most `max_null_share` null (or NaN) on `train_dates` (all rows if None).
 
     Returns (kept in input order, dropped -> null share, every feature's null share). The safe pipeline and the
@@ -79,24 +93,41 @@ def drop_too_null(df: pl.DataFrame, features: Sequence[str], train_dates: Sequen
         span = df.filter(pl.col(C.DATE).is_in(pl.Series(list(train_dates), dtype=pl.Date).implode()))
         if span.height == 0:
             raise DataError(f"{source}: no rows in the training span")
-    nulls = span.select([(pl.col(f).is_null() | pl.col(f).cast(pl.Float64).is_nan()).mean().alias(f)
-                         for f in features]).row(0, named=True) if features else {}
+    nulls = (
+        span.select(
+            [(pl.col(f).is_null() | pl.col(f).cast(pl.Float64).is_nan()).mean().alias(f) for f in features]
+        ).row(0, named=True)
+        if features
+        else {}
+    )
     too_null = {f: round(float(s), 4) for f, s in nulls.items() if s is not None and s > max_null_share}
     if too_null and null_action == "error":
         worst = sorted(too_null.items(), key=lambda kv: -kv[1])
-        raise DataError(f"{source}: {len(too_null)} feature(s) above safe.validation.max_null_share={max_null_share} "
-                        f"in the training span: {rows_hint([f'{f} ({s:.0%})' for f, s in worst])}; raise it or set "
-                        f"safe.validation.null_action=drop")
+        raise DataError(
+            f"{source}: {len(too_null)} feature(s) above safe.validation.max_null_share={max_null_share} "
+            f"in the training span: {rows_hint([f'{f} ({s:.0%})' for f, s in worst])}; raise it or set "
+            f"safe.validation.null_action=drop"
+        )
     if too_null:
-        log.warning("dropping %d feature(s) with null share > %.2f: %s", len(too_null), max_null_share,
-                    rows_hint(too_null))
+        log.warning(
+            "dropping %d feature(s) with null share > %.2f: %s", len(too_null), max_null_share, rows_hint(too_null)
+        )
     return [f for f in features if f not in too_null], too_null, nulls
 
 
-def validate_dataset(df: pl.DataFrame, manifest: FeatureManifest, horizons: Sequence[int],
-                     train_dates: Sequence[dt.date] | None = None, *, min_features: int,
-                     max_null_share: float, null_action: str, max_abs_target: float,
-                     max_listed: int, source: str = "dataset") -> ValidationResult:
+def validate_dataset(
+    df: pl.DataFrame,
+    manifest: FeatureManifest,
+    horizons: Sequence[int],
+    train_dates: Sequence[dt.date] | None = None,
+    *,
+    min_features: int,
+    max_null_share: float,
+    null_action: str,
+    max_abs_target: float,
+    max_listed: int,
+    source: str = "dataset",
+) -> ValidationResult:
     """Run every check; raise DataError/SchemaError with one clear line on unusable input. The thresholds are the
     `safe.validation` keys (the caller passes the config's values)."""
     if null_action not in ("drop", "error"):
@@ -112,10 +143,12 @@ def validate_dataset(df: pl.DataFrame, manifest: FeatureManifest, horizons: Sequ
     if absent:
         raise SchemaError(f"{source}: {len(absent)} manifest feature(s) missing, e.g. {', '.join(absent[:5])}")
     if len(present) < min_features:
-        raise DataError(f"{source}: only {len(present)} features in the manifest, need at least {min_features} "
-                        f"(safe.validation.min_features); pass safe.validation.min_features={len(present)} to use "
-                        f"this dataset as it is, or add inputs so the builder can make more features (its coverage "
-                        f"report lists the skipped groups)")
+        raise DataError(
+            f"{source}: only {len(present)} features in the manifest, need at least {min_features} "
+            f"(safe.validation.min_features); pass safe.validation.min_features={len(present)} to use "
+            f"this dataset as it is, or add inputs so the builder can make more features (its coverage "
+            f"report lists the skipped groups)"
+        )
 
     dup = df.group_by(C.CODE, C.DATE).len().filter(pl.col("len") > 1)
     if dup.height:
@@ -130,15 +163,19 @@ def validate_dataset(df: pl.DataFrame, manifest: FeatureManifest, horizons: Sequ
     kept, too_null, nulls = drop_too_null(df, present, train_dates, max_null_share, null_action, source)
     if len(kept) < min_features:
         worst = max(too_null.values(), default=0.0)
-        raise DataError(f"{source}: only {len(kept)} features left after dropping {len(too_null)} too-null ones "
-                        f"(null share > safe.validation.max_null_share={max_null_share} in the training span), need "
-                        f"at least {min_features} (safe.validation.min_features); pass "
-                        f"safe.validation.min_features={len(kept)}, or keep them all with "
-                        f"safe.validation.max_null_share={min(1.0, math.ceil(worst * 100) / 100):g}")
+        raise DataError(
+            f"{source}: only {len(kept)} features left after dropping {len(too_null)} too-null ones "
+            f"(null share > safe.validation.max_null_share={max_null_share} in the training span), need "
+            f"at least {min_features} (safe.validation.min_features); pass "
+            f"safe.validation.min_features={len(kept)}, or keep them all with "
+            f"safe.validation.max_null_share={min(1.0, math.ceil(worst * 100) / 100):g}"
+        )
 
     flagged: dict[str, Any] = {}
-    tstats = df.select([pl.col(t).cast(pl.Float64).fill_nan(None).std().alias(t) for t in targets]
-                       + [pl.col(t).is_not_null().sum().alias(f"{t}__n") for t in targets]).row(0, named=True)
+    tstats = df.select(
+        [pl.col(t).cast(pl.Float64).fill_nan(None).std().alias(t) for t in targets]
+        + [pl.col(t).is_not_null().sum().alias(f"{t}__n") for t in targets]
+    ).row(0, named=True)
     for t in targets:
         if tstats[f"{t}__n"] == 0:
             raise DataError(f"{source}: target {t} is entirely null")
@@ -146,19 +183,34 @@ def validate_dataset(df: pl.DataFrame, manifest: FeatureManifest, horizons: Sequ
             raise DataError(f"{source}: target {t} is constant (std 0); labels were not built correctly")
         big = df.filter(pl.col(t).abs() > max_abs_target).select(C.CODE, C.DATE, t)
         if big.height:
-            flagged[t] = {"n": big.height, "threshold": max_abs_target,
-                          "rows": [{C.CODE: c, C.DATE: str(d), "value": float(v)}
-                                   for c, d, v in big.sort(pl.col(t).abs(), descending=True).head(max_listed).iter_rows()]}
-            log.warning("%s: %d |value| > %.0f%% (e.g. %s)", t, big.height, max_abs_target * 100,
-                        rows_hint([f"{r[C.CODE]}@{r[C.DATE]}" for r in flagged[t]["rows"]], 3))
+            flagged[t] = {
+                "n": big.height,
+                "threshold": max_abs_target,
+                "rows": [
+                    {C.CODE: c, C.DATE: str(d), "value": float(v)}
+                    for c, d, v in big.sort(pl.col(t).abs(), descending=True).head(max_listed).iter_rows()
+                ],
+            }
+            log.warning(
+                "%s: %d |value| > %.0f%% (e.g. %s)",
+                t,
+                big.height,
+                max_abs_target * 100,
+                rows_hint([f"{r[C.CODE]}@{r[C.DATE]}" for r in flagged[t]["rows"]], 3),
+            )
 
     dates = df[C.DATE]
     stats = {
-        "n_rows": df.height, "n_columns": df.width, "n_features_manifest": len(present),
-        "n_dates": dates.n_unique(), "n_stocks": df[C.CODE].n_unique(),
+        "n_rows": df.height,
+        "n_columns": df.width,
+        "n_features_manifest": len(present),
+        "n_dates": dates.n_unique(),
+        "n_stocks": df[C.CODE].n_unique(),
         "date_range": [str(dates.min()), str(dates.max())],
-        "null_share_training_span": {"max": max(nulls.values(), default=0.0),
-                                     "mean": sum(nulls.values()) / max(len(nulls), 1)},
+        "null_share_training_span": {
+            "max": max(nulls.values(), default=0.0),
+            "mean": sum(nulls.values()) / max(len(nulls), 1),
+        },
         "max_null_share": max_null_share,
     }
     return ValidationResult(kept, too_null, flagged, stats)

@@ -39,10 +39,10 @@ class Comparison:
     horizons: list[int]
     product: str | None
     reference: str | None
-    rows: dict[str, Any]                                   # `metrics.align_rows` accounting
-    pooled: dict[str, dict[str, Any]]                      # name -> horizon -> metrics
-    paired: dict[str, dict[str, Any]]                      # "a_vs_b" -> horizon -> paired daily RankIC
-    per_fold: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)         # fold -> name -> ...
+    rows: dict[str, Any]  # `metrics.align_rows` accounting
+    pooled: dict[str, dict[str, Any]]  # name -> horizon -> metrics
+    paired: dict[str, dict[str, Any]]  # "a_vs_b" -> horizon -> paired daily RankIC
+    per_fold: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # fold -> name -> ...
     paired_per_fold: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # fold -> "a_vs_b" -> ...
 
     @property
@@ -62,8 +62,11 @@ class Comparison:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Comparison:
         try:
-            return cls(**{k: d[k] for k in ("horizons", "product", "reference", "rows", "pooled", "paired")},
-                       per_fold=dict(d.get("per_fold") or {}), paired_per_fold=dict(d.get("paired_per_fold") or {}))
+            return cls(
+                **{k: d[k] for k in ("horizons", "product", "reference", "rows", "pooled", "paired")},
+                per_fold=dict(d.get("per_fold") or {}),
+                paired_per_fold=dict(d.get("paired_per_fold") or {}),
+            )
         except (KeyError, TypeError) as e:
             raise DataError(f"not a comparison of this version ({e}); re-run `gogooku3 train`") from e
 
@@ -75,38 +78,52 @@ class Comparison:
         return cls.from_dict(read_json(path))
 
 
-def align(frames: Mapping[str, pl.DataFrame | None], horizons: Sequence[int]
-          ) -> tuple[dict[str, pl.DataFrame], dict[str, Any]]:
+def align(
+    frames: Mapping[str, pl.DataFrame | None], horizons: Sequence[int]
+) -> tuple[dict[str, pl.DataFrame], dict[str, Any]]:
     """Every frame restricted to the rows all of them scored (`metrics.align_rows`), and the row accounting."""
     return metrics.align_rows(frames, horizons)
 
 
 def daily(frames: Mapping[str, pl.DataFrame], horizons: Sequence[int]) -> dict[str, dict[int, pl.DataFrame]]:
     """name -> horizon -> `metrics.daily_ic` (aligned frames in, the series every figure and test reads)."""
-    return {n: {h: metrics.daily_ic(f, C.pred(h), C.target(h)) for h in horizons_of(f, horizons)}
-            for n, f in frames.items()}
+    return {
+        n: {h: metrics.daily_ic(f, C.pred(h), C.target(h)) for h in horizons_of(f, horizons)} for n, f in frames.items()
+    }
 
 
 def _pairs(names: Sequence[str], product: str | None, reference: str | None) -> list[tuple[str, str]]:
     """(a, b) pairs to test: every predictor against the reference, then the product against every other one; each
     unordered pair once."""
-    out = [(n, reference) for n in names if reference in names and n != reference]
-    out += [(product, n) for n in names if product in names and n != product and (n, product) not in out]
+    out = [(n, reference) for n in names if reference is not None and reference in names and n != reference]
+    out += [
+        (product, n)
+        for n in names
+        if product is not None and product in names and n != product and (n, product) not in out
+    ]
     return list(dict.fromkeys(out))
 
 
-def _scores(frames: Mapping[str, pl.DataFrame], horizons: Sequence[int], pairs: list[tuple[str, str]]
-            ) -> tuple[dict[str, Any], dict[str, Any]]:
+def _scores(
+    frames: Mapping[str, pl.DataFrame], horizons: Sequence[int], pairs: list[tuple[str, str]]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     d = daily(frames, horizons)
     pooled = {n: metrics.evaluate(f, horizons_of(f, horizons)) for n, f in frames.items()}
-    paired = {f"{a}_vs_{b}": {str(h): metrics.paired_comparison(d[a][h], d[b][h], horizon=h)
-                              for h in d[a] if h in d[b]} for a, b in pairs}
+    paired = {
+        f"{a}_vs_{b}": {str(h): metrics.paired_comparison(d[a][h], d[b][h], horizon=h) for h in d[a] if h in d[b]}
+        for a, b in pairs
+    }
     return pooled, paired
 
 
-def compare(frames: Mapping[str, pl.DataFrame | None], horizons: Sequence[int],
-            folds: Mapping[int, Sequence[dt.date]] | None = None, *, product: str | None = None,
-            reference: str | None = None) -> tuple[Comparison, dict[str, pl.DataFrame]]:
+def compare(
+    frames: Mapping[str, pl.DataFrame | None],
+    horizons: Sequence[int],
+    folds: Mapping[int, Sequence[dt.date]] | None = None,
+    *,
+    product: str | None = None,
+    reference: str | None = None,
+) -> tuple[Comparison, dict[str, pl.DataFrame]]:
     """Score `frames` (None entries are skipped) on their common rows; `folds`: fold index -> its days, for the
     per-fold tables (omit for pooled only). Returns the Comparison and the aligned frames."""
     hs = [int(h) for h in horizons]
@@ -122,8 +139,16 @@ def compare(frames: Mapping[str, pl.DataFrame | None], horizons: Sequence[int],
         if any(f.height == 0 for f in part.values()):
             continue
         per_fold[str(k)], paired_fold[str(k)] = _scores(part, hs, pairs)
-    comp = Comparison(hs, product if product in aligned else None, reference if reference in aligned else None,
-                      rows, pooled, paired, per_fold, paired_fold)
+    comp = Comparison(
+        hs,
+        product if product in aligned else None,
+        reference if reference in aligned else None,
+        rows,
+        pooled,
+        paired,
+        per_fold,
+        paired_fold,
+    )
     return comp, aligned
 
 

@@ -22,8 +22,8 @@ import polars as pl
 
 from gogooku3.core import columns as C
 from gogooku3.core.errors import ConfigError
-from gogooku3.evaluation.results import run_predictions
 from gogooku3.core.io import write_parquet, write_text
+from gogooku3.evaluation.results import run_predictions
 
 if TYPE_CHECKING:
     from gogooku3.config.schema import Settings
@@ -37,9 +37,12 @@ def alphalens_frame(preds: pl.DataFrame, horizon: int, groups: pl.DataFrame | No
     hs = C.pred_horizons(preds.columns)
     if horizon not in hs:
         raise ConfigError(f"portfolio.horizon={horizon}: the run predicts {', '.join(f'{h}d' for h in hs)}")
-    out = preds.select(pl.col(C.DATE).cast(pl.Date).alias("date"), pl.col(C.CODE).cast(pl.String).alias("asset"),
-                       pl.col(C.pred(horizon)).cast(pl.Float64).alias("factor"),
-                       *[pl.col(C.target(h)).cast(pl.Float64).alias(f"{h}D") for h in hs if C.target(h) in preds.columns])
+    out = preds.select(
+        pl.col(C.DATE).cast(pl.Date).alias("date"),
+        pl.col(C.CODE).cast(pl.String).alias("asset"),
+        pl.col(C.pred(horizon)).cast(pl.Float64).alias("factor"),
+        *[pl.col(C.target(h)).cast(pl.Float64).alias(f"{h}D") for h in hs if C.target(h) in preds.columns],
+    )
     if groups is not None:
         out = out.join(groups.rename({C.DATE: "date", C.CODE: "asset"}), on=["date", "asset"], how="left")
     return out.filter(pl.col("factor").is_not_null() & pl.col("factor").is_not_nan()).sort("date", "asset")
@@ -75,9 +78,16 @@ def export_run(cfg: Settings, run_dir: str | Path, to: str) -> list[Path]:
         groups = None
         if dataset.exists() and col in pl.scan_parquet(dataset).collect_schema():
             keys = preds.select(pl.col(C.DATE).cast(pl.Date), pl.col(C.CODE).cast(pl.String)).unique()
-            groups = (pl.scan_parquet(dataset).select(pl.col(C.DATE).cast(pl.Date), pl.col(C.CODE).cast(pl.String),
-                                                      pl.col(col).cast(pl.String).alias("group"))
-                      .join(keys.lazy(), on=[C.DATE, C.CODE], how="semi").collect())
+            groups = (
+                pl.scan_parquet(dataset)
+                .select(
+                    pl.col(C.DATE).cast(pl.Date),
+                    pl.col(C.CODE).cast(pl.String),
+                    pl.col(col).cast(pl.String).alias("group"),
+                )
+                .join(keys.lazy(), on=[C.DATE, C.CODE], how="semi")
+                .collect()
+            )
         frame, name = alphalens_frame(preds, cfg.portfolio.horizon, groups), "alphalens_factor"
     else:
         frame, name = quantstats_frame(cfg, preds), "quantstats_returns"

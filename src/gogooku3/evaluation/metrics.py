@@ -36,12 +36,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from gogooku3.core import columns as C
 from gogooku3.core.errors import DataError, SchemaError
+from gogooku3.core.scalars import as_float
 
 MIN_STOCKS = 5
 TSTAT_METHOD = "newey_west"
@@ -104,10 +106,11 @@ def _pairs(df: pl.DataFrame | pl.LazyFrame, pred: str, target: str) -> pl.LazyFr
     """Date, p, y with null/NaN pairs dropped (both cast to Float64)."""
     lf = _frame(df)
     _require(lf, [C.DATE, pred, target])
-    return (lf.select(C.DATE,
-                      pl.col(pred).cast(pl.Float64).fill_nan(None).alias("p"),
-                      pl.col(target).cast(pl.Float64).fill_nan(None).alias("y"))
-            .drop_nulls(["p", "y"]))
+    return lf.select(
+        C.DATE,
+        pl.col(pred).cast(pl.Float64).fill_nan(None).alias("p"),
+        pl.col(target).cast(pl.Float64).fill_nan(None).alias("y"),
+    ).drop_nulls(["p", "y"])
 
 
 def _scored(min_stocks: int) -> pl.Expr:
@@ -122,18 +125,22 @@ def _varies(col: str = "p") -> pl.Expr:
 def daily_ic(df: pl.DataFrame | pl.LazyFrame, pred: str, target: str, min_stocks: int = MIN_STOCKS) -> pl.DataFrame:
     """Per scored day: Date, n (pairs), ic (Pearson), rank_ic (Spearman, average ranks), constant (the prediction
     did not vary: ic = rank_ic = 0), sorted by Date."""
-    out = (_pairs(df, pred, target)
-           .group_by(C.DATE)
-           .agg(n=pl.len().cast(pl.UInt32),
-                ic=pl.corr("p", "y"),
-                rank_ic=pl.corr(pl.col("p").rank("average"), pl.col("y").rank("average")),
-                constant=~_varies("p"),
-                ok=_scored(min_stocks))
-           .filter(pl.col("ok"))
-           .with_columns(pl.when(pl.col("constant")).then(0.0).otherwise(pl.col(c)).alias(c) for c in ("ic", "rank_ic"))
-           .select(list(_DAILY_SCHEMA))
-           .sort(C.DATE)
-           .collect())
+    out = (
+        _pairs(df, pred, target)
+        .group_by(C.DATE)
+        .agg(
+            n=pl.len().cast(pl.UInt32),
+            ic=pl.corr("p", "y"),
+            rank_ic=pl.corr(pl.col("p").rank("average"), pl.col("y").rank("average")),
+            constant=~_varies("p"),
+            ok=_scored(min_stocks),
+        )
+        .filter(pl.col("ok"))
+        .with_columns(pl.when(pl.col("constant")).then(0.0).otherwise(pl.col(c)).alias(c) for c in ("ic", "rank_ic"))
+        .select(list(_DAILY_SCHEMA))
+        .sort(C.DATE)
+        .collect()
+    )
     return out.cast({k: v for k, v in _DAILY_SCHEMA.items() if k != C.DATE})
 
 
@@ -141,8 +148,12 @@ def _stats(x: pl.Expr, prefix: str) -> list[pl.Expr]:
     """mean, std, IR and pos_share as expressions (the t-stats come from `mean_tstat`)."""
     mean, std = x.mean(), x.std(ddof=1)
     ratio = pl.when(std > 0).then(mean / std).otherwise(None)
-    return [mean.alias(f"{prefix}_mean"), std.alias(f"{prefix}_std"), ratio.alias(f"{prefix}ir"),
-            (x > 0).mean().alias(f"{prefix}_pos_share")]
+    return [
+        mean.alias(f"{prefix}_mean"),
+        std.alias(f"{prefix}_std"),
+        ratio.alias(f"{prefix}ir"),
+        (x > 0).mean().alias(f"{prefix}_pos_share"),
+    ]
 
 
 def _tstats(daily: pl.DataFrame, horizon: int) -> dict:
@@ -166,17 +177,24 @@ def summarize_ic(daily: pl.DataFrame, horizon: int = 1) -> dict:
     return out
 
 
-def daily_hit_rate(df: pl.DataFrame | pl.LazyFrame, pred: str, target: str,
-                   min_stocks: int = MIN_STOCKS) -> pl.DataFrame:
+def daily_hit_rate(
+    df: pl.DataFrame | pl.LazyFrame, pred: str, target: str, min_stocks: int = MIN_STOCKS
+) -> pl.DataFrame:
     """Per scored day with a varying prediction: Date, hit_rate (share of pairs on the same side of the medians)."""
     sp = (pl.col("p") - pl.col("p").median()).sign()
     sy = (pl.col("y") - pl.col("y").median()).sign()
     valid = (sp != 0) & (sy != 0)
-    return (_pairs(df, pred, target)
-            .group_by(C.DATE)
-            .agg(hit_rate=((sp == sy) & valid).sum() / valid.sum(),
-                 ok=_scored(min_stocks) & _varies("p") & (valid.sum() > 0))
-            .filter(pl.col("ok")).drop("ok").sort(C.DATE).collect())
+    return (
+        _pairs(df, pred, target)
+        .group_by(C.DATE)
+        .agg(
+            hit_rate=((sp == sy) & valid).sum() / valid.sum(), ok=_scored(min_stocks) & _varies("p") & (valid.sum() > 0)
+        )
+        .filter(pl.col("ok"))
+        .drop("ok")
+        .sort(C.DATE)
+        .collect()
+    )
 
 
 def hit_rate(df: pl.DataFrame | pl.LazyFrame, pred: str, target: str, min_stocks: int = MIN_STOCKS) -> float:
@@ -190,27 +208,32 @@ def bucket_expr(col: str, q: int) -> pl.Expr:
     return ((((r - 0.5) / pl.len()) * q).floor().cast(pl.Int32) + 1).clip(1, q)
 
 
-def daily_quantile_returns(df: pl.DataFrame | pl.LazyFrame, pred: str, target: str, q: int = 5,
-                           min_stocks: int | None = None) -> pl.DataFrame:
+def daily_quantile_returns(
+    df: pl.DataFrame | pl.LazyFrame, pred: str, target: str, q: int = 5, min_stocks: int | None = None
+) -> pl.DataFrame:
     """Per scored day with a varying prediction and bucket: Date, quantile (1 = lowest prediction), ret (mean
     target), n."""
     min_stocks = max(q, MIN_STOCKS) if min_stocks is None else min_stocks
     lf = _pairs(df, pred, target)
-    ok_days = (lf.group_by(C.DATE).agg(ok=_scored(min_stocks) & _varies("p")).filter(pl.col("ok"))
-               .select(C.DATE))
-    return (lf.join(ok_days, on=C.DATE, how="semi")
-            .with_columns(quantile=bucket_expr("p", q).over(C.DATE))
-            .group_by(C.DATE, "quantile")
-            .agg(ret=pl.col("y").mean(), n=pl.len().cast(pl.UInt32))
-            .sort(C.DATE, "quantile").collect())
+    ok_days = lf.group_by(C.DATE).agg(ok=_scored(min_stocks) & _varies("p")).filter(pl.col("ok")).select(C.DATE)
+    return (
+        lf.join(ok_days, on=C.DATE, how="semi")
+        .with_columns(quantile=bucket_expr("p", q).over(C.DATE))
+        .group_by(C.DATE, "quantile")
+        .agg(ret=pl.col("y").mean(), n=pl.len().cast(pl.UInt32))
+        .sort(C.DATE, "quantile")
+        .collect()
+    )
 
 
 def quantile_returns(df: pl.DataFrame | pl.LazyFrame, pred: str, target: str, q: int = 5) -> pl.DataFrame:
     """quantile, mean_return (mean over days of the bucket's mean target), std, n_days; bucket 1 = lowest."""
-    return (daily_quantile_returns(df, pred, target, q)
-            .group_by("quantile")
-            .agg(mean_return=pl.col("ret").mean(), std=pl.col("ret").std(), n_days=pl.len().cast(pl.UInt32))
-            .sort("quantile"))
+    return (
+        daily_quantile_returns(df, pred, target, q)
+        .group_by("quantile")
+        .agg(mean_return=pl.col("ret").mean(), std=pl.col("ret").std(), n_days=pl.len().cast(pl.UInt32))
+        .sort("quantile")
+    )
 
 
 def daily_spread(df: pl.DataFrame | pl.LazyFrame, pred: str, target: str, q: int = 5) -> pl.DataFrame:
@@ -226,8 +249,14 @@ def top_bottom_spread(df: pl.DataFrame | pl.LazyFrame, pred: str, target: str, q
     return _to_float(daily_spread(df, pred, target, q)["spread"].mean())
 
 
-def evaluate(df: pl.DataFrame | pl.LazyFrame, horizons: Iterable[int], pred_fmt: str = "pred_{h}d",
-             target_fmt: str = "target_{h}d", min_stocks: int = MIN_STOCKS, q: int = 5) -> dict[str, dict]:
+def evaluate(
+    df: pl.DataFrame | pl.LazyFrame,
+    horizons: Iterable[int],
+    pred_fmt: str = "pred_{h}d",
+    target_fmt: str = "target_{h}d",
+    min_stocks: int = MIN_STOCKS,
+    q: int = 5,
+) -> dict[str, dict]:
     """Per horizon (key str(h)): summarize_ic(daily_ic, h) + hit_rate + top_bottom_spread."""
     lf = _frame(df)
     horizons = [int(h) for h in horizons]
@@ -251,12 +280,22 @@ def per_period(daily: pl.DataFrame, period: str = "year", horizon: int = 1) -> p
         raise DataError(f"per_period: period must be 'year' or 'month', got {period!r}")
     _require(daily.lazy(), [C.DATE, "ic", "rank_ic"], "daily IC table")
     tagged = daily.sort(C.DATE).with_columns(period=pl.col(C.DATE).dt.strftime(fmt))
-    base = (tagged.group_by("period")
-            .agg(n_days=pl.len().cast(pl.UInt32), *_stats(pl.col("ic"), "ic"), *_stats(pl.col("rank_ic"), "rank_ic")))
-    rows = [{"period": part["period"][0], **_tstats(part, horizon)}
-            for part in tagged.partition_by("period", maintain_order=True)]
-    schema = {"period": pl.String, "ic_tstat": pl.Float64, "ic_tstat_naive": pl.Float64, "rank_ic_tstat": pl.Float64,
-              "rank_ic_tstat_naive": pl.Float64, "tstat_method": pl.String, "hac_lag": pl.Int64}
+    base = tagged.group_by("period").agg(
+        *_stats(pl.col("ic"), "ic"), *_stats(pl.col("rank_ic"), "rank_ic"), n_days=pl.len().cast(pl.UInt32)
+    )
+    rows = [
+        {"period": part["period"][0], **_tstats(part, horizon)}
+        for part in tagged.partition_by("period", maintain_order=True)
+    ]
+    schema = {
+        "period": pl.String,
+        "ic_tstat": pl.Float64,
+        "ic_tstat_naive": pl.Float64,
+        "rank_ic_tstat": pl.Float64,
+        "rank_ic_tstat_naive": pl.Float64,
+        "tstat_method": pl.String,
+        "hac_lag": pl.Int64,
+    }
     return base.join(pl.DataFrame(rows, schema=schema), on="period", how="left").sort("period")
 
 
@@ -265,15 +304,30 @@ def paired_comparison(daily_a: pl.DataFrame, daily_b: pl.DataFrame, col: str = "
     `hac_lag(n, horizon)`) and two-sided p-value; pass daily tables computed on identical rows (`align_rows`)."""
     for name, d in (("a", daily_a), ("b", daily_b)):
         _require(d.lazy(), [C.DATE, col], f"paired_comparison daily_{name}")
-    j = (daily_a.select(C.DATE, a=pl.col(col)).join(daily_b.select(C.DATE, b=pl.col(col)), on=C.DATE)
-         .drop_nulls().with_columns(d=pl.col("a") - pl.col("b")))
+    j = (
+        daily_a.select(C.DATE, a=pl.col(col))
+        .join(daily_b.select(C.DATE, b=pl.col(col)), on=C.DATE)
+        .drop_nulls()
+        .with_columns(d=pl.col("a") - pl.col("b"))
+    )
     n = j.height
-    row = j.select(mean_a=pl.col("a").mean(), mean_b=pl.col("b").mean(), mean_diff=pl.col("d").mean(),
-                   std_diff=pl.col("d").std(), win_share=(pl.col("d") > 0).mean()).row(0, named=True)
-    out = {k: _to_float(v) for k, v in row.items()}
+    row = j.select(
+        mean_a=pl.col("a").mean(),
+        mean_b=pl.col("b").mean(),
+        mean_diff=pl.col("d").mean(),
+        std_diff=pl.col("d").std(),
+        win_share=(pl.col("d") > 0).mean(),
+    ).row(0, named=True)
+    out: dict[str, Any] = {k: _to_float(v) for k, v in row.items()}
     t = mean_tstat(j["d"], horizon)
-    out.update(t_stat=t["tstat"], t_stat_naive=t["tstat_naive"], p_value=_p_value(t["tstat"], n - 1),
-               tstat_method=TSTAT_METHOD, hac_lag=t["hac_lag"], n_days=n)
+    out.update(
+        t_stat=t["tstat"],
+        t_stat_naive=t["tstat_naive"],
+        p_value=_p_value(t["tstat"], n - 1),
+        tstat_method=TSTAT_METHOD,
+        hac_lag=t["hac_lag"],
+        n_days=n,
+    )
     return out
 
 
@@ -286,8 +340,9 @@ def _p_value(t: float, dof: int) -> float:
 
 
 # ---- identical rows ------------------------------------------------------------------------------------------------
-def align_rows(frames: Mapping[str, pl.DataFrame | None], horizons: Iterable[int]
-               ) -> tuple[dict[str, pl.DataFrame], dict]:
+def align_rows(
+    frames: Mapping[str, pl.DataFrame | None], horizons: Iterable[int]
+) -> tuple[dict[str, pl.DataFrame], dict]:
     """Restrict every predictor's frame to the same (Date, Code) rows: those present in every frame with a non-null,
     non-NaN prediction of every horizon in `horizons` that the frame carries. None frames are ignored.
 
@@ -296,10 +351,10 @@ def align_rows(frames: Mapping[str, pl.DataFrame | None], horizons: Iterable[int
     frame whose key that frame lacks or leaves unpredicted).
     """
     hs = [int(h) for h in horizons]
-    frames = {k: v for k, v in frames.items() if v is not None}
+    given: dict[str, pl.DataFrame] = {k: v for k, v in frames.items() if v is not None}
     keys: dict[str, pl.DataFrame] = {}
     null_pred: dict[str, int] = {}
-    for name, df in frames.items():
+    for name, df in given.items():
         _require(df.lazy(), [C.DATE, C.CODE], name)
         preds = [C.pred(h) for h in hs if C.pred(h) in df.columns]
         if not preds:
@@ -308,18 +363,26 @@ def align_rows(frames: Mapping[str, pl.DataFrame | None], horizons: Iterable[int
         k = df.filter(ok).select(pl.col(C.DATE).cast(pl.Date), pl.col(C.CODE).cast(pl.String)).unique()
         keys[name] = k
         null_pred[name] = df.height - df.filter(ok).height
-    common = None
+    common: pl.DataFrame | None = None
     for k in keys.values():
         common = k if common is None else common.join(k, on=[C.DATE, C.CODE], how="semi")
     report: dict = {"n_common": 0 if common is None else common.height, "horizons": hs, "frames": {}}
     out: dict[str, pl.DataFrame] = {}
-    for name, df in frames.items():
+    for name, df in given.items():
+        assert common is not None  # one key table per given frame
         d = df.with_columns(pl.col(C.DATE).cast(pl.Date), pl.col(C.CODE).cast(pl.String))
         out[name] = d.join(common, on=[C.DATE, C.CODE], how="semi")
-        absent = {other: keys[name].join(keys[other], on=[C.DATE, C.CODE], how="anti").height
-                  for other in frames if other != name}
-        report["frames"][name] = {"rows": df.height, "kept": out[name].height,
-                                  "excluded_null_prediction": null_pred[name], "excluded_absent_in": absent}
+        absent = {
+            other: keys[name].join(keys[other], on=[C.DATE, C.CODE], how="anti").height
+            for other in given
+            if other != name
+        }
+        report["frames"][name] = {
+            "rows": df.height,
+            "kept": out[name].height,
+            "excluded_null_prediction": null_pred[name],
+            "excluded_absent_in": absent,
+        }
     return out, report
 
 
@@ -331,15 +394,32 @@ def ic_decay(evals: Mapping[str, dict], z: float = 1.96) -> pl.DataFrame:
     for h, s in sorted(evals.items(), key=lambda kv: int(kv[0])):
         mean, t = _to_float(s.get("rank_ic_mean")), _to_float(s.get("rank_ic_tstat"))
         se = abs(mean / t) if math.isfinite(t) and t != 0 else float("nan")
-        rows.append({"horizon": int(h), "rank_ic_mean": mean, "se": se, "lo": mean - z * se, "hi": mean + z * se,
-                     "hac_lag": int(s.get("hac_lag") or 0), "n_days": int(s.get("n_days") or 0)})
-    schema = {"horizon": pl.Int64, "rank_ic_mean": pl.Float64, "se": pl.Float64, "lo": pl.Float64, "hi": pl.Float64,
-              "hac_lag": pl.Int64, "n_days": pl.Int64}
+        rows.append(
+            {
+                "horizon": int(h),
+                "rank_ic_mean": mean,
+                "se": se,
+                "lo": mean - z * se,
+                "hi": mean + z * se,
+                "hac_lag": int(s.get("hac_lag") or 0),
+                "n_days": int(s.get("n_days") or 0),
+            }
+        )
+    schema = {
+        "horizon": pl.Int64,
+        "rank_ic_mean": pl.Float64,
+        "se": pl.Float64,
+        "lo": pl.Float64,
+        "hi": pl.Float64,
+        "hac_lag": pl.Int64,
+        "n_days": pl.Int64,
+    }
     return pl.DataFrame(rows, schema=schema)
 
 
-def ic_by_group(df: pl.DataFrame | pl.LazyFrame, pred: str, target: str, group: str, horizon: int = 1,
-                min_stocks: int = MIN_STOCKS) -> pl.DataFrame:
+def ic_by_group(
+    df: pl.DataFrame | pl.LazyFrame, pred: str, target: str, group: str, horizon: int = 1, min_stocks: int = MIN_STOCKS
+) -> pl.DataFrame:
     """RankIC within each group (e.g. the S33 sector): per group, the daily RankIC over the group's stocks (`daily_ic`
     rules: days with fewer than `min_stocks` pairs are not scored), summarised as group, rank_ic_mean, rank_ic_tstat
     (Newey–West), hac_lag, n_days, avg_names; sorted by rank_ic_mean."""
@@ -354,10 +434,24 @@ def ic_by_group(df: pl.DataFrame | pl.LazyFrame, pred: str, target: str, group: 
         if d.height == 0:
             continue
         t = mean_tstat(d["rank_ic"], horizon)
-        rows.append({"group": str(g), "rank_ic_mean": t["mean"], "rank_ic_tstat": t["tstat"], "hac_lag": t["hac_lag"],
-                     "n_days": d.height, "avg_names": float(d["n"].mean())})
-    schema = {"group": pl.String, "rank_ic_mean": pl.Float64, "rank_ic_tstat": pl.Float64, "hac_lag": pl.Int64,
-              "n_days": pl.Int64, "avg_names": pl.Float64}
+        rows.append(
+            {
+                "group": str(g),
+                "rank_ic_mean": t["mean"],
+                "rank_ic_tstat": t["tstat"],
+                "hac_lag": t["hac_lag"],
+                "n_days": d.height,
+                "avg_names": as_float(d["n"].mean()),
+            }
+        )
+    schema = {
+        "group": pl.String,
+        "rank_ic_mean": pl.Float64,
+        "rank_ic_tstat": pl.Float64,
+        "hac_lag": pl.Int64,
+        "n_days": pl.Int64,
+        "avg_names": pl.Float64,
+    }
     return pl.DataFrame(rows, schema=schema).sort("rank_ic_mean", descending=True)
 
 
@@ -366,23 +460,32 @@ def _lagged_ranks(df: pl.DataFrame | pl.LazyFrame, pred: str, lag: int) -> pl.La
     earlier; stocks on both days only)."""
     lf = _frame(df)
     _require(lf, [C.DATE, C.CODE, pred])
-    base = (lf.select(C.DATE, pl.col(C.CODE).cast(pl.String), pl.col(pred).cast(pl.Float64).fill_nan(None).alias("p"))
-            .drop_nulls("p")
-            .with_columns(r=pl.col("p").rank("average").over(C.DATE) / pl.len().over(C.DATE)))
+    base = (
+        lf.select(C.DATE, pl.col(C.CODE).cast(pl.String), pl.col(pred).cast(pl.Float64).fill_nan(None).alias("p"))
+        .drop_nulls("p")
+        .with_columns(r=pl.col("p").rank("average").over(C.DATE) / pl.len().over(C.DATE))
+    )
     days = base.select(C.DATE).unique().sort(C.DATE).with_row_index("k")
     ranked = base.join(days, on=C.DATE)
     prev = ranked.select(C.CODE, (pl.col("k") + lag).alias("k"), pl.col("r").alias("r_prev"))
     return ranked.join(prev, on=[C.CODE, "k"], how="inner")
 
 
-def rank_autocorrelation(df: pl.DataFrame | pl.LazyFrame, pred: str, lag: int = 1,
-                         min_stocks: int = MIN_STOCKS) -> pl.DataFrame:
+def rank_autocorrelation(
+    df: pl.DataFrame | pl.LazyFrame, pred: str, lag: int = 1, min_stocks: int = MIN_STOCKS
+) -> pl.DataFrame:
     """Signal stability: per day, the Spearman correlation of the day's prediction ranks with the same stocks' ranks
     `lag` prediction days earlier (alphalens' factor rank autocorrelation). Date, autocorr, n."""
-    return (_lagged_ranks(df, pred, lag).group_by(C.DATE)
-            .agg(autocorr=pl.corr(pl.col("r").rank("average"), pl.col("r_prev").rank("average")),
-                 n=pl.len().cast(pl.UInt32))
-            .filter(pl.col("n") >= min_stocks).sort(C.DATE).collect())
+    return (
+        _lagged_ranks(df, pred, lag)
+        .group_by(C.DATE)
+        .agg(
+            autocorr=pl.corr(pl.col("r").rank("average"), pl.col("r_prev").rank("average")), n=pl.len().cast(pl.UInt32)
+        )
+        .filter(pl.col("n") >= min_stocks)
+        .sort(C.DATE)
+        .collect()
+    )
 
 
 def quantile_turnover(df: pl.DataFrame | pl.LazyFrame, pred: str, q: int = 5, lag: int = 1) -> pl.DataFrame:
@@ -391,8 +494,11 @@ def quantile_turnover(df: pl.DataFrame | pl.LazyFrame, pred: str, q: int = 5, la
     bottom."""
     lf = _frame(df)
     _require(lf, [C.DATE, C.CODE, pred])
-    b = (lf.select(C.DATE, pl.col(C.CODE).cast(pl.String), pl.col(pred).cast(pl.Float64).fill_nan(None).alias("p"))
-         .drop_nulls("p").with_columns(bucket=bucket_expr("p", q).over(C.DATE)))
+    b = (
+        lf.select(C.DATE, pl.col(C.CODE).cast(pl.String), pl.col(pred).cast(pl.Float64).fill_nan(None).alias("p"))
+        .drop_nulls("p")
+        .with_columns(bucket=bucket_expr("p", q).over(C.DATE))
+    )
     days = b.select(C.DATE).unique().sort(C.DATE).with_row_index("k")
     b = b.join(days, on=C.DATE)
     prev = b.select(C.CODE, (pl.col("k") + lag).alias("k"), pl.col("bucket").alias("bucket_prev"))
@@ -400,7 +506,7 @@ def quantile_turnover(df: pl.DataFrame | pl.LazyFrame, pred: str, q: int = 5, la
 
     def new_share(bucket: int) -> pl.Expr:
         inside = pl.col("bucket") == bucket
-        return ((inside & (pl.col("bucket_prev") != bucket).fill_null(True)).sum() / inside.sum())
+        return (inside & (pl.col("bucket_prev") != bucket).fill_null(True)).sum() / inside.sum()
 
     return j.group_by(C.DATE).agg(top=new_share(q), bottom=new_share(1)).sort(C.DATE).collect()
 
@@ -408,7 +514,9 @@ def quantile_turnover(df: pl.DataFrame | pl.LazyFrame, pred: str, q: int = 5, la
 def cumulative_quantile_returns(df: pl.DataFrame | pl.LazyFrame, pred: str, target: str, q: int = 5) -> pl.DataFrame:
     """Per prediction bucket, the compounded growth of 1 invested each day in the bucket's equal-weight mean target:
     Date, quantile, cum_return (= Π(1 + ret) − 1). Meaningful for a 1-day target (longer ones overlap)."""
-    return (daily_quantile_returns(df, pred, target, q)
-            .sort("quantile", C.DATE)
-            .with_columns(cum_return=(1.0 + pl.col("ret")).cum_prod().over("quantile") - 1.0)
-            .select(C.DATE, "quantile", "cum_return"))
+    return (
+        daily_quantile_returns(df, pred, target, q)
+        .sort("quantile", C.DATE)
+        .with_columns(cum_return=(1.0 + pl.col("ret")).cum_prod().over("quantile") - 1.0)
+        .select(C.DATE, "quantile", "cum_return")
+    )

@@ -34,22 +34,29 @@ import polars as pl
 
 from gogooku3.core import columns as C
 from gogooku3.core.errors import DataError
+from gogooku3.core.io import peak_rss_mb, read_json, timestamp, to_json, write_text
 from gogooku3.evaluation import metrics
-from gogooku3.evaluation.compare import Comparison, align, compare
-from gogooku3.evaluation.compare import daily as daily_ic
 from gogooku3.evaluation import report_html as H
 from gogooku3.evaluation.backtest.benchmarks import benchmark_returns, relative_figures, topix_closes
 from gogooku3.evaluation.backtest.config import BacktestConfig
 from gogooku3.evaluation.backtest.engine import backtest_both
-from gogooku3.evaluation.backtest.market import UNIVERSE_COLUMNS, Market, attach_dataset_columns, data_source, market_for
+from gogooku3.evaluation.backtest.market import (
+    UNIVERSE_COLUMNS,
+    Market,
+    attach_dataset_columns,
+    data_source,
+    market_for,
+)
 from gogooku3.evaluation.backtest.summary import BacktestResult, rolling_sharpe
-from gogooku3.core.io import peak_rss_mb, read_json, timestamp, to_json, write_text
+from gogooku3.evaluation.compare import Comparison, align, compare
+from gogooku3.evaluation.compare import daily as daily_ic
 from gogooku3.evaluation.results import SafeSummary, TrainResult
 
 if TYPE_CHECKING:
     from gogooku3.config.schema import Settings
 
 log = logging.getLogger(__name__)
+
 
 def _clean(obj: Any) -> Any:
     """JSON-safe copy: NaN/inf -> None, dates -> ISO strings, tuples -> lists."""
@@ -75,11 +82,12 @@ def _read_parquet(path: Path, required: bool) -> pl.DataFrame | None:
         return None
     try:
         df = pl.read_parquet(path)
-    except Exception as e:  # noqa: BLE001 - polars raises several types for corrupt files
+    except Exception as e:  # broad on purpose: polars raises several types for corrupt files
         raise DataError(f"{path}: cannot read parquet ({type(e).__name__})") from e
     if not _horizons(df) or C.DATE not in df.columns or C.CODE not in df.columns:
-        raise DataError(f"{path}: needs Date, Code and pred_{{h}}d/target_{{h}}d columns "
-                        f"(has {', '.join(df.columns[:10])})")
+        raise DataError(
+            f"{path}: needs Date, Code and pred_{{h}}d/target_{{h}}d columns (has {', '.join(df.columns[:10])})"
+        )
     return df
 
 
@@ -103,13 +111,17 @@ def training_curves(path: Path) -> pl.DataFrame | None:
         return None
     try:
         df = pl.read_csv(path, infer_schema_length=None, null_values=["", "nan", "NaN"])
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # broad on purpose: polars raises several types for a malformed CSV
         raise DataError(f"{path}: cannot read training log ({type(e).__name__})") from e
     if "epoch" not in df.columns or df.height == 0:
         return None
     num = [c for c, t in df.schema.items() if t.is_numeric() and c not in ("epoch", "step")]
-    return (df.filter(pl.col("epoch").is_not_null()).group_by("epoch").agg(pl.col(num).cast(pl.Float64).mean())
-            .sort("epoch"))
+    return (
+        df.filter(pl.col("epoch").is_not_null())
+        .group_by("epoch")
+        .agg(pl.col(num).cast(pl.Float64).mean())
+        .sort("epoch")
+    )
 
 
 def run_curves(run: Path) -> pl.DataFrame | None:
@@ -134,7 +146,7 @@ def param_count(run_dir: Path, result: TrainResult | None) -> tuple[int | None, 
 
         total = 0
         with safe_open(str(st), framework="numpy") as f:
-            for key in f.keys():
+            for key in f.keys():  # noqa: SIM118 - safetensors' safe_open is not iterable, only .keys() lists
                 total += math.prod(f.get_slice(key).get_shape())
         meta = _read_json_opt(run_dir / "bundle" / "bundle.json") or {}
         return total // int(meta.get("members", 1)), "bundle/model.safetensors"
@@ -153,8 +165,9 @@ def baseline_inputs(result: TrainResult | None) -> tuple[dict[str, float] | None
     return dict(run.feature_importance), safe
 
 
-def _backtests(df: pl.DataFrame | None, cfg: Settings, c: BacktestConfig, market: Market | None, source: str
-               ) -> tuple[dict[str, BacktestResult], str] | None:
+def _backtests(
+    df: pl.DataFrame | None, cfg: Settings, c: BacktestConfig, market: Market | None, source: str
+) -> tuple[dict[str, BacktestResult], str] | None:
     """The ideal and the realistic backtest of one predictor (None without its horizon's predictions)."""
     if df is None or C.pred(c.horizon) not in df.columns:
         return None
@@ -182,9 +195,18 @@ def build_report(cfg: Settings, run_dir: str | Path) -> dict[str, Path]:
     curves = run_curves(run)
     run_cfg_text = (run / "config.yaml").read_text(encoding="utf-8") if (run / "config.yaml").exists() else None
     lgb_importance, safe = baseline_inputs(result)
-    missing = [n for n, v in (("comparison.json", comp), ("metrics.json", result),
-                              ("variable_importance.json", var_imp), ("logs/metrics.csv", curves),
-                              ("config.yaml", run_cfg_text), ("safe report of the baseline run", safe)) if v is None]
+    missing = [
+        n
+        for n, v in (
+            ("comparison.json", comp),
+            ("metrics.json", result),
+            ("variable_importance.json", var_imp),
+            ("logs/metrics.csv", curves),
+            ("config.yaml", run_cfg_text),
+            ("safe report of the baseline run", safe),
+        )
+        if v is None
+    ]
 
     # ---- the stored comparison (the one scorer's), and the aligned rows it scored ------------------------------
     lead = comp.product if comp is not None and comp.product in raw else next(iter(raw))
@@ -223,77 +245,145 @@ def build_report(cfg: Settings, run_dir: str | Path) -> dict[str, Path]:
         except DataError as e:  # e.g. too few names per day: report the rest and say why
             log.warning("report: %s backtest skipped: %s", k, e)
             missing.append(f"{k} backtest ({e})")
-    bt_year = {k: (v.daily.group_by(year=pl.col(C.DATE).dt.year())
-                   .agg(net=(1 + pl.col("net")).product() - 1, sharpe=pl.col("net").mean() / pl.col("net").std()
-                        * math.sqrt(bc.periods_per_year / bc.horizon), periods=pl.len()).sort("year"))
-               for k, v in bts.items()}
+    bt_year = {
+        k: (
+            v.daily.group_by(year=pl.col(C.DATE).dt.year())
+            .agg(
+                net=(1 + pl.col("net")).product() - 1,
+                sharpe=pl.col("net").mean() / pl.col("net").std() * math.sqrt(bc.periods_per_year / bc.horizon),
+                periods=pl.len(),
+            )
+            .sort("year")
+        )
+        for k, v in bts.items()
+    }
 
     # ---- tear sheet: decay, months, sectors, signal, quantiles, rolling Sharpe, benchmarks ----------------
-    tear, tear_frames = _tear_sheet(cfg, frames, daily, evals, horizons, both, headline, market, dataset, bc, q,
-                                    lead)
+    tear, tear_frames = _tear_sheet(cfg, frames, daily, evals, horizons, both, headline, market, dataset, bc, q, lead)
     missing += tear.pop("missing")
 
     # ---- importance, size, resources -----------------------------------------------------------------
-    importances = {"LightGBM gain": lgb_importance,
-                   "model variable selection": {str(k): float(v) for k, v in var_imp.items()} if var_imp else None}
+    importances = {
+        "LightGBM gain": lgb_importance,
+        "model variable selection": {str(k): float(v) for k, v in var_imp.items()} if var_imp else None,
+    }
     n_params, n_params_src = param_count(run, result)
-    durations = {} if result is None else {
-        **{f"{k}_seconds": v for k, v in result.durations_s.items()},
-        **{f"fold{f.fold['index']}_{name}_train_seconds": facts["train_seconds"] for f in result.folds
-           for name, facts in f.predictors.items() if "train_seconds" in facts}}
-    memory = {} if result is None else {k: v for k, v in (("peak_rss_mb", result.peak_rss_mb),
-                                                         ("peak_gpu_mb", result.peak_gpu_mb)) if v is not None}
+    durations = (
+        {}
+        if result is None
+        else {
+            **{f"{k}_seconds": v for k, v in result.durations_s.items()},
+            **{
+                f"fold{f.fold['index']}_{name}_train_seconds": facts["train_seconds"]
+                for f in result.folds
+                for name, facts in f.predictors.items()
+                if "train_seconds" in facts
+            },
+        }
+    )
+    memory = (
+        {}
+        if result is None
+        else {
+            k: v for k, v in (("peak_rss_mb", result.peak_rss_mb), ("peak_gpu_mb", result.peak_gpu_mb)) if v is not None
+        }
+    )
     data_stats = {} if safe is None else safe.rows()
     model_sharpe = bts[lead].summary["sharpe"] if lead in bts else None
     run_model = _run_model(result, run_cfg_text, n_params)
     targets_apply = run_model["name"] == "full"
 
-    report = {
-        "run_dir": str(run), "created": timestamp(), "horizons": horizons, "missing": missing,
+    report: dict[str, Any] = {
+        "run_dir": str(run),
+        "created": timestamp(),
+        "horizons": horizons,
+        "missing": missing,
         "config": {"run": run_cfg_text, "portfolio": asdict(bc), "report": asdict(rc)},
-        "product": lead, "reference": ref,
-        "data": {"predictions": {"predictor": lead, "rows": model.height, "days": model[C.DATE].n_unique(),
-                                       "stocks": model[C.CODE].n_unique(), "start": model[C.DATE].min(),
-                                       "end": model[C.DATE].max()},
-                 "dataset": None if result is None else asdict(result.dataset),
-                 "safe_report": None if safe is None else safe.path, "safe_stats": data_stats,
-                 "dropped_features": None if safe is None else safe.dropped_features},
-        "run_model": run_model, "tear_sheet": tear,
+        "product": lead,
+        "reference": ref,
+        "data": {
+            "predictions": {
+                "predictor": lead,
+                "rows": model.height,
+                "days": model[C.DATE].n_unique(),
+                "stocks": model[C.CODE].n_unique(),
+                "start": model[C.DATE].min(),
+                "end": model[C.DATE].max(),
+            },
+            "dataset": None if result is None else asdict(result.dataset),
+            "safe_report": None if safe is None else safe.path,
+            "safe_stats": data_stats,
+            "dropped_features": None if safe is None else safe.dropped_features,
+        },
+        "run_model": run_model,
+        "tear_sheet": tear,
         "rows": rows,
         "backtest_market": None if market is None else {"sessions": len(market.sessions), **market.sources},
-        "evaluation": evals, "paired": comp.paired, "paired_per_fold": comp.paired_per_fold,
+        "evaluation": evals,
+        "paired": comp.paired,
+        "paired_per_fold": comp.paired_per_fold,
         "evaluation_per_fold": comp.per_fold,
         "per_year": {k: v.to_dicts() for k, v in per_year.items()},
         "quantile_returns": {k: v.to_dicts() for k, v in quants.items()},
-        "backtest": {k: {"summary": v.summary, "per_year": bt_year[k].to_dicts(), "headline": headline,
-                         **{mode: both[k][mode].summary for mode in ("ideal", "realistic")}}
-                     for k, v in bts.items()},
+        "backtest": {
+            k: {
+                "summary": v.summary,
+                "per_year": bt_year[k].to_dicts(),
+                "headline": headline,
+                **{mode: both[k][mode].summary for mode in ("ideal", "realistic")},
+            }
+            for k, v in bts.items()
+        },
         "checks": {
-            "param_count": n_params, "param_count_source": n_params_src, "param_target": target_params,
+            "param_count": n_params,
+            "param_count_source": n_params_src,
+            "param_target": target_params,
             "param_ratio": n_params / target_params if n_params else None,
             "param_within_tolerance": abs(n_params / target_params - 1) <= tol if n_params else None,
-            "sharpe": model_sharpe, "sharpe_target": target_sharpe,
+            "sharpe": model_sharpe,
+            "sharpe_target": target_sharpe,
             "sharpe_tstat": bts[lead].summary["sharpe_tstat"] if lead in bts else None,
             "sharpe_tstat_method": bts[lead].summary["tstat_method"] if lead in bts else None,
             "sharpe_hac_lag": bts[lead].summary["hac_lag"] if lead in bts else None,
             "sharpe_mode": headline,
             "sharpe_periods": bts[lead].summary["n_periods"] if lead in bts else None,
-            "sharpe_meets_target": (model_sharpe >= target_sharpe) if model_sharpe is not None
-            and math.isfinite(model_sharpe) else None,
+            "sharpe_meets_target": (model_sharpe >= target_sharpe)
+            if model_sharpe is not None and math.isfinite(model_sharpe)
+            else None,
             "targets_apply": targets_apply,
             "sharpe_definition": f"mean(net)/std(net)*sqrt({bc.periods_per_year}/{bc.horizon}), {headline} "
-                                 f"backtest, cost model {bc.cost_model} ({bc.cost_bps:g} bps per unit turnover when "
-                                 "flat); the original's 0.849 has no known definition",
+            f"backtest, cost model {bc.cost_model} ({bc.cost_bps:g} bps per unit turnover when "
+            "flat); the original's 0.849 has no known definition",
         },
         "feature_importance": {k: v for k, v in importances.items() if v},
-        "training": {"run_metrics": None if result is None else result.to_dict(),
-                     "curves": curves.to_dicts() if curves is not None else None},
-        "durations": durations, "peak_memory": memory,
-        "report_seconds": None, "report_peak_rss_mb": None,
+        "training": {
+            "run_metrics": None if result is None else result.to_dict(),
+            "curves": curves.to_dicts() if curves is not None else None,
+        },
+        "durations": durations,
+        "peak_memory": memory,
+        "report_seconds": None,
+        "report_peak_rss_mb": None,
     }
 
-    html = _html(report, daily, h0, bts, evals, quants, per_year, bt_year, importances, curves, paired,
-                 window, top, dpi, both, tear_frames)
+    html = _html(
+        report,
+        daily,
+        h0,
+        bts,
+        evals,
+        quants,
+        per_year,
+        bt_year,
+        importances,
+        curves,
+        paired,
+        window,
+        top,
+        dpi,
+        both,
+        tear_frames,
+    )
     report["report_seconds"] = time.perf_counter() - t0
     report["report_peak_rss_mb"] = peak_rss_mb()
     json_path, html_path = run / "report.json", run / "report.html"
@@ -302,8 +392,14 @@ def build_report(cfg: Settings, run_dir: str | Path) -> dict[str, Path]:
     from gogooku3.evaluation.tracking import log_report
 
     log_report(cfg, run, _clean(report), html_path)
-    log.info("report: %s RankIC@%dd %.4f, Sharpe %s -> %s", lead, h0, evals[lead][str(h0)]["rank_ic_mean"],
-             H.fmt(model_sharpe, 3), html_path)
+    log.info(
+        "report: %s RankIC@%dd %.4f, Sharpe %s -> %s",
+        lead,
+        h0,
+        evals[lead][str(h0)]["rank_ic_mean"],
+        H.fmt(model_sharpe, 3),
+        html_path,
+    )
     return {"json": json_path, "html": html_path}
 
 
@@ -311,7 +407,7 @@ def _run_model(result: TrainResult | None, run_cfg_text: str | None, n_params: i
     """What was run: model name and sizes (the run's metrics.json and config.yaml), parameters, ensemble members."""
     import yaml
 
-    cfg = {}
+    cfg: dict[str, Any] = {}
     if run_cfg_text:
         try:
             cfg = yaml.safe_load(run_cfg_text) or {}
@@ -321,15 +417,31 @@ def _run_model(result: TrainResult | None, run_cfg_text: str | None, n_params: i
     deep = None if result is None else result.model
     name = deep.name if deep is not None else m.get("name")
     members = deep.members if deep is not None else t.get("ensemble")
-    return {"name": name or "unknown", "params_per_member": n_params, "members": members,
-            **{k: m.get(k) for k in ("hidden", "window", "n_heads", "gat", "norm", "lstm_layers", "dropout")},
-            "lr": t.get("lr"), "max_epochs": t.get("max_epochs"),
-            "epochs": None if result is None else result.epochs}
+    return {
+        "name": name or "unknown",
+        "params_per_member": n_params,
+        "members": members,
+        **{k: m.get(k) for k in ("hidden", "window", "n_heads", "gat", "norm", "lstm_layers", "dropout")},
+        "lr": t.get("lr"),
+        "max_epochs": t.get("max_epochs"),
+        "epochs": None if result is None else result.epochs,
+    }
 
 
-def _tear_sheet(cfg: Settings, frames: dict[str, pl.DataFrame], daily: dict, evals: dict, horizons: list[int],
-                both: dict[str, dict[str, BacktestResult]], headline: str, market: Market | None, dataset: Path,
-                bc: BacktestConfig, q: int, lead: str) -> tuple[dict, dict]:
+def _tear_sheet(
+    cfg: Settings,
+    frames: dict[str, pl.DataFrame],
+    daily: dict,
+    evals: dict,
+    horizons: list[int],
+    both: dict[str, dict[str, BacktestResult]],
+    headline: str,
+    market: Market | None,
+    dataset: Path,
+    bc: BacktestConfig,
+    q: int,
+    lead: str,
+) -> tuple[dict, dict]:
     """The tear sheet's figures (of the headline predictor `lead` where one predictor is drawn): a JSON-ready summary
     and the frames the charts draw."""
     rc, h0, model = cfg.report, horizons[0], frames[lead]
@@ -365,31 +477,58 @@ def _tear_sheet(cfg: Settings, frames: dict[str, pl.DataFrame], daily: dict, eva
     for k, modes in both.items():
         for mode, res in modes.items():
             br = benchmark_returns(res, market, topix)
-            relative[f"{k} {mode}"] = {b: relative_figures(br["strategy"], br[b], ppy)
-                                       for b in ("topix", "equal_weight") if br[b].drop_nulls().len()}
+            relative[f"{k} {mode}"] = {
+                b: relative_figures(br["strategy"], br[b], ppy)
+                for b in ("topix", "equal_weight")
+                if br[b].drop_nulls().len()
+            }
             if k == lead and mode == headline:
                 bench_curve = br.select(C.DATE, equity=(1.0 + pl.col(bench).fill_null(0.0)).cum_prod())
     summary = {
         "ic_decay": {k: v.to_dicts() for k, v in decay.items()},
-        "monthly_rank_ic": {k: v.select("period", "rank_ic_mean", "rank_ic_tstat", "n_days").to_dicts()
-                            for k, v in monthly.items()},
-        "sector_column": sector_col, "by_sector": None if sectors is None else sectors.to_dicts(),
-        "signal": {"rank_autocorr_mean": autocorr["autocorr"].mean() if autocorr.height else None,
-                   "top_turnover_mean": turnover["top"].mean() if turnover.height else None,
-                   "bottom_turnover_mean": turnover["bottom"].mean() if turnover.height else None,
-                   "lag_days": 1, "quantiles": q},
-        "cumulative_quantile_return": {int(r["quantile"]): r["cum_return"] for r in
-                                       cumq.group_by("quantile").agg(pl.col("cum_return").last()).to_dicts()},
-        "rolling_sharpe": {k: {"window": window, "last": v["sharpe"].drop_nulls().tail(1).to_list()[0]
-                               if v["sharpe"].drop_nulls().len() else None,
-                               "min": v["sharpe"].min(), "max": v["sharpe"].max()} for k, v in roll.items()},
-        "benchmark": bench, "topix_available": have_topix, "relative": relative,
+        "monthly_rank_ic": {
+            k: v.select("period", "rank_ic_mean", "rank_ic_tstat", "n_days").to_dicts() for k, v in monthly.items()
+        },
+        "sector_column": sector_col,
+        "by_sector": None if sectors is None else sectors.to_dicts(),
+        "signal": {
+            "rank_autocorr_mean": autocorr["autocorr"].mean() if autocorr.height else None,
+            "top_turnover_mean": turnover["top"].mean() if turnover.height else None,
+            "bottom_turnover_mean": turnover["bottom"].mean() if turnover.height else None,
+            "lag_days": 1,
+            "quantiles": q,
+        },
+        "cumulative_quantile_return": {
+            int(r["quantile"]): r["cum_return"]
+            for r in cumq.group_by("quantile").agg(pl.col("cum_return").last()).to_dicts()
+        },
+        "rolling_sharpe": {
+            k: {
+                "window": window,
+                "last": v["sharpe"].drop_nulls().tail(1).to_list()[0] if v["sharpe"].drop_nulls().len() else None,
+                "min": v["sharpe"].min(),
+                "max": v["sharpe"].max(),
+            }
+            for k, v in roll.items()
+        },
+        "benchmark": bench,
+        "topix_available": have_topix,
+        "relative": relative,
         "missing": missing,
     }
-    frames_ = {"decay": decay, "monthly": monthly, "sectors": sectors, "autocorr": autocorr, "turnover": turnover,
-               "cumq": cumq, "rolling": roll, "window": window,
-               "bench_curve": None if bench_curve is None else
-               ("TOPIX" if bench == "topix" else "equal-weight universe", bench_curve)}
+    frames_ = {
+        "decay": decay,
+        "monthly": monthly,
+        "sectors": sectors,
+        "autocorr": autocorr,
+        "turnover": turnover,
+        "cumq": cumq,
+        "rolling": roll,
+        "window": window,
+        "bench_curve": None
+        if bench_curve is None
+        else ("TOPIX" if bench == "topix" else "equal-weight universe", bench_curve),
+    }
     return summary, frames_
 
 
@@ -401,9 +540,16 @@ def _tlabel(d: dict | None) -> str:
 def _rows_table(rows: dict | None) -> str:
     if not rows or not rows.get("frames"):
         return ""
-    body = [(name, r["rows"], r["kept"], r["excluded_null_prediction"],
-             ", ".join(f"{k}: {v}" for k, v in r["excluded_absent_in"].items()) or "–")
-            for name, r in rows["frames"].items()]
+    body = [
+        (
+            name,
+            r["rows"],
+            r["kept"],
+            r["excluded_null_prediction"],
+            ", ".join(f"{k}: {v}" for k, v in r["excluded_absent_in"].items()) or "–",
+        )
+        for name, r in rows["frames"].items()
+    ]
     return H.table(["predictor", "rows", "compared", "no prediction", "absent in (other predictor: rows)"], body)
 
 
@@ -414,14 +560,31 @@ def _bt_rows(both: dict, headline: str) -> list[tuple]:
             s = modes[mode].summary
             pos, re_ = s["positions"], s["realism"]
             bc = s["by_cost_model"]
-            skipped = (f"borrow {re_['borrow']['short_names_passed_over']}, limits "
-                       f"{re_['price_limits']['skipped_long']}/{re_['price_limits']['skipped_short']}, "
-                       f"lots {re_['round_lots']['skipped']}") if mode == "realistic" else "–"
-            out.append((f"{name} {mode}{' (headline)' if mode == headline else ''}", s["sharpe"], s["sharpe_tstat"],
-                        s["hac_lag"], s["ann_return"], s["max_drawdown"], s["avg_turnover"],
-                        bc["flat"]["sharpe"], bc["spread_impact"]["sharpe"],
-                        f"{pos['suspended']}/{pos['delisted']}/{pos['unfilled']}/{pos['unpriced']}", skipped,
-                        f"{s['n_missing_dates']}/{s['n_unrealised_dates']}/{s['n_skipped_dates']}"))
+            skipped = (
+                (
+                    f"borrow {re_['borrow']['short_names_passed_over']}, limits "
+                    f"{re_['price_limits']['skipped_long']}/{re_['price_limits']['skipped_short']}, "
+                    f"lots {re_['round_lots']['skipped']}"
+                )
+                if mode == "realistic"
+                else "–"
+            )
+            out.append(
+                (
+                    f"{name} {mode}{' (headline)' if mode == headline else ''}",
+                    s["sharpe"],
+                    s["sharpe_tstat"],
+                    s["hac_lag"],
+                    s["ann_return"],
+                    s["max_drawdown"],
+                    s["avg_turnover"],
+                    bc["flat"]["sharpe"],
+                    bc["spread_impact"]["sharpe"],
+                    f"{pos['suspended']}/{pos['delisted']}/{pos['unfilled']}/{pos['unpriced']}",
+                    skipped,
+                    f"{s['n_missing_dates']}/{s['n_unrealised_dates']}/{s['n_skipped_dates']}",
+                )
+            )
     return out
 
 
@@ -432,14 +595,15 @@ def _realism_note(both: dict, lead: str) -> str:
     parts = []
     for k in ("borrow", "price_limits", "round_lots"):
         r = re_[k]
-        state = f"applied ({r['source']})" if r["applied"] else ("unavailable (no data)" if r["enabled"]
-                                                                  else "off")
+        state = f"applied ({r['source']})" if r["applied"] else ("unavailable (no data)" if r["enabled"] else "off")
         parts.append(f"{k.replace('_', ' ')}: {state}")
-    return (f'<p class="note">Realistic rules — {"; ".join(parts)}; capital ¥{re_["capital"]:,.0f}, lot '
-            f'{re_["lot_size"]}. Positions: suspended (carried to the next close) / delisted (to the last close) / '
-            'unfilled (no entry close) / unpriced (no label, no price). Skipped orders: short names passed over as not '
-            'borrowable, new longs/shorts at a limit entry close, names below one lot. Dates: missing / unrealised / '
-            'too few names.</p>')
+    return (
+        f'<p class="note">Realistic rules — {"; ".join(parts)}; capital ¥{re_["capital"]:,.0f}, lot '
+        f"{re_['lot_size']}. Positions: suspended (carried to the next close) / delisted (to the last close) / "
+        "unfilled (no entry close) / unpriced (no label, no price). Skipped orders: short names passed over as not "
+        "borrowable, new longs/shorts at a limit entry close, names below one lot. Dates: missing / unrealised / "
+        "too few names.</p>"
+    )
 
 
 def _dropped_table(dropped: dict | None) -> str:
@@ -452,24 +616,38 @@ def _dropped_table(dropped: dict | None) -> str:
         key = (float(v) if num else -1.0, f"null share {100 * float(v):.1f} %" if num else str(v))
         by.setdefault(key, []).append(k)
     rows = [(r, len(fs), ", ".join(fs)) for (_, r), fs in sorted(by.items(), reverse=True)]
-    return ("<h3>Features dropped by SafeTrainingPipeline (above safe.validation.max_null_share)</h3>"
-            + H.table(["reason", "features", "names"], rows, wrap_cols=(2,), left=True))
+    return "<h3>Features dropped by SafeTrainingPipeline (above safe.validation.max_null_share)</h3>" + H.table(
+        ["reason", "features", "names"], rows, wrap_cols=(2,), left=True
+    )
 
 
 def _data_table(rep: dict) -> str:
     """The data behind the run in one readable table: dataset, validation and the test predictions."""
     d, ds, st = rep["data"]["predictions"], rep["data"].get("dataset") or {}, rep["data"]["safe_stats"]
-    rows = [("dataset", f"{ds.get('path', '–')} (fingerprint {ds.get('fingerprint', '–')})"),
-            ("features in the manifest", f"{H.fmt(ds.get('n_features'))}, calendar {ds.get('calendar') or '–'}"),
-            ("horizons, entry lag", f"{', '.join(f'{h}d' for h in ds.get('horizons', [])) or '–'}; entry "
-                                    f"{ds.get('entry_lag', '–')} session(s) after the signal")]
+    rows = [
+        ("dataset", f"{ds.get('path', '–')} (fingerprint {ds.get('fingerprint', '–')})"),
+        ("features in the manifest", f"{H.fmt(ds.get('n_features'))}, calendar {ds.get('calendar') or '–'}"),
+        (
+            "horizons, entry lag",
+            f"{', '.join(f'{h}d' for h in ds.get('horizons', [])) or '–'}; entry "
+            f"{ds.get('entry_lag', '–')} session(s) after the signal",
+        ),
+    ]
     if st:
-        rows += [("rows validated", f"{H.fmt(st.get('rows'))} ({st.get('dates')} dates × {st.get('stocks')} stocks)"),
-                 ("features used", f"{H.fmt(st.get('features used'))} ({len(rep['data'].get('dropped_features') or {})}"
-                                   " dropped, below)"),
-                 ("split", st.get("split"))]
-    rows += [("test predictions", f"{H.fmt(d['rows'])} rows: {d['days']} days × {d['stocks']} stocks, "
-                                  f"{d['start']} .. {d['end']}")]
+        rows += [
+            ("rows validated", f"{H.fmt(st.get('rows'))} ({st.get('dates')} dates × {st.get('stocks')} stocks)"),
+            (
+                "features used",
+                f"{H.fmt(st.get('features used'))} ({len(rep['data'].get('dropped_features') or {})} dropped, below)",
+            ),
+            ("split", st.get("split")),
+        ]
+    rows += [
+        (
+            "test predictions",
+            f"{H.fmt(d['rows'])} rows: {d['days']} days × {d['stocks']} stocks, {d['start']} .. {d['end']}",
+        )
+    ]
     return H.table(["", "value"], rows, wrap_cols=(1,), left=True)
 
 
@@ -478,41 +656,83 @@ def _tiles(rep: dict, evals: dict, paired: dict, h0: int) -> str:
     lead, ref = rep["product"], rep["reference"]
     m_eval = evals[lead][str(h0)]
     p0 = paired.get(str(h0), {})
-    size = (f"{rm['params_per_member']:,}" + (f" × {rm['members']}" if (rm.get("members") or 1) > 1 else "")
-            if rm.get("params_per_member") else "–")
-    arch = ", ".join(x for x in (f"hidden {rm['hidden']}" if rm.get("hidden") else "",
-                                 f"window {rm['window']}" if rm.get("window") else "",
-                                 ("GAT" if rm.get("gat") else "no GAT") if rm.get("gat") is not None else "",
-                                 f"norm {rm['norm']}" if rm.get("norm") else "") if x)
+    size = (
+        f"{rm['params_per_member']:,}" + (f" × {rm['members']}" if (rm.get("members") or 1) > 1 else "")
+        if rm.get("params_per_member")
+        else "–"
+    )
+    arch = ", ".join(
+        x
+        for x in (
+            f"hidden {rm['hidden']}" if rm.get("hidden") else "",
+            f"window {rm['window']}" if rm.get("window") else "",
+            ("GAT" if rm.get("gat") else "no GAT") if rm.get("gat") is not None else "",
+            f"norm {rm['norm']}" if rm.get("norm") else "",
+        )
+        if x
+    )
     d = rep["data"]["predictions"]
-    run = H.kpis([(f"model ({arch or 'config not recorded'})", H.fmt(rm["name"]), None),
-                  ("parameters per member × members", size, None),
-                  (f"test span, {d['days']} days × {d['stocks']} stocks", f"{d['start']} .. {d['end']}", None),
-                  ("horizons", " ".join(f"{h}d" for h in rep["horizons"]), None)], kind="run")
+    run = H.kpis(
+        [
+            (f"model ({arch or 'config not recorded'})", H.fmt(rm["name"]), None),
+            ("parameters per member × members", size, None),
+            (f"test span, {d['days']} days × {d['stocks']} stocks", f"{d['start']} .. {d['end']}", None),
+            ("horizons", " ".join(f"{h}d" for h in rep["horizons"]), None),
+        ],
+        kind="run",
+    )
     bm = rep["backtest"].get(lead, {}).get("summary") or {}
     rel = ts["relative"].get(f"{lead} {chk['sharpe_mode']}", {}).get(ts["benchmark"], {})
     sh = chk["sharpe"]
-    results = H.kpis([
-        (f"{lead} (product) RankIC {h0}d (t {H.fmt(m_eval['rank_ic_tstat'], 2)}, {_tlabel(m_eval)})",
-         H.fmt(m_eval["rank_ic_mean"]), None),
-        (f"{ref or 'reference'} RankIC {h0}d", H.fmt(evals.get(ref, {}).get(str(h0), {}).get("rank_ic_mean")), None),
-        (f"{lead} − {ref or 'reference'} t ({_tlabel(p0)})", H.fmt(p0.get("t_stat"), 2), None),
-        (f"net Sharpe, {chk['sharpe_mode']} book (t {H.fmt(chk['sharpe_tstat'], 2)}, {chk['sharpe_periods']} periods)",
-         H.fmt(sh, 2), None),
-        ("annual return / max drawdown", f"{H.fmt(bm.get('ann_return'), pct=True)} / "
-                                         f"{H.fmt(bm.get('max_drawdown'), pct=True)}", None),
-        (f"information ratio vs {ts['benchmark'].replace('_', '-')}", H.fmt(rel.get("information_ratio"), 2), None),
-    ])
+    results = H.kpis(
+        [
+            (
+                f"{lead} (product) RankIC {h0}d (t {H.fmt(m_eval['rank_ic_tstat'], 2)}, {_tlabel(m_eval)})",
+                H.fmt(m_eval["rank_ic_mean"]),
+                None,
+            ),
+            (
+                f"{ref or 'reference'} RankIC {h0}d",
+                H.fmt(evals.get(ref, {}).get(str(h0), {}).get("rank_ic_mean")),
+                None,
+            ),
+            (f"{lead} − {ref or 'reference'} t ({_tlabel(p0)})", H.fmt(p0.get("t_stat"), 2), None),
+            (
+                f"net Sharpe, {chk['sharpe_mode']} book "
+                f"(t {H.fmt(chk['sharpe_tstat'], 2)}, {chk['sharpe_periods']} periods)",
+                H.fmt(sh, 2),
+                None,
+            ),
+            (
+                "annual return / max drawdown",
+                f"{H.fmt(bm.get('ann_return'), pct=True)} / {H.fmt(bm.get('max_drawdown'), pct=True)}",
+                None,
+            ),
+            (f"information ratio vs {ts['benchmark'].replace('_', '-')}", H.fmt(rel.get("information_ratio"), 2), None),
+        ]
+    )
     if chk.get("targets_apply"):
-        targets = H.kpis([
-            (f"original's Sharpe target {chk['sharpe_target']} (definition unknown)",
-             "met" if chk["sharpe_meets_target"] else "not met", "ok" if chk["sharpe_meets_target"] else "bad"),
-            (f"parameters vs the original's {chk['param_target']:,}", H.fmt(chk["param_ratio"], 3),
-             "ok" if chk["param_within_tolerance"] else "bad")], kind="target")
+        targets = H.kpis(
+            [
+                (
+                    f"original's Sharpe target {chk['sharpe_target']} (definition unknown)",
+                    "met" if chk["sharpe_meets_target"] else "not met",
+                    "ok" if chk["sharpe_meets_target"] else "bad",
+                ),
+                (
+                    f"parameters vs the original's {chk['param_target']:,}",
+                    H.fmt(chk["param_ratio"], 3),
+                    "ok" if chk["param_within_tolerance"] else "bad",
+                ),
+            ],
+            kind="target",
+        )
     else:
-        targets = (f'<p class="note">The original\'s targets (Sharpe {chk["sharpe_target"]}, '
-                   f'{chk["param_target"] / 1e6:.1f} M parameters) apply to <code>model=full</code> only; this run is '
-                   f'<code>model={H.fmt(rm["name"])}</code>.</p>')
+        targets = (
+            f'<p class="note">The original\'s targets (Sharpe {chk["sharpe_target"]}, '
+            f"{chk['param_target'] / 1e6:.1f} M parameters) apply to <code>model=full</code> only; this run is "
+            f"<code>model={H.fmt(rm['name'])}</code>.</p>"
+        )
     return run + results + targets
 
 
@@ -520,88 +740,236 @@ def _relative_rows(rel: dict) -> list[tuple]:
     rows = []
     for name, by_bench in rel.items():
         for b, r in by_bench.items():
-            rows.append((name, "TOPIX" if b == "topix" else "equal-weight universe", r["alpha"], r["beta"],
-                         r["tracking_error"], r["information_ratio"], r["correlation"], r["n"]))
+            rows.append(
+                (
+                    name,
+                    "TOPIX" if b == "topix" else "equal-weight universe",
+                    r["alpha"],
+                    r["beta"],
+                    r["tracking_error"],
+                    r["information_ratio"],
+                    r["correlation"],
+                    r["n"],
+                )
+            )
     return rows
 
 
-def _html(rep: dict, daily: dict, h0: int, bts: dict, evals: dict, quants: dict, per_year: dict, bt_year: dict,
-          importances: dict, curves: pl.DataFrame | None, paired: dict, window: int, top: int, dpi: int,
-          both: dict, tf: dict) -> str:
+def _html(
+    rep: dict,
+    daily: dict,
+    h0: int,
+    bts: dict,
+    evals: dict,
+    quants: dict,
+    per_year: dict,
+    bt_year: dict,
+    importances: dict,
+    curves: pl.DataFrame | None,
+    paired: dict,
+    window: int,
+    top: int,
+    dpi: int,
+    both: dict,
+    tf: dict,
+) -> str:
     chk, ts = rep["checks"], rep["tear_sheet"]
     lead, ref = rep["product"], rep["reference"]
-    missing = (f'<p class="note">Missing inputs: {H.fmt(", ".join(rep["missing"]))}</p>' if rep["missing"] else "")
-    note = (f'<p class="note">Sharpe: {H.fmt(chk["sharpe_definition"])}. Every t-stat is Newey–West (HAC) with lag '
-            'max(h − 1, floor(4 (n/100)^(2/9))); days with a constant prediction count as IC 0.</p>')
+    missing = f'<p class="note">Missing inputs: {H.fmt(", ".join(rep["missing"]))}</p>' if rep["missing"] else ""
+    note = (
+        f'<p class="note">Sharpe: {H.fmt(chk["sharpe_definition"])}. Every t-stat is Newey–West (HAC) with lag '
+        "max(h − 1, floor(4 (n/100)^(2/9))); days with a constant prediction count as IC 0.</p>"
+    )
     secs = [H.section("summary", "What was run and what it achieved", _tiles(rep, evals, paired, h0) + note + missing)]
 
-    rows_html = ("<h3>Rows compared (the same (Date, Code) rows for every predictor)</h3>" + _rows_table(rep["rows"])
-)
-    secs.append(H.section("data", "Data", _data_table(rep) + _dropped_table(rep["data"].get("dropped_features"))
-                          + rows_html))
+    rows_html = "<h3>Rows compared (the same (Date, Code) rows for every predictor)</h3>" + _rows_table(rep["rows"])
+    secs.append(
+        H.section("data", "Data", _data_table(rep) + _dropped_table(rep["data"].get("dropped_features")) + rows_html)
+    )
 
     rows = []
     for name, e in evals.items():
         for h, s in e.items():
-            rows.append((f"{name} {h}d", s["ic_mean"], s["icir"], s["rank_ic_mean"], s["rank_icir"], s["rank_ic_tstat"],
-                         s["hac_lag"], s["rank_ic_tstat_naive"], s["rank_ic_pos_share"], s["hit_rate"],
-                         s["top_bottom_spread"], s["n_days"], s["n_constant_days"]))
-    prow = [(pair.replace("_vs_", " − "), f"{h}d", p["mean_a"], p["mean_b"], p["mean_diff"], p["t_stat"],
-             p["hac_lag"], p["t_stat_naive"], p["p_value"], p["n_days"])
-            for pair, by_h in rep["paired"].items() for h, p in by_h.items()]
-    secs.append(H.section("horizons", "IC decay over horizons",
-                          H.grid(H.caption(H.chart_ic_decay(tf["decay"], dpi),
-                                           "Each predictor's pred_{h}d against target_{h}d; the dotted line is the "
-                                           f"{h0}-day signal against longer targets. Bands: mean ± 1.96 Newey–West "
-                                           "standard errors."))
-                          + H.table(["", "IC", "ICIR", "RankIC", "RankICIR", "RankIC t (NW)", "HAC lag", "naive t",
-                                     "RankIC>0", "hit rate", "top−bottom", "days", "constant days"], rows)
-                          + "<h3>Paired tests of daily RankIC (same rows)</h3>"
-                          + (H.table(["pair", "horizon", "a", "b", "difference", "t-stat (NW)", "HAC lag",
-                                      "naive t", "p-value", "days"], prow)
-                             if prow else '<p class="note">Only one predictor in this run.</p>')))
+            rows.append(
+                (
+                    f"{name} {h}d",
+                    s["ic_mean"],
+                    s["icir"],
+                    s["rank_ic_mean"],
+                    s["rank_icir"],
+                    s["rank_ic_tstat"],
+                    s["hac_lag"],
+                    s["rank_ic_tstat_naive"],
+                    s["rank_ic_pos_share"],
+                    s["hit_rate"],
+                    s["top_bottom_spread"],
+                    s["n_days"],
+                    s["n_constant_days"],
+                )
+            )
+    prow = [
+        (
+            pair.replace("_vs_", " − "),
+            f"{h}d",
+            p["mean_a"],
+            p["mean_b"],
+            p["mean_diff"],
+            p["t_stat"],
+            p["hac_lag"],
+            p["t_stat_naive"],
+            p["p_value"],
+            p["n_days"],
+        )
+        for pair, by_h in rep["paired"].items()
+        for h, p in by_h.items()
+    ]
+    secs.append(
+        H.section(
+            "horizons",
+            "IC decay over horizons",
+            H.grid(
+                H.caption(
+                    H.chart_ic_decay(tf["decay"], dpi),
+                    "Each predictor's pred_{h}d against target_{h}d; the dotted line is the "
+                    f"{h0}-day signal against longer targets. Bands: mean ± 1.96 Newey–West "
+                    "standard errors.",
+                )
+            )
+            + H.table(
+                [
+                    "",
+                    "IC",
+                    "ICIR",
+                    "RankIC",
+                    "RankICIR",
+                    "RankIC t (NW)",
+                    "HAC lag",
+                    "naive t",
+                    "RankIC>0",
+                    "hit rate",
+                    "top−bottom",
+                    "days",
+                    "constant days",
+                ],
+                rows,
+            )
+            + "<h3>Paired tests of daily RankIC (same rows)</h3>"
+            + (
+                H.table(
+                    ["pair", "horizon", "a", "b", "difference", "t-stat (NW)", "HAC lag", "naive t", "p-value", "days"],
+                    prow,
+                )
+                if prow
+                else '<p class="note">Only one predictor in this run.</p>'
+            ),
+        )
+    )
 
     months = tf["monthly"]
-    secs.append(H.section("rank-ic", f"RankIC through time and by sector ({h0}-day horizon)", H.grid(
-        H.chart_rank_ic({k: v[h0] for k, v in daily.items() if h0 in v}, window, h0, dpi),
-        H.chart_monthly_heatmap(months.get(lead), dpi, lead),
-        *([H.chart_monthly_heatmap(months[ref], dpi, ref)] if ref in months else []),
-        H.caption(H.chart_by_group(tf["sectors"], dpi, f"{lead} RankIC by {ts['sector_column']}"),
-                  f"Daily RankIC within each {ts['sector_column']} group (days with 5+ names), t-stat Newey–West."))))
+    secs.append(
+        H.section(
+            "rank-ic",
+            f"RankIC through time and by sector ({h0}-day horizon)",
+            H.grid(
+                H.chart_rank_ic({k: v[h0] for k, v in daily.items() if h0 in v}, window, h0, dpi),
+                H.chart_monthly_heatmap(months.get(lead), dpi, lead),
+                *([H.chart_monthly_heatmap(months[ref], dpi, ref)] if ref in months else []),
+                H.caption(
+                    H.chart_by_group(tf["sectors"], dpi, f"{lead} RankIC by {ts['sector_column']}"),
+                    f"Daily RankIC within each {ts['sector_column']} group (days with 5+ names), t-stat Newey–West.",
+                ),
+            ),
+        )
+    )
 
     sig = ts["signal"]
-    secs.append(H.section("signal", "Signal turnover and stability", H.grid(
-        H.caption(H.chart_signal(tf["autocorr"], tf["turnover"], dpi),
-                  f"Rank autocorrelation: Spearman correlation of a day's prediction ranks with the previous "
-                  f"prediction day's. Turnover: share of the top / bottom of {sig['quantiles']} buckets that is new "
-                  "since the previous day."))
-        + H.table(["mean rank autocorrelation", "mean top-bucket turnover", "mean bottom-bucket turnover"],
-                  [(sig["rank_autocorr_mean"], sig["top_turnover_mean"], sig["bottom_turnover_mean"])],
-                  pct_cols=(1, 2))))
+    secs.append(
+        H.section(
+            "signal",
+            "Signal turnover and stability",
+            H.grid(
+                H.caption(
+                    H.chart_signal(tf["autocorr"], tf["turnover"], dpi),
+                    f"Rank autocorrelation: Spearman correlation of a day's prediction ranks with the previous "
+                    f"prediction day's. Turnover: share of the top / bottom of {sig['quantiles']} buckets that is new "
+                    "since the previous day.",
+                )
+            )
+            + H.table(
+                ["mean rank autocorrelation", "mean top-bucket turnover", "mean bottom-bucket turnover"],
+                [(sig["rank_autocorr_mean"], sig["top_turnover_mean"], sig["bottom_turnover_mean"])],
+                pct_cols=(1, 2),
+            ),
+        )
+    )
 
-    secs.append(H.section("quantiles", "Returns per prediction quantile", H.grid(
-        H.chart_quantiles(quants, dpi), H.chart_cumulative_quantiles(tf["cumq"], dpi, h0))))
+    secs.append(
+        H.section(
+            "quantiles",
+            "Returns per prediction quantile",
+            H.grid(H.chart_quantiles(quants, dpi), H.chart_cumulative_quantiles(tf["cumq"], dpi, h0)),
+        )
+    )
 
     curves_ = {f"{k} {mode}": both[k][mode].daily for k in both for mode in ("ideal", "realistic")}
     bt_rows = _bt_rows(both, chk["sharpe_mode"])
     rel_rows = _relative_rows(ts["relative"])
-    secs.append(H.section("backtest", "Backtest: ideal and realistic books side by side", H.grid(
-        H.caption(H.chart_equity(curves_, dpi, tf["bench_curve"]),
-                  "Growth of 1 after costs (log scale); the grey line is the benchmark (long only)."),
-        H.chart_rolling_sharpe(tf["rolling"], tf["window"], dpi))
-        + H.table(["", "Sharpe", "t (NW)", "HAC lag", "ann. return", "max DD", "turnover",
-                   "Sharpe flat cost", "Sharpe spread+impact", "susp./delist./unfilled/unpriced",
-                   "skipped orders", "dates missing/unrealised/small"], bt_rows, pct_cols=(4, 5))
-        + _realism_note(both, rep["product"])
-        + "<h3>Relative to a benchmark</h3>"
-        + (H.table(["book", "benchmark", "alpha (ann.)", "beta", "tracking error", "information ratio",
-                    "correlation", "periods"], rel_rows, pct_cols=(2, 4)) if rel_rows else
-           '<p class="note">No backtest to compare.</p>')
-        + '<p class="note">Per rebalance period: beta = cov(book, benchmark) / var(benchmark); alpha = annualised '
-          'intercept; tracking error = annualised std of the difference; information ratio = annualised mean '
-          'difference / tracking error. TOPIX is measured over the same entry and exit closes as the book; the '
-          'equal-weight universe is every eligible name. The long/short book is dollar-neutral, so a beta near 0 '
-          'is what it should show.</p>'))
+    secs.append(
+        H.section(
+            "backtest",
+            "Backtest: ideal and realistic books side by side",
+            H.grid(
+                H.caption(
+                    H.chart_equity(curves_, dpi, tf["bench_curve"]),
+                    "Growth of 1 after costs (log scale); the grey line is the benchmark (long only).",
+                ),
+                H.chart_rolling_sharpe(tf["rolling"], tf["window"], dpi),
+            )
+            + H.table(
+                [
+                    "",
+                    "Sharpe",
+                    "t (NW)",
+                    "HAC lag",
+                    "ann. return",
+                    "max DD",
+                    "turnover",
+                    "Sharpe flat cost",
+                    "Sharpe spread+impact",
+                    "susp./delist./unfilled/unpriced",
+                    "skipped orders",
+                    "dates missing/unrealised/small",
+                ],
+                bt_rows,
+                pct_cols=(4, 5),
+            )
+            + _realism_note(both, rep["product"])
+            + "<h3>Relative to a benchmark</h3>"
+            + (
+                H.table(
+                    [
+                        "book",
+                        "benchmark",
+                        "alpha (ann.)",
+                        "beta",
+                        "tracking error",
+                        "information ratio",
+                        "correlation",
+                        "periods",
+                    ],
+                    rel_rows,
+                    pct_cols=(2, 4),
+                )
+                if rel_rows
+                else '<p class="note">No backtest to compare.</p>'
+            )
+            + '<p class="note">Per rebalance period: beta = cov(book, benchmark) / var(benchmark); alpha = annualised '
+            "intercept; tracking error = annualised std of the difference; information ratio = annualised mean "
+            "difference / tracking error. TOPIX is measured over the same entry and exit closes as the book; the "
+            "equal-weight universe is every eligible name. The long/short book is dollar-neutral, so a beta near 0 "
+            "is what it should show.</p>",
+        )
+    )
 
     years = sorted({r["period"] for t in per_year.values() for r in t.to_dicts()})
     yr_rows = []
@@ -615,19 +983,58 @@ def _html(rep: dict, daily: dict, h0: int, bts: dict, evals: dict, quants: dict,
             rb = b.filter(pl.col("year") == int(y)).to_dicts() if b is not None else []
             row += [rb[0]["net"], rb[0]["sharpe"]] if rb else [None, None]
         yr_rows.append(row)
-    secs.append(H.section("per-year", "Per year", H.table(
-        ["year", f"{lead} RankIC", f"{lead} t (NW)", f"{lead} net", f"{lead} Sharpe",
-         f"{ref} RankIC", f"{ref} t (NW)", f"{ref} net", f"{ref} Sharpe"], yr_rows, pct_cols=(3, 7))))
+    secs.append(
+        H.section(
+            "per-year",
+            "Per year",
+            H.table(
+                [
+                    "year",
+                    f"{lead} RankIC",
+                    f"{lead} t (NW)",
+                    f"{lead} net",
+                    f"{lead} Sharpe",
+                    f"{ref} RankIC",
+                    f"{ref} t (NW)",
+                    f"{ref} net",
+                    f"{ref} Sharpe",
+                ],
+                yr_rows,
+                pct_cols=(3, 7),
+            ),
+        )
+    )
     secs.append(H.section("importance", "Feature importance", H.chart_importance(importances, top, dpi)))
     secs.append(H.section("training", "Training curves", H.chart_training(curves, dpi)))
     cfg_text = rep["config"]["run"]
-    secs.append(H.section("config", "Configuration",
-                          f"<pre>{H.fmt(cfg_text)}</pre>" if cfg_text
-                          else '<p class="note">No config.yaml in the run.</p>'))
+    secs.append(
+        H.section(
+            "config",
+            "Configuration",
+            f"<pre>{H.fmt(cfg_text)}</pre>" if cfg_text else '<p class="note">No config.yaml in the run.</p>',
+        )
+    )
     res = [(k, v) for k, v in {**rep["durations"], **rep["peak_memory"]}.items()]
-    secs.append(H.section("resources", "Durations and memory", H.table(["figure", "value"], res) if res else
-                          '<p class="note">metrics.json holds no durations or memory figures.</p>'))
-    nav = [("summary", "summary"), ("data", "data"), ("horizons", "IC decay"), ("rank-ic", "RankIC"),
-           ("signal", "signal"), ("quantiles", "quantiles"), ("backtest", "backtest"), ("per-year", "per year"),
-           ("importance", "importance"), ("training", "training"), ("config", "config")]
+    secs.append(
+        H.section(
+            "resources",
+            "Durations and memory",
+            H.table(["figure", "value"], res)
+            if res
+            else '<p class="note">metrics.json holds no durations or memory figures.</p>',
+        )
+    )
+    nav = [
+        ("summary", "summary"),
+        ("data", "data"),
+        ("horizons", "IC decay"),
+        ("rank-ic", "RankIC"),
+        ("signal", "signal"),
+        ("quantiles", "quantiles"),
+        ("backtest", "backtest"),
+        ("per-year", "per year"),
+        ("importance", "importance"),
+        ("training", "training"),
+        ("config", "config"),
+    ]
     return H.page("gogooku3 run report", f"{rep['run_dir']} · created {rep['created']}", secs, nav)

@@ -16,23 +16,32 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.dates as mdates  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import polars as pl  # noqa: E402
-from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
+import matplotlib.dates as mdates
+import matplotlib.pyplot as plt
+import polars as pl
+from matplotlib.colors import LinearSegmentedColormap
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from gogooku3.core import columns as C  # noqa: E402
+from gogooku3.core import columns as C
 
 MODEL_COLOR, BASE_COLOR, BENCH_COLOR = "#1f5fa8", "#d9822b", "#6b7280"
 REALISTIC_COLOR = "#0f8b6e"
 # predictors in the report's order: the product first, the reference second, then the others
 PALETTE = (MODEL_COLOR, BASE_COLOR, "#7b3fa0", "#2a9d8f", "#c0392b", "#8d6e63", "#374151")
-W, H1 = 6.4, 3.3          # one chart (inches): 576 px at the default 90 dpi, two to a row on a desktop
+W, H1 = 6.4, 3.3  # one chart (inches): 576 px at the default 90 dpi, two to a row on a desktop
 # 12 pt text: about 8-9 px when a phone shrinks a 576 px chart to its ~340 px column
-plt.rcParams.update({"font.size": 12, "axes.titlesize": 13, "axes.labelsize": 12, "legend.fontsize": 11,
-                     "xtick.labelsize": 11, "ytick.labelsize": 11, "axes.spines.top": False,
-                     "axes.spines.right": False})
+plt.rcParams.update(
+    {
+        "font.size": 12,
+        "axes.titlesize": 13,
+        "axes.labelsize": 12,
+        "legend.fontsize": 11,
+        "xtick.labelsize": 11,
+        "ytick.labelsize": 11,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+    }
+)
 CSS = """
 *{box-sizing:border-box}
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0 auto;padding:16px 20px;max-width:1400px;
@@ -79,14 +88,23 @@ def png(fig) -> str:
     return f'<img alt="chart" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode("ascii")}">'
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], pct_cols: Sequence[int] = (),
-          wrap_cols: Sequence[int] = (), left: bool = False) -> str:
+def table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    pct_cols: Sequence[int] = (),
+    wrap_cols: Sequence[int] = (),
+    left: bool = False,
+) -> str:
     """A table in a box that scrolls sideways on narrow screens; `wrap_cols` hold long text that may wrap; `left`
     aligns every column left (text tables)."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
     wrap = ' class="wrap"'
-    body = "".join("<tr>" + "".join(f"<td{wrap if i in wrap_cols else ''}>{fmt(v, pct=i in pct_cols)}</td>"
-                                    for i, v in enumerate(r)) + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td{wrap if i in wrap_cols else ''}>{fmt(v, pct=i in pct_cols)}</td>" for i, v in enumerate(r))
+        + "</tr>"
+        for r in rows
+    )
     cls = ' class="left"' if left else ""
     return f'<div class="scroll"><table{cls}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
@@ -123,7 +141,9 @@ def _legend(ax, **kw) -> None:
 
 def chart_equity(curves: dict[str, pl.DataFrame], dpi: int, benchmark: tuple[str, pl.DataFrame] | None = None) -> str:
     """Growth of 1 on a log scale with the drawdown below: each (label -> daily with Date, equity, drawdown)."""
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(W, 4.8), dpi=dpi, sharex=True, gridspec_kw={"height_ratios": [2.2, 1]})
+    fig, (ax1, ax2) = plt.subplots(
+        2, 1, figsize=(W, 4.8), dpi=dpi, sharex=True, gridspec_kw={"height_ratios": [2.2, 1]}
+    )
     names = list(dict.fromkeys(n.rsplit(" ", 1)[0] for n in curves))  # predictors, the headline first
     for name, d in curves.items():
         if d is None or d.height == 0:
@@ -132,8 +152,9 @@ def chart_equity(curves: dict[str, pl.DataFrame], dpi: int, benchmark: tuple[str
         x, color = d[C.DATE].to_list(), PALETTE[names.index(who) % len(PALETTE)]
         ax1.plot(x, d["equity"].to_list(), ":" if mode == "ideal" else "-", color=color, lw=1.6, label=name)
         if who == names[0]:
-            ax2.plot(x, (100 * d["drawdown"]).to_list(), ":" if mode == "ideal" else "-", color=color, lw=1.2,
-                     label=name)
+            ax2.plot(
+                x, (100 * d["drawdown"]).to_list(), ":" if mode == "ideal" else "-", color=color, lw=1.2, label=name
+            )
     if benchmark is not None and benchmark[1].height:
         b = benchmark[1]
         ax1.plot(b[C.DATE].to_list(), b["equity"].to_list(), color=BENCH_COLOR, lw=1.2, label=benchmark[0])
@@ -156,7 +177,7 @@ def chart_equity(curves: dict[str, pl.DataFrame], dpi: int, benchmark: tuple[str
 def chart_rolling_sharpe(series: dict[str, pl.DataFrame], window: int, dpi: int) -> str:
     fig, ax = plt.subplots(figsize=(W, H1), dpi=dpi)
     drawn = False
-    for (name, d), color in zip(series.items(), PALETTE):
+    for (name, d), color in zip(series.items(), PALETTE, strict=False):
         if d is None or d.drop_nulls().height == 0:
             continue
         ax.plot(d[C.DATE].to_list(), d["sharpe"].to_list(), color=color, lw=1.6, label=name)
@@ -175,11 +196,12 @@ def chart_rolling_sharpe(series: dict[str, pl.DataFrame], window: int, dpi: int)
 def chart_rank_ic(daily: dict[str, pl.DataFrame], window: int, horizon: int, dpi: int) -> str:
     fig, ax = plt.subplots(figsize=(W, H1), dpi=dpi)
     first = next(iter(daily), None)
-    m = daily.get(first)
+    m = daily.get(first) if first is not None else None
     if m is not None and m.height:
-        ax.bar(m[C.DATE].to_list(), m["rank_ic"].to_list(), color=MODEL_COLOR, alpha=0.3, width=1.0,
-               label=f"{first} daily")
-    for (name, d), color in zip(daily.items(), PALETTE):
+        ax.bar(
+            m[C.DATE].to_list(), m["rank_ic"].to_list(), color=MODEL_COLOR, alpha=0.3, width=1.0, label=f"{first} daily"
+        )
+    for (name, d), color in zip(daily.items(), PALETTE, strict=False):
         if d is not None and d.height:
             roll = d["rank_ic"].rolling_mean(window, min_samples=max(1, window // 2))
             ax.plot(d[C.DATE].to_list(), roll.to_list(), color=color, lw=2, label=f"{name} {window}-day mean")
@@ -196,7 +218,7 @@ def chart_ic_decay(decay: dict[str, pl.DataFrame], dpi: int) -> str:
     fig, ax = plt.subplots(figsize=(W, H1), dpi=dpi)
     colors = [MODEL_COLOR, BASE_COLOR, "#7b4fa8", BENCH_COLOR]
     hs: list[int] = []
-    for (name, d), color in zip(decay.items(), colors):
+    for (name, d), color in zip(decay.items(), colors, strict=False):
         if d is None or d.height == 0:
             continue
         x = d["horizon"].to_list()
@@ -228,8 +250,9 @@ def chart_monthly_heatmap(monthly: pl.DataFrame | None, dpi: int, title: str = "
     if not years:
         _empty(ax, "no scored month")
         return png(fig)
+    assert monthly is not None  # it has years
     grid_ = np.full((len(years), 12), np.nan)
-    for p, v in zip(monthly["period"].to_list(), monthly["rank_ic_mean"].to_list()):
+    for p, v in zip(monthly["period"].to_list(), monthly["rank_ic_mean"].to_list(), strict=True):
         grid_[years.index(p[:4]), int(p[5:7]) - 1] = np.nan if v is None else v
     lim = float(np.nanmax(np.abs(grid_))) or 1e-9
     im = ax.imshow(grid_, cmap="RdYlGn", vmin=-lim, vmax=lim, aspect="auto")
@@ -237,8 +260,9 @@ def chart_monthly_heatmap(monthly: pl.DataFrame | None, dpi: int, title: str = "
         for j in range(12):
             if np.isfinite(grid_[i, j]):
                 ax.text(j, i, f"{grid_[i, j]:.2f}", ha="center", va="center", fontsize=10)
-    ax.set_xticks(range(12), ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"],
-                  fontsize=9)
+    ax.set_xticks(
+        range(12), ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"], fontsize=9
+    )
     ax.set_yticks(range(len(years)), years)
     ax.set_title(f"{title}: mean RankIC by month")
     ax.spines[:].set_visible(False)
@@ -253,14 +277,21 @@ def chart_by_group(groups: pl.DataFrame | None, dpi: int, title: str) -> str:
     if not n:
         _empty(ax, "no group column in the dataset")
         return png(fig)
+    assert groups is not None  # it has rows
     g = groups.sort("rank_ic_mean")
     y = list(range(n))
     vals = g["rank_ic_mean"].to_list()
     ax.barh(y, vals, color=[MODEL_COLOR if v >= 0 else "#b42318" for v in vals])
     ax.set_yticks(y, g["group"].to_list())
-    for yi, v, t in zip(y, vals, g["rank_ic_tstat"].to_list()):
-        ax.text(max(v, 0.0), yi, f" t {t:.1f}" if t is not None and math.isfinite(t) else "", va="center",
-                fontsize=9, ha="left")
+    for yi, v, t in zip(y, vals, g["rank_ic_tstat"].to_list(), strict=True):
+        ax.text(
+            max(v, 0.0),
+            yi,
+            f" t {t:.1f}" if t is not None and math.isfinite(t) else "",
+            va="center",
+            fontsize=9,
+            ha="left",
+        )
     ax.axvline(0, color="#888", lw=0.8)
     ax.set_title(title)
     ax.grid(alpha=0.3, axis="x")
@@ -276,13 +307,28 @@ def chart_signal(autocorr: pl.DataFrame | None, turnover: pl.DataFrame | None, d
         _empty(ax, "fewer than two prediction days")
         return png(fig)
     if autocorr is not None and autocorr.height:
-        ax.plot(autocorr[C.DATE].to_list(), autocorr["autocorr"].to_list(), color=MODEL_COLOR, lw=1.6,
-                label="rank autocorrelation (1 day)")
+        ax.plot(
+            autocorr[C.DATE].to_list(),
+            autocorr["autocorr"].to_list(),
+            color=MODEL_COLOR,
+            lw=1.6,
+            label="rank autocorrelation (1 day)",
+        )
     if turnover is not None and turnover.height:
-        ax.plot(turnover[C.DATE].to_list(), turnover["top"].to_list(), color=REALISTIC_COLOR, lw=1.2,
-                label="top-bucket turnover")
-        ax.plot(turnover[C.DATE].to_list(), turnover["bottom"].to_list(), color=BASE_COLOR, lw=1.2,
-                label="bottom-bucket turnover")
+        ax.plot(
+            turnover[C.DATE].to_list(),
+            turnover["top"].to_list(),
+            color=REALISTIC_COLOR,
+            lw=1.2,
+            label="top-bucket turnover",
+        )
+        ax.plot(
+            turnover[C.DATE].to_list(),
+            turnover["bottom"].to_list(),
+            color=BASE_COLOR,
+            lw=1.2,
+            label="bottom-bucket turnover",
+        )
     ax.set_ylim(0, 1.05)
     ax.set_title("signal stability (model)")
     _dates(ax)
@@ -294,11 +340,16 @@ def chart_signal(autocorr: pl.DataFrame | None, turnover: pl.DataFrame | None, d
 def chart_quantiles(quants: dict[str, pl.DataFrame], dpi: int) -> str:
     fig, ax = plt.subplots(figsize=(W, H1), dpi=dpi)
     width = 0.8 / max(1, len(quants))
-    for i, ((name, q), color) in enumerate(zip(quants.items(), PALETTE)):
+    for i, ((name, q), color) in enumerate(zip(quants.items(), PALETTE, strict=False)):
         if q is None or q.height == 0:
             continue
-        ax.bar([k + (i - (len(quants) - 1) / 2) * width for k in q["quantile"].to_list()], (q["mean_return"] * 1e4).to_list(), width,
-               color=color, label=name)
+        ax.bar(
+            [k + (i - (len(quants) - 1) / 2) * width for k in q["quantile"].to_list()],
+            (q["mean_return"] * 1e4).to_list(),
+            width,
+            color=color,
+            label=name,
+        )
     ax.axhline(0, color="#888", lw=0.8)
     ax.set_xlabel("prediction quantile (1 = lowest)")
     ax.set_ylabel("mean target (bp)")
@@ -317,8 +368,13 @@ def chart_cumulative_quantiles(cum: pl.DataFrame | None, dpi: int, horizon: int)
     cmap = LinearSegmentedColormap.from_list("q", ["#b42318", "#9a9a9a", "#1a7f37"])
     for k, q in enumerate(qs):
         d = cum.filter(pl.col("quantile") == q)
-        ax.plot(d[C.DATE].to_list(), (100 * d["cum_return"]).to_list(), color=cmap(k / max(1, len(qs) - 1)), lw=1.6,
-                label=f"Q{q}")
+        ax.plot(
+            d[C.DATE].to_list(),
+            (100 * d["cum_return"]).to_list(),
+            color=cmap(k / max(1, len(qs) - 1)),
+            lw=1.6,
+            label=f"Q{q}",
+        )
     ax.axhline(0, color="#888", lw=0.8)
     ax.set_ylabel("cumulative %")
     ax.set_title(f"cumulative {horizon}-day return by quantile (model)")
@@ -340,8 +396,11 @@ def chart_importance(imps: dict[str, dict[str, float]], top: int, dpi: int) -> s
         fig, ax = plt.subplots(figsize=(W, 0.3 * top + 1.3), dpi=dpi)
         items = sorted(imps[name].items(), key=lambda kv: kv[1], reverse=True)[:top][::-1]
         total = sum(abs(v) for v in imps[name].values()) or 1.0
-        ax.barh([k for k, _ in items], [v / total for _, v in items],
-                color=BASE_COLOR if "lightgbm" in name.lower() else MODEL_COLOR)
+        ax.barh(
+            [k for k, _ in items],
+            [v / total for _, v in items],
+            color=BASE_COLOR if "lightgbm" in name.lower() else MODEL_COLOR,
+        )
         ax.set_title(f"{name} (share of total)")
         ax.tick_params(axis="y", labelsize=11)
         ax.grid(alpha=0.3, axis="x")
@@ -382,15 +441,20 @@ def chart_training(curves: pl.DataFrame | None, dpi: int) -> str:
 
 def kpis(items: Sequence[tuple[str, str, str | None]], kind: str = "") -> str:
     """Boxes of (label, value, css class of the value or None); `kind` styles the boxes (run, target)."""
-    out = "".join(f'<div class="kpi {kind}"><b class="{c or ""}">{v}</b><span>{html.escape(label)}</span></div>'
-                  for label, v, c in items)
+    out = "".join(
+        f'<div class="kpi {kind}"><b class="{c or ""}">{v}</b><span>{html.escape(label)}</span></div>'
+        for label, v, c in items
+    )
     return f'<div class="kpis">{out}</div>'
 
 
 def page(title: str, subtitle: str, sections: Sequence[str], nav: Sequence[tuple[str, str]] = ()) -> str:
     links = ("<nav>" + "".join(f'<a href="#{sid}">{html.escape(t)}</a>' for sid, t in nav) + "</nav>") if nav else ""
-    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
-            f"<h1>{html.escape(title)}</h1><div class=\"note\">{html.escape(subtitle)}</div>{links}"
-            + "".join(sections) + "</body></html>")
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
+        f'<h1>{html.escape(title)}</h1><div class="note">{html.escape(subtitle)}</div>{links}'
+        + "".join(sections)
+        + "</body></html>"
+    )

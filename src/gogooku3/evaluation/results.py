@@ -33,17 +33,17 @@ class BaselineRef:
 
     directory: str | None
     fingerprint: str
-    reused: bool            # True: fitted by an earlier `safe` (or `train`) on the same data, split and params
+    reused: bool  # True: fitted by an earlier `safe` (or `train`) on the same data, split and params
     safe_report: str | None = None
 
 
 @dataclass
 class ModelInfo:
     name: str
-    n_params: int               # all members together
+    n_params: int  # all members together
     members: int
     n_params_per_member: int
-    expected_params: int        # `model.expected_params` of the config
+    expected_params: int  # `model.expected_params` of the config
     flops_per_sample: float
 
 
@@ -55,7 +55,7 @@ class FoldResult:
     fit_range: list[str] | None
     val_range: list[str] | None
     test_range: list[str] | None
-    predictors: dict[str, dict[str, Any]] = field(default_factory=dict)   # name -> facts
+    predictors: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> facts
     members_test_rank_ic: list[dict[str, float]] | None = None  # per ATFT member (seed): own test RankIC, same rows
 
 
@@ -68,17 +68,17 @@ class TrainResult:
     created: str
     dataset: DatasetRef
     baseline: BaselineRef | None
-    model: ModelInfo | None                # the deep model (ATFT-GAT-FAN), when it was fitted
+    model: ModelInfo | None  # the deep model (ATFT-GAT-FAN), when it was fitted
     horizons: list[int]
     product: str
-    predictors: list[str]                  # fitted, in fit order (predictions under RUN/predictions/<name>/)
+    predictors: list[str]  # fitted, in fit order (predictions under RUN/predictions/<name>/)
     folds: list[FoldResult]
-    comparison: dict[str, Any]             # test days of every fold, identical rows
-    comparison_val: dict[str, Any]         # validation days (optimistic for what was chosen there)
+    comparison: dict[str, Any]  # test days of every fold, identical rows
+    comparison_val: dict[str, Any]  # validation days (optimistic for what was chosen there)
     samples_per_sec: float | None
     mfu: float | None
-    collapse: dict[str, float]             # std of the deep model's test predictions per horizon (0 = collapsed)
-    panel: dict[str, Any]                  # fingerprint, shape [days, stocks, features]
+    collapse: dict[str, float]  # std of the deep model's test predictions per horizon (0 = collapsed)
+    panel: dict[str, Any]  # fingerprint, shape [days, stocks, features]
     durations_s: dict[str, float]
     peak_rss_mb: float
     peak_gpu_mb: float | None = None
@@ -110,11 +110,15 @@ class TrainResult:
     def load(cls, path: str | Path) -> TrainResult:
         d = read_json(path)
         try:
-            return cls(**{**_known(cls, d), "dataset": DatasetRef(**_known(DatasetRef, d["dataset"])),
-                          "baseline": None if d["baseline"] is None else BaselineRef(**_known(BaselineRef,
-                                                                                             d["baseline"])),
-                          "model": None if d["model"] is None else ModelInfo(**_known(ModelInfo, d["model"])),
-                          "folds": [FoldResult(**_known(FoldResult, f)) for f in d["folds"]]})
+            return cls(
+                **{
+                    **_known(cls, d),
+                    "dataset": DatasetRef(**_known(DatasetRef, d["dataset"])),
+                    "baseline": None if d["baseline"] is None else BaselineRef(**_known(BaselineRef, d["baseline"])),
+                    "model": None if d["model"] is None else ModelInfo(**_known(ModelInfo, d["model"])),
+                    "folds": [FoldResult(**_known(FoldResult, f)) for f in d["folds"]],
+                }
+            )
         except (KeyError, TypeError) as e:
             raise DataError(f"{path}: not a training result of this version ({e}); re-run `gogooku3 train`") from e
 
@@ -144,17 +148,30 @@ class SafeSummary:
         try:
             fr = d["final_report"]
             data, safety = fr["pipeline_summary"]["data_processed"], fr["safety_validation"]
-            return cls(str(path), int(data["samples"]), int(data["dates"]), int(data["stocks"]),
-                       int(data["features"]), dict(safety["dropped_features"]), str(safety["split_method"]),
-                       int(safety["walk_forward_splits"]), int(safety["embargo_days"]))
+            return cls(
+                str(path),
+                int(data["samples"]),
+                int(data["dates"]),
+                int(data["stocks"]),
+                int(data["features"]),
+                dict(safety["dropped_features"]),
+                str(safety["split_method"]),
+                int(safety["walk_forward_splits"]),
+                int(safety["embargo_days"]),
+            )
         except (KeyError, TypeError) as e:
             raise DataError(f"{path}: not a safe report of this version ({e}); re-run `gogooku3 safe`") from e
 
     def rows(self) -> dict[str, Any]:
         """(figure, value) pairs for the report's data table."""
-        return {"rows": self.samples, "dates": self.dates, "stocks": self.stocks, "features used": self.features,
-                "features dropped": ", ".join(f"{k} ({v})" for k, v in self.dropped_features.items()) or "none",
-                "split": f"{self.split_method}, {self.folds} folds, embargo {self.embargo_days} sessions"}
+        return {
+            "rows": self.samples,
+            "dates": self.dates,
+            "stocks": self.stocks,
+            "features used": self.features,
+            "features dropped": ", ".join(f"{k} ({v})" for k, v in self.dropped_features.items()) or "none",
+            "split": f"{self.split_method}, {self.folds} folds, embargo {self.embargo_days} sessions",
+        }
 
 
 def run_predictions(run_dir: str | Path, kind: str = "test") -> dict[str, Path]:
@@ -165,5 +182,5 @@ def run_predictions(run_dir: str | Path, kind: str = "test") -> dict[str, Path]:
     files = {p.name: p / f"{kind}.parquet" for p in sorted(folder.glob("*")) if (p / f"{kind}.parquet").is_file()}
     if not files:
         raise DataError(f"{folder}/<predictor>/{kind}.parquet: none found (is {run} a training run directory?)")
-    product = (read_json(run / "comparison.json").get("product") if (run / "comparison.json").exists() else None)
+    product = read_json(run / "comparison.json").get("product") if (run / "comparison.json").exists() else None
     return {n: files[n] for n in [product, *files] if n in files}

@@ -49,8 +49,11 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _numbers(d: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in _flat(d).items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+    return {
+        k: float(v)
+        for k, v in _flat(d).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+    }
 
 
 def _key(name: str) -> str:
@@ -68,22 +71,37 @@ def log_training(cfg: Settings, run_dir: Path, result: dict[str, Any]) -> str | 
         params = {k: str(v)[:500] for k, v in _flat(to_dict(cfg)).items()}
         keys = list(params)
         for i in range(0, len(keys), 100):  # MLflow takes at most 100 params per call
-            mlflow.log_params({k: params[k] for k in keys[i:i + 100]})
+            mlflow.log_params({k: params[k] for k in keys[i : i + 100]})
         for csv in sorted(Path(run_dir).glob("logs/**/metrics.csv")):
             member = csv.parent.name if csv.parent.name.startswith("member") else ""
             df = pl.read_csv(csv, infer_schema_length=None, null_values=["", "nan", "NaN"])
             num = [c for c, t in df.schema.items() if t.is_numeric() and c not in ("epoch", "step")]
-            for row in df.filter(pl.col("epoch").is_not_null()).group_by("epoch").agg(pl.col(num).mean()).sort(
-                    "epoch").iter_rows(named=True):
-                mlflow.log_metrics({_key(f"{member}/{k}" if member else k): float(v) for k, v in row.items()
-                                    if k != "epoch" and v is not None and math.isfinite(v)}, step=int(row["epoch"]))
+            for row in (
+                df.filter(pl.col("epoch").is_not_null())
+                .group_by("epoch")
+                .agg(pl.col(num).mean())
+                .sort("epoch")
+                .iter_rows(named=True)
+            ):
+                mlflow.log_metrics(
+                    {
+                        _key(f"{member}/{k}" if member else k): float(v)
+                        for k, v in row.items()
+                        if k != "epoch" and v is not None and math.isfinite(v)
+                    },
+                    step=int(row["epoch"]),
+                )
         comp = result.get("comparison") or {}
         figures = {f"test.{k}": v for k, v in _numbers(result.get("test") or {}).items()}  # the product predictor
         for name, ev in (comp.get("pooled") or {}).items():  # every predictor, on the same rows
             figures |= {f"test.{name}.{k}": v for k, v in _numbers(ev).items()}
         for pair, by_h in (comp.get("paired") or {}).items():
-            figures |= {f"paired.{pair}.{h}.{k}": v for h, p in by_h.items() for k, v in p.items()
-                        if k in ("mean_diff", "t_stat", "p_value")}
+            figures |= {
+                f"paired.{pair}.{h}.{k}": v
+                for h, p in by_h.items()
+                for k, v in p.items()
+                if k in ("mean_diff", "t_stat", "p_value")
+            }
         mlflow.set_tag("product", str(result.get("product")))
         mlflow.log_metrics({_key(k): v for k, v in figures.items()})
         mlflow.log_artifact(str(Path(run_dir) / "metrics.json"))
@@ -97,12 +115,14 @@ def log_report(cfg: Settings, run_dir: Path, report: dict[str, Any], html: Path)
     if mlflow is None:
         return None
     tag = str(Path(run_dir).resolve())
-    found = mlflow.search_runs(experiment_names=[EXPERIMENT], filter_string=f"tags.run_dir = '{tag}'",
-                               output_format="list")
+    found = mlflow.search_runs(
+        experiment_names=[EXPERIMENT], filter_string=f"tags.run_dir = '{tag}'", output_format="list"
+    )
     kwargs = {"run_id": found[0].info.run_id} if found else {"run_name": Path(run_dir).name, "tags": {"run_dir": tag}}
     with mlflow.start_run(**kwargs) as run:
-        figures = {f"backtest.{k}": v for k, v in _numbers(report.get("backtest") or {}).items()
-                   if ".per_year." not in k}
+        figures = {
+            f"backtest.{k}": v for k, v in _numbers(report.get("backtest") or {}).items() if ".per_year." not in k
+        }
         figures |= {f"checks.{k}": v for k, v in _numbers(report.get("checks") or {}).items()}
         mlflow.log_metrics({_key(k): v for k, v in figures.items()})
         mlflow.log_artifact(str(html))

@@ -109,12 +109,15 @@ def code_chunks(dq: pl.DataFrame, chunk_rows: int) -> list[tuple[list[str], int,
 
 def chunk_tables(tables: Tables, codes: list[str]) -> Tables:
     """The raw tables of `codes` only (the per-code tables filtered; the others are by Date or Section)."""
-    return {k: (eager(v).filter(c(C.CODE).is_in(codes)) if k in PER_CODE_TABLES and v is not None else v)
-            for k, v in tables.items()}
+    return {
+        k: (eager(v).filter(c(C.CODE).is_in(codes)) if k in PER_CODE_TABLES and v is not None else v)
+        for k, v in tables.items()
+    }
 
 
-def _cross_sectional_columns(tables: Tables, calendar: TradingCalendar, f: dict, lab: dict, full: Plan,
-                             chunks: list[tuple[list[str], int, int]]) -> pl.DataFrame:
+def _cross_sectional_columns(
+    tables: Tables, calendar: TradingCalendar, f: dict, lab: dict, full: Plan, chunks: list[tuple[list[str], int, int]]
+) -> pl.DataFrame:
     """Code, Date and the features of the cross-sectional blocks for every row: their per-stock inputs are built
     chunk by chunk (narrow), then the blocks run once on the whole, as in the one-piece build."""
     last = max(i for i, b in enumerate(full.blocks) if b.cross_sectional)
@@ -134,8 +137,9 @@ def _cross_sectional_columns(tables: Tables, calendar: TradingCalendar, f: dict,
     return apply_blocks(lf, xs, {C.CODE, C.DATE, *out}).select(C.CODE, C.DATE, *out).collect()
 
 
-def build_in_chunks(tables: Tables, calendar: TradingCalendar, features_cfg: Any, labels_cfg: Any,
-                    chunk_rows: int, write: Any) -> Plan:
+def build_in_chunks(
+    tables: Tables, calendar: TradingCalendar, features_cfg: Any, labels_cfg: Any, chunk_rows: int, write: Any
+) -> Plan:
     """The build in runs of codes of about `chunk_rows` quote rows, each handed to `write` in (Code, Date) order:
     the output equals `build_features`' frame (before `drop_all_null`) while only one chunk's columns are held.
 
@@ -148,11 +152,19 @@ def build_in_chunks(tables: Tables, calendar: TradingCalendar, features_cfg: Any
     xs = [b for b in full.blocks if b.cross_sectional]
     xs_out = frozenset(n for b in xs for n in b.features if n in full.groups)
     xs_made = {n for b in xs for st in b.stages for n in st}
-    late = {r for b in full.blocks if not b.cross_sectional for st in b.stages for e in st.values()
-            for r in e.meta.root_names()} & xs_made
+    late = {
+        r
+        for b in full.blocks
+        if not b.cross_sectional
+        for st in b.stages
+        for e in st.values()
+        for r in e.meta.root_names()
+    } & xs_made
     if late:
-        raise DataError(f"chunked build: per-stock blocks read cross-sectional columns ({', '.join(sorted(late))}); "
-                        "build it in one piece (features.chunk_rows=0)")
+        raise DataError(
+            f"chunked build: per-stock blocks read cross-sectional columns ({', '.join(sorted(late))}); "
+            "build it in one piece (features.chunk_rows=0)"
+        )
     chunks = code_chunks(eager(tables["daily_quotes"]), chunk_rows)
     log.info("building in %d chunks of about %d rows (%d cross-sectional blocks)", len(chunks), chunk_rows, len(xs))
     xs_frame = _cross_sectional_columns(tables, calendar, f, lab, full, chunks) if xs else None
@@ -167,4 +179,3 @@ def build_in_chunks(tables: Tables, calendar: TradingCalendar, features_cfg: Any
             part = part.hstack(x.drop(C.CODE, C.DATE)).select(full.columns)
         write(part)
     return full
-

@@ -62,12 +62,10 @@ def build_dataset(cfg: Settings) -> BuildResult:
             if dead:
                 drop_columns(tmp, dead)
                 stats.schema = pl.Schema({n: d for n, d in stats.schema.items() if n not in dead})
-        built = BuiltFrame(pl.DataFrame(), {n: g for n, g in plan.groups.items() if n not in dead}, skipped,
-                           plan.notes)
+        built = BuiltFrame(pl.DataFrame(), {n: g for n, g in plan.groups.items() if n not in dead}, skipped, plan.notes)
     else:
         built = drop_all_null(build_features(tables, cal, cfg.features, cfg.labels))
         stats = DatasetStats.of(built.df)
         write_parquet(built.df, path, **PARQUET)
     extra = build_fingerprints(cfg, tables, stats.end)
     return write_outputs(cfg, path, stats, built, calendar_name(tables, cfg), t0, extra)
-

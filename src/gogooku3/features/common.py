@@ -119,7 +119,7 @@ class Block:
         """Add the stages; features get their dataset dtype at once (Float32, or Int8 for flags) to save memory."""
         for i, st in enumerate(self.stages):
             if st:
-                later = {r for s in self.stages[i + 1:] for e in s.values() for r in e.meta.root_names()}
+                later = {r for s in self.stages[i + 1 :] for e in s.values() for r in e.meta.root_names()}
                 lf = lf.with_columns([self._typed(n, e, n in later) for n, e in st.items()])
         return lf
 

@@ -47,8 +47,10 @@ def _coverage_rows(meta: dict) -> list[tuple[str, str, str, str]]:
 
 
 def _coverage_title(meta: dict) -> str:
-    return (f"ML dataset coverage: {meta['rows']:,} rows, {meta['stocks']:,} stocks, {meta['dates']:,} dates "
-            f"({meta['start']}..{meta['end']}), {meta['n_features']} features")
+    return (
+        f"ML dataset coverage: {meta['rows']:,} rows, {meta['stocks']:,} stocks, {meta['dates']:,} dates "
+        f"({meta['start']}..{meta['end']}), {meta['n_features']} features"
+    )
 
 
 def coverage_text(meta: dict) -> str:
@@ -92,8 +94,12 @@ def coverage_table(meta: dict, width: int | None = None, tty: bool | None = None
     from rich.table import Table
 
     t = Table(title=_coverage_title(meta))
-    for col, kw in (("group", {"no_wrap": True}), ("features", {"justify": "right"}),
-                    ("null share", {"justify": "right"}), ("note", {"overflow": "fold"})):
+    for col, kw in (
+        ("group", {"no_wrap": True}),
+        ("features", {"justify": "right"}),
+        ("null share", {"justify": "right"}),
+        ("note", {"overflow": "fold"}),
+    ):
         t.add_column(col, **kw)
     for row in _coverage_rows(meta):
         t.add_row(*row)

@@ -40,5 +40,13 @@ def cross(x: dict) -> Block:
     return b
 
 
-NEEDS = ("mkt_ret_1d", "mkt_ret_5d", "mkt_gap_5_20", "mkt_vol_20d", "mkt_bull_200", "returns_5d", "ma_gap_5_20",
-         C.VOLATILITY_20D)
+NEEDS = (
+    "mkt_ret_1d",
+    "mkt_ret_5d",
+    "mkt_gap_5_20",
+    "mkt_vol_20d",
+    "mkt_bull_200",
+    "returns_5d",
+    "ma_gap_5_20",
+    C.VOLATILITY_20D,
+)

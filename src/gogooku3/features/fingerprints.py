@@ -27,8 +27,15 @@ if TYPE_CHECKING:
     from gogooku3.config.schema import Settings
 
 # the date from which a raw row can be seen by a feature (a row is fingerprinted when this date ≤ the dataset's end)
-DATE_KEYS = {"daily_quotes": (C.DATE,), "listed_info": (C.DATE,), "topix": (C.DATE,), "trading_calendar": (C.DATE,),
-             "statements": ("DiscDate",), "investor_types": ("PubDate",), "margin_interest": ("PubDate", C.DATE)}
+DATE_KEYS = {
+    "daily_quotes": (C.DATE,),
+    "listed_info": (C.DATE,),
+    "topix": (C.DATE,),
+    "trading_calendar": (C.DATE,),
+    "statements": ("DiscDate",),
+    "investor_types": ("PubDate",),
+    "margin_interest": ("PubDate", C.DATE),
+}
 ADJUSTED = {"AdjO": "O", "AdjH": "H", "AdjL": "L", "AdjC": "C", "AdjVo": "Vo"}
 BUILD_ONLY = ("chunk_rows",)  # features keys that change how a dataset is built, never what it holds
 
@@ -40,11 +47,11 @@ def _digest(s: pl.Series) -> str:
     h.update(np.packbits(s.is_null().to_numpy()).data)
     if s.dtype == pl.Utf8:
         arr = s.fill_null("").to_arrow(compat_level=pl.CompatLevel.oldest())  # large_string: int64 offsets
-        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
+        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
         h.update(np.diff(offsets).data)
         data = arr.buffers()[2]
         if data is not None:
-            h.update(memoryview(data)[offsets[0]:offsets[-1]])
+            h.update(memoryview(data)[offsets[0] : offsets[-1]])
     else:
         v = s.to_physical()
         v = v.cast(pl.Float64) if v.dtype.is_float() else v.cast(pl.Int64)
@@ -54,11 +61,14 @@ def _digest(s: pl.Series) -> str:
 
 def _sorted_by(df: pl.DataFrame, keys: list[str]) -> bool:
     """Whether `df` is sorted by `keys` (lexicographically)."""
-    ok = None
+    ok: pl.Expr | None = None
     for k in reversed(keys):
         prev = c(k).shift(1)
         ok = c(k) >= prev if ok is None else (c(k) > prev) | ((c(k) == prev) & ok)
-    return df.height < 2 or bool(df.select(ok.fill_null(True).all()).item())
+    if df.height < 2:
+        return True
+    assert ok is not None, "_sorted_by needs at least one key"
+    return bool(df.select(ok.fill_null(True).all()).item())
 
 
 def table_fingerprint(df: pl.DataFrame, name: str, through: dt.date) -> dict[str, str]:
@@ -100,6 +110,7 @@ def config_fingerprints(cfg: Settings) -> dict[str, str]:
 
 def build_fingerprints(cfg: Settings, tables: dict[str, pl.DataFrame], end: dt.date) -> dict[str, Any]:
     """The metadata entries an incremental update checks against."""
-    return {"config_fingerprint": config_fingerprints(cfg),
-            "raw_fingerprint": {"through": end.isoformat(), "tables": raw_fingerprint(tables, end)}}
-
+    return {
+        "config_fingerprint": config_fingerprints(cfg),
+        "raw_fingerprint": {"through": end.isoformat(), "tables": raw_fingerprint(tables, end)},
+    }

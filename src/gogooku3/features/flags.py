@@ -15,8 +15,11 @@ def flags(fl: dict, present: set[str], fallback_section: str) -> Block:
     b = Block("flags")
     for name, min_rows in fl["maturity"].items():
         b.add(name, flag(c("_row") >= int(min_rows)), is_flag=True)
-    for name, helper in (("is_flow_valid", "_flow_fresh"), ("is_stmt_valid", "_stmt_fresh"),
-                         ("is_margin_valid", "_margin_fresh")):
+    for name, helper in (
+        ("is_flow_valid", "_flow_fresh"),
+        ("is_stmt_valid", "_stmt_fresh"),
+        ("is_margin_valid", "_margin_fresh"),
+    ):
         b.add(name, flag(c(helper)) if helper in present else pl.lit(0, pl.Int8), is_flag=True)
     b.add("is_section_fallback", flag(c(C.SECTION) == fallback_section), is_flag=True)
     halts = [dt.date.fromisoformat(str(d)) for d in fl["halt_days"]]

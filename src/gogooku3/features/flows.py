@@ -14,9 +14,21 @@ from gogooku3.features.common import EPS, Block, c, div, flag, lookup, missing, 
 
 BAL6 = ("Frgn", "Ind", "TrstBnk", "InvTr", "Prop", "Brk")
 NEEDS = ("FrgnBal", "FrgnTot", "IndBal", "IndTot", "TotTot", *(f"{i}Bal" for i in BAL6))
-FEATURES = ("flow_foreign_net_ratio", "flow_individual_net_ratio", "foreign_share_activity", "breadth_pos",
-            "flow_foreign_net_z", "flow_individual_net_z", "flow_activity_z", "flow_activity_ratio", "flow_smart_idx",
-            "flow_smart_mom4", "flow_shock_flag", "flow_impulse", "flow_days_since")
+FEATURES = (
+    "flow_foreign_net_ratio",
+    "flow_individual_net_ratio",
+    "foreign_share_activity",
+    "breadth_pos",
+    "flow_foreign_net_z",
+    "flow_individual_net_z",
+    "flow_activity_z",
+    "flow_activity_ratio",
+    "flow_smart_idx",
+    "flow_smart_mom4",
+    "flow_shock_flag",
+    "flow_impulse",
+    "flow_days_since",
+)
 
 
 def _z(x: str, w: int) -> pl.Expr:
@@ -27,10 +39,12 @@ def weekly_features(inv: pl.DataFrame, cal: TradingCalendar, f: dict) -> pl.Data
     """One row per (Section, effective_start) with the weekly flow features."""
     w, mom = f["z_window"], f["mom_window"]
     sort = [x for x in (C.SECTION, "PubDate", "EnDate") if x in inv.columns]
-    df = (inv.sort(sort)
-          .with_columns(cal.next_after(inv.sort(sort)["PubDate"]).alias("_eff"))
-          .filter(c("_eff").is_not_null())
-          .unique([C.SECTION, "_eff"], keep="last", maintain_order=True))
+    df = (
+        inv.sort(sort)
+        .with_columns(cal.next_after(inv.sort(sort)["PubDate"]).alias("_eff"))
+        .filter(c("_eff").is_not_null())
+        .unique([C.SECTION, "_eff"], keep="last", maintain_order=True)
+    )
     df = df.with_columns(
         div(c("FrgnBal"), c("FrgnTot")).alias("flow_foreign_net_ratio"),
         div(c("IndBal"), c("IndTot")).alias("flow_individual_net_ratio"),
@@ -42,8 +56,9 @@ def weekly_features(inv: pl.DataFrame, cal: TradingCalendar, f: dict) -> pl.Data
         div(c("TotTot"), c("TotTot").rolling_mean(w, min_samples=w).over(C.SECTION)).alias("flow_activity_ratio"),
     ).with_columns((c("flow_foreign_net_z") - c("flow_individual_net_z")).alias("flow_smart_idx"))
     df = df.with_columns(
-        (c("flow_smart_idx") - c("flow_smart_idx").rolling_mean(mom, min_samples=mom).over(C.SECTION))
-        .alias("flow_smart_mom4"),
+        (c("flow_smart_idx") - c("flow_smart_idx").rolling_mean(mom, min_samples=mom).over(C.SECTION)).alias(
+            "flow_smart_mom4"
+        ),
         (c("flow_smart_idx").abs() >= f["shock_z"]).alias("_shock"),
     )
     return narrow(df.select(C.SECTION, "_eff", *FEATURES[:10], "_shock"), FEATURES[:10])
@@ -59,10 +74,19 @@ def attach(lf: pl.LazyFrame, inv: pl.DataFrame | None, cal: TradingCalendar, f: 
         b.skip(f"investor_types lacks {', '.join(gone)}")
         return lf, b
     wk = weekly_features(inv, cal, f)
-    days = (pl.DataFrame({C.SECTION: wk[C.SECTION].unique().sort()})
-            .join(pl.DataFrame({C.DATE: cal.sessions}), how="cross").sort(C.SECTION, C.DATE))
-    daily = days.join_asof(wk.sort(C.SECTION, "_eff"), left_on=C.DATE, right_on="_eff", by=C.SECTION,
-                           strategy="backward", check_sortedness=False).filter(c("_eff").is_not_null())
+    days = (
+        pl.DataFrame({C.SECTION: wk[C.SECTION].unique().sort()})
+        .join(pl.DataFrame({C.DATE: cal.sessions}), how="cross")
+        .sort(C.SECTION, C.DATE)
+    )
+    daily = days.join_asof(
+        wk.sort(C.SECTION, "_eff"),
+        left_on=C.DATE,
+        right_on="_eff",
+        by=C.SECTION,
+        strategy="backward",
+        check_sortedness=False,
+    ).filter(c("_eff").is_not_null())
     daily = daily.rename({"_eff": "_flow_eff", "_shock": "_flow_shock"})
     # one integer key per (Section, Date): the section's number · 10⁶ + the date's day number
     secs = {s: i for i, s in enumerate(wk[C.SECTION].unique().sort().to_list())}
@@ -71,8 +95,13 @@ def attach(lf: pl.LazyFrame, inv: pl.DataFrame | None, cal: TradingCalendar, f: 
         return sec.replace_strict(secs, default=None, return_dtype=pl.Int64) * 1_000_000 + c(C.DATE).cast(pl.Int64)
 
     daily = daily.with_columns(key(c(C.SECTION)).alias("_flow_key"))
-    lf = lookup(lf, daily, key(c(C.SECTION)), "_flow_key", [x for x in daily.columns if x not in
-                                                            (C.SECTION, C.DATE, "_flow_key")])
+    lf = lookup(
+        lf,
+        daily,
+        key(c(C.SECTION)),
+        "_flow_key",
+        [x for x in daily.columns if x not in (C.SECTION, C.DATE, "_flow_key")],
+    )
     days_since = (c(C.DATE) - c("_flow_eff")).dt.total_days()
     for n in FEATURES[:10]:
         b.add(n, c(n))

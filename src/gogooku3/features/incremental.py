@@ -40,6 +40,7 @@ import polars as pl
 from gogooku3.core import columns as C
 from gogooku3.core.errors import DataError
 from gogooku3.core.io import atomic_path, read_json
+from gogooku3.core.scalars import as_date
 from gogooku3.features.build import BuiltFrame, chunk_tables, code_chunks, note_dropped
 from gogooku3.features.builder import build_dataset
 from gogooku3.features.common import Block, c
@@ -84,9 +85,15 @@ def finite_window(f: dict) -> int:
     shifts and the windows over them, e.g. beta_stability_60d = std over 20 rows of a 60-row beta of lagged returns)."""
     w, t, x, q, m = f["windows"], f["technicals"], f["cross"], f["quality"], f["margin"]
     return 1 + max(
-        max(w["returns"]), max(w["log_returns"]), max(w["sma"]), max(w["volatility"]) + 1, w["parkinson"],
-        max(w["volume_ma"]), 60,  # price_to_sma60
-        t["stoch"] + 1, t["bb_window"],
+        max(w["returns"]),
+        max(w["log_returns"]),
+        max(w["sma"]),
+        max(w["volatility"]) + 1,
+        w["parkinson"],
+        max(w["volume_ma"]),
+        60,  # price_to_sma60
+        t["stoch"] + 1,
+        t["bb_window"],
         int(x["beta_window"]) + int(x["beta_lag"]) + int(x["stability_window"]) + 1,
         int(m["adv_window"]),
         int(q["vol_window"]) + 1 + max(int(h) for h in q["sharpe_horizons"]) + 5,
@@ -95,8 +102,11 @@ def finite_window(f: dict) -> int:
 
 def _positions(dq: pl.DataFrame) -> pl.DataFrame:
     """Code, Date and the row's number within its stock (0-based), sorted by Code, Date."""
-    return (dq.select(C.CODE, C.DATE).sort(C.CODE, C.DATE)
-            .with_columns(pl.int_range(pl.len(), dtype=pl.Int32).over(C.CODE).alias("_i")))
+    return (
+        dq.select(C.CODE, C.DATE)
+        .sort(C.CODE, C.DATE)
+        .with_columns(pl.int_range(pl.len(), dtype=pl.Int32).over(C.CODE).alias("_i"))
+    )
 
 
 def back_from(pos: pl.DataFrame, start: dt.date, rows: int) -> dt.date:
@@ -104,7 +114,7 @@ def back_from(pos: pl.DataFrame, start: dt.date, rows: int) -> dt.date:
     such row on or after S (or all its rows)."""
     first = pos.filter(c(C.DATE) >= start).group_by(C.CODE).agg(c("_i").min().alias("_f"))
     need = first.with_columns((c("_f") - rows).clip(lower_bound=0).alias("_need"))
-    return pos.join(need, on=C.CODE).filter(c("_i") == c("_need"))[C.DATE].min()
+    return as_date(pos.join(need, on=C.CODE).filter(c("_i") == c("_need"))[C.DATE].min())
 
 
 def unbounded(p: Plan) -> list[str]:
@@ -117,8 +127,7 @@ def unbounded(p: Plan) -> list[str]:
 def _given(b: Block, names: set[str]) -> Block:
     """A copy of `b` whose columns in `names` are taken as given (already in the frame) instead of computed."""
     stages = [{n: (c(n) if n in names else e) for n, e in st.items()} for st in b.stages]
-    return Block(b.group, stages, set(b.flags), dict(b.levels), b.skipped,
-                 cross_sectional=b.cross_sectional)
+    return Block(b.group, stages, set(b.flags), dict(b.levels), b.skipped, cross_sectional=b.cross_sectional)
 
 
 # ---------------------------------------------------------------------------------------------- the update
@@ -162,8 +171,9 @@ def _raw_changes(meta: dict, tables: dict[str, pl.DataFrame], raw_dir: Path, thr
         cols = [k for k in sorted(set(old[name]) | set(now[name])) if old[name].get(k) != now[name].get(k)]
         if cols:
             what = "the row set" if "_rows" in cols else f"column(s) {', '.join(k for k in cols if k != '_rows')}"
-            return (f"{table_path(raw_dir, name)}: rows up to {through} changed since the dataset was built "
-                    f"({what} differ)")
+            return (
+                f"{table_path(raw_dir, name)}: rows up to {through} changed since the dataset was built ({what} differ)"
+            )
     return None
 
 
@@ -182,14 +192,24 @@ def update_dataset(cfg: Settings, fallback_full: bool = False) -> BuildResult:
     if why:
         return _refuse(why, fallback_full, cfg)
     dq = tables["daily_quotes"]
-    end = dq[C.DATE].max()
+    end = as_date(dq[C.DATE].max())
     if end < through:
-        return _refuse(f"{table_path(raw_dir, 'daily_quotes')} ends on {end}, before the dataset ({through})",
-                       fallback_full, cfg)
+        return _refuse(
+            f"{table_path(raw_dir, 'daily_quotes')} ends on {end}, before the dataset ({through})", fallback_full, cfg
+        )
     if end == through:
         log.info("%s already ends on %s: nothing to add", latest, end)
-        return BuildResult(latest, latest, meta["rows"], meta["n_features"],
-                           {g: e["features"] for g, e in meta["groups"].items()}, meta["skipped"], 0.0, 0.0, meta)
+        return BuildResult(
+            latest,
+            latest,
+            meta["rows"],
+            meta["n_features"],
+            {g: e["features"] for g, e in meta["groups"].items()},
+            meta["skipped"],
+            0.0,
+            0.0,
+            meta,
+        )
     f, lab = plain_config(cfg.features), plain_config(cfg.labels)
     lag = manifest.label_gap  # the labels config is the dataset's (its fingerprint matched above)
     sessions = cal.sessions
@@ -199,8 +219,13 @@ def update_dataset(cfg: Settings, fallback_full: bool = False) -> BuildResult:
     width = finite_window(f)
     warm = back_from(pos, back_from(pos, redo, width), width)
     del pos
-    log.info("incremental build: %s..%s new; rows from %s recomputed, from a warm-up slice starting %s",
-             sessions[at + 1] if at + 1 < len(sessions) else end, end, redo, warm)
+    log.info(
+        "incremental build: %s..%s new; rows from %s recomputed, from a warm-up slice starting %s",
+        sessions[at + 1] if at + 1 < len(sessions) else end,
+        end,
+        redo,
+        warm,
+    )
 
     full = plan_features(tables, cal, f, lab)  # the market table, over the whole history
     tail = _recompute(tables, cal, f, lab, full, warm, redo, cfg.features.chunk_rows)
@@ -208,13 +233,18 @@ def update_dataset(cfg: Settings, fallback_full: bool = False) -> BuildResult:
     dead = [n for n in full.groups if n not in old_schema]
     alive = [n for n in dead if tail[n].null_count() < tail.height]
     if alive:
-        return _refuse(f"feature(s) {', '.join(alive[:5])} had no value in {latest} but have values in the new rows "
-                       "(the feature set changes)", fallback_full, cfg)
+        return _refuse(
+            f"feature(s) {', '.join(alive[:5])} had no value in {latest} but have values in the new rows "
+            "(the feature set changes)",
+            fallback_full,
+            cfg,
+        )
     tail = tail.drop(dead)
     if dict(tail.schema) != dict(old_schema):
         bad = [n for n in set(tail.schema) | set(old_schema) if tail.schema.get(n) != old_schema.get(n)]
-        return _refuse(f"{latest}: columns differ from what the build makes now ({', '.join(sorted(bad)[:5])})",
-                       fallback_full, cfg)
+        return _refuse(
+            f"{latest}: columns differ from what the build makes now ({', '.join(sorted(bad)[:5])})", fallback_full, cfg
+        )
     groups = {n: g for n, g in full.groups.items() if n not in dead}
     built = BuiltFrame(pl.DataFrame(), groups, note_dropped(full.skipped, full.groups, dead), full.notes)
     calendar = calendar_name(tables, cfg)
@@ -226,20 +256,35 @@ def update_dataset(cfg: Settings, fallback_full: bool = False) -> BuildResult:
     path = dataset_path(cfg, start, end)
     with atomic_path(path) as tmp, DatasetWriter(tmp) as write:
         for codes, _, _ in code_chunks(dq, cfg.features.chunk_rows or dq.height):
-            kept = (pl.scan_parquet(latest)
-                    .filter((c(C.CODE) >= codes[0]) & (c(C.CODE) <= codes[-1]) & (c(C.DATE) < redo)).collect())
+            kept = (
+                pl.scan_parquet(latest)
+                .filter((c(C.CODE) >= codes[0]) & (c(C.CODE) <= codes[-1]) & (c(C.DATE) < redo))
+                .collect()
+            )
             write(pl.concat([kept, tail.filter(c(C.CODE).is_in(codes))]).sort(C.CODE, C.DATE))
         stats = write.close()
     if stats.rows != dq.height:
         raise DataError(f"incremental build: wrote {stats.rows} rows for {dq.height} quote rows (internal error)")
     extra = build_fingerprints(cfg, tables, end)
-    extra["incremental"] = {"from": dataset_path(cfg, start, through).name, "recomputed_from": redo.isoformat(),
-                            "warmup_from": warm.isoformat(), "recomputed_rows": tail.height}
+    extra["incremental"] = {
+        "from": dataset_path(cfg, start, through).name,
+        "recomputed_from": redo.isoformat(),
+        "warmup_from": warm.isoformat(),
+        "recomputed_rows": tail.height,
+    }
     return write_outputs(cfg, path, stats, built, calendar, t0, extra)
 
 
-def _recompute(tables: dict[str, pl.DataFrame], cal: Any, f: dict, lab: dict, full: Plan, warm: dt.date,
-               redo: dt.date, chunk_rows: int) -> pl.DataFrame:
+def _recompute(
+    tables: dict[str, pl.DataFrame],
+    cal: Any,
+    f: dict,
+    lab: dict,
+    full: Plan,
+    warm: dt.date,
+    redo: dt.date,
+    chunk_rows: int,
+) -> pl.DataFrame:
     """The output rows from `redo` on: the unbounded per-stock columns over each stock's whole history (chunk by
     chunk), everything else on the quotes from `warm` on."""
     dq = tables["daily_quotes"]

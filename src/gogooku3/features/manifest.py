@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -48,7 +48,7 @@ class FeatureManifest:
     skipped_groups: dict[str, str] = field(default_factory=dict)  # group -> why it was not built
     calendar: str = ""  # the trading calendar the sessions (and so every lag and horizon) are counted in
     lookback: dict[str, int] = field(default_factory=dict)  # group -> longest look-back in sessions ({}: unknown)
-    source: str = ""    # the raw data's source (synthetic | jquants | files; "": not recorded)
+    source: str = ""  # the raw data's source (synthetic | jquants | files; "": not recorded)
     notes: dict[str, str] = field(default_factory=dict)  # group -> how it was built, where not as usual (a proxy)
 
     def __post_init__(self) -> None:
@@ -86,16 +86,33 @@ class FeatureManifest:
         return fingerprint([(f.name, f.group, f.dtype) for f in self.features], self.targets, self.entry_lag)
 
     @classmethod
-    def from_frame(cls, df: pl.DataFrame | pl.LazyFrame, groups: dict[str, str], horizons: list[int],
-                   entry_lag: int, skipped_groups: dict[str, str] | None = None,
-                   calendar: str = "", lookback: dict[str, int] | None = None, source: str = "",
-                   notes: dict[str, str] | None = None) -> FeatureManifest:
+    def from_frame(
+        cls,
+        df: pl.DataFrame | pl.LazyFrame,
+        groups: dict[str, str],
+        horizons: list[int],
+        entry_lag: int,
+        skipped_groups: dict[str, str] | None = None,
+        calendar: str = "",
+        lookback: dict[str, int] | None = None,
+        source: str = "",
+        notes: dict[str, str] | None = None,
+    ) -> FeatureManifest:
         """Manifest of `df`'s columns named in `groups` (column -> group), in the frame's column order."""
         schema = df.collect_schema() if isinstance(df, pl.LazyFrame) else df.schema
         feats = [FeatureSpec(c, groups[c], str(dt)) for c, dt in schema.items() if c in groups]
-        return cls(feats, [C.target(h) for h in horizons if C.target(h) in schema],
-                   [c for c in META_COLUMNS if c in schema], list(horizons), entry_lag, dict(skipped_groups or {}),
-                   calendar, dict(lookback or {}), source, dict(notes or {}))
+        return cls(
+            feats,
+            [C.target(h) for h in horizons if C.target(h) in schema],
+            [c for c in META_COLUMNS if c in schema],
+            list(horizons),
+            entry_lag,
+            dict(skipped_groups or {}),
+            calendar,
+            dict(lookback or {}),
+            source,
+            dict(notes or {}),
+        )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -110,10 +127,18 @@ class FeatureManifest:
     def load(cls, path: str | Path) -> FeatureManifest:
         d = read_json(path)
         try:
-            m = cls([FeatureSpec(**f) for f in d["features"]], list(d["targets"]), list(d["meta_columns"]),
-                    list(d["horizons"]), int(d["entry_lag"]), dict(d["skipped_groups"]), str(d.get("calendar", "")),
-                    {str(k): int(v) for k, v in (d.get("lookback") or {}).items()}, str(d.get("source", "")),
-                    {str(k): str(v) for k, v in (d.get("notes") or {}).items()})
+            m = cls(
+                [FeatureSpec(**f) for f in d["features"]],
+                list(d["targets"]),
+                list(d["meta_columns"]),
+                list(d["horizons"]),
+                int(d["entry_lag"]),
+                dict(d["skipped_groups"]),
+                str(d.get("calendar", "")),
+                {str(k): int(v) for k, v in (d.get("lookback") or {}).items()},
+                str(d.get("source", "")),
+                {str(k): str(v) for k, v in (d.get("notes") or {}).items()},
+            )
         except (KeyError, TypeError) as e:
             raise DataError(f"{path}: not a feature manifest ({e})") from e
         if d.get("fingerprint") and d["fingerprint"] != m.fingerprint:
@@ -124,20 +149,26 @@ class FeatureManifest:
     def for_dataset(cls, dataset_path: str | Path) -> FeatureManifest:
         p = manifest_path(dataset_path)
         if not p.exists():
-            raise DataError(f"{dataset_path}: no feature manifest beside it ({p.name}); rebuild with `gogooku3 data build`")
+            raise DataError(
+                f"{dataset_path}: no feature manifest beside it ({p.name}); rebuild with `gogooku3 data build`"
+            )
         return cls.load(p)
 
     def check_labels(self, labels_cfg: LabelsSettings, source: str | Path = "dataset") -> None:
         """The config's `labels.horizons` / `labels.entry_lag` must be the ones the dataset was built with."""
         want_h, want_lag = list(labels_cfg.horizons), labels_cfg.entry_lag
         if want_lag != self.entry_lag:
-            raise ConfigError(f"{source}: built with labels.entry_lag={self.entry_lag} but the config says "
-                              f"labels.entry_lag={want_lag}; pass labels.entry_lag={self.entry_lag} (or rebuild the "
-                              f"dataset with the lag you want)")
+            raise ConfigError(
+                f"{source}: built with labels.entry_lag={self.entry_lag} but the config says "
+                f"labels.entry_lag={want_lag}; pass labels.entry_lag={self.entry_lag} (or rebuild the "
+                f"dataset with the lag you want)"
+            )
         if want_h != list(self.horizons):
             hs = ",".join(str(h) for h in self.horizons)
-            raise ConfigError(f"{source}: built with labels.horizons=[{hs}] but the config says "
-                              f"labels.horizons={want_h}; pass labels.horizons=[{hs}] (or rebuild the dataset)")
+            raise ConfigError(
+                f"{source}: built with labels.horizons=[{hs}] but the config says "
+                f"labels.horizons={want_h}; pass labels.horizons=[{hs}] (or rebuild the dataset)"
+            )
 
     def check_frame(self, df: pl.DataFrame | pl.LazyFrame, source: str | Path = "dataset") -> None:
         """Fail if `df` lacks any manifest feature."""

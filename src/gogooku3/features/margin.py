@@ -21,9 +21,21 @@ from gogooku3.features.common import (
     roll_mean,
 )
 
-WEEKLY = ("margin_long_tot", "margin_short_tot", "margin_total_gross", "margin_credit_ratio", "margin_imbalance",
-          "margin_d_long_wow", "margin_d_short_wow", "margin_d_net_wow", "margin_d_ratio_wow",
-          "margin_long_z52", "margin_short_z52", "margin_gross_z52", "margin_ratio_z52")
+WEEKLY = (
+    "margin_long_tot",
+    "margin_short_tot",
+    "margin_total_gross",
+    "margin_credit_ratio",
+    "margin_imbalance",
+    "margin_d_long_wow",
+    "margin_d_short_wow",
+    "margin_d_net_wow",
+    "margin_d_ratio_wow",
+    "margin_long_z52",
+    "margin_short_z52",
+    "margin_gross_z52",
+    "margin_ratio_z52",
+)
 
 
 def _z(x: str, w: int) -> pl.Expr:
@@ -31,32 +43,45 @@ def _z(x: str, w: int) -> pl.Expr:
 
 
 def weekly_table(mi: pl.DataFrame, cal: TradingCalendar, m: dict) -> pl.DataFrame:
-    eff = cal.next_after(mi["PubDate"]) if "PubDate" in mi.columns else pl.Series("PubDate", [None] * mi.height,
-                                                                                   dtype=pl.Date)
+    eff = (
+        cal.next_after(mi["PubDate"])
+        if "PubDate" in mi.columns
+        else pl.Series("PubDate", [None] * mi.height, dtype=pl.Date)
+    )
     fallback = cal.shift(cal.next_on_or_after(mi[C.DATE]), m["pub_lag_sessions"])
-    df = (mi.with_columns(pl.coalesce(eff, fallback).alias("_eff"))
-          .filter(c("_eff").is_not_null())
-          .sort(C.CODE, "_eff", C.DATE)
-          .unique([C.CODE, "_eff"], keep="last", maintain_order=True))
+    df = (
+        mi.with_columns(pl.coalesce(eff, fallback).alias("_eff"))
+        .filter(c("_eff").is_not_null())
+        .sort(C.CODE, "_eff", C.DATE)
+        .unique([C.CODE, "_eff"], keep="last", maintain_order=True)
+    )
     L, S = c("LongVol"), c("ShrtVol")
     df = df.with_columns(
-        L.alias("margin_long_tot"), S.alias("margin_short_tot"), (L + S).alias("margin_total_gross"),
-        div(L, S).alias("margin_credit_ratio"), div(L - S, L + S).alias("margin_imbalance"),
+        L.alias("margin_long_tot"),
+        S.alias("margin_short_tot"),
+        (L + S).alias("margin_total_gross"),
+        div(L, S).alias("margin_credit_ratio"),
+        div(L - S, L + S).alias("margin_imbalance"),
     )
-    d = lambda e: (e - e.shift(1)).over(C.CODE)  # noqa: E731
+    d = lambda e: (e - e.shift(1)).over(C.CODE)
     w = m["z_window"]
     df = df.with_columns(
-        d(L).alias("margin_d_long_wow"), d(S).alias("margin_d_short_wow"), d(L - S).alias("margin_d_net_wow"),
+        d(L).alias("margin_d_long_wow"),
+        d(S).alias("margin_d_short_wow"),
+        d(L - S).alias("margin_d_net_wow"),
         d(c("margin_credit_ratio")).alias("margin_d_ratio_wow"),
-        _z("margin_long_tot", w).alias("margin_long_z52"), _z("margin_short_tot", w).alias("margin_short_z52"),
-        _z("margin_total_gross", w).alias("margin_gross_z52"), _z("margin_credit_ratio", w).alias("margin_ratio_z52"),
+        _z("margin_long_tot", w).alias("margin_long_z52"),
+        _z("margin_short_tot", w).alias("margin_short_z52"),
+        _z("margin_total_gross", w).alias("margin_gross_z52"),
+        _z("margin_credit_ratio", w).alias("margin_ratio_z52"),
         (c("IssType").cast(pl.Utf8) if "IssType" in df.columns else pl.lit(None, pl.Utf8)).alias("_iss"),
     )
     return narrow(df.select(C.CODE, c("_eff").alias("_mg_eff"), *WEEKLY, "_iss"), WEEKLY).sort(C.CODE, "_mg_eff")
 
 
-def attach(lf: pl.LazyFrame, mi: pl.DataFrame | None, cal: TradingCalendar, m: dict,
-           avail: set[str]) -> tuple[pl.LazyFrame, Block]:
+def attach(
+    lf: pl.LazyFrame, mi: pl.DataFrame | None, cal: TradingCalendar, m: dict, avail: set[str]
+) -> tuple[pl.LazyFrame, Block]:
     b = Block("margin")
     if mi is None:
         b.skip("no margin_interest table")
@@ -65,8 +90,14 @@ def attach(lf: pl.LazyFrame, mi: pl.DataFrame | None, cal: TradingCalendar, m: d
     if gone:
         b.skip(f"margin needs {', '.join(gone)}")
         return lf, b
-    lf = lf.join_asof(weekly_table(mi, cal, m).lazy(), left_on=C.DATE, right_on="_mg_eff", by=C.CODE,
-                      strategy="backward", check_sortedness=False)
+    lf = lf.join_asof(
+        weekly_table(mi, cal, m).lazy(),
+        left_on=C.DATE,
+        right_on="_mg_eff",
+        by=C.CODE,
+        strategy="backward",
+        check_sortedness=False,
+    )
     # in the day's share basis, like the (raw, unadjusted) margin balances it scales
     b.add("_adv", roll_mean(c(C.VOLUME), m["adv_window"]) * c("_kv"))
     b.next_stage()

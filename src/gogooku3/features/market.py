@@ -47,7 +47,9 @@ def proxy_index(lf: pl.LazyFrame, mode: str, weights: pl.Expr | None = None) -> 
 
         raise ConfigError(f"features.market.proxy must be one of {', '.join(PROXY_MODES)}, got '{mode}'")
     capw = weights is not None and mode == "auto"
-    cols = [c(C.DATE), c(C.CODE), c("_r1")] + ([per_code(weights.shift(1)).alias("_pw")] if capw else [])
+    cols = [c(C.DATE), c(C.CODE), c("_r1")] + (
+        [per_code(weights.shift(1)).alias("_pw")] if capw and weights is not None else []
+    )
     # Day sums in a fixed (Date, Code) order with numpy: a parallel group-by adds floats in a varying order, and
     # the proxy (and every mkt_* feature built on it) must be the same on every build of the same data.
     f = lf.select(cols).collect().sort(C.DATE, C.CODE)
@@ -65,8 +67,11 @@ def proxy_index(lf: pl.LazyFrame, mode: str, weights: pl.Expr | None = None) -> 
             ret = np.where(wsum > 0, cw, ret)  # a day without any weight: the equal-weighted mean
     ret = np.where(np.isfinite(ret), ret, 0.0)
     out = pl.DataFrame({C.DATE: pl.Series(dates).cast(pl.Date), "C": 100.0 * np.cumprod(1.0 + ret)}).lazy()
-    kind = "cap-weighted (market cap on the previous row; equal-weighted on days without one)" if capw \
+    kind = (
+        "cap-weighted (market cap on the previous row; equal-weighted on days without one)"
+        if capw
         else "equal-weighted"
+    )
     return out, f"proxy: {kind} index of the universe's 1-day returns (no topix table)"
 
 
@@ -91,8 +96,10 @@ def market_frame(topix: pl.LazyFrame, m: dict) -> tuple[pl.LazyFrame, Block]:
         "mkt_gap_5_20": (c("mkt_ema_5") - c("mkt_ema_20")) / c("mkt_ema_20"),
         "mkt_ema20_slope_3": c("mkt_ema_20") / c("mkt_ema_20").shift(3) - 1.0,
         "mkt_vol_20d": c("mkt_ret_1d").rolling_std(20, min_samples=20) * SQRT252,
-        "mkt_big_move_flag": flag(c("mkt_ret_1d").abs() >= 2.0 * c("mkt_ret_1d").rolling_std(
-            m["big_move_window"], min_samples=m["big_move_window"])),
+        "mkt_big_move_flag": flag(
+            c("mkt_ret_1d").abs()
+            >= 2.0 * c("mkt_ret_1d").rolling_std(m["big_move_window"], min_samples=m["big_move_window"])
+        ),
         "mkt_bull_200": flag(close > c("mkt_ema_200")),
     }
     if has_hl:
@@ -107,11 +114,31 @@ def market_frame(topix: pl.LazyFrame, m: dict) -> tuple[pl.LazyFrame, Block]:
     b.flags.update(REGIME_FLAGS)
     if not has_hl:
         b.skip("mkt_atr_14, mkt_natr_14 need index H/L")
-    order = ["mkt_ret_1d", "mkt_ret_5d", "mkt_ret_10d", "mkt_ret_20d", "mkt_ema_5", "mkt_ema_20", "mkt_ema_60",
-             "mkt_ema_200", "mkt_dev_20", "mkt_gap_5_20", "mkt_ema20_slope_3", "mkt_vol_20d", "mkt_atr_14",
-             "mkt_natr_14", "mkt_bb_pct_b", "mkt_bb_bw", "mkt_dd_from_peak", "mkt_big_move_flag",
-             *(f"{x}_z" for x in Z_COLS), "mkt_bull_200", "mkt_trend_up", "mkt_high_vol", "mkt_squeeze"]
+    order = [
+        "mkt_ret_1d",
+        "mkt_ret_5d",
+        "mkt_ret_10d",
+        "mkt_ret_20d",
+        "mkt_ema_5",
+        "mkt_ema_20",
+        "mkt_ema_60",
+        "mkt_ema_200",
+        "mkt_dev_20",
+        "mkt_gap_5_20",
+        "mkt_ema20_slope_3",
+        "mkt_vol_20d",
+        "mkt_atr_14",
+        "mkt_natr_14",
+        "mkt_bb_pct_b",
+        "mkt_bb_bw",
+        "mkt_dd_from_peak",
+        "mkt_big_move_flag",
+        *(f"{x}_z" for x in Z_COLS),
+        "mkt_bull_200",
+        "mkt_trend_up",
+        "mkt_high_vol",
+        "mkt_squeeze",
+    ]
     names = [n for n in order if n in b.stages[0]]
     b.stages = [{n: c(n) for n in names}]  # the columns arrive by join; the block only names them
     return lf.select([C.DATE, *names]), b
-

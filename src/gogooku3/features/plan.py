@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import polars as pl
 
@@ -38,7 +39,7 @@ from gogooku3.features.user import user, user_columns
 
 log = logging.getLogger(__name__)
 
-Tables = dict[str, "pl.DataFrame | pl.LazyFrame"]
+Tables = Mapping[str, "pl.DataFrame | pl.LazyFrame"]  # read only, so a dict of DataFrames is one too
 
 
 def plain_config(cfg: Any) -> dict:
@@ -50,6 +51,10 @@ def _lazy(t: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
     return t.lazy() if isinstance(t, pl.DataFrame) else t
 
 
+@overload
+def eager(t: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame: ...
+@overload
+def eager(t: None) -> None: ...
 def eager(t: pl.DataFrame | pl.LazyFrame | None) -> pl.DataFrame | None:
     """A table collected (a DataFrame or None as it is)."""
     return t.collect() if isinstance(t, pl.LazyFrame) else t
@@ -91,11 +96,14 @@ def day_scales(cols: set[str]) -> list[pl.Expr]:
     C and Vo (user files with AdjC only) both are 1: the levels stay adjusted, which is as point in time as the file.
     """
     kp = pl.when((c("_RawC") > 0) & (c(C.CLOSE) > 0)).then(c("_RawC") / c(C.CLOSE)) if "_RawC" in cols else None
-    kv = (pl.when((c("_RawVo") > 0) & (c(C.VOLUME) > 0)).then(c("_RawVo") / c(C.VOLUME))
-          if {"_RawVo", C.VOLUME} <= cols else None)
-    if kp is None and kv is None:
-        return [pl.lit(1.0).alias("_kp"), pl.lit(1.0).alias("_kv")]
+    kv = (
+        pl.when((c("_RawVo") > 0) & (c(C.VOLUME) > 0)).then(c("_RawVo") / c(C.VOLUME))
+        if {"_RawVo", C.VOLUME} <= cols
+        else None
+    )
     if kp is None:
+        if kv is None:
+            return [pl.lit(1.0).alias("_kp"), pl.lit(1.0).alias("_kv")]
         return [(1.0 / kv).alias("_kp"), kv.alias("_kv")]
     if kv is None:
         return [kp.alias("_kp"), (1.0 / kp).alias("_kv")]
@@ -140,8 +148,9 @@ class Plan:
         """Every column the blocks must leave for the output (levels and day scales included)."""
         return {*self.columns, *self.levels, "_kp", "_kv"}
 
-    def output(self, lf: pl.LazyFrame, blocks: list[Block] | None = None, leave: frozenset[str] = frozenset()
-               ) -> pl.LazyFrame:
+    def output(
+        self, lf: pl.LazyFrame, blocks: list[Block] | None = None, leave: frozenset[str] = frozenset()
+    ) -> pl.LazyFrame:
         """Apply `blocks` (default: all) to `lf`, put the levels into the day's basis and select the output columns
         less `leave` (the features of blocks left out)."""
         lf = apply_blocks(lf, self.blocks if blocks is None else blocks, self.final - leave)
@@ -149,8 +158,9 @@ class Plan:
         return lf.select([n for n in self.columns if n not in leave])
 
 
-def plan_features(tables: Tables, calendar: TradingCalendar, features_cfg: Any, labels_cfg: Any,
-                  market: MarketTable | None = None) -> Plan:
+def plan_features(
+    tables: Tables, calendar: TradingCalendar, features_cfg: Any, labels_cfg: Any, market: MarketTable | None = None
+) -> Plan:
     """The build as a plan: joins set up lazily, blocks queued, output names known. Nothing is computed but the
     market table (pass `market` to reuse one built over the whole history, as a chunk or a slice of quotes must)."""
     f, lab = plain_config(features_cfg), plain_config(labels_cfg)
@@ -163,8 +173,12 @@ def plan_features(tables: Tables, calendar: TradingCalendar, features_cfg: Any, 
     core = price.core_columns()
     lf = lf.with_columns(list(core.values()))
     fallback = f["flows"]["fallback_section"]
-    lf = sector.attach_listed(lf, _lazy(tables["listed_info"]) if tables.get("listed_info") is not None else None,
-                              {str(k): v for k, v in f["sections"].items()}, fallback)
+    lf = sector.attach_listed(
+        lf,
+        _lazy(tables["listed_info"]) if tables.get("listed_info") is not None else None,
+        {str(k): v for k, v in f["sections"].items()},
+        fallback,
+    )
     avail = set(lf.collect_schema().names())
     groups: dict[str, str] = {}
     levels: dict[str, str] = {}  # output price/volume levels, put into the day's basis at the end
@@ -199,8 +213,19 @@ def plan_features(tables: Tables, calendar: TradingCalendar, features_cfg: Any, 
         return bool(gone)
 
     w = f["windows"]
-    want = {g: not disabled(g) for g in ("ohlcv", "returns", "volatility", "moving_averages", "price_position",
-                                         "volume", "technicals", "market")}
+    want = {
+        g: not disabled(g)
+        for g in (
+            "ohlcv",
+            "returns",
+            "volatility",
+            "moving_averages",
+            "price_position",
+            "volume",
+            "technicals",
+            "market",
+        )
+    }
     # every join runs first, on the still narrow frame: a join copies all columns of its left side
     mkt_block = stmt_block = flow_block = margin_block = None
     cross_on = not disabled("cross")
@@ -305,6 +330,7 @@ def apply_blocks(lf: pl.LazyFrame, blocks: list[Block], final: set[str]) -> pl.L
 def same_plan(p: Plan, full: Plan) -> None:
     """Raise unless `p` (the plan of a chunk or slice of the quotes) plans the columns and blocks of `full`."""
     if p.columns != full.columns or [b.group for b in p.blocks] != [b.group for b in full.blocks]:
-        raise DataError("chunked build: a chunk of codes planned other columns than the whole universe "
-                        f"({len(p.columns)} vs {len(full.columns)}); build it in one piece (features.chunk_rows=0)")
-
+        raise DataError(
+            "chunked build: a chunk of codes planned other columns than the whole universe "
+            f"({len(p.columns)} vs {len(full.columns)}); build it in one piece (features.chunk_rows=0)"
+        )

@@ -62,8 +62,11 @@ def quality(avail: set[str], q: dict) -> Block:
         b.add("smart_money_index", _z_day(c("_q_surprise")) - _z_day(r1.abs()))
     if q["risk_adjusted"]:
         for h in (int(x) for x in q["sharpe_horizons"]):
-            ret_h = (c(f"returns_{h}d").cast(pl.Float64) if f"returns_{h}d" in avail
-                     else per_code(r1.rolling_sum(h, min_samples=h)))
+            ret_h = (
+                c(f"returns_{h}d").cast(pl.Float64)
+                if f"returns_{h}d" in avail
+                else per_code(r1.rolling_sum(h, min_samples=h))
+            )
             b.add(f"sharpe_{h}d", ret_h / (c("_q_vol") * math.sqrt(h) + EPS))
     if q["use_cross_sectional_quantiles"]:
         vol = c("_q_vol")

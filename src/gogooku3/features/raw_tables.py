@@ -11,6 +11,7 @@ import polars as pl
 from gogooku3.core import columns as C
 from gogooku3.core.calendar import TradingCalendar
 from gogooku3.core.errors import DataError, SchemaError, rows_hint
+from gogooku3.core.scalars import as_date
 from gogooku3.sources.schema import TABLES, conform, scan_table, table_path
 
 if TYPE_CHECKING:
@@ -33,8 +34,9 @@ def read_raw_tables(raw_dir: str | Path) -> dict[str, pl.DataFrame]:
             raise DataError(f"{path}: cannot read parquet ({type(e).__name__}: {str(e).splitlines()[0]})") from e
         out[name] = conform(df, name, path)
     if "daily_quotes" not in out:
-        raise DataError(f"{table_path(raw_dir, 'daily_quotes')}: file not found "
-                        "(run `gogooku3 data synth|fetch|import`)")
+        raise DataError(
+            f"{table_path(raw_dir, 'daily_quotes')}: file not found (run `gogooku3 data synth|fetch|import`)"
+        )
     return out
 
 
@@ -43,7 +45,7 @@ def make_calendar(tables: dict[str, pl.DataFrame], exchange: str) -> TradingCale
     if "trading_calendar" in tables:
         return TradingCalendar.from_table(tables["trading_calendar"])
     d = tables["daily_quotes"][C.DATE]
-    return TradingCalendar.from_exchange(exchange, d.min(), d.max())
+    return TradingCalendar.from_exchange(exchange, as_date(d.min()), as_date(d.max()))
 
 
 def validate_tables(tables: dict[str, pl.DataFrame], cal: TradingCalendar, raw_dir: str | Path) -> None:
@@ -52,15 +54,19 @@ def validate_tables(tables: dict[str, pl.DataFrame], cal: TradingCalendar, raw_d
     off = ~cal.is_session(dq[C.DATE])
     if off.any():
         ex = dq.filter(off).select(C.CODE, C.DATE).head(3).rows()
-        raise DataError(f"{table_path(raw_dir, 'daily_quotes')}: {int(off.sum())} row(s) on non-trading days at rows "
-                        f"{rows_hint(off.arg_true().to_list())}, e.g. {ex}")
+        raise DataError(
+            f"{table_path(raw_dir, 'daily_quotes')}: {int(off.sum())} row(s) on non-trading days at rows "
+            f"{rows_hint(off.arg_true().to_list())}, e.g. {ex}"
+        )
     if "statements" in tables:
         st = tables["statements"]
         unknown = ~st[C.CODE].is_in(dq[C.CODE].unique().implode())
         if unknown.any():
             ex = st.filter(unknown)[C.CODE].unique(maintain_order=True).head(3).to_list()
-            raise SchemaError(f"{table_path(raw_dir, 'statements')}: column 'Code' has codes absent from daily_quotes "
-                              f"at rows {rows_hint(unknown.arg_true().to_list())}, e.g. {ex}")
+            raise SchemaError(
+                f"{table_path(raw_dir, 'statements')}: column 'Code' has codes absent from daily_quotes "
+                f"at rows {rows_hint(unknown.arg_true().to_list())}, e.g. {ex}"
+            )
 
 
 def calendar_name(tables: dict, cfg: Settings) -> str:
@@ -75,4 +81,3 @@ def load_tables(cfg: Settings) -> tuple[Path, dict[str, pl.DataFrame], TradingCa
     cal = make_calendar(tables, cfg.features.calendar_exchange)
     validate_tables(tables, cal, raw_dir)
     return raw_dir, tables, cal
-

@@ -14,20 +14,26 @@ from gogooku3.features.common import EPS, Block, c, flag
 UNKNOWN = "Unknown"
 
 
-def attach_listed(lf: pl.LazyFrame, listed: pl.LazyFrame | None, sections: dict[str, str],
-                  fallback: str) -> pl.LazyFrame:
+def attach_listed(
+    lf: pl.LazyFrame, listed: pl.LazyFrame | None, sections: dict[str, str], fallback: str
+) -> pl.LazyFrame:
     """Add Section, S33, S17 to the daily frame (sorted by Code, Date)."""
     if listed is None:
-        return lf.with_columns(pl.lit(fallback).alias(C.SECTION), pl.lit(UNKNOWN).alias(C.S33),
-                               pl.lit(UNKNOWN).alias(C.S17))
+        return lf.with_columns(
+            pl.lit(fallback).alias(C.SECTION), pl.lit(UNKNOWN).alias(C.S33), pl.lit(UNKNOWN).alias(C.S17)
+        )
     have = set(listed.collect_schema().names())
-    li = listed.select(
-        C.CODE, pl.col(C.DATE).alias("_li_date"),
-        (c("Mkt").cast(pl.Utf8) if "Mkt" in have else pl.lit(None, pl.Utf8)).alias("_mkt"),
-        *[(c(x).cast(pl.Utf8) if x in have else pl.lit(None, pl.Utf8)).alias(f"_{x}") for x in (C.S33, C.S17)],
-    ).unique([C.CODE, "_li_date"], keep="last", maintain_order=True).sort(C.CODE, "_li_date")
-    out = lf.join_asof(li, left_on=C.DATE, right_on="_li_date", by=C.CODE, strategy="backward",
-                       check_sortedness=False)
+    li = (
+        listed.select(
+            C.CODE,
+            pl.col(C.DATE).alias("_li_date"),
+            (c("Mkt").cast(pl.Utf8) if "Mkt" in have else pl.lit(None, pl.Utf8)).alias("_mkt"),
+            *[(c(x).cast(pl.Utf8) if x in have else pl.lit(None, pl.Utf8)).alias(f"_{x}") for x in (C.S33, C.S17)],
+        )
+        .unique([C.CODE, "_li_date"], keep="last", maintain_order=True)
+        .sort(C.CODE, "_li_date")
+    )
+    out = lf.join_asof(li, left_on=C.DATE, right_on="_li_date", by=C.CODE, strategy="backward", check_sortedness=False)
     sec = c("_mkt").replace_strict(sections, default=None, return_dtype=pl.Utf8)
     return out.with_columns(
         sec.fill_null(fallback).alias(C.SECTION),

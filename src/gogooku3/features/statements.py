@@ -19,9 +19,21 @@ from gogooku3.features.common import EPS, Block, c, div, flag, narrow, per_code
 
 NUMS = ("Sales", "OP", "NP", "EPS", "Eq", "TA", "FOP", "FNP", "FEPS", "FDivAnn", "ShOut")
 TRUE_WORDS = ["true", "1", "yes", "y", "t"]
-RATIOS = ("stmt_yoy_sales", "stmt_yoy_op", "stmt_yoy_np", "stmt_opm", "stmt_npm", "stmt_progress_op",
-          "stmt_progress_np", "stmt_rev_fore_op", "stmt_rev_fore_np", "stmt_rev_fore_eps", "stmt_rev_div_fore",
-          "stmt_roe", "stmt_roa")
+RATIOS = (
+    "stmt_yoy_sales",
+    "stmt_yoy_op",
+    "stmt_yoy_np",
+    "stmt_opm",
+    "stmt_npm",
+    "stmt_progress_op",
+    "stmt_progress_np",
+    "stmt_rev_fore_op",
+    "stmt_rev_fore_np",
+    "stmt_rev_fore_eps",
+    "stmt_rev_div_fore",
+    "stmt_roe",
+    "stmt_roa",
+)
 FEATURES = (*RATIOS, "stmt_change_in_est", "stmt_nc_flag", "stmt_imp_statement", "stmt_days_since_statement")
 
 
@@ -40,11 +52,15 @@ def effective_dates(st: pl.DataFrame, cal: TradingCalendar, s: dict) -> pl.Serie
     for since, t in sorted((str(k), v) for k, v in s["close_time_changes"].items()):
         close = pl.when(c("DiscDate") >= dt.date.fromisoformat(since)).then(pl.lit(_time(t))).otherwise(close)
     if cal.half_days:
-        close = (pl.when(c("DiscDate").is_in(sorted(cal.half_days)))
-                 .then(pl.lit(_time(s["half_day_close_time"]))).otherwise(close))
+        close = (
+            pl.when(c("DiscDate").is_in(sorted(cal.half_days)))
+            .then(pl.lit(_time(s["half_day_close_time"])))
+            .otherwise(close)
+        )
     t = _parse_time("DiscTime") if "DiscTime" in st.columns else pl.lit(None, pl.Time)
-    frame = pl.DataFrame({"DiscDate": st["DiscDate"], "_sess": cal.is_session(st["DiscDate"]),
-                          "_next": cal.next_after(st["DiscDate"])})
+    frame = pl.DataFrame(
+        {"DiscDate": st["DiscDate"], "_sess": cal.is_session(st["DiscDate"]), "_next": cal.next_after(st["DiscDate"])}
+    )
     if "DiscTime" in st.columns:
         frame = frame.with_columns(st["DiscTime"])
     same_day = c("_sess") & (t < close).fill_null(False)
@@ -62,8 +78,9 @@ def shares_net(cols) -> pl.Expr:
 
 def statement_table(st: pl.DataFrame, cal: TradingCalendar, s: dict) -> pl.DataFrame:
     """One row per (Code, effective date) with the statement features computed at disclosure."""
-    st = st.with_columns([c(x).cast(pl.Float64) if x in st.columns else pl.lit(None, pl.Float64).alias(x)
-                          for x in NUMS])
+    st = st.with_columns(
+        [c(x).cast(pl.Float64) if x in st.columns else pl.lit(None, pl.Float64).alias(x) for x in NUMS]
+    )
     for x in ("CurPerType", "DiscTime", "ChgAcEst", "RetroRst"):
         if x not in st.columns:
             st = st.with_columns(pl.lit(None, pl.Utf8).alias(x))
@@ -71,20 +88,30 @@ def statement_table(st: pl.DataFrame, cal: TradingCalendar, s: dict) -> pl.DataF
         if x not in st.columns:
             st = st.with_columns(pl.lit(None, pl.Date).alias(x))
     st = st.with_columns(effective_dates(st, cal, s).alias("_eff"))
-    ts = c("DiscDate").cast(pl.Datetime("us")) + pl.coalesce(_parse_time("DiscTime"), pl.lit(dt.time(23, 59, 59))
-                                                            ).cast(pl.Duration("us"))
+    ts = c("DiscDate").cast(pl.Datetime("us")) + pl.coalesce(_parse_time("DiscTime"), pl.lit(dt.time(23, 59, 59))).cast(
+        pl.Duration("us")
+    )
     per = c("CurPerType").cast(pl.Utf8).str.to_uppercase().str.strip_chars()
-    st = (st.with_columns(
-        ts.alias("_ts"),
-        per.replace_strict({"1Q": 1, "2Q": 2, "3Q": 3, "4Q": 4, "FY": 4}, default=None, return_dtype=pl.Int32)
-        .alias("_q"),
-        pl.coalesce(c("CurFYSt").dt.year(), c("CurFYEn").dt.year() - 1).cast(pl.Int32).alias("_fy"),
-    ).filter(c("_eff").is_not_null()).sort(C.CODE, "_ts"))
-    prev = st.select(C.CODE, "_q", (c("_fy") + 1).alias("_fy"), "_ts", *[c(x).alias(f"_p{x}") for x in
-                                                                          ("Sales", "OP", "NP")])
+    st = (
+        st.with_columns(
+            ts.alias("_ts"),
+            per.replace_strict(
+                {"1Q": 1, "2Q": 2, "3Q": 3, "4Q": 4, "FY": 4}, default=None, return_dtype=pl.Int32
+            ).alias("_q"),
+            pl.coalesce(c("CurFYSt").dt.year(), c("CurFYEn").dt.year() - 1).cast(pl.Int32).alias("_fy"),
+        )
+        .filter(c("_eff").is_not_null())
+        .sort(C.CODE, "_ts")
+    )
+    prev = st.select(
+        C.CODE, "_q", (c("_fy") + 1).alias("_fy"), "_ts", *[c(x).alias(f"_p{x}") for x in ("Sales", "OP", "NP")]
+    )
     prev = prev.filter(c("_q").is_not_null() & c("_fy").is_not_null()).sort(C.CODE, "_q", "_fy", "_ts")
-    st = st.sort(C.CODE, "_q", "_fy", "_ts").join_asof(
-        prev, on="_ts", by=[C.CODE, "_q", "_fy"], strategy="backward", check_sortedness=False).sort(C.CODE, "_ts")
+    st = (
+        st.sort(C.CODE, "_q", "_fy", "_ts")
+        .join_asof(prev, on="_ts", by=[C.CODE, "_q", "_fy"], strategy="backward", check_sortedness=False)
+        .sort(C.CODE, "_ts")
+    )
 
     def yoy(x: str) -> pl.Expr:
         return (c(x) - c(f"_p{x}")) / (c(f"_p{x}").abs() + EPS)
@@ -93,35 +120,46 @@ def statement_table(st: pl.DataFrame, cal: TradingCalendar, s: dict) -> pl.DataF
         p = per_code(c(x).shift(1))
         return (c(x) - p) / (p.abs() + EPS)
 
-    truthy = lambda x: c(x).cast(pl.Utf8).str.to_lowercase().str.strip_chars().is_in(TRUE_WORDS)  # noqa: E731
+    truthy = lambda x: c(x).cast(pl.Utf8).str.to_lowercase().str.strip_chars().is_in(TRUE_WORDS)
     feats = {
-        "stmt_yoy_sales": yoy("Sales"), "stmt_yoy_op": yoy("OP"), "stmt_yoy_np": yoy("NP"),
-        "stmt_opm": div(c("OP"), c("Sales")), "stmt_npm": div(c("NP"), c("Sales")),
-        "stmt_progress_op": div(c("OP"), c("FOP")), "stmt_progress_np": div(c("NP"), c("FNP")),
-        "stmt_rev_fore_op": rev("FOP"), "stmt_rev_fore_np": rev("FNP"), "stmt_rev_fore_eps": rev("FEPS"),
+        "stmt_yoy_sales": yoy("Sales"),
+        "stmt_yoy_op": yoy("OP"),
+        "stmt_yoy_np": yoy("NP"),
+        "stmt_opm": div(c("OP"), c("Sales")),
+        "stmt_npm": div(c("NP"), c("Sales")),
+        "stmt_progress_op": div(c("OP"), c("FOP")),
+        "stmt_progress_np": div(c("NP"), c("FNP")),
+        "stmt_rev_fore_op": rev("FOP"),
+        "stmt_rev_fore_np": rev("FNP"),
+        "stmt_rev_fore_eps": rev("FEPS"),
         "stmt_rev_div_fore": rev("FDivAnn"),
-        "stmt_roe": div(c("NP"), c("Eq")), "stmt_roa": div(c("NP"), c("TA")),
+        "stmt_roe": div(c("NP"), c("Eq")),
+        "stmt_roa": div(c("NP"), c("TA")),
     }
     clip = s["ratio_clip"]
     out = st.with_columns(
         *[(e.clip(-clip, clip) if clip else e).alias(n) for n, e in feats.items()],
-        flag(truthy("ChgAcEst")).alias("_chg"), flag(truthy("RetroRst")).alias("_nc"),
+        flag(truthy("ChgAcEst")).alias("_chg"),
+        flag(truthy("RetroRst")).alias("_nc"),
     )
     # the latest disclosure wins when several become effective on the same session
-    out = (out.unique([C.CODE, "_eff"], keep="last", maintain_order=True)
-           .select(C.CODE, c("_eff").alias("_st_eff"), *RATIOS, "_chg", "_nc", shares_net(out.columns)))
+    out = out.unique([C.CODE, "_eff"], keep="last", maintain_order=True).select(
+        C.CODE, c("_eff").alias("_st_eff"), *RATIOS, "_chg", "_nc", shares_net(out.columns)
+    )
     return narrow(out, RATIOS).sort(C.CODE, "_st_eff")
 
 
-def attach(lf: pl.LazyFrame, st: pl.DataFrame | None, cal: TradingCalendar, s: dict,
-           enabled: bool) -> tuple[pl.LazyFrame, Block]:
+def attach(
+    lf: pl.LazyFrame, st: pl.DataFrame | None, cal: TradingCalendar, s: dict, enabled: bool
+) -> tuple[pl.LazyFrame, Block]:
     b = Block("statements")
     if st is None:
         b.skip("no statements table")
         return lf, b
     table = statement_table(st, cal, s)
-    lf = lf.join_asof(table.lazy(), left_on=C.DATE, right_on="_st_eff", by=C.CODE, strategy="backward",
-                      check_sortedness=False)
+    lf = lf.join_asof(
+        table.lazy(), left_on=C.DATE, right_on="_st_eff", by=C.CODE, strategy="backward", check_sortedness=False
+    )
     if not enabled:
         return lf, b
     days = (c(C.DATE) - c("_st_eff")).dt.total_days()

@@ -51,13 +51,19 @@ def technicals(avail: set[str], t: dict) -> Block:
         up_move = c(C.HIGH) - per_code(c(C.HIGH).shift(1))
         down_move = per_code(c(C.LOW).shift(1)) - c(C.LOW)
         first = up_move.is_null() | down_move.is_null()
-        b.add("_pdm", pl.when(first).then(None).when((up_move > down_move) & (up_move > 0)).then(up_move)
-              .otherwise(0.0))
-        b.add("_mdm", pl.when(first).then(None).when((down_move > up_move) & (down_move > 0)).then(down_move)
-              .otherwise(0.0))
+        b.add(
+            "_pdm", pl.when(first).then(None).when((up_move > down_move) & (up_move > 0)).then(up_move).otherwise(0.0)
+        )
+        b.add(
+            "_mdm",
+            pl.when(first).then(None).when((down_move > up_move) & (down_move > 0)).then(down_move).otherwise(0.0),
+        )
     b.next_stage()
-    b.add("macd_signal", per_code(c("macd").ewm_mean(span=sig, adjust=False, min_samples=sig, ignore_nulls=True)),
-          level=PRICE)
+    b.add(
+        "macd_signal",
+        per_code(c("macd").ewm_mean(span=sig, adjust=False, min_samples=sig, ignore_nulls=True)),
+        level=PRICE,
+    )
     if not hl:
         n = t["atr"]
         b.add(f"atr_{n}", wilder(c("_tr"), n), level=PRICE)

@@ -1,15 +1,15 @@
 """ATFT-GAT-FAN: one trading day's stocks in, per-horizon return predictions out.
 
-    x [N, L, F] (cross-sectionally normalised features), sector [N], segment [N], raw returns [N, L]
-      │ 1. input norm (FAN | RevIN | none) ─────────────── summary of the removed component ──┐
-      │ 2. variable selection (softmax weights once per window: GRN(window summary, static ctx))│
-      │ 3. temporal fusion (LSTM from static state, enrichment, causal attention) -> last step  │
-      ▼                                                                                         ▼
-      h = temporal + norm summary
-      │ 3b. market context (model.market_context=film): h ← h ⊙ (1 + γ(c)) + β(c), c = the day's market state
-      │     computed from the raw return window (point in time: days d-L+1..d only)
-      │ 4. GAT over the day's correlation graph, fused as h + g ⊙ gat(h)          (model.gat)
-      ▼ 5. heads per horizon: point + monotone quantiles
+x [N, L, F] (cross-sectionally normalised features), sector [N], segment [N], raw returns [N, L]
+  │ 1. input norm (FAN | RevIN | none) ─────────────── summary of the removed component ──┐
+  │ 2. variable selection (softmax weights once per window: GRN(window summary, static ctx))│
+  │ 3. temporal fusion (LSTM from static state, enrichment, causal attention) -> last step  │
+  ▼                                                                                         ▼
+  h = temporal + norm summary
+  │ 3b. market context (model.market_context=film): h ← h ⊙ (1 + γ(c)) + β(c), c = the day's market state
+  │     computed from the raw return window (point in time: days d-L+1..d only)
+  │ 4. GAT over the day's correlation graph, fused as h + g ⊙ gat(h)          (model.gat)
+  ▼ 5. heads per horizon: point + monotone quantiles
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class ATFTConfig:
     n_heads: int
     lstm_layers: int
     dropout: float
-    norm: str                          # fan | revin | none
+    norm: str  # fan | revin | none
     fan_topk: int
     gat: bool
     gat_heads: tuple[int, int]
@@ -52,9 +52,9 @@ class ATFTConfig:
     head_hidden: int
     n_sectors: int
     n_segments: int
-    vsn_init_gain: float               # initial gain of the variable-selection logits (small: near-uniform start)
-    market_context: str                # none | film: FiLM of the temporal output from the day's market state
-    graph: dict                        # FinancialGraphBuilder settings (model.graph)
+    vsn_init_gain: float  # initial gain of the variable-selection logits (small: near-uniform start)
+    market_context: str  # none | film: FiLM of the temporal output from the day's market state
+    graph: dict  # FinancialGraphBuilder settings (model.graph)
 
     MODEL_GROUP_ONLY = ("name", "expected_params")  # keys of the model config group that are not model fields
 
@@ -73,8 +73,10 @@ class ATFTConfig:
         if missing:
             from gogooku3.core.errors import ConfigError
 
-            raise ConfigError(f"model.{missing[0]}: required key missing (ATFTConfig takes every key of the model "
-                              f"group plus n_features and horizons; missing: {', '.join(missing)})")
+            raise ConfigError(
+                f"model.{missing[0]}: required key missing (ATFTConfig takes every key of the model "
+                f"group plus n_features and horizons; missing: {', '.join(missing)})"
+            )
         for k in ("horizons", "gat_heads", "quantiles"):
             if k in d:
                 d[k] = tuple(d[k])
@@ -121,9 +123,15 @@ class ATFTGATFAN(nn.Module):
             self._graph_builder = FinancialGraphBuilder(**self.cfg.graph)
         return self._graph_builder
 
-    def forward(self, x: torch.Tensor, sector: torch.Tensor, segment: torch.Tensor,
-                returns: torch.Tensor | None = None, returns_valid: torch.Tensor | None = None,
-                edges: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        sector: torch.Tensor,
+        segment: torch.Tensor,
+        returns: torch.Tensor | None = None,
+        returns_valid: torch.Tensor | None = None,
+        edges: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
         """x [N, L, F]; sector, segment [N] long; returns [N, L] raw 1-day returns (needed when model.gat).
 
         Returns point [N, nH], quantiles [N, nH, Q] (when configured) and feature_weights [F] (mean VSN weight).
@@ -164,7 +172,9 @@ class ATFTGATFAN(nn.Module):
         def n(*mods: nn.Module) -> int:
             return sum(p.numel() for m in mods for p in m.parameters())
 
-        per_step = F * H + n(self.vsn.post, t.lstm, t.post_lstm, t.enrich, t.attn.k, t.attn.v) - n(t.enrich.ctx)
+        ctx = t.enrich.ctx
+        assert ctx is not None  # the static enrichment always has its context projection
+        per_step = F * H + n(self.vsn.post, t.lstm, t.post_lstm, t.enrich, t.attn.k, t.attn.v) - n(ctx)
         once = self.get_num_params() - per_step
         fwd = 2.0 * (per_step * L + once) + 4.0 * L * H
         return 3.0 * fwd

@@ -6,6 +6,7 @@ Members share the day's correlation graph (built once per batch). The mean of mo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -26,9 +27,15 @@ class ATFTEnsemble(nn.Module):
     def from_config(cls, cfg: ATFTConfig, n: int) -> ATFTEnsemble:
         return cls([ATFTGATFAN(cfg) for _ in range(n)])
 
-    def forward(self, x: torch.Tensor, sector: torch.Tensor, segment: torch.Tensor,
-                returns: torch.Tensor | None = None, returns_valid: torch.Tensor | None = None,
-                edges: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        sector: torch.Tensor,
+        segment: torch.Tensor,
+        returns: torch.Tensor | None = None,
+        returns_valid: torch.Tensor | None = None,
+        edges: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
         if edges is None and self.cfg.gat:
             if returns is None:
                 raise ValueError("model.gat=true needs the raw return window (returns=[N, L])")
@@ -43,7 +50,7 @@ class ATFTEnsemble(nn.Module):
         return torch.stack(list(outputs)).mean(dim=0)
 
     def get_num_params(self) -> int:
-        return sum(m.get_num_params() for m in self.members)
+        return sum(cast(ATFTGATFAN, m).get_num_params() for m in self.members)
 
     def estimate_flops_per_sample(self) -> float:
-        return sum(m.estimate_flops_per_sample() for m in self.members)
+        return sum(cast(ATFTGATFAN, m).estimate_flops_per_sample() for m in self.members)

@@ -19,8 +19,9 @@ from torch import nn
 from torch_geometric.nn import GATv2Conv
 
 
-def day_graph(builder, returns: torch.Tensor, valid: torch.Tensor | None, sector: torch.Tensor,
-              segment: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def day_graph(
+    builder, returns: torch.Tensor, valid: torch.Tensor | None, sector: torch.Tensor, segment: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """returns [N, L] raw, valid [N, L] bool -> (edge_index [2, E+N], edge_attr [E+N, 3]) with self-loops.
 
     Sync-free path (`builder.is_sync_free(returns.device)`): E = N·S fixed, slots without an edge are (N, N) with
@@ -28,14 +29,17 @@ def day_graph(builder, returns: torch.Tensor, valid: torch.Tensor | None, sector
     count of `builder.edges` (one host round-trip)."""
     n = returns.shape[0]
     dev = returns.device
-    no_autocast = (torch.autocast(device_type=dev.type, enabled=False) if torch.amp.is_autocast_available(dev.type)
-                   else contextlib.nullcontext())  # e.g. "meta" (the sync-free test runs it there)
+    no_autocast = (
+        torch.autocast(device_type=dev.type, enabled=False)
+        if torch.amp.is_autocast_available(dev.type)
+        else contextlib.nullcontext()
+    )  # e.g. "meta" (the sync-free test runs it there)
     with torch.no_grad(), no_autocast:
         r = torch.nan_to_num(returns.float()).T.contiguous()  # [T, N]
         m = None if valid is None else valid.T.contiguous()
         loops = torch.arange(n, device=dev)
         if getattr(builder, "is_sync_free", lambda _d: False)(dev):
-            nbr, ok, rho = builder.edges_slots(r, m)           # [N, S] each
+            nbr, ok, rho = builder.edges_slots(r, m)  # [N, S] each
             rows = loops[:, None].expand_as(nbr)
             same_sec = (sector[:, None] == sector[nbr]) & ok
             same_seg = (segment[:, None] == segment[nbr]) & ok
@@ -59,15 +63,15 @@ class GraphBranch(nn.Module):
     """Two GATv2Conv layers (heads 4 then 2, edge_dim=3), each with a residual projection and LayerNorm,
     fused into the temporal representation as h + g ⊙ gat(h)."""
 
-    def __init__(self, hidden: int, heads: tuple[int, int] = (4, 2), dropout: float = 0.1):
+    def __init__(self, hidden: int, heads: tuple[int, ...] = (4, 2), dropout: float = 0.1):
         super().__init__()
         h1, h2 = heads
-        self.conv1 = GATv2Conv(hidden, hidden, heads=h1, concat=True, dropout=dropout, edge_dim=3,
-                               add_self_loops=False)
+        self.conv1 = GATv2Conv(hidden, hidden, heads=h1, concat=True, dropout=dropout, edge_dim=3, add_self_loops=False)
         self.res1 = nn.Linear(hidden, hidden * h1, bias=False)
         self.norm1 = nn.LayerNorm(hidden * h1)
-        self.conv2 = GATv2Conv(hidden * h1, hidden, heads=h2, concat=False, dropout=dropout, edge_dim=3,
-                               add_self_loops=False)
+        self.conv2 = GATv2Conv(
+            hidden * h1, hidden, heads=h2, concat=False, dropout=dropout, edge_dim=3, add_self_loops=False
+        )
         self.norm2 = nn.LayerNorm(hidden)
         self.gate = nn.Linear(2 * hidden, hidden)
         self.act = nn.ELU()

@@ -2,8 +2,8 @@
 
 Per horizon h: targets standardised over the day's stocks that have a label (missing labels are masked out, never
 zero-filled) — z-score, or rank-gauss (the day's ranks mapped to normal quantiles, robust to fat tails and to
-high-volatility names dominating the day) — then Huber(ŷ, z) + λ_q · pinball(quantiles, z) + λ_ic · (1 − Pearson(ŷ, z)); horizons combined
-with normalised weights. Horizons with fewer than `min_stocks` labels that day are skipped.
+high-volatility names dominating the day) — then Huber(ŷ, z) + λ_q · pinball(quantiles, z) + λ_ic · (1 − Pearson(ŷ, z));
+horizons combined with normalised weights. Horizons with fewer than `min_stocks` labels that day are skipped.
 """
 
 from __future__ import annotations
@@ -49,12 +49,25 @@ def pinball(q: torch.Tensor, y: torch.Tensor, levels: torch.Tensor) -> torch.Ten
 
 
 class MultiHorizonLoss(torch.nn.Module):
-    def __init__(self, horizons: Sequence[int], weights: Sequence[float] | None = None,
-                 quantiles: Sequence[float] = (), huber_delta: float = 1.0, lambda_q: float = 0.25,
-                 lambda_ic: float = 0.5, min_stocks: int = 5, target_transform: str = "rank_gauss"):
+    weights: torch.Tensor  # buffers (registered in __init__)
+    levels: torch.Tensor
+
+    def __init__(
+        self,
+        horizons: Sequence[int],
+        weights: Sequence[float] | None = None,
+        quantiles: Sequence[float] = (),
+        huber_delta: float = 1.0,
+        lambda_q: float = 0.25,
+        lambda_ic: float = 0.5,
+        min_stocks: int = 5,
+        target_transform: str = "rank_gauss",
+    ):
         super().__init__()
         if target_transform not in TARGET_TRANSFORMS:
-            raise ValueError(f"target_transform must be one of {', '.join(TARGET_TRANSFORMS)}, got {target_transform!r}")
+            raise ValueError(
+                f"target_transform must be one of {', '.join(TARGET_TRANSFORMS)}, got {target_transform!r}"
+            )
         self.standardise = TARGET_TRANSFORMS[target_transform]
         w = torch.tensor(list(weights) if weights is not None else [1.0] * len(horizons), dtype=torch.float32)
         if len(w) != len(horizons):

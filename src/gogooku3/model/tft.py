@@ -149,8 +149,9 @@ class TemporalFusion(nn.Module):
     def __init__(self, hidden: int, n_heads: int, lstm_layers: int, dropout: float):
         super().__init__()
         self.lstm_layers = lstm_layers
-        self.lstm = nn.LSTM(hidden, hidden, num_layers=lstm_layers, batch_first=True,
-                            dropout=dropout if lstm_layers > 1 else 0.0)
+        self.lstm = nn.LSTM(
+            hidden, hidden, num_layers=lstm_layers, batch_first=True, dropout=dropout if lstm_layers > 1 else 0.0
+        )
         self.post_lstm = GateAddNorm(hidden, hidden, dropout)
         self.enrich = GRN(hidden, hidden, hidden, dropout, d_context=hidden)
         self.attn = InterpretableMultiHeadAttention(hidden, n_heads, dropout)
@@ -164,7 +165,7 @@ class TemporalFusion(nn.Module):
                 nn.init.orthogonal_(p)
             elif "bias" in name:
                 nn.init.zeros_(p)
-                p.data[hidden:2 * hidden] = 1.0  # forget gate
+                p.data[hidden : 2 * hidden] = 1.0  # forget gate
 
     def forward(self, x: torch.Tensor, c_e: torch.Tensor, c_h: torch.Tensor, c_c: torch.Tensor) -> torch.Tensor:
         """x [N, L, H]; contexts [N, H] -> [N, H] (the last step)."""
@@ -189,8 +190,8 @@ def market_state(returns: torch.Tensor, valid: torch.Tensor | None = None) -> to
     v = torch.isfinite(r) if valid is None else (valid & torch.isfinite(r))
     r = torch.where(v, r, torch.zeros_like(r))
     vf = v.float()
-    cnt = vf.sum(0).clamp_min(1.0)                                    # [L] stocks per day
-    m = r.sum(0) / cnt                                                # [L] equal-weighted market return
+    cnt = vf.sum(0).clamp_min(1.0)  # [L] stocks per day
+    m = r.sum(0) / cnt  # [L] equal-weighted market return
     L = m.shape[0]
     eps = 1e-6
     age = torch.arange(L - 1, -1, -1, device=r.device, dtype=r.dtype)
@@ -199,9 +200,9 @@ def market_state(returns: torch.Tensor, valid: torch.Tensor | None = None) -> to
     k20 = min(20, L)
     vol20 = m[-k20:].square().mean().sqrt()
     vol = m.square().mean().sqrt()
-    disp = ((r.square().sum(0) / cnt - m.square()).clamp_min(0.0)).sqrt()   # [L] cross-sectional std
+    disp = ((r.square().sum(0) / cnt - m.square()).clamp_min(0.0)).sqrt()  # [L] cross-sectional std
     k5 = min(5, L)
-    breadth = ((r > 0).float() * vf).sum(0) / cnt                       # [L] share of rising stocks
+    breadth = ((r > 0).float() * vf).sum(0) / cnt  # [L] share of rising stocks
 
     def log_ratio(a: torch.Tensor, b: torch.Tensor | float) -> torch.Tensor:
         return torch.log((a + eps) / (b + eps))
@@ -209,11 +210,22 @@ def market_state(returns: torch.Tensor, valid: torch.Tensor | None = None) -> to
     def ret(k: int) -> torch.Tensor:
         return m[-k:].sum() / (vol * math.sqrt(k) + eps)
 
-    state = torch.stack([
-        log_ratio(vol_ewm, 0.01), log_ratio(vol20, 0.01), log_ratio(vol, 0.01), log_ratio(vol_ewm, vol),
-        ret(1), ret(k5), ret(k20), ret(L),
-        log_ratio(disp[-k5:].mean(), 0.02), log_ratio(disp[-k5:].mean(), disp.mean()),
-        4.0 * (breadth[-k5:].mean() - 0.5), 4.0 * (breadth[-1] - 0.5)])
+    state = torch.stack(
+        [
+            log_ratio(vol_ewm, 0.01),
+            log_ratio(vol20, 0.01),
+            log_ratio(vol, 0.01),
+            log_ratio(vol_ewm, vol),
+            ret(1),
+            ret(k5),
+            ret(k20),
+            ret(L),
+            log_ratio(disp[-k5:].mean(), 0.02),
+            log_ratio(disp[-k5:].mean(), disp.mean()),
+            4.0 * (breadth[-k5:].mean() - 0.5),
+            4.0 * (breadth[-1] - 0.5),
+        ]
+    )
     return state.clamp(-5.0, 5.0)
 
 
@@ -225,10 +237,13 @@ class MarketContext(nn.Module):
 
     def __init__(self, hidden: int, dropout: float):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(self.N_STATE, hidden), nn.ELU(), Dropout(dropout),
-                                 nn.Linear(hidden, 2 * hidden))
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        self.net = nn.Sequential(
+            nn.Linear(self.N_STATE, hidden), nn.ELU(), Dropout(dropout), nn.Linear(hidden, 2 * hidden)
+        )
+        last = self.net[-1]
+        assert isinstance(last, nn.Linear)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def forward(self, h: torch.Tensor, returns: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """h [N, H]; returns, valid [N, L] (one day's stocks) -> [N, H]."""

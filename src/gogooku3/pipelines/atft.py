@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import polars as pl
 import torch
@@ -27,13 +27,14 @@ from gogooku3.core import columns as C
 from gogooku3.core.errors import ConfigError
 from gogooku3.core.io import new_run_dir, peak_rss_mb, point_last, timestamp, write_json, write_parquet, write_text
 from gogooku3.core.runs import check_resume, resume_dir, shown
+from gogooku3.core.scalars import as_float
 from gogooku3.data.dataset import load_dataset, load_panel
 from gogooku3.data.panel import clean_cache
 from gogooku3.evaluation.compare import Comparison, compare, mean_rank_ic
 from gogooku3.evaluation.results import BaselineRef, FoldResult, ModelInfo, TrainResult
 from gogooku3.evaluation.tracking import log_training
 from gogooku3.model.ensemble import ATFTEnsemble
-from gogooku3.predictors.atft import ATFTFitted
+from gogooku3.predictors.atft import ATFTFitted, ATFTPredictor
 from gogooku3.predictors.base import Context, Fitted, build_predictors, targets_frame
 from gogooku3.predictors.lgbm import LightGBMFitted
 from gogooku3.training.checkpoints import adopt_checkpoints, check_resume_model
@@ -52,7 +53,9 @@ class CompleteATFTTrainingPipeline:
     def __init__(self, cfg: Settings):
         self.cfg = cfg
         self.durations: dict[str, float] = {}
-        self.is_main = rank_zero_only.rank == 0  # DDP children re-run this pipeline; only rank 0 writes outputs
+        # DDP children re-run this pipeline; only rank 0 writes outputs. Lightning sets `rank` on the function at
+        # import; its stub does not declare the attribute.
+        self.is_main = rank_zero_only.rank == 0  # type: ignore[attr-defined]
 
     def _step(self, name: str, t0: float) -> None:
         self.durations[name] = round(time.perf_counter() - t0, 3)
@@ -62,8 +65,9 @@ class CompleteATFTTrainingPipeline:
         t_all = time.perf_counter()
         pc = self.cfg.predictors
         if pc.product not in pc.fit or DEEP not in pc.fit:  # every servable product holds the network
-            raise ConfigError(f"predictors.fit ({', '.join(pc.fit)}) must include {DEEP} and predictors.product "
-                              f"({pc.product})")
+            raise ConfigError(
+                f"predictors.fit ({', '.join(pc.fit)}) must include {DEEP} and predictors.product ({pc.product})"
+            )
         resume = resume_dir(self.cfg)
         t0 = time.perf_counter()
         self.dataset, self.manifest, self.ref = load_dataset(self.cfg)
@@ -80,12 +84,28 @@ class CompleteATFTTrainingPipeline:
         cfg = self.cfg
         self.horizons = list(self.manifest.horizons)
         self.panel = load_panel(cfg, self.dataset, self.manifest, self.ref)
-        self.folds, self.plans = make_plans(self.panel.dates, cfg.split, self.horizons, self.manifest.entry_lag,
-                                            cfg.train.cv.folds, self.manifest.max_lookback)
-        ctx = self.ctx = Context(cfg, self.dataset, self.manifest, self.ref.fingerprint, self.folds, self.plans,
-                                 None, {"panel": self.panel, "member_pool": pool})
+        self.folds, self.plans = make_plans(
+            self.panel.dates,
+            cfg.split,
+            self.horizons,
+            self.manifest.entry_lag,
+            cfg.train.cv.folds,
+            self.manifest.max_lookback,
+        )
+        ctx = self.ctx = Context(
+            cfg,
+            self.dataset,
+            self.manifest,
+            self.ref.fingerprint,
+            self.folds,
+            self.plans,
+            None,
+            {"panel": self.panel, "member_pool": pool},
+        )
         self.predictors = build_predictors(ctx)
-        model_cfg = model_config(cfg, self.panel, self.horizons, len(self.predictors[DEEP].stack_inputs()))
+        model_cfg = model_config(
+            cfg, self.panel, self.horizons, len(cast(ATFTPredictor, self.predictors[DEEP]).stack_inputs())
+        )
         for sub, state in resumed.items():
             check_resume_model(state, model_cfg, shown(resume / sub / "last.ckpt"))
         self._step("load_and_convert", t0)
@@ -121,7 +141,9 @@ class CompleteATFTTrainingPipeline:
         return {"status": "ok", "run_dir": str(self.run_dir), "result": result}
 
     # ---- predictions, comparison, bundle -------------------------------------------------------------------------
-    def predictions(self, fitted: dict[str, dict[int, Fitted]]) -> tuple[dict[str, pl.DataFrame], dict[str, pl.DataFrame]]:
+    def predictions(
+        self, fitted: dict[str, dict[int, Fitted]]
+    ) -> tuple[dict[str, pl.DataFrame], dict[str, pl.DataFrame]]:
         """Every predictor's val and test predictions over the plans, with the dataset's labels, written to
         RUN/predictions/<name>/{val,test}.parquet."""
         plans = {p.index: p for p in self.plans}
@@ -151,16 +173,21 @@ class CompleteATFTTrainingPipeline:
         t0 = time.perf_counter()
         fold_days = {p.index: p.test for p in self.plans}
         comp, aligned = compare(test, hs, fold_days, product=product, reference=pc.reference)
-        comp_val, _ = compare(val, hs, {p.index: p.val for p in self.plans}, product=product,
-                              reference=pc.reference)
+        comp_val, _ = compare(val, hs, {p.index: p.val for p in self.plans}, product=product, reference=pc.reference)
         comp.save(rd / "comparison.json")
         for name, r in comp.rows["frames"].items():
             if r["kept"] < r["rows"]:
-                log.info("train: %s test rows %d -> %d on the common rows (%d without a prediction, absent in %s)",
-                         name, r["rows"], r["kept"], r["excluded_null_prediction"], r["excluded_absent_in"])
+                log.info(
+                    "train: %s test rows %d -> %d on the common rows (%d without a prediction, absent in %s)",
+                    name,
+                    r["rows"],
+                    r["kept"],
+                    r["excluded_null_prediction"],
+                    r["excluded_absent_in"],
+                )
         folds = [self._fold_result(plan, fitted, aligned.get(DEEP)) for plan in self.plans]
         last = self.plans[-1].index
-        deep: ATFTFitted | None = fitted.get(DEEP, {}).get(last)
+        deep = cast("ATFTFitted | None", fitted.get(DEEP, {}).get(last))  # the deep model's entry fits an ATFTFitted
         if deep is not None:
             write_json(rd / "variable_importance.json", deep.feature_importance(list(self.manifest.names)))
         fitted[product][last].save(rd / "bundle")
@@ -169,19 +196,34 @@ class CompleteATFTTrainingPipeline:
         model = None if deep is None else deep.model
         n_members = len(model.members) if isinstance(model, ATFTEnsemble) else 1
         result = TrainResult(
-            run_dir=str(rd), created=timestamp(), dataset=self.ref, baseline=self._baseline_ref(fitted),
-            model=None if model is None else ModelInfo(self.cfg.model.name, model.get_num_params(), n_members,
-                                                       model.get_num_params() // n_members,
-                                                       self.cfg.model.expected_params,
-                                                       model.estimate_flops_per_sample()),
-            horizons=hs, product=product, predictors=list(fitted), folds=folds, comparison=comp.to_dict(),
+            run_dir=str(rd),
+            created=timestamp(),
+            dataset=self.ref,
+            baseline=self._baseline_ref(fitted),
+            model=None
+            if model is None
+            else ModelInfo(
+                self.cfg.model.name,
+                model.get_num_params(),
+                n_members,
+                model.get_num_params() // n_members,
+                self.cfg.model.expected_params,
+                model.estimate_flops_per_sample(),
+            ),
+            horizons=hs,
+            product=product,
+            predictors=list(fitted),
+            folds=folds,
+            comparison=comp.to_dict(),
             comparison_val=comp_val.to_dict(),
             samples_per_sec=sum(h["samples_per_sec"] for h in thr) / len(thr) if thr else None,
             mfu=sum(h["mfu"] for h in thr) / len(thr) if thr else None,
-            collapse={} if DEEP not in test else {str(h): float(test[DEEP][C.pred(h)].std() or 0.0) for h in hs},
+            collapse={} if DEEP not in test else {str(h): as_float(test[DEEP][C.pred(h)].std() or 0.0) for h in hs},
             panel={"fingerprint": self.panel.fingerprint, "shape": list(self.panel.features.shape)},
-            durations_s={}, peak_rss_mb=0.0,
-            peak_gpu_mb=torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None)
+            durations_s={},
+            peak_rss_mb=0.0,
+            peak_gpu_mb=torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+        )
         result.durations_s = {**self.durations, "total": round(time.perf_counter() - t_all, 3)}
         result.peak_rss_mb = peak_rss_mb()
         result.save(rd / "metrics.json")
@@ -194,15 +236,21 @@ class CompleteATFTTrainingPipeline:
         if lgbm is None:
             return None
         run = lgbm.run
-        return BaselineRef(None if run.directory is None else str(run.directory), run.fingerprint, bool(run.reused),
-                           run.safe_report)
+        return BaselineRef(
+            None if run.directory is None else str(run.directory), run.fingerprint, bool(run.reused), run.safe_report
+        )
 
     def _fold_result(self, plan, fitted: dict[str, dict[int, Fitted]], deep_rows: pl.DataFrame | None) -> FoldResult:
         facts = {n: folds[plan.index].facts() for n, folds in fitted.items() if plan.index in folds}
-        deep = fitted.get(DEEP, {}).get(plan.index)
-        return FoldResult(fold=plan.fold.to_dict(), **plan.ranges(), predictors=facts,
-                          members_test_rank_ic=None if deep is None or deep_rows is None
-                          else self._members_test(deep, deep_rows, plan))
+        deep = cast("ATFTFitted | None", fitted.get(DEEP, {}).get(plan.index))
+        return FoldResult(
+            fold=plan.fold.to_dict(),
+            **plan.ranges(),
+            predictors=facts,
+            members_test_rank_ic=None
+            if deep is None or deep_rows is None
+            else self._members_test(deep, deep_rows, plan),
+        )
 
     def _members_test(self, deep: ATFTFitted, rows: pl.DataFrame, plan) -> list[dict[str, float]] | None:
         """Each member's own test RankIC on the compared rows of this fold (the seed spread), where the members'
@@ -211,17 +259,30 @@ class CompleteATFTTrainingPipeline:
         if frames is None or len(frames) < 2:
             return None
         keys = rows.filter(pl.col(C.DATE).is_in(pl.Series(sorted(plan.test), dtype=pl.Date).implode())).select(
-            C.DATE, C.CODE, *[C.target(h) for h in self.horizons])
-        return [{str(h): round(v[0], 6) for h, v in mean_rank_ic(keys.join(f, on=[C.DATE, C.CODE], how="left"),
-                                                                 self.horizons).items()} for f in frames]
+            C.DATE, C.CODE, *[C.target(h) for h in self.horizons]
+        )
+        return [
+            {
+                str(h): round(v[0], 6)
+                for h, v in mean_rank_ic(keys.join(f, on=[C.DATE, C.CODE], how="left"), self.horizons).items()
+            }
+            for f in frames
+        ]
 
     def _log_summary(self, comp: Comparison, folds: list[FoldResult]) -> None:
         h0 = str(self.horizons[0])
-        log.info("train: test RankIC %sd on %d common rows: %s (product: %s)", h0, comp.rows["n_common"],
-                 ", ".join(f"{n} {comp.rank_ic(n, h0):.4f}" for n in comp.names if comp.rank_ic(n, h0) is not None),
-                 comp.product)
+        log.info(
+            "train: test RankIC %sd on %d common rows: %s (product: %s)",
+            h0,
+            comp.rows["n_common"],
+            ", ".join(f"{n} {comp.rank_ic(n, h0):.4f}" for n in comp.names if comp.rank_ic(n, h0) is not None),
+            comp.product,
+        )
         for f in folds:
             if f.members_test_rank_ic:
-                log.info("train: fold %s members' own test RankIC %sd %s (the seed spread)", f.fold["index"], h0,
-                         " / ".join(f"{m[h0]:.4f}" for m in f.members_test_rank_ic))
-
+                log.info(
+                    "train: fold %s members' own test RankIC %sd %s (the seed spread)",
+                    f.fold["index"],
+                    h0,
+                    " / ".join(f"{m[h0]:.4f}" for m in f.members_test_rank_ic),
+                )

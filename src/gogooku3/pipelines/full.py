@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from gogooku3.core.errors import ConfigError
 from gogooku3.core.io import peak_rss_mb
 
 if TYPE_CHECKING:
-    from gogooku3.config.schema import Settings
+    from gogooku3.config.schema import FilesDataSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class FullTrainingPipeline:
         if source == "files":
             from gogooku3.sources.files import import_files
 
-            path = self.cfg.data.path
+            path = cast("FilesDataSettings", self.cfg.data).path  # source == "files"
             if not path:
                 raise ConfigError("data=files needs data.path=<your CSV or parquet> for `gogooku3 run`")
             return import_files(self.cfg, Path(path))
@@ -84,7 +84,6 @@ class FullTrainingPipeline:
 
     def _backtest(self) -> Any:
         from gogooku3.evaluation.backtest.run import run_backtest
-
         from gogooku3.evaluation.results import run_predictions
 
         # every predictor of the run, the product first (the report backtests them again on its aligned rows)

@@ -21,7 +21,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
+from gogooku3.config.compose import to_dict
 from gogooku3.core import columns as C
+from gogooku3.core.errors import ConfigError, DataError
+from gogooku3.core.io import file_fingerprint, peak_rss_mb, timestamp, write_json
+from gogooku3.data.dataset import open_manifest
+from gogooku3.data.graph import FinancialGraphBuilder, graph_snapshot
+from gogooku3.data.split import Fold, check_folds, chosen_folds, make_splitter
+from gogooku3.data.validation import scan_dataset, validate_dataset
+from gogooku3.evaluation.compare import compare
+from gogooku3.features.manifest import FeatureManifest, is_label_like, manifest_path
 from gogooku3.predictors.lightgbm import (
     BaselineRun,
     baseline_fingerprint,
@@ -30,24 +39,22 @@ from gogooku3.predictors.lightgbm import (
     fit_baseline,
     load_or_fit,
 )
-from gogooku3.config.compose import to_dict
-from gogooku3.core.errors import ConfigError, DataError
-from gogooku3.evaluation.compare import compare
 from gogooku3.predictors.oracle import find_oracle, oracle_predictions
-from gogooku3.features.manifest import FeatureManifest, is_label_like, manifest_path
-from gogooku3.data.graph import FinancialGraphBuilder, graph_snapshot
-from gogooku3.core.io import file_fingerprint, peak_rss_mb, timestamp, write_json
-from gogooku3.data.dataset import open_manifest
-from gogooku3.data.split import Fold, check_folds, chosen_folds, make_splitter
-from gogooku3.data.validation import scan_dataset, validate_dataset
 
 if TYPE_CHECKING:
     from gogooku3.config.schema import Settings
 
 log = logging.getLogger(__name__)
 
-SUMMARY_KEYS = ("ic_mean", "rank_ic_mean", "rank_icir", "rank_ic_tstat", "rank_ic_pos_share", "hit_rate",
-                "top_bottom_spread")
+SUMMARY_KEYS = (
+    "ic_mean",
+    "rank_ic_mean",
+    "rank_icir",
+    "rank_ic_tstat",
+    "rank_ic_pos_share",
+    "hit_rate",
+    "top_bottom_spread",
+)
 
 
 def _date(v: Any) -> dt.date | None:
@@ -104,14 +111,28 @@ class SafeTrainingPipeline:
                 raise DataError(f"{path}: no rows (check safe.start_date / safe.end_date)")
             folds = splitter.split(df[C.DATE])
             v = s.validation
-            res = validate_dataset(df, manifest, horizons, folds[0].train_dates,
-                                   min_features=v.min_features, max_null_share=v.max_null_share,
-                                   null_action=v.null_action, max_abs_target=v.max_abs_target,
-                                   max_listed=v.max_listed, source=str(path))
+            res = validate_dataset(
+                df,
+                manifest,
+                horizons,
+                folds[0].train_dates,
+                min_features=v.min_features,
+                max_null_share=v.max_null_share,
+                null_action=v.null_action,
+                max_abs_target=v.max_abs_target,
+                max_listed=v.max_listed,
+                source=str(path),
+            )
             st.update(res.to_dict())
-            st.update({"file": str(path), "file_size_mb": round(path.stat().st_size / 2**20, 2),
-                       "dataset_fingerprint": file_fingerprint(path), "manifest_fingerprint": manifest.fingerprint,
-                       "null_share_span": [str(folds[0].train_dates[0]), str(folds[0].train_dates[-1])]})
+            st.update(
+                {
+                    "file": str(path),
+                    "file_size_mb": round(path.stat().st_size / 2**20, 2),
+                    "dataset_fingerprint": file_fingerprint(path),
+                    "manifest_fingerprint": manifest.fingerprint,
+                    "null_share_span": [str(folds[0].train_dates[0]), str(folds[0].train_dates[-1])],
+                }
+            )
         features = list(res.features)
 
         # 2. features: the manifest's allow-list, minus the too-null ones ----------------------------------------
@@ -121,11 +142,17 @@ class SafeTrainingPipeline:
         # 3. split ------------------------------------------------------------------------------------------
         with self._step("step3_split") as st:
             proof = check_folds(folds, df[C.DATE], require_forward=splitter.method == "walk_forward")
-            st.update({**splitter.describe(), **proof, "folds": [f.to_dict() for f in folds],
-                       "avg_train_size": float(np.mean([self._rows(df, f.train_dates) for f in folds])),
-                       "avg_test_size": float(np.mean([self._rows(df, f.test_dates) for f in folds])),
-                       "avg_train_dates": float(np.mean([len(f.train_dates) for f in folds])),
-                       "avg_test_dates": float(np.mean([len(f.test_dates) for f in folds]))})
+            st.update(
+                {
+                    **splitter.describe(),
+                    **proof,
+                    "folds": [f.to_dict() for f in folds],
+                    "avg_train_size": float(np.mean([self._rows(df, f.train_dates) for f in folds])),
+                    "avg_test_size": float(np.mean([self._rows(df, f.test_dates) for f in folds])),
+                    "avg_train_dates": float(np.mean([len(f.train_dates) for f in folds])),
+                    "avg_test_dates": float(np.mean([len(f.test_dates) for f in folds])),
+                }
+            )
 
         # 4 + 5. the shared baseline: per-day normalization and LightGBM per fold (stored or fitted) ----------------
         run = None
@@ -137,7 +164,9 @@ class SafeTrainingPipeline:
                 st["enabled"] = False
         with self._step("step4_normalization") as st:
             if run is not None:
-                st.update({**run.normalization, "done_in": "step5_baseline (gogooku3.predictors.lightgbm.fit_baseline)"})
+                st.update(
+                    {**run.normalization, "done_in": "step5_baseline (gogooku3.predictors.lightgbm.fit_baseline)"}
+                )
             else:
                 st["enabled"] = False
 
@@ -145,8 +174,15 @@ class SafeTrainingPipeline:
         with self._step("step6_graph") as st:
             g = s.graph
             if g.enabled:
-                builder = FinancialGraphBuilder(window=g.window, method=g.method, halflife=g.halflife,
-                                                shrinkage=g.shrinkage, threshold=g.threshold, k=g.k, min_obs=g.min_obs)
+                builder = FinancialGraphBuilder(
+                    window=g.window,
+                    method=g.method,
+                    halflife=g.halflife,
+                    shrinkage=g.shrinkage,
+                    threshold=g.threshold,
+                    k=g.k,
+                    min_obs=g.min_obs,
+                )
                 st.update(graph_snapshot(df, builder, n_nodes=g.n_nodes))
             else:
                 st["enabled"] = False
@@ -158,8 +194,11 @@ class SafeTrainingPipeline:
         total = time.perf_counter() - t_start
         self.steps["step7_report"]["total_pipeline_duration"] = round(total, 3)
         report = self._final(start_time, total, df, features, folds, splitter)
-        report["baseline"] = ({"directory": str(run.directory), "fingerprint": run.fingerprint,
-                               "reused": run.reused} if run is not None else {"enabled": False})
+        report["baseline"] = (
+            {"directory": str(run.directory), "fingerprint": run.fingerprint, "reused": run.reused}
+            if run is not None
+            else {"enabled": False}
+        )
         report["report_path"] = str(report_path)
         write_json(report_path, report)
         if run is not None:
@@ -176,30 +215,54 @@ class SafeTrainingPipeline:
     def _features(manifest: FeatureManifest, path: Path, features: list[str], dropped: dict) -> dict[str, Any]:
         """Which features the run uses: the manifest's groups and counts (the builder's allow-list)."""
         kept = set(features)
-        return {"source": str(manifest_path(path)), "manifest_fingerprint": manifest.fingerprint,
-                "n_manifest_features": len(manifest.names), "n_features": len(features),
-                "groups": {g: len(names) for g, names in manifest.groups.items()},
-                "groups_used": {g: sum(n in kept for n in names) for g, names in manifest.groups.items()},
-                "dropped_features": dropped, "skipped_groups": manifest.skipped_groups, "notes": manifest.notes}
+        return {
+            "source": str(manifest_path(path)),
+            "manifest_fingerprint": manifest.fingerprint,
+            "n_manifest_features": len(manifest.names),
+            "n_features": len(features),
+            "groups": {g: len(names) for g, names in manifest.groups.items()},
+            "groups_used": {g: sum(n in kept for n in names) for g, names in manifest.groups.items()},
+            "dropped_features": dropped,
+            "skipped_groups": manifest.skipped_groups,
+            "notes": manifest.notes,
+        }
 
-    def _baseline_run(self, df: pl.DataFrame, features: list[str], folds: list[Fold], entry_lag: int, path: Path,
-                      manifest: FeatureManifest) -> BaselineRun:
+    def _baseline_run(
+        self,
+        df: pl.DataFrame,
+        features: list[str],
+        folds: list[Fold],
+        entry_lag: int,
+        path: Path,
+        manifest: FeatureManifest,
+    ) -> BaselineRun:
         """The baseline of the folds `safe.baseline_folds` names (those `gogooku3 train` will evaluate, or all): the
         stored run of these inputs, or fitted now and stored for `gogooku3 train`."""
         cfg = self.cfg
         bh, val_days = baseline_horizons(cfg, manifest), cfg.split.val_days
-        fp = baseline_fingerprint(self.steps["step1_data_loading"]["dataset_fingerprint"], manifest.fingerprint,
-                                  folds, bh, entry_lag, val_days, cfg.baseline, self.scfg.validation)
+        fp = baseline_fingerprint(
+            self.steps["step1_data_loading"]["dataset_fingerprint"],
+            manifest.fingerprint,
+            folds,
+            bh,
+            entry_lag,
+            val_days,
+            cfg.baseline,
+            self.scfg.validation,
+        )
 
         def fit(missing: list[int]) -> BaselineRun:
-            return fit_baseline(df, features, folds, bh, entry_lag, val_days, cfg.baseline, only=missing,
-                                fingerprint_=fp)
+            return fit_baseline(
+                df, features, folds, bh, entry_lag, val_days, cfg.baseline, only=missing, fingerprint_=fp
+            )
 
         which = "all" if self.scfg.baseline_folds == "all" else cfg.train.cv.folds
         wanted = [f.index for f in chosen_folds(folds, which)]
         if len(wanted) < len(folds):
-            log.info("safe: LightGBM on fold(s) %s, those `train` evaluates (safe.baseline_folds=train; all: every "
-                     "fold)", wanted)
+            log.info(
+                "safe: LightGBM on fold(s) %s, those `train` evaluates (safe.baseline_folds=train; all: every fold)",
+                wanted,
+            )
         return load_or_fit(baseline_root(cfg, fp), fp, wanted, fit)
 
     def _baseline(self, run: BaselineRun) -> dict[str, Any]:
@@ -207,37 +270,58 @@ class SafeTrainingPipeline:
         `evaluation.compare` on the rows both LightGBM and the oracle (when there is one) predicted."""
         bh = run.horizons
         test = run.predictions_test
-        frames = {"lightgbm": test.drop("fold")}
+        frames: dict[str, pl.DataFrame | None] = {"lightgbm": test.drop("fold")}
         oracle = find_oracle(Path(self.cfg.paths.oracle_dir), bh)
         if oracle is not None:
             o = oracle_predictions(oracle, bh, test.get_column(C.DATE).unique().to_list())
             o = o.join(test.select(C.DATE, C.CODE, *[C.target(h) for h in bh]), on=[C.DATE, C.CODE], how="inner")
             frames["oracle"] = o if o.height else None
-        days = {int(pf["fold"]): test.filter(pl.col("fold") == pf["fold"]).get_column(C.DATE).unique().to_list()
-                for pf in run.per_fold}
+        days = {
+            int(pf["fold"]): test.filter(pl.col("fold") == pf["fold"]).get_column(C.DATE).unique().to_list()
+            for pf in run.per_fold
+        }
         comp, aligned = compare(frames, bh, days, product="lightgbm", reference="lightgbm")
         per_fold = []
         for pf in run.per_fold:
             perf = comp.per_fold[str(pf["fold"])]["lightgbm"]
-            per_fold.append({"fold": pf["fold"], "test_range": pf["test_range"], "fit_range": pf["fit_range"],
-                             "val_range": pf["val_range"], "best_iteration": pf["best_iteration"],
-                             "performance": perf})
+            per_fold.append(
+                {
+                    "fold": pf["fold"],
+                    "test_range": pf["test_range"],
+                    "fit_range": pf["fit_range"],
+                    "val_range": pf["val_range"],
+                    "best_iteration": pf["best_iteration"],
+                    "performance": perf,
+                }
+            )
             log.info("safe: fold %d 1st-horizon RankIC %.4f", pf["fold"], perf[str(bh[0])]["rank_ic_mean"])
-        summary = {str(h): {k: _mean_std([pf["performance"][str(h)][k] for pf in per_fold]) for k in SUMMARY_KEYS}
-                   for h in bh}
-        out = {"horizons": bh, "n_features": len(run.features), "directory": str(run.directory),
-               "fingerprint": run.fingerprint, "reused": run.reused,
-               "n_samples_trained": sum(sum(pf["n_train_rows"].values()) for pf in run.per_fold),
-               "per_fold": per_fold, "summary_over_folds": summary, "pooled_test": comp.pooled["lightgbm"],
-               "rows": comp.rows, "feature_importance_top": run.top_features(self.cfg.baseline.top_features)}
+        summary = {
+            str(h): {k: _mean_std([pf["performance"][str(h)][k] for pf in per_fold]) for k in SUMMARY_KEYS} for h in bh
+        }
+        out = {
+            "horizons": bh,
+            "n_features": len(run.features),
+            "directory": str(run.directory),
+            "fingerprint": run.fingerprint,
+            "reused": run.reused,
+            "n_samples_trained": sum(sum(pf["n_train_rows"].values()) for pf in run.per_fold),
+            "per_fold": per_fold,
+            "summary_over_folds": summary,
+            "pooled_test": comp.pooled["lightgbm"],
+            "rows": comp.rows,
+            "feature_importance_top": run.top_features(self.cfg.baseline.top_features),
+        }
         if oracle is not None:
-            out["oracle_pooled_test"] = ({"available": True, "n_rows": aligned["oracle"].height,
-                                          **comp.pooled["oracle"]} if "oracle" in comp.pooled else
-                                         {"available": False, "reason": "oracle rows do not match the dataset"})
+            out["oracle_pooled_test"] = (
+                {"available": True, "n_rows": aligned["oracle"].height, **comp.pooled["oracle"]}
+                if "oracle" in comp.pooled
+                else {"available": False, "reason": "oracle rows do not match the dataset"}
+            )
         return out
 
-    def _final(self, start_time: str, total: float, df: pl.DataFrame, features: list[str], folds: list[Fold],
-               splitter) -> dict[str, Any]:
+    def _final(
+        self, start_time: str, total: float, df: pl.DataFrame, features: list[str], folds: list[Fold], splitter
+    ) -> dict[str, Any]:
         st = self.steps = dict(sorted(self.steps.items()))  # step4 is written after step5 (it reports step5's fit)
         base = st.get("step5_baseline", {})
         perf_strings = {}
@@ -245,8 +329,9 @@ class SafeTrainingPipeline:
         for h, summ in (base.get("summary_over_folds") or {}).items():
             r = summ["rank_ic_mean"]
             if r["mean"] is not None:
-                perf_strings[f"rank_ic_{h}d"] = (f"{r['mean']:.4f} ± {r['std']:.4f} over {len(fitted)} fold(s) "
-                                                 f"{fitted} of {len(folds)}")
+                perf_strings[f"rank_ic_{h}d"] = (
+                    f"{r['mean']:.4f} ± {r['std']:.4f} over {len(fitted)} fold(s) {fitted} of {len(folds)}"
+                )
         if base.get("oracle_pooled_test"):
             for h, ev in base["oracle_pooled_test"].items():
                 if isinstance(ev, dict) and "rank_ic_mean" in ev:
@@ -255,16 +340,23 @@ class SafeTrainingPipeline:
         return {
             "experiment_name": self.scfg.experiment_name,
             "start_time": start_time,
-            "config": {"safe": to_dict(self.scfg), "baseline": to_dict(self.cfg.baseline), "split": splitter.describe(),
-                       "labels": {"horizons": list(splitter.horizons),
-                                  "entry_lag": int(splitter.entry_lag)}},
+            "config": {
+                "safe": to_dict(self.scfg),
+                "baseline": to_dict(self.cfg.baseline),
+                "split": splitter.describe(),
+                "labels": {"horizons": list(splitter.horizons), "entry_lag": int(splitter.entry_lag)},
+            },
             **st,
             "final_report": {
                 "pipeline_summary": {
                     "total_duration_seconds": round(total, 3),
                     "peak_rss_mb": round(peak_rss_mb(), 1),
-                    "data_processed": {"samples": df.height, "features": len(features),
-                                       "stocks": df[C.CODE].n_unique(), "dates": df[C.DATE].n_unique()},
+                    "data_processed": {
+                        "samples": df.height,
+                        "features": len(features),
+                        "stocks": df[C.CODE].n_unique(),
+                        "dates": df[C.DATE].n_unique(),
+                    },
                     "performance_achieved": perf_strings,
                 },
                 "safety_validation": {
@@ -282,12 +374,14 @@ class SafeTrainingPipeline:
                     "dropped_features": st["step1_data_loading"].get("dropped_features", {}),
                 },
                 "model_performance": base.get("summary_over_folds", {}),
-                "graph_structure": {"nodes": graph.get("n_nodes"), "edges": graph.get("n_edges"),
-                                    "avg_degree": graph.get("avg_degree")},
+                "graph_structure": {
+                    "nodes": graph.get("n_nodes"),
+                    "edges": graph.get("n_edges"),
+                    "avg_degree": graph.get("avg_degree"),
+                },
             },
         }
 
 
 def run_safe(cfg: Settings) -> dict[str, Any]:
     return SafeTrainingPipeline(cfg).run()
-

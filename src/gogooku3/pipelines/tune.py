@@ -1,8 +1,9 @@
 """Optuna hyper-parameter search over ATFT-GAT-FAN (`gogooku3 tune`).
 
 TPE sampler + median pruning fed by a Lightning callback; the objective is the mean validation RankIC of the first
-horizon over the shared splitter's last `hpo.folds` folds. Each trial trains (through the same `training.ensemble.fit_ensemble` as `gogooku3 train`) on a fold's fit span and is scored on
-its inner validation slice only (test days are never loaded into a trial). The dataset is loaded, converted to a
+horizon over the shared splitter's last `hpo.folds` folds. Each trial trains (through the same
+`training.ensemble.fit_ensemble` as `gogooku3 train`) on a fold's fit span and is scored on its inner validation slice
+only (test days are never loaded into a trial). The dataset is loaded, converted to a
 PanelStore and split once per worker; trials only change `model.*` / `train.*` keys. Several workers (on one or many
 machines) share a study through `hpo.storage` (SQLite by default, any RDB URL).
 
@@ -25,13 +26,12 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import optuna
 from lightning.pytorch.callbacks import Callback
 
-from gogooku3.core import columns as C
 from gogooku3.config.compose import (
     TUNED_SUBDIR,
     dotted_yaml,
@@ -44,11 +44,12 @@ from gogooku3.config.compose import (
     to_dict,
     with_values,
 )
+from gogooku3.core import columns as C
 from gogooku3.core.errors import ConfigError, TrainingError
-from gogooku3.evaluation.compare import mean_rank_ic
 from gogooku3.core.io import timestamp, write_json, write_text
-from gogooku3.data.panel import clean_cache
 from gogooku3.core.progress import bar as progress_bar
+from gogooku3.data.panel import clean_cache
+from gogooku3.evaluation.compare import mean_rank_ic
 from gogooku3.training.ensemble import fit_ensemble
 from gogooku3.training.fit import make_plans
 
@@ -59,8 +60,16 @@ log = logging.getLogger(__name__)
 
 TYPES = ("float", "int", "categorical")
 # Keys fixed for a whole study: the panel, split and labels are built once per worker from them.
-FIXED = ("train.normalizer", "train.returns_col", "train.cv", "train.resume", "train.force_convert", "train.seed",
-         "model.name", "model.expected_params")
+FIXED = (
+    "train.normalizer",
+    "train.returns_col",
+    "train.cv",
+    "train.resume",
+    "train.force_convert",
+    "train.seed",
+    "model.name",
+    "model.expected_params",
+)
 
 
 class PruningCallback(Callback):
@@ -101,8 +110,9 @@ def check_space(cfg: Settings) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"{where}: needs `param` (a dotted config key) and `type` in {'|'.join(TYPES)}")
         key = str(spec["param"])
         if not key.startswith(("model.", "train.")) or key.startswith(FIXED):
-            raise ConfigError(f"{where}: '{key}' cannot be tuned (only model.* and train.* keys outside "
-                              f"{', '.join(FIXED)})")
+            raise ConfigError(
+                f"{where}: '{key}' cannot be tuned (only model.* and train.* keys outside {', '.join(FIXED)})"
+            )
         if select(cfg, key, default="__missing__") == "__missing__":
             raise ConfigError(f"{where}: config key '{key}' does not exist")
         if spec["type"] == "categorical":
@@ -126,8 +136,7 @@ def suggest(trial: optuna.trial.BaseTrial, space: dict[str, dict[str, Any]]) -> 
             kw = {"step": float(s["step"])} if s["step"] else {"log": bool(s["log"])}
             v = trial.suggest_float(name, float(s["low"]), float(s["high"]), **kw)
         elif s["type"] == "int":
-            v = trial.suggest_int(name, int(s["low"]), int(s["high"]), step=int(s["step"] or 1),
-                                  log=bool(s["log"]))
+            v = trial.suggest_int(name, int(s["low"]), int(s["high"]), step=int(s["step"] or 1), log=bool(s["log"]))
         else:
             v = trial.suggest_categorical(name, list(s["choices"]))
         params[str(s["param"])] = v
@@ -138,9 +147,14 @@ def trial_budget(cfg: Settings) -> dict[str, Any]:
     """The `train.*` values a trial runs with (from `hpo`): epochs, patience, one member, one checkpoint."""
     hc = cfg.hpo
     epochs = hc.max_epochs
-    budget = {"train.max_epochs": epochs, "train.min_epochs": min(cfg.train.min_epochs, epochs),
-              "train.patience": hc.patience, "train.save_top_k": 1, "train.resume": False,
-              "train.ensemble": 1}  # a trial scores one model; the ensemble of the final run averages such models
+    budget: dict[str, Any] = {
+        "train.max_epochs": epochs,
+        "train.min_epochs": min(cfg.train.min_epochs, epochs),
+        "train.patience": hc.patience,
+        "train.save_top_k": 1,
+        "train.resume": False,
+        "train.ensemble": 1,
+    }  # a trial scores one model; the ensemble of the final run averages such models
     if hc.limit_train_batches is not None:
         budget["train.limit_train_batches"] = hc.limit_train_batches
     return budget
@@ -239,31 +253,40 @@ def _storage(url: str, attempts: int = 3) -> optuna.storages.BaseStorage:
     loser gets an IntegrityError on `alembic_version`): the schema then exists, so a retry opens it."""
     from sqlalchemy.exc import IntegrityError, OperationalError
 
-    kwargs = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if url.startswith("sqlite") else {}
+    kwargs: dict[str, Any] = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if url.startswith("sqlite") else {}
     for attempt in range(1, attempts + 1):
         try:  # sqlite: several local workers wait on the file lock instead of failing at once
             return optuna.storages.RDBStorage(url, **kwargs)
         except (IntegrityError, OperationalError) as e:
             if attempt == attempts:
-                raise ConfigError(f"hpo.storage: cannot open {mask_url(url)} after {attempts} attempts "
-                                  f"({type(e).__name__}: {str(e).splitlines()[0]})") from e
+                raise ConfigError(
+                    f"hpo.storage: cannot open {mask_url(url)} after {attempts} attempts "
+                    f"({type(e).__name__}: {str(e).splitlines()[0]})"
+                ) from e
             log.info("tune: %s was being created by another worker (%s); retrying", mask_url(url), type(e).__name__)
             time.sleep(0.5 * attempt)
         except Exception as e:  # bad URL, missing driver, unreachable server
-            raise ConfigError(f"hpo.storage: cannot open {mask_url(url)} "
-                              f"({type(e).__name__}: {str(e).splitlines()[0]})") from e
+            raise ConfigError(
+                f"hpo.storage: cannot open {mask_url(url)} ({type(e).__name__}: {str(e).splitlines()[0]})"
+            ) from e
     raise AssertionError("unreachable")
 
 
 def _check_single_process(cfg: Settings) -> None:
     tr = cfg.trainer
     devices = tr.devices
-    multi = ("ddp" in tr.strategy.lower() or tr.num_nodes > 1
-             or str(devices) == "-1" or (str(devices).isdigit() and int(devices) > 1)
-             or isinstance(devices, list) and len(devices) > 1)
+    multi = (
+        "ddp" in tr.strategy.lower()
+        or tr.num_nodes > 1
+        or str(devices) == "-1"
+        or (isinstance(devices, (int, str)) and str(devices).isdigit() and int(devices) > 1)
+        or (isinstance(devices, list) and len(devices) > 1)
+    )
     if multi:
-        raise ConfigError("gogooku3 tune runs each trial in one process (trainer=cpu or trainer=gpu with devices=1); "
-                          "scale out by starting several `gogooku3 tune` workers that share hpo.storage")
+        raise ConfigError(
+            "gogooku3 tune runs each trial in one process (trainer=cpu or trainer=gpu with devices=1); "
+            "scale out by starting several `gogooku3 tune` workers that share hpo.storage"
+        )
 
 
 # ---- the search ---------------------------------------------------------------------------------------------
@@ -281,8 +304,10 @@ class Tuner:
         self.out_dir = path(cfg, "paths.output_dir") / TUNED_SUBDIR
         self.study_name = self.hc.study_name
         if not STUDY_NAME.fullmatch(self.study_name):
-            raise ConfigError(f"hpo.study_name={self.study_name!r}: use letters, digits, '_', '-' and '.' (it names "
-                              f"files and the experiment `experiment=<study>`)")
+            raise ConfigError(
+                f"hpo.study_name={self.study_name!r}: use letters, digits, '_', '-' and '.' (it names "
+                f"files and the experiment `experiment=<study>`)"
+            )
         self.experiment_dir = Path(experiment_dir) if experiment_dir is not None else self.out_dir
         self.step_base = self.hc.max_epochs
 
@@ -294,8 +319,9 @@ class Tuner:
         self.monitor = C.monitor(self.horizons[0])
         self.panel = load_panel(self.cfg, dataset, manifest, ref)
         clean_cache(path(self.cfg, "paths.cache_dir"), self.cfg.train.panel_cache_keep, [self.panel.fingerprint])
-        _, plans = make_plans(self.panel.dates, self.cfg.split, self.horizons, manifest.entry_lag,
-                              self.hc.folds, manifest.max_lookback)
+        _, plans = make_plans(
+            self.panel.dates, self.cfg.split, self.horizons, manifest.entry_lag, self.hc.folds, manifest.max_lookback
+        )
         # A trial sees fit + validation days only: the test block of each fold is dropped here.
         self.plans = [p.without_test() for p in plans]
         for p in self.plans:
@@ -318,18 +344,28 @@ class Tuner:
         scores = []
         try:
             for k, plan in enumerate(self.plans):
-                cbs = [] if trial is None else [PruningCallback(trial, self.monitor, step_offset=k * self.step_base)]
+                cbs: list[Callback] = (
+                    [] if trial is None else [PruningCallback(trial, self.monitor, step_offset=k * self.step_base)]
+                )
                 fold_dir = trial_dir / f"fold{plan.index}"  # Lightning logs + checkpoints
-                fit = fit_ensemble(self.panel, plan, tcfg, run_dir=fold_dir, horizons=self.horizons,
-                                   callbacks=cbs)
+                fit = fit_ensemble(self.panel, plan, tcfg, run_dir=fold_dir, horizons=self.horizons, callbacks=cbs)
+                assert fit is not None  # a trial trains in one process (_check_single_process)
                 score, n_days = mean_rank_ic(fit.predict("val"), [h0]).get(h0, (float("nan"), 0))
                 if not math.isfinite(score):
-                    raise TrainingError(f"{name}, fold {plan.index}: no validation day "
-                                        f"could be scored ({C.target(h0)}); raise split.val_days")
+                    raise TrainingError(
+                        f"{name}, fold {plan.index}: no validation day "
+                        f"could be scored ({C.target(h0)}); raise split.val_days"
+                    )
                 if trial is not None:
-                    trial.set_user_attr(f"fold{plan.index}",
-                                        {"val_rank_ic": score, "val_days_scored": n_days,
-                                         "epochs": fit.epochs, "best_logged": fit.best_score})
+                    trial.set_user_attr(
+                        f"fold{plan.index}",
+                        {
+                            "val_rank_ic": score,
+                            "val_days_scored": n_days,
+                            "epochs": fit.epochs,
+                            "best_logged": fit.best_score,
+                        },
+                    )
                 scores.append(score)
         finally:
             if not self.hc.keep_trial_dirs:
@@ -341,12 +377,22 @@ class Tuner:
     def study(self) -> optuna.Study:
         hc = self.hc
         sampler = optuna.samplers.TPESampler(seed=hc.seed, n_startup_trials=hc.n_startup_trials)
-        pruner = (optuna.pruners.MedianPruner(n_startup_trials=hc.pruner.n_startup_trials,
-                                              n_warmup_steps=hc.pruner.n_warmup_steps)
-                  if hc.pruner.enabled else optuna.pruners.NopPruner())
+        pruner = (
+            optuna.pruners.MedianPruner(
+                n_startup_trials=hc.pruner.n_startup_trials, n_warmup_steps=hc.pruner.n_warmup_steps
+            )
+            if hc.pruner.enabled
+            else optuna.pruners.NopPruner()
+        )
         self.url = storage_url(self.cfg)
-        return optuna.create_study(study_name=self.study_name, storage=_storage(self.url), sampler=sampler,
-                                   pruner=pruner, direction="maximize", load_if_exists=True)
+        return optuna.create_study(
+            study_name=self.study_name,
+            storage=_storage(self.url),
+            sampler=sampler,
+            pruner=pruner,
+            direction="maximize",
+            load_if_exists=True,
+        )
 
     def run(self) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -355,69 +401,130 @@ class Tuner:
         hc = self.hc
         callbacks = []
         if hc.max_total_trials:
-            callbacks.append(optuna.study.MaxTrialsCallback(
-                hc.max_total_trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)))
-        log.info("tune: study %s on %s, %d trial(s), %d fold(s), objective mean %s over validation slices",
-                 self.study_name, mask_url(self.url), hc.n_trials, len(self.plans), self.monitor)
+            callbacks.append(
+                optuna.study.MaxTrialsCallback(
+                    hc.max_total_trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+                )
+            )
+        log.info(
+            "tune: study %s on %s, %d trial(s), %d fold(s), objective mean %s over validation slices",
+            self.study_name,
+            mask_url(self.url),
+            hc.n_trials,
+            len(self.plans),
+            self.monitor,
+        )
         with progress_bar() as bar:  # the trials; each trial's epochs show Lightning's (rich) bar inside it
             task = bar.add_task(f"tune {self.study_name}", total=hc.n_trials)
-            study.optimize(self.objective, n_trials=hc.n_trials, timeout=hc.timeout_s, catch=(TrainingError,),
-                           callbacks=[*callbacks, lambda *_: bar.advance(task)], gc_after_trial=True)
+            study.optimize(
+                self.objective,
+                n_trials=hc.n_trials,
+                timeout=hc.timeout_s,
+                catch=(TrainingError,),
+                callbacks=[*callbacks, lambda *_: bar.advance(task)],
+                gc_after_trial=True,
+            )
         return self.write(study, time.perf_counter() - t0)
 
     def write(self, study: optuna.Study, seconds: float) -> dict[str, Any]:
         trials = study.get_trials(deepcopy=False)
         states = {s.name: sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
         complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-        best = max(complete, key=lambda t: t.value) if complete else None
+        best = max(complete, key=lambda t: cast(float, t.value)) if complete else None  # complete: has a value
         params = {} if best is None else {self.space[n]["param"]: v for n, v in best.params.items() if n in self.space}
         summary = {
-            "study_name": self.study_name, "storage": mask_url(self.url), "direction": "maximize",
+            "study_name": self.study_name,
+            "storage": mask_url(self.url),
+            "direction": "maximize",
             "objective": f"mean over folds of the validation daily RankIC of {C.pred(self.horizons[0])} "
-                         f"(test days never used)",
-            "folds": [{"fold": p.index, "fit_range": [str(p.fit[0]), str(p.fit[-1])],
-                       "val_range": [str(p.val[0]), str(p.val[-1])],
-                       "test_range_not_used": [str(p.fold.test_dates[0]), str(p.fold.test_dates[-1])]}
-                      for p in self.plans],
-            "space": self.space, "budget": {"max_epochs": self.hc.max_epochs, "patience": self.hc.patience,
-                                            "limit_train_batches": self.hc.limit_train_batches},
-            "n_trials": len(trials), "states": states, "seconds_this_worker": round(seconds, 2),
-            "best": None if best is None else {"number": best.number, "value": best.value, "params": params,
-                                               "overrides": to_overrides(params)},
-            "trials": [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-                        "intermediate_values": {str(k): v for k, v in sorted(t.intermediate_values.items())},
-                        "user_attrs": t.user_attrs,
-                        "start": t.datetime_start, "complete": t.datetime_complete,
-                        "seconds": (t.duration.total_seconds() if t.duration is not None else None)}
-                       for t in trials],
+            f"(test days never used)",
+            "folds": [
+                {
+                    "fold": p.index,
+                    "fit_range": [str(p.fit[0]), str(p.fit[-1])],
+                    "val_range": [str(p.val[0]), str(p.val[-1])],
+                    "test_range_not_used": [str(p.fold.test_dates[0]), str(p.fold.test_dates[-1])],
+                }
+                for p in self.plans
+            ],
+            "space": self.space,
+            "budget": {
+                "max_epochs": self.hc.max_epochs,
+                "patience": self.hc.patience,
+                "limit_train_batches": self.hc.limit_train_batches,
+            },
+            "n_trials": len(trials),
+            "states": states,
+            "seconds_this_worker": round(seconds, 2),
+            "best": None
+            if best is None
+            else {"number": best.number, "value": best.value, "params": params, "overrides": to_overrides(params)},
+            "trials": [
+                {
+                    "number": t.number,
+                    "state": t.state.name,
+                    "value": t.value,
+                    "params": t.params,
+                    "intermediate_values": {str(k): v for k, v in sorted(t.intermediate_values.items())},
+                    "user_attrs": t.user_attrs,
+                    "start": t.datetime_start,
+                    "complete": t.datetime_complete,
+                    "seconds": (t.duration.total_seconds() if t.duration is not None else None),
+                }
+                for t in trials
+            ],
             "config": {"model": to_dict(self.cfg.model), "train": to_dict(self.cfg.train), "hpo": to_dict(self.hc)},
             "written_at": timestamp(),
         }
         summary_file = write_json(self.out_dir / f"{self.study_name}_trials.json", redact(summary))
         if best is None:
             raise TrainingError(f"study {self.study_name}: no completed trial ({states}); see {summary_file}")
-        header = [f"Optuna study {self.study_name}: best trial {best.number}, mean validation "
-                  f"{self.monitor} = {best.value:.5f} ({len(complete)} completed of {len(trials)}), {timestamp()}",
-                  "As overrides: gogooku3 train " + " ".join(to_overrides(params)),
-                  "Or copy this file to conf/experiment/<name>.yaml (package _global_)."]
+        header = [
+            f"Optuna study {self.study_name}: best trial {best.number}, mean validation "
+            f"{self.monitor} = {best.value:.5f} ({len(complete)} completed of {len(trials)}), {timestamp()}",
+            "As overrides: gogooku3 train " + " ".join(to_overrides(params)),
+            "Or copy this file to conf/experiment/<name>.yaml (package _global_).",
+        ]
         best_file = write_text(self.out_dir / f"{self.study_name}_best.yaml", best_yaml(params, header))
         exp = experiment_params(self.cfg, params)
         budget = " ".join(to_overrides({**trial_budget(self.cfg), "train.cv.folds": self.hc.folds}))
-        where = "" if self.experiment_dir.resolve() == self.out_dir.resolve() else f"--config-dir {self.experiment_dir} "
-        exp_header = [f"Optuna study {self.study_name}: best trial {best.number}, mean validation {self.monitor} = "
-                      f"{best.value:.5f} ({len(complete)} completed of {len(trials)}), {timestamp()}",
-                      f"Train with it:        gogooku3 {where}train experiment={self.study_name}",
-                      f"Rerun the trial:      gogooku3 {where}train experiment={self.study_name} {budget}",
-                      "Below: the best trial's parameters and every value of the tuned config that differs from the",
-                      "packaged defaults (groups " + ", ".join(EXPERIMENT_GROUPS) + ", seed)."]
-        exp_file = write_text(self.experiment_dir / "experiment" / f"{self.study_name}.yaml",
-                              experiment_yaml(exp, exp_header))
-        log.info("tune: best trial %d, %s %.4f -> %s; train it with `gogooku3 %strain experiment=%s` (%s)",
-                 best.number, self.monitor, best.value, best_file, where, self.study_name, exp_file)
-        return {"study_name": self.study_name, "storage": mask_url(self.url), "best_value": best.value,
-                "best_trial": best.number, "best_params": params, "best_overrides": to_overrides(params),
-                "best_file": str(best_file), "summary_file": str(summary_file), "states": states,
-                "experiment_file": str(exp_file), "experiment_values": exp}
+        where = (
+            "" if self.experiment_dir.resolve() == self.out_dir.resolve() else f"--config-dir {self.experiment_dir} "
+        )
+        exp_header = [
+            f"Optuna study {self.study_name}: best trial {best.number}, mean validation {self.monitor} = "
+            f"{best.value:.5f} ({len(complete)} completed of {len(trials)}), {timestamp()}",
+            f"Train with it:        gogooku3 {where}train experiment={self.study_name}",
+            f"Rerun the trial:      gogooku3 {where}train experiment={self.study_name} {budget}",
+            "Below: the best trial's parameters and every value of the tuned config that differs from the",
+            "packaged defaults (groups " + ", ".join(EXPERIMENT_GROUPS) + ", seed).",
+        ]
+        exp_file = write_text(
+            self.experiment_dir / "experiment" / f"{self.study_name}.yaml", experiment_yaml(exp, exp_header)
+        )
+        log.info(
+            "tune: best trial %d, %s %.4f -> %s; train it with `gogooku3 %strain experiment=%s` (%s)",
+            best.number,
+            self.monitor,
+            best.value,
+            best_file,
+            where,
+            self.study_name,
+            exp_file,
+        )
+        return {
+            "study_name": self.study_name,
+            "storage": mask_url(self.url),
+            "best_value": best.value,
+            "best_trial": best.number,
+            "best_params": params,
+            "best_overrides": to_overrides(params),
+            "best_file": str(best_file),
+            "summary_file": str(summary_file),
+            "states": states,
+            "experiment_file": str(exp_file),
+            "experiment_values": exp,
+        }
 
 
 def tune(cfg: Settings, experiment_dir: str | Path | None = None) -> dict[str, Any]:

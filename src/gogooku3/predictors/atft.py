@@ -45,22 +45,38 @@ class ATFTPredictor(Predictor):
         from gogooku3.predictors.lightgbm import baseline_horizons
         from gogooku3.predictors.stack import stack_name
 
-        return ([stack_name(h) for h in baseline_horizons(self.ctx.cfg, self.ctx.manifest)]
-                if self.ctx.cfg.train.stack.enabled else [])
+        return (
+            [stack_name(h) for h in baseline_horizons(self.ctx.cfg, self.ctx.manifest)]
+            if self.ctx.cfg.train.stack.enabled
+            else []
+        )
 
     def fit(self, plan: Plan, inputs: Mapping[str, Fitted]) -> ATFTFitted | None:
         ctx, cfg = self.ctx, self.ctx.cfg
         run_dir = ctx.run_dir
+        assert run_dir is not None  # the deep model trains inside a run folder
         sub = f"fold{plan.index}" if len(ctx.plans) > 1 else ""
         resume = ctx.cache.get("resume")
         extra = self._stack(plan) if cfg.train.stack.enabled else None
-        fit = fit_ensemble(self.panel, plan, cfg, run_dir=run_dir, horizons=ctx.horizons,
-                           ckpt_dir=run_dir / "checkpoints" / sub, resume_dir=None if resume is None else resume / sub,
-                           pool=ctx.cache.get("member_pool"), extra=extra)
+        fit = fit_ensemble(
+            self.panel,
+            plan,
+            cfg,
+            run_dir=run_dir,
+            horizons=ctx.horizons,
+            ckpt_dir=run_dir / "checkpoints" / sub,
+            resume_dir=None if resume is None else resume / sub,
+            pool=ctx.cache.get("member_pool"),
+            extra=extra,
+        )
         if fit is None:  # a DDP rank other than 0
             return None
-        meta = {"manifest": ctx.manifest, "dataset_fingerprint": ctx.dataset_fingerprint,
-                "min_window_frac": cfg.train.min_window_frac, "returns_col": cfg.train.returns_col}
+        meta = {
+            "manifest": ctx.manifest,
+            "dataset_fingerprint": ctx.dataset_fingerprint,
+            "min_window_frac": cfg.train.min_window_frac,
+            "returns_col": cfg.train.returns_col,
+        }
         return ATFTFitted(self.name, ctx.horizons, plan, fit, self.panel, self.stack_inputs(), meta)
 
     def _stack(self, plan: Plan) -> Path:
@@ -70,17 +86,25 @@ class ATFTPredictor(Predictor):
         ctx = self.ctx
         if not ctx.cfg.baseline.enabled:
             raise ConfigError("train.stack.enabled needs baseline.enabled (the stacked inputs are LightGBM's)")
+        run_dir = ctx.run_dir
+        assert run_dir is not None  # called from fit, inside the run folder
         t0 = time.perf_counter()
-        arr, provenance = stack_for_plan(ctx.cfg, ctx.dataset, ctx.manifest, ctx.folds, plan, self.panel.dates,
-                                         self.panel.codes)
-        out = ctx.run_dir / "stack" / f"fold{plan.index}.npy"
+        arr, provenance = stack_for_plan(
+            ctx.cfg, ctx.dataset, ctx.manifest, ctx.folds, plan, self.panel.dates, self.panel.codes
+        )
+        out = run_dir / "stack" / f"fold{plan.index}.npy"
         out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(out) as tmp, open(tmp, "wb") as fh:
             np.save(fh, arr)
         self.stack_provenance[str(plan.index)] = provenance
-        write_json(ctx.run_dir / "stack" / "provenance.json", self.stack_provenance)
-        log.info("train: fold %d stacked LightGBM inputs %s in %.1f s (%d models)", plan.index, list(arr.shape),
-                 time.perf_counter() - t0, sum("skipped" not in p for p in provenance))
+        write_json(run_dir / "stack" / "provenance.json", self.stack_provenance)
+        log.info(
+            "train: fold %d stacked LightGBM inputs %s in %.1f s (%d models)",
+            plan.index,
+            list(arr.shape),
+            time.perf_counter() - t0,
+            sum("skipped" not in p for p in provenance),
+        )
         return out
 
 
@@ -88,9 +112,18 @@ class ATFTFitted(Fitted):
     """One plan's ensemble. Its val/test predictions come from the member workers when they made them."""
 
     holds_network = True
+    plan: Plan  # always fitted on a plan
 
-    def __init__(self, name: str, horizons: list[int], plan: Plan, fit: FoldFit, panel: PanelStore,
-                 stack_inputs: list[str], meta: dict[str, Any]):
+    def __init__(
+        self,
+        name: str,
+        horizons: list[int],
+        plan: Plan,
+        fit: FoldFit,
+        panel: PanelStore,
+        stack_inputs: list[str],
+        meta: dict[str, Any],
+    ):
         super().__init__(name, horizons, plan)
         self.fit, self.panel, self.stack_inputs, self.meta = fit, panel, stack_inputs, meta
 
@@ -103,42 +136,67 @@ class ATFTFitted(Fitted):
             if days == sorted(span):
                 return self.fit.predict(kind)
         dm = self.fit.dm
-        return predict_panel(self.fit.model, self.panel, self.panel.day_index(days), window=dm.window,
-                             valid=dm.window_ok, dataset=dm.dataset)
+        return predict_panel(
+            self.fit.model,
+            self.panel,
+            self.panel.day_index(days),
+            window=dm.window,
+            valid=dm.window_ok,
+            dataset=dm.dataset,
+        )
 
     def members_predict(self, kind: str) -> list[pl.DataFrame] | None:
         """Date, Code, pred_{h}d of each member on the plan's `kind` days; None when the members' own predictions
         were not kept (they are for members trained in worker processes)."""
         if not all(kind in m.predictions for m in self.fit.members):
             return None
-        return [pl.read_parquet(m.predictions[kind]).select(C.DATE, C.CODE, *[C.pred(h) for h in self.horizons])
-                for m in self.fit.members]
+        return [
+            pl.read_parquet(m.predictions[kind]).select(C.DATE, C.CODE, *[C.pred(h) for h in self.horizons])
+            for m in self.fit.members
+        ]
 
     def facts(self) -> dict[str, Any]:
         f = self.fit
-        return {"epochs": [m.epochs for m in f.members], "best_val_rank_ic": f.best_score,
-                "members_best_val_rank_ic": [m.best_score for m in f.members],
-                "weights": [m.weights for m in f.members], "best_checkpoint": [m.best_checkpoint for m in f.members],
-                "train_seconds": round(sum(m.seconds for m in f.members), 2),
-                "throughput": [h for m in f.members for h in m.throughput],
-                "collapse_events": [e for m in f.members for e in m.collapse_events],
-                "n_params": self.fit.model.get_num_params()}
+        return {
+            "epochs": [m.epochs for m in f.members],
+            "best_val_rank_ic": f.best_score,
+            "members_best_val_rank_ic": [m.best_score for m in f.members],
+            "weights": [m.weights for m in f.members],
+            "best_checkpoint": [m.best_checkpoint for m in f.members],
+            "train_seconds": round(sum(m.seconds for m in f.members), 2),
+            "throughput": [h for m in f.members for h in m.throughput],
+            "collapse_events": [e for m in f.members for e in m.collapse_events],
+            "n_params": self.fit.model.get_num_params(),
+        }
 
     def feature_importance(self, names: list[str]) -> dict[str, float]:
         imp = self.fit.feature_importance()
         if imp is None:
             return {}
-        return dict(sorted(zip([*names, *self.stack_inputs], imp.cpu().numpy().tolist(), strict=True),
-                           key=lambda kv: -kv[1]))
+        return dict(
+            sorted(zip([*names, *self.stack_inputs], imp.cpu().numpy().tolist(), strict=True), key=lambda kv: -kv[1])
+        )
 
     def save(self, directory: Path, blend: dict | None = None, product: str | None = None) -> None:
         """The bundle `predict` serves (`predictors.bundle`): weights, manifest, normaliser, and the blend's spec."""
         from gogooku3.predictors.bundle import save_bundle
 
         meta = self.meta
-        save_bundle(directory, self.fit.model, meta["manifest"], self.panel.normalizer, meta["dataset_fingerprint"],
-                    self.panel.sector_vocab, self.panel.segment_vocab,
-                    {"run_dir": str(directory.parent), "trained_at": timestamp(), "product": product or self.name,
-                     **({"stack": {"inputs": self.stack_inputs}} if self.stack_inputs else {})},
-                    meta["min_window_frac"], meta["returns_col"], blend=blend)
-
+        save_bundle(
+            directory,
+            self.fit.model,
+            meta["manifest"],
+            self.panel.normalizer,
+            meta["dataset_fingerprint"],
+            self.panel.sector_vocab,
+            self.panel.segment_vocab,
+            {
+                "run_dir": str(directory.parent),
+                "trained_at": timestamp(),
+                "product": product or self.name,
+                **({"stack": {"inputs": self.stack_inputs}} if self.stack_inputs else {}),
+            },
+            meta["min_window_frac"],
+            meta["returns_col"],
+            blend=blend,
+        )

@@ -80,11 +80,16 @@ class Fitted:
         key = tuple(sorted(days))
         if key not in self._memo:
             out = self._predict(list(key))
-            self._memo[key] = out.select(pl.col(C.DATE).cast(pl.Date), pl.col(C.CODE).cast(pl.String),
-                                         *[C.pred(h) for h in self.horizons if C.pred(h) in out.columns],
-                                         *[c for c in out.columns if c not in {C.DATE, C.CODE}
-                                           and not c.startswith("pred_") and not c.startswith("target_")]
-                                         ).sort(C.DATE, C.CODE)
+            self._memo[key] = out.select(
+                pl.col(C.DATE).cast(pl.Date),
+                pl.col(C.CODE).cast(pl.String),
+                *[C.pred(h) for h in self.horizons if C.pred(h) in out.columns],
+                *[
+                    c
+                    for c in out.columns
+                    if c not in {C.DATE, C.CODE} and not c.startswith("pred_") and not c.startswith("target_")
+                ],
+            ).sort(C.DATE, C.CODE)
         return self._memo[key]
 
     def _predict(self, days: list[dt.date]) -> pl.DataFrame:
@@ -100,7 +105,7 @@ class Fitted:
 class Predictor:
     """One entry of `predictors.zoo`: constructed with the run's Context and the entry's YAML keys."""
 
-    needs: ClassVar[tuple[str, ...]] = ()   # names of YAML keys that name other predictors this one combines
+    needs: ClassVar[tuple[str, ...]] = ()  # names of YAML keys that name other predictors this one combines
 
     def __init__(self, ctx: Context, name: str):
         self.ctx, self.name = ctx, name
@@ -161,9 +166,16 @@ def targets_frame(ctx: Context, days: Sequence[dt.date]) -> pl.DataFrame:
 
     def read() -> pl.DataFrame:
         every = [d for p in ctx.plans for d in (*p.val, *p.test)]
-        return (pl.scan_parquet(ctx.dataset)
-                .select(pl.col(C.DATE).cast(pl.Date), pl.col(C.CODE).cast(pl.String),
-                        *[pl.col(C.target(h)).cast(pl.Float32) for h in ctx.horizons])
-                .filter(_in(every)).collect().sort(C.DATE, C.CODE))
+        return (
+            pl.scan_parquet(ctx.dataset)
+            .select(
+                pl.col(C.DATE).cast(pl.Date),
+                pl.col(C.CODE).cast(pl.String),
+                *[pl.col(C.target(h)).cast(pl.Float32) for h in ctx.horizons],
+            )
+            .filter(_in(every))
+            .collect()
+            .sort(C.DATE, C.CODE)
+        )
 
     return ctx.shared("targets", read).filter(_in(days))

@@ -14,16 +14,20 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import polars as pl
 
 from gogooku3.core import columns as C
 from gogooku3.core.errors import ConfigError, DataError
+from gogooku3.core.scalars import as_float
 from gogooku3.evaluation import metrics
 from gogooku3.predictors.base import Context, Fitted, Predictor, targets_frame
 from gogooku3.training.fit import Plan
+
+if TYPE_CHECKING:
+    from gogooku3.predictors.atft import ATFTFitted
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +53,19 @@ def _aligned(model: pl.DataFrame, base: pl.DataFrame, weights: Mapping[int, floa
     missing = [C.pred(h) for h in mixed if C.pred(h) not in base.columns]
     if missing:
         raise DataError(f"blend: baseline predictions lack {', '.join(missing)}")
-    b = base.select(pl.col(C.DATE).cast(pl.Date), pl.col(C.CODE).cast(pl.String),
-                    *[pl.col(C.pred(h)).cast(pl.Float64).alias(f"__b{h}") for h in mixed])
+    b = base.select(
+        pl.col(C.DATE).cast(pl.Date),
+        pl.col(C.CODE).cast(pl.String),
+        *[pl.col(C.pred(h)).cast(pl.Float64).alias(f"__b{h}") for h in mixed],
+    )
     m = model.with_columns(pl.col(C.DATE).cast(pl.Date), pl.col(C.CODE).cast(pl.String))
-    j = (m.join(b, on=[C.DATE, C.CODE], how="inner")
-         .filter(pl.all_horizontal([pl.col(f"__b{h}").is_finite() for h in mixed] or [pl.lit(True)])))
-    return j.with_columns(*[standardized(C.pred(h), method).alias(f"__m{h}") for h in hs],
-                          *[standardized(f"__b{h}", method).alias(f"__b{h}") for h in mixed])
+    j = m.join(b, on=[C.DATE, C.CODE], how="inner").filter(
+        pl.all_horizontal([pl.col(f"__b{h}").is_finite() for h in mixed] or [pl.lit(True)])
+    )
+    return j.with_columns(
+        *[standardized(C.pred(h), method).alias(f"__m{h}") for h in hs],
+        *[standardized(f"__b{h}", method).alias(f"__b{h}") for h in mixed],
+    )
 
 
 def _mixed(h: int, w: float) -> pl.Expr:
@@ -69,8 +79,9 @@ def combine(model: pl.DataFrame, base: pl.DataFrame, weights: Mapping[int, float
     standardised prediction."""
     j = _aligned(model, base, weights, method)
     targets = [C.target(int(h)) for h in weights if C.target(int(h)) in j.columns]
-    return (j.select(C.DATE, C.CODE, *[_mixed(int(h), float(w)) for h, w in weights.items()], *targets)
-            .sort(C.DATE, C.CODE))
+    return j.select(C.DATE, C.CODE, *[_mixed(int(h), float(w)) for h, w in weights.items()], *targets).sort(
+        C.DATE, C.CODE
+    )
 
 
 @dataclass
@@ -80,7 +91,7 @@ class BlendChoice:
     method: str
     weights: dict[int, float]
     grid: list[float]
-    val_rank_ic: dict[int, list[float]] = field(default_factory=dict)   # per horizon, one per grid point
+    val_rank_ic: dict[int, list[float]] = field(default_factory=dict)  # per horizon, one per grid point
     val_days: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,8 +109,9 @@ def weight_grid(step: float) -> list[float]:
     return [round(k / n, 6) for k in range(n + 1)]
 
 
-def choose_weights(model_val: pl.DataFrame, base_val: pl.DataFrame | None, horizons: Sequence[int], method: str,
-                   grid: Sequence[float]) -> BlendChoice:
+def choose_weights(
+    model_val: pl.DataFrame, base_val: pl.DataFrame | None, horizons: Sequence[int], method: str, grid: Sequence[float]
+) -> BlendChoice:
     """Per horizon, the grid weight with the highest mean daily RankIC of the blend on the validation rows (targets
     from `model_val`). Without baseline predictions of a horizon its weight is 1 (the model alone)."""
     weights: dict[int, float] = {}
@@ -114,15 +126,21 @@ def choose_weights(model_val: pl.DataFrame, base_val: pl.DataFrame | None, horiz
         for w in grid:  # the rows and the standardisation are the grid's; only the weight changes
             daily = metrics.daily_ic(j.select(C.DATE, _mixed(h, float(w)), C.target(h)), C.pred(h), C.target(h))
             n_days = max(n_days, daily.height)
-            vals.append(float(daily["rank_ic"].mean()) if daily.height else float("nan"))
+            vals.append(as_float(daily["rank_ic"].mean()) if daily.height else float("nan"))
         arr = np.array(vals, dtype=np.float64)
         if not np.isfinite(arr).any():
             raise DataError(f"blend {h}d: no validation day to choose a weight on")
         best = float(np.nanmax(arr))
         k = max(i for i, v in enumerate(arr) if np.isfinite(v) and v >= best - 1e-12)  # ties: more model
         weights[h], scores[h] = float(grid[k]), vals
-        log.info("blend %dd: weight %.2f on the model (val RankIC %.4f; model alone %.4f, LightGBM alone %.4f)",
-                 h, grid[k], best, vals[-1], vals[0])
+        log.info(
+            "blend %dd: weight %.2f on the model (val RankIC %.4f; model alone %.4f, LightGBM alone %.4f)",
+            h,
+            grid[k],
+            best,
+            vals[-1],
+            vals[0],
+        )
     return BlendChoice(method, weights, [float(g) for g in grid], scores, n_days)
 
 
@@ -141,15 +159,26 @@ class BlendPredictor(Predictor):
     def fit(self, plan: Plan, inputs: Mapping[str, Fitted]) -> BlendFitted | None:
         a, b = inputs.get(self.a), inputs.get(self.b)
         if a is None or b is None:
-            log.info("train: %s needs %s and %s; %s is not fitted here", self.name, self.a, self.b,
-                     self.a if a is None else self.b)
+            log.info(
+                "train: %s needs %s and %s; %s is not fitted here",
+                self.name,
+                self.a,
+                self.b,
+                self.a if a is None else self.b,
+            )
             return None
         val = targets_frame(self.ctx, plan.val)
         av = a.predict(plan.val).join(val, on=[C.DATE, C.CODE], how="inner")
         bv = b.predict(plan.val)
         if bv.select(C.DATE).n_unique() != av.select(C.DATE).n_unique():
-            log.warning("train: fold %d: %s validation days (%d) differ from %s's (%d)", plan.index, self.b,
-                        bv.select(C.DATE).n_unique(), self.a, av.select(C.DATE).n_unique())
+            log.warning(
+                "train: fold %d: %s validation days (%d) differ from %s's (%d)",
+                plan.index,
+                self.b,
+                bv.select(C.DATE).n_unique(),
+                self.a,
+                av.select(C.DATE).n_unique(),
+            )
         choice = choose_weights(av, bv, a.horizons, self.method, self.grid)
         return BlendFitted(self.name, a, b, plan, choice)
 
@@ -171,12 +200,19 @@ class BlendFitted(Fitted):
         from gogooku3.predictors.lgbm import LightGBMFitted
 
         if not (self.a.holds_network and isinstance(self.b, LightGBMFitted)):
-            raise ConfigError(f"predictor {self.name}: only a blend of the deep model (a) and LightGBM (b) can be "
-                              "saved for `predict`")
+            raise ConfigError(
+                f"predictor {self.name}: only a blend of the deep model (a) and LightGBM (b) can be saved for `predict`"
+            )
         spec = self.b.spec()
         hs = [str(h) for h, w in self.choice.weights.items() if w < 1.0]
-        blend = {"method": self.choice.method, "weights": {str(h): w for h, w in self.choice.weights.items()},
-                 "a": self.a.name, "b": self.b.name, **spec,
-                 "boosters": {h: spec["boosters"][h] for h in hs},
-                 "best_iteration": {h: spec["best_iteration"][h] for h in hs}}
-        self.a.save(directory, blend=blend, product=self.name)
+        blend = {
+            "method": self.choice.method,
+            "weights": {str(h): w for h, w in self.choice.weights.items()},
+            "a": self.a.name,
+            "b": self.b.name,
+            **spec,
+            "boosters": {h: spec["boosters"][h] for h in hs},
+            "best_iteration": {h: spec["best_iteration"][h] for h in hs},
+        }
+        # holds_network: the deep model's fitted predictor, whose save() carries a blend's spec
+        cast("ATFTFitted", self.a).save(directory, blend=blend, product=self.name)

@@ -23,8 +23,8 @@ from safetensors.torch import load_file, save_file
 
 from gogooku3.core import columns as C
 from gogooku3.core.errors import DataError, Gogooku3Error, load_reason
-from gogooku3.features.manifest import FeatureManifest
 from gogooku3.core.io import atomic_path, read_json, write_json
+from gogooku3.features.manifest import FeatureManifest
 from gogooku3.model.atft_gat_fan import ATFTGATFAN, ATFTConfig
 from gogooku3.model.ensemble import ATFTEnsemble
 
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 class Bundle:
     model: ATFTGATFAN | ATFTEnsemble
     meta: dict[str, Any]
-    root: Path | None = None          # the bundle folder it was loaded from
+    root: Path | None = None  # the bundle folder it was loaded from
 
     @property
     def horizons(self) -> list[int]:
@@ -46,11 +46,22 @@ class Bundle:
         return [f["name"] for f in self.meta["manifest"]["features"]]
 
 
-def save_bundle(out: str | Path, model: ATFTGATFAN | ATFTEnsemble, manifest: FeatureManifest | dict,
-                normalizer: dict, dataset_fingerprint: str, sector_vocab: Sequence[str], segment_vocab: Sequence[str],
-                extra: dict | None, min_window_frac: float, returns_col: str, blend: dict | None = None) -> Path:
-    """Write the bundle into the folder `out` (RUN/bundle); `min_window_frac` and `returns_col` are the run's `train.*` values (predict rebuilds the
-    panel with them); `blend` (`BlendFitted.save`) names booster files that are copied in."""
+def save_bundle(
+    out: str | Path,
+    model: ATFTGATFAN | ATFTEnsemble,
+    manifest: FeatureManifest | dict,
+    normalizer: dict,
+    dataset_fingerprint: str,
+    sector_vocab: Sequence[str],
+    segment_vocab: Sequence[str],
+    extra: dict | None,
+    min_window_frac: float,
+    returns_col: str,
+    blend: dict | None = None,
+) -> Path:
+    """Write the bundle into the folder `out` (RUN/bundle); `min_window_frac` and `returns_col` are the run's `train.*`
+    values (predict rebuilds the panel with them); `blend` (`BlendFitted.save`) names booster files that are copied
+    in."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if blend is not None:
@@ -63,14 +74,26 @@ def save_bundle(out: str | Path, model: ATFTGATFAN | ATFTEnsemble, manifest: Fea
     with atomic_path(out / "model.safetensors") as tmp:
         save_file(state, str(tmp))
     man = manifest.to_dict() if isinstance(manifest, FeatureManifest) else dict(manifest)
-    write_json(out / "bundle.json", {
-        "model_config": model.cfg.to_dict(),
-        "members": len(model.members) if isinstance(model, ATFTEnsemble) else 1,
-        "manifest": man, "manifest_fingerprint": man["fingerprint"],
-        "normalizer": normalizer, "dataset_fingerprint": dataset_fingerprint, "horizons": list(model.cfg.horizons),
-        "window": model.cfg.window, "sector_vocab": list(sector_vocab), "segment_vocab": list(segment_vocab),
-        "min_window_frac": min_window_frac, "returns_col": returns_col, "n_params": model.get_num_params(),
-        "blend": blend, **(extra or {})})
+    write_json(
+        out / "bundle.json",
+        {
+            "model_config": model.cfg.to_dict(),
+            "members": len(model.members) if isinstance(model, ATFTEnsemble) else 1,
+            "manifest": man,
+            "manifest_fingerprint": man["fingerprint"],
+            "normalizer": normalizer,
+            "dataset_fingerprint": dataset_fingerprint,
+            "horizons": list(model.cfg.horizons),
+            "window": model.cfg.window,
+            "sector_vocab": list(sector_vocab),
+            "segment_vocab": list(segment_vocab),
+            "min_window_frac": min_window_frac,
+            "returns_col": returns_col,
+            "n_params": model.get_num_params(),
+            "blend": blend,
+            **(extra or {}),
+        },
+    )
     return out
 
 
@@ -88,8 +111,10 @@ def load_bundle(run_dir: str | Path, dataset: str | Path | None = None) -> Bundl
         members = int(meta.get("members", 1))
         model = ATFTEnsemble.from_config(cfg, members) if members > 1 else ATFTGATFAN(cfg)
     except (Gogooku3Error, TypeError, ValueError, KeyError, RuntimeError) as e:
-        raise DataError(f"{root / 'bundle.json'}: model_config does not describe a model ({load_reason(e)}); the "
-                        f"bundle was edited or is damaged: retrain, or restore it") from e
+        raise DataError(
+            f"{root / 'bundle.json'}: model_config does not describe a model ({load_reason(e)}); the "
+            f"bundle was edited or is damaged: retrain, or restore it"
+        ) from e
     state, weights = _read_weights(root)
     _check_weights(model, state, weights)
     model.load_state_dict(state)
@@ -97,8 +122,18 @@ def load_bundle(run_dir: str | Path, dataset: str | Path | None = None) -> Bundl
     return Bundle(model, meta, root)
 
 
-BUNDLE_KEYS = ("model_config", "manifest", "manifest_fingerprint", "normalizer", "horizons", "window",
-               "sector_vocab", "segment_vocab", "min_window_frac", "returns_col")
+BUNDLE_KEYS = (
+    "model_config",
+    "manifest",
+    "manifest_fingerprint",
+    "normalizer",
+    "horizons",
+    "window",
+    "sector_vocab",
+    "segment_vocab",
+    "min_window_frac",
+    "returns_col",
+)
 
 
 def _check_meta(meta: Any, where: Path) -> None:
@@ -109,8 +144,9 @@ def _check_meta(meta: Any, where: Path) -> None:
     if not isinstance(meta.get("manifest", {}), dict) or "features" not in meta.get("manifest", {}):
         missing.append("manifest.features")
     if missing:
-        raise DataError(f"{where}: lacks {', '.join(missing)}; the bundle was edited or is damaged: retrain, or "
-                        f"restore it")
+        raise DataError(
+            f"{where}: lacks {', '.join(missing)}; the bundle was edited or is damaged: retrain, or restore it"
+        )
 
 
 def _read_weights(root: Path) -> tuple[dict[str, torch.Tensor], Path]:
@@ -122,8 +158,10 @@ def _read_weights(root: Path) -> tuple[dict[str, torch.Tensor], Path]:
     try:
         state = load_file(str(path)) if path == st else torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # safetensors / unpickling raise many types for truncated or crafted files
-        raise DataError(f"{path}: cannot read the weights ({load_reason(e)}); the file is truncated, damaged or "
-                        f"holds more than tensors: retrain, or restore it") from e
+        raise DataError(
+            f"{path}: cannot read the weights ({load_reason(e)}); the file is truncated, damaged or "
+            f"holds more than tensors: retrain, or restore it"
+        ) from e
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise DataError(f"{path}: not a map of tensors; retrain, or restore the file")
     return state, path
@@ -133,37 +171,51 @@ def _check_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], path:
     """The weights fit the model bundle.json describes: same names, same shapes."""
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     have = {k: tuple(v.shape) for k, v in state.items()}
-    problems = [f"size mismatch for {k}: {list(have[k])} in the file, {list(want[k])} in bundle.json's model"
-                for k in want if k in have and have[k] != want[k]]
+    problems = [
+        f"size mismatch for {k}: {list(have[k])} in the file, {list(want[k])} in bundle.json's model"
+        for k in want
+        if k in have and have[k] != want[k]
+    ]
     problems += [f"missing {k}" for k in want if k not in have]
     problems += [f"unexpected {k}" for k in have if k not in want]
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise DataError(f"{path}: weights do not fit bundle.json's model: {problems[0]}{more}; the bundle was edited "
-                        f"or mixed with another run's: retrain, or restore it")
+        raise DataError(
+            f"{path}: weights do not fit bundle.json's model: {problems[0]}{more}; the bundle was edited "
+            f"or mixed with another run's: retrain, or restore it"
+        )
 
 
 def check_manifest(meta: dict, manifest: FeatureManifest, source: Any) -> None:
     if manifest.fingerprint != meta["manifest_fingerprint"]:
-        raise DataError(f"{source}: feature manifest fingerprint {manifest.fingerprint} does not match the model "
-                        f"bundle's {meta['manifest_fingerprint']} (features changed; retrain or use the matching dataset)")
+        raise DataError(
+            f"{source}: feature manifest fingerprint {manifest.fingerprint} does not match the model "
+            f"bundle's {meta['manifest_fingerprint']} (features changed; retrain or use the matching dataset)"
+        )
 
 
 @torch.no_grad()
-def predict_for_dates(bundle: Bundle, df_or_path: pl.DataFrame | pl.LazyFrame | str | Path,
-                      dates: Sequence[dt.date | str], *, quantiles: bool = False,
-                      explain: bool = False) -> pl.DataFrame:
+def predict_for_dates(
+    bundle: Bundle,
+    df_or_path: pl.DataFrame | pl.LazyFrame | str | Path,
+    dates: Sequence[dt.date | str],
+    *,
+    quantiles: bool = False,
+    explain: bool = False,
+) -> pl.DataFrame:
     """Predictions for every stock with a valid window on each date: DataFrame[Date, Code, pred_{h}d] (plus the
     quantile forecasts / per-stock variable-selection weights with `quantiles` / `explain`), from
     `inference.predict_panel` over a panel of just the sessions the windows need."""
-    from gogooku3.training.inference import predict_panel
     from gogooku3.data.normalize import CrossSectionalNormalizer
     from gogooku3.data.panel import PanelStore
+    from gogooku3.training.inference import predict_panel
 
     if bundle.meta.get("stack"):
-        raise DataError(f"{bundle.root or 'bundle'}: its model reads stacked LightGBM inputs "
-                        f"({', '.join(bundle.meta['stack']['inputs'])}; train.stack.enabled), which `predict` cannot "
-                        "rebuild for new dates; train with train.stack.enabled=false for a bundle that predicts")
+        raise DataError(
+            f"{bundle.root or 'bundle'}: its model reads stacked LightGBM inputs "
+            f"({', '.join(bundle.meta['stack']['inputs'])}; train.stack.enabled), which `predict` cannot "
+            "rebuild for new dates; train with train.stack.enabled=false for a bundle that predicts"
+        )
     if isinstance(df_or_path, (str, Path)):
         check_manifest(bundle.meta, FeatureManifest.for_dataset(df_or_path), df_or_path)
         lf = pl.scan_parquet(df_or_path)
@@ -176,8 +228,10 @@ def predict_for_dates(bundle: Bundle, df_or_path: pl.DataFrame | pl.LazyFrame | 
     all_dates = lf.select(pl.col(C.DATE).cast(pl.Date).unique().sort()).collect().get_column(C.DATE).to_list()
     pos = [k for k, d in enumerate(all_dates) if d in set(want)]
     if not pos:
-        raise DataError(f"predict_for_dates: none of {len(want)} date(s) is in the dataset "
-                        f"(it covers {all_dates[0] if all_dates else '-'} .. {all_dates[-1] if all_dates else '-'})")
+        raise DataError(
+            f"predict_for_dates: none of {len(want)} date(s) is in the dataset "
+            f"(it covers {all_dates[0] if all_dates else '-'} .. {all_dates[-1] if all_dates else '-'})"
+        )
     history = CrossSectionalNormalizer.from_dict(bundle.meta["normalizer"]).history_days  # day-level time z-scores
     lo = all_dates[max(0, min(pos) - L + 1 - history)]
     hi = all_dates[max(pos)]
@@ -187,15 +241,29 @@ def predict_for_dates(bundle: Bundle, df_or_path: pl.DataFrame | pl.LazyFrame | 
     ret_col = bundle.meta["returns_col"]
     cols = list(dict.fromkeys([*meta_cols, ret_col, *feats]))
     sub = lf.select([c for c in cols if c in schema]).filter(pl.col(C.DATE).cast(pl.Date).is_between(lo, hi))
-    panel = PanelStore.from_frame(sub, feats, [], bundle.meta["normalizer"], ret_col,
-                                  bundle.meta["sector_vocab"], bundle.meta["segment_vocab"])
-    return predict_panel(bundle.model, panel, panel.day_index(want), window=L,
-                         min_window_frac=float(bundle.meta["min_window_frac"]), targets=False, quantiles=quantiles,
-                         explain=explain)
+    panel = PanelStore.from_frame(
+        sub, feats, [], bundle.meta["normalizer"], ret_col, bundle.meta["sector_vocab"], bundle.meta["segment_vocab"]
+    )
+    return predict_panel(
+        bundle.model,
+        panel,
+        panel.day_index(want),
+        window=L,
+        min_window_frac=float(bundle.meta["min_window_frac"]),
+        targets=False,
+        quantiles=quantiles,
+        explain=explain,
+    )
 
 
-def predict_product(bundle: Bundle, df_or_path: pl.DataFrame | pl.LazyFrame | str | Path,
-                    dates: Sequence[dt.date | str], *, quantiles: bool = False, explain: bool = False) -> pl.DataFrame:
+def predict_product(
+    bundle: Bundle,
+    df_or_path: pl.DataFrame | pl.LazyFrame | str | Path,
+    dates: Sequence[dt.date | str],
+    *,
+    quantiles: bool = False,
+    explain: bool = False,
+) -> pl.DataFrame:
     """The bundle's product predictor on each date (`bundle.json` "product"): the network's predictions blended with
     the stored LightGBM boosters (`predictors.blend.combine` with the stored weights) when the product is a blend,
     else the network's. The network runs once; its quantile / explain columns (`quantiles`, `explain`) come from
@@ -210,8 +278,9 @@ def predict_product(bundle: Bundle, df_or_path: pl.DataFrame | pl.LazyFrame | st
     if not spec:
         return net
     if bundle.root is None:
-        raise DataError("predict: the bundle was not loaded from a folder (load_bundle); its LightGBM boosters "
-                        "cannot be found")
+        raise DataError(
+            "predict: the bundle was not loaded from a folder (load_bundle); its LightGBM boosters cannot be found"
+        )
     boosters = {}
     for h, name in spec["boosters"].items():
         path = bundle.root / name

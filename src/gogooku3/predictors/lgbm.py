@@ -11,9 +11,10 @@ import datetime as dt
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightgbm as lgb
+import numpy as np
 import polars as pl
 
 from gogooku3.config.compose import to_dict
@@ -32,8 +33,12 @@ class LightGBMPredictor(Predictor):
 
     def run(self) -> BaselineRun | None:
         ctx = self.ctx
-        return ctx.shared("lightgbm_run", lambda: baseline_for_folds(
-            ctx.cfg, ctx.dataset, ctx.manifest, ctx.folds, [p.index for p in ctx.plans], ctx.manifest.entry_lag))
+        return ctx.shared(
+            "lightgbm_run",
+            lambda: baseline_for_folds(
+                ctx.cfg, ctx.dataset, ctx.manifest, ctx.folds, [p.index for p in ctx.plans], ctx.manifest.entry_lag
+            ),
+        )
 
     def fit(self, plan: Plan, inputs: Mapping[str, Fitted]) -> LightGBMFitted | None:
         run = self.run()
@@ -57,30 +62,46 @@ class LightGBMFitted(Fitted):
             if set(days) <= have:
                 return stored.filter(pl.col(C.DATE).is_in(pl.Series(days, dtype=pl.Date).implode()))
         spec = self.spec()
-        return predict_spec(spec, {h: self.run.booster(self.fold, int(h)) for h in spec["boosters"]},
-                            pl.scan_parquet(self.dataset), days)
+        return predict_spec(
+            spec,
+            {h: self.run.booster(self.fold, int(h)) for h in spec["boosters"]},
+            pl.scan_parquet(self.dataset),
+            days,
+        )
 
     def spec(self) -> dict[str, Any]:
         """What inference needs besides the boosters: features, which of them are normalised, the normaliser and the
         best iteration per horizon (saved into the bundle)."""
         schema = pl.scan_parquet(self.dataset).collect_schema()
         run = self.run
-        return {"fold": self.fold, "features": list(run.features),
-                "normalized_features": [f for f in run.features if schema[f].is_float()],
-                "normalize": {**self.normalize,
-                              "day_level_features": list(run.normalization.get("day_level_features") or [])},
-                "boosters": {str(h): str(run.booster_path(self.fold, h)) for h in run.horizons},
-                "best_iteration": {str(h): int(self.per_fold["best_iteration"][str(h)]) for h in run.horizons}}
+        return {
+            "fold": self.fold,
+            "features": list(run.features),
+            "normalized_features": [f for f in run.features if schema[f].is_float()],
+            "normalize": {
+                **self.normalize,
+                "day_level_features": list(run.normalization.get("day_level_features") or []),
+            },
+            "boosters": {str(h): str(run.booster_path(self.fold, h)) for h in run.horizons},
+            "best_iteration": {str(h): int(self.per_fold["best_iteration"][str(h)]) for h in run.horizons},
+        }
 
     def facts(self) -> dict[str, Any]:
         pf = self.per_fold
-        return {"best_iteration": pf["best_iteration"], "n_train_rows": pf["n_train_rows"],
-                "fit_range": pf["fit_range"], "val_range": pf["val_range"], "directory": str(self.run.directory),
-                "fingerprint": self.run.fingerprint, "reused": bool(self.run.reused)}
+        return {
+            "best_iteration": pf["best_iteration"],
+            "n_train_rows": pf["n_train_rows"],
+            "fit_range": pf["fit_range"],
+            "val_range": pf["val_range"],
+            "directory": str(self.run.directory),
+            "fingerprint": self.run.fingerprint,
+            "reused": bool(self.run.reused),
+        }
 
 
-def predict_spec(spec: Mapping[str, Any], boosters: Mapping[str, lgb.Booster], lf: pl.LazyFrame,
-                 days: Sequence[dt.date]) -> pl.DataFrame:
+def predict_spec(
+    spec: Mapping[str, Any], boosters: Mapping[str, lgb.Booster], lf: pl.LazyFrame, days: Sequence[dt.date]
+) -> pl.DataFrame:
     """Date, Code, pred_{h}d of LightGBM boosters on `days` of a dataset: features normalised per day as in training
     (the normaliser's history before the first day is read too)."""
     feats, normed = list(spec["features"]), list(spec["normalized_features"])
@@ -90,12 +111,22 @@ def predict_spec(spec: Mapping[str, Any], boosters: Mapping[str, lgb.Booster], l
     if want[0] not in all_dates:
         raise DataError(f"LightGBM: {want[0]} is not a date of the dataset")
     lo = all_dates[max(0, all_dates.index(want[0]) - norm.history_days)]
-    frame = (lf.select(pl.col(C.DATE).cast(pl.Date), pl.col(C.CODE).cast(pl.String), *feats)
-             .filter(pl.col(C.DATE).is_between(lo, want[-1])).collect())
+    frame = (
+        lf.select(pl.col(C.DATE).cast(pl.Date), pl.col(C.CODE).cast(pl.String), *feats)
+        .filter(pl.col(C.DATE).is_between(lo, want[-1]))
+        .collect()
+    )
     x = norm.transform(frame).filter(pl.col(C.DATE).is_in(pl.Series(want, dtype=pl.Date).implode()))
     mat = x.select([pl.col(f).cast(pl.Float32) for f in feats]).to_numpy()
     out = x.select(C.DATE, C.CODE)
     for h, booster in boosters.items():
-        out = out.with_columns(pl.Series(C.pred(int(h)), booster.predict(
-            mat, num_iteration=int(spec["best_iteration"][str(h)])).astype("float32")))
+        out = out.with_columns(
+            pl.Series(
+                C.pred(int(h)),
+                # a dense matrix in -> an ndarray out (the stub's union also covers sparse input and pred_contrib)
+                cast(np.ndarray, booster.predict(mat, num_iteration=int(spec["best_iteration"][str(h)]))).astype(
+                    "float32"
+                ),
+            )
+        )
     return out

@@ -24,16 +24,15 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightgbm as lgb
 import numpy as np
 import polars as pl
 
-from gogooku3.core import columns as C
 from gogooku3.config.compose import to_dict
+from gogooku3.core import columns as C
 from gogooku3.core.errors import DataError, LeakageError, SchemaError, TrainingError
-from gogooku3.features.manifest import FeatureManifest, is_label_like
 from gogooku3.core.io import (
     file_fingerprint,
     fingerprint,
@@ -44,6 +43,7 @@ from gogooku3.core.io import (
 from gogooku3.data.normalize import CrossSectionalNormalizer
 from gogooku3.data.split import Fold, inner_validation, label_gap
 from gogooku3.data.validation import drop_too_null, scan_dataset
+from gogooku3.features.manifest import FeatureManifest, is_label_like
 
 if TYPE_CHECKING:
     from gogooku3.config.schema import BaselineSettings, NormalizerSettings, SafeValidationSettings, Settings
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TARGET_TRANSFORMS = ("raw", "demean", "rank")
-BASELINE_VERSION = 1   # bump when a change alters what a stored run holds
+BASELINE_VERSION = 1  # bump when a change alters what a stored run holds
 REPORT_ONLY_KEYS = ("enabled", "top_features", "workers")  # baseline keys that do not change a fit (not fingerprinted)
 SCREEN_KEYS = ("max_null_share", "null_action")  # safe.validation keys that choose the features
 RUN_FILE = "run.json"
@@ -85,8 +85,10 @@ def check_features(features: Sequence[str], horizons: Sequence[int]) -> None:
     """LeakageError when a label-like name (target_*, feat_ret_*, ...) is among the features."""
     bad = [f for f in features if is_label_like(f) or f in {C.target(h) for h in horizons}]
     if bad:
-        raise LeakageError(f"baseline: label-like column(s) in the feature list: {', '.join(bad)}; "
-                           "labels can never be features (check the manifest)")
+        raise LeakageError(
+            f"baseline: label-like column(s) in the feature list: {', '.join(bad)}; "
+            "labels can never be features (check the manifest)"
+        )
 
 
 class LightGBMBaseline:
@@ -95,8 +97,17 @@ class LightGBMBaseline:
     Every setting is explicit (the `baseline` config group holds the values; `from_config` reads it).
     """
 
-    def __init__(self, params: dict[str, Any], *, num_boost_round: int, early_stopping_rounds: int, val_days: int,
-                 entry_lag: int, target_transform: str, workers: int) -> None:
+    def __init__(
+        self,
+        params: dict[str, Any],
+        *,
+        num_boost_round: int,
+        early_stopping_rounds: int,
+        val_days: int,
+        entry_lag: int,
+        target_transform: str,
+        workers: int,
+    ) -> None:
         if target_transform not in TARGET_TRANSFORMS:
             raise DataError(f"baseline.target_transform must be one of {TARGET_TRANSFORMS}, got '{target_transform}'")
         self.params = dict(params)
@@ -112,9 +123,15 @@ class LightGBMBaseline:
         """From the `baseline` config node (params, num_boost_round, early_stopping_rounds, target_transform,
         workers)."""
         params = to_dict(b.params)  # a copy
-        return cls(params, num_boost_round=b.num_boost_round, early_stopping_rounds=b.early_stopping_rounds,
-                   val_days=int(val_days), entry_lag=int(entry_lag), target_transform=b.target_transform,
-                   workers=horizon_workers(b.workers, params))
+        return cls(
+            params,
+            num_boost_round=b.num_boost_round,
+            early_stopping_rounds=b.early_stopping_rounds,
+            val_days=int(val_days),
+            entry_lag=int(entry_lag),
+            target_transform=b.target_transform,
+            workers=horizon_workers(b.workers, params),
+        )
 
     # ---- helpers ------------------------------------------------------------------------------------
     @staticmethod
@@ -130,8 +147,13 @@ class LightGBMBaseline:
             raise SchemaError(f"baseline: missing column(s) {', '.join(missing[:8])}")
 
     # ---- fit / predict ------------------------------------------------------------------------------
-    def fit(self, train_df: pl.DataFrame, features: Sequence[str], horizons: Sequence[int],
-            val_df: pl.DataFrame | None = None) -> LightGBMBaseline:
+    def fit(
+        self,
+        train_df: pl.DataFrame,
+        features: Sequence[str],
+        horizons: Sequence[int],
+        val_df: pl.DataFrame | None = None,
+    ) -> LightGBMBaseline:
         features, horizons = list(features), [int(h) for h in horizons]
         self._check(train_df, features, horizons)
         if val_df is None:
@@ -143,7 +165,7 @@ class LightGBMBaseline:
         else:
             self._check(val_df, features, horizons)
             fit_df = train_df
-            if val_df[C.DATE].min() <= fit_df[C.DATE].max():
+            if cast(dt.date, val_df[C.DATE].min()) <= cast(dt.date, fit_df[C.DATE].max()):
                 raise LeakageError("baseline: validation slice must lie after the fit dates")
         self.features_, self.horizons_ = features, horizons
         self.models_: dict[int, lgb.Booster] = {}
@@ -157,20 +179,27 @@ class LightGBMBaseline:
         labels = {h: (self._labels(fit_df, h), self._labels(val_df, h)) for h in horizons}
         for h, ((_, w_fit), (_, w_val)) in labels.items():
             if w_fit.sum() < 100 or w_val.sum() < 10:
-                raise TrainingError(f"baseline {h}d: too few labelled rows (fit {int(w_fit.sum())}, "
-                                    f"validation {int(w_val.sum())})")
-        ds_params = {k: self.params[k] for k in ("max_bin", "verbosity") if k in self.params}
+                raise TrainingError(
+                    f"baseline {h}d: too few labelled rows (fit {int(w_fit.sum())}, validation {int(w_val.sum())})"
+                )
+        ds_params: dict[str, Any] = {k: self.params[k] for k in ("max_bin", "verbosity") if k in self.params}
 
         def fit_one(h: int) -> lgb.Booster:
             # Each horizon bins the same matrix into its own Dataset (same bins), so horizons can train at once:
             # LightGBM releases the GIL while it boosts.
             (y_fit, w_fit), (y_val, w_val) = labels[h]
-            ds_fit = lgb.Dataset(x_fit, label=y_fit, weight=w_fit, feature_name=features, free_raw_data=False,
-                                 params=ds_params)
+            ds_fit = lgb.Dataset(
+                x_fit, label=y_fit, weight=w_fit, feature_name=features, free_raw_data=False, params=ds_params
+            )
             ds_val = lgb.Dataset(x_val, label=y_val, weight=w_val, reference=ds_fit, free_raw_data=False)
-            return lgb.train(self.params, ds_fit, num_boost_round=self.num_boost_round, valid_sets=[ds_val],
-                             valid_names=["val"], callbacks=[lgb.early_stopping(self.early_stopping_rounds,
-                                                                                 verbose=False)])
+            return lgb.train(
+                self.params,
+                ds_fit,
+                num_boost_round=self.num_boost_round,
+                valid_sets=[ds_val],
+                valid_names=["val"],
+                callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
+            )
 
         if self.workers > 1 and len(horizons) > 1:
             with ThreadPoolExecutor(max_workers=min(self.workers, len(horizons))) as pool:
@@ -182,7 +211,7 @@ class LightGBMBaseline:
             self.models_[h] = booster
             self.best_iteration_[h] = int(booster.best_iteration or booster.current_iteration())
             gain = booster.feature_importance("gain", iteration=self.best_iteration_[h])
-            self.importance_by_horizon_[h] = {f: float(g) for f, g in zip(features, gain)}
+            self.importance_by_horizon_[h] = {f: float(g) for f, g in zip(features, gain, strict=True)}
             self.n_train_rows_[h] = int(labels[h][0][1].sum())
             log.debug("baseline %dd: best iteration %d", h, self.best_iteration_[h])
         self.feature_importance_ = _sum_importance(self.importance_by_horizon_.values())
@@ -203,8 +232,13 @@ class LightGBMBaseline:
         if missing:
             raise SchemaError(f"baseline predict: missing column(s) {', '.join(missing[:8])}")
         x = self._matrix(df, self.features_)
-        preds = {C.pred(h): self.models_[h].predict(x, num_iteration=self.best_iteration_[h]).astype(np.float32)
-                 for h in self.horizons_}
+        preds = {
+            # a dense matrix in -> an ndarray out (the stub's union also covers sparse input and pred_contrib)
+            C.pred(h): cast(np.ndarray, self.models_[h].predict(x, num_iteration=self.best_iteration_[h])).astype(
+                np.float32
+            )
+            for h in self.horizons_
+        }
         return df.select(C.DATE, C.CODE).with_columns([pl.Series(k, v) for k, v in preds.items()])
 
     def top_features(self, n: int) -> list[dict[str, Any]]:
@@ -247,7 +281,7 @@ class BaselineRun:
     normalization: dict[str, Any] = field(default_factory=dict)  # the reference normalizer's report
     models: dict[tuple[int, int], lgb.Booster] = field(default_factory=dict, repr=False)
     safe_report: str | None = None  # the latest `gogooku3 safe` report written from this run
-    reused: bool = False            # set by `load_or_fit`: read from the store rather than fitted now (not saved)
+    reused: bool = False  # set by `load_or_fit`: read from the store rather than fitted now (not saved)
 
     @property
     def fold_indices(self) -> list[int]:
@@ -266,8 +300,10 @@ class BaselineRun:
     def booster_path(self, fold: int, h: int) -> Path:
         path = self.directory / model_file(fold, h) if self.directory is not None else None
         if path is None or not path.exists():
-            raise DataError(f"baseline: booster file of fold {fold}, {h}d missing ({path or 'run not saved'}); "
-                            "delete the run directory to refit")
+            raise DataError(
+                f"baseline: booster file of fold {fold}, {h}d missing ({path or 'run not saved'}); "
+                "delete the run directory to refit"
+            )
         return path
 
     def folds(self, indices: Iterable[int]) -> BaselineRun:
@@ -278,11 +314,20 @@ class BaselineRun:
             raise DataError(f"baseline run {self.fingerprint}: no fold(s) {absent} (has {self.fold_indices})")
         per_fold = [pf for pf in self.per_fold if int(pf["fold"]) in keep]
         sel = pl.col("fold").is_in(keep)
-        return BaselineRun(self.fingerprint, list(self.horizons), list(self.features),
-                           self.predictions_val.filter(sel), self.predictions_test.filter(sel), per_fold,
-                           _sum_importance(pf["feature_importance"] for pf in per_fold), self.directory,
-                           dict(self.normalization), {k: m for k, m in self.models.items() if k[0] in keep},
-                           self.safe_report, self.reused)
+        return BaselineRun(
+            self.fingerprint,
+            list(self.horizons),
+            list(self.features),
+            self.predictions_val.filter(sel),
+            self.predictions_test.filter(sel),
+            per_fold,
+            _sum_importance(pf["feature_importance"] for pf in per_fold),
+            self.directory,
+            dict(self.normalization),
+            {k: m for k, m in self.models.items() if k[0] in keep},
+            self.safe_report,
+            self.reused,
+        )
 
     def merge(self, other: BaselineRun) -> BaselineRun:
         """This run's folds plus `other`'s (other's fold wins where both have it); same fingerprint required."""
@@ -292,11 +337,22 @@ class BaselineRun:
         mine = [k for k in self.fold_indices if k not in theirs]
         a, b = self.folds(mine), other
         per_fold = sorted(a.per_fold + b.per_fold, key=lambda pf: int(pf["fold"]))
-        preds = [pl.concat([getattr(a, n), getattr(b, n)]).sort("fold", C.DATE, C.CODE) for n in PREDICTIONS]
-        return BaselineRun(self.fingerprint, list(self.horizons), list(self.features), *preds, per_fold,
-                           _sum_importance(pf["feature_importance"] for pf in per_fold), self.directory,
-                           dict(other.normalization or self.normalization), {**a.models, **b.models},
-                           other.safe_report or self.safe_report)
+        pred_val, pred_test = (
+            pl.concat([getattr(a, n), getattr(b, n)]).sort("fold", C.DATE, C.CODE) for n in PREDICTIONS
+        )
+        return BaselineRun(
+            self.fingerprint,
+            list(self.horizons),
+            list(self.features),
+            pred_val,
+            pred_test,
+            per_fold,
+            _sum_importance(pf["feature_importance"] for pf in per_fold),
+            self.directory,
+            dict(other.normalization or self.normalization),
+            {**a.models, **b.models},
+            other.safe_report or self.safe_report,
+        )
 
     # ---- persistence ----------------------------------------------------------------------------------
     def save(self, root: str | Path) -> Path:
@@ -330,10 +386,17 @@ class BaselineRun:
         return root
 
     def metadata(self) -> dict[str, Any]:
-        return {"version": BASELINE_VERSION, "fingerprint": self.fingerprint, "horizons": self.horizons,
-                "features": self.features, "folds": self.fold_indices, "per_fold": self.per_fold,
-                "feature_importance": self.feature_importance, "normalization": self.normalization,
-                "safe_report": self.safe_report}
+        return {
+            "version": BASELINE_VERSION,
+            "fingerprint": self.fingerprint,
+            "horizons": self.horizons,
+            "features": self.features,
+            "folds": self.fold_indices,
+            "per_fold": self.per_fold,
+            "feature_importance": self.feature_importance,
+            "normalization": self.normalization,
+            "safe_report": self.safe_report,
+        }
 
     def record_safe_report(self, path: str | Path) -> None:
         """Point the stored run at the safe report written from it (run.json rewritten atomically)."""
@@ -347,13 +410,24 @@ class BaselineRun:
         root = Path(root)
         meta = read_json(root / RUN_FILE)
         if meta.get("version") != BASELINE_VERSION:
-            raise DataError(f"{root / RUN_FILE}: baseline run version {meta.get('version')}, this code writes "
-                            f"{BASELINE_VERSION}; delete {root} to refit")
+            raise DataError(
+                f"{root / RUN_FILE}: baseline run version {meta.get('version')}, this code writes "
+                f"{BASELINE_VERSION}; delete {root} to refit"
+            )
         try:
-            preds = [pl.read_parquet(root / f"{n}.parquet") for n in PREDICTIONS]
-            return cls(str(meta["fingerprint"]), [int(h) for h in meta["horizons"]], list(meta["features"]), *preds,
-                       list(meta["per_fold"]), dict(meta["feature_importance"]), root,
-                       dict(meta.get("normalization") or {}), safe_report=meta.get("safe_report"))
+            pred_val, pred_test = (pl.read_parquet(root / f"{n}.parquet") for n in PREDICTIONS)
+            return cls(
+                str(meta["fingerprint"]),
+                [int(h) for h in meta["horizons"]],
+                list(meta["features"]),
+                pred_val,
+                pred_test,
+                list(meta["per_fold"]),
+                dict(meta["feature_importance"]),
+                root,
+                dict(meta.get("normalization") or {}),
+                safe_report=meta.get("safe_report"),
+            )
         except (KeyError, TypeError, OSError, pl.exceptions.PolarsError) as e:
             raise DataError(f"{root}: not a readable baseline run ({type(e).__name__}: {e}); delete it to refit") from e
 
@@ -369,8 +443,9 @@ def fold_span(folds: Sequence[Fold]) -> tuple[dt.date, dt.date]:
     return min(dates), max(dates)
 
 
-def _normalized(df: pl.DataFrame, features: list[str], folds: Sequence[Fold], ncfg: NormalizerSettings
-                ) -> tuple[Callable[[Fold], pl.DataFrame], dict[str, Any]]:
+def _normalized(
+    df: pl.DataFrame, features: list[str], folds: Sequence[Fold], ncfg: NormalizerSettings
+) -> tuple[Callable[[Fold], pl.DataFrame], dict[str, Any]]:
     """(fold -> its normalized frame, the reference normalizer's report).
 
     When fold 0's training dates precede every test block (walk-forward) one normalizer fitted on them serves every
@@ -396,12 +471,22 @@ def _rows(model: LightGBMBaseline, frame: pl.DataFrame, fold: int, horizons: lis
     """fold, Date, Code, pred_{h}d, target_{h}d for every row of `frame`."""
     pred = model.predict(frame)
     return pl.concat([pred, frame.select([C.target(h) for h in horizons])], how="horizontal").select(
-        pl.lit(fold, pl.Int32).alias("fold"), pl.all())
+        pl.lit(fold, pl.Int32).alias("fold"), pl.all()
+    )
 
 
-def fit_baseline(df: pl.DataFrame, features: Sequence[str], folds: Sequence[Fold], horizons: Sequence[int],
-                 entry_lag: int, val_days: int, cfg: BaselineSettings, *, only: Iterable[int] | None = None,
-                 fingerprint_: str = "") -> BaselineRun:
+def fit_baseline(
+    df: pl.DataFrame,
+    features: Sequence[str],
+    folds: Sequence[Fold],
+    horizons: Sequence[int],
+    entry_lag: int,
+    val_days: int,
+    cfg: BaselineSettings,
+    *,
+    only: Iterable[int] | None = None,
+    fingerprint_: str = "",
+) -> BaselineRun:
     """Normalize (`cfg.normalize`) and fit `LightGBMBaseline` per fold (`cfg`: the `baseline` config node).
 
     `folds` is the whole split (fold 0 anchors the normalization and the rows read); `only` the fold indices to fit
@@ -423,40 +508,80 @@ def fit_baseline(df: pl.DataFrame, features: Sequence[str], folds: Sequence[Fold
     floats = [f for f in features if df.schema[f].is_float()]
     frame_of, norm_report = _normalized(df, floats, folds, cfg.normalize)
     norm_report.update({"n_normalized_features": len(floats), "n_unnormalized_flags": len(features) - len(floats)})
-    vals, tests, per_fold, models = [], [], [], {}
+    vals: list[pl.DataFrame] = []
+    tests: list[pl.DataFrame] = []
+    per_fold: list[dict[str, Any]] = []
+    models: dict[tuple[int, int], lgb.Booster] = {}
     for k in todo:
         f = by_index[k]
         frame = frame_of(f)
         train = frame.filter(_in_dates(f.train_dates))
-        model = LightGBMBaseline.from_config(cfg, entry_lag=entry_lag, val_days=val_days).fit(train, features,
-                                                                                             horizons)
+        model = LightGBMBaseline.from_config(cfg, entry_lag=entry_lag, val_days=val_days).fit(train, features, horizons)
         vals.append(_rows(model, train.filter(_in_dates(model.val_dates_)), k, horizons))
         tests.append(_rows(model, frame.filter(_in_dates(f.test_dates)), k, horizons))
         models.update({(k, h): b for h, b in model.models_.items()})
-        per_fold.append({"fold": k, "fit_range": [str(x) for x in model.fit_range_],
-                         "val_range": [str(x) for x in model.val_range_],
-                         "test_range": [str(f.test_dates[0]), str(f.test_dates[-1])],
-                         "best_iteration": {str(h): it for h, it in model.best_iteration_.items()},
-                         "n_train_rows": {str(h): n for h, n in model.n_train_rows_.items()},
-                         "feature_importance": model.feature_importance_})
+        per_fold.append(
+            {
+                "fold": k,
+                "fit_range": [str(x) for x in model.fit_range_],
+                "val_range": [str(x) for x in model.val_range_],
+                "test_range": [str(f.test_dates[0]), str(f.test_dates[-1])],
+                "best_iteration": {str(h): it for h, it in model.best_iteration_.items()},
+                "n_train_rows": {str(h): n for h, n in model.n_train_rows_.items()},
+                "feature_importance": model.feature_importance_,
+            }
+        )
         log.info("baseline: fold %d fitted (best iterations %s)", k, per_fold[-1]["best_iteration"])
-    preds = [pl.concat(p).sort("fold", C.DATE, C.CODE) for p in (vals, tests)]
-    return BaselineRun(fingerprint_, horizons, features, *preds, per_fold,
-                       _sum_importance(pf["feature_importance"] for pf in per_fold), None, norm_report, models)
+    pred_val, pred_test = (pl.concat(p).sort("fold", C.DATE, C.CODE) for p in (vals, tests))
+    return BaselineRun(
+        fingerprint_,
+        horizons,
+        features,
+        pred_val,
+        pred_test,
+        per_fold,
+        _sum_importance(pf["feature_importance"] for pf in per_fold),
+        None,
+        norm_report,
+        models,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- the shared store
-def baseline_fingerprint(dataset_fingerprint: str, manifest_fingerprint: str, folds: Sequence[Fold],
-                         horizons: Sequence[int], entry_lag: int, val_days: int, baseline_cfg: BaselineSettings,
-                         validation_cfg: SafeValidationSettings) -> str:
+def baseline_fingerprint(
+    dataset_fingerprint: str,
+    manifest_fingerprint: str,
+    folds: Sequence[Fold],
+    horizons: Sequence[int],
+    entry_lag: int,
+    val_days: int,
+    baseline_cfg: BaselineSettings,
+    validation_cfg: SafeValidationSettings,
+) -> str:
     """The content address of a baseline run: everything that changes its predictions, nothing that does not."""
     b = {k: v for k, v in to_dict(baseline_cfg).items() if k not in REPORT_ONLY_KEYS}
     v = to_dict(validation_cfg)
     screen = {k: v[k] for k in SCREEN_KEYS}
-    split = [{"index": f.index, "train": [d.isoformat() for d in f.train_dates],
-              "test": [d.isoformat() for d in f.test_dates]} for f in folds]
-    return fingerprint(BASELINE_VERSION, lgb.__version__, dataset_fingerprint, manifest_fingerprint, split,
-                       [int(h) for h in horizons], int(entry_lag), int(val_days), b, screen)
+    split = [
+        {
+            "index": f.index,
+            "train": [d.isoformat() for d in f.train_dates],
+            "test": [d.isoformat() for d in f.test_dates],
+        }
+        for f in folds
+    ]
+    return fingerprint(
+        BASELINE_VERSION,
+        lgb.__version__,
+        dataset_fingerprint,
+        manifest_fingerprint,
+        split,
+        [int(h) for h in horizons],
+        int(entry_lag),
+        int(val_days),
+        b,
+        screen,
+    )
 
 
 def baseline_horizons(cfg: Settings, manifest: FeatureManifest) -> list[int]:
@@ -468,8 +593,9 @@ def baseline_root(cfg: Settings, fingerprint_: str) -> Path:
     return Path(cfg.paths.output_dir) / "baselines" / fingerprint_
 
 
-def load_or_fit(root: Path, fingerprint_: str, wanted: Iterable[int],
-                fit: Callable[[list[int]], BaselineRun]) -> BaselineRun:
+def load_or_fit(
+    root: Path, fingerprint_: str, wanted: Iterable[int], fit: Callable[[list[int]], BaselineRun]
+) -> BaselineRun:
     """The run stored at `root` restricted to `wanted` folds; `fit(missing fold indices)` fits those it lacks, which
     are merged into the stored run and saved back."""
     wanted = [int(k) for k in wanted]
@@ -496,8 +622,9 @@ def load_or_fit(root: Path, fingerprint_: str, wanted: Iterable[int],
     return run.folds(wanted)
 
 
-def baseline_for_folds(cfg: Settings, dataset: Path, manifest: FeatureManifest, folds: list[Fold], wanted: list[int],
-                       entry_lag: int) -> BaselineRun | None:
+def baseline_for_folds(
+    cfg: Settings, dataset: Path, manifest: FeatureManifest, folds: list[Fold], wanted: list[int], entry_lag: int
+) -> BaselineRun | None:
     """The baseline of `wanted` folds of the split `folds`, from `<paths.output_dir>/baselines/<fingerprint>/` when
     stored there (by `gogooku3 safe` or an earlier call), else fitted, stored and returned; None when
     `baseline.enabled` is false.
@@ -509,8 +636,9 @@ def baseline_for_folds(cfg: Settings, dataset: Path, manifest: FeatureManifest, 
         return None
     dataset = Path(dataset)
     horizons, val_days, v = baseline_horizons(cfg, manifest), cfg.split.val_days, cfg.safe.validation
-    fp = baseline_fingerprint(file_fingerprint(dataset), manifest.fingerprint, folds, horizons, entry_lag, val_days,
-                              b, v)
+    fp = baseline_fingerprint(
+        file_fingerprint(dataset), manifest.fingerprint, folds, horizons, entry_lag, val_days, b, v
+    )
 
     def fit(missing: list[int]) -> BaselineRun:
         df, features = baseline_frame(cfg, dataset, manifest, folds)
@@ -519,13 +647,15 @@ def baseline_for_folds(cfg: Settings, dataset: Path, manifest: FeatureManifest, 
     return load_or_fit(baseline_root(cfg, fp), fp, wanted, fit)
 
 
-def baseline_frame(cfg: Settings, dataset: str | Path, manifest: FeatureManifest, folds: Sequence[Fold]
-                   ) -> tuple[pl.DataFrame, list[str]]:
+def baseline_frame(
+    cfg: Settings, dataset: str | Path, manifest: FeatureManifest, folds: Sequence[Fold]
+) -> tuple[pl.DataFrame, list[str]]:
     """The rows every fold reads (meta, manifest features, the baseline's targets) and the baseline's features: the
     manifest's minus those `safe.validation` drops for nulls on fold 0's training dates (as safe does)."""
     v = cfg.safe.validation
     lo, hi = fold_span(folds)
     df = scan_dataset(dataset, manifest, baseline_horizons(cfg, manifest), lo, hi).collect()
-    features, _, _ = drop_too_null(df, manifest.names, folds[0].train_dates, v.max_null_share, v.null_action,
-                                   str(dataset))
+    features, _, _ = drop_too_null(
+        df, manifest.names, folds[0].train_dates, v.max_null_share, v.null_action, str(dataset)
+    )
     return df, features

@@ -32,13 +32,17 @@ def find_oracle(oracle_dir: Path, horizons: Sequence[int]) -> pl.LazyFrame | Non
     return None
 
 
-def oracle_predictions(lf: pl.LazyFrame, horizons: Sequence[int], days: Sequence[dt.date] | None = None
-                       ) -> pl.DataFrame:
+def oracle_predictions(
+    lf: pl.LazyFrame, horizons: Sequence[int], days: Sequence[dt.date] | None = None
+) -> pl.DataFrame:
     """Date, Code, pred_{h}d = oracle_{h}d for the horizons the oracle has (on `days`, or all)."""
     names = lf.collect_schema().names()
     hs = [int(h) for h in horizons if C.oracle(h) in names]
-    out = lf.select(pl.col(C.DATE).cast(pl.Date), pl.col(C.CODE).cast(pl.String),
-                    *[pl.col(C.oracle(h)).cast(pl.Float64).alias(C.pred(h)) for h in hs])
+    out = lf.select(
+        pl.col(C.DATE).cast(pl.Date),
+        pl.col(C.CODE).cast(pl.String),
+        *[pl.col(C.oracle(h)).cast(pl.Float64).alias(C.pred(h)) for h in hs],
+    )
     if days is not None:
         out = out.filter(pl.col(C.DATE).is_in(pl.Series(sorted(days), dtype=pl.Date).implode()))
     return out.collect()

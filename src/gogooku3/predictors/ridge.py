@@ -64,7 +64,8 @@ class RidgePredictor(Predictor):
         xc = x_fit - mu
         val = frame.filter(_in(plan.val))
         gram, x_val = xc.T @ xc, _matrix(val, features) - mu
-        coefs, scores = {}, {}
+        coefs: dict[int, tuple[float, float, np.ndarray]] = {}
+        scores: dict[int, list[float]] = {}
         for h in hs:
             y = fit.select(_target_expr(C.target(h), how).alias("y")).get_column("y").to_numpy()
             ok = np.isfinite(y)
@@ -73,31 +74,52 @@ class RidgePredictor(Predictor):
             g = gram if ok.all() else xc[ok].T @ xc[ok]
             yc = y[ok] - y[ok].mean()
             rhs = xc[ok].T @ yc
-            best = None
+            best: tuple[float, float, np.ndarray] | None = None
             for a in self.alphas:
                 w = np.linalg.solve(g + a * ok.sum() * np.eye(len(features)), rhs)
                 pv = val.select(C.DATE, C.CODE, C.target(h)).with_columns(
-                    pl.Series(C.pred(h), (x_val @ w).astype(np.float32)))
+                    pl.Series(C.pred(h), (x_val @ w).astype(np.float32))
+                )
                 s = mean_rank_ic(pv, [h]).get(h, (np.nan, 0))[0]
                 scores.setdefault(h, []).append(s)
                 if best is None or (np.isfinite(s) and not best[0] >= s):  # a NaN score never wins
                     best = (s, a, w)
+            assert best is not None  # alphas is never empty (checked with the config)
             coefs[h] = best
             log.info("ridge %dd: alpha %g (val RankIC %.4f)", h, best[1], best[0])
-        return RidgeFitted(self.name, hs, plan, features, mu, {h: c[2] for h, c in coefs.items()},
-                           {h: c[1] for h, c in coefs.items()}, scores, frame)
+        return RidgeFitted(
+            self.name,
+            hs,
+            plan,
+            features,
+            mu,
+            {h: c[2] for h, c in coefs.items()},
+            {h: c[1] for h, c in coefs.items()},
+            scores,
+            frame,
+        )
 
 
 def _matrix(df: pl.DataFrame, features: Sequence[str]) -> np.ndarray:
     """Float64 design matrix; a missing value is the day's centre (0 after the per-day normalisation)."""
-    return np.nan_to_num(df.select([pl.col(f).cast(pl.Float64) for f in features]).to_numpy(), nan=0.0,
-                         posinf=0.0, neginf=0.0)
+    return np.nan_to_num(
+        df.select([pl.col(f).cast(pl.Float64) for f in features]).to_numpy(), nan=0.0, posinf=0.0, neginf=0.0
+    )
 
 
 class RidgeFitted(Fitted):
-    def __init__(self, name: str, horizons: list[int], plan: Plan, features: list[str], mu: np.ndarray,
-                 coefs: dict[int, np.ndarray], alphas: dict[int, float], scores: dict[int, list[float]],
-                 frame: pl.DataFrame):
+    def __init__(
+        self,
+        name: str,
+        horizons: list[int],
+        plan: Plan,
+        features: list[str],
+        mu: np.ndarray,
+        coefs: dict[int, np.ndarray],
+        alphas: dict[int, float],
+        scores: dict[int, list[float]],
+        frame: pl.DataFrame,
+    ):
         super().__init__(name, horizons, plan)
         self.features, self.mu, self.coefs, self.alphas, self.scores = features, mu, coefs, alphas, scores
         self.frame = frame  # the fold's normalised inputs (shared with the other folds under walk-forward)
@@ -106,9 +128,12 @@ class RidgeFitted(Fitted):
         rows = self.frame.filter(_in(days))
         x = _matrix(rows, self.features) - self.mu
         return rows.select(C.DATE, C.CODE).with_columns(
-            *[pl.Series(C.pred(h), (x @ w).astype(np.float32)) for h, w in self.coefs.items()])
+            *[pl.Series(C.pred(h), (x @ w).astype(np.float32)) for h, w in self.coefs.items()]
+        )
 
     def facts(self) -> dict[str, Any]:
-        return {"alpha": {str(h): a for h, a in self.alphas.items()},
-                "val_rank_ic_per_alpha": {str(h): s for h, s in self.scores.items()},
-                "n_features": len(self.features)}
+        return {
+            "alpha": {str(h): a for h, a in self.alphas.items()},
+            "val_rank_ic_per_alpha": {str(h): s for h, s in self.scores.items()},
+            "n_features": len(self.features),
+        }

@@ -40,9 +40,17 @@ def _in(dates: Sequence[dt.date]) -> pl.Expr:
     return pl.col(C.DATE).is_in(pl.Series(list(dates), dtype=pl.Date).implode())
 
 
-def stack_frame(frame: pl.DataFrame, features: Sequence[str], fit: Sequence[dt.date], horizons: Sequence[int],
-                entry_lag: int, val_days: int, baseline_cfg: BaselineSettings, blocks: int, min_fit_days: int
-                ) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
+def stack_frame(
+    frame: pl.DataFrame,
+    features: Sequence[str],
+    fit: Sequence[dt.date],
+    horizons: Sequence[int],
+    entry_lag: int,
+    val_days: int,
+    baseline_cfg: BaselineSettings,
+    blocks: int,
+    min_fit_days: int,
+) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
     """(Date, Code, stack_{h}d for the rows of `frame` from the fit span's second block on; one provenance record
     per fitted model: the dates it predicts, the dates it was fitted and early-stopped on).
 
@@ -60,13 +68,15 @@ def stack_frame(frame: pl.DataFrame, features: Sequence[str], fit: Sequence[dt.d
     for b in range(1, int(blocks)):
         start, end = int(edges[b]), int(edges[b + 1])
         jobs.append((fit[: max(0, start - gap)], fit[start:end] + (after[: gap - 1] if b == int(blocks) - 1 else [])))
-    jobs.append((fit, after[gap - 1:]))
+    jobs.append((fit, after[gap - 1 :]))
     parts, provenance = [], []
     for train_dates, predict_dates in jobs:
         if not predict_dates:
             continue
-        record: dict[str, Any] = {"predicts": [str(predict_dates[0]), str(predict_dates[-1])],
-                                  "n_train_dates": len(train_dates)}
+        record: dict[str, Any] = {
+            "predicts": [str(predict_dates[0]), str(predict_dates[-1])],
+            "n_train_dates": len(train_dates),
+        }
         if len(train_dates) < min_fit_days + val_days + gap:
             record["skipped"] = f"{len(train_dates)} fit dates, fewer than {min_fit_days + val_days + gap} needed"
             provenance.append(record)
@@ -75,38 +85,64 @@ def stack_frame(frame: pl.DataFrame, features: Sequence[str], fit: Sequence[dt.d
         model.fit(frame.filter(_in(train_dates)), features, hs)
         pred = model.predict(frame.filter(_in(predict_dates)))
         parts.append(pred.select(C.DATE, C.CODE, *[pl.col(C.pred(h)).alias(stack_name(h)) for h in hs]))
-        provenance.append({**record, "fit_range": [str(x) for x in model.fit_range_],
-                           "val_range": [str(x) for x in model.val_range_],
-                           "best_iteration": {str(h): it for h, it in model.best_iteration_.items()}})
-        log.info("stack: LightGBM fitted on %s..%s predicts %s..%s", model.fit_range_[0], model.val_range_[1],
-                 predict_dates[0], predict_dates[-1])
+        provenance.append(
+            {
+                **record,
+                "fit_range": [str(x) for x in model.fit_range_],
+                "val_range": [str(x) for x in model.val_range_],
+                "best_iteration": {str(h): it for h, it in model.best_iteration_.items()},
+            }
+        )
+        log.info(
+            "stack: LightGBM fitted on %s..%s predicts %s..%s",
+            model.fit_range_[0],
+            model.val_range_[1],
+            predict_dates[0],
+            predict_dates[-1],
+        )
     schema = {C.DATE: pl.Date, C.CODE: pl.String, **{stack_name(h): pl.Float32 for h in hs}}
     out = pl.concat(parts) if parts else pl.DataFrame(schema=schema)
     return out.sort(C.DATE, C.CODE), provenance
 
 
-def stack_array(frame: pl.DataFrame, dates: Sequence[dt.date], codes: Sequence[str], horizons: Sequence[int]
-                ) -> np.ndarray:
+def stack_array(
+    frame: pl.DataFrame, dates: Sequence[dt.date], codes: Sequence[str], horizons: Sequence[int]
+) -> np.ndarray:
     """[D, N, S] float32 on the panel's dates × codes: each horizon's stacked prediction z-scored per day (0 where
     there is none), the scale every panel feature has."""
     names = [stack_name(h) for h in horizons]
     out = np.zeros((len(dates), len(codes), len(names)), dtype=np.float32)
     if frame.height == 0:
         return out
-    z = frame.with_columns([((pl.col(n) - pl.col(n).mean().over(C.DATE))
-                             / pl.col(n).std().over(C.DATE)).fill_nan(None).fill_null(0.0).alias(n) for n in names])
+    z = frame.with_columns(
+        [
+            ((pl.col(n) - pl.col(n).mean().over(C.DATE)) / pl.col(n).std().over(C.DATE))
+            .fill_nan(None)
+            .fill_null(0.0)
+            .alias(n)
+            for n in names
+        ]
+    )
     day = {d: k for k, d in enumerate(dates)}
     code = {c: k for k, c in enumerate(codes)}
-    z = z.with_columns(pl.col(C.DATE).replace_strict(day, default=None, return_dtype=pl.Int64).alias("__d"),
-                       pl.col(C.CODE).replace_strict(code, default=None, return_dtype=pl.Int64).alias("__i")
-                       ).drop_nulls(["__d", "__i"])
+    z = z.with_columns(
+        pl.col(C.DATE).replace_strict(day, default=None, return_dtype=pl.Int64).alias("__d"),
+        pl.col(C.CODE).replace_strict(code, default=None, return_dtype=pl.Int64).alias("__i"),
+    ).drop_nulls(["__d", "__i"])
     d, i = z.get_column("__d").to_numpy(), z.get_column("__i").to_numpy()
     out[d, i] = z.select(names).to_numpy().astype(np.float32)
     return out
 
 
-def stack_for_plan(cfg: Settings, dataset: Any, manifest: Any, folds: Sequence[Any], plan: Any,
-                   dates: Sequence[dt.date], codes: Sequence[str]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+def stack_for_plan(
+    cfg: Settings,
+    dataset: Any,
+    manifest: Any,
+    folds: Sequence[Any],
+    plan: Any,
+    dates: Sequence[dt.date],
+    codes: Sequence[str],
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """The stacked inputs of one plan on the panel's dates × codes, from the dataset with the baseline's features
     and input normalisation (`baseline` group), and their provenance."""
     from gogooku3.predictors.lightgbm import _normalized, baseline_frame, baseline_horizons
@@ -117,6 +153,7 @@ def stack_for_plan(cfg: Settings, dataset: Any, manifest: Any, folds: Sequence[A
     floats = [f for f in features if df.schema[f].is_float()]
     frame_of, _ = _normalized(df, floats, folds, b.normalize)
     frame = frame_of(plan.fold)
-    pred, provenance = stack_frame(frame, features, plan.fit, horizons, int(manifest.entry_lag),
-                                   cfg.split.val_days, b, sc.blocks, sc.min_fit_days)
+    pred, provenance = stack_frame(
+        frame, features, plan.fit, horizons, int(manifest.entry_lag), cfg.split.val_days, b, sc.blocks, sc.min_fit_days
+    )
     return stack_array(pred, dates, codes, horizons), provenance

@@ -27,13 +27,12 @@ from gogooku3.core.errors import ConfigError
 log = logging.getLogger(__name__)
 
 # price multiplier on the ex-date -> the usual name of the action (1:2 = one old share becomes two)
-RATIOS = {1 / 2: "1:2", 1 / 3: "1:3", 1 / 4: "1:4", 1 / 5: "1:5", 1 / 10: "1:10", 2.0: "2:1", 5.0: "5:1",
-          10.0: "10:1"}
+RATIOS = {1 / 2: "1:2", 1 / 3: "1:3", 1 / 4: "1:4", 1 / 5: "1:5", 1 / 10: "1:10", 2.0: "2:1", 5.0: "5:1", 10.0: "10:1"}
 POLICIES = ("warn", "adjust", "off")
-PRICE_TOL = math.log(1.06)      # |ln(move) − ln(ratio)| with volume or factor evidence
+PRICE_TOL = math.log(1.06)  # |ln(move) − ln(ratio)| with volume or factor evidence
 PRICE_ONLY_TOL = math.log(1.02)  # ... and without any (close-only files)
 VOL_BEFORE, VOL_AFTER = 20, 10  # rows in the volume medians before / from the ex-date
-VOL_SHARE = 1 / 3               # the volume must move inversely by at least this share of the ratio (in logs)
+VOL_SHARE = 1 / 3  # the volume must move inversely by at least this share of the ratio (in logs)
 
 
 def _c(name: str) -> pl.Expr:
@@ -67,12 +66,26 @@ def detect_splits(dq: pl.DataFrame) -> pl.DataFrame:
         inverse = (_c("volume_change").log() * (1 if lr > 0 else -1) <= -VOL_SHARE * abs(lr)).fill_null(False)
         factor = ((_c("_af").log() - lr).abs() <= PRICE_TOL).fill_null(False)
         price_only = (near <= PRICE_ONLY_TOL) & _c("volume_change").is_null() & _c("_af").is_null()
-        evidence = (pl.when((near <= PRICE_TOL) & factor).then(pl.lit("factor"))
-                    .when((near <= PRICE_TOL) & inverse).then(pl.lit("volume"))
-                    .when(price_only).then(pl.lit("price")))
+        evidence = (
+            pl.when((near <= PRICE_TOL) & factor)
+            .then(pl.lit("factor"))
+            .when((near <= PRICE_TOL) & inverse)
+            .then(pl.lit("volume"))
+            .when(price_only)
+            .then(pl.lit("price"))
+        )
         hit = d.with_columns(evidence.alias("evidence")).filter(_c("evidence").is_not_null())
-        out.append(hit.select("Code", "Date", pl.lit(name).alias("ratio"), pl.lit(mult).alias("multiplier"),
-                              _c("_move").alias("move"), "volume_change", "evidence"))
+        out.append(
+            hit.select(
+                "Code",
+                "Date",
+                pl.lit(name).alias("ratio"),
+                pl.lit(mult).alias("multiplier"),
+                _c("_move").alias("move"),
+                "volume_change",
+                "evidence",
+            )
+        )
     res = pl.concat(out) if out else pl.DataFrame()
     return res.sort("Code", "Date").unique(["Code", "Date"], keep="first", maintain_order=True)
 
@@ -94,8 +107,9 @@ def adjust_splits(dq: pl.DataFrame, splits: pl.DataFrame) -> pl.DataFrame:
         upd.append((_c("AdjVo") / _c("_k")).alias("AdjVo"))
     base = _c("AdjFactor").fill_null(1.0) if "AdjFactor" in cols else pl.lit(1.0)
     upd.append((base * m).alias("AdjFactor"))
-    return d.with_columns(upd).drop("_m", "_k").select([*dq.columns, *(["AdjFactor"] if "AdjFactor" not in cols
-                                                                           else [])])
+    return (
+        d.with_columns(upd).drop("_m", "_k").select([*dq.columns, *(["AdjFactor"] if "AdjFactor" not in cols else [])])
+    )
 
 
 def _describe(row: dict[str, Any]) -> str:
@@ -118,10 +132,21 @@ def check_splits(tables: dict[str, pl.DataFrame], policy: str, source: str | Pat
     listed = "; ".join(_describe(r) for r in found.head(10).iter_rows(named=True))
     more = f" (+{found.height - 10} more)" if found.height > 10 else ""
     if policy == "warn":
-        log.warning("%s: %d likely unadjusted split(s): %s%s. Returns across them are fake; set "
-                    "data.adjust_splits=adjust to adjust the prices before them (or map data.columns.adj_close / "
-                    "adj_factor; data.adjust_splits=off silences this)", source, found.height, listed, more)
+        log.warning(
+            "%s: %d likely unadjusted split(s): %s%s. Returns across them are fake; set "
+            "data.adjust_splits=adjust to adjust the prices before them (or map data.columns.adj_close / "
+            "adj_factor; data.adjust_splits=off silences this)",
+            source,
+            found.height,
+            listed,
+            more,
+        )
         return tables
-    log.warning("%s: adjusting %d likely unadjusted split(s) (data.adjust_splits=adjust): %s%s", source,
-                found.height, listed, more)
+    log.warning(
+        "%s: adjusting %d likely unadjusted split(s) (data.adjust_splits=adjust): %s%s",
+        source,
+        found.height,
+        listed,
+        more,
+    )
     return {**tables, "daily_quotes": adjust_splits(dq, found)}

@@ -14,12 +14,13 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import polars as pl
 
 from gogooku3.core.calendar import TradingCalendar
 from gogooku3.core.errors import ConfigError, DataError
+from gogooku3.core.scalars import as_date
 from gogooku3.sources.schema import TABLES, conform, replace_raw_tables
 
 if TYPE_CHECKING:
@@ -29,9 +30,20 @@ log = logging.getLogger(__name__)
 
 ROW = "__row"  # 1-based data row number (header excluded), kept for error messages
 # config field -> raw-table column
-PRICE_FIELDS = {"open": "O", "high": "H", "low": "L", "close": "C", "volume": "Vo", "turnover": "Va",
-                "adj_factor": "AdjFactor", "adj_open": "AdjO", "adj_high": "AdjH", "adj_low": "AdjL",
-                "adj_close": "AdjC", "adj_volume": "AdjVo"}
+PRICE_FIELDS = {
+    "open": "O",
+    "high": "H",
+    "low": "L",
+    "close": "C",
+    "volume": "Vo",
+    "turnover": "Va",
+    "adj_factor": "AdjFactor",
+    "adj_open": "AdjO",
+    "adj_high": "AdjH",
+    "adj_low": "AdjL",
+    "adj_close": "AdjC",
+    "adj_volume": "AdjVo",
+}
 LISTED_FIELDS = {"sector": "S33", "sector17": "S17", "market": "Mkt", "name": "CoName"}
 KNOWN_FIELDS = ("date", "code", *PRICE_FIELDS, *LISTED_FIELDS)
 POSITIVE = ("O", "H", "L", "C", "AdjO", "AdjH", "AdjL", "AdjC", "AdjFactor")
@@ -63,18 +75,26 @@ class ImportSettings:
                 raise ConfigError(f"data.columns.{req} must name a column of the file")
         if "close" not in columns and "adj_close" not in columns:
             raise ConfigError("data.columns: map at least one of close / adj_close")
-        extra = data.extra_columns
-        if isinstance(extra, str):
+        extra: str | tuple[str, ...]
+        if isinstance(data.extra_columns, str):
+            extra = data.extra_columns
             if extra not in ("all", "none"):
                 raise ConfigError(f"data.extra_columns='{extra}' must be all, none or a list of column names")
         else:
-            extra = tuple(extra)
+            extra = tuple(data.extra_columns)
         fmt = data.format.lower()
         if fmt not in ("auto", "csv", "parquet"):
             raise ConfigError(f"data.format='{fmt}' must be auto, csv or parquet")
-        return cls(columns=columns, fmt=fmt, separator=data.separator, null_values=tuple(data.null_values),
-                   date_format=data.date_format or None, calendar=data.calendar,
-                   extra_columns=extra, decimal_comma=_decimal_comma(data))
+        return cls(
+            columns=columns,
+            fmt=fmt,
+            separator=data.separator,
+            null_values=tuple(data.null_values),
+            date_format=data.date_format or None,
+            calendar=data.calendar,
+            extra_columns=extra,
+            decimal_comma=_decimal_comma(data),
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -105,8 +125,15 @@ def read_user_file(path: Path, s: ImportSettings) -> pl.DataFrame:
             header = pl.read_csv(path, separator=s.separator, n_rows=0).columns
             _check_separator(header, path, s)
             text_cols = {s.columns[f]: pl.Utf8 for f in ("date", "code") if s.columns[f] in header}
-            df = pl.read_csv(path, separator=s.separator, schema_overrides=text_cols, null_values=list(s.null_values),
-                             infer_schema_length=10_000, try_parse_dates=False, decimal_comma=s.decimal_comma)
+            df = pl.read_csv(
+                path,
+                separator=s.separator,
+                schema_overrides=text_cols,
+                null_values=list(s.null_values),
+                infer_schema_length=10_000,
+                try_parse_dates=False,
+                decimal_comma=s.decimal_comma,
+            )
         else:
             df = pl.read_parquet(path)
     except DataError:
@@ -122,8 +149,15 @@ def read_user_file(path: Path, s: ImportSettings) -> pl.DataFrame:
 # ---------------------------------------------------------------------------------------------------------------
 # Validation helpers
 # ---------------------------------------------------------------------------------------------------------------
-def _bad(df: pl.DataFrame, mask: pl.Series | pl.Expr, path: Path, column: str, problem: str,
-         show: dict[str, str], hint: str = "") -> DataError:
+def _bad(
+    df: pl.DataFrame,
+    mask: pl.Series | pl.Expr,
+    path: Path,
+    column: str,
+    problem: str,
+    show: dict[str, str],
+    hint: str = "",
+) -> DataError:
     """One-line error: file, column, problem, count, and up to three example rows as the file labels them."""
     bad = df.filter(mask)
     n = bad.height
@@ -132,8 +166,10 @@ def _bad(df: pl.DataFrame, mask: pl.Series | pl.Expr, path: Path, column: str, p
         fields = ", ".join(f"{label}={r[col]}" for col, label in show.items() if col in r)
         examples.append(f"row {r[ROW]} ({fields})")
     more = f" (+{n - 3} more)" if n > 3 else ""
-    return DataError(f"{path}: column '{column}' {problem} in {n} row(s): {'; '.join(examples)}{more}"
-                     + (f". {hint}" if hint else ""))
+    return DataError(
+        f"{path}: column '{column}' {problem} in {n} row(s): {'; '.join(examples)}{more}"
+        + (f". {hint}" if hint else "")
+    )
 
 
 def _parse_dates(df: pl.DataFrame, col: str, path: Path, fmt: str | None) -> pl.Series:
@@ -168,8 +204,15 @@ def _to_float(df: pl.DataFrame, col: str, path: Path, s: ImportSettings | None =
     else:
         out, bad, ambiguous = _parse_numbers(src, s)
         if ambiguous.any():
-            raise _bad(df, ambiguous, path, col, "has numbers whose comma or dot may be a decimal mark or a thousands "
-                       "separator", {col: col}, hint=_comma_hint(s))
+            raise _bad(
+                df,
+                ambiguous,
+                path,
+                col,
+                "has numbers whose comma or dot may be a decimal mark or a thousands separator",
+                {col: col},
+                hint=_comma_hint(s),
+            )
         if bad.any():
             raise _bad(df, bad, path, col, "has non-numeric values", {col: col})
     _check_finite(df, out, path, col)
@@ -177,8 +220,10 @@ def _to_float(df: pl.DataFrame, col: str, path: Path, s: ImportSettings | None =
 
 
 # ---- numbers: decimal commas, thousands separators, non-finite values, text columns ------------------------------
-_GROUPED = {False: r"^[+-]?\d{1,3}(,\d{3})+(\.\d+)?$",    # 1,234,567.5 (thousands commas, decimal dot)
-            True: r"^[+-]?\d{1,3}(\.\d{3})+(,\d+)?$"}     # 1.234.567,5 (thousands dots, decimal comma)
+_GROUPED = {
+    False: r"^[+-]?\d{1,3}(,\d{3})+(\.\d+)?$",  # 1,234,567.5 (thousands commas, decimal dot)
+    True: r"^[+-]?\d{1,3}(\.\d{3})+(,\d+)?$",
+}  # 1.234.567,5 (thousands dots, decimal comma)
 SEPARATORS = (",", ";", "\t", "|")
 
 
@@ -186,8 +231,9 @@ def _decimal_comma(data: FilesDataSettings) -> bool:
     """`data.decimal_comma`, refused with the default separator: a comma cannot be both."""
     on = data.decimal_comma
     if on and data.separator == ",":
-        raise ConfigError("data.decimal_comma=true needs a field separator other than ','; set data.separator=';' "
-                          "(or the file's own)")
+        raise ConfigError(
+            "data.decimal_comma=true needs a field separator other than ','; set data.separator=';' (or the file's own)"
+        )
     return on
 
 
@@ -198,16 +244,22 @@ def _check_separator(header: list[str], path: Path, s: ImportSettings) -> None:
     found = [sep for sep in SEPARATORS if sep != s.separator and sep in header[0]]
     if found:
         shown = "\\t" if found[0] == "\t" else found[0]
-        raise DataError(f"{path}: the header is one column {header[0][:80]!r} with separator {s.separator!r}; the "
-                        f"file looks separated by {shown!r}: set data.separator='{shown}'")
+        raise DataError(
+            f"{path}: the header is one column {header[0][:80]!r} with separator {s.separator!r}; the "
+            f"file looks separated by {shown!r}: set data.separator='{shown}'"
+        )
 
 
 def _comma_hint(s: ImportSettings | None) -> str:
     if s is not None and s.decimal_comma:
-        return ("With data.decimal_comma=true a comma is the decimal mark and dots may only group thousands "
-                "(1.234,5); fix these values or set data.decimal_comma=false")
-    return ("If the comma is the decimal mark (4117,9), set data.decimal_comma=true (with data.separator=';'); "
-            "thousands commas are read only in comma-separated files as 1,234,567.5")
+        return (
+            "With data.decimal_comma=true a comma is the decimal mark and dots may only group thousands "
+            "(1.234,5); fix these values or set data.decimal_comma=false"
+        )
+    return (
+        "If the comma is the decimal mark (4117,9), set data.decimal_comma=true (with data.separator=';'); "
+        "thousands commas are read only in comma-separated files as 1,234,567.5"
+    )
 
 
 def _parse_numbers(src: pl.Series, s: ImportSettings | None) -> tuple[pl.Series, pl.Series, pl.Series]:
@@ -226,8 +278,9 @@ def _parse_numbers(src: pl.Series, s: ImportSettings | None) -> tuple[pl.Series,
     else:
         grouped = grouped & (separator == ",")
         ambiguous = text.str.contains(",").fill_null(False) & ~grouped
-        cleaned = pl.select(pl.when(grouped).then(text.str.replace_all(",", "")).when(ambiguous).then(None)
-                            .otherwise(text)).to_series()
+        cleaned = pl.select(
+            pl.when(grouped).then(text.str.replace_all(",", "")).when(ambiguous).then(None).otherwise(text)
+        ).to_series()
     out = cleaned.cast(pl.Float64, strict=False)
     bad = out.is_null() & text.is_not_null() & (text != "") & ~ambiguous
     return out, bad, ambiguous
@@ -237,8 +290,15 @@ def _check_finite(df: pl.DataFrame, values: pl.Series, path: Path, col: str) -> 
     """inf / -inf (as written or from overflow) is refused: it would become an infinite return or label."""
     inf = values.is_infinite().fill_null(False)
     if inf.any():
-        raise _bad(df, inf, path, col, "has non-finite values (inf or -inf)", {col: col},
-                   hint="Every numeric value must be a finite number; leave missing values empty")
+        raise _bad(
+            df,
+            inf,
+            path,
+            col,
+            "has non-finite values (inf or -inf)",
+            {col: col},
+            hint="Every numeric value must be a finite number; leave missing values empty",
+        )
 
 
 def _numeric_text(raw: pl.DataFrame, col: str, path: Path, s: ImportSettings) -> bool:
@@ -249,15 +309,34 @@ def _numeric_text(raw: pl.DataFrame, col: str, path: Path, s: ImportSettings) ->
     filled = raw[col].cast(pl.Utf8).str.strip_chars().fill_null("") != ""
     n = int(filled.sum())
     if not n or int((values.is_not_null() & filled).sum()) / n < 0.5:
-        log.warning("%s: column '%s' holds text (%s), not imported as a user feature; map it in data.columns or "
-                    "list the columns to import in data.extra_columns", path, col, raw[col].dtype)
+        log.warning(
+            "%s: column '%s' holds text (%s), not imported as a user feature; map it in data.columns or "
+            "list the columns to import in data.extra_columns",
+            path,
+            col,
+            raw[col].dtype,
+        )
         return False
     if ambiguous.any():
-        raise _bad(raw, ambiguous, path, col, "has numbers whose comma or dot may be a decimal mark or a thousands "
-                   "separator", {col: col}, hint=_comma_hint(s))
+        raise _bad(
+            raw,
+            ambiguous,
+            path,
+            col,
+            "has numbers whose comma or dot may be a decimal mark or a thousands separator",
+            {col: col},
+            hint=_comma_hint(s),
+        )
     if bad.any():
-        raise _bad(raw, bad, path, col, "is numeric but has non-numeric values", {col: col},
-                   hint="Fix them, add them to data.null_values, or leave the column out with data.extra_columns=[...]")
+        raise _bad(
+            raw,
+            bad,
+            path,
+            col,
+            "is numeric but has non-numeric values",
+            {col: col},
+            hint="Fix them, add them to data.null_values, or leave the column out with data.extra_columns=[...]",
+        )
     return True
 
 
@@ -283,8 +362,10 @@ def _extra_columns(raw: pl.DataFrame, s: ImportSettings, path: Path, used: set[s
     else:
         missing = [c for c in s.extra_columns if c not in raw.columns]
         if missing:
-            raise DataError(f"{path}: data.extra_columns names missing column(s) {', '.join(missing)}; "
-                            f"file has {', '.join(c for c in raw.columns if c != ROW)}")
+            raise DataError(
+                f"{path}: data.extra_columns names missing column(s) {', '.join(missing)}; "
+                f"file has {', '.join(c for c in raw.columns if c != ROW)}"
+            )
         picked = [c for c in s.extra_columns if c not in used]
     names: dict[str, str] = {}
     for c in picked:
@@ -300,13 +381,16 @@ def build_tables(raw: pl.DataFrame, path: Path, s: ImportSettings) -> dict[str, 
     cols = s.columns
     for req in ("date", "code"):
         if cols[req] not in raw.columns:
-            raise DataError(f"{path}: missing required column '{cols[req]}' (data.columns.{req}); "
-                            f"file has {', '.join(c for c in raw.columns if c != ROW)}")
+            raise DataError(
+                f"{path}: missing required column '{cols[req]}' (data.columns.{req}); "
+                f"file has {', '.join(c for c in raw.columns if c != ROW)}"
+            )
     present = {f: c for f, c in cols.items() if c in raw.columns}
     if "close" not in present and "adj_close" not in present:
         wanted = " or ".join(f"'{cols[f]}' (data.columns.{f})" for f in ("close", "adj_close") if f in cols)
-        raise DataError(f"{path}: missing required column {wanted}; "
-                        f"file has {', '.join(c for c in raw.columns if c != ROW)}")
+        raise DataError(
+            f"{path}: missing required column {wanted}; file has {', '.join(c for c in raw.columns if c != ROW)}"
+        )
     absent = [f"{f} ({c})" for f, c in cols.items() if c not in raw.columns]
     if absent:
         log.info("%s: not in the file, so absent: %s", path, ", ".join(absent))
@@ -318,8 +402,11 @@ def build_tables(raw: pl.DataFrame, path: Path, s: ImportSettings) -> dict[str, 
     out = pl.DataFrame({ROW: raw[ROW], "Date": _parse_dates(raw, date_col, path, s.date_format), "Code": code})
     show = {"Code": code_col, "Date": date_col}
 
-    prices = {PRICE_FIELDS[f]: _to_float(raw, c, path, s).alias(PRICE_FIELDS[f])
-              for f, c in present.items() if f in PRICE_FIELDS}
+    prices = {
+        PRICE_FIELDS[f]: _to_float(raw, c, path, s).alias(PRICE_FIELDS[f])
+        for f, c in present.items()
+        if f in PRICE_FIELDS
+    }
     # With only one of close / adj_close, both C and AdjC are that column (open/high/low/volume on its basis).
     if "C" in prices and "AdjC" not in prices:
         prices["AdjC"] = prices["C"].alias("AdjC")
@@ -333,10 +420,17 @@ def build_tables(raw: pl.DataFrame, path: Path, s: ImportSettings) -> dict[str, 
     # Rows without a close carry no price: dropped (with a warning), not imported as nulls.
     no_close = out["AdjC"].is_null()
     if no_close.any():
-        log.warning("%s: dropping %d row(s) with an empty close (column '%s'), e.g. rows %s", path,
-                    int(no_close.sum()), src_of["AdjC"], out.filter(no_close)[ROW].head(5).to_list())
-    for cols_, test, problem in ((POSITIVE, lambda c: c <= 0, "has non-positive prices"),
-                                 (NON_NEGATIVE, lambda c: c < 0, "has negative values")):
+        log.warning(
+            "%s: dropping %d row(s) with an empty close (column '%s'), e.g. rows %s",
+            path,
+            int(no_close.sum()),
+            src_of["AdjC"],
+            out.filter(no_close)[ROW].head(5).to_list(),
+        )
+    for cols_, test, problem in (
+        (POSITIVE, lambda c: c <= 0, "has non-positive prices"),
+        (NON_NEGATIVE, lambda c: c < 0, "has negative values"),
+    ):
         for col in (c for c in cols_ if c in out.columns):
             bad = test(out[col])
             if bad.any():
@@ -361,13 +455,20 @@ def build_tables(raw: pl.DataFrame, path: Path, s: ImportSettings) -> dict[str, 
         calendar = TradingCalendar.from_dates(dates)
         cal_name = "the file's own dates"
     else:
-        calendar = TradingCalendar.from_exchange(s.calendar, dates.min(), dates.max())
+        calendar = TradingCalendar.from_exchange(s.calendar, as_date(dates.min()), as_date(dates.max()))
         cal_name = f"{s.calendar} trading sessions"
         off = ~calendar.is_session(dates)
         if off.any():
             bad = out.filter(off).with_columns(pl.col("Date").dt.strftime("%Y-%m-%d (%a)").alias("Date"))
-            raise _bad(bad, pl.lit(True), path, date_col, f"has rows on days that are not {cal_name}", show,
-                       hint="Set data.calendar to the file's exchange, or to 'dates'")
+            raise _bad(
+                bad,
+                pl.lit(True),
+                path,
+                date_col,
+                f"has rows on days that are not {cal_name}",
+                show,
+                hint="Set data.calendar to the file's exchange, or to 'dates'",
+            )
 
     extras = _extra_columns(raw, s, path, used=set(present.values()))
     if extras:
@@ -378,14 +479,21 @@ def build_tables(raw: pl.DataFrame, path: Path, s: ImportSettings) -> dict[str, 
     out = out.with_columns(raw[c].cast(pl.Utf8).str.strip_chars().alias(k) for k, c in listed_cols.items())
     out = out.filter(~no_close).sort("Code", "Date")
 
-    quote_cols = ["Date", "Code", *[c for c in TABLES["daily_quotes"].columns if c in out.columns and
-                                    c not in ("Date", "Code")], *extras.values()]
+    quote_cols = [
+        "Date",
+        "Code",
+        *[c for c in TABLES["daily_quotes"].columns if c in out.columns and c not in ("Date", "Code")],
+        *extras.values(),
+    ]
     tables = {"daily_quotes": out.select(quote_cols)}
-    first, last = dates.min(), dates.max()
+    first, last = as_date(dates.min()), as_date(dates.max())
     days = pl.date_range(first, last, "1d", eager=True).alias("Date")
     tables["trading_calendar"] = pl.DataFrame({"Date": days}).with_columns(
-        pl.when(pl.col("Date").is_in(calendar.sessions.implode())).then(pl.lit("1")).otherwise(pl.lit("0"))
-        .alias("HolDiv"))
+        pl.when(pl.col("Date").is_in(calendar.sessions.implode()))
+        .then(pl.lit("1"))
+        .otherwise(pl.lit("0"))
+        .alias("HolDiv")
+    )
     if listed_cols:
         keys = list(listed_cols)
         changed = pl.any_horizontal([pl.col(k).ne_missing(pl.col(k).shift(1).over("Code")) for k in keys])
@@ -403,24 +511,32 @@ def source_config(cfg: Settings, source: str) -> Settings:
     Hydra load). `gogooku3 data import PATH` / `data fetch` compose with `data=files` / `data=jquants` themselves
     unless the command line picks a data option (`cli._cfg`)."""
     if cfg.data.source != source:
-        raise ConfigError(f"data.source is '{cfg.data.source}', not '{source}': compose the config with "
-                          f"data={source} (its keys are data.* of conf/data/{source}.yaml)")
+        raise ConfigError(
+            f"data.source is '{cfg.data.source}', not '{source}': compose the config with "
+            f"data={source} (its keys are data.* of conf/data/{source}.yaml)"
+        )
     return cfg
 
 
 def import_files(cfg: Settings, path: str | Path) -> dict[str, Path]:
     """Import a user's price file as raw tables in `paths.raw_dir`; returns {table: path}."""
     cfg = source_config(cfg, "files")
-    s = ImportSettings.from_cfg(cfg.data)
+    data = cast("FilesDataSettings", cfg.data)  # source_config checked data.source
+    s = ImportSettings.from_cfg(data)
     path = Path(path).expanduser()
     raw = read_user_file(path, s)
     tables = build_tables(raw, path, s)
-    from gogooku3.sources.corporate_actions import (
-        check_splits,  # data.adjust_splits: warn | adjust | off
-    )
+    from gogooku3.sources.corporate_actions import check_splits
 
-    tables = check_splits(tables, cfg.data.adjust_splits, path)
+    tables = check_splits(tables, data.adjust_splits, path)  # data.adjust_splits: warn | adjust | off
     dq = tables["daily_quotes"]
-    log.info("%s: %d rows, %d codes, %s..%s, calendar %s", path, dq.height, dq["Code"].n_unique(),
-             dq["Date"].min(), dq["Date"].max(), s.calendar)
+    log.info(
+        "%s: %d rows, %d codes, %s..%s, calendar %s",
+        path,
+        dq.height,
+        dq["Code"].n_unique(),
+        dq["Date"].min(),
+        dq["Date"].max(),
+        s.calendar,
+    )
     return replace_raw_tables(tables, Path(cfg.paths.raw_dir).expanduser(), source="files")

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 import polars as pl
@@ -30,7 +30,7 @@ from gogooku3.sources.files import source_config
 from gogooku3.sources.schema import TABLES, replace_raw_tables
 
 if TYPE_CHECKING:
-    from gogooku3.config.schema import Settings
+    from gogooku3.config.schema import JQuantsDataSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,15 @@ PATH_RPM_CAP = {"/fins/summary": 60}
 PLAN_TABLES = {
     "free": ("trading_calendar", "daily_quotes", "listed_info", "statements"),
     "light": ("trading_calendar", "daily_quotes", "listed_info", "statements", "topix", "investor_types"),
-    "standard": ("trading_calendar", "daily_quotes", "listed_info", "statements", "topix", "investor_types",
-                 "margin_interest"),
+    "standard": (
+        "trading_calendar",
+        "daily_quotes",
+        "listed_info",
+        "statements",
+        "topix",
+        "investor_types",
+        "margin_interest",
+    ),
 }
 PLAN_TABLES["premium"] = PLAN_TABLES["standard"]
 
@@ -90,8 +97,15 @@ ENDPOINTS: dict[str, Endpoint] = {
     # change (filled from 2026-09-25 on); where it is absent or null the builder applies its own publication lag.
     "margin_interest": Endpoint("margin_interest", "/markets/margin-interest", "date", "week_ends", "Date", {}),
 }
-FETCH_ORDER = ("trading_calendar", "daily_quotes", "listed_info", "statements", "topix", "investor_types",
-               "margin_interest")
+FETCH_ORDER = (
+    "trading_calendar",
+    "daily_quotes",
+    "listed_info",
+    "statements",
+    "topix",
+    "investor_types",
+    "margin_interest",
+)
 # Values J-Quants uses for "no value" in numeric fields.
 _BLANKS = ("", "-", "--")
 
@@ -105,11 +119,23 @@ class JQuantsClient:
     `transport`, `sleep`, `clock` and `rng` are injectable so tests run offline and instantly.
     """
 
-    def __init__(self, api_key: str, *, base_url: str = DEFAULT_BASE_URL, requests_per_minute: float = 60,
-                 max_attempts: int = 5, backoff_base_s: float = 1.0, backoff_max_s: float = 60.0,
-                 retry_after_max_s: float = 600.0, timeout_s: float = 30.0, plan: str = "light",
-                 transport: httpx.BaseTransport | None = None, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        requests_per_minute: float = 60,
+        max_attempts: int = 5,
+        backoff_base_s: float = 1.0,
+        backoff_max_s: float = 60.0,
+        retry_after_max_s: float = 600.0,
+        timeout_s: float = 30.0,
+        plan: str = "light",
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
         if not api_key:
             raise ConfigError(f"J-Quants API key missing: set {API_KEY_ENV} or data.api_key")
         if requests_per_minute <= 0 or max_attempts < 1:
@@ -125,8 +151,9 @@ class JQuantsClient:
         self._rng = rng or random.Random()
         self._last_request: dict[str, float] = {}
         self.n_requests = 0
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers={"x-api-key": api_key},
-                                  timeout=timeout_s, transport=transport)
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"), headers={"x-api-key": api_key}, timeout=timeout_s, transport=transport
+        )
 
     def __enter__(self) -> JQuantsClient:
         return self
@@ -152,10 +179,12 @@ class JQuantsClient:
         while True:
             payload = self._get_json(path, query)
             if DATA_KEY not in payload:  # an error body sent with 200: never cache it as an empty page
-                raise DataError(f"J-Quants {path} {_public(params)}: HTTP 200 without '{DATA_KEY}' (keys: "
-                                f"{', '.join(sorted(payload)) or 'none'}; message: "
-                                f"{self.redact(str(payload.get('message', '')))[:200] or '-'}); nothing cached, "
-                                f"rerun to fetch this page again")
+                raise DataError(
+                    f"J-Quants {path} {_public(params)}: HTTP 200 without '{DATA_KEY}' (keys: "
+                    f"{', '.join(sorted(payload)) or 'none'}; message: "
+                    f"{self.redact(str(payload.get('message', '')))[:200] or '-'}); nothing cached, "
+                    f"rerun to fetch this page again"
+                )
             batch = payload[DATA_KEY]
             if not isinstance(batch, list):
                 raise DataError(f"J-Quants {path} {params}: '{DATA_KEY}' is {type(batch).__name__}, not a list")
@@ -199,7 +228,7 @@ class JQuantsClient:
                 when = email.utils.parsedate_to_datetime(value)
             except (TypeError, ValueError):
                 return None
-            seconds = (when - dt.datetime.now(when.tzinfo or dt.timezone.utc)).total_seconds()
+            seconds = (when - dt.datetime.now(when.tzinfo or dt.UTC)).total_seconds()
         return min(max(seconds, 0.0), self.retry_after_max_s)
 
     def _get_json(self, path: str, params: dict[str, str]) -> dict[str, Any]:
@@ -226,7 +255,8 @@ class JQuantsClient:
                 if resp.status_code in (401, 403):
                     raise ConfigError(
                         f"{what}: HTTP {resp.status_code}, invalid or expired API key (or the endpoint is not in "
-                        f"plan '{self.plan}'; set data.plan/data.tables): {detail}")
+                        f"plan '{self.plan}'; set data.plan/data.tables): {detail}"
+                    )
                 if resp.status_code != 429 and resp.status_code < 500:
                     raise DataError(f"{what}: HTTP {resp.status_code}: {detail}")
                 last_problem = f"HTTP {resp.status_code}: {detail}"
@@ -289,7 +319,7 @@ def _minus_years(d: dt.date, years: int) -> dt.date:
 
 def settings(cfg: Settings, today: dt.date | None = None) -> FetchSettings:
     """Read and check the `data` (jquants) and `paths` config."""
-    data = cfg.data
+    data = cast("JQuantsDataSettings", cfg.data)  # the data=jquants option
     plan = data.plan.lower()
     if plan not in PLAN_RPM:
         raise ConfigError(f"data.plan='{plan}' is not one of {', '.join(PLAN_RPM)}")
@@ -312,7 +342,9 @@ def settings(cfg: Settings, today: dt.date | None = None) -> FetchSettings:
     return FetchSettings(
         plan=plan,
         tables=tuple(t for t in FETCH_ORDER if t in tables or t == "trading_calendar"),
-        start=start, end=end, today=today,
+        start=start,
+        end=end,
+        today=today,
         refresh_days=data.refresh_days,
         statements_days=statements_days,
         cache_root=Path(cfg.paths.cache_dir).expanduser() / "jquants",
@@ -323,7 +355,7 @@ def settings(cfg: Settings, today: dt.date | None = None) -> FetchSettings:
 
 def resolve_api_key(cfg: Settings) -> str:
     """`data.api_key` if set, else the JQUANTS_API_KEY environment variable; ConfigError when neither is."""
-    key = cfg.data.api_key or os.environ.get(API_KEY_ENV, "")
+    key = cast("JQuantsDataSettings", cfg.data).api_key or os.environ.get(API_KEY_ENV, "")
     key = str(key).strip()
     if not key:
         raise ConfigError(f"J-Quants API key missing: set the {API_KEY_ENV} environment variable (or data.api_key)")
@@ -393,8 +425,9 @@ def _page_dates(ep: Endpoint, s: FetchSettings, calendar: pl.DataFrame) -> list[
 
 def _pages(ep: Endpoint, s: FetchSettings, calendar: pl.DataFrame | None) -> list[Page]:
     if ep.mode == "range":
-        return [Page(ep.table, lo, {"from": lo.isoformat(), "to": hi.isoformat()})
-                for lo, hi in _months(s.start, s.end)]
+        return [
+            Page(ep.table, lo, {"from": lo.isoformat(), "to": hi.isoformat()}) for lo, hi in _months(s.start, s.end)
+        ]
     assert calendar is not None
     return [Page(ep.table, d, {"date": d.isoformat()}) for d in _page_dates(ep, s, calendar)]
 
@@ -430,14 +463,20 @@ def _assemble(ep: Endpoint, pages: list[Page], s: FetchSettings) -> pl.DataFrame
     df = df.select(keep)
     # Blank numeric / date strings mean "no value"; schema.conform casts the rest and reports anything odd.
     df = df.with_columns(
-        pl.when(pl.col(c).str.strip_chars().is_in(_BLANKS)).then(None).otherwise(pl.col(c).str.strip_chars())
-        .alias(c) for c in keep if spec.columns[c] != pl.Utf8)
+        pl.when(pl.col(c).str.strip_chars().is_in(_BLANKS)).then(None).otherwise(pl.col(c).str.strip_chars()).alias(c)
+        for c in keep
+        if spec.columns[c] != pl.Utf8
+    )
     if "Code" in df.columns:
         df = df.with_columns(pl.col("Code").str.strip_chars())
     if "HolDiv" in df.columns:
         df = df.with_columns(pl.col("HolDiv").str.strip_chars())
-    df = df.with_columns(pl.col(ep.date_col).str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False)
-                         .fill_null(pl.col(ep.date_col).str.to_date("%Y%m%d", strict=False)))
+    df = df.with_columns(
+        pl.col(ep.date_col)
+        .str.slice(0, 10)
+        .str.to_date("%Y-%m-%d", strict=False)
+        .fill_null(pl.col(ep.date_col).str.to_date("%Y%m%d", strict=False))
+    )
     bad = df[ep.date_col].is_null()
     if bad.any():
         raise DataError(f"J-Quants {ep.path}: column '{ep.date_col}' unparseable in {int(bad.sum())} cached rows")
@@ -457,21 +496,36 @@ def _calendar_frame(pages: list[Page], s: FetchSettings) -> pl.DataFrame:
     return cal.sort("Date")
 
 
-def fetch(cfg: Settings, *, transport: httpx.BaseTransport | None = None,
-          sleep: Callable[[float], None] = time.sleep, today: dt.date | None = None) -> dict[str, Path]:
+def fetch(
+    cfg: Settings,
+    *,
+    transport: httpx.BaseTransport | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    today: dt.date | None = None,
+) -> dict[str, Path]:
     """Fetch the configured J-Quants tables into the page cache and write the raw tables; returns their paths."""
     cfg = source_config(cfg, "jquants")
     s = settings(cfg, today)
     api_key = resolve_api_key(cfg)
-    data = cfg.data
+    data = cast("JQuantsDataSettings", cfg.data)  # source_config checked data.source
     rpm = data.requests_per_minute or PLAN_RPM[s.plan]
-    log.info("J-Quants V2 fetch %s..%s, plan %s (%s req/min), tables: %s", s.start, s.end, s.plan, rpm,
-             ", ".join(s.tables))
+    log.info(
+        "J-Quants V2 fetch %s..%s, plan %s (%s req/min), tables: %s", s.start, s.end, s.plan, rpm, ", ".join(s.tables)
+    )
     frames: dict[str, pl.DataFrame] = {}
-    with JQuantsClient(api_key, base_url=data.base_url, requests_per_minute=rpm, max_attempts=data.max_attempts,
-                       backoff_base_s=data.backoff_base_s, backoff_max_s=data.backoff_max_s,
-                       retry_after_max_s=data.retry_after_max_s, timeout_s=data.timeout_s, plan=s.plan,
-                       transport=transport, sleep=sleep) as client:
+    with JQuantsClient(
+        api_key,
+        base_url=data.base_url,
+        requests_per_minute=rpm,
+        max_attempts=data.max_attempts,
+        backoff_base_s=data.backoff_base_s,
+        backoff_max_s=data.backoff_max_s,
+        retry_after_max_s=data.retry_after_max_s,
+        timeout_s=data.timeout_s,
+        plan=s.plan,
+        transport=transport,
+        sleep=sleep,
+    ) as client:
         try:
             calendar: pl.DataFrame | None = None
             for table in s.tables:

@@ -8,7 +8,8 @@ daily_quotes       Date, Code, O, H, L, C, Vo, Va, AdjFactor, AdjO, AdjH, AdjL, 
                    (1:2 split -> 0.5); adjusted(t) = raw(t) * prod_{s>t} AdjFactor(s). Only Date, Code, AdjC are
                    required (user files); the builder skips the feature blocks whose inputs are absent.
                    UL / LL: "1" when the day hit the upper / lower daily price limit (J-Quants), kept as sent.
-listed_info        Date, Code, CoName, S17, S33, Mkt, ScaleCat   (snapshots; Mkt 0111 Prime / 0112 Standard / 0113 Growth)
+listed_info        Date, Code, CoName, S17, S33, Mkt, ScaleCat
+                   (snapshots; Mkt 0111 Prime / 0112 Standard / 0113 Growth)
 topix              Date, O, H, L, C
 trading_calendar   Date, HolDiv   (J-Quants HolidayDivision: "1" session, "2" half-day session, "0"/"3" closed)
 statements         DiscDate, DiscTime ("HH:MM:SS", JST), Code, CurPerType (1Q/2Q/3Q/FY), CurFYSt, CurFYEn,
@@ -18,7 +19,8 @@ statements         DiscDate, DiscTime ("HH:MM:SS", JST), Code, CurPerType (1Q/2Q
                    forecasts, given with the FY results)
 investor_types     PubDate, StDate, EnDate, Section, then {Frgn, Ind, Prop, Brk, TrstBnk, InvTr, Tot} x
                    {Sell, Buy, Tot, Bal} (e.g. FrgnBal = foreigners' net buying, value in JPY); weekly
-margin_interest    PubDate, Date, Code, ShrtVol, LongVol, ShrtNegVol, LongNegVol, ShrtStdVol, LongStdVol, IssType; weekly
+margin_interest    PubDate, Date, Code, ShrtVol, LongVol, ShrtNegVol, LongNegVol, ShrtStdVol, LongStdVol, IssType;
+                   weekly
 """
 
 from __future__ import annotations
@@ -58,8 +60,11 @@ TABLES: dict[str, TableSpec] = {
     "daily_quotes": TableSpec(
         "daily_quotes",
         required={"Date": DATE, "Code": STR, "AdjC": F64},
-        optional={**{c: F64 for c in ("O", "H", "L", "C", "Vo", "Va", "AdjFactor", "AdjO", "AdjH", "AdjL", "AdjVo")},
-                  "UL": STR, "LL": STR},
+        optional={
+            **{c: F64 for c in ("O", "H", "L", "C", "Vo", "Va", "AdjFactor", "AdjO", "AdjH", "AdjL", "AdjVo")},
+            "UL": STR,
+            "LL": STR,
+        },
         key=("Code", "Date"),
         positive=("O", "H", "L", "C", "AdjO", "AdjH", "AdjL", "AdjC", "AdjFactor"),
     ),
@@ -81,10 +86,34 @@ TABLES: dict[str, TableSpec] = {
         "statements",
         required={"DiscDate": DATE, "Code": STR},
         optional={
-            "DiscTime": STR, "CurPerType": STR, "CurFYSt": DATE, "CurFYEn": DATE,
-            **{c: F64 for c in ("Sales", "OP", "NP", "EPS", "Eq", "TA", "FOP", "FNP", "FEPS", "FDivAnn", "ShOut",
-                                "TrShFY", "NxFSales", "NxFOP", "NxFNp", "NxFEPS", "NxFDivAnn")},
-            "ChgAcEst": STR, "RetroRst": STR,
+            "DiscTime": STR,
+            "CurPerType": STR,
+            "CurFYSt": DATE,
+            "CurFYEn": DATE,
+            **{
+                c: F64
+                for c in (
+                    "Sales",
+                    "OP",
+                    "NP",
+                    "EPS",
+                    "Eq",
+                    "TA",
+                    "FOP",
+                    "FNP",
+                    "FEPS",
+                    "FDivAnn",
+                    "ShOut",
+                    "TrShFY",
+                    "NxFSales",
+                    "NxFOP",
+                    "NxFNp",
+                    "NxFEPS",
+                    "NxFDivAnn",
+                )
+            },
+            "ChgAcEst": STR,
+            "RetroRst": STR,
         },
     ),
     "investor_types": TableSpec(
@@ -96,8 +125,11 @@ TABLES: dict[str, TableSpec] = {
     "margin_interest": TableSpec(
         "margin_interest",
         required={"Date": DATE, "Code": STR},
-        optional={"PubDate": DATE, **{c: F64 for c in ("ShrtVol", "LongVol", "ShrtNegVol", "LongNegVol",
-                                                        "ShrtStdVol", "LongStdVol")}, "IssType": STR},
+        optional={
+            "PubDate": DATE,
+            **{c: F64 for c in ("ShrtVol", "LongVol", "ShrtNegVol", "LongNegVol", "ShrtStdVol", "LongStdVol")},
+            "IssType": STR,
+        },
         key=("Code", "Date"),
     ),
 }
@@ -125,8 +157,11 @@ def conform(df: pl.DataFrame, name: str, source: str | Path = "<memory>") -> pl.
         if dtype == pl.Utf8:
             casts.append(pl.col(col).cast(pl.Utf8))
         elif dtype == pl.Date:
-            casts.append(pl.col(col).cast(pl.Date, strict=False) if df.schema[col] != pl.Utf8
-                         else pl.col(col).str.to_date(strict=False))
+            casts.append(
+                pl.col(col).cast(pl.Date, strict=False)
+                if df.schema[col] != pl.Utf8
+                else pl.col(col).str.to_date(strict=False)
+            )
         else:
             casts.append(pl.col(col).cast(dtype, strict=False))
     out = df.with_columns(casts) if casts else df
@@ -138,24 +173,30 @@ def conform(df: pl.DataFrame, name: str, source: str | Path = "<memory>") -> pl.
                 examples = df[col].filter(bad).head(3).to_list()
                 raise SchemaError(
                     f"{source}: column '{col}' has values not convertible to {spec.columns[col]} "
-                    f"at rows {rows_hint(rows)} (e.g. {examples})")
+                    f"at rows {rows_hint(rows)} (e.g. {examples})"
+                )
     for col in spec.required:
         nulls = out[col].is_null()
         if nulls.any():
-            raise SchemaError(f"{source}: required column '{col}' is null at rows {rows_hint(nulls.arg_true().to_list())}")
+            raise SchemaError(
+                f"{source}: required column '{col}' is null at rows {rows_hint(nulls.arg_true().to_list())}"
+            )
     _check_finite(out, name, source)
     for col in spec.positive:
         if col in out.columns:
             bad = out[col] <= 0
             if bad.any():
                 raise SchemaError(
-                    f"{source}: column '{col}' must be > 0; non-positive at rows {rows_hint(bad.arg_true().to_list())}")
+                    f"{source}: column '{col}' must be > 0; non-positive at rows {rows_hint(bad.arg_true().to_list())}"
+                )
     if spec.key:
         dup = out.select(spec.key).is_duplicated()
         if dup.any():
             ex = out.filter(dup).select(spec.key).unique(maintain_order=True).head(3).rows()
             raise SchemaError(
-                f"{source}: duplicate ({', '.join(spec.key)}) keys at rows {rows_hint(dup.arg_true().to_list())}, e.g. {ex}")
+                f"{source}: duplicate ({', '.join(spec.key)}) keys at rows "
+                f"{rows_hint(dup.arg_true().to_list())}, e.g. {ex}"
+            )
     return out
 
 
@@ -165,9 +206,11 @@ def _check_finite(df: pl.DataFrame, name: str, source: str | Path) -> None:
         if dtype.is_float():
             bad = df[col].is_infinite()
             if bad.any():
-                raise SchemaError(f"{source}: table '{name}' column '{col}' holds non-finite values (inf) at rows "
-                                  f"{rows_hint(bad.arg_true().to_list())}; every number must be finite (missing "
-                                  f"values are null)")
+                raise SchemaError(
+                    f"{source}: table '{name}' column '{col}' holds non-finite values (inf) at rows "
+                    f"{rows_hint(bad.arg_true().to_list())}; every number must be finite (missing "
+                    f"values are null)"
+                )
 
 
 def write_table(df: pl.DataFrame, raw_dir: str | Path, name: str) -> Path:
@@ -206,8 +249,9 @@ def read_table(raw_dir: str | Path, name: str) -> pl.DataFrame | None:
     return conform(df, name, p)
 
 
-def replace_raw_tables(frames: dict[str, pl.DataFrame], raw_dir: str | Path, source: str,
-                       on_table: Callable[[str], None] | None = None) -> dict[str, Path]:
+def replace_raw_tables(
+    frames: dict[str, pl.DataFrame], raw_dir: str | Path, source: str, on_table: Callable[[str], None] | None = None
+) -> dict[str, Path]:
     """Validate every table, write them atomically, then remove raw tables this source did not provide.
 
     Used by every source (synthetic, files, jquants): tables left over from another source

@@ -30,8 +30,13 @@ class CollapseGuard(Callback):
             v = trainer.callback_metrics.get(f"val_std_ratio_{h}d")
             if v is not None and float(v) < self.ratio:
                 self.events.append({"epoch": trainer.current_epoch, "horizon": h, "std_ratio": float(v)})
-                log.warning("collapse guard: epoch %d, %dd predictions' std is %.4f of the target's (< %.3f)",
-                            trainer.current_epoch, h, float(v), self.ratio)
+                log.warning(
+                    "collapse guard: epoch %d, %dd predictions' std is %.4f of the target's (< %.3f)",
+                    trainer.current_epoch,
+                    h,
+                    float(v),
+                    self.ratio,
+                )
                 if self.stop:
                     trainer.should_stop = True
 
@@ -52,13 +57,16 @@ class EMA(Callback):
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        shadow = self.shadow
+        assert shadow is not None  # set in on_fit_start
         for k, v in pl_module.state_dict().items():
             if v.dtype.is_floating_point:
-                self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
+                shadow[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
             else:
-                self.shadow[k].copy_(v)
+                shadow[k].copy_(v)
 
     def _swap_in(self, pl_module: L.LightningModule) -> None:
+        assert self.shadow is not None  # swapped in only once there is one
         self._backup = copy.deepcopy(pl_module.state_dict())
         pl_module.load_state_dict(self.shadow)
 
@@ -87,7 +95,8 @@ class Throughput(Callback):
 
     def __init__(self, flops_per_sample: float, peak_flops: float | None):
         self.flops_per_sample, self.peak_flops = flops_per_sample, peak_flops
-        self.samples, self.seconds, self.history = 0, 0.0, []
+        self.samples, self.seconds = 0, 0.0
+        self.history: list[dict[str, float]] = []
         self._t0 = 0.0
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
@@ -127,9 +136,15 @@ class EpochLog(Callback):
             return
         m = trainer.callback_metrics
         score = m.get(self.monitor)
-        log.info("train: %sepoch %d/%d %s %s (%.1f s)", f"{self.tag} " if self.tag else "", trainer.current_epoch + 1,
-                 trainer.max_epochs, self.monitor, "-" if score is None else f"{float(score):.4f}",
-                 time.perf_counter() - self._t0)
+        log.info(
+            "train: %sepoch %d/%d %s %s (%.1f s)",
+            f"{self.tag} " if self.tag else "",
+            trainer.current_epoch + 1,
+            trainer.max_epochs,
+            self.monitor,
+            "-" if score is None else f"{float(score):.4f}",
+            time.perf_counter() - self._t0,
+        )
 
 
 class RngState(Callback):

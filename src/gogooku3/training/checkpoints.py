@@ -27,11 +27,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError for objects, RuntimeError/EOFError for truncated files
-        raise TrainingError(f"{path}: refused to load (a checkpoint may hold only tensors and plain values; "
-                            f"{load_reason(e)}); resume from another run or set train.resume=false") from e
+        raise TrainingError(
+            f"{path}: refused to load (a checkpoint may hold only tensors and plain values; "
+            f"{load_reason(e)}); resume from another run or set train.resume=false"
+        ) from e
     if not isinstance(state, dict) or "state_dict" not in state:
-        raise TrainingError(f"{path}: not a Lightning checkpoint (no state_dict); resume from another run or set "
-                            f"train.resume=false")
+        raise TrainingError(
+            f"{path}: not a Lightning checkpoint (no state_dict); resume from another run or set train.resume=false"
+        )
     return state
 
 
@@ -39,15 +42,18 @@ def _checkpoint_states(state: dict[str, Any]) -> list[dict[str, Any]]:
     return [cs for cs in (state.get("callbacks") or {}).values() if isinstance(cs, dict) and "best_k_models" in cs]
 
 
-def rebase_checkpoint_path(p: Any, old_dir: Any, new_dir: str | Path, source: Any) -> str:
+def rebase_checkpoint_path(p: Any, old_dir: Any, new_dir: str | Path | None, source: Any) -> str:
     """A checkpoint path of a restored ModelCheckpoint state moved from its folder `old_dir` into `new_dir` (by
     file name). A path outside `old_dir`, or a name that is not a plain `*.ckpt` file name, is refused."""
     if not p:
         return p
     path = Path(str(p))
     if str(path.parent) != str(old_dir) or not CKPT_NAME.fullmatch(path.name):
-        raise TrainingError(f"{source}: names checkpoint {path} outside its run's checkpoint folder {old_dir}; "
-                            f"refusing to resume from it (set train.resume=false or resume another run)")
+        raise TrainingError(
+            f"{source}: names checkpoint {path} outside its run's checkpoint folder {old_dir}; "
+            f"refusing to resume from it (set train.resume=false or resume another run)"
+        )
+    assert new_dir is not None  # a checkpoint callback with a path in its state has a folder
     return str(Path(new_dir) / path.name)
 
 
@@ -57,8 +63,12 @@ def check_resume_checkpoint(path: str | Path) -> dict[str, Any]:
     state = read_checkpoint(path)
     for cs in _checkpoint_states(state):
         old = cs.get("dirpath")
-        for p in [cs.get("best_model_path"), cs.get("kth_best_model_path"), cs.get("last_model_path"),
-                  *(cs.get("best_k_models") or {})]:
+        for p in [
+            cs.get("best_model_path"),
+            cs.get("kth_best_model_path"),
+            cs.get("last_model_path"),
+            *(cs.get("best_k_models") or {}),
+        ]:
             rebase_checkpoint_path(p, old, old or ".", path)
     return state
 
@@ -66,6 +76,7 @@ def check_resume_checkpoint(path: str | Path) -> dict[str, Any]:
 def _same(a: Any, b: Any) -> bool:
     """Equal as JSON values; 20 and 20.0 are the same value (a float key given as an int in the YAML is stored as
     written by older runs, as a float since the config is typed)."""
+
     def plain(x: Any) -> Any:
         return json.loads(json.dumps(x, sort_keys=True, default=str))
 
@@ -80,12 +91,15 @@ def check_resume_model(state: dict[str, Any], model_cfg: dict[str, Any], source:
         return
     diff = [k for k in sorted(set(saved) | set(model_cfg)) if not _same(saved.get(k), model_cfg.get(k))]
     if diff:
+
         def show(d: dict[str, Any]) -> str:
             more = f" (+{len(diff) - 4} more)" if len(diff) > 4 else ""
             return ", ".join(f"{k}={d.get(k)!r}" for k in diff[:4]) + more
 
-        raise ConfigError(f"{source}: trained with {show(saved)}; the dataset and config now give {show(model_cfg)}; "
-                          f"resume needs the same dataset and model settings (or set train.resume=false)")
+        raise ConfigError(
+            f"{source}: trained with {show(saved)}; the dataset and config now give {show(model_cfg)}; "
+            f"resume needs the same dataset and model settings (or set train.resume=false)"
+        )
 
 
 def adopt_checkpoints(src: str | Path, dst: str | Path) -> list[Path]:
@@ -125,6 +139,7 @@ class RunCheckpoint(ModelCheckpoint):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old = state_dict.get("dirpath") or self.dirpath
         state = dict(state_dict, dirpath=self.dirpath)
+
         def move(p: Any) -> str:
             return rebase_checkpoint_path(p, old, self.dirpath, "resume checkpoint")
 

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class FoldFit:
     """A fold's model (one member, or the `ATFTEnsemble` of all) and its members' results."""
@@ -56,8 +57,9 @@ class FoldFit:
         if kind in self.predictions:
             return self.predictions[kind]
         days = self.dm.val_days if kind == "val" else self.dm.test_days
-        return predict_panel(self.model, self.dm.panel, days, window=self.dm.window, valid=self.dm.window_ok,
-                             dataset=self.dm.dataset)
+        return predict_panel(
+            self.model, self.dm.panel, days, window=self.dm.window, valid=self.dm.window_ok, dataset=self.dm.dataset
+        )
 
     @property
     def best_score(self) -> float | None:
@@ -72,14 +74,23 @@ class FoldFit:
     def feature_importance(self) -> torch.Tensor | None:
         """Mean variable-selection weight per feature over the members' validation batches."""
         imps = [m.feature_importance() for m in self.members]
-        return None if any(i is None for i in imps) else torch.stack(imps).mean(0)
+        found = [i for i in imps if i is not None]
+        return torch.stack(found).mean(0) if len(found) == len(imps) else None
 
 
-
-def fit_ensemble(panel: PanelStore, plan: Plan, cfg: Settings, *, run_dir: Path, horizons: Sequence[int],
-                 ckpt_dir: Path | None = None, resume_dir: Path | None = None,
-                 callbacks: list[Callback] | None = None, pool: ProcessPoolExecutor | None = None,
-                 extra: Path | None = None) -> FoldFit | None:
+def fit_ensemble(
+    panel: PanelStore,
+    plan: Plan,
+    cfg: Settings,
+    *,
+    run_dir: Path,
+    horizons: Sequence[int],
+    ckpt_dir: Path | None = None,
+    resume_dir: Path | None = None,
+    callbacks: list[Callback] | None = None,
+    pool: ProcessPoolExecutor | None = None,
+    extra: Path | None = None,
+) -> FoldFit | None:
     """Train `train.ensemble` members (seeds seed, seed+1, ...) on one plan; with more than one, the model predicts
     their mean (`ATFTEnsemble`). Member m checkpoints into `ckpt_dir/member{m}` and resumes from
     `resume_dir/member{m}/last.ckpt` when that exists. None on a DDP rank other than 0.
@@ -92,53 +103,120 @@ def fit_ensemble(panel: PanelStore, plan: Plan, cfg: Settings, *, run_dir: Path,
         raise ConfigError(f"train.ensemble={k}: needs at least one member")
     ckpt_dir = ckpt_dir or run_dir / "checkpoints"
     subs = [f"member{m}" if k > 1 else "" for m in range(k)]
-    resumes = [None if resume_dir is None or not (resume_dir / sub / "last.ckpt").exists()
-               else resume_dir / sub / "last.ckpt" for sub in subs]
+    resumes = [
+        None if resume_dir is None or not (resume_dir / sub / "last.ckpt").exists() else resume_dir / sub / "last.ckpt"
+        for sub in subs
+    ]
     workers = resolve_workers(cfg, k, parallel_ok=not callbacks and panel.root is not None)
     predictions: dict[str, pl.DataFrame] = {}
+    members: list[MemberResult] | list[MemberResult | None]
     if workers > 1:
-        members, predictions = _fit_in_workers(panel, plan, cfg, workers, run_dir=run_dir, ckpt_dir=ckpt_dir,
-                                               horizons=horizons, subs=subs, resumes=resumes, pool=pool, extra=extra)
+        members, predictions = _fit_in_workers(
+            panel,
+            plan,
+            cfg,
+            workers,
+            run_dir=run_dir,
+            ckpt_dir=ckpt_dir,
+            horizons=horizons,
+            subs=subs,
+            resumes=resumes,
+            pool=pool,
+            extra=extra,
+        )
     else:
         arr = None if extra is None else np.load(extra, mmap_mode="r")
-        members = [fit_member(panel, plan, cfg, run_dir=run_dir, ckpt_dir=ckpt_dir / sub,
-                              seed=cfg.train.seed + m, horizons=horizons, tag=sub, resume=resumes[m],
-                              callbacks=callbacks, extra=arr) for m, sub in enumerate(subs)]
+        members = [
+            fit_member(
+                panel,
+                plan,
+                cfg,
+                run_dir=run_dir,
+                ckpt_dir=ckpt_dir / sub,
+                seed=cfg.train.seed + m,
+                horizons=horizons,
+                tag=sub,
+                resume=resumes[m],
+                callbacks=callbacks,
+                extra=arr,
+            )
+            for m, sub in enumerate(subs)
+        ]
     if members[-1] is None:
         return None
     done = [m for m in members if m is not None]
     dm = done[0].dm
     model = done[0].module.model if k == 1 else ATFTEnsemble([m.module.model for m in done])
     if k > 1:
-        log.info("train: fold %d ensemble of %d members (val RankIC %s)", plan.index, k,
-                 ", ".join(f"{m.best_score:.4f}" for m in done if m.best_score is not None))
+        log.info(
+            "train: fold %d ensemble of %d members (val RankIC %s)",
+            plan.index,
+            k,
+            ", ".join(f"{m.best_score:.4f}" for m in done if m.best_score is not None),
+        )
     return FoldFit(plan, model.eval(), done, dm, predictions)
 
 
-def _fit_in_workers(panel: PanelStore, plan: Plan, cfg: Settings, workers: int, *, run_dir: Path, ckpt_dir: Path,
-                    horizons: Sequence[int], subs: list[str], resumes: list[Path | None],
-                    pool: ProcessPoolExecutor | None = None, extra: Path | None = None
-                    ) -> tuple[list[MemberResult], dict[str, pl.DataFrame]]:
+def _fit_in_workers(
+    panel: PanelStore,
+    plan: Plan,
+    cfg: Settings,
+    workers: int,
+    *,
+    run_dir: Path,
+    ckpt_dir: Path,
+    horizons: Sequence[int],
+    subs: list[str],
+    resumes: list[Path | None],
+    pool: ProcessPoolExecutor | None = None,
+    extra: Path | None = None,
+) -> tuple[list[MemberResult], dict[str, pl.DataFrame]]:
     """`fit_member` for every member in `workers` processes (`member_pool`); the members rebuilt here from their
     weights, and the fold's val/test predictions as the mean of theirs."""
     threads = threads_per_worker(cfg, workers)
     job_cfg = job_config(cfg, threads)
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-    jobs = [MemberJob(job_cfg, str(panel.root), plan, str(run_dir), str(ckpt_dir / sub), cfg.train.seed + m,
-                      [int(h) for h in horizons], sub, threads, level, None if resumes[m] is None else str(resumes[m]),
-                      None if extra is None else str(extra))
-            for m, sub in enumerate(subs)]
+    jobs = [
+        MemberJob(
+            job_cfg,
+            str(panel.root),
+            plan,
+            str(run_dir),
+            str(ckpt_dir / sub),
+            cfg.train.seed + m,
+            [int(h) for h in horizons],
+            sub,
+            threads,
+            level,
+            None if resumes[m] is None else str(resumes[m]),
+            None if extra is None else str(extra),
+        )
+        for m, sub in enumerate(subs)
+    ]
     records = run_jobs(jobs, workers, pool)
     arr = None if extra is None else np.load(extra, mmap_mode="r")
     members = []
     for rec in records:
         module = new_module(cfg, panel, horizons, arr)
         module.load_state_dict(torch.load(rec.weights_file, map_location="cpu", weights_only=True))
-        members.append(MemberResult(module.eval(), data_module(panel, plan, cfg, rec.seed, arr), rec.seed, rec.epochs, rec.seconds, rec.best_score,
-                                    rec.best_checkpoint, rec.weights, rec.throughput, rec.collapse_events,
-                                    None if rec.importance is None else torch.tensor(rec.importance),
-                                    dict(rec.predictions)))
+        members.append(
+            MemberResult(
+                module.eval(),
+                data_module(panel, plan, cfg, rec.seed, arr),
+                rec.seed,
+                rec.epochs,
+                rec.seconds,
+                rec.best_score,
+                rec.best_checkpoint,
+                rec.weights,
+                rec.throughput,
+                rec.collapse_events,
+                None if rec.importance is None else torch.tensor(rec.importance),
+                dict(rec.predictions),
+            )
+        )
     kinds = set.intersection(*(set(r.predictions) for r in records))
-    predictions = {kind: mean_predictions([pl.read_parquet(r.predictions[kind]) for r in records])
-                   for kind in sorted(kinds)}
+    predictions = {
+        kind: mean_predictions([pl.read_parquet(r.predictions[kind]) for r in records]) for kind in sorted(kinds)
+    }
     return members, predictions

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import numpy as np
@@ -32,7 +32,21 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.loggers import CSVLogger
 
+from gogooku3.config.compose import to_dict
 from gogooku3.core import columns as C
+from gogooku3.core.logs import defer_lightning_logging
+from gogooku3.core.scalars import as_float
+from gogooku3.data.panel import PanelDataModule, PanelStore
+from gogooku3.data.split import (
+    Fold,
+    check_folds,
+    chosen_folds,
+    inner_validation,
+    make_splitter,
+)
+from gogooku3.evaluation import metrics
+from gogooku3.model.atft_gat_fan import ATFTGATFAN, ATFTConfig
+from gogooku3.model.losses import MultiHorizonLoss
 from gogooku3.training.callbacks import (
     EMA,
     CollapseGuard,
@@ -42,20 +56,7 @@ from gogooku3.training.callbacks import (
     ema_weights,
 )
 from gogooku3.training.checkpoints import RunCheckpoint, confined
-from gogooku3.config.compose import to_dict
-from gogooku3.evaluation import metrics
 from gogooku3.training.inference import predict_panel
-from gogooku3.core.logs import defer_lightning_logging
-from gogooku3.model.atft_gat_fan import ATFTGATFAN, ATFTConfig
-from gogooku3.model.losses import MultiHorizonLoss
-from gogooku3.data.panel import PanelDataModule, PanelStore
-from gogooku3.data.split import (
-    Fold,
-    check_folds,
-    chosen_folds,
-    inner_validation,
-    make_splitter,
-)
 
 if TYPE_CHECKING:
     from gogooku3.config.schema import Settings, SplitSettings
@@ -102,9 +103,16 @@ class ATFTModule(L.LightningModule):
         self.model = ATFTGATFAN(ATFTConfig.from_dict(model_cfg))
         mc = self.model.cfg
         self.horizons = list(mc.horizons)
-        self.loss_fn = MultiHorizonLoss(mc.horizons, horizon_weights(loss_cfg["horizon_weights"], self.horizons),
-                                        mc.quantiles, loss_cfg["huber_delta"], loss_cfg["lambda_q"],
-                                        loss_cfg["lambda_ic"], loss_cfg["min_stocks"], loss_cfg["target_transform"])
+        self.loss_fn = MultiHorizonLoss(
+            mc.horizons,
+            horizon_weights(loss_cfg["horizon_weights"], self.horizons),
+            mc.quantiles,
+            loss_cfg["huber_delta"],
+            loss_cfg["lambda_q"],
+            loss_cfg["lambda_ic"],
+            loss_cfg["min_stocks"],
+            loss_cfg["target_transform"],
+        )
         self.optim_cfg = dict(optim_cfg)
         self._val: list[dict[str, torch.Tensor]] = []
         self._weights_sum: torch.Tensor | None = None
@@ -131,7 +139,9 @@ class ATFTModule(L.LightningModule):
             m = torch.isfinite(y[:, j])
             if int(m.sum()) >= 5:
                 row[f"rank_ic_{h}d"] = rank_ic(p[m, j], y[m, j])
-                row[f"std_ratio_{h}d"] = p[m, j].std() / (((y[m, j] - y[m, j].mean()) / (y[m, j].std() + 1e-12)).std() + 1e-12)
+                row[f"std_ratio_{h}d"] = p[m, j].std() / (
+                    ((y[m, j] - y[m, j].mean()) / (y[m, j].std() + 1e-12)).std() + 1e-12
+                )
         self._val.append(row)
         w = out["feature_weights"].detach().float()
         self._weights_sum = w if self._weights_sum is None else self._weights_sum + w
@@ -161,8 +171,11 @@ class ATFTModule(L.LightningModule):
             (no_decay if p.ndim < 2 or "norm" in name or "bias" in name else decay).append(p)
         params = decay + no_decay
         fused = {"fused": True} if params and all(p.is_cuda for p in params) else {}
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": oc["weight_decay"]},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=oc["lr"], **fused)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": oc["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=oc["lr"],
+            **fused,
+        )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warm = min(int(oc["warmup_steps"]), max(1, total // 5))
         floor = float(oc["min_lr_ratio"])
@@ -177,10 +190,14 @@ class ATFTModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-
-def build_trainer(cfg: Settings, run_dir: Path, module: ATFTModule, ckpt_dir: Path,
-                  extra_callbacks: list[Callback] | None = None,
-                  tag: str = "") -> tuple[L.Trainer, dict[str, Callback]]:
+def build_trainer(
+    cfg: Settings,
+    run_dir: Path,
+    module: ATFTModule,
+    ckpt_dir: Path,
+    extra_callbacks: list[Callback] | None = None,
+    tag: str = "",
+) -> tuple[L.Trainer, dict[str, Callback]]:
     """The Trainer from `cfg.trainer` (accelerator/devices/strategy/precision) and `cfg.train`; `tag` names the
     loggers' sub-folder (one per ensemble member)."""
     tc, tr = cfg.train, cfg.trainer
@@ -189,15 +206,24 @@ def build_trainer(cfg: Settings, run_dir: Path, module: ATFTModule, ckpt_dir: Pa
         torch.set_num_threads(tr.num_threads)
     horizons = module.horizons
     monitor = C.monitor(horizons[0])
-    ckpt = RunCheckpoint(dirpath=str(ckpt_dir), monitor=monitor, mode="max",
-                         save_top_k=tc.save_top_k, save_last=True, auto_insert_metric_name=False,
-                         filename="epoch{epoch:03d}-ric{" + monitor + ":.4f}")
+    ckpt = RunCheckpoint(
+        dirpath=str(ckpt_dir),
+        monitor=monitor,
+        mode="max",
+        save_top_k=tc.save_top_k,
+        save_last=True,
+        auto_insert_metric_name=False,
+        filename="epoch{epoch:03d}-ric{" + monitor + ":.4f}",
+    )
     guard = CollapseGuard(horizons, tc.collapse_ratio, tc.collapse_stop)
     thr = Throughput(module.model.estimate_flops_per_sample(), tr.peak_tflops and tr.peak_tflops * 1e12)
-    cbs: dict[str, Callback] = {"checkpoint": ckpt, "collapse_guard": guard, "throughput": thr,
-                                "early_stopping": EarlyStopping(monitor=monitor, mode="max",
-                                                                patience=tc.patience),
-                                "rng": RngState()}
+    cbs: dict[str, Callback] = {
+        "checkpoint": ckpt,
+        "collapse_guard": guard,
+        "throughput": thr,
+        "early_stopping": EarlyStopping(monitor=monitor, mode="max", patience=tc.patience),
+        "rng": RngState(),
+    }
     if not tr.progress_bar:
         cbs["epoch_log"] = EpochLog(tag, monitor)
     if tc.ema_decay:
@@ -212,14 +238,31 @@ def build_trainer(cfg: Settings, run_dir: Path, module: ATFTModule, ckpt_dir: Pa
     except (ImportError, ModuleNotFoundError):
         log.info("tensorboard not installed; CSV logging only")
     trainer = L.Trainer(
-        accelerator=tr.accelerator, devices=tr.devices, strategy=tr.strategy, num_nodes=tr.num_nodes,
-        precision=tr.precision, max_epochs=tc.max_epochs, min_epochs=tc.min_epochs,
-        gradient_clip_val=tc.grad_clip, accumulate_grad_batches=tc.accumulate_grad_batches,
-        limit_train_batches=tc.limit_train_batches or 1.0, limit_val_batches=tc.limit_val_batches or 1.0,
-        num_sanity_val_steps=0, logger=loggers,
-        callbacks=[*cbs.values(), *(extra_callbacks or []), *([RichProgressBar(leave=True)] if tr.progress_bar else [])],
-        log_every_n_steps=10, enable_progress_bar=tr.progress_bar, enable_model_summary=False,
-        use_distributed_sampler=False, deterministic=False, default_root_dir=str(run_dir))
+        accelerator=tr.accelerator,
+        devices=tr.devices,
+        strategy=tr.strategy,
+        num_nodes=tr.num_nodes,
+        precision=cast(Any, tr.precision),  # the config's str | int; Lightning checks the value itself
+        max_epochs=tc.max_epochs,
+        min_epochs=tc.min_epochs,
+        gradient_clip_val=tc.grad_clip,
+        accumulate_grad_batches=tc.accumulate_grad_batches,
+        limit_train_batches=tc.limit_train_batches or 1.0,
+        limit_val_batches=tc.limit_val_batches or 1.0,
+        num_sanity_val_steps=0,
+        logger=loggers,
+        callbacks=[
+            *cbs.values(),
+            *(extra_callbacks or []),
+            *([RichProgressBar(leave=True)] if tr.progress_bar else []),
+        ],
+        log_every_n_steps=10,
+        enable_progress_bar=tr.progress_bar,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        deterministic=False,
+        default_root_dir=str(run_dir),
+    )
     return trainer, cbs
 
 
@@ -242,12 +285,18 @@ class Plan:
         return Plan(self.fold, self.fit, self.val, ())
 
     def ranges(self) -> dict[str, list[str] | None]:
-        span = lambda ds: [str(ds[0]), str(ds[-1])] if ds else None  # noqa: E731
+        span = lambda ds: [str(ds[0]), str(ds[-1])] if ds else None
         return {"fit_range": span(self.fit), "val_range": span(self.val), "test_range": span(self.test)}
 
 
-def make_plans(dates: Sequence[dt.date], split_cfg: SplitSettings, horizons: Sequence[int], entry_lag: int,
-               folds: int | str | None, feature_lookback: int | None = None) -> tuple[list[Fold], list[Plan]]:
+def make_plans(
+    dates: Sequence[dt.date],
+    split_cfg: SplitSettings,
+    horizons: Sequence[int],
+    entry_lag: int,
+    folds: int | str | None,
+    feature_lookback: int | None = None,
+) -> tuple[list[Fold], list[Plan]]:
     """The shared splitter's folds on `dates` and the plans of the last `folds` of them (None: the last fold;
     "all" or k >= n_splits: every fold). The validation slice is cut from the end of each fold's training span,
     `max(horizons) + entry_lag` sessions after the last fit date, so no fit label reaches into it.
@@ -274,9 +323,9 @@ class MemberResult:
     seed: int
     epochs: int
     seconds: float
-    best_score: float | None          # best validation RankIC of the first horizon (the monitor)
+    best_score: float | None  # best validation RankIC of the first horizon (the monitor)
     best_checkpoint: str | None
-    weights: dict[str, Any]           # {"kind": "best_epoch" | "top{k}_average", ...validation scores}
+    weights: dict[str, Any]  # {"kind": "best_epoch" | "top{k}_average", ...validation scores}
     throughput: list[dict[str, float]] = field(default_factory=list)
     collapse_events: list[dict[str, Any]] = field(default_factory=list)
     importance: torch.Tensor | None = None  # mean VSN weight per feature (set when trained in a worker process)
@@ -292,13 +341,16 @@ def model_config(cfg: Settings, panel: PanelStore, horizons: Sequence[int], n_ex
     mc = to_dict(cfg.model)
     for k in ("name", "expected_params"):
         mc.pop(k)
-    mc.update(n_features=len(panel.feature_names) + int(n_extra), horizons=list(horizons),
-              n_sectors=max(mc["n_sectors"], len(panel.sector_vocab) + 1),
-              n_segments=max(mc["n_segments"], len(panel.segment_vocab) + 1))
+    mc.update(
+        n_features=len(panel.feature_names) + int(n_extra),
+        horizons=list(horizons),
+        n_sectors=max(mc["n_sectors"], len(panel.sector_vocab) + 1),
+        n_segments=max(mc["n_segments"], len(panel.segment_vocab) + 1),
+    )
     return mc
 
 
-def _checkpoint_weights(path: str, ema: bool) -> dict[str, torch.Tensor]:
+def _checkpoint_weights(path: str | Path, ema: bool) -> dict[str, torch.Tensor]:
     """A checkpoint's weights: with EMA, the averaged (validated) weights stored by the EMA callback."""
     state = ema_weights(path) if ema else None
     return state if state is not None else torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
@@ -317,52 +369,91 @@ def validation_rank_ic(model: torch.nn.Module, dm: PanelDataModule, horizon: int
     """Mean daily RankIC of `pred(horizon)` over the data module's validation days (`metrics.daily_ic`)."""
     pv = predict_panel(model, dm.panel, dm.val_days, window=dm.window, valid=dm.window_ok, dataset=dm.dataset)
     daily = metrics.daily_ic(pv, C.pred(horizon), C.target(horizon))
-    return float(daily["rank_ic"].mean()) if daily.height else float("nan")
+    return as_float(daily["rank_ic"].mean()) if daily.height else float("nan")
 
 
-def average_top_k(module: ATFTModule, dm: PanelDataModule, checkpoint: ModelCheckpoint, k: int,
-                  ema: bool) -> dict[str, Any]:
+def average_top_k(
+    module: ATFTModule, dm: PanelDataModule, checkpoint: ModelCheckpoint, k: int, ema: bool
+) -> dict[str, Any]:
     """Average the weights of the top-k checkpoints; keep the average only if it validates better than the best
     epoch alone (chosen on the validation days, never the test days)."""
     h = module.horizons[0]
     best_state = {n: t.detach().cpu().clone() for n, t in module.state_dict().items()}
     best_ic = validation_rank_ic(module.model, dm, h)
     top = sorted(checkpoint.best_k_models.items(), key=lambda kv: float(kv[1]), reverse=True)[:k]
-    states = [_checkpoint_weights(confined(p, checkpoint.dirpath), ema) for p, _ in top]
-    avg = {n: (torch.stack([s[n].float() for s in states]).mean(0).to(t.dtype) if t.is_floating_point() else t)
-           for n, t in best_state.items()}
+    folder = checkpoint.dirpath
+    assert folder is not None  # build_trainer gives the checkpoint callback its folder
+    states = [_checkpoint_weights(confined(p, folder), ema) for p, _ in top]
+    avg = {
+        n: (torch.stack([s[n].float() for s in states]).mean(0).to(t.dtype) if t.is_floating_point() else t)
+        for n, t in best_state.items()
+    }
     module.load_state_dict(avg)
     avg_ic = validation_rank_ic(module.model, dm, h)
     keep = avg_ic > best_ic
     if not keep:
         module.load_state_dict(best_state)
-    log.info("train: top-%d weight average val RankIC %.4f vs best epoch %.4f -> %s", len(top), avg_ic, best_ic,
-             "average" if keep else "best epoch")
-    return {"kind": f"top{len(top)}_average" if keep else "best_epoch", "val_rank_ic_best_epoch": best_ic,
-            "val_rank_ic_top_k_average": avg_ic, "checkpoints": [str(p) for p, _ in top]}
+    log.info(
+        "train: top-%d weight average val RankIC %.4f vs best epoch %.4f -> %s",
+        len(top),
+        avg_ic,
+        best_ic,
+        "average" if keep else "best epoch",
+    )
+    return {
+        "kind": f"top{len(top)}_average" if keep else "best_epoch",
+        "val_rank_ic_best_epoch": best_ic,
+        "val_rank_ic_top_k_average": avg_ic,
+        "checkpoints": [str(p) for p, _ in top],
+    }
 
 
-def data_module(panel: PanelStore, plan: Plan, cfg: Settings, seed: int,
-                extra: np.ndarray | None = None) -> PanelDataModule:
+def data_module(
+    panel: PanelStore, plan: Plan, cfg: Settings, seed: int, extra: np.ndarray | None = None
+) -> PanelDataModule:
     """The plan's day batches (`train` settings), with `extra` inputs appended to the features when given."""
     tc = cfg.train
-    return PanelDataModule(panel, plan.fit, plan.val, plan.test, window=cfg.model.window,
-                           max_stocks=tc.max_stocks_per_day, min_window_frac=tc.min_window_frac,
-                           min_stocks=tc.min_stocks_per_day, seed=seed, extra=extra)
+    return PanelDataModule(
+        panel,
+        plan.fit,
+        plan.val,
+        plan.test,
+        window=cfg.model.window,
+        max_stocks=tc.max_stocks_per_day,
+        min_window_frac=tc.min_window_frac,
+        min_stocks=tc.min_stocks_per_day,
+        seed=seed,
+        extra=extra,
+    )
 
 
-def new_module(cfg: Settings, panel: PanelStore, horizons: Sequence[int],
-               extra: np.ndarray | None = None) -> ATFTModule:
+def new_module(
+    cfg: Settings, panel: PanelStore, horizons: Sequence[int], extra: np.ndarray | None = None
+) -> ATFTModule:
     """A freshly initialised ATFTModule for the panel (+ `extra` input columns) under the `model`/`train` config."""
     tc = cfg.train
     n_extra = 0 if extra is None else int(extra.shape[-1])
-    return ATFTModule(model_config(cfg, panel, horizons, n_extra), to_dict(tc.loss),
-                      {k: getattr(tc, k) for k in ("lr", "weight_decay", "warmup_steps", "min_lr_ratio")})
+    return ATFTModule(
+        model_config(cfg, panel, horizons, n_extra),
+        to_dict(tc.loss),
+        {k: getattr(tc, k) for k in ("lr", "weight_decay", "warmup_steps", "min_lr_ratio")},
+    )
 
 
-def fit_member(panel: PanelStore, plan: Plan, cfg: Settings, *, run_dir: Path, ckpt_dir: Path, seed: int,
-               horizons: Sequence[int], tag: str = "", resume: Path | None = None,
-               callbacks: list[Callback] | None = None, extra: np.ndarray | None = None) -> MemberResult | None:
+def fit_member(
+    panel: PanelStore,
+    plan: Plan,
+    cfg: Settings,
+    *,
+    run_dir: Path,
+    ckpt_dir: Path,
+    seed: int,
+    horizons: Sequence[int],
+    tag: str = "",
+    resume: Path | None = None,
+    callbacks: list[Callback] | None = None,
+    extra: np.ndarray | None = None,
+) -> MemberResult | None:
     """Train one model on `plan.fit`, early-stopped on `plan.val`; None on a DDP rank other than 0. `extra`: inputs
     appended to the panel's features ([D, N, S], `model.stack`)."""
     tc = cfg.train
@@ -370,7 +461,8 @@ def fit_member(panel: PanelStore, plan: Plan, cfg: Settings, *, run_dir: Path, c
     dm = data_module(panel, plan, cfg, seed, extra)
     module = new_module(cfg, panel, horizons, extra)
     if tc.compile:
-        module.model = torch.compile(module.model)
+        # torch.compile's stub returns a bare callable; it is an OptimizedModule that proxies the model's attributes
+        module.model = cast(ATFTGATFAN, torch.compile(module.model))
     trainer, cbs = build_trainer(cfg, run_dir, module, ckpt_dir, callbacks, tag)
     if trainer.accelerator.__class__.__name__.lower().startswith("cuda") and trainer.world_size == 1:
         _maybe_gpu_resident(dm, tc.gpu_resident_max_frac)
@@ -379,7 +471,9 @@ def fit_member(panel: PanelStore, plan: Plan, cfg: Settings, *, run_dir: Path, c
     seconds = time.perf_counter() - t0
     if not trainer.is_global_zero:
         return None
-    ck = cbs["checkpoint"]
+    ck, thr, guard = cbs["checkpoint"], cbs["throughput"], cbs["collapse_guard"]
+    assert isinstance(ck, RunCheckpoint) and isinstance(thr, Throughput) and isinstance(guard, CollapseGuard)
+    assert ck.dirpath is not None  # build_trainer gives it the member's checkpoint folder
     best = ck.best_model_path
     if best:  # the best epoch's weights (over the whole training, resumed or not); with EMA, its averaged weights
         module.load_state_dict(_checkpoint_weights(confined(best, ck.dirpath), "ema" in cbs))
@@ -388,6 +482,15 @@ def fit_member(panel: PanelStore, plan: Plan, cfg: Settings, *, run_dir: Path, c
     k = tc.average_top_k or 1
     if best and k > 1 and len(ck.best_k_models) > 1:
         weights = average_top_k(module, dm, ck, k, "ema" in cbs)
-    return MemberResult(module, dm, seed, int(trainer.current_epoch), seconds,
-                        None if ck.best_model_score is None else float(ck.best_model_score), best or None, weights,
-                        cbs["throughput"].history, cbs["collapse_guard"].events)
+    return MemberResult(
+        module,
+        dm,
+        seed,
+        int(trainer.current_epoch),
+        seconds,
+        None if ck.best_model_score is None else float(ck.best_model_score),
+        best or None,
+        weights,
+        thr.history,
+        guard.events,
+    )

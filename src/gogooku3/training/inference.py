@@ -7,6 +7,7 @@ index arrays at the end, not row by row.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import polars as pl
@@ -16,13 +17,16 @@ from gogooku3.core import columns as C
 from gogooku3.core.errors import DataError
 from gogooku3.data.panel import PanelDayDataset, PanelStore
 
+if TYPE_CHECKING:
+    from gogooku3.model.atft_gat_fan import ATFTConfig
+
 
 def quantile_col(h: int, level: float) -> str:
     """Column of a quantile forecast: pred_{h}d_q10 for level 0.1 (percent, two digits)."""
     return f"{C.pred(h)}_q{round(100 * float(level)):02d}"
 
 
-EXPLAIN_COL = "vsn_weights"   # per row: the variable-selection weight of every feature (manifest order)
+EXPLAIN_COL = "vsn_weights"  # per row: the variable-selection weight of every feature (manifest order)
 
 
 class _SelectionWeights:
@@ -52,10 +56,19 @@ class _SelectionWeights:
 
 
 @torch.no_grad()
-def predict_panel(model: torch.nn.Module, panel: PanelStore, days: Sequence[int] | np.ndarray, *, window: int,
-                  min_window_frac: float | None = None, valid: np.ndarray | None = None,
-                  dataset: PanelDayDataset | None = None, targets: bool = True, quantiles: bool = False,
-                  explain: bool = False) -> pl.DataFrame:
+def predict_panel(
+    model: torch.nn.Module,
+    panel: PanelStore,
+    days: Sequence[int] | np.ndarray,
+    *,
+    window: int,
+    min_window_frac: float | None = None,
+    valid: np.ndarray | None = None,
+    dataset: PanelDayDataset | None = None,
+    targets: bool = True,
+    quantiles: bool = False,
+    explain: bool = False,
+) -> pl.DataFrame:
     """Date, Code, pred_{h}d (and target_{h}d when `targets`) for every stock with a valid window on each of
     `days` (panel day indices), sorted by Date, Code. `valid` ([D, N]: a data module's `window_ok`) or else
     `min_window_frac` (`train.min_window_frac`, as the model was trained with: `panel.window_valid`) is required;
@@ -73,8 +86,9 @@ def predict_panel(model: torch.nn.Module, panel: PanelStore, days: Sequence[int]
     ds = dataset or PanelDayDataset(panel, window)
     model.eval()
     device = next(model.parameters()).device
-    horizons = list(model.cfg.horizons)
-    levels = list(model.cfg.quantiles) if quantiles else []
+    cfg = cast("ATFTConfig", model.cfg)  # an ATFT-GAT-FAN model or ensemble (both carry their config)
+    horizons = list(cfg.horizons)
+    levels = list(cfg.quantiles) if quantiles else []
     hook = _SelectionWeights(model) if explain else None
     day_ix, stock_ix, preds, quants, weights = [], [], [], [], []
     try:
@@ -88,7 +102,7 @@ def predict_panel(model: torch.nn.Module, panel: PanelStore, days: Sequence[int]
             if levels:
                 if "quantiles" not in res:
                     raise DataError("predict: the model has no quantile heads (model.quantiles is empty)")
-                quants.append(res["quantiles"].float().cpu().numpy())   # [n, H, Q]
+                quants.append(res["quantiles"].float().cpu().numpy())  # [n, H, Q]
             if hook is not None:
                 w = hook.take()
                 if w is None or w.shape[0] != len(idx):
@@ -103,20 +117,25 @@ def predict_panel(model: torch.nn.Module, panel: PanelStore, days: Sequence[int]
         if hook is not None:
             hook.close()
     if not preds:
-        raise DataError(f"predict: no stock has a {window}-day window on any of the {len(days)} requested day(s); "
-                        "lower model.window or train.min_window_frac, or predict later dates")
+        raise DataError(
+            f"predict: no stock has a {window}-day window on any of the {len(days)} requested day(s); "
+            "lower model.window or train.min_window_frac, or predict later dates"
+        )
     d, i, p = np.concatenate(day_ix), np.concatenate(stock_ix), np.concatenate(preds)
     cols: dict[str, pl.Series] = {
         C.DATE: pl.Series(C.DATE, panel.dates, dtype=pl.Date).gather(d),
         C.CODE: pl.Series(C.CODE, panel.codes, dtype=pl.String).gather(i),
-        **{C.pred(h): pl.Series(C.pred(h), p[:, j], dtype=pl.Float32) for j, h in enumerate(horizons)}}
+        **{C.pred(h): pl.Series(C.pred(h), p[:, j], dtype=pl.Float32) for j, h in enumerate(horizons)},
+    }
     if levels:
         qa = np.concatenate(quants)
         for j, h in enumerate(horizons):
             for k, lv in enumerate(levels):
                 cols[quantile_col(h, lv)] = pl.Series(quantile_col(h, lv), qa[:, j, k], dtype=pl.Float32)
     if hook is not None:
-        cols[EXPLAIN_COL] = pl.Series(EXPLAIN_COL, np.concatenate(weights), dtype=pl.Array(pl.Float32, weights[0].shape[1]))
+        cols[EXPLAIN_COL] = pl.Series(
+            EXPLAIN_COL, np.concatenate(weights), dtype=pl.Array(pl.Float32, weights[0].shape[1])
+        )
     if targets:
         y = np.asarray(panel.targets)[d, i] if panel.targets.shape[-1] else np.full((len(d), 0), np.nan)
         for j, h in enumerate(panel.horizons):

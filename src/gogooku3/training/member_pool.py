@@ -23,7 +23,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import polars as pl
@@ -84,7 +84,8 @@ def resolve_workers(cfg: Settings, n_members: int, *, parallel_ok: bool) -> int:
         return 1
     if w == "auto":
         tr = cfg.trainer
-        cpu_single = tr.accelerator == "cpu" and int(tr.devices) == 1 and tr.strategy == "auto" and tr.num_nodes == 1
+        devices = cast("int | str", tr.devices)  # on the CPU a count (a list fails in int() as it always did)
+        cpu_single = tr.accelerator == "cpu" and int(devices) == 1 and tr.strategy == "auto" and tr.num_nodes == 1
         return min(n_members, os.cpu_count() or 1) if cpu_single else 1
     return max(1, min(w, n_members))
 
@@ -111,10 +112,10 @@ def _warm() -> None:
 def run_jobs(jobs: list[MemberJob], workers: int, pool: ProcessPoolExecutor | None = None) -> list[MemberRecord]:
     """Run the jobs on `pool` (or on `workers` new spawned processes); records in job order. A worker's error is
     re-raised here."""
-    log.info("train: %d members on %d worker processes (%d torch thread(s) each)", len(jobs), workers,
-             jobs[0].threads)
+    log.info("train: %d members on %d worker processes (%d torch thread(s) each)", len(jobs), workers, jobs[0].threads)
     own = pool is None
-    pool = start_pool(workers) if own else pool
+    if pool is None:
+        pool = start_pool(workers)
     try:
         futures = [pool.submit(train_member_job, j) for j in jobs]
         return [f.result() for f in futures]
@@ -125,18 +126,27 @@ def run_jobs(jobs: list[MemberJob], workers: int, pool: ProcessPoolExecutor | No
 
 def train_member_job(job: MemberJob) -> MemberRecord:
     """Worker entry point: train one member and write its weights and predictions."""
-    from gogooku3.training.inference import predict_panel
     from gogooku3.core.logs import setup_logging
     from gogooku3.data.panel import PanelStore
     from gogooku3.training.fit import fit_member
+    from gogooku3.training.inference import predict_panel
 
     setup_logging(job.log_level)
     torch.set_num_threads(job.threads)
     panel = PanelStore.load(job.panel_root)
     extra = None if job.extra is None else np.load(job.extra, mmap_mode="r")
-    res = fit_member(panel, job.plan, job.cfg, run_dir=Path(job.run_dir), ckpt_dir=Path(job.ckpt_dir), seed=job.seed,
-                     horizons=job.horizons, tag=job.tag, resume=None if job.resume is None else Path(job.resume),
-                     extra=extra)
+    res = fit_member(
+        panel,
+        job.plan,
+        job.cfg,
+        run_dir=Path(job.run_dir),
+        ckpt_dir=Path(job.ckpt_dir),
+        seed=job.seed,
+        horizons=job.horizons,
+        tag=job.tag,
+        resume=None if job.resume is None else Path(job.resume),
+        extra=extra,
+    )
     if res is None:
         raise TrainingError(f"train: member {job.tag} returned no result")
     ckpt = Path(job.ckpt_dir)
@@ -146,14 +156,25 @@ def train_member_job(job: MemberJob) -> MemberRecord:
     preds = {}
     for kind, days in (("val", res.dm.val_days), ("test", res.dm.test_days)):
         if len(days):
-            p = predict_panel(res.module.model, panel, days, window=res.dm.window, valid=res.dm.window_ok,
-                              dataset=res.dm.dataset)
+            p = predict_panel(
+                res.module.model, panel, days, window=res.dm.window, valid=res.dm.window_ok, dataset=res.dm.dataset
+            )
             preds[kind] = str(ckpt / f"member_predictions_{kind}.parquet")
             write_parquet(p, preds[kind])
     imp = res.module.feature_importance()
-    return MemberRecord(res.seed, res.epochs, res.seconds, res.best_score, res.best_checkpoint, res.weights,
-                        str(weights_file), preds, None if imp is None else imp.cpu().tolist(),
-                        list(res.throughput), list(res.collapse_events))
+    return MemberRecord(
+        res.seed,
+        res.epochs,
+        res.seconds,
+        res.best_score,
+        res.best_checkpoint,
+        res.weights,
+        str(weights_file),
+        preds,
+        None if imp is None else imp.cpu().tolist(),
+        list(res.throughput),
+        list(res.collapse_events),
+    )
 
 
 def job_config(cfg: Settings, threads: int) -> Settings:
@@ -172,6 +193,10 @@ def mean_predictions(frames: list[pl.DataFrame]) -> pl.DataFrame:
         if f.height != first.height or not f.select(C.DATE, C.CODE).equals(first.select(C.DATE, C.CODE)):
             raise TrainingError("train: members predicted different rows; cannot average them")
     preds = [c for c in first.columns if c.startswith("pred_")]
-    avg = [pl.Series(c, ATFTEnsemble.average([torch.from_numpy(f.get_column(c).to_numpy().copy()) for f in frames])
-                     .numpy()).cast(first.schema[c]) for c in preds]
+    avg = [
+        pl.Series(
+            c, ATFTEnsemble.average([torch.from_numpy(f.get_column(c).to_numpy().copy()) for f in frames]).numpy()
+        ).cast(first.schema[c])
+        for c in preds
+    ]
     return first.with_columns(avg)

@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 
 from gogooku3.core import columns as C
+from gogooku3.core.scalars import as_float
 from gogooku3.evaluation.backtest.market import Market, sessions_frame
 from gogooku3.evaluation.backtest.summary import BacktestResult
 
@@ -22,8 +23,13 @@ def topix_closes(raw_dir: str | Path | None) -> pl.DataFrame | None:
     lf = scan_table(raw_dir, "topix")
     if lf is None or "C" not in lf.collect_schema():
         return None
-    return (lf.select(pl.col(C.DATE).cast(pl.Date), close=pl.col("C").cast(pl.Float64)).drop_nulls()
-            .unique(C.DATE).sort(C.DATE).collect())
+    return (
+        lf.select(pl.col(C.DATE).cast(pl.Date), close=pl.col("C").cast(pl.Float64))
+        .drop_nulls()
+        .unique(C.DATE)
+        .sort(C.DATE)
+        .collect()
+    )
 
 
 def benchmark_returns(res: BacktestResult, market: Market | None, topix: pl.DataFrame | None) -> pl.DataFrame:
@@ -35,9 +41,11 @@ def benchmark_returns(res: BacktestResult, market: Market | None, topix: pl.Data
         return d.with_columns(topix=pl.lit(None, dtype=pl.Float64))
     ex = sessions_frame(market, d[C.DATE].to_list(), int(res.summary["horizon"]))
     px = topix.select(C.DATE, "close")
-    ex = (ex.join(px.rename({C.DATE: "e", "close": "ce"}), on="e", how="left")
-          .join(px.rename({C.DATE: "x", "close": "cx"}), on="x", how="left")
-          .select(C.DATE, topix=pl.col("cx") / pl.col("ce") - 1.0))
+    ex = (
+        ex.join(px.rename({C.DATE: "e", "close": "ce"}), on="e", how="left")
+        .join(px.rename({C.DATE: "x", "close": "cx"}), on="x", how="left")
+        .select(C.DATE, topix=pl.col("cx") / pl.col("ce") - 1.0)
+    )
     return d.join(ex, on=C.DATE, how="left")
 
 
@@ -49,14 +57,27 @@ def relative_figures(strategy: pl.Series, benchmark: pl.Series, periods_per_year
     n, P = j.height, float(periods_per_year)
     nan = float("nan")
     if n < 3:
-        return {"alpha": nan, "beta": nan, "tracking_error": nan, "information_ratio": nan, "correlation": nan,
-                "active_return": nan, "n": n}
+        return {
+            "alpha": nan,
+            "beta": nan,
+            "tracking_error": nan,
+            "information_ratio": nan,
+            "correlation": nan,
+            "active_return": nan,
+            "n": n,
+        }
     s, b = j["s"], j["b"]
-    var_b = float(b.var())
-    beta = float(pl.cov(s, b, eager=True).item()) / var_b if var_b > 0 else nan
+    var_b = as_float(b.var())
+    beta = as_float(pl.cov(s, b, eager=True).item()) / var_b if var_b > 0 else nan
     active = s - b
-    te = float(active.std()) * math.sqrt(P)
-    act = float(active.mean()) * P
-    return {"alpha": (float(s.mean()) - beta * float(b.mean())) * P if math.isfinite(beta) else nan, "beta": beta,
-            "tracking_error": te, "information_ratio": act / te if te > 0 else nan,
-            "correlation": float(j.select(pl.corr("s", "b")).item()), "active_return": act, "n": n}
+    te = as_float(active.std()) * math.sqrt(P)
+    act = as_float(active.mean()) * P
+    return {
+        "alpha": (as_float(s.mean()) - beta * as_float(b.mean())) * P if math.isfinite(beta) else nan,
+        "beta": beta,
+        "tracking_error": te,
+        "information_ratio": act / te if te > 0 else nan,
+        "correlation": float(j.select(pl.corr("s", "b")).item()),
+        "active_return": act,
+        "n": n,
+    }

@@ -17,8 +17,7 @@ def weight_changes(w: pl.DataFrame, reb: list[dt.date]) -> pl.DataFrame:
     wk = w.join(days, on=C.DATE).select("k", C.CODE, "w")
     prev = wk.with_columns(k=pl.col("k") + 1).rename({"w": "w_prev"})
     j = wk.join(prev, on=["k", C.CODE], how="full", coalesce=True).filter(pl.col("k") < days.height)
-    return (j.join(days, on="k").select(C.DATE, C.CODE,
-                                        dw=pl.col("w").fill_null(0.0) - pl.col("w_prev").fill_null(0.0)))
+    return j.join(days, on="k").select(C.DATE, C.CODE, dw=pl.col("w").fill_null(0.0) - pl.col("w_prev").fill_null(0.0))
 
 
 def cost_flat(c: BacktestConfig) -> pl.Expr:
@@ -34,13 +33,16 @@ def cost_spread_impact(dw: pl.DataFrame, el: pl.DataFrame, c: BacktestConfig) ->
         return out, "commission + half-spread (no ADV for the impact)"
     info = el.select(C.DATE, C.CODE, "adv", *(["vol"] if "vol" in el.columns else []))
     d = dw.join(info, on=[C.DATE, C.CODE], how="left")
-    med = lambda col: pl.col(col).fill_null(pl.col(col).median().over(C.DATE))  # noqa: E731
+    med = lambda col: pl.col(col).fill_null(pl.col(col).median().over(C.DATE))
     vol = med("vol").fill_null(0.02) if "vol" in el.columns else pl.lit(0.02)
     adv = med("adv")
     traded = pl.col("dw").abs()
     impact = c.impact_coef * vol * (traded * c.capital / adv).sqrt()
     cost = traded * (fixed + pl.when(adv > 0).then(impact).otherwise(0.0))
     out = d.group_by(C.DATE).agg(cost_spread_impact=cost.sum())
-    how = "commission + half-spread + sqrt impact (σ " + ("from " + c.vol_column if "vol" in el.columns
-                                                          else "0.02 a day") + ")"
+    how = (
+        "commission + half-spread + sqrt impact (σ "
+        + ("from " + c.vol_column if "vol" in el.columns else "0.02 a day")
+        + ")"
+    )
     return out, how

@@ -14,6 +14,7 @@ import polars as pl
 
 from gogooku3.core import columns as C
 from gogooku3.core.errors import DataError, SchemaError, rows_hint
+from gogooku3.core.scalars import as_date
 
 if TYPE_CHECKING:
     from gogooku3.config.schema import Settings
@@ -22,17 +23,82 @@ log = logging.getLogger(__name__)
 
 UNIVERSE_COLUMNS = (C.CLOSE, C.DOLLAR_VOLUME, C.VOLUME_MA_20)
 MARKET_COLUMNS = (C.CLOSE, C.RETURNS_1D, "UL", "LL", C.VOLUME_MA_20, C.DOLLAR_VOLUME, "is_borrowable")
-BORROWABLE_ISS_TYPE = "2"   # J-Quants margin_interest IssType: 1 信用銘柄 (margin only), 2 貸借銘柄 (loan-eligible)
+BORROWABLE_ISS_TYPE = "2"  # J-Quants margin_interest IssType: 1 信用銘柄 (margin only), 2 貸借銘柄 (loan-eligible)
 
 # TSE daily price limits (yen) by the base price (the previous close): below BOUNDS[i] the limit is LIMITS[i];
 # from the last bound on, LIMITS[-1] (JPX "Daily Price Limits" table).
-LIMIT_BOUNDS = (100, 200, 500, 700, 1_000, 1_500, 2_000, 3_000, 5_000, 7_000, 10_000, 15_000, 20_000, 30_000, 50_000,
-                70_000, 100_000, 150_000, 200_000, 300_000, 500_000, 700_000, 1_000_000, 1_500_000, 2_000_000,
-                3_000_000, 5_000_000, 7_000_000, 10_000_000, 15_000_000, 20_000_000, 30_000_000, 50_000_000)
-LIMITS = (30, 50, 80, 100, 150, 300, 400, 500, 700, 1_000, 1_500, 3_000, 4_000, 5_000, 7_000, 10_000, 15_000, 30_000,
-          40_000, 50_000, 70_000, 100_000, 150_000, 300_000, 400_000, 500_000, 700_000, 1_000_000, 1_500_000,
-          3_000_000, 4_000_000, 5_000_000, 7_000_000, 10_000_000)
-LIMIT_TOL = 1e-4   # a close within this relative distance of the limit price is at the limit
+LIMIT_BOUNDS = (
+    100,
+    200,
+    500,
+    700,
+    1_000,
+    1_500,
+    2_000,
+    3_000,
+    5_000,
+    7_000,
+    10_000,
+    15_000,
+    20_000,
+    30_000,
+    50_000,
+    70_000,
+    100_000,
+    150_000,
+    200_000,
+    300_000,
+    500_000,
+    700_000,
+    1_000_000,
+    1_500_000,
+    2_000_000,
+    3_000_000,
+    5_000_000,
+    7_000_000,
+    10_000_000,
+    15_000_000,
+    20_000_000,
+    30_000_000,
+    50_000_000,
+)
+LIMITS = (
+    30,
+    50,
+    80,
+    100,
+    150,
+    300,
+    400,
+    500,
+    700,
+    1_000,
+    1_500,
+    3_000,
+    4_000,
+    5_000,
+    7_000,
+    10_000,
+    15_000,
+    30_000,
+    40_000,
+    50_000,
+    70_000,
+    100_000,
+    150_000,
+    300_000,
+    400_000,
+    500_000,
+    700_000,
+    1_000_000,
+    1_500_000,
+    3_000_000,
+    4_000_000,
+    5_000_000,
+    7_000_000,
+    10_000_000,
+)
+LIMIT_TOL = 1e-4  # a close within this relative distance of the limit price is at the limit
 
 
 @dataclass
@@ -68,8 +134,13 @@ def _flag(col: str, dtype: pl.DataType) -> pl.Expr:
     return pl.col(col).cast(pl.Float64) == 1.0
 
 
-def market_from_frame(df: pl.DataFrame, sessions: list[dt.date] | None = None, entry_lag: int = 1,
-                      vol_column: str = C.VOLATILITY_20D, borrow: pl.DataFrame | None = None) -> Market:
+def market_from_frame(
+    df: pl.DataFrame,
+    sessions: list[dt.date] | None = None,
+    entry_lag: int = 1,
+    vol_column: str = C.VOLATILITY_20D,
+    borrow: pl.DataFrame | None = None,
+) -> Market:
     """A `Market` from dataset rows (Date, Code and any of Close, returns_1d, UL, LL, volume_ma_20, dollar_volume,
     is_borrowable, `vol_column`); `sessions` default to the frame's dates; `borrow` (Date, Code, borrowable)
     replaces the dataset's is_borrowable."""
@@ -79,8 +150,12 @@ def market_from_frame(df: pl.DataFrame, sessions: list[dt.date] | None = None, e
     src: dict[str, str | None] = {}
     if C.RETURNS_1D in cols:
         # an adjusted price index from the row-to-row adjusted return (split-correct; the base cancels in ratios)
-        out.append((1.0 + pl.col(C.RETURNS_1D).cast(pl.Float64).fill_nan(None).fill_null(0.0))
-                   .cum_prod().over(C.CODE).alias("px"))
+        out.append(
+            (1.0 + pl.col(C.RETURNS_1D).cast(pl.Float64).fill_nan(None).fill_null(0.0))
+            .cum_prod()
+            .over(C.CODE)
+            .alias("px")
+        )
         src["prices"] = "returns_1d (adjusted)"
     elif C.CLOSE in cols:
         out.append(pl.col(C.CLOSE).cast(pl.Float64).alias("px"))
@@ -95,10 +170,12 @@ def market_from_frame(df: pl.DataFrame, sessions: list[dt.date] | None = None, e
         src["price_limits"] = "UL/LL flags"
     elif C.CLOSE in cols and C.RETURNS_1D in cols:
         close = pl.col(C.CLOSE).cast(pl.Float64)
-        ref = close / (1.0 + pl.col(C.RETURNS_1D).cast(pl.Float64))   # previous close in today's share basis
+        ref = close / (1.0 + pl.col(C.RETURNS_1D).cast(pl.Float64))  # previous close in today's share basis
         lim = price_limit(ref)
-        out += [(close >= ref + lim - LIMIT_TOL * ref).fill_null(False).alias("limit_up"),
-                (close <= ref - lim + LIMIT_TOL * ref).fill_null(False).alias("limit_down")]
+        out += [
+            (close >= ref + lim - LIMIT_TOL * ref).fill_null(False).alias("limit_up"),
+            (close <= ref - lim + LIMIT_TOL * ref).fill_null(False).alias("limit_down"),
+        ]
         src["price_limits"] = "TSE price-limit table"
     else:
         src["price_limits"] = None
@@ -106,8 +183,11 @@ def market_from_frame(df: pl.DataFrame, sessions: list[dt.date] | None = None, e
         out.append((pl.col(C.VOLUME_MA_20).cast(pl.Float64) * pl.col(C.CLOSE).cast(pl.Float64)).alias("adv"))
     elif C.DOLLAR_VOLUME in cols:
         out.append(pl.col(C.DOLLAR_VOLUME).cast(pl.Float64).alias("adv"))
-    src["adv"] = "volume_ma_20 x Close" if C.VOLUME_MA_20 in cols and C.CLOSE in cols else (
-        C.DOLLAR_VOLUME if C.DOLLAR_VOLUME in cols else None)
+    src["adv"] = (
+        "volume_ma_20 x Close"
+        if C.VOLUME_MA_20 in cols and C.CLOSE in cols
+        else (C.DOLLAR_VOLUME if C.DOLLAR_VOLUME in cols else None)
+    )
     if vol_column in cols:
         out.append((pl.col(vol_column).cast(pl.Float64) / math.sqrt(252)).alias("vol"))
     if borrow is None and "is_borrowable" in cols:
@@ -116,15 +196,17 @@ def market_from_frame(df: pl.DataFrame, sessions: list[dt.date] | None = None, e
     rows = d.select(C.DATE, C.CODE, *out)
     if borrow is not None:
         rows = rows.join(borrow.select(C.DATE, C.CODE, "borrowable"), on=[C.DATE, C.CODE], how="left").with_columns(
-            pl.col("borrowable").fill_null(False))
+            pl.col("borrowable").fill_null(False)
+        )
         src["borrow"] = "margin_interest.IssType"
     src.setdefault("borrow", None)
     sess = sorted(set(d[C.DATE].to_list())) if sessions is None else sorted(sessions)
     return Market(sess, rows, int(entry_lag), src)
 
 
-def borrowable_from_margin(margin: pl.LazyFrame, keys: pl.DataFrame, sessions: list[dt.date],
-                           pub_lag_sessions: int = 3) -> pl.DataFrame | None:
+def borrowable_from_margin(
+    margin: pl.LazyFrame, keys: pl.DataFrame, sessions: list[dt.date], pub_lag_sessions: int = 3
+) -> pl.DataFrame | None:
     """Date, Code, borrowable for `keys`: IssType == "2" in the latest margin_interest row effective by Date (from the
     session after PubDate; without PubDate, `pub_lag_sessions` sessions after the week's Date, as the builder does).
     None when the table has no IssType."""
@@ -133,22 +215,36 @@ def borrowable_from_margin(margin: pl.LazyFrame, keys: pl.DataFrame, sessions: l
         return None
     sess = pl.Series("s", sessions, dtype=pl.Date)
     pub = pl.col("PubDate").cast(pl.Date) if "PubDate" in schema else pl.lit(None, pl.Date)
-    mi = margin.select(pl.col(C.CODE).cast(pl.String), pl.col(C.DATE).cast(pl.Date).alias("_week"),
-                       pub.alias("_pub"), pl.col("IssType").cast(pl.String).alias("_iss")).collect()
+    mi = margin.select(
+        pl.col(C.CODE).cast(pl.String),
+        pl.col(C.DATE).cast(pl.Date).alias("_week"),
+        pub.alias("_pub"),
+        pl.col("IssType").cast(pl.String).alias("_iss"),
+    ).collect()
     n = len(sessions)
     after_pub = pl.lit(sess).search_sorted(pl.col("_pub"), side="right")
     on_week = pl.lit(sess).search_sorted(pl.col("_week"), side="left") + pub_lag_sessions
     pos = pl.when(pl.col("_pub").is_not_null()).then(after_pub).otherwise(on_week)
-    mi = (mi.with_columns(_pos=pos).filter(pl.col("_pos") < n)
-          .with_columns(_eff=pl.lit(sess).gather(pl.col("_pos").cast(pl.Int64)))
-          .sort("_eff").select(C.CODE, "_eff", "_iss"))
+    mi = (
+        mi.with_columns(_pos=pos)
+        .filter(pl.col("_pos") < n)
+        .with_columns(_eff=pl.lit(sess).gather(pl.col("_pos").cast(pl.Int64)))
+        .sort("_eff")
+        .select(C.CODE, "_eff", "_iss")
+    )
     k = keys.select(pl.col(C.DATE).cast(pl.Date), pl.col(C.CODE).cast(pl.String)).unique().sort(C.DATE)
     j = k.join_asof(mi, left_on=C.DATE, right_on="_eff", by=C.CODE, strategy="backward", check_sortedness=False)
     return j.select(C.DATE, C.CODE, borrowable=(pl.col("_iss") == BORROWABLE_ISS_TYPE).fill_null(False))
 
 
-def load_market(dataset_path: str | Path, codes: pl.Series | list[str], start: dt.date, entry_lag: int = 1,
-                raw_dir: str | Path | None = None, vol_column: str = C.VOLATILITY_20D) -> Market:
+def load_market(
+    dataset_path: str | Path,
+    codes: pl.Series | list[str],
+    start: dt.date,
+    entry_lag: int = 1,
+    raw_dir: str | Path | None = None,
+    vol_column: str = C.VOLATILITY_20D,
+) -> Market:
     """The `Market` of the dataset's rows of `codes` from `start` on (sessions: every dataset date from `start`),
     borrowability from `<raw_dir>/margin_interest` (IssType, point in time) when present, else the dataset's flag."""
     path = Path(dataset_path)
@@ -158,9 +254,12 @@ def load_market(dataset_path: str | Path, codes: pl.Series | list[str], start: d
     lf = lf.filter(pl.col(C.DATE).cast(pl.Date) >= start)
     sessions = lf.select(pl.col(C.DATE).cast(pl.Date).unique()).collect()[C.DATE].sort().to_list()
     codes = pl.Series(C.CODE, list(codes), dtype=pl.String).unique()
-    df = (lf.select(C.DATE, C.CODE, *dict.fromkeys(want))
-          .with_columns(pl.col(C.CODE).cast(pl.String))
-          .filter(pl.col(C.CODE).is_in(codes.implode())).collect())
+    df = (
+        lf.select(C.DATE, C.CODE, *dict.fromkeys(want))
+        .with_columns(pl.col(C.CODE).cast(pl.String))
+        .filter(pl.col(C.CODE).is_in(codes.implode()))
+        .collect()
+    )
     borrow = None
     if raw_dir is not None:
         from gogooku3.sources.schema import scan_table
@@ -176,8 +275,10 @@ def sessions_frame(market: Market, dates: list[dt.date], h: int) -> pl.DataFrame
     s = market.sessions
     pos = {d: i for i, d in enumerate(s)}
     lag, n = market.entry_lag, len(s)
-    rows = [(d, s[pos[d] + lag] if pos[d] + lag < n else None, s[pos[d] + lag + h] if pos[d] + lag + h < n else None)
-            for d in dates]
+    rows = [
+        (d, s[pos[d] + lag] if pos[d] + lag < n else None, s[pos[d] + lag + h] if pos[d] + lag + h < n else None)
+        for d in dates
+    ]
     return pl.DataFrame(rows, schema={C.DATE: pl.Date, "e": pl.Date, "x": pl.Date}, orient="row")
 
 
@@ -205,12 +306,13 @@ def market_for(cfg: Settings, preds: pl.DataFrame, dataset: Path | None, vol_col
 
     lag = FeatureManifest.for_dataset(dataset).entry_lag  # a fact of the dataset (labels.* is build-only)
     raw = cfg.paths.raw_dir
-    start = preds[C.DATE].cast(pl.Date).min()
+    start = as_date(preds[C.DATE].cast(pl.Date).min())
     return load_market(dataset, preds[C.CODE].cast(pl.String).unique(), start, lag, raw, vol_column)
 
 
-def attach_dataset_columns(preds: pl.DataFrame, dataset_path: str | Path, columns: tuple[str, ...] = UNIVERSE_COLUMNS,
-                           check_keys: bool = True) -> pl.DataFrame:
+def attach_dataset_columns(
+    preds: pl.DataFrame, dataset_path: str | Path, columns: tuple[str, ...] = UNIVERSE_COLUMNS, check_keys: bool = True
+) -> pl.DataFrame:
     """Join the dataset's `columns` (those it has and `preds` lacks) onto `preds` by (Date, Code).
 
     With `check_keys`, every (Date, Code) of `preds` must exist in the dataset (DataError naming a few otherwise).
@@ -224,15 +326,22 @@ def attach_dataset_columns(preds: pl.DataFrame, dataset_path: str | Path, column
     want = [c for c in dict.fromkeys(columns) if c in schema and c not in preds.columns]
     keys = preds.select(C.DATE, C.CODE).with_columns(pl.col(C.CODE).cast(pl.String), pl.col(C.DATE).cast(pl.Date))
     lo, hi = keys[C.DATE].min(), keys[C.DATE].max()
-    ds = (lf.filter(pl.col(C.DATE).is_between(lo, hi)).select(C.DATE, C.CODE, *want)
-          .join(keys.lazy(), on=[C.DATE, C.CODE], how="semi").collect())
+    ds = (
+        lf.filter(pl.col(C.DATE).is_between(lo, hi))
+        .select(C.DATE, C.CODE, *want)
+        .join(keys.lazy(), on=[C.DATE, C.CODE], how="semi")
+        .collect()
+    )
     if check_keys:
         unknown = keys.join(ds.select(C.DATE, C.CODE), on=[C.DATE, C.CODE], how="anti")
         if unknown.height:
             known_dates = set(ds[C.DATE].unique().to_list())
             bad_dates = sorted(set(unknown[C.DATE].to_list()) - known_dates)
-            detail = (f"dates not in the dataset: {rows_hint(bad_dates)}" if bad_dates else
-                      "e.g. " + rows_hint(f"{r[C.DATE]} {r[C.CODE]}" for r in unknown.head(5).iter_rows(named=True)))
+            detail = (
+                f"dates not in the dataset: {rows_hint(bad_dates)}"
+                if bad_dates
+                else "e.g. " + rows_hint(f"{r[C.DATE]} {r[C.CODE]}" for r in unknown.head(5).iter_rows(named=True))
+            )
             raise DataError(f"predictions: {unknown.height} (Date, Code) row(s) unknown to {path}; {detail}")
     if not want:
         return preds

@@ -16,7 +16,7 @@ def read_predictions(path: Path) -> pl.DataFrame:
         raise DataError(f"{path}: predictions file not found")
     try:
         return pl.read_parquet(path)
-    except Exception as e:  # noqa: BLE001 - polars raises several types for corrupt files
+    except Exception as e:  # broad on purpose: polars raises several types for corrupt files
         raise DataError(f"{path}: cannot read predictions parquet ({type(e).__name__})") from e
 
 
@@ -30,10 +30,17 @@ def check_input(preds: pl.DataFrame, pred: str, target: str) -> None:
         raise DataError("predictions: no rows")
     dup = preds.group_by(C.DATE, C.CODE).len().filter(pl.col("len") > 1)
     if dup.height:
-        raise DataError(f"predictions: {dup.height} duplicate (Date, Code) rows, e.g. "
-                        + rows_hint(f"{r[C.DATE]} {r[C.CODE]}" for r in dup.head(5).iter_rows(named=True)))
-    empty = (preds.group_by(C.DATE).agg(k=pl.col(pred).cast(pl.Float64).fill_nan(None).count())
-             .filter(pl.col("k") == 0).sort(C.DATE))
+        raise DataError(
+            f"predictions: {dup.height} duplicate (Date, Code) rows, e.g. "
+            + rows_hint(f"{r[C.DATE]} {r[C.CODE]}" for r in dup.head(5).iter_rows(named=True))
+        )
+    empty = (
+        preds.group_by(C.DATE)
+        .agg(k=pl.col(pred).cast(pl.Float64).fill_nan(None).count())
+        .filter(pl.col("k") == 0)
+        .sort(C.DATE)
+    )
     if empty.height:
-        raise DataError(f"predictions: {empty.height} day(s) without any {pred} value: "
-                        + rows_hint(empty[C.DATE].to_list()))
+        raise DataError(
+            f"predictions: {empty.height} day(s) without any {pred} value: " + rows_hint(empty[C.DATE].to_list())
+        )

@@ -42,8 +42,11 @@ def run_backtest(cfg: Settings, predictions_path: str | Path) -> dict:
     if dataset is not None and dataset.exists():
         preds = attach_dataset_columns(preds, dataset, UNIVERSE_COLUMNS + vol_cols)
     elif dataset is not None:
-        log.warning("backtest: dataset %s not found; (Date, Code) not checked against it, no prices for names that "
-                    "stop trading, no realism inputs", dataset)
+        log.warning(
+            "backtest: dataset %s not found; (Date, Code) not checked against it, no prices for names that "
+            "stop trading, no realism inputs",
+            dataset,
+        )
     market = market_for(cfg, preds, dataset, c.vol_column)
     both, headline = backtest_both(preds, c, market, data_source(cfg, dataset))
     res = both[headline]
@@ -51,15 +54,33 @@ def run_backtest(cfg: Settings, predictions_path: str | Path) -> dict:
     out_dir = Path(cfg.paths.output_dir) / "portfolio"
     daily_path = out_dir / f"daily_returns_{ts}.parquet"
     report_path = out_dir / f"report_{ts}.json"
-    report = {"input": str(path), "rows": preds.height, "days": preds[C.DATE].n_unique(),
-              "dataset": str(dataset) if dataset is not None else None, **res.to_dict(), "headline": headline,
-              "ideal": both["ideal"].summary, "realistic": both["realistic"].summary,
-              "daily_path": str(daily_path), "report_path": str(report_path)}
+    report = {
+        "input": str(path),
+        "rows": preds.height,
+        "days": preds[C.DATE].n_unique(),
+        "dataset": str(dataset) if dataset is not None else None,
+        **res.to_dict(),
+        "headline": headline,
+        "ideal": both["ideal"].summary,
+        "realistic": both["realistic"].summary,
+        "daily_path": str(daily_path),
+        "report_path": str(report_path),
+    }
     write_parquet(res.daily, daily_path)
     write_json(report_path, report)
     s = res.summary
-    log.info("backtest h=%dd (%s): Sharpe %.3f (net, sqrt(%g); ideal %.3f, realistic %.3f), ann return %.2f%%, "
-             "max DD %.2f%%, avg turnover %.2f -> %s", c.horizon, headline, s["sharpe"], s["periods_per_year"],
-             both["ideal"].summary["sharpe"], both["realistic"].summary["sharpe"], 100 * s["ann_return"],
-             100 * s["max_drawdown"], s["avg_turnover"], report_path)
+    log.info(
+        "backtest h=%dd (%s): Sharpe %.3f (net, sqrt(%g); ideal %.3f, realistic %.3f), ann return %.2f%%, "
+        "max DD %.2f%%, avg turnover %.2f -> %s",
+        c.horizon,
+        headline,
+        s["sharpe"],
+        s["periods_per_year"],
+        both["ideal"].summary["sharpe"],
+        both["realistic"].summary["sharpe"],
+        100 * s["ann_return"],
+        100 * s["max_drawdown"],
+        s["avg_turnover"],
+        report_path,
+    )
     return report

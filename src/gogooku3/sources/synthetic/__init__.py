@@ -20,6 +20,7 @@ import polars as pl
 from gogooku3.core import columns as C
 from gogooku3.core.calendar import TradingCalendar
 from gogooku3.core.errors import ConfigError
+from gogooku3.core.scalars import as_float
 from gogooku3.sources import schema
 from gogooku3.sources.synthetic.flows import investor_types, margin_interest
 from gogooku3.sources.synthetic.market import simulate_paths
@@ -35,8 +36,16 @@ from gogooku3.sources.synthetic.tables import (
 )
 from gogooku3.sources.synthetic.universe import cum_adj_factor, make_universe
 
-__all__ = ["SynthParams", "simulate_market", "synthesize", "oracle_rank_ic", "oracle_ic_daily", "realized_labels",
-           "market_sessions", "ORACLE_FILE"]
+__all__ = [
+    "ORACLE_FILE",
+    "SynthParams",
+    "market_sessions",
+    "oracle_ic_daily",
+    "oracle_rank_ic",
+    "realized_labels",
+    "simulate_market",
+    "synthesize",
+]
 
 if TYPE_CHECKING:
     from gogooku3.config.schema import Settings
@@ -58,8 +67,12 @@ def market_sessions(p: SynthParams) -> pl.Series:
     return sessions.tail(p.n_days).alias("Date")
 
 
-def simulate_market(params: SynthParams, horizons: Sequence[int] = (1, 5, 10, 20), entry_lag: int = 1,
-                    on_step: Callable[[int], None] | None = None) -> dict[str, pl.DataFrame]:
+def simulate_market(
+    params: SynthParams,
+    horizons: Sequence[int] = (1, 5, 10, 20),
+    entry_lag: int = 1,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, pl.DataFrame]:
     """Simulate the market: {table name: frame} for every raw table, plus "oracle" (Code, Date, oracle_{h}d).
 
     Deterministic for `params.seed`. `on_step(i)` is called after each simulated session (progress bars).
@@ -82,7 +95,8 @@ def simulate_market(params: SynthParams, horizons: Sequence[int] = (1, 5, 10, 20
     oracle = oracle_expectations(p, paths, caps, u.sector, u.lag_weight, horizons, entry_lag)
     flat = stock_major_index(rows)
     oracle_df = quotes.select("Code", "Date").with_columns(
-        pl.Series(C.oracle(h), np.take(oracle[h], flat).astype(np.float64)) for h in horizons)
+        pl.Series(C.oracle(h), np.take(oracle[h], flat).astype(np.float64)) for h in horizons
+    )
     return {
         "daily_quotes": quotes,
         "listed_info": listed_info(u, sessions),
@@ -96,19 +110,19 @@ def simulate_market(params: SynthParams, horizons: Sequence[int] = (1, 5, 10, 20
 
 
 # ---- realized labels and the oracle RankIC --------------------------------------------------------------------
-def realized_labels(quotes: pl.DataFrame, horizon: int, entry_lag: int = 1,
-                    calendar: pl.DataFrame | None = None) -> pl.DataFrame:
+def realized_labels(
+    quotes: pl.DataFrame, horizon: int, entry_lag: int = 1, calendar: pl.DataFrame | None = None
+) -> pl.DataFrame:
     """Code, Date, target = AdjC(t+lag+h)/AdjC(t+lag) - 1 on the trading calendar (null when a row is missing)."""
-    if calendar is not None:
-        ses = TradingCalendar.from_table(calendar).sessions
-    else:
-        ses = quotes["Date"].unique().sort()
+    ses = TradingCalendar.from_table(calendar).sessions if calendar is not None else quotes["Date"].unique().sort()
     idx = pl.DataFrame({"Date": ses, "_i": np.arange(len(ses))})
     px = quotes.select("Code", "Date", "AdjC").join(idx, on="Date")
-    at = lambda off, name: px.select("Code", (pl.col("_i") - off).alias("_i"), pl.col("AdjC").alias(name))  # noqa: E731
-    return (px.join(at(entry_lag, "_entry"), on=["Code", "_i"], how="left")
-            .join(at(entry_lag + horizon, "_exit"), on=["Code", "_i"], how="left")
-            .select("Code", "Date", (pl.col("_exit") / pl.col("_entry") - 1.0).alias(C.target(horizon))))
+    at = lambda off, name: px.select("Code", (pl.col("_i") - off).alias("_i"), pl.col("AdjC").alias(name))
+    return (
+        px.join(at(entry_lag, "_entry"), on=["Code", "_i"], how="left")
+        .join(at(entry_lag + horizon, "_exit"), on=["Code", "_i"], how="left")
+        .select("Code", "Date", (pl.col("_exit") / pl.col("_entry") - 1.0).alias(C.target(horizon)))
+    )
 
 
 def oracle_ic_daily(tables: dict[str, pl.DataFrame], horizon: int, entry_lag: int = 1) -> pl.DataFrame:
@@ -116,15 +130,19 @@ def oracle_ic_daily(tables: dict[str, pl.DataFrame], horizon: int, entry_lag: in
     tgt = C.target(horizon)
     labels = realized_labels(tables["daily_quotes"], horizon, entry_lag, tables.get("trading_calendar"))
     df = tables["oracle"].join(labels, on=["Code", "Date"]).drop_nulls([C.oracle(horizon), tgt])
-    return (df.group_by("Date").agg(pl.len().alias("n"), pl.corr(C.oracle(horizon), tgt, method="spearman")
-                                    .alias("rank_ic"))
-            .filter(pl.col("n") >= 5).drop_nans("rank_ic").sort("Date"))
+    return (
+        df.group_by("Date")
+        .agg(pl.len().alias("n"), pl.corr(C.oracle(horizon), tgt, method="spearman").alias("rank_ic"))
+        .filter(pl.col("n") >= 5)
+        .drop_nans("rank_ic")
+        .sort("Date")
+    )
 
 
 def oracle_rank_ic(tables: dict[str, pl.DataFrame], horizon: int = 1, entry_lag: int = 1) -> float:
     """Mean daily RankIC of the oracle with the realized labels: the ceiling any model can reach."""
     daily = oracle_ic_daily(tables, horizon, entry_lag)
-    return float(daily["rank_ic"].mean()) if daily.height else float("nan")
+    return as_float(daily["rank_ic"].mean()) if daily.height else float("nan")
 
 
 # ---- writing ------------------------------------------------------------------------------------------------
@@ -145,13 +163,23 @@ def synthesize(cfg: Settings) -> dict[str, Path]:
         names = [n for n in tables if n != "oracle"]
         wtask = bar.add_task("writing tables", total=len(names) + 1)
         # replaces the raw directory: a previous source's tables that this one does not write are removed
-        paths = schema.replace_raw_tables({n: tables[n] for n in names}, raw_dir, "synthetic",
-                                          on_table=lambda _: bar.advance(wtask))
+        paths = schema.replace_raw_tables(
+            {n: tables[n] for n in names}, raw_dir, "synthetic", on_table=lambda _: bar.advance(wtask)
+        )
         paths["oracle"] = write_parquet(tables["oracle"].sort("Code", "Date"), oracle_dir / ORACLE_FILE)
         bar.advance(wtask)
     quotes = tables["daily_quotes"]
     ic = oracle_rank_ic(tables, 1, entry_lag)
-    log.info("synthetic market: %d stocks x %d days, %d quote rows, %d statements -> %s (oracle in %s); "
-             "oracle RankIC(1d) %.4f at signal_strength %.2f", quotes["Code"].n_unique(), p.n_days, quotes.height,
-             tables["statements"].height, raw_dir, oracle_dir / ORACLE_FILE, ic, p.signal_strength)
+    log.info(
+        "synthetic market: %d stocks x %d days, %d quote rows, %d statements -> %s (oracle in %s); "
+        "oracle RankIC(1d) %.4f at signal_strength %.2f",
+        quotes["Code"].n_unique(),
+        p.n_days,
+        quotes.height,
+        tables["statements"].height,
+        raw_dir,
+        oracle_dir / ORACLE_FILE,
+        ic,
+        p.signal_strength,
+    )
     return paths

@@ -16,9 +16,11 @@ FLOW_TREND = {"Frgn": 0.30, "Ind": -0.25, "Prop": 0.0, "TrstBnk": -0.05, "InvTr"
 def weeks(sessions: pl.Series) -> pl.DataFrame:
     """One row per calendar week: first/last session index and the next week's 2nd and Thursday-ish sessions."""
     s = pl.DataFrame({"Date": sessions, "i": np.arange(len(sessions))})
-    wk = (s.group_by(pl.col("Date").dt.truncate("1w").alias("Week"), maintain_order=True)
-          .agg(pl.col("i").first().alias("first"), pl.col("i").last().alias("last"))
-          .sort("Week"))
+    wk = (
+        s.group_by(pl.col("Date").dt.truncate("1w").alias("Week"), maintain_order=True)
+        .agg(pl.col("i").first().alias("first"), pl.col("i").last().alias("last"))
+        .sort("Week")
+    )
     monday = wk["Week"].to_numpy()
     ses = sessions.to_numpy()
     nxt_thu = np.searchsorted(ses, monday + np.timedelta64(10, "D"), side="left")  # next week's Thursday or later
@@ -26,15 +28,24 @@ def weeks(sessions: pl.Series) -> pl.DataFrame:
     return wk.with_columns(pl.Series("pub_flows", nxt_thu), pl.Series("pub_margin", nxt_tue))
 
 
-def investor_types(u: Universe, quotes: pl.DataFrame, log_price: np.ndarray, observed: np.ndarray,
-                   sessions: pl.Series, rng: np.random.Generator) -> pl.DataFrame:
+def investor_types(
+    u: Universe,
+    quotes: pl.DataFrame,
+    log_price: np.ndarray,
+    observed: np.ndarray,
+    sessions: pl.Series,
+    rng: np.random.Generator,
+) -> pl.DataFrame:
     wk = weeks(sessions)
     d = len(sessions)
     wk = wk.filter(pl.col("pub_flows") < d)
     seg_of = dict(zip(u.codes, np.array([s[1] for s in SEGMENTS])[u.segment], strict=True))
-    turnover = (quotes.select("Date", "Va", pl.col("Code").replace_strict(seg_of).alias("Section"))
-                .join(pl.DataFrame({"Date": sessions, "Week": sessions.dt.truncate("1w")}), on="Date")
-                .group_by("Week", "Section").agg(pl.col("Va").sum().alias("T")))
+    turnover = (
+        quotes.select("Date", "Va", pl.col("Code").replace_strict(seg_of).alias("Section"))
+        .join(pl.DataFrame({"Date": sessions, "Week": sessions.dt.truncate("1w")}), on="Date")
+        .group_by("Week", "Section")
+        .agg(pl.col("Va").sum().alias("T"))
+    )
     caps = u.shares * np.exp(log_price)
     out = []
     for seg, (_, name, _) in enumerate(SEGMENTS):
@@ -44,8 +55,12 @@ def investor_types(u: Universe, quotes: pl.DataFrame, log_price: np.ndarray, obs
         cap_end = (caps[idx_l] * member[idx_l]).sum(axis=1)
         cap_start = (u.shares * np.exp(log_price[prev]) * member[idx_l]).sum(axis=1)
         wret = np.where(cap_start > 0, cap_end / np.maximum(cap_start, 1e-300) - 1.0, 0.0)
-        frame = (wk.select("Week").with_columns(pl.lit(name).alias("Section"))
-                 .join(turnover, on=["Week", "Section"], how="left").with_columns(pl.col("T").fill_null(0.0)))
+        frame = (
+            wk.select("Week")
+            .with_columns(pl.lit(name).alias("Section"))
+            .join(turnover, on=["Week", "Section"], how="left")
+            .with_columns(pl.col("T").fill_null(0.0))
+        )
         tot = frame["T"].to_numpy()
         cols: dict[str, np.ndarray] = {}
         bal_sum = np.zeros(len(tot))
@@ -62,16 +77,28 @@ def investor_types(u: Universe, quotes: pl.DataFrame, log_price: np.ndarray, obs
         for inv in INVESTORS:
             cols[f"{inv}Tot"] = cols[f"{inv}Sell"] + cols[f"{inv}Buy"]
             cols[f"{inv}Bal"] = cols[f"{inv}Buy"] - cols[f"{inv}Sell"]
-        out.append(pl.DataFrame({
-            "PubDate": sessions.gather(wk["pub_flows"]), "StDate": sessions.gather(wk["first"]),
-            "EnDate": sessions.gather(wk["last"]), "Section": [name] * len(tot),
-            **{f"{i}{k}": cols[f"{i}{k}"] for i in INVESTORS for k in FLOW_KINDS},
-        }))
+        out.append(
+            pl.DataFrame(
+                {
+                    "PubDate": sessions.gather(wk["pub_flows"]),
+                    "StDate": sessions.gather(wk["first"]),
+                    "EnDate": sessions.gather(wk["last"]),
+                    "Section": [name] * len(tot),
+                    **{f"{i}{k}": cols[f"{i}{k}"] for i in INVESTORS for k in FLOW_KINDS},
+                }
+            )
+        )
     return pl.concat(out).sort("Section", "PubDate")
 
 
-def margin_interest(u: Universe, log_price: np.ndarray, observed: np.ndarray, adj_k: np.ndarray,
-                    sessions: pl.Series, rng: np.random.Generator) -> pl.DataFrame:
+def margin_interest(
+    u: Universe,
+    log_price: np.ndarray,
+    observed: np.ndarray,
+    adj_k: np.ndarray,
+    sessions: pl.Series,
+    rng: np.random.Generator,
+) -> pl.DataFrame:
     """Weekly margin balances per stock at the week's last session, published the next week's Tuesday-ish."""
     wk = weeks(sessions).filter(pl.col("pub_margin") < len(sessions))
     last = wk["last"].to_numpy()
@@ -96,9 +123,17 @@ def margin_interest(u: Universe, log_price: np.ndarray, observed: np.ndarray, ad
     long_v, short_v = vals["LongVol"][wi, ci], vals["ShrtVol"][wi, ci]
     long_neg = np.round(long_v * neg_share[ci] / 100) * 100
     short_neg = np.round(short_v * neg_share[ci] / 100) * 100
-    return pl.DataFrame({
-        "PubDate": sessions.gather(wk["pub_margin"].to_numpy()[wi]), "Date": sessions.gather(last[wi]),
-        "Code": u.codes[ci], "ShrtVol": short_v, "LongVol": long_v, "ShrtNegVol": short_neg,
-        "LongNegVol": long_neg, "ShrtStdVol": short_v - short_neg, "LongStdVol": long_v - long_neg,
-        "IssType": iss[ci],
-    })
+    return pl.DataFrame(
+        {
+            "PubDate": sessions.gather(wk["pub_margin"].to_numpy()[wi]),
+            "Date": sessions.gather(last[wi]),
+            "Code": u.codes[ci],
+            "ShrtVol": short_v,
+            "LongVol": long_v,
+            "ShrtNegVol": short_neg,
+            "LongNegVol": long_neg,
+            "ShrtStdVol": short_v - short_neg,
+            "LongStdVol": long_v - long_neg,
+            "IssType": iss[ci],
+        }
+    )

@@ -60,7 +60,7 @@ class Paths:
     abnormal_pos_mean: float  # E[clip(abnormal log volume, 0, 3)] over observed cells (oracle feedback)
 
 
-def momentum(cum: np.ndarray, t: int, p: SynthParams) -> np.ndarray:
+def momentum(cum: np.ndarray, t: int, p: SynthParams) -> np.ndarray | float:
     """Excess log return over [t-window, t-skip] from the running sum history `cum` (zeros before 0)."""
     a, b = t - p.momentum_skip, t - p.momentum_window
     ca = cum[a] if a >= 0 else 0.0
@@ -68,14 +68,17 @@ def momentum(cum: np.ndarray, t: int, p: SynthParams) -> np.ndarray:
     return ca - cb
 
 
-def simulate_paths(p: SynthParams, u: Universe, earn_z: np.ndarray, rng: np.random.Generator,
-                   step: Callable[[int], None] | None = None) -> Paths:
+def simulate_paths(
+    p: SynthParams, u: Universe, earn_z: np.ndarray, rng: np.random.Generator, step: Callable[[int], None] | None = None
+) -> Paths:
     """Run the market forward through `burn_in` hidden sessions and `n_days` observed ones."""
     n, d = u.n, p.n_days
     n_sec = len(SECTORS33)
     observed = listed_mask(u, d)
-    out = {k: np.zeros((d, n), dtype=np.float32) for k in
-           ("sigma", "log_volume", "alpha", "rev", "leadlag", "volshock", "earnings")}
+    out = {
+        k: np.zeros((d, n), dtype=np.float32)
+        for k in ("sigma", "log_volume", "alpha", "rev", "leadlag", "volshock", "earnings")
+    }
     log_price = np.zeros((d, n))
     ret = np.zeros((d, n))
     cum_hist = np.zeros((d, n))
@@ -83,10 +86,10 @@ def simulate_paths(p: SynthParams, u: Universe, earn_z: np.ndarray, rng: np.rand
     mret_hist = np.zeros(d)
 
     ga, gb = p.garch_alpha, p.garch_beta
-    m2 = p.market_vol ** 2
-    i2 = u.idio_vol ** 2
-    style_var = (u.size_exp ** 2 + u.value_exp ** 2) * p.style_vol ** 2
-    static_var = u.sector_beta ** 2 * p.sector_vol ** 2 + style_var
+    m2 = p.market_vol**2
+    i2 = u.idio_vol**2
+    style_var = (u.size_exp**2 + u.value_exp**2) * p.style_vol**2
+    static_var = u.sector_beta**2 * p.sector_vol**2 + style_var
     eps_m_prev, eps_i_prev = 0.0, np.zeros(n)
     sm2, si2 = m2, i2.copy()
     logp = np.log(u.price0)
@@ -95,7 +98,11 @@ def simulate_paths(p: SynthParams, u: Universe, earn_z: np.ndarray, rng: np.rand
     lv_ema = base_lv.copy()
     mkt_var_ema = m2
     lam = 0.5 ** (1.0 / CALM_HALFLIFE)
-    rev = np.zeros(n); ll = np.zeros(n); vs = np.zeros(n); ped = np.zeros(n); cum = np.zeros(n)  # noqa: E702
+    rev = np.zeros(n)
+    ll = np.zeros(n)
+    vs = np.zeros(n)
+    ped = np.zeros(n)
+    cum = np.zeros(n)
     alpha = np.zeros(n)
     ob_prev = np.zeros(n, dtype=bool)
     ab_sum, ab_cnt = 0.0, 0
@@ -106,14 +113,21 @@ def simulate_paths(p: SynthParams, u: Universe, earn_z: np.ndarray, rng: np.rand
         eps_i = student_t(rng, p.t_df, n)
         eta_v = rng.standard_normal(n)
         # GARCH(1,1) variances for today from yesterday's shocks
-        sm2 = (1 - ga - gb) * m2 + ga * sm2 * eps_m_prev ** 2 + gb * sm2
-        si2 = (1 - ga - gb) * i2 + ga * si2 * eps_i_prev ** 2 + gb * si2
+        sm2 = (1 - ga - gb) * m2 + ga * sm2 * eps_m_prev**2 + gb * sm2
+        si2 = (1 - ga - gb) * i2 + ga * si2 * eps_i_prev**2 + gb * si2
         z = earn_z[t] if t >= 0 else np.zeros(n)
         jump_sd = p.earnings_jump * u.idio_vol
-        var = u.beta ** 2 * sm2 + static_var + si2 + (z != 0) * jump_sd ** 2
-        r = (alpha + p.market_drift + u.beta * np.sqrt(sm2) * eps_m + u.sector_beta * p.sector_vol * eps_s[u.sector]
-             + p.style_vol * (u.size_exp * eps_style[0] + u.value_exp * eps_style[1])
-             + np.sqrt(si2) * eps_i + jump_sd * z - 0.5 * var)
+        var = u.beta**2 * sm2 + static_var + si2 + (z != 0) * jump_sd**2
+        r = (
+            alpha
+            + p.market_drift
+            + u.beta * np.sqrt(sm2) * eps_m
+            + u.sector_beta * p.sector_vol * eps_s[u.sector]
+            + p.style_vol * (u.size_exp * eps_style[0] + u.value_exp * eps_style[1])
+            + np.sqrt(si2) * eps_i
+            + jump_sd * z
+            - 0.5 * var
+        )
         cap_prev = u.shares * np.exp(logp)
         logp = logp + r
         ob = observed[t] if t >= 0 else np.zeros(n, dtype=bool)
@@ -124,7 +138,7 @@ def simulate_paths(p: SynthParams, u: Universe, earn_z: np.ndarray, rng: np.rand
         sec_w = np.bincount(u.sector, weights=w, minlength=n_sec)
         sec_r = np.bincount(u.sector, weights=w * simple, minlength=n_sec) / np.maximum(sec_w, 1e-300)
         sec_r = np.where(sec_w > 0, sec_r, r_mkt)
-        mkt_var_ema = lam * mkt_var_ema + (1 - lam) * r_mkt ** 2
+        mkt_var_ema = lam * mkt_var_ema + (1 - lam) * r_mkt**2
         calm = np.sqrt(mkt_var_ema) < p.calm_vol
         # volume: persistent level noise + |shock| + market activity + announcement bump
         vol_ar = 0.7 * vol_ar + 0.35 * eta_v
@@ -148,11 +162,26 @@ def simulate_paths(p: SynthParams, u: Universe, earn_z: np.ndarray, rng: np.rand
             mom = momentum(cum_hist, t, p)
             alpha = p.signal_strength * (rev + ll + vs + ped + calm * p.momentum_coef * mom)
             log_price[t], ret[t], calm_hist[t], mret_hist[t] = logp, r, calm, r_mkt
-            for k, v in (("sigma", np.sqrt(si2)), ("log_volume", lv), ("alpha", alpha), ("rev", rev),
-                         ("leadlag", ll), ("volshock", vs), ("earnings", ped)):
+            for k, v in (
+                ("sigma", np.sqrt(si2)),
+                ("log_volume", lv),
+                ("alpha", alpha),
+                ("rev", rev),
+                ("leadlag", ll),
+                ("volshock", vs),
+                ("earnings", ped),
+            ):
                 out[k][t] = v
         eps_m_prev, eps_i_prev, ob_prev = eps_m, eps_i, ob
         if step is not None:
             step(step_i)
-    return Paths(log_price=log_price, ret=ret, cum_excess=cum_hist, calm=calm_hist, observed=observed,
-                 market_ret=mret_hist, abnormal_pos_mean=ab_sum / max(ab_cnt, 1), **out)
+    return Paths(
+        log_price=log_price,
+        ret=ret,
+        cum_excess=cum_hist,
+        calm=calm_hist,
+        observed=observed,
+        market_ret=mret_hist,
+        abnormal_pos_mean=ab_sum / max(ab_cnt, 1),
+        **out,
+    )

@@ -42,8 +42,15 @@ def _rows_back(x: np.ndarray, a: int, b: int, j: int) -> np.ndarray:
     return out
 
 
-def oracle_expectations(p: SynthParams, paths: Paths, caps: np.ndarray, sector: np.ndarray, lag_w: np.ndarray,
-                        horizons: tuple[int, ...], entry_lag: int) -> dict[int, np.ndarray]:
+def oracle_expectations(
+    p: SynthParams,
+    paths: Paths,
+    caps: np.ndarray,
+    sector: np.ndarray,
+    lag_w: np.ndarray,
+    horizons: tuple[int, ...],
+    entry_lag: int,
+) -> dict[int, np.ndarray]:
     """{h: oracle_h [n_days, n_stocks] float32} for every session and stock (masking happens later)."""
     d, n = paths.alpha.shape
     onehot = np.zeros((n, int(sector.max()) + 1), dtype=np.float32)
@@ -52,16 +59,27 @@ def oracle_expectations(p: SynthParams, paths: Paths, caps: np.ndarray, sector: 
     out = {h: np.empty((d, n), dtype=np.float32) for h in horizons}
     for a in range(0, d, CHUNK_ROWS):
         b = min(d, a + CHUNK_ROWS)
-        block = _propagate(p, paths, caps[a:b], cum, a, b, sector, onehot, lag_w.astype(np.float32),
-                           horizons, entry_lag)
+        block = _propagate(
+            p, paths, caps[a:b], cum, a, b, sector, onehot, lag_w.astype(np.float32), horizons, entry_lag
+        )
         for h in horizons:
             out[h][a:b] = block[h]
     return out
 
 
-def _propagate(p: SynthParams, paths: Paths, caps: np.ndarray, cum: np.ndarray, a: int, b: int,
-               sector: np.ndarray, onehot: np.ndarray, lag_w: np.ndarray, horizons: tuple[int, ...],
-               entry_lag: int) -> dict[int, np.ndarray]:
+def _propagate(
+    p: SynthParams,
+    paths: Paths,
+    caps: np.ndarray,
+    cum: np.ndarray,
+    a: int,
+    b: int,
+    sector: np.ndarray,
+    onehot: np.ndarray,
+    lag_w: np.ndarray,
+    horizons: tuple[int, ...],
+    entry_lag: int,
+) -> dict[int, np.ndarray]:
     """Expected alpha path for sessions [a, b), summed over each horizon's label window."""
     f32 = np.float32
     s = f32(p.signal_strength)
@@ -69,7 +87,7 @@ def _propagate(p: SynthParams, paths: Paths, caps: np.ndarray, cum: np.ndarray, 
     capw = (caps * obf).astype(np.float32)
     w = capw / np.maximum(capw.sum(axis=1, keepdims=True), f32(1e-30))
     sec_den = np.maximum(capw @ onehot, f32(1e-30))
-    sd = np.sqrt(paths.sigma[a:b] ** 2 + f32(p.sector_vol ** 2))
+    sd = np.sqrt(paths.sigma[a:b] ** 2 + f32(p.sector_vol**2))
     vs_gain = f32(p.volume_coef * paths.abnormal_pos_mean * np.sqrt(2.0 / np.pi)) / sd
     gate = paths.calm[a:b].astype(np.float32)[:, None] * f32(p.momentum_coef)
     rev, ll, vs, ped = (x[a:b].copy() for x in (paths.rev, paths.leadlag, paths.volshock, paths.earnings))

@@ -41,8 +41,9 @@ def _month_end(months: np.ndarray) -> np.ndarray:
     return (months.astype("datetime64[M]") + 1).astype("datetime64[D]") - 1
 
 
-def make_statements(p: SynthParams, u: Universe, sessions: np.ndarray, adj_k: np.ndarray,
-                    rng: np.random.Generator) -> Statements:
+def make_statements(
+    p: SynthParams, u: Universe, sessions: np.ndarray, adj_k: np.ndarray, rng: np.random.Generator
+) -> Statements:
     """`sessions`: datetime64[D] of the output span; `adj_k`: cumulative AdjFactor [n_days, n_stocks]."""
     n, d = u.n, len(sessions)
     earn_z = np.zeros((d, n))
@@ -107,22 +108,37 @@ def make_statements(p: SynthParams, u: Universe, sessions: np.ndarray, adj_k: np
         fy_start_m = qm - 3 * qn + 1
         if listed.any():
             idx = np.flatnonzero(listed)
-            rows.append({
-                "DiscDate": disc_date[idx], "DiscTime": time_s[idx], "Code": u.codes[idx],
-                "CurPerType": np.array(["FY", "1Q", "2Q", "3Q"])[q[idx]],
-                "CurFYSt": fy_start_m[idx].astype("datetime64[M]").astype("datetime64[D]"),
-                "CurFYEn": _month_end(fy_start_m[idx] + 11),
-                "Sales": sales_cum[idx], "OP": op_cum[idx], "NP": np_cum[idx], "EPS": (np_cum / shout)[idx],
-                "Eq": eq[idx], "TA": (eq / eq_ratio)[idx], "FOP": f_op[idx], "FNP": f_np[idx],
-                "FEPS": f_eps[idx], "FDivAnn": div[idx], "ShOut": shout[idx],
-                "ChgAcEst": np.where(flags[idx] < 0.01, "true", "false"),
-                "RetroRst": np.where(flags[idx] > 0.995, "true", "false"),
-            })
+            rows.append(
+                {
+                    "DiscDate": disc_date[idx],
+                    "DiscTime": time_s[idx],
+                    "Code": u.codes[idx],
+                    "CurPerType": np.array(["FY", "1Q", "2Q", "3Q"])[q[idx]],
+                    "CurFYSt": fy_start_m[idx].astype("datetime64[M]").astype("datetime64[D]"),
+                    "CurFYEn": _month_end(fy_start_m[idx] + 11),
+                    "Sales": sales_cum[idx],
+                    "OP": op_cum[idx],
+                    "NP": np_cum[idx],
+                    "EPS": (np_cum / shout)[idx],
+                    "Eq": eq[idx],
+                    "TA": (eq / eq_ratio)[idx],
+                    "FOP": f_op[idx],
+                    "FNP": f_np[idx],
+                    "FEPS": f_eps[idx],
+                    "FDivAnn": div[idx],
+                    "ShOut": shout[idx],
+                    "ChgAcEst": np.where(flags[idx] < 0.01, "true", "false"),
+                    "RetroRst": np.where(flags[idx] > 0.995, "true", "false"),
+                }
+            )
         qm = qm + 3
     cols = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]} if rows else None
     if cols is None:
         table = pl.DataFrame(schema={"DiscDate": pl.Date, "Code": pl.Utf8})
     else:
-        table = pl.DataFrame(cols).with_columns(
-            pl.col("DiscDate", "CurFYSt", "CurFYEn").cast(pl.Date)).sort("DiscDate", "Code")
+        table = (
+            pl.DataFrame(cols)
+            .with_columns(pl.col("DiscDate", "CurFYSt", "CurFYEn").cast(pl.Date))
+            .sort("DiscDate", "Code")
+        )
     return Statements(table=table, earn_z=earn_z)

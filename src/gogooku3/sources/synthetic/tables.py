@@ -17,7 +17,7 @@ def intraday(paths: Paths, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     close = np.exp(paths.log_price)
     prev = np.exp(paths.log_price - paths.ret)
     sig = paths.sigma
-    normal = lambda: rng.standard_normal(close.shape, dtype=np.float32)  # noqa: E731
+    normal = lambda: rng.standard_normal(close.shape, dtype=np.float32)
     open_ = prev * np.exp(OVERNIGHT_SHARE * paths.ret + 0.3 * sig * normal())
     high = np.maximum(open_, close) * np.exp(0.5 * sig * np.abs(normal()))
     low = np.minimum(open_, close) * np.exp(-0.5 * sig * np.abs(normal()))
@@ -36,8 +36,9 @@ def _raw(adj: np.ndarray, k: np.ndarray) -> np.ndarray:
     return np.maximum(np.round(adj / k, 1), 0.1)
 
 
-def daily_quotes(u: Universe, paths: Paths, k: np.ndarray, sessions: pl.Series,
-                 rng: np.random.Generator) -> tuple[pl.DataFrame, np.ndarray, dict[str, np.ndarray]]:
+def daily_quotes(
+    u: Universe, paths: Paths, k: np.ndarray, sessions: pl.Series, rng: np.random.Generator
+) -> tuple[pl.DataFrame, np.ndarray, dict[str, np.ndarray]]:
     """The daily_quotes table (sorted by Code, Date), the row mask [n_days, n_stocks] it was cut with and the
     adjusted O/H/L/C arrays."""
     o, h, lo, c = intraday(paths, rng)
@@ -48,14 +49,16 @@ def daily_quotes(u: Universe, paths: Paths, k: np.ndarray, sessions: pl.Series,
     factor[u.split_day[sp], sp] = u.split_factor[sp]
     rows = paths.observed & ~u.suspended
     flat = stock_major_index(rows)
-    take = lambda a: np.take(a, flat)  # noqa: E731
+    take = lambda a: np.take(a, flat)
     n_rows = len(flat)
     date_idx, code_idx = np.divmod(flat, u.n)
-    cols = {
+    cols: dict[str, pl.Series | np.ndarray] = {
         "Date": sessions.gather(date_idx),
         "Code": pl.Series("Code", u.codes, dtype=pl.Utf8).gather(code_idx),
         **{name: take(a) for name, a in raw.items()},
-        "Vo": take(vo), "Va": take(raw["C"] * vo), "AdjFactor": take(factor),
+        "Vo": take(vo),
+        "Va": take(raw["C"] * vo),
+        "AdjFactor": take(factor),
         **{f"Adj{name}": take(a * k) for name, a in raw.items()},
         "AdjVo": take(vo / k),
     }
@@ -67,15 +70,23 @@ def listed_info(u: Universe, sessions: pl.Series) -> pl.DataFrame:
     """One snapshot per stock dated at its first listed session (as-of joins pick it up from there)."""
     names = {k: v[1] for k, v in SECTORS33.items()}
     cap_rank = np.argsort(np.argsort(-(u.shares * u.price0) * (u.segment == 0)))
-    scale = np.select([cap_rank < 30, cap_rank < 100, cap_rank < 500, cap_rank < 1000],
-                      ["TOPIX Core30", "TOPIX Large70", "TOPIX Mid400", "TOPIX Small 1"], "TOPIX Small 2")
+    scale = np.select(
+        [cap_rank < 30, cap_rank < 100, cap_rank < 500, cap_rank < 1000],
+        ["TOPIX Core30", "TOPIX Large70", "TOPIX Mid400", "TOPIX Small 1"],
+        "TOPIX Small 2",
+    )
     scale = np.where(u.segment == 0, scale, "-")
-    return pl.DataFrame({
-        "Date": sessions.gather(u.first),
-        "Code": u.codes,
-        "CoName": [f"{names[s]} Synthetic {c[:4]}" for s, c in zip(u.s33, u.codes, strict=True)],
-        "S17": u.s17, "S33": u.s33, "Mkt": u.mkt, "ScaleCat": scale,
-    })
+    return pl.DataFrame(
+        {
+            "Date": sessions.gather(u.first),
+            "Code": u.codes,
+            "CoName": [f"{names[s]} Synthetic {c[:4]}" for s, c in zip(u.s33, u.codes, strict=True)],
+            "S17": u.s17,
+            "S33": u.s33,
+            "Mkt": u.mkt,
+            "ScaleCat": scale,
+        }
+    )
 
 
 def topix(u: Universe, quotes_rows: np.ndarray, adj: dict[str, np.ndarray], sessions: pl.Series) -> pl.DataFrame:
@@ -91,7 +102,10 @@ def topix(u: Universe, quotes_rows: np.ndarray, adj: dict[str, np.ndarray], sess
     last = np.take_along_axis(close, idx, axis=0)
     seen = np.maximum.accumulate(quotes_rows, axis=0)
     last = np.where(seen, last, np.nan)
-    level = np.empty(d); o = np.empty(d); hi = np.empty(d); lo = np.empty(d)  # noqa: E702
+    level = np.empty(d)
+    o = np.empty(d)
+    hi = np.empty(d)
+    lo = np.empty(d)
     level[0] = o[0] = hi[0] = lo[0] = TOPIX_BASE
     prev_last, cur_last = last[:-1], last[1:]
     live = ~np.isnan(prev_last) & ~np.isnan(cur_last) & (np.arange(1, d)[:, None] <= u.last[None, :])
@@ -114,4 +128,5 @@ def trading_calendar(sessions: pl.Series) -> pl.DataFrame:
     half days in exchange_calendars)."""
     days = pl.date_range(sessions[0], sessions[-1], "1d", eager=True).alias("Date")
     return pl.DataFrame({"Date": days}).with_columns(
-        pl.when(pl.col("Date").is_in(sessions.implode())).then(pl.lit("1")).otherwise(pl.lit("0")).alias("HolDiv"))
+        pl.when(pl.col("Date").is_in(sessions.implode())).then(pl.lit("1")).otherwise(pl.lit("0")).alias("HolDiv")
+    )

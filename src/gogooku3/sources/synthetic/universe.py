@@ -10,18 +10,39 @@ from gogooku3.sources.synthetic.params import SynthParams
 
 # Real TSE 33-sector codes -> (TOPIX-17 sector code, short English name, rough count of listed companies).
 SECTORS33: dict[str, tuple[str, str, int]] = {
-    "0050": ("1", "Fishery Agriculture", 12), "1050": ("2", "Mining", 6), "2050": ("3", "Construction", 160),
-    "3050": ("1", "Foods", 125), "3100": ("4", "Textiles", 50), "3150": ("4", "Pulp Paper", 25),
-    "3200": ("4", "Chemicals", 210), "3250": ("5", "Pharmaceutical", 75), "3300": ("2", "Oil Coal", 9),
-    "3350": ("6", "Rubber", 19), "3400": ("3", "Glass Ceramics", 57), "3450": ("7", "Iron Steel", 45),
-    "3500": ("7", "Nonferrous Metals", 34), "3550": ("3", "Metal Products", 90), "3600": ("8", "Machinery", 230),
-    "3650": ("9", "Electric Appliances", 240), "3700": ("6", "Transport Equipment", 90),
-    "3750": ("9", "Precision Instruments", 50), "3800": ("10", "Other Products", 110),
-    "4050": ("11", "Electric Power Gas", 24), "5050": ("12", "Land Transport", 65), "5100": ("12", "Marine", 13),
-    "5150": ("12", "Air Transport", 5), "5200": ("12", "Warehousing", 40), "5250": ("10", "Information Comm", 600),
-    "6050": ("13", "Wholesale", 310), "6100": ("14", "Retail", 350), "7050": ("15", "Banks", 80),
-    "7100": ("16", "Securities", 40), "7150": ("16", "Insurance", 14), "7200": ("16", "Other Financing", 35),
-    "8050": ("17", "Real Estate", 150), "9050": ("10", "Services", 550),
+    "0050": ("1", "Fishery Agriculture", 12),
+    "1050": ("2", "Mining", 6),
+    "2050": ("3", "Construction", 160),
+    "3050": ("1", "Foods", 125),
+    "3100": ("4", "Textiles", 50),
+    "3150": ("4", "Pulp Paper", 25),
+    "3200": ("4", "Chemicals", 210),
+    "3250": ("5", "Pharmaceutical", 75),
+    "3300": ("2", "Oil Coal", 9),
+    "3350": ("6", "Rubber", 19),
+    "3400": ("3", "Glass Ceramics", 57),
+    "3450": ("7", "Iron Steel", 45),
+    "3500": ("7", "Nonferrous Metals", 34),
+    "3550": ("3", "Metal Products", 90),
+    "3600": ("8", "Machinery", 230),
+    "3650": ("9", "Electric Appliances", 240),
+    "3700": ("6", "Transport Equipment", 90),
+    "3750": ("9", "Precision Instruments", 50),
+    "3800": ("10", "Other Products", 110),
+    "4050": ("11", "Electric Power Gas", 24),
+    "5050": ("12", "Land Transport", 65),
+    "5100": ("12", "Marine", 13),
+    "5150": ("12", "Air Transport", 5),
+    "5200": ("12", "Warehousing", 40),
+    "5250": ("10", "Information Comm", 600),
+    "6050": ("13", "Wholesale", 310),
+    "6100": ("14", "Retail", 350),
+    "7050": ("15", "Banks", 80),
+    "7100": ("16", "Securities", 40),
+    "7150": ("16", "Insurance", 14),
+    "7200": ("16", "Other Financing", 35),
+    "8050": ("17", "Real Estate", 150),
+    "9050": ("10", "Services", 550),
 }
 SEGMENTS = (("0111", "TSEPrime", 0.45), ("0112", "TSEStandard", 0.38), ("0113", "TSEGrowth", 0.17))
 FY_END_MONTHS = (3, 12, 9, 6, 2, 8)  # fiscal year end months (March dominates)
@@ -61,7 +82,7 @@ class Universe:
 
 
 def _forced_count(share: float, n: int) -> int:
-    return max(1, int(round(share * n))) if n >= 5 and share > 0 else 0
+    return max(1, round(share * n)) if n >= 5 and share > 0 else 0
 
 
 def make_universe(p: SynthParams, rng: np.random.Generator) -> Universe:
@@ -85,11 +106,12 @@ def make_universe(p: SynthParams, rng: np.random.Generator) -> Universe:
     price0 = np.exp(np.clip(np.log(1500) + rng.normal(0, 0.9, n), np.log(80), np.log(40000)))
     shares = np.round(np.exp(log_cap) / price0 / 1000) * 1000 + 1000
     btp = np.exp(np.log(0.9) + 0.6 * rng.standard_normal(n) - 0.4 * (segment == 2))
-    z = lambda x: (x - x.mean()) / (x.std() + 1e-12)  # noqa: E731
+    z = lambda x: (x - x.mean()) / (x.std() + 1e-12)
     size_exp, value_exp = z(log_cap), z(np.log(btp))
     size_pct = np.argsort(np.argsort(log_cap)) / max(n - 1, 1)
-    idio = (p.idio_vol * np.exp(0.25 * rng.standard_normal(n)) * (1.4 - 0.6 * size_pct)
-            * np.where(segment == 2, 1.35, 1.0))
+    idio = (
+        p.idio_vol * np.exp(0.25 * rng.standard_normal(n)) * (1.4 - 0.6 * size_pct) * np.where(segment == 2, 1.35, 1.0)
+    )
 
     first = np.zeros(n, dtype=np.int64)
     last = np.full(n, d - 1, dtype=np.int64)
@@ -105,8 +127,9 @@ def make_universe(p: SynthParams, rng: np.random.Generator) -> Universe:
     sp = rng.choice(cand, size=min(len(cand), _forced_count(p.split_share, n)), replace=False)
     split_day[sp] = first[sp] + 10 + (rng.random(len(sp)) * (last[sp] - first[sp] - 20)).astype(np.int64)
     # 1:2, 1:3, 1:4, 1:5, 1:10 splits; a few 10:1 consolidations (AdjFactor 10).
-    split_factor[sp] = rng.choice([0.5, 1 / 3, 0.25, 0.2, 0.1, 10.0], size=len(sp),
-                                  p=[0.45, 0.15, 0.12, 0.12, 0.1, 0.06])
+    split_factor[sp] = rng.choice(
+        [0.5, 1 / 3, 0.25, 0.2, 0.1, 10.0], size=len(sp), p=[0.45, 0.15, 0.12, 0.12, 0.1, 0.06]
+    )
     suspended = np.zeros((d, n), dtype=bool)
     gaps = rng.poisson(p.suspensions_per_stock, n)
     for i in np.flatnonzero(gaps):
@@ -115,16 +138,32 @@ def make_universe(p: SynthParams, rng: np.random.Generator) -> Universe:
             continue
         for _ in range(gaps[i]):
             start = first[i] + 1 + rng.integers(0, span - 5)
-            suspended[start:start + rng.integers(1, 4), i] = True
+            suspended[start : start + rng.integers(1, 4), i] = True
     suspended[split_day[sp], sp] = False  # the ex-date row always exists
 
     fy = rng.choice(FY_END_MONTHS, size=n, p=FY_END_SHARES)
     return Universe(
-        codes=codes, s33=s33, s17=s17, sector=sector, mkt=mkt, segment=segment, shares=shares, price0=price0,
-        size_exp=size_exp, value_exp=value_exp, book_to_price=btp,
-        beta=np.clip(rng.normal(1.0, 0.3, n), 0.2, 2.0), sector_beta=np.clip(rng.normal(1.0, 0.3, n), 0.2, 2.0),
-        idio_vol=idio, lag_weight=0.5 + (1.0 - size_pct), turnover=0.004 * np.exp(0.6 * rng.standard_normal(n)),
-        fy_end_month=fy, first=first, last=last, split_day=split_day, split_factor=split_factor,
+        codes=codes,
+        s33=s33,
+        s17=s17,
+        sector=sector,
+        mkt=mkt,
+        segment=segment,
+        shares=shares,
+        price0=price0,
+        size_exp=size_exp,
+        value_exp=value_exp,
+        book_to_price=btp,
+        beta=np.clip(rng.normal(1.0, 0.3, n), 0.2, 2.0),
+        sector_beta=np.clip(rng.normal(1.0, 0.3, n), 0.2, 2.0),
+        idio_vol=idio,
+        lag_weight=0.5 + (1.0 - size_pct),
+        turnover=0.004 * np.exp(0.6 * rng.standard_normal(n)),
+        fy_end_month=fy,
+        first=first,
+        last=last,
+        split_day=split_day,
+        split_factor=split_factor,
         suspended=suspended,
     )
 
