@@ -206,7 +206,7 @@ def test_training_rank_ic_matches_the_metrics_module():
     """The validation loop's on-device RankIC is the same definition as metrics.daily_ic, ties included."""
     import torch
 
-    from gogooku3.training.fit import rank_ic
+    from gogooku3.evaluation.device_metrics import rank_ic
 
     rng = np.random.default_rng(3)
     p = np.round(rng.normal(size=40), 1)  # rounding makes ties

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from gogooku3.config.compose import load_config
+from gogooku3.evaluation.device_metrics import rank_ic
 from gogooku3.model.atft_gat_fan import ATFTGATFAN, ATFTConfig
 from gogooku3.model.fan import FAN
 from gogooku3.model.losses import MultiHorizonLoss
-from gogooku3.training.fit import rank_ic
 
 torch.set_num_threads(1)
 N, L, F = 40, 16, 7

@@ -35,7 +35,6 @@ from lightning.pytorch.loggers import CSVLogger
 from gogooku3.config.compose import to_dict
 from gogooku3.core import columns as C
 from gogooku3.core.logs import defer_lightning_logging
-from gogooku3.core.scalars import as_float
 from gogooku3.data.panel import PanelDataModule, PanelStore
 from gogooku3.data.split import (
     Fold,
@@ -44,7 +43,8 @@ from gogooku3.data.split import (
     inner_validation,
     make_splitter,
 )
-from gogooku3.evaluation import metrics
+from gogooku3.evaluation.compare import mean_rank_ic
+from gogooku3.evaluation.device_metrics import rank_ic
 from gogooku3.model.atft_gat_fan import ATFTGATFAN, ATFTConfig
 from gogooku3.model.losses import MultiHorizonLoss
 from gogooku3.training.callbacks import (
@@ -63,25 +63,6 @@ if TYPE_CHECKING:
 
 defer_lightning_logging()
 log = logging.getLogger(__name__)
-
-
-def _average_ranks(x: torch.Tensor) -> torch.Tensor:
-    """0-based ranks with ties sharing their average rank (as `gogooku3.evaluation.metrics` ranks)."""
-    xs, order = x.sort()
-    _, inverse, counts = torch.unique_consecutive(xs, return_inverse=True, return_counts=True)
-    ends = counts.cumsum(0)
-    avg = (ends - counts + ends - 1).float() / 2
-    ranks = torch.empty_like(avg[inverse])
-    ranks[order] = avg[inverse]
-    return ranks
-
-
-def rank_ic(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """One day's RankIC on device, for the validation loop: the definition of `gogooku3.evaluation.metrics.daily_ic`
-    (Pearson correlation of average ranks), tested against it."""
-    rp, ry = _average_ranks(pred.float()), _average_ranks(y.float())
-    rp, ry = rp - rp.mean(), ry - ry.mean()
-    return (rp * ry).sum() / (rp.norm() * ry.norm() + 1e-12)
 
 
 def horizon_weights(spec: Any, horizons: list[int]) -> list[float] | None:
@@ -366,10 +347,9 @@ def _maybe_gpu_resident(dm: PanelDataModule, max_frac: float) -> None:
 
 
 def validation_rank_ic(model: torch.nn.Module, dm: PanelDataModule, horizon: int) -> float:
-    """Mean daily RankIC of `pred(horizon)` over the data module's validation days (`metrics.daily_ic`)."""
+    """Mean daily RankIC of `pred(horizon)` over the data module's validation days (`compare.mean_rank_ic`)."""
     pv = predict_panel(model, dm.panel, dm.val_days, window=dm.window, valid=dm.window_ok, dataset=dm.dataset)
-    daily = metrics.daily_ic(pv, C.pred(horizon), C.target(horizon))
-    return as_float(daily["rank_ic"].mean()) if daily.height else float("nan")
+    return mean_rank_ic(pv, [horizon]).get(horizon, (float("nan"), 0))[0]
 
 
 def average_top_k(

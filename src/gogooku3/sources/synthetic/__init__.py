@@ -126,17 +126,14 @@ def realized_labels(
 
 
 def oracle_ic_daily(tables: dict[str, pl.DataFrame], horizon: int, entry_lag: int = 1) -> pl.DataFrame:
-    """Date, n, rank_ic: daily Spearman correlation of `oracle_{h}d` with the realized `target_{h}d`."""
+    """Date, n, rank_ic: the daily RankIC (`evaluation.metrics.daily_ic`) of `oracle_{h}d` with the realized
+    `target_{h}d`."""
+    from gogooku3.evaluation import metrics
+
     tgt = C.target(horizon)
     labels = realized_labels(tables["daily_quotes"], horizon, entry_lag, tables.get("trading_calendar"))
-    df = tables["oracle"].join(labels, on=["Code", "Date"]).drop_nulls([C.oracle(horizon), tgt])
-    return (
-        df.group_by("Date")
-        .agg(pl.len().alias("n"), pl.corr(C.oracle(horizon), tgt, method="spearman").alias("rank_ic"))
-        .filter(pl.col("n") >= 5)
-        .drop_nans("rank_ic")
-        .sort("Date")
-    )
+    df = tables["oracle"].join(labels, on=[C.CODE, C.DATE])
+    return metrics.daily_ic(df, C.oracle(horizon), tgt).select(C.DATE, "n", "rank_ic")
 
 
 def oracle_rank_ic(tables: dict[str, pl.DataFrame], horizon: int = 1, entry_lag: int = 1) -> float:
