@@ -86,6 +86,34 @@ def clean_stale_temps(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
+CRASH_AT_ENV = "GOGOOKU3_CRASH_AT"
+CRASH_LOG_ENV = "GOGOOKU3_CRASH_LOG"
+_crash_steps = 0
+
+
+def crash_point(step: str) -> None:
+    """The crash-consistency tests' hook, called right after every atomic publishing step (a rename that makes a
+    write visible to readers). Inert unless one of two environment variables is set:
+
+    - `GOGOOKU3_CRASH_LOG=<file>` appends `<pid>\t<n>\t<step>` for the process's n-th step (how a test learns the
+      steps of a command);
+    - `GOGOOKU3_CRASH_AT=<n>` or `=<step>` kills the process with SIGKILL at its n-th step, or at the first step of
+      that name (how a test kills a command at each step in turn).
+    """
+    global _crash_steps
+    at, log_file = os.environ.get(CRASH_AT_ENV), os.environ.get(CRASH_LOG_ENV)
+    if not at and not log_file:
+        return
+    _crash_steps += 1
+    if log_file:
+        with open(log_file, "a", encoding="utf-8") as f:
+            f.write(f"{os.getpid()}\t{_crash_steps}\t{step}\n")
+    if at and at in (str(_crash_steps), step):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds. Temp files that
@@ -101,6 +129,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if tmp_path.exists():  # mkstemp makes 0600 files; give outputs the usual umask-based mode
             os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
+        crash_point(f"replace {path.name}")
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
