@@ -7,6 +7,7 @@ Trailing `key=value` words are Hydra overrides, e.g. `gogooku3 data synth data.n
 
 from __future__ import annotations
 
+import errno
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typer.core import TyperGroup
 
 from gogooku3.config.compose import load_config
 from gogooku3.config.schema import Settings
-from gogooku3.core.errors import ConfigError, Gogooku3Error
+from gogooku3.core.errors import ConfigError, DataError, Gogooku3Error
 from gogooku3.core.logs import setup_logging
 
 log = logging.getLogger("gogooku3")
@@ -24,10 +25,22 @@ OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
 def fail(e: Gogooku3Error) -> typer.Exit:
-    """Report a Gogooku3Error as one line `error: ...` on stderr (the traceback only at DEBUG); exit code 2."""
+    """Report a Gogooku3Error as one line `error: ...` on stderr, secrets blanked (`redact_text`; the traceback
+    only at DEBUG); exit code 2."""
+    from gogooku3.config.compose import redact_text
+
     log.debug("error", exc_info=e)
-    typer.echo("error: " + " ".join(str(e).split()), err=True)
+    typer.echo("error: " + redact_text(" ".join(str(e).split())), err=True)
     return typer.Exit(2)
+
+
+# A file system that refuses a write (read-only, permissions, full): the user's to fix, so one line, not a traceback.
+_WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EISDIR, errno.ENOTDIR}
+
+
+def _os_error(e: OSError) -> Gogooku3Error:
+    where = e.filename if e.filename is not None else "a file"
+    return DataError(f"{where}: {e.strerror or type(e).__name__}; free or fix that location and retry")
 
 
 class _Group(TyperGroup):
@@ -39,6 +52,10 @@ class _Group(TyperGroup):
             return super().invoke(ctx)
         except Gogooku3Error as e:
             raise fail(e) from None
+        except OSError as e:
+            if e.errno not in _WRITE_ERRNOS:
+                raise
+            raise fail(_os_error(e)) from None
 
 
 app = typer.Typer(
@@ -103,6 +120,13 @@ def _cfg(ctx: typer.Context, data: str | None = None) -> Settings:
     cfg = load_config(overrides, config_dirs=dirs)
     setup_logging(cfg.log_level.upper())
     return cfg
+
+
+def _preflight(cfg: Settings, command: str, experiment_dir: Path | None = None) -> None:
+    """Refuse the command at once when a folder it writes is not writable or runs/last is a real folder."""
+    from gogooku3.core.preflight import preflight
+
+    preflight(cfg, command, experiment_dir)
 
 
 def _help(summary: str, groups: str, *examples: str) -> str:
@@ -196,6 +220,7 @@ def data_build(
     cfg = _cfg(ctx)
     if fallback_full and not incremental:
         raise ConfigError("--fallback-full: only with --incremental")
+    _preflight(cfg, "build")
     if incremental:
         from gogooku3.features.incremental import update_dataset
 
@@ -219,6 +244,7 @@ def data_build(
 )
 def safe(ctx: typer.Context) -> None:
     cfg = _cfg(ctx)
+    _preflight(cfg, "safe")
     from gogooku3.pipelines.safe import SafeTrainingPipeline
 
     SafeTrainingPipeline(cfg).run()
@@ -238,6 +264,7 @@ def safe(ctx: typer.Context) -> None:
 )
 def train(ctx: typer.Context) -> None:
     cfg = _cfg(ctx)
+    _preflight(cfg, "train")
     from gogooku3.pipelines.atft import CompleteATFTTrainingPipeline
 
     CompleteATFTTrainingPipeline(cfg).run()
@@ -263,6 +290,7 @@ def tune(ctx: typer.Context) -> None:
     from gogooku3.pipelines.tune import tune as run_tune
 
     dirs, _ = config_dirs(ctx)
+    _preflight(cfg, "tune", Path(dirs[0]) if dirs else None)
     run_tune(cfg, experiment_dir=Path(dirs[0]) if dirs else None)
 
 
@@ -327,6 +355,7 @@ def predict(
     date: str | None = typer.Option(None, "--date", help="YYYY-MM-DD; default: the dataset's latest date."),
 ) -> None:
     cfg = _cfg(ctx)
+    _preflight(cfg, "predict")
     from gogooku3.pipelines.predict import predict as run_predict
 
     run_predict(cfg, run, date)
@@ -336,7 +365,8 @@ def predict(
     "clean",
     context_settings=OVERRIDES,
     help=_help(
-        "Bound the PanelStore cache (<paths.cache_dir>/panels): remove killed conversions' leftovers and old panels.",
+        "Bound the PanelStore cache (<paths.cache_dir>/panels): remove killed conversions' leftovers, truncated or "
+        "corrupted panels (checksums read) and old panels; only folders gogooku3 made (its .gogooku3 marker).",
         "paths, train",
         "cache clean --keep 2",
         "cache clean train.panel_cache_keep=1 paths.cache_dir=/scratch/cache",
@@ -356,7 +386,7 @@ def cache_clean(
     from gogooku3.data.panel import clean_cache
 
     root = path(cfg, "paths.cache_dir")
-    removed = clean_cache(root, cfg.train.panel_cache_keep if keep is None else keep)
+    removed = clean_cache(root, cfg.train.panel_cache_keep if keep is None else keep, verify=True)
     log.info("cache clean: removed %d folder(s) under %s", len(removed), root / "panels")
 
 
@@ -373,6 +403,7 @@ def cache_clean(
 )
 def run(ctx: typer.Context) -> None:
     cfg = _cfg(ctx)
+    _preflight(cfg, "run")
     from gogooku3.pipelines.full import FullTrainingPipeline
 
     FullTrainingPipeline(cfg).run()

@@ -12,6 +12,7 @@ import pytest
 
 from gogooku3.config.compose import load_config
 from gogooku3.core.errors import ConfigError, DataError, Gogooku3Error, SchemaError
+from gogooku3.core.io import file_fingerprint
 from gogooku3.data.split import make_splitter
 from gogooku3.data.validation import drop_too_null
 from gogooku3.features.manifest import FeatureManifest, manifest_path
@@ -148,7 +149,15 @@ def test_train_reuses_the_safe_baseline(workdir, caplog):
     v = cfg.safe.validation
     features, _, _ = drop_too_null(df, man.names, folds[0].train_dates, float(v.max_null_share), str(v.null_action))
     fresh = fit_baseline(
-        df, features, folds, baseline_horizons(cfg, man), man.entry_lag, int(cfg.split.val_days), cfg.baseline, only=[1]
+        df,
+        features,
+        folds,
+        baseline_horizons(cfg, man),
+        man.entry_lag,
+        int(cfg.split.val_days),
+        cfg.baseline,
+        only=[1],
+        holdout_days=cfg.split.holdout_days,
     )
     assert run.features == fresh.features
     for name in ("predictions_val", "predictions_test"):
@@ -183,7 +192,9 @@ def _variant(root: Path, name: str, fn, manifest_fn=None) -> Path:
     dst.parent.mkdir(exist_ok=True)
     fn(pl.read_parquet(src)).write_parquet(dst)
     man = FeatureManifest.for_dataset(src)
-    (manifest_fn(man) if manifest_fn else man).save(manifest_path(dst))
+    man = manifest_fn(man) if manifest_fn else man
+    man.dataset_fingerprint = file_fingerprint(dst)  # the manifest describes the variant (readers check it)
+    man.save(manifest_path(dst))
     return dst
 
 

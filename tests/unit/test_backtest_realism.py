@@ -70,11 +70,14 @@ def test_delisted_long_name_loses_its_delisting_return():
     assert pos["Code"].to_list() == [CODES[8], CODES[9]]  # the universe did not drop it on t
     c9 = pos.filter(pl.col("Code") == CODES[9]).row(0, named=True)
     assert c9["status"] == "delisted" and c9["r"] == pytest.approx(800 / 1000 - 1)
-    assert res.daily["gross"][0] == pytest.approx(0.5 * -0.2)
+    # one cohort of 1/5 of the capital: c9's −20 % arrives on the sessions it fell (D1→D2, D2→D3), then nothing
+    assert res.daily["gross"].to_list() == pytest.approx([0.1 * -0.1, 0.1 * -0.1, 0.0, 0.0, 0.0])
     assert res.summary["positions"]["delisted"] == 1 and res.summary["positions"]["normal"] == 3
     # without prices the missing label is not invented: r = 0, counted as unpriced
-    bare = backtest(preds, horizon=5, cost_bps=0.0, min_names=5)
-    assert bare.summary["positions"]["unpriced"] == 1 and bare.daily["gross"][0] == pytest.approx(0.0)
+    one_day = ds.select("Date", "Code", "target_1d")
+    bare = backtest(preds.join(one_day, on=["Date", "Code"]), horizon=5, cost_bps=0.0, min_names=5)
+    assert bare.summary["positions"]["unpriced"] == 1
+    assert bare.positions.filter(pl.col("Code") == CODES[9])["r"].to_list() == [0.0]
 
 
 def test_suspended_name_is_carried_and_realises_on_resumption():
@@ -85,7 +88,8 @@ def test_suspended_name_is_carried_and_realises_on_resumption():
     res = backtest(_preds(ds, [S[0]], 5), horizon=5, cost_bps=0.0, min_names=5, market=market_from_frame(ds))
     row = res.positions.filter(pl.col("Code") == CODES[9]).row(0, named=True)
     assert row["status"] == "suspended" and row["r"] == pytest.approx(1200 / 1000 - 1)  # the next available close
-    assert res.daily["gross"][0] == pytest.approx(0.5 * 0.2)
+    # 1/5 of the capital: +10 % on D4→D5; the exit on D6 finds no close, the rest (1100→1200) is booked at the exit
+    assert res.daily["gross"].to_list() == pytest.approx([0.0, 0.0, 0.0, 0.1 * 0.1, 0.1 * 0.1])
     assert res.summary["positions"]["suspended"] == 1
 
 
@@ -116,19 +120,22 @@ def test_universe_on_t_is_identical_whether_or_not_future_rows_exist():
 
 
 # ---- schedule ------------------------------------------------------------------------------------------------
-def test_h5_with_a_missing_date_still_rebalances_every_5_sessions():
+def test_h5_forms_a_cohort_every_session_and_a_missing_date_leaves_its_share_in_cash():
     ds = _dataset({c: [1000.0 + k * (j + 1) for k in range(20)] for j, c in enumerate(CODES)})
     market = market_from_frame(ds)
-    dates = [d for d in S[:14] if d != S[2]]  # D2 has no predictions
-    res = backtest(_preds(ds, dates, 5), horizon=5, min_names=5, market=market)
-    assert res.daily["Date"].to_list() == [S[0], S[5], S[10]]
-    assert res.summary["n_missing_dates"] == 0 and res.summary["calendar"] == "dataset sessions"
-    # a scheduled date without predictions is skipped and counted; the schedule does not move
-    res = backtest(_preds(ds, [d for d in S[:14] if d != S[5]], 5), horizon=5, min_names=5, market=market)
-    assert res.daily["Date"].to_list() == [S[0], S[10]] and res.summary["n_missing_dates"] == 1
+    full = backtest(_preds(ds, S[:14], 5), horizon=5, min_names=5, market=market)
+    # cohorts on D0..D13 (entry D1..D14, exit D6..D19); rows until the last cohort's last session
+    assert full.summary["n_cohorts"] == 14 and full.daily["Date"].to_list() == S[:18]
+    assert full.summary["calendar"] == "dataset sessions" and full.summary["n_missing_dates"] == 0
+    # a session without predictions forms no cohort (counted); its 1/5 of the capital is cash for 5 sessions
+    res = backtest(_preds(ds, [d for d in S[:14] if d != S[2]], 5), horizon=5, min_names=5, market=market)
+    assert res.summary["n_missing_dates"] == 1 and res.summary["n_cohorts"] == 13
+    assert res.daily["Date"].to_list() == S[:18] and res.daily["n_long"][2] == 0
+    gap = (full.daily["exposure"] - res.daily["exposure"]).to_list()
+    assert gap[:2] == [0.0, 0.0] and all(0.39 < g < 0.41 for g in gap[2:7]) and gap[7:] == pytest.approx([0.0] * 11)
     # dates whose exit session lies beyond the data are not realised (counted)
     res = backtest(_preds(ds, S[:20], 5), horizon=5, min_names=5, market=market)
-    assert res.daily["Date"].to_list() == [S[0], S[5], S[10]] and res.summary["n_unrealised_dates"] == 1
+    assert res.summary["n_cohorts"] == 14 and res.summary["n_unrealised_dates"] == 6
 
 
 # ---- trading realism on a 10-stock book -----------------------------------------------------------------------
@@ -137,13 +144,14 @@ def test_shorts_only_where_borrowable_filled_from_the_next_names():
     ds = _dataset({c: _flat() for c in CODES}, extra={"is_borrowable": borrow})
     preds = _preds(ds, S[:3], 1)
     both, headline = backtest_both(preds, {"min_names": 5}, market_from_frame(ds), source="synthetic")
-    assert headline == "ideal"
+    assert headline == "realistic"  # portfolio.realism: realistic for every source (issue 21: TSE-like costs)
     short = lambda r: r.positions.filter(pl.col("side") == -1).filter(pl.col("Date") == S[0])["Code"].to_list()
     assert short(both["ideal"]) == [CODES[0], CODES[1]]
     assert short(both["realistic"]) == [CODES[1], CODES[2]]  # c0 not loan-eligible: c2 fills the leg
     b = both["realistic"].summary["realism"]["borrow"]
     assert b["applied"] and b["source"] == "dataset is_borrowable" and b["short_names_passed_over"] == 3
     assert BacktestConfig.from_any({"realism": "auto"}).headline("jquants") == "realistic"
+    assert BacktestConfig.from_any({"realism": "auto"}).headline("synthetic") == "ideal"
     # without the data the rule is reported unavailable, not silently applied
     bare = backtest(preds, min_names=5, realistic=True).summary["realism"]["borrow"]
     assert bare == {"enabled": True, "available": False, "applied": False, "source": None, "short_names_passed_over": 0}
@@ -233,17 +241,22 @@ def test_flat_and_spread_impact_costs_by_hand():
         "half_spread_bps": 3.0,
         "impact_coef": 0.5,
         "cost_model": "spread_impact",
+        "borrow_fee_annual": 0.0252,
+        "periods_per_year": 252,
     }
-    res = backtest(preds, cfg=c, market=market_from_frame(ds))
+    res = backtest(preds, cfg=c, market=market_from_frame(ds))  # the ideal book: net pays flat, the TSE model reported
     d = res.daily
-    # build on D0: four names of |w| 0.5; ADV = 1e5 shares x 1000 yen; σ = 2 % a day
-    per_name = 0.5 * (4e-4 + 0.5 * 0.02 * math.sqrt(0.5 * 1e7 / 1e8))
-    assert d["cost_spread_impact"][0] == pytest.approx(4 * per_name)
+    # build on D0: four names of |w| 0.5; ADV = 1e5 shares x 1000 yen; σ = 2 % a day; no High/Low: the half-spread is
+    # half a tick (1 yen at 1,000 yen: 5 bps); borrow 0.0252/252 = 1 bp a session on the short gross 1
+    per_name = 0.5 * (1e-4 + 5e-4 + 0.5 * 0.02 * math.sqrt(0.5 * 1e7 / 1e8))
+    assert d["cost_spread_impact"][0] == pytest.approx(4 * per_name + 1e-4)
     assert d["cost_flat"][0] == pytest.approx(2.0 * 5e-4)
-    assert d["cost"][0] == d["cost_spread_impact"][0] and d["cost_spread_impact"][1] == 0.0  # no trade on D1
+    assert d["cost"][0] == d["cost_flat"][0] and d["cost_spread_impact"][1] == pytest.approx(1e-4)  # D1: borrow only
     by = res.summary["by_cost_model"]
     assert by["flat"]["total_cost"] == pytest.approx(1e-3) and "impact" in by["spread_impact"]["charged"]
     assert res.summary["cost_model"] == "spread_impact"
+    real = backtest(preds, cfg=c, market=market_from_frame(ds), realistic=True, lot_size=0)
+    assert real.daily["cost"].to_list() == real.daily["cost_spread_impact"].to_list()  # the realistic book pays it
 
 
 def test_sharpe_tstat_is_newey_west():

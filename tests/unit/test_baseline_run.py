@@ -46,7 +46,15 @@ def _setup(root, planted_dataset, *extra):
 
 def _fresh(cfg, df, man, folds, only=None) -> BaselineRun:
     return fit_baseline(
-        df, man.names, folds, baseline_horizons(cfg, man), 1, int(cfg.split.val_days), cfg.baseline, only=only
+        df,
+        man.names,
+        folds,
+        baseline_horizons(cfg, man),
+        1,
+        int(cfg.split.val_days),
+        cfg.baseline,
+        only=only,
+        holdout_days=cfg.split.holdout_days,  # as `baseline_for_folds` (issue 21)
     )
 
 
@@ -67,11 +75,13 @@ def test_fit_baseline_rows_and_columns(tmp_path, planted_dataset):
     for f, pf in zip(folds, run.per_fold, strict=True):
         test = run.predictions_test.filter(pl.col("fold") == f.index)
         val = run.predictions_val.filter(pl.col("fold") == f.index)
-        # one row per dataset row of the test days / of the last val_days training days
+        # one row per dataset row of the test days / of the val_days early-stopping days and the 20 held-out days
+        # after them (split.holdout_days; a 6-session label gap before each: issue 21)
         assert test.height == df.filter(pl.col("Date").is_in(f.test_dates)).height
-        assert val["Date"].unique().sort().to_list() == f.train_dates[-20:]
-        assert val.height == 20 * df["Code"].n_unique()
-        assert pf["val_range"] == [str(f.train_dates[-20]), str(f.train_dates[-1])]
+        assert val["Date"].unique().sort().to_list() == f.train_dates[-46:-26] + f.train_dates[-20:]
+        assert val.height == 40 * df["Code"].n_unique()
+        assert pf["val_range"] == [str(f.train_dates[-46]), str(f.train_dates[-27])]
+        assert pf["holdout_range"] == [str(f.train_dates[-20]), str(f.train_dates[-1])]
         assert set(pf["best_iteration"]) == {"1", "5"} and pf["n_train_rows"]["1"] > 0
     assert next(iter(run.feature_importance)) == "f_signal"
     # the planted signal is found on the test days
@@ -85,6 +95,7 @@ def test_save_load_round_trip_and_subset(tmp_path, planted_dataset):
     run.fingerprint = "abc"
     root = run.save(tmp_path / "store" / "abc")
     assert sorted(p.name for p in root.iterdir()) == [
+        ".gogooku3",  # the store's marker (core.stores)
         "fold0_1d.txt",
         "fold0_5d.txt",
         "fold1_1d.txt",

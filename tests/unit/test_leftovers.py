@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from gogooku3.cli import app
 from gogooku3.config.compose import load_config
 from gogooku3.core.io import _HOST, file_fingerprint, temp_owner, write_parquet
+from gogooku3.core.stores import mark
 from gogooku3.data.panel import clean_cache
 
 TINY = ["labels.horizons=[1,5]", "model.window=10"]
@@ -64,7 +65,8 @@ def test_panel_cache_is_bounded(tmp_path, monkeypatch):
     panels = tmp_path / "data" / "cache" / "panels"
     for i, fp in enumerate(["aaa1", "bbb2", "ccc3", "ddd4"]):
         (panels / fp).mkdir(parents=True)
-        (panels / fp / "panel.json").write_text("{}")
+        mark(panels / fp, "panel")  # made by the project: only such folders are ever removed
+        (panels / fp / "panel.json").write_text('{"files": {}}')
         os.utime(panels / fp / "panel.json", (1000 + i, 1000 + i))
     gone = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
@@ -74,6 +76,7 @@ def test_panel_cache_is_bounded(tmp_path, monkeypatch):
     half = panels / "ggg7"  # an older version's half-written panel
     for d in (killed, live, half):
         d.mkdir()
+        mark(d, "panel")
     os.utime(half, (1000, 1000))
     removed = clean_cache(tmp_path / "data" / "cache", keep=2, protect=["aaa1"])
     assert sorted(p.name for p in panels.iterdir()) == sorted(["aaa1", "ddd4", live.name])

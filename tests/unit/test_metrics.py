@@ -198,7 +198,9 @@ def test_paired_comparison_by_hand():
     assert res["t_stat"] == pytest.approx(nw["tstat"]) and res["hac_lag"] == nw["hac_lag"] == metrics.hac_lag(45)
     assert res["p_value"] == pytest.approx(2 * stats.t.sf(abs(nw["tstat"]), 44))
     assert res["tstat_method"] == "newey_west"
-    assert metrics.paired_comparison(da, db, horizon=20)["hac_lag"] == 19  # overlapping 20-day labels
+    long = metrics.paired_comparison(da, db, horizon=5)  # overlapping 5-day labels: EWC, B = floor(0.4 · 45 / 5) = 3
+    assert long["tstat_method"] == "ewc" and long["hac_lag"] is None and long["tstat_dof"] == 3
+    assert long["p_value"] == pytest.approx(2 * stats.t.sf(abs(long["t_stat"]), 3))
     assert res["mean_diff"] > 0 and res["mean_a"] > res["mean_b"]
 
 
@@ -229,19 +231,22 @@ def _ar1(n: int, phi: float, mean: float, seed: int) -> np.ndarray:
 
 @pytest.mark.parametrize(("phi", "horizon"), [(0.0, 1), (0.72, 5), (0.88, 20)])
 def test_newey_west_matches_statsmodels_on_ar1_ics(phi, horizon):
-    """HAC t of a simulated AR(1) daily IC series equals statsmodels' (OLS on a constant, HAC, same lag) within 1 %."""
+    """HAC t of a simulated AR(1) daily IC series equals statsmodels' (OLS on a constant, HAC, same lag) within 1 %.
+    (Since issue 21 `mean_tstat` uses Newey–West only at h = 1; the lags h − 1 are checked on `newey_west_se`.)"""
     sm = pytest.importorskip("statsmodels.api")
     x = _ar1(500, phi, 0.02, seed=int(phi * 100) + horizon)
-    res = metrics.mean_tstat(x, horizon)
     lag = max(horizon - 1, math.floor(4 * (500 / 100) ** (2 / 9)))
-    assert res["hac_lag"] == lag and res["tstat_method"] == "newey_west"
+    tstat = x.mean() / metrics.newey_west_se(x, lag)
+    res = metrics.mean_tstat(x, 1)
+    if horizon == 1:
+        assert res["hac_lag"] == lag and res["tstat_method"] == "newey_west" and res["tstat"] == tstat
     ols = sm.OLS(x, np.ones_like(x))
     ref = ols.fit(cov_type="HAC", cov_kwds={"maxlags": lag, "use_correction": False}).tvalues[0]
-    assert res["tstat"] == pytest.approx(ref, rel=0.01)
+    assert tstat == pytest.approx(ref, rel=0.01)
     default = ols.fit(cov_type="HAC", cov_kwds={"maxlags": lag}).tvalues[0]  # statsmodels' small-sample correction
-    assert res["tstat"] == pytest.approx(default, rel=0.01)
+    assert tstat == pytest.approx(default, rel=0.01)
     if phi > 0.5:  # autocorrelated ICs: the naive t overstates
-        assert res["tstat_naive"] > 1.5 * res["tstat"]
+        assert res["tstat_naive"] > 1.5 * tstat
 
 
 def test_hac_lag_rule():
@@ -250,16 +255,18 @@ def test_hac_lag_rule():
     assert metrics.hac_lag(5, 20) == 4 and metrics.hac_lag(1, 5) == 0  # never beyond n - 1
 
 
-def test_evaluate_uses_the_horizon_for_the_lag_and_per_period_is_newey_west():
+def test_evaluate_uses_the_horizon_for_the_t_and_so_does_per_period():
     df = _panel(n_days=62, seed=2).with_columns(pred_20d=pl.col("pred_1d"), target_20d=pl.col("target_1d"))
     ev = metrics.evaluate(df, [1, 20])
-    assert ev["1"]["hac_lag"] == metrics.hac_lag(62, 1) and ev["20"]["hac_lag"] == 19
+    assert ev["1"]["hac_lag"] == metrics.hac_lag(62, 1) and ev["1"]["tstat_method"] == "newey_west"
+    assert ev["1"]["tstat_dof"] == 61
+    assert ev["20"]["tstat_method"] == "ewc" and ev["20"]["hac_lag"] is None and ev["20"]["tstat_dof"] == 1  # 0.4·62/20
     assert ev["1"]["rank_ic_tstat_naive"] == pytest.approx(ev["20"]["rank_ic_tstat_naive"])
-    years = metrics.per_period(metrics.daily_ic(df, "pred_1d", "target_1d"), "year", horizon=20)
+    years = metrics.per_period(metrics.daily_ic(df, "pred_1d", "target_1d"), "year", horizon=5)
     jan = metrics.daily_ic(df, "pred_1d", "target_1d").filter(pl.col("Date").dt.year() == 2022)
     row = years.filter(pl.col("period") == "2022").row(0, named=True)
-    assert row["hac_lag"] == min(19, jan.height - 1) and row["tstat_method"] == "newey_west"
-    assert row["rank_ic_tstat"] == pytest.approx(metrics.mean_tstat(jan["rank_ic"], 20)["tstat"])
+    assert row["tstat_dof"] == 2 * jan.height // 25 >= 1 and row["tstat_method"] == "ewc" and row["hac_lag"] is None
+    assert row["rank_ic_tstat"] == pytest.approx(metrics.mean_tstat(jan["rank_ic"], 5)["tstat"])
 
 
 def test_align_rows_compares_predictors_on_identical_rows():

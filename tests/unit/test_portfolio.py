@@ -50,16 +50,22 @@ def test_three_day_example_by_hand():
     g2 = 0.5 * (0.02 + 0.04) - 0.5 * (-0.01 - 0.03)
     g3 = 0.5 * (-0.01 + 0.03) - 0.5 * (0.01 + 0.02)
     assert d["gross"].to_list() == pytest.approx([g1, g2, g3], abs=1e-7)
-    # build = 2.0; day 2 swaps c8->c7 and c1->c2: 4 changes of 0.5; day 3 unchanged
-    assert d["turnover"].to_list() == pytest.approx([2.0, 2.0, 0.0])
-    assert d["cost"].to_list() == pytest.approx([1e-3, 1e-3, 0.0])
-    assert d["net"].to_list() == pytest.approx([g1 - 1e-3, g2 - 1e-3, g3], abs=1e-7)
+    # build = 2.0; day 2 sells day 1's book as it drifted (c8 0.5·1.03, c9 0.5·1.02, c0 −0.5·0.98, c1 −0.5·0.99)
+    # and buys c7, c9 / shorts c0, c2 at 0.5; day 3 re-targets day 2's drifted book to 0.5 each
+    t2 = 0.5 + 0.515 + 0.01 + 0.01 + 0.495 + 0.5
+    t3 = 0.01 + 0.02 + 0.005 + 0.015
+    assert d["turnover"].to_list() == pytest.approx([2.0, t2, t3], abs=1e-6)
+    assert res.summary["avg_turnover_undrifted"] == pytest.approx(4 / 3)  # Σ|w_t − w_{t−1}|: the drift left out
+    cost = [5e-4 * t for t in (2.0, t2, t3)]
+    assert d["cost"].to_list() == pytest.approx(cost, abs=1e-9)
+    assert d["net"].to_list() == pytest.approx([g1 - cost[0], g2 - cost[1], g3 - cost[2]], abs=1e-7)
     assert d["long"][0] == pytest.approx(0.025, abs=1e-7) and d["short"][0] == pytest.approx(-0.015, abs=1e-7)
     s = res.summary
-    net = np.array([g1 - 1e-3, g2 - 1e-3, g3])
-    assert s["sharpe"] == pytest.approx(net.mean() / net.std(ddof=1) * math.sqrt(252), rel=1e-5)
-    assert s["ann_return"] == pytest.approx(net.mean() * 252, rel=1e-5)
-    assert s["avg_turnover"] == pytest.approx(4 / 3)
+    net = np.array([g1 - cost[0], g2 - cost[1], g3 - cost[2]])
+    assert s["periods_per_year"] == 245.0  # a 6-day calendar: the TSE's sessions a year
+    assert s["sharpe"] == pytest.approx(net.mean() / net.std(ddof=1) * math.sqrt(245), rel=1e-5)
+    assert s["ann_return"] == pytest.approx(net.mean() * 245, rel=1e-5)
+    assert s["avg_turnover"] == pytest.approx((2.0 + t2 + t3) / 3, abs=1e-6)
     eq = np.cumprod(1 + net)
     assert s["max_drawdown"] == pytest.approx(
         min(0.0, (eq / np.maximum.accumulate(np.r_[1.0, eq])[1:] - 1).min()), abs=1e-9
@@ -107,7 +113,7 @@ def test_score_weights_and_leg_sums():
     assert res.daily["turnover"][0] == pytest.approx(2.0)
 
 
-def test_horizon_rebalances_every_h_dates():
+def test_horizon_forms_a_cohort_every_session():
     rng = np.random.default_rng(1)
     dates = [date(2023, 3, 1) + timedelta(days=i) for i in range(12)]
     df = pl.DataFrame(
@@ -116,15 +122,20 @@ def test_horizon_rebalances_every_h_dates():
             "Code": [f"{j:05d}" for _ in dates for j in range(20)],
             "pred_5d": rng.normal(size=240),
             "target_5d": rng.normal(scale=0.03, size=240),
+            "target_1d": rng.normal(scale=0.01, size=240),
         }
     )
     res = backtest(df, horizon=5)
-    assert res.daily["Date"].to_list() == [dates[0], dates[5], dates[10]]
-    assert res.summary["periods_per_year"] == pytest.approx(252 / 5)
+    assert res.daily["Date"].to_list() == dates  # one daily series, a cohort formed on every date
+    assert res.summary["n_cohorts"] == 12 and res.summary["holding_sessions"] == 5
+    assert res.summary["periods_per_year"] == pytest.approx(245)
     net = res.daily["net"].to_numpy()
-    assert res.summary["sharpe"] == pytest.approx(net.mean() / net.std(ddof=1) * math.sqrt(252 / 5))
+    assert res.summary["sharpe"] == pytest.approx(net.mean() / net.std(ddof=1) * math.sqrt(245))
+    assert res.daily["exposure"][0] == pytest.approx(2 / 5)  # the first cohort: 1/5 of the capital, gross 2
     with pytest.raises(SchemaError, match="pred_1d"):
         backtest(df, horizon=1)
+    with pytest.raises(DataError, match="target_1d"):  # no prices, no 1-day label: no daily P&L for h > 1
+        backtest(df.drop("target_1d"), horizon=5)
 
 
 def test_price_and_liquidity_filters():

@@ -189,18 +189,26 @@ def test_report_json_and_html(run_cfg):
     assert rep["data"]["safe_report"].endswith("safe_1.json") and rep["data"]["dataset"]["calendar"] == "XTKS"
     assert [r["period"] for r in rep["per_year"]["atft"]] == ["2023", "2024"]
     assert [r["epoch"] for r in rep["training"]["curves"]] == [0, 1, 2]
-    # Newey–West t-stats with their lag everywhere a t-stat is shown
+    # t-stats with their method everywhere one is shown: Newey–West at 1 day, EWC at 5 days (issue 21)
     for name in ("atft", "lightgbm"):
-        for h in ("1", "5"):
-            e = rep["evaluation"][name][h]
-            assert e["tstat_method"] == "newey_west" and e["hac_lag"] >= int(h) - 1 and "rank_ic_tstat_naive" in e
-    assert rep["paired"]["atft_vs_lightgbm"]["5"]["hac_lag"] >= 4
+        e1, e5 = rep["evaluation"][name]["1"], rep["evaluation"][name]["5"]
+        assert e1["tstat_method"] == "newey_west" and e1["hac_lag"] >= 0 and "rank_ic_tstat_naive" in e1
+        assert e5["tstat_method"] == "ewc" and e5["tstat_dof"] == 2 * e5["n_days"] // 25 and e5["hac_lag"] is None
+    assert rep["paired"]["atft_vs_lightgbm"]["5"]["tstat_method"] == "ewc"
     assert rep["checks"]["sharpe_tstat_method"] == "newey_west" and rep["checks"]["sharpe_hac_lag"] >= 0
     assert all(r["tstat_method"] == "newey_west" for r in rep["per_year"]["atft"])
     # the same rows for both predictors, ideal and realistic backtests side by side
     assert rep["rows"]["frames"]["atft"]["kept"] == rep["rows"]["frames"]["lightgbm"]["kept"] == model.height
     bt = rep["backtest"]["atft"]
-    assert bt["headline"] == "ideal" and bt["summary"] == bt["ideal"] and bt["realistic"]["mode"] == "realistic"
+    # the realistic book is the headline for every source (issue 21), the ideal one beside it; capacity at 3 capitals
+    assert bt["headline"] == "realistic" and bt["summary"] == bt["realistic"] and bt["ideal"]["mode"] == "ideal"
+    cap, by_h = rep["backtest_capacity"], rep["backtest_by_horizon"]
+    assert cap["predictor"] == "atft" and set(cap["horizons"]) == set(by_h["atft"]) == {"1", "5"}
+    assert all([r["capital"] for r in c["rows"]] == [1e8, 1e9, 1e10] for c in cap["horizons"].values())
+    # every horizon's overlapping-cohort book; at the backtest's own horizon, the same book as the headline one
+    assert by_h["atft"]["1"]["realistic"]["sharpe"] == pytest.approx(bt["realistic"]["sharpe"])
+    assert by_h["atft"]["1"]["ideal"]["sharpe"] == pytest.approx(bt["ideal"]["sharpe"])
+    assert cap["horizons"]["1"]["rows"][0]["sharpe"] == pytest.approx(bt["realistic"]["sharpe"])  # ¥100 M = capital
     assert bt["realistic"]["realism"]["borrow"]["available"] is False  # no dataset: reported unavailable
 
     html = out["html"].read_text()
@@ -208,8 +216,8 @@ def test_report_json_and_html(run_cfg):
         assert f'<section id="{sid}">' in html, sid
     imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
     # IC decay; daily RankIC, 2 monthly heatmaps, sectors; signal; 2 quantile charts; equity, rolling Sharpe;
-    # 2 importance charts; 2 training charts
-    assert len(imgs) == 14
+    # capacity; 2 importance charts; 2 training charts
+    assert len(imgs) == 15
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in imgs)
     assert "http://" not in html and "https://" not in html and "<script" not in html
     assert not list(run.glob(".*.tmp"))
@@ -297,7 +305,7 @@ def test_report_with_the_dataset_excludes_rows_and_trades_realistically(run_cfg,
     assert rep["backtest_market"]["borrow"] == "dataset is_borrowable"
     html = (run / "report.html").read_text()
     assert "atft ideal" in html and "atft realistic (headline)" in html and "Rows compared" in html
-    assert "Newey–West" in html
+    assert "Newey–West" in html and "EWC t(" in html  # the 5-day t's method (issue 21)
 
 
 def test_train_result_round_trip_and_older_results_refused(tmp_path):

@@ -145,9 +145,17 @@ def test_make_splitter_from_config(sessions):
             "train_days": None,
             "embargo_days": None,
             "val_days": 40,
+            "holdout_days": 20,
         }
     )
-    kfold = {"method": "purged_kfold", "n_splits": 3, "min_train_days": 60, "embargo_days": None, "val_days": 40}
+    kfold = {
+        "method": "purged_kfold",
+        "n_splits": 3,
+        "min_train_days": 60,
+        "embargo_days": None,
+        "val_days": 40,
+        "holdout_days": 20,
+    }
     folds = make_splitter(cfg, [1, 5, 10, 20], 1).split(sessions)
     n = len(sessions)
     assert len(folds[0].test_dates) == (n - 252 - 21) // 3

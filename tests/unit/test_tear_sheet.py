@@ -17,9 +17,8 @@ from test_report import (
 from gogooku3.config.compose import load_config
 from gogooku3.evaluation import metrics
 from gogooku3.evaluation.backtest.benchmarks import benchmark_returns, relative_figures
-from gogooku3.evaluation.backtest.config import BacktestConfig
 from gogooku3.evaluation.backtest.engine import backtest
-from gogooku3.evaluation.backtest.market import market_from_frame
+from gogooku3.evaluation.backtest.market import market_for, market_from_frame
 from gogooku3.evaluation.backtest.summary import rolling_sharpe
 from gogooku3.evaluation.report import build_report
 from gogooku3.features.manifest import FeatureManifest, manifest_path
@@ -38,16 +37,20 @@ def _panel(pred, n: int = 20) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
-def test_ic_decay_band_is_the_newey_west_interval():
+def test_ic_decay_band_is_the_hac_interval():
+    """1 day: mean ± 1.96 Newey–West se; 5 days (overlapping labels, issue 21): mean ± t_0.975(B) EWC se,
+    B = floor(0.4 · 40 / 5) = 3."""
     df = _panel(lambda k, j: j)
     ev = metrics.evaluate(df.with_columns(pred_5d=pl.col("pred_1d"), target_5d=pl.col("target_1d")), [1, 5])
     d = metrics.ic_decay(ev)
     assert d["horizon"].to_list() == [1, 5]
-    for r, h in zip(d.to_dicts(), ("1", "5"), strict=True):
+    from scipy import stats
+
+    for r, h, q in zip(d.to_dicts(), ("1", "5"), (1.96, stats.t.ppf(stats.norm.cdf(1.96), 3)), strict=True):
         s = ev[h]
         assert r["se"] == pytest.approx(abs(s["rank_ic_mean"] / s["rank_ic_tstat"]))
-        assert r["lo"] == pytest.approx(s["rank_ic_mean"] - 1.96 * r["se"]) and r["lo"] < r["rank_ic_mean"] < r["hi"]
-        assert r["hac_lag"] == s["hac_lag"]
+        assert r["lo"] == pytest.approx(s["rank_ic_mean"] - q * r["se"]) and r["lo"] < r["rank_ic_mean"] < r["hi"]
+        assert r["hac_lag"] == s["hac_lag"] and r["tstat_method"] == s["tstat_method"]
 
 
 def test_ic_by_group_scores_each_group_on_its_own_stocks():
@@ -102,7 +105,7 @@ def test_relative_figures_and_rolling_sharpe():
     assert r["information_ratio"] == pytest.approx(np.mean(s - b) * 252 / r["tracking_error"])
     assert math.isnan(relative_figures(pl.Series([0.1, None]), pl.Series([0.2, 0.1]), 252)["beta"])
     daily = pl.DataFrame({"Date": [date(2024, 1, 1) + timedelta(days=i) for i in range(80)], "net": s[:80]})
-    rs = rolling_sharpe(daily, 60, BacktestConfig.from_any(None))
+    rs = rolling_sharpe(daily, 60, 252)
     assert rs["sharpe"].null_count() == 59
     last = s[20:80]
     assert rs["sharpe"][-1] == pytest.approx(last.mean() / last.std(ddof=1) * math.sqrt(252))
@@ -188,7 +191,9 @@ def test_export_alphalens_and_quantstats_frames(tmp_path):
     out = CliRunner().invoke(app, ["export", "--to", "quantstats", str(run), *args])
     assert out.exit_code == 0, out.output
     qs = pl.read_parquet(run / "export" / "quantstats_returns.parquet")
-    both, headline = backtest_both(preds.with_columns(Close=pl.lit(1000.0)), load_config(args))
+    cfg = load_config(args)  # the headline is the realistic book, whose costs read the dataset's market
+    market = market_for(cfg, preds, ds, cfg.portfolio.vol_column)
+    both, headline = backtest_both(preds.with_columns(Close=pl.lit(1000.0)), cfg, market)
     assert qs.columns == ["date", "strategy", "benchmark", "topix"] and qs["topix"].null_count() == qs.height
     assert qs["strategy"].to_list() == pytest.approx(both[headline].daily["net"].to_list())
     bad = CliRunner().invoke(app, ["export", "--to", "zipline", str(run), *args])

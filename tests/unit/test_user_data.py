@@ -168,13 +168,14 @@ def test_walk_forward_error_proposes_split_keys_that_work(n, kw):
         keys = {k.removeprefix("split."): int(v) for k, v in (x.split("=") for x in p.split())}
         folds = WalkForwardSplitter(**{**base, **keys}).split(days)
         assert len(folds) == keys.get("n_splits", base.get("n_splits", 3))
-        assert len(folds[0].train_dates) >= 40 + 21 + 20  # room for the inner validation slice, its gap and a fit
+        # room for the inner validation slice, the held-out slice, their gaps and a fit
+        assert len(folds[0].train_dates) >= 40 + 21 + 20 + 21 + 20
 
 
 def test_walk_forward_error_when_nothing_fits():
     days = [dt.date(2022, 1, 3) + dt.timedelta(days=i) for i in range(90)]
     with pytest.raises(
-        DataError, match=r"add dates, or shorten labels.horizons \(a first training span needs about 81"
+        DataError, match=r"add dates, or shorten labels.horizons \(a first training span needs about 122"
     ):
         WalkForwardSplitter(**_walk_forward_yaml(), horizons=[1, 5, 10, 20], entry_lag=1).split(days)
 

@@ -4,14 +4,19 @@ Hydra's own DictConfig for `config show`. `to_dict` / `to_yaml` / `path` / `sele
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime as dt
 import difflib
 import functools
+import hashlib
+import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_plus
 
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
@@ -66,6 +71,7 @@ def _compose(
     finally:
         GlobalHydra.instance().clear()
     OmegaConf.set_readonly(cfg, False)
+    from_env = env_keys(cfg)  # before anything resolves: a value from the environment is a secret from here on
     settings = None
     if config_name == "config":
         if "experiment" in cfg:
@@ -74,7 +80,35 @@ def _compose(
                 "must be '# @package _global_' (see conf/experiment/example.yaml)"
             )
         settings = Settings.from_cfg(cfg)
+        setattr(settings, ENV_KEYS_ATTR, frozenset(from_env))  # for `to_dict`: which keys to blank
+        check_dates(settings)
     return cfg, settings
+
+
+# A date key beyond these bounds is a typo (9999-12-31 overflows the calendar's padding, 0001-01-01 too): no data
+# source has sessions there. A year ahead leaves room for a synthetic market or a calendar that ends in the future.
+MIN_DATE = dt.date(1900, 1, 1)
+MAX_DAYS_AHEAD = 366
+
+
+def check_dates(node: Any, where: str = "") -> None:
+    """Every `*_date` key of the typed config (data.end_date, safe.start_date, ...) that is set is a YYYY-MM-DD date
+    from 1900-01-01 to a year after today; else a ConfigError naming the key."""
+    for f in dataclasses.fields(node):
+        value, key = getattr(node, f.name), f"{where}{f.name}"
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_dates(value, key + ".")
+        elif f.name.endswith("_date") and isinstance(value, (str, dt.date)) and value != "":
+            try:
+                day = value if isinstance(value, dt.date) else dt.date.fromisoformat(value.strip())
+            except ValueError:
+                raise ConfigError(f"{key}: expected a YYYY-MM-DD date, got {value!r}") from None
+            latest = dt.date.today() + dt.timedelta(days=MAX_DAYS_AHEAD)
+            if not MIN_DATE <= day <= latest:
+                raise ConfigError(
+                    f"{key}: {day} is outside the dates any data source covers ({MIN_DATE} .. {latest}, a year "
+                    f"after today); set {key}=YYYY-MM-DD within that range"
+                )
 
 
 TUNED_SUBDIR = "optuna"  # <paths.output_dir>/optuna/experiment/<study>.yaml: written by `gogooku3 tune`
@@ -202,31 +236,206 @@ def _override_hint(overrides: Sequence[str], dirs: Sequence[str | Path] = ()) ->
 REDACTED = "***"
 # A key whose name says it holds a credential (api_key, access_token, db_password, client_secret, ...).
 SECRET_NAME = re.compile(r"(?i)(^|[_.-])(api_?key|key|token|password|passwd|pwd|secret|credentials?)($|[_.-])")
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@/\s]+@")
-_URL_QUERY_SECRET = re.compile(
-    r"(?i)(?P<head>[?&;](api_?key|key|token|access_token|password|passwd|pwd|secret)=)"
-    r"[^&;#\s]+"
-)
+# A URL query parameter named like a credential (password, sslpassword, access_token, api_key, client_secret, ...).
+SECRET_PARAM = re.compile(r"(?i)(pass(word|wd|phrase)?$|pwd|token|key|secret|credential|signature)")
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_URL_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+_ENV_REF = re.compile(r"oc\.env\s*:\s*['\"]?([^,}'\"\s]+)")
+_KEY_REF = re.compile(r"\$\{\s*([A-Za-z_][\w.]*)\s*\}")
+# Values shorter than this are blanked only where they stand (the keys that read them from the environment), not
+# wherever the same text appears: "cpu" or "1" from an environment variable would otherwise blank unrelated values.
+MIN_SCRUB_LEN = 8
+_env_values: set[str] = set()  # values configs composed here read from the environment: secrets for the process
+ENV_KEYS_ATTR = "_env_keys"  # on a composed Settings: its dotted keys whose value came from an environment variable
 
 
-def redact_text(text: str) -> str:
-    """`text` with URL credentials blanked: scheme://user:***@host, ?password=*** (and token/key/secret)."""
-    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}{REDACTED}@", text)
-    return _URL_QUERY_SECRET.sub(lambda m: f"{m['head']}{REDACTED}", text)
+def _url_parts(text: str) -> tuple[str, str, str, str] | None:
+    """(`scheme://`, credentials `user:password@` or "", host/path, `?query` or "") of a URL, split as SQLAlchemy's
+    `make_url` splits it (user up to the first ':' or '/', password up to the '@'), except that the password runs
+    to the last '@' before the query (an unencoded '@' in it is kept inside); None when `text` is not a URL."""
+    m = _URL.match(text)
+    if m is None:
+        return None
+    head, rest = m[0], text[m.end() :]
+    creds = ""
+    at = rest.find("@")
+    if at >= 0:
+        q = rest.find("?", at)
+        cut = rest.rfind("@", 0, q if q >= 0 else len(rest))
+        if "/" not in rest[:cut].partition(":")[0]:
+            creds, rest = rest[: cut + 1], rest[cut + 1 :]
+    body, qmark, query = rest.partition("?")
+    return head, creds, body, qmark + query
 
 
-def redact(obj: Any, key: str = "") -> Any:
+def redact_url(url: str) -> str:
+    """`url` with its password and every query parameter named like a credential (`SECRET_PARAM`: password,
+    sslpassword, token, key, secret, ...) blanked; anything else kept exactly as written. A password may hold '/',
+    ' ', '?' or '@' unencoded. Checked with SQLAlchemy's own parser (`sqlalchemy.engine.make_url`): should it still
+    read a password that is not blanked, everything between the scheme and the host is blanked."""
+    parts = _url_parts(url)
+    if parts is None:
+        return url
+    head, creds, body, query = parts
+    if creds:
+        user, colon, pw = creds[:-1].partition(":")
+        creds = f"{user}:{REDACTED}@" if colon and pw else creds
+    if query:
+        pairs = re.split(r"([&;])", query[1:])
+        for i in range(0, len(pairs), 2):
+            name, eq, value = pairs[i].partition("=")
+            if eq and value and SECRET_PARAM.search(unquote_plus(name)):
+                pairs[i] = f"{name}={REDACTED}"
+        query = "?" + "".join(pairs)
+    out = head + creds + body + query
+    if not _parsed_clean(out):
+        return f"{head}{REDACTED}@{body}{query}"
+    return out
+
+
+def _parsed_clean(url: str) -> bool:
+    """Whether SQLAlchemy's parser finds no password other than the blank in `url` (True when it cannot parse)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+    except Exception:  # not a URL SQLAlchemy reads (ArgumentError, a port that is not a number, no sqlalchemy)
+        return True
+    return parsed.password in (None, "", REDACTED)
+
+
+def url_secrets(url: str) -> list[str]:
+    """The credentials inside `url` as SQLAlchemy's `make_url` reads them (password, values of secret-named query
+    parameters), decoded and as written: text to blank wherever it appears (an error message quoting the URL)."""
+    found: list[str] = []
+    parts = _url_parts(url)
+    if parts is not None and parts[1]:
+        found.append(parts[1][:-1].partition(":")[2])
+        with contextlib.suppress(Exception):  # an unparsable URL: the password as written is enough
+            from sqlalchemy.engine import make_url
+
+            parsed = make_url(url)
+            found.append(parsed.password or "")
+            found += [
+                str(v)
+                for k, vs in parsed.query.items()
+                if SECRET_PARAM.search(k)
+                for v in (vs if isinstance(vs, tuple) else (vs,))
+            ]
+    if parts is not None and parts[3]:
+        for pair in re.split(r"[&;]", parts[3][1:]):
+            name, _, value = pair.partition("=")
+            if SECRET_PARAM.search(unquote_plus(name)):
+                found += [value, unquote_plus(value)]
+    return sorted({s for s in found if s}, key=len, reverse=True)
+
+
+def secret_values() -> list[str]:
+    """Text to blank wherever it appears, longest first: values composed configs read from environment variables
+    and the values of environment variables named like credentials (JQUANTS_API_KEY, ...), `MIN_SCRUB_LEN`+ long."""
+    named = {v for k, v in os.environ.items() if SECRET_NAME.search(k)}
+    return sorted({v for v in _env_values | named if len(v) >= MIN_SCRUB_LEN}, key=len, reverse=True)
+
+
+def _scrub(text: str, secrets: Sequence[str]) -> str:
+    for s in secrets:
+        if s and s in text:
+            text = text.replace(s, REDACTED)
+    return text
+
+
+def redact_text(text: str, secrets: Sequence[str] = ()) -> str:
+    """`text` (a log line, an error message) with credentials blanked: inside every URL in it (`redact_url`; such a
+    URL ends at the first space), the given `secrets` and every `secret_values()` wherever they appear."""
+    text = _scrub(text, [*sorted(secrets, key=len, reverse=True), *secret_values()])
+    return _URL_TOKEN.sub(lambda m: redact_url(m[0]), text)
+
+
+def is_secret(text: str) -> bool:
+    """Whether `text` is, or holds, a value read from an environment variable (`secret_values`)."""
+    return text in _env_values or _scrub(text, secret_values()) != text
+
+
+def safe_name(value: Any, secret: bool = False, max_len: int = 64) -> str:
+    """A config value fit for a file or folder name: the value itself when it is already made of [A-Za-z0-9._-]
+    (not starting with '.') and not a secret; else its sanitised form ("redacted" for a secret, or `secret=True`)
+    with '-' and the first 8 hex digits of its sha256, so distinct values keep distinct names. A value read from
+    an environment variable is a secret."""
+    text = str(value)
+    secret = secret or is_secret(text)
+    clean = "redacted" if secret else re.sub(r"[^A-Za-z0-9._-]+", "_", text).lstrip("._-")[:max_len]
+    if not secret and clean == text and text:
+        return text
+    return f"{clean or 'x'}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:8]}"
+
+
+def redact(obj: Any, key: str = "", env: Collection[str] = ()) -> Any:
     """A copy of plain containers with every secret blanked: the value of any key named like a credential (when
-    set) and the credentials inside any URL-like string. The one place stored configs are scrubbed."""
+    set), credentials inside URL-like strings (`redact_url`), the values of the dotted keys `env` (those of a whole
+    composed config that read an environment variable, `env_keys`) and, anywhere, the text of every value read from
+    the environment (`secret_values`). The one place stored configs are scrubbed."""
+    return _redact(obj, key, "" if env else None, secret_values(), set(env))
+
+
+def _redact(obj: Any, key: str, where: str | None, secrets: list[str], env_keys: set[str]) -> Any:
+    def sub(k: Any) -> str | None:
+        return None if where is None else f"{where}.{k}" if where else str(k)
+
     if isinstance(obj, dict):
-        return {k: redact(v, str(k)) for k, v in obj.items()}
+        return {k: _redact(v, str(k), sub(k), secrets, env_keys) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(redact(v, key) for v in obj)
-    if key and SECRET_NAME.search(key) and obj not in (None, "", False):
+        return type(obj)(_redact(v, key, sub(i), secrets, env_keys) for i, v in enumerate(obj))
+    if obj in (None, "", False):
+        return obj
+    if (key and SECRET_NAME.search(key)) or (where is not None and where in env_keys):
         return REDACTED
     if isinstance(obj, str):
-        return redact_text(obj)
+        text = _scrub(obj, secrets)
+        return redact_url(text) if _URL.match(text) else redact_text(text)
     return obj
+
+
+def _leaves_raw(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted leaves of plain containers (list items by index)."""
+    if isinstance(node, dict):
+        items: Any = node.items()
+    elif isinstance(node, list):
+        items = enumerate(node)
+    else:
+        return {prefix[:-1]: node}
+    out: dict[str, Any] = {}
+    for k, v in items:
+        out.update(_leaves_raw(v, f"{prefix}{k}."))
+    return out
+
+
+def env_keys(cfg: DictConfig) -> set[str]:
+    """The dotted keys of a composed config whose value comes from an environment variable: an `oc.env`
+    interpolation in its raw (unresolved) value, or an interpolation of such a key. Their resolved values and the
+    variables' own values join `secret_values()` for the rest of the process (a short one, under `MIN_SCRUB_LEN`,
+    is blanked only at these keys)."""
+    raw = {k: v for k, v in _leaves_raw(OmegaConf.to_container(cfg, resolve=False)).items() if isinstance(v, str)}
+    keys = {k for k, v in raw.items() if "oc.env" in v}
+    for k in keys:
+        for name in _ENV_REF.findall(raw[k]):
+            if os.environ.get(name):
+                _env_values.add(os.environ[name])
+    grew = True
+    while grew:  # ${data.api_key} where data.api_key reads the environment, and so on
+        more = {
+            k
+            for k, v in raw.items()
+            if k not in keys
+            and any(r == e or e.startswith(r + ".") or r.startswith(e + ".") for r in _KEY_REF.findall(v) for e in keys)
+        }
+        keys |= more
+        grew = bool(more)
+    for k in keys:
+        with contextlib.suppress(OmegaConfBaseException):
+            value = OmegaConf.select(cfg, k, throw_on_missing=False)
+            if value not in (None, ""):
+                _env_values.add(str(value))
+    return keys
 
 
 def _containers(node: Any) -> Any:
@@ -243,10 +452,13 @@ def _containers(node: Any) -> Any:
 
 def to_dict(cfg: Any) -> Any:
     """Plain-dict copy of the config (`Settings` or any of its nodes, a dict of them, or a composed DictConfig) with
-    every secret blanked (`redact`): the J-Quants API key, any key named like key/token/password/secret, and
-    passwords inside URLs such as `hpo.storage`. Anything else is returned as is."""
+    every secret blanked (`redact`): the J-Quants API key, any key named like key/token/password/secret, passwords
+    and secret query parameters inside URLs such as `hpo.storage`, and every value read from an environment
+    variable (`${oc.env:...}`; by key in a whole config, by value anywhere). Anything else is returned as is."""
     if isinstance(cfg, DictConfig):
-        return redact(OmegaConf.to_container(cfg, resolve=True))
+        return redact(OmegaConf.to_container(cfg, resolve=True), env=env_keys(cfg))
+    if isinstance(cfg, Settings):
+        return redact(_containers(cfg), env=getattr(cfg, ENV_KEYS_ATTR, ()))
     if isinstance(cfg, Mapping) or (dataclasses.is_dataclass(cfg) and not isinstance(cfg, type)):
         return redact(_containers(cfg))
     return cfg

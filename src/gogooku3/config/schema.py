@@ -42,6 +42,7 @@ class PathsSettings:
     output_dir: str
     runs_dir: str
     dataset: str
+    keep_datasets: int
     mlflow_uri: str | None
 
 
@@ -134,6 +135,10 @@ class FilesDataSettings:
     extra_columns: str | list[str]
     adjust_splits: str
     decimal_comma: bool
+    allow_columns: list[str]
+    ohlc_tolerance: float
+    bad_ticks: str
+    tick_jump: float
     columns: FileColumnsSettings
     path: str | None  # the file `gogooku3 run data=files` imports (pipelines/full.py)
 
@@ -251,6 +256,15 @@ class FlagFeaturesSettings:
 
 
 @dataclass(kw_only=True)
+class UserFeaturesSettings:
+    max_abs_rankic: float
+    max_share_of_days: float
+    min_stocks: int
+    max_days: int
+    allow: list[str]
+
+
+@dataclass(kw_only=True)
 class FeaturesSettings:
     groups: FeatureGroupsSettings
     windows: FeatureWindowsSettings
@@ -263,6 +277,7 @@ class FeaturesSettings:
     sector: SectorFeaturesSettings
     quality: QualityFeaturesSettings
     flags: FlagFeaturesSettings
+    user: UserFeaturesSettings
     sections: dict[str, str]
     calendar_exchange: str
     chunk_rows: int
@@ -285,6 +300,7 @@ class WalkForwardSplitSettings:
     train_days: int | None
     embargo_days: int | None
     val_days: int
+    holdout_days: int
 
 
 @dataclass(kw_only=True)
@@ -294,6 +310,7 @@ class PurgedKFoldSplitSettings:
     min_train_days: int
     embargo_days: int | None
     val_days: int
+    holdout_days: int
 
 
 SplitSettings = WalkForwardSplitSettings | PurgedKFoldSplitSettings
@@ -495,7 +512,7 @@ class PortfolioSettings:
     min_price: float
     min_adv: float
     quantiles: int
-    periods_per_year: float
+    periods_per_year: float | Literal["auto"]  # auto: the data calendar's sessions a year
     vol_column: str
     max_weight: float
     realism: Literal["auto", "ideal", "realistic"]
@@ -507,6 +524,10 @@ class PortfolioSettings:
     commission_bps: float
     half_spread_bps: float
     impact_coef: float
+    spread_window: int
+    participation_cap: float
+    borrow_fee_annual: float
+    capacity_capitals: list[float]
 
 
 @dataclass(kw_only=True)
@@ -677,8 +698,18 @@ RANGES: dict[type, dict[str, Check]] = {
     FilesDataSettings: {
         "separator": ((lambda v: len(v) == 1), "a single character such as ',' ';' or '\\t'"),
         "format": _one_of("auto", "csv", "parquet"),
+        "ohlc_tolerance": _within(0, 1),
+        "bad_ticks": _one_of("refuse", "warn", "off"),
+        "tick_jump": _gt(1),
     },
+    PathsSettings: {"keep_datasets": _ge(1)},
     FeaturesSettings: {"chunk_rows": _ge(0)},
+    UserFeaturesSettings: {
+        "max_abs_rankic": _within(0, 1),
+        "max_share_of_days": _SHARE,
+        "min_stocks": _ge(3),
+        "max_days": _ge(20),
+    },
     LabelsSettings: {"horizons": _each(_ge(1), non_empty=True), "entry_lag": _ge(0)},
     WalkForwardSplitSettings: {
         "mode": _one_of("expanding", "sliding"),
@@ -688,12 +719,14 @@ RANGES: dict[type, dict[str, Check]] = {
         "train_days": _ge(1),
         "embargo_days": _ge(0),
         "val_days": _ge(1),
+        "holdout_days": _ge(0),
     },
     PurgedKFoldSplitSettings: {
         "n_splits": _ge(2),
         "min_train_days": _ge(1),
         "embargo_days": _ge(0),
         "val_days": _ge(1),
+        "holdout_days": _ge(0),
     },
     NormalizerSettings: {
         "method": _one_of(*NORMALIZER_METHODS),
@@ -801,13 +834,17 @@ RANGES: dict[type, dict[str, Check]] = {
         "min_price": _ge(0),
         "min_adv": _ge(0),
         "quantiles": _ge(2),
-        "periods_per_year": _gt(0),
+        "periods_per_year": ((lambda v: v == "auto" or v > 0), "'auto' or a number > 0"),
         "max_weight": _within(0, 1, lo_open=True),
         "capital": _gt(0),
         "lot_size": _ge(0),
         "commission_bps": _ge(0),
         "half_spread_bps": _ge(0),
         "impact_coef": _ge(0),
+        "spread_window": _ge(1),
+        "participation_cap": _within(0, 1, lo_open=True),
+        "borrow_fee_annual": _ge(0),
+        "capacity_capitals": _each(_gt(0)),
     },
     ReportSettings: {
         "rolling_window": _ge(1),

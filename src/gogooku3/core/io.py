@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
+import itertools
 import json
 import logging
 import os
 import re
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -213,12 +215,18 @@ def file_fingerprint(path: str | os.PathLike, length: int = 16) -> str:
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
     digest = _FILE_DIGESTS.get(key)
     if digest is None:
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        digest = _FILE_DIGESTS[key] = h.hexdigest()
+        digest = _FILE_DIGESTS[key] = sha256_file(path)
     return digest[:length]
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of every byte of a file, read afresh (hardware-accelerated on most CPUs: ~1.7 GB/s here, 2.6x
+    blake2b); `file_fingerprint` memoises it for keys, checks of stored files call this."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def timestamp() -> str:
@@ -227,29 +235,72 @@ def timestamp() -> str:
 
 
 def new_run_dir(runs_root: str | os.PathLike) -> Path:
-    """Create runs/<timestamp>/ (suffixed if taken). runs/last moves only when the run finishes (`point_last`)."""
+    """Create runs/<timestamp>/ (suffixed _1, _2, ... if taken). Race-free: the folder is claimed by `mkdir` itself,
+    so two runs starting in the same second never share one. runs/last moves only when the run finishes
+    (`point_last`)."""
     root = Path(runs_root)
     root.mkdir(parents=True, exist_ok=True)
     base = timestamp()
-    run = root / base
-    i = 1
-    while run.exists():
-        run = root / f"{base}_{i}"
-        i += 1
-    run.mkdir()
-    return run
+    for i in itertools.count():
+        run = root / (base if i == 0 else f"{base}_{i}")
+        try:
+            run.mkdir()
+        except FileExistsError:
+            continue
+        return run
+    raise AssertionError("unreachable")
+
+
+def check_last_link(runs_root: str | os.PathLike) -> None:
+    """runs/last must be a symlink (or absent): `point_last` replaces it. A real folder there (a `cp -r` of a run)
+    is refused with a DataError; it is never deleted."""
+    last = Path(runs_root) / "last"
+    if last.exists() and not last.is_symlink():
+        raise DataError(
+            f"{last}: is a real {'folder' if last.is_dir() else 'file'}, not the link to the latest run; rename it "
+            f"(mv {last} {last}_copy) and retry"
+        )
 
 
 def point_last(runs_root: str | os.PathLike, run: Path) -> Path:
-    """Atomically point runs/last at `run` (a relative symlink swapped in with os.replace)."""
+    """Atomically point runs/last at `run` (a relative symlink swapped in with os.replace); the temp link's name is
+    unique per process and thread."""
     root = Path(runs_root)
     last = root / "last"
-    tmp_link = root / f".last.{os.getpid()}"
-    if tmp_link.is_symlink() or tmp_link.exists():
-        tmp_link.unlink()
+    check_last_link(root)
+    tmp_link = root / f".last.{temp_owner()}.{threading.get_ident()}.{os.urandom(4).hex()}.tmp"
     tmp_link.symlink_to(Path(run).name)
-    os.replace(tmp_link, last)
+    try:
+        os.replace(tmp_link, last)
+    finally:
+        if tmp_link.is_symlink():
+            tmp_link.unlink()
+    crash_point("point runs/last")
     return last
+
+
+# Cells a spreadsheet reads as a formula (OWASP "CSV injection"): = + - @, tab and carriage return first.
+_FORMULA_START = r"^[=+\-@\t\r]"
+
+
+def csv_safe(df: pl.DataFrame) -> pl.DataFrame:
+    """`df` with every text cell (and column name) that a spreadsheet would run as a formula prefixed with `'`, as
+    OWASP recommends; numbers (negative ones too) stay numbers."""
+    text = [c for c, t in df.schema.items() if t == pl.String or isinstance(t, (pl.Categorical, pl.Enum))]
+    out = df.with_columns(
+        pl.when(pl.col(c).cast(pl.String).str.contains(_FORMULA_START))
+        .then(pl.lit("'") + pl.col(c).cast(pl.String))
+        .otherwise(pl.col(c).cast(pl.String))
+        .alias(c)
+        for c in text
+    )
+    return out.rename({c: f"'{c}" for c in out.columns if re.match(_FORMULA_START, c)})
+
+
+def write_csv(df: pl.DataFrame, path: str | os.PathLike) -> Path:
+    """Write `df` as CSV atomically with formula-like text cells neutralised (`csv_safe`): every CSV the project
+    writes goes through here."""
+    return write_text(path, csv_safe(df).write_csv())
 
 
 def peak_rss_mb() -> float:

@@ -1,8 +1,10 @@
-"""Opening a built dataset for training: its manifest (the allow-list and the dataset's facts) checked against the
-config, and its PanelStore (converted once, cached by fingerprint). Shared by `train` and `tune`."""
+"""Opening a built dataset for training: `paths.dataset` resolved once and pinned for the run (`features.published`),
+its manifest (the allow-list and the dataset's facts) checked against the config and against the parquet's content,
+and its PanelStore (converted once, cached by fingerprint). Shared by `train` and `tune`."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,9 +17,12 @@ from gogooku3.core.io import file_fingerprint
 from gogooku3.data.panel import PanelStore
 from gogooku3.evaluation.results import DatasetRef
 from gogooku3.features.manifest import FeatureManifest
+from gogooku3.features.published import pin
 
 if TYPE_CHECKING:
     from gogooku3.config.schema import Settings
+
+PINNED_ENV = "GOGOOKU3_PINNED_DATASET"  # the dataset version rank 0 of `train` reads, for its DDP ranks
 
 
 def open_manifest(cfg: Settings, dataset: Path) -> FeatureManifest:
@@ -31,9 +36,14 @@ def open_manifest(cfg: Settings, dataset: Path) -> FeatureManifest:
     return manifest
 
 
-def load_dataset(cfg: Settings) -> tuple[Path, FeatureManifest, DatasetRef]:
-    """The dataset, its manifest (the allow-list) and the facts it fixes; the config must agree with them."""
-    dataset = path(cfg, "paths.dataset")
+def load_dataset(cfg: Settings, ddp_child: bool = False) -> tuple[Path, FeatureManifest, DatasetRef]:
+    """The dataset (`paths.dataset` resolved and pinned: the version file every later read of the run uses, so a
+    rebuild meanwhile changes nothing), its manifest (the allow-list) and the facts it fixes; the config must agree
+    with them. A DDP rank Lightning starts later (`ddp_child`) takes the version rank 0 pinned."""
+    given = os.environ.get(PINNED_ENV) if ddp_child else None
+    dataset = pin(given or path(cfg, "paths.dataset"))
+    if not ddp_child:
+        os.environ[PINNED_ENV] = str(dataset)  # inherited by the ranks Lightning starts
     manifest = open_manifest(cfg, dataset)
     lf = pl.scan_parquet(dataset)
     manifest.check_frame(lf, dataset)

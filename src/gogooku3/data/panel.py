@@ -11,7 +11,6 @@ import datetime as dt
 import logging
 import math
 import os
-import re
 import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -28,19 +27,23 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from gogooku3.core import columns as C
 from gogooku3.core.errors import DataError
-from gogooku3.core.io import (
-    STALE_TMP_NO_OWNER_S,
-    fingerprint,
-    read_json,
-    stale_temp,
-    temp_owner,
-    write_json,
+from gogooku3.core.io import STALE_TMP_NO_OWNER_S, fingerprint, read_json, write_json
+from gogooku3.core.stores import (
+    LEFTOVER,
+    MARKER,
+    check_files,
+    clean_leftovers,
+    file_records,
+    new_owned_dir,
+    owned,
+    publish_dir,
+    temp_dir_for,
 )
 from gogooku3.data.normalize import CrossSectionalNormalizer, DenseNormalization, _Workspace
 
 log = logging.getLogger(__name__)
 
-PANEL_VERSION = 2  # 2: chunked conversion, dense normalisation kernels, (Date, Code) order
+PANEL_VERSION = 3  # 2: chunked conversion, dense normalisation kernels, (Date, Code) order; 3: marker, checksums
 CONVERT_BLOCK_MB = 256  # raw features normalised at a time by `PanelStore.convert` (a block of days)
 CONVERT_BATCH_ROWS = 1 << 18  # dataset rows read and scattered at a time by `PanelStore.convert` (the
 # builder's row group)
@@ -239,6 +242,7 @@ class PanelStore:
                     norm.to_dict(),
                     fingerprint_,
                     (D, N, F),
+                    file_records(tmp, _npy_names()),
                 ),
             )
             _publish(tmp, root)
@@ -286,9 +290,17 @@ class PanelStore:
             returns_col,
         )
         root = Path(cache_dir) / "panels" / fp
+        clean_leftovers(root.parent, _complete, "panel cache")  # puts back a panel a killed replacement set aside
         if root.joinpath("panel.json").exists() and not force:
-            log.info("panel: reusing %s", root)
-            return cls.load(root)
+            try:
+                panel = cls.load(root, verify=True)
+            except DataError as e:
+                if not owned(root):
+                    raise
+                log.warning("panel: %s; converting the dataset again", " ".join(str(e).split()))
+            else:
+                log.info("panel: reusing %s", root)
+                return panel
         return cls.convert(dataset, root, features, horizons, dict(normalizer), returns_col, fp, block_mb)
 
     # ---- persistence ----------------------------------------------------------------------------------
@@ -299,7 +311,7 @@ class PanelStore:
         try:
             for name in ARRAYS:
                 np.save(tmp / f"{name}.npy", getattr(self, name))
-            write_json(tmp / "panel.json", self.metadata())
+            write_json(tmp / "panel.json", {**self.metadata(), "files": file_records(tmp, _npy_names())})
             _publish(tmp, root)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -320,10 +332,18 @@ class PanelStore:
         )
 
     @classmethod
-    def load(cls, root: str | Path, mmap: bool = True) -> PanelStore:
+    def load(cls, root: str | Path, mmap: bool = True, verify: bool = False) -> PanelStore:
+        """The panel saved in `root`; `verify`: every array's size and checksum checked against panel.json first (a
+        DataError naming the file when one differs; `build` verifies the panel it reuses)."""
         root = Path(root)
         meta = read_json(root / "panel.json")
-        arrs = {n: np.load(root / f"{n}.npy", mmap_mode="r" if mmap else None) for n in ARRAYS}
+        if verify:
+            if not isinstance(meta.get("files"), dict):
+                raise DataError(f"{root / 'panel.json'}: no checksums (written by another version)")
+            problem = check_files(root, meta["files"])
+            if problem is not None:
+                raise DataError(f"panel cache {root}: {problem}")
+        arrs = {n: _load_array(root / f"{n}.npy", mmap) for n in ARRAYS}
         return cls(
             **arrs,
             codes=meta["codes"],
@@ -651,20 +671,25 @@ class _NpyFile:
 
 
 def _temp_dir(root: Path) -> Path:
-    tmp = root.with_name(f".{root.name}.{temp_owner()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return tmp
+    """`.<root>.<host>-<pid>.tmp/`, the project's marker written first."""
+    return new_owned_dir(temp_dir_for(root), "panel")
+
+
+def _load_array(path: Path, mmap: bool) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None)
+    except (OSError, ValueError, EOFError) as e:  # missing, truncated, a damaged header
+        raise DataError(f"panel cache: {path} is unreadable ({type(e).__name__}: {e})") from e
+
+
+def _npy_names() -> list[str]:
+    return [f"{n}.npy" for n in ARRAYS]
 
 
 def _publish(tmp: Path, root: Path) -> None:
-    """Rename the finished temp folder onto `root` (replacing an old one; a concurrent writer's copy is kept)."""
-    shutil.rmtree(root, ignore_errors=True)
-    try:
-        tmp.rename(root)
-    except OSError:
-        if not (root / "panel.json").exists():
-            raise
+    """Publish the finished temp folder as `root` atomically (replacing an old one of ours; a concurrent writer's
+    copy is kept)."""
+    if not publish_dir(tmp, root, f"publish panel {root.name}"):
         log.info("panel: %s was written by another process meanwhile; keeping it", root)
 
 
@@ -678,6 +703,7 @@ def _metadata(
     normalizer: dict,
     fingerprint_: str,
     shape: Sequence[int],
+    files: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     return {
         "version": PANEL_VERSION,
@@ -690,6 +716,7 @@ def _metadata(
         "normalizer": normalizer,
         "fingerprint": fingerprint_,
         "shape": list(shape),
+        **({"files": files} if files is not None else {}),
     }
 
 
@@ -706,36 +733,54 @@ def _log_day_level(dn: DenseNormalization) -> None:
         )
 
 
-_PANEL_TMP = re.compile(r"\.(?P<fp>[0-9a-f]+)(?:\.(?P<host>[0-9A-Za-z-]+)-(?P<pid>\d+))?\.tmp")
-
-
-def clean_cache(cache_dir: str | Path, keep: int | None, protect: Sequence[str] = ()) -> list[Path]:
-    """Bound `<cache_dir>/panels/`: remove the temp folders of killed conversions, incomplete panels, and all but
-    the `keep` newest complete panels (None: keep every panel; `protect`: fingerprints never removed, such as the
-    panel in use). Returns the removed folders."""
+def clean_cache(
+    cache_dir: str | Path, keep: int | None, protect: Sequence[str] = (), verify: bool = False
+) -> list[Path]:
+    """Bound `<cache_dir>/panels/`: remove the temp folders of killed conversions, incomplete, truncated (and, with
+    `verify`, corrupted: checksums read) panels, and all but the `keep` newest complete panels (None: keep every
+    panel; `protect`: fingerprints never removed, such as the panel in use). Only folders with the project's marker
+    are removed; the others are logged and left. Returns the removed folders."""
     panels = Path(cache_dir) / "panels"
     if not panels.is_dir():
         return []
-    now, removed, complete = time.time(), [], []
-    for d in panels.iterdir():
-        if not d.is_dir() or d.name in protect:
+    removed = clean_leftovers(panels, _complete, "panel cache")
+    now, complete, bad = time.time(), [], []
+    for d in sorted(panels.iterdir()):
+        if d.name in protect or LEFTOVER.fullmatch(d.name) or d.is_symlink() or not d.is_dir():
             continue
-        m = _PANEL_TMP.fullmatch(d.name)
-        if m is not None:
-            if stale_temp(m["host"], m["pid"], now - d.stat().st_mtime):
-                removed.append(d)
-        elif (d / "panel.json").is_file():
+        if not owned(d):
+            log.info("panel cache: left %s alone: not created by gogooku3 (no %s marker)", d, MARKER)
+            continue
+        problem = _panel_problem(d, verify)
+        if problem is None:
             complete.append(d)
-        elif now - d.stat().st_mtime > STALE_TMP_NO_OWNER_S:  # a folder a killed older version left half-written
-            removed.append(d)
+        elif (d / "panel.json").exists() or now - d.stat().st_mtime > STALE_TMP_NO_OWNER_S:
+            log.warning("panel cache: removing %s: %s", d, problem)
+            bad.append(d)
     if keep is not None:
         complete.sort(key=lambda d: (d / "panel.json").stat().st_mtime, reverse=True)
         kept = sum((panels / fp / "panel.json").is_file() for fp in set(protect))
-        removed += complete[max(0, int(keep) - kept) :]
-    for d in removed:
+        bad += complete[max(0, int(keep) - kept) :]
+    for d in bad:
         shutil.rmtree(d, ignore_errors=True)
         log.info("panel cache: removed %s", d)
-    return removed
+    return removed + bad
+
+
+def _complete(d: Path) -> bool:
+    return _panel_problem(d, False) is None
+
+
+def _panel_problem(d: Path, digests: bool) -> str | None:
+    """What makes the panel folder `d` unusable (no or unreadable panel.json, no checksums, a missing, truncated or,
+    with `digests`, corrupted array), or None."""
+    try:
+        meta = read_json(d / "panel.json")
+    except DataError as e:
+        return str(e)
+    if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
+        return "panel.json lists no checksums (written by another version)"
+    return check_files(d, meta["files"], digests)
 
 
 class DayBatchSampler(Sampler):

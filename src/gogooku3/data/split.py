@@ -12,7 +12,9 @@ A training date t after the block with t − L ≤ the block's last session ther
 in its features. Such dates are purged too (`Fold.lookback_purged` counts those the label purge and embargo left):
 training resumes L + 1 sessions after the block. L comes from the dataset's manifest
 (`FeatureManifest.max_lookback`); when it is unknown, purged K-fold is refused with a ConfigError (walk-forward
-never trains after its test block and needs no look-back).
+never trains after its test block and needs no look-back). The deep model reads a window of `model.window` = W
+sessions [t − W + 1, t] of those features, so a sample of date t reads sessions back to t − W + 1 − L: with the
+`input_window` W the purge after the block widens to L + W − 1 sessions (training resumes L + W sessions after it).
 """
 
 from __future__ import annotations
@@ -50,6 +52,13 @@ class Fold:
     gaps: dict[str, int | None] = field(default_factory=dict)  # trading days between train and test on each side
     feature_lookback: int | None = None  # k-fold: the features' longest look-back in sessions (walk-forward: None)
     lookback_purged: int = 0  # k-fold: training dates after the block purged for it beyond the embargo
+    input_window: int = 1  # k-fold: the model's input window W (sessions); the purge after the block is L + W - 1
+
+    @property
+    def reach(self) -> int | None:
+        """Sessions a training sample of date t reads back (features' look-back + input window - 1; None without
+        a look-back)."""
+        return None if self.feature_lookback is None else self.feature_lookback + self.input_window - 1
 
     @property
     def train_range(self) -> tuple[dt.date, dt.date]:
@@ -89,6 +98,7 @@ class Fold:
             "overlapping_dates": overlap,
             "feature_lookback": self.feature_lookback,
             "lookback_purged": self.lookback_purged,
+            "input_window": self.input_window,
         }
 
 
@@ -138,9 +148,11 @@ class _BaseSplitter:
         test_hi: int,
         candidates: np.ndarray,
         lookback: int | None = None,
+        input_window: int = 1,
     ) -> Fold:
         """Build a fold from test positions [test_lo, test_hi] and candidate training positions; with `lookback`,
-        training positions after the block whose feature window [t − lookback, t] reaches it are purged as well."""
+        training positions after the block whose inputs [t − input_window + 1 − lookback, t] reach it are purged as
+        well."""
         pos = candidates
         before = pos[pos < test_lo]
         after = pos[pos > test_hi]
@@ -150,7 +162,8 @@ class _BaseSplitter:
         purge_after = after <= test_hi + self.label_span
         emb_before = before >= test_lo - self.embargo_days
         emb_after = after <= test_hi + self.embargo_days
-        look_after = after <= test_hi + lookback if lookback is not None else np.zeros(after.shape, bool)
+        reach = None if lookback is None else lookback + input_window - 1
+        look_after = after <= test_hi + reach if reach is not None else np.zeros(after.shape, bool)
         drop_after = emb_after | look_after
         keep = np.concatenate([before[~emb_before], after[~drop_after]])
         purged = int(purge_before.sum() + purge_after.sum())
@@ -171,6 +184,7 @@ class _BaseSplitter:
             gaps,
             lookback,
             int((look_after & ~emb_after).sum()),
+            input_window,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -203,8 +217,10 @@ class WalkForwardSplitter(_BaseSplitter):
         min_train_days: int,
         test_days: int | None,
         train_days: int | None,
+        holdout_days: int = 0,
     ) -> None:
         super().__init__(n_splits, horizons, entry_lag, embargo_days)
+        self.holdout_days = int(holdout_days)  # only sizes the proposals: the held-out slice is cut by `inner_slices`
         if mode not in ("expanding", "sliding"):
             raise ConfigError(f"split.mode must be 'expanding' or 'sliding', got '{mode}'")
         self.mode = mode
@@ -244,11 +260,14 @@ class WalkForwardSplitter(_BaseSplitter):
         (half of what the embargo leaves, at least `MIN_FIT_DAYS` + the label span so the inner validation slice
         fits, the rest in the same number of test blocks), then fewer folds."""
         avail, k = n - self.embargo_days, self.n_splits
-        need = MIN_FIT_DAYS + self.label_span
+        hold = self.holdout_days + self.label_span if self.holdout_days else 0
+        need = MIN_FIT_DAYS + self.label_span + hold
+        held = f", the {self.holdout_days}-session held-out slice (split.holdout_days) after a second gap"
+        held = held if hold else ""
         short = (
             f"add dates, or shorten labels.horizons (a first training span needs about {need} sessions: "
             f"the {MIN_FIT_DAYS - 20}-session inner validation slice of the default split.val_days, its "
-            f"{self.label_span}-session label gap and 20 to fit)"
+            f"{self.label_span}-session label gap{held} and 20 to fit)"
         )
         if avail < 2:
             return (
@@ -285,8 +304,8 @@ class WalkForwardSplitter(_BaseSplitter):
 
 class PurgedKFoldSplitter(_BaseSplitter):
     """K contiguous test blocks; training = every other date, purged and embargoed on both sides of the block, and
-    purged after the block for the features' look-back (`feature_lookback` sessions; required, see the module
-    docstring)."""
+    purged after the block for the features' look-back (`feature_lookback` sessions; required) plus the model's
+    input window (`input_window` sessions: L + W - 1 in all, see the module docstring)."""
 
     method = "purged_kfold"
 
@@ -299,6 +318,7 @@ class PurgedKFoldSplitter(_BaseSplitter):
         embargo_days: int | None,
         min_train_days: int,
         feature_lookback: int | None,
+        input_window: int = 1,
     ) -> None:
         super().__init__(n_splits, horizons, entry_lag, embargo_days)
         if self.n_splits < 2:
@@ -312,6 +332,9 @@ class PurgedKFoldSplitter(_BaseSplitter):
         if int(feature_lookback) < 0:
             raise ConfigError(f"feature look-back must be >= 0 sessions, got {feature_lookback}")
         self.feature_lookback = int(feature_lookback)
+        if int(input_window) < 1:
+            raise ConfigError(f"model.window must be >= 1 session, got {input_window}")
+        self.input_window = int(input_window)
         self.min_train_days = int(min_train_days)
 
     def split(self, dates: Iterable[dt.date] | pl.Series) -> list[Fold]:
@@ -328,27 +351,37 @@ class PurgedKFoldSplitter(_BaseSplitter):
         for i in range(self.n_splits):
             test_lo, test_hi = int(bounds[i]), int(bounds[i + 1]) - 1
             cand = allpos[(allpos < test_lo) | (allpos > test_hi)]
-            fold = self._fold(i, sessions, test_lo, test_hi, cand, self.feature_lookback)
+            fold = self._fold(i, sessions, test_lo, test_hi, cand, self.feature_lookback, self.input_window)
             if len(fold.train_dates) < self.min_train_days:
                 raise DataError(
                     f"purged k-fold {i}: only {len(fold.train_dates)} training dates after purge, "
-                    f"embargo and the {self.feature_lookback}-session feature look-back (need "
-                    f"{self.min_train_days}); use fewer folds, a shorter embargo or split=walk_forward"
+                    f"embargo and the {self.feature_lookback}-session feature look-back + {self.input_window}-session "
+                    f"input window (need {self.min_train_days}); use fewer folds, a shorter embargo or "
+                    "split=walk_forward"
                 )
             folds.append(fold)
         check_folds(folds, sessions)
         return folds
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "min_train_days": self.min_train_days, "feature_lookback": self.feature_lookback}
+        return {
+            **super().describe(),
+            "min_train_days": self.min_train_days,
+            "feature_lookback": self.feature_lookback,
+            "input_window": self.input_window,
+        }
 
 
 def make_splitter(
-    split_cfg: Any, horizons: Sequence[int], entry_lag: int, feature_lookback: int | None = None
+    split_cfg: Any,
+    horizons: Sequence[int],
+    entry_lag: int,
+    feature_lookback: int | None = None,
+    input_window: int = 1,
 ) -> WalkForwardSplitter | PurgedKFoldSplitter:
     """The splitter named by `split.method` (`walk_forward` | `purged_kfold`) with its config keys (every key of
     that option, as in its YAML; checked by the schema); purged K-fold needs `feature_lookback` (the manifest's
-    `max_lookback`) and is refused without it."""
+    `max_lookback`) and is refused without it, and purges the model's `input_window` (`model.window`) as well."""
     k = typed(split_cfg, SplitSettings, "split")
     if isinstance(k, WalkForwardSplitSettings):
         return WalkForwardSplitter(
@@ -360,6 +393,7 @@ def make_splitter(
             min_train_days=k.min_train_days,
             test_days=k.test_days,
             train_days=k.train_days,
+            holdout_days=k.holdout_days,
         )
     return PurgedKFoldSplitter(
         n_splits=k.n_splits,
@@ -368,6 +402,7 @@ def make_splitter(
         embargo_days=k.embargo_days,
         min_train_days=k.min_train_days,
         feature_lookback=feature_lookback,
+        input_window=input_window,
     )
 
 
@@ -399,6 +434,27 @@ def inner_validation(
             f"with a {gap_days}-day gap"
         )
     return dates[: len(dates) - val_days - gap_days], dates[len(dates) - val_days :]
+
+
+def inner_holdout(
+    train_dates: Sequence[dt.date], val_days: int, gap_days: int, holdout_days: int
+) -> tuple[list[dt.date], list[dt.date], list[dt.date]]:
+    """(fit, val, holdout): the last `holdout_days` dates are held out, `gap_days` before them dropped, and the rest
+    cut by `inner_validation` (fit | gap | val). No model early-stops or selects on the held-out dates, so a choice
+    made there (blend weights) sees predictions no selection has tuned. `holdout_days=0`: no held-out slice."""
+    dates = sorted(train_dates)
+    hold, gap = int(holdout_days), int(gap_days)
+    if hold < 0:
+        raise ConfigError(f"split.holdout_days must be >= 0, got {holdout_days}")
+    if hold == 0:
+        return (*inner_validation(dates, val_days, gap), [])
+    if len(dates) < hold + gap + int(val_days) + gap + 1:
+        raise DataError(
+            f"training span of {len(dates)} dates is too short for a {val_days}-day validation slice and a "
+            f"{hold}-day held-out slice, each after a {gap}-day gap; lower split.holdout_days or split.val_days"
+        )
+    fit, val = inner_validation(dates[: len(dates) - hold - gap], val_days, gap)
+    return fit, val, dates[len(dates) - hold :]
 
 
 def check_folds(
@@ -437,11 +493,12 @@ def check_folds(
                     f"embargo is {f.embargo_days}"
                 )
             after = tp > hi
-            if f.feature_lookback is not None and after.any() and int(dist[after].min()) < f.feature_lookback:
+            reach = f.reach
+            if reach is not None and after.any() and int(dist[after].min()) < reach:
                 bad = f.train_dates[int(np.flatnonzero(after)[dist[after].argmin()])]
                 raise LeakageError(
                     f"fold {f.index}: training date {bad} after the test block is within the "
-                    f"{f.feature_lookback}-session feature look-back of it"
+                    f"{f.feature_lookback}-session feature look-back + {f.input_window}-session input window of it"
                 )
             min_gap = g if min_gap is None else min(min_gap, g)
     for a, b in itertools.pairwise(folds):

@@ -115,6 +115,42 @@ def drop_too_null(
     return [f for f in features if f not in too_null], too_null, nulls
 
 
+def screen_dates(folds: Sequence[Any]) -> dict[int, list[dt.date]]:
+    """Fold index -> the training dates its null screen reads: fold 0's for every fold when they precede every test
+    block (walk-forward), else each fold's own (purged k-fold: fold 0's training dates hold other folds' test
+    blocks, so a screen there would pick a fold's features with its own test days)."""
+    first = folds[0]
+    if all(first.train_dates[-1] < f.test_dates[0] for f in folds):
+        return {int(f.index): list(first.train_dates) for f in folds}
+    return {int(f.index): list(f.train_dates) for f in folds}
+
+
+def screen_folds(
+    df: pl.DataFrame,
+    features: Sequence[str],
+    folds: Sequence[Any],
+    max_null_share: float,
+    null_action: str,
+    source: str = "dataset",
+) -> dict[int, tuple[list[str], dict[str, float]]]:
+    """Fold index -> (kept features, dropped -> null share): `drop_too_null` on each fold's `screen_dates`."""
+    out: dict[int, tuple[list[str], dict[str, float]]] = {}
+    done: dict[tuple[dt.date, dt.date, int], tuple[list[str], dict[str, float]]] = {}
+    for k, dates in screen_dates(folds).items():
+        key = (dates[0], dates[-1], len(dates))
+        if key not in done:
+            kept, dropped, _ = drop_too_null(df, features, dates, max_null_share, null_action, f"{source} fold {k}")
+            done[key] = (kept, dropped)
+        out[k] = done[key]
+    return out
+
+
+def union_features(features: Sequence[str], per_fold: dict[int, tuple[list[str], dict[str, float]]]) -> list[str]:
+    """The features some fold keeps, in the order of `features`."""
+    kept = {f for fs, _ in per_fold.values() for f in fs}
+    return [f for f in features if f in kept]
+
+
 def validate_dataset(
     df: pl.DataFrame,
     manifest: FeatureManifest,

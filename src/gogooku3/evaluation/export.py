@@ -22,8 +22,9 @@ import polars as pl
 
 from gogooku3.core import columns as C
 from gogooku3.core.errors import ConfigError
-from gogooku3.core.io import write_parquet, write_text
+from gogooku3.core.io import write_csv, write_parquet
 from gogooku3.evaluation.results import run_predictions
+from gogooku3.features.published import pin
 
 if TYPE_CHECKING:
     from gogooku3.config.schema import Settings
@@ -56,7 +57,7 @@ def quantstats_frame(cfg: Settings, preds: pl.DataFrame) -> pl.DataFrame:
     from gogooku3.evaluation.backtest.market import UNIVERSE_COLUMNS, attach_dataset_columns, data_source, market_for
 
     c = BacktestConfig.from_any(cfg)
-    dataset = Path(cfg.paths.dataset)
+    dataset = pin(cfg.paths.dataset)  # resolved once: every read below is of one version
     if dataset.exists():
         preds = attach_dataset_columns(preds, dataset, (*UNIVERSE_COLUMNS, c.vol_column), check_keys=False)
     market = market_for(cfg, preds, dataset, c.vol_column)
@@ -74,7 +75,7 @@ def export_run(cfg: Settings, run_dir: str | Path, to: str) -> list[Path]:
     log.info("export %s: the product predictor %s (%s)", to, name, src)
     preds = pl.read_parquet(src)
     if to == "alphalens":
-        dataset, col = Path(cfg.paths.dataset), cfg.report.sector_column
+        dataset, col = pin(cfg.paths.dataset), cfg.report.sector_column
         groups = None
         if dataset.exists() and col in pl.scan_parquet(dataset).collect_schema():
             keys = preds.select(pl.col(C.DATE).cast(pl.Date), pl.col(C.CODE).cast(pl.String)).unique()
@@ -93,6 +94,6 @@ def export_run(cfg: Settings, run_dir: str | Path, to: str) -> list[Path]:
         frame, name = quantstats_frame(cfg, preds), "quantstats_returns"
     out = run / "export" / f"{name}.parquet"
     write_parquet(frame, out)
-    write_text(out.with_suffix(".csv"), frame.write_csv())
+    write_csv(frame, out.with_suffix(".csv"))
     log.info("export %s: %d rows, columns %s -> %s (+ .csv)", to, frame.height, ", ".join(frame.columns), out)
     return [out, out.with_suffix(".csv")]

@@ -1,7 +1,7 @@
 """Run report: every figure of a training run as JSON plus one self-contained HTML tear sheet.
 
 The page (no network, matplotlib PNGs inline) opens with tiles saying what was run (model config, parameters; the
-original's targets only for `model=full`), then IC decay over horizons with Newey–West bands, the monthly RankIC
+original's targets only for `model=full`), then IC decay over horizons with HAC bands, the monthly RankIC
 heatmap, RankIC by sector (`report.sector_column` of the dataset), signal turnover and rank autocorrelation, mean and
 cumulative return per prediction quantile, the log-scale equity curve of the ideal and realistic books, the rolling
 Sharpe, benchmark-relative figures (TOPIX from the raw `topix` table, and the universe's equal-weight return), the
@@ -26,10 +26,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import matplotlib
 import polars as pl
 
 from gogooku3.core import columns as C
@@ -38,6 +39,7 @@ from gogooku3.core.io import peak_rss_mb, read_json, timestamp, to_json, write_t
 from gogooku3.evaluation import metrics
 from gogooku3.evaluation import report_html as H
 from gogooku3.evaluation.backtest.benchmarks import benchmark_returns, relative_figures, topix_closes
+from gogooku3.evaluation.backtest.capacity import capacity
 from gogooku3.evaluation.backtest.config import BacktestConfig
 from gogooku3.evaluation.backtest.engine import backtest_both
 from gogooku3.evaluation.backtest.market import (
@@ -51,6 +53,7 @@ from gogooku3.evaluation.backtest.summary import BacktestResult, rolling_sharpe
 from gogooku3.evaluation.compare import Comparison, align, compare
 from gogooku3.evaluation.compare import daily as daily_ic
 from gogooku3.evaluation.results import SafeSummary, TrainResult
+from gogooku3.features.published import pin
 
 if TYPE_CHECKING:
     from gogooku3.config.schema import Settings
@@ -166,15 +169,62 @@ def baseline_inputs(result: TrainResult | None) -> tuple[dict[str, float] | None
 
 
 def _backtests(
-    df: pl.DataFrame | None, cfg: Settings, c: BacktestConfig, market: Market | None, source: str
+    df: pl.DataFrame | None, cfg: Settings, c: BacktestConfig, market: Market | None, source: str, dataset: Path
 ) -> tuple[dict[str, BacktestResult], str] | None:
     """The ideal and the realistic backtest of one predictor (None without its horizon's predictions)."""
     if df is None or C.pred(c.horizon) not in df.columns:
         return None
-    dataset = Path(cfg.paths.dataset)
     if dataset.exists():
         df = attach_dataset_columns(df, dataset, (*UNIVERSE_COLUMNS, c.vol_column), check_keys=False)
     return backtest_both(df, c, market, source)
+
+
+BY_HORIZON = ("sharpe", "sharpe_tstat", "ann_return", "max_drawdown", "avg_turnover", "total_cost")
+
+
+def _by_horizon(
+    frames: dict[str, pl.DataFrame],
+    bc: BacktestConfig,
+    market: Market | None,
+    source: str,
+    dataset: Path,
+    horizons: list[int],
+) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """{predictor: {h: {mode: figures}}}: the realistic and the ideal overlapping-cohort book at every horizon (h
+    cohorts, each held h sessions), on each predictor's aligned rows: one Sharpe per horizon, no start day."""
+    out: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    for k, df in frames.items():
+        if dataset.exists():
+            df = attach_dataset_columns(df, dataset, (*UNIVERSE_COLUMNS, bc.vol_column), check_keys=False)
+        for h in horizons:
+            if C.pred(h) not in df.columns:
+                continue
+            try:
+                res, _ = backtest_both(df, bc, market, source, horizon=h)
+            except DataError as e:
+                log.warning("report: %s backtest at %dd skipped: %s", k, h, e)
+                continue
+            out.setdefault(k, {})[str(h)] = {
+                mode: {f: r.summary[f] for f in BY_HORIZON if f in r.summary} for mode, r in res.items()
+            }
+    return out
+
+
+def _by_horizon_rows(by_h: dict) -> list[tuple]:
+    return [
+        (
+            f"{k} {h}d",
+            m["realistic"]["sharpe"],
+            m["realistic"]["ann_return"],
+            m["realistic"]["max_drawdown"],
+            m["realistic"]["avg_turnover"],
+            m["realistic"]["total_cost"],
+            m["ideal"]["sharpe"],
+            m["ideal"]["ann_return"],
+        )
+        for k, hs in by_h.items()
+        for h, m in hs.items()
+    ]
 
 
 def build_report(cfg: Settings, run_dir: str | Path) -> dict[str, Path]:
@@ -229,7 +279,7 @@ def build_report(cfg: Settings, run_dir: str | Path) -> dict[str, Path]:
 
     # ---- backtests: ideal and realistic, the headline one per `portfolio.realism` ---------------------
     bc = BacktestConfig.from_any(cfg)
-    dataset = Path(cfg.paths.dataset)
+    dataset = pin(cfg.paths.dataset)  # resolved once: every read of the report is of one version
     source = data_source(cfg, dataset)
     market = market_for(cfg, model, dataset, bc.vol_column)
     if market is None:
@@ -239,18 +289,32 @@ def build_report(cfg: Settings, run_dir: str | Path) -> dict[str, Path]:
     headline = bc.headline(source)
     for k, v in frames.items():
         try:
-            if (res := _backtests(v, cfg, bc, market, source)) is not None:
+            if (res := _backtests(v, cfg, bc, market, source, dataset)) is not None:
                 both[k], headline = res
                 bts[k] = both[k][headline]
         except DataError as e:  # e.g. too few names per day: report the rest and say why
             log.warning("report: %s backtest skipped: %s", k, e)
             missing.append(f"{k} backtest ({e})")
+    books = {k: frames[k] for k in dict.fromkeys([lead, ref]) if k in frames}  # the product and its reference
+    by_horizon = _by_horizon(books, bc, market, source, dataset, horizons)
+    cap = None  # capacity: the product's realistic book at each of portfolio.capacity_capitals, at every horizon
+    if lead in both:
+        cap_in = frames[lead]
+        if dataset.exists():
+            cap_in = attach_dataset_columns(cap_in, dataset, (*UNIVERSE_COLUMNS, bc.vol_column), check_keys=False)
+        cap = {
+            "predictor": lead,
+            "horizons": {
+                h: {"rows": capacity(cap_in, replace(bc, horizon=int(h)), market), "ideal_sharpe": m["ideal"]["sharpe"]}
+                for h, m in by_horizon.get(lead, {}).items()
+            },
+        }
     bt_year = {
         k: (
             v.daily.group_by(year=pl.col(C.DATE).dt.year())
             .agg(
                 net=(1 + pl.col("net")).product() - 1,
-                sharpe=pl.col("net").mean() / pl.col("net").std() * math.sqrt(bc.periods_per_year / bc.horizon),
+                sharpe=pl.col("net").mean() / pl.col("net").std() * math.sqrt(v.summary["periods_per_year"]),
                 periods=pl.len(),
             )
             .sort("year")
@@ -325,6 +389,8 @@ def build_report(cfg: Settings, run_dir: str | Path) -> dict[str, Path]:
         "evaluation_per_fold": comp.per_fold,
         "per_year": {k: v.to_dicts() for k, v in per_year.items()},
         "quantile_returns": {k: v.to_dicts() for k, v in quants.items()},
+        "backtest_by_horizon": by_horizon,
+        "backtest_capacity": cap,
         "backtest": {
             k: {
                 "summary": v.summary,
@@ -351,8 +417,10 @@ def build_report(cfg: Settings, run_dir: str | Path) -> dict[str, Path]:
             if model_sharpe is not None and math.isfinite(model_sharpe)
             else None,
             "targets_apply": targets_apply,
-            "sharpe_definition": f"mean(net)/std(net)*sqrt({bc.periods_per_year}/{bc.horizon}), {headline} "
-            f"backtest, cost model {bc.cost_model} ({bc.cost_bps:g} bps per unit turnover when "
+            "sharpe_definition": "mean(net)/std(net)*sqrt(sessions a year: "
+            f"{bts[lead].summary['periods_per_year'] if lead in bts else bc.periods_per_year}) of the daily net "
+            f"returns of the book of overlapping {bc.horizon}-session cohorts, {headline} backtest, cost model "
+            f"{bc.cost_model} ({bc.cost_bps:g} bps per unit turnover when "
             "flat); the original's 0.849 has no known definition",
         },
         "feature_importance": {k: v for k, v in importances.items() if v},
@@ -366,24 +434,26 @@ def build_report(cfg: Settings, run_dir: str | Path) -> dict[str, Path]:
         "report_peak_rss_mb": None,
     }
 
-    html = _html(
-        report,
-        daily,
-        h0,
-        bts,
-        evals,
-        quants,
-        per_year,
-        bt_year,
-        importances,
-        curves,
-        paired,
-        window,
-        top,
-        dpi,
-        both,
-        tear_frames,
-    )
+    # sector names, feature names and predictor names are data: a '$' in one must print, not start TeX math
+    with matplotlib.rc_context({"text.parse_math": False}):
+        html = _html(
+            report,
+            daily,
+            h0,
+            bts,
+            evals,
+            quants,
+            per_year,
+            bt_year,
+            importances,
+            curves,
+            paired,
+            window,
+            top,
+            dpi,
+            both,
+            tear_frames,
+        )
     report["report_seconds"] = time.perf_counter() - t0
     report["report_peak_rss_mb"] = peak_rss_mb()
     json_path, html_path = run / "report.json", run / "report.html"
@@ -462,7 +532,9 @@ def _tear_sheet(
     cumq = metrics.cumulative_quantile_returns(model, C.pred(h0), C.target(h0), q)
 
     window = rc.rolling_sharpe_days
-    roll = {k: rolling_sharpe(v[headline].daily, window, bc) for k, v in both.items()}
+    roll = {
+        k: rolling_sharpe(v[headline].daily, window, v[headline].summary["periods_per_year"]) for k, v in both.items()
+    }
     topix = topix_closes(cfg.paths.raw_dir)
     have_topix = topix is not None and market is not None
     bench = rc.benchmark
@@ -471,14 +543,13 @@ def _tear_sheet(
     elif bench == "topix" and not have_topix:
         missing.append("TOPIX (no raw topix table or no dataset calendar): benchmark is the equal-weight universe")
         bench = "equal_weight"
-    ppy = bc.periods_per_year / bc.horizon
     relative: dict[str, dict] = {}
     bench_curve = None
     for k, modes in both.items():
         for mode, res in modes.items():
             br = benchmark_returns(res, market, topix)
             relative[f"{k} {mode}"] = {
-                b: relative_figures(br["strategy"], br[b], ppy)
+                b: relative_figures(br["strategy"], br[b], res.summary["periods_per_year"])
                 for b in ("topix", "equal_weight")
                 if br[b].drop_nulls().len()
             }
@@ -533,8 +604,22 @@ def _tear_sheet(
 
 
 def _tlabel(d: dict | None) -> str:
-    """'NW lag L' of a dict with a Newey–West t-stat."""
-    return f"{d.get('tstat_method', '?').replace('newey_west', 'Newey–West')}, lag {d.get('hac_lag')}" if d else ""
+    """'Newey–West, lag L' or 'EWC, t(B)' of a dict with a t-stat (`metrics.mean_tstat`)."""
+    if not d:
+        return ""
+    if d.get("tstat_method") == metrics.TSTAT_METHOD_OVERLAP:
+        return f"EWC, t({d.get('tstat_dof')})"
+    return f"{d.get('tstat_method', '?').replace('newey_west', 'Newey–West')}, lag {d.get('hac_lag')}"
+
+
+def _tshort(d: dict) -> str:
+    """The t-stat column's method cell: 'NW 4' (Newey–West lag) or 'EWC t(3)'."""
+    return _tlabel(d).replace("Newey–West, lag ", "NW ").replace("EWC, ", "EWC ")
+
+
+def _tname(h: int) -> str:
+    """'NW' or 'EWC': the t-stat of `h`-day labels."""
+    return "EWC" if metrics.tstat_method(h) == metrics.TSTAT_METHOD_OVERLAP else "NW"
 
 
 def _rows_table(rows: dict | None) -> str:
@@ -556,7 +641,7 @@ def _rows_table(rows: dict | None) -> str:
 def _bt_rows(both: dict, headline: str) -> list[tuple]:
     out = []
     for name, modes in both.items():
-        for mode in ("ideal", "realistic"):
+        for mode in ("realistic", "ideal"):  # the realistic book first, the idealised one beside it
             s = modes[mode].summary
             pos, re_ = s["positions"], s["realism"]
             bc = s["by_cost_model"]
@@ -602,7 +687,28 @@ def _realism_note(both: dict, lead: str) -> str:
         f"{re_['lot_size']}. Positions: suspended (carried to the next close) / delisted (to the last close) / "
         "unfilled (no entry close) / unpriced (no label, no price). Skipped orders: short names passed over as not "
         "borrowable, new longs/shorts at a limit entry close, names below one lot. Dates: missing / unrealised / "
-        "too few names.</p>"
+        "too few names.</p>" + _costs_note(re_)
+    )
+
+
+def _costs_note(re_: dict) -> str:
+    """The realistic book's TSE cost parts and fills (backtest/costs.py), one line."""
+    co, fi = re_.get("costs"), re_.get("fills")
+    if not co:
+        return ""
+    parts = ", ".join(f"{k} {100 * co[k]:.2f} %" for k in ("commission", "spread", "impact", "borrow", "opportunity"))
+    fills = ""
+    if fi:
+        u = fi["unfilled_orders"]
+        fills = (
+            f"; orders not (fully) filled: {u['cap']} at the {100 * fi['participation_cap']:g} % ADV cap, "
+            f"{u['limit']} locked at a price limit, {u['halt']} halted (carried to the next session); "
+            f"{100 * (fi['filled_share_of_traded'] or 0):.1f} % of the wanted trading filled"
+        )
+    return (
+        f'<p class="note">TSE costs of the realistic book, summed over the period (of capital): {parts} (opportunity: '
+        f"what the unfilled orders' positions lost){fills}. Short-selling restriction lists are not in the data "
+        "(J-Quants' daily margin / short-sale regulation flags are not fetched): not applied.</p>"
     )
 
 
@@ -777,8 +883,11 @@ def _html(
     lead, ref = rep["product"], rep["reference"]
     missing = f'<p class="note">Missing inputs: {H.fmt(", ".join(rep["missing"]))}</p>' if rep["missing"] else ""
     note = (
-        f'<p class="note">Sharpe: {H.fmt(chk["sharpe_definition"])}. Every t-stat is Newey–West (HAC) with lag '
-        "max(h − 1, floor(4 (n/100)^(2/9))); days with a constant prediction count as IC 0.</p>"
+        f'<p class="note">Sharpe: {H.fmt(chk["sharpe_definition"])}. t-stats of 1-day labels and of the backtests '
+        "are Newey–West (HAC, lag floor(4 (n/100)^(2/9)), reference t(n − 1)); t-stats of h-day labels (h > 1, "
+        "overlapping windows) are EWC (equal-weighted cosine HAC, B = floor(0.4 n / h) cosines, reference t(B)), "
+        "because Newey–West with lag h − 1 rejects a true null 2–3 times too often there; "
+        "days with a constant prediction count as IC 0.</p>"
     )
     secs = [H.section("summary", "What was run and what it achieved", _tiles(rep, evals, paired, h0) + note + missing)]
 
@@ -798,7 +907,7 @@ def _html(
                     s["rank_ic_mean"],
                     s["rank_icir"],
                     s["rank_ic_tstat"],
-                    s["hac_lag"],
+                    _tshort(s),
                     s["rank_ic_tstat_naive"],
                     s["rank_ic_pos_share"],
                     s["hit_rate"],
@@ -815,7 +924,7 @@ def _html(
             p["mean_b"],
             p["mean_diff"],
             p["t_stat"],
-            p["hac_lag"],
+            _tshort(p),
             p["t_stat_naive"],
             p["p_value"],
             p["n_days"],
@@ -831,8 +940,8 @@ def _html(
                 H.caption(
                     H.chart_ic_decay(tf["decay"], dpi),
                     "Each predictor's pred_{h}d against target_{h}d; the dotted line is the "
-                    f"{h0}-day signal against longer targets. Bands: mean ± 1.96 Newey–West "
-                    "standard errors.",
+                    f"{h0}-day signal against longer targets. 95 % bands: 1 day mean ± 1.96 Newey–West "
+                    "standard errors, h > 1 days mean ± t_0.975(B) EWC standard errors.",
                 )
             )
             + H.table(
@@ -842,8 +951,8 @@ def _html(
                     "ICIR",
                     "RankIC",
                     "RankICIR",
-                    "RankIC t (NW)",
-                    "HAC lag",
+                    "RankIC t",
+                    "t method",
                     "naive t",
                     "RankIC>0",
                     "hit rate",
@@ -856,7 +965,7 @@ def _html(
             + "<h3>Paired tests of daily RankIC (same rows)</h3>"
             + (
                 H.table(
-                    ["pair", "horizon", "a", "b", "difference", "t-stat (NW)", "HAC lag", "naive t", "p-value", "days"],
+                    ["pair", "horizon", "a", "b", "difference", "t-stat", "t method", "naive t", "p-value", "days"],
                     prow,
                 )
                 if prow
@@ -876,7 +985,7 @@ def _html(
                 *([H.chart_monthly_heatmap(months[ref], dpi, ref)] if ref in months else []),
                 H.caption(
                     H.chart_by_group(tf["sectors"], dpi, f"{lead} RankIC by {ts['sector_column']}"),
-                    f"Daily RankIC within each {ts['sector_column']} group (days with 5+ names), t-stat Newey–West.",
+                    f"Daily RankIC within each {ts['sector_column']} group (days with 5+ names), t-stat {_tname(h0)}.",
                 ),
             ),
         )
@@ -911,20 +1020,27 @@ def _html(
         )
     )
 
-    curves_ = {f"{k} {mode}": both[k][mode].daily for k in both for mode in ("ideal", "realistic")}
+    curves_ = {f"{k} {mode}": both[k][mode].daily for k in both for mode in ("realistic", "ideal")}
     bt_rows = _bt_rows(both, chk["sharpe_mode"])
     rel_rows = _relative_rows(ts["relative"])
     secs.append(
         H.section(
             "backtest",
-            "Backtest: ideal and realistic books side by side",
+            "Backtest: the realistic book (TSE costs) and the idealised one beside it",
             H.grid(
                 H.caption(
                     H.chart_equity(curves_, dpi, tf["bench_curve"]),
                     "Growth of 1 after costs (log scale); the grey line is the benchmark (long only).",
                 ),
                 H.chart_rolling_sharpe(tf["rolling"], tf["window"], dpi),
+                H.caption(
+                    H.chart_capacity((rep.get("backtest_capacity") or {}).get("horizons"), dpi, rep["product"]),
+                    "Capacity: the realistic book's Sharpe at each capital (portfolio.capacity_capitals, yen per "
+                    "leg); square-root impact and the participation cap grow with the capital, the idealised "
+                    "book's flat cost (dashed) does not.",
+                ),
             )
+            + H.table(*H.capacity_rows((rep.get("backtest_capacity") or {}).get("horizons")))
             + H.table(
                 [
                     "",
@@ -935,7 +1051,7 @@ def _html(
                     "max DD",
                     "turnover",
                     "Sharpe flat cost",
-                    "Sharpe spread+impact",
+                    "Sharpe TSE costs",
                     "susp./delist./unfilled/unpriced",
                     "skipped orders",
                     "dates missing/unrealised/small",
@@ -944,6 +1060,24 @@ def _html(
                 pct_cols=(4, 5),
             )
             + _realism_note(both, rep["product"])
+            + "<h3>Every horizon: h overlapping cohorts, each held h sessions</h3>"
+            + H.table(
+                [
+                    "book",
+                    "Sharpe realistic",
+                    "ann. return",
+                    "max DD",
+                    "turnover / session",
+                    "costs (of capital)",
+                    "Sharpe ideal",
+                    "ann. return ideal",
+                ],
+                _by_horizon_rows(rep.get("backtest_by_horizon") or {}),
+                pct_cols=(2, 3, 5, 7),
+            )
+            + '<p class="note">Each session 1/h of the capital enters a new long/short cohort held h sessions '
+            "(Jegadeesh–Titman), so each figure comes from one daily series and does not depend on a start day; "
+            "annualised with the calendar's sessions a year.</p>"
             + "<h3>Relative to a benchmark</h3>"
             + (
                 H.table(
@@ -991,11 +1125,11 @@ def _html(
                 [
                     "year",
                     f"{lead} RankIC",
-                    f"{lead} t (NW)",
+                    f"{lead} t ({_tname(h0)})",
                     f"{lead} net",
                     f"{lead} Sharpe",
                     f"{ref} RankIC",
-                    f"{ref} t (NW)",
+                    f"{ref} t ({_tname(h0)})",
                     f"{ref} net",
                     f"{ref} Sharpe",
                 ],

@@ -174,6 +174,59 @@ def chart_equity(curves: dict[str, pl.DataFrame], dpi: int, benchmark: tuple[str
     return png(fig)
 
 
+def chart_capacity(by_h: dict[str, dict] | None, dpi: int, title: str = "") -> str:
+    """Capacity: the realistic book's net Sharpe against capital (log axis), one line per horizon (`by_h`: {h:
+    {"rows": `backtest.capacity.capacity` rows, "ideal_sharpe"}}); the idealised books' Sharpe as dashed lines of the
+    same colours. The figures and fill shares are in the table beside it (`capacity_rows`)."""
+    fig, ax = plt.subplots(figsize=(W, H1), dpi=dpi)
+    if not by_h:
+        _empty(ax, "no capacity figures (no realistic backtest)")
+        return png(fig)
+    for (h, d), color in zip(by_h.items(), PALETTE, strict=False):
+        rows = d["rows"]
+        x = [r["capital"] for r in rows]
+        ax.plot(x, [r["sharpe"] for r in rows], "o-", color=color, lw=1.8, label=f"{h}d realistic")
+        ideal = d.get("ideal_sharpe")
+        if ideal is not None and math.isfinite(ideal):
+            ax.axhline(ideal, color=color, ls="--", lw=0.9, alpha=0.6)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"¥{v / 1e9:g} bn" if v >= 1e9 else f"¥{v / 1e6:g} M"))
+    ax.axhline(0, color="#888", lw=0.8)
+    ax.set_xlabel("capital (yen per leg)")
+    ax.set_ylabel("Sharpe (net)")
+    ax.set_title(f"capacity: where impact eats the edge{f' ({title})' if title else ''}")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=4, fontsize=8, frameon=False)
+    ax.grid(alpha=0.3, which="both")
+    return png(fig)
+
+
+def capacity_rows(by_h: dict[str, dict] | None) -> tuple[list[str], list[tuple]]:
+    """The capacity table: one row per horizon, per capital the realistic net Sharpe and the share of the wanted
+    trading that filled (the participation cap's bite), and the idealised Sharpe."""
+    if not by_h:
+        return [], []
+    caps = [r["capital"] for r in next(iter(by_h.values()))["rows"]]
+    money = lambda v: f"¥{v / 1e9:g} bn" if v >= 1e9 else f"¥{v / 1e6:g} M"
+    head = ["horizon", *(money(c) for c in caps), "idealised"]
+    body = [
+        (
+            f"{h}d",
+            *(
+                f"{r['sharpe']:.2f}"
+                + (
+                    ""
+                    if r.get("filled_share_of_traded") is None
+                    else f" ({100 * r['filled_share_of_traded']:.0f} % filled)"
+                )
+                for r in d["rows"]
+            ),
+            d.get("ideal_sharpe"),
+        )
+        for h, d in by_h.items()
+    ]
+    return head, body
+
+
 def chart_rolling_sharpe(series: dict[str, pl.DataFrame], window: int, dpi: int) -> str:
     fig, ax = plt.subplots(figsize=(W, H1), dpi=dpi)
     drawn = False
@@ -214,7 +267,8 @@ def chart_rank_ic(daily: dict[str, pl.DataFrame], window: int, horizon: int, dpi
 
 
 def chart_ic_decay(decay: dict[str, pl.DataFrame], dpi: int) -> str:
-    """Mean RankIC by horizon with its Newey–West 95 % band, one line per predictor (label -> `metrics.ic_decay`)."""
+    """Mean RankIC by horizon with its 95 % HAC band (Newey–West at 1 day, EWC beyond), one line per predictor
+    (label -> `metrics.ic_decay`)."""
     fig, ax = plt.subplots(figsize=(W, H1), dpi=dpi)
     colors = [MODEL_COLOR, BASE_COLOR, "#7b4fa8", BENCH_COLOR]
     hs: list[int] = []
@@ -235,7 +289,7 @@ def chart_ic_decay(decay: dict[str, pl.DataFrame], dpi: int) -> str:
     ax.axhline(0, color="#888", lw=0.8)
     ax.set_xlabel("horizon")
     ax.set_ylabel("mean daily RankIC")
-    ax.set_title("IC decay, 95 % Newey–West band")
+    ax.set_title("IC decay, 95 % band (1d Newey–West, h > 1 EWC)")
     _legend(ax, loc="best")
     ax.grid(alpha=0.3)
     return png(fig)

@@ -20,6 +20,7 @@ from gogooku3.core import columns as C
 from gogooku3.core.calendar import TradingCalendar
 from gogooku3.core.errors import DataError
 from gogooku3.features.common import c
+from gogooku3.features.leak_check import check_user_columns
 from gogooku3.features.plan import (
     Plan,
     Tables,
@@ -45,6 +46,7 @@ class BuiltFrame:
 
 def build_features(tables: Tables, calendar: TradingCalendar, features_cfg: Any, labels_cfg: Any) -> BuiltFrame:
     """Build every enabled feature group, the ids and the labels from raw tables (pure; nothing is written)."""
+    check_user_columns(tables, calendar, features_cfg, labels_cfg)  # a user column that tracks a future return
     p = plan_features(tables, calendar, features_cfg, labels_cfg)
     out = p.output(p.lf).collect()  # features are typed by Block.apply and day_basis
     return BuiltFrame(out, p.groups, p.skipped, p.notes)
@@ -148,6 +150,7 @@ def build_in_chunks(
     a narrow frame of their inputs, and each chunk takes its rows of their features.
     """
     f, lab = plain_config(features_cfg), plain_config(labels_cfg)
+    check_user_columns(tables, calendar, f, lab)  # a user column that tracks a future return
     full = plan_features(tables, calendar, f, lab)
     xs = [b for b in full.blocks if b.cross_sectional]
     xs_out = frozenset(n for b in xs for n in b.features if n in full.groups)

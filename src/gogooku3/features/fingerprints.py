@@ -37,7 +37,8 @@ DATE_KEYS = {
     "margin_interest": ("PubDate", C.DATE),
 }
 ADJUSTED = {"AdjO": "O", "AdjH": "H", "AdjL": "L", "AdjC": "C", "AdjVo": "Vo"}
-BUILD_ONLY = ("chunk_rows",)  # features keys that change how a dataset is built, never what it holds
+BUILD_ONLY = ("chunk_rows", "user")  # features keys that change how a dataset is built (or whether: the user-column
+# leak check), never what it holds
 
 
 def _digest(s: pl.Series) -> str:

@@ -39,7 +39,7 @@ import polars as pl
 
 from gogooku3.core import columns as C
 from gogooku3.core.errors import DataError
-from gogooku3.core.io import atomic_path, read_json
+from gogooku3.core.io import read_json
 from gogooku3.core.scalars import as_date
 from gogooku3.features.build import BuiltFrame, chunk_tables, code_chunks, note_dropped
 from gogooku3.features.builder import build_dataset
@@ -57,6 +57,7 @@ from gogooku3.features.plan import (
     plan_features,
     same_plan,
 )
+from gogooku3.features.published import DATA, build_lock, check_name, resolve, staging
 from gogooku3.features.raw_tables import calendar_name, load_tables
 from gogooku3.features.writer import (
     BuildResult,
@@ -139,22 +140,25 @@ def _refuse(why: str, fallback_full: bool, cfg: Settings) -> BuildResult:
 
 
 def _check_existing(cfg: Settings, latest: Path) -> tuple[dict, FeatureManifest] | str:
-    """The existing dataset's metadata and manifest, or why it cannot be updated."""
+    """The existing dataset's metadata and manifest (`latest`: resolved to its version), or why it cannot be
+    updated."""
     meta_p = metadata_path(latest)
     if not latest.exists() or not meta_p.exists():
-        return f"no existing dataset at {latest} (with its metadata)"
+        return f"no existing dataset at {cfg.paths.dataset} (with its metadata)"
     meta = read_json(meta_p)
     if "raw_fingerprint" not in meta or "config_fingerprint" not in meta:
         return f"{meta_p} has no raw/config fingerprints (the dataset predates incremental builds)"
     now = config_fingerprints(cfg)
     diff = [k for k in ("features", "labels") if meta["config_fingerprint"].get(k) != now[k]]
     if diff:
-        return f"{latest} was built with another {' and '.join(diff)} config"
+        return f"{cfg.paths.dataset} was built with another {' and '.join(diff)} config"
     try:
         manifest = FeatureManifest.for_dataset(latest)
     except DataError as e:
         return str(e)
-    if manifest.fingerprint != meta.get("manifest_fingerprint"):
+    if manifest.fingerprint != meta.get("manifest_fingerprint") or manifest.dataset_fingerprint != meta.get(
+        "dataset_fingerprint", ""
+    ):
         return f"{latest}: its feature manifest does not match its metadata"
     return meta, manifest
 
@@ -179,9 +183,17 @@ def _raw_changes(meta: dict, tables: dict[str, pl.DataFrame], raw_dir: Path, thr
 
 def update_dataset(cfg: Settings, fallback_full: bool = False) -> BuildResult:
     """Append the raw tables' new sessions to the existing dataset (`cfg.paths.dataset`), recomputing only the rows
-    whose values can change; written (dataset, latest, metadata, manifest, coverage) as a full build writes them."""
+    whose values can change; published (a new version: dataset, metadata, manifest, coverage) as a full build
+    publishes one, under the same build lock."""
+    check_name(cfg.paths.dataset)
+    with build_lock(cfg.paths.output_dir):
+        return _update(cfg, fallback_full)
+
+
+def _update(cfg: Settings, fallback_full: bool) -> BuildResult:
     t0 = time.perf_counter()
-    latest = Path(cfg.paths.dataset)
+    name = Path(cfg.paths.dataset)
+    latest = resolve(name)  # read once: every read below is of this version
     got = _check_existing(cfg, latest)
     if isinstance(got, str):
         return _refuse(got, fallback_full, cfg)
@@ -198,10 +210,10 @@ def update_dataset(cfg: Settings, fallback_full: bool = False) -> BuildResult:
             f"{table_path(raw_dir, 'daily_quotes')} ends on {end}, before the dataset ({through})", fallback_full, cfg
         )
     if end == through:
-        log.info("%s already ends on %s: nothing to add", latest, end)
+        log.info("%s already ends on %s: nothing to add", name, end)
         return BuildResult(
-            latest,
-            latest,
+            name,
+            name,
             meta["rows"],
             meta["n_features"],
             {g: e["features"] for g, e in meta["groups"].items()},
@@ -234,7 +246,7 @@ def update_dataset(cfg: Settings, fallback_full: bool = False) -> BuildResult:
     alive = [n for n in dead if tail[n].null_count() < tail.height]
     if alive:
         return _refuse(
-            f"feature(s) {', '.join(alive[:5])} had no value in {latest} but have values in the new rows "
+            f"feature(s) {', '.join(alive[:5])} had no value in {name} but have values in the new rows "
             "(the feature set changes)",
             fallback_full,
             cfg,
@@ -243,36 +255,37 @@ def update_dataset(cfg: Settings, fallback_full: bool = False) -> BuildResult:
     if dict(tail.schema) != dict(old_schema):
         bad = [n for n in set(tail.schema) | set(old_schema) if tail.schema.get(n) != old_schema.get(n)]
         return _refuse(
-            f"{latest}: columns differ from what the build makes now ({', '.join(sorted(bad)[:5])})", fallback_full, cfg
+            f"{name}: columns differ from what the build makes now ({', '.join(sorted(bad)[:5])})", fallback_full, cfg
         )
     groups = {n: g for n, g in full.groups.items() if n not in dead}
     built = BuiltFrame(pl.DataFrame(), groups, note_dropped(full.skipped, full.groups, dead), full.notes)
     calendar = calendar_name(tables, cfg)
     check = FeatureManifest.from_frame(tail, groups, [int(h) for h in lab["horizons"]], int(lab["entry_lag"]))
     if check.fingerprint != manifest.fingerprint:
-        return _refuse(f"{latest}: its feature manifest differs from what the build makes now", fallback_full, cfg)
+        return _refuse(f"{name}: its feature manifest differs from what the build makes now", fallback_full, cfg)
 
     start = dt.date.fromisoformat(meta["start"])
     path = dataset_path(cfg, start, end)
-    with atomic_path(path) as tmp, DatasetWriter(tmp) as write:
-        for codes, _, _ in code_chunks(dq, cfg.features.chunk_rows or dq.height):
-            kept = (
-                pl.scan_parquet(latest)
-                .filter((c(C.CODE) >= codes[0]) & (c(C.CODE) <= codes[-1]) & (c(C.DATE) < redo))
-                .collect()
-            )
-            write(pl.concat([kept, tail.filter(c(C.CODE).is_in(codes))]).sort(C.CODE, C.DATE))
-        stats = write.close()
-    if stats.rows != dq.height:
-        raise DataError(f"incremental build: wrote {stats.rows} rows for {dq.height} quote rows (internal error)")
-    extra = build_fingerprints(cfg, tables, end)
-    extra["incremental"] = {
-        "from": dataset_path(cfg, start, through).name,
-        "recomputed_from": redo.isoformat(),
-        "warmup_from": warm.isoformat(),
-        "recomputed_rows": tail.height,
-    }
-    return write_outputs(cfg, path, stats, built, calendar, t0, extra)
+    with staging(cfg.paths.output_dir, path.name.removesuffix(".parquet")) as tmp:
+        with DatasetWriter(tmp / DATA) as write:
+            for codes, _, _ in code_chunks(dq, cfg.features.chunk_rows or dq.height):
+                kept = (
+                    pl.scan_parquet(latest)
+                    .filter((c(C.CODE) >= codes[0]) & (c(C.CODE) <= codes[-1]) & (c(C.DATE) < redo))
+                    .collect()
+                )
+                write(pl.concat([kept, tail.filter(c(C.CODE).is_in(codes))]).sort(C.CODE, C.DATE))
+            stats = write.close()
+        if stats.rows != dq.height:
+            raise DataError(f"incremental build: wrote {stats.rows} rows for {dq.height} quote rows (internal error)")
+        extra = build_fingerprints(cfg, tables, end)
+        extra["incremental"] = {
+            "from": dataset_path(cfg, start, through).name,
+            "recomputed_from": redo.isoformat(),
+            "warmup_from": warm.isoformat(),
+            "recomputed_rows": tail.height,
+        }
+        return write_outputs(cfg, path, tmp, stats, built, calendar, t0, extra)
 
 
 def _recompute(

@@ -1,7 +1,9 @@
 """The feature manifest: the allow-list of feature columns every stage after the builder uses, and the single
 source of the dataset's facts (horizons, entry lag, calendar, feature groups).
 
-Saved beside the dataset as `<dataset stem>.manifest.json`. Labels (`target_*`) can never be listed as features.
+Saved beside the dataset as `<dataset stem>.manifest.json` (a built version's `data.manifest.json`, see
+`features.published`), with the parquet's content fingerprint, which `for_dataset` checks. Labels (`target_*`) can
+never be listed as features.
 Later stages read horizons and the entry lag from here; a config that disagrees is a ConfigError
 (`check_labels`), never a silently different purge or embargo.
 """
@@ -17,8 +19,9 @@ import polars as pl
 
 from gogooku3.core import columns as C
 from gogooku3.core.errors import ConfigError, DataError, LeakageError
-from gogooku3.core.io import fingerprint, read_json, write_json
+from gogooku3.core.io import file_fingerprint, fingerprint, read_json, write_json
 from gogooku3.data.split import label_gap as _label_gap
+from gogooku3.features.published import resolve
 
 if TYPE_CHECKING:
     from gogooku3.config.schema import LabelsSettings
@@ -50,6 +53,7 @@ class FeatureManifest:
     lookback: dict[str, int] = field(default_factory=dict)  # group -> longest look-back in sessions ({}: unknown)
     source: str = ""  # the raw data's source (synthetic | jquants | files; "": not recorded)
     notes: dict[str, str] = field(default_factory=dict)  # group -> how it was built, where not as usual (a proxy)
+    dataset_fingerprint: str = ""  # content fingerprint of the parquet described ("": not recorded, a plain file)
 
     def __post_init__(self) -> None:
         leaked = [f.name for f in self.features if is_label_like(f.name) or f.name in self.targets]
@@ -138,6 +142,7 @@ class FeatureManifest:
                 {str(k): int(v) for k, v in (d.get("lookback") or {}).items()},
                 str(d.get("source", "")),
                 {str(k): str(v) for k, v in (d.get("notes") or {}).items()},
+                str(d.get("dataset_fingerprint") or ""),
             )
         except (KeyError, TypeError) as e:
             raise DataError(f"{path}: not a feature manifest ({e})") from e
@@ -147,12 +152,22 @@ class FeatureManifest:
 
     @classmethod
     def for_dataset(cls, dataset_path: str | Path) -> FeatureManifest:
-        p = manifest_path(dataset_path)
+        """The manifest of the dataset at `dataset_path` (a published name is resolved to its version first; a
+        reader that also opens the parquet passes the path `features.published.pin` gave it), checked against the
+        parquet's content where it records the fingerprint."""
+        data = resolve(dataset_path)
+        p = manifest_path(data)
         if not p.exists():
             raise DataError(
                 f"{dataset_path}: no feature manifest beside it ({p.name}); rebuild with `gogooku3 data build`"
             )
-        return cls.load(p)
+        m = cls.load(p)
+        if m.dataset_fingerprint and data.exists() and file_fingerprint(data) != m.dataset_fingerprint:
+            raise DataError(
+                f"{data}: its content (fingerprint {file_fingerprint(data)}) is not the data its manifest "
+                f"{p.name} describes ({m.dataset_fingerprint}); rebuild with `gogooku3 data build`"
+            )
+        return m
 
     def check_labels(self, labels_cfg: LabelsSettings, source: str | Path = "dataset") -> None:
         """The config's `labels.horizons` / `labels.entry_lag` must be the ones the dataset was built with."""

@@ -1,11 +1,11 @@
-"""Writing a built dataset: the parquet (`PARQUET`; piece by piece with `DatasetWriter` in a chunked build), its
-`latest` copy, and beside both the metadata, the feature manifest and the coverage table (`write_outputs`)."""
+"""Writing a built dataset: the parquet (`PARQUET`; piece by piece with `DatasetWriter` in a chunked build) into a
+staging folder, beside it the metadata, the feature manifest and the coverage table, then the folder published as one
+version that the dated name and `paths.dataset` point at (`write_outputs`; the layout: `features.published`)."""
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +15,7 @@ import polars as pl
 
 from gogooku3.core import columns as C
 from gogooku3.core.errors import DataError
-from gogooku3.core.io import atomic_path, peak_rss_mb, write_json, write_text
+from gogooku3.core.io import file_fingerprint, peak_rss_mb, to_json
 from gogooku3.features.build import BuiltFrame
 from gogooku3.features.coverage import (
     coverage_of,
@@ -26,6 +26,7 @@ from gogooku3.features.coverage import (
 from gogooku3.features.lookback import group_lookbacks
 from gogooku3.features.manifest import FeatureManifest, manifest_path, metadata_path
 from gogooku3.features.plan import plain_config
+from gogooku3.features.published import DATA, GENERATOR, clean_versions, publish
 
 if TYPE_CHECKING:
     from gogooku3.config.schema import Settings
@@ -55,18 +56,16 @@ class BuildResult:
 PARQUET: dict[str, Any] = {"compression": "lz4", "statistics": True}
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """The `latest` copy as a hard link where the file system allows it (both names are only ever replaced by an
-    atomic rename, never written in place), else a byte copy."""
-    try:
-        dst.unlink(missing_ok=True)  # the empty temporary file from atomic_path
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
+# the sidecars of a version's data.parquet, and the suffixes of the links to them beside each published name
+SIDECARS = {
+    ".metadata.json": metadata_path(DATA).name,
+    ".manifest.json": manifest_path(DATA).name,
+    ".coverage.txt": coverage_path(DATA).name,
+}
 
 
 def dataset_path(cfg: Settings, start: Any, end: Any) -> Path:
-    """The dataset file of a build spanning `start`..`end` in `cfg.paths.output_dir`."""
+    """The dated name of a build spanning `start`..`end` in `cfg.paths.output_dir` (a link to its version)."""
     return Path(cfg.paths.output_dir) / f"ml_dataset_{start:%Y%m%d}_{end:%Y%m%d}.parquet"
 
 
@@ -173,10 +172,9 @@ class DatasetWriter:
 
 
 def drop_columns(path: Path, cols: list[str]) -> None:
-    """Rewrite the parquet at `path` without `cols` (streamed; the rare path of all-null features in a chunked
-    build, which are known only once every chunk is written)."""
-    # a name `clean_stale_temps` recognises (`.<dataset>.<owner>.<random>.tmp`) should this process be killed
-    tmp = path.with_name(path.name.removesuffix(".tmp") + "d.tmp")
+    """Rewrite the parquet at `path` (in a staging folder) without `cols` (streamed; the rare path of all-null
+    features in a chunked build, which are known only once every chunk is written)."""
+    tmp = path.with_name(path.name + ".dropped")
     try:
         pl.scan_parquet(path).drop(cols).sink_parquet(tmp, **PARQUET)
         os.replace(tmp, path)
@@ -185,10 +183,18 @@ def drop_columns(path: Path, cols: list[str]) -> None:
 
 
 def write_outputs(
-    cfg: Settings, path: Path, stats: DatasetStats, built: BuiltFrame, calendar: str, t0: float, extra: dict[str, Any]
+    cfg: Settings,
+    dated: Path,
+    tmp: Path,
+    stats: DatasetStats,
+    built: BuiltFrame,
+    calendar: str,
+    t0: float,
+    extra: dict[str, Any],
 ) -> BuildResult:
-    """Beside the written dataset `path`: the `latest` copy, and for both the metadata (plus `extra`), the feature
-    manifest and the coverage table, each written atomically; log the coverage table."""
+    """Beside `data.parquet` in the staging folder `tmp`: the metadata (plus `extra`), the feature manifest (both
+    with the data's content fingerprint) and the coverage table; then publish the folder as one version, point the
+    `dated` name and `paths.dataset` at it, retire older versions (`paths.keep_datasets`); log the coverage table."""
     if stats.rows == 0:
         raise DataError(f"{cfg.paths.raw_dir}: the build produced no rows")
     latest = Path(cfg.paths.dataset)
@@ -204,6 +210,7 @@ def write_outputs(
         source=cfg.data.source,
         notes=built.notes,
     )
+    manifest.dataset_fingerprint = file_fingerprint(tmp / DATA)
     cov = coverage_of(built.groups, stats.nulls, stats.rows)
     seconds = time.perf_counter() - t0
     meta = {
@@ -220,31 +227,33 @@ def write_outputs(
         "entry_lag": entry_lag,
         "targets": manifest.targets,
         "manifest_fingerprint": manifest.fingerprint,
+        "dataset_fingerprint": manifest.dataset_fingerprint,
         "build_seconds": round(seconds, 2),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "raw_dir": cfg.paths.raw_dir,
-        "generator": "gogooku3.features.builder",
+        "generator": GENERATOR,
+        "path": str(dated),
         **extra,
     }
-    if latest.resolve() != path.resolve():
-        with atomic_path(latest) as tmp:
-            _link_or_copy(path, tmp)
-    for p in dict.fromkeys([path, latest]):
-        write_json(metadata_path(p), {**meta, "path": str(p)})
-        manifest.save(manifest_path(p))
-        write_text(coverage_path(p), coverage_text(meta))
+    # plain writes: nothing in the staging folder is visible before `publish` renames it whole
+    (tmp / SIDECARS[".metadata.json"]).write_text(to_json(meta) + "\n", encoding="utf-8")
+    (tmp / SIDECARS[".manifest.json"]).write_text(to_json(manifest.to_dict()) + "\n", encoding="utf-8")
+    (tmp / SIDECARS[".coverage.txt"]).write_text(coverage_text(meta), encoding="utf-8")
+    version = publish(tmp, dated.name.removesuffix(".parquet"), [dated, latest], SIDECARS)
+    clean_versions(cfg.paths.output_dir, cfg.paths.keep_datasets, [version])
     log.info("%s", coverage_table(meta))
-    log.info("coverage table written to %s", coverage_path(path))
+    log.info("coverage table written to %s", version / SIDECARS[".coverage.txt"])
     log.info(
-        "wrote %s (%d rows x %d features) in %.1fs, peak RSS %.0f MiB",
-        path,
+        "wrote %s -> %s (%d rows x %d features) in %.1fs, peak RSS %.0f MiB",
+        dated,
+        version.name,
         stats.rows,
         meta["n_features"],
         seconds,
         meta["peak_rss_mb"],
     )
     return BuildResult(
-        path,
+        dated,
         latest,
         stats.rows,
         meta["n_features"],

@@ -25,7 +25,16 @@ from lightning.pytorch.utilities import rank_zero_only
 from gogooku3.config.compose import path, to_yaml
 from gogooku3.core import columns as C
 from gogooku3.core.errors import ConfigError
-from gogooku3.core.io import new_run_dir, peak_rss_mb, point_last, timestamp, write_json, write_parquet, write_text
+from gogooku3.core.io import (
+    check_last_link,
+    new_run_dir,
+    peak_rss_mb,
+    point_last,
+    timestamp,
+    write_json,
+    write_parquet,
+    write_text,
+)
 from gogooku3.core.runs import check_resume, resume_dir, shown
 from gogooku3.core.scalars import as_float
 from gogooku3.data.dataset import load_dataset, load_panel
@@ -68,9 +77,11 @@ class CompleteATFTTrainingPipeline:
             raise ConfigError(
                 f"predictors.fit ({', '.join(pc.fit)}) must include {DEEP} and predictors.product ({pc.product})"
             )
+        if self.is_main:  # runs/last must be replaceable at the end: refuse now, not after the training
+            check_last_link(path(self.cfg, "paths.runs_dir"))
         resume = resume_dir(self.cfg)
         t0 = time.perf_counter()
-        self.dataset, self.manifest, self.ref = load_dataset(self.cfg)
+        self.dataset, self.manifest, self.ref = load_dataset(self.cfg, ddp_child=not self.is_main)
         resumed = {} if resume is None else check_resume(resume, self.ref)
         workers = resolve_workers(self.cfg, self.cfg.train.ensemble, parallel_ok=True)
         pool = start_pool(workers) if workers > 1 else None  # its processes import while the panel converts
@@ -91,6 +102,7 @@ class CompleteATFTTrainingPipeline:
             self.manifest.entry_lag,
             cfg.train.cv.folds,
             self.manifest.max_lookback,
+            cfg.model.window,
         )
         ctx = self.ctx = Context(
             cfg,
@@ -114,7 +126,13 @@ class CompleteATFTTrainingPipeline:
         if self.is_main:
             write_text(self.run_dir / "config.yaml", to_yaml(cfg))
             write_json(self.run_dir / "dataset.json", asdict(self.ref))
-            clean_cache(path(cfg, "paths.cache_dir"), cfg.train.panel_cache_keep, [self.panel.fingerprint])
+            self._optional(
+                "cache clean",
+                clean_cache,
+                path(cfg, "paths.cache_dir"),
+                cfg.train.panel_cache_keep,
+                [self.panel.fingerprint],
+            )
             if resume is not None:  # the earlier checkpoints join this run: its best epoch is chosen among them too
                 adopt_checkpoints(resume, self.run_dir / "checkpoints")
                 resume = self.run_dir / "checkpoints"
@@ -138,7 +156,16 @@ class CompleteATFTTrainingPipeline:
             return {}
         result = self.finish({n: f for n, f in fitted.items() if f}, t_all)
         point_last(runs, self.run_dir)  # only a run that finished becomes runs/last
+        # optional extras only once the bundle and the results are saved and published: a failure loses nothing
+        self._optional("MLflow tracking", log_training, self.cfg, self.run_dir, result.to_dict())
         return {"status": "ok", "run_dir": str(self.run_dir), "result": result}
+
+    def _optional(self, what: str, fn, *args) -> None:
+        """Run an optional extra (cache cleaning, tracking); its failure is a warning, never the run's end."""
+        try:
+            fn(*args)
+        except Exception as e:  # anything an optional extra raises: the run's own outputs are already safe
+            log.warning("train: %s failed (%s: %s); the run itself is complete", what, type(e).__name__, e)
 
     # ---- predictions, comparison, bundle -------------------------------------------------------------------------
     def predictions(
@@ -227,7 +254,6 @@ class CompleteATFTTrainingPipeline:
         result.durations_s = {**self.durations, "total": round(time.perf_counter() - t_all, 3)}
         result.peak_rss_mb = peak_rss_mb()
         result.save(rd / "metrics.json")
-        log_training(self.cfg, rd, result.to_dict())
         self._log_summary(comp, folds)
         return result
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from gogooku3.core.errors import ConfigError
-from gogooku3.core.io import peak_rss_mb
+from gogooku3.core.io import peak_rss_mb, read_json
 
 if TYPE_CHECKING:
     from gogooku3.config.schema import FilesDataSettings, Settings
@@ -83,11 +83,7 @@ class FullTrainingPipeline:
         return Path(self.cfg.paths.runs_dir) / "last"
 
     def _backtest(self) -> Any:
-        from gogooku3.evaluation.backtest.run import run_backtest
-        from gogooku3.evaluation.results import run_predictions
-
-        # every predictor of the run, the product first (the report backtests them again on its aligned rows)
-        return {name: run_backtest(self.cfg, file) for name, file in run_predictions(self._run_dir()).items()}
+        return backtest_run(self.cfg, self._run_dir())
 
     def _report(self) -> Any:
         from gogooku3.evaluation.report import build_report
@@ -98,3 +94,23 @@ class FullTrainingPipeline:
         from gogooku3.pipelines.predict import predict
 
         return predict(self.cfg, self._run_dir(), None)
+
+
+def backtest_run(cfg: Settings, run_dir: Path) -> dict[str, Any]:
+    """Every predictor of a training run backtested on the rows all of them predicted (`metrics.align_rows` on the
+    comparison's horizons, the rows the report scores), the product first; one report per predictor."""
+    from gogooku3.evaluation.backtest.config import BacktestConfig
+    from gogooku3.evaluation.backtest.predictions import read_predictions
+    from gogooku3.evaluation.backtest.run import backtest_frame
+    from gogooku3.evaluation.metrics import align_rows
+    from gogooku3.evaluation.results import run_predictions
+
+    files = run_predictions(run_dir)
+    horizons = [BacktestConfig.from_any(cfg).horizon]
+    if (run_dir / "comparison.json").exists():  # the report's predictors and horizons
+        comp = read_json(run_dir / "comparison.json")
+        horizons = comp["horizons"]
+        files = {name: file for name, file in files.items() if name in comp["pooled"]} or files
+    aligned, rows = align_rows({name: read_predictions(file) for name, file in files.items()}, horizons)
+    log.info("backtest: %d aligned (Date, Code) rows for %s", rows["n_common"], ", ".join(aligned))
+    return {name: backtest_frame(cfg, frame, str(files[name]), name) for name, frame in aligned.items()}

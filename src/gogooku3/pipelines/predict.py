@@ -28,10 +28,11 @@ import polars as pl
 
 from gogooku3.core import columns as C
 from gogooku3.core.errors import ConfigError, DataError
-from gogooku3.core.io import write_parquet, write_text
+from gogooku3.core.io import write_csv, write_parquet
 from gogooku3.evaluation.backtest.book import side_expr, universe_filter
 from gogooku3.evaluation.backtest.config import BacktestConfig
 from gogooku3.features.manifest import FeatureManifest
+from gogooku3.features.published import pin
 
 if TYPE_CHECKING:
     from gogooku3.config.schema import Settings
@@ -160,7 +161,7 @@ def predict(cfg: Settings, run_dir: str | Path, date: str | dt.date | None = Non
     """`gogooku3 predict`: write output/predictions/pred_<date>.parquet and .csv; return the parquet path."""
     from gogooku3.predictors.bundle import load_bundle, predict_product
 
-    dataset = Path(cfg.paths.dataset)
+    dataset = pin(cfg.paths.dataset)  # resolved once: every read below is of one version
     if not dataset.exists():
         raise DataError(f"{dataset}: dataset not found; build it with `gogooku3 data build`")
     want = _parse_date(date)
@@ -212,11 +213,11 @@ def predict(cfg: Settings, run_dir: str | Path, date: str | dt.date | None = Non
     out_dir = Path(cfg.paths.output_dir) / pc.output_subdir
     pq, csv = out_dir / f"pred_{d.isoformat()}.parquet", out_dir / f"pred_{d.isoformat()}.csv"
     write_parquet(table, pq)
-    write_text(csv, table.write_csv())
+    write_csv(table, csv)
     if explain is not None:
         epq = out_dir / f"explain_{d.isoformat()}.parquet"
         write_parquet(explain, epq)
-        write_text(epq.with_suffix(".csv"), explain.write_csv())
+        write_csv(explain, epq.with_suffix(".csv"))
         first = explain.filter(pl.col("rank") == 1)
         if first.height:
             log.info(

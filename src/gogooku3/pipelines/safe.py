@@ -21,16 +21,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from gogooku3.config.compose import to_dict
+from gogooku3.config.compose import safe_name, to_dict
 from gogooku3.core import columns as C
 from gogooku3.core.errors import ConfigError, DataError
 from gogooku3.core.io import file_fingerprint, peak_rss_mb, timestamp, write_json
 from gogooku3.data.dataset import open_manifest
 from gogooku3.data.graph import FinancialGraphBuilder, graph_snapshot
 from gogooku3.data.split import Fold, check_folds, chosen_folds, make_splitter
-from gogooku3.data.validation import scan_dataset, validate_dataset
+from gogooku3.data.validation import scan_dataset, screen_dates, screen_folds, union_features, validate_dataset
 from gogooku3.evaluation.compare import compare
 from gogooku3.features.manifest import FeatureManifest, is_label_like, manifest_path
+from gogooku3.features.published import pin
 from gogooku3.predictors.lightgbm import (
     BaselineRun,
     baseline_fingerprint,
@@ -98,10 +99,11 @@ class SafeTrainingPipeline:
         t_start = time.perf_counter()
         start_time = dt.datetime.now().isoformat(timespec="seconds")
         cfg, s = self.cfg, self.scfg
-        path = Path(s.dataset or cfg.paths.dataset)
+        path = pin(s.dataset or cfg.paths.dataset)  # resolved once: every step reads this one version
         manifest = open_manifest(cfg, path)  # refuses labels.* that differ from the dataset's, as `train` does
         horizons, entry_lag = list(manifest.horizons), int(manifest.entry_lag)
-        splitter = make_splitter(cfg.split, horizons, entry_lag, manifest.max_lookback)
+        # the same folds as `train` (its purge covers the deep model's input window too)
+        splitter = make_splitter(cfg.split, horizons, entry_lag, manifest.max_lookback, cfg.model.window)
 
         # 1. load + validate ------------------------------------------------------------------------------
         with self._step("step1_data_loading") as st:
@@ -124,6 +126,9 @@ class SafeTrainingPipeline:
                 source=str(path),
             )
             st.update(res.to_dict())
+            screens = self._screens(df, manifest, folds, path)
+            features = union_features(manifest.names, screens)
+            per_fold = screen_dates(folds)[folds[-1].index] != list(folds[0].train_dates)
             st.update(
                 {
                     "file": str(path),
@@ -131,13 +136,16 @@ class SafeTrainingPipeline:
                     "dataset_fingerprint": file_fingerprint(path),
                     "manifest_fingerprint": manifest.fingerprint,
                     "null_share_span": [str(folds[0].train_dates[0]), str(folds[0].train_dates[-1])],
+                    "null_screen": "each fold's own training dates" if per_fold else "fold 0's training dates",
+                    "dropped_features_per_fold": {str(k): d for k, (_, d) in screens.items()},
                 }
             )
-        features = list(res.features)
+        fold_features = {k: kept for k, (kept, _) in screens.items()}
+        dropped = {f: s for _, d in screens.values() for f, s in d.items() if f not in features}
 
-        # 2. features: the manifest's allow-list, minus the too-null ones ----------------------------------------
+        # 2. features: the manifest's allow-list, minus the too-null ones (per fold under purged k-fold) -------------
         with self._step("step2_features") as st:
-            st.update(self._features(manifest, path, features, res.dropped))
+            st.update(self._features(manifest, path, features, dropped))
 
         # 3. split ------------------------------------------------------------------------------------------
         with self._step("step3_split") as st:
@@ -158,7 +166,7 @@ class SafeTrainingPipeline:
         run = None
         with self._step("step5_baseline") as st:
             if cfg.baseline.enabled:
-                run = self._baseline_run(df, features, folds, entry_lag, path, manifest)
+                run = self._baseline_run(df, features, folds, entry_lag, path, manifest, fold_features)
                 st.update(self._baseline(run))
             else:
                 st["enabled"] = False
@@ -188,7 +196,7 @@ class SafeTrainingPipeline:
                 st["enabled"] = False
 
         # 7. report -----------------------------------------------------------------------------------------
-        report_path = Path(cfg.paths.output_dir) / "experiments" / f"{s.experiment_name}_{timestamp()}.json"
+        report_path = Path(cfg.paths.output_dir) / "experiments" / f"{safe_name(s.experiment_name)}_{timestamp()}.json"
         with self._step("step7_report") as st:
             st["report_generated"] = str(report_path)
         total = time.perf_counter() - t_start
@@ -207,6 +215,22 @@ class SafeTrainingPipeline:
         return report
 
     # ---- pieces ---------------------------------------------------------------------------------------
+    def _screens(
+        self, df: pl.DataFrame, manifest: FeatureManifest, folds: list[Fold], path: Path
+    ) -> dict[int, tuple[list[str], dict[str, float]]]:
+        """Each fold's null screen (`data.validation.screen_folds`: fold 0's training dates under walk-forward, each
+        fold's own under purged k-fold); every fold must keep `safe.validation.min_features`."""
+        v = self.scfg.validation
+        screens = screen_folds(df, manifest.names, folds, v.max_null_share, v.null_action, str(path))
+        for k, (kept, dropped) in screens.items():
+            if len(kept) < v.min_features:
+                raise DataError(
+                    f"{path}: fold {k} keeps only {len(kept)} features after dropping {len(dropped)} too-null ones "
+                    f"on its training dates, need {v.min_features}; lower safe.validation.min_features or raise "
+                    "safe.validation.max_null_share"
+                )
+        return screens
+
     @staticmethod
     def _rows(df: pl.DataFrame, dates: list[dt.date]) -> int:
         return int(df.filter(_in_dates(dates)).height)
@@ -235,6 +259,7 @@ class SafeTrainingPipeline:
         entry_lag: int,
         path: Path,
         manifest: FeatureManifest,
+        fold_features: dict[int, list[str]],
     ) -> BaselineRun:
         """The baseline of the folds `safe.baseline_folds` names (those `gogooku3 train` will evaluate, or all): the
         stored run of these inputs, or fitted now and stored for `gogooku3 train`."""
@@ -249,11 +274,22 @@ class SafeTrainingPipeline:
             val_days,
             cfg.baseline,
             self.scfg.validation,
+            cfg.split.holdout_days,
         )
 
         def fit(missing: list[int]) -> BaselineRun:
             return fit_baseline(
-                df, features, folds, bh, entry_lag, val_days, cfg.baseline, only=missing, fingerprint_=fp
+                df,
+                features,
+                folds,
+                bh,
+                entry_lag,
+                val_days,
+                cfg.baseline,
+                only=missing,
+                fingerprint_=fp,
+                holdout_days=cfg.split.holdout_days,
+                fold_features=fold_features,
             )
 
         which = "all" if self.scfg.baseline_folds == "all" else cfg.train.cv.folds

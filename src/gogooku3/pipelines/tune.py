@@ -35,13 +35,17 @@ from lightning.pytorch.callbacks import Callback
 from gogooku3.config.compose import (
     TUNED_SUBDIR,
     dotted_yaml,
+    is_secret,
     load_config,
     load_yaml,
     path,
     redact,
     redact_text,
+    redact_url,
+    safe_name,
     select,
     to_dict,
+    url_secrets,
     with_values,
 )
 from gogooku3.core import columns as C
@@ -238,14 +242,20 @@ def best_yaml(params: dict[str, Any], header: list[str]) -> str:
 def storage_url(cfg: Settings) -> str:
     if cfg.hpo.storage:
         return cfg.hpo.storage
-    db = (path(cfg, "paths.output_dir") / "optuna" / f"{cfg.hpo.study_name}.db").resolve()
+    db = (path(cfg, "paths.output_dir") / "optuna" / f"{safe_name(cfg.hpo.study_name)}.db").resolve()
     db.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{db}"
 
 
 def mask_url(url: str) -> str:
-    """The storage URL with any password blanked (it goes into logs and the summary): `config.redact_text`."""
-    return redact_text(url)
+    """The storage URL with its password and secret query parameters blanked (it goes into logs and the summary):
+    `config.redact_url`."""
+    return redact_url(url)
+
+
+def _reason(e: BaseException, url: str) -> str:
+    """`Type: first line` of a storage error, with the URL's credentials blanked wherever the message quotes them."""
+    return redact_text(f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}", url_secrets(url))
 
 
 def _storage(url: str, attempts: int = 3) -> optuna.storages.BaseStorage:
@@ -260,15 +270,12 @@ def _storage(url: str, attempts: int = 3) -> optuna.storages.BaseStorage:
         except (IntegrityError, OperationalError) as e:
             if attempt == attempts:
                 raise ConfigError(
-                    f"hpo.storage: cannot open {mask_url(url)} after {attempts} attempts "
-                    f"({type(e).__name__}: {str(e).splitlines()[0]})"
+                    f"hpo.storage: cannot open {mask_url(url)} after {attempts} attempts ({_reason(e, url)})"
                 ) from e
             log.info("tune: %s was being created by another worker (%s); retrying", mask_url(url), type(e).__name__)
             time.sleep(0.5 * attempt)
         except Exception as e:  # bad URL, missing driver, unreachable server
-            raise ConfigError(
-                f"hpo.storage: cannot open {mask_url(url)} ({type(e).__name__}: {str(e).splitlines()[0]})"
-            ) from e
+            raise ConfigError(f"hpo.storage: cannot open {mask_url(url)} ({_reason(e, url)})") from e
     raise AssertionError("unreachable")
 
 
@@ -302,12 +309,17 @@ class Tuner:
         if self.hc.folds < 1 or self.hc.max_epochs < 1:
             raise ConfigError("hpo.folds and hpo.max_epochs must be >= 1")
         self.out_dir = path(cfg, "paths.output_dir") / TUNED_SUBDIR
-        self.study_name = self.hc.study_name
-        if not STUDY_NAME.fullmatch(self.study_name):
+        # the study's name in the storage and in file names: read from an environment variable (a secret), it
+        # is replaced by "redacted-<hash>"
+        secret = is_secret(self.hc.study_name)
+        if not secret and not STUDY_NAME.fullmatch(self.hc.study_name):
             raise ConfigError(
-                f"hpo.study_name={self.study_name!r}: use letters, digits, '_', '-' and '.' (it names "
+                f"hpo.study_name={self.hc.study_name!r}: use letters, digits, '_', '-' and '.' (it names "
                 f"files and the experiment `experiment=<study>`)"
             )
+        self.study_name = safe_name(self.hc.study_name, secret=secret)
+        if secret:
+            log.warning("tune: hpo.study_name was read from the environment; the study is named %s", self.study_name)
         self.experiment_dir = Path(experiment_dir) if experiment_dir is not None else self.out_dir
         self.step_base = self.hc.max_epochs
 
@@ -320,7 +332,13 @@ class Tuner:
         self.panel = load_panel(self.cfg, dataset, manifest, ref)
         clean_cache(path(self.cfg, "paths.cache_dir"), self.cfg.train.panel_cache_keep, [self.panel.fingerprint])
         _, plans = make_plans(
-            self.panel.dates, self.cfg.split, self.horizons, manifest.entry_lag, self.hc.folds, manifest.max_lookback
+            self.panel.dates,
+            self.cfg.split,
+            self.horizons,
+            manifest.entry_lag,
+            self.hc.folds,
+            manifest.max_lookback,
+            self.cfg.model.window,
         )
         # A trial sees fit + validation days only: the test block of each fold is dropped here.
         self.plans = [p.without_test() for p in plans]

@@ -165,7 +165,7 @@ def targets_frame(ctx: Context, days: Sequence[dt.date]) -> pl.DataFrame:
     scored against, read from the dataset once per run."""
 
     def read() -> pl.DataFrame:
-        every = [d for p in ctx.plans for d in (*p.val, *p.test)]
+        every = [d for p in ctx.plans for d in (*p.val, *p.holdout, *p.test)]
         return (
             pl.scan_parquet(ctx.dataset)
             .select(

@@ -23,7 +23,8 @@ from safetensors.torch import load_file, save_file
 
 from gogooku3.core import columns as C
 from gogooku3.core.errors import DataError, Gogooku3Error, load_reason
-from gogooku3.core.io import atomic_path, read_json, write_json
+from gogooku3.core.io import read_json, to_json
+from gogooku3.core.stores import mark, new_owned_dir, owned, publish_dir, temp_dir_for
 from gogooku3.features.manifest import FeatureManifest
 from gogooku3.model.atft_gat_fan import ATFTGATFAN, ATFTConfig
 from gogooku3.model.ensemble import ATFTEnsemble
@@ -61,47 +62,65 @@ def save_bundle(
 ) -> Path:
     """Write the bundle into the folder `out` (RUN/bundle); `min_window_frac` and `returns_col` are the run's `train.*`
     values (predict rebuilds the panel with them); `blend` (`BlendFitted.save`) names booster files that are copied
-    in."""
+    in. Published whole: written into a marked temp folder beside `out` and swapped onto it in one step
+    (`core.stores.publish_dir`), so a reader (or a crash) never sees a bundle with weights but no bundle.json, or one
+    of two runs mixed."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if blend is not None:
-        files = {}
-        for h, src in blend["boosters"].items():
-            files[h] = f"lgbm_{int(h)}d.txt"
-            shutil.copyfile(src, out / files[h])
-        blend = {**blend, "boosters": files}
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(out / "model.safetensors") as tmp:
-        save_file(state, str(tmp))
-    man = manifest.to_dict() if isinstance(manifest, FeatureManifest) else dict(manifest)
-    write_json(
-        out / "bundle.json",
-        {
-            "model_config": model.cfg.to_dict(),
-            "members": len(model.members) if isinstance(model, ATFTEnsemble) else 1,
-            "manifest": man,
-            "manifest_fingerprint": man["fingerprint"],
-            "normalizer": normalizer,
-            "dataset_fingerprint": dataset_fingerprint,
-            "horizons": list(model.cfg.horizons),
-            "window": model.cfg.window,
-            "sector_vocab": list(sector_vocab),
-            "segment_vocab": list(segment_vocab),
-            "min_window_frac": min_window_frac,
-            "returns_col": returns_col,
-            "n_params": model.get_num_params(),
-            "blend": blend,
-            **(extra or {}),
-        },
-    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = new_owned_dir(temp_dir_for(out), "bundle")
+    try:
+        if blend is not None:
+            files = {}
+            for h, src in blend["boosters"].items():
+                files[h] = f"lgbm_{int(h)}d.txt"
+                shutil.copyfile(src, tmp / files[h])
+            blend = {**blend, "boosters": files}
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
+        man = manifest.to_dict() if isinstance(manifest, FeatureManifest) else dict(manifest)
+        (tmp / "bundle.json").write_text(
+            to_json(
+                {
+                    "model_config": model.cfg.to_dict(),
+                    "members": len(model.members) if isinstance(model, ATFTEnsemble) else 1,
+                    "manifest": man,
+                    "manifest_fingerprint": man["fingerprint"],
+                    "normalizer": normalizer,
+                    "dataset_fingerprint": dataset_fingerprint,
+                    "horizons": list(model.cfg.horizons),
+                    "window": model.cfg.window,
+                    "sector_vocab": list(sector_vocab),
+                    "segment_vocab": list(segment_vocab),
+                    "min_window_frac": min_window_frac,
+                    "returns_col": returns_col,
+                    "n_params": model.get_num_params(),
+                    "blend": blend,
+                    **(extra or {}),
+                }
+            )
+            + "\n",
+            encoding="utf-8",
+        )
+        if out.is_dir() and not owned(out) and (out / "bundle.json").exists():
+            mark(out, "bundle")  # the bundle of a run saved before folders carried the marker: this run's own
+        publish_dir(tmp, out, "publish bundle")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
 def load_bundle(run_dir: str | Path, dataset: str | Path | None = None) -> Bundle:
     """Load `<run_dir>/bundle`; with `dataset`, fail with DataError if its manifest differs from the bundle's."""
     root = Path(run_dir) / "bundle"
+    if not Path(run_dir).is_dir():
+        raise DataError(
+            f"{run_dir}: no model bundle (no such run); train first with `gogooku3 train` or name a run with --run"
+        )
     if not (root / "bundle.json").exists():
-        raise DataError(f"{run_dir}: no model bundle (bundle/bundle.json); train first with `gogooku3 train`")
+        raise DataError(
+            f"{run_dir}: the run is incomplete, no model bundle (bundle/bundle.json: its training did not finish); "
+            f"train again or name a finished run with --run"
+        )
     meta = read_json(root / "bundle.json")
     _check_meta(meta, root / "bundle.json")
     if dataset is not None:

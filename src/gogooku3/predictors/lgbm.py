@@ -74,10 +74,11 @@ class LightGBMFitted(Fitted):
         best iteration per horizon (saved into the bundle)."""
         schema = pl.scan_parquet(self.dataset).collect_schema()
         run = self.run
+        features = list(self.per_fold.get("features") or run.features)  # the fold's own null screen
         return {
             "fold": self.fold,
-            "features": list(run.features),
-            "normalized_features": [f for f in run.features if schema[f].is_float()],
+            "features": features,
+            "normalized_features": [f for f in features if schema[f].is_float()],
             "normalize": {
                 **self.normalize,
                 "day_level_features": list(run.normalization.get("day_level_features") or []),

@@ -20,7 +20,7 @@ import datetime as dt
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,9 +40,19 @@ from gogooku3.core.io import (
     write_json,
     write_parquet,
 )
+from gogooku3.core.stores import (
+    check_files,
+    clean_leftovers,
+    file_records,
+    mark,
+    new_owned_dir,
+    owned,
+    publish_dir,
+    temp_dir_for,
+)
 from gogooku3.data.normalize import CrossSectionalNormalizer
-from gogooku3.data.split import Fold, inner_validation, label_gap
-from gogooku3.data.validation import drop_too_null, scan_dataset
+from gogooku3.data.split import Fold, inner_holdout, label_gap
+from gogooku3.data.validation import scan_dataset, screen_dates, screen_folds, union_features
 from gogooku3.features.manifest import FeatureManifest, is_label_like
 
 if TYPE_CHECKING:
@@ -107,6 +117,7 @@ class LightGBMBaseline:
         entry_lag: int,
         target_transform: str,
         workers: int,
+        holdout_days: int = 0,
     ) -> None:
         if target_transform not in TARGET_TRANSFORMS:
             raise DataError(f"baseline.target_transform must be one of {TARGET_TRANSFORMS}, got '{target_transform}'")
@@ -114,14 +125,15 @@ class LightGBMBaseline:
         self.num_boost_round = int(num_boost_round)
         self.early_stopping_rounds = int(early_stopping_rounds)
         self.val_days = int(val_days)
+        self.holdout_days = int(holdout_days)  # split.holdout_days: predicted, never early-stopped on
         self.entry_lag = int(entry_lag)
         self.target_transform = target_transform
         self.workers = int(workers)  # horizons boosted at once (threads), each on params["num_threads"]
 
     @classmethod
-    def from_config(cls, b: BaselineSettings, entry_lag: int, val_days: int) -> LightGBMBaseline:
+    def from_config(cls, b: BaselineSettings, entry_lag: int, val_days: int, holdout_days: int = 0) -> LightGBMBaseline:
         """From the `baseline` config node (params, num_boost_round, early_stopping_rounds, target_transform,
-        workers)."""
+        workers); `val_days` / `holdout_days` are `split`'s."""
         params = to_dict(b.params)  # a copy
         return cls(
             params,
@@ -131,6 +143,7 @@ class LightGBMBaseline:
             entry_lag=int(entry_lag),
             target_transform=b.target_transform,
             workers=horizon_workers(b.workers, params),
+            holdout_days=int(holdout_days),
         )
 
     # ---- helpers ------------------------------------------------------------------------------------
@@ -156,10 +169,11 @@ class LightGBMBaseline:
     ) -> LightGBMBaseline:
         features, horizons = list(features), [int(h) for h in horizons]
         self._check(train_df, features, horizons)
+        self.holdout_dates_: list[dt.date] = []
         if val_df is None:
             gap = label_gap(horizons, self.entry_lag)
             dates = train_df[C.DATE].unique().sort().to_list()
-            fit_dates, val_dates = inner_validation(dates, self.val_days, gap)
+            fit_dates, val_dates, self.holdout_dates_ = inner_holdout(dates, self.val_days, gap, self.holdout_days)
             fit_df = train_df.filter(_in_dates(fit_dates))
             val_df = train_df.filter(_in_dates(val_dates))
         else:
@@ -294,7 +308,9 @@ class BaselineRun:
         """The fold's booster of horizon h (from memory, else from the stored `fold{k}_{h}d.txt`)."""
         key = (int(fold), int(h))
         if key not in self.models:
-            self.models[key] = lgb.Booster(model_file=str(self.booster_path(*key)))
+            path = self.booster_path(*key)
+            _check_stored(path.parent, read_json(path.parent / RUN_FILE), [path.name])
+            self.models[key] = lgb.Booster(model_file=str(path))
         return self.models[key]
 
     def booster_path(self, fold: int, h: int) -> Path:
@@ -356,14 +372,14 @@ class BaselineRun:
 
     # ---- persistence ----------------------------------------------------------------------------------
     def save(self, root: str | Path) -> Path:
-        """Write run.json, the prediction parquets and the boosters into a temporary directory, then rename it onto
-        `root` (a reader sees the old run or the new one, never half of one)."""
+        """Write run.json (with every file's size and checksum), the prediction parquets and the boosters into
+        `.<root>.<host>-<pid>.tmp/` (the project's marker first), then publish it as `root` in one atomic step
+        (`core.stores.publish_dir`): a reader sees the old run or the new one, never half of one."""
         root = Path(root)
         root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = root.with_name(f".{root.name}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        tmp = new_owned_dir(temp_dir_for(root), "baseline")
         try:
+            names = []
             for k in self.fold_indices:
                 for h in self.horizons:
                     dst = tmp / model_file(k, h)
@@ -371,15 +387,16 @@ class BaselineRun:
                         self.models[(k, h)].save_model(str(dst))
                     else:
                         shutil.copyfile(self.booster_path(k, h), dst)
+                    names.append(dst.name)
             for name in PREDICTIONS:
                 write_parquet(getattr(self, name), tmp / f"{name}.parquet")
-            write_json(tmp / RUN_FILE, self.metadata())
-            old = root.with_name(f".{root.name}.old.{os.getpid()}")
-            shutil.rmtree(old, ignore_errors=True)
-            if root.exists():
-                root.rename(old)
-            tmp.rename(root)
-            shutil.rmtree(old, ignore_errors=True)
+                names.append(f"{name}.parquet")
+            write_json(tmp / RUN_FILE, {**self.metadata(), "files": file_records(tmp, names)})
+            if root.exists() and not owned(root) and _earlier_store(root):
+                mark(root, "baseline")  # an earlier version's store of this fingerprint: ours to replace
+            step = f"publish baseline {root.name}"
+            if not publish_dir(tmp, root, step):  # another process published it meanwhile: this run replaces it
+                publish_dir(tmp, root, step)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self.directory = root
@@ -409,11 +426,12 @@ class BaselineRun:
     def load(cls, root: str | Path) -> BaselineRun:
         root = Path(root)
         meta = read_json(root / RUN_FILE)
-        if meta.get("version") != BASELINE_VERSION:
+        if not isinstance(meta, dict) or meta.get("version") != BASELINE_VERSION:
             raise DataError(
-                f"{root / RUN_FILE}: baseline run version {meta.get('version')}, this code writes "
-                f"{BASELINE_VERSION}; delete {root} to refit"
+                f"{root / RUN_FILE}: baseline run version {meta.get('version') if isinstance(meta, dict) else None}, "
+                f"this code writes {BASELINE_VERSION}; delete {root} to refit"
             )
+        _check_stored(root, meta, None)
         try:
             pred_val, pred_test = (pl.read_parquet(root / f"{n}.parquet") for n in PREDICTIONS)
             return cls(
@@ -434,6 +452,34 @@ class BaselineRun:
 
 def model_file(fold: int, h: int) -> str:
     return f"fold{int(fold)}_{int(h)}d.txt"
+
+
+def _check_stored(root: Path, meta: Any, names: Iterable[str] | None) -> None:
+    """DataError when a stored file (`names`; None: every file run.json lists) differs from the size and checksum
+    run.json records. Runs stored before checksums were recorded are not checked."""
+    files = meta.get("files") if isinstance(meta, dict) else None
+    if not isinstance(files, dict):
+        return
+    wanted = files if names is None else {n: files[n] for n in names if n in files}
+    problem = check_files(root, wanted)
+    if problem is not None:
+        raise DataError(f"baseline store {root}: {problem}; delete it to refit")
+
+
+def _earlier_store(root: Path) -> bool:
+    """Whether `root` (no marker) holds a run this project stored before it wrote markers: its run.json names the
+    folder's own fingerprint."""
+    try:
+        meta = read_json(root / RUN_FILE)
+    except DataError:
+        return False
+    return isinstance(meta, dict) and meta.get("fingerprint") == root.name
+
+
+def clean_store(store: Path) -> list[Path]:
+    """Remove the temporary folders killed saves left in the baseline store (`core.stores.clean_leftovers`: only the
+    project's, of processes that are gone), putting back a run a killed save had set aside."""
+    return clean_leftovers(Path(store), lambda d: (d / RUN_FILE).is_file(), "baseline store")
 
 
 # ---------------------------------------------------------------------------------------------- fitting
@@ -486,12 +532,16 @@ def fit_baseline(
     *,
     only: Iterable[int] | None = None,
     fingerprint_: str = "",
+    holdout_days: int = 0,
+    fold_features: Mapping[int, Sequence[str]] | None = None,
 ) -> BaselineRun:
     """Normalize (`cfg.normalize`) and fit `LightGBMBaseline` per fold (`cfg`: the `baseline` config node).
 
     `folds` is the whole split (fold 0 anchors the normalization and the rows read); `only` the fold indices to fit
-    (default all). Each fold early-stops on `split.inner_validation(train_dates, val_days, max(horizons) +
-    entry_lag)` and predicts its inner-validation and test days.
+    (default all). Each fold early-stops on the validation slice of `split.inner_holdout(train_dates, val_days,
+    max(horizons) + entry_lag, holdout_days)` and predicts its validation, held-out (in `predictions_val`) and test
+    days. `fold_features`: fold index -> the features that fold fits on (its own null screen, `screen_folds`; default
+    `features` for every fold), each a subset of `features` (recorded per fold as `features`).
     """
     features, horizons = list(features), [int(h) for h in horizons]
     check_features(features, horizons)
@@ -516,8 +566,9 @@ def fit_baseline(
         f = by_index[k]
         frame = frame_of(f)
         train = frame.filter(_in_dates(f.train_dates))
-        model = LightGBMBaseline.from_config(cfg, entry_lag=entry_lag, val_days=val_days).fit(train, features, horizons)
-        vals.append(_rows(model, train.filter(_in_dates(model.val_dates_)), k, horizons))
+        feats = list(fold_features[k]) if fold_features is not None else features
+        model = LightGBMBaseline.from_config(cfg, entry_lag, val_days, holdout_days).fit(train, feats, horizons)
+        vals.append(_rows(model, train.filter(_in_dates(model.val_dates_ + model.holdout_dates_)), k, horizons))
         tests.append(_rows(model, frame.filter(_in_dates(f.test_dates)), k, horizons))
         models.update({(k, h): b for h, b in model.models_.items()})
         per_fold.append(
@@ -525,10 +576,14 @@ def fit_baseline(
                 "fold": k,
                 "fit_range": [str(x) for x in model.fit_range_],
                 "val_range": [str(x) for x in model.val_range_],
+                "holdout_range": [str(d) for d in (model.holdout_dates_[0], model.holdout_dates_[-1])]
+                if model.holdout_dates_
+                else None,
                 "test_range": [str(f.test_dates[0]), str(f.test_dates[-1])],
                 "best_iteration": {str(h): it for h, it in model.best_iteration_.items()},
                 "n_train_rows": {str(h): n for h, n in model.n_train_rows_.items()},
                 "feature_importance": model.feature_importance_,
+                "features": feats,
             }
         )
         log.info("baseline: fold %d fitted (best iterations %s)", k, per_fold[-1]["best_iteration"])
@@ -557,6 +612,7 @@ def baseline_fingerprint(
     val_days: int,
     baseline_cfg: BaselineSettings,
     validation_cfg: SafeValidationSettings,
+    holdout_days: int = 0,
 ) -> str:
     """The content address of a baseline run: everything that changes its predictions, nothing that does not."""
     b = {k: v for k, v in to_dict(baseline_cfg).items() if k not in REPORT_ONLY_KEYS}
@@ -581,6 +637,9 @@ def baseline_fingerprint(
         int(val_days),
         b,
         screen,
+        # only where they change a fit, so runs stored before these existed keep their address
+        *([int(holdout_days)] if holdout_days else []),
+        *(["null screen per fold"] if len({tuple(d) for d in screen_dates(folds).values()}) > 1 else []),
     )
 
 
@@ -600,6 +659,7 @@ def load_or_fit(
     are merged into the stored run and saved back."""
     wanted = [int(k) for k in wanted]
     stored = None
+    clean_store(root.parent)
     if (root / RUN_FILE).exists():
         try:
             stored = BaselineRun.load(root)
@@ -636,13 +696,27 @@ def baseline_for_folds(
         return None
     dataset = Path(dataset)
     horizons, val_days, v = baseline_horizons(cfg, manifest), cfg.split.val_days, cfg.safe.validation
+    hold = cfg.split.holdout_days
     fp = baseline_fingerprint(
-        file_fingerprint(dataset), manifest.fingerprint, folds, horizons, entry_lag, val_days, b, v
+        file_fingerprint(dataset), manifest.fingerprint, folds, horizons, entry_lag, val_days, b, v, hold
     )
 
     def fit(missing: list[int]) -> BaselineRun:
         df, features = baseline_frame(cfg, dataset, manifest, folds)
-        return fit_baseline(df, features, folds, horizons, entry_lag, val_days, b, only=missing, fingerprint_=fp)
+        per_fold = baseline_fold_features(cfg, df, manifest, folds, str(dataset))
+        return fit_baseline(
+            df,
+            features,
+            folds,
+            horizons,
+            entry_lag,
+            val_days,
+            b,
+            only=missing,
+            fingerprint_=fp,
+            holdout_days=hold,
+            fold_features=per_fold,
+        )
 
     return load_or_fit(baseline_root(cfg, fp), fp, wanted, fit)
 
@@ -651,11 +725,22 @@ def baseline_frame(
     cfg: Settings, dataset: str | Path, manifest: FeatureManifest, folds: Sequence[Fold]
 ) -> tuple[pl.DataFrame, list[str]]:
     """The rows every fold reads (meta, manifest features, the baseline's targets) and the baseline's features: the
-    manifest's minus those `safe.validation` drops for nulls on fold 0's training dates (as safe does)."""
-    v = cfg.safe.validation
+    manifest's that some fold keeps after its `safe.validation` null screen (`baseline_fold_features`, as safe does)."""
     lo, hi = fold_span(folds)
     df = scan_dataset(dataset, manifest, baseline_horizons(cfg, manifest), lo, hi).collect()
-    features, _, _ = drop_too_null(
-        df, manifest.names, folds[0].train_dates, v.max_null_share, v.null_action, str(dataset)
-    )
-    return df, features
+    return df, union_features(manifest.names, _screens(cfg, df, manifest, folds, str(dataset)))
+
+
+def _screens(
+    cfg: Settings, df: pl.DataFrame, manifest: FeatureManifest, folds: Sequence[Fold], source: str
+) -> dict[int, tuple[list[str], dict[str, float]]]:
+    v = cfg.safe.validation
+    return screen_folds(df, manifest.names, folds, v.max_null_share, v.null_action, source)
+
+
+def baseline_fold_features(
+    cfg: Settings, df: pl.DataFrame, manifest: FeatureManifest, folds: Sequence[Fold], source: str = "dataset"
+) -> dict[int, list[str]]:
+    """Fold index -> the features that fold uses: the manifest's minus those too null on the fold's screening dates
+    (`data.validation.screen_dates`: fold 0's training dates under walk-forward, each fold's own under k-fold)."""
+    return {k: kept for k, (kept, _) in _screens(cfg, df, manifest, folds, source).items()}

@@ -37,9 +37,10 @@ class RidgePredictor(Predictor):
         if not self.alphas or any(a < 0 for a in self.alphas):
             raise ConfigError(f"predictors.zoo.{name}.alphas: one or more values >= 0, got {list(alphas)}")
 
-    def _inputs(self) -> tuple[Any, list[str]]:
-        """(fold -> normalised frame, features): the baseline's frame and per-day normalisation, built once."""
-        from gogooku3.predictors.lightgbm import _normalized, baseline_frame
+    def _inputs(self) -> tuple[Any, dict[int, list[str]]]:
+        """(fold -> normalised frame, fold -> its features): the baseline's frame, per-day normalisation and per-fold
+        null screen, built once."""
+        from gogooku3.predictors.lightgbm import _normalized, baseline_fold_features, baseline_frame
 
         ctx = self.ctx
 
@@ -47,14 +48,15 @@ class RidgePredictor(Predictor):
             df, features = baseline_frame(ctx.cfg, ctx.dataset, ctx.manifest, ctx.folds)
             floats = [f for f in features if df.schema[f].is_float()]
             frame_of, _ = _normalized(df, floats, ctx.folds, ctx.cfg.baseline.normalize)
-            return frame_of, features
+            return frame_of, baseline_fold_features(ctx.cfg, df, ctx.manifest, ctx.folds)
 
         return ctx.shared("baseline_normalized", build)
 
     def fit(self, plan: Plan, inputs: Mapping[str, Fitted]) -> RidgeFitted:
         from gogooku3.predictors.lightgbm import _target_expr, baseline_horizons
 
-        frame_of, features = self._inputs()
+        frame_of, fold_features = self._inputs()
+        features = fold_features[plan.index]
         frame = frame_of(plan.fold)
         hs = [h for h in baseline_horizons(self.ctx.cfg, self.ctx.manifest) if C.target(h) in frame.columns]
         how = self.ctx.cfg.baseline.target_transform

@@ -8,6 +8,10 @@ the last block's). So the value at date t comes from a model whose every label w
 t: a stacked input is point in time like any feature, and no training row's own label reaches the inputs it learns
 from. Block 0, and a block whose slice is too short to fit, has no value (0 after the per-day z-score).
 
+Stacking needs the test block after the fit span (walk-forward). Under purged k-fold a test block lies before (or
+inside) the fit span: no model fitted on earlier dates exists for the first block (fold 0 would test on 0 of its days
+filled), and one fitted on later dates would not be point in time, so that combination is refused (`check_split`).
+
     panel [D, N, F] ─┐
     stack_array ─────┴─> PanelDayDataset concatenates [D, N, S] (one z-scored column per horizon) -> x [n, L, F + S]
 """
@@ -23,6 +27,7 @@ import numpy as np
 import polars as pl
 
 from gogooku3.core import columns as C
+from gogooku3.core.errors import ConfigError
 from gogooku3.data.split import label_gap
 from gogooku3.predictors.lightgbm import LightGBMBaseline
 
@@ -134,6 +139,15 @@ def stack_array(
     return out
 
 
+def check_split(split_method: str) -> None:
+    """ConfigError unless the split puts every test block after its fit span (see the module docstring)."""
+    if split_method != "walk_forward":
+        raise ConfigError(
+            f"train.stack.enabled=true needs split=walk_forward (split={split_method}: test blocks before the fit "
+            "span get no point-in-time stacked inputs); set train.stack.enabled=false or split=walk_forward"
+        )
+
+
 def stack_for_plan(
     cfg: Settings,
     dataset: Any,
@@ -145,14 +159,16 @@ def stack_for_plan(
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """The stacked inputs of one plan on the panel's dates × codes, from the dataset with the baseline's features
     and input normalisation (`baseline` group), and their provenance."""
-    from gogooku3.predictors.lightgbm import _normalized, baseline_frame, baseline_horizons
+    from gogooku3.predictors.lightgbm import _normalized, baseline_fold_features, baseline_frame, baseline_horizons
 
+    check_split(cfg.split.method)
     b, sc = cfg.baseline, cfg.train.stack
     horizons = baseline_horizons(cfg, manifest)
-    df, features = baseline_frame(cfg, dataset, manifest, folds)
-    floats = [f for f in features if df.schema[f].is_float()]
+    df, union = baseline_frame(cfg, dataset, manifest, folds)
+    floats = [f for f in union if df.schema[f].is_float()]
     frame_of, _ = _normalized(df, floats, folds, b.normalize)
     frame = frame_of(plan.fold)
+    features = baseline_fold_features(cfg, df, manifest, folds)[plan.index]
     pred, provenance = stack_frame(
         frame, features, plan.fit, horizons, int(manifest.entry_lag), cfg.split.val_days, b, sc.blocks, sc.min_fit_days
     )

@@ -3,10 +3,11 @@
 A file of raw prices with no adjusted close and no adjustment factor turns every split into a huge fake return
 (a 1:2 split reads as −50 %). `detect_splits` flags, per code, a move from the previous row's close to the day's open
 (the close where there is no open) within a few per cent of a common split ratio (price × 1/2, 1/3, 1/4, 1/5, 1/10;
-reverse splits × 2, 5, 10) that is backed by evidence: traded volume moving inversely (the median of the day and
-the next 9 rows against the median of the 20 rows before, by at least a third of the ratio in log terms), or an
+reverse splits × 2, 5, 10) that is backed by evidence known at the close of that day: the day's own traded volume
+moving inversely (against the median of the 20 rows before, by at least a third of the ratio in log terms), or an
 AdjFactor equal to the ratio on that row. Without volume and factor columns (a close-only file), only a move within
 2 % of the ratio counts. Rows whose adjusted close is already continuous show no such move and are never flagged.
+The decision for day t reads rows up to t only (point in time: removing later rows never changes it).
 
 `data.adjust_splits` (files source): `warn` (default) logs each candidate with code, date and ratio; `adjust` also
 rescales the adjusted columns (AdjO/AdjH/AdjL/AdjC × Π of later ratios, AdjVo ÷ it) and records the ratio as the
@@ -31,7 +32,7 @@ RATIOS = {1 / 2: "1:2", 1 / 3: "1:3", 1 / 4: "1:4", 1 / 5: "1:5", 1 / 10: "1:10"
 POLICIES = ("warn", "adjust", "off")
 PRICE_TOL = math.log(1.06)  # |ln(move) − ln(ratio)| with volume or factor evidence
 PRICE_ONLY_TOL = math.log(1.02)  # ... and without any (close-only files)
-VOL_BEFORE, VOL_AFTER = 20, 10  # rows in the volume medians before / from the ex-date
+VOL_BEFORE = 20  # rows in the volume median before the ex-date (the ex-date's own volume is compared with it)
 VOL_SHARE = 1 / 3  # the volume must move inversely by at least this share of the ratio (in logs)
 
 
@@ -41,7 +42,8 @@ def _c(name: str) -> pl.Expr:
 
 def detect_splits(dq: pl.DataFrame) -> pl.DataFrame:
     """Candidate unadjusted splits: Code, Date, ratio ("1:2"), multiplier (price factor), move (observed
-    price ratio), volume_change (after/before medians, null without volume), evidence (volume | factor | price)."""
+    price ratio), volume_change (the day's volume / the median of the 20 rows before; null without volume), evidence
+    (volume | factor | price). Point in time: the row of day t is decided from rows up to t."""
     cols = set(dq.columns)
     px = "AdjC" if "AdjC" in cols else "C"
     vo = "AdjVo" if "AdjVo" in cols else ("Vo" if "Vo" in cols else None)
@@ -52,8 +54,8 @@ def detect_splits(dq: pl.DataFrame) -> pl.DataFrame:
     if vo is not None:
         v = pl.when(_c(vo) > 0).then(_c(vo))
         before = v.shift(1).rolling_median(VOL_BEFORE, min_samples=3).over("Code")
-        after = pl.concat_list([v.shift(-k).over("Code") for k in range(VOL_AFTER)]).list.median()
-        exprs.append((after / before).alias("volume_change"))
+        # the ex-date's own volume: a median over later rows would decide day t with volume not yet traded
+        exprs.append((v / before).alias("volume_change"))
     else:
         exprs.append(pl.lit(None, pl.Float64).alias("volume_change"))
     af = _c("AdjFactor") if "AdjFactor" in cols else pl.lit(None, pl.Float64)

@@ -21,6 +21,17 @@ import polars as pl
 from gogooku3.core.calendar import TradingCalendar
 from gogooku3.core.errors import ConfigError, DataError
 from gogooku3.core.scalars import as_date
+from gogooku3.sources.file_checks import (
+    ROW,
+    check_float32,
+    check_header,
+    check_label_names,
+    check_ohlc,
+    check_short_rows,
+    check_ticks,
+    csv_bytes,
+)
+from gogooku3.sources.file_checks import bad as _bad
 from gogooku3.sources.schema import TABLES, conform, replace_raw_tables
 
 if TYPE_CHECKING:
@@ -28,7 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ROW = "__row"  # 1-based data row number (header excluded), kept for error messages
 # config field -> raw-table column
 PRICE_FIELDS = {
     "open": "O",
@@ -62,9 +72,15 @@ class ImportSettings:
     calendar: str
     extra_columns: str | tuple[str, ...]
     decimal_comma: bool
+    tz: str  # the exchange's time zone: timestamps with a zone are converted to it before taking the date
+    allow_columns: tuple[str, ...]
+    ohlc_tolerance: float
+    bad_ticks: str
+    tick_jump: float
 
     @classmethod
-    def from_cfg(cls, data: FilesDataSettings) -> ImportSettings:
+    def from_cfg(cls, data: FilesDataSettings, exchange: str = "XTKS") -> ImportSettings:
+        """`exchange`: the calendar whose time zone applies with data.calendar=dates (features.calendar_exchange)."""
         mapping = dataclasses.asdict(data.columns)
         unknown = sorted(set(mapping) - set(KNOWN_FIELDS))
         if unknown:
@@ -94,7 +110,26 @@ class ImportSettings:
             calendar=data.calendar,
             extra_columns=extra,
             decimal_comma=_decimal_comma(data),
+            tz=exchange_tz(exchange if data.calendar == "dates" else data.calendar),
+            allow_columns=tuple(data.allow_columns),
+            ohlc_tolerance=data.ohlc_tolerance,
+            bad_ticks=data.bad_ticks,
+            tick_jump=data.tick_jump,
         )
+
+
+def exchange_tz(name: str) -> str:
+    """The time zone of exchange calendar `name` (XTKS: Asia/Tokyo); an unknown name is the calendar's ConfigError."""
+    import exchange_calendars as xcals
+
+    if name not in xcals.get_calendar_names(include_aliases=True):
+        raise ConfigError(
+            f"unknown exchange calendar '{name}' (e.g. XTKS, XNYS; or 'dates' for a file's own dates: "
+            "data.calendar=dates)"
+        )
+    factories = getattr(xcals.calendar_utils.global_calendar_dispatcher, "_calendar_factories", {})
+    factory = factories.get(xcals.resolve_alias(name))
+    return str(factory.tz if factory is not None else xcals.get_calendar(name).tz)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -122,11 +157,14 @@ def read_user_file(path: Path, s: ImportSettings) -> pl.DataFrame:
     fmt = _format_of(path, s.fmt)
     try:
         if fmt == "csv":
-            header = pl.read_csv(path, separator=s.separator, n_rows=0).columns
+            data = csv_bytes(path)
+            header = pl.read_csv(data, separator=s.separator, n_rows=0).columns
             _check_separator(header, path, s)
+            check_header(data, path, s.separator)
+            check_short_rows(data, path, s.separator, len(header))
             text_cols = {s.columns[f]: pl.Utf8 for f in ("date", "code") if s.columns[f] in header}
             df = pl.read_csv(
-                path,
+                data,
                 separator=s.separator,
                 schema_overrides=text_cols,
                 null_values=list(s.null_values),
@@ -140,7 +178,8 @@ def read_user_file(path: Path, s: ImportSettings) -> pl.DataFrame:
         raise
     except Exception as e:  # polars/pyarrow raise many types for malformed input
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise DataError(f"{path}: cannot read {fmt.upper()} ({type(e).__name__}: {first[:200]})") from e
+        hint = "; the file is not UTF-8 text (Shift-JIS / cp932?): save it as UTF-8" if "utf-8" in first else ""
+        raise DataError(f"{path}: cannot read {fmt.upper()} ({type(e).__name__}: {first[:200]}){hint}") from e
     if df.height == 0:
         raise DataError(f"{path}: no data rows")
     return df.with_row_index(ROW, offset=1)
@@ -149,41 +188,36 @@ def read_user_file(path: Path, s: ImportSettings) -> pl.DataFrame:
 # ---------------------------------------------------------------------------------------------------------------
 # Validation helpers
 # ---------------------------------------------------------------------------------------------------------------
-def _bad(
-    df: pl.DataFrame,
-    mask: pl.Series | pl.Expr,
-    path: Path,
-    column: str,
-    problem: str,
-    show: dict[str, str],
-    hint: str = "",
-) -> DataError:
-    """One-line error: file, column, problem, count, and up to three example rows as the file labels them."""
-    bad = df.filter(mask)
-    n = bad.height
-    examples = []
-    for r in bad.head(3).iter_rows(named=True):
-        fields = ", ".join(f"{label}={r[col]}" for col, label in show.items() if col in r)
-        examples.append(f"row {r[ROW]} ({fields})")
-    more = f" (+{n - 3} more)" if n > 3 else ""
-    return DataError(
-        f"{path}: column '{column}' {problem} in {n} row(s): {'; '.join(examples)}{more}"
-        + (f". {hint}" if hint else "")
-    )
+# an ISO timestamp: date, time of day, optional zone (Z, +09:00, +0900)
+_STAMP = r"^(\d{4}-\d{2}-\d{2})[T ](\d{1,2}):(\d{2})(?::(\d{2})(?:[.,]\d+)?)?\s*(Z|z|[+-]\d{2}:?\d{2})?$"
+_TIME_DIRECTIVES = ("%H", "%I", "%M", "%S", "%T", "%R", "%z", "%Z", "%c", "%+", "%s")
 
 
-def _parse_dates(df: pl.DataFrame, col: str, path: Path, fmt: str | None) -> pl.Series:
+def _parse_dates(df: pl.DataFrame, col: str, path: Path, fmt: str | None, tz: str) -> pl.Series:
+    """The trading date of each row. Timestamps with a zone are converted to the exchange's zone `tz` before the
+    date is taken (2024-01-04T15:00:00Z is 2024-01-05 in Tokyo), except at midnight of their own zone (a date written
+    as a timestamp, 2024-01-04T00:00:00Z: that date); naive ones must be at midnight."""
     src = df[col]
     if src.dtype == pl.Date:
         return src
     if isinstance(src.dtype, pl.Datetime):
-        return src.dt.date()
+        return _stamp_dates(df, src, col, path, tz)
     text = src.cast(pl.Utf8).str.strip_chars()
+    if fmt and any(d in fmt for d in _TIME_DIRECTIVES):
+        stamps = text.str.to_datetime(fmt, strict=False)
+        bad = stamps.is_null() & src.is_not_null()
+        if bad.any():
+            raise _bad(df, bad, path, col, f"has dates not in format '{fmt}'", {col: col})
+        return _stamp_dates(df, stamps, col, path, tz)
     if fmt:
         out = text.str.to_date(fmt, strict=False)
     else:
+        out = _iso_stamp_dates(df, text, col, path, tz)
         iso = text.str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False)
-        out = iso.fill_null(text.str.to_date("%Y%m%d", strict=False))
+        plain = text.str.len_chars() <= 10
+        out = out.fill_null(pl.select(pl.when(plain).then(iso)).to_series()).fill_null(
+            text.str.to_date("%Y%m%d", strict=False)
+        )
     bad = out.is_null() & src.is_not_null()
     if bad.any():
         hint = f"format '{fmt}'" if fmt else "YYYY-MM-DD or YYYYMMDD (set data.date_format)"
@@ -191,6 +225,69 @@ def _parse_dates(df: pl.DataFrame, col: str, path: Path, fmt: str | None) -> pl.
     if src.is_null().any():
         raise _bad(df, src.is_null(), path, col, "is empty", {col: col})
     return out
+
+
+def _iso_stamp_dates(df: pl.DataFrame, text: pl.Series, col: str, path: Path, tz: str) -> pl.Series:
+    """Dates of the ISO timestamps in `text` (null elsewhere): zoned ones in `tz`, naive ones at midnight."""
+    parts = text.str.extract_groups(_STAMP).struct.unnest()
+    day, hh, mm, ss, zone = (parts[c] for c in parts.columns)
+    if day.is_null().all():
+        return pl.Series(col, [None] * len(text), pl.Date)
+    clock = hh.cast(pl.Int64) * 3600 + mm.cast(pl.Int64) * 60 + ss.fill_null("0").cast(pl.Int64)
+    z = zone.str.to_uppercase().str.replace(":", "", literal=True)
+    offset = pl.select(
+        pl.when(z == "Z")
+        .then(0)
+        .otherwise(
+            (
+                z.str.slice(1, 2).cast(pl.Int64, strict=False) * 3600
+                + z.str.slice(3, 2).cast(pl.Int64, strict=False) * 60
+            )
+            * pl.when(z.str.starts_with("-")).then(-1).otherwise(1)
+        )
+    ).to_series()
+    naive = day.str.to_datetime("%Y-%m-%d", strict=False, time_unit="ms") + pl.Series(clock * 1000).cast(
+        pl.Duration("ms")
+    )
+    utc = (naive - pl.Series(offset.fill_null(0) * 1000).cast(pl.Duration("ms"))).dt.replace_time_zone("UTC")
+    zoned = utc.dt.convert_time_zone(tz).dt.date()
+    odd = zone.is_null() & (clock != 0).fill_null(False)
+    if odd.any():
+        raise _naive_times(df, odd, path, col, tz)
+    # midnight in its own zone is a date written as a timestamp (2024-01-04T00:00:00Z): that date, in any exchange
+    converted = zone.is_not_null() & (clock != 0)
+    return pl.select(pl.when(converted).then(zoned).otherwise(naive.dt.date())).to_series().alias(col)
+
+
+def _stamp_dates(df: pl.DataFrame, stamps: pl.Series, col: str, path: Path, tz: str) -> pl.Series:
+    """Dates of a datetime column: zoned -> converted to `tz`; naive -> must be at midnight."""
+    dtype = stamps.dtype
+    if isinstance(dtype, pl.Datetime) and dtype.time_zone is not None:
+        midnight = stamps == stamps.dt.truncate("1d")  # a date written as a timestamp of its zone's midnight
+        out = pl.select(
+            pl.when(midnight).then(stamps.dt.date()).otherwise(stamps.dt.convert_time_zone(tz).dt.date())
+        ).to_series()
+    else:
+        odd = (stamps != stamps.dt.truncate("1d")).fill_null(False)
+        if odd.any():
+            raise _naive_times(df, odd, path, col, tz)
+        out = stamps.dt.date()
+    if stamps.is_null().any():
+        raise _bad(df, stamps.is_null(), path, col, "is empty", {col: col})
+    return out.alias(col)
+
+
+def _naive_times(df: pl.DataFrame, mask: pl.Series, path: Path, col: str, tz: str) -> DataError:
+    return _bad(
+        df,
+        mask,
+        path,
+        col,
+        "has times of day without a time zone",
+        {col: col},
+        hint=f"Which trading date they mean is unclear: give dates, or timestamps with their zone "
+        f"(2024-01-04T15:00:00Z), which are converted to the exchange's time zone {tz}",
+    )
 
 
 def _to_float(df: pl.DataFrame, col: str, path: Path, s: ImportSettings | None = None) -> pl.Series:
@@ -216,6 +313,7 @@ def _to_float(df: pl.DataFrame, col: str, path: Path, s: ImportSettings | None =
         if bad.any():
             raise _bad(df, bad, path, col, "has non-numeric values", {col: col})
     _check_finite(df, out, path, col)
+    check_float32(df, out, path, col)
     return out.fill_nan(None)
 
 
@@ -347,18 +445,38 @@ def _feature_name(column: str) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # Building the tables
 # ---------------------------------------------------------------------------------------------------------------
+def _off_session_hint(off: pl.Series, exchange: str, tz: str) -> str:
+    """What to do about rows on non-sessions; when most fall on the day before a session, the dates are likely one
+    day early (local-midnight timestamps written in UTC without their zone)."""
+    nxt = off.dt.offset_by("1d")
+    try:
+        early = TradingCalendar.from_exchange(exchange, as_date(nxt.min()), as_date(nxt.max())).is_session(nxt)
+    except ConfigError:  # past the calendar's reach: no guess
+        early = pl.Series([False])
+    text = (
+        "Set data.calendar to the file's exchange; data.calendar=dates takes the file's dates as the sessions, right "
+        "only if they are the exchange's local trading dates"
+    )
+    if early.sum() * 2 >= len(early):
+        text += (
+            f". {int(early.sum())} of these rows fall the day before a session: if the dates come from timestamps "
+            f"of {tz} midnight written in UTC, write the timestamps with their zone (2024-01-04T15:00:00Z), which "
+            f"are converted to {tz}"
+        )
+    return text
+
+
 def _extra_columns(raw: pl.DataFrame, s: ImportSettings, path: Path, used: set[str]) -> dict[str, str]:
     """Unmapped numeric columns -> x_<name>."""
     if s.extra_columns == "none":
         return {}
     if s.extra_columns == "all":
         candidates = [c for c in raw.columns if c not in used and c != ROW]
-        picked = []
-        for c in candidates:
-            if re.match(r"(?i)^(x_)?target", c):
-                log.warning("%s: column '%s' looks like a label; not imported as a feature", path, c)
-            elif raw[c].dtype.is_numeric() or raw[c].dtype == pl.Boolean or _numeric_text(raw, c, path, s):
-                picked.append(c)
+        picked = [
+            c
+            for c in candidates
+            if raw[c].dtype.is_numeric() or raw[c].dtype == pl.Boolean or _numeric_text(raw, c, path, s)
+        ]
     else:
         missing = [c for c in s.extra_columns if c not in raw.columns]
         if missing:
@@ -367,6 +485,7 @@ def _extra_columns(raw: pl.DataFrame, s: ImportSettings, path: Path, used: set[s
                 f"file has {', '.join(c for c in raw.columns if c != ROW)}"
             )
         picked = [c for c in s.extra_columns if c not in used]
+    check_label_names(picked, path, s.allow_columns)
     names: dict[str, str] = {}
     for c in picked:
         name = _feature_name(c)
@@ -399,7 +518,7 @@ def build_tables(raw: pl.DataFrame, path: Path, s: ImportSettings) -> dict[str, 
     code = raw[code_col].cast(pl.Utf8).str.strip_chars()
     if (code.is_null() | (code == "")).any():
         raise _bad(raw, code.is_null() | (code == ""), path, code_col, "is empty", {date_col: date_col})
-    out = pl.DataFrame({ROW: raw[ROW], "Date": _parse_dates(raw, date_col, path, s.date_format), "Code": code})
+    out = pl.DataFrame({ROW: raw[ROW], "Date": _parse_dates(raw, date_col, path, s.date_format, s.tz), "Code": code})
     show = {"Code": code_col, "Date": date_col}
 
     prices = {
@@ -435,6 +554,9 @@ def build_tables(raw: pl.DataFrame, path: Path, s: ImportSettings) -> dict[str, 
             bad = test(out[col])
             if bad.any():
                 raise _bad(out, bad, path, src_of[col], problem, {**show, col: src_of[col]})
+    given = {PRICE_FIELDS[f] for f in present if f in PRICE_FIELDS}
+    check_ohlc(out, path, src_of, show, given | ({"C", "AdjC"} & set(prices)), s.ohlc_tolerance)
+    check_ticks(out.filter(~no_close), path, src_of, show, s.tick_jump, s.bad_ticks)
 
     # Adjusted columns not given are derived from the raw ones with the close's adjustment ratio AdjC / C.
     ratio = pl.col("AdjC") / pl.col("C")
@@ -467,7 +589,7 @@ def build_tables(raw: pl.DataFrame, path: Path, s: ImportSettings) -> dict[str, 
                 date_col,
                 f"has rows on days that are not {cal_name}",
                 show,
-                hint="Set data.calendar to the file's exchange, or to 'dates'",
+                hint=_off_session_hint(out.filter(off)["Date"], s.calendar, s.tz),
             )
 
     extras = _extra_columns(raw, s, path, used=set(present.values()))
@@ -522,7 +644,7 @@ def import_files(cfg: Settings, path: str | Path) -> dict[str, Path]:
     """Import a user's price file as raw tables in `paths.raw_dir`; returns {table: path}."""
     cfg = source_config(cfg, "files")
     data = cast("FilesDataSettings", cfg.data)  # source_config checked data.source
-    s = ImportSettings.from_cfg(data)
+    s = ImportSettings.from_cfg(data, cfg.features.calendar_exchange)
     path = Path(path).expanduser()
     raw = read_user_file(path, s)
     tables = build_tables(raw, path, s)
@@ -539,4 +661,5 @@ def import_files(cfg: Settings, path: str | Path) -> dict[str, Path]:
         dq["Date"].max(),
         s.calendar,
     )
-    return replace_raw_tables(tables, Path(cfg.paths.raw_dir).expanduser(), source="files")
+    again = f"gogooku3 data import {path}"
+    return replace_raw_tables(tables, Path(cfg.paths.raw_dir).expanduser(), source="files", again=again)

@@ -25,6 +25,7 @@ margin_interest    PubDate, Date, Code, ShrtVol, LongVol, ShrtNegVol, LongNegVol
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from pathlib import Path
 import polars as pl
 
 from gogooku3.core.errors import DataError, SchemaError, rows_hint
-from gogooku3.core.io import write_parquet
+from gogooku3.core.io import crash_point, read_json, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,29 @@ def table_path(raw_dir: str | Path, name: str) -> Path:
     return Path(raw_dir) / f"{name}.parquet"
 
 
+# An import writes its tables one by one: this mark, written first and removed last, tells readers that the tables
+# of the directory may be a mix of two imports (the command was killed or is still running).
+UNFINISHED = ".import_unfinished.json"
+AGAIN = {"synthetic": "gogooku3 data synth", "jquants": "gogooku3 data fetch", "files": "gogooku3 data import PATH"}
+
+
+def check_finished(raw_dir: str | Path) -> None:
+    """Raise DataError when the last import into `raw_dir` did not finish (its tables may be half old)."""
+    mark = Path(raw_dir) / UNFINISHED
+    if not mark.exists():
+        return
+    try:
+        info = read_json(mark)
+    except DataError:
+        info = {}
+    source = str(info.get("source", "?"))
+    again = str(info.get("again") or AGAIN.get(source, "gogooku3 data import|fetch|synth"))
+    raise DataError(
+        f"{raw_dir}: the last import into it ({source}) was interrupted before all its tables were written (or is "
+        f"still running); run `{again}` again"
+    )
+
+
 def conform(df: pl.DataFrame, name: str, source: str | Path = "<memory>") -> pl.DataFrame:
     """Validate `df` against table `name` and cast it to the schema's dtypes (extra columns kept as they are).
 
@@ -228,6 +252,7 @@ def scan_table(raw_dir: str | Path, name: str) -> pl.LazyFrame | None:
     p = table_path(raw_dir, name)
     if not p.exists():
         return None
+    check_finished(raw_dir)
     try:
         lf = pl.scan_parquet(p)
         lf.collect_schema()
@@ -250,15 +275,23 @@ def read_table(raw_dir: str | Path, name: str) -> pl.DataFrame | None:
 
 
 def replace_raw_tables(
-    frames: dict[str, pl.DataFrame], raw_dir: str | Path, source: str, on_table: Callable[[str], None] | None = None
+    frames: dict[str, pl.DataFrame],
+    raw_dir: str | Path,
+    source: str,
+    on_table: Callable[[str], None] | None = None,
+    again: str | None = None,
 ) -> dict[str, Path]:
     """Validate every table, write them atomically, then remove raw tables this source did not provide.
 
     Used by every source (synthetic, files, jquants): tables left over from another source
-    (e.g. synthetic statements) would otherwise be mixed with the new data.
+    (e.g. synthetic statements) would otherwise be mixed with the new data. The tables are published as one unit:
+    the `UNFINISHED` mark (with `again`, the command that redoes the import) is written before the first table and
+    removed after the last step, so a reader of a half-written directory is told to import again (`check_finished`).
     """
     raw_dir = Path(raw_dir)
     checked = {name: conform(df, name, f"{source}:{name}") for name, df in frames.items()}
+    mark = raw_dir / UNFINISHED
+    write_json(mark, {"source": source, "again": again or AGAIN.get(source, "")})
     written: dict[str, Path] = {}
     for name, df in checked.items():
         written[name] = _write_conformed(df, raw_dir, name)  # validated above, before any write
@@ -269,6 +302,10 @@ def replace_raw_tables(
         if name not in written and stale.exists():
             log.info("removing stale raw table %s (not provided by source %s)", stale, source)
             stale.unlink()
+            crash_point(f"remove {stale.name}")
+    with contextlib.suppress(FileNotFoundError):
+        mark.unlink()
+    crash_point("import finished")
     for name, p in written.items():
         log.info("wrote %s (%d rows)", p, checked[name].height)
     return written

@@ -40,7 +40,7 @@ from gogooku3.data.split import (
     Fold,
     check_folds,
     chosen_folds,
-    inner_validation,
+    inner_holdout,
     make_splitter,
 )
 from gogooku3.evaluation.compare import mean_rank_ic
@@ -250,12 +250,15 @@ def build_trainer(
 # ---- plans ------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Plan:
-    """One fold's dates: `fit` trains, `val` early-stops and selects (weights, blends), `test` is only predicted."""
+    """One fold's dates: `fit` trains, `val` early-stops and selects checkpoints, `holdout` (after `val` and a label
+    gap; `split.holdout_days`) chooses what is fitted on top of the predictors (blend weights), `test` is only
+    predicted."""
 
     fold: Fold
     fit: tuple[dt.date, ...]
     val: tuple[dt.date, ...]
     test: tuple[dt.date, ...]
+    holdout: tuple[dt.date, ...] = ()
 
     @property
     def index(self) -> int:
@@ -263,11 +266,14 @@ class Plan:
 
     def without_test(self) -> Plan:
         """The plan a tuning trial sees: the test block is dropped."""
-        return Plan(self.fold, self.fit, self.val, ())
+        return Plan(self.fold, self.fit, self.val, (), self.holdout)
 
     def ranges(self) -> dict[str, list[str] | None]:
         span = lambda ds: [str(ds[0]), str(ds[-1])] if ds else None
         return {"fit_range": span(self.fit), "val_range": span(self.val), "test_range": span(self.test)}
+
+    def holdout_range(self) -> list[str] | None:
+        return [str(self.holdout[0]), str(self.holdout[-1])] if self.holdout else None
 
 
 def make_plans(
@@ -277,20 +283,23 @@ def make_plans(
     entry_lag: int,
     folds: int | str | None,
     feature_lookback: int | None = None,
+    input_window: int = 1,
 ) -> tuple[list[Fold], list[Plan]]:
     """The shared splitter's folds on `dates` and the plans of the last `folds` of them (None: the last fold;
-    "all" or k >= n_splits: every fold). The validation slice is cut from the end of each fold's training span,
-    `max(horizons) + entry_lag` sessions after the last fit date, so no fit label reaches into it.
-    `feature_lookback` (the manifest's `max_lookback`) is what purged K-fold needs (`split.make_splitter`)."""
-    splitter = make_splitter(split_cfg, horizons, entry_lag, feature_lookback)
+    "all" or k >= n_splits: every fold). The held-out slice (`split.holdout_days`) is cut from the end of each fold's
+    training span and the validation slice before it, each `max(horizons) + entry_lag` sessions after the dates
+    before it, so no earlier label reaches into it (`split.inner_holdout`).
+    `feature_lookback` (the manifest's `max_lookback`) and `input_window` (`model.window`) are what purged K-fold
+    purges after a test block (`split.make_splitter`)."""
+    splitter = make_splitter(split_cfg, horizons, entry_lag, feature_lookback, input_window)
     all_folds = splitter.split(list(dates))
     check_folds(all_folds, list(dates))
     chosen = chosen_folds(all_folds, folds)
     gap = splitter.label_span  # split.label_gap(horizons, entry_lag)
     plans = []
     for f in chosen:
-        fit, val = inner_validation(f.train_dates, split_cfg.val_days, gap)
-        plans.append(Plan(f, tuple(fit), tuple(val), tuple(f.test_dates)))
+        fit, val, holdout = inner_holdout(f.train_dates, split_cfg.val_days, gap, split_cfg.holdout_days)
+        plans.append(Plan(f, tuple(fit), tuple(val), tuple(f.test_dates), tuple(holdout)))
     return all_folds, plans
 
 

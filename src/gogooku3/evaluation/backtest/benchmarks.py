@@ -1,4 +1,4 @@
-"""The strategy against its benchmarks: TOPIX closes, per-rebalance benchmark returns and the benchmark-relative
+"""The strategy against its benchmarks: TOPIX closes, per-session benchmark returns and the benchmark-relative
 figures (alpha, beta, tracking error, information ratio)."""
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ def topix_closes(raw_dir: str | Path | None) -> pl.DataFrame | None:
 
 
 def benchmark_returns(res: BacktestResult, market: Market | None, topix: pl.DataFrame | None) -> pl.DataFrame:
-    """Per rebalance of a backtest: Date, strategy (net), equal_weight (the eligible universe's equal-weight realised
-    return over the same entry/exit closes) and topix (TOPIX close at exit / close at entry − 1; null without the
-    index table or the dataset's calendar)."""
+    """Per row (session) of a backtest: Date, strategy (net), equal_weight (the eligible universe's equal-weight
+    cohort book over the same session) and topix (TOPIX over the row's session: the close after the entry close of
+    the row's Date / that entry close − 1; null without the index table or the dataset's calendar)."""
     d = res.daily.select(C.DATE, strategy=pl.col("net"), equal_weight=pl.col("universe"))
     if topix is None or market is None:
         return d.with_columns(topix=pl.lit(None, dtype=pl.Float64))
-    ex = sessions_frame(market, d[C.DATE].to_list(), int(res.summary["horizon"]))
+    ex = sessions_frame(market, d[C.DATE].to_list(), 1)  # each row earns over one session
     px = topix.select(C.DATE, "close")
     ex = (
         ex.join(px.rename({C.DATE: "e", "close": "ce"}), on="e", how="left")

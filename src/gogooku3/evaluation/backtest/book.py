@@ -1,5 +1,6 @@
-"""The book known on signal date t: the eligible universe, the long/short legs by prediction and their target
-weights (equal, score or mean-variance), before any trading-realism rule at the entry close."""
+"""The cohort formed on signal date t, as known on t: the eligible universe, the long/short legs by prediction and
+their target weights per unit of the cohort's capital (equal, score or mean-variance), before any trading-realism
+rule at the entry close. The engine holds each cohort h sessions with 1/h of the capital (package docstring)."""
 
 from __future__ import annotations
 

@@ -48,6 +48,9 @@ class BacktestConfig(PortfolioSettings):
             raise ConfigError("portfolio.cost_bps, min_price and min_adv must be >= 0")
         if int(self.horizon) < 1 or int(self.quantiles) < 2 or int(self.min_names) < 2:
             raise ConfigError("portfolio.horizon >= 1, quantiles >= 2 and min_names >= 2 are required")
+        ppy = self.periods_per_year
+        if ppy != "auto" and not (isinstance(ppy, (int, float)) and not isinstance(ppy, bool) and ppy > 0):
+            raise ConfigError(f"portfolio.periods_per_year must be auto or a number > 0, got {ppy!r}")
         if not 0 < self.max_weight <= 1:
             raise ConfigError("portfolio.max_weight must be in (0, 1]")
         if self.realism not in REALISM:

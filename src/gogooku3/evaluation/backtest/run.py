@@ -1,9 +1,12 @@
 """`gogooku3 backtest --predictions PATH`: read and check a predictions file, run the ideal and the realistic
-backtest on the dataset's market and write the report JSON and the headline's per-period parquet."""
+backtest on the dataset's market and write the report JSON and the headline's per-period parquet.
+`backtest_frame` does the same for predictions already in memory (`gogooku3 run`: every predictor of a run on the
+aligned rows the report scores), each output named by its predictor."""
 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,8 +21,11 @@ from gogooku3.evaluation.backtest.market import (
     market_for,
 )
 from gogooku3.evaluation.backtest.predictions import check_input, read_predictions
+from gogooku3.features.published import pin
 
 if TYPE_CHECKING:
+    import polars as pl
+
     from gogooku3.config.schema import Settings
 
 log = logging.getLogger(__name__)
@@ -34,28 +40,40 @@ def run_backtest(cfg: Settings, predictions_path: str | Path) -> dict:
     calendar and the prices from it. Nothing is written unless every check passes.
     """
     path = Path(predictions_path)
-    preds = read_predictions(path)
+    return backtest_frame(cfg, read_predictions(path), str(path))
+
+
+def output_tag(name: str) -> str:
+    """A predictor's name as a file-name part: letters, digits, '-' and '_' only."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "predictor"
+
+
+def backtest_frame(cfg: Settings, preds: pl.DataFrame, source: str, name: str | None = None) -> dict:
+    """`run_backtest` on predictions in memory (`source` says where they came from). With a predictor `name` the
+    outputs are report_<name>_<ts>.json / daily_returns_<name>_<ts>.parquet and every log line names it."""
     c = BacktestConfig.from_any(cfg)
     check_input(preds, C.pred(c.horizon), C.target(c.horizon))
-    dataset = Path(cfg.paths.dataset)
+    dataset = pin(cfg.paths.dataset)  # resolved once: every read below is of one version
     vol_cols = (c.vol_column,) if c.method == "mean_variance" else ()
     if dataset is not None and dataset.exists():
         preds = attach_dataset_columns(preds, dataset, UNIVERSE_COLUMNS + vol_cols)
     elif dataset is not None:
         log.warning(
-            "backtest: dataset %s not found; (Date, Code) not checked against it, no prices for names that "
+            "backtest%s: dataset %s not found; (Date, Code) not checked against it, no prices for names that "
             "stop trading, no realism inputs",
+            "" if name is None else f" {name}",
             dataset,
         )
     market = market_for(cfg, preds, dataset, c.vol_column)
     both, headline = backtest_both(preds, c, market, data_source(cfg, dataset))
     res = both[headline]
-    ts = timestamp()
+    ts = timestamp() if name is None else f"{output_tag(name)}_{timestamp()}"
     out_dir = Path(cfg.paths.output_dir) / "portfolio"
     daily_path = out_dir / f"daily_returns_{ts}.parquet"
     report_path = out_dir / f"report_{ts}.json"
     report = {
-        "input": str(path),
+        "input": source,
+        "predictor": name,
         "rows": preds.height,
         "days": preds[C.DATE].n_unique(),
         "dataset": str(dataset) if dataset is not None else None,
@@ -70,8 +88,9 @@ def run_backtest(cfg: Settings, predictions_path: str | Path) -> dict:
     write_json(report_path, report)
     s = res.summary
     log.info(
-        "backtest h=%dd (%s): Sharpe %.3f (net, sqrt(%g); ideal %.3f, realistic %.3f), ann return %.2f%%, "
+        "backtest %sh=%dd (%s): Sharpe %.3f (net, sqrt(%g); ideal %.3f, realistic %.3f), ann return %.2f%%, "
         "max DD %.2f%%, avg turnover %.2f -> %s",
+        "" if name is None else f"{name} ",
         c.horizon,
         headline,
         s["sharpe"],

@@ -4,23 +4,35 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+from scipy.special import erf
 
+from gogooku3.core.tse_ticks import tick_size_np
 from gogooku3.sources.synthetic.market import Paths
-from gogooku3.sources.synthetic.universe import SECTORS33, Universe
+from gogooku3.sources.synthetic.universe import SECTORS33, Universe, base_half_spread
 
 TOPIX_BASE = 2200.0
 OVERNIGHT_SHARE = 0.3  # share of the day's return realised at the open (gap)
 
 
 def intraday(paths: Paths, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-    """Adjusted O/H/L/C [n_days, n_stocks] with H >= max(O, C) and L <= min(O, C)."""
+    """Adjusted O/H/L/C [n_days, n_stocks] with H >= max(O, C) and L <= min(O, C).
+
+    The high and low are the extremes of a Brownian bridge from the open to the close with the session's variance
+    s² = (1 − OVERNIGHT_SHARE)² · σ² (σ: the day's idiosyncratic sd): max = (a + b + √((a − b)² − 2 s² ln U)) / 2 in
+    logs (a, b: log open and close; U uniform, the min alike), the range a Brownian path has, which range-based
+    estimators (Parkinson volatility, the Corwin-Schultz spread) assume. U = 2Φ(|z|) − 1 of the normal draws z.
+    """
     close = np.exp(paths.log_price)
     prev = np.exp(paths.log_price - paths.ret)
     sig = paths.sigma
     normal = lambda: rng.standard_normal(close.shape, dtype=np.float32)
     open_ = prev * np.exp(OVERNIGHT_SHARE * paths.ret + 0.3 * sig * normal())
-    high = np.maximum(open_, close) * np.exp(0.5 * sig * np.abs(normal()))
-    low = np.minimum(open_, close) * np.exp(-0.5 * sig * np.abs(normal()))
+    a, b = np.log(open_), paths.log_price
+    s2 = ((1.0 - OVERNIGHT_SHARE) * sig.astype(np.float64)) ** 2
+    uniform = lambda: np.clip(erf(np.abs(normal().astype(np.float64)) / np.sqrt(2.0)), 1e-12, 1.0 - 1e-12)
+    reach = lambda: np.sqrt((a - b) ** 2 - 2.0 * s2 * np.log(uniform()))
+    high = np.exp((a + b + reach()) / 2.0)
+    low = np.exp((a + b - reach()) / 2.0)
     return open_, high, low, close
 
 
@@ -42,6 +54,9 @@ def daily_quotes(
     """The daily_quotes table (sorted by Code, Date), the row mask [n_days, n_stocks] it was cut with and the
     adjusted O/H/L/C arrays."""
     o, h, lo, c = intraday(paths, rng)
+    # the day's high trades at the ask and its low at the bid (Corwin-Schultz's model): widened by the half-spread
+    half = np.maximum(base_half_spread(u)[None, :], tick_size_np(c / k) / (2.0 * (c / k)))
+    h, lo = h * (1.0 + half), lo * (1.0 - half)
     raw = {name: _raw(a, k) for name, a in (("O", o), ("H", h), ("L", lo), ("C", c))}
     vo = np.maximum(np.round(np.exp(paths.log_volume) * k / 100.0), 1.0) * 100.0
     factor = np.ones_like(k)

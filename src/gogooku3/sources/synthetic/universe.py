@@ -45,6 +45,22 @@ SECTORS33: dict[str, tuple[str, str, int]] = {
     "9050": ("10", "Services", 550),
 }
 SEGMENTS = (("0111", "TSEPrime", 0.45), ("0112", "TSEStandard", 0.38), ("0113", "TSEGrowth", 0.17))
+# Liquidity per segment (Prime, Standard, Growth), so that costs mean on the demo what they would on TSE data.
+# JPX trading overviews: daily trading value of domestic common stocks ~JPY 5.07 trn on Prime (H1 FY2024; ~1,640
+# companies -> mean ~JPY 3 bn a name), ~JPY 130-210 bn on Standard and ~JPY 160-210 bn on Growth (FY2020-FY2022;
+# ~1,600 and ~590 companies -> means ~JPY 0.1 bn and ~0.3 bn). Against the segments' market caps that is a daily
+# turnover ratio of ~0.5 % on Prime, ~0.5 % on Standard (skewed to a few names) and ~2 % on Growth. The medians
+# below are NOT published figures: they are reasoned from those means and a long right tail (median ~1/5 of the mean),
+# giving median ADV ~JPY 0.7 bn (Prime), ~JPY 25 M (Standard), ~JPY 100 M (Growth) with the caps above.
+TURNOVER_MEDIAN = (0.005, 0.002, 0.011)  # median daily volume / shares outstanding per segment
+TURNOVER_DISPERSION = 0.6  # lognormal sd of a stock's turnover ratio around its segment's median
+# Relative half bid-ask spread of a segment's median-ADV stock, in basis points, scaling as ADV^-SPREAD_ADV_EXP and
+# floored at half a tick (core.tse_ticks). Not a published JPX statistic: quoted spreads of liquid Prime names are a
+# tick or two (~3-10 bps half-spread), Standard and Growth names ~20-80 bps (the ranges the cost model's review
+# assumed; say so when citing them).
+HALF_SPREAD_BPS = (5.0, 40.0, 30.0)
+SPREAD_ADV_EXP = 0.4  # cross-sectional elasticity of the spread to ADV within a segment (assumed)
+HALF_SPREAD_MAX = 0.03  # no synthetic half-spread above 3 %
 FY_END_MONTHS = (3, 12, 9, 6, 2, 8)  # fiscal year end months (March dominates)
 FY_END_SHARES = (0.68, 0.16, 0.05, 0.04, 0.04, 0.03)
 
@@ -68,7 +84,7 @@ class Universe:
     sector_beta: np.ndarray
     idio_vol: np.ndarray
     lag_weight: np.ndarray  # peer lead-lag sensitivity (small caps follow their sector's leaders more)
-    turnover: np.ndarray  # mean daily volume as a share of shares outstanding
+    turnover: np.ndarray  # typical daily volume as a share of shares outstanding (TURNOVER_MEDIAN by segment)
     fy_end_month: np.ndarray
     first: np.ndarray  # first listed session index (0 unless IPO)
     last: np.ndarray  # last listed session index (n_days-1 unless delisted)
@@ -158,7 +174,7 @@ def make_universe(p: SynthParams, rng: np.random.Generator) -> Universe:
         sector_beta=np.clip(rng.normal(1.0, 0.3, n), 0.2, 2.0),
         idio_vol=idio,
         lag_weight=0.5 + (1.0 - size_pct),
-        turnover=0.004 * np.exp(0.6 * rng.standard_normal(n)),
+        turnover=np.array(TURNOVER_MEDIAN)[segment] * np.exp(TURNOVER_DISPERSION * rng.standard_normal(n)),
         fy_end_month=fy,
         first=first,
         last=last,
@@ -166,6 +182,15 @@ def make_universe(p: SynthParams, rng: np.random.Generator) -> Universe:
         split_factor=split_factor,
         suspended=suspended,
     )
+
+
+def base_half_spread(u: Universe) -> np.ndarray:
+    """Per stock: the relative half-spread before the tick floor, HALF_SPREAD_BPS of its segment scaled by
+    (ADV / the segment's median ADV)^-SPREAD_ADV_EXP, ADV = turnover x shares x the starting price (no draw)."""
+    adv = u.turnover * u.shares * u.price0
+    med = np.array([np.median(adv[u.segment == s]) if (u.segment == s).any() else 1.0 for s in range(3)])
+    rel = adv / med[u.segment]
+    return np.minimum(np.array(HALF_SPREAD_BPS)[u.segment] * 1e-4 * rel ** (-SPREAD_ADV_EXP), HALF_SPREAD_MAX)
 
 
 def listed_mask(u: Universe, n_days: int) -> np.ndarray:
