@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import polars as pl
@@ -211,3 +212,26 @@ def test_pin_of_a_plain_or_missing_file_is_the_path_itself(tmp_path):
     p = tmp_path / "x.parquet"
     pl.DataFrame({"a": [1]}).write_parquet(p)
     assert pin(p) == p and not published._PINS
+
+
+def _small_tmpfs(path: Path, size: str) -> None:
+    """A real full disk: a tmpfs of `size` at `path` (root with the capability to mount; else skipped)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a real full disk needs root and `mount` (a tmpfs); the simulated ENOSPC test above still runs")
+    path.mkdir(parents=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+
+
+def test_a_really_full_disk_publishes_nothing(raw, tmp_path):
+    """A real 64 KiB tmpfs that the build fills: one DataError line saying so, and nothing left on the disk."""
+    disk = tmp_path / "disk"
+    _small_tmpfs(disk, "64k")
+    try:
+        with pytest.raises(DataError) as e:
+            build_dataset(_cfg(raw, disk / "out"))
+        assert "\n" not in str(e.value) and "No space left on device" in str(e.value)
+        assert not list(disk.iterdir())  # no folder, no temp file, no lock
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
