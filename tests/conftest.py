@@ -14,6 +14,16 @@ from gogooku3.core.io import write_parquet
 from gogooku3.features.manifest import FeatureManifest, manifest_path
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _own_working_folder(tmp_path_factory):
+    """Every test module starts in an empty folder of its own (before its own fixtures, which may move elsewhere),
+    so the config's relative defaults (data/raw, output/, runs/) never read or write the checkout: a `make demo` run
+    there (its raw tables, borrow lists, datasets) must not change any test's outcome."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path_factory.mktemp("cwd"))
+        yield
+
+
 def make_mini_tables(n_stocks: int = 6, n_days: int = 160, seed: int = 0, start: str = "2023-06-01") -> dict:
     """Every raw table for a few random-walk stocks on real XTKS sessions; stock index 1 has a 1:2 split on its
     81st row (AdjFactor 0.5; raw prices halve, adjusted ones are continuous)."""

@@ -84,8 +84,10 @@ def _main(
         help="User config directory searched before the packaged groups (repeatable): DIR/experiment/x.yaml "
         "is `experiment=x`, DIR/model/y.yaml is `model=y`.",
     ),
+    show_cfg: str | None = typer.Option(None, "--cfg", "-c", hidden=True),
+    multirun: bool = typer.Option(False, "--multirun", "-m", hidden=True),
 ) -> None:
-    ctx.obj = {"config_dirs": list(config_dir)}
+    ctx.obj = {"config_dirs": list(config_dir), "cfg": show_cfg, "multirun": multirun}
 
 
 def _split_config_dirs(args: list[str]) -> tuple[list[str], list[str]]:
@@ -117,9 +119,66 @@ def _cfg(ctx: typer.Context, data: str | None = None) -> Settings:
     dirs, overrides = config_dirs(ctx)
     if data is not None and not any(o.lstrip("+").partition("=")[0] == "data" for o in overrides):
         overrides = [f"data={data}", *overrides]
+    overrides = _hydra_flags(ctx, dirs, overrides)
     cfg = load_config(overrides, config_dirs=dirs)
     setup_logging(cfg.log_level.upper())
     return cfg
+
+
+def _hydra_flags(ctx: typer.Context, dirs: list[str], overrides: list[str]) -> list[str]:
+    """Hydra's own flags among the arguments: `--cfg job|all` (`-c`) prints the composed config (as `config show`)
+    and ends the command; `-m/--multirun` is refused in one line. The other arguments are returned."""
+    root = ctx.find_root().obj or {}
+    show, multirun, rest, it = root.get("cfg"), bool(root.get("multirun")), [], iter(overrides)
+    for a in it:
+        if a in ("--cfg", "-c"):
+            show = next(it, "")
+        elif a.startswith("--cfg="):
+            show = a.split("=", 1)[1]
+        elif a in ("-m", "--multirun"):
+            multirun = True
+        else:
+            rest.append(a)
+    if multirun:
+        raise ConfigError(
+            "-m/--multirun: gogooku3 runs no Hydra sweeps; run one command per value (for lr in 1e-3 3e-3; do "
+            "gogooku3 train train.lr=$lr; done) or search with `gogooku3 tune`"
+        )
+    if show is not None:
+        if show not in ("job", "all"):
+            raise ConfigError(
+                f"--cfg {show}: only --cfg job (or all) is supported, printing the composed config; "
+                f"or use `gogooku3 config show <overrides>`"
+            )
+        from gogooku3.config.compose import compose_config, to_yaml
+
+        typer.echo(to_yaml(compose_config(rest, config_dirs=dirs)), nl=False)
+        raise typer.Exit(0)
+    return rest
+
+
+CUDA_INDEX = "https://download.pytorch.org/whl/<cuda tag>"  # as in the README: the tag from pytorch.org's selector
+
+
+def _check_accelerator(cfg: Settings) -> None:
+    """trainer.accelerator=gpu/cuda needs a torch that sees a CUDA device: refused at once, in one line, else."""
+    if cfg.trainer.accelerator.lower() not in ("gpu", "cuda"):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    version = torch.__version__.split("+")[0]
+    why = (
+        "is a CPU-only build"
+        if torch.version.cuda is None
+        else f"is a CUDA {torch.version.cuda} build but sees no GPU (check nvidia-smi, CUDA_VISIBLE_DEVICES)"
+    )
+    raise ConfigError(
+        f"trainer.accelerator={cfg.trainer.accelerator}: the installed torch {version} {why}; install the CUDA build "
+        f"(`.venv/bin/pip install torch=={version} --index-url {CUDA_INDEX}`, the tag from pytorch.org, see README) "
+        f"or use trainer=cpu"
+    )
 
 
 def _preflight(cfg: Settings, command: str, experiment_dir: Path | None = None) -> None:
@@ -264,6 +323,7 @@ def safe(ctx: typer.Context) -> None:
 )
 def train(ctx: typer.Context) -> None:
     cfg = _cfg(ctx)
+    _check_accelerator(cfg)
     _preflight(cfg, "train")
     from gogooku3.pipelines.atft import CompleteATFTTrainingPipeline
 
@@ -287,6 +347,7 @@ def train(ctx: typer.Context) -> None:
 )
 def tune(ctx: typer.Context) -> None:
     cfg = _cfg(ctx)
+    _check_accelerator(cfg)
     from gogooku3.pipelines.tune import tune as run_tune
 
     dirs, _ = config_dirs(ctx)
@@ -330,9 +391,10 @@ def report(
     ctx: typer.Context, run: Path = typer.Option(Path("runs/last"), "--run", help="Training run directory.")
 ) -> None:
     cfg = _cfg(ctx)
+    from gogooku3.evaluation.export import run_config
     from gogooku3.evaluation.report import build_report
 
-    build_report(cfg, run)
+    build_report(run_config(run, cfg, config_dirs(ctx)[1]), run)
 
 
 @app.command(
@@ -403,6 +465,8 @@ def cache_clean(
 )
 def run(ctx: typer.Context) -> None:
     cfg = _cfg(ctx)
+    if "train" in cfg.run.steps:
+        _check_accelerator(cfg)
     _preflight(cfg, "run")
     from gogooku3.pipelines.full import FullTrainingPipeline
 
@@ -460,22 +524,30 @@ def config_groups(ctx: typer.Context) -> None:
     short_help="A run's predictions as the frames alphalens or quantstats take.",
     help=_help(
         "Write a run's test predictions in the frames alphalens or quantstats take (parquet + CSV; neither package is "
-        "needed to export): alphalens: date, asset, factor, forward returns 1D/5D/..., group; quantstats: date, "
-        "strategy (the headline backtest's net returns), benchmark (the universe's equal-weight return).",
+        "needed to export; the run's saved config.yaml with key=value overrides on top): alphalens: date (the entry "
+        "session), asset, factor, forward returns 1D/5D/..., group, and the prices; quantstats: date (the session "
+        "each return is realised on), strategy (the headline backtest's net returns), benchmark (the universe's "
+        "equal-weight return), topix.",
         "paths, labels, portfolio",
-        "export --to alphalens runs/last",
-        "export --to quantstats runs/last portfolio.realism=realistic",
+        "export --to alphalens --run runs/last",
+        "export --to quantstats --run runs/last portfolio.realism=realistic",
     ),
 )
 def export(
     ctx: typer.Context,
     to: str = typer.Option(..., "--to", help="alphalens or quantstats."),
-    run: Path = typer.Argument(Path("runs/last"), help="Training run directory."),
+    run: Path = typer.Option(Path("runs/last"), "--run", help="Training run directory."),
+    legacy_run: str | None = typer.Argument(None, hidden=True, help="Deprecated: use --run."),
 ) -> None:
+    if legacy_run is not None and "=" in legacy_run:  # not a run: the first override, which the argument took
+        ctx.args[:0], legacy_run = [legacy_run], None
     cfg = _cfg(ctx)
-    from gogooku3.evaluation.export import export_run
+    from gogooku3.evaluation.export import export_run, run_config
 
-    export_run(cfg, run, to)
+    if legacy_run is not None:
+        logging.getLogger(__name__).warning("export RUN is deprecated: use export --run RUN")
+        run = Path(legacy_run)
+    export_run(run_config(run, cfg, config_dirs(ctx)[1]), run, to)
 
 
 def main() -> None:

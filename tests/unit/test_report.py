@@ -215,9 +215,10 @@ def test_report_json_and_html(run_cfg):
     for sid in SECTIONS:
         assert f'<section id="{sid}">' in html, sid
     imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    # IC decay; daily RankIC, 2 monthly heatmaps, sectors; signal; 2 quantile charts; equity, rolling Sharpe;
-    # capacity; 2 importance charts; 2 training charts
-    assert len(imgs) == 15
+    # IC decay; daily RankIC, IC histogram + Q-Q, 2 monthly heatmaps, sectors; signal; 3 quantile charts (means,
+    # cumulative, per-day distribution); equity, rolling Sharpe, rolling volatility, rolling beta, monthly returns;
+    # capacity; 2 importance charts; 2 training charts (issue 22: the standard panels)
+    assert len(imgs) == 20
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in imgs)
     assert "http://" not in html and "https://" not in html and "<script" not in html
     assert not list(run.glob(".*.tmp"))

@@ -251,3 +251,16 @@ def test_point_last_refuses_a_real_folder_and_keeps_it(tmp_path):
     with pytest.raises(DataError, match=r"runs/last: is a real folder, not the link to the latest run; rename it"):
         point_last(runs, run)
     assert (runs / "last" / "keep.txt").read_text() == "x"
+
+
+def test_the_shells_working_directory_is_not_a_secret(monkeypatch, tmp_path):
+    """PWD and OLDPWD match the `pwd` of credential names, but blanking them would blank every absolute path."""
+    from gogooku3.config.compose import secret_values
+
+    monkeypatch.setenv("PWD", str(tmp_path / "project"))
+    monkeypatch.setenv("OLDPWD", str(tmp_path / "before"))
+    monkeypatch.setenv("DB_PWD", "hunter2-hunter2")
+    found = secret_values()
+    assert (
+        "hunter2-hunter2" in found and str(tmp_path / "project") not in found and str(tmp_path / "before") not in found
+    )

@@ -180,21 +180,30 @@ def test_export_alphalens_and_quantstats_frames(tmp_path):
     preds.select("Date", "Code", Close=pl.lit(1000.0), S33=pl.col("Code").str.slice(2, 1)).write_parquet(ds)
     FeatureManifest.from_frame(pl.read_parquet(ds), {}, [1], 1).save(manifest_path(ds))  # the entry lag's source
     args = [f"paths.output_dir={tmp_path / 'output'}", f"paths.dataset={ds}", f"paths.raw_dir={tmp_path / 'none'}"]
-    out = CliRunner().invoke(app, ["export", "--to", "alphalens", str(run), *args])
+    out = CliRunner().invoke(app, ["export", "--to", "alphalens", str(run), *args])  # the deprecated positional RUN
     assert out.exit_code == 0, out.output
     al = pl.read_parquet(run / "export" / "alphalens_factor.parquet")
-    assert al.columns == ["date", "asset", "factor", "1D", "5D", "group"] and al.height == preds.height
-    j = al.join(preds, left_on=["date", "asset"], right_on=["Date", "Code"])
+    last = preds["Date"].max()  # its entry session lies beyond the calendar: no row
+    assert al.columns == ["date", "signal_date", "asset", "factor", "1D", "5D", "group"]
+    assert al.height == preds.filter(pl.col("Date") < last).height
+    j = al.with_columns(pl.col("signal_date").cast(pl.Date)).join(
+        preds, left_on=["signal_date", "asset"], right_on=["Date", "Code"]
+    )
+    assert (j["date"].cast(pl.Date) > j["signal_date"]).all()  # dated by the entry session (entry lag 1)
     assert (j["factor"] == j["pred_1d"].cast(pl.Float64)).all() and (j["5D"] == j["target_5d"].cast(pl.Float64)).all()
     assert (j["group"] == j["asset"].str.slice(2, 1)).all()
     assert (run / "export" / "alphalens_factor.csv").exists()
-    out = CliRunner().invoke(app, ["export", "--to", "quantstats", str(run), *args])
+    out = CliRunner().invoke(app, ["export", "--to", "quantstats", "--run", str(run), *args])
     assert out.exit_code == 0, out.output
     qs = pl.read_parquet(run / "export" / "quantstats_returns.parquet")
     cfg = load_config(args)  # the headline is the realistic book, whose costs read the dataset's market
     market = market_for(cfg, preds, ds, cfg.portfolio.vol_column)
     both, headline = backtest_both(preds.with_columns(Close=pl.lit(1000.0)), cfg, market)
-    assert qs.columns == ["date", "strategy", "benchmark", "topix"] and qs["topix"].null_count() == qs.height
-    assert qs["strategy"].to_list() == pytest.approx(both[headline].daily["net"].to_list())
-    bad = CliRunner().invoke(app, ["export", "--to", "zipline", str(run), *args])
+    assert qs.columns == ["date", "strategy", "benchmark", "topix", "signal_date"]
+    assert qs["topix"].null_count() == qs.height and qs["date"].dtype == pl.Datetime("ns")
+    # the labels run past the dataset's calendar: the rows realised beyond it have no session to be dated by
+    daily = both[headline].daily.filter(pl.col("Date") < preds["Date"].unique().sort()[-2])
+    assert qs["strategy"].to_list() == pytest.approx(daily["net"].to_list())
+    assert qs["signal_date"].cast(pl.Date).to_list() == daily["Date"].to_list()
+    bad = CliRunner().invoke(app, ["export", "--to", "zipline", "--run", str(run), *args])
     assert bad.exit_code == 2 and "alphalens|quantstats" in bad.output

@@ -235,6 +235,7 @@ def _override_hint(overrides: Sequence[str], dirs: Sequence[str | Path] = ()) ->
 
 REDACTED = "***"
 # A key whose name says it holds a credential (api_key, access_token, db_password, client_secret, ...).
+NOT_SECRET_ENV = ("PWD", "OLDPWD")  # the shell's working directories match `pwd` but are paths, not passwords
 SECRET_NAME = re.compile(r"(?i)(^|[_.-])(api_?key|key|token|password|passwd|pwd|secret|credentials?)($|[_.-])")
 # A URL query parameter named like a credential (password, sslpassword, access_token, api_key, client_secret, ...).
 SECRET_PARAM = re.compile(r"(?i)(pass(word|wd|phrase)?$|pwd|token|key|secret|credential|signature)")
@@ -333,7 +334,7 @@ def url_secrets(url: str) -> list[str]:
 def secret_values() -> list[str]:
     """Text to blank wherever it appears, longest first: values composed configs read from environment variables
     and the values of environment variables named like credentials (JQUANTS_API_KEY, ...), `MIN_SCRUB_LEN`+ long."""
-    named = {v for k, v in os.environ.items() if SECRET_NAME.search(k)}
+    named = {v for k, v in os.environ.items() if SECRET_NAME.search(k) and k not in NOT_SECRET_ENV}
     return sorted({v for v in _env_values | named if len(v) >= MIN_SCRUB_LEN}, key=len, reverse=True)
 
 

@@ -599,3 +599,39 @@ def cumulative_quantile_returns(df: pl.DataFrame | pl.LazyFrame, pred: str, targ
         .with_columns(cum_return=(1.0 + pl.col("ret")).cum_prod().over("quantile") - 1.0)
         .select(C.DATE, "quantile", "cum_return")
     )
+
+
+def normal_qq(x: pl.Series | np.ndarray) -> pl.DataFrame:
+    """theoretical, sample: the sorted finite values of `x` against the normal quantiles of the same mean and std at
+    plotting positions (i − 0.5) / n (a normal Q-Q plot's points)."""
+    from scipy import stats
+
+    v = np.sort(np.asarray(pl.Series(x).drop_nulls().cast(pl.Float64).to_numpy(), dtype=float))
+    v = v[np.isfinite(v)]
+    n = v.size
+    if n < 2:
+        return pl.DataFrame({"theoretical": [], "sample": []}, schema={"theoretical": pl.Float64, "sample": pl.Float64})
+    z = stats.norm.ppf((np.arange(1, n + 1) - 0.5) / n)
+    return pl.DataFrame({"theoretical": v.mean() + v.std(ddof=1) * z, "sample": v})
+
+
+def distribution(x: pl.Series) -> dict[str, Any]:
+    """n, mean, std, skew, excess kurtosis of the non-null values of `x` (a daily IC series' shape)."""
+    v = x.drop_nulls().cast(pl.Float64)
+    n = v.len()
+    return {
+        "n": n,
+        "mean": as_float(v.mean()) if n else float("nan"),
+        "std": as_float(v.std()) if n > 1 else float("nan"),
+        "skew": as_float(v.skew()) if n > 2 else float("nan"),
+        "excess_kurtosis": as_float(v.kurtosis()) if n > 3 else float("nan"),
+    }
+
+
+def empty_columns(lf: pl.LazyFrame, cols: Iterable[str]) -> list[str]:
+    """The columns of `cols` (those `lf` has) with no non-null value: features a model receives but cannot use."""
+    have = [c for c in cols if c in lf.collect_schema()]
+    if not have:
+        return []
+    counts = lf.select(pl.col(have).count()).collect().row(0)
+    return [c for c, k in zip(have, counts, strict=True) if k == 0]

@@ -49,10 +49,18 @@ from gogooku3.evaluation.backtest.market import (
     data_source,
     market_for,
 )
-from gogooku3.evaluation.backtest.summary import BacktestResult, rolling_sharpe
+from gogooku3.evaluation.backtest.summary import (
+    BacktestResult,
+    monthly_returns,
+    rolling_beta,
+    rolling_sharpe,
+    rolling_vol,
+    worst_drawdowns,
+)
 from gogooku3.evaluation.compare import Comparison, align, compare
 from gogooku3.evaluation.compare import daily as daily_ic
 from gogooku3.evaluation.results import SafeSummary, TrainResult
+from gogooku3.features.manifest import FeatureManifest
 from gogooku3.features.published import pin
 
 if TYPE_CHECKING:
@@ -378,6 +386,7 @@ def build_report(cfg: Settings, run_dir: str | Path) -> dict[str, Path]:
             "safe_report": None if safe is None else safe.path,
             "safe_stats": data_stats,
             "dropped_features": None if safe is None else safe.dropped_features,
+            "features_used": _features_used(result, safe, dataset),
         },
         "run_model": run_model,
         "tear_sheet": tear,
@@ -473,6 +482,37 @@ def build_report(cfg: Settings, run_dir: str | Path) -> dict[str, Path]:
     return {"json": json_path, "html": html_path}
 
 
+def _features_used(result: TrainResult | None, safe: SafeSummary | None, dataset: Path) -> dict[str, dict]:
+    """Per predictor, the features it actually receives: the deep model all of the panel's (the manifest's), of which
+    `entirely_empty` have no value (on the safe report's training days, else in the whole dataset); LightGBM those
+    left after the safe report's screening."""
+    out: dict[str, dict] = {}
+    if result is not None and "atft" in result.predictors:
+        shape = (result.panel or {}).get("shape") or []
+        path = next((p for p in (Path(result.dataset.path or ""), dataset) if p.is_file()), None)
+        empty: list[str] | None = None
+        if safe is not None:  # the safe report measured every feature on the training days
+            empty = sorted(k for k, v in safe.dropped_features.items() if isinstance(v, (int, float)) and v >= 1.0)
+        elif path is not None:
+            try:
+                empty = metrics.empty_columns(pl.scan_parquet(path), FeatureManifest.for_dataset(path).names)
+            except (DataError, OSError) as e:
+                log.warning("report: empty features of %s not counted: %s", path, e)
+        out["atft"] = {
+            "features": int(shape[2]) if len(shape) == 3 else result.dataset.n_features,
+            "entirely_empty": None if empty is None else len(empty),
+            "empty": empty,
+            "source": "the panel (every manifest feature)",
+        }
+    if safe is not None:
+        out["lightgbm"] = {
+            "features": safe.features,
+            "dropped": len(safe.dropped_features),
+            "source": "after the safe report's screening",
+        }
+    return out
+
+
 def _run_model(result: TrainResult | None, run_cfg_text: str | None, n_params: int | None) -> dict[str, Any]:
     """What was run: model name and sizes (the run's metrics.json and config.yaml), parameters, ensemble members."""
     import yaml
@@ -530,11 +570,19 @@ def _tear_sheet(
     autocorr = metrics.rank_autocorrelation(model, C.pred(h0))
     turnover = metrics.quantile_turnover(model, C.pred(h0), q)
     cumq = metrics.cumulative_quantile_returns(model, C.pred(h0), C.target(h0), q)
+    lead_ic = daily[lead][h0]["rank_ic"] if h0 in daily.get(lead, {}) else None
+    qq = metrics.normal_qq(lead_ic) if lead_ic is not None else None
+    dq = metrics.daily_quantile_returns(model, C.pred(h0), C.target(h0), q)
+    book = both[lead][headline].daily if lead in both else None
+    months = monthly_returns(book) if book is not None else None
+    worst = worst_drawdowns(book) if book is not None else None
 
     window = rc.rolling_sharpe_days
     roll = {
         k: rolling_sharpe(v[headline].daily, window, v[headline].summary["periods_per_year"]) for k, v in both.items()
     }
+    vol = {k: rolling_vol(v[headline].daily, window, v[headline].summary["periods_per_year"]) for k, v in both.items()}
+    beta: dict[str, pl.DataFrame] = {}
     topix = topix_closes(cfg.paths.raw_dir)
     have_topix = topix is not None and market is not None
     bench = rc.benchmark
@@ -553,6 +601,8 @@ def _tear_sheet(
                 for b in ("topix", "equal_weight")
                 if br[b].drop_nulls().len()
             }
+            if mode == headline:
+                beta[k] = rolling_beta(br["strategy"], br[bench], br[C.DATE], window)
             if k == lead and mode == headline:
                 bench_curve = br.select(C.DATE, equity=(1.0 + pl.col(bench).fill_null(0.0)).cum_prod())
     summary = {
@@ -582,6 +632,11 @@ def _tear_sheet(
             }
             for k, v in roll.items()
         },
+        "ic_distribution": {lead: None if lead_ic is None else metrics.distribution(lead_ic)},
+        "monthly_returns": {lead: None if months is None else months.to_dicts()},
+        "worst_drawdowns": {lead: None if worst is None else worst.to_dicts()},
+        "rolling_vol": {k: _roll_stats(v, "vol", window) for k, v in vol.items()},
+        "rolling_beta": {k: {**_roll_stats(v, "beta", window), "benchmark": bench} for k, v in beta.items()},
         "benchmark": bench,
         "topix_available": have_topix,
         "relative": relative,
@@ -596,11 +651,24 @@ def _tear_sheet(
         "cumq": cumq,
         "rolling": roll,
         "window": window,
+        "ic": lead_ic,
+        "qq": qq,
+        "daily_quantiles": dq,
+        "monthly_returns": months,
+        "worst_drawdowns": worst,
+        "vol": vol,
+        "beta": beta,
         "bench_curve": None
         if bench_curve is None
         else ("TOPIX" if bench == "topix" else "equal-weight universe", bench_curve),
     }
     return summary, frames_
+
+
+def _roll_stats(d: pl.DataFrame, col: str, window: int) -> dict[str, Any]:
+    """window, last, min, max of a rolling series' column."""
+    v = d[col].drop_nulls()
+    return {"window": window, "last": v[-1] if v.len() else None, "min": v.min(), "max": v.max()}
 
 
 def _tlabel(d: dict | None) -> str:
@@ -662,6 +730,9 @@ def _bt_rows(both: dict, headline: str) -> list[tuple]:
                     s["hac_lag"],
                     s["ann_return"],
                     s["max_drawdown"],
+                    s.get("sortino"),
+                    s.get("cagr"),
+                    s.get("calmar"),
                     s["avg_turnover"],
                     bc["flat"]["sharpe"],
                     bc["spread_impact"]["sharpe"],
@@ -742,12 +813,11 @@ def _data_table(rep: dict) -> str:
     if st:
         rows += [
             ("rows validated", f"{H.fmt(st.get('rows'))} ({st.get('dates')} dates × {st.get('stocks')} stocks)"),
-            (
-                "features used",
-                f"{H.fmt(st.get('features used'))} ({len(rep['data'].get('dropped_features') or {})} dropped, below)",
-            ),
             ("split", st.get("split")),
         ]
+    fu = rep["data"].get("features_used") or {}
+    if fu:
+        rows.append(("features used", "; ".join(_features_text(k, v) for k, v in fu.items())))
     rows += [
         (
             "test predictions",
@@ -755,6 +825,15 @@ def _data_table(rep: dict) -> str:
         )
     ]
     return H.table(["", "value"], rows, wrap_cols=(1,), left=True)
+
+
+def _features_text(name: str, v: dict) -> str:
+    """'atft: 173 (7 entirely empty)' / 'lightgbm: 156 after screening (17 dropped, below)'."""
+    if "dropped" in v:
+        return f"{name}: {H.fmt(v['features'])} after screening ({v['dropped']} dropped, below)"
+    empty = v.get("entirely_empty")
+    extra = f" ({empty} entirely empty: {', '.join(v.get('empty') or [])})" if empty else ""
+    return f"{name}: {H.fmt(v['features'])}, every manifest feature{extra}"
 
 
 def _tiles(rep: dict, evals: dict, paired: dict, h0: int) -> str:
@@ -815,6 +894,11 @@ def _tiles(rep: dict, evals: dict, paired: dict, h0: int) -> str:
                 None,
             ),
             (f"information ratio vs {ts['benchmark'].replace('_', '-')}", H.fmt(rel.get("information_ratio"), 2), None),
+            (
+                "Sortino / CAGR / Calmar",
+                f"{H.fmt(bm.get('sortino'), 2)} / {H.fmt(bm.get('cagr'), pct=True)} / {H.fmt(bm.get('calmar'), 2)}",
+                None,
+            ),
         ]
     )
     if chk.get("targets_apply"):
@@ -839,7 +923,47 @@ def _tiles(rep: dict, evals: dict, paired: dict, h0: int) -> str:
             f"{chk['param_target'] / 1e6:.1f} M parameters) apply to <code>model=full</code> only; this run is "
             f"<code>model={H.fmt(rm['name'])}</code>.</p>"
         )
-    return run + results + targets
+    return run + results + targets + _all_predictors(rep, evals, h0)
+
+
+def _all_predictors(rep: dict, evals: dict, h0: int) -> str:
+    """The headline's figures for every predictor of the run, the product first."""
+    rows = []
+    for k, e in evals.items():
+        s, bt = e.get(str(h0), {}), (rep["backtest"].get(k) or {}).get("summary") or {}
+        tag = " (product)" if k == rep["product"] else " (reference)" if k == rep["reference"] else ""
+        rows.append(
+            (
+                f"{k}{tag}",
+                s.get("rank_ic_mean"),
+                s.get("rank_ic_tstat"),
+                bt.get("sharpe"),
+                bt.get("ann_return"),
+                bt.get("cagr"),
+                bt.get("max_drawdown"),
+                bt.get("sortino"),
+                bt.get("calmar"),
+            )
+        )
+    head = ["predictor", f"RankIC {h0}d", "t", "Sharpe", "ann. return", "CAGR", "max DD", "Sortino", "Calmar"]
+    return "<h3>Every predictor (same rows, headline book)</h3>" + H.table(head, rows, pct_cols=(4, 5, 6))
+
+
+def _dist(ts: dict, lead: str, key: str) -> Any:
+    return (ts["ic_distribution"].get(lead) or {}).get(key)
+
+
+def _worst_table(worst: pl.DataFrame | None, book: str) -> str:
+    """The 5 deepest drawdowns of the headline book (`summary.worst_drawdowns`)."""
+    if worst is None or worst.height == 0:
+        return ""
+    rows = [
+        (r["start"], r["trough"], r["recovery"] or "not recovered", r["depth"], r["length"])
+        for r in worst.iter_rows(named=True)
+    ]
+    return f"<h3>Worst drawdowns ({H.fmt(book)})</h3>" + H.table(
+        ["peak", "trough", "recovery", "depth", "sessions"], rows, pct_cols=(3,)
+    )
 
 
 def _relative_rows(rel: dict) -> list[tuple]:
@@ -881,6 +1005,7 @@ def _html(
 ) -> str:
     chk, ts = rep["checks"], rep["tear_sheet"]
     lead, ref = rep["product"], rep["reference"]
+    H.assign_colors([lead, *([ref] if ref else []), *evals, *both])
     missing = f'<p class="note">Missing inputs: {H.fmt(", ".join(rep["missing"]))}</p>' if rep["missing"] else ""
     note = (
         f'<p class="note">Sharpe: {H.fmt(chk["sharpe_definition"])}. t-stats of 1-day labels and of the backtests '
@@ -981,6 +1106,12 @@ def _html(
             f"RankIC through time and by sector ({h0}-day horizon)",
             H.grid(
                 H.chart_rank_ic({k: v[h0] for k, v in daily.items() if h0 in v}, window, h0, dpi),
+                H.caption(
+                    H.chart_ic_distribution(tf["ic"], tf["qq"], dpi, lead),
+                    f"Skew {H.fmt(_dist(ts, lead, 'skew'), 2)}, excess kurtosis "
+                    f"{H.fmt(_dist(ts, lead, 'excess_kurtosis'), 2)}; points off the line are days a normal "
+                    "distribution of the same mean and spread would not give.",
+                ),
                 H.chart_monthly_heatmap(months.get(lead), dpi, lead),
                 *([H.chart_monthly_heatmap(months[ref], dpi, ref)] if ref in months else []),
                 H.caption(
@@ -1016,7 +1147,15 @@ def _html(
         H.section(
             "quantiles",
             "Returns per prediction quantile",
-            H.grid(H.chart_quantiles(quants, dpi), H.chart_cumulative_quantiles(tf["cumq"], dpi, h0)),
+            H.grid(
+                H.chart_quantiles(quants, dpi),
+                H.chart_cumulative_quantiles(tf["cumq"], dpi, h0),
+                H.caption(
+                    H.chart_quantile_box(tf["daily_quantiles"], dpi, lead),
+                    "Each day's mean target per bucket: box = middle half of the days, whiskers 5th-95th "
+                    "percentile, dot = mean.",
+                ),
+            ),
         )
     )
 
@@ -1033,6 +1172,20 @@ def _html(
                     "Growth of 1 after costs (log scale); the grey line is the benchmark (long only).",
                 ),
                 H.chart_rolling_sharpe(tf["rolling"], tf["window"], dpi),
+                H.chart_rolling_line(
+                    tf["vol"], "vol", tf["window"], dpi, f"rolling {tf['window']}-session volatility (ann., %)", True
+                ),
+                H.chart_rolling_line(
+                    tf["beta"],
+                    "beta",
+                    tf["window"],
+                    dpi,
+                    f"rolling {tf['window']}-session beta vs {'TOPIX' if ts['benchmark'] == 'topix' else 'universe'}",
+                ),
+                H.caption(
+                    H.chart_monthly_returns(tf["monthly_returns"], dpi, f"{lead} {chk['sharpe_mode']}"),
+                    "Net return of the headline book compounded within each month.",
+                ),
                 H.caption(
                     H.chart_capacity((rep.get("backtest_capacity") or {}).get("horizons"), dpi, rep["product"]),
                     "Capacity: the realistic book's Sharpe at each capital (portfolio.capacity_capitals, yen per "
@@ -1040,6 +1193,7 @@ def _html(
                     "book's flat cost (dashed) does not.",
                 ),
             )
+            + _worst_table(tf["worst_drawdowns"], f"{lead} {chk['sharpe_mode']}")
             + H.table(*H.capacity_rows((rep.get("backtest_capacity") or {}).get("horizons")))
             + H.table(
                 [
@@ -1049,6 +1203,9 @@ def _html(
                     "HAC lag",
                     "ann. return",
                     "max DD",
+                    "Sortino",
+                    "CAGR",
+                    "Calmar",
                     "turnover",
                     "Sharpe flat cost",
                     "Sharpe TSE costs",
@@ -1057,7 +1214,7 @@ def _html(
                     "dates missing/unrealised/small",
                 ],
                 bt_rows,
-                pct_cols=(4, 5),
+                pct_cols=(4, 5, 7),
             )
             + _realism_note(both, rep["product"])
             + "<h3>Every horizon: h overlapping cohorts, each held h sessions</h3>"
@@ -1138,7 +1295,8 @@ def _html(
             ),
         )
     )
-    secs.append(H.section("importance", "Feature importance", H.chart_importance(importances, top, dpi)))
+    imp_colors = {"LightGBM gain": H.color("lightgbm"), "model variable selection": H.color("atft")}
+    secs.append(H.section("importance", "Feature importance", H.chart_importance(importances, top, dpi, imp_colors)))
     secs.append(H.section("training", "Training curves", H.chart_training(curves, dpi)))
     cfg_text = rep["config"]["run"]
     secs.append(

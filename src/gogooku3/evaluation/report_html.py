@@ -28,6 +28,29 @@ MODEL_COLOR, BASE_COLOR, BENCH_COLOR = "#1f5fa8", "#d9822b", "#6b7280"
 REALISTIC_COLOR = "#0f8b6e"
 # predictors in the report's order: the product first, the reference second, then the others
 PALETTE = (MODEL_COLOR, BASE_COLOR, "#7b3fa0", "#2a9d8f", "#c0392b", "#8d6e63", "#374151")
+_COLORS: dict[str, str] = {}  # predictor -> colour, set once per page by `assign_colors`
+
+
+def assign_colors(names: Sequence[str]) -> dict[str, str]:
+    """One colour per predictor (report order) that every chart of the page uses; returns the mapping."""
+    _COLORS.clear()
+    _COLORS.update({n: PALETTE[i % len(PALETTE)] for i, n in enumerate(names)})
+    return dict(_COLORS)
+
+
+def color(label: str) -> str:
+    """The colour of the predictor a label names ("atft", "atft realistic", "blend 20-day mean", ...)."""
+    for n in sorted(_COLORS, key=len, reverse=True):
+        if label == n or label.startswith(n + " "):
+            return _COLORS[n]
+    return PALETTE[sum(map(ord, label)) % len(PALETTE)]
+
+
+def short(label: str, n: int = 30) -> str:
+    """A label cut to `n` characters with an ellipsis (long feature names on a chart's axis)."""
+    return label if len(label) <= n else label[: n - 1] + "…"
+
+
 W, H1 = 6.4, 3.3  # one chart (inches): 576 px at the default 90 dpi, two to a row on a desktop
 # 12 pt text: about 8-9 px when a phone shrinks a 576 px chart to its ~340 px column
 plt.rcParams.update(
@@ -52,7 +75,8 @@ section{background:#fff;border-radius:8px;padding:14px 20px 18px;margin:14px 0;b
 .scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:13px;margin:8px 0} th,td{padding:4px 10px;border-bottom:1px solid #e3e6ea;
 text-align:right;white-space:nowrap} th{background:#eef2f7} td:first-child,th:first-child{text-align:left}
-td.wrap{white-space:normal;min-width:200px;text-align:left} table.left td,table.left th{text-align:left}
+td.wrap{white-space:normal;min-width:200px;text-align:left;overflow-wrap:anywhere}
+table.left td,table.left th{text-align:left}
 .kpis{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:10px;margin:8px 0}
 .kpi{background:#eef2f7;border-radius:6px;padding:8px 12px} .kpi b{display:block;font-size:20px;overflow-wrap:anywhere}
 .kpi span{font-size:12px;color:#556} .kpi.run{background:#e8f0fb} .kpi.target{background:#fdf3e6}
@@ -139,6 +163,12 @@ def _legend(ax, **kw) -> None:
         ax.legend(frameon=False, **kw)
 
 
+def _legend_below(ax, ncol: int = 3) -> None:
+    """The legend under the axes, so that it never hides a line."""
+    n = len(ax.get_legend_handles_labels()[0])
+    _legend(ax, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=min(ncol, max(1, n)), fontsize=9)
+
+
 def chart_equity(curves: dict[str, pl.DataFrame], dpi: int, benchmark: tuple[str, pl.DataFrame] | None = None) -> str:
     """Growth of 1 on a log scale with the drawdown below: each (label -> daily with Date, equity, drawdown)."""
     fig, (ax1, ax2) = plt.subplots(
@@ -149,28 +179,31 @@ def chart_equity(curves: dict[str, pl.DataFrame], dpi: int, benchmark: tuple[str
         if d is None or d.height == 0:
             continue
         who, mode = name.rsplit(" ", 1) if " " in name else (name, "")
-        x, color = d[C.DATE].to_list(), PALETTE[names.index(who) % len(PALETTE)]
-        ax1.plot(x, d["equity"].to_list(), ":" if mode == "ideal" else "-", color=color, lw=1.6, label=name)
+        x, c = d[C.DATE].to_list(), color(who)
+        ax1.plot(x, d["equity"].to_list(), ":" if mode == "ideal" else "-", color=c, lw=1.6, label=name)
         if who == names[0]:
-            ax2.plot(
-                x, (100 * d["drawdown"]).to_list(), ":" if mode == "ideal" else "-", color=color, lw=1.2, label=name
-            )
+            ax2.plot(x, (100 * d["drawdown"]).to_list(), ":" if mode == "ideal" else "-", color=c, lw=1.2, label=name)
     if benchmark is not None and benchmark[1].height:
         b = benchmark[1]
         ax1.plot(b[C.DATE].to_list(), b["equity"].to_list(), color=BENCH_COLOR, lw=1.2, label=benchmark[0])
     ax1.set_yscale("log")
-    ax1.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)))
+    lo, hi = ax1.get_ylim()
+    wide = hi / max(lo, 1e-12) > 10  # more than a decade: fewer ticks, or their labels collide
+    subs = (1.0, 2.0, 5.0) if wide else (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)
+    ax1.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
     ax1.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax1.yaxis.set_minor_formatter(NullFormatter())
     ax1.axhline(1.0, color="#888", lw=0.8)
     ax1.set_ylabel("growth of 1 (log)")
     ax1.set_title("equity, net of costs")
-    _legend(ax1, loc="upper left")
     ax1.grid(alpha=0.3, which="both")
     ax2.set_ylabel("drawdown %")
     ax2.grid(alpha=0.3)
     _dates(ax2)
     fig.tight_layout()
+    handles, labels = ax1.get_legend_handles_labels()  # under the figure: on the log axes it hid the lines
+    if handles:
+        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=9, frameon=False)
     return png(fig)
 
 
@@ -230,10 +263,10 @@ def capacity_rows(by_h: dict[str, dict] | None) -> tuple[list[str], list[tuple]]
 def chart_rolling_sharpe(series: dict[str, pl.DataFrame], window: int, dpi: int) -> str:
     fig, ax = plt.subplots(figsize=(W, H1), dpi=dpi)
     drawn = False
-    for (name, d), color in zip(series.items(), PALETTE, strict=False):
+    for name, d in series.items():
         if d is None or d.drop_nulls().height == 0:
             continue
-        ax.plot(d[C.DATE].to_list(), d["sharpe"].to_list(), color=color, lw=1.6, label=name)
+        ax.plot(d[C.DATE].to_list(), d["sharpe"].to_list(), color=color(name), lw=1.6, label=name)
         drawn = True
     if not drawn:
         _empty(ax, f"fewer than {window} periods: no rolling Sharpe")
@@ -241,7 +274,7 @@ def chart_rolling_sharpe(series: dict[str, pl.DataFrame], window: int, dpi: int)
     ax.axhline(0, color="#888", lw=0.8)
     ax.set_title(f"rolling {window}-period Sharpe (net)")
     _dates(ax)
-    _legend(ax, loc="upper left")
+    _legend_below(ax, 5)
     ax.grid(alpha=0.3)
     return png(fig)
 
@@ -252,12 +285,17 @@ def chart_rank_ic(daily: dict[str, pl.DataFrame], window: int, horizon: int, dpi
     m = daily.get(first) if first is not None else None
     if m is not None and m.height:
         ax.bar(
-            m[C.DATE].to_list(), m["rank_ic"].to_list(), color=MODEL_COLOR, alpha=0.3, width=1.0, label=f"{first} daily"
+            m[C.DATE].to_list(),
+            m["rank_ic"].to_list(),
+            color=color(str(first)),
+            alpha=0.3,
+            width=1.0,
+            label=f"{first} daily",
         )
-    for (name, d), color in zip(daily.items(), PALETTE, strict=False):
+    for name, d in daily.items():
         if d is not None and d.height:
             roll = d["rank_ic"].rolling_mean(window, min_samples=max(1, window // 2))
-            ax.plot(d[C.DATE].to_list(), roll.to_list(), color=color, lw=2, label=f"{name} {window}-day mean")
+            ax.plot(d[C.DATE].to_list(), roll.to_list(), color=color(name), lw=2, label=f"{name} {window}-day mean")
     ax.axhline(0, color="#888", lw=0.8)
     ax.set_title(f"daily RankIC, {horizon}-day horizon")
     _dates(ax)
@@ -270,16 +308,15 @@ def chart_ic_decay(decay: dict[str, pl.DataFrame], dpi: int) -> str:
     """Mean RankIC by horizon with its 95 % HAC band (Newey–West at 1 day, EWC beyond), one line per predictor
     (label -> `metrics.ic_decay`)."""
     fig, ax = plt.subplots(figsize=(W, H1), dpi=dpi)
-    colors = [MODEL_COLOR, BASE_COLOR, "#7b4fa8", BENCH_COLOR]
     hs: list[int] = []
-    for (name, d), color in zip(decay.items(), colors, strict=False):
+    for name, d in decay.items():
         if d is None or d.height == 0:
             continue
         x = d["horizon"].to_list()
         hs = sorted(set(hs) | set(x))
-        style = ":" if "signal" in name else "-"
-        ax.plot(x, d["rank_ic_mean"].to_list(), style, marker="o", color=color, lw=1.8, label=name)
-        ax.fill_between(x, d["lo"].to_list(), d["hi"].to_list(), color=color, alpha=0.15)
+        style, c = (":" if "signal" in name else "-"), color(name)
+        ax.plot(x, d["rank_ic_mean"].to_list(), style, marker="o", color=c, lw=1.8, label=name)
+        ax.fill_between(x, d["lo"].to_list(), d["hi"].to_list(), color=c, alpha=0.1 if "signal" in name else 0.15)
     if not hs:
         _empty(ax, "no horizon scored")
         return png(fig)
@@ -386,7 +423,7 @@ def chart_signal(autocorr: pl.DataFrame | None, turnover: pl.DataFrame | None, d
     ax.set_ylim(0, 1.05)
     ax.set_title("signal stability (model)")
     _dates(ax)
-    _legend(ax, loc="center left")
+    _legend_below(ax, 2)
     ax.grid(alpha=0.3)
     return png(fig)
 
@@ -394,14 +431,14 @@ def chart_signal(autocorr: pl.DataFrame | None, turnover: pl.DataFrame | None, d
 def chart_quantiles(quants: dict[str, pl.DataFrame], dpi: int) -> str:
     fig, ax = plt.subplots(figsize=(W, H1), dpi=dpi)
     width = 0.8 / max(1, len(quants))
-    for i, ((name, q), color) in enumerate(zip(quants.items(), PALETTE, strict=False)):
+    for i, (name, q) in enumerate(quants.items()):
         if q is None or q.height == 0:
             continue
         ax.bar(
             [k + (i - (len(quants) - 1) / 2) * width for k in q["quantile"].to_list()],
             (q["mean_return"] * 1e4).to_list(),
             width,
-            color=color,
+            color=color(name),
             label=name,
         )
     ax.axhline(0, color="#888", lw=0.8)
@@ -438,8 +475,12 @@ def chart_cumulative_quantiles(cum: pl.DataFrame | None, dpi: int, horizon: int)
     return png(fig)
 
 
-def chart_importance(imps: dict[str, dict[str, float]], top: int, dpi: int) -> str:
-    """One bar chart per importance source, side by side on a desktop."""
+def chart_importance(
+    imps: dict[str, dict[str, float]], top: int, dpi: int, colors: dict[str, str] | None = None
+) -> str:
+    """One bar chart per importance source (`colors`: source -> its predictor's colour), side by side on a desktop;
+    feature names longer than 30 characters are cut."""
+    colors = colors or {}
     names = [k for k, v in imps.items() if v]
     if not names:
         fig, ax = plt.subplots(figsize=(W, H1 / 2), dpi=dpi)
@@ -447,16 +488,17 @@ def chart_importance(imps: dict[str, dict[str, float]], top: int, dpi: int) -> s
         return png(fig)
     imgs = []
     for name in names:
-        fig, ax = plt.subplots(figsize=(W, 0.3 * top + 1.3), dpi=dpi)
         items = sorted(imps[name].items(), key=lambda kv: kv[1], reverse=True)[:top][::-1]
+        fig, ax = plt.subplots(figsize=(W, 0.34 * len(items) + 1.3), dpi=dpi)
         total = sum(abs(v) for v in imps[name].values()) or 1.0
-        ax.barh(
-            [k for k, _ in items],
-            [v / total for _, v in items],
-            color=BASE_COLOR if "lightgbm" in name.lower() else MODEL_COLOR,
-        )
+        y = list(range(len(items)))  # one row per feature: labels never share a tick
+        ax.barh(y, [v / total for _, v in items], color=colors.get(name, MODEL_COLOR))
+        ax.set_yticks(y, [short(k) for k, _ in items])
+        ax.set_ylim(-0.6, len(items) - 0.4)
         ax.set_title(f"{name} (share of total)")
-        ax.tick_params(axis="y", labelsize=11)
+        ax.tick_params(axis="y", labelsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.1f}%"))
         ax.grid(alpha=0.3, axis="x")
         fig.tight_layout()
         imgs.append(png(fig))
@@ -491,6 +533,120 @@ def chart_training(curves: pl.DataFrame | None, dpi: int) -> str:
         ax2.grid(alpha=0.3)
         _legend(ax2, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # below: the lines fill the plot
     return grid(png(f1), png(f2))
+
+
+def chart_ic_distribution(ic: pl.Series | None, qq: pl.DataFrame | None, dpi: int, title: str) -> str:
+    """Histogram of a daily RankIC series with its normal curve, and its normal Q-Q plot (`metrics.normal_qq`)."""
+    import numpy as np
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(W, H1 + 0.3), dpi=dpi)
+    v = np.asarray([] if ic is None else ic.drop_nulls().to_list(), dtype=float)
+    if v.size < 2 or qq is None or qq.height == 0:
+        _empty(ax1, "fewer than 2 scored days")
+        _empty(ax2, "")
+        return png(fig)
+    c = color(title)
+    ax1.hist(v, bins=min(40, max(10, v.size // 10)), density=True, color=c, alpha=0.55)
+    mu, sd = float(v.mean()), float(v.std(ddof=1))
+    if sd > 0:
+        x = np.linspace(v.min(), v.max(), 200)
+        ax1.plot(x, np.exp(-0.5 * ((x - mu) / sd) ** 2) / (sd * math.sqrt(2 * math.pi)), color="#333", lw=1.2)
+    ax1.axvline(mu, color="#b42318", lw=1.2)
+    ax1.set_title(f"histogram (mean {mu:.3f})", fontsize=11)
+    ax1.set_xlabel("daily RankIC")
+    ax1.xaxis.set_major_locator(MaxNLocator(4))
+    t, sm = qq["theoretical"].to_list(), qq["sample"].to_list()
+    ax2.scatter(t, sm, s=6, color=c, alpha=0.6)
+    lo, hi = min(t[0], sm[0]), max(t[-1], sm[-1])
+    ax2.plot([lo, hi], [lo, hi], color="#333", lw=1)
+    ax2.set_title("normal Q-Q", fontsize=11)
+    ax2.set_xlabel("normal quantile")
+    ax2.set_ylabel("daily RankIC")
+    ax2.xaxis.set_major_locator(MaxNLocator(4))
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{title}: distribution of the daily RankIC", fontsize=13)
+    fig.tight_layout()
+    return png(fig)
+
+
+def chart_quantile_box(dq: pl.DataFrame | None, dpi: int, title: str) -> str:
+    """Box plot of the per-day mean return of each prediction quantile (`metrics.daily_quantile_returns`), in bp,
+    whiskers at the 5th and 95th percentiles, the mean as a dot."""
+    fig, ax = plt.subplots(figsize=(W, H1), dpi=dpi)
+    if dq is None or dq.height == 0:
+        _empty(ax, "no scored day")
+        return png(fig)
+    qs = sorted(dq["quantile"].unique().to_list())
+    data = [(dq.filter(pl.col("quantile") == k)["ret"] * 1e4).drop_nulls().to_list() for k in qs]
+    cmap = LinearSegmentedColormap.from_list("q", ["#b42318", "#9a9a9a", "#1a7f37"])
+    box = ax.boxplot(data, whis=(5, 95), showfliers=False, showmeans=True, patch_artist=True, widths=0.6)
+    for k, patch in enumerate(box["boxes"]):
+        patch.set_facecolor(cmap(k / max(1, len(qs) - 1)))
+        patch.set_alpha(0.5)
+    for m in box["means"]:
+        m.set(marker="o", markerfacecolor="#111", markeredgecolor="#111", markersize=4)
+    ax.set_xticks(range(1, len(qs) + 1), [f"Q{k}" for k in qs])
+    ax.axhline(0, color="#888", lw=0.8)
+    ax.set_xlabel("prediction quantile (1 = lowest)")
+    ax.set_ylabel("daily mean target (bp)")
+    ax.set_title(f"return distribution per quantile ({title})")
+    ax.grid(alpha=0.3, axis="y")
+    return png(fig)
+
+
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def chart_monthly_returns(monthly: pl.DataFrame | None, dpi: int, title: str) -> str:
+    """Heatmap of a book's compounded monthly net return in % (`summary.monthly_returns`), years × months."""
+    import numpy as np
+
+    years = [] if monthly is None else sorted(set(monthly["year"].to_list()))
+    fig, ax = plt.subplots(figsize=(W, min(4.2, 0.5 * len(years) + 1.5)), dpi=dpi)
+    if not years:
+        _empty(ax, "no backtest session")
+        return png(fig)
+    assert monthly is not None  # it has years
+    grid_ = np.full((len(years), 12), np.nan)
+    for y, m, r in monthly.select("year", "month", "ret").iter_rows():
+        grid_[years.index(y), m - 1] = 100 * r
+    lim = float(np.nanmax(np.abs(grid_))) or 1e-9
+    im = ax.imshow(grid_, cmap="RdYlGn", vmin=-lim, vmax=lim, aspect="auto")
+    for i in range(len(years)):
+        for j in range(12):
+            if np.isfinite(grid_[i, j]):
+                v = grid_[i, j]  # whole percents from 10 up: the text fits its cell at 10 pt
+                ax.text(j, i, f"{v:.0f}" if abs(v) >= 10 else f"{v:.1f}", ha="center", va="center", fontsize=10)
+    ax.set_xticks(range(12), list(MONTHS), fontsize=9)
+    ax.set_yticks(range(len(years)), [str(y) for y in years])
+    ax.set_title(f"{title}: monthly net return %")
+    ax.spines[:].set_visible(False)
+    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+    return png(fig)
+
+
+def chart_rolling_line(
+    series: dict[str, pl.DataFrame], col: str, window: int, dpi: int, title: str, pct: bool = False
+) -> str:
+    """One line per predictor of `col` (`summary.rolling_vol` / `rolling_beta`), each in its predictor's colour."""
+    fig, ax = plt.subplots(figsize=(W, H1), dpi=dpi)
+    drawn = False
+    for name, d in series.items():
+        if d is None or d[col].drop_nulls().len() == 0:
+            continue
+        ax.plot(d[C.DATE].to_list(), ((100 if pct else 1) * d[col]).to_list(), color=color(name), lw=1.5, label=name)
+        drawn = True
+    if not drawn:
+        _empty(ax, f"fewer than {window} sessions (or no benchmark): nothing to draw")
+        return png(fig)
+    if not pct:
+        ax.axhline(0, color="#888", lw=0.8)
+    ax.set_title(title)
+    _dates(ax)
+    _legend_below(ax, 5)
+    ax.grid(alpha=0.3)
+    return png(fig)
 
 
 def kpis(items: Sequence[tuple[str, str, str | None]], kind: str = "") -> str:

@@ -35,6 +35,7 @@ from gogooku3.core.io import (
     write_parquet,
     write_text,
 )
+from gogooku3.core.provenance import recorded_run
 from gogooku3.core.runs import check_resume, resume_dir, shown
 from gogooku3.core.scalars import as_float
 from gogooku3.data.dataset import load_dataset, load_panel
@@ -71,6 +72,10 @@ class CompleteATFTTrainingPipeline:
         log.info("train: %s done in %.1fs", name, self.durations[name])
 
     def run(self) -> dict:
+        with recorded_run(self.cfg) as self.record:  # RUN/run.log from the start + RUN/provenance.json
+            return self._start()
+
+    def _start(self) -> dict:
         t_all = time.perf_counter()
         pc = self.cfg.predictors
         if pc.product not in pc.fit or DEEP not in pc.fit:  # every servable product holds the network
@@ -124,6 +129,7 @@ class CompleteATFTTrainingPipeline:
         runs = path(cfg, "paths.runs_dir")  # created only once every check has passed
         self.run_dir = ctx.run_dir = new_run_dir(runs) if self.is_main else runs / ".ddp_worker"
         if self.is_main:
+            self.record.attach(self.run_dir)
             write_text(self.run_dir / "config.yaml", to_yaml(cfg))
             write_json(self.run_dir / "dataset.json", asdict(self.ref))
             self._optional(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from gogooku3.core.errors import ConfigError
 from gogooku3.core.io import peak_rss_mb, read_json
+from gogooku3.core.provenance import recorded_run
 
 if TYPE_CHECKING:
     from gogooku3.config.schema import FilesDataSettings, Settings
@@ -36,12 +37,14 @@ class FullTrainingPipeline:
 
     def run(self) -> dict[str, Any]:
         t0 = time.perf_counter()
-        for step in self.steps:
-            t = time.perf_counter()
-            log.info("── step %s ──", step)
-            self.results[step] = getattr(self, f"_{step}")()
-            log.info("step %s done in %.1f s (peak RSS %.0f MiB)", step, time.perf_counter() - t, peak_rss_mb())
-        log.info("full pipeline done in %.1f s", time.perf_counter() - t0)
+        # one record for every step: the train step's run folder gets run.log (all steps) and provenance.json
+        with recorded_run(self.cfg):
+            for step in self.steps:
+                t = time.perf_counter()
+                log.info("── step %s ──", step)
+                self.results[step] = getattr(self, f"_{step}")()
+                log.info("step %s done in %.1f s (peak RSS %.0f MiB)", step, time.perf_counter() - t, peak_rss_mb())
+            log.info("full pipeline done in %.1f s", time.perf_counter() - t0)
         return self.results
 
     # ---- steps --------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from gogooku3.config.compose import safe_name, to_dict
 from gogooku3.core import columns as C
 from gogooku3.core.errors import ConfigError, DataError
 from gogooku3.core.io import file_fingerprint, peak_rss_mb, timestamp, write_json
+from gogooku3.core.provenance import provenance
 from gogooku3.data.dataset import open_manifest
 from gogooku3.data.graph import FinancialGraphBuilder, graph_snapshot
 from gogooku3.data.split import Fold, check_folds, chosen_folds, make_splitter
@@ -208,6 +209,8 @@ class SafeTrainingPipeline:
             else {"enabled": False}
         )
         report["report_path"] = str(report_path)
+        end_time = dt.datetime.now().isoformat(timespec="seconds")
+        report["provenance"] = provenance(cfg, start_time) | {"end_time": end_time, "status": "ok"}
         write_json(report_path, report)
         if run is not None:
             run.record_safe_report(report_path)  # `gogooku3 train` and its report find this report through the run

@@ -128,3 +128,60 @@ def rolling_sharpe(daily: pl.DataFrame, window: int, ppy: float, col: str = "net
     return daily.sort(C.DATE).select(
         C.DATE, sharpe=pl.when(sd > 0).then(r.rolling_mean(window, min_samples=window) / sd * math.sqrt(ppy))
     )
+
+
+def worst_drawdowns(daily: pl.DataFrame, n: int = 5, col: str = "net") -> pl.DataFrame:
+    """The `n` deepest drawdowns of the compounded `daily[col]`, deepest first: start (the peak's session; the
+    first session when the book loses from its first day), trough, recovery (first session back at the
+    peak, null while under water), depth (trough / peak − 1) and length (sessions from the peak to the recovery, or
+    to the last session)."""
+    d = daily.sort(C.DATE).select(C.DATE, pl.col(col).cast(pl.Float64).fill_null(0.0))
+    dates, eq = d[C.DATE].to_list(), (1.0 + d[col]).cum_prod().to_list()
+    out: list[dict] = []
+    peak, peak_i, trough_i = 1.0, -1, None  # peak index -1: the capital before the first session
+    for i, e in enumerate([*eq, math.inf]):  # the sentinel closes an episode still under water
+        if e >= peak:
+            if trough_i is not None:
+                end = i if i < len(eq) else None
+                out.append(
+                    {
+                        "start": dates[max(peak_i, 0)],
+                        "trough": dates[trough_i],
+                        "recovery": None if end is None else dates[end],
+                        "depth": eq[trough_i] / peak - 1.0,
+                        "length": (end if end is not None else len(eq) - 1) - peak_i,
+                    }
+                )
+            peak, peak_i, trough_i = e, i, None
+        elif trough_i is None or e < eq[trough_i]:
+            trough_i = i
+    schema = {"start": pl.Date, "trough": pl.Date, "recovery": pl.Date, "depth": pl.Float64, "length": pl.Int64}
+    return pl.DataFrame(out, schema=schema).sort("depth").head(n)
+
+
+def monthly_returns(daily: pl.DataFrame, col: str = "net") -> pl.DataFrame:
+    """year, month, ret: `daily[col]` compounded within each calendar month, and n (sessions)."""
+    return (
+        daily.group_by(year=pl.col(C.DATE).dt.year(), month=pl.col(C.DATE).dt.month())
+        .agg(ret=(1.0 + pl.col(col).cast(pl.Float64).fill_null(0.0)).product() - 1.0, n=pl.len())
+        .sort("year", "month")
+    )
+
+
+def rolling_vol(daily: pl.DataFrame, window: int, ppy: float, col: str = "net") -> pl.DataFrame:
+    """Date, vol: the annualised std of the trailing `window` sessions of `daily[col]` (null until `window` exist)."""
+    r = pl.col(col).cast(pl.Float64)
+    return daily.sort(C.DATE).select(C.DATE, vol=r.rolling_std(window, min_samples=window) * math.sqrt(ppy))
+
+
+def rolling_beta(strategy: pl.Series, benchmark: pl.Series, dates: pl.Series, window: int) -> pl.DataFrame:
+    """Date, beta: cov(s, b) / var(b) over the trailing `window` sessions where both are present (null before)."""
+    d = pl.DataFrame({C.DATE: dates, "s": strategy.cast(pl.Float64), "b": benchmark.cast(pl.Float64)})
+    d = d.drop_nulls().drop_nans().sort(C.DATE)
+
+    def m(e: pl.Expr) -> pl.Expr:
+        return e.rolling_mean(window, min_samples=window)
+
+    s, b = pl.col("s"), pl.col("b")
+    var = m(b * b) - m(b) ** 2
+    return d.select(C.DATE, beta=pl.when(var > 0).then((m(s * b) - m(s) * m(b)) / var))
