@@ -3,6 +3,7 @@ and every return is dated by the session it is realised on."""
 
 from __future__ import annotations
 
+import json
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -150,5 +151,15 @@ def test_export_reads_the_runs_saved_config_with_overrides_on_top(tmp_path):
     assert (cfg.portfolio.realism, cfg.portfolio.cost_bps, cfg.portfolio.long_fraction) == ("ideal", 7.0, 0.2)
     with pytest.raises(ConfigError, match="key=value"):
         run_config(run, cli, ["model=full"])
+    # the dataset version the run trained on, while it exists; the config's name (the current build) once it is gone
+    version = tmp_path / "datasets" / "v1" / "data.parquet"
+    version.parent.mkdir(parents=True)
+    version.write_bytes(b"")
+    (run / "dataset.json").write_text(json.dumps({"path": str(version)}))
+    assert run_config(run, cli, []).paths.dataset == str(version)
+    assert run_config(run, cli, ["paths.dataset=other.parquet"]).paths.dataset == "other.parquet"
+    version.unlink()
+    assert run_config(run, cli, []).paths.dataset == run_config(run, cli, ["portfolio.cost_bps=7"]).paths.dataset
+    assert run_config(run, cli, []).paths.dataset != str(version)
     (run / "config.yaml").unlink()
     assert run_config(run, cli, []) is cli

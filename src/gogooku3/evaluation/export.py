@@ -28,6 +28,7 @@ The recipe (README, "Export")::
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,7 +73,29 @@ def run_config(run: Path, cli: Settings, overrides: Sequence[str]) -> Settings:
                 f"{o}: on a run's saved config only key=value overrides apply (portfolio.cost_bps=10), not a group"
             )
         values[key] = yaml.safe_load(text)
+    if "paths.dataset" not in values and (trained_on := run_dataset(run)) is not None:
+        values["paths.dataset"] = str(trained_on)
     return with_values(base, values) if values else base
+
+
+def run_dataset(run: Path) -> Path | None:
+    """The dataset version the run trained on (RUN/dataset.json, written by `train`), when it is still on disk; None
+    (the config's `paths.dataset`, i.e. the current build) when the run names none or it has been removed since
+    (`paths.keep_datasets`), which is logged."""
+    p = run / "dataset.json"
+    if not p.is_file():
+        return None
+    try:
+        path = Path(json.loads(p.read_text(encoding="utf-8"))["path"])
+    except (OSError, ValueError, KeyError, TypeError):
+        log.warning("%s: unreadable; the report reads paths.dataset", p)
+        return None
+    if not path.exists():
+        log.warning(
+            "%s: the run's dataset %s is gone (paths.keep_datasets); using paths.dataset, the current build", p, path
+        )
+        return None
+    return path
 
 
 def shifted(sessions: Sequence[dt.date], dates: pl.Series, k: int) -> pl.Series:
