@@ -13,6 +13,22 @@ from gogooku3.core.calendar import TradingCalendar
 from gogooku3.core.io import write_parquet
 from gogooku3.features.manifest import FeatureManifest, manifest_path
 
+# The tiny network every training test fits (seconds a fit on the planted dataset), its split and its fit; test
+# modules import these (`from conftest import TINY_NET`) and add what they test.
+TINY_NET = [
+    "labels.horizons=[1,5]",
+    "model.window=10",
+    "model.hidden=16",
+    "model.head_hidden=8",
+    "model.graph.window=10",
+    "model.graph.min_obs=5",
+    "train.warmup_steps=2",
+    "trainer.progress_bar=false",
+    "trainer.num_threads=1",
+]
+TINY_SPLIT = ["split.min_train_days=60", "split.n_splits=2", "split.val_days=12"]
+TINY_FIT = ["train.max_epochs=2", "train.limit_train_batches=8", "train.ensemble=1"]
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _own_working_folder(tmp_path_factory):

@@ -10,27 +10,16 @@ import polars as pl
 import pytest
 import torch
 
+from conftest import TINY_FIT, TINY_NET, TINY_SPLIT  # tests/ is on sys.path (rootdir conftest)
 from gogooku3.config.compose import load_config
 from gogooku3.pipelines.atft import CompleteATFTTrainingPipeline
 from gogooku3.predictors.bundle import load_bundle, predict_for_dates, predict_product
 
 torch.set_num_threads(1)
 OVERRIDES = [
-    "labels.horizons=[1,5]",
-    "model.window=10",
-    "model.hidden=16",
-    "model.head_hidden=8",
-    "model.graph.window=10",
-    "model.graph.min_obs=5",
-    "train.max_epochs=2",
-    "train.limit_train_batches=8",
-    "train.warmup_steps=2",
-    "split.min_train_days=60",
-    "split.n_splits=2",
-    "split.val_days=12",
-    "trainer.progress_bar=false",
-    "train.ensemble=1",
-    "trainer.num_threads=1",
+    *TINY_NET,
+    *TINY_SPLIT,
+    *TINY_FIT,
     "model.market_context=film",
     "train.cv.folds=all",
     "predictors.zoo.blend.grid_step=0.25",

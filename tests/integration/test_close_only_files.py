@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 import torch
 
+from conftest import TINY_NET  # tests/ is on sys.path (rootdir conftest)
 from gogooku3.config.compose import load_config
 from gogooku3.core.calendar import TradingCalendar
 from gogooku3.features.manifest import FeatureManifest
@@ -41,19 +42,11 @@ CODES = [
     "0700.HK",
 ]
 TINY = [
-    "labels.horizons=[1,5]",
-    "model.window=10",
-    "model.hidden=16",
-    "model.head_hidden=8",
-    "model.graph.window=10",
-    "model.graph.min_obs=5",
+    *TINY_NET,
     "train.max_epochs=1",
     "train.limit_train_batches=8",
-    "train.warmup_steps=2",
     "split.val_days=20",
-    "trainer.progress_bar=false",
     "train.ensemble=1",
-    "trainer.num_threads=1",
     "safe.graph.n_nodes=10",
 ]
 

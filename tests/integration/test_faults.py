@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typer.testing import CliRunner
 
+from conftest import TINY_FIT, TINY_NET, TINY_SPLIT  # tests/ is on sys.path (rootdir conftest)
 from gogooku3.cli import app
 from gogooku3.config.compose import load_config
 from gogooku3.core.io import write_parquet
@@ -32,21 +33,9 @@ from gogooku3.training import checkpoints, ensemble
 torch.set_num_threads(1)
 FEATS = ["returns_1d", "f_signal", "f_noise1", "f_noise2", "f_noise3"]  # conftest.write_planted_dataset
 TINY = [
-    "labels.horizons=[1,5]",
-    "model.window=10",
-    "model.hidden=16",
-    "model.head_hidden=8",
-    "model.graph.window=10",
-    "model.graph.min_obs=5",
-    "train.max_epochs=2",
-    "train.limit_train_batches=8",
-    "train.warmup_steps=2",
-    "split.min_train_days=60",
-    "split.n_splits=2",
-    "split.val_days=12",
-    "trainer.progress_bar=false",
-    "train.ensemble=1",
-    "trainer.num_threads=1",
+    *TINY_NET,
+    *TINY_SPLIT,
+    *TINY_FIT,
     "baseline.enabled=false",
 ]
 API_KEY = "jq-SECRET-4f9a1c7e"

@@ -16,20 +16,12 @@ import time
 import optuna
 import pytest
 
+from conftest import TINY_NET, TINY_SPLIT  # tests/ is on sys.path (rootdir conftest)
+
 # the tiny study of tests/integration/test_tune.py (conftest.write_planted_dataset, one epoch of 4 day batches)
 OVERRIDES = [
-    "labels.horizons=[1,5]",
-    "model.window=10",
-    "model.hidden=16",
-    "model.head_hidden=8",
-    "model.graph.window=10",
-    "model.graph.min_obs=5",
-    "split.min_train_days=60",
-    "split.n_splits=2",
-    "split.val_days=12",
-    "trainer.progress_bar=false",
-    "trainer.num_threads=1",
-    "train.warmup_steps=2",
+    *TINY_NET,
+    *TINY_SPLIT,
     "baseline.enabled=false",
     "hpo.max_epochs=1",
     "hpo.limit_train_batches=4",

@@ -13,6 +13,7 @@ import urllib.request
 
 import pytest
 
+from conftest import TINY_FIT, TINY_NET, TINY_SPLIT  # tests/ is on sys.path (rootdir conftest)
 from gogooku3.config.compose import load_config
 from gogooku3.evaluation.report import build_report
 from gogooku3.evaluation.tracking import params
@@ -22,21 +23,9 @@ mlflow = pytest.importorskip("mlflow")
 pytest.importorskip("flask")  # the UI server: the `tracking` extra installs the full mlflow, not the skinny client
 
 TINY = [  # as tests/integration/test_faults.py
-    "labels.horizons=[1,5]",
-    "model.window=10",
-    "model.hidden=16",
-    "model.head_hidden=8",
-    "model.graph.window=10",
-    "model.graph.min_obs=5",
-    "train.max_epochs=2",
-    "train.limit_train_batches=8",
-    "train.warmup_steps=2",
-    "split.min_train_days=60",
-    "split.n_splits=2",
-    "split.val_days=12",
-    "trainer.progress_bar=false",
-    "train.ensemble=1",
-    "trainer.num_threads=1",
+    *TINY_NET,
+    *TINY_SPLIT,
+    *TINY_FIT,
     "baseline.enabled=false",
 ]
 

@@ -10,6 +10,7 @@ import optuna
 import pytest
 import torch
 
+from conftest import TINY_NET, TINY_SPLIT  # tests/ is on sys.path (rootdir conftest)
 from gogooku3.config.compose import load_config, select
 from gogooku3.core.errors import ConfigError
 from gogooku3.pipelines.tune import (
@@ -25,18 +26,8 @@ from gogooku3.pipelines.tune import (
 torch.set_num_threads(1)
 FEATS = ["returns_1d", "f_signal", "f_noise1", "f_noise2"]  # conftest.write_planted_dataset(n_noise=2)
 OVERRIDES = [
-    "labels.horizons=[1,5]",
-    "model.window=10",
-    "model.hidden=16",
-    "model.head_hidden=8",
-    "model.graph.window=10",
-    "model.graph.min_obs=5",
-    "split.min_train_days=60",
-    "split.n_splits=2",
-    "split.val_days=12",
-    "trainer.progress_bar=false",
-    "trainer.num_threads=1",
-    "train.warmup_steps=2",
+    *TINY_NET,
+    *TINY_SPLIT,
     "baseline.enabled=false",
     "hpo.study_name=tiny",
     "hpo.n_trials=2",
