@@ -40,6 +40,7 @@ def _model(num_boost_round: int, early_stopping_rounds: int, val_days: int) -> L
         entry_lag=1,
         target_transform="rank",
         workers=1,
+        holdout_days=0,
     )
 
 
@@ -121,6 +122,7 @@ def test_horizons_boosted_at_once_give_the_same_models():
             entry_lag=1,
             target_transform="rank",
             workers=workers,
+            holdout_days=0,
         )
         fits.append(m.fit(df, ["f0", "f1", "f2"], [1, 5]))
     a, b = fits

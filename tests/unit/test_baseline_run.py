@@ -127,7 +127,7 @@ def test_save_load_round_trip_and_subset(tmp_path, planted_dataset):
 def test_label_like_feature_is_refused(tmp_path, planted_dataset):
     cfg, _, man, df, folds = _setup(tmp_path, planted_dataset)
     with pytest.raises(LeakageError, match="target_1d"):
-        fit_baseline(df, [*man.names, "target_1d"], folds, [1, 5], 1, 20, cfg.baseline)
+        fit_baseline(df, [*man.names, "target_1d"], folds, [1, 5], 1, 20, cfg.baseline, holdout_days=0)
     with pytest.raises(LeakageError, match="feat_ret_1d"):
         fit_baseline(
             df.with_columns(feat_ret_1d=pl.col("f_signal")),
@@ -137,6 +137,7 @@ def test_label_like_feature_is_refused(tmp_path, planted_dataset):
             1,
             20,
             cfg.baseline,
+            holdout_days=0,
         )
 
 
@@ -153,6 +154,7 @@ def test_fingerprint_covers_split_and_params(tmp_path, planted_dataset):
             "val_days": int(c.split.val_days),
             "baseline_cfg": c.baseline,
             "validation_cfg": c.safe.validation,
+            "holdout_days": c.split.holdout_days,
             **kw,
         }
         return baseline_fingerprint(**args)
@@ -196,7 +198,17 @@ def test_fingerprint_of_a_fixed_config_is_unchanged():
 
     def fp(overrides):
         cfg = load_config(overrides)
-        return baseline_fingerprint("d" * 16, "m" * 16, folds, [1, 5], 1, 20, cfg.baseline, cfg.safe.validation)
+        return baseline_fingerprint(
+            "d" * 16,
+            "m" * 16,
+            folds,
+            [1, 5],
+            1,
+            20,
+            cfg.baseline,
+            cfg.safe.validation,
+            0,  # no held-out slice
+        )
 
     assert fp([]) == "4852f529bdcd991e"
     assert (

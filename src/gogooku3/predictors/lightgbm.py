@@ -117,7 +117,7 @@ class LightGBMBaseline:
         entry_lag: int,
         target_transform: str,
         workers: int,
-        holdout_days: int = 0,
+        holdout_days: int,
     ) -> None:
         if target_transform not in TARGET_TRANSFORMS:
             raise DataError(f"baseline.target_transform must be one of {TARGET_TRANSFORMS}, got '{target_transform}'")
@@ -131,7 +131,7 @@ class LightGBMBaseline:
         self.workers = int(workers)  # horizons boosted at once (threads), each on params["num_threads"]
 
     @classmethod
-    def from_config(cls, b: BaselineSettings, entry_lag: int, val_days: int, holdout_days: int = 0) -> LightGBMBaseline:
+    def from_config(cls, b: BaselineSettings, entry_lag: int, val_days: int, holdout_days: int) -> LightGBMBaseline:
         """From the `baseline` config node (params, num_boost_round, early_stopping_rounds, target_transform,
         workers); `val_days` / `holdout_days` are `split`'s."""
         params = to_dict(b.params)  # a copy
@@ -532,7 +532,7 @@ def fit_baseline(
     *,
     only: Iterable[int] | None = None,
     fingerprint_: str = "",
-    holdout_days: int = 0,
+    holdout_days: int,
     fold_features: Mapping[int, Sequence[str]] | None = None,
 ) -> BaselineRun:
     """Normalize (`cfg.normalize`) and fit `LightGBMBaseline` per fold (`cfg`: the `baseline` config node).
@@ -612,7 +612,7 @@ def baseline_fingerprint(
     val_days: int,
     baseline_cfg: BaselineSettings,
     validation_cfg: SafeValidationSettings,
-    holdout_days: int = 0,
+    holdout_days: int,
 ) -> str:
     """The content address of a baseline run: everything that changes its predictions, nothing that does not."""
     b = {k: v for k, v in to_dict(baseline_cfg).items() if k not in REPORT_ONLY_KEYS}

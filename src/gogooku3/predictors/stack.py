@@ -86,7 +86,8 @@ def stack_frame(
             record["skipped"] = f"{len(train_dates)} fit dates, fewer than {min_fit_days + val_days + gap} needed"
             provenance.append(record)
             continue
-        model = LightGBMBaseline.from_config(baseline_cfg, entry_lag=entry_lag, val_days=val_days)
+        # no held-out slice: a stacking block feeds the model, no blend weights are chosen on it
+        model = LightGBMBaseline.from_config(baseline_cfg, entry_lag=entry_lag, val_days=val_days, holdout_days=0)
         model.fit(frame.filter(_in(train_dates)), features, hs)
         pred = model.predict(frame.filter(_in(predict_dates)))
         parts.append(pred.select(C.DATE, C.CODE, *[pl.col(C.pred(h)).alias(stack_name(h)) for h in hs]))
