@@ -1,29 +1,44 @@
-# Every target sets up .venv itself, so a fresh clone needs nothing else.
+# Every target sets up .venv itself, so a fresh clone needs nothing else. `demo` installs the package's own
+# dependencies; `test`, `lint`, `bench` and `install` add the test extra (pytest, mlflow, ruff, mypy, ...).
+# The installer is uv, from the package index into .venv (by the interpreter's own pip, else by ensurepip's);
+# .venv gets pip too. uv does not read pip's configuration, so pip's find-links (a machine's local wheels, e.g. the
+# CPU build of torch) are passed on to it.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+UV_VERSION := 0.13.8
+CORE := $(VENV)/.installed-core
+FULL := $(VENV)/.installed-test
+FIND_LINKS = $(or $(PIP_FIND_LINKS),$(shell $(PY) -m pip config get global.find-links 2>/dev/null))
+INSTALL = $(BIN)/uv pip install -q --python $(BIN)/python $(addprefix --find-links ,$(FIND_LINKS)) pip
 
 .PHONY: demo test lint install bench clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[test]"
-	touch $(STAMP)
+$(BIN)/uv:
+	$(PY) -m venv --without-pip $(VENV)
+	$(PY) -m pip --python $(BIN)/python install -q uv==$(UV_VERSION) || \
+		($(BIN)/python -m ensurepip >/dev/null && $(BIN)/python -m pip install -q uv==$(UV_VERSION))
 
-install: $(STAMP)
+$(CORE): pyproject.toml | $(BIN)/uv
+	$(INSTALL) -e .
+	touch $@
 
-demo: $(STAMP)
+$(FULL): pyproject.toml | $(BIN)/uv
+	$(INSTALL) -e ".[test]"
+	touch $@ $(CORE)
+
+install: $(FULL)
+
+demo: $(CORE)
 	$(BIN)/gogooku3 run
 
-test: $(STAMP)
+test: $(FULL)
 	$(BIN)/python -m pytest -n 2 tests
 
-lint: $(STAMP)
+lint: $(FULL)
 	$(BIN)/ruff check src tests benchmarks && $(BIN)/ruff format --check src tests benchmarks && $(BIN)/mypy
 
-bench: $(STAMP)
+bench: $(FULL)
 	$(BIN)/python benchmarks/bench_synth.py
 	$(BIN)/python benchmarks/bench_build.py
 	$(BIN)/python benchmarks/bench_model.py

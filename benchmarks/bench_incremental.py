@@ -6,9 +6,12 @@ with only the splits known at the cut); every step runs in a fresh subprocess, s
   old      full build of the cut tables (the existing dataset)
   update   `update_dataset` on the full tables: the new sessions appended to the old dataset
   full     full build of the full tables (what the update must equal)
-  check    the two datasets compared chunk by chunk (every column, bit for bit; --no-check skips it)
+  check    the two datasets compared chunk by chunk (every column, bit for bit; --no-check skips it), and each
+           monthly partition file's bytes (the update's written months vs the rebuild's; linked months as well)
+  predict  with --predict-run RUN: `gogooku3 predict` of the new day on the updated dataset (RUN: a trained run whose
+           features config is the dataset's, e.g. a small market built and trained with the defaults)
 
-    .venv/bin/python benchmarks/bench_incremental.py [--stocks N --days D --new K] [--raw-dir DIR]
+    .venv/bin/python benchmarks/bench_incremental.py [--stocks N --days D --new K] [--raw-dir DIR] [--predict-run RUN]
 """
 
 from __future__ import annotations
@@ -58,7 +61,35 @@ cpu = lambda: (lambda r: r.ru_utime + r.ru_stime)(resource.getrusage(resource.RU
 c0, t0 = cpu(), time.perf_counter()
 res = update_dataset(cfg)
 print(json.dumps({"seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(), "rows": res.rows,
-                  "cpu_s": cpu() - c0, "path": str(res.path), **res.metadata["incremental"]}))
+                  "cpu_s": cpu() - c0, "path": str(res.path), "partitions": res.metadata["partitions"],
+                  **res.metadata["incremental"]}))
+"""
+
+PREDICT = """
+import json, resource, sys, time, logging
+from gogooku3.config.compose import load_config
+from gogooku3.pipelines.predict import predict
+from gogooku3.core.io import peak_rss_mb
+logging.basicConfig(level=logging.WARNING)
+out, run = sys.argv[1], sys.argv[2]
+cfg = load_config([f"paths.output_dir={out}", f"paths.dataset={out}/ml_dataset_latest.parquet"])
+cpu = lambda: (lambda r: r.ru_utime + r.ru_stime)(resource.getrusage(resource.RUSAGE_SELF))
+c0, t0 = cpu(), time.perf_counter()
+path = predict(cfg, run)
+print(json.dumps({"seconds": time.perf_counter() - t0, "cpu_s": cpu() - c0, "peak_rss_mb": peak_rss_mb(),
+                  "path": str(path)}))
+"""
+
+BYTES = """
+import hashlib, json, sys
+from pathlib import Path
+from gogooku3.features.published import dataset_files, resolve
+a, b = resolve(sys.argv[1]), resolve(sys.argv[2])
+h = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()
+fa, fb = {f.name: f for f in dataset_files(a)}, {f.name: f for f in dataset_files(b)}
+same = sorted(n for n in fa if n in fb and h(fa[n]) == h(fb[n]))
+print(json.dumps({"partitions": len(fb), "same_names": sorted(fa) == sorted(fb), "bytes_identical": len(same),
+                  "bytes_differ": sorted(set(fb) - set(same))}))
 """
 
 CHECK = """
@@ -116,9 +147,11 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=1, help="sessions appended by the update")
     ap.add_argument("--raw-dir", type=Path, default=None, help="the full market's raw tables (kept and reused)")
     ap.add_argument("--no-check", action="store_true")
+    ap.add_argument("--predict-run", type=Path, default=None, help="a trained run: time `predict` of the new day")
+    ap.add_argument("--work", type=Path, default=None, help="keep the datasets here (default: a temp dir, removed)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_incremental_") as tmp:
-        tmp = Path(tmp)
+        tmp = a.work or Path(tmp)
         raw = a.raw_dir or tmp / "raw"
         ensure_raw(raw, a.stocks, a.days, a.seed)
         cut = child(CUT, str(raw), str(tmp / "old_raw"), str(a.new))
@@ -126,6 +159,7 @@ def main() -> None:
         load = os.getloadavg()[0]
         upd = child(UPDATE, str(raw), str(tmp / "out"))
         full = child(BUILD, str(raw), str(tmp / "full"))
+        pred = child(PREDICT, str(tmp / "out"), str(a.predict_run)) if a.predict_run else None
         report = {
             "stocks": a.stocks,
             "days": a.days,
@@ -136,6 +170,10 @@ def main() -> None:
             "update_s": round(upd["seconds"], 2),
             "update_cpu_s": round(upd["cpu_s"], 2),
             "update_peak_rss_mb": round(upd["peak_rss_mb"]),
+            "update_over_full_build": round(upd["seconds"] / full["seconds"], 3),
+            "update_phases_s": upd["phase_seconds"],
+            "partitions": upd["partitions"],
+            "partitions_linked": upd["partitions_linked"],
             "rows": upd["rows"],
             "recomputed_rows": upd["recomputed_rows"],
             "recomputed_from": upd["recomputed_from"],
@@ -145,8 +183,11 @@ def main() -> None:
             "full_build_peak_rss_mb": round(full["peak_rss_mb"]),
             "load_avg_1m": {"before_update": round(load, 2), "after": round(os.getloadavg()[0], 2)},
         }
+        if pred:
+            report["predict"] = {k: round(v, 2) for k, v in pred.items() if k != "path"}
         if not a.no_check:
             report |= child(CHECK, upd["path"], full["path"])
+            report["partition_bytes"] = child(BYTES, upd["path"], full["path"])
         print(json.dumps(report, indent=2))
 
 

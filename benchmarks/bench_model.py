@@ -10,6 +10,11 @@ Needs only torch, torch_geometric and numpy (plus PyYAML if present): model size
     .venv/bin/python benchmarks/bench_model.py                      # CPU, hidden 64, GAT on
     python benchmarks/bench_model.py --device cuda --bf16 --stocks 2048 --model full [--compile] [--graph-sync-free off]
 
+`--epoch-steps S --fits K` add the predicted wall of one epoch of S day batches and of a training of K such epochs
+(epochs × members × folds) from the median step; e.g. the default training at 4,000 stocks: `--model full --stocks
+2048 --epoch-steps 120 --fits 8` (train.max_stocks_per_day caps a day batch at 2,048 stocks; 120 =
+train.limit_train_batches, 8 = 4 epochs × 2 members × 1 fold).
+
 Prints one JSON line: samples/s of the best and the median step (the best step is the robust figure on a shared
 machine), achieved TFLOP/s and MFU against `--peak-tflops` (default: a table for known GPUs, else an assumed CPU
 peak), peak RSS and peak GPU memory. On CUDA it also counts the host synchronisations of one step
@@ -123,6 +128,20 @@ def main() -> None:
         choices=["default", "reduce-overhead", "max-autotune"],
         help="with --compile: torch.compile's mode (reduce-overhead: CUDA graphs, needs one graph "
         "without host syncs, i.e. --compile-rnn and the sync-free day graph)",
+    )
+    ap.add_argument(
+        "--epoch-steps",
+        type=int,
+        default=120,
+        help="day batches in one epoch, for the predicted epoch wall (default: train.limit_train_batches; a full "
+        "pass over a fold's training days: their count)",
+    )
+    ap.add_argument(
+        "--fits",
+        type=int,
+        default=8,
+        help="epochs x members x folds of the training whose wall is predicted (default: train.max_epochs 4 x "
+        "train.ensemble 2 x the 1 fold train evaluates)",
     )
     ap.add_argument("--no-gat", action="store_true")
     ap.add_argument("--peak-tflops", type=float, default=None, help="peak for the MFU estimate")
@@ -265,6 +284,12 @@ def main() -> None:
         "achieved_tflops": round(achieved, 4),
         "mfu": round(achieved / peak, 4) if peak == peak else None,
         "mfu_peak": f"{peak} TFLOP/s ({peak_src})",
+        # a prediction from the median step (forward, loss, backward, optimiser step; no validation pass, no data
+        # loading): the epoch and the training at --epoch-steps and --fits, not a measured epoch
+        "epoch_steps": args.epoch_steps,
+        "epoch_wall_s_predicted": round(args.epoch_steps * med, 1),
+        "fits": args.fits,
+        "training_wall_s_predicted": round(args.fits * args.epoch_steps * med, 1),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }

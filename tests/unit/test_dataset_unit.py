@@ -19,7 +19,7 @@ from gogooku3.core.io import file_fingerprint, read_json
 from gogooku3.features import published
 from gogooku3.features.builder import build_dataset
 from gogooku3.features.manifest import FeatureManifest, manifest_path, metadata_path
-from gogooku3.features.published import pin, resolve, unpin_all
+from gogooku3.features.published import dataset_files, pin, resolve, unpin_all
 from gogooku3.sources.schema import write_table
 
 
@@ -53,8 +53,9 @@ def test_a_build_is_one_version_the_names_point_at(raw, tmp_path):
     (version,) = _versions(out)
     folder = out / "datasets" / version
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["data.parquet", "data.metadata.json", "data.manifest.json", "data.coverage.txt"]
+        ["data.parquet", "data.parquet.digests.json", "data.metadata.json", "data.manifest.json", "data.coverage.txt"]
     )
+    assert (folder / "data.parquet").is_dir()  # one file per month of the span
     for name in (res.path, res.latest_path):  # relative links, so the output folder can move
         assert name.is_symlink() and os.readlink(name) == f"datasets/{version}/data.parquet"
         assert resolve(name) == folder / "data.parquet"
@@ -76,7 +77,8 @@ def test_every_reader_checks_the_content_fingerprint(raw, tmp_path):
     build_dataset(cfg)
     data = resolve(cfg.paths.dataset)
     other = pl.read_parquet(data).with_columns(pl.col("target_1d") * 2)
-    other.write_parquet(data)  # the parquet changed under its manifest (a hand edit, a torn copy)
+    part = dataset_files(data)[0]  # a month's file changed under its manifest (a hand edit, a torn copy)
+    pl.read_parquet(part).with_columns(pl.col("target_1d") * 2).write_parquet(part)
     with pytest.raises(DataError) as e:
         load_dataset(cfg)
     msg = str(e.value)
@@ -174,6 +176,7 @@ def _fail_writes(monkeypatch, err: BaseException) -> None:
         raise err
 
     monkeypatch.setattr(pl.DataFrame, "write_parquet", boom)
+    monkeypatch.setattr("gogooku3.features.writer._parquet_writer", boom)  # the dataset's month files
 
 
 @pytest.mark.parametrize(

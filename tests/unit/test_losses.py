@@ -63,7 +63,7 @@ def test_pinball_and_horizon_weights():
 def test_day_without_labels_gives_zero_loss_with_graph():
     p = torch.randn(8, 1, requires_grad=True)
     loss, parts = MultiHorizonLoss([1])(_out(p), torch.full((8, 1), float("nan")))
-    assert loss.item() == 0.0 and parts == {}
+    assert loss.item() == 0.0 and parts == {"loss_1d": 0.0}  # a skipped horizon reports 0
     loss.backward()
 
 
@@ -89,3 +89,50 @@ def test_rank_gauss_targets_are_robust_and_masked():
     loss_fn = MultiHorizonLoss([1], target_transform="rank_gauss", min_stocks=3)
     loss, _ = loss_fn({"point": torch.randn(5, 1)}, y[:, None])
     assert torch.isfinite(loss) and loss > 0
+
+
+def _reference_loss(fn: MultiHorizonLoss, out, y):
+    """The loss as it was computed with boolean indexing and a Python skip per horizon (host syncs): the reference
+    the sync-free forward must reproduce."""
+    import torch.nn.functional as F
+
+    point, quant = out["point"].float(), out.get("quantiles")
+    total, wsum = point.new_zeros(()), 0.0
+    for j in range(len(fn.horizons)):
+        mask = torch.isfinite(y[:, j])
+        if int(mask.sum()) < fn.min_stocks:
+            continue
+        z = fn.standardise(y[:, j].float(), mask)[mask]
+        p = point[mask, j]
+        loss = F.huber_loss(p, z, delta=fn.huber_delta) + fn.lambda_ic * (1.0 - pearson(p, z))
+        if quant is not None:
+            loss = loss + fn.lambda_q * pinball(quant[mask, j].float(), z, fn.levels)
+        total, wsum = total + fn.weights[j] * loss, wsum + float(fn.weights[j])
+    return point.sum() * 0.0 if wsum == 0 else total / wsum
+
+
+def test_sync_free_forward_equals_the_indexed_reference():
+    """Random days: some horizons below min_stocks, one all-NaN, NaN predictions outside the mask never leak."""
+    torch.manual_seed(3)
+    levels = (0.1, 0.5, 0.9)
+    for transform in ("rank_gauss", "zscore"):
+        fn = MultiHorizonLoss([1, 5, 10, 20], weights=[4, 2, 1, 1], quantiles=levels, target_transform=transform)
+        for trial in range(12):
+            n = 40
+            y = torch.randn(n, 4)
+            y[torch.rand(n, 4) < 0.3] = float("nan")
+            y[:, trial % 4] = float("nan")  # an all-NaN horizon
+            y[4:, (trial + 1) % 4] = float("nan")  # 4 labels < min_stocks 5
+            if trial == 11:
+                y[:] = float("nan")  # a day without any label
+            p = torch.randn(n, 4, requires_grad=True)
+            q = torch.randn(n, 4, 3, requires_grad=True)
+            new, parts = fn({"point": p, "quantiles": q}, y)
+            gp, gq = torch.autograd.grad(new, (p, q))
+            ref = _reference_loss(fn, {"point": p, "quantiles": q}, y)
+            rp, rq = torch.autograd.grad(ref, (p, q), allow_unused=True)
+            assert torch.allclose(new, ref, rtol=1e-6, atol=1e-7), (transform, trial, new, ref)
+            assert torch.allclose(gp, rp, rtol=1e-5, atol=1e-7)
+            assert torch.allclose(gq, torch.zeros_like(gq) if rq is None else rq, rtol=1e-5, atol=1e-7)
+            assert parts[f"loss_{[1, 5, 10, 20][trial % 4]}d"] == 0.0  # skipped horizons report 0
+            assert torch.isfinite(gp).all() and torch.isfinite(gq).all()

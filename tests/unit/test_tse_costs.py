@@ -175,6 +175,23 @@ def test_capacity_impact_grows_as_the_square_root_of_capital():
     assert big["spread"] == pytest.approx(small["spread"]) and rows[0]["sharpe"] > rows[1]["sharpe"]
 
 
+def test_report_capacity_reuses_the_realistic_book_run_at_the_configured_capital():
+    from gogooku3.evaluation.report import _capacity
+
+    rng = np.random.default_rng(1)
+    closes = {c: list(1000.0 * np.cumprod(1 + 0.01 * rng.standard_normal(12))) for c in CODES}
+    ds = _toy(closes).with_columns(volume_ma_20=pl.lit(1e6), volatility_20d=pl.lit(0.02 * math.sqrt(252)))
+    pred = ds.filter(pl.col("Date").is_in(D[:9])).with_columns(pred_1d=pl.col("target_1d"))
+    c = _cfg(min_names=5, lot_size=0, borrow_only=False, capital=1e9, capacity_capitals=[1e8, 1e9, 1e10])
+    market = market_from_frame(ds)
+    run = {"realistic": backtest(pred, cfg=c, market=market, realistic=True)}
+    reused, fresh = _capacity(pred, c, market, run), capacity(pred, c, market)
+    flat = lambda rows: pl.json_normalize(rows).to_dicts()
+    # the engine's cost sums vary in the last bit from run to run (the same call twice), hence approx
+    assert [r["capital"] for r in reused] == [1e8, 1e9, 1e10]
+    assert flat(reused) == [pytest.approx(r, rel=1e-12) for r in flat(fresh)]
+
+
 # ---- the synthetic market's liquidity ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def synth() -> dict[str, pl.DataFrame]:

@@ -206,17 +206,59 @@ _FILE_DIGESTS: dict[tuple[str, int, int, int], str] = {}
 
 def file_fingerprint(path: str | os.PathLike, length: int = 16) -> str:
     """Fingerprint of a file's content (sha256 of every byte; neither its name nor its modification time), so an
-    identical rebuild keeps every cache keyed by it. Memoised per process by (path, size, mtime, inode)."""
+    identical rebuild keeps every cache keyed by it. Memoised per process by (device, inode, size, mtime): a hard
+    link to a hashed file is not read again. A folder (a dataset partitioned by date): the sha256 of its files'
+    relative names and digests, one `<name> <sha256>` line each in name order."""
     path = Path(path)
     try:
         st = path.stat()
     except FileNotFoundError as e:
         raise DataError(f"{path}: file not found") from e
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if path.is_dir():
+        lines = "".join(f"{name} {digest}\n" for name, digest in folder_digests(path).items())
+        return hashlib.sha256(lines.encode("utf-8")).hexdigest()[:length]
+    key = (str(st.st_dev), st.st_size, st.st_mtime_ns, st.st_ino)
     digest = _FILE_DIGESTS.get(key)
     if digest is None:
         digest = _FILE_DIGESTS[key] = sha256_file(path)
     return digest[:length]
+
+
+def digests_path(folder: str | os.PathLike) -> Path:
+    """`<folder>.digests.json` beside a folder of files: each file's sha256 with the (size, mtime, inode) it had."""
+    p = Path(folder)
+    return p.with_name(p.name + ".digests.json")
+
+
+def folder_digests(folder: str | os.PathLike) -> dict[str, str]:
+    """The sha256 of every file under `folder`, by relative name in name order. A digest recorded by
+    `record_digests` is taken while the file still has the size, mtime and inode recorded with it (a hard link to it
+    in a later version too); any other file is read."""
+    folder = Path(folder)
+    try:
+        known = json.loads(digests_path(folder).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        known = {}
+    out = {}
+    for p in sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.relative_to(folder).as_posix()):
+        name, st = p.relative_to(folder).as_posix(), p.stat()
+        k = known.get(name) or {}
+        if (k.get("bytes"), k.get("mtime_ns"), k.get("inode")) == (st.st_size, st.st_mtime_ns, st.st_ino):
+            _FILE_DIGESTS.setdefault((str(st.st_dev), st.st_size, st.st_mtime_ns, st.st_ino), str(k["sha256"]))
+        out[name] = file_fingerprint(p, 64)
+    return out
+
+
+def record_digests(folder: str | os.PathLike) -> dict[str, str]:
+    """Write `digests_path(folder)` (a plain write: the folder is a build's staging copy); returns the digests."""
+    folder = Path(folder)
+    digests = folder_digests(folder)
+    files = {}
+    for name, digest in digests.items():
+        st = (folder / name).stat()
+        files[name] = {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino, "sha256": digest}
+    digests_path(folder).write_text(json.dumps({"files": files}, indent=1) + "\n", encoding="utf-8")
+    return digests
 
 
 def sha256_file(path: str | os.PathLike) -> str:

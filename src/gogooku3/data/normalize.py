@@ -24,7 +24,7 @@ import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal, overload
+from typing import Any, Literal, cast, overload
 
 import numpy as np
 import polars as pl
@@ -201,9 +201,22 @@ class CrossSectionalNormalizer:
     def fit_transform(self, df: pl.DataFrame | pl.LazyFrame, features: Sequence[str]) -> pl.DataFrame | pl.LazyFrame:
         return self.fit(df, features).transform(df)
 
+    def subset(self, features: Sequence[str]) -> CrossSectionalNormalizer:
+        """A fitted copy restricted to `features` (each feature's statistics are its own: transforming a block of
+        columns with it gives the same values as transforming them with the whole normalizer)."""
+        if not hasattr(self, "features_"):
+            raise ConfigError("CrossSectionalNormalizer.subset called before fit")
+        keep = set(features)
+        out = CrossSectionalNormalizer.from_dict(self.to_dict())
+        out.features_ = [f for f in self.features_ if f in keep]
+        out.fallback_std_ = {f: self.fallback_std_[f] for f in out.features_}
+        out.day_level_ = [f for f in self.day_level_ if f in keep]
+        return out
+
     # ---- report / persistence ---------------------------------------------------------------------
-    def report(self, normalized: pl.DataFrame, max_warnings: int = 20) -> dict[str, Any]:
-        """Mean |per-day mean| and mean per-day std over the normalized features, plus warnings."""
+    def report_stats(self, normalized: pl.DataFrame) -> tuple[list[Any], list[Any], int]:
+        """(mean |per-day mean|, mean per-day std) of each fitted feature, and the NaN count: what `report` reads.
+        Per feature, so a report can be assembled from blocks of columns (`report(stats=...)`)."""
         d = self.date_col
         per_day = normalized.group_by(d).agg(
             [pl.col(f).mean().alias(f"{f}__m") for f in self.features_]
@@ -212,6 +225,17 @@ class CrossSectionalNormalizer:
         means = per_day.select([pl.col(f"{f}__m").abs().mean().alias(f) for f in self.features_]).row(0)
         stds = per_day.select([pl.col(f"{f}__s").mean().alias(f) for f in self.features_]).row(0)
         nan_count = int(normalized.select(pl.sum_horizontal([pl.col(f).is_nan().sum() for f in self.features_])).item())
+        return list(means), list(stds), nan_count
+
+    def report(
+        self,
+        normalized: pl.DataFrame | None,
+        max_warnings: int = 20,
+        stats: tuple[list[Any], list[Any], int] | None = None,
+    ) -> dict[str, Any]:
+        """Mean |per-day mean| and mean per-day std over the normalized features, plus warnings; `stats`: the
+        `report_stats` of every fitted feature in order (given instead of `normalized`)."""
+        means, stds, nan_count = stats if stats is not None else self.report_stats(cast(pl.DataFrame, normalized))
         warnings = []
         day_level = set(getattr(self, "day_level_", []))
         for f, m, s in zip(self.features_, means, stds, strict=True):

@@ -13,7 +13,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,22 +80,23 @@ class PanelStore:
         sector_vocab: Sequence[str] | None = None,
         segment_vocab: Sequence[str] | None = None,
         fingerprint_: str = "",
+        exprs: Mapping[str, pl.Expr] | None = None,
     ) -> PanelStore:
         """Direct mode: an in-memory frame (Code, Date, [Section, S33], features, targets) -> dense panel.
 
         The same steps as `convert` on one block holding every day (identical arrays), for frames that fit in
-        memory (prediction windows, tests)."""
+        memory (prediction windows, tests). `exprs`: features computed from the frame's columns (`convert`)."""
         lf = df.lazy()
         schema = lf.collect_schema()
         features = list(features)
-        _check_columns(schema, features)
+        _check_columns(schema, features, exprs)
         norm = (
             normalizer
             if isinstance(normalizer, CrossSectionalNormalizer)
             else CrossSectionalNormalizer.from_dict(normalizer or {})
         )
-        raw = _raw_dtype(schema, features)
-        base = lf.select(_columns(schema, features, horizons, returns_col, raw)).collect()
+        raw = _raw_dtype(schema, features, exprs)
+        base = lf.select(_columns(schema, features, horizons, returns_col, raw, exprs)).collect()
         if base.height == 0:
             raise DataError("panel: the dataset has no rows")
         codes = base.get_column(C.CODE).unique().sort()
@@ -157,6 +158,7 @@ class PanelStore:
         fingerprint_: str = "",
         block_mb: float = CONVERT_BLOCK_MB,
         batch_rows: int = CONVERT_BATCH_ROWS,
+        exprs: Mapping[str, pl.Expr] | None = None,
     ) -> PanelStore:
         """File mode: the dataset parquet -> `root` (.npy files), then loaded memory-mapped.
 
@@ -168,17 +170,21 @@ class PanelStore:
         2. the features are read back `block_mb` of days at a time (contiguous, from the page cache), normalised
            per day (`DenseNormalization`) and written over the raw values.
         All in `.<root>.<host>-<pid>.tmp/`, renamed onto `root` at the end. Deterministic, and any block or batch
-        size gives the same bytes as `from_frame` on the whole frame (repeated (Code, Date) rows: the last wins)."""
+        size gives the same bytes as `from_frame` on the whole frame (repeated (Code, Date) rows: the last wins).
+
+        `exprs`: {feature: expression over the dataset's columns} for features that are not columns (the raw input
+        channels, `data.raw_inputs`). Row-local expressions only: a batch holds part of a stock's history, so a
+        window over rows (shift, rolling, over) would be cut at the batch's edges."""
         t0 = time.perf_counter()
         root = Path(root)
         scan = pl.scan_parquet(dataset)
         schema = scan.collect_schema()
         features = list(features)
-        _check_columns(schema, features)
+        _check_columns(schema, features, exprs)
         norm = CrossSectionalNormalizer.from_dict(dict(normalizer or {}))
-        raw = _raw_dtype(schema, features)
-        exprs = _columns(schema, features, horizons, returns_col, raw)
-        lf = scan.select(exprs)
+        raw = _raw_dtype(schema, features, exprs)
+        cols = _columns(schema, features, horizons, returns_col, raw, exprs)
+        lf = scan.select(cols)
 
         def distinct(col: str) -> list:
             return lf.select(pl.col(col).drop_nulls().unique()).collect(engine="streaming").to_series().sort().to_list()
@@ -205,8 +211,8 @@ class PanelStore:
             scratch = files.get("raw", files["features"])
             # pass 1: every row once, raw, into the date-major files
             first = _Pass1((pl.Series(dates, dtype=pl.Date), codes), features, H, sec_vocab, seg_vocab, scratch, files)
-            for batch in _file_batches(dataset, [c for c in schema if c in _source_columns(exprs)], batch_rows):
-                first.add(batch.select(exprs))
+            for batch in _file_batches(dataset, [c for c in schema if c in _source_columns(cols)], batch_rows):
+                first.add(batch.select(cols))
             del first
             # pass 2: blocks of days, normalised in place
             step = max(1, min(D, int(block_mb * 2**20 // (N * F * raw.itemsize))))
@@ -278,8 +284,11 @@ class PanelStore:
         returns_col: str = C.RETURNS_1D,
         force: bool = False,
         block_mb: float = CONVERT_BLOCK_MB,
+        exprs: Mapping[str, pl.Expr] | None = None,
     ) -> PanelStore:
-        """File mode: convert once into `<cache_dir>/panels/<fingerprint>/` (memory-mapped .npy), reuse after."""
+        """File mode: convert once into `<cache_dir>/panels/<fingerprint>/` (memory-mapped .npy), reuse after.
+        `exprs` (computed features, `convert`) enter the fingerprint by their text, so each input mode and channel
+        spec has its own panel in the same cache."""
         fp = fingerprint(
             PANEL_VERSION,
             dataset_fingerprint,
@@ -288,6 +297,7 @@ class PanelStore:
             list(features),
             list(horizons),
             returns_col,
+            *([{n: str(e) for n, e in exprs.items()}] if exprs else []),
         )
         root = Path(cache_dir) / "panels" / fp
         clean_leftovers(root.parent, _complete, "panel cache")  # puts back a panel a killed replacement set aside
@@ -301,7 +311,7 @@ class PanelStore:
             else:
                 log.info("panel: reusing %s", root)
                 return panel
-        return cls.convert(dataset, root, features, horizons, dict(normalizer), returns_col, fp, block_mb)
+        return cls.convert(dataset, root, features, horizons, dict(normalizer), returns_col, fp, block_mb, exprs=exprs)
 
     # ---- persistence ----------------------------------------------------------------------------------
     def save(self, root: str | Path) -> Path:
@@ -388,23 +398,34 @@ class PanelStore:
 _EXACT_F32 = (pl.Float32, pl.Int8, pl.Int16, pl.UInt8, pl.UInt16, pl.Boolean, pl.Null)
 
 
-def _check_columns(schema: pl.Schema, features: Sequence[str]) -> None:
-    missing = [c for c in [C.CODE, C.DATE, *features] if c not in schema]
+def _check_columns(schema: pl.Schema, features: Sequence[str], exprs: Mapping[str, pl.Expr] | None = None) -> None:
+    exprs = exprs or {}
+    read = [c for f in features for c in (exprs[f].meta.root_names() if f in exprs else [f])]
+    missing = [c for c in dict.fromkeys([C.CODE, C.DATE, *read]) if c not in schema]
     if missing:
         raise DataError(f"panel: dataset lacks {len(missing)} column(s), e.g. {', '.join(missing[:5])}")
 
 
-def _raw_dtype(schema: pl.Schema, features: Sequence[str]) -> np.dtype:
-    """float32 when every feature column converts to it exactly (the built dataset: Float32 and Int8), else
-    float64: the normaliser sees the dataset's own values either way."""
-    exact = all(any(schema[f] == t for t in _EXACT_F32) for f in features)
+def _raw_dtype(schema: pl.Schema, features: Sequence[str], exprs: Mapping[str, pl.Expr] | None = None) -> np.dtype:
+    """float32 when every feature converts to it exactly (the built dataset: Float32 and Int8; a computed feature
+    by the dtype of its expression), else float64: the normaliser sees the dataset's own values either way."""
+    exprs = exprs or {}
+    computed = pl.LazyFrame(schema=schema).select(exprs[f].alias(f) for f in features if f in exprs).collect_schema()
+    exact = all(any((computed[f] if f in exprs else schema[f]) == t for t in _EXACT_F32) for f in features)
     return np.dtype(np.float32 if exact else np.float64)
 
 
 def _columns(
-    schema: pl.Schema, features: Sequence[str], horizons: Sequence[int], returns_col: str, raw: np.dtype
+    schema: pl.Schema,
+    features: Sequence[str],
+    horizons: Sequence[int],
+    returns_col: str,
+    raw: np.dtype,
+    exprs: Mapping[str, pl.Expr] | None = None,
 ) -> list[pl.Expr]:
-    """The panel's columns of a dataset frame: Code, Date, the features (as `raw`), targets, __ret, __seg, __sec."""
+    """The panel's columns of a dataset frame: Code, Date, the features (as `raw`; `exprs`' computed from their
+    expressions), targets, __ret, __seg, __sec."""
+    exprs = exprs or {}
     fdt = pl.Float32 if raw == np.float32 else pl.Float64
     tcols = [
         pl.col(t).cast(pl.Float32) if t in schema else pl.lit(None, pl.Float32).alias(t)
@@ -416,7 +437,7 @@ def _columns(
     return [
         pl.col(C.CODE).cast(pl.Utf8),
         pl.col(C.DATE).cast(pl.Date),
-        *[pl.col(f).cast(fdt) for f in features],
+        *[(exprs[f] if f in exprs else pl.col(f)).cast(fdt).alias(f) for f in features],
         *tcols,
         ret.alias("__ret"),
         seg.alias("__seg"),
@@ -434,11 +455,13 @@ def _file_batches(path: str | Path, columns: Sequence[str], rows: int) -> Iterat
     for (Polars' streaming batches run ahead of a slow consumer and end up holding most of the file)."""
     import pyarrow.parquet as pq
 
-    meta = pq.read_metadata(path)
-    lf = pl.scan_parquet(path).select(list(columns))
+    from gogooku3.features.published import dataset_files
+
+    files = dataset_files(path)  # a dataset partitioned by date: its files' row groups in turn
+    lf = pl.scan_parquet(files).select(list(columns))
     slices, start = [], 0
-    for g in range(meta.num_row_groups):
-        n = meta.row_group(g).num_rows
+    for g in (m.row_group(i) for m in map(pq.read_metadata, files) for i in range(m.num_row_groups)):
+        n = g.num_rows
         parts = max(1, math.ceil(n / max(1, rows)))
         slices += [(start + n * k // parts, n * (k + 1) // parts - n * k // parts) for k in range(parts)]
         start += n

@@ -88,14 +88,15 @@ def drop_too_null(
     """
     if null_action not in ("drop", "error"):
         raise ConfigError(f"safe.validation.null_action must be 'drop' or 'error', got '{null_action}'")
-    span = df
+    # a row mask per column, not a filtered copy of the frame (the whole frame at ten years)
+    span = pl.lit(True)
     if train_dates is not None:
-        span = df.filter(pl.col(C.DATE).is_in(pl.Series(list(train_dates), dtype=pl.Date).implode()))
-        if span.height == 0:
+        span = pl.col(C.DATE).is_in(pl.Series(list(train_dates), dtype=pl.Date).implode())
+        if not df.select(span.any()).item():
             raise DataError(f"{source}: no rows in the training span")
     nulls = (
-        span.select(
-            [(pl.col(f).is_null() | pl.col(f).cast(pl.Float64).is_nan()).mean().alias(f) for f in features]
+        df.select(
+            [(pl.col(f).is_null() | pl.col(f).cast(pl.Float64).is_nan()).filter(span).mean().alias(f) for f in features]
         ).row(0, named=True)
         if features
         else {}
@@ -186,9 +187,14 @@ def validate_dataset(
             f"report lists the skipped groups)"
         )
 
-    dup = df.group_by(C.CODE, C.DATE).len().filter(pl.col("len") > 1)
-    if dup.height:
-        rows = [f"{c}@{d}" for c, d in dup.select(C.CODE, C.DATE).head(5).iter_rows()]
+    # one Int64 key per row: a group_by on (Code, Date) cost ~0.8 GB per million rows (+2.2 GB at 2.86 M), this 0.1 GB
+    key = pl.col(C.CODE).cast(pl.String).cast(pl.Categorical).to_physical().cast(pl.Int64) * 2**32 + pl.col(
+        C.DATE
+    ).cast(pl.Date).cast(pl.Int32).cast(pl.Int64)
+    is_dup = df.select(key.is_duplicated()).to_series()
+    if is_dup.any():
+        dup = df.filter(is_dup).select(C.CODE, C.DATE).unique(maintain_order=True)
+        rows = [f"{c}@{d}" for c, d in dup.head(5).iter_rows()]
         raise DataError(f"{source}: {dup.height} duplicate (Code, Date) key(s): {rows_hint(rows)}")
     if C.CLOSE in df.columns:
         bad = df.filter(pl.col(C.CLOSE) <= 0)

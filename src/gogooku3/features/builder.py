@@ -3,7 +3,8 @@ tables (`features.raw_tables`), builds the point-in-time ML dataset (one row per
 `features.plan` says which blocks run in what order, `features.build` runs them, in one piece or above
 `features.chunk_rows` quote rows in runs of codes) and writes it with its metadata, feature manifest and coverage
 table as one version that the dated name and `paths.dataset` point at (`features.writer`, `features.published`),
-under the project's build lock. The daily incremental update is `features.incremental.update_dataset`.
+under the project's build lock. The dataset is a folder of monthly parquet files (`features.published`). The
+daily incremental update is `features.incremental.update_dataset`.
 """
 
 from __future__ import annotations
@@ -27,9 +28,7 @@ from gogooku3.features.fingerprints import build_fingerprints
 from gogooku3.features.published import DATA, build_lock, check_name, staging
 from gogooku3.features.raw_tables import calendar_name, load_tables
 from gogooku3.features.writer import (
-    PARQUET,
     BuildResult,
-    DatasetStats,
     DatasetWriter,
     dataset_path,
     drop_columns,
@@ -72,7 +71,8 @@ def build_dataset(cfg: Settings) -> BuildResult:
                 built = BuiltFrame(pl.DataFrame(), groups, skipped, plan.notes)
             else:
                 built = drop_all_null(build_features(tables, cal, cfg.features, cfg.labels))
-                stats = DatasetStats.of(built.df)
-                built.df.write_parquet(data, **PARQUET)
+                with DatasetWriter(data) as write:
+                    write(built.df)
+                    stats = write.close()
             extra = build_fingerprints(cfg, tables, stats.end)
             return write_outputs(cfg, dated, tmp, stats, built, calendar_name(tables, cfg), t0, extra)

@@ -1,7 +1,12 @@
 """A built dataset as one unit: written whole into a hidden folder, published by one rename, then named.
 
 Layout. Each build writes `<output_dir>/datasets/<stem>.<time>-<fingerprint>/` holding `data.parquet` and its
-`data.metadata.json`, `data.manifest.json` and `data.coverage.txt` (`<stem>`: `ml_dataset_<start>_<end>`). It is
+`data.metadata.json`, `data.manifest.json` and `data.coverage.txt` (`<stem>`: `ml_dataset_<start>_<end>`).
+`data.parquet` is a folder partitioned by date: one file per month, `<YYYY-MM>.parquet`, each sorted by (Code, Date)
+(`dataset_files`; `pl.scan_parquet` reads the folder as one frame, in month order); `data.parquet.digests.json`
+beside it records each file's sha256 (`core.io.record_digests`), and the dataset's fingerprint is that of the set
+(`core.io.file_fingerprint` of the folder). An update links the months it does not change from the previous version
+(`link_or_copy`: hard links, the same bytes; a copy across filesystems) and writes the others. It is
 written as `.<stem>.<host>-<pid>.tmp/` and renamed into place in one step (`staging`, `publish`). The names users
 and the config know (`paths.dataset`, the dated `ml_dataset_<start>_<end>.parquet`) are relative symlinks, each
 swapped in one `os.replace`, to a version's `data.parquet`; links named like the sidecars sit beside them for people.
@@ -80,6 +85,31 @@ def pin(path: str | os.PathLike) -> Path:
             return data
         os.close(fd)
     return given
+
+
+def dataset_files(path: str | os.PathLike) -> list[Path]:
+    """The parquet files of the dataset at `path`: a partitioned one's (a folder) in name order, i.e. by month; a
+    plain file (a user's own, an export, an older build) as itself."""
+    p = Path(path)
+    if not p.is_dir():
+        return [p]
+    files = sorted(f for f in p.iterdir() if f.suffix == ".parquet" and not f.name.startswith("."))
+    if not files:
+        raise DataError(f"{p}: a dataset folder without parquet files; rebuild with `gogooku3 data build`")
+    return files
+
+
+def link_or_copy(src: Path, dst: Path) -> bool:
+    """`dst` as a hard link to `src` (the same bytes, no copy; deleting either name leaves the other whole), or a copy
+    where the filesystem refuses links (another device, no link support). Returns whether it linked."""
+    try:
+        os.link(src, dst)
+        return True
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+    shutil.copy2(src, dst)
+    return False
 
 
 def unpin_all() -> None:

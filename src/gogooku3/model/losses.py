@@ -4,6 +4,8 @@ Per horizon h: targets standardised over the day's stocks that have a label (mis
 zero-filled) — z-score, or rank-gauss (the day's ranks mapped to normal quantiles, robust to fat tails and to
 high-volatility names dominating the day) — then Huber(ŷ, z) + λ_q · pinball(quantiles, z) + λ_ic · (1 − Pearson(ŷ, z));
 horizons combined with normalised weights. Horizons with fewer than `min_stocks` labels that day are skipped.
+Skipping is a weight, not a branch: every horizon is computed on masked tensors (means over the mask, `torch.where`
+for the rest), so the forward never reads a value back to the host (no `.item()`, no boolean indexing).
 """
 
 from __future__ import annotations
@@ -48,6 +50,19 @@ def pinball(q: torch.Tensor, y: torch.Tensor, levels: torch.Tensor) -> torch.Ten
     return torch.maximum(levels * diff, (levels - 1) * diff).mean()
 
 
+def _masked_mean(v: torch.Tensor, mask: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """Mean of v over mask (n = mask's count, >= 1); entries outside mask never reach the result or its gradient."""
+    return torch.where(mask, v, torch.zeros_like(v)).sum() / n
+
+
+def masked_pearson(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, n: torch.Tensor, eps: float = 1e-8):
+    """`pearson(a[mask], b[mask])` without the boolean index (no host sync)."""
+    zero = torch.zeros_like(a)
+    a = torch.where(mask, a - _masked_mean(a, mask, n), zero)
+    b = torch.where(mask, b - _masked_mean(b, mask, n), zero)
+    return (a * b).sum() / (a.norm() * b.norm() + eps)
+
+
 class MultiHorizonLoss(torch.nn.Module):
     weights: torch.Tensor  # buffers (registered in __init__)
     levels: torch.Tensor
@@ -78,26 +93,34 @@ class MultiHorizonLoss(torch.nn.Module):
         self.huber_delta, self.lambda_q, self.lambda_ic, self.min_stocks = huber_delta, lambda_q, lambda_ic, min_stocks
 
     def forward(self, out: dict[str, torch.Tensor], y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """out['point'] [N, nH] (+ 'quantiles' [N, nH, Q]); y [N, nH] raw targets, NaN = missing."""
+        """out['point'] [N, nH] (+ 'quantiles' [N, nH, Q]); y [N, nH] raw targets, NaN = missing.
+
+        `parts` holds every horizon's loss, 0 on a day the horizon is skipped."""
         point = out["point"].float()
         quant = out.get("quantiles")
+        use_q = quant is not None and self.lambda_q > 0 and self.levels.numel() > 0
         total = point.new_zeros(())
         parts: dict[str, torch.Tensor] = {}
         wsum = point.new_zeros(())
         for j, h in enumerate(self.horizons):
             mask = torch.isfinite(y[:, j])
-            if int(mask.sum()) < self.min_stocks:
-                continue
-            z = self.standardise(y[:, j].float(), mask)[mask]
-            p = point[mask, j]
-            loss = F.huber_loss(p, z, delta=self.huber_delta)
+            count = mask.sum()
+            active = count >= self.min_stocks
+            n = count.clamp(min=1).to(point.dtype)
+            z = self.standardise(y[:, j].float(), mask)  # 0 outside mask
+            p = torch.where(mask, point[:, j], torch.zeros_like(z))
+            loss = _masked_mean(F.huber_loss(p, z, delta=self.huber_delta, reduction="none"), mask, n)
             if self.lambda_ic > 0:
-                loss = loss + self.lambda_ic * (1.0 - pearson(p, z))
-            if quant is not None and self.lambda_q > 0 and self.levels.numel():
-                loss = loss + self.lambda_q * pinball(quant[mask, j].float(), z, self.levels)
+                loss = loss + self.lambda_ic * (1.0 - masked_pearson(p, z, mask, n))
+            if use_q and quant is not None:
+                q = torch.where(mask[:, None], quant[:, j].float(), torch.zeros_like(quant[:, j].float()))
+                diff = z[:, None] - q
+                pin = torch.maximum(self.levels * diff, (self.levels - 1) * diff).sum(dim=1)
+                loss = loss + self.lambda_q * _masked_mean(pin, mask, n) / self.levels.numel()
+            loss = torch.where(active, loss, torch.zeros_like(loss))
             parts[f"loss_{h}d"] = loss.detach()
-            total = total + self.weights[j] * loss
-            wsum = wsum + self.weights[j]
-        if wsum.item() == 0:
-            return point.sum() * 0.0, parts  # no labelled horizon today: zero loss that keeps the graph
-        return total / wsum, parts
+            w = torch.where(active, self.weights[j], torch.zeros_like(self.weights[j]))
+            total = total + w * loss
+            wsum = wsum + w
+        # no labelled horizon today: zero loss that keeps the graph (point.sum() * 0, as a branch would give)
+        return torch.where(wsum > 0, total / wsum.clamp(min=1e-12), point.sum() * 0.0), parts

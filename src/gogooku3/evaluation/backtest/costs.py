@@ -80,8 +80,8 @@ def _grid(frame: pl.DataFrame, col: str, di: dict, ci: dict, shape: tuple[int, i
     """A dense [dates, codes] array of `frame[col]` (keys outside the grid ignored, missing cells `fill`)."""
     out = np.full(shape, fill, dtype=float if not isinstance(fill, bool) else bool)
     f = frame.filter(pl.col(C.DATE).is_in(list(di)) & pl.col(C.CODE).is_in(list(ci)))
-    r = np.array([di[d] for d in f[C.DATE].to_list()], dtype=np.int64)
-    k = np.array([ci[x] for x in f[C.CODE].to_list()], dtype=np.int64)
+    r = f[C.DATE].replace_strict(di, return_dtype=pl.Int64).to_numpy()
+    k = f[C.CODE].replace_strict(ci, return_dtype=pl.Int64).to_numpy()
     vals = f[col].to_numpy()
     if isinstance(fill, bool):
         vals = np.asarray(f[col].fill_null(fill).to_numpy(), dtype=bool)
@@ -133,7 +133,11 @@ def _frame(dates: list, codes: list, a: np.ndarray, mask: np.ndarray, col: str) 
     """Date, Code, `col` of the cells of `a` [dates, codes] where `mask` (row-major order)."""
     r, k = np.nonzero(mask)
     return pl.DataFrame(
-        {C.DATE: [dates[i] for i in r], C.CODE: [codes[j] for j in k], col: a[r, k].astype(float)},
+        {
+            C.DATE: pl.Series(dates, dtype=pl.Date).gather(r),
+            C.CODE: pl.Series(codes, dtype=pl.String).gather(k),
+            col: a[r, k].astype(float),
+        },
         schema={C.DATE: pl.Date, C.CODE: pl.String, col: pl.Float64},
     )
 
