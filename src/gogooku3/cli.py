@@ -290,6 +290,26 @@ def data_build(
         build_dataset(cfg)
 
 
+@data_app.command(
+    "export",
+    context_settings=OVERRIDES,
+    help=_help(
+        "Write the dataset (paths.dataset: a folder of monthly parquet files) as one parquet file sorted by (Code, "
+        "Date), in runs of features.chunk_rows rows, replaced atomically.",
+        "paths, features",
+        "data export --to ml_dataset.parquet",
+    ),
+)
+def data_export(
+    ctx: typer.Context,
+    to: Path = typer.Option(..., "--to", help="The parquet file to write."),
+) -> None:
+    from gogooku3.features.writer import export_dataset
+
+    cfg = _cfg(ctx)
+    export_dataset(cfg.paths.dataset, to, cfg.features.chunk_rows)
+
+
 @app.command(
     "safe",
     context_settings=OVERRIDES,
@@ -353,6 +373,33 @@ def tune(ctx: typer.Context) -> None:
     dirs, _ = config_dirs(ctx)
     _preflight(cfg, "tune", Path(dirs[0]) if dirs else None)
     run_tune(cfg, experiment_dir=Path(dirs[0]) if dirs else None)
+
+
+@app.command(
+    "bench",
+    context_settings=OVERRIDES,
+    short_help="The model zoo on the same folds, once per seed: one table (Markdown + JSON + chart).",
+    help=_help(
+        "Fit every model of bench.models on the same folds once per seed of bench.seeds (one `train` run each, "
+        "bench.overrides on top), backtest each (the realistic book) and write one table, mean ± sd over seeds: "
+        "RankIC per horizon, ICIR, HAC t, paired t vs the reference and the product, % of the oracle, net Sharpe, "
+        "params, fit time (<paths.bench_dir>/<timestamp>/bench.{md,json,png}, <paths.bench_dir>/last; `report` "
+        "shows it for runs on the same dataset). Needs a built dataset (data build; safe stores the LightGBM run).",
+        "paths, labels, split, baseline, predictors, model, train, trainer, portfolio, bench",
+        "bench",
+        "bench bench=quick",
+        "bench 'bench.models=[atft,lightgbm,ridge,mlp,gru,blend,oracle]' 'bench.seeds=[1,2,3,4,5]'",
+        "bench bench.folds=1 +bench.overrides.train.max_epochs=2",
+    ),
+)
+def bench(ctx: typer.Context) -> None:
+    cfg = _cfg(ctx)
+    _check_accelerator(cfg)
+    _preflight(cfg, "bench")
+    from gogooku3.pipelines.bench import run_bench
+
+    dirs, overrides = config_dirs(ctx)
+    run_bench(cfg, overrides, dirs)
 
 
 @app.command(

@@ -84,6 +84,7 @@ CASES = [
     ("build_output", ["data", "build"], "output", r"^error: output: cannot write there .*paths\.(dataset|output_dir)="),
     ("tune_output", ["tune", *TINY], "output", r"^error: output/optuna/.*: cannot write there .*paths\.output_dir="),
     ("safe_output", ["safe", *TINY], "output", r"^error: output/experiments: cannot write there"),
+    ("bench_output", ["bench", *TINY], "output", r"^error: output/bench: cannot write there .*paths\.bench_dir="),
 ]
 
 

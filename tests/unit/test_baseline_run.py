@@ -253,3 +253,38 @@ def test_purged_kfold_normalizes_per_fold(tmp_path, planted_dataset):
     assert full.normalization["fit_span"] == "per fold"
     alone = baseline_for_folds(cfg, ds, man, folds, [2], 1)
     _same_predictions(alone, full.folds([2]))
+
+
+def _frame_path(cfg, df, man, folds) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+    """The baseline as it was fitted before the column-block path: the whole frame normalized (`_normalized`), each
+    fold's training rows filtered from it and `LightGBMBaseline.fit` on them (the reference the blocks must equal)."""
+    from gogooku3.predictors.lightgbm import LightGBMBaseline, _in_dates, _normalized, _rows
+
+    hs, feats = baseline_horizons(cfg, man), list(man.names)
+    floats = [f for f in feats if df.schema[f].is_float()]
+    frame_of, report = _normalized(df, floats, folds, cfg.baseline.normalize)
+    vals, tests = [], []
+    for f in folds:
+        frame = frame_of(f)
+        train = frame.filter(_in_dates(f.train_dates))
+        b = LightGBMBaseline.from_config(cfg.baseline, 1, int(cfg.split.val_days), cfg.split.holdout_days)
+        m = b.fit(train, feats, hs)
+        vals.append(_rows(m, train.filter(_in_dates(m.val_dates_ + m.holdout_dates_)), f.index, hs))
+        tests.append(_rows(m, frame.filter(_in_dates(f.test_dates)), f.index, hs))
+    return (*(pl.concat(p).sort("fold", C.DATE, C.CODE) for p in (vals, tests)), report)
+
+
+@pytest.mark.parametrize(
+    "split", [["split=walk_forward", "split.n_splits=2"], ["split=purged_kfold", "split.n_splits=3"]]
+)
+def test_column_blocks_equal_the_whole_frame(tmp_path, planted_dataset, monkeypatch, split):
+    """fit_baseline reads and normalizes a few columns at a time from a lazy scan: the predictions (bit for bit) and
+    the normalization report equal those of normalizing the whole collected frame."""
+    import gogooku3.predictors.lightgbm as lgbm
+
+    cfg, ds, man, df, folds = _setup(tmp_path, planted_dataset, *split)
+    val, test, report = _frame_path(cfg, df, man, folds)
+    monkeypatch.setattr(lgbm, "BLOCK_VALUES", 2 * df.height)  # 2 columns per block
+    run = _fresh(cfg, pl.scan_parquet(ds), man, folds)
+    assert run.predictions_val.equals(val) and run.predictions_test.equals(test)
+    assert {k: run.normalization[k] for k in report} == report

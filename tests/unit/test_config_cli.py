@@ -46,7 +46,9 @@ def test_user_config_dir_experiment_and_group_option(user_dir):
 
 @pytest.mark.parametrize("override", ["+experiment=foo", "experiment=foo"])
 def test_missing_experiment_is_one_clear_error(override, user_dir):
-    with pytest.raises(ConfigError, match=r"experiment=foo: no such option \(options of experiment: example, my_exp"):
+    with pytest.raises(
+        ConfigError, match=r"experiment=foo: no such option \(options of experiment: example, factor_market, my_exp"
+    ):
         load_config([override], config_dirs=[user_dir])
     out = runner.invoke(app, ["--config-dir", str(user_dir), "config", "show", override])
     assert out.exit_code == 2
@@ -84,7 +86,7 @@ def test_config_groups_lists_packaged_and_user_options(user_dir):
     assert out.exit_code == 0, out.output
     rows = {ln.split()[0]: ln.split()[1:] for ln in out.output.splitlines() if ln and not ln.startswith("searched")}
     assert rows["model"][:3] == ["full", "small*", "tiny"]
-    assert rows["experiment"][:2] == ["example", "my_exp"] and "default)" in rows["experiment"][-1]
+    assert rows["experiment"][:3] == ["example", "factor_market", "my_exp"] and "default)" in rows["experiment"][-1]
     assert rows["trainer"] == ["cpu*", "ddp", "gpu"]
     assert str(user_dir) in out.output
 
@@ -97,6 +99,7 @@ COMMANDS = [
     ["safe"],
     ["train"],
     ["tune"],
+    ["bench"],
     ["backtest"],
     ["report"],
     ["predict"],

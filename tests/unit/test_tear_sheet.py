@@ -131,7 +131,13 @@ def test_report_tear_sheet_with_dataset_sector_and_topix(tmp_path, model_name):
     model = pl.read_parquet(run / "predictions" / "atft" / "test.parquet")
     ds = tmp_path / "ds.parquet"
     model.select(
-        "Date", "Code", Close=pl.lit(1000.0), returns_1d=pl.lit(0.0), S33=pl.col("Code").str.slice(2, 1)
+        "Date",
+        "Code",
+        Close=pl.lit(1000.0),
+        returns_1d=pl.lit(0.0),
+        S33=pl.col("Code").str.slice(2, 1),
+        market_cap=(pl.col("Code").hash() % 1000 + 1).cast(pl.Float64) * 1e8,  # the neutral view's exposures
+        beta_60d=(pl.col("Code").hash() % 7).cast(pl.Float64) / 5 + 0.5,
     ).write_parquet(ds)
     FeatureManifest.from_frame(pl.read_parquet(ds), {}, [1], 1).save(manifest_path(ds))  # the entry lag's source
     raw = tmp_path / "raw"
@@ -152,6 +158,7 @@ def test_report_tear_sheet_with_dataset_sector_and_topix(tmp_path, model_name):
     rep = json.loads(build_report(cfg, run)["json"].read_text())
     ts = rep["tear_sheet"]
     assert rep["missing"] == [] and ts["benchmark"] == "topix" and ts["topix_available"]
+    assert rep["neutral"] is not None
     assert {g["group"] for g in ts["by_sector"]} == set(model["Code"].str.slice(2, 1).unique().to_list())
     assert set(ts["relative"]) == {"atft ideal", "atft realistic", "lightgbm ideal", "lightgbm realistic"}
     assert set(ts["relative"]["atft ideal"]) == {"topix", "equal_weight"}

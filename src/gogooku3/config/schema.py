@@ -41,6 +41,7 @@ class PathsSettings:
     cache_dir: str
     output_dir: str
     runs_dir: str
+    bench_dir: str
     dataset: str
     keep_datasets: int
     mlflow_uri: str | None
@@ -59,6 +60,7 @@ class SyntheticDataSettings:
     market_drift: float
     sector_vol: float
     style_vol: float
+    beta_sd: float
     idio_vol: float
     garch_alpha: float
     garch_beta: float
@@ -436,6 +438,19 @@ class PredictorsSettings:
 
 
 @dataclass(kw_only=True)
+class NeutralSettings:
+    """The neutral group: the exposures predictions and labels are residualised against per day
+    (`gogooku3.evaluation.neutral`) and whether the models train on residualised labels."""
+
+    sector: str | None
+    log: list[str]
+    linear: list[str]
+    min_sector_size: int
+    min_stocks: int
+    targets: bool
+
+
+@dataclass(kw_only=True)
 class StackSettings:
     enabled: bool
     blocks: int
@@ -445,6 +460,14 @@ class StackSettings:
 @dataclass(kw_only=True)
 class CVSettings:
     folds: int | Literal["all"] | None
+
+
+@dataclass(kw_only=True)
+class RawInputsSettings:
+    """`train.raw_inputs`: the raw price/volume channels of `load_panel(inputs="raw")` (`data.raw_inputs`)."""
+
+    channels: list[str]
+    volume_window: int
 
 
 @dataclass(kw_only=True)
@@ -479,6 +502,7 @@ class TrainSettings:
     gpu_resident_max_frac: float
     normalizer: NormalizerSettings
     returns_col: str
+    raw_inputs: RawInputsSettings
     loss: LossSettings
     stack: StackSettings
     cv: CVSettings
@@ -591,6 +615,17 @@ class HpoSettings:
     space: dict[str, HpoParamSettings | None]  # `+hpo.space.x={param: ..., type: ..., ...}` adds one (every key)
 
 
+# ---- bench --------------------------------------------------------------------------------------------------
+@dataclass(kw_only=True)
+class BenchSettings:
+    """`gogooku3 bench` (bench=default|quick): the models every seed's run fits, the seeds, folds and overrides."""
+
+    models: list[str]
+    seeds: list[int]
+    folds: int | Literal["all"] | None  # train.cv.folds of every run
+    overrides: dict[str, Any]  # nested like the config; applied to every run as key=value overrides
+
+
 # ---- top level ----------------------------------------------------------------------------------------------
 @dataclass(kw_only=True)
 class RunSettings:
@@ -609,6 +644,7 @@ class Settings:
     safe: SafeSettings
     baseline: BaselineSettings
     predictors: PredictorsSettings
+    neutral: NeutralSettings
     model: ModelSettings
     train: TrainSettings
     trainer: TrainerSettings
@@ -616,6 +652,7 @@ class Settings:
     report: ReportSettings
     predict: PredictSettings
     hpo: HpoSettings
+    bench: BenchSettings
     seed: int
     log_level: str
     run: RunSettings
@@ -636,6 +673,7 @@ NORMALIZER_METHODS = ("robust_z", "rank_gauss")  # gogooku3.data.normalize.METHO
 DAY_LEVEL = ("time_z", "zero")  # gogooku3.data.normalize.DAY_LEVEL
 LOSS_TARGET_TRANSFORMS = ("zscore", "rank_gauss")  # gogooku3.model.losses.TARGET_TRANSFORMS
 RUN_STEPS = ("data", "build", "safe", "train", "backtest", "report", "predict")  # pipelines.full.STEPS
+RAW_CHANNELS = ("close", "open", "high", "low", "vwap", "volume")  # gogooku3.data.raw_inputs.CHANNELS
 
 
 def _ge(lo: float) -> Check:
@@ -673,10 +711,12 @@ _SHARE = _within(0, 1)
 _DROPOUT = _within(0, 1, hi_open=True)
 
 RANGES: dict[type, dict[str, Check]] = {
+    NeutralSettings: {"min_sector_size": _ge(1), "min_stocks": _ge(2)},
     SyntheticDataSettings: {
         "n_stocks": _within(5, 8000),
         "n_days": _ge(30),
         "signal_strength": _ge(0),
+        "beta_sd": _ge(0),
         "burn_in": _ge(0),
         "t_df": _gt(2),
         "split_share": _SHARE,
@@ -788,10 +828,11 @@ RANGES: dict[type, dict[str, Check]] = {
         "min_stocks": _ge(2),
     },
     PredictorsSettings: {
-        "product": _one_of("atft", "blend"),
+        "product": _one_of("atft", "blend", "mlp", "gru", "lstm"),  # a network on the features panel can be served
         "zoo": ((lambda v: all("_target_" in e for e in v.values())), "entries with a _target_"),
     },
     StackSettings: {"blocks": _ge(2), "min_fit_days": _ge(1)},
+    RawInputsSettings: {"channels": _each(_one_of(*RAW_CHANNELS), non_empty=True), "volume_window": _ge(2)},
     CVSettings: {"folds": ((lambda v: v == "all" or v >= 1), "null, 'all' or an int >= 1")},
     TrainSettings: {
         "max_epochs": _ge(1),
@@ -873,6 +914,14 @@ RANGES: dict[type, dict[str, Check]] = {
         "limit_train_batches": _BATCHES,
     },
     RunSettings: {"steps": _each(_one_of(*RUN_STEPS))},
+    BenchSettings: {
+        "models": ((lambda v: len(v) > 0 and len(set(v)) == len(v)), "a non-empty list of distinct predictor names"),
+        "seeds": (
+            (lambda v: len(v) > 0 and len(set(v)) == len(v) and min(v) >= 0),
+            "a non-empty list of distinct seeds >= 0",
+        ),
+        "folds": ((lambda v: v == "all" or v >= 1), "null, 'all' or an int >= 1"),
+    },
     Settings: {"seed": _ge(0), "log_level": _one_of(*LOG_LEVELS, fold_case=True)},
 }
 

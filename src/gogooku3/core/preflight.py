@@ -15,7 +15,7 @@ from gogooku3.core.io import check_last_link, temp_owner
 if TYPE_CHECKING:
     from gogooku3.config.schema import Settings
 
-COMMANDS = ("build", "safe", "train", "tune", "predict", "run")
+COMMANDS = ("build", "safe", "train", "tune", "predict", "run", "bench")
 
 
 def check_writable(folder: str | Path, key: str) -> None:
@@ -59,6 +59,7 @@ def folders(cfg: Settings, command: str, experiment_dir: str | Path | None = Non
             *cache,
         ],
         "predict": [(out / cfg.predict.output_subdir, "paths.output_dir")],
+        "bench": [(Path(p.bench_dir), "paths.bench_dir"), *cache, *baselines],
     }
     if command == "run":
         steps = set(cfg.run.steps)
@@ -80,3 +81,5 @@ def preflight(cfg: Settings, command: str, experiment_dir: str | Path | None = N
         check_writable(folder, key)
     if command == "train" or (command == "run" and "train" in cfg.run.steps):
         check_last_link(cfg.paths.runs_dir)
+    if command == "bench":
+        check_last_link(cfg.paths.bench_dir)

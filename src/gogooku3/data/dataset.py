@@ -12,12 +12,14 @@ import polars as pl
 
 from gogooku3.config.compose import path, to_dict
 from gogooku3.core import columns as C
-from gogooku3.core.errors import DataError
+from gogooku3.core.errors import ConfigError, DataError
 from gogooku3.core.io import file_fingerprint
 from gogooku3.data.panel import PanelStore
+from gogooku3.data.raw_inputs import informative, raw_channels
+from gogooku3.evaluation.neutral import with_neutral_targets
 from gogooku3.evaluation.results import DatasetRef
 from gogooku3.features.manifest import FeatureManifest
-from gogooku3.features.published import pin
+from gogooku3.features.published import dataset_files, pin
 
 if TYPE_CHECKING:
     from gogooku3.config.schema import Settings
@@ -64,11 +66,25 @@ def load_dataset(cfg: Settings, ddp_child: bool = False) -> tuple[Path, FeatureM
     return dataset, manifest, ref
 
 
-def load_panel(cfg: Settings, dataset: Path, manifest: FeatureManifest, ref: DatasetRef) -> PanelStore:
+def load_panel(
+    cfg: Settings, dataset: Path, manifest: FeatureManifest, ref: DatasetRef, inputs: str = "features"
+) -> PanelStore:
+    """The dataset's PanelStore (converted once, cached by fingerprint under `paths.cache_dir`). `inputs`: features
+    (the manifest's engineered features) | raw (the price/volume channels of `data.raw_inputs` made from the
+    manifest's columns, `train.raw_inputs`); the same codes, dates, targets, returns, sector and segment either way."""
     tc = cfg.train
-    return PanelStore.build(
+    if inputs == "features":
+        names, exprs = list(manifest.names), None
+    elif inputs == "raw":
+        lf, ri = pl.scan_parquet(dataset_files(dataset)), tc.raw_inputs
+        allowed = [c for c in manifest.names if c in lf.collect_schema()]  # the allow-list's columns only
+        exprs = informative(lf, raw_channels(allowed, ri.channels, ri.volume_window, dataset), dataset)
+        names = list(exprs)
+    else:
+        raise ConfigError(f"load_panel: inputs={inputs!r}: one of features | raw")
+    panel = PanelStore.build(
         dataset,
-        manifest.names,
+        names,
         manifest.horizons,
         path(cfg, "paths.cache_dir"),
         normalizer=to_dict(tc.normalizer),
@@ -76,4 +92,6 @@ def load_panel(cfg: Settings, dataset: Path, manifest: FeatureManifest, ref: Dat
         dataset_fingerprint=ref.fingerprint,
         returns_col=tc.returns_col,
         force=tc.force_convert,
+        exprs=exprs,
     )
+    return with_neutral_targets(cfg, dataset, panel)  # neutral.targets: residualised labels (evaluation.neutral)

@@ -39,7 +39,7 @@ from gogooku3.core.io import peak_rss_mb, read_json, timestamp, to_json, write_t
 from gogooku3.evaluation import metrics
 from gogooku3.evaluation import report_html as H
 from gogooku3.evaluation.backtest.benchmarks import benchmark_returns, relative_figures, topix_closes
-from gogooku3.evaluation.backtest.capacity import capacity
+from gogooku3.evaluation.backtest.capacity import capacity, capacity_row
 from gogooku3.evaluation.backtest.config import BacktestConfig
 from gogooku3.evaluation.backtest.engine import backtest_both
 from gogooku3.evaluation.backtest.market import (
@@ -57,8 +57,10 @@ from gogooku3.evaluation.backtest.summary import (
     rolling_vol,
     worst_drawdowns,
 )
+from gogooku3.evaluation.bench import report_view
 from gogooku3.evaluation.compare import Comparison, align, compare
 from gogooku3.evaluation.compare import daily as daily_ic
+from gogooku3.evaluation.neutral import Exposures, report_tables
 from gogooku3.evaluation.results import SafeSummary, TrainResult
 from gogooku3.features.manifest import FeatureManifest
 from gogooku3.features.published import pin
@@ -197,9 +199,13 @@ def _by_horizon(
     source: str,
     dataset: Path,
     horizons: list[int],
+    done: dict[str, dict[str, BacktestResult]],
+    books: dict[tuple[str, int], dict[str, BacktestResult]],
 ) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
     """{predictor: {h: {mode: figures}}}: the realistic and the ideal overlapping-cohort book at every horizon (h
-    cohorts, each held h sessions), on each predictor's aligned rows: one Sharpe per horizon, no start day."""
+    cohorts, each held h sessions), on each predictor's aligned rows: one Sharpe per horizon, no start day.
+
+    `done`: the books already run at `bc.horizon` (reused, not run again); `books` gets every book by (predictor, h)."""
     out: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     for k, df in frames.items():
         if dataset.exists():
@@ -207,15 +213,31 @@ def _by_horizon(
         for h in horizons:
             if C.pred(h) not in df.columns:
                 continue
-            try:
-                res, _ = backtest_both(df, bc, market, source, horizon=h)
-            except DataError as e:
-                log.warning("report: %s backtest at %dd skipped: %s", k, h, e)
-                continue
+            if h == bc.horizon and k in done:
+                res = done[k]
+            else:
+                try:
+                    res, _ = backtest_both(df, bc, market, source, horizon=h)
+                except DataError as e:
+                    log.warning("report: %s backtest at %dd skipped: %s", k, h, e)
+                    continue
+            books[k, h] = res
             out.setdefault(k, {})[str(h)] = {
                 mode: {f: r.summary[f] for f in BY_HORIZON if f in r.summary} for mode, r in res.items()
             }
     return out
+
+
+def _capacity(
+    preds: pl.DataFrame, bc: BacktestConfig, market: Market | None, run: dict[str, BacktestResult]
+) -> list[dict]:
+    """`capacity` at each of `bc.capacity_capitals`; at `bc.capital` the realistic book already run (`run`)."""
+    return [
+        capacity_row(float(k), run["realistic"].summary)
+        if float(k) == bc.capital
+        else capacity(preds, bc, market, [float(k)])[0]
+        for k in bc.capacity_capitals
+    ]
 
 
 def _by_horizon_rows(by_h: dict) -> list[tuple]:
@@ -304,7 +326,8 @@ def build_report(cfg: Settings, run_dir: str | Path) -> dict[str, Path]:
             log.warning("report: %s backtest skipped: %s", k, e)
             missing.append(f"{k} backtest ({e})")
     books = {k: frames[k] for k in dict.fromkeys([lead, ref]) if k in frames}  # the product and its reference
-    by_horizon = _by_horizon(books, bc, market, source, dataset, horizons)
+    run_books: dict[tuple[str, int], dict[str, BacktestResult]] = {}
+    by_horizon = _by_horizon(books, bc, market, source, dataset, horizons, both, run_books)
     cap = None  # capacity: the product's realistic book at each of portfolio.capacity_capitals, at every horizon
     if lead in both:
         cap_in = frames[lead]
@@ -313,7 +336,10 @@ def build_report(cfg: Settings, run_dir: str | Path) -> dict[str, Path]:
         cap = {
             "predictor": lead,
             "horizons": {
-                h: {"rows": capacity(cap_in, replace(bc, horizon=int(h)), market), "ideal_sharpe": m["ideal"]["sharpe"]}
+                h: {
+                    "rows": _capacity(cap_in, replace(bc, horizon=int(h)), market, run_books[lead, int(h)]),
+                    "ideal_sharpe": m["ideal"]["sharpe"],
+                }
                 for h, m in by_horizon.get(lead, {}).items()
             },
         }
@@ -330,9 +356,22 @@ def build_report(cfg: Settings, run_dir: str | Path) -> dict[str, Path]:
         for k, v in bts.items()
     }
 
+    # ---- risk-neutral view: raw and neutral IC, the books' factor exposures (evaluation.neutral) -------------
+    neutral = None
+    if dataset.exists():
+        try:
+            books_pos = {k: v.positions for k, v in bts.items()}
+            neutral = report_tables(frames, horizons, books_pos, dataset, Exposures.from_settings(cfg.neutral))
+        except DataError as e:  # e.g. a dataset without the exposure columns: report the rest and say why
+            log.warning("report: neutral view skipped: %s", e)
+            missing.append(f"neutral view ({e})")
+
     # ---- tear sheet: decay, months, sectors, signal, quantiles, rolling Sharpe, benchmarks ----------------
     tear, tear_frames = _tear_sheet(cfg, frames, daily, evals, horizons, both, headline, market, dataset, bc, q, lead)
     missing += tear.pop("missing")
+
+    # ---- the model-zoo bench of this run's dataset (`gogooku3 bench`), when there is one -----------------------
+    bench = None if result is None else report_view(cfg.paths.bench_dir, result.dataset.fingerprint)
 
     # ---- importance, size, resources -----------------------------------------------------------------
     importances = {
@@ -399,7 +438,9 @@ def build_report(cfg: Settings, run_dir: str | Path) -> dict[str, Path]:
         "per_year": {k: v.to_dicts() for k, v in per_year.items()},
         "quantile_returns": {k: v.to_dicts() for k, v in quants.items()},
         "backtest_by_horizon": by_horizon,
+        "neutral": neutral,
         "backtest_capacity": cap,
+        "bench": bench,
         "backtest": {
             k: {
                 "summary": v.summary,
@@ -489,7 +530,7 @@ def _features_used(result: TrainResult | None, safe: SafeSummary | None, dataset
     out: dict[str, dict] = {}
     if result is not None and "atft" in result.predictors:
         shape = (result.panel or {}).get("shape") or []
-        path = next((p for p in (Path(result.dataset.path or ""), dataset) if p.is_file()), None)
+        path = next((p for p in (Path(result.dataset.path or ""), dataset) if p.name and p.exists()), None)
         empty: list[str] | None = None
         if safe is not None:  # the safe report measured every feature on the training days
             empty = sorted(k for k, v in safe.dropped_features.items() if isinstance(v, (int, float)) and v >= 1.0)
@@ -1099,6 +1140,8 @@ def _html(
         )
     )
 
+    secs.append(H.section("neutral", "Raw and risk-neutral IC; the books' factor exposures", H.neutral_view(rep)))
+
     months = tf["monthly"]
     secs.append(
         H.section(
@@ -1295,6 +1338,8 @@ def _html(
             ),
         )
     )
+    if rep.get("bench"):
+        secs.append(H.section("bench", "Model zoo benchmark on this dataset", H.bench_view(rep["bench"])))
     imp_colors = {"LightGBM gain": H.color("lightgbm"), "model variable selection": H.color("atft")}
     secs.append(H.section("importance", "Feature importance", H.chart_importance(importances, top, dpi, imp_colors)))
     secs.append(H.section("training", "Training curves", H.chart_training(curves, dpi)))
@@ -1320,11 +1365,13 @@ def _html(
         ("summary", "summary"),
         ("data", "data"),
         ("horizons", "IC decay"),
+        ("neutral", "neutral"),
         ("rank-ic", "RankIC"),
         ("signal", "signal"),
         ("quantiles", "quantiles"),
         ("backtest", "backtest"),
         ("per-year", "per year"),
+        *([("bench", "zoo bench")] if rep.get("bench") else []),
         ("importance", "importance"),
         ("training", "training"),
         ("config", "config"),

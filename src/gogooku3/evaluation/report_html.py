@@ -668,3 +668,89 @@ def page(title: str, subtitle: str, sections: Sequence[str], nav: Sequence[tuple
         + "".join(sections)
         + "</body></html>"
     )
+
+
+def neutral_view(rep: dict) -> str:
+    """The report's risk-neutral section (`evaluation.neutral.report_tables`): each predictor's IC as it is and
+    after per-day residualisation against the exposures, on the same rows, and each backtest book's net exposures."""
+    nv = rep.get("neutral")
+    if not nv:
+        return '<p class="note">No neutral view: the dataset (or its exposure columns) was not found.</p>'
+    ex = nv["exposures"]
+    what = ", ".join(
+        [*([f"{ex['sector']} dummies"] if ex["sector"] else []), *[f"log {c}" for c in ex["log"]], *ex["linear"]]
+    )
+    rows = [
+        (
+            f"{name} {h}d",
+            v["raw"]["rank_ic_mean"],
+            v["neutral"]["rank_ic_mean"],
+            v["raw"]["rank_ic_std"],
+            v["neutral"]["rank_ic_std"],
+            v["raw"]["rank_icir"],
+            v["neutral"]["rank_icir"],
+            v["raw"]["rank_ic_tstat"],
+            v["neutral"]["rank_ic_tstat"],
+            v["raw"]["ic_mean"],
+            v["neutral"]["ic_mean"],
+            v["raw"]["n_days"],
+        )
+        for name, by_h in nv["ic"].items()
+        for h, v in by_h.items()
+    ]
+    heads = ["", "RankIC raw", "neutral", "RankIC sd raw", "neutral", "RankICIR raw", "neutral"]
+    heads += ["t raw", "neutral", "IC raw", "neutral", "days"]
+    numeric = sorted({n for b in nv["book"].values() for n in b["numeric"]})
+    book_rows = [
+        (
+            name,
+            b["cohorts"],
+            *[
+                x
+                for n in numeric
+                for x in (b["numeric"].get(n, {}).get("mean"), b["numeric"].get(n, {}).get("mean_abs"))
+            ],
+            b["sector_mean_abs_total"],
+            ", ".join(f"{s} {v['mean_abs']:.3f} ({v['mean']:+.3f})" for s, v in list(b["sectors"].items())[:3]),
+        )
+        for name, b in nv["book"].items()
+    ]
+    book_heads = ["book", "cohorts", *[f"{n} {k}" for n in numeric for k in ("mean", "|mean|")]]
+    book_heads += ["Σ sectors |mean|", "largest sectors: |mean| (mean)"]
+    return (
+        f'<p class="note">Neutral: each day\'s predictions residualised by OLS against {html.escape(what)} of that '
+        "day (sectors under min_sector_size stocks pooled, a missing exposure at its sector's mean); scored against "
+        "the raw targets on the same rows. A predictor whose RankIC sd falls and ICIR rises after neutralising "
+        "carried factor bets that paid nothing on average.</p>"
+        + table(heads, rows)
+        + "<h3>The backtest books' net factor exposures per cohort</h3>"
+        + '<p class="note">Σ weight × exposure over a cohort\'s positions (signed weights per unit of its capital; '
+        "size as the day's cross-sectional z-score of log market cap, so in sd units; each sector as its net "
+        "weight); mean over cohorts and mean of the absolute value: a book that swings between sides has a small "
+        "mean and a large |mean|.</p>"
+        + (table(book_heads, book_rows) if book_rows else '<p class="note">No backtest book.</p>')
+    )
+
+
+BENCH_CAPTION = "Test RankIC per model and horizon: bars at the mean over seeds, whiskers ± sd, dots the seeds."
+
+
+def bench_view(view: dict) -> str:
+    """The model-zoo bench of the run's dataset (`gogooku3 bench`, `evaluation.bench.report_view`): its chart
+    (bench.png, embedded) and its tables."""
+    from pathlib import Path
+
+    png_file = Path(view["png"])
+    img = (
+        f'<img alt="chart" src="data:image/png;base64,{base64.b64encode(png_file.read_bytes()).decode("ascii")}">'
+        if png_file.is_file()
+        else ""
+    )
+    return (
+        f'<p class="note">{html.escape(view["describe"])} Folder: {html.escape(view["dir"])}.</p>'
+        + (grid(caption(img, BENCH_CAPTION)) if img else "")
+        + table(view["headers"], view["rows"])
+        + f'<p class="note">{html.escape(view["note"])}</p>'
+        + "<h3>Paired HAC t of the seed-averaged daily RankIC, every horizon</h3>"
+        + table(view["paired_headers"], view["paired_rows"])
+    )

@@ -39,16 +39,16 @@ from gogooku3.core.provenance import recorded_run
 from gogooku3.core.runs import check_resume, resume_dir, shown
 from gogooku3.core.scalars import as_float
 from gogooku3.data.dataset import load_dataset, load_panel
-from gogooku3.data.panel import clean_cache
+from gogooku3.data.panel import PanelStore, clean_cache
 from gogooku3.evaluation.compare import Comparison, compare, mean_rank_ic
 from gogooku3.evaluation.results import BaselineRef, FoldResult, ModelInfo, TrainResult
 from gogooku3.evaluation.tracking import log_training
-from gogooku3.model.ensemble import ATFTEnsemble
+from gogooku3.model.zoo import n_members
 from gogooku3.predictors.atft import ATFTFitted, ATFTPredictor
 from gogooku3.predictors.base import Context, Fitted, build_predictors, targets_frame
 from gogooku3.predictors.lgbm import LightGBMFitted
 from gogooku3.training.checkpoints import adopt_checkpoints, check_resume_model
-from gogooku3.training.fit import make_plans, model_config
+from gogooku3.training.fit import make_plans
 from gogooku3.training.member_pool import resolve_workers, start_pool
 
 if TYPE_CHECKING:
@@ -56,7 +56,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEEP = "atft"  # the deep model's entry in `predictors.zoo`: model facts, importance, the fallback product
+DEEP = "atft"  # the product's network in `predictors.zoo`: model facts, importance, the fallback product; the zoo's
+# other networks (`predictors.nets`) train beside it, each under RUN/checkpoints/<name>/ and RUN/logs/<name>/
+
+
+def input_window(cfg: Settings) -> int:
+    """The longest input window of the networks `predictors.fit` names (the zoo entries with a `window`, and the
+    model group's): what purged K-fold purges after a test block."""
+    zoo = cfg.predictors.zoo
+    return max([cfg.model.window, *[zoo[n]["window"] for n in cfg.predictors.fit if "window" in zoo.get(n, {})]])
 
 
 class CompleteATFTTrainingPipeline:
@@ -107,7 +115,7 @@ class CompleteATFTTrainingPipeline:
             self.manifest.entry_lag,
             cfg.train.cv.folds,
             self.manifest.max_lookback,
-            cfg.model.window,
+            input_window(cfg),
         )
         ctx = self.ctx = Context(
             cfg,
@@ -117,14 +125,17 @@ class CompleteATFTTrainingPipeline:
             self.folds,
             self.plans,
             None,
-            {"panel": self.panel, "member_pool": pool},
+            {"panel": self.panel, "member_pool": pool, "dataset_ref": self.ref},
         )
         self.predictors = build_predictors(ctx)
-        model_cfg = model_config(
-            cfg, self.panel, self.horizons, len(cast(ATFTPredictor, self.predictors[DEEP]).stack_inputs())
-        )
+        deep = {n: cast(ATFTPredictor, p) for n, p in self.predictors.items() if getattr(p, "deep", False)}
+        model_cfgs = {n: p.model_cfg() for n, p in deep.items()}  # builds each network's panel (raw inputs: once)
+        folders = {p.folder(): n for n, p in deep.items() if p.folder()}
         for sub, state in resumed.items():
-            check_resume_model(state, model_cfg, shown(resume / sub / "last.ckpt"))
+            head = sub.split("/")[0]
+            name = folders.get(head, DEEP if head == "." or head.startswith(("fold", "member")) else None)
+            if name is not None:  # a network this run does not fit: its checkpoints are never read
+                check_resume_model(state, model_cfgs[name], shown(resume / sub / "last.ckpt"))
         self._step("load_and_convert", t0)
         runs = path(cfg, "paths.runs_dir")  # created only once every check has passed
         self.run_dir = ctx.run_dir = new_run_dir(runs) if self.is_main else runs / ".ddp_worker"
@@ -137,7 +148,7 @@ class CompleteATFTTrainingPipeline:
                 clean_cache,
                 path(cfg, "paths.cache_dir"),
                 cfg.train.panel_cache_keep,
-                [self.panel.fingerprint],
+                list(dict.fromkeys(p.fingerprint for p in ctx.cache.values() if isinstance(p, PanelStore))),
             )
             if resume is not None:  # the earlier checkpoints join this run: its best epoch is chosen among them too
                 adopt_checkpoints(resume, self.run_dir / "checkpoints")
@@ -148,8 +159,8 @@ class CompleteATFTTrainingPipeline:
         for plan in self.plans:
             inputs: dict[str, Fitted] = {}
             for name, p in self.predictors.items():
-                if not self.is_main and name != DEEP:
-                    continue  # DDP children only train the deep model with rank 0
+                if not self.is_main and name not in deep:
+                    continue  # DDP children only train the networks with rank 0
                 tp = time.perf_counter()
                 f = p.fit(plan, inputs)
                 if f is not None:
@@ -227,7 +238,7 @@ class CompleteATFTTrainingPipeline:
         self._step("evaluate_and_save", t0)
         thr = [h for f in folds for h in (f.predictors.get(DEEP) or {}).get("throughput", [])]
         model = None if deep is None else deep.model
-        n_members = len(model.members) if isinstance(model, ATFTEnsemble) else 1
+        members = 1 if model is None else n_members(model)
         result = TrainResult(
             run_dir=str(rd),
             created=timestamp(),
@@ -238,8 +249,8 @@ class CompleteATFTTrainingPipeline:
             else ModelInfo(
                 self.cfg.model.name,
                 model.get_num_params(),
-                n_members,
-                model.get_num_params() // n_members,
+                members,
+                model.get_num_params() // members,
                 self.cfg.model.expected_params,
                 model.estimate_flops_per_sample(),
             ),

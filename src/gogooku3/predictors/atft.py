@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import polars as pl
@@ -24,14 +24,18 @@ from gogooku3.core.io import atomic_path, timestamp, write_json
 from gogooku3.data.panel import PanelStore
 from gogooku3.predictors.base import Context, Fitted, Predictor
 from gogooku3.training.ensemble import FoldFit, fit_ensemble
-from gogooku3.training.fit import Plan
+from gogooku3.training.fit import Plan, model_config
 from gogooku3.training.inference import predict_panel
 
 log = logging.getLogger(__name__)
 
 
 class ATFTPredictor(Predictor):
-    """The deep model (`model`, `train`, `trainer` groups)."""
+    """The deep model (`model`, `train`, `trainer` groups). The zoo's other networks (`predictors.nets`) train the
+    same way through this class, with their own model config, panel, checkpoint and log folders."""
+
+    deep: ClassVar[bool] = True  # trains a network (a DDP child trains only these)
+    stacks: ClassVar[bool] = True  # reads LightGBM's stacked inputs when train.stack.enabled
 
     def __init__(self, ctx: Context, name: str):
         super().__init__(ctx, name)
@@ -41,13 +45,22 @@ class ATFTPredictor(Predictor):
     def panel(self) -> PanelStore:
         return self.ctx.cache["panel"]
 
+    def model_cfg(self) -> dict[str, Any]:
+        """The network's complete model config (`model` group + the data's sizes; with the stacked inputs)."""
+        return model_config(self.ctx.cfg, self.panel, self.ctx.horizons, len(self.stack_inputs()))
+
+    def folder(self) -> str:
+        """Its checkpoints' and logs' sub-folder under RUN/checkpoints and RUN/logs ("" for the product's network,
+        the folders every earlier run used)."""
+        return ""
+
     def stack_inputs(self) -> list[str]:
         from gogooku3.predictors.lightgbm import baseline_horizons
         from gogooku3.predictors.stack import stack_name
 
         return (
             [stack_name(h) for h in baseline_horizons(self.ctx.cfg, self.ctx.manifest)]
-            if self.ctx.cfg.train.stack.enabled
+            if self.stacks and self.ctx.cfg.train.stack.enabled
             else []
         )
 
@@ -55,9 +68,9 @@ class ATFTPredictor(Predictor):
         ctx, cfg = self.ctx, self.ctx.cfg
         run_dir = ctx.run_dir
         assert run_dir is not None  # the deep model trains inside a run folder
-        sub = f"fold{plan.index}" if len(ctx.plans) > 1 else ""
+        sub = "/".join(s for s in (self.folder(), f"fold{plan.index}" if len(ctx.plans) > 1 else "") if s)
         resume = ctx.cache.get("resume")
-        extra = self._stack(plan) if cfg.train.stack.enabled else None
+        extra = self._stack(plan) if self.stacks and cfg.train.stack.enabled else None
         fit = fit_ensemble(
             self.panel,
             plan,
@@ -68,6 +81,8 @@ class ATFTPredictor(Predictor):
             resume_dir=None if resume is None else resume / sub,
             pool=ctx.cache.get("member_pool"),
             extra=extra,
+            model_cfg=self.model_cfg(),
+            log_name=sub if self.folder() else "",
         )
         if fit is None:  # a DDP rank other than 0
             return None
@@ -77,7 +92,10 @@ class ATFTPredictor(Predictor):
             "min_window_frac": cfg.train.min_window_frac,
             "returns_col": cfg.train.returns_col,
         }
-        return ATFTFitted(self.name, ctx.horizons, plan, fit, self.panel, self.stack_inputs(), meta)
+        return self.fitted(plan, fit, meta)
+
+    def fitted(self, plan: Plan, fit: FoldFit, meta: dict[str, Any]) -> ATFTFitted:
+        return ATFTFitted(self.name, self.ctx.horizons, plan, fit, self.panel, self.stack_inputs(), meta)
 
     def _stack(self, plan: Plan) -> Path:
         """The plan's stacked LightGBM inputs (`train.stack`) as `RUN/stack/fold{k}.npy` (+ their provenance)."""
@@ -158,6 +176,7 @@ class ATFTFitted(Fitted):
     def facts(self) -> dict[str, Any]:
         f = self.fit
         return {
+            "arch": str(getattr(f.model.cfg, "arch", "atft_gat_fan")),
             "epochs": [m.epochs for m in f.members],
             "best_val_rank_ic": f.best_score,
             "members_best_val_rank_ic": [m.best_score for m in f.members],

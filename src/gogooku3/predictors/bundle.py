@@ -26,15 +26,14 @@ from gogooku3.core.errors import DataError, Gogooku3Error, load_reason
 from gogooku3.core.io import read_json, to_json
 from gogooku3.core.stores import mark, new_owned_dir, owned, publish_dir, temp_dir_for
 from gogooku3.features.manifest import FeatureManifest
-from gogooku3.model.atft_gat_fan import ATFTGATFAN, ATFTConfig
-from gogooku3.model.ensemble import ATFTEnsemble
+from gogooku3.model.zoo import Network, build_model, n_members
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Bundle:
-    model: ATFTGATFAN | ATFTEnsemble
+    model: Network
     meta: dict[str, Any]
     root: Path | None = None  # the bundle folder it was loaded from
 
@@ -49,7 +48,7 @@ class Bundle:
 
 def save_bundle(
     out: str | Path,
-    model: ATFTGATFAN | ATFTEnsemble,
+    model: Network,
     manifest: FeatureManifest | dict,
     normalizer: dict,
     dataset_fingerprint: str,
@@ -82,7 +81,7 @@ def save_bundle(
             to_json(
                 {
                     "model_config": model.cfg.to_dict(),
-                    "members": len(model.members) if isinstance(model, ATFTEnsemble) else 1,
+                    "members": n_members(model),
                     "manifest": man,
                     "manifest_fingerprint": man["fingerprint"],
                     "normalizer": normalizer,
@@ -126,9 +125,7 @@ def load_bundle(run_dir: str | Path, dataset: str | Path | None = None) -> Bundl
     if dataset is not None:
         check_manifest(meta, FeatureManifest.for_dataset(dataset), dataset)
     try:
-        cfg = ATFTConfig.from_dict(meta["model_config"])
-        members = int(meta.get("members", 1))
-        model = ATFTEnsemble.from_config(cfg, members) if members > 1 else ATFTGATFAN(cfg)
+        model = build_model(dict(meta["model_config"]), int(meta.get("members", 1)))  # no `arch`: ATFT-GAT-FAN
     except (Gogooku3Error, TypeError, ValueError, KeyError, RuntimeError) as e:
         raise DataError(
             f"{root / 'bundle.json'}: model_config does not describe a model ({load_reason(e)}); the "

@@ -53,6 +53,7 @@ from gogooku3.core.stores import (
 from gogooku3.data.normalize import CrossSectionalNormalizer
 from gogooku3.data.split import Fold, inner_holdout, label_gap
 from gogooku3.data.validation import scan_dataset, screen_dates, screen_folds, union_features
+from gogooku3.evaluation.neutral import Exposures, neutral_labels, targets_spec, with_labels
 from gogooku3.features.manifest import FeatureManifest, is_label_like
 
 if TYPE_CHECKING:
@@ -181,16 +182,31 @@ class LightGBMBaseline:
             fit_df = train_df
             if cast(dt.date, val_df[C.DATE].min()) <= cast(dt.date, fit_df[C.DATE].max()):
                 raise LeakageError("baseline: validation slice must lie after the fit dates")
-        self.features_, self.horizons_ = features, horizons
-        self.models_: dict[int, lgb.Booster] = {}
-        self.best_iteration_: dict[int, int] = {}
-        self.importance_by_horizon_: dict[int, dict[str, float]] = {}
-        self.n_train_rows_: dict[int, int] = {}
         self.fit_range_ = (fit_df[C.DATE].min(), fit_df[C.DATE].max())
         self.val_range_ = (val_df[C.DATE].min(), val_df[C.DATE].max())
         self.val_dates_: list[dt.date] = val_df[C.DATE].unique().sort().to_list()
         x_fit, x_val = self._matrix(fit_df, features), self._matrix(val_df, features)
         labels = {h: (self._labels(fit_df, h), self._labels(val_df, h)) for h in horizons}
+        return self.fit_arrays(x_fit, x_val, labels, features, horizons)
+
+    def fit_arrays(
+        self,
+        x_fit: np.ndarray,
+        x_val: np.ndarray,
+        labels: dict[int, tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]],
+        features: Sequence[str],
+        horizons: Sequence[int],
+    ) -> LightGBMBaseline:
+        """Boost every horizon on float32 matrices (rows × `features`, NaN = missing) and per horizon the (label,
+        weight) pairs of the fit and validation rows (`_labels`). `fit` calls it; a caller that builds the matrices
+        itself (`fit_baseline`, column block by column block) sets fit_range_, val_range_, val_dates_ and
+        holdout_dates_ first. Each booster's binned training data is freed once it is trained."""
+        features, horizons = list(features), [int(h) for h in horizons]
+        self.features_, self.horizons_ = features, horizons
+        self.models_: dict[int, lgb.Booster] = {}
+        self.best_iteration_: dict[int, int] = {}
+        self.importance_by_horizon_: dict[int, dict[str, float]] = {}
+        self.n_train_rows_: dict[int, int] = {}
         for h, ((_, w_fit), (_, w_val)) in labels.items():
             if w_fit.sum() < 100 or w_val.sum() < 10:
                 raise TrainingError(
@@ -206,7 +222,7 @@ class LightGBMBaseline:
                 x_fit, label=y_fit, weight=w_fit, feature_name=features, free_raw_data=False, params=ds_params
             )
             ds_val = lgb.Dataset(x_val, label=y_val, weight=w_val, reference=ds_fit, free_raw_data=False)
-            return lgb.train(
+            booster = lgb.train(
                 self.params,
                 ds_fit,
                 num_boost_round=self.num_boost_round,
@@ -214,6 +230,7 @@ class LightGBMBaseline:
                 valid_names=["val"],
                 callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
             )
+            return booster.free_dataset()  # the binned copy (rows × features bytes) is not needed to predict
 
         if self.workers > 1 and len(horizons) > 1:
             with ThreadPoolExecutor(max_workers=min(self.workers, len(horizons))) as pool:
@@ -245,15 +262,18 @@ class LightGBMBaseline:
         missing = [c for c in [C.DATE, C.CODE, *self.features_] if c not in df.columns]
         if missing:
             raise SchemaError(f"baseline predict: missing column(s) {', '.join(missing[:8])}")
-        x = self._matrix(df, self.features_)
-        preds = {
+        preds = self.predict_matrix(self._matrix(df, self.features_))
+        return df.select(C.DATE, C.CODE).with_columns([pl.Series(k, v) for k, v in preds.items()])
+
+    def predict_matrix(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """pred_{h}d -> float32 predictions of the rows of x (rows × `features_`, as `_matrix` makes it)."""
+        return {
             # a dense matrix in -> an ndarray out (the stub's union also covers sparse input and pred_contrib)
             C.pred(h): cast(np.ndarray, self.models_[h].predict(x, num_iteration=self.best_iteration_[h])).astype(
                 np.float32
             )
             for h in self.horizons_
         }
-        return df.select(C.DATE, C.CODE).with_columns([pl.Series(k, v) for k, v in preds.items()])
 
     def top_features(self, n: int) -> list[dict[str, Any]]:
         return _top(self.feature_importance_, n)
@@ -513,6 +533,90 @@ def _normalized(
     return per_fold, {**n0.report(n0.transform(df.filter(_in_dates(first.train_dates)))), "fit_span": "per fold"}
 
 
+BLOCK_VALUES = 1 << 26  # values per column block read from the dataset (~64 M: ~0.5 GB as Float64 temporaries)
+
+
+def _blocks(columns: Sequence[str], rows: int) -> list[list[str]]:
+    per = max(1, BLOCK_VALUES // max(rows, 1))
+    return [list(columns[i : i + per]) for i in range(0, len(columns), per)]
+
+
+def _fit_normalizer(lf: pl.LazyFrame, floats: list[str], ncfg: NormalizerSettings) -> CrossSectionalNormalizer:
+    """`CrossSectionalNormalizer.fit` on the rows of lf, one collected column block at a time: each feature's
+    statistics are its own, so this equals fitting the collected frame (the eager engine, as `_normalized` does)."""
+    settings = to_dict(ncfg)
+    rows = int(lf.select(pl.len()).collect().item())
+    parts = [
+        CrossSectionalNormalizer.from_dict(settings).fit(lf.select(C.DATE, *block).collect(), block)
+        for block in _blocks(floats, rows)
+    ]
+    n = CrossSectionalNormalizer.from_dict(settings)
+    if not parts:
+        return n.fit(lf.select(C.DATE).collect(), floats)  # no float feature: fit raises its one-line error
+    n.features_ = list(floats)
+    n.fallback_std_ = {f: v for p in parts for f, v in p.fallback_std_.items()}
+    day_level = {f for p in parts for f in p.day_level_}
+    n.day_level_ = [f for f in floats if f in day_level]
+    n.fit_range_, n.n_fit_rows_ = parts[0].fit_range_, parts[0].n_fit_rows_
+    return n
+
+
+def _block_report(lf: pl.LazyFrame, norm: CrossSectionalNormalizer, floats: list[str]) -> dict[str, Any]:
+    """`norm.report(norm.transform(lf.collect()))`, one column block at a time."""
+    rows = int(lf.select(pl.len()).collect().item())
+    means: list[Any] = []
+    stds: list[Any] = []
+    nans = 0
+    for block in _blocks(floats, rows):
+        sub = norm.subset(block)
+        m, sd, n = sub.report_stats(sub.transform(lf.select(C.DATE, *block).collect()))
+        means, stds, nans = means + m, stds + sd, nans + n
+    return {**norm.report(None, stats=(means, stds, nans)), "fit_span": "per fold"}
+
+
+def _fold_matrices(
+    src: pl.LazyFrame,
+    norm: CrossSectionalNormalizer,
+    features: list[str],
+    feats: list[str],
+    floats: list[str],
+    rows: Mapping[str, np.ndarray],
+    report: bool,
+) -> tuple[dict[str, np.ndarray], tuple[list[Any], list[Any], int]]:
+    """name -> float32 matrix of the rows `rows[name]` of src (indices in its row order) × `feats`, normalized by
+    `norm` (its float features), read and normalized a column block at a time: the whole normalized frame is never
+    held. With `report`, also the `report_stats` of every float feature over all of src's rows."""
+    n_rows = int(src.select(pl.len()).collect().item())
+    col = {f: j for j, f in enumerate(feats)}
+    mats = {name: np.empty((len(ix), len(feats)), dtype=np.float32) for name, ix in rows.items()}
+    means: list[Any] = []
+    stds: list[Any] = []
+    nans = 0
+    wanted = [f for f in features if f in col or (report and f in floats)]
+    float_set = set(floats)
+    for block in _blocks(wanted, n_rows):
+        frame = src.select(C.DATE, *block).collect()
+        normed = [f for f in block if f in float_set]
+        if normed:
+            sub = norm.subset(normed)
+            frame = sub.transform(frame)
+            if report:
+                m, sd, n = sub.report_stats(frame)
+                means, stds, nans = means + m, stds + sd, nans + n
+        used = [f for f in block if f in col]
+        if used:
+            x = LightGBMBaseline._matrix(frame, used)
+            cols = [col[f] for f in used]
+            for name, ix in rows.items():
+                mats[name][:, cols] = x[ix]
+        del frame
+    if report:  # report_stats lists features in `floats` order; the blocks follow `features`
+        order = {f: i for i, f in enumerate(f for f in wanted if f in float_set)}
+        idx = [order[f] for f in floats]
+        means, stds = [means[i] for i in idx], [stds[i] for i in idx]
+    return mats, (means, stds, nans)
+
+
 def _rows(model: LightGBMBaseline, frame: pl.DataFrame, fold: int, horizons: list[int]) -> pl.DataFrame:
     """fold, Date, Code, pred_{h}d, target_{h}d for every row of `frame`."""
     pred = model.predict(frame)
@@ -522,7 +626,7 @@ def _rows(model: LightGBMBaseline, frame: pl.DataFrame, fold: int, horizons: lis
 
 
 def fit_baseline(
-    df: pl.DataFrame,
+    df: pl.DataFrame | pl.LazyFrame,
     features: Sequence[str],
     folds: Sequence[Fold],
     horizons: Sequence[int],
@@ -534,6 +638,7 @@ def fit_baseline(
     fingerprint_: str = "",
     holdout_days: int,
     fold_features: Mapping[int, Sequence[str]] | None = None,
+    neutral: Exposures | None = None,
 ) -> BaselineRun:
     """Normalize (`cfg.normalize`) and fit `LightGBMBaseline` per fold (`cfg`: the `baseline` config node).
 
@@ -541,7 +646,8 @@ def fit_baseline(
     (default all). Each fold early-stops on the validation slice of `split.inner_holdout(train_dates, val_days,
     max(horizons) + entry_lag, holdout_days)` and predicts its validation, held-out (in `predictions_val`) and test
     days. `fold_features`: fold index -> the features that fold fits on (its own null screen, `screen_folds`; default
-    `features` for every fold), each a subset of `features` (recorded per fold as `features`).
+    `features` for every fold), each a subset of `features` (recorded per fold as `features`). `neutral`: fit on labels
+    residualised per day against these exposures (`neutral.targets`; the predictions carry the raw labels).
     """
     features, horizons = list(features), [int(h) for h in horizons]
     check_features(features, horizons)
@@ -551,25 +657,72 @@ def fit_baseline(
     if unknown or not todo:
         raise DataError(f"baseline: fold(s) {unknown or todo} not in the split (folds {sorted(by_index)})")
     lo, hi = fold_span(folds)
-    df = df.filter(pl.col(C.DATE).is_between(lo, hi))
-    missing = [c for c in [C.DATE, C.CODE, *features, *(C.target(h) for h in horizons)] if c not in df.columns]
+    lf = df.lazy().filter(pl.col(C.DATE).is_between(lo, hi))
+    schema = lf.collect_schema()
+    missing = [c for c in [C.DATE, C.CODE, *features, *(C.target(h) for h in horizons)] if c not in schema]
     if missing:
         raise SchemaError(f"baseline: dataset lacks column(s) {', '.join(missing[:8])}")
-    floats = [f for f in features if df.schema[f].is_float()]
-    frame_of, norm_report = _normalized(df, floats, folds, cfg.normalize)
-    norm_report.update({"n_normalized_features": len(floats), "n_unnormalized_flags": len(features) - len(floats)})
+    floats = [f for f in features if schema[f].is_float()]
+    first = folds[0]
+    shared = all(first.train_dates[-1] < f.test_dates[0] for f in folds)  # walk-forward: one normalizer (`_normalized`)
+    n0 = _fit_normalizer(lf.filter(_in_dates(first.train_dates)), floats, cfg.normalize)
+    norm_report: dict[str, Any] = {}
+    if not shared:  # as `_normalized`: the reference normalizer's report on fold 0's training rows
+        norm_report = _block_report(lf.filter(_in_dates(first.train_dates)), n0, floats)
     vals: list[pl.DataFrame] = []
     tests: list[pl.DataFrame] = []
     per_fold: list[dict[str, Any]] = []
     models: dict[tuple[int, int], lgb.Booster] = {}
     for k in todo:
         f = by_index[k]
-        frame = frame_of(f)
-        train = frame.filter(_in_dates(f.train_dates))
+        # the rows `_normalized` transforms for this fold, in file order
+        src = lf if shared else lf.filter(_in_dates(f.train_dates + f.test_dates))
+        norm = n0 if shared else _fit_normalizer(lf.filter(_in_dates(f.train_dates)), floats, cfg.normalize)
         feats = list(fold_features[k]) if fold_features is not None else features
-        model = LightGBMBaseline.from_config(cfg, entry_lag, val_days, holdout_days).fit(train, feats, horizons)
-        vals.append(_rows(model, train.filter(_in_dates(model.val_dates_ + model.holdout_dates_)), k, horizons))
-        tests.append(_rows(model, frame.filter(_in_dates(f.test_dates)), k, horizons))
+        model = LightGBMBaseline.from_config(cfg, entry_lag, val_days, holdout_days)
+        meta = src.select(C.DATE, C.CODE, *[C.target(h) for h in horizons]).collect()
+        day = meta.get_column(C.DATE)
+        train_dates = day.filter(day.is_in(pl.Series(f.train_dates, dtype=pl.Date).implode())).unique().sort()
+        fit_dates, val_dates, model.holdout_dates_ = inner_holdout(
+            train_dates.to_list(), val_days, label_gap(horizons, entry_lag), holdout_days
+        )
+        rows = {
+            name: np.flatnonzero(day.is_in(pl.Series(dates, dtype=pl.Date).implode()).to_numpy())
+            for name, dates in (
+                ("fit", fit_dates),
+                ("val", val_dates),
+                ("val_hold", val_dates + model.holdout_dates_),
+                ("test", list(f.test_dates)),
+            )
+        }
+        want_report = shared and not norm_report
+        mats, stats = _fold_matrices(src, norm, features, feats, floats, rows, report=want_report)
+        if want_report:
+            span = [str(first.train_dates[0]), str(first.train_dates[-1])]
+            norm_report = {**norm.report(None, stats=stats), "fit_span": span}
+        fit_on = meta  # the labels the fold fits and early-stops on (raw, or residualised: `neutral`)
+        if neutral is not None:  # per day, on the dataset's raw exposures of the same rows
+            cols = [C.DATE, C.CODE, *dict.fromkeys([*neutral.columns, *(C.target(h) for h in horizons)])]
+            fit_on = with_labels(meta, neutral_labels(src.select(cols).collect(), horizons, neutral))
+        fit_meta, val_meta = fit_on[rows["fit"]], fit_on[rows["val"]]
+        model.fit_range_ = (fit_meta[C.DATE].min(), fit_meta[C.DATE].max())
+        model.val_range_ = (val_meta[C.DATE].min(), val_meta[C.DATE].max())
+        model.val_dates_ = val_meta[C.DATE].unique().sort().to_list()
+        labels = {h: (model._labels(fit_meta, h), model._labels(val_meta, h)) for h in horizons}
+        del fit_meta, fit_on
+        x_fit = mats.pop("fit")
+        model.fit_arrays(x_fit, mats.pop("val"), labels, feats, horizons)
+        del x_fit, labels
+        for name, out in (("val_hold", vals), ("test", tests)):
+            part = meta[rows[name]]
+            pred = model.predict_matrix(mats.pop(name))
+            out.append(
+                part.select(C.DATE, C.CODE)
+                .with_columns([pl.Series(c, v) for c, v in pred.items()])
+                .with_columns(part.select([C.target(h) for h in horizons]))
+                .select(pl.lit(k, pl.Int32).alias("fold"), pl.all())
+            )
+        del meta
         models.update({(k, h): b for h, b in model.models_.items()})
         per_fold.append(
             {
@@ -587,6 +740,7 @@ def fit_baseline(
             }
         )
         log.info("baseline: fold %d fitted (best iterations %s)", k, per_fold[-1]["best_iteration"])
+    norm_report.update({"n_normalized_features": len(floats), "n_unnormalized_flags": len(features) - len(floats)})
     pred_val, pred_test = (pl.concat(p).sort("fold", C.DATE, C.CODE) for p in (vals, tests))
     return BaselineRun(
         fingerprint_,
@@ -613,6 +767,7 @@ def baseline_fingerprint(
     baseline_cfg: BaselineSettings,
     validation_cfg: SafeValidationSettings,
     holdout_days: int,
+    neutral: Exposures | None = None,
 ) -> str:
     """The content address of a baseline run: everything that changes its predictions, nothing that does not."""
     b = {k: v for k, v in to_dict(baseline_cfg).items() if k not in REPORT_ONLY_KEYS}
@@ -640,6 +795,7 @@ def baseline_fingerprint(
         # only where they change a fit, so runs stored before these existed keep their address
         *([int(holdout_days)] if holdout_days else []),
         *(["null screen per fold"] if len({tuple(d) for d in screen_dates(folds).values()}) > 1 else []),
+        *([{"neutral_targets": neutral.to_dict()}] if neutral is not None else []),  # neutral.targets
     )
 
 
@@ -697,8 +853,9 @@ def baseline_for_folds(
     dataset = Path(dataset)
     horizons, val_days, v = baseline_horizons(cfg, manifest), cfg.split.val_days, cfg.safe.validation
     hold = cfg.split.holdout_days
+    neutral = targets_spec(cfg)
     fp = baseline_fingerprint(
-        file_fingerprint(dataset), manifest.fingerprint, folds, horizons, entry_lag, val_days, b, v, hold
+        file_fingerprint(dataset), manifest.fingerprint, folds, horizons, entry_lag, val_days, b, v, hold, neutral
     )
 
     def fit(missing: list[int]) -> BaselineRun:
@@ -716,6 +873,7 @@ def baseline_for_folds(
             fingerprint_=fp,
             holdout_days=hold,
             fold_features=per_fold,
+            neutral=neutral,
         )
 
     return load_or_fit(baseline_root(cfg, fp), fp, wanted, fit)

@@ -30,6 +30,20 @@ def _in(days: Sequence[dt.date]) -> pl.Expr:
     return pl.col(C.DATE).is_in(pl.Series(sorted(days), dtype=pl.Date).implode())
 
 
+def baseline_inputs(ctx: Context) -> tuple[Any, dict[int, list[str]]]:
+    """(fold -> normalised frame, fold -> its features): the baseline's frame, per-day normalisation and per-fold
+    null screen, built once per run (shared by ridge and catboost)."""
+    from gogooku3.predictors.lightgbm import _normalized, baseline_fold_features, baseline_frame
+
+    def build():
+        df, features = baseline_frame(ctx.cfg, ctx.dataset, ctx.manifest, ctx.folds)
+        floats = [f for f in features if df.schema[f].is_float()]
+        frame_of, _ = _normalized(df, floats, ctx.folds, ctx.cfg.baseline.normalize)
+        return frame_of, baseline_fold_features(ctx.cfg, df, ctx.manifest, ctx.folds)
+
+    return ctx.shared("baseline_normalized", build)
+
+
 class RidgePredictor(Predictor):
     def __init__(self, ctx: Context, name: str, alphas: Sequence[float]):
         super().__init__(ctx, name)
@@ -38,19 +52,7 @@ class RidgePredictor(Predictor):
             raise ConfigError(f"predictors.zoo.{name}.alphas: one or more values >= 0, got {list(alphas)}")
 
     def _inputs(self) -> tuple[Any, dict[int, list[str]]]:
-        """(fold -> normalised frame, fold -> its features): the baseline's frame, per-day normalisation and per-fold
-        null screen, built once."""
-        from gogooku3.predictors.lightgbm import _normalized, baseline_fold_features, baseline_frame
-
-        ctx = self.ctx
-
-        def build():
-            df, features = baseline_frame(ctx.cfg, ctx.dataset, ctx.manifest, ctx.folds)
-            floats = [f for f in features if df.schema[f].is_float()]
-            frame_of, _ = _normalized(df, floats, ctx.folds, ctx.cfg.baseline.normalize)
-            return frame_of, baseline_fold_features(ctx.cfg, df, ctx.manifest, ctx.folds)
-
-        return ctx.shared("baseline_normalized", build)
+        return baseline_inputs(self.ctx)
 
     def fit(self, plan: Plan, inputs: Mapping[str, Fitted]) -> RidgeFitted:
         from gogooku3.predictors.lightgbm import _target_expr, baseline_horizons

@@ -1,7 +1,8 @@
-"""A fold's ATFT-GAT-FAN ensemble: `train.ensemble` members (seeds seed, seed+1, ...), each trained by
-`fit.fit_member`, in this process or side by side in worker processes (`member_pool`), and their fold-level model.
+"""A fold's network ensemble (ATFT-GAT-FAN or any network of `model.zoo`): `train.ensemble` members (seeds seed,
+seed+1, ...), each trained by `fit.fit_member`, in this process or side by side in worker processes (`member_pool`),
+and their fold-level model.
 
-    fit_ensemble(plan) -> FoldFit: one model (an `ATFTEnsemble` when k > 1) + one MemberResult per member
+    fit_ensemble(plan) -> FoldFit: one model (an ensemble when k > 1, `zoo.ensemble_of`) + one MemberResult each
 
 The members' mean is `ATFTEnsemble.average`, both for the model's forward pass and for the members' own predictions
 made in worker processes.
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -23,8 +24,7 @@ from lightning.pytorch.callbacks import Callback
 
 from gogooku3.core.errors import ConfigError
 from gogooku3.data.panel import PanelDataModule, PanelStore
-from gogooku3.model.atft_gat_fan import ATFTGATFAN
-from gogooku3.model.ensemble import ATFTEnsemble
+from gogooku3.model.zoo import Network, ensemble_of
 from gogooku3.training.fit import MemberResult, Plan, data_module, fit_member, new_module
 from gogooku3.training.inference import predict_panel
 from gogooku3.training.member_pool import (
@@ -44,10 +44,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FoldFit:
-    """A fold's model (one member, or the `ATFTEnsemble` of all) and its members' results."""
+    """A fold's model (one member, or the ensemble of all) and its members' results."""
 
     plan: Plan
-    model: ATFTGATFAN | ATFTEnsemble
+    model: Network
     members: list[MemberResult]
     dm: PanelDataModule
     predictions: dict[str, pl.DataFrame] = field(default_factory=dict)  # "val"/"test" made by the member workers
@@ -90,6 +90,8 @@ def fit_ensemble(
     callbacks: list[Callback] | None = None,
     pool: ProcessPoolExecutor | None = None,
     extra: Path | None = None,
+    model_cfg: dict[str, Any] | None = None,
+    log_name: str = "",
 ) -> FoldFit | None:
     """Train `train.ensemble` members (seeds seed, seed+1, ...) on one plan; with more than one, the model predicts
     their mean (`ATFTEnsemble`). Member m checkpoints into `ckpt_dir/member{m}` and resumes from
@@ -97,12 +99,15 @@ def fit_ensemble(
 
     With `trainer.member_workers` > 1 (and no extra callbacks) the members train side by side in worker processes
     (`member_pool`; `pool`: processes already started by the caller). `extra`: a .npy of inputs appended to the
-    panel's features ([D, N, S], `model.stack`), memory-mapped by every member."""
+    panel's features ([D, N, S], `model.stack`), memory-mapped by every member. `model_cfg`: the network
+    (`model.zoo.build_model`; None: the `model` group's ATFT-GAT-FAN); `log_name`: the loggers' sub-folder under
+    RUN/logs (member m's is `log_name/member{m}`)."""
     k = cfg.train.ensemble
     if k < 1:
         raise ConfigError(f"train.ensemble={k}: needs at least one member")
     ckpt_dir = ckpt_dir or run_dir / "checkpoints"
     subs = [f"member{m}" if k > 1 else "" for m in range(k)]
+    tags = ["/".join(t for t in (log_name, sub) if t) for sub in subs]
     resumes = [
         None if resume_dir is None or not (resume_dir / sub / "last.ckpt").exists() else resume_dir / sub / "last.ckpt"
         for sub in subs
@@ -123,6 +128,8 @@ def fit_ensemble(
             resumes=resumes,
             pool=pool,
             extra=extra,
+            model_cfg=model_cfg,
+            tags=tags,
         )
     else:
         arr = None if extra is None else np.load(extra, mmap_mode="r")
@@ -135,10 +142,11 @@ def fit_ensemble(
                 ckpt_dir=ckpt_dir / sub,
                 seed=cfg.train.seed + m,
                 horizons=horizons,
-                tag=sub,
+                tag=tags[m],
                 resume=resumes[m],
                 callbacks=callbacks,
                 extra=arr,
+                model_cfg=model_cfg,
             )
             for m, sub in enumerate(subs)
         ]
@@ -146,7 +154,7 @@ def fit_ensemble(
         return None
     done = [m for m in members if m is not None]
     dm = done[0].dm
-    model = done[0].module.model if k == 1 else ATFTEnsemble([m.module.model for m in done])
+    model = ensemble_of([m.module.model for m in done])
     if k > 1:
         log.info(
             "train: fold %d ensemble of %d members (val RankIC %s)",
@@ -170,6 +178,8 @@ def _fit_in_workers(
     resumes: list[Path | None],
     pool: ProcessPoolExecutor | None = None,
     extra: Path | None = None,
+    model_cfg: dict[str, Any] | None = None,
+    tags: list[str] | None = None,
 ) -> tuple[list[MemberResult], dict[str, pl.DataFrame]]:
     """`fit_member` for every member in `workers` processes (`member_pool`); the members rebuilt here from their
     weights, and the fold's val/test predictions as the mean of theirs."""
@@ -185,11 +195,12 @@ def _fit_in_workers(
             str(ckpt_dir / sub),
             cfg.train.seed + m,
             [int(h) for h in horizons],
-            sub,
+            sub if tags is None else tags[m],
             threads,
             level,
             None if resumes[m] is None else str(resumes[m]),
             None if extra is None else str(extra),
+            None if model_cfg is None else dict(model_cfg),
         )
         for m, sub in enumerate(subs)
     ]
@@ -197,12 +208,12 @@ def _fit_in_workers(
     arr = None if extra is None else np.load(extra, mmap_mode="r")
     members = []
     for rec in records:
-        module = new_module(cfg, panel, horizons, arr)
+        module = new_module(cfg, panel, horizons, arr, model_cfg)
         module.load_state_dict(torch.load(rec.weights_file, map_location="cpu", weights_only=True))
         members.append(
             MemberResult(
                 module.eval(),
-                data_module(panel, plan, cfg, rec.seed, arr),
+                data_module(panel, plan, cfg, rec.seed, arr, None if model_cfg is None else model_cfg["window"]),
                 rec.seed,
                 rec.epochs,
                 rec.seconds,

@@ -45,8 +45,8 @@ from gogooku3.data.split import (
 )
 from gogooku3.evaluation.compare import mean_rank_ic
 from gogooku3.evaluation.device_metrics import rank_ic
-from gogooku3.model.atft_gat_fan import ATFTGATFAN, ATFTConfig
 from gogooku3.model.losses import MultiHorizonLoss
+from gogooku3.model.zoo import Network, build_model
 from gogooku3.training.callbacks import (
     EMA,
     CollapseGuard,
@@ -76,12 +76,13 @@ def horizon_weights(spec: Any, horizons: list[int]) -> list[float] | None:
 
 
 class ATFTModule(L.LightningModule):
-    """Wraps the model, the multi-horizon loss and AdamW with linear warmup + cosine decay."""
+    """Wraps the model, the multi-horizon loss and AdamW with linear warmup + cosine decay. The model is any network
+    of the zoo (`model.zoo.build_model`: `model_cfg["arch"]`, ATFT-GAT-FAN without one)."""
 
     def __init__(self, model_cfg: dict, loss_cfg: dict, optim_cfg: dict):
         super().__init__()
         self.save_hyperparameters()
-        self.model = ATFTGATFAN(ATFTConfig.from_dict(model_cfg))
+        self.model: Network = build_model(model_cfg)
         mc = self.model.cfg
         self.horizons = list(mc.horizons)
         self.loss_fn = MultiHorizonLoss(
@@ -398,16 +399,22 @@ def average_top_k(
 
 
 def data_module(
-    panel: PanelStore, plan: Plan, cfg: Settings, seed: int, extra: np.ndarray | None = None
+    panel: PanelStore,
+    plan: Plan,
+    cfg: Settings,
+    seed: int,
+    extra: np.ndarray | None = None,
+    window: int | None = None,
 ) -> PanelDataModule:
-    """The plan's day batches (`train` settings), with `extra` inputs appended to the features when given."""
+    """The plan's day batches (`train` settings), with `extra` inputs appended to the features when given;
+    `window`: the network's input window (None: `model.window`)."""
     tc = cfg.train
     return PanelDataModule(
         panel,
         plan.fit,
         plan.val,
         plan.test,
-        window=cfg.model.window,
+        window=cfg.model.window if window is None else int(window),
         max_stocks=tc.max_stocks_per_day,
         min_window_frac=tc.min_window_frac,
         min_stocks=tc.min_stocks_per_day,
@@ -417,13 +424,18 @@ def data_module(
 
 
 def new_module(
-    cfg: Settings, panel: PanelStore, horizons: Sequence[int], extra: np.ndarray | None = None
+    cfg: Settings,
+    panel: PanelStore,
+    horizons: Sequence[int],
+    extra: np.ndarray | None = None,
+    model_cfg: dict[str, Any] | None = None,
 ) -> ATFTModule:
-    """A freshly initialised ATFTModule for the panel (+ `extra` input columns) under the `model`/`train` config."""
+    """A freshly initialised ATFTModule for the panel (+ `extra` input columns) under the `train` config, with the
+    network `model_cfg` describes (None: ATFT-GAT-FAN from the `model` group, `model_config`)."""
     tc = cfg.train
     n_extra = 0 if extra is None else int(extra.shape[-1])
     return ATFTModule(
-        model_config(cfg, panel, horizons, n_extra),
+        model_config(cfg, panel, horizons, n_extra) if model_cfg is None else dict(model_cfg),
         to_dict(tc.loss),
         {k: getattr(tc, k) for k in ("lr", "weight_decay", "warmup_steps", "min_lr_ratio")},
     )
@@ -442,16 +454,18 @@ def fit_member(
     resume: Path | None = None,
     callbacks: list[Callback] | None = None,
     extra: np.ndarray | None = None,
+    model_cfg: dict[str, Any] | None = None,
 ) -> MemberResult | None:
     """Train one model on `plan.fit`, early-stopped on `plan.val`; None on a DDP rank other than 0. `extra`: inputs
-    appended to the panel's features ([D, N, S], `model.stack`)."""
+    appended to the panel's features ([D, N, S], `model.stack`); `model_cfg`: the network (None: the `model`
+    group's ATFT-GAT-FAN), whose `window` the data module gives."""
     tc = cfg.train
     torch.manual_seed(seed)
-    dm = data_module(panel, plan, cfg, seed, extra)
-    module = new_module(cfg, panel, horizons, extra)
+    dm = data_module(panel, plan, cfg, seed, extra, None if model_cfg is None else model_cfg["window"])
+    module = new_module(cfg, panel, horizons, extra, model_cfg)
     if tc.compile:
         # torch.compile's stub returns a bare callable; it is an OptimizedModule that proxies the model's attributes
-        module.model = cast(ATFTGATFAN, torch.compile(module.model))
+        module.model = cast(Network, torch.compile(module.model))
     trainer, cbs = build_trainer(cfg, run_dir, module, ckpt_dir, callbacks, tag)
     if trainer.accelerator.__class__.__name__.lower().startswith("cuda") and trainer.world_size == 1:
         _maybe_gpu_resident(dm, tc.gpu_resident_max_frac)

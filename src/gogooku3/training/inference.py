@@ -86,7 +86,7 @@ def predict_panel(
     ds = dataset or PanelDayDataset(panel, window)
     model.eval()
     device = next(model.parameters()).device
-    cfg = cast("ATFTConfig", model.cfg)  # an ATFT-GAT-FAN model or ensemble (both carry their config)
+    cfg = cast("ATFTConfig", model.cfg)  # any network of model.zoo or its ensemble: each carries horizons, quantiles
     horizons = list(cfg.horizons)
     levels = list(cfg.quantiles) if quantiles else []
     hook = _SelectionWeights(model) if explain else None

@@ -57,6 +57,7 @@ class MemberJob:
     log_level: str
     resume: str | None = None
     extra: str | None = None  # .npy of inputs appended to the panel's features (model.stack)
+    model_cfg: dict[str, Any] | None = None  # the network (model.zoo.build_model); None: the model group's ATFT
 
 
 @dataclass
@@ -146,6 +147,7 @@ def train_member_job(job: MemberJob) -> MemberRecord:
         tag=job.tag,
         resume=None if job.resume is None else Path(job.resume),
         extra=extra,
+        model_cfg=job.model_cfg,
     )
     if res is None:
         raise TrainingError(f"train: member {job.tag} returned no result")

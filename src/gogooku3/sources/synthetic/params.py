@@ -29,6 +29,7 @@ class SynthParams:
     market_drift: float = 0.0002  # daily expected log return of the market factor
     sector_vol: float = 0.006
     style_vol: float = 0.003  # size and value factors
+    beta_sd: float = 0.3  # cross-sectional sd of the market betas (around 1, clipped to [0.2, 2])
     idio_vol: float = 0.018  # median idiosyncratic daily vol (small caps and Growth higher)
     garch_alpha: float = 0.08
     garch_beta: float = 0.90
@@ -62,6 +63,8 @@ class SynthParams:
             raise ConfigError(f"data.signal_strength must be >= 0, got {self.signal_strength}")
         if self.garch_alpha + self.garch_beta >= 1:
             raise ConfigError("data.garch_alpha + data.garch_beta must be < 1")
+        if self.beta_sd < 0:
+            raise ConfigError(f"data.beta_sd must be >= 0, got {self.beta_sd}")
         if self.t_df <= 2:
             raise ConfigError(f"data.t_df must be > 2, got {self.t_df}")
         if self.momentum_skip >= self.momentum_window:

@@ -170,7 +170,7 @@ def make_universe(p: SynthParams, rng: np.random.Generator) -> Universe:
         size_exp=size_exp,
         value_exp=value_exp,
         book_to_price=btp,
-        beta=np.clip(rng.normal(1.0, 0.3, n), 0.2, 2.0),
+        beta=np.clip(rng.normal(1.0, p.beta_sd, n), 0.2, 2.0),
         sector_beta=np.clip(rng.normal(1.0, 0.3, n), 0.2, 2.0),
         idio_vol=idio,
         lag_weight=0.5 + (1.0 - size_pct),
