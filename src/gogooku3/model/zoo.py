@@ -186,33 +186,12 @@ class RNNNet(ZooNet):
         return sum(p.numel() for p in self.rnn.parameters())
 
 
-class NetEnsemble(nn.Module):
-    """A seed ensemble of zoo networks: outputs averaged (`ATFTEnsemble.average`, the one definition)."""
+class NetEnsemble(ATFTEnsemble):
+    """A seed ensemble of zoo networks: `ATFTEnsemble`'s forward, mean and counts, without a day graph."""
 
     def __init__(self, members: Sequence[ZooNet]):
-        super().__init__()
-        if not members:
-            raise ValueError("an ensemble needs at least one member")
-        self.members = nn.ModuleList(members)
+        super().__init__(members)
         self.cfg: NetConfig = members[0].cfg
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        sector: torch.Tensor,
-        segment: torch.Tensor,
-        returns: torch.Tensor | None = None,
-        returns_valid: torch.Tensor | None = None,
-        edges: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> dict[str, torch.Tensor]:
-        outs = [m(x, sector, segment, returns, returns_valid) for m in self.members]
-        return {k: ATFTEnsemble.average([o[k] for o in outs]) for k in outs[0]}
-
-    def get_num_params(self) -> int:
-        return sum(cast(ZooNet, m).get_num_params() for m in self.members)
-
-    def estimate_flops_per_sample(self) -> float:
-        return sum(cast(ZooNet, m).estimate_flops_per_sample() for m in self.members)
 
 
 Network = ATFTGATFAN | ATFTEnsemble | ZooNet | NetEnsemble  # what training, inference and the bundle hold
