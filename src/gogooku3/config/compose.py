@@ -396,6 +396,17 @@ def _redact(obj: Any, key: str, where: str | None, secrets: list[str], env_keys:
     return obj
 
 
+def dotted_leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted leaves of nested mappings (`{"train": {"lr": 1}}` -> `{"train.lr": 1}`); a mapping with a non-string key
+    (horizon weights) is one leaf, as is a list."""
+    if isinstance(node, dict) and node and all(isinstance(k, str) for k in node):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(dotted_leaves(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node} if prefix else {}
+
+
 def _leaves_raw(node: Any, prefix: str = "") -> dict[str, Any]:
     """Dotted leaves of plain containers (list items by index)."""
     if isinstance(node, dict):

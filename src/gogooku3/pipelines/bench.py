@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gogooku3.config.compose import load_config, path, to_dict, to_yaml, with_values
+from gogooku3.config.compose import dotted_leaves, load_config, path, to_dict, to_yaml, with_values
 from gogooku3.core.errors import ConfigError, DataError
 from gogooku3.core.io import check_last_link, new_run_dir, point_last, write_text
 from gogooku3.evaluation import bench as B
@@ -59,20 +59,10 @@ def _value(v: Any) -> str:
     return "'" + str(v).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted leaves of nested mappings; a mapping with a non-string key (horizon weights) is one leaf."""
-    if isinstance(node, dict) and node and all(isinstance(k, str) for k in node):
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(_leaves(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: node} if prefix else {}
-
-
 def run_overrides(cfg: Settings, seed: int, runs_dir: Path, dataset: Path) -> list[str]:
     """The overrides a seed's run adds to the command's: `bench.overrides`, then the bench's own keys (OWN_KEYS)."""
     bc = cfg.bench
-    extra = _leaves(bc.overrides)
+    extra = dotted_leaves(bc.overrides)
     own = [k for k in extra if k in OWN_KEYS or k.startswith("bench.")]
     if own:
         raise ConfigError(

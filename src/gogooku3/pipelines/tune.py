@@ -34,6 +34,7 @@ from lightning.pytorch.callbacks import Callback
 
 from gogooku3.config.compose import (
     TUNED_SUBDIR,
+    dotted_leaves,
     dotted_yaml,
     is_secret,
     load_config,
@@ -208,24 +209,14 @@ EXPERIMENT_GROUPS = ("labels", "split", "baseline", "model", "train", "portfolio
 STUDY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
-def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted leaves of plain containers; a dict with a non-string key (horizon weights) is one leaf."""
-    if isinstance(node, dict) and node and all(isinstance(k, str) for k in node):
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(_leaves(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: node}
-
-
 def experiment_params(cfg: Settings, params: dict[str, Any]) -> dict[str, Any]:
     """{dotted key: value}: the values of `cfg` in EXPERIMENT_GROUPS (and `seed`) that differ from the packaged
     default config, with `params` (the best trial's) on top."""
     default = dataclasses.asdict(load_config([]))
     current = dataclasses.asdict(cfg)
     keep = {g: current.get(g) for g in (*EXPERIMENT_GROUPS, "seed")}
-    base = _leaves({g: default.get(g) for g in keep})
-    diff = {k: v for k, v in _leaves(keep).items() if k not in base or base[k] != v}
+    base = dotted_leaves({g: default.get(g) for g in keep})
+    diff = {k: v for k, v in dotted_leaves(keep).items() if k not in base or base[k] != v}
     return {**diff, **params}
 
 
