@@ -31,6 +31,7 @@ from gogooku3.data.graph import RANK_COLUMNS, FinancialGraphBuilder, graph_snaps
 from gogooku3.data.split import Fold, check_folds, chosen_folds, make_splitter
 from gogooku3.data.validation import scan_dataset, screen_dates, screen_folds, union_features, validate_dataset
 from gogooku3.evaluation.compare import compare
+from gogooku3.evaluation.neutral import targets_spec
 from gogooku3.features.manifest import META_COLUMNS, FeatureManifest, is_label_like, manifest_path
 from gogooku3.features.published import dataset_files, pin
 from gogooku3.predictors.lightgbm import (
@@ -109,7 +110,15 @@ class SafeTrainingPipeline:
 
         # 1. load + validate ------------------------------------------------------------------------------
         with self._step("step1_data_loading") as st:
-            lf = scan_dataset(path, manifest, horizons, _date(s.start_date), _date(s.end_date))
+            exposures = targets_spec(cfg)  # neutral.targets: the baseline's labels are residualised on these columns
+            lf = scan_dataset(
+                path,
+                manifest,
+                horizons,
+                _date(s.start_date),
+                _date(s.end_date),
+                extra=[] if exposures is None else exposures.columns,
+            )
             df = lf.collect(engine="streaming")  # the same frame; 6.6 GB peak at 9.68 M rows, the default engine >12 GB
             if df.height == 0:
                 raise DataError(f"{path}: no rows (check safe.start_date / safe.end_date)")
@@ -276,6 +285,7 @@ class SafeTrainingPipeline:
         stored run of these inputs, or fitted now and stored for `gogooku3 train`."""
         cfg = self.cfg
         bh, val_days = baseline_horizons(cfg, manifest), cfg.split.val_days
+        neutral = targets_spec(cfg)  # the labels `train`'s LightGBM fits on (neutral.targets): the same stored run
         fp = baseline_fingerprint(
             self.steps["step1_data_loading"]["dataset_fingerprint"],
             manifest.fingerprint,
@@ -286,6 +296,7 @@ class SafeTrainingPipeline:
             cfg.baseline,
             self.scfg.validation,
             cfg.split.holdout_days,
+            neutral,
         )
 
         def fit(missing: list[int]) -> BaselineRun:
@@ -301,6 +312,7 @@ class SafeTrainingPipeline:
                 fingerprint_=fp,
                 holdout_days=cfg.split.holdout_days,
                 fold_features=fold_features,
+                neutral=neutral,
             )
 
         which = "all" if self.scfg.baseline_folds == "all" else cfg.train.cv.folds
