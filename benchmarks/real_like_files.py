@@ -242,32 +242,6 @@ def proposed_split_keys(stderr: str) -> list[str]:
     return m.group(1).split() if m else []
 
 
-def hac_t(x: np.ndarray, lags: int | None = None) -> float:
-    """Newey-West t-statistic of the mean of a daily series (Bartlett kernel, lags = floor(4 (T/100)^(2/9)))."""
-    x = x[np.isfinite(x)]
-    t = x.size
-    if t < 3:
-        return float("nan")
-    lags = int(4 * (t / 100) ** (2 / 9)) if lags is None else lags
-    e = x - x.mean()
-    s = e @ e / t
-    for k in range(1, lags + 1):
-        s += 2 * (1 - k / (lags + 1)) * (e[k:] @ e[:-k]) / t
-    return float(x.mean() / math.sqrt(s / t)) if s > 0 else float("nan")
-
-
-def daily_rank_ic(pred: pl.DataFrame, h: int = 1) -> np.ndarray:
-    p, y = f"pred_{h}d", f"target_{h}d"
-    d = (
-        pred.drop_nulls([p, y])
-        .group_by("Date")
-        .agg(pl.corr(pl.col(p).rank(), pl.col(y).rank()).alias("ic"), pl.len().alias("n"))
-        .filter(pl.col("n") >= 5)
-        .sort("Date")
-    )
-    return d["ic"].drop_nulls().to_numpy()
-
-
 def run_case(name: str, root: Path) -> dict:
     make, fname, import_keys, split_keys = CASES[name]
     work = root / name
@@ -298,12 +272,13 @@ def run_case(name: str, root: Path) -> dict:
     out["graph_ranked_by"] = safe["step6_graph"].get("ranked_by")
     step(["train", *keys, *TINY])
     run = (work / "runs" / "last").resolve()
-    for who, f in (("model", "predictions_test.parquet"), ("baseline", "baseline_predictions_test.parquet")):
-        ic = daily_rank_ic(pl.read_parquet(run / f))
-        out[f"rank_ic_{who}"] = round(float(ic.mean()), 4)
-        out[f"hac_t_{who}"] = round(hac_t(ic), 2)
-        out[f"test_days_{who}"] = int(ic.size)
-        step(["backtest", "--predictions", str(run / f)])
+    comp = json.loads((run / "comparison.json").read_text())  # the run's one scorer: same rows, HAC t
+    for who, name in (("model", "atft"), ("baseline", "lightgbm")):
+        ev = comp["pooled"][name]["1"]
+        out[f"rank_ic_{who}"] = round(ev["rank_ic_mean"], 4)
+        out[f"hac_t_{who}"] = round(ev["rank_ic_tstat"], 2)
+        out[f"test_days_{who}"] = ev["n_days"]
+        step(["backtest", "--predictions", str(run / "predictions" / name / "test.parquet")])
         rep = json.loads(max((work / "output" / "portfolio").glob("report_*.json")).read_text())
         out[f"sharpe_{who}"] = _sharpe(rep)
     step(["report", "--run", "runs/last", *keys])

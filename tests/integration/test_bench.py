@@ -71,6 +71,12 @@ def test_bench_writes_one_table_of_every_model_over_three_seeds(benched):
             assert _finite(s["oracle_fraction"][h]["mean"])
         assert _finite(s["net_sharpe"]["mean"]) and _finite(s["net_sharpe"]["sd"]) and _finite(s["fit_seconds"]["mean"])
     assert bench["summary"]["atft"]["n_params"]["mean"] > 0
+    # every model is paired with the reference, the product and the deep model (does ATFT-GAT-FAN beat it?)
+    pairs = set(bench["seed_averaged"]["paired"])
+    assert {"blend_vs_atft", "lightgbm_vs_atft", "oracle_vs_atft", "atft_vs_lightgbm", "atft_vs_blend"} <= pairs
+    assert "atft_vs_atft" not in pairs
+    p_headers, _ = B.paired_table(bench)
+    assert p_headers[1:] == [f"vs {o} {h}d" for o in ("lightgbm", "blend", "atft") for h in (1, 5)]
     for pair, by_h in bench["seed_averaged"]["paired"].items():
         for h, p in by_h.items():  # undefined only for two identical series (the blend all on one of its parts)
             assert _finite(p["t_stat"]) or p["std_diff"] == 0, (pair, h)

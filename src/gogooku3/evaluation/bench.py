@@ -33,6 +33,7 @@ from gogooku3.core.io import read_json, write_bytes, write_json, write_text
 from gogooku3.evaluation import metrics
 from gogooku3.evaluation.compare import Comparison, align, daily
 from gogooku3.evaluation.results import TrainResult
+from gogooku3.predictors import DEEP
 
 log = logging.getLogger(__name__)
 
@@ -163,12 +164,12 @@ def _frames(runs: Sequence[SeedRun], models: Sequence[str]) -> dict[str, pl.Data
 
 
 def seed_averaged(
-    runs: Sequence[SeedRun], models: Sequence[str], horizons: Sequence[int], product: str | None, reference: str | None
+    runs: Sequence[SeedRun], models: Sequence[str], horizons: Sequence[int], others: Sequence[str | None]
 ) -> dict[str, Any]:
     """RankIC and paired HAC t-stats of the seed-averaged daily RankIC series (see the module docstring): every
     (model, seed) frame on the rows all of them predicted, daily RankIC per frame, the mean over seeds per day;
     `pooled` model -> horizon -> `metrics.summarize_ic`, `paired` "model_vs_other" -> horizon ->
-    `metrics.paired_comparison` (model − other) for other = the reference and the product."""
+    `metrics.paired_comparison` (model − other) for each of `others` (the reference, the product, the deep model)."""
     hs = [int(h) for h in horizons]
     aligned, rows = align(_frames(runs, models), hs)
     per_frame = daily(aligned, hs)
@@ -197,7 +198,7 @@ def seed_averaged(
     pooled = {name: {str(h): metrics.summarize_ic(d, h) for h, d in by_h.items()} for name, by_h in avg.items()}
     paired: dict[str, dict[str, Any]] = {}
     for name in models:
-        for other in dict.fromkeys(o for o in (reference, product) if o is not None and o in avg and o != name):
+        for other in dict.fromkeys(o for o in others if o is not None and o in avg and o != name):
             paired[f"{name}_vs_{other}"] = {
                 str(h): metrics.paired_comparison(avg[name][h], avg[other][h], horizon=h)
                 for h in hs
@@ -252,7 +253,7 @@ def aggregate(
         # a model served from a content-addressed store: one fingerprint over every seed = one fit, reused
         "store_fingerprints": fps,
         "summary": summary(seeds, scored, horizons),
-        "seed_averaged": seed_averaged(runs, scored, horizons, product, reference),
+        "seed_averaged": seed_averaged(runs, scored, horizons, [reference, product, DEEP]),
         "per_seed": seeds,
     }
 
@@ -331,9 +332,10 @@ def table(bench: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def paired_table(bench: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Paired HAC t of the seed-averaged daily RankIC at every horizon, against the reference and the product."""
+    """Paired HAC t of the seed-averaged daily RankIC at every horizon, against the reference, the product and the
+    deep model (a model's row: model − other)."""
     hs = [str(h) for h in bench["horizons"]]
-    others = [o for o in (bench["reference"], bench["product"]) if o]
+    others = [o for o in (bench["reference"], bench["product"], DEEP if DEEP in bench["models"] else None) if o]
     others = list(dict.fromkeys(others))
     headers = ["model", *[f"vs {o} {h}d" for o in others for h in hs]]
     avg = bench["seed_averaged"]["paired"]

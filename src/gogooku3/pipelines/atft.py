@@ -44,6 +44,7 @@ from gogooku3.evaluation.compare import Comparison, compare, mean_rank_ic
 from gogooku3.evaluation.results import BaselineRef, FoldResult, ModelInfo, TrainResult
 from gogooku3.evaluation.tracking import log_training
 from gogooku3.model.zoo import n_members
+from gogooku3.predictors import DEEP
 from gogooku3.predictors.atft import ATFTFitted, ATFTPredictor
 from gogooku3.predictors.base import Context, Fitted, build_predictors, targets_frame
 from gogooku3.predictors.lgbm import LightGBMFitted
@@ -55,9 +56,6 @@ if TYPE_CHECKING:
     from gogooku3.config.schema import Settings
 
 log = logging.getLogger(__name__)
-
-DEEP = "atft"  # the product's network in `predictors.zoo`: model facts, importance, the fallback product; the zoo's
-# other networks (`predictors.nets`) train beside it, each under RUN/checkpoints/<name>/ and RUN/logs/<name>/
 
 
 def input_window(cfg: Settings) -> int:

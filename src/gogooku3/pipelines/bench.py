@@ -31,6 +31,7 @@ from gogooku3.config.compose import dotted_leaves, load_config, path, to_dict, t
 from gogooku3.core.errors import ConfigError, DataError
 from gogooku3.core.io import check_last_link, new_run_dir, point_last, write_text
 from gogooku3.evaluation import bench as B
+from gogooku3.predictors import DEEP
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -85,7 +86,7 @@ def check_models(cfg: Settings) -> str | None:
     unknown = [m for m in models if m not in pc.zoo]
     if unknown:
         raise ConfigError(f"bench.models: {', '.join(unknown)} not in predictors.zoo ({', '.join(pc.zoo)})")
-    need = {"predictors.product": pc.product, "predictors.reference": pc.reference, "the deep model": "atft"}
+    need = {"predictors.product": pc.product, "predictors.reference": pc.reference, "the deep model": DEEP}
     missing = [f"{v} ({k})" for k, v in need.items() if v not in models]
     if missing:
         raise ConfigError(f"bench.models ({', '.join(models)}) must include {', '.join(missing)}")
