@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 
 from gogooku3.config.compose import load_config
-from gogooku3.core.errors import ConfigError, LeakageError
+from gogooku3.core.errors import ConfigError, DataError, LeakageError
 from gogooku3.data.split import Fold, PurgedKFoldSplitter, check_folds, inner_holdout
 from gogooku3.data.validation import screen_dates, screen_folds, union_features
 from gogooku3.features.manifest import FeatureManifest, manifest_path
@@ -75,6 +75,31 @@ def test_run_backtests_every_predictor_on_the_aligned_rows_each_in_its_own_file(
     assert [f.split("_2")[0] for f in files] == ["report_atft", "report_blend_v2", "report_lightgbm"]
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("backtest ")]
     assert {n for n in frames if any(line.startswith(f"backtest {n} h=1d") for line in lines)} == set(frames)
+
+
+def test_a_predictor_that_makes_no_book_is_skipped_the_others_backtested(tmp_path, caplog):
+    """The noise market's oracle predicts 0 for every stock: no long and no short leg on any day. `run` and `bench`
+    backtest the other predictors and say why that one has no book (as the report does); none at all is an error."""
+    ds = tmp_path / "ds.parquet"
+    _preds(0).select("Date", "Code", Close=pl.lit(1000.0), returns_1d=pl.lit(0.0)).write_parquet(ds)
+    FeatureManifest.from_frame(pl.read_parquet(ds), {}, [1], 1).save(manifest_path(ds))
+    run = tmp_path / "run"
+    frames = {"atft": _preds(1), "oracle": _preds(2).with_columns(pl.lit(0.0, pl.Float32).alias("pred_1d"))}
+    for name, f in frames.items():
+        (run / "predictions" / name).mkdir(parents=True)
+        f.write_parquet(run / "predictions" / name / "test.parquet")
+    (run / "comparison.json").write_text(
+        json.dumps({"horizons": [1], "product": "atft", "pooled": {n: {} for n in frames}})
+    )
+    cfg = load_config([f"paths.output_dir={tmp_path / 'out'}", f"paths.dataset={ds}", "portfolio.min_names=5"])
+    caplog.set_level(logging.WARNING)
+    reps = backtest_run(cfg, run)
+    assert list(reps) == ["atft"]
+    assert any("backtest: oracle skipped: predictions: no cohort date" in r.getMessage() for r in caplog.records)
+    (run / "predictions" / "atft").rename(run / "predictions" / "gone")
+    (run / "comparison.json").write_text(json.dumps({"horizons": [1], "product": "oracle", "pooled": {"oracle": {}}}))
+    with pytest.raises(DataError, match=r"no predictor of .* makes a book"):
+        backtest_run(cfg, run)
 
 
 # ---- 2. purged k-fold purges the model's input window ------------------------------------------------------

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from gogooku3.core.errors import ConfigError
+from gogooku3.core.errors import ConfigError, DataError
 from gogooku3.core.io import peak_rss_mb, read_json
 from gogooku3.core.provenance import recorded_run
 
@@ -116,4 +116,13 @@ def backtest_run(cfg: Settings, run_dir: Path) -> dict[str, Any]:
         files = {name: file for name, file in files.items() if name in comp["pooled"]} or files
     aligned, rows = align_rows({name: read_predictions(file) for name, file in files.items()}, horizons)
     log.info("backtest: %d aligned (Date, Code) rows for %s", rows["n_common"], ", ".join(aligned))
-    return {name: backtest_frame(cfg, frame, str(files[name]), name) for name, frame in aligned.items()}
+    reports, skipped = {}, {}
+    for name, frame in aligned.items():
+        try:
+            reports[name] = backtest_frame(cfg, frame, str(files[name]), name)
+        except DataError as e:  # e.g. the noise market's oracle, constant every day: no book; as the report does
+            log.warning("backtest: %s skipped: %s", name, e)
+            skipped[name] = str(e)
+    if not reports:
+        raise DataError(f"backtest: no predictor of {run_dir} makes a book ({skipped})")
+    return reports
