@@ -32,21 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from real_like_files import CASES  # the script's folder is on sys.path
 
 log = logging.getLogger("planted_user_columns")
 
-IMPORT = [
-    "data=files",
-    "data.calendar=dates",
-    "data.columns.date=date",
-    "data.columns.code=code",
-    "data.columns.close=close",
-    "data.columns.volume=volume",
-    "data.columns.open=null",
-    "data.columns.high=null",
-    "data.columns.low=null",
-    "data.columns.sector=sector",
-]
+IMPORT = ["data=files", *CASES["panel"][2]]  # the weekday panel's import keys: dates calendar, close-only, a sector
 
 
 def _ar1(rng: np.random.Generator, shape: tuple[int, int], phi: float) -> np.ndarray:
