@@ -158,10 +158,13 @@ class DatasetWriter:
         key = (d.dt.year().cast(pl.Int32) * 100 + d.dt.month().cast(pl.Int32)).to_numpy()
         order = np.argsort(key, kind="stable")  # by month; (Code, Date) within each, as given
         cuts = [0, *(np.flatnonzero(np.diff(key[order])) + 1).tolist(), len(order)]
+        # the piece made contiguous first: its columns arrive in many chunks (blocks of stocks), and a month's gather
+        # from chunked columns costs ~5x the one from contiguous ones
+        src = df.rechunk()
         for a, b in itertools.pairwise(cuts):  # one month's copy at a time, not the piece's
             k = int(key[order[a]])
             name = f"{k // 100:04d}-{k % 100:02d}.parquet"
-            table = df[order[a:b]].to_arrow(compat_level=pl.CompatLevel.oldest())
+            table = src[order[a:b]].to_arrow(compat_level=pl.CompatLevel.oldest())
             if name not in self._writers:
                 self._writers[name] = _parquet_writer(self.path / name, table.schema)
             self._writers[name].write_table(table, row_group_size=ROW_GROUP)
