@@ -21,6 +21,7 @@ from gogooku3.predictors.lightgbm import (
     baseline_for_folds,
     baseline_horizons,
     fit_baseline,
+    thin_fit_dates,
 )
 
 FAST = [
@@ -208,6 +209,8 @@ def test_fingerprint_of_a_fixed_config_is_unchanged():
             cfg.baseline,
             cfg.safe.validation,
             0,  # no held-out slice
+            None,
+            1_000,  # fewer rows than baseline.max_fit_rows: nothing is thinned, the address is the one stored before
         )
 
     assert fp([]) == "4852f529bdcd991e"
@@ -221,6 +224,55 @@ def test_fingerprint_of_a_fixed_config_is_unchanged():
         )
         == "6d9484ea1573b5ce"
     )
+
+
+def test_max_fit_rows_is_in_the_address_only_where_it_can_thin():
+    import datetime as dt
+
+    from gogooku3.data.split import Fold
+
+    folds = [Fold(0, [dt.date(2024, 1, 1) + dt.timedelta(days=i) for i in range(10)], [dt.date(2024, 2, 1)])]
+
+    def fp(rows, *overrides):
+        cfg = load_config(list(overrides))
+        v = cfg.safe.validation
+        return baseline_fingerprint("d" * 16, "m" * 16, folds, [1], 1, 20, cfg.baseline, v, 0, None, rows)
+
+    cap = load_config([]).baseline.max_fit_rows
+    assert fp(cap) == fp(10) == fp(10, "baseline.max_fit_rows=null")  # no fold can reach the cap: not thinned
+    assert fp(cap + 1) != fp(10)
+    assert fp(cap + 1) != fp(cap + 1, f"baseline.max_fit_rows={cap // 2}")
+    assert fp(cap + 1, "baseline.max_fit_rows=null") == fp(10)
+
+
+def test_thin_fit_dates_keeps_every_kth_day_back_from_the_newest():
+    import datetime as dt
+
+    days = [dt.date(2024, 1, d) for d in range(1, 8)]  # 7 days of 10 rows, the 4th of 30
+    day = pl.Series("Date", [d for d in days for _ in range(30 if d.day == 4 else 10)])
+    assert thin_fit_dates(days, day, None) == (days, 1)
+    assert thin_fit_dates(days, day, 90) == (days, 1)  # 90 rows: all of them
+    # k = 2 keeps days 7, 5, 3, 1 (40 rows); k = 2 is the smallest stride under 50 (k = 1: 90)
+    assert thin_fit_dates(days, day, 50) == ([days[0], days[2], days[4], days[6]], 2)
+    # 39 rows: k = 2 keeps 40, k = 3 keeps days 7, 4, 1 (50), k = 4 days 7, 3 (20)
+    assert thin_fit_dates(days, day, 39) == ([days[2], days[6]], 4)
+    assert thin_fit_dates(days[:5], day, 39) == ([days[0], days[2], days[4]], 2)  # only the dates given count
+    assert thin_fit_dates(days, day, 1) == ([days[6]], 7)  # never fewer than the newest day
+
+
+def test_max_fit_rows_thins_the_fit_days_not_the_validation(tmp_path, planted_dataset):
+    cfg, _, man, df, folds = _setup(tmp_path, planted_dataset)
+    full = _fresh(cfg, df, man, folds)
+    n_codes = df["Code"].n_unique()
+    fit_days = len(folds[0].train_dates) - 46  # the fewest: before the 20 validation and 20 held-out days, their gaps
+    cfg2, *_ = _setup(tmp_path / "b", planted_dataset, f"baseline.max_fit_rows={fit_days * n_codes // 2}")
+    thin = _fresh(cfg2, df, man, folds)
+    for a, b in zip(full.per_fold, thin.per_fold, strict=True):
+        assert a["fit_date_stride"] == 1 and b["fit_date_stride"] >= 2
+        assert b["fit_range"][1] == a["fit_range"][1]  # the newest fit date is kept
+        assert b["val_range"] == a["val_range"] and b["holdout_range"] == a["holdout_range"]
+        assert b["n_train_rows"]["1"] < 0.55 * a["n_train_rows"]["1"]
+    assert thin.predictions_test.select("Date", "Code").equals(full.predictions_test.select("Date", "Code"))
 
 
 def test_baseline_for_folds_fits_stores_and_reuses(tmp_path, planted_dataset, caplog):

@@ -385,6 +385,7 @@ class BaselineSettings:
     early_stopping_rounds: int
     target_transform: str
     top_features: int
+    max_fit_rows: int | None
     normalize: NormalizerSettings
     params: dict[str, Any]  # passed to LightGBM as is
 
@@ -797,6 +798,7 @@ RANGES: dict[type, dict[str, Check]] = {
         "workers": ((lambda v: v == "auto" or v >= 1), "'auto' or an int >= 1"),
         "early_stopping_rounds": _ge(1),
         "top_features": _ge(0),
+        "max_fit_rows": _ge(1),
     },
     ModelSettings: {
         "window": _ge(1),

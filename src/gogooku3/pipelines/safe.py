@@ -39,6 +39,7 @@ from gogooku3.predictors.lightgbm import (
     baseline_fingerprint,
     baseline_horizons,
     baseline_root,
+    dataset_rows,
     fit_baseline,
     load_or_fit,
 )
@@ -297,6 +298,7 @@ class SafeTrainingPipeline:
             self.scfg.validation,
             cfg.split.holdout_days,
             neutral,
+            dataset_rows(path),
         )
 
         def fit(missing: list[int]) -> BaselineRun:

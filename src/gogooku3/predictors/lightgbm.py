@@ -20,6 +20,7 @@ import datetime as dt
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ from gogooku3.data.split import Fold, inner_holdout, label_gap
 from gogooku3.data.validation import scan_dataset, screen_dates, screen_folds, union_features
 from gogooku3.evaluation.neutral import Exposures, neutral_labels, targets_spec, with_labels
 from gogooku3.features.manifest import FeatureManifest, is_label_like
+from gogooku3.features.published import dataset_files, pin
 
 if TYPE_CHECKING:
     from gogooku3.config.schema import BaselineSettings, NormalizerSettings, SafeValidationSettings, Settings
@@ -512,7 +514,7 @@ def fold_span(folds: Sequence[Fold]) -> tuple[dt.date, dt.date]:
 def _normalized(
     df: pl.DataFrame, features: list[str], folds: Sequence[Fold], ncfg: NormalizerSettings
 ) -> tuple[Callable[[Fold], pl.DataFrame], dict[str, Any]]:
-    """(fold -> its normalized frame, the reference normalizer's report).
+    """(fold -> its normalized frame, the reference normalizer's report on fold 0's training rows).
 
     When fold 0's training dates precede every test block (walk-forward) one normalizer fitted on them serves every
     fold (its pooled fallback scale sees no test date; per-day statistics are leak-free); otherwise (purged k-fold)
@@ -524,7 +526,7 @@ def _normalized(
     if all(first.train_dates[-1] < f.test_dates[0] for f in folds):
         normed = n0.transform(df)
         span = [str(first.train_dates[0]), str(first.train_dates[-1])]
-        return (lambda f: normed), {**n0.report(normed), "fit_span": span}
+        return (lambda f: normed), {**n0.report(normed.filter(_in_dates(first.train_dates))), "fit_span": span}
 
     def per_fold(f: Fold) -> pl.DataFrame:
         n = CrossSectionalNormalizer.from_dict(settings).fit(df.filter(_in_dates(f.train_dates)), features)
@@ -581,40 +583,67 @@ def _fold_matrices(
     feats: list[str],
     floats: list[str],
     rows: Mapping[str, np.ndarray],
-    report: bool,
-) -> tuple[dict[str, np.ndarray], tuple[list[Any], list[Any], int]]:
+) -> dict[str, np.ndarray]:
     """name -> float32 matrix of the rows `rows[name]` of src (indices in its row order) × `feats`, normalized by
     `norm` (its float features), read and normalized a column block at a time: the whole normalized frame is never
-    held. With `report`, also the `report_stats` of every float feature over all of src's rows."""
+    held."""
     n_rows = int(src.select(pl.len()).collect().item())
     col = {f: j for j, f in enumerate(feats)}
     mats = {name: np.empty((len(ix), len(feats)), dtype=np.float32) for name, ix in rows.items()}
-    means: list[Any] = []
-    stds: list[Any] = []
-    nans = 0
-    wanted = [f for f in features if f in col or (report and f in floats)]
     float_set = set(floats)
-    for block in _blocks(wanted, n_rows):
+    for block in _blocks([f for f in features if f in col], n_rows):
         frame = src.select(C.DATE, *block).collect()
         normed = [f for f in block if f in float_set]
         if normed:
-            sub = norm.subset(normed)
-            frame = sub.transform(frame)
-            if report:
-                m, sd, n = sub.report_stats(frame)
-                means, stds, nans = means + m, stds + sd, nans + n
-        used = [f for f in block if f in col]
-        if used:
-            x = LightGBMBaseline._matrix(frame, used)
-            cols = [col[f] for f in used]
-            for name, ix in rows.items():
-                mats[name][:, cols] = x[ix]
+            frame = norm.subset(normed).transform(frame)
+        x = LightGBMBaseline._matrix(frame, block)
+        cols = [col[f] for f in block]
+        for name, ix in rows.items():
+            mats[name][:, cols] = x[ix]
         del frame
-    if report:  # report_stats lists features in `floats` order; the blocks follow `features`
-        order = {f: i for i, f in enumerate(f for f in wanted if f in float_set)}
-        idx = [order[f] for f in floats]
-        means, stds = [means[i] for i in idx], [stds[i] for i in idx]
-    return mats, (means, stds, nans)
+    return mats
+
+
+def _day_matrices(
+    src: pl.LazyFrame,
+    day: pl.Series,
+    norm: CrossSectionalNormalizer,
+    features: list[str],
+    feats: list[str],
+    floats: list[str],
+    rows: Mapping[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """`_fold_matrices` of the days `rows` cover only (`day`: src's Date per row): the per-day normalization of a day
+    needs that day's rows alone, so the others are neither read nor normalized (at 4,000 x 2,500 a fold's fit days are
+    a fifth of the span, thinned by `baseline.max_fit_rows`). With `day_level=time_z` a day also needs its trailing
+    sessions: src is read whole then."""
+    if norm.history_days:
+        return _fold_matrices(src, norm, features, feats, floats, rows)
+    days = day.gather(np.unique(np.concatenate([ix for ix in rows.values()]))).unique().sort()
+    keep = day.is_in(days.implode()).to_numpy()
+    pos = np.flatnonzero(keep)  # src row -> row of the filtered scan (the filter keeps src's order)
+    local = {name: np.searchsorted(pos, ix) for name, ix in rows.items()}
+    return _fold_matrices(src.filter(_in_dates(days.to_list())), norm, features, feats, floats, local)
+
+
+def thin_fit_dates(fit_dates: Sequence[dt.date], day: pl.Series, max_rows: int | None) -> tuple[list[dt.date], int]:
+    """(dates, k): every k-th of `fit_dates` counted back from the newest, k the smallest stride for which the rows of
+    `day` (the Date of each row) on the dates kept are at most `max_rows` (or k = 1 when all of them are, or when
+    `max_rows` is None). Whole days are kept, so every day's cross-section (the rank target's) stays complete."""
+    dates = sorted(fit_dates)
+    if max_rows is None or not dates:
+        return dates, 1
+    counts = (
+        day.filter(day.is_in(pl.Series(dates, dtype=pl.Date).implode()))
+        .value_counts(name="n")
+        .sort(day.name, descending=True)
+    )
+    n = counts["n"].to_numpy()
+    k = 1
+    while int(n[::k].sum()) > max_rows and k < len(n):
+        k += 1
+    kept = set(counts[day.name].to_list()[::k])
+    return [d for d in dates if d in kept], k
 
 
 def _rows(model: LightGBMBaseline, frame: pl.DataFrame, fold: int, horizons: list[int]) -> pl.DataFrame:
@@ -666,9 +695,10 @@ def fit_baseline(
     first = folds[0]
     shared = all(first.train_dates[-1] < f.test_dates[0] for f in folds)  # walk-forward: one normalizer (`_normalized`)
     n0 = _fit_normalizer(lf.filter(_in_dates(first.train_dates)), floats, cfg.normalize)
-    norm_report: dict[str, Any] = {}
-    if not shared:  # as `_normalized`: the reference normalizer's report on fold 0's training rows
-        norm_report = _block_report(lf.filter(_in_dates(first.train_dates)), n0, floats)
+    # as `_normalized`: the reference normalizer's report on fold 0's training rows
+    norm_report = _block_report(lf.filter(_in_dates(first.train_dates)), n0, floats)
+    if shared:
+        norm_report["fit_span"] = [str(first.train_dates[0]), str(first.train_dates[-1])]
     vals: list[pl.DataFrame] = []
     tests: list[pl.DataFrame] = []
     per_fold: list[dict[str, Any]] = []
@@ -686,6 +716,16 @@ def fit_baseline(
         fit_dates, val_dates, model.holdout_dates_ = inner_holdout(
             train_dates.to_list(), val_days, label_gap(horizons, entry_lag), holdout_days
         )
+        fit_dates, stride = thin_fit_dates(fit_dates, day, cfg.max_fit_rows)
+        if stride > 1:
+            log.info(
+                "baseline: fold %d fits on every %d%s fit date (%d of them; baseline.max_fit_rows=%d)",
+                k,
+                stride,
+                {2: "nd", 3: "rd"}.get(stride, "th"),
+                len(fit_dates),
+                cfg.max_fit_rows,
+            )
         rows = {
             name: np.flatnonzero(day.is_in(pl.Series(dates, dtype=pl.Date).implode()).to_numpy())
             for name, dates in (
@@ -695,14 +735,12 @@ def fit_baseline(
                 ("test", list(f.test_dates)),
             )
         }
-        want_report = shared and not norm_report
         # the fit and early-stopping matrices first; the predicted rows' only once the fit's matrix is freed (a second
         # read of the columns: at 4,000 x 2,500 the test matrix alone is ~1.7 GB, held beside LightGBM's binned data)
         fit_rows = {name: rows[name] for name in ("fit", "val")}
-        mats, stats = _fold_matrices(src, norm, features, feats, floats, fit_rows, report=want_report)
-        if want_report:
-            span = [str(first.train_dates[0]), str(first.train_dates[-1])]
-            norm_report = {**norm.report(None, stats=stats), "fit_span": span}
+        t0 = time.perf_counter()
+        mats = _day_matrices(src, day, norm, features, feats, floats, fit_rows)
+        t_fit_mats = time.perf_counter() - t0
         fit_on = meta  # the labels the fold fits and early-stops on (raw, or residualised: `neutral`)
         if neutral is not None:  # per day, on the dataset's raw exposures of the same rows
             cols = [C.DATE, C.CODE, *dict.fromkeys([*neutral.columns, *(C.target(h) for h in horizons)])]
@@ -714,10 +752,13 @@ def fit_baseline(
         labels = {h: (model._labels(fit_meta, h), model._labels(val_meta, h)) for h in horizons}
         del fit_meta, fit_on
         x_fit = mats.pop("fit")
+        t0 = time.perf_counter()
         model.fit_arrays(x_fit, mats.pop("val"), labels, feats, horizons)
+        t_boost = time.perf_counter() - t0
         del x_fit, labels
         pred_rows = {name: rows[name] for name in ("val_hold", "test")}
-        mats, _ = _fold_matrices(src, norm, features, feats, floats, pred_rows, report=False)
+        t0 = time.perf_counter()
+        mats = _day_matrices(src, day, norm, features, feats, floats, pred_rows)
         for name, out in (("val_hold", vals), ("test", tests)):
             part = meta[rows[name]]
             pred = model.predict_matrix(mats.pop(name))
@@ -738,13 +779,21 @@ def fit_baseline(
                 if model.holdout_dates_
                 else None,
                 "test_range": [str(f.test_dates[0]), str(f.test_dates[-1])],
+                "fit_date_stride": stride,
                 "best_iteration": {str(h): it for h, it in model.best_iteration_.items()},
                 "n_train_rows": {str(h): n for h, n in model.n_train_rows_.items()},
                 "feature_importance": model.feature_importance_,
                 "features": feats,
             }
         )
-        log.info("baseline: fold %d fitted (best iterations %s)", k, per_fold[-1]["best_iteration"])
+        log.info(
+            "baseline: fold %d fitted (best iterations %s): inputs %.1f s, boosting %.1f s, predictions %.1f s",
+            k,
+            per_fold[-1]["best_iteration"],
+            t_fit_mats,
+            t_boost,
+            time.perf_counter() - t0,
+        )
     norm_report.update({"n_normalized_features": len(floats), "n_unnormalized_flags": len(features) - len(floats)})
     pred_val, pred_test = (pl.concat(p).sort("fold", C.DATE, C.CODE) for p in (vals, tests))
     return BaselineRun(
@@ -773,9 +822,14 @@ def baseline_fingerprint(
     validation_cfg: SafeValidationSettings,
     holdout_days: int,
     neutral: Exposures | None = None,
+    dataset_rows: int | None = None,
 ) -> str:
-    """The content address of a baseline run: everything that changes its predictions, nothing that does not."""
-    b = {k: v for k, v in to_dict(baseline_cfg).items() if k not in REPORT_ONLY_KEYS}
+    """The content address of a baseline run: everything that changes its predictions, nothing that does not.
+    `dataset_rows`: the dataset's row count; `baseline.max_fit_rows` counts only when the dataset has more rows (a
+    fold's fit rows cannot exceed them), so runs stored before the cap existed keep their address."""
+    b = {k: v for k, v in to_dict(baseline_cfg).items() if k not in REPORT_ONLY_KEYS and k != "max_fit_rows"}
+    cap = baseline_cfg.max_fit_rows
+    thins = cap is not None and (dataset_rows is None or dataset_rows > cap)
     v = to_dict(validation_cfg)
     screen = {k: v[k] for k in SCREEN_KEYS}
     split = [
@@ -801,7 +855,13 @@ def baseline_fingerprint(
         *([int(holdout_days)] if holdout_days else []),
         *(["null screen per fold"] if len({tuple(d) for d in screen_dates(folds).values()}) > 1 else []),
         *([{"neutral_targets": neutral.to_dict()}] if neutral is not None else []),  # neutral.targets
+        *([{"max_fit_rows": int(cap)}] if thins and cap is not None else []),
     )
+
+
+def dataset_rows(dataset: str | Path) -> int:
+    """The row count of the dataset at `dataset` (from its files' footers), as `baseline_fingerprint` takes it."""
+    return int(pl.scan_parquet(dataset_files(pin(dataset))).select(pl.len()).collect().item())
 
 
 def baseline_horizons(cfg: Settings, manifest: FeatureManifest) -> list[int]:
@@ -860,7 +920,17 @@ def baseline_for_folds(
     hold = cfg.split.holdout_days
     neutral = targets_spec(cfg)
     fp = baseline_fingerprint(
-        file_fingerprint(dataset), manifest.fingerprint, folds, horizons, entry_lag, val_days, b, v, hold, neutral
+        file_fingerprint(dataset),
+        manifest.fingerprint,
+        folds,
+        horizons,
+        entry_lag,
+        val_days,
+        b,
+        v,
+        hold,
+        neutral,
+        dataset_rows(dataset),
     )
 
     def fit(missing: list[int]) -> BaselineRun:
