@@ -578,15 +578,23 @@ def _block_report(lf: pl.LazyFrame, norm: CrossSectionalNormalizer, floats: list
 
 def _fold_matrices(
     src: pl.LazyFrame,
+    day: pl.Series,
     norm: CrossSectionalNormalizer,
     features: list[str],
     feats: list[str],
     floats: list[str],
     rows: Mapping[str, np.ndarray],
 ) -> dict[str, np.ndarray]:
-    """name -> float32 matrix of the rows `rows[name]` of src (indices in its row order) × `feats`, normalized by
-    `norm` (its float features), read and normalized a column block at a time: the whole normalized frame is never
-    held."""
+    """name -> float32 matrix of the rows `rows[name]` of src (indices in its row order; `day`: src's Date per row) ×
+    `feats`, normalized by `norm` (its float features), read and normalized a column block at a time: the whole
+    normalized frame is never held. Only the days `rows` cover are read: the per-day normalization of a day needs that
+    day's rows alone (at 4,000 x 2,500 a fold's fit days are a fifth of the span, thinned by `baseline.max_fit_rows`).
+    With `day_level=time_z` a day also needs its trailing sessions: src is read whole then."""
+    if not norm.history_days:
+        days = day.gather(np.unique(np.concatenate(list(rows.values())))).unique().sort()
+        pos = np.flatnonzero(day.is_in(days.implode()).to_numpy())  # the filter keeps src's order
+        rows = {name: np.searchsorted(pos, ix) for name, ix in rows.items()}
+        src = src.filter(_in_dates(days.to_list()))
     n_rows = int(src.select(pl.len()).collect().item())
     col = {f: j for j, f in enumerate(feats)}
     mats = {name: np.empty((len(ix), len(feats)), dtype=np.float32) for name, ix in rows.items()}
@@ -602,28 +610,6 @@ def _fold_matrices(
             mats[name][:, cols] = x[ix]
         del frame
     return mats
-
-
-def _day_matrices(
-    src: pl.LazyFrame,
-    day: pl.Series,
-    norm: CrossSectionalNormalizer,
-    features: list[str],
-    feats: list[str],
-    floats: list[str],
-    rows: Mapping[str, np.ndarray],
-) -> dict[str, np.ndarray]:
-    """`_fold_matrices` of the days `rows` cover only (`day`: src's Date per row): the per-day normalization of a day
-    needs that day's rows alone, so the others are neither read nor normalized (at 4,000 x 2,500 a fold's fit days are
-    a fifth of the span, thinned by `baseline.max_fit_rows`). With `day_level=time_z` a day also needs its trailing
-    sessions: src is read whole then."""
-    if norm.history_days:
-        return _fold_matrices(src, norm, features, feats, floats, rows)
-    days = day.gather(np.unique(np.concatenate([ix for ix in rows.values()]))).unique().sort()
-    keep = day.is_in(days.implode()).to_numpy()
-    pos = np.flatnonzero(keep)  # src row -> row of the filtered scan (the filter keeps src's order)
-    local = {name: np.searchsorted(pos, ix) for name, ix in rows.items()}
-    return _fold_matrices(src.filter(_in_dates(days.to_list())), norm, features, feats, floats, local)
 
 
 def thin_fit_dates(fit_dates: Sequence[dt.date], day: pl.Series, max_rows: int | None) -> tuple[list[dt.date], int]:
@@ -719,10 +705,9 @@ def fit_baseline(
         fit_dates, stride = thin_fit_dates(fit_dates, day, cfg.max_fit_rows)
         if stride > 1:
             log.info(
-                "baseline: fold %d fits on every %d%s fit date (%d of them; baseline.max_fit_rows=%d)",
+                "baseline: fold %d fits on 1 in %d fit dates (%d of them; baseline.max_fit_rows=%d)",
                 k,
                 stride,
-                {2: "nd", 3: "rd"}.get(stride, "th"),
                 len(fit_dates),
                 cfg.max_fit_rows,
             )
@@ -739,7 +724,7 @@ def fit_baseline(
         # read of the columns: at 4,000 x 2,500 the test matrix alone is ~1.7 GB, held beside LightGBM's binned data)
         fit_rows = {name: rows[name] for name in ("fit", "val")}
         t0 = time.perf_counter()
-        mats = _day_matrices(src, day, norm, features, feats, floats, fit_rows)
+        mats = _fold_matrices(src, day, norm, features, feats, floats, fit_rows)
         t_fit_mats = time.perf_counter() - t0
         fit_on = meta  # the labels the fold fits and early-stops on (raw, or residualised: `neutral`)
         if neutral is not None:  # per day, on the dataset's raw exposures of the same rows
@@ -758,7 +743,7 @@ def fit_baseline(
         del x_fit, labels
         pred_rows = {name: rows[name] for name in ("val_hold", "test")}
         t0 = time.perf_counter()
-        mats = _day_matrices(src, day, norm, features, feats, floats, pred_rows)
+        mats = _fold_matrices(src, day, norm, features, feats, floats, pred_rows)
         for name, out in (("val_hold", vals), ("test", tests)):
             part = meta[rows[name]]
             pred = model.predict_matrix(mats.pop(name))
